@@ -1,0 +1,379 @@
+//! Push ingest: parsers for Influx line protocol, Prometheus text exposition and Prometheus remote
+//! write, all feeding one [`BatchBuilder`] that interns series, validates them against the
+//! [`Limits`] and collects per-line errors without dropping the valid lines around them.
+
+pub mod influx;
+pub mod promtext;
+pub mod remote_write;
+
+use crate::model::{canonical_encode, IdMap, LimitError, Limits, SeriesId, METRIC_NAME};
+use crate::model::Labels;
+
+/// One rejected input line (or remote-write time series), with its 1-based position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LineError {
+    /// 1-based line number (remote write: 1-based time series index).
+    pub line: usize,
+    /// What is wrong and, where it applies, how to fix it.
+    pub reason: String,
+}
+
+/// Why a whole request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("request body is {got} bytes, more than ingest.max_body_bytes = {limit}; split the batch or raise the limit in tidemark.toml [ingest]")]
+    TooLarge { got: usize, limit: usize },
+    #[error("cannot decode request body: {0}")]
+    Decode(String),
+}
+
+/// One sample of a batch, pointing into the batch's series table.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchSample {
+    pub series: u32,
+    pub ts: i64,
+    pub value: f64,
+}
+
+/// A validated write: distinct series with their labels, and samples referring to them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WriteBatch {
+    pub series: Vec<(SeriesId, Labels)>,
+    pub samples: Vec<BatchSample>,
+}
+
+impl WriteBatch {
+    /// Smallest and largest sample timestamps, if any.
+    pub fn time_range(&self) -> Option<(i64, i64)> {
+        let mut it = self.samples.iter();
+        let first = it.next()?;
+        Some(it.fold((first.ts, first.ts), |(lo, hi), s| (lo.min(s.ts), hi.max(s.ts))))
+    }
+}
+
+/// Reusable scratch label set a parser fills for each line.
+#[derive(Default)]
+pub struct SeriesBuf {
+    pairs: Vec<(String, String)>,
+    len: usize,
+}
+
+impl SeriesBuf {
+    /// Forgets the previous line's labels, keeping allocations.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+    /// Adds a pair (order does not matter; [`BatchBuilder::add`] sorts).
+    pub fn push(&mut self, name: &str, value: &str) {
+        if self.len == self.pairs.len() {
+            self.pairs.push((String::new(), String::new()));
+        }
+        let p = &mut self.pairs[self.len];
+        p.0.clear();
+        p.0.push_str(name);
+        p.1.clear();
+        p.1.push_str(value);
+        self.len += 1;
+    }
+    /// Sets `__name__` to `prefix` + `sep` + `suffix` (Influx `measurement_field`), adding the pair
+    /// if absent. [`BatchBuilder::add`] may reorder pairs, so this finds it by name.
+    pub fn set_joined_name(&mut self, prefix: &str, sep: &str, suffix: &str) {
+        let i = match self.pairs[..self.len].iter().position(|p| p.0 == METRIC_NAME) {
+            Some(i) => i,
+            None => {
+                self.push(METRIC_NAME, "");
+                self.len - 1
+            }
+        };
+        let v = &mut self.pairs[i].1;
+        v.clear();
+        v.push_str(prefix);
+        v.push_str(sep);
+        v.push_str(suffix);
+    }
+    /// Mutable access to the value of the last pushed pair.
+    pub fn last_value_mut(&mut self) -> Option<&mut String> {
+        self.len.checked_sub(1).map(|i| &mut self.pairs[i].1)
+    }
+    fn live(&mut self) -> &mut [(String, String)] {
+        &mut self.pairs[..self.len]
+    }
+    /// Number of live pairs.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True when no pair is set.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+enum Slot {
+    Accepted(u32),
+    Rejected,
+}
+
+/// Interns series of one request, validates each new one once, and collects samples and errors.
+pub struct BatchBuilder<'l> {
+    limits: &'l Limits,
+    batch: WriteBatch,
+    slots: IdMap<Slot>,
+    canon: Vec<u8>,
+    errors: Vec<LineError>,
+    error_count: usize,
+    first_line: Vec<usize>,
+}
+
+/// At most this many errors are kept with their text; the rest are counted.
+pub const MAX_REPORTED_ERRORS: usize = 20;
+
+impl<'l> BatchBuilder<'l> {
+    pub fn new(limits: &'l Limits) -> Self {
+        BatchBuilder {
+            limits,
+            batch: WriteBatch::default(),
+            slots: IdMap::default(),
+            canon: Vec::with_capacity(256),
+            errors: Vec::new(),
+            error_count: 0,
+            first_line: Vec::new(),
+        }
+    }
+
+    /// Records an error for `line`.
+    pub fn error(&mut self, line: usize, reason: impl Into<String>) {
+        self.error_count += 1;
+        if self.errors.len() < MAX_REPORTED_ERRORS {
+            self.errors.push(LineError { line, reason: reason.into() });
+        }
+    }
+
+    /// Adds one sample of the series in `buf` (which is sorted in place).
+    pub fn add(&mut self, buf: &mut SeriesBuf, ts: i64, value: f64, line: usize) {
+        let live = buf.live();
+        if !live.windows(2).all(|w| w[0].0 < w[1].0) {
+            live.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            if let Some(w) = live.windows(2).find(|w| w[0].0 == w[1].0) {
+                let msg = format!("duplicate label name {:?}", w[0].0);
+                self.error(line, msg);
+                return;
+            }
+        }
+        // Empty label values mean "absent" in Prometheus; drop them before hashing.
+        let pairs = live.iter().filter(|p| !p.1.is_empty()).map(|(k, v)| (k.as_str(), v.as_str()));
+        canonical_encode(pairs, &mut self.canon);
+        let id = xxhash_rust::xxh3::xxh3_64(&self.canon);
+        let idx = match self.slots.get(&id) {
+            Some(Slot::Accepted(i)) => *i,
+            Some(Slot::Rejected) => {
+                self.error_count += 1;
+                return;
+            }
+            None => {
+                let live = buf.live();
+                let n = live.iter().filter(|p| !p.1.is_empty()).count();
+                let check = self.limits.check(
+                    ExactIter(live.iter().filter(|p| !p.1.is_empty()).map(|(k, v)| (k.as_str(), v.as_str())), n),
+                );
+                match check {
+                    Ok(()) => {
+                        let labels = Labels::from_sorted_unchecked(
+                            live.iter().filter(|p| !p.1.is_empty()).cloned().collect(),
+                        );
+                        let i = self.batch.series.len() as u32;
+                        self.batch.series.push((id, labels));
+                        self.first_line.push(line);
+                        self.slots.insert(id, Slot::Accepted(i));
+                        i
+                    }
+                    Err(e) => {
+                        self.slots.insert(id, Slot::Rejected);
+                        self.error(line, e.to_string());
+                        return;
+                    }
+                }
+            }
+        };
+        self.batch.samples.push(BatchSample { series: idx, ts, value });
+    }
+
+    /// Drops series (and their samples) that `admit` refuses, reporting each at its first line.
+    /// Used for checks against the store, such as the per-metric series limit.
+    pub fn retain_series(&mut self, mut admit: impl FnMut(SeriesId, &Labels) -> Result<(), LimitError>) {
+        let mut remap = vec![u32::MAX; self.batch.series.len()];
+        let mut kept = Vec::with_capacity(self.batch.series.len());
+        let mut errs = Vec::new();
+        for (i, (id, labels)) in std::mem::take(&mut self.batch.series).into_iter().enumerate() {
+            match admit(id, &labels) {
+                Ok(()) => {
+                    remap[i] = kept.len() as u32;
+                    kept.push((id, labels));
+                }
+                Err(e) => errs.push((self.first_line[i], e.to_string())),
+            }
+        }
+        for (line, e) in errs {
+            self.error(line, e);
+        }
+        if kept.len() != remap.len() {
+            self.batch.samples.retain_mut(|s| {
+                s.series = remap[s.series as usize];
+                s.series != u32::MAX
+            });
+        }
+        self.batch.series = kept;
+    }
+
+    /// Samples accepted so far.
+    pub fn sample_count(&self) -> usize {
+        self.batch.samples.len()
+    }
+
+    /// The batch, the first errors, and the total number of rejected samples or lines.
+    pub fn finish(self) -> (WriteBatch, Vec<LineError>, usize) {
+        (self.batch, self.errors, self.error_count)
+    }
+}
+
+struct ExactIter<I>(I, usize);
+impl<I: Iterator> Iterator for ExactIter<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        self.0.next()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.1, Some(self.1))
+    }
+}
+impl<I: Iterator> ExactSizeIterator for ExactIter<I> {}
+
+/// Renders errors as `line N: reason; ...` with a count of the ones not shown.
+pub fn describe_errors(errors: &[LineError], total: usize) -> String {
+    let mut s = String::new();
+    for (i, e) in errors.iter().enumerate() {
+        if i > 0 {
+            s.push_str("; ");
+        }
+        s.push_str(&format!("line {}: {}", e.line, e.reason));
+    }
+    if total > errors.len() {
+        s.push_str(&format!("; and {} more rejected", total - errors.len()));
+    }
+    s
+}
+
+/// Parses a decimal float quickly. Exact (correctly rounded) whenever it answers: it takes the
+/// Clinger fast path (mantissa below 2^53 and at most 22 fractional digits) and otherwise falls
+/// back to the standard library. Accepts what Go's `ParseFloat` and Prometheus accept, including
+/// `NaN`, `Inf`, `+Inf`, `-Inf` in any letter case.
+pub fn parse_f64(s: &[u8]) -> Option<f64> {
+    const POW10: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
+        1e20, 1e21, 1e22,
+    ];
+    let (neg, digits) = match s.first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let mut mant: u64 = 0;
+    let mut frac_digits = 0usize;
+    let mut seen_dot = false;
+    let mut n = 0usize;
+    for &c in digits {
+        match c {
+            b'0'..=b'9' => {
+                if n >= 18 {
+                    return slow_f64(s);
+                }
+                mant = mant * 10 + u64::from(c - b'0');
+                n += 1;
+                if seen_dot {
+                    frac_digits += 1;
+                }
+            }
+            b'.' if !seen_dot => seen_dot = true,
+            _ => return slow_f64(s),
+        }
+    }
+    if n == 0 || mant >= (1u64 << 53) || frac_digits > 22 {
+        return slow_f64(s);
+    }
+    let v = mant as f64 / POW10[frac_digits];
+    Some(if neg { -v } else { v })
+}
+
+#[cold]
+fn slow_f64(s: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(s).ok()?;
+    match s.to_ascii_lowercase().as_str() {
+        "nan" => return Some(f64::NAN),
+        "inf" | "+inf" | "infinity" | "+infinity" => return Some(f64::INFINITY),
+        "-inf" | "-infinity" => return Some(f64::NEG_INFINITY),
+        _ => {}
+    }
+    // Go accepts hex floats and underscores rarely; Rust's parser covers the decimal forms.
+    let v: f64 = s.parse().ok()?;
+    Some(v)
+}
+
+/// Parses a signed decimal integer without allocation.
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
+    let (neg, d) = match s.first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if d.is_empty() || d.len() > 19 {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &c in d {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(i64::from(c - b'0'))?;
+    }
+    Some(if neg { -v } else { v })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_float_matches_std() {
+        for s in ["0", "1", "-1.5", "0.734", "123456789.123", "3.14159265358979", "1e3", "-0.0001", "+2", "12345678901234567890"] {
+            let want: f64 = s.trim_start_matches('+').parse().unwrap();
+            assert_eq!(parse_f64(s.as_bytes()).unwrap().to_bits(), want.to_bits(), "{s}");
+        }
+        assert!(parse_f64(b"NaN").unwrap().is_nan());
+        assert_eq!(parse_f64(b"-Inf"), Some(f64::NEG_INFINITY));
+        assert_eq!(parse_f64(b"abc"), None);
+        assert_eq!(parse_f64(b""), None);
+        assert_eq!(parse_f64(b"."), None);
+        assert_eq!(parse_f64(b"1.2.3"), None);
+    }
+
+    #[test]
+    fn builder_interns_and_rejects() {
+        let limits = Limits { max_labels_per_series: 2, ..Limits::default() };
+        let mut b = BatchBuilder::new(&limits);
+        let mut buf = SeriesBuf::default();
+        buf.push("host", "a");
+        buf.push("__name__", "cpu");
+        b.add(&mut buf, 1, 1.0, 1);
+        b.add(&mut buf, 2, 2.0, 2);
+        buf.clear();
+        buf.push("__name__", "cpu");
+        buf.push("host", "a");
+        buf.push("x", "y");
+        b.add(&mut buf, 3, 3.0, 3);
+        let (batch, errs, n) = b.finish();
+        assert_eq!(batch.series.len(), 1);
+        assert_eq!(batch.samples.len(), 2);
+        assert_eq!(n, 1);
+        assert_eq!(errs[0].line, 3);
+        assert!(errs[0].reason.contains("max_labels_per_series"), "{}", errs[0].reason);
+    }
+}

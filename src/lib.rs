@@ -1,0 +1,3 @@
+//! Tidemark: metrics monitoring and alerting on timely dataflow.
+pub mod ingest;
+pub mod model;
