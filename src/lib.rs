@@ -1,3 +1,4 @@
 //! Tidemark: metrics monitoring and alerting on timely dataflow.
 pub mod ingest;
 pub mod model;
+pub mod transport;

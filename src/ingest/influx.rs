@@ -281,8 +281,8 @@ mod tests {
         let (b, errs) = run("cpu,host=a,region=eu value=0.5,idle=3i 1700000000000000000\nmem,host=a used=1u\n");
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(b.series.len(), 3);
-        assert_eq!(b.series[0].1.to_string(), "cpu{host=\"a\", region=\"eu\"}");
-        assert_eq!(b.series[1].1.to_string(), "cpu_idle{host=\"a\", region=\"eu\"}");
+        assert_eq!(b.labels(0).to_string(), "cpu{host=\"a\", region=\"eu\"}");
+        assert_eq!(b.labels(1).to_string(), "cpu_idle{host=\"a\", region=\"eu\"}");
         assert_eq!(b.samples[0].ts, 1_700_000_000_000);
         assert_eq!(b.samples[2].ts, 42);
         assert_eq!(b.samples[1].value, 3.0);
@@ -292,8 +292,8 @@ mod tests {
     fn escapes() {
         let (b, errs) = run(r#"my\ meas,ta\,g=v\ 1\=x value=1 1"#);
         assert!(errs.is_empty(), "{errs:?}");
-        assert_eq!(b.series[0].1.get("__name__"), Some("my_meas"));
-        assert_eq!(b.series[0].1.get("ta_g"), Some("v 1=x"));
+        assert_eq!(b.labels(0).get("__name__"), Some("my_meas"));
+        assert_eq!(b.labels(0).get("ta_g"), Some("v 1=x"));
     }
 
     #[test]

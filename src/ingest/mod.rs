@@ -35,14 +35,44 @@ pub struct BatchSample {
     pub value: f64,
 }
 
-/// A validated write: distinct series with their labels, and samples referring to them.
+/// A validated write: distinct series, and samples referring to them. Each series' labels are
+/// kept as their canonical encoding in one shared arena, so building and logging a batch does
+/// not allocate per series.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WriteBatch {
-    pub series: Vec<(SeriesId, Labels)>,
+    /// `(series id, range of its canonical encoding in arena)`.
+    pub series: Vec<(SeriesId, std::ops::Range<u32>)>,
+    pub arena: Vec<u8>,
     pub samples: Vec<BatchSample>,
 }
 
+/// Decodes a canonical label encoding (see [`canonical_encode`]) into labels.
+pub fn decode_canonical(bytes: &[u8]) -> Labels {
+    let mut pairs = Vec::new();
+    for pair in bytes.split(|&b| b == 0xfe) {
+        if pair.is_empty() {
+            continue;
+        }
+        let mut it = pair.splitn(2, |&b| b == 0xff);
+        let k = String::from_utf8_lossy(it.next().unwrap_or_default()).into_owned();
+        let v = String::from_utf8_lossy(it.next().unwrap_or_default()).into_owned();
+        pairs.push((k, v));
+    }
+    Labels::from_sorted_unchecked(pairs)
+}
+
 impl WriteBatch {
+    /// Canonical label bytes of series `i`.
+    pub fn canonical(&self, i: usize) -> &[u8] {
+        let r = &self.series[i].1;
+        &self.arena[r.start as usize..r.end as usize]
+    }
+
+    /// Labels of series `i` (allocates).
+    pub fn labels(&self, i: usize) -> Labels {
+        decode_canonical(self.canonical(i))
+    }
+
     /// Smallest and largest sample timestamps, if any.
     pub fn time_range(&self) -> Option<(i64, i64)> {
         let mut it = self.samples.iter();
@@ -177,11 +207,10 @@ impl<'l> BatchBuilder<'l> {
                 );
                 match check {
                     Ok(()) => {
-                        let labels = Labels::from_sorted_unchecked(
-                            live.iter().filter(|p| !p.1.is_empty()).cloned().collect(),
-                        );
+                        let start = self.batch.arena.len() as u32;
+                        self.batch.arena.extend_from_slice(&self.canon);
                         let i = self.batch.series.len() as u32;
-                        self.batch.series.push((id, labels));
+                        self.batch.series.push((id, start..self.batch.arena.len() as u32));
                         self.first_line.push(line);
                         self.slots.insert(id, Slot::Accepted(i));
                         i
@@ -198,16 +227,18 @@ impl<'l> BatchBuilder<'l> {
     }
 
     /// Drops series (and their samples) that `admit` refuses, reporting each at its first line.
-    /// Used for checks against the store, such as the per-metric series limit.
-    pub fn retain_series(&mut self, mut admit: impl FnMut(SeriesId, &Labels) -> Result<(), LimitError>) {
+    /// Used for checks against the store, such as the per-metric series limit; `admit` gets the
+    /// series id and its canonical label bytes.
+    pub fn retain_series(&mut self, mut admit: impl FnMut(SeriesId, &[u8]) -> Result<(), LimitError>) {
         let mut remap = vec![u32::MAX; self.batch.series.len()];
         let mut kept = Vec::with_capacity(self.batch.series.len());
         let mut errs = Vec::new();
-        for (i, (id, labels)) in std::mem::take(&mut self.batch.series).into_iter().enumerate() {
-            match admit(id, &labels) {
+        for (i, (id, range)) in std::mem::take(&mut self.batch.series).into_iter().enumerate() {
+            let canon = &self.batch.arena[range.start as usize..range.end as usize];
+            match admit(id, canon) {
                 Ok(()) => {
                     remap[i] = kept.len() as u32;
-                    kept.push((id, labels));
+                    kept.push((id, range));
                 }
                 Err(e) => errs.push((self.first_line[i], e.to_string())),
             }

@@ -126,7 +126,7 @@ mod tests {
         parse(body.as_bytes(), 7, &mut b);
         let (batch, errs, _) = b.finish();
         assert_eq!(batch.samples.len(), 3);
-        assert_eq!(batch.series[0].1.get("b"), Some("q\"uo\\te\n"));
+        assert_eq!(batch.labels(0).get("b"), Some("q\"uo\\te\n"));
         assert_eq!(batch.samples[0].ts, 1000);
         assert_eq!(batch.samples[1].ts, 7);
         assert!(batch.samples[2].value.is_nan());

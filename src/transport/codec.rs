@@ -1,0 +1,117 @@
+//! The binary record format of a pushed batch, as stored in the log.
+//!
+//! ```text
+//! u8 version = 1
+//! u32 n_series, then per series: u64 id, u32 len, canonical label bytes
+//! u32 n_samples, then per sample: u32 series index, i64 ts ms, f64 value (all little endian)
+//! ```
+//! A reader can skip the label bytes of series it already knows, so decoding allocates only for
+//! new series.
+
+use crate::ingest::WriteBatch;
+
+/// Why a stored record could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt batch record: {0}")]
+pub struct CodecError(&'static str);
+
+/// Encodes a batch.
+pub fn encode(batch: &WriteBatch, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(9 + batch.arena.len() + batch.series.len() * 12 + batch.samples.len() * 20);
+    out.push(1);
+    out.extend_from_slice(&(batch.series.len() as u32).to_le_bytes());
+    for (i, (id, _)) in batch.series.iter().enumerate() {
+        let c = batch.canonical(i);
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+        out.extend_from_slice(c);
+    }
+    out.extend_from_slice(&(batch.samples.len() as u32).to_le_bytes());
+    for s in &batch.samples {
+        out.extend_from_slice(&s.series.to_le_bytes());
+        out.extend_from_slice(&s.ts.to_le_bytes());
+        out.extend_from_slice(&s.value.to_bits().to_le_bytes());
+    }
+}
+
+struct Cursor<'a>(&'a [u8]);
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        if self.0.len() < n {
+            return Err(CodecError("truncated"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u32(&mut self) -> Result<u32, CodecError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, CodecError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+}
+
+/// Decodes a record: `on_series(id, canonical_bytes)` is called for each series in order, then
+/// `on_sample(series_id, ts, value)` for each sample.
+pub fn decode(
+    payload: &[u8],
+    ids: &mut Vec<u64>,
+    mut on_series: impl FnMut(u64, &[u8]),
+    mut on_sample: impl FnMut(u64, i64, f64),
+) -> Result<(), CodecError> {
+    let mut c = Cursor(payload);
+    if c.take(1)? != [1] {
+        return Err(CodecError("unknown version"));
+    }
+    let n = c.u32()? as usize;
+    ids.clear();
+    for _ in 0..n {
+        let id = c.u64()?;
+        let len = c.u32()? as usize;
+        on_series(id, c.take(len)?);
+        ids.push(id);
+    }
+    let m = c.u32()? as usize;
+    let body = c.take(m.checked_mul(20).ok_or(CodecError("sample count overflow"))?)?;
+    for s in body.chunks_exact(20) {
+        let idx = u32::from_le_bytes(s[0..4].try_into().expect("4")) as usize;
+        let ts = i64::from_le_bytes(s[4..12].try_into().expect("8"));
+        let v = f64::from_bits(u64::from_le_bytes(s[12..20].try_into().expect("8")));
+        let id = *ids.get(idx).ok_or(CodecError("sample refers to a missing series"))?;
+        on_sample(id, ts, v);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::{BatchBuilder, SeriesBuf};
+    use crate::model::Limits;
+
+    #[test]
+    fn round_trip() {
+        let limits = Limits::default();
+        let mut b = BatchBuilder::new(&limits);
+        let mut buf = SeriesBuf::default();
+        buf.push("__name__", "up");
+        buf.push("job", "x");
+        b.add(&mut buf, 5, 1.5, 1);
+        b.add(&mut buf, 6, f64::NAN, 2);
+        let (batch, _, _) = b.finish();
+        let mut bytes = Vec::new();
+        encode(&batch, &mut bytes);
+        let mut got = Vec::new();
+        let mut series = Vec::new();
+        decode(&bytes, &mut Vec::new(), |id, c| series.push((id, crate::ingest::decode_canonical(c))), |id, t, v| got.push((id, t, v.to_bits())))
+            .unwrap();
+        assert_eq!(series, vec![(batch.series[0].0, batch.labels(0))]);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].2, f64::NAN.to_bits());
+        for cut in 0..bytes.len() {
+            let _ = decode(&bytes[..cut], &mut Vec::new(), |_, _| {}, |_, _, _| {});
+        }
+    }
+}

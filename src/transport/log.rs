@@ -1,0 +1,478 @@
+//! The embedded log: a durable, offset-addressed, append-only record log under
+//! `<data_dir>/log/`, standing in for the Kafka `metrics` topic in `tidemark up`.
+//!
+//! Records live in segment files named by their first offset (`00000000000000000000.seg`).
+//! A record is framed as `u32 payload_len | u32 crc32 | i64 min_ts | i64 max_ts | u8 kind | payload`,
+//! the CRC covering everything after itself. The time range in the frame lets every reader keep
+//! the same watermark from the frames alone, whichever records it decodes. An append returns
+//! only once the record is written and, under the `always` policy, fsynced (concurrent appends
+//! share one fsync). On open, a torn or corrupt tail is truncated: it was never acknowledged.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+/// Bytes of a frame header.
+pub const HEADER_LEN: usize = 25;
+const SEGMENT_BYTES: u64 = 256 << 20;
+
+/// When appended records are forced to disk.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// fsync before acknowledging each append (group commit): survives power loss.
+    #[default]
+    Always,
+    /// fsync in the background every `fsync_interval_ms`: survives a process crash, may lose the
+    /// last interval on power loss.
+    Interval,
+    /// Leave it to the OS.
+    Never,
+}
+
+/// What a record holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    /// A [`crate::transport::codec`] batch.
+    Batch = 1,
+    /// No data: event time advanced to `max_ts` while the log was idle (see the idle timeout).
+    Tick = 2,
+}
+
+/// A record as read back.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub offset: u64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub kind: RecordKind,
+    /// Empty when the reader skipped the payload.
+    pub payload: Vec<u8>,
+}
+
+/// Log errors.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log I/O at {path}: {source} (check free space and permissions of the data dir)")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("log offset {offset} is no longer retained (first retained offset is {first})")]
+    Truncated { offset: u64, first: u64 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
+    move |source| LogError::Io { path: path.to_path_buf(), source }
+}
+
+#[derive(Clone, Debug)]
+struct Segment {
+    base: u64,
+    path: PathBuf,
+}
+
+struct Writer {
+    file: File,
+    path: PathBuf,
+    pos: u64,
+    next: u64,
+    frame: Vec<u8>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    policy: FsyncPolicy,
+    writer: Mutex<Writer>,
+    sync: Mutex<u64>,
+    segments: RwLock<Vec<Segment>>,
+    end: AtomicU64,
+    max_ts: AtomicI64,
+    last_append_ms: AtomicI64,
+    appended_bytes: AtomicU64,
+}
+
+/// A handle to the log; cheap to clone.
+#[derive(Clone)]
+pub struct Log {
+    shared: Arc<Shared>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.seg"))
+}
+
+/// Reads one frame header; `Ok(None)` at a clean end or a torn/corrupt frame.
+fn read_frame(r: &mut impl Read, with_payload: bool, buf: &mut Vec<u8>) -> io::Result<Option<(i64, i64, u8, u32)>> {
+    let mut h = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        let n = r.read(&mut h[got..])?;
+        if n == 0 {
+            return Ok(None);
+        }
+        got += n;
+    }
+    let len = u32::from_le_bytes(h[0..4].try_into().expect("4"));
+    let crc = u32::from_le_bytes(h[4..8].try_into().expect("4"));
+    let min_ts = i64::from_le_bytes(h[8..16].try_into().expect("8"));
+    let max_ts = i64::from_le_bytes(h[16..24].try_into().expect("8"));
+    let kind = h[24];
+    if !(1..=2).contains(&kind) || u64::from(len) > SEGMENT_BYTES * 4 {
+        return Ok(None);
+    }
+    if with_payload {
+        buf.resize(len as usize, 0);
+        if r.read_exact(buf).is_err() {
+            return Ok(None);
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&h[8..]);
+        hasher.update(buf);
+        if hasher.finalize() != crc {
+            return Ok(None);
+        }
+    }
+    Ok(Some((min_ts, max_ts, kind, len)))
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering from a torn tail.
+    pub fn open(dir: &Path, policy: FsyncPolicy) -> Result<Log, LogError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut bases: Vec<u64> = fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse().ok()))
+            .collect();
+        bases.sort_unstable();
+        if bases.is_empty() {
+            bases.push(0);
+            File::create(segment_path(dir, 0)).map_err(io_err(dir))?;
+        }
+        let mut segments = Vec::new();
+        let mut max_ts = i64::MIN;
+        let mut next = bases[0];
+        let mut last_pos = 0;
+        for (i, &base) in bases.iter().enumerate() {
+            let path = segment_path(dir, base);
+            if base != next && i > 0 {
+                // A gap means a lost segment; continue from what is there.
+                tracing_warn(&format!("log segment gap: expected offset {next}, found segment {base}"));
+            }
+            next = base;
+            let file = File::open(&path).map_err(io_err(&path))?;
+            let mut r = BufReader::with_capacity(1 << 20, file);
+            let mut pos = 0u64;
+            let mut buf = Vec::new();
+            while let Some((_, hi, kind, len)) = read_frame(&mut r, true, &mut buf).map_err(io_err(&path))? {
+                let _ = kind;
+                max_ts = max_ts.max(hi);
+                pos += HEADER_LEN as u64 + u64::from(len);
+                next += 1;
+            }
+            let size = fs::metadata(&path).map_err(io_err(&path))?.len();
+            if size != pos {
+                tracing_warn(&format!("log segment {}: truncating torn tail at byte {pos} of {size}", path.display()));
+                let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                f.set_len(pos).map_err(io_err(&path))?;
+                f.sync_all().map_err(io_err(&path))?;
+            }
+            last_pos = pos;
+            segments.push(Segment { base, path });
+        }
+        let active = segments.last().expect("at least one segment").path.clone();
+        let file = OpenOptions::new().append(true).open(&active).map_err(io_err(&active))?;
+        let shared = Shared {
+            dir: dir.to_path_buf(),
+            policy,
+            writer: Mutex::new(Writer { file, path: active, pos: last_pos, next, frame: Vec::new() }),
+            sync: Mutex::new(next),
+            segments: RwLock::new(segments),
+            end: AtomicU64::new(next),
+            max_ts: AtomicI64::new(max_ts),
+            last_append_ms: AtomicI64::new(now_ms()),
+            appended_bytes: AtomicU64::new(0),
+        };
+        Ok(Log { shared: Arc::new(shared) })
+    }
+
+    /// Appends a record and returns its offset once it is durable under the fsync policy.
+    /// Blocking: call from a blocking context.
+    pub fn append(&self, kind: RecordKind, min_ts: i64, max_ts: i64, payload: &[u8]) -> Result<u64, LogError> {
+        let offset = {
+            let mut w = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+            if w.pos >= SEGMENT_BYTES {
+                self.roll(&mut w)?;
+            }
+            let Writer { frame, file, path, pos, .. } = &mut *w;
+            frame.clear();
+            frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            frame.extend_from_slice(&[0; 4]);
+            frame.extend_from_slice(&min_ts.to_le_bytes());
+            frame.extend_from_slice(&max_ts.to_le_bytes());
+            frame.push(kind as u8);
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&frame[8..]);
+            hasher.update(payload);
+            let crc = hasher.finalize();
+            frame[4..8].copy_from_slice(&crc.to_le_bytes());
+            frame.extend_from_slice(payload);
+            if let Err(e) = file.write_all(frame) {
+                // Undo a partial write so the next record starts on a frame boundary.
+                let _ = file.set_len(*pos);
+                return Err(LogError::Io { path: path.clone(), source: e });
+            }
+            w.pos += w.frame.len() as u64;
+            let offset = w.next;
+            w.next += 1;
+            self.shared.max_ts.fetch_max(max_ts, Ordering::Relaxed);
+            self.shared.last_append_ms.store(now_ms(), Ordering::Relaxed);
+            self.shared.appended_bytes.fetch_add(w.frame.len() as u64, Ordering::Relaxed);
+            if self.shared.policy != FsyncPolicy::Always {
+                self.shared.end.store(w.next, Ordering::Release);
+            }
+            offset
+        };
+        if self.shared.policy == FsyncPolicy::Always {
+            self.sync_through(offset)?;
+        }
+        Ok(offset)
+    }
+
+    /// Forces every record up to `offset` to disk; concurrent callers share one fsync.
+    pub fn sync_through(&self, offset: u64) -> Result<(), LogError> {
+        let mut synced = self.shared.sync.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced > offset {
+            return Ok(());
+        }
+        let (file, path, target) = {
+            let w = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+            (w.file.try_clone().map_err(io_err(&w.path))?, w.path.clone(), w.next)
+        };
+        file.sync_data().map_err(io_err(&path))?;
+        *synced = target;
+        self.shared.end.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// fsyncs everything appended so far (shutdown, and the `interval` policy's timer).
+    pub fn sync(&self) -> Result<(), LogError> {
+        let next = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner()).next;
+        if next == 0 {
+            return Ok(());
+        }
+        self.sync_through(next - 1)
+    }
+
+    fn roll(&self, w: &mut Writer) -> Result<(), LogError> {
+        w.file.sync_data().map_err(io_err(&w.path))?;
+        let path = segment_path(&self.shared.dir, w.next);
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        if let Ok(d) = File::open(&self.shared.dir) {
+            let _ = d.sync_all();
+        }
+        self.shared.segments.write().unwrap_or_else(|e| e.into_inner()).push(Segment { base: w.next, path: path.clone() });
+        w.file = file;
+        w.path = path;
+        w.pos = 0;
+        Ok(())
+    }
+
+    /// One past the last readable offset.
+    pub fn end_offset(&self) -> u64 {
+        self.shared.end.load(Ordering::Acquire)
+    }
+
+    /// The first retained offset.
+    pub fn start_offset(&self) -> u64 {
+        self.shared.segments.read().unwrap_or_else(|e| e.into_inner())[0].base
+    }
+
+    /// Largest event time of any record appended so far (`i64::MIN` when empty).
+    pub fn max_event_ts(&self) -> i64 {
+        self.shared.max_ts.load(Ordering::Relaxed)
+    }
+
+    /// Wall-clock ms of the last append (or of opening).
+    pub fn last_append_ms(&self) -> i64 {
+        self.shared.last_append_ms.load(Ordering::Relaxed)
+    }
+
+    /// Bytes appended since open.
+    pub fn appended_bytes(&self) -> u64 {
+        self.shared.appended_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Deletes whole segments (never the active one) last written longer than `age` ago.
+    /// Returns how many were deleted.
+    pub fn delete_older_than(&self, age: Duration) -> Result<usize, LogError> {
+        let mut segs = self.shared.segments.write().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        while segs.len() > 1 {
+            let meta = fs::metadata(&segs[0].path).map_err(io_err(&segs[0].path))?;
+            let old = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|e| e > age);
+            if !old {
+                break;
+            }
+            fs::remove_file(&segs[0].path).map_err(io_err(&segs[0].path))?;
+            segs.remove(0);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// A reader positioned at `offset` (clamped up to the first retained offset).
+    pub fn reader(&self, offset: u64) -> Result<LogReader, LogError> {
+        let mut r = LogReader { log: self.clone(), seg: usize::MAX, file: None, next: 0, buf: Vec::new() };
+        r.seek(offset)?;
+        Ok(r)
+    }
+}
+
+/// A sequential reader. Payloads are read only for records the caller wants.
+pub struct LogReader {
+    log: Log,
+    seg: usize,
+    file: Option<BufReader<File>>,
+    next: u64,
+    buf: Vec<u8>,
+}
+
+impl LogReader {
+    /// The offset of the next record.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// Repositions to `offset` (clamped to the first retained offset).
+    pub fn seek(&mut self, offset: u64) -> Result<(), LogError> {
+        let segs = self.log.shared.segments.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let offset = offset.max(segs[0].base);
+        let i = segs.iter().rposition(|s| s.base <= offset).unwrap_or(0);
+        self.open_segment(&segs[i], i)?;
+        while self.next < offset {
+            if self.next_record(|_| false)?.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn open_segment(&mut self, seg: &Segment, i: usize) -> Result<(), LogError> {
+        let f = File::open(&seg.path).map_err(io_err(&seg.path))?;
+        self.file = Some(BufReader::with_capacity(1 << 20, f));
+        self.seg = i;
+        self.next = seg.base;
+        Ok(())
+    }
+
+    /// Reads the next record if one is readable; `want(offset)` decides whether its payload is
+    /// loaded. Returns `None` at the current end of the log.
+    pub fn next_record(&mut self, want: impl FnOnce(u64) -> bool) -> Result<Option<Record>, LogError> {
+        if self.next >= self.log.end_offset() {
+            return Ok(None);
+        }
+        // Move to the next segment when this one is exhausted.
+        let next_seg = {
+            let segs = self.log.shared.segments.read().unwrap_or_else(|e| e.into_inner());
+            let cur = segs.iter().position(|s| s.base > self.next).map(|j| j.saturating_sub(1));
+            match cur {
+                Some(j) if j != self.seg => Some((segs[j].clone(), j)),
+                None if self.seg != segs.len() - 1 => Some((segs[segs.len() - 1].clone(), segs.len() - 1)),
+                _ => None,
+            }
+        };
+        if let Some((seg, j)) = next_seg {
+            if seg.base == self.next {
+                self.open_segment(&seg, j)?;
+            }
+        }
+        let path = self.log.shared.segments.read().unwrap_or_else(|e| e.into_inner()).get(self.seg).map(|s| s.path.clone()).unwrap_or_default();
+        let offset = self.next;
+        let load = want(offset);
+        let file = self.file.as_mut().expect("open segment");
+        // Read the header first; then either the payload or a skip.
+        let mut h = [0u8; HEADER_LEN];
+        file.read_exact(&mut h).map_err(io_err(&path))?;
+        let len = u32::from_le_bytes(h[0..4].try_into().expect("4")) as usize;
+        let crc = u32::from_le_bytes(h[4..8].try_into().expect("4"));
+        let min_ts = i64::from_le_bytes(h[8..16].try_into().expect("8"));
+        let max_ts = i64::from_le_bytes(h[16..24].try_into().expect("8"));
+        let kind = if h[24] == 2 { RecordKind::Tick } else { RecordKind::Batch };
+        let payload = if load {
+            self.buf.resize(len, 0);
+            file.read_exact(&mut self.buf).map_err(io_err(&path))?;
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&h[8..]);
+            hasher.update(&self.buf);
+            if hasher.finalize() != crc {
+                return Err(LogError::Io {
+                    path,
+                    source: io::Error::new(io::ErrorKind::InvalidData, format!("CRC mismatch in record {offset}")),
+                });
+            }
+            std::mem::take(&mut self.buf)
+        } else {
+            file.seek_relative(len as i64).map_err(io_err(&path))?;
+            Vec::new()
+        };
+        self.next += 1;
+        Ok(Some(Record { offset, min_ts, max_ts, kind, payload }))
+    }
+
+    /// Gives a payload buffer back for reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if buf.capacity() > self.buf.capacity() {
+            self.buf = buf;
+        }
+    }
+}
+
+fn tracing_warn(msg: &str) {
+    eprintln!("tidemark: warning: {msg}");
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_read_reopen_and_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), FsyncPolicy::Always).unwrap();
+        for i in 0..10i64 {
+            assert_eq!(log.append(RecordKind::Batch, i, i + 1, format!("rec{i}").as_bytes()).unwrap(), i as u64);
+        }
+        let mut r = log.reader(3).unwrap();
+        let rec = r.next_record(|_| true).unwrap().unwrap();
+        assert_eq!((rec.offset, rec.payload.as_slice()), (3, &b"rec3"[..]));
+        let skipped = r.next_record(|_| false).unwrap().unwrap();
+        assert_eq!((skipped.offset, skipped.max_ts, skipped.payload.len()), (4, 5, 0));
+        drop(log);
+        // Tear the tail: append half a frame.
+        let seg = segment_path(dir.path(), 0);
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+        drop(f);
+        let log = Log::open(dir.path(), FsyncPolicy::Always).unwrap();
+        assert_eq!(log.end_offset(), 10);
+        assert_eq!(log.max_event_ts(), 10);
+        assert_eq!(log.append(RecordKind::Tick, 0, 20, b"").unwrap(), 10);
+        let mut r = log.reader(0).unwrap();
+        let mut n = 0;
+        while let Some(rec) = r.next_record(|_| true).unwrap() {
+            assert_eq!(rec.offset, n);
+            n += 1;
+        }
+        assert_eq!(n, 11);
+    }
+}
