@@ -1,1 +1,35 @@
-pub fn _x(){}
+//! Tidemark's timely-dataflow operators: pure, free of network I/O, each doc-tested under
+//! `timely::example`.
+//!
+//! Timely time is event time in milliseconds. A source holds its capability at its watermark
+//! (max event time seen minus the out-of-orderness bound) and sends every record at that
+//! capability with its true event time inside, so **the timely frontier is the watermark**.
+//! Window operators place samples by event time and close windows by the frontier, never by a
+//! clock.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`types`] | `Sample`, `Rollup`, `LateStats` |
+//! | [`source`] | [`source::watermark_source`]: a pull-based source adapter that turns event times into frontiers |
+//! | [`window`] | [`window::tumbling_rollups`] (raw to 1m) and [`window::rollup_rollups`] (1m to 1h), with allowed lateness and corrections |
+//! | [`sink`] | [`sink::HotSink`] and the operators that apply raw samples and rollups to it |
+
+pub mod sink;
+pub mod source;
+pub mod types;
+pub mod window;
+
+pub use types::{LateStats, Rollup, Sample};
+
+/// Drains a captured stream (from `Capture::capture`) into `(time, record)` pairs, for tests and
+/// doc-tests of streams whose records are not `Ord` (timely's `extract` needs `Ord`).
+pub fn captured<T: Clone + Ord + timely::order::TotalOrder, D>(rx: std::sync::mpsc::Receiver<timely::dataflow::operators::capture::Event<T, Vec<D>>>) -> Vec<(T, D)> {
+    use timely::dataflow::operators::capture::Event;
+    rx.try_iter()
+        .filter_map(|e| match e {
+            Event::Messages(t, d) => Some((t.least().cloned()?, d)),
+            Event::Progress(_) => None,
+        })
+        .flat_map(|(t, d): (T, Vec<D>)| d.into_iter().map(move |x| (t.clone(), x)))
+        .collect::<Vec<_>>()
+}

@@ -1,0 +1,261 @@
+//! Tumbling windows closed by the frontier, with allowed lateness and corrected re-emission.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+use timely::progress::frontier::MutableAntichain;
+
+use crate::types::{LateStats, Rollup, Sample, STALE_NAN_BITS};
+
+/// A record a window can place: its series and event time.
+pub trait Windowed: Clone + 'static {
+    fn series(&self) -> u64;
+    fn event_ts(&self) -> i64;
+}
+
+impl Windowed for Sample {
+    fn series(&self) -> u64 {
+        self.series
+    }
+    fn event_ts(&self) -> i64 {
+        self.ts
+    }
+}
+
+impl Windowed for Rollup {
+    fn series(&self) -> u64 {
+        self.series
+    }
+    fn event_ts(&self) -> i64 {
+        self.start
+    }
+}
+
+/// Per series, per window state.
+pub trait Accumulator<D>: Default + 'static {
+    fn add(&mut self, d: D);
+    fn rollup(&mut self, series: u64, start: i64, width: i64) -> Option<Rollup>;
+}
+
+/// Raw samples of one series in one window, in arrival order.
+#[derive(Default)]
+pub struct SampleAcc(Vec<(i64, f64)>);
+
+impl Accumulator<Sample> for SampleAcc {
+    fn add(&mut self, s: Sample) {
+        self.0.push((s.ts, s.value));
+    }
+    fn rollup(&mut self, series: u64, start: i64, width: i64) -> Option<Rollup> {
+        // Sort by time; for equal times the last arrival wins (replays are idempotent).
+        self.0.sort_by_key(|p| p.0);
+        let mut w = 0;
+        for r in 0..self.0.len() {
+            if w > 0 && self.0[w - 1].0 == self.0[r].0 {
+                self.0[w - 1] = self.0[r];
+            } else {
+                self.0[w] = self.0[r];
+                w += 1;
+            }
+        }
+        self.0.truncate(w);
+        Rollup::from_sorted(series, start, width, &self.0)
+    }
+}
+
+/// Finer rollups of one series in one coarser window, upserted by start.
+#[derive(Default)]
+pub struct RollupAcc(BTreeMap<i64, Rollup>);
+
+impl Accumulator<Rollup> for RollupAcc {
+    fn add(&mut self, r: Rollup) {
+        self.0.insert(r.start, r);
+    }
+    fn rollup(&mut self, series: u64, start: i64, width: i64) -> Option<Rollup> {
+        let parts: Vec<Rollup> = self.0.values().copied().collect();
+        Rollup::combine(series, start, width, &parts)
+    }
+}
+
+struct Window<A> {
+    cap: Capability<u64>,
+    series: HashMap<u64, A>,
+    emitted: bool,
+    dirty: HashSet<u64>,
+}
+
+/// True when every time in the frontier is greater than `t` (no record at or before `t` can come).
+fn passed(frontier: &MutableAntichain<u64>, t: i64) -> bool {
+    match u64::try_from(t) {
+        Ok(t) => !frontier.less_equal(&t),
+        Err(_) => true,
+    }
+}
+
+/// The generic tumbling-window operator behind [`tumbling_rollups`] and [`rollup_rollups`].
+///
+/// A record arriving at time `t` for window `[start, end)`:
+/// - is **dropped** (counted) when `t >= end + lateness`: the window is gone;
+/// - is **late** (counted, accepted) when its event time is below `t`;
+/// - otherwise on time.
+///
+/// A window is emitted once the frontier passes `end`, re-emitted for the series a late record
+/// changed, and retired once the frontier passes `end + lateness`.
+pub fn windows<'s, D, A>(
+    stream: Stream<'s, u64, Vec<D>>,
+    name: &str,
+    width: i64,
+    lateness: i64,
+) -> (Stream<'s, u64, Vec<Rollup>>, Stream<'s, u64, Vec<LateStats>>)
+where
+    D: Windowed + Send + serde::Serialize + for<'de> serde::Deserialize<'de>,
+    A: Accumulator<D>,
+{
+    assert!(width > 0 && lateness >= 0, "window width must be positive and lateness non-negative");
+    let out = stream.unary_frontier::<CapacityContainerBuilder<Vec<Result<Rollup, LateStats>>>, _, _, _>(
+        Exchange::new(|d: &D| d.series()),
+        name,
+        move |_cap, _info| {
+            let mut open: BTreeMap<i64, Window<A>> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    let Some(&t) = cap.least() else { return };
+                    let t_i = i64::try_from(t).unwrap_or(i64::MAX);
+                    let mut stats = LateStats::default();
+                    for d in data.drain(..) {
+                        let ts = d.event_ts();
+                        let start = ts.div_euclid(width) * width;
+                        let end = start.saturating_add(width);
+                        if t_i >= end.saturating_add(lateness) {
+                            stats.dropped += 1;
+                            continue;
+                        }
+                        if ts < t_i {
+                            stats.accepted += 1;
+                        }
+                        let w = open.entry(start).or_insert_with(|| Window {
+                            cap: cap.retain_least(0).expect("a totally ordered stamp has a least time"),
+                            series: HashMap::new(),
+                            emitted: false,
+                            dirty: HashSet::new(),
+                        });
+                        if w.emitted {
+                            w.dirty.insert(d.series());
+                        }
+                        w.series.entry(d.series()).or_default().add(d);
+                    }
+                    if stats != LateStats::default() {
+                        let c = cap.retain_least(0).expect("least time");
+                        output.session(&c).give(Err(stats));
+                    }
+                });
+                let frontier_min = frontier.frontier().iter().min().copied();
+                let mut retired = Vec::new();
+                for (&start, w) in open.iter_mut() {
+                    let end = start.saturating_add(width);
+                    if !passed(frontier, end - 1) {
+                        break;
+                    }
+                    let mut session = output.session(&w.cap);
+                    if !w.emitted {
+                        for (&series, acc) in w.series.iter_mut() {
+                            if let Some(r) = acc.rollup(series, start, width) {
+                                session.give(Ok(r));
+                            }
+                        }
+                        w.emitted = true;
+                        w.dirty.clear();
+                    } else {
+                        for series in w.dirty.drain() {
+                            if let Some(r) = w.series.get_mut(&series).and_then(|a| a.rollup(series, start, width)) {
+                                session.give(Ok(r));
+                            }
+                        }
+                    }
+                    drop(session);
+                    if passed(frontier, end.saturating_add(lateness) - 1) {
+                        retired.push(start);
+                    } else if let Some(f) = frontier_min {
+                        if f > *w.cap.time() {
+                            w.cap.downgrade(&f);
+                        }
+                    }
+                }
+                for s in retired {
+                    open.remove(&s);
+                }
+            }
+        },
+    );
+    out.ok_err(|r| r)
+}
+
+/// 1-minute (or any width) rollups of raw samples, exchanged by series. Staleness markers are
+/// not aggregated.
+///
+/// # Examples
+/// ```
+/// use timely::dataflow::operators::{Capture, ToStream};
+/// use tidemark_dataflows::captured;
+/// use tidemark_dataflows::window::tumbling_rollups;
+/// use tidemark_dataflows::Sample;
+///
+/// let (rollups, late) = timely::example(|scope| {
+///     let s = |ts, value| Sample { series: 1, ts, value };
+///     // All sent at time 0, as a source at watermark 0 would send them.
+///     let input = vec![s(0, 5.0), s(30_000, 7.0), s(20_000, 1.0), s(61_000, 2.0)]
+///         .to_stream(scope).container::<Vec<_>>();
+///     let (rollups, late) = tumbling_rollups(input, 60_000, 300_000);
+///     (rollups.capture(), late.capture())
+/// });
+/// let mut got: Vec<_> = captured(rollups).into_iter().map(|(_, r)| r).collect();
+/// got.sort_by_key(|r| r.start);
+/// assert_eq!(got.len(), 2);
+/// assert_eq!((got[0].count, got[0].sum, got[0].first, got[0].last), (3, 13.0, 5.0, 7.0));
+/// assert_eq!(got[0].increase, 1.0 + 6.0); // 5 -> 1 is a counter reset
+/// assert_eq!((got[1].start, got[1].count), (60_000, 1));
+/// assert!(captured(late).is_empty());
+/// ```
+pub fn tumbling_rollups<'s>(
+    samples: Stream<'s, u64, Vec<Sample>>,
+    width: i64,
+    lateness: i64,
+) -> (Stream<'s, u64, Vec<Rollup>>, Stream<'s, u64, Vec<LateStats>>) {
+    use timely::dataflow::operators::core::Filter;
+    let samples = samples.filter(|s: &Sample| s.value.to_bits() != STALE_NAN_BITS);
+    windows::<Sample, SampleAcc>(samples, "TumblingRollups", width, lateness)
+}
+
+/// Coarser rollups (1 h) built from finer ones (1 m), which may arrive again corrected: the
+/// latest rollup for a finer window replaces the earlier one.
+///
+/// # Examples
+/// ```
+/// use timely::dataflow::operators::{Capture, ToStream};
+/// use tidemark_dataflows::captured;
+/// use tidemark_dataflows::window::rollup_rollups;
+/// use tidemark_dataflows::Rollup;
+///
+/// let got = timely::example(|scope| {
+///     let m0 = Rollup::from_sorted(1, 0, 60_000, &[(0, 1.0), (30_000, 2.0)]).unwrap();
+///     let m1 = Rollup::from_sorted(1, 60_000, 60_000, &[(60_000, 4.0)]).unwrap();
+///     let m1_corrected = Rollup::from_sorted(1, 60_000, 60_000, &[(60_000, 4.0), (90_000, 5.0)]).unwrap();
+///     let (hours, _late) = rollup_rollups(vec![m0, m1, m1_corrected].to_stream(scope).container::<Vec<_>>(), 3_600_000, 300_000);
+///     hours.capture()
+/// });
+/// let h: Vec<_> = captured(got).into_iter().map(|(_, r)| r).collect();
+/// assert_eq!(h.len(), 1);
+/// assert_eq!((h[0].count, h[0].sum, h[0].min, h[0].max, h[0].last), (4, 12.0, 1.0, 5.0, 5.0));
+/// assert_eq!(h[0].increase, 4.0); // 1 -> 2 -> 4 -> 5
+/// ```
+pub fn rollup_rollups<'s>(
+    rollups: Stream<'s, u64, Vec<Rollup>>,
+    width: i64,
+    lateness: i64,
+) -> (Stream<'s, u64, Vec<Rollup>>, Stream<'s, u64, Vec<LateStats>>) {
+    windows::<Rollup, RollupAcc>(rollups, "RollupRollups", width, lateness)
+}
