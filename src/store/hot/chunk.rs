@@ -1,0 +1,448 @@
+//! Compressed chunks of one series: timestamps as delta-of-delta, values either as Gorilla XOR
+//! or, where it is smaller, VictoriaMetrics-style: floats scaled to integers by a power of ten,
+//! then delta (or delta-of-delta) divided by the deltas' common divisor, bit-packed with a
+//! per-chunk adaptive width. The encoder tries each value codec and keeps the smallest, so a
+//! chunk is never larger than plain Gorilla.
+//!
+//! Layout (bit stream, big endian within words):
+//! ```text
+//! 16 count | 64 first ts | [if count > 1: var zigzag first delta | 7 width | dod codes]
+//! 2 value codec:
+//!   0 Gorilla: 64 first value | XOR codes
+//!   1 / 2 decimal delta / delta-of-delta: 5 exponent | var gcd | var zigzag first mantissa
+//!         | [codec 2: var zigzag first delta] | 7 width | codes
+//! code(width w): '0' + w bits of zigzag value, or '1' + var
+//! var: 6 bits (len - 1) + len bits
+//! ```
+
+/// A sealed, compressed chunk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chunk {
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub count: u16,
+    /// The codec chosen for values.
+    pub codec: ValueCodec,
+    bytes: Box<[u8]>,
+}
+
+/// How values are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueCodec {
+    Gorilla = 0,
+    DecimalDelta = 1,
+    DecimalDod = 2,
+}
+
+/// Most samples a chunk holds (Prometheus's head chunks hold 120).
+pub const CHUNK_SAMPLES: usize = 120;
+
+struct BitWriter {
+    buf: Vec<u8>,
+    acc: u64,
+    nbits: u32,
+}
+
+impl BitWriter {
+    fn new() -> Self {
+        BitWriter { buf: Vec::with_capacity(64), acc: 0, nbits: 0 }
+    }
+    #[inline]
+    fn write(&mut self, value: u64, bits: u32) {
+        debug_assert!(bits <= 64);
+        if bits == 0 {
+            return;
+        }
+        let value = if bits == 64 { value } else { value & ((1u64 << bits) - 1) };
+        let free = 64 - self.nbits;
+        if bits <= free {
+            self.acc |= if bits == 64 { value } else { value << (free - bits) };
+            self.nbits += bits;
+        } else {
+            let hi = bits - free;
+            self.acc |= value >> hi;
+            self.buf.extend_from_slice(&self.acc.to_be_bytes());
+            self.acc = value << (64 - hi);
+            self.nbits = hi;
+        }
+        if self.nbits == 64 {
+            self.buf.extend_from_slice(&self.acc.to_be_bytes());
+            self.acc = 0;
+            self.nbits = 0;
+        }
+    }
+    /// A self-delimiting unsigned: 6 bits (bit length - 1), then the bits.
+    fn write_var(&mut self, v: u64) {
+        let len = bit_len(v).max(1);
+        self.write(u64::from(len - 1), 6);
+        self.write(v, len);
+    }
+    fn bit_len(&self) -> usize {
+        self.buf.len() * 8 + self.nbits as usize
+    }
+    fn finish(mut self) -> Vec<u8> {
+        let bytes = self.nbits.div_ceil(8) as usize;
+        self.buf.extend_from_slice(&self.acc.to_be_bytes()[..bytes]);
+        // Padding so the reader can always load 8 bytes past any position.
+        self.buf.extend_from_slice(&[0u8; 8]);
+        self.buf
+    }
+}
+
+struct BitReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl BitReader<'_> {
+    #[inline]
+    fn peek64(&self) -> u64 {
+        let byte = self.pos >> 3;
+        let shift = (self.pos & 7) as u32;
+        let w = match self.buf.get(byte..byte + 8) {
+            Some(s) => u64::from_be_bytes(s.try_into().expect("8 bytes")),
+            None => {
+                let mut b = [0u8; 8];
+                let tail = self.buf.get(byte..).unwrap_or_default();
+                b[..tail.len()].copy_from_slice(tail);
+                u64::from_be_bytes(b)
+            }
+        };
+        let w = w << shift;
+        if shift == 0 {
+            w
+        } else {
+            w | (self.buf.get(byte + 8).copied().unwrap_or(0) as u64) >> (8 - shift)
+        }
+    }
+    #[inline]
+    fn read(&mut self, bits: u32) -> u64 {
+        if bits == 0 {
+            return 0;
+        }
+        let v = self.peek64() >> (64 - bits);
+        self.pos += bits as usize;
+        v
+    }
+    fn read_var(&mut self) -> u64 {
+        let len = self.read(6) as u32 + 1;
+        self.read(len)
+    }
+    #[inline]
+    fn bit(&mut self) -> bool {
+        self.read(1) == 1
+    }
+}
+
+#[inline]
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+#[inline]
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn bit_len(v: u64) -> u32 {
+    64 - v.leading_zeros()
+}
+
+/// Picks the width that minimises the adaptive code's size for these values.
+fn best_width(values: &[u64]) -> (u32, usize) {
+    let mut hist = [0usize; 65];
+    for &v in values {
+        hist[bit_len(v) as usize] += 1;
+    }
+    let mut best = (64u32, usize::MAX);
+    for w in 0..=64u32 {
+        let mut cost = 0usize;
+        for (len, &n) in hist.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            cost += n * if len as u32 <= w { 1 + w as usize } else { 7 + len };
+        }
+        if cost < best.1 {
+            best = (w, cost);
+        }
+    }
+    best
+}
+
+fn write_codes(w: &mut BitWriter, values: &[u64]) {
+    let (width, _) = best_width(values);
+    w.write(u64::from(width), 7);
+    for &v in values {
+        let len = bit_len(v);
+        if len <= width {
+            w.write(0, 1);
+            w.write(v, width);
+        } else {
+            w.write(1, 1);
+            w.write(u64::from(len - 1), 6);
+            w.write(v, len);
+        }
+    }
+}
+
+#[inline]
+fn read_code(r: &mut BitReader<'_>, width: u32) -> u64 {
+    if !r.bit() {
+        r.read(width)
+    } else {
+        let len = r.read(6) as u32 + 1;
+        r.read(len)
+    }
+}
+
+const POW10: [f64; 16] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+
+/// The smallest exponent `e` with `round(v * 10^e) / 10^e == v` bit for bit, if any.
+fn decimal_exponent(v: f64) -> Option<u32> {
+    if !v.is_finite() || (v == 0.0 && v.is_sign_negative()) {
+        return None;
+    }
+    for (e, &p) in POW10.iter().enumerate() {
+        let m = (v * p).round();
+        if m.abs() >= 9.007_199_254_740_992e15 {
+            return None;
+        }
+        if (m / p).to_bits() == v.to_bits() {
+            return Some(e as u32);
+        }
+    }
+    None
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+fn encode_gorilla(w: &mut BitWriter, values: &[f64]) {
+    let mut prev = values[0].to_bits();
+    w.write(prev, 64);
+    let (mut lead, mut trail) = (u32::MAX, 0u32);
+    for v in &values[1..] {
+        let bits = v.to_bits();
+        let x = bits ^ prev;
+        prev = bits;
+        if x == 0 {
+            w.write(0, 1);
+            continue;
+        }
+        w.write(1, 1);
+        let l = x.leading_zeros().min(31);
+        let t = x.trailing_zeros();
+        if lead != u32::MAX && l >= lead && t >= trail {
+            w.write(0, 1);
+            w.write(x >> trail, 64 - lead - trail);
+        } else {
+            lead = l;
+            trail = t;
+            let sig = 64 - l - t;
+            w.write(1, 1);
+            w.write(u64::from(l), 5);
+            w.write(u64::from(sig - 1), 6);
+            w.write(x >> t, sig);
+        }
+    }
+}
+
+fn encode_decimal(w: &mut BitWriter, values: &[f64], exp: u32, dod: bool) {
+    let p = POW10[exp as usize];
+    let ints: Vec<i64> = values.iter().map(|v| (v * p).round() as i64).collect();
+    let mut deltas: Vec<i64> = ints.windows(2).map(|x| x[1].wrapping_sub(x[0])).collect();
+    if dod && deltas.len() > 1 {
+        let first = deltas[0];
+        let mut d2: Vec<i64> = deltas.windows(2).map(|x| x[1].wrapping_sub(x[0])).collect();
+        d2.insert(0, first);
+        deltas = d2;
+    }
+    // The common divisor of everything after the leading delta(s).
+    let skip = usize::from(dod);
+    let g = deltas.iter().skip(skip).fold(0u64, |g, &d| gcd(g, d.unsigned_abs())).max(1);
+    w.write(u64::from(exp), 5);
+    w.write_var(g);
+    w.write_var(zigzag(ints[0]));
+    if dod {
+        w.write_var(zigzag(deltas.first().copied().unwrap_or(0)));
+    }
+    let codes: Vec<u64> = deltas.iter().skip(skip).map(|&d| zigzag(d / g as i64)).collect();
+    write_codes(w, &codes);
+}
+
+impl Chunk {
+    /// Encodes samples sorted by time with distinct timestamps (1..=65535 of them).
+    pub fn encode(samples: &[(i64, f64)]) -> Chunk {
+        assert!(!samples.is_empty() && samples.len() <= u16::MAX as usize, "chunk of {} samples", samples.len());
+        let mut w = BitWriter::new();
+        let n = samples.len();
+        w.write(n as u64, 16);
+        w.write(samples[0].0 as u64, 64);
+        if n > 1 {
+            let d0 = samples[1].0.wrapping_sub(samples[0].0);
+            w.write_var(zigzag(d0));
+            let dods: Vec<u64> = samples
+                .windows(3)
+                .map(|x| zigzag(x[2].0.wrapping_sub(x[1].0).wrapping_sub(x[1].0.wrapping_sub(x[0].0))))
+                .collect();
+            write_codes(&mut w, &dods);
+        }
+        let values: Vec<f64> = samples.iter().map(|s| s.1).collect();
+        let ts_bits = w.bit_len();
+        let exp = values.iter().try_fold(0u32, |e, &v| decimal_exponent(v).map(|x| x.max(e)));
+        // Try every applicable codec on a scratch writer; keep the smallest.
+        let mut best: Option<(ValueCodec, usize)> = None;
+        let candidates: &[ValueCodec] = if exp.is_some() {
+            &[ValueCodec::Gorilla, ValueCodec::DecimalDelta, ValueCodec::DecimalDod]
+        } else {
+            &[ValueCodec::Gorilla]
+        };
+        for &c in candidates {
+            let mut t = BitWriter::new();
+            write_values(&mut t, c, &values, exp.unwrap_or(0));
+            if best.is_none_or(|b| t.bit_len() < b.1) {
+                best = Some((c, t.bit_len()));
+            }
+        }
+        let codec = best.expect("at least Gorilla").0;
+        let _ = ts_bits;
+        write_values(&mut w, codec, &values, exp.unwrap_or(0));
+        Chunk {
+            min_ts: samples[0].0,
+            max_ts: samples[n - 1].0,
+            count: n as u16,
+            codec,
+            bytes: w.finish().into_boxed_slice(),
+        }
+    }
+
+    /// Encodes with plain Gorilla only (for comparison in benchmarks).
+    pub fn encode_gorilla_only(samples: &[(i64, f64)]) -> usize {
+        let mut w = BitWriter::new();
+        let values: Vec<f64> = samples.iter().map(|s| s.1).collect();
+        encode_gorilla(&mut w, &values);
+        w.bit_len().div_ceil(8)
+    }
+
+    /// Encoded size in bytes (without the 8 padding bytes).
+    pub fn size(&self) -> usize {
+        self.bytes.len() - 8
+    }
+
+    /// Appends the chunk's samples to `out`.
+    pub fn decode_into(&self, out: &mut Vec<(i64, f64)>) {
+        let mut r = BitReader { buf: &self.bytes, pos: 0 };
+        let n = r.read(16) as usize;
+        let base = out.len();
+        out.reserve(n);
+        let mut t = r.read(64) as i64;
+        out.push((t, 0.0));
+        if n > 1 {
+            let mut d = unzigzag(r.read_var());
+            t = t.wrapping_add(d);
+            out.push((t, 0.0));
+            let width = r.read(7) as u32;
+            for _ in 2..n {
+                d = d.wrapping_add(unzigzag(read_code(&mut r, width)));
+                t = t.wrapping_add(d);
+                out.push((t, 0.0));
+            }
+        }
+        let vals = &mut out[base..];
+        match r.read(2) {
+            0 => {
+                let mut prev = r.read(64);
+                vals[0].1 = f64::from_bits(prev);
+                let (mut lead, mut trail) = (0u32, 0u32);
+                for s in vals[1..].iter_mut() {
+                    if r.bit() {
+                        if r.bit() {
+                            lead = r.read(5) as u32;
+                            let sig = r.read(6) as u32 + 1;
+                            trail = 64 - lead - sig;
+                        }
+                        let sig = 64 - lead - trail;
+                        prev ^= r.read(sig) << trail;
+                    }
+                    s.1 = f64::from_bits(prev);
+                }
+            }
+            codec => {
+                let p = POW10[r.read(5) as usize];
+                let g = r.read_var() as i64;
+                let mut m = unzigzag(r.read_var());
+                vals[0].1 = m as f64 / p;
+                if codec == 1 {
+                    let width = r.read(7) as u32;
+                    for s in vals[1..].iter_mut() {
+                        m = m.wrapping_add(unzigzag(read_code(&mut r, width)).wrapping_mul(g));
+                        s.1 = m as f64 / p;
+                    }
+                } else {
+                    let mut d = unzigzag(r.read_var());
+                    let width = r.read(7) as u32;
+                    for (i, s) in vals[1..].iter_mut().enumerate() {
+                        if i > 0 {
+                            d = d.wrapping_add(unzigzag(read_code(&mut r, width)).wrapping_mul(g));
+                        }
+                        m = m.wrapping_add(d);
+                        s.1 = m as f64 / p;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn write_values(w: &mut BitWriter, codec: ValueCodec, values: &[f64], exp: u32) {
+    w.write(codec as u64, 2);
+    match codec {
+        ValueCodec::Gorilla => encode_gorilla(w, values),
+        ValueCodec::DecimalDelta => encode_decimal(w, values, exp, false),
+        ValueCodec::DecimalDod => encode_decimal(w, values, exp, true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(samples: &[(i64, f64)]) -> Chunk {
+        let c = Chunk::encode(samples);
+        let mut out = Vec::new();
+        c.decode_into(&mut out);
+        assert_eq!(out.len(), samples.len());
+        for (a, b) in out.iter().zip(samples) {
+            assert_eq!(a.0, b.0);
+            assert_eq!(a.1.to_bits(), b.1.to_bits(), "{:?} vs {:?} codec {:?}", a, b, c.codec);
+        }
+        c
+    }
+
+    #[test]
+    fn codecs_round_trip() {
+        round_trip(&[(5, 1.0)]);
+        round_trip(&[(5, 1.0), (6, -2.5)]);
+        let cpu: Vec<(i64, f64)> = (0..120).map(|i| (1_700_000_000_000 + i * 10_000, ((i * 37 % 1000) as f64) / 1000.0)).collect();
+        let c = round_trip(&cpu);
+        assert_ne!(c.codec, ValueCodec::Gorilla);
+        let counter: Vec<(i64, f64)> = (0..120).map(|i| (i * 10_000 + (i % 3), (i * 1000 + i % 7) as f64)).collect();
+        round_trip(&counter);
+        let mem: Vec<(i64, f64)> = (0..120).map(|i| (i * 10_000, (8_000_000_000i64 + (i * i % 13) * 4096) as f64)).collect();
+        let c = round_trip(&mem);
+        // 119 deltas of at most 12 pages: 6 bits each after the gcd (4096), plus 1-bit timestamps.
+        assert!(c.size() <= 130, "mem chunk {} bytes", c.size());
+        assert_ne!(c.codec, ValueCodec::Gorilla);
+        let weird = vec![(0, f64::NAN), (1, f64::INFINITY), (2, -0.0), (3, 1e300), (4, f64::from_bits(0x7ff0000000000002)), (5, 0.1 + 0.2)];
+        let c = round_trip(&weird);
+        assert_eq!(c.codec, ValueCodec::Gorilla);
+        round_trip(&[(i64::MIN, 1.0), (i64::MAX, 2.0), (0, 3.0)]);
+        let big: Vec<(i64, f64)> = (0..120).map(|i| (i, if i == 50 { 1e15 } else { i as f64 })).collect();
+        round_trip(&big);
+    }
+}

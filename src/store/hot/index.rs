@@ -1,0 +1,230 @@
+//! The series catalog and inverted label index: label pair -> posting set of series ids.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use regex::Regex;
+
+use crate::ingest::decode_canonical;
+use crate::model::{IdMap, Labels, SeriesId, METRIC_NAME};
+
+/// A label matcher: `=`, `!=`, `=~`, `!~`. Regexes are fully anchored, as in Prometheus.
+#[derive(Clone, Debug)]
+pub struct Matcher {
+    pub name: String,
+    pub op: MatchOp,
+}
+
+/// The matcher operations.
+#[derive(Clone, Debug)]
+pub enum MatchOp {
+    Eq(String),
+    Ne(String),
+    Re(Regex),
+    Nre(Regex),
+}
+
+impl Matcher {
+    /// `name = value`.
+    pub fn eq(name: &str, value: &str) -> Self {
+        Matcher { name: name.to_string(), op: MatchOp::Eq(value.to_string()) }
+    }
+
+    /// Builds a regex matcher, anchoring the pattern.
+    pub fn regex(name: &str, pattern: &str, negate: bool) -> Result<Self, regex::Error> {
+        let re = Regex::new(&format!("^(?s:{pattern})$"))?;
+        Ok(Matcher { name: name.to_string(), op: if negate { MatchOp::Nre(re) } else { MatchOp::Re(re) } })
+    }
+
+    /// Whether a label value (`""` when absent) matches.
+    pub fn matches(&self, v: &str) -> bool {
+        match &self.op {
+            MatchOp::Eq(x) => v == x,
+            MatchOp::Ne(x) => v != x,
+            MatchOp::Re(r) => r.is_match(v),
+            MatchOp::Nre(r) => !r.is_match(v),
+        }
+    }
+}
+
+type Postings = HashMap<String, HashMap<String, BTreeSet<SeriesId>>>;
+
+const SHARDS: usize = 16;
+
+/// Every series the hot tier knows, with its labels and the postings.
+pub struct Catalog {
+    shards: Box<[RwLock<IdMap<Arc<Labels>>>]>,
+    postings: RwLock<Postings>,
+    count: AtomicUsize,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog {
+            shards: (0..SHARDS).map(|_| RwLock::new(IdMap::default())).collect(),
+            postings: RwLock::new(HashMap::new()),
+            count: AtomicUsize::new(0),
+        }
+    }
+}
+
+fn shard(id: SeriesId) -> usize {
+    (id >> 59) as usize % SHARDS
+}
+
+impl Catalog {
+    /// True when the series is known.
+    pub fn contains(&self, id: SeriesId) -> bool {
+        self.shards[shard(id)].read().unwrap_or_else(|e| e.into_inner()).contains_key(&id)
+    }
+
+    /// Registers a series from its canonical encoding unless known. Returns true when new.
+    pub fn register_canonical(&self, id: SeriesId, canonical: &[u8]) -> bool {
+        if self.contains(id) {
+            return false;
+        }
+        self.register(id, decode_canonical(canonical))
+    }
+
+    /// Registers a series unless known. Returns true when new.
+    pub fn register(&self, id: SeriesId, labels: Labels) -> bool {
+        let labels = Arc::new(labels);
+        {
+            let mut s = self.shards[shard(id)].write().unwrap_or_else(|e| e.into_inner());
+            if s.contains_key(&id) {
+                return false;
+            }
+            s.insert(id, Arc::clone(&labels));
+        }
+        let mut p = self.postings.write().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in labels.iter() {
+            p.entry(k.to_string()).or_default().entry(v.to_string()).or_default().insert(id);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Forgets a series.
+    pub fn remove(&self, id: SeriesId) {
+        let Some(labels) = self.shards[shard(id)].write().unwrap_or_else(|e| e.into_inner()).remove(&id) else {
+            return;
+        };
+        let mut p = self.postings.write().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in labels.iter() {
+            if let Some(values) = p.get_mut(k) {
+                if let Some(set) = values.get_mut(v) {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        values.remove(v);
+                    }
+                }
+                if values.is_empty() {
+                    p.remove(k);
+                }
+            }
+        }
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Labels of a series.
+    pub fn labels(&self, id: SeriesId) -> Option<Arc<Labels>> {
+        self.shards[shard(id)].read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+    }
+
+    /// Number of series.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// True when no series is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of series of one metric name.
+    pub fn series_of_metric(&self, metric: &str) -> usize {
+        let p = self.postings.read().unwrap_or_else(|e| e.into_inner());
+        p.get(METRIC_NAME).and_then(|v| v.get(metric)).map_or(0, |s| s.len())
+    }
+
+    /// Series matching every matcher. A label that is absent has the value `""`.
+    pub fn select(&self, matchers: &[Matcher]) -> Vec<SeriesId> {
+        let p = self.postings.read().unwrap_or_else(|e| e.into_inner());
+        // Candidate sets from matchers that cannot match an absent label.
+        let mut sets: Vec<BTreeSet<SeriesId>> = Vec::new();
+        for m in matchers.iter().filter(|m| !m.matches("")) {
+            let values = p.get(&m.name);
+            let set: BTreeSet<SeriesId> = match (&m.op, values) {
+                (_, None) => BTreeSet::new(),
+                (MatchOp::Eq(v), Some(vals)) => vals.get(v).cloned().unwrap_or_default(),
+                (_, Some(vals)) => vals.iter().filter(|(v, _)| m.matches(v)).flat_map(|(_, s)| s.iter().copied()).collect(),
+            };
+            if set.is_empty() {
+                return Vec::new();
+            }
+            sets.push(set);
+        }
+        sets.sort_by_key(|s| s.len());
+        let candidates: Vec<SeriesId> = match sets.split_first() {
+            Some((first, rest)) => first.iter().copied().filter(|id| rest.iter().all(|s| s.contains(id))).collect(),
+            None => p.values().flat_map(|vals| vals.values().flat_map(|s| s.iter().copied())).collect::<BTreeSet<_>>().into_iter().collect(),
+        };
+        drop(p);
+        // Check the remaining matchers against each candidate's labels.
+        let rest: Vec<&Matcher> = matchers.iter().filter(|m| m.matches("")).collect();
+        if rest.is_empty() {
+            return candidates;
+        }
+        candidates
+            .into_iter()
+            .filter(|id| {
+                self.labels(*id).is_some_and(|l| rest.iter().all(|m| m.matches(l.get(&m.name).unwrap_or(""))))
+            })
+            .collect()
+    }
+
+    /// All label names, sorted.
+    pub fn label_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.postings.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// All values of a label, sorted.
+    pub fn label_values(&self, name: &str) -> Vec<String> {
+        let p = self.postings.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<String> = p.get(name).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matchers_select() {
+        let c = Catalog::default();
+        let mk = |pairs: &[(&str, &str)]| {
+            let l = Labels::from_pairs(pairs.iter().copied());
+            c.register(l.series_id(), l);
+        };
+        mk(&[("__name__", "cpu"), ("host", "a"), ("env", "prod")]);
+        mk(&[("__name__", "cpu"), ("host", "b")]);
+        mk(&[("__name__", "mem"), ("host", "a"), ("env", "dev")]);
+        let sel = |ms: Vec<Matcher>| c.select(&ms).len();
+        assert_eq!(sel(vec![Matcher::eq("__name__", "cpu")]), 2);
+        assert_eq!(sel(vec![Matcher::eq("__name__", "cpu"), Matcher::eq("env", "")]), 1);
+        assert_eq!(sel(vec![Matcher { name: "env".into(), op: MatchOp::Ne("prod".into()) }]), 2);
+        assert_eq!(sel(vec![Matcher::regex("host", "a|b", false).unwrap(), Matcher::regex("__name__", "c.*", true).unwrap()]), 1);
+        assert_eq!(sel(vec![Matcher::regex("host", ".*", false).unwrap()]), 3);
+        assert_eq!(sel(vec![Matcher::eq("nope", "x")]), 0);
+        assert_eq!(c.series_of_metric("cpu"), 2);
+        let id = Labels::from_pairs([("__name__", "cpu"), ("host", "b")]).series_id();
+        c.remove(id);
+        assert_eq!(c.series_of_metric("cpu"), 1);
+        assert_eq!(c.label_values("host"), vec!["a"]);
+    }
+}
