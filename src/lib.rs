@@ -1,5 +1,8 @@
 //! Tidemark: metrics monitoring and alerting on timely dataflow.
+pub mod config;
 pub mod ingest;
 pub mod model;
+pub mod query;
+pub mod server;
 pub mod store;
 pub mod transport;

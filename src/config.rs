@@ -1,0 +1,184 @@
+//! `tidemark.toml`: every table and key, with its default. Unknown keys are errors. These doc
+//! comments are the reference documentation (the README reproduces them).
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:9470"   # HTTP address (--listen)
+//! data_dir = "./data"         # log and other local data (--data-dir)
+//! workers = 0                 # timely worker threads; 0 = number of cores (--workers)
+//!
+//! [ingest]
+//! max_body_bytes = 67108864
+//! max_labels_per_series = 64
+//! max_label_name_len = 256
+//! max_label_value_len = 4096
+//! max_series_per_metric = 1000000
+//!
+//! [log]
+//! fsync = "always"            # always | interval | never
+//! fsync_interval = "1s"       # for fsync = "interval"
+//! retention = "26h"           # whole segments older than this are deleted
+//!
+//! [job]
+//! out_of_orderness = "5s"     # watermark = max event time - this
+//! idle_timeout = "30s"        # an idle log advances event time by wall time after this
+//! allowed_lateness = "5m"     # windows accept late samples this long after they close
+//!
+//! [hot]
+//! retention = "26h"           # measured from the newest sample
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::model::Limits;
+use crate::transport::log::FsyncPolicy;
+
+/// Configuration errors name the file, the key and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A duration in milliseconds, written as `"5s"`, `"1h30m"`, `"500ms"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Millis(pub i64);
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::query::promqltest::parse_duration_ms(&s)
+            .filter(|_| s.chars().next().is_some_and(|c| c.is_ascii_digit()))
+            .map(Millis)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {s:?}: use a number with a unit, e.g. \"5s\", \"26h\"")))
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    /// Ingest limits (see [`Limits`]).
+    pub ingest: Limits,
+    pub log: LogConfig,
+    pub job: JobConfig,
+    pub hot: HotConfig,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Directory for the embedded log.
+    pub data_dir: PathBuf,
+    /// Timely worker threads; 0 means the number of cores.
+    pub workers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { listen: "127.0.0.1:9470".parse().expect("valid"), data_dir: PathBuf::from("./data"), workers: 0 }
+    }
+}
+
+/// `[log]`: the embedded log.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `always` (fsync before acknowledging; concurrent writes share an fsync), `interval`, `never`.
+    pub fsync: FsyncPolicy,
+    /// fsync period under `interval`.
+    pub fsync_interval: Millis,
+    /// Segments last written longer ago than this are deleted.
+    pub retention: Millis,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { fsync: FsyncPolicy::Always, fsync_interval: Millis(1000), retention: Millis(26 * 3_600_000) }
+    }
+}
+
+/// `[job]`: watermarks and lateness (DESIGN.md section 5).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobConfig {
+    /// The watermark trails the largest event time seen by this much.
+    pub out_of_orderness: Millis,
+    /// When nothing is appended for this long, event time advances with wall time (a tick
+    /// record in the log, so replays see the same watermark).
+    pub idle_timeout: Millis,
+    /// Windows take late samples for this long after the watermark passes their end.
+    pub allowed_lateness: Millis,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig { out_of_orderness: Millis(5_000), idle_timeout: Millis(30_000), allowed_lateness: Millis(300_000) }
+    }
+}
+
+/// `[hot]`: the in-memory tier.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HotConfig {
+    /// Samples older than this before the newest sample are rejected and dropped.
+    pub retention: Millis,
+}
+
+impl Default for HotConfig {
+    fn default() -> Self {
+        HotConfig { retention: Millis(26 * 3_600_000) }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        if cfg.job.allowed_lateness.0 < 0 || cfg.job.out_of_orderness.0 < 0 {
+            return Err("job.allowed_lateness and job.out_of_orderness must not be negative".into());
+        }
+        Ok(cfg)
+    }
+
+    /// Worker threads to start.
+    pub fn workers(&self) -> usize {
+        if self.server.workers == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            self.server.workers
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_errors() {
+        let e = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
+        assert!(e.contains("unknown field `lisen`"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        let e = Config::parse("[job]\nallowed_lateness = \"soon\"\n").unwrap_err();
+        assert!(e.contains("invalid duration"), "{e}");
+        let c = Config::parse("[job]\nallowed_lateness = \"10m\"\n[ingest]\nmax_labels_per_series = 8\n").unwrap();
+        assert_eq!(c.job.allowed_lateness, Millis(600_000));
+        assert_eq!(c.ingest.max_labels_per_series, 8);
+    }
+}

@@ -1,0 +1,392 @@
+//! The evaluator.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use promql_parser::label::MatchOp as PMatchOp;
+use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
+
+use super::{QueryError, QueryValue, Series, Storage};
+use crate::model::{is_stale_nan, Labels, METRIC_NAME};
+use crate::store::hot::index::{MatchOp, Matcher};
+
+/// Prometheus's default lookback delta: 5 minutes.
+pub const DEFAULT_LOOKBACK_MS: i64 = 300_000;
+
+/// One series evaluated at every step of the query (`None` where it has no value).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepSeries {
+    pub labels: Labels,
+    pub values: Vec<Option<f64>>,
+}
+
+/// An intermediate value.
+#[derive(Clone, Debug)]
+pub enum Value {
+    /// One value per step.
+    Scalar(Vec<f64>),
+    Vector(Vec<StepSeries>),
+    /// A range vector; only as a final instant-query result.
+    Matrix(Vec<Series>),
+    String(String),
+}
+
+/// Samples a range function sees: per series, the non-stale points, with the selection's
+/// range and time shift.
+pub struct RangeInput {
+    pub series: Vec<Series>,
+    pub range: i64,
+    /// Evaluation time of each step after `@` and `offset`.
+    pub times: Vec<i64>,
+}
+
+impl RangeInput {
+    /// Calls `f(series_index, step_index, window)` for every window `(t - range, t]`.
+    pub fn for_each_window(&self, mut f: impl FnMut(usize, usize, &[(i64, f64)])) {
+        for (si, s) in self.series.iter().enumerate() {
+            let pts = &s.samples;
+            for (i, &t) in self.times.iter().enumerate() {
+                let lo = pts.partition_point(|p| p.0 <= t - self.range);
+                let hi = pts.partition_point(|p| p.0 <= t);
+                f(si, i, &pts[lo..hi.max(lo)]);
+            }
+        }
+    }
+}
+
+/// A query's evaluation context.
+pub struct Engine<'a> {
+    pub storage: &'a dyn Storage,
+    pub start: i64,
+    pub end: i64,
+    pub step: i64,
+    pub lookback: i64,
+    /// Number of steps.
+    pub n: usize,
+}
+
+fn dur_ms(d: &Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        Some(Offset::Pos(d)) => dur_ms(d),
+        Some(Offset::Neg(d)) => -dur_ms(d),
+        None => 0,
+    }
+}
+
+fn system_time_ms(t: &SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+/// Converts a parsed selector into store matchers (the metric name included).
+pub fn selector_matchers(vs: &VectorSelector) -> Vec<Vec<Matcher>> {
+    let convert = |ms: &[promql_parser::label::Matcher]| -> Vec<Matcher> {
+        let mut out: Vec<Matcher> = ms
+            .iter()
+            .map(|m| Matcher {
+                name: m.name.clone(),
+                op: match &m.op {
+                    PMatchOp::Equal => MatchOp::Eq(m.value.clone()),
+                    PMatchOp::NotEqual => MatchOp::Ne(m.value.clone()),
+                    PMatchOp::Re(r) => MatchOp::Re(r.clone()),
+                    PMatchOp::NotRe(r) => MatchOp::Nre(r.clone()),
+                },
+            })
+            .collect();
+        if let Some(name) = &vs.name {
+            if !out.iter().any(|m| m.name == METRIC_NAME && matches!(&m.op, MatchOp::Eq(v) if v == name)) {
+                out.push(Matcher::eq(METRIC_NAME, name));
+            }
+        }
+        out
+    };
+    if vs.matchers.or_matchers.is_empty() {
+        vec![convert(&vs.matchers.matchers)]
+    } else {
+        vs.matchers.or_matchers.iter().map(|ms| convert(ms)).collect()
+    }
+}
+
+/// Merges series with equal labels (from `or`-matchers selecting the same series twice).
+fn select_all(storage: &dyn Storage, vs: &VectorSelector, lo: i64, hi: i64) -> Vec<Series> {
+    let sets = selector_matchers(vs);
+    if sets.len() == 1 {
+        let mut v = storage.select(&sets[0], lo, hi);
+        v.sort_by(|a, b| a.labels.cmp(&b.labels));
+        return v;
+    }
+    let mut by: HashMap<Labels, Series> = HashMap::new();
+    for ms in sets {
+        for s in storage.select(&ms, lo, hi) {
+            by.entry(s.labels.clone()).or_insert(s);
+        }
+    }
+    let mut v: Vec<Series> = by.into_values().collect();
+    v.sort_by(|a, b| a.labels.cmp(&b.labels));
+    v
+}
+
+/// Checks that no two series of a vector share a label set at the same step, merging those that
+/// do not overlap (Prometheus checks per step).
+pub fn dedupe(mut series: Vec<StepSeries>) -> Result<Vec<StepSeries>, QueryError> {
+    if series.len() < 2 {
+        return Ok(series);
+    }
+    series.sort_by(|a, b| a.labels.cmp(&b.labels));
+    let mut out: Vec<StepSeries> = Vec::with_capacity(series.len());
+    for s in series {
+        if let Some(last) = out.last_mut() {
+            if last.labels == s.labels {
+                for (a, b) in last.values.iter_mut().zip(s.values) {
+                    if b.is_some() {
+                        if a.is_some() {
+                            return Err(QueryError::Execution(
+                                "vector cannot contain metrics with the same labelset".to_string(),
+                            ));
+                        }
+                        *a = b;
+                    }
+                }
+                continue;
+            }
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+impl<'a> Engine<'a> {
+    /// An engine for an instant query at `t` or a range query `[start, end]` by `step`.
+    pub fn new(storage: &'a dyn Storage, start: i64, end: i64, step: i64) -> Result<Self, QueryError> {
+        if end < start {
+            return Err(QueryError::BadData("end timestamp must not be before start time".into()));
+        }
+        let step = step.max(1);
+        let n = ((end - start) / step + 1) as usize;
+        if n > 11_000 {
+            return Err(QueryError::BadData(
+                "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)".into(),
+            ));
+        }
+        Ok(Engine { storage, start, end, step, lookback: DEFAULT_LOOKBACK_MS, n })
+    }
+
+    /// Time of step `i`.
+    pub fn ts(&self, i: usize) -> i64 {
+        self.start + i as i64 * self.step
+    }
+
+    fn times(&self, at: &Option<AtModifier>, offset: i64) -> Vec<i64> {
+        (0..self.n)
+            .map(|i| {
+                let base = match at {
+                    Some(AtModifier::Start) => self.start,
+                    Some(AtModifier::End) => self.end,
+                    Some(AtModifier::At(t)) => system_time_ms(t),
+                    None => self.ts(i),
+                };
+                base - offset
+            })
+            .collect()
+    }
+
+    /// Parses and evaluates `query`, returning the API's result shape.
+    pub fn query(&self, query: &str, range: bool) -> Result<QueryValue, QueryError> {
+        let expr = parser::parse(query).map_err(QueryError::BadData)?;
+        let v = self.eval(&expr)?;
+        Ok(match (v, range) {
+            (Value::Scalar(s), false) => QueryValue::Scalar(self.start, s[0]),
+            (Value::String(s), false) => QueryValue::String(self.start, s),
+            (Value::Vector(vs), false) => QueryValue::Vector(
+                vs.into_iter().filter_map(|s| s.values[0].map(|v| (s.labels, self.start, v))).collect(),
+            ),
+            (Value::Matrix(m), false) => QueryValue::Matrix(m),
+            (Value::Scalar(s), true) => QueryValue::Matrix(vec![Series {
+                labels: Labels::empty(),
+                samples: s.into_iter().enumerate().map(|(i, v)| (self.ts(i), v)).collect(),
+            }]),
+            (Value::Vector(vs), true) => QueryValue::Matrix(
+                vs.into_iter()
+                    .filter_map(|s| {
+                        let samples: Vec<(i64, f64)> =
+                            s.values.iter().enumerate().filter_map(|(i, v)| v.map(|v| (self.ts(i), v))).collect();
+                        (!samples.is_empty()).then_some(Series { labels: s.labels, samples })
+                    })
+                    .collect(),
+            ),
+            (Value::Matrix(_), true) => {
+                return Err(QueryError::BadData(
+                    "invalid expression type \"range vector\" for range query, must be Scalar or instant Vector".into(),
+                ))
+            }
+            (Value::String(_), true) => {
+                return Err(QueryError::BadData(
+                    "invalid expression type \"string\" for range query, must be Scalar or instant Vector".into(),
+                ))
+            }
+        })
+    }
+
+    /// Evaluates an expression at every step.
+    pub fn eval(&self, expr: &Expr) -> Result<Value, QueryError> {
+        match expr {
+            Expr::NumberLiteral(n) => Ok(Value::Scalar(vec![n.val; self.n])),
+            Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr),
+            Expr::Unary(u) => match self.eval(&u.expr)? {
+                Value::Scalar(s) => Ok(Value::Scalar(s.into_iter().map(|v| -v).collect())),
+                Value::Vector(vs) => Ok(Value::Vector(dedupe(
+                    vs.into_iter()
+                        .map(|s| StepSeries {
+                            labels: s.labels.without_name(),
+                            values: s.values.into_iter().map(|v| v.map(|v| -v)).collect(),
+                        })
+                        .collect(),
+                )?)),
+                _ => Err(QueryError::BadData("unary expression only allowed on expressions of type scalar or instant vector".into())),
+            },
+            Expr::VectorSelector(vs) => Ok(Value::Vector(self.eval_selector(vs, false)?)),
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => {
+                if self.n != 1 {
+                    return Err(QueryError::BadData(
+                        "invalid expression type \"range vector\" for range query, must be Scalar or instant Vector".into(),
+                    ));
+                }
+                let input = self.range_input(expr)?;
+                let t = input.times[0];
+                let series = input
+                    .series
+                    .into_iter()
+                    .filter_map(|s| {
+                        let samples: Vec<(i64, f64)> =
+                            s.samples.into_iter().filter(|p| p.0 > t - input.range && p.0 <= t).collect();
+                        (!samples.is_empty()).then_some(Series { labels: s.labels, samples })
+                    })
+                    .collect();
+                Ok(Value::Matrix(series))
+            }
+            Expr::Call(call) => super::functions::call(self, call),
+            Expr::Aggregate(agg) => super::aggregate::aggregate(self, agg),
+            Expr::Binary(b) => super::binary::binary(self, b),
+            Expr::Extension(_) => Err(QueryError::BadData("unsupported expression".into())),
+        }
+    }
+
+    /// Evaluates to a scalar per step, or fails.
+    pub fn eval_scalar(&self, expr: &Expr) -> Result<Vec<f64>, QueryError> {
+        match self.eval(expr)? {
+            Value::Scalar(s) => Ok(s),
+            _ => Err(QueryError::BadData(format!("expected type scalar, got {}", kind(expr)))),
+        }
+    }
+
+    /// Evaluates to an instant vector, or fails.
+    pub fn eval_vector(&self, expr: &Expr) -> Result<Vec<StepSeries>, QueryError> {
+        match self.eval(expr)? {
+            Value::Vector(v) => Ok(v),
+            _ => Err(QueryError::BadData(format!("expected type instant vector, got {}", kind(expr)))),
+        }
+    }
+
+    /// An instant vector selector: the latest non-stale sample within the lookback window
+    /// `(t - lookback, t]`. With `timestamps`, the value is the sample's time in seconds.
+    pub fn eval_selector(&self, vs: &VectorSelector, timestamps: bool) -> Result<Vec<StepSeries>, QueryError> {
+        let offset = offset_ms(&vs.offset);
+        let times = self.times(&vs.at, offset);
+        let lo = times.iter().min().copied().unwrap_or(self.start) - self.lookback;
+        let hi = times.iter().max().copied().unwrap_or(self.end);
+        let series = select_all(self.storage, vs, lo + 1, hi);
+        let mut out = Vec::with_capacity(series.len());
+        for s in series {
+            let mut values = Vec::with_capacity(self.n);
+            let mut any = false;
+            for &t in &times {
+                let hi = s.samples.partition_point(|p| p.0 <= t);
+                let v = match hi.checked_sub(1).map(|i| s.samples[i]) {
+                    Some((ts, v)) if ts > t - self.lookback && !is_stale_nan(v) => {
+                        any = true;
+                        Some(if timestamps { ts as f64 / 1000.0 } else { v })
+                    }
+                    _ => None,
+                };
+                values.push(v);
+            }
+            if any {
+                out.push(StepSeries { labels: s.labels, values });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The samples behind a range-vector argument (matrix selector or subquery).
+    pub fn range_input(&self, expr: &Expr) -> Result<RangeInput, QueryError> {
+        match expr {
+            Expr::Paren(p) => self.range_input(&p.expr),
+            Expr::MatrixSelector(ms) => {
+                let range = dur_ms(&ms.range);
+                let offset = offset_ms(&ms.vs.offset);
+                let times = self.times(&ms.vs.at, offset);
+                let lo = times.iter().min().copied().unwrap_or(self.start) - range;
+                let hi = times.iter().max().copied().unwrap_or(self.end);
+                let mut series = select_all(self.storage, &ms.vs, lo + 1, hi);
+                for s in &mut series {
+                    s.samples.retain(|p| !is_stale_nan(p.1));
+                }
+                series.retain(|s| !s.samples.is_empty());
+                Ok(RangeInput { series, range, times })
+            }
+            Expr::Subquery(sq) => {
+                let range = dur_ms(&sq.range);
+                let offset = offset_ms(&sq.offset);
+                let times = self.times(&sq.at, offset);
+                let step = sq.step.as_ref().map(dur_ms).filter(|s| *s > 0).unwrap_or(60_000);
+                let lo = times.iter().min().copied().unwrap_or(self.start) - range;
+                let hi = times.iter().max().copied().unwrap_or(self.end);
+                // Inner steps are aligned to multiples of the subquery step.
+                // As Prometheus: the first multiple of the step after lo (Go's truncating division).
+                let mut first = (lo / step) * step;
+                if first <= lo {
+                    first += step;
+                }
+                if first > hi {
+                    return Ok(RangeInput { series: Vec::new(), range, times });
+                }
+                let inner = Engine { storage: self.storage, start: first, end: hi, step, lookback: self.lookback, n: ((hi - first) / step + 1) as usize };
+                let series = match inner.eval(&sq.expr)? {
+                    Value::Vector(vs) => vs
+                        .into_iter()
+                        .map(|s| Series {
+                            labels: s.labels,
+                            samples: s.values.iter().enumerate().filter_map(|(i, v)| v.map(|v| (inner.ts(i), v))).collect(),
+                        })
+                        .filter(|s| !s.samples.is_empty())
+                        .collect(),
+                    Value::Scalar(v) => vec![Series {
+                        labels: Labels::empty(),
+                        samples: v.iter().enumerate().map(|(i, v)| (inner.ts(i), *v)).collect(),
+                    }],
+                    _ => return Err(QueryError::BadData("subquery is only allowed on instant vector or scalar".into())),
+                };
+                Ok(RangeInput { series, range, times })
+            }
+            other => Err(QueryError::BadData(format!("expected type range vector, got {}", kind(other)))),
+        }
+    }
+}
+
+/// The PromQL type name of an expression, for error messages.
+pub fn kind(e: &Expr) -> &'static str {
+    match e {
+        Expr::NumberLiteral(_) => "scalar",
+        Expr::StringLiteral(_) => "string",
+        Expr::MatrixSelector(_) | Expr::Subquery(_) => "range vector",
+        Expr::Paren(p) => kind(&p.expr),
+        _ => "instant vector",
+    }
+}

@@ -1,0 +1,591 @@
+//! PromQL functions.
+
+use chrono_lite::civil_from_days;
+use promql_parser::parser::{Call, Expr};
+
+use super::engine::{dedupe, Engine, StepSeries, Value};
+use super::QueryError;
+use crate::model::{Labels, METRIC_NAME};
+
+/// Kahan-Neumaier summation step, as Prometheus's `kahanSumInc`.
+pub fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if t.is_infinite() {
+        0.0
+    } else if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+/// Sum with compensation; an infinite sum is returned as is.
+pub fn kahan_sum(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut s, mut c) = (0.0, 0.0);
+    for v in values {
+        (s, c) = kahan_inc(v, s, c);
+    }
+    if s.is_infinite() {
+        s
+    } else {
+        s + c
+    }
+}
+
+/// Mean as Prometheus computes it: a compensated sum, switching to an incremental mean when the
+/// sum would overflow.
+pub fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut sum, mut c, mut count, mut m) = (0.0, 0.0, 0.0, 0.0);
+    let mut incremental = false;
+    for f in values {
+        count += 1.0;
+        if !incremental {
+            let (ns, nc) = kahan_inc(f, sum, c);
+            if count == 1.0 || !ns.is_infinite() {
+                sum = ns;
+                c = nc;
+                continue;
+            }
+            incremental = true;
+            m = sum / (count - 1.0);
+            c /= count - 1.0;
+        }
+        let q = (count - 1.0) / count;
+        (m, c) = kahan_inc(f / count, q * m, q * c);
+    }
+    if incremental {
+        m + c
+    } else {
+        sum / count + c / count
+    }
+}
+
+/// Population variance (Welford with compensation).
+pub fn variance(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut count, mut m, mut cm, mut aux, mut caux) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for f in values {
+        count += 1.0;
+        let delta = f - (m + cm);
+        (m, cm) = kahan_inc(delta / count, m, cm);
+        (aux, caux) = kahan_inc(delta * (f - (m + cm)), aux, caux);
+    }
+    (aux + caux) / count
+}
+
+/// The φ-quantile with linear interpolation, as Prometheus's `quantile`.
+pub fn quantile(q: f64, values: &mut [f64]) -> f64 {
+    if values.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or_else(|| a.is_nan().cmp(&b.is_nan()).reverse()));
+    let n = values.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0);
+    let upper = (lower + 1.0).min(n - 1.0);
+    let weight = rank - rank.floor();
+    values[lower as usize] * (1.0 - weight) + values[upper as usize] * weight
+}
+
+/// Slope and intercept (at `intercept_t`) of the least-squares line through the points.
+pub fn linear_regression(points: &[(i64, f64)], intercept_t: i64) -> (f64, f64) {
+    let (mut n, mut sx, mut cx, mut sy, mut cy, mut sxy, mut cxy, mut sx2, mut cx2) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let init = points[0].1;
+    let mut const_y = true;
+    for (i, &(t, v)) in points.iter().enumerate() {
+        if const_y && i > 0 && v != init {
+            const_y = false;
+        }
+        n += 1.0;
+        let x = (t - intercept_t) as f64 / 1e3;
+        (sx, cx) = kahan_inc(x, sx, cx);
+        (sy, cy) = kahan_inc(v, sy, cy);
+        (sxy, cxy) = kahan_inc(x * v, sxy, cxy);
+        (sx2, cx2) = kahan_inc(x * x, sx2, cx2);
+    }
+    if const_y {
+        if init.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init);
+    }
+    let (sx, sy, sxy, sx2) = (sx + cx, sy + cy, sxy + cxy, sx2 + cx2);
+    let cov = sxy - sx * sy / n;
+    let var = sx2 - sx * sx / n;
+    let slope = cov / var;
+    (slope, sy / n - slope * sx / n)
+}
+
+/// Prometheus's `extrapolatedRate` for `rate`, `increase` and `delta`.
+fn extrapolated(w: &[(i64, f64)], t: i64, range: i64, counter: bool, rate: bool) -> Option<f64> {
+    if w.len() < 2 {
+        return None;
+    }
+    let (first_t, first) = w[0];
+    let (last_t, last) = w[w.len() - 1];
+    let mut result = last - first;
+    if counter {
+        let mut prev = first;
+        for &(_, v) in &w[1..] {
+            if v < prev {
+                result += prev;
+            }
+            prev = v;
+        }
+    }
+    let range_start = t - range;
+    let mut to_start = (first_t - range_start) as f64 / 1000.0;
+    let mut to_end = (t - last_t) as f64 / 1000.0;
+    let sampled = (last_t - first_t) as f64 / 1000.0;
+    let avg = sampled / (w.len() - 1) as f64;
+    let threshold = avg * 1.1;
+    if to_start >= threshold {
+        to_start = avg / 2.0;
+    }
+    if counter && result > 0.0 && first >= 0.0 {
+        let to_zero = sampled * (first / result);
+        if to_zero < to_start {
+            to_start = to_zero;
+        }
+    }
+    if to_end >= threshold {
+        to_end = avg / 2.0;
+    }
+    let mut factor = (sampled + to_start + to_end) / sampled;
+    if rate {
+        factor /= range as f64 / 1000.0;
+    }
+    Some(result * factor)
+}
+
+fn instant_delta(w: &[(i64, f64)], rate: bool) -> Option<f64> {
+    if w.len() < 2 {
+        return None;
+    }
+    let (pt, pv) = w[w.len() - 2];
+    let (lt, lv) = w[w.len() - 1];
+    let mut d = if rate && lv < pv { lv } else { lv - pv };
+    let dt = lt - pt;
+    if dt == 0 {
+        return None;
+    }
+    if rate {
+        d /= dt as f64 / 1000.0;
+    }
+    Some(d)
+}
+
+fn arg<'e>(call: &'e Call, i: usize) -> Result<&'e Expr, QueryError> {
+    call.args.args.get(i).map(|b| &**b).ok_or_else(|| {
+        QueryError::BadData(format!("expected at least {} argument(s) in call to \"{}\"", i + 1, call.func.name))
+    })
+}
+
+/// Applies a per-element function to an instant vector, dropping the metric name.
+fn map_vector(v: Vec<StepSeries>, keep_name: bool, f: impl Fn(usize, f64) -> Option<f64>) -> Result<Value, QueryError> {
+    let out = v
+        .into_iter()
+        .map(|s| StepSeries {
+            labels: if keep_name { s.labels } else { s.labels.without_name() },
+            values: s.values.iter().enumerate().map(|(i, v)| v.and_then(|v| f(i, v))).collect(),
+        })
+        .collect();
+    Ok(Value::Vector(dedupe(out)?))
+}
+
+fn round_to(v: f64, to: f64) -> f64 {
+    // Prometheus: math.Floor(f*toNearestInverse+0.5) / toNearestInverse
+    let inv = 1.0 / to;
+    (v * inv + 0.5).floor() / inv
+}
+
+/// Evaluates a function call.
+pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
+    let name = call.func.name;
+    let n = e.n;
+    // Range-vector functions.
+    let over_time = |f: &dyn Fn(&[(i64, f64)], i64, i64, usize) -> Option<f64>, keep_name: bool| -> Result<Value, QueryError> {
+        let input = e.range_input(arg(call, 0)?)?;
+        let mut out: Vec<StepSeries> = input
+            .series
+            .iter()
+            .map(|s| StepSeries { labels: if keep_name { s.labels.clone() } else { s.labels.without_name() }, values: vec![None; n] })
+            .collect();
+        input.for_each_window(|si, i, w| {
+            if !w.is_empty() {
+                out[si].values[i] = f(w, input.times[i], input.range, i);
+            }
+        });
+        out.retain(|s| s.values.iter().any(|v| v.is_some()));
+        Ok(Value::Vector(dedupe(out)?))
+    };
+    match name {
+        "rate" => over_time(&|w, t, r, _| extrapolated(w, t, r, true, true), false),
+        "increase" => over_time(&|w, t, r, _| extrapolated(w, t, r, true, false), false),
+        "delta" => over_time(&|w, t, r, _| extrapolated(w, t, r, false, false), false),
+        "irate" => over_time(&|w, _, _, _| instant_delta(w, true), false),
+        "idelta" => over_time(&|w, _, _, _| instant_delta(w, false), false),
+        "avg_over_time" => over_time(&|w, _, _, _| Some(mean(w.iter().map(|p| p.1))), false),
+        "sum_over_time" => over_time(&|w, _, _, _| Some(kahan_sum(w.iter().map(|p| p.1))), false),
+        "count_over_time" => over_time(&|w, _, _, _| Some(w.len() as f64), false),
+        "min_over_time" => over_time(
+            &|w, _, _, _| Some(w.iter().fold(w[0].1, |m, p| if p.1 < m || m.is_nan() { p.1 } else { m })),
+            false,
+        ),
+        "max_over_time" => over_time(
+            &|w, _, _, _| Some(w.iter().fold(w[0].1, |m, p| if p.1 > m || m.is_nan() { p.1 } else { m })),
+            false,
+        ),
+        "last_over_time" => over_time(&|w, _, _, _| w.last().map(|p| p.1), true),
+        "first_over_time" => over_time(&|w, _, _, _| w.first().map(|p| p.1), true),
+        "present_over_time" => over_time(&|_, _, _, _| Some(1.0), false),
+        "stddev_over_time" => over_time(&|w, _, _, _| Some(variance(w.iter().map(|p| p.1)).sqrt()), false),
+        "stdvar_over_time" => over_time(&|w, _, _, _| Some(variance(w.iter().map(|p| p.1))), false),
+        "mad_over_time" => over_time(
+            &|w, _, _, _| {
+                let mut v: Vec<f64> = w.iter().map(|p| p.1).collect();
+                let med = quantile(0.5, &mut v);
+                let mut d: Vec<f64> = w.iter().map(|p| (p.1 - med).abs()).collect();
+                Some(quantile(0.5, &mut d))
+            },
+            false,
+        ),
+        "ts_of_min_over_time" | "ts_of_max_over_time" | "ts_of_last_over_time" | "ts_of_first_over_time" => {
+            let which = name;
+            over_time(
+                &move |w, _, _, _| {
+                    let p = match which {
+                        "ts_of_last_over_time" => w.last(),
+                        "ts_of_first_over_time" => w.first(),
+                        "ts_of_min_over_time" => w.iter().rev().fold(None::<&(i64, f64)>, |m, p| match m {
+                            Some(m) if !(p.1 <= m.1 || m.1.is_nan()) => Some(m),
+                            _ => Some(p),
+                        }),
+                        _ => w.iter().rev().fold(None::<&(i64, f64)>, |m, p| match m {
+                            Some(m) if !(p.1 >= m.1 || m.1.is_nan()) => Some(m),
+                            _ => Some(p),
+                        }),
+                    };
+                    p.map(|p| p.0 as f64 / 1000.0)
+                },
+                false,
+            )
+        }
+        "resets" => over_time(&|w, _, _, _| Some(w.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64), false),
+        "changes" => over_time(
+            &|w, _, _, _| Some(w.windows(2).filter(|p| !(p[1].1 == p[0].1 || (p[1].1.is_nan() && p[0].1.is_nan()))).count() as f64),
+            false,
+        ),
+        "deriv" => over_time(&|w, _, _, _| (w.len() >= 2).then(|| linear_regression(w, w[0].0).0), false),
+        "predict_linear" => {
+            let by = e.eval_scalar(arg(call, 1)?)?;
+            over_time(
+                &|w, t, _, i| {
+                    (w.len() >= 2).then(|| {
+                        let (slope, intercept) = linear_regression(w, t);
+                        slope * by[i] + intercept
+                    })
+                },
+                false,
+            )
+        }
+        "quantile_over_time" => {
+            let q = e.eval_scalar(arg(call, 0)?)?;
+            let input = e.range_input(arg(call, 1)?)?;
+            let mut out: Vec<StepSeries> =
+                input.series.iter().map(|s| StepSeries { labels: s.labels.without_name(), values: vec![None; n] }).collect();
+            input.for_each_window(|si, i, w| {
+                if !w.is_empty() {
+                    let mut v: Vec<f64> = w.iter().map(|p| p.1).collect();
+                    out[si].values[i] = Some(quantile(q[i], &mut v));
+                }
+            });
+            out.retain(|s| s.values.iter().any(|v| v.is_some()));
+            Ok(Value::Vector(dedupe(out)?))
+        }
+        "absent_over_time" => {
+            let a = arg(call, 0)?;
+            let input = e.range_input(a)?;
+            let mut present = vec![false; n];
+            input.for_each_window(|_, i, w| present[i] |= !w.is_empty());
+            let labels = absent_labels(a);
+            let values: Vec<Option<f64>> = present.iter().map(|p| (!p).then_some(1.0)).collect();
+            Ok(Value::Vector(if values.iter().any(|v| v.is_some()) { vec![StepSeries { labels, values }] } else { vec![] }))
+        }
+        "absent" => {
+            let a = arg(call, 0)?;
+            let v = e.eval_vector(a)?;
+            let values: Vec<Option<f64>> = (0..n).map(|i| (!v.iter().any(|s| s.values[i].is_some())).then_some(1.0)).collect();
+            let labels = absent_labels(a);
+            Ok(Value::Vector(if values.iter().any(|v| v.is_some()) { vec![StepSeries { labels, values }] } else { vec![] }))
+        }
+        "time" => Ok(Value::Scalar((0..n).map(|i| e.ts(i) as f64 / 1000.0).collect())),
+        "pi" => Ok(Value::Scalar(vec![std::f64::consts::PI; n])),
+        "vector" => {
+            let s = e.eval_scalar(arg(call, 0)?)?;
+            Ok(Value::Vector(vec![StepSeries { labels: Labels::empty(), values: s.into_iter().map(Some).collect() }]))
+        }
+        "scalar" => {
+            let v = e.eval_vector(arg(call, 0)?)?;
+            Ok(Value::Scalar(
+                (0..n)
+                    .map(|i| {
+                        let mut it = v.iter().filter_map(|s| s.values[i]);
+                        match (it.next(), it.next()) {
+                            (Some(x), None) => x,
+                            _ => f64::NAN,
+                        }
+                    })
+                    .collect(),
+            ))
+        }
+        "timestamp" => {
+            let a = arg(call, 0)?;
+            let inner = strip_parens(a);
+            if let Expr::VectorSelector(vs) = inner {
+                let v = e.eval_selector(vs, true)?;
+                return map_vector(v, false, |_, x| Some(x));
+            }
+            let v = e.eval_vector(a)?;
+            map_vector(v, false, |i, _| Some(e.ts(i) as f64 / 1000.0))
+        }
+        "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc" => {
+            // Ordering matters only for instant queries; the API layer keeps the order given.
+            let mut v = e.eval_vector(arg(call, 0)?)?;
+            match name {
+                "sort" | "sort_desc" => {
+                    let desc = name == "sort_desc";
+                    v.sort_by(|a, b| {
+                        let (x, y) = (a.values[0].unwrap_or(f64::NAN), b.values[0].unwrap_or(f64::NAN));
+                        let o = match (x.is_nan(), y.is_nan()) {
+                            (true, true) => std::cmp::Ordering::Equal,
+                            (true, false) => std::cmp::Ordering::Greater,
+                            (false, true) => std::cmp::Ordering::Less,
+                            _ => if desc { y.partial_cmp(&x) } else { x.partial_cmp(&y) }.unwrap_or(std::cmp::Ordering::Equal),
+                        };
+                        o
+                    });
+                }
+                _ => {
+                    let mut names = Vec::new();
+                    for i in 1..call.args.args.len() {
+                        match strip_parens(arg(call, i)?) {
+                            Expr::StringLiteral(s) => names.push(s.val.clone()),
+                            _ => return Err(QueryError::BadData("sort_by_label expects label names".into())),
+                        }
+                    }
+                    let desc = name.ends_with("_desc");
+                    v.sort_by(|a, b| {
+                        let mut o = std::cmp::Ordering::Equal;
+                        for l in &names {
+                            o = a.labels.get(l).unwrap_or("").cmp(b.labels.get(l).unwrap_or(""));
+                            if o.is_ne() {
+                                break;
+                            }
+                        }
+                        if o.is_eq() {
+                            o = a.labels.cmp(&b.labels);
+                        }
+                        if desc {
+                            o.reverse()
+                        } else {
+                            o
+                        }
+                    });
+                }
+            }
+            Ok(Value::Vector(v))
+        }
+        "label_replace" => {
+            let v = e.eval_vector(arg(call, 0)?)?;
+            let s = |i: usize| -> Result<String, QueryError> {
+                match strip_parens(arg(call, i)?) {
+                    Expr::StringLiteral(s) => Ok(s.val.clone()),
+                    _ => Err(QueryError::BadData(format!("label_replace argument {} must be a string", i + 1))),
+                }
+            };
+            let (dst, repl, src, re) = (s(1)?, s(2)?, s(3)?, s(4)?);
+            let re = regex::Regex::new(&format!("^(?s:{re})$"))
+                .map_err(|err| QueryError::BadData(format!("invalid regular expression in label_replace(): {re}: {err}")))?;
+            if !crate::model::is_valid_label_name(&dst) && dst != METRIC_NAME {
+                return Err(QueryError::BadData(format!("invalid destination label name in label_replace(): {dst}")));
+            }
+            let out = v
+                .into_iter()
+                .map(|mut s| {
+                    let val = s.labels.get(&src).unwrap_or("").to_string();
+                    if let Some(caps) = re.captures(&val) {
+                        let mut res = String::new();
+                        caps.expand(&go_template(&repl), &mut res);
+                        s.labels.set(&dst, &res);
+                    }
+                    s
+                })
+                .collect();
+            Ok(Value::Vector(dedupe(out)?))
+        }
+        "label_join" => {
+            let v = e.eval_vector(arg(call, 0)?)?;
+            let mut strs = Vec::new();
+            for i in 1..call.args.args.len() {
+                match strip_parens(arg(call, i)?) {
+                    Expr::StringLiteral(s) => strs.push(s.val.clone()),
+                    _ => return Err(QueryError::BadData("label_join arguments must be strings".into())),
+                }
+            }
+            if strs.len() < 2 {
+                return Err(QueryError::BadData("label_join needs a destination label and a separator".into()));
+            }
+            let dst = strs[0].clone();
+            let sep = strs[1].clone();
+            if !crate::model::is_valid_label_name(&dst) && dst != METRIC_NAME {
+                return Err(QueryError::BadData(format!("invalid destination label name in label_join(): {dst}")));
+            }
+            let out = v
+                .into_iter()
+                .map(|mut s| {
+                    let joined: Vec<String> = strs[2..].iter().map(|l| s.labels.get(l).unwrap_or("").to_string()).collect();
+                    s.labels.set(&dst, &joined.join(&sep));
+                    s
+                })
+                .collect();
+            Ok(Value::Vector(dedupe(out)?))
+        }
+        "clamp" | "clamp_min" | "clamp_max" => {
+            let v = e.eval_vector(arg(call, 0)?)?;
+            let a = e.eval_scalar(arg(call, 1)?)?;
+            let b = if name == "clamp" { e.eval_scalar(arg(call, 2)?)? } else { vec![f64::NAN; n] };
+            if name == "clamp" {
+                // An empty result where min > max.
+                return map_vector(v, false, |i, x| (a[i] <= b[i] || a[i].is_nan() || b[i].is_nan()).then(|| x.max(a[i]).min(b[i])).map(|r| if a[i].is_nan() || b[i].is_nan() { f64::NAN } else { r }));
+            }
+            let min = name == "clamp_min";
+            map_vector(v, false, |i, x| Some(if a[i].is_nan() { f64::NAN } else if min { x.max(a[i]) } else { x.min(a[i]) }))
+        }
+        "round" => {
+            let v = e.eval_vector(arg(call, 0)?)?;
+            let to = if call.args.args.len() > 1 { e.eval_scalar(arg(call, 1)?)? } else { vec![1.0; n] };
+            map_vector(v, false, |i, x| Some(round_to(x, to[i])))
+        }
+        "histogram_quantile" => super::aggregate::histogram_quantile(e, call),
+        "day_of_month" | "day_of_week" | "day_of_year" | "days_in_month" | "hour" | "minute" | "month" | "year" => {
+            let f = |secs: f64| -> f64 {
+                let s = secs.floor() as i64;
+                let days = s.div_euclid(86_400);
+                let sod = s.rem_euclid(86_400);
+                let (y, m, d) = civil_from_days(days);
+                let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+                let mdays = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+                match name {
+                    "day_of_month" => d as f64,
+                    "day_of_week" => (days + 4).rem_euclid(7) as f64,
+                    "day_of_year" => (mdays[..(m - 1) as usize].iter().sum::<i64>() + d) as f64,
+                    "days_in_month" => mdays[(m - 1) as usize] as f64,
+                    "hour" => (sod / 3600) as f64,
+                    "minute" => (sod % 3600 / 60) as f64,
+                    "month" => m as f64,
+                    _ => y as f64,
+                }
+            };
+            if call.args.args.is_empty() {
+                return Ok(Value::Vector(vec![StepSeries {
+                    labels: Labels::empty(),
+                    values: (0..n).map(|i| Some(f(e.ts(i) as f64 / 1000.0))).collect(),
+                }]));
+            }
+            let v = e.eval_vector(arg(call, 0)?)?;
+            map_vector(v, false, |_, x| if x.is_finite() { Some(f(x)) } else { Some(f64::NAN) })
+        }
+        _ => {
+            let f: fn(f64) -> f64 = match name {
+                "abs" => f64::abs,
+                "ceil" => f64::ceil,
+                "floor" => f64::floor,
+                "exp" => f64::exp,
+                "sqrt" => f64::sqrt,
+                "ln" => f64::ln,
+                "log2" => f64::log2,
+                "log10" => f64::log10,
+                "sgn" => |x: f64| if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { x },
+                "acos" => f64::acos,
+                "acosh" => f64::acosh,
+                "asin" => f64::asin,
+                "asinh" => f64::asinh,
+                "atan" => f64::atan,
+                "atanh" => f64::atanh,
+                "cos" => f64::cos,
+                "cosh" => f64::cosh,
+                "sin" => f64::sin,
+                "sinh" => f64::sinh,
+                "tan" => f64::tan,
+                "tanh" => f64::tanh,
+                "deg" => f64::to_degrees,
+                "rad" => f64::to_radians,
+                other => return Err(QueryError::BadData(format!("function \"{other}\" is not supported"))),
+            };
+            let v = e.eval_vector(arg(call, 0)?)?;
+            map_vector(v, false, |_, x| Some(f(x)))
+        }
+    }
+}
+
+/// `$1` / `${1}` / `$name` in Go's regexp template syntax, for Rust's `expand`.
+fn go_template(t: &str) -> String {
+    // Rust's syntax is the same, except that `$1x` means group "1x" in both; keep as is.
+    t.to_string()
+}
+
+fn strip_parens(e: &Expr) -> &Expr {
+    match e {
+        Expr::Paren(p) => strip_parens(&p.expr),
+        other => other,
+    }
+}
+
+/// The labels `absent()` reports: the equality matchers of a plain selector.
+fn absent_labels(e: &Expr) -> Labels {
+    let vs = match strip_parens(e) {
+        Expr::VectorSelector(vs) => vs,
+        Expr::MatrixSelector(ms) => &ms.vs,
+        _ => return Labels::empty(),
+    };
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut dup = std::collections::HashSet::new();
+    for m in &vs.matchers.matchers {
+        if m.name == METRIC_NAME {
+            continue;
+        }
+        if let promql_parser::label::MatchOp::Equal = m.op {
+            if !dup.insert(m.name.clone()) {
+                pairs.retain(|p| p.0 != m.name);
+                continue;
+            }
+            pairs.push((m.name.clone(), m.value.clone()));
+        }
+    }
+    pairs.retain(|p| vs.matchers.matchers.iter().filter(|m| m.name == p.0).count() == 1);
+    Labels::from_pairs(pairs)
+}
+
+/// Tiny civil-date helper (Howard Hinnant's algorithm), so no date crate is needed.
+mod chrono_lite {
+    /// (year, month 1-12, day 1-31) of days since 1970-01-01.
+    pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
+        let z = z + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let y = yoe + era * 400;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        (if m <= 2 { y + 1 } else { y }, m, d)
+    }
+}

@@ -1,0 +1,578 @@
+//! The conformance runner for Prometheus's `.test` script language (see
+//! `shared/conformance/README.md`): `load`, `clear`, `eval instant`, `eval range`, the
+//! `eval_fail` / `eval_ordered` / `eval_warn` / `eval_info` variants and `expect` lines.
+//!
+//! Every `eval` is one case: passed, failed, or unsupported (native histograms, which Tidemark
+//! does not store). Annotations (`warn`/`info`) are not produced by Tidemark; such cases are
+//! judged on their values alone.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+
+
+use super::engine::Engine;
+use super::{QueryValue, Series, Storage};
+use crate::model::{stale_nan, Labels};
+use crate::store::hot::index::Matcher;
+
+/// An in-memory [`Storage`] for scripts and unit tests.
+#[derive(Default)]
+pub struct MemStorage {
+    series: BTreeMap<Labels, Vec<(i64, f64)>>,
+}
+
+impl MemStorage {
+    /// Adds samples to a series (kept sorted; a later sample at the same time replaces).
+    pub fn add(&mut self, labels: Labels, samples: impl IntoIterator<Item = (i64, f64)>) {
+        let s = self.series.entry(labels).or_default();
+        for (t, v) in samples {
+            match s.binary_search_by_key(&t, |p| p.0) {
+                Ok(i) => s[i].1 = v,
+                Err(i) => s.insert(i, (t, v)),
+            }
+        }
+    }
+    /// Removes everything.
+    pub fn clear(&mut self) {
+        self.series.clear();
+    }
+}
+
+impl Storage for MemStorage {
+    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
+        self.series
+            .iter()
+            .filter(|(l, _)| matchers.iter().all(|m| m.matches(l.get(&m.name).unwrap_or(""))))
+            .map(|(l, s)| {
+                let lo = s.partition_point(|p| p.0 < start);
+                let hi = s.partition_point(|p| p.0 <= end);
+                Series { labels: l.clone(), samples: s[lo..hi.max(lo)].to_vec() }
+            })
+            .filter(|s| !s.samples.is_empty())
+            .collect()
+    }
+}
+
+/// Outcome counts of one script.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub passed: usize,
+    pub failed: usize,
+    pub unsupported: usize,
+    /// `line N: query: what differed`, for each failure.
+    pub failures: Vec<String>,
+}
+
+/// Parses a PromQL duration (`5m`, `1h30m`, `500ms`) or plain seconds into ms.
+pub fn parse_duration_ms(s: &str) -> Option<i64> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Some((secs * 1000.0).round() as i64);
+    }
+    let mut total = 0i64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: i64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let mult = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "y" => 31_536_000_000,
+            _ => return None,
+        };
+        total += n * mult;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+fn parse_number(s: &str) -> Option<f64> {
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let v = if let Some(hex) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
+        i64::from_str_radix(hex, 16).ok()? as f64
+    } else {
+        match body.to_ascii_lowercase().as_str() {
+            "inf" | "infinity" => f64::INFINITY,
+            "nan" => f64::NAN,
+            _ => body.parse().ok()?,
+        }
+    };
+    Some(if neg { -v } else { v })
+}
+
+/// One point of a series description: a value, a stale marker, or a gap.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Point {
+    Value(f64),
+    Gap,
+}
+
+/// Expands `1 2+3x4 _ _x2 stale 5x3`. `Err(true)` means a native histogram (unsupported).
+fn parse_points(text: &str) -> Result<Vec<Point>, bool> {
+    let mut out = Vec::new();
+    for tok in text.split_whitespace() {
+        if tok.starts_with("{{") || tok.contains("}}") {
+            return Err(true);
+        }
+        if tok == "_" {
+            out.push(Point::Gap);
+            continue;
+        }
+        if tok == "stale" {
+            out.push(Point::Value(stale_nan()));
+            continue;
+        }
+        if let Some(v) = parse_number(tok) {
+            out.push(Point::Value(v));
+            continue;
+        }
+        // a+bxN, a-bxN, axN, _xN
+        let Some(xpos) = tok.rfind('x') else { return Err(false) };
+        let times: usize = tok[xpos + 1..].parse().map_err(|_| false)?;
+        let head = &tok[..xpos];
+        if head == "_" {
+            out.extend(std::iter::repeat_n(Point::Gap, times));
+            continue;
+        }
+        if head == "stale" {
+            out.extend(std::iter::repeat_n(Point::Value(stale_nan()), times + 1));
+            continue;
+        }
+        // Split at the last + or - that is not a leading sign nor an exponent sign.
+        let bytes = head.as_bytes();
+        let split = (1..bytes.len()).rev().find(|&i| (bytes[i] == b'+' || bytes[i] == b'-') && !matches!(bytes[i - 1], b'e' | b'E'));
+        match split {
+            Some(i) => {
+                let start = parse_number(&head[..i]).ok_or(false)?;
+                let inc = parse_number(&head[i..]).ok_or(false)?;
+                for k in 0..=times {
+                    out.push(Point::Value(start + inc * k as f64));
+                }
+            }
+            None => {
+                let v = parse_number(head).ok_or(false)?;
+                out.extend(std::iter::repeat_n(Point::Value(v), times + 1));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses `name{a="b", c="d"}` (either part optional) into labels.
+fn parse_series_desc(desc: &str) -> Result<Labels, String> {
+    let desc = desc.trim();
+    let name_end = desc.find('{').unwrap_or(desc.len());
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    let name = desc[..name_end].trim();
+    if !name.is_empty() {
+        pairs.push(("__name__".into(), name.to_string()));
+    }
+    if name_end < desc.len() {
+        let body = desc[name_end + 1..].trim_end().strip_suffix('}').ok_or_else(|| format!("missing '}}' in {desc}"))?;
+        let mut chars = body.chars().peekable();
+        loop {
+            while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+                chars.next();
+            }
+            if chars.peek().is_none() {
+                break;
+            }
+            let mut key = String::new();
+            while let Some(&c) = chars.peek() {
+                if c == '=' || c.is_whitespace() {
+                    break;
+                }
+                key.push(c);
+                chars.next();
+            }
+            while chars.peek().is_some_and(|c| c.is_whitespace() || *c == '=') {
+                chars.next();
+            }
+            let quote = chars.next().ok_or_else(|| format!("missing value for {key} in {desc}"))?;
+            if quote != '"' && quote != '\'' && quote != '`' {
+                return Err(format!("label value for {key} must be quoted in {desc}"));
+            }
+            let mut val = String::new();
+            loop {
+                match chars.next() {
+                    None => return Err(format!("unterminated value in {desc}")),
+                    Some('\\') if quote != '`' => match chars.next() {
+                        Some('n') => val.push('\n'),
+                        Some('t') => val.push('\t'),
+                        Some(c) => val.push(c),
+                        None => return Err(format!("unterminated value in {desc}")),
+                    },
+                    Some(c) if c == quote => break,
+                    Some(c) => val.push(c),
+                }
+            }
+            pairs.push((key.trim().trim_matches('"').to_string(), val));
+        }
+    }
+    Ok(Labels::from_pairs(pairs))
+}
+
+/// Splits `<series> <rest>` where the series may contain spaces inside braces or quotes.
+fn split_series(line: &str) -> (&str, &str) {
+    let mut depth = 0;
+    let mut in_str = false;
+    let mut prev = ' ';
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' if prev != '\\' => in_str = !in_str,
+            '{' if !in_str => depth += 1,
+            '}' if !in_str => {
+                depth -= 1;
+                if depth == 0 {
+                    return (&line[..=i], line[i + 1..].trim());
+                }
+            }
+            c if c.is_whitespace() && depth == 0 && !in_str => return (&line[..i], line[i..].trim()),
+            _ => {}
+        }
+        prev = c;
+    }
+    (line, "")
+}
+
+/// Prometheus's `almost.Equal` with epsilon 1e-6; NaN equals NaN.
+pub fn almost_equal(a: f64, b: f64) -> bool {
+    const EPS: f64 = 1e-6;
+    if a.is_nan() && b.is_nan() {
+        return true;
+    }
+    if a == b {
+        return true;
+    }
+    let abs_sum = a.abs() + b.abs();
+    let diff = (a - b).abs();
+    if a == 0.0 || b == 0.0 || abs_sum < f64::MIN_POSITIVE {
+        return diff < EPS * f64::MIN_POSITIVE;
+    }
+    diff / abs_sum.min(f64::MAX) < EPS
+}
+
+struct Eval {
+    line: usize,
+    query: String,
+    range: Option<(i64, i64, i64)>,
+    at: i64,
+    fail: bool,
+    fail_msg: Option<String>,
+    ordered: bool,
+    expect_string: Option<String>,
+    expected: Vec<(usize, String)>,
+}
+
+const HISTOGRAM_FUNCS: &[&str] = &["histogram_count", "histogram_sum", "histogram_avg", "histogram_fraction", "histogram_stddev", "histogram_stdvar"];
+
+/// Runs one script; `name` is used in messages.
+pub fn run_script(text: &str) -> Outcome {
+    let mut out = Outcome::default();
+    let mut store = MemStorage::default();
+    let mut histogram_metrics: HashSet<String> = HashSet::new();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
+        let raw = lines[i];
+        let line = raw.trim();
+        i += 1;
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        // Gather the indented block that follows.
+        let mut block: Vec<(usize, String)> = Vec::new();
+        while i < lines.len() {
+            let l = lines[i];
+            if l.trim().is_empty() || !(l.starts_with(' ') || l.starts_with('\t')) {
+                if l.trim().is_empty() && i + 1 < lines.len() && (lines[i + 1].starts_with(' ') || lines[i + 1].starts_with('\t')) && !line.starts_with("eval") {
+                    i += 1;
+                    continue;
+                }
+                break;
+            }
+            if !l.trim().starts_with('#') {
+                block.push((i + 1, l.trim().to_string()));
+            }
+            i += 1;
+        }
+        let (cmd, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        match cmd {
+            "clear" => {
+                store.clear();
+                histogram_metrics.clear();
+            }
+            "load" | "load_with_nhcb" => {
+                let step = parse_duration_ms(rest.trim()).unwrap_or(60_000);
+                for (_, l) in &block {
+                    let (desc, pts) = split_series(l);
+                    let Ok(labels) = parse_series_desc(desc) else { continue };
+                    match parse_points(pts) {
+                        Ok(points) => store.add(
+                            labels,
+                            points.iter().enumerate().filter_map(|(k, p)| match p {
+                                Point::Value(v) => Some((k as i64 * step, *v)),
+                                Point::Gap => None,
+                            }),
+                        ),
+                        Err(_) => {
+                            if let Some(n) = labels.metric_name() {
+                                histogram_metrics.insert(n.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+            c if c.starts_with("eval") => {
+                let mut ev = Eval {
+                    line: i,
+                    query: String::new(),
+                    range: None,
+                    at: 0,
+                    fail: c == "eval_fail",
+                    fail_msg: None,
+                    ordered: c == "eval_ordered",
+                    expect_string: None,
+                    expected: Vec::new(),
+                };
+                let rest = rest.trim();
+                let parsed = if let Some(r) = rest.strip_prefix("instant at ") {
+                    r.split_once(char::is_whitespace).and_then(|(t, q)| {
+                        ev.at = parse_duration_ms(t)?;
+                        ev.query = q.trim().to_string();
+                        Some(())
+                    })
+                } else if let Some(r) = rest.strip_prefix("range from ") {
+                    (|| {
+                        let (start, r) = r.split_once(" to ")?;
+                        let (end, r) = r.trim().split_once(" step ")?;
+                        let (step, q) = r.trim().split_once(char::is_whitespace)?;
+                        ev.range = Some((parse_duration_ms(start.trim())?, parse_duration_ms(end.trim())?, parse_duration_ms(step)?));
+                        ev.query = q.trim().to_string();
+                        Some(())
+                    })()
+                } else {
+                    None
+                };
+                for (ln, l) in &block {
+                    if let Some(x) = l.strip_prefix("expect ") {
+                        let x = x.trim();
+                        if x == "ordered" {
+                            ev.ordered = true;
+                        } else if let Some(m) = x.strip_prefix("fail") {
+                            ev.fail = true;
+                            if let Some(msg) = m.trim().strip_prefix("msg:") {
+                                ev.fail_msg = Some(msg.trim().to_string());
+                            }
+                        } else if let Some(s) = x.strip_prefix("string ") {
+                            ev.expect_string = Some(s.trim().trim_matches('"').to_string());
+                        }
+                        continue;
+                    }
+                    ev.expected.push((*ln, l.clone()));
+                }
+                if parsed.is_none() {
+                    out.failed += 1;
+                    out.failures.push(format!("line {}: cannot parse eval command: {line}", ev.line));
+                    continue;
+                }
+                let uses_histogram = HISTOGRAM_FUNCS.iter().any(|f| ev.query.contains(f))
+                    || histogram_metrics.iter().any(|m| ev.query.contains(m.as_str()))
+                    || ev.expected.iter().any(|(_, l)| l.contains("{{"));
+                if uses_histogram {
+                    out.unsupported += 1;
+                    continue;
+                }
+                match check(&store, &ev) {
+                    Ok(()) => out.passed += 1,
+                    Err(msg) => {
+                        out.failed += 1;
+                        out.failures.push(format!("line {}: {}: {}", ev.line, ev.query, msg));
+                    }
+                }
+            }
+            _ => {
+                out.failures.push(format!("line {}: unknown command {cmd:?} (ignored)", i));
+            }
+        }
+    }
+    out
+}
+
+fn fmt_points(p: &[(i64, f64)]) -> String {
+    p.iter().map(|(t, v)| format!("{v}@{}", *t as f64 / 1000.0)).collect::<Vec<_>>().join(" ")
+}
+
+fn check(store: &MemStorage, ev: &Eval) -> Result<(), String> {
+    let (start, end, step, range) = match ev.range {
+        Some((s, e, st)) => (s, e, st, true),
+        None => (ev.at, ev.at, 1, false),
+    };
+    let result = Engine::new(store, start, end, step).and_then(|e| e.query(&ev.query, range));
+    if ev.fail {
+        return match result {
+            Err(e) => match &ev.fail_msg {
+                Some(m) if m != &e.to_string() => Err(format!("expected error {m:?}, got {:?}", e.to_string())),
+                _ => Ok(()),
+            },
+            Ok(_) => Err("expected an error, got a result".into()),
+        };
+    }
+    let result = result.map_err(|e| format!("unexpected error: {e}"))?;
+    if let Some(s) = &ev.expect_string {
+        return match result {
+            QueryValue::String(_, got) if &got == s => Ok(()),
+            other => Err(format!("expected string {s:?}, got {other:?}")),
+        };
+    }
+    // Expected series -> points.
+    let mut expected: Vec<(Option<Labels>, Vec<Point>)> = Vec::new();
+    for (ln, l) in &ev.expected {
+        if let Some(v) = parse_number(l) {
+            expected.push((None, vec![Point::Value(v)]));
+            continue;
+        }
+        let (desc, pts) = split_series(l);
+        let labels = parse_series_desc(desc).map_err(|e| format!("line {ln}: bad expected series: {e}"))?;
+        let pts = parse_points(pts).map_err(|_| format!("line {ln}: bad expected points"))?;
+        expected.push((Some(labels), pts));
+    }
+    match result {
+        QueryValue::Scalar(_, v) => match expected.as_slice() {
+            [(None, p)] if matches!(p.as_slice(), [Point::Value(x)] if almost_equal(*x, v)) => Ok(()),
+            _ => Err(format!("expected {:?}, got scalar {v}", ev.expected)),
+        },
+        QueryValue::String(_, s) => Err(format!("got string {s:?}, expected {:?}", ev.expected)),
+        QueryValue::Vector(got) => {
+            if got.len() != expected.len() {
+                return Err(format!(
+                    "expected {} samples, got {}: {}",
+                    expected.len(),
+                    got.len(),
+                    got.iter().map(|(l, _, v)| format!("{l} {v}")).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            for (k, (labels, _, v)) in got.iter().enumerate() {
+                let found = if ev.ordered {
+                    let (el, ep) = &expected[k];
+                    el.as_ref() == Some(labels) && matches!(ep.as_slice(), [Point::Value(x)] if almost_equal(*x, *v))
+                } else {
+                    expected.iter().any(|(el, ep)| el.as_ref() == Some(labels) && matches!(ep.as_slice(), [Point::Value(x)] if almost_equal(*x, *v)))
+                };
+                if !found {
+                    let want = expected.iter().find(|(el, _)| el.as_ref() == Some(labels));
+                    return Err(match want {
+                        Some((_, p)) => format!("{labels}: expected {p:?}, got {v}"),
+                        None => format!("unexpected series {labels} {v}"),
+                    });
+                }
+            }
+            Ok(())
+        }
+        QueryValue::Matrix(got) => {
+            if got.len() != expected.len() {
+                return Err(format!(
+                    "expected {} series, got {}: {}",
+                    expected.len(),
+                    got.len(),
+                    got.iter().map(|s| format!("{} [{}]", s.labels, fmt_points(&s.samples))).collect::<Vec<_>>().join("; ")
+                ));
+            }
+            for s in &got {
+                let Some((_, pts)) = expected.iter().find(|(el, _)| el.as_ref() == Some(&s.labels)) else {
+                    return Err(format!("unexpected series {} [{}]", s.labels, fmt_points(&s.samples)));
+                };
+                // Range queries: expected points are per step; instant matrix results: the
+                // points are the samples in order.
+                let want: Vec<(i64, f64)> = if range {
+                    pts.iter().enumerate().filter_map(|(k, p)| match p {
+                        Point::Value(v) => Some((start + k as i64 * step, *v)),
+                        Point::Gap => None,
+                    }).collect()
+                } else {
+                    let vals: Vec<f64> = pts.iter().filter_map(|p| match p { Point::Value(v) => Some(*v), Point::Gap => None }).collect();
+                    if vals.len() != s.samples.len() || !vals.iter().zip(&s.samples).all(|(a, b)| almost_equal(*a, b.1)) {
+                        return Err(format!("{}: expected values {vals:?}, got [{}]", s.labels, fmt_points(&s.samples)));
+                    }
+                    continue;
+                };
+                let ok = want.len() == s.samples.len()
+                    && want.iter().zip(&s.samples).all(|(a, b)| a.0 == b.0 && almost_equal(a.1, b.1));
+                if !ok {
+                    return Err(format!("{}: expected [{}], got [{}]", s.labels, fmt_points(&want), fmt_points(&s.samples)));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs files and renders the report: per file and overall `N passed, N failed`.
+pub fn run_files(paths: &[std::path::PathBuf], verbose: bool) -> std::io::Result<(String, Outcome)> {
+    let mut report = String::new();
+    let mut total = Outcome::default();
+    for p in paths {
+        let text = std::fs::read_to_string(p)?;
+        let o = run_script(&text);
+        let _ = writeln!(report, "{}: {} passed, {} failed, {} unsupported", p.display(), o.passed, o.failed, o.unsupported);
+        if verbose {
+            for f in &o.failures {
+                let _ = writeln!(report, "  FAIL {f}");
+            }
+        }
+        total.passed += o.passed;
+        total.failed += o.failed;
+        total.unsupported += o.unsupported;
+    }
+    let pct = if total.passed + total.failed > 0 { 100.0 * total.passed as f64 / (total.passed + total.failed) as f64 } else { 0.0 };
+    let _ = writeln!(report, "total: {} passed, {} failed, {} unsupported ({pct:.1}% of float cases)", total.passed, total.failed, total.unsupported);
+    Ok((report, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_points() {
+        assert_eq!(
+            parse_points("1 2+3x2 _ 5x1 -1-1x1 _x2 0x1F").unwrap(),
+            vec![
+                Point::Value(1.0),
+                Point::Value(2.0),
+                Point::Value(5.0),
+                Point::Value(8.0),
+                Point::Gap,
+                Point::Value(5.0),
+                Point::Value(5.0),
+                Point::Value(-1.0),
+                Point::Value(-2.0),
+                Point::Gap,
+                Point::Gap,
+                Point::Value(31.0)
+            ]
+        );
+        assert_eq!(parse_duration_ms("1h30m"), Some(5_400_000));
+    }
+
+    #[test]
+    fn small_script() {
+        let script = "load 5m\n\thttp{job=\"a\"} 0+10x10\n\thttp{job=\"b\"} 0+20x10\n\neval instant at 50m sum(http)\n\t{} 300\n\neval instant at 50m rate(http[10m])\n\t{job=\"a\"} 0.03333333333\n\t{job=\"b\"} 0.06666666666\n\neval range from 0 to 10m step 5m http{job=\"a\"}\n\thttp{job=\"a\"} 0 10 20\n\neval_fail instant at 0m sum(\n";
+        let o = run_script(script);
+        assert_eq!((o.passed, o.failed), (4, 0), "{:?}", o.failures);
+    }
+}
