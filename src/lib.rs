@@ -1,7 +1,9 @@
 //! Tidemark: metrics monitoring and alerting on timely dataflow.
 pub mod config;
 pub mod ingest;
+pub mod job;
 pub mod model;
+pub mod ops;
 pub mod query;
 pub mod server;
 pub mod store;

@@ -1,3 +1,249 @@
-//! `tidemark up`.
+//! `tidemark up`: one process with the push endpoints, the embedded log, the timely job, the hot
+//! index and the Prometheus API on one port.
+//!
+//! Start-up replays the retained log into an empty hot index (the log is the hot index's WAL);
+//! `/-/ready` turns 200 once the replay is applied. SIGTERM or Ctrl-C stops accepting requests,
+//! fsyncs the log, and drains the job: everything acknowledged is in the log.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
 use crate::config::Config;
-pub fn run(_cfg: Config) -> anyhow::Result<()> { anyhow::bail!("not yet") }
+use crate::ingest::http as ingest_http;
+use crate::job::{Job, JobProgress};
+use crate::ops::{render_counters, Metrics, TextWriter};
+use crate::query::api;
+use crate::store::hot::HotIndex;
+use crate::transport::log::{FsyncPolicy, Log, RecordKind};
+
+/// Everything the HTTP handlers share.
+pub struct AppState {
+    pub cfg: Config,
+    pub log: Log,
+    pub hot: Arc<HotIndex>,
+    pub metrics: Arc<Metrics>,
+    pub progress: Arc<JobProgress>,
+}
+
+/// The router of `tidemark up`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.cfg.ingest.max_body_bytes;
+    Router::new()
+        .route("/write", post(ingest_http::write_v1))
+        .route("/api/v2/write", post(ingest_http::write_v2))
+        .route("/api/v1/write", post(ingest_http::remote_write))
+        .route("/api/v1/import/prometheus", post(ingest_http::import_prometheus))
+        .route("/api/v1/query", get(api::query).post(api::query))
+        .route("/api/v1/query_range", get(api::query_range).post(api::query_range))
+        .route("/api/v1/series", get(api::series).post(api::series))
+        .route("/api/v1/labels", get(api::labels).post(api::labels))
+        .route("/api/v1/label/{name}/values", get(api::label_values))
+        .route("/api/v1/metadata", get(api::metadata))
+        .route("/api/v1/rollups", get(api::rollups))
+        .route("/api/v1/status/buildinfo", get(api::buildinfo))
+        .route("/metrics", get(metrics))
+        .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
+        .route("/-/ready", get(ready))
+        .route("/", get(index))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn ready(State(s): State<Arc<AppState>>) -> Response {
+    if s.metrics.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "Tidemark is Ready.\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "Tidemark is replaying its log.\n").into_response()
+    }
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("web/index.html"))
+}
+
+fn rss_bytes() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb * 1024.0)
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let mut w = TextWriter(String::with_capacity(4096));
+    render_counters(&s.metrics, &mut w);
+    let hot = &s.hot;
+    let samples = hot.sample_count() as f64;
+    let bytes = hot.bytes() as f64;
+    w.family("tidemark_hot_series", "gauge", "Series in the hot index.", &[("", hot.catalog.len() as f64)]);
+    w.family("tidemark_hot_samples", "gauge", "Raw samples in the hot index.", &[("", samples)]);
+    w.family("tidemark_hot_bytes", "gauge", "Bytes of samples (compressed chunks and open heads) and rollups in the hot index.", &[("", bytes)]);
+    w.family(
+        "tidemark_hot_chunk_bytes_per_sample",
+        "gauge",
+        "Compressed bytes per sample in sealed chunks.",
+        &[("", {
+            let sealed = hot.stats.sealed_samples.load(Ordering::Relaxed) as f64;
+            if sealed > 0.0 { hot.stats.chunk_bytes.load(Ordering::Relaxed) as f64 / sealed } else { 0.0 }
+        })],
+    );
+    w.family(
+        "tidemark_hot_samples_out_of_retention_total",
+        "counter",
+        "Samples the job dropped because they were older than the hot retention window.",
+        &[("", hot.stats.samples_out_of_retention.load(Ordering::Relaxed) as f64)],
+    );
+    let wm = s.progress.watermark() as f64;
+    let max_ts = s.log.max_event_ts();
+    w.family("tidemark_watermark_seconds", "gauge", "The job's watermark (its timely frontier), in event time.", &[("", wm / 1000.0)]);
+    w.family(
+        "tidemark_watermark_delay_seconds",
+        "gauge",
+        "How far the watermark trails the newest event time in the log.",
+        &[("", if max_ts == i64::MIN { 0.0 } else { ((max_ts as f64) - wm).max(0.0) / 1000.0 })],
+    );
+    w.family("tidemark_log_end_offset", "gauge", "Next offset of the embedded log.", &[("", s.log.end_offset() as f64)]);
+    w.family("tidemark_log_consumer_offset", "gauge", "Lowest offset the job's sources have read up to.", &[("", s.progress.min_position() as f64)]);
+    w.family("tidemark_log_appended_bytes_total", "counter", "Bytes appended to the log since start.", &[("", s.log.appended_bytes() as f64)]);
+    w.family(
+        "tidemark_log_corrupt_records_total",
+        "counter",
+        "Log records that failed to decode and were skipped.",
+        &[("", s.progress.corrupt_records.load(Ordering::Relaxed) as f64)],
+    );
+    w.family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", &[("", rss_bytes())]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], w.0).into_response()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("tidemark: shutting down: no new requests; flushing the log and draining the job");
+}
+
+/// Periodic work: readiness, idle ticks, fsync under `interval`, hot GC, log retention.
+fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
+    let st = Arc::clone(&state);
+    tokio::spawn(async move {
+        loop {
+            if st.progress.caught_up(startup_end) {
+                st.metrics.ready.store(true, Ordering::Release);
+                eprintln!(
+                    "tidemark: ready: replayed {} log records ({} series, {} samples) in {:.2}s",
+                    startup_end,
+                    st.hot.catalog.len(),
+                    st.hot.sample_count(),
+                    started.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let st = Arc::clone(&state);
+    tokio::spawn(async move {
+        let idle = st.cfg.job.idle_timeout.0.max(1);
+        let mut tick = tokio::time::interval(Duration::from_millis((idle as u64 / 4).clamp(10, 1000)));
+        loop {
+            tick.tick().await;
+            let max = st.log.max_event_ts();
+            let since = now_ms() - st.log.last_append_ms();
+            if max != i64::MIN && since >= idle {
+                let log = st.log.clone();
+                let t = max.saturating_add(since);
+                let _ = tokio::task::spawn_blocking(move || log.append(RecordKind::Tick, t, t, &[])).await;
+            }
+        }
+    });
+    if state.cfg.log.fsync == FsyncPolicy::Interval {
+        let st = Arc::clone(&state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(st.cfg.log.fsync_interval.0.max(1) as u64));
+            loop {
+                tick.tick().await;
+                let log = st.log.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || log.sync()).await {
+                    eprintln!("tidemark: log fsync failed: {e}");
+                }
+            }
+        });
+    }
+    let st = state;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let s = Arc::clone(&st);
+            let _ = tokio::task::spawn_blocking(move || {
+                s.hot.gc();
+                let age = Duration::from_millis(s.cfg.log.retention.0.max(0) as u64);
+                if let Err(e) = s.log.delete_older_than(age) {
+                    eprintln!("tidemark: log retention failed: {e}");
+                }
+            })
+            .await;
+        }
+    });
+}
+
+/// Runs `tidemark up` until SIGTERM or Ctrl-C.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let data_dir = cfg.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let log = Log::open(&data_dir.join("log"), cfg.log.fsync).context("opening the embedded log")?;
+    let hot = Arc::new(HotIndex::new(cfg.hot.retention.0));
+    let metrics = Arc::new(Metrics::default());
+    let startup_end = log.end_offset();
+    let workers = cfg.workers();
+    let mut job = Job::start(log.clone(), Arc::clone(&hot), Arc::clone(&metrics), &cfg.job, workers).map_err(anyhow::Error::msg)?;
+    let listen = cfg.server.listen;
+    let state = Arc::new(AppState { cfg, log: log.clone(), hot, metrics, progress: Arc::clone(&job.progress) });
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let served = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        eprintln!(
+            "tidemark: listening on http://{} (data dir {}, {} workers, log from offset {} to {})",
+            listener.local_addr()?,
+            data_dir.display(),
+            workers,
+            log.start_offset(),
+            startup_end
+        );
+        spawn_background(Arc::clone(&state), startup_end, started);
+        axum::serve(listener, router(Arc::clone(&state))).with_graceful_shutdown(shutdown_signal()).await?;
+        anyhow::Ok(())
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    log.sync().context("final log fsync")?;
+    job.shutdown();
+    eprintln!("tidemark: stopped; log end offset {}", log.end_offset());
+    served
+}

@@ -2,12 +2,35 @@
 //! write, all feeding one [`BatchBuilder`] that interns series, validates them against the
 //! [`Limits`] and collects per-line errors without dropping the valid lines around them.
 
+pub mod http;
 pub mod influx;
 pub mod promtext;
 pub mod remote_write;
 
 use crate::model::{canonical_encode, IdMap, LimitError, Limits, SeriesId, METRIC_NAME};
 use crate::model::Labels;
+
+/// Why a line or sample was rejected, for the `reason` label of the rejection counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reject {
+    /// The line is malformed.
+    Parse,
+    /// A name, label or series limit refused the series.
+    Limit,
+    /// The sample is older than the hot retention window.
+    TooOld,
+}
+
+impl Reject {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::Parse => "parse",
+            Reject::Limit => "limit",
+            Reject::TooOld => "too_old",
+        }
+    }
+}
 
 /// One rejected input line (or remote-write time series), with its 1-based position.
 #[derive(Clone, Debug, PartialEq)]
@@ -152,6 +175,10 @@ pub struct BatchBuilder<'l> {
     errors: Vec<LineError>,
     error_count: usize,
     first_line: Vec<usize>,
+    min_ts: i64,
+    min_ts_reason: String,
+    /// Rejections by reason: parse, limit, too old.
+    pub rejected: [usize; 3],
 }
 
 /// At most this many errors are kept with their text; the rest are counted.
@@ -167,11 +194,27 @@ impl<'l> BatchBuilder<'l> {
             errors: Vec::new(),
             error_count: 0,
             first_line: Vec::new(),
+            min_ts: i64::MIN,
+            min_ts_reason: String::new(),
+            rejected: [0; 3],
         }
     }
 
-    /// Records an error for `line`.
+    /// Rejects samples older than `min_ts`, explaining why with `reason`.
+    pub fn with_min_ts(mut self, min_ts: i64, reason: String) -> Self {
+        self.min_ts = min_ts;
+        self.min_ts_reason = reason;
+        self
+    }
+
+    /// Records a parse error for `line`.
     pub fn error(&mut self, line: usize, reason: impl Into<String>) {
+        self.reject(Reject::Parse, line, reason)
+    }
+
+    /// Records a rejection of `kind` for `line`.
+    pub fn reject(&mut self, kind: Reject, line: usize, reason: impl Into<String>) {
+        self.rejected[kind as usize] += 1;
         self.error_count += 1;
         if self.errors.len() < MAX_REPORTED_ERRORS {
             self.errors.push(LineError { line, reason: reason.into() });
@@ -180,6 +223,11 @@ impl<'l> BatchBuilder<'l> {
 
     /// Adds one sample of the series in `buf` (which is sorted in place).
     pub fn add(&mut self, buf: &mut SeriesBuf, ts: i64, value: f64, line: usize) {
+        if ts < self.min_ts {
+            let msg = format!("sample at {ts} ms {}", self.min_ts_reason);
+            self.reject(Reject::TooOld, line, msg);
+            return;
+        }
         let live = buf.live();
         if !live.windows(2).all(|w| w[0].0 < w[1].0) {
             live.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -197,6 +245,7 @@ impl<'l> BatchBuilder<'l> {
             Some(Slot::Accepted(i)) => *i,
             Some(Slot::Rejected) => {
                 self.error_count += 1;
+                self.rejected[Reject::Limit as usize] += 1;
                 return;
             }
             None => {
@@ -217,7 +266,7 @@ impl<'l> BatchBuilder<'l> {
                     }
                     Err(e) => {
                         self.slots.insert(id, Slot::Rejected);
-                        self.error(line, e.to_string());
+                        self.reject(Reject::Limit, line, e.to_string());
                         return;
                     }
                 }
@@ -244,7 +293,7 @@ impl<'l> BatchBuilder<'l> {
             }
         }
         for (line, e) in errs {
-            self.error(line, e);
+            self.reject(Reject::Limit, line, e);
         }
         if kept.len() != remap.len() {
             self.batch.samples.retain_mut(|s| {

@@ -1,1 +1,393 @@
-//! The Prometheus HTTP API (query side).
+//! The Prometheus HTTP API, query side: `/api/v1/query`, `/api/v1/query_range`,
+//! `/api/v1/series`, `/api/v1/labels`, `/api/v1/label/<name>/values`, `/api/v1/metadata`,
+//! `/api/v1/status/buildinfo`, with Prometheus's JSON shapes and error format.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value as Json};
+
+use super::aggregate::go_float;
+use super::engine::{selector_matchers, Engine};
+use super::{QueryError, QueryValue, Series, Storage};
+use crate::model::Labels;
+use crate::server::AppState;
+use crate::store::hot::index::Matcher;
+use crate::store::hot::HotIndex;
+
+impl Storage for HotIndex {
+    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
+        let mut out = Vec::new();
+        for id in self.catalog.select(matchers) {
+            let Some(labels) = self.catalog.labels(id) else { continue };
+            let mut samples = Vec::new();
+            self.samples(id, start, end, &mut samples);
+            if !samples.is_empty() {
+                out.push(Series { labels: (*labels).clone(), samples });
+            }
+        }
+        out
+    }
+}
+
+/// A Prometheus API error response.
+pub fn error(status: StatusCode, kind: &str, msg: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"status": "error", "errorType": kind, "error": msg.into()}))).into_response()
+}
+
+fn query_error(e: QueryError) -> Response {
+    let status = match e {
+        QueryError::BadData(_) => StatusCode::BAD_REQUEST,
+        QueryError::Execution(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    error(status, e.error_type(), e.to_string())
+}
+
+fn success(data: Json) -> Response {
+    axum::Json(json!({"status": "success", "data": data})).into_response()
+}
+
+/// Query-string and form-body parameters together, in order.
+pub fn params(q: &Option<String>, body: &Bytes) -> Vec<(String, String)> {
+    let mut p: Vec<(String, String)> = q.as_deref().and_then(|q| serde_urlencoded::from_str(q).ok()).unwrap_or_default();
+    if !body.is_empty() {
+        if let Ok(mut b) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body) {
+            p.append(&mut b);
+        }
+    }
+    p
+}
+
+fn get<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    p.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses a time parameter: Unix seconds (fractional allowed) or RFC 3339.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(v) = s.parse::<f64>() {
+        if v.is_finite() {
+            return Ok((v * 1000.0).round() as i64);
+        }
+    }
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let bad = || format!("cannot parse {s:?} to a valid timestamp");
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || (b[10] != b'T' && b[10] != b't' && b[10] != b' ') {
+        return Err(bad());
+    }
+    let (y, mo, d, h, mi, se) = (num(0..4), num(5..7), num(8..10), num(11..13), num(14..16), num(17..19));
+    let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(se)) = (y, mo, d, h, mi, se) else { return Err(bad()) };
+    let mut i = 19;
+    let mut ms = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let frac = &s[start..i];
+        let padded: String = frac.chars().chain(std::iter::repeat('0')).take(3).collect();
+        ms = padded.parse().map_err(|_| bad())?;
+    }
+    let offset_min = match b.get(i) {
+        Some(b'Z') | Some(b'z') => 0,
+        Some(c @ (b'+' | b'-')) => {
+            let oh = num(i + 1..i + 3).ok_or_else(bad)?;
+            let om = num(i + 4..i + 6).ok_or_else(bad)?;
+            let sign = if *c == b'-' { -1 } else { 1 };
+            sign * (oh * 60 + om)
+        }
+        _ => return Err(bad()),
+    };
+    let days = days_from_civil(y, mo, d);
+    Ok(((days * 86_400 + h * 3600 + mi * 60 + se - offset_min * 60) * 1000) + ms)
+}
+
+/// Parses a step or duration: seconds (fractional) or a PromQL duration.
+pub fn parse_step(s: &str) -> Result<i64, String> {
+    if let Ok(v) = s.parse::<f64>() {
+        return Ok((v * 1000.0).round() as i64);
+    }
+    super::promqltest::parse_duration_ms(s).ok_or_else(|| format!("cannot parse {s:?} to a valid duration"))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn secs(t: i64) -> Json {
+    json!(t as f64 / 1000.0)
+}
+
+fn metric_json(l: &Labels) -> Json {
+    let mut m = Map::new();
+    for (k, v) in l.iter() {
+        m.insert(k.to_string(), Json::String(v.to_string()));
+    }
+    Json::Object(m)
+}
+
+/// Renders a query result as Prometheus's `data` object.
+pub fn result_json(v: &QueryValue) -> Json {
+    match v {
+        QueryValue::Vector(s) => json!({
+            "resultType": "vector",
+            "result": s.iter().map(|(l, t, v)| json!({"metric": metric_json(l), "value": [secs(*t), go_float(*v)]})).collect::<Vec<_>>()
+        }),
+        QueryValue::Matrix(m) => json!({
+            "resultType": "matrix",
+            "result": m.iter().map(|s| json!({
+                "metric": metric_json(&s.labels),
+                "values": s.samples.iter().map(|(t, v)| json!([secs(*t), go_float(*v)])).collect::<Vec<_>>()
+            })).collect::<Vec<_>>()
+        }),
+        QueryValue::Scalar(t, v) => json!({"resultType": "scalar", "result": [secs(*t), go_float(*v)]}),
+        QueryValue::String(t, s) => json!({"resultType": "string", "result": [secs(*t), s]}),
+    }
+}
+
+async fn run_query(state: Arc<AppState>, query: String, start: i64, end: i64, step: i64, range: bool) -> Response {
+    state.metrics.queries.fetch_add(1, Ordering::Relaxed);
+    let res = tokio::task::spawn_blocking(move || {
+        let hot: &HotIndex = &state.hot;
+        Engine::new(hot, start, end, step).and_then(|e| e.query(&query, range))
+    })
+    .await;
+    match res {
+        Ok(Ok(v)) => {
+            let mut r = result_json(&v);
+            if let (QueryValue::Matrix(m), true) = (&v, range) {
+                // Prometheus sorts range-query series by labels.
+                let _ = m;
+                if let Some(arr) = r.get_mut("result").and_then(|x| x.as_array_mut()) {
+                    arr.sort_by_key(|a| a["metric"].to_string());
+                }
+            }
+            success(r)
+        }
+        Ok(Err(e)) => query_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+/// `GET|POST /api/v1/query`.
+pub async fn query(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    let p = params(&q, &body);
+    let Some(query) = get(&p, "query").map(str::to_string) else {
+        return error(StatusCode::BAD_REQUEST, "bad_data", "invalid parameter \"query\": missing query");
+    };
+    let t = match get(&p, "time").map(parse_time).transpose() {
+        Ok(t) => t.unwrap_or_else(now_ms),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"time\": {e}")),
+    };
+    run_query(s, query, t, t, 1, false).await
+}
+
+/// `GET|POST /api/v1/query_range`.
+pub async fn query_range(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    let p = params(&q, &body);
+    let Some(query) = get(&p, "query").map(str::to_string) else {
+        return error(StatusCode::BAD_REQUEST, "bad_data", "invalid parameter \"query\": missing query");
+    };
+    let parse = |k: &str, f: fn(&str) -> Result<i64, String>| -> Result<i64, Response> {
+        match get(&p, k) {
+            None => Err(error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"{k}\": missing {k}"))),
+            Some(v) => f(v).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"{k}\": {e}"))),
+        }
+    };
+    let (start, end, step) = match (parse("start", parse_time), parse("end", parse_time), parse("step", parse_step)) {
+        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
+    };
+    if end < start {
+        return error(StatusCode::BAD_REQUEST, "bad_data", "invalid parameter \"end\": end timestamp must not be before start time");
+    }
+    if step <= 0 {
+        return error(StatusCode::BAD_REQUEST, "bad_data", "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer");
+    }
+    run_query(s, query, start, end, step, true).await
+}
+
+fn match_params(p: &[(String, String)]) -> Result<Vec<Vec<Matcher>>, Response> {
+    let mut sets = Vec::new();
+    for (k, v) in p {
+        if k != "match[]" {
+            continue;
+        }
+        match promql_parser::parser::parse(v) {
+            Ok(promql_parser::parser::Expr::VectorSelector(vs)) => sets.extend(selector_matchers(&vs)),
+            Ok(_) => return Err(error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"match[]\": {v:?} is not a series selector"))),
+            Err(e) => return Err(error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"match[]\": {e}"))),
+        }
+    }
+    Ok(sets)
+}
+
+fn time_range(p: &[(String, String)]) -> Result<(i64, i64), Response> {
+    let start = get(p, "start").map(parse_time).transpose().map_err(|e| error(StatusCode::BAD_REQUEST, "bad_data", e))?;
+    let end = get(p, "end").map(parse_time).transpose().map_err(|e| error(StatusCode::BAD_REQUEST, "bad_data", e))?;
+    Ok((start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX)))
+}
+
+fn selected(state: &AppState, sets: &[Vec<Matcher>], start: i64, end: i64) -> Vec<Labels> {
+    let mut out: Vec<Labels> = Vec::new();
+    for ms in sets {
+        for id in state.hot.catalog.select(ms) {
+            if start != i64::MIN || end != i64::MAX {
+                let mut v = Vec::new();
+                state.hot.samples(id, start, end, &mut v);
+                if v.is_empty() {
+                    continue;
+                }
+            }
+            if let Some(l) = state.hot.catalog.labels(id) {
+                out.push((*l).clone());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `GET|POST /api/v1/series`.
+pub async fn series(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    let p = params(&q, &body);
+    let sets = match match_params(&p) {
+        Ok(s) if s.is_empty() => return error(StatusCode::BAD_REQUEST, "bad_data", "no match[] parameter provided"),
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let (start, end) = match time_range(&p) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    success(Json::Array(selected(&s, &sets, start, end).iter().map(metric_json).collect()))
+}
+
+/// `GET|POST /api/v1/labels`.
+pub async fn labels(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    let p = params(&q, &body);
+    let sets = match match_params(&p) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if sets.is_empty() {
+        return success(json!(s.hot.catalog.label_names()));
+    }
+    let (start, end) = match time_range(&p) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let mut names: Vec<String> = selected(&s, &sets, start, end).iter().flat_map(|l| l.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>()).collect();
+    names.sort();
+    names.dedup();
+    success(json!(names))
+}
+
+/// `GET /api/v1/label/<name>/values`.
+pub async fn label_values(State(s): State<Arc<AppState>>, Path(name): Path<String>, RawQuery(q): RawQuery) -> Response {
+    let p = params(&q, &Bytes::new());
+    let sets = match match_params(&p) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if sets.is_empty() {
+        return success(json!(s.hot.catalog.label_values(&name)));
+    }
+    let (start, end) = match time_range(&p) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let mut vals: Vec<String> = selected(&s, &sets, start, end).iter().filter_map(|l| l.get(&name).map(str::to_string)).collect();
+    vals.sort();
+    vals.dedup();
+    success(json!(vals))
+}
+
+/// `GET /api/v1/rollups?match[]=SELECTOR&resolution=1m|1h&start=T&end=T` (Tidemark's own):
+/// the stored rollups of the matching series whose window starts in `[start, end]`, as rows
+/// `{metric, start, count, sum, min, max, first, last, increase}` (start in seconds).
+pub async fn rollups(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
+    use crate::store::hot::Resolution;
+    let p = params(&q, &Bytes::new());
+    let sets = match match_params(&p) {
+        Ok(s) if s.is_empty() => return error(StatusCode::BAD_REQUEST, "bad_data", "no match[] parameter provided"),
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let res = match get(&p, "resolution").unwrap_or("1m") {
+        "1m" => Resolution::OneMinute,
+        "1h" => Resolution::OneHour,
+        other => return error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"resolution\": {other:?}; use 1m or 1h")),
+    };
+    let (start, end) = match time_range(&p) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let mut out = Vec::new();
+    for ms in &sets {
+        for id in s.hot.catalog.select(ms) {
+            let Some(labels) = s.hot.catalog.labels(id) else { continue };
+            let rows: Vec<Json> = s
+                .hot
+                .rollups(id, res, start, end)
+                .iter()
+                .map(|r| {
+                    json!({"start": secs(r.start), "count": r.count, "sum": go_float(r.sum), "min": go_float(r.min), "max": go_float(r.max),
+                           "first": go_float(r.first), "last": go_float(r.last), "increase": go_float(r.increase)})
+                })
+                .collect();
+            if !rows.is_empty() {
+                out.push(json!({"metric": metric_json(&labels), "rollups": rows}));
+            }
+        }
+    }
+    success(Json::Array(out))
+}
+
+/// `GET /api/v1/metadata`: Tidemark keeps no metric metadata yet.
+pub async fn metadata() -> Response {
+    success(json!({}))
+}
+
+/// `GET /api/v1/status/buildinfo`.
+pub async fn buildinfo() -> Response {
+    success(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": "",
+        "branch": "",
+        "buildUser": "",
+        "buildDate": "",
+        "goVersion": "rust",
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("1435781451.781").unwrap(), 1_435_781_451_781);
+        assert_eq!(parse_time("2015-07-01T20:10:51.781Z").unwrap(), 1_435_781_451_781);
+        assert_eq!(parse_time("2015-07-01T22:10:51.781+02:00").unwrap(), 1_435_781_451_781);
+        assert!(parse_time("yesterday").is_err());
+        assert_eq!(parse_step("15s").unwrap(), 15_000);
+        assert_eq!(parse_step("0.5").unwrap(), 500);
+    }
+}

@@ -1,0 +1,205 @@
+//! The timely job of `tidemark up`: worker threads reading the embedded log by offset into the
+//! dataflow of `tidemark-dataflows` (exchange by series; raw samples to the hot index; 1-minute
+//! rollups, 1-hour rollups from them; lateness counts).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Exchange;
+use timely::WorkerConfig;
+
+use tidemark_dataflows::sink::{sink_rollups, sink_samples, HotSink};
+use tidemark_dataflows::source::{watermark_source, BatchSource, Poll, WatermarkConfig};
+use tidemark_dataflows::window::{rollup_rollups, tumbling_rollups};
+use tidemark_dataflows::{Rollup, Sample};
+
+use crate::config::JobConfig;
+use crate::ops::Metrics;
+use crate::store::hot::HotIndex;
+use crate::transport::codec;
+use crate::transport::log::{Log, LogReader, RecordKind};
+
+/// One-minute and one-hour window widths.
+pub const MINUTE_MS: i64 = 60_000;
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// Progress shared between the workers and the server (readiness, `/metrics`).
+pub struct JobProgress {
+    /// Per worker: the next log offset its source will read.
+    pub positions: Vec<AtomicU64>,
+    /// Per worker: its source's watermark (the capability it holds).
+    pub watermarks: Vec<AtomicU64>,
+    /// Samples the sources sent into the dataflow, and samples the hot sink applied.
+    pub sent: AtomicU64,
+    pub applied: AtomicU64,
+    /// Records that failed to decode (skipped, counted).
+    pub corrupt_records: AtomicU64,
+}
+
+impl JobProgress {
+    fn new(workers: usize) -> Self {
+        JobProgress {
+            positions: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            watermarks: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            sent: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            corrupt_records: AtomicU64::new(0),
+        }
+    }
+
+    /// The lowest read position over all workers.
+    pub fn min_position(&self) -> u64 {
+        self.positions.iter().map(|p| p.load(Ordering::Acquire)).min().unwrap_or(0)
+    }
+
+    /// The job's watermark: the minimum over the sources' capabilities.
+    pub fn watermark(&self) -> u64 {
+        self.watermarks.iter().map(|p| p.load(Ordering::Acquire)).min().unwrap_or(0)
+    }
+
+    /// True when every source has read up to `offset` and the hot index applied all it sent.
+    pub fn caught_up(&self, offset: u64) -> bool {
+        self.min_position() >= offset && self.applied.load(Ordering::Acquire) == self.sent.load(Ordering::Acquire)
+    }
+}
+
+/// Reads the log from `offset`; decodes the records this worker owns (`offset % peers ==
+/// index`) and registers their new series in the catalog; every record's time range advances
+/// the watermark on every worker, so all workers keep the same watermark.
+struct LogSource {
+    reader: LogReader,
+    index: usize,
+    peers: usize,
+    hot: Arc<HotIndex>,
+    progress: Arc<JobProgress>,
+    stop: Arc<AtomicBool>,
+    ids: Vec<u64>,
+}
+
+impl BatchSource for LogSource {
+    fn poll(&mut self) -> Poll {
+        if self.stop.load(Ordering::Acquire) {
+            return Poll::Done;
+        }
+        let (index, peers) = (self.index as u64, self.peers as u64);
+        match self.reader.next_record(|off| off % peers == index) {
+            Ok(Some(rec)) => {
+                let mut samples = Vec::new();
+                if rec.kind == RecordKind::Batch && !rec.payload.is_empty() {
+                    let hot = &self.hot;
+                    let res = codec::decode(
+                        &rec.payload,
+                        &mut self.ids,
+                        |id, canon| {
+                            hot.catalog.register_canonical(id, canon);
+                        },
+                        |series, ts, value| samples.push(Sample { series, ts, value }),
+                    );
+                    if let Err(e) = res {
+                        self.progress.corrupt_records.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("tidemark: skipping log record {}: {e}", rec.offset);
+                        samples.clear();
+                    }
+                    self.reader.recycle(rec.payload);
+                }
+                self.progress.sent.fetch_add(samples.len() as u64, Ordering::AcqRel);
+                self.progress.positions[self.index].store(self.reader.position(), Ordering::Release);
+                Poll::Ready { max_ts: rec.max_ts, samples }
+            }
+            Ok(None) => {
+                self.progress.positions[self.index].store(self.reader.position(), Ordering::Release);
+                Poll::Pending(Duration::from_millis(5))
+            }
+            Err(e) => {
+                eprintln!("tidemark: log read failed (retrying in 1s): {e}");
+                Poll::Pending(Duration::from_secs(1))
+            }
+        }
+    }
+
+    fn progressed(&mut self, watermark: u64) {
+        self.progress.watermarks[self.index].store(watermark, Ordering::Release);
+    }
+}
+
+/// Applies to the hot index and counts what it applied (for readiness).
+struct CountingSink {
+    hot: Arc<HotIndex>,
+    progress: Arc<JobProgress>,
+}
+
+impl HotSink for CountingSink {
+    fn append(&self, samples: &[Sample]) {
+        self.hot.append_samples(samples);
+        self.progress.applied.fetch_add(samples.len() as u64, Ordering::AcqRel);
+    }
+    fn upsert_rollups(&self, rollups: &[Rollup]) {
+        self.hot.upsert(rollups);
+    }
+}
+
+/// The running job; dropping it does not stop it, call [`Job::shutdown`].
+pub struct Job {
+    stop: Arc<AtomicBool>,
+    guards: Option<timely::communication::WorkerGuards<()>>,
+    pub progress: Arc<JobProgress>,
+}
+
+impl Job {
+    /// Starts `workers` timely worker threads reading `log` from its start.
+    pub fn start(log: Log, hot: Arc<HotIndex>, metrics: Arc<Metrics>, cfg: &JobConfig, workers: usize) -> Result<Job, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(JobProgress::new(workers));
+        let wm = WatermarkConfig { out_of_orderness_ms: cfg.out_of_orderness.0.max(0) as u64, records_per_activation: 16 };
+        let lateness = cfg.allowed_lateness.0;
+        let start_offset = log.start_offset();
+        let config = timely::Config { communication: timely::CommunicationConfig::Process(workers), worker: WorkerConfig::default() };
+        let (s, p) = (Arc::clone(&stop), Arc::clone(&progress));
+        let guards = timely::execute(config, move |worker| {
+            let (stop, progress, hot, metrics, log) = (Arc::clone(&s), Arc::clone(&p), Arc::clone(&hot), Arc::clone(&metrics), log.clone());
+            worker.dataflow::<u64, _, _>(|scope| {
+                let (st, pr, h) = (Arc::clone(&stop), Arc::clone(&progress), Arc::clone(&hot));
+                let samples = watermark_source(scope, "LogSource", wm, move |index, peers| {
+                    let reader = log.reader(start_offset).expect("open the log for reading");
+                    LogSource { reader, index, peers, hot: h, progress: pr, stop: st, ids: Vec::new() }
+                });
+                let samples = samples.exchange(|s: &Sample| s.series);
+                sink_samples(samples.clone(), CountingSink { hot: Arc::clone(&hot), progress: Arc::clone(&progress) });
+                let (minutes, late_m) = tumbling_rollups(samples, MINUTE_MS, lateness);
+                let (hours, _late_h) = rollup_rollups(minutes.clone(), HOUR_MS, lateness);
+                sink_rollups(minutes, Arc::clone(&hot));
+                sink_rollups(hours, Arc::clone(&hot));
+                let m = Arc::clone(&metrics);
+                late_m.sink(Pipeline, "LateCounts", move |(input, _)| {
+                    input.for_each(|_, data| {
+                        for s in data.iter() {
+                            m.late_accepted.fetch_add(s.accepted, Ordering::Relaxed);
+                            m.late_dropped.fetch_add(s.dropped, Ordering::Relaxed);
+                        }
+                    });
+                });
+            });
+            while !stop.load(Ordering::Acquire) {
+                worker.step_or_park(Some(Duration::from_millis(20)));
+            }
+            // The sources return Done and drop their capabilities; drain what is in flight.
+            while worker.step_or_park(Some(Duration::from_millis(1))) {}
+        })?;
+        Ok(Job { stop, guards: Some(guards), progress })
+    }
+
+    /// Stops the sources, drains the dataflow and joins the workers.
+    pub fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(g) = self.guards.take() {
+            for r in g.join() {
+                if let Err(e) = r {
+                    eprintln!("tidemark: worker failed: {e}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Tidemark's own metrics (`/metrics`, Prometheus text format), health and readiness.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::ingest::Reject;
+
+/// Counters shared by ingest, the job and the server.
+#[derive(Default)]
+pub struct Metrics {
+    pub samples_ingested: AtomicU64,
+    pub requests: AtomicU64,
+    pub rejected: [AtomicU64; 3],
+    pub rejected_requests_too_large: AtomicU64,
+    pub late_accepted: AtomicU64,
+    pub late_dropped: AtomicU64,
+    pub queries: AtomicU64,
+    pub ready: AtomicBool,
+}
+
+impl Metrics {
+    /// Adds a batch builder's rejection counts.
+    pub fn add_rejected(&self, counts: &[usize; 3]) {
+        for (c, n) in self.rejected.iter().zip(counts) {
+            c.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A tiny Prometheus text-format writer.
+pub struct TextWriter(pub String);
+
+impl TextWriter {
+    /// Writes `# HELP`, `# TYPE` and samples `(labels, value)`.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(&str, f64)]) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            if labels.is_empty() {
+                let _ = writeln!(self.0, "{name} {v}");
+            } else {
+                let _ = writeln!(self.0, "{name}{{{labels}}} {v}");
+            }
+        }
+    }
+}
+
+/// Renders the counters of `m`.
+pub fn render_counters(m: &Metrics, w: &mut TextWriter) {
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    w.family("tidemark_samples_ingested_total", "counter", "Samples accepted by push ingest.", &[("", g(&m.samples_ingested))]);
+    w.family("tidemark_write_requests_total", "counter", "Push requests received.", &[("", g(&m.requests))]);
+    let reasons = [Reject::Parse, Reject::Limit, Reject::TooOld];
+    let labels: Vec<String> = reasons.iter().map(|r| format!("reason=\"{}\"", r.as_str())).collect();
+    let mut rej: Vec<(&str, f64)> = labels.iter().zip(&m.rejected).map(|(l, c)| (l.as_str(), g(c))).collect();
+    rej.push(("reason=\"body_too_large\"", g(&m.rejected_requests_too_large)));
+    w.family("tidemark_samples_rejected_total", "counter", "Lines or samples rejected at ingest, by reason (body_too_large counts requests).", &rej);
+    w.family(
+        "tidemark_late_samples_total",
+        "counter",
+        "Samples behind the watermark: accepted into a window still open for lateness, or dropped from rollups (kept raw).",
+        &[("action=\"accepted\"", g(&m.late_accepted)), ("action=\"dropped\"", g(&m.late_dropped))],
+    );
+    w.family("tidemark_queries_total", "counter", "PromQL queries evaluated.", &[("", g(&m.queries))]);
+}
