@@ -1,0 +1,189 @@
+//! Test support: starts the real `tidemark` binary on a free loopback port with its own data
+//! dir, and talks HTTP to it.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `tidemark up`.
+pub struct Tidemark {
+    pub child: Option<Child>,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub config: Option<PathBuf>,
+    pub workers: usize,
+    pub log_path: PathBuf,
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(60))).build().into()
+}
+
+impl Tidemark {
+    /// Starts a server with `config` (TOML text, may be empty) in `dir`.
+    pub fn start(dir: &Path, config: &str, workers: usize) -> Tidemark {
+        let cfg_path = dir.join("tidemark.toml");
+        std::fs::write(&cfg_path, config).unwrap();
+        let mut t = Tidemark {
+            child: None,
+            url: String::new(),
+            data_dir: dir.join("data"),
+            config: Some(cfg_path),
+            workers,
+            log_path: dir.join("tidemark.log"),
+        };
+        t.spawn();
+        t
+    }
+
+    /// (Re)starts the process on a fresh port with the same data dir, and waits until ready.
+    pub fn spawn(&mut self) {
+        let port = free_port();
+        self.url = format!("http://127.0.0.1:{port}");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+        cmd.arg("up")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--workers")
+            .arg(self.workers.to_string());
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start tidemark");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let a = agent();
+        while Instant::now() < deadline {
+            if let Ok(r) = a.get(format!("{}/-/ready", self.url)).call() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("tidemark exited with {status}: {}", std::fs::read_to_string(&self.log_path).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tidemark not ready in 60s: {}", std::fs::read_to_string(&self.log_path).unwrap_or_default());
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let c = self.child.take().expect("running");
+        let pid = c.id();
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let mut c = c;
+        c.wait().unwrap()
+    }
+
+    /// POSTs a body; returns (status, body text).
+    pub fn post(&self, path: &str, content_type: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+        let mut req = agent().post(format!("{}{}", self.url, path)).header("Content-Type", content_type);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut r = req.send(body).expect("request");
+        let status = r.status().as_u16();
+        let mut s = String::new();
+        r.body_mut().as_reader().read_to_string(&mut s).unwrap();
+        (status, s)
+    }
+
+    /// GETs a path; returns (status, body text).
+    pub fn get(&self, path_and_query: &str) -> (u16, String) {
+        let mut r = agent().get(format!("{}{}", self.url, path_and_query)).call().expect("request");
+        let status = r.status().as_u16();
+        let mut s = String::new();
+        r.body_mut().as_reader().read_to_string(&mut s).unwrap();
+        (status, s)
+    }
+
+    /// GETs an API path and parses the JSON, asserting success.
+    pub fn api(&self, path_and_query: &str) -> serde_json::Value {
+        let (status, body) = self.get(path_and_query);
+        assert_eq!(status, 200, "{path_and_query}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "{body}");
+        v["data"].clone()
+    }
+
+    /// Value of one of the server's own metrics.
+    pub fn metric(&self, name_and_labels: &str) -> f64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels).and_then(|r| r.strip_prefix(' ')).map(|v| v.parse().unwrap()))
+            .unwrap_or_else(|| panic!("metric {name_and_labels} not found in {body}"))
+    }
+
+    /// Polls `f` until it returns Some, for at most 30 s.
+    pub fn eventually<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; server log: {}", std::fs::read_to_string(&self.log_path).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tidemark {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// URL-encodes a query parameter value.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Wall-clock now in ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A deterministic xorshift generator.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
