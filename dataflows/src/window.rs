@@ -158,7 +158,14 @@ where
                 for (&start, w) in open.iter_mut() {
                     let end = start.saturating_add(width);
                     if !passed(frontier, end - 1) {
-                        break;
+                        // Not closed yet: hold the capability no lower than the frontier, so
+                        // a window of the future does not hold back downstream progress.
+                        if let Some(f) = frontier_min {
+                            if f > *w.cap.time() {
+                                w.cap.downgrade(&f);
+                            }
+                        }
+                        continue;
                     }
                     let mut session = output.session(&w.cap);
                     if !w.emitted {
