@@ -40,7 +40,10 @@ use crate::transport::log::FsyncPolicy;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -55,7 +58,11 @@ impl<'de> Deserialize<'de> for Millis {
         crate::query::promqltest::parse_duration_ms(&s)
             .filter(|_| s.chars().next().is_some_and(|c| c.is_ascii_digit()))
             .map(Millis)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {s:?}: use a number with a unit, e.g. \"5s\", \"26h\"")))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {s:?}: use a number with a unit, e.g. \"5s\", \"26h\""
+                ))
+            })
     }
 }
 
@@ -85,7 +92,11 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:9470".parse().expect("valid"), data_dir: PathBuf::from("./data"), workers: 0 }
+        ServerConfig {
+            listen: "127.0.0.1:9470".parse().expect("valid"),
+            data_dir: PathBuf::from("./data"),
+            workers: 0,
+        }
     }
 }
 
@@ -103,7 +114,11 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { fsync: FsyncPolicy::Always, fsync_interval: Millis(1000), retention: Millis(26 * 3_600_000) }
+        LogConfig {
+            fsync: FsyncPolicy::Always,
+            fsync_interval: Millis(1000),
+            retention: Millis(26 * 3_600_000),
+        }
     }
 }
 
@@ -122,7 +137,11 @@ pub struct JobConfig {
 
 impl Default for JobConfig {
     fn default() -> Self {
-        JobConfig { out_of_orderness: Millis(5_000), idle_timeout: Millis(30_000), allowed_lateness: Millis(300_000) }
+        JobConfig {
+            out_of_orderness: Millis(5_000),
+            idle_timeout: Millis(30_000),
+            allowed_lateness: Millis(300_000),
+        }
     }
 }
 
@@ -136,22 +155,32 @@ pub struct HotConfig {
 
 impl Default for HotConfig {
     fn default() -> Self {
-        HotConfig { retention: Millis(26 * 3_600_000) }
+        HotConfig {
+            retention: Millis(26 * 3_600_000),
+        }
     }
 }
 
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })
     }
 
     /// Parses TOML text.
     pub fn parse(text: &str) -> Result<Config, String> {
         let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         if cfg.job.allowed_lateness.0 < 0 || cfg.job.out_of_orderness.0 < 0 {
-            return Err("job.allowed_lateness and job.out_of_orderness must not be negative".into());
+            return Err(
+                "job.allowed_lateness and job.out_of_orderness must not be negative".into(),
+            );
         }
         Ok(cfg)
     }
@@ -159,7 +188,9 @@ impl Config {
     /// Worker threads to start.
     pub fn workers(&self) -> usize {
         if self.server.workers == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             self.server.workers
         }
@@ -177,7 +208,10 @@ mod tests {
         assert!(e.contains("line 3"), "{e}");
         let e = Config::parse("[job]\nallowed_lateness = \"soon\"\n").unwrap_err();
         assert!(e.contains("invalid duration"), "{e}");
-        let c = Config::parse("[job]\nallowed_lateness = \"10m\"\n[ingest]\nmax_labels_per_series = 8\n").unwrap();
+        let c = Config::parse(
+            "[job]\nallowed_lateness = \"10m\"\n[ingest]\nmax_labels_per_series = 8\n",
+        )
+        .unwrap();
         assert_eq!(c.job.allowed_lateness, Millis(600_000));
         assert_eq!(c.ingest.max_labels_per_series, 8);
     }

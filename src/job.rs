@@ -52,17 +52,26 @@ impl JobProgress {
 
     /// The lowest read position over all workers.
     pub fn min_position(&self) -> u64 {
-        self.positions.iter().map(|p| p.load(Ordering::Acquire)).min().unwrap_or(0)
+        self.positions
+            .iter()
+            .map(|p| p.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
     }
 
     /// The job's watermark: the minimum over the sources' capabilities.
     pub fn watermark(&self) -> u64 {
-        self.watermarks.iter().map(|p| p.load(Ordering::Acquire)).min().unwrap_or(0)
+        self.watermarks
+            .iter()
+            .map(|p| p.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
     }
 
     /// True when every source has read up to `offset` and the hot index applied all it sent.
     pub fn caught_up(&self, offset: u64) -> bool {
-        self.min_position() >= offset && self.applied.load(Ordering::Acquire) == self.sent.load(Ordering::Acquire)
+        self.min_position() >= offset
+            && self.applied.load(Ordering::Acquire) == self.sent.load(Ordering::Acquire)
     }
 }
 
@@ -99,18 +108,27 @@ impl BatchSource for LogSource {
                         |series, ts, value| samples.push(Sample { series, ts, value }),
                     );
                     if let Err(e) = res {
-                        self.progress.corrupt_records.fetch_add(1, Ordering::Relaxed);
+                        self.progress
+                            .corrupt_records
+                            .fetch_add(1, Ordering::Relaxed);
                         eprintln!("tidemark: skipping log record {}: {e}", rec.offset);
                         samples.clear();
                     }
                     self.reader.recycle(rec.payload);
                 }
-                self.progress.sent.fetch_add(samples.len() as u64, Ordering::AcqRel);
-                self.progress.positions[self.index].store(self.reader.position(), Ordering::Release);
-                Poll::Ready { max_ts: rec.max_ts, samples }
+                self.progress
+                    .sent
+                    .fetch_add(samples.len() as u64, Ordering::AcqRel);
+                self.progress.positions[self.index]
+                    .store(self.reader.position(), Ordering::Release);
+                Poll::Ready {
+                    max_ts: rec.max_ts,
+                    samples,
+                }
             }
             Ok(None) => {
-                self.progress.positions[self.index].store(self.reader.position(), Ordering::Release);
+                self.progress.positions[self.index]
+                    .store(self.reader.position(), Ordering::Release);
                 Poll::Pending(Duration::from_millis(5))
             }
             Err(e) => {
@@ -134,7 +152,9 @@ struct CountingSink {
 impl HotSink for CountingSink {
     fn append(&self, samples: &[Sample]) {
         self.hot.append_samples(samples);
-        self.progress.applied.fetch_add(samples.len() as u64, Ordering::AcqRel);
+        self.progress
+            .applied
+            .fetch_add(samples.len() as u64, Ordering::AcqRel);
     }
     fn upsert_rollups(&self, rollups: &[Rollup]) {
         self.hot.upsert(rollups);
@@ -150,24 +170,56 @@ pub struct Job {
 
 impl Job {
     /// Starts `workers` timely worker threads reading `log` from its start.
-    pub fn start(log: Log, hot: Arc<HotIndex>, metrics: Arc<Metrics>, cfg: &JobConfig, workers: usize) -> Result<Job, String> {
+    pub fn start(
+        log: Log,
+        hot: Arc<HotIndex>,
+        metrics: Arc<Metrics>,
+        cfg: &JobConfig,
+        workers: usize,
+    ) -> Result<Job, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(JobProgress::new(workers));
-        let wm = WatermarkConfig { out_of_orderness_ms: cfg.out_of_orderness.0.max(0) as u64, records_per_activation: 16 };
+        let wm = WatermarkConfig {
+            out_of_orderness_ms: cfg.out_of_orderness.0.max(0) as u64,
+            records_per_activation: 16,
+        };
         let lateness = cfg.allowed_lateness.0;
         let start_offset = log.start_offset();
-        let config = timely::Config { communication: timely::CommunicationConfig::Process(workers), worker: WorkerConfig::default() };
+        let config = timely::Config {
+            communication: timely::CommunicationConfig::Process(workers),
+            worker: WorkerConfig::default(),
+        };
         let (s, p) = (Arc::clone(&stop), Arc::clone(&progress));
         let guards = timely::execute(config, move |worker| {
-            let (stop, progress, hot, metrics, log) = (Arc::clone(&s), Arc::clone(&p), Arc::clone(&hot), Arc::clone(&metrics), log.clone());
+            let (stop, progress, hot, metrics, log) = (
+                Arc::clone(&s),
+                Arc::clone(&p),
+                Arc::clone(&hot),
+                Arc::clone(&metrics),
+                log.clone(),
+            );
             worker.dataflow::<u64, _, _>(|scope| {
                 let (st, pr, h) = (Arc::clone(&stop), Arc::clone(&progress), Arc::clone(&hot));
                 let samples = watermark_source(scope, "LogSource", wm, move |index, peers| {
                     let reader = log.reader(start_offset).expect("open the log for reading");
-                    LogSource { reader, index, peers, hot: h, progress: pr, stop: st, ids: Vec::new() }
+                    LogSource {
+                        reader,
+                        index,
+                        peers,
+                        hot: h,
+                        progress: pr,
+                        stop: st,
+                        ids: Vec::new(),
+                    }
                 });
                 let samples = samples.exchange(|s: &Sample| s.series);
-                sink_samples(samples.clone(), CountingSink { hot: Arc::clone(&hot), progress: Arc::clone(&progress) });
+                sink_samples(
+                    samples.clone(),
+                    CountingSink {
+                        hot: Arc::clone(&hot),
+                        progress: Arc::clone(&progress),
+                    },
+                );
                 let (minutes, late_m) = tumbling_rollups(samples, MINUTE_MS, lateness);
                 let (hours, _late_h) = rollup_rollups(minutes.clone(), HOUR_MS, lateness);
                 sink_rollups(minutes, Arc::clone(&hot));
@@ -188,7 +240,11 @@ impl Job {
             // The sources return Done and drop their capabilities; drain what is in flight.
             while worker.step_or_park(Some(Duration::from_millis(1))) {}
         })?;
-        Ok(Job { stop, guards: Some(guards), progress })
+        Ok(Job {
+            stop,
+            guards: Some(guards),
+            progress,
+        })
     }
 
     /// Stops the sources, drains the dataflow and joins the workers.

@@ -8,7 +8,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tidemark", version, about = "Metrics monitoring and alerting on timely dataflow")]
+#[command(
+    name = "tidemark",
+    version,
+    about = "Metrics monitoring and alerting on timely dataflow"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -49,7 +53,13 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Up { listen, data_dir, config, workers, insecure } => {
+        Cmd::Up {
+            listen,
+            data_dir,
+            config,
+            workers,
+            insecure,
+        } => {
             let mut cfg = match &config {
                 Some(p) => tidemark::config::Config::load(p)?,
                 None => tidemark::config::Config::default(),
@@ -68,7 +78,8 @@ fn main() -> anyhow::Result<()> {
             tidemark::server::run(cfg).context("tidemark up")
         }
         Cmd::Promqltest { files, verbose } => {
-            let (report, total) = tidemark::query::promqltest::run_files(&files, verbose).context("reading test scripts")?;
+            let (report, total) = tidemark::query::promqltest::run_files(&files, verbose)
+                .context("reading test scripts")?;
             print!("{report}");
             println!("{} passed, {} failed", total.passed, total.failed);
             Ok(())

@@ -48,18 +48,48 @@ impl TextWriter {
 /// Renders the counters of `m`.
 pub fn render_counters(m: &Metrics, w: &mut TextWriter) {
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-    w.family("tidemark_samples_ingested_total", "counter", "Samples accepted by push ingest.", &[("", g(&m.samples_ingested))]);
-    w.family("tidemark_write_requests_total", "counter", "Push requests received.", &[("", g(&m.requests))]);
+    w.family(
+        "tidemark_samples_ingested_total",
+        "counter",
+        "Samples accepted by push ingest.",
+        &[("", g(&m.samples_ingested))],
+    );
+    w.family(
+        "tidemark_write_requests_total",
+        "counter",
+        "Push requests received.",
+        &[("", g(&m.requests))],
+    );
     let reasons = [Reject::Parse, Reject::Limit, Reject::TooOld];
-    let labels: Vec<String> = reasons.iter().map(|r| format!("reason=\"{}\"", r.as_str())).collect();
-    let mut rej: Vec<(&str, f64)> = labels.iter().zip(&m.rejected).map(|(l, c)| (l.as_str(), g(c))).collect();
-    rej.push(("reason=\"body_too_large\"", g(&m.rejected_requests_too_large)));
-    w.family("tidemark_samples_rejected_total", "counter", "Lines or samples rejected at ingest, by reason (body_too_large counts requests).", &rej);
+    let labels: Vec<String> = reasons
+        .iter()
+        .map(|r| format!("reason=\"{}\"", r.as_str()))
+        .collect();
+    let mut rej: Vec<(&str, f64)> = labels
+        .iter()
+        .zip(&m.rejected)
+        .map(|(l, c)| (l.as_str(), g(c)))
+        .collect();
+    rej.push((
+        "reason=\"body_too_large\"",
+        g(&m.rejected_requests_too_large),
+    ));
+    w.family(
+        "tidemark_samples_rejected_total",
+        "counter",
+        "Lines or samples rejected at ingest, by reason (body_too_large counts requests).",
+        &rej,
+    );
     w.family(
         "tidemark_late_samples_total",
         "counter",
         "Samples behind the watermark: accepted into a window still open for lateness, or dropped from rollups (kept raw).",
         &[("action=\"accepted\"", g(&m.late_accepted)), ("action=\"dropped\"", g(&m.late_dropped))],
     );
-    w.family("tidemark_queries_total", "counter", "PromQL queries evaluated.", &[("", g(&m.queries))]);
+    w.family(
+        "tidemark_queries_total",
+        "counter",
+        "PromQL queries evaluated.",
+        &[("", g(&m.queries))],
+    );
 }

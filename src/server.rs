@@ -40,9 +40,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/write", post(ingest_http::write_v1))
         .route("/api/v2/write", post(ingest_http::write_v2))
         .route("/api/v1/write", post(ingest_http::remote_write))
-        .route("/api/v1/import/prometheus", post(ingest_http::import_prometheus))
+        .route(
+            "/api/v1/import/prometheus",
+            post(ingest_http::import_prometheus),
+        )
         .route("/api/v1/query", get(api::query).post(api::query))
-        .route("/api/v1/query_range", get(api::query_range).post(api::query_range))
+        .route(
+            "/api/v1/query_range",
+            get(api::query_range).post(api::query_range),
+        )
         .route("/api/v1/series", get(api::series).post(api::series))
         .route("/api/v1/labels", get(api::labels).post(api::labels))
         .route("/api/v1/label/{name}/values", get(api::label_values))
@@ -61,7 +67,11 @@ async fn ready(State(s): State<Arc<AppState>>) -> Response {
     if s.metrics.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "Tidemark is Ready.\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "Tidemark is replaying its log.\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Tidemark is replaying its log.\n",
+        )
+            .into_response()
     }
 }
 
@@ -72,7 +82,11 @@ async fn index() -> Html<&'static str> {
 fn rss_bytes() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb * 1024.0)
 }
 
@@ -82,48 +96,115 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let hot = &s.hot;
     let samples = hot.sample_count() as f64;
     let bytes = hot.bytes() as f64;
-    w.family("tidemark_hot_series", "gauge", "Series in the hot index.", &[("", hot.catalog.len() as f64)]);
-    w.family("tidemark_hot_samples", "gauge", "Raw samples in the hot index.", &[("", samples)]);
-    w.family("tidemark_hot_bytes", "gauge", "Bytes of samples (compressed chunks and open heads) and rollups in the hot index.", &[("", bytes)]);
+    w.family(
+        "tidemark_hot_series",
+        "gauge",
+        "Series in the hot index.",
+        &[("", hot.catalog.len() as f64)],
+    );
+    w.family(
+        "tidemark_hot_samples",
+        "gauge",
+        "Raw samples in the hot index.",
+        &[("", samples)],
+    );
+    w.family(
+        "tidemark_hot_bytes",
+        "gauge",
+        "Bytes of samples (compressed chunks and open heads) and rollups in the hot index.",
+        &[("", bytes)],
+    );
     w.family(
         "tidemark_hot_chunk_bytes_per_sample",
         "gauge",
         "Compressed bytes per sample in sealed chunks.",
         &[("", {
             let sealed = hot.stats.sealed_samples.load(Ordering::Relaxed) as f64;
-            if sealed > 0.0 { hot.stats.chunk_bytes.load(Ordering::Relaxed) as f64 / sealed } else { 0.0 }
+            if sealed > 0.0 {
+                hot.stats.chunk_bytes.load(Ordering::Relaxed) as f64 / sealed
+            } else {
+                0.0
+            }
         })],
     );
     w.family(
         "tidemark_hot_samples_out_of_retention_total",
         "counter",
         "Samples the job dropped because they were older than the hot retention window.",
-        &[("", hot.stats.samples_out_of_retention.load(Ordering::Relaxed) as f64)],
+        &[(
+            "",
+            hot.stats.samples_out_of_retention.load(Ordering::Relaxed) as f64,
+        )],
     );
     let wm = s.progress.watermark() as f64;
     let max_ts = s.log.max_event_ts();
-    w.family("tidemark_watermark_seconds", "gauge", "The job's watermark (its timely frontier), in event time.", &[("", wm / 1000.0)]);
+    w.family(
+        "tidemark_watermark_seconds",
+        "gauge",
+        "The job's watermark (its timely frontier), in event time.",
+        &[("", wm / 1000.0)],
+    );
     w.family(
         "tidemark_watermark_delay_seconds",
         "gauge",
         "How far the watermark trails the newest event time in the log.",
-        &[("", if max_ts == i64::MIN { 0.0 } else { ((max_ts as f64) - wm).max(0.0) / 1000.0 })],
+        &[(
+            "",
+            if max_ts == i64::MIN {
+                0.0
+            } else {
+                ((max_ts as f64) - wm).max(0.0) / 1000.0
+            },
+        )],
     );
-    w.family("tidemark_log_end_offset", "gauge", "Next offset of the embedded log.", &[("", s.log.end_offset() as f64)]);
-    w.family("tidemark_log_consumer_offset", "gauge", "Lowest offset the job's sources have read up to.", &[("", s.progress.min_position() as f64)]);
-    w.family("tidemark_log_appended_bytes_total", "counter", "Bytes appended to the log since start.", &[("", s.log.appended_bytes() as f64)]);
+    w.family(
+        "tidemark_log_end_offset",
+        "gauge",
+        "Next offset of the embedded log.",
+        &[("", s.log.end_offset() as f64)],
+    );
+    w.family(
+        "tidemark_log_consumer_offset",
+        "gauge",
+        "Lowest offset the job's sources have read up to.",
+        &[("", s.progress.min_position() as f64)],
+    );
+    w.family(
+        "tidemark_log_appended_bytes_total",
+        "counter",
+        "Bytes appended to the log since start.",
+        &[("", s.log.appended_bytes() as f64)],
+    );
     w.family(
         "tidemark_log_corrupt_records_total",
         "counter",
         "Log records that failed to decode and were skipped.",
-        &[("", s.progress.corrupt_records.load(Ordering::Relaxed) as f64)],
+        &[(
+            "",
+            s.progress.corrupt_records.load(Ordering::Relaxed) as f64,
+        )],
     );
-    w.family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", &[("", rss_bytes())]);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], w.0).into_response()
+    w.family(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        &[("", rss_bytes())],
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        w.0,
+    )
+        .into_response()
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 async fn shutdown_signal() {
@@ -170,7 +251,8 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
     let st = Arc::clone(&state);
     tokio::spawn(async move {
         let idle = st.cfg.job.idle_timeout.0.max(1);
-        let mut tick = tokio::time::interval(Duration::from_millis((idle as u64 / 4).clamp(10, 1000)));
+        let mut tick =
+            tokio::time::interval(Duration::from_millis((idle as u64 / 4).clamp(10, 1000)));
         loop {
             tick.tick().await;
             let max = st.log.max_event_ts();
@@ -178,14 +260,18 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
             if max != i64::MIN && since >= idle {
                 let log = st.log.clone();
                 let t = max.saturating_add(since);
-                let _ = tokio::task::spawn_blocking(move || log.append(RecordKind::Tick, t, t, &[])).await;
+                let _ =
+                    tokio::task::spawn_blocking(move || log.append(RecordKind::Tick, t, t, &[]))
+                        .await;
             }
         }
     });
     if state.cfg.log.fsync == FsyncPolicy::Interval {
         let st = Arc::clone(&state);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(st.cfg.log.fsync_interval.0.max(1) as u64));
+            let mut tick = tokio::time::interval(Duration::from_millis(
+                st.cfg.log.fsync_interval.0.max(1) as u64,
+            ));
             loop {
                 tick.tick().await;
                 let log = st.log.clone();
@@ -217,18 +303,38 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     let data_dir = cfg.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let log = Log::open(&data_dir.join("log"), cfg.log.fsync).context("opening the embedded log")?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let log =
+        Log::open(&data_dir.join("log"), cfg.log.fsync).context("opening the embedded log")?;
     let hot = Arc::new(HotIndex::new(cfg.hot.retention.0));
     let metrics = Arc::new(Metrics::default());
     let startup_end = log.end_offset();
     let workers = cfg.workers();
-    let mut job = Job::start(log.clone(), Arc::clone(&hot), Arc::clone(&metrics), &cfg.job, workers).map_err(anyhow::Error::msg)?;
+    let mut job = Job::start(
+        log.clone(),
+        Arc::clone(&hot),
+        Arc::clone(&metrics),
+        &cfg.job,
+        workers,
+    )
+    .map_err(anyhow::Error::msg)?;
     let listen = cfg.server.listen;
-    let state = Arc::new(AppState { cfg, log: log.clone(), hot, metrics, progress: Arc::clone(&job.progress) });
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let state = Arc::new(AppState {
+        cfg,
+        log: log.clone(),
+        hot,
+        metrics,
+        progress: Arc::clone(&job.progress),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let served = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
         eprintln!(
             "tidemark: listening on http://{} (data dir {}, {} workers, log from offset {} to {})",
             listener.local_addr()?,
@@ -238,7 +344,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             startup_end
         );
         spawn_background(Arc::clone(&state), startup_end, started);
-        axum::serve(listener, router(Arc::clone(&state))).with_graceful_shutdown(shutdown_signal()).await?;
+        axum::serve(listener, router(Arc::clone(&state)))
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
         anyhow::Ok(())
     });
     rt.shutdown_timeout(Duration::from_secs(5));

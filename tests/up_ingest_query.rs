@@ -18,7 +18,12 @@ fn range(t: &Tidemark, q: &str, start_ms: i64, end_ms: i64, step_s: u32) -> serd
 }
 
 fn values(series: &serde_json::Value) -> Vec<(f64, String)> {
-    series["values"].as_array().unwrap().iter().map(|p| (p[0].as_f64().unwrap(), p[1].as_str().unwrap().to_string())).collect()
+    series["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_f64().unwrap(), p[1].as_str().unwrap().to_string()))
+        .collect()
 }
 
 #[test]
@@ -30,45 +35,88 @@ fn push_three_formats_and_query_range() {
     // Influx line protocol, gzip, precision=ms, several fields.
     let mut lines = String::new();
     for i in 0..10 {
-        lines.push_str(&format!("cpu,host=a,region=eu load=0.{i},idle={}i {}\n", 90 - i, base + i * 10_000));
+        lines.push_str(&format!(
+            "cpu,host=a,region=eu load=0.{i},idle={}i {}\n",
+            90 - i,
+            base + i * 10_000
+        ));
     }
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(lines.as_bytes()).unwrap();
-    let (status, body) = t.post("/api/v2/write?precision=ms", "text/plain", &[("Content-Encoding", "gzip")], &gz.finish().unwrap());
+    let (status, body) = t.post(
+        "/api/v2/write?precision=ms",
+        "text/plain",
+        &[("Content-Encoding", "gzip")],
+        &gz.finish().unwrap(),
+    );
     assert_eq!(status, 204, "{body}");
 
     // Prometheus remote write.
     let req = WriteRequest {
         timeseries: vec![TimeSeries {
             labels: vec![
-                Label { name: "__name__".into(), value: "rw_metric".into() },
-                Label { name: "job".into(), value: "node".into() },
+                Label {
+                    name: "__name__".into(),
+                    value: "rw_metric".into(),
+                },
+                Label {
+                    name: "job".into(),
+                    value: "node".into(),
+                },
             ],
-            samples: (0..10).map(|i| Sample { value: i as f64 * 2.0, timestamp: base + i * 10_000 }).collect(),
+            samples: (0..10)
+                .map(|i| Sample {
+                    value: i as f64 * 2.0,
+                    timestamp: base + i * 10_000,
+                })
+                .collect(),
         }],
     };
-    let (status, body) = t.post("/api/v1/write", "application/x-protobuf", &[("Content-Encoding", "snappy")], &encode(&req));
+    let (status, body) = t.post(
+        "/api/v1/write",
+        "application/x-protobuf",
+        &[("Content-Encoding", "snappy")],
+        &encode(&req),
+    );
     assert_eq!(status, 204, "{body}");
 
     // Prometheus text format.
     let mut text = String::from("# TYPE http_requests_total counter\n");
     for i in 0..10 {
-        text.push_str(&format!("http_requests_total{{code=\"200\",path=\"/x\"}} {} {}\n", i * 100, base + i * 10_000));
+        text.push_str(&format!(
+            "http_requests_total{{code=\"200\",path=\"/x\"}} {} {}\n",
+            i * 100,
+            base + i * 10_000
+        ));
     }
-    let (status, body) = t.post("/api/v1/import/prometheus", "text/plain", &[], text.as_bytes());
+    let (status, body) = t.post(
+        "/api/v1/import/prometheus",
+        "text/plain",
+        &[],
+        text.as_bytes(),
+    );
     assert_eq!(status, 204, "{body}");
 
     // Influx v1 with seconds precision.
-    let (status, body) = t.post("/write?precision=s", "text/plain", &[], format!("disk,host=a used=1234i {}\n", base / 1000).as_bytes());
+    let (status, body) = t.post(
+        "/write?precision=s",
+        "text/plain",
+        &[],
+        format!("disk,host=a used=1234i {}\n", base / 1000).as_bytes(),
+    );
     assert_eq!(status, 204, "{body}");
 
     let end = base + 90_000;
     let d = t.eventually("the influx samples", || {
         let d = range(&t, "cpu_load", base, end, 10);
-        (d["result"].as_array().unwrap().len() == 1 && values(&d["result"][0]).len() == 10).then_some(d)
+        (d["result"].as_array().unwrap().len() == 1 && values(&d["result"][0]).len() == 10)
+            .then_some(d)
     });
     assert_eq!(d["resultType"], "matrix");
-    assert_eq!(d["result"][0]["metric"], serde_json::json!({"__name__": "cpu_load", "host": "a", "region": "eu"}));
+    assert_eq!(
+        d["result"][0]["metric"],
+        serde_json::json!({"__name__": "cpu_load", "host": "a", "region": "eu"})
+    );
     let v = values(&d["result"][0]);
     assert_eq!(v[0], (base as f64 / 1000.0, "0".to_string()));
     assert_eq!(v[3].1, "0.3");
@@ -76,27 +124,49 @@ fn push_three_formats_and_query_range() {
     assert_eq!(values(&d["result"][0])[9].1, "81");
 
     let d = range(&t, "rw_metric{job=\"node\"}", base, end, 10);
-    assert_eq!(values(&d["result"][0]).iter().map(|p| p.1.clone()).collect::<Vec<_>>(), (0..10).map(|i| (i * 2).to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        values(&d["result"][0])
+            .iter()
+            .map(|p| p.1.clone())
+            .collect::<Vec<_>>(),
+        (0..10).map(|i| (i * 2).to_string()).collect::<Vec<_>>()
+    );
 
     let d = range(&t, "rate(http_requests_total[1m])", base + 60_000, end, 30);
     let v = values(&d["result"][0]);
-    assert_eq!(d["result"][0]["metric"], serde_json::json!({"code": "200", "path": "/x"}));
+    assert_eq!(
+        d["result"][0]["metric"],
+        serde_json::json!({"code": "200", "path": "/x"})
+    );
     for (_, r) in v {
         assert!((r.parse::<f64>().unwrap() - 10.0).abs() < 1e-9, "rate {r}");
     }
-    let d = t.api(&format!("/api/v1/query?query={}&time={}", enc("disk_used"), (base + 1000) as f64 / 1000.0));
+    let d = t.api(&format!(
+        "/api/v1/query?query={}&time={}",
+        enc("disk_used"),
+        (base + 1000) as f64 / 1000.0
+    ));
     assert_eq!(d["result"][0]["value"][1], "1234");
 
     // Metadata endpoints.
     let names = t.api("/api/v1/labels");
     for n in ["__name__", "code", "host", "job", "path", "region"] {
-        assert!(names.as_array().unwrap().iter().any(|x| x == n), "{n} in {names}");
+        assert!(
+            names.as_array().unwrap().iter().any(|x| x == n),
+            "{n} in {names}"
+        );
     }
     let vals = t.api("/api/v1/label/__name__/values");
-    assert!(vals.as_array().unwrap().iter().any(|x| x == "rw_metric"), "{vals}");
+    assert!(
+        vals.as_array().unwrap().iter().any(|x| x == "rw_metric"),
+        "{vals}"
+    );
     let series = t.api(&format!("/api/v1/series?match[]={}", enc("{host=\"a\"}")));
     assert_eq!(series.as_array().unwrap().len(), 3, "{series}");
-    assert_eq!(t.api("/api/v1/status/buildinfo")["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        t.api("/api/v1/status/buildinfo")["version"],
+        env!("CARGO_PKG_VERSION")
+    );
     assert_eq!(t.metric("tidemark_samples_ingested_total"), 41.0);
     assert_eq!(t.metric("tidemark_hot_series"), 5.0);
     assert!(t.metric("tidemark_hot_bytes") > 0.0);
@@ -105,21 +175,37 @@ fn push_three_formats_and_query_range() {
     let (status, body) = t.get(&format!("/api/v1/query?query={}", enc("sum(")));
     assert_eq!(status, 400);
     let e: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((e["status"].as_str(), e["errorType"].as_str()), (Some("error"), Some("bad_data")));
+    assert_eq!(
+        (e["status"].as_str(), e["errorType"].as_str()),
+        (Some("error"), Some("bad_data"))
+    );
 }
 
 #[test]
 fn bad_input_is_reported_by_line_and_valid_lines_are_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = "[ingest]\nmax_body_bytes = 4096\nmax_labels_per_series = 4\nmax_series_per_metric = 3\n";
+    let cfg =
+        "[ingest]\nmax_body_bytes = 4096\nmax_labels_per_series = 4\nmax_series_per_metric = 3\n";
     let t = Tidemark::start(dir.path(), cfg, 1);
     let ts = now_ms();
     let body = format!(
         "ok,h=a value=1 {ts}\nbroken line\nok,h=b value=oops {ts}\nwide,a=1,b=2,c=3,d=4 value=1 {ts}\nok,h=c value=3 {ts}\ns,h=a msg=\"text\" {ts}\n"
     );
-    let (status, msg) = t.post("/api/v2/write?precision=ms", "text/plain", &[], body.as_bytes());
+    let (status, msg) = t.post(
+        "/api/v2/write?precision=ms",
+        "text/plain",
+        &[],
+        body.as_bytes(),
+    );
     assert_eq!(status, 400, "{msg}");
-    for needle in ["line 2:", "line 3:", "line 4:", "max_labels_per_series", "line 6:", "string field"] {
+    for needle in [
+        "line 2:",
+        "line 3:",
+        "line 4:",
+        "max_labels_per_series",
+        "line 6:",
+        "string field",
+    ] {
         assert!(msg.contains(needle), "{needle:?} missing from {msg}");
     }
     let q = t.eventually("the valid lines", || {
@@ -129,15 +215,28 @@ fn bad_input_is_reported_by_line_and_valid_lines_are_kept() {
     assert_eq!(q["result"].as_array().unwrap().len(), 2);
 
     // The per-metric series limit names the key to raise.
-    let body = format!("lim,h=1 value=1 {ts}\nlim,h=2 value=1 {ts}\nlim,h=3 value=1 {ts}\nlim,h=4 value=1 {ts}\n");
+    let body = format!(
+        "lim,h=1 value=1 {ts}\nlim,h=2 value=1 {ts}\nlim,h=3 value=1 {ts}\nlim,h=4 value=1 {ts}\n"
+    );
     let (status, msg) = t.post("/write?precision=ms", "text/plain", &[], body.as_bytes());
     assert_eq!(status, 400);
-    assert!(msg.contains("line 4") && msg.contains("max_series_per_metric"), "{msg}");
+    assert!(
+        msg.contains("line 4") && msg.contains("max_series_per_metric"),
+        "{msg}"
+    );
 
     // Invalid metric names in the text format.
-    let (status, msg) = t.post("/api/v1/import/prometheus", "text/plain", &[], b"1bad 3\ngood 4\n");
+    let (status, msg) = t.post(
+        "/api/v1/import/prometheus",
+        "text/plain",
+        &[],
+        b"1bad 3\ngood 4\n",
+    );
     assert_eq!(status, 400);
-    assert!(msg.contains("line 1") && msg.contains("invalid metric name"), "{msg}");
+    assert!(
+        msg.contains("line 1") && msg.contains("invalid metric name"),
+        "{msg}"
+    );
 
     // Oversized bodies get 413, raw or after gzip.
     let big = vec![b'x'; 10_000];
@@ -146,22 +245,50 @@ fn bad_input_is_reported_by_line_and_valid_lines_are_kept() {
     assert!(msg.contains("max_body_bytes"), "{msg}");
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&vec![b'#'; 100_000]).unwrap();
-    let (status, msg) = t.post("/write", "text/plain", &[("Content-Encoding", "gzip")], &gz.finish().unwrap());
+    let (status, msg) = t.post(
+        "/write",
+        "text/plain",
+        &[("Content-Encoding", "gzip")],
+        &gz.finish().unwrap(),
+    );
     assert_eq!(status, 413, "{msg}");
 
     // Garbage remote write and gzip are 400s, not crashes.
-    let (status, _) = t.post("/api/v1/write", "application/x-protobuf", &[], b"\xff\x00garbage");
+    let (status, _) = t.post(
+        "/api/v1/write",
+        "application/x-protobuf",
+        &[],
+        b"\xff\x00garbage",
+    );
     assert_eq!(status, 400);
-    let (status, _) = t.post("/write", "text/plain", &[("Content-Encoding", "gzip")], b"not gzip");
+    let (status, _) = t.post(
+        "/write",
+        "text/plain",
+        &[("Content-Encoding", "gzip")],
+        b"not gzip",
+    );
     assert_eq!(status, 400);
-    let (status, _) = t.post("/write?precision=fortnights", "text/plain", &[], b"a value=1");
+    let (status, _) = t.post(
+        "/write?precision=fortnights",
+        "text/plain",
+        &[],
+        b"a value=1",
+    );
     assert_eq!(status, 400);
 
     // Samples older than the hot retention window (26 h before the newest) are rejected.
     let old = ts - 27 * 3_600_000;
-    let (status, msg) = t.post("/write?precision=ms", "text/plain", &[], format!("old value=1 {old}\n").as_bytes());
+    let (status, msg) = t.post(
+        "/write?precision=ms",
+        "text/plain",
+        &[],
+        format!("old value=1 {old}\n").as_bytes(),
+    );
     assert_eq!(status, 400);
-    assert!(msg.contains("older than the hot retention window") && msg.contains("[hot] retention"), "{msg}");
+    assert!(
+        msg.contains("older than the hot retention window") && msg.contains("[hot] retention"),
+        "{msg}"
+    );
     assert!(t.metric("tidemark_samples_rejected_total{reason=\"too_old\"}") >= 1.0);
     assert!(t.metric("tidemark_samples_rejected_total{reason=\"parse\"}") >= 3.0);
     // Still serving.
@@ -177,7 +304,10 @@ fn sigkill_after_acknowledged_writes_loses_nothing() {
     for batch in 0..20 {
         let mut body = String::new();
         for s in 0..50 {
-            body.push_str(&format!("kill_test,series=s{s} value={batch} {}\n", base + batch * 10_000));
+            body.push_str(&format!(
+                "kill_test,series=s{s} value={batch} {}\n",
+                base + batch * 10_000
+            ));
             expected += 1;
         }
         let (status, msg) = t.post("/write?precision=ms", "text/plain", &[], body.as_bytes());
@@ -195,6 +325,10 @@ fn sigkill_after_acknowledged_writes_loses_nothing() {
     // And a graceful stop exits 0 and keeps everything too.
     assert!(t.terminate().success());
     t.spawn();
-    let d = t.api(&format!("/api/v1/query?query={}&time={}", enc("count(kill_test)"), (base + 200_000) as f64 / 1000.0));
+    let d = t.api(&format!(
+        "/api/v1/query?query={}&time={}",
+        enc("count(kill_test)"),
+        (base + 200_000) as f64 / 1000.0
+    ));
     assert_eq!(d["result"][0]["value"][1], "50");
 }

@@ -10,7 +10,8 @@ use support::{enc, now_ms, Rng, Tidemark};
 
 const OOO_MS: i64 = 5_000;
 const LATENESS_MS: i64 = 120_000;
-const CONFIG: &str = "[job]\nout_of_orderness = \"5s\"\nallowed_lateness = \"2m\"\nidle_timeout = \"1h\"\n";
+const CONFIG: &str =
+    "[job]\nout_of_orderness = \"5s\"\nallowed_lateness = \"2m\"\nidle_timeout = \"1h\"\n";
 
 /// One push = one log record: `(series label, ts, value)` samples.
 type Push = Vec<(u32, i64, f64)>;
@@ -60,7 +61,13 @@ fn workload(base: i64) -> Vec<Push> {
 
 fn body(p: &Push) -> String {
     p.iter()
-        .map(|(s, ts, v)| if *s == 99 { format!("flush value={v} {ts}\n") } else { format!("ctr,s=s{s} value={v} {ts}\n") })
+        .map(|(s, ts, v)| {
+            if *s == 99 {
+                format!("flush value={v} {ts}\n")
+            } else {
+                format!("ctr,s=s{s} value={v} {ts}\n")
+            }
+        })
         .collect()
 }
 
@@ -94,7 +101,9 @@ fn oracle(pushes: &[Push], width: i64) -> (BTreeMap<(u32, i64), Roll>, u64, u64)
             if s == 99 {
                 continue;
             }
-            kept.entry((s, ts.div_euclid(width) * width)).or_default().insert(ts, v);
+            kept.entry((s, ts.div_euclid(width) * width))
+                .or_default()
+                .insert(ts, v);
         }
         let max = p.iter().map(|x| x.1).max().unwrap();
         wm = wm.max(max - OOO_MS);
@@ -103,7 +112,15 @@ fn oracle(pushes: &[Push], width: i64) -> (BTreeMap<(u32, i64), Roll>, u64, u64)
         .into_iter()
         .map(|(k, pts)| {
             let v: Vec<f64> = pts.values().copied().collect();
-            let mut r = Roll { count: v.len() as u64, sum: 0.0, min: v[0], max: v[0], first: v[0], last: v[v.len() - 1], increase: 0.0 };
+            let mut r = Roll {
+                count: v.len() as u64,
+                sum: 0.0,
+                min: v[0],
+                max: v[0],
+                first: v[0],
+                last: v[v.len() - 1],
+                increase: 0.0,
+            };
             for (i, x) in v.iter().enumerate() {
                 r.sum += x;
                 r.min = r.min.min(*x);
@@ -133,7 +150,15 @@ fn fetch(t: &Tidemark, res: &str, base: i64) -> BTreeMap<(u32, i64), Roll> {
             let start = (r["start"].as_f64().unwrap() * 1000.0).round() as i64;
             out.insert(
                 (sid, start),
-                Roll { count: r["count"].as_u64().unwrap(), sum: f("sum"), min: f("min"), max: f("max"), first: f("first"), last: f("last"), increase: f("increase") },
+                Roll {
+                    count: r["count"].as_u64().unwrap(),
+                    sum: f("sum"),
+                    min: f("min"),
+                    max: f("max"),
+                    first: f("first"),
+                    last: f("last"),
+                    increase: f("increase"),
+                },
             );
         }
     }
@@ -149,10 +174,20 @@ fn push_all(t: &Tidemark, pushes: &[Push]) {
 
 fn close(a: &Roll, b: &Roll) -> bool {
     let f = |x: f64, y: f64| (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0);
-    a.count == b.count && f(a.sum, b.sum) && f(a.min, b.min) && f(a.max, b.max) && f(a.first, b.first) && f(a.last, b.last) && f(a.increase, b.increase)
+    a.count == b.count
+        && f(a.sum, b.sum)
+        && f(a.min, b.min)
+        && f(a.max, b.max)
+        && f(a.first, b.first)
+        && f(a.last, b.last)
+        && f(a.increase, b.increase)
 }
 
-fn run(workers: usize, base: i64, pushes: &[Push]) -> (Tidemark, tempfile::TempDir, BTreeMap<(u32, i64), Roll>) {
+fn run(
+    workers: usize,
+    base: i64,
+    pushes: &[Push],
+) -> (Tidemark, tempfile::TempDir, BTreeMap<(u32, i64), Roll>) {
     let dir = tempfile::tempdir().unwrap();
     let t = Tidemark::start(dir.path(), CONFIG, workers);
     push_all(&t, pushes);
@@ -169,14 +204,23 @@ fn late_and_out_of_order_rollups_match_the_oracle() {
     let base = (now_ms() / 3_600_000 - 6) * 3_600_000;
     let pushes = workload(base);
     let (want, late, dropped) = oracle(&pushes, 60_000);
-    assert!(late > 0 && dropped > 0, "the workload must exercise both paths: late {late}, dropped {dropped}");
+    assert!(
+        late > 0 && dropped > 0,
+        "the workload must exercise both paths: late {late}, dropped {dropped}"
+    );
     let (t, _dir, got) = run(2, base, &pushes);
     for (k, w) in &want {
         let g = got.get(k).unwrap_or_else(|| panic!("missing rollup {k:?}"));
         assert!(close(g, w), "rollup {k:?}: got {g:?}, want {w:?}");
     }
-    assert_eq!(t.metric("tidemark_late_samples_total{action=\"dropped\"}") as u64, dropped);
-    assert_eq!(t.metric("tidemark_late_samples_total{action=\"accepted\"}") as u64, late);
+    assert_eq!(
+        t.metric("tidemark_late_samples_total{action=\"dropped\"}") as u64,
+        dropped
+    );
+    assert_eq!(
+        t.metric("tidemark_late_samples_total{action=\"accepted\"}") as u64,
+        late
+    );
 
     // 1-hour rollups are built from the 1-minute ones and equal the oracle at 1 h.
     let (want_h, _, _) = oracle(&pushes, 3_600_000);
@@ -185,18 +229,38 @@ fn late_and_out_of_order_rollups_match_the_oracle() {
         (g.len() == want_h.len()).then_some(g)
     });
     for (k, w) in &want_h {
-        assert!(close(&got_h[k], w), "hour rollup {k:?}: got {:?}, want {w:?}", got_h[k]);
+        assert!(
+            close(&got_h[k], w),
+            "hour rollup {k:?}: got {:?}, want {w:?}",
+            got_h[k]
+        );
     }
 
     // Raw samples keep everything, dropped-from-rollup ones included.
-    let total: usize = pushes.iter().map(|p| p.iter().filter(|s| s.0 != 99).count()).sum();
+    let total: usize = pushes
+        .iter()
+        .map(|p| p.iter().filter(|s| s.0 != 99).count())
+        .sum();
     let d = t.api(&format!(
         "/api/v1/query?query={}&time={}",
         enc("sum(count_over_time(ctr[2h]))"),
         (base + 3_600_000) / 1000
     ));
-    let distinct: std::collections::BTreeSet<(u32, i64)> = pushes.iter().flatten().filter(|s| s.0 != 99).map(|s| (s.0, s.1)).collect();
-    assert_eq!(d["result"][0]["value"][1].as_str().unwrap().parse::<usize>().unwrap(), distinct.len(), "of {total} pushed");
+    let distinct: std::collections::BTreeSet<(u32, i64)> = pushes
+        .iter()
+        .flatten()
+        .filter(|s| s.0 != 99)
+        .map(|s| (s.0, s.1))
+        .collect();
+    assert_eq!(
+        d["result"][0]["value"][1]
+            .as_str()
+            .unwrap()
+            .parse::<usize>()
+            .unwrap(),
+        distinct.len(),
+        "of {total} pushed"
+    );
 }
 
 #[test]
@@ -206,8 +270,18 @@ fn one_and_two_workers_give_identical_results() {
     let (t1, _d1, r1) = run(1, base, &pushes);
     let (t2, _d2, r2) = run(2, base, &pushes);
     assert_eq!(r1, r2);
-    for q in ["sum by (s) (rate(ctr[5m]))", "max_over_time(ctr[10m])", "ctr", "increase(ctr[1h])"] {
-        let path = format!("/api/v1/query_range?query={}&start={}&end={}&step=60", enc(q), base / 1000, (base + 2_400_000) / 1000);
+    for q in [
+        "sum by (s) (rate(ctr[5m]))",
+        "max_over_time(ctr[10m])",
+        "ctr",
+        "increase(ctr[1h])",
+    ] {
+        let path = format!(
+            "/api/v1/query_range?query={}&start={}&end={}&step=60",
+            enc(q),
+            base / 1000,
+            (base + 2_400_000) / 1000
+        );
         assert_eq!(t1.api(&path), t2.api(&path), "{q}");
     }
 }

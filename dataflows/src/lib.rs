@@ -23,7 +23,9 @@ pub use types::{LateStats, Rollup, Sample};
 
 /// Drains a captured stream (from `Capture::capture`) into `(time, record)` pairs, for tests and
 /// doc-tests of streams whose records are not `Ord` (timely's `extract` needs `Ord`).
-pub fn captured<T: Clone + Ord + timely::order::TotalOrder, D>(rx: std::sync::mpsc::Receiver<timely::dataflow::operators::capture::Event<T, Vec<D>>>) -> Vec<(T, D)> {
+pub fn captured<T: Clone + Ord + timely::order::TotalOrder, D>(
+    rx: std::sync::mpsc::Receiver<timely::dataflow::operators::capture::Event<T, Vec<D>>>,
+) -> Vec<(T, D)> {
     use timely::dataflow::operators::capture::Event;
     rx.try_iter()
         .filter_map(|e| match e {

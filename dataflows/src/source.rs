@@ -39,7 +39,10 @@ pub struct WatermarkConfig {
 
 impl Default for WatermarkConfig {
     fn default() -> Self {
-        WatermarkConfig { out_of_orderness_ms: 5_000, records_per_activation: 16 }
+        WatermarkConfig {
+            out_of_orderness_ms: 5_000,
+            records_per_activation: 16,
+        }
     }
 }
 
@@ -77,7 +80,12 @@ impl Default for WatermarkConfig {
 /// });
 /// assert_eq!(captured(rx), vec![(0, s(10_000)), (9_000, s(12_000)), (9_000, s(8_500))]);
 /// ```
-pub fn watermark_source<'s, S, F>(scope: Scope<'s, u64>, name: &str, config: WatermarkConfig, make: F) -> Stream<'s, u64, Vec<Sample>>
+pub fn watermark_source<'s, S, F>(
+    scope: Scope<'s, u64>,
+    name: &str,
+    config: WatermarkConfig,
+    make: F,
+) -> Stream<'s, u64, Vec<Sample>>
 where
     S: BatchSource,
     F: FnOnce(usize, usize) -> S,
@@ -91,11 +99,16 @@ where
             let Some(c) = cap.as_mut() else { return };
             for _ in 0..config.records_per_activation.max(1) {
                 match src.poll() {
-                    Poll::Ready { max_ts, mut samples } => {
+                    Poll::Ready {
+                        max_ts,
+                        mut samples,
+                    } => {
                         if !samples.is_empty() {
                             output.session(&*c).give_container(&mut samples);
                         }
-                        let wm = u64::try_from(max_ts).unwrap_or(0).saturating_sub(config.out_of_orderness_ms);
+                        let wm = u64::try_from(max_ts)
+                            .unwrap_or(0)
+                            .saturating_sub(config.out_of_orderness_ms);
                         if wm > *c.time() {
                             c.downgrade(&wm);
                         }

@@ -38,7 +38,12 @@ pub struct Rollup {
 impl Rollup {
     /// Rolls up samples of one series sorted by time (at most one per timestamp).
     /// Returns `None` for an empty slice.
-    pub fn from_sorted(series: u64, start: i64, width: i64, samples: &[(i64, f64)]) -> Option<Rollup> {
+    pub fn from_sorted(
+        series: u64,
+        start: i64,
+        width: i64,
+        samples: &[(i64, f64)],
+    ) -> Option<Rollup> {
         let (&(_, first), rest) = samples.split_first()?;
         let mut r = Rollup {
             series,
@@ -67,7 +72,12 @@ impl Rollup {
     /// includes the steps between one window's last sample and the next one's first.
     pub fn combine(series: u64, start: i64, width: i64, parts: &[Rollup]) -> Option<Rollup> {
         let (first, rest) = parts.split_first()?;
-        let mut r = Rollup { series, start, width, ..*first };
+        let mut r = Rollup {
+            series,
+            start,
+            width,
+            ..*first
+        };
         for p in rest {
             r.count += p.count;
             r.sum += p.sum;

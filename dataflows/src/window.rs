@@ -110,94 +110,107 @@ pub fn windows<'s, D, A>(
     name: &str,
     width: i64,
     lateness: i64,
-) -> (Stream<'s, u64, Vec<Rollup>>, Stream<'s, u64, Vec<LateStats>>)
+) -> (
+    Stream<'s, u64, Vec<Rollup>>,
+    Stream<'s, u64, Vec<LateStats>>,
+)
 where
     D: Windowed + Send + serde::Serialize + for<'de> serde::Deserialize<'de>,
     A: Accumulator<D>,
 {
-    assert!(width > 0 && lateness >= 0, "window width must be positive and lateness non-negative");
-    let out = stream.unary_frontier::<CapacityContainerBuilder<Vec<Result<Rollup, LateStats>>>, _, _, _>(
-        Exchange::new(|d: &D| d.series()),
-        name,
-        move |_cap, _info| {
-            let mut open: BTreeMap<i64, Window<A>> = BTreeMap::new();
-            move |(input, frontier), output| {
-                input.for_each(|cap, data| {
-                    let Some(&t) = cap.least() else { return };
-                    let t_i = i64::try_from(t).unwrap_or(i64::MAX);
-                    let mut stats = LateStats::default();
-                    for d in data.drain(..) {
-                        let ts = d.event_ts();
-                        let start = ts.div_euclid(width) * width;
+    assert!(
+        width > 0 && lateness >= 0,
+        "window width must be positive and lateness non-negative"
+    );
+    let out = stream
+        .unary_frontier::<CapacityContainerBuilder<Vec<Result<Rollup, LateStats>>>, _, _, _>(
+            Exchange::new(|d: &D| d.series()),
+            name,
+            move |_cap, _info| {
+                let mut open: BTreeMap<i64, Window<A>> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        let Some(&t) = cap.least() else { return };
+                        let t_i = i64::try_from(t).unwrap_or(i64::MAX);
+                        let mut stats = LateStats::default();
+                        for d in data.drain(..) {
+                            let ts = d.event_ts();
+                            let start = ts.div_euclid(width) * width;
+                            let end = start.saturating_add(width);
+                            if t_i >= end.saturating_add(lateness) {
+                                stats.dropped += 1;
+                                continue;
+                            }
+                            if ts < t_i {
+                                stats.accepted += 1;
+                            }
+                            let w = open.entry(start).or_insert_with(|| Window {
+                                cap: cap
+                                    .retain_least(0)
+                                    .expect("a totally ordered stamp has a least time"),
+                                series: HashMap::new(),
+                                emitted: false,
+                                dirty: HashSet::new(),
+                            });
+                            if w.emitted {
+                                w.dirty.insert(d.series());
+                            }
+                            w.series.entry(d.series()).or_default().add(d);
+                        }
+                        if stats != LateStats::default() {
+                            let c = cap.retain_least(0).expect("least time");
+                            output.session(&c).give(Err(stats));
+                        }
+                    });
+                    let frontier_min = frontier.frontier().iter().min().copied();
+                    let mut retired = Vec::new();
+                    for (&start, w) in open.iter_mut() {
                         let end = start.saturating_add(width);
-                        if t_i >= end.saturating_add(lateness) {
-                            stats.dropped += 1;
+                        if !passed(frontier, end - 1) {
+                            // Not closed yet: hold the capability no lower than the frontier, so
+                            // a window of the future does not hold back downstream progress.
+                            if let Some(f) = frontier_min {
+                                if f > *w.cap.time() {
+                                    w.cap.downgrade(&f);
+                                }
+                            }
                             continue;
                         }
-                        if ts < t_i {
-                            stats.accepted += 1;
+                        let mut session = output.session(&w.cap);
+                        if !w.emitted {
+                            for (&series, acc) in w.series.iter_mut() {
+                                if let Some(r) = acc.rollup(series, start, width) {
+                                    session.give(Ok(r));
+                                }
+                            }
+                            w.emitted = true;
+                            w.dirty.clear();
+                        } else {
+                            for series in w.dirty.drain() {
+                                if let Some(r) = w
+                                    .series
+                                    .get_mut(&series)
+                                    .and_then(|a| a.rollup(series, start, width))
+                                {
+                                    session.give(Ok(r));
+                                }
+                            }
                         }
-                        let w = open.entry(start).or_insert_with(|| Window {
-                            cap: cap.retain_least(0).expect("a totally ordered stamp has a least time"),
-                            series: HashMap::new(),
-                            emitted: false,
-                            dirty: HashSet::new(),
-                        });
-                        if w.emitted {
-                            w.dirty.insert(d.series());
-                        }
-                        w.series.entry(d.series()).or_default().add(d);
-                    }
-                    if stats != LateStats::default() {
-                        let c = cap.retain_least(0).expect("least time");
-                        output.session(&c).give(Err(stats));
-                    }
-                });
-                let frontier_min = frontier.frontier().iter().min().copied();
-                let mut retired = Vec::new();
-                for (&start, w) in open.iter_mut() {
-                    let end = start.saturating_add(width);
-                    if !passed(frontier, end - 1) {
-                        // Not closed yet: hold the capability no lower than the frontier, so
-                        // a window of the future does not hold back downstream progress.
-                        if let Some(f) = frontier_min {
+                        drop(session);
+                        if passed(frontier, end.saturating_add(lateness) - 1) {
+                            retired.push(start);
+                        } else if let Some(f) = frontier_min {
                             if f > *w.cap.time() {
                                 w.cap.downgrade(&f);
                             }
                         }
-                        continue;
                     }
-                    let mut session = output.session(&w.cap);
-                    if !w.emitted {
-                        for (&series, acc) in w.series.iter_mut() {
-                            if let Some(r) = acc.rollup(series, start, width) {
-                                session.give(Ok(r));
-                            }
-                        }
-                        w.emitted = true;
-                        w.dirty.clear();
-                    } else {
-                        for series in w.dirty.drain() {
-                            if let Some(r) = w.series.get_mut(&series).and_then(|a| a.rollup(series, start, width)) {
-                                session.give(Ok(r));
-                            }
-                        }
-                    }
-                    drop(session);
-                    if passed(frontier, end.saturating_add(lateness) - 1) {
-                        retired.push(start);
-                    } else if let Some(f) = frontier_min {
-                        if f > *w.cap.time() {
-                            w.cap.downgrade(&f);
-                        }
+                    for s in retired {
+                        open.remove(&s);
                     }
                 }
-                for s in retired {
-                    open.remove(&s);
-                }
-            }
-        },
-    );
+            },
+        );
     out.ok_err(|r| r)
 }
 
@@ -231,7 +244,10 @@ pub fn tumbling_rollups<'s>(
     samples: Stream<'s, u64, Vec<Sample>>,
     width: i64,
     lateness: i64,
-) -> (Stream<'s, u64, Vec<Rollup>>, Stream<'s, u64, Vec<LateStats>>) {
+) -> (
+    Stream<'s, u64, Vec<Rollup>>,
+    Stream<'s, u64, Vec<LateStats>>,
+) {
     use timely::dataflow::operators::core::Filter;
     let samples = samples.filter(|s: &Sample| s.value.to_bits() != STALE_NAN_BITS);
     windows::<Sample, SampleAcc>(samples, "TumblingRollups", width, lateness)
@@ -263,6 +279,9 @@ pub fn rollup_rollups<'s>(
     rollups: Stream<'s, u64, Vec<Rollup>>,
     width: i64,
     lateness: i64,
-) -> (Stream<'s, u64, Vec<Rollup>>, Stream<'s, u64, Vec<LateStats>>) {
+) -> (
+    Stream<'s, u64, Vec<Rollup>>,
+    Stream<'s, u64, Vec<LateStats>>,
+) {
     windows::<Rollup, RollupAcc>(rollups, "RollupRollups", width, lateness)
 }

@@ -32,15 +32,22 @@ pub enum Format {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, IngestError> {
     let mut out = Vec::with_capacity(body.len() * 4);
     let mut d = flate2::read::GzDecoder::new(body).take(limit as u64 + 1);
-    d.read_to_end(&mut out).map_err(|e| IngestError::Decode(format!("gzip: {e}")))?;
+    d.read_to_end(&mut out)
+        .map_err(|e| IngestError::Decode(format!("gzip: {e}")))?;
     if out.len() > limit {
-        return Err(IngestError::TooLarge { got: out.len(), limit });
+        return Err(IngestError::TooLarge {
+            got: out.len(),
+            limit,
+        });
     }
     Ok(out)
 }
@@ -53,7 +60,12 @@ pub struct WriteOutcome {
 }
 
 /// Parses, validates and logs one request body. Blocking.
-pub fn write_blocking(state: &AppState, format: Format, gzipped: bool, body: &[u8]) -> Result<WriteOutcome, Response> {
+pub fn write_blocking(
+    state: &AppState,
+    format: Format,
+    gzipped: bool,
+    body: &[u8],
+) -> Result<WriteOutcome, Response> {
     let limits = &state.cfg.ingest;
     let decoded;
     let body = if gzipped {
@@ -75,7 +87,9 @@ pub fn write_blocking(state: &AppState, format: Format, gzipped: bool, body: &[u
     match format {
         Format::Influx(p, _) => influx::parse(body, p, now, &mut b),
         Format::PromText => promtext::parse(body, now, &mut b),
-        Format::RemoteWrite => remote_write::parse(body, limits.max_body_bytes, &mut b).map_err(ingest_error)?,
+        Format::RemoteWrite => {
+            remote_write::parse(body, limits.max_body_bytes, &mut b).map_err(ingest_error)?
+        }
     }
     let per_metric = limits.max_series_per_metric;
     b.retain_series(|id, canon| {
@@ -85,7 +99,10 @@ pub fn write_blocking(state: &AppState, format: Format, gzipped: bool, body: &[u
         let labels = super::decode_canonical(canon);
         let metric = labels.get(METRIC_NAME).unwrap_or_default();
         if hot.catalog.series_of_metric(metric) >= per_metric {
-            return Err(LimitError::TooManySeries { metric: metric.to_string(), limit: per_metric });
+            return Err(LimitError::TooManySeries {
+                metric: metric.to_string(),
+                limit: per_metric,
+            });
         }
         hot.catalog.register(id, labels);
         Ok(())
@@ -96,24 +113,44 @@ pub fn write_blocking(state: &AppState, format: Format, gzipped: bool, body: &[u
     if let Some((lo, hi)) = batch.time_range() {
         let mut payload = Vec::new();
         codec::encode(&batch, &mut payload);
-        state.log.append(RecordKind::Batch, lo, hi, &payload).map_err(|e| {
-            (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], format!("cannot append to the log: {e}")).into_response()
-        })?;
-        state.metrics.samples_ingested.fetch_add(accepted as u64, Ordering::Relaxed);
+        state
+            .log
+            .append(RecordKind::Batch, lo, hi, &payload)
+            .map_err(|e| {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "1")],
+                    format!("cannot append to the log: {e}"),
+                )
+                    .into_response()
+            })?;
+        state
+            .metrics
+            .samples_ingested
+            .fetch_add(accepted as u64, Ordering::Relaxed);
     }
-    Ok(WriteOutcome { accepted, errors: describe_errors(&errors, rejected), rejected })
+    Ok(WriteOutcome {
+        accepted,
+        errors: describe_errors(&errors, rejected),
+        rejected,
+    })
 }
 
 fn ingest_error(e: IngestError) -> Response {
     match e {
-        IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response(),
+        IngestError::TooLarge { .. } => {
+            (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
+        }
         IngestError::Decode(_) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
 }
 
 fn body_error(state: &AppState, r: BytesRejection) -> Response {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        state.metrics.rejected_requests_too_large.fetch_add(1, Ordering::Relaxed);
+        state
+            .metrics
+            .rejected_requests_too_large
+            .fetch_add(1, Ordering::Relaxed);
         let limit = state.cfg.ingest.max_body_bytes;
         return (
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -124,29 +161,50 @@ fn body_error(state: &AppState, r: BytesRejection) -> Response {
     (r.status(), r.body_text()).into_response()
 }
 
-async fn handle(state: Arc<AppState>, format: Format, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn handle(
+    state: Arc<AppState>,
+    format: Format,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let body = match body {
         Ok(b) => b,
         Err(r) => return body_error(&state, r),
     };
-    let gzipped = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let gzipped = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
     let st = Arc::clone(&state);
-    let res = tokio::task::spawn_blocking(move || write_blocking(&st, format, gzipped, &body)).await;
+    let res =
+        tokio::task::spawn_blocking(move || write_blocking(&st, format, gzipped, &body)).await;
     let outcome = match res {
         Ok(Ok(o)) => o,
         Ok(Err(resp)) => {
             if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                state.metrics.rejected_requests_too_large.fetch_add(1, Ordering::Relaxed);
+                state
+                    .metrics
+                    .rejected_requests_too_large
+                    .fetch_add(1, Ordering::Relaxed);
             }
             return resp;
         }
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("write failed: {e}")).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("write failed: {e}"),
+            )
+                .into_response()
+        }
     };
     if outcome.rejected == 0 {
         return StatusCode::NO_CONTENT.into_response();
     }
-    let msg = format!("partial write: {} samples accepted, {} rejected: {}", outcome.accepted, outcome.rejected, outcome.errors);
+    let msg = format!(
+        "partial write: {} samples accepted, {} rejected: {}",
+        outcome.accepted, outcome.rejected, outcome.errors
+    );
     match format {
         Format::Influx(_, v2) => {
             let body = if v2 {
@@ -161,17 +219,29 @@ async fn handle(state: Arc<AppState>, format: Format, headers: HeaderMap, body: 
 }
 
 fn precision(q: &Option<String>) -> Result<Precision, Response> {
-    let params: Vec<(String, String)> = q.as_deref().map(|q| serde_urlencoded::from_str(q).unwrap_or_default()).unwrap_or_default();
+    let params: Vec<(String, String)> = q
+        .as_deref()
+        .map(|q| serde_urlencoded::from_str(q).unwrap_or_default())
+        .unwrap_or_default();
     match params.iter().find(|(k, _)| k == "precision") {
         None => Ok(Precision::Ns),
         Some((_, v)) => Precision::parse(v).ok_or_else(|| {
-            (StatusCode::BAD_REQUEST, format!("invalid precision {v:?}: use ns, us, ms or s")).into_response()
+            (
+                StatusCode::BAD_REQUEST,
+                format!("invalid precision {v:?}: use ns, us, ms or s"),
+            )
+                .into_response()
         }),
     }
 }
 
 /// `POST /write` (Influx 1.x).
-pub async fn write_v1(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn write_v1(
+    State(s): State<Arc<AppState>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match precision(&q) {
         Ok(p) => handle(s, Format::Influx(p, false), headers, body).await,
         Err(r) => r,
@@ -179,7 +249,12 @@ pub async fn write_v1(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, hea
 }
 
 /// `POST /api/v2/write` (Influx 2.x).
-pub async fn write_v2(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn write_v2(
+    State(s): State<Arc<AppState>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match precision(&q) {
         Ok(p) => handle(s, Format::Influx(p, true), headers, body).await,
         Err(r) => r,
@@ -187,11 +262,19 @@ pub async fn write_v2(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, hea
 }
 
 /// `POST /api/v1/write` (remote write; the body is snappy-compressed protobuf).
-pub async fn remote_write(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn remote_write(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     handle(s, Format::RemoteWrite, headers, body).await
 }
 
 /// `POST /api/v1/import/prometheus` (text exposition format).
-pub async fn import_prometheus(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn import_prometheus(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     handle(s, Format::PromText, headers, body).await
 }

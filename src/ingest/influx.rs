@@ -50,7 +50,8 @@ pub fn parse(body: &[u8], precision: Precision, now_ms: i64, out: &mut BatchBuil
         if line.is_empty() || line[0] == b'#' {
             continue;
         }
-        if let Err(reason) = parse_line(line, precision, now_ms, i + 1, &mut buf, &mut scratch, out) {
+        if let Err(reason) = parse_line(line, precision, now_ms, i + 1, &mut buf, &mut scratch, out)
+        {
             out.error(i + 1, reason);
         }
     }
@@ -118,7 +119,12 @@ fn unescape(s: &[u8], escaped: bool) -> Result<Cow<'_, str>, String> {
 
 /// Replaces characters that are invalid in a Prometheus name with `_`.
 fn sanitize(s: &str, metric: bool) -> Cow<'_, str> {
-    let ok = |i: usize, c: u8| c.is_ascii_alphabetic() || c == b'_' || (metric && c == b':') || (i > 0 && c.is_ascii_digit());
+    let ok = |i: usize, c: u8| {
+        c.is_ascii_alphabetic()
+            || c == b'_'
+            || (metric && c == b':')
+            || (i > 0 && c.is_ascii_digit())
+    };
     if s.bytes().enumerate().all(|(i, c)| ok(i, c)) && !s.is_empty() {
         return Cow::Borrowed(s);
     }
@@ -176,7 +182,7 @@ fn parse_line(
         return Err("missing fields (expected a space, then field=value)".into());
     }
     pos += 1; // the space
-    // Fields: collect positions first, then the timestamp, then emit.
+              // Fields: collect positions first, then the timestamp, then emit.
     scratch.fields.clear();
     loop {
         let (keq, kesc) = scan(line, pos, b"=, ");
@@ -192,7 +198,12 @@ fn parse_line(
             let mut p = vstart + 1;
             loop {
                 match line.get(p) {
-                    None => return Err(format!("unterminated string field value at byte {}", vstart + 1)),
+                    None => {
+                        return Err(format!(
+                            "unterminated string field value at byte {}",
+                            vstart + 1
+                        ))
+                    }
                     Some(b'\\') => p += 2,
                     Some(b'"') => break p + 1,
                     Some(_) => p += 1,
@@ -215,7 +226,12 @@ fn parse_line(
         if t.is_empty() {
             now_ms
         } else {
-            let raw = parse_i64(t).ok_or_else(|| format!("invalid timestamp {:?}: expected an integer", String::from_utf8_lossy(t)))?;
+            let raw = parse_i64(t).ok_or_else(|| {
+                format!(
+                    "invalid timestamp {:?}: expected an integer",
+                    String::from_utf8_lossy(t)
+                )
+            })?;
             precision.to_ms(raw)
         }
     } else {
@@ -278,11 +294,15 @@ mod tests {
 
     #[test]
     fn basic_fields_and_tags() {
-        let (b, errs) = run("cpu,host=a,region=eu value=0.5,idle=3i 1700000000000000000\nmem,host=a used=1u\n");
+        let (b, errs) =
+            run("cpu,host=a,region=eu value=0.5,idle=3i 1700000000000000000\nmem,host=a used=1u\n");
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(b.series.len(), 3);
         assert_eq!(b.labels(0).to_string(), "cpu{host=\"a\", region=\"eu\"}");
-        assert_eq!(b.labels(1).to_string(), "cpu_idle{host=\"a\", region=\"eu\"}");
+        assert_eq!(
+            b.labels(1).to_string(),
+            "cpu_idle{host=\"a\", region=\"eu\"}"
+        );
         assert_eq!(b.samples[0].ts, 1_700_000_000_000);
         assert_eq!(b.samples[2].ts, 42);
         assert_eq!(b.samples[1].value, 3.0);
@@ -298,10 +318,18 @@ mod tests {
 
     #[test]
     fn bad_lines_keep_good_ones() {
-        let (b, errs) = run("ok value=1 1\nbad value=abc 1\nstr,x=y s=\"hi\",v=2 1\nnofields\nok value=2 2\n");
+        let (b, errs) =
+            run("ok value=1 1\nbad value=abc 1\nstr,x=y s=\"hi\",v=2 1\nnofields\nok value=2 2\n");
         assert_eq!(b.samples.len(), 3, "{b:?}");
-        assert_eq!(errs.iter().map(|e| e.line).collect::<Vec<_>>(), vec![2, 3, 4]);
-        assert!(errs[1].reason.contains("string field"), "{}", errs[1].reason);
+        assert_eq!(
+            errs.iter().map(|e| e.line).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        assert!(
+            errs[1].reason.contains("string field"),
+            "{}",
+            errs[1].reason
+        );
     }
 
     #[test]
@@ -320,7 +348,15 @@ mod tests {
             let mut b = BatchBuilder::new(&limits);
             parse(&body, Precision::Ms, 0, &mut b);
             let mut b = BatchBuilder::new(&limits);
-            parse(&body.iter().map(|c| c.wrapping_add(seed as u8)).collect::<Vec<_>>(), Precision::Ms, 0, &mut b);
+            parse(
+                &body
+                    .iter()
+                    .map(|c| c.wrapping_add(seed as u8))
+                    .collect::<Vec<_>>(),
+                Precision::Ms,
+                0,
+                &mut b,
+            );
         }
     }
 }

@@ -7,8 +7,8 @@ pub mod influx;
 pub mod promtext;
 pub mod remote_write;
 
-use crate::model::{canonical_encode, IdMap, LimitError, Limits, SeriesId, METRIC_NAME};
 use crate::model::Labels;
+use crate::model::{canonical_encode, IdMap, LimitError, Limits, SeriesId, METRIC_NAME};
 
 /// Why a line or sample was rejected, for the `reason` label of the rejection counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -100,7 +100,9 @@ impl WriteBatch {
     pub fn time_range(&self) -> Option<(i64, i64)> {
         let mut it = self.samples.iter();
         let first = it.next()?;
-        Some(it.fold((first.ts, first.ts), |(lo, hi), s| (lo.min(s.ts), hi.max(s.ts))))
+        Some(it.fold((first.ts, first.ts), |(lo, hi), s| {
+            (lo.min(s.ts), hi.max(s.ts))
+        }))
     }
 }
 
@@ -131,7 +133,10 @@ impl SeriesBuf {
     /// Sets `__name__` to `prefix` + `sep` + `suffix` (Influx `measurement_field`), adding the pair
     /// if absent. [`BatchBuilder::add`] may reorder pairs, so this finds it by name.
     pub fn set_joined_name(&mut self, prefix: &str, sep: &str, suffix: &str) {
-        let i = match self.pairs[..self.len].iter().position(|p| p.0 == METRIC_NAME) {
+        let i = match self.pairs[..self.len]
+            .iter()
+            .position(|p| p.0 == METRIC_NAME)
+        {
             Some(i) => i,
             None => {
                 self.push(METRIC_NAME, "");
@@ -217,7 +222,10 @@ impl<'l> BatchBuilder<'l> {
         self.rejected[kind as usize] += 1;
         self.error_count += 1;
         if self.errors.len() < MAX_REPORTED_ERRORS {
-            self.errors.push(LineError { line, reason: reason.into() });
+            self.errors.push(LineError {
+                line,
+                reason: reason.into(),
+            });
         }
     }
 
@@ -238,7 +246,10 @@ impl<'l> BatchBuilder<'l> {
             }
         }
         // Empty label values mean "absent" in Prometheus; drop them before hashing.
-        let pairs = live.iter().filter(|p| !p.1.is_empty()).map(|(k, v)| (k.as_str(), v.as_str()));
+        let pairs = live
+            .iter()
+            .filter(|p| !p.1.is_empty())
+            .map(|(k, v)| (k.as_str(), v.as_str()));
         canonical_encode(pairs, &mut self.canon);
         let id = xxhash_rust::xxh3::xxh3_64(&self.canon);
         let idx = match self.slots.get(&id) {
@@ -251,15 +262,20 @@ impl<'l> BatchBuilder<'l> {
             None => {
                 let live = buf.live();
                 let n = live.iter().filter(|p| !p.1.is_empty()).count();
-                let check = self.limits.check(
-                    ExactIter(live.iter().filter(|p| !p.1.is_empty()).map(|(k, v)| (k.as_str(), v.as_str())), n),
-                );
+                let check = self.limits.check(ExactIter(
+                    live.iter()
+                        .filter(|p| !p.1.is_empty())
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                    n,
+                ));
                 match check {
                     Ok(()) => {
                         let start = self.batch.arena.len() as u32;
                         self.batch.arena.extend_from_slice(&self.canon);
                         let i = self.batch.series.len() as u32;
-                        self.batch.series.push((id, start..self.batch.arena.len() as u32));
+                        self.batch
+                            .series
+                            .push((id, start..self.batch.arena.len() as u32));
                         self.first_line.push(line);
                         self.slots.insert(id, Slot::Accepted(i));
                         i
@@ -272,17 +288,27 @@ impl<'l> BatchBuilder<'l> {
                 }
             }
         };
-        self.batch.samples.push(BatchSample { series: idx, ts, value });
+        self.batch.samples.push(BatchSample {
+            series: idx,
+            ts,
+            value,
+        });
     }
 
     /// Drops series (and their samples) that `admit` refuses, reporting each at its first line.
     /// Used for checks against the store, such as the per-metric series limit; `admit` gets the
     /// series id and its canonical label bytes.
-    pub fn retain_series(&mut self, mut admit: impl FnMut(SeriesId, &[u8]) -> Result<(), LimitError>) {
+    pub fn retain_series(
+        &mut self,
+        mut admit: impl FnMut(SeriesId, &[u8]) -> Result<(), LimitError>,
+    ) {
         let mut remap = vec![u32::MAX; self.batch.series.len()];
         let mut kept = Vec::with_capacity(self.batch.series.len());
         let mut errs = Vec::new();
-        for (i, (id, range)) in std::mem::take(&mut self.batch.series).into_iter().enumerate() {
+        for (i, (id, range)) in std::mem::take(&mut self.batch.series)
+            .into_iter()
+            .enumerate()
+        {
             let canon = &self.batch.arena[range.start as usize..range.end as usize];
             match admit(id, canon) {
                 Ok(()) => {
@@ -348,8 +374,8 @@ pub fn describe_errors(errors: &[LineError], total: usize) -> String {
 /// `NaN`, `Inf`, `+Inf`, `-Inf` in any letter case.
 pub fn parse_f64(s: &[u8]) -> Option<f64> {
     const POW10: [f64; 23] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
-        1e20, 1e21, 1e22,
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
     ];
     let (neg, digits) = match s.first()? {
         b'-' => (true, &s[1..]),
@@ -423,9 +449,24 @@ mod tests {
 
     #[test]
     fn fast_float_matches_std() {
-        for s in ["0", "1", "-1.5", "0.734", "123456789.123", "3.14159265358979", "1e3", "-0.0001", "+2", "12345678901234567890"] {
+        for s in [
+            "0",
+            "1",
+            "-1.5",
+            "0.734",
+            "123456789.123",
+            "3.14159265358979",
+            "1e3",
+            "-0.0001",
+            "+2",
+            "12345678901234567890",
+        ] {
             let want: f64 = s.trim_start_matches('+').parse().unwrap();
-            assert_eq!(parse_f64(s.as_bytes()).unwrap().to_bits(), want.to_bits(), "{s}");
+            assert_eq!(
+                parse_f64(s.as_bytes()).unwrap().to_bits(),
+                want.to_bits(),
+                "{s}"
+            );
         }
         assert!(parse_f64(b"NaN").unwrap().is_nan());
         assert_eq!(parse_f64(b"-Inf"), Some(f64::NEG_INFINITY));
@@ -437,7 +478,10 @@ mod tests {
 
     #[test]
     fn builder_interns_and_rejects() {
-        let limits = Limits { max_labels_per_series: 2, ..Limits::default() };
+        let limits = Limits {
+            max_labels_per_series: 2,
+            ..Limits::default()
+        };
         let mut b = BatchBuilder::new(&limits);
         let mut buf = SeriesBuf::default();
         buf.push("host", "a");
@@ -454,6 +498,10 @@ mod tests {
         assert_eq!(batch.samples.len(), 2);
         assert_eq!(n, 1);
         assert_eq!(errs[0].line, 3);
-        assert!(errs[0].reason.contains("max_labels_per_series"), "{}", errs[0].reason);
+        assert!(
+            errs[0].reason.contains("max_labels_per_series"),
+            "{}",
+            errs[0].reason
+        );
     }
 }

@@ -57,7 +57,11 @@ fn parse_line(line: &[u8], now_ms: i64, buf: &mut SeriesBuf) -> Result<(i64, f64
                 }
                 _ => {}
             }
-            let eq = line[pos..].iter().position(|&c| c == b'=').ok_or("label without '=\"value\"'")? + pos;
+            let eq = line[pos..]
+                .iter()
+                .position(|&c| c == b'=')
+                .ok_or("label without '=\"value\"'")?
+                + pos;
             let name = utf8(trim(&line[pos..eq]))?;
             if line.get(eq + 1) != Some(&b'"') {
                 return Err(format!("value of label {name:?} must be a quoted string"));
@@ -103,11 +107,15 @@ fn parse_line(line: &[u8], now_ms: i64, buf: &mut SeriesBuf) -> Result<(i64, f64
     if val.is_empty() {
         return Err("missing sample value".into());
     }
-    let v = parse_f64(val).ok_or_else(|| format!("invalid sample value {:?}", String::from_utf8_lossy(val)))?;
+    let v = parse_f64(val)
+        .ok_or_else(|| format!("invalid sample value {:?}", String::from_utf8_lossy(val)))?;
     let ts = match ts {
-        Some(t) if !t.is_empty() => {
-            parse_i64(t).ok_or_else(|| format!("invalid timestamp {:?}: expected integer milliseconds", String::from_utf8_lossy(t)))?
-        }
+        Some(t) if !t.is_empty() => parse_i64(t).ok_or_else(|| {
+            format!(
+                "invalid timestamp {:?}: expected integer milliseconds",
+                String::from_utf8_lossy(t)
+            )
+        })?,
         _ => now_ms,
     };
     Ok((ts, v))

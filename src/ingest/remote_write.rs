@@ -39,11 +39,17 @@ pub struct Sample {
 
 /// Decompresses and decodes a request body, then adds its samples to `out`.
 pub fn parse(body: &[u8], max_bytes: usize, out: &mut BatchBuilder<'_>) -> Result<(), IngestError> {
-    let len = snap::raw::decompress_len(body).map_err(|e| IngestError::Decode(format!("snappy: {e}")))?;
+    let len =
+        snap::raw::decompress_len(body).map_err(|e| IngestError::Decode(format!("snappy: {e}")))?;
     if len > max_bytes {
-        return Err(IngestError::TooLarge { got: len, limit: max_bytes });
+        return Err(IngestError::TooLarge {
+            got: len,
+            limit: max_bytes,
+        });
     }
-    let raw = snap::raw::Decoder::new().decompress_vec(body).map_err(|e| IngestError::Decode(format!("snappy: {e}")))?;
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(|e| IngestError::Decode(format!("snappy: {e}")))?;
     let req = <WriteRequest as prost::Message>::decode(raw.as_slice())
         .map_err(|e| IngestError::Decode(format!("protobuf WriteRequest: {e}")))?;
     let mut buf = SeriesBuf::default();
@@ -62,5 +68,7 @@ pub fn parse(body: &[u8], max_bytes: usize, out: &mut BatchBuilder<'_>) -> Resul
 /// Encodes a request (used by tests, benches and the agent).
 pub fn encode(req: &WriteRequest) -> Vec<u8> {
     let raw = prost::Message::encode_to_vec(req);
-    snap::raw::Encoder::new().compress_vec(&raw).expect("snappy compression of an in-memory buffer")
+    snap::raw::Encoder::new()
+        .compress_vec(&raw)
+        .expect("snappy compression of an in-memory buffer")
 }

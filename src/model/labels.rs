@@ -26,9 +26,14 @@ pub fn canonical_encode<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, out
 impl Labels {
     /// Builds a label set from pairs in any order; empty values are dropped (Prometheus treats
     /// an empty label value as an absent label); a later duplicate name replaces an earlier one.
-    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
-        let mut v: Vec<(String, String)> =
-            pairs.into_iter().map(|(k, v)| (k.into(), v.into())).filter(|(_, v)| !v.is_empty()).collect();
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        let mut v: Vec<(String, String)> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         // Keep the last of duplicates.
         let mut out: Vec<(String, String)> = Vec::with_capacity(v.len());
@@ -57,7 +62,10 @@ impl Labels {
 
     /// The value of label `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.binary_search_by(|p| p.0.as_str().cmp(name)).ok().map(|i| self.0[i].1.as_str())
+        self.0
+            .binary_search_by(|p| p.0.as_str().cmp(name))
+            .ok()
+            .map(|i| self.0[i].1.as_str())
     }
 
     /// The metric name (`__name__`), if present.
@@ -118,7 +126,13 @@ impl Labels {
 
     /// A copy without `__name__`.
     pub fn without_name(&self) -> Labels {
-        Labels(self.0.iter().filter(|(k, _)| k != METRIC_NAME).cloned().collect())
+        Labels(
+            self.0
+                .iter()
+                .filter(|(k, _)| k != METRIC_NAME)
+                .cloned()
+                .collect(),
+        )
     }
 
     /// Keeps only the labels for which `keep` returns true.
@@ -176,7 +190,13 @@ mod tests {
 
     #[test]
     fn sorted_deduped_and_stable_id() {
-        let a = Labels::from_pairs([("b", "2"), ("__name__", "m"), ("a", "1"), ("a", "3"), ("e", "")]);
+        let a = Labels::from_pairs([
+            ("b", "2"),
+            ("__name__", "m"),
+            ("a", "1"),
+            ("a", "3"),
+            ("e", ""),
+        ]);
         assert_eq!(a.pairs().len(), 3);
         assert_eq!(a.get("a"), Some("3"));
         assert_eq!(a.to_string(), "m{a=\"3\", b=\"2\"}");

@@ -43,9 +43,17 @@ pub enum LimitError {
     #[error("series has {got} labels, more than ingest.max_labels_per_series = {limit}; raise it in tidemark.toml [ingest] or drop labels")]
     TooManyLabels { got: usize, limit: usize },
     #[error("label name {name:?}... is {got} bytes, more than ingest.max_label_name_len = {limit}; raise it in tidemark.toml [ingest]")]
-    NameTooLong { name: String, got: usize, limit: usize },
+    NameTooLong {
+        name: String,
+        got: usize,
+        limit: usize,
+    },
     #[error("value of label {name:?} is {got} bytes, more than ingest.max_label_value_len = {limit}; raise it in tidemark.toml [ingest]")]
-    ValueTooLong { name: String, got: usize, limit: usize },
+    ValueTooLong {
+        name: String,
+        got: usize,
+        limit: usize,
+    },
     #[error("metric {metric:?} already has {limit} series (ingest.max_series_per_metric); raise it in tidemark.toml [ingest] or reduce label cardinality")]
     TooManySeries { metric: String, limit: usize },
 }
@@ -55,7 +63,9 @@ pub fn is_valid_metric_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && (b[0].is_ascii_alphabetic() || b[0] == b'_' || b[0] == b':')
-        && b[1..].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
 }
 
 /// Prometheus label-name rule: `[a-zA-Z_][a-zA-Z0-9_]*`.
@@ -63,7 +73,9 @@ pub fn is_valid_label_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && (b[0].is_ascii_alphabetic() || b[0] == b'_')
-        && b[1..].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
 fn truncated(s: &str) -> String {
@@ -76,19 +88,33 @@ fn truncated(s: &str) -> String {
 
 impl Limits {
     /// Checks one series' labels (sorted pairs, `__name__` included) against names and limits.
-    pub fn check<'a>(&self, pairs: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> Result<(), LimitError> {
+    pub fn check<'a>(
+        &self,
+        pairs: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), LimitError> {
         if pairs.len() > self.max_labels_per_series {
-            return Err(LimitError::TooManyLabels { got: pairs.len(), limit: self.max_labels_per_series });
+            return Err(LimitError::TooManyLabels {
+                got: pairs.len(),
+                limit: self.max_labels_per_series,
+            });
         }
         let mut has_name = false;
         for (k, v) in pairs {
             if k.len() > self.max_label_name_len {
-                return Err(LimitError::NameTooLong { name: truncated(k), got: k.len(), limit: self.max_label_name_len });
+                return Err(LimitError::NameTooLong {
+                    name: truncated(k),
+                    got: k.len(),
+                    limit: self.max_label_name_len,
+                });
             }
             if k == super::METRIC_NAME {
                 has_name = true;
                 if v.len() > self.max_label_name_len {
-                    return Err(LimitError::NameTooLong { name: truncated(v), got: v.len(), limit: self.max_label_name_len });
+                    return Err(LimitError::NameTooLong {
+                        name: truncated(v),
+                        got: v.len(),
+                        limit: self.max_label_name_len,
+                    });
                 }
                 if !is_valid_metric_name(v) {
                     return Err(LimitError::InvalidMetricName(truncated(v)));
@@ -99,7 +125,11 @@ impl Limits {
                 return Err(LimitError::InvalidLabelName(truncated(k)));
             }
             if v.len() > self.max_label_value_len {
-                return Err(LimitError::ValueTooLong { name: k.to_string(), got: v.len(), limit: self.max_label_value_len });
+                return Err(LimitError::ValueTooLong {
+                    name: k.to_string(),
+                    got: v.len(),
+                    limit: self.max_label_value_len,
+                });
             }
         }
         if !has_name {

@@ -6,7 +6,7 @@ use promql_parser::parser::token;
 use promql_parser::parser::{AggregateExpr, Call, Expr, LabelModifier};
 
 use super::engine::{Engine, StepSeries, Value};
-use super::functions::{kahan_sum, mean, quantile, variance};
+use super::functions::{cmp_nan_last, kahan_sum, mean, quantile, variance};
 use super::QueryError;
 use crate::model::{Labels, METRIC_NAME};
 
@@ -32,7 +32,11 @@ pub fn go_float(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         let s = format!("{v}");
         s
@@ -59,7 +63,10 @@ fn max_nan(a: f64, b: f64) -> f64 {
 pub fn aggregate(e: &Engine<'_>, agg: &AggregateExpr) -> Result<Value, QueryError> {
     let op = agg.op.id();
     let param_scalar = |what: &str| -> Result<Vec<f64>, QueryError> {
-        let p = agg.param.as_ref().ok_or_else(|| QueryError::BadData(format!("{what} needs a parameter")))?;
+        let p = agg
+            .param
+            .as_ref()
+            .ok_or_else(|| QueryError::BadData(format!("{what} needs a parameter")))?;
         e.eval_scalar(p)
     };
     let input = e.eval_vector(&agg.expr)?;
@@ -75,34 +82,39 @@ pub fn aggregate(e: &Engine<'_>, agg: &AggregateExpr) -> Result<Value, QueryErro
         });
         groups[gi].1.push(i);
     }
-    let values_at = |members: &[usize], i: usize| -> Vec<f64> { members.iter().filter_map(|&m| input[m].values[i]).collect() };
+    let values_at = |members: &[usize], i: usize| -> Vec<f64> {
+        members.iter().filter_map(|&m| input[m].values[i]).collect()
+    };
 
     if op == token::T_TOPK || op == token::T_BOTTOMK || op == token::T_LIMITK {
         let k = param_scalar("topk/bottomk")?;
-        let mut out: Vec<StepSeries> = input.iter().map(|s| StepSeries { labels: s.labels.clone(), values: vec![None; n] }).collect();
+        let mut out: Vec<StepSeries> = input
+            .iter()
+            .map(|s| StepSeries {
+                labels: s.labels.clone(),
+                values: vec![None; n],
+            })
+            .collect();
         for (_, members) in &groups {
-            for i in 0..n {
-                let kk = k[i];
+            for (i, &kk) in k.iter().enumerate() {
                 if kk.is_nan() {
                     return Err(QueryError::Execution("Parameter value is NaN".into()));
                 }
                 if kk < 1.0 {
                     continue;
                 }
-                let kk = if kk >= members.len() as f64 { members.len() } else { kk as usize };
-                let mut present: Vec<(usize, f64)> = members.iter().filter_map(|&m| input[m].values[i].map(|v| (m, v))).collect();
+                let kk = if kk >= members.len() as f64 {
+                    members.len()
+                } else {
+                    kk as usize
+                };
+                let mut present: Vec<(usize, f64)> = members
+                    .iter()
+                    .filter_map(|&m| input[m].values[i].map(|v| (m, v)))
+                    .collect();
                 if op != token::T_LIMITK {
                     let top = op == token::T_TOPK;
-                    present.sort_by(|a, b| {
-                        let (x, y) = (a.1, b.1);
-                        let o = match (x.is_nan(), y.is_nan()) {
-                            (true, true) => std::cmp::Ordering::Equal,
-                            (true, false) => std::cmp::Ordering::Greater,
-                            (false, true) => std::cmp::Ordering::Less,
-                            _ => if top { y.partial_cmp(&x) } else { x.partial_cmp(&y) }.unwrap_or(std::cmp::Ordering::Equal),
-                        };
-                        o
-                    });
+                    present.sort_by(|a, b| cmp_nan_last(a.1, b.1, top));
                 }
                 for &(m, v) in present.iter().take(kk) {
                     out[m].values[i] = Some(v);
@@ -113,8 +125,16 @@ pub fn aggregate(e: &Engine<'_>, agg: &AggregateExpr) -> Result<Value, QueryErro
         if n == 1 && op != token::T_LIMITK {
             let top = op == token::T_TOPK;
             out.sort_by(|a, b| {
-                let (x, y) = (a.values[0].unwrap_or(f64::NAN), b.values[0].unwrap_or(f64::NAN));
-                if top { y.partial_cmp(&x) } else { x.partial_cmp(&y) }.unwrap_or(std::cmp::Ordering::Equal)
+                let (x, y) = (
+                    a.values[0].unwrap_or(f64::NAN),
+                    b.values[0].unwrap_or(f64::NAN),
+                );
+                if top {
+                    y.partial_cmp(&x)
+                } else {
+                    x.partial_cmp(&y)
+                }
+                .unwrap_or(std::cmp::Ordering::Equal)
             });
         }
         return Ok(Value::Vector(out));
@@ -123,10 +143,16 @@ pub fn aggregate(e: &Engine<'_>, agg: &AggregateExpr) -> Result<Value, QueryErro
     if op == token::T_COUNT_VALUES {
         let label = match agg.param.as_deref() {
             Some(Expr::StringLiteral(s)) => s.val.clone(),
-            _ => return Err(QueryError::BadData("count_values needs a label name string".into())),
+            _ => {
+                return Err(QueryError::BadData(
+                    "count_values needs a label name string".into(),
+                ))
+            }
         };
         if !crate::model::is_valid_label_name(&label) {
-            return Err(QueryError::Execution(format!("invalid label name \"{label}\"")));
+            return Err(QueryError::Execution(format!(
+                "invalid label name \"{label}\""
+            )));
         }
         let mut out: HashMap<Labels, Vec<Option<f64>>> = HashMap::new();
         for (g, members) in &groups {
@@ -139,12 +165,19 @@ pub fn aggregate(e: &Engine<'_>, agg: &AggregateExpr) -> Result<Value, QueryErro
                 }
             }
         }
-        let mut v: Vec<StepSeries> = out.into_iter().map(|(labels, values)| StepSeries { labels, values }).collect();
+        let mut v: Vec<StepSeries> = out
+            .into_iter()
+            .map(|(labels, values)| StepSeries { labels, values })
+            .collect();
         v.sort_by(|a, b| a.labels.cmp(&b.labels));
         return Ok(Value::Vector(v));
     }
 
-    let q = if op == token::T_QUANTILE { Some(param_scalar("quantile")?) } else { None };
+    let q = if op == token::T_QUANTILE {
+        Some(param_scalar("quantile")?)
+    } else {
+        None
+    };
     let mut out = Vec::with_capacity(groups.len());
     for (g, members) in groups {
         let mut values = vec![None; n];
@@ -166,7 +199,12 @@ pub fn aggregate(e: &Engine<'_>, agg: &AggregateExpr) -> Result<Value, QueryErro
                     let mut vs = vs;
                     quantile(q.as_ref().expect("quantile param")[i], &mut vs)
                 }
-                _ => return Err(QueryError::BadData(format!("aggregation {} is not supported", agg.op))),
+                _ => {
+                    return Err(QueryError::BadData(format!(
+                        "aggregation {} is not supported",
+                        agg.op
+                    )))
+                }
             });
         }
         if values.iter().any(|v| v.is_some()) {
@@ -179,11 +217,22 @@ pub fn aggregate(e: &Engine<'_>, agg: &AggregateExpr) -> Result<Value, QueryErro
 /// `histogram_quantile(φ, v)` over classic `le` buckets, as Prometheus's `bucketQuantile`.
 pub fn histogram_quantile(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
     let q = e.eval_scalar(&call.args.args[0])?;
-    let v = e.eval_vector(call.args.args.get(1).ok_or_else(|| QueryError::BadData("histogram_quantile needs 2 arguments".into()))?)?;
+    let v = e.eval_vector(
+        call.args
+            .args
+            .get(1)
+            .ok_or_else(|| QueryError::BadData("histogram_quantile needs 2 arguments".into()))?,
+    )?;
     let n = e.n;
     let mut groups: HashMap<Labels, Vec<(f64, usize)>> = HashMap::new();
     for (i, s) in v.iter().enumerate() {
-        let Some(le) = s.labels.get("le").and_then(|x| crate::ingest::parse_f64(x.as_bytes())) else { continue };
+        let Some(le) = s
+            .labels
+            .get("le")
+            .and_then(|x| crate::ingest::parse_f64(x.as_bytes()))
+        else {
+            continue;
+        };
         let mut l = s.labels.without_name();
         l.remove("le");
         groups.entry(l).or_default().push((le, i));
@@ -192,7 +241,10 @@ pub fn histogram_quantile(e: &Engine<'_>, call: &Call) -> Result<Value, QueryErr
     for (labels, members) in groups {
         let mut values = vec![None; n];
         for (i, slot) in values.iter_mut().enumerate() {
-            let mut buckets: Vec<(f64, f64)> = members.iter().filter_map(|&(le, m)| v[m].values[i].map(|c| (le, c))).collect();
+            let mut buckets: Vec<(f64, f64)> = members
+                .iter()
+                .filter_map(|&(le, m)| v[m].values[i].map(|c| (le, c)))
+                .collect();
             if buckets.is_empty() {
                 continue;
             }
@@ -206,7 +258,7 @@ pub fn histogram_quantile(e: &Engine<'_>, call: &Call) -> Result<Value, QueryErr
     Ok(Value::Vector(out))
 }
 
-fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
+fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
     if q.is_nan() {
         return f64::NAN;
     }

@@ -23,11 +23,16 @@ impl Storage for HotIndex {
     fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
         let mut out = Vec::new();
         for id in self.catalog.select(matchers) {
-            let Some(labels) = self.catalog.labels(id) else { continue };
+            let Some(labels) = self.catalog.labels(id) else {
+                continue;
+            };
             let mut samples = Vec::new();
             self.samples(id, start, end, &mut samples);
             if !samples.is_empty() {
-                out.push(Series { labels: (*labels).clone(), samples });
+                out.push(Series {
+                    labels: (*labels).clone(),
+                    samples,
+                });
             }
         }
         out
@@ -36,7 +41,11 @@ impl Storage for HotIndex {
 
 /// A Prometheus API error response.
 pub fn error(status: StatusCode, kind: &str, msg: impl Into<String>) -> Response {
-    (status, axum::Json(json!({"status": "error", "errorType": kind, "error": msg.into()}))).into_response()
+    (
+        status,
+        axum::Json(json!({"status": "error", "errorType": kind, "error": msg.into()})),
+    )
+        .into_response()
 }
 
 fn query_error(e: QueryError) -> Response {
@@ -53,7 +62,10 @@ fn success(data: Json) -> Response {
 
 /// Query-string and form-body parameters together, in order.
 pub fn params(q: &Option<String>, body: &Bytes) -> Vec<(String, String)> {
-    let mut p: Vec<(String, String)> = q.as_deref().and_then(|q| serde_urlencoded::from_str(q).ok()).unwrap_or_default();
+    let mut p: Vec<(String, String)> = q
+        .as_deref()
+        .and_then(|q| serde_urlencoded::from_str(q).ok())
+        .unwrap_or_default();
     if !body.is_empty() {
         if let Ok(mut b) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body) {
             p.append(&mut b);
@@ -86,11 +98,24 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
     let bad = || format!("cannot parse {s:?} to a valid timestamp");
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || (b[10] != b'T' && b[10] != b't' && b[10] != b' ') {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || (b[10] != b'T' && b[10] != b't' && b[10] != b' ')
+    {
         return Err(bad());
     }
-    let (y, mo, d, h, mi, se) = (num(0..4), num(5..7), num(8..10), num(11..13), num(14..16), num(17..19));
-    let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(se)) = (y, mo, d, h, mi, se) else { return Err(bad()) };
+    let (y, mo, d, h, mi, se) = (
+        num(0..4),
+        num(5..7),
+        num(8..10),
+        num(11..13),
+        num(14..16),
+        num(17..19),
+    );
+    let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(se)) = (y, mo, d, h, mi, se) else {
+        return Err(bad());
+    };
     let mut i = 19;
     let mut ms = 0i64;
     if b.get(i) == Some(&b'.') {
@@ -122,11 +147,15 @@ pub fn parse_step(s: &str) -> Result<i64, String> {
     if let Ok(v) = s.parse::<f64>() {
         return Ok((v * 1000.0).round() as i64);
     }
-    super::promqltest::parse_duration_ms(s).ok_or_else(|| format!("cannot parse {s:?} to a valid duration"))
+    super::promqltest::parse_duration_ms(s)
+        .ok_or_else(|| format!("cannot parse {s:?} to a valid duration"))
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn secs(t: i64) -> Json {
@@ -155,12 +184,21 @@ pub fn result_json(v: &QueryValue) -> Json {
                 "values": s.samples.iter().map(|(t, v)| json!([secs(*t), go_float(*v)])).collect::<Vec<_>>()
             })).collect::<Vec<_>>()
         }),
-        QueryValue::Scalar(t, v) => json!({"resultType": "scalar", "result": [secs(*t), go_float(*v)]}),
+        QueryValue::Scalar(t, v) => {
+            json!({"resultType": "scalar", "result": [secs(*t), go_float(*v)]})
+        }
         QueryValue::String(t, s) => json!({"resultType": "string", "result": [secs(*t), s]}),
     }
 }
 
-async fn run_query(state: Arc<AppState>, query: String, start: i64, end: i64, step: i64, range: bool) -> Response {
+async fn run_query(
+    state: Arc<AppState>,
+    query: String,
+    start: i64,
+    end: i64,
+    step: i64,
+    range: bool,
+) -> Response {
     state.metrics.queries.fetch_add(1, Ordering::Relaxed);
     let res = tokio::task::spawn_blocking(move || {
         let hot: &HotIndex = &state.hot;
@@ -188,33 +226,69 @@ async fn run_query(state: Arc<AppState>, query: String, start: i64, end: i64, st
 pub async fn query(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
     let p = params(&q, &body);
     let Some(query) = get(&p, "query").map(str::to_string) else {
-        return error(StatusCode::BAD_REQUEST, "bad_data", "invalid parameter \"query\": missing query");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "invalid parameter \"query\": missing query",
+        );
     };
     let t = match get(&p, "time").map(parse_time).transpose() {
         Ok(t) => t.unwrap_or_else(now_ms),
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"time\": {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_data",
+                format!("invalid parameter \"time\": {e}"),
+            )
+        }
     };
     run_query(s, query, t, t, 1, false).await
 }
 
 /// `GET|POST /api/v1/query_range`.
-pub async fn query_range(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+pub async fn query_range(
+    State(s): State<Arc<AppState>>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
     let p = params(&q, &body);
     let Some(query) = get(&p, "query").map(str::to_string) else {
-        return error(StatusCode::BAD_REQUEST, "bad_data", "invalid parameter \"query\": missing query");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "invalid parameter \"query\": missing query",
+        );
     };
     let parse = |k: &str, f: fn(&str) -> Result<i64, String>| -> Result<i64, Response> {
         match get(&p, k) {
-            None => Err(error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"{k}\": missing {k}"))),
-            Some(v) => f(v).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"{k}\": {e}"))),
+            None => Err(error(
+                StatusCode::BAD_REQUEST,
+                "bad_data",
+                format!("invalid parameter \"{k}\": missing {k}"),
+            )),
+            Some(v) => f(v).map_err(|e| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_data",
+                    format!("invalid parameter \"{k}\": {e}"),
+                )
+            }),
         }
     };
-    let (start, end, step) = match (parse("start", parse_time), parse("end", parse_time), parse("step", parse_step)) {
+    let (start, end, step) = match (
+        parse("start", parse_time),
+        parse("end", parse_time),
+        parse("step", parse_step),
+    ) {
         (Ok(a), Ok(b), Ok(c)) => (a, b, c),
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
     };
     if end < start {
-        return error(StatusCode::BAD_REQUEST, "bad_data", "invalid parameter \"end\": end timestamp must not be before start time");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "invalid parameter \"end\": end timestamp must not be before start time",
+        );
     }
     if step <= 0 {
         return error(StatusCode::BAD_REQUEST, "bad_data", "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer");
@@ -229,17 +303,37 @@ fn match_params(p: &[(String, String)]) -> Result<Vec<Vec<Matcher>>, Response> {
             continue;
         }
         match promql_parser::parser::parse(v) {
-            Ok(promql_parser::parser::Expr::VectorSelector(vs)) => sets.extend(selector_matchers(&vs)),
-            Ok(_) => return Err(error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"match[]\": {v:?} is not a series selector"))),
-            Err(e) => return Err(error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"match[]\": {e}"))),
+            Ok(promql_parser::parser::Expr::VectorSelector(vs)) => {
+                sets.extend(selector_matchers(&vs))
+            }
+            Ok(_) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_data",
+                    format!("invalid parameter \"match[]\": {v:?} is not a series selector"),
+                ))
+            }
+            Err(e) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_data",
+                    format!("invalid parameter \"match[]\": {e}"),
+                ))
+            }
         }
     }
     Ok(sets)
 }
 
 fn time_range(p: &[(String, String)]) -> Result<(i64, i64), Response> {
-    let start = get(p, "start").map(parse_time).transpose().map_err(|e| error(StatusCode::BAD_REQUEST, "bad_data", e))?;
-    let end = get(p, "end").map(parse_time).transpose().map_err(|e| error(StatusCode::BAD_REQUEST, "bad_data", e))?;
+    let start = get(p, "start")
+        .map(parse_time)
+        .transpose()
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_data", e))?;
+    let end = get(p, "end")
+        .map(parse_time)
+        .transpose()
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_data", e))?;
     Ok((start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX)))
 }
 
@@ -265,10 +359,20 @@ fn selected(state: &AppState, sets: &[Vec<Matcher>], start: i64, end: i64) -> Ve
 }
 
 /// `GET|POST /api/v1/series`.
-pub async fn series(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+pub async fn series(
+    State(s): State<Arc<AppState>>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
     let p = params(&q, &body);
     let sets = match match_params(&p) {
-        Ok(s) if s.is_empty() => return error(StatusCode::BAD_REQUEST, "bad_data", "no match[] parameter provided"),
+        Ok(s) if s.is_empty() => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_data",
+                "no match[] parameter provided",
+            )
+        }
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -276,11 +380,20 @@ pub async fn series(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, body:
         Ok(r) => r,
         Err(r) => return r,
     };
-    success(Json::Array(selected(&s, &sets, start, end).iter().map(metric_json).collect()))
+    success(Json::Array(
+        selected(&s, &sets, start, end)
+            .iter()
+            .map(metric_json)
+            .collect(),
+    ))
 }
 
 /// `GET|POST /api/v1/labels`.
-pub async fn labels(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+pub async fn labels(
+    State(s): State<Arc<AppState>>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
     let p = params(&q, &body);
     let sets = match match_params(&p) {
         Ok(s) => s,
@@ -293,14 +406,21 @@ pub async fn labels(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, body:
         Ok(r) => r,
         Err(r) => return r,
     };
-    let mut names: Vec<String> = selected(&s, &sets, start, end).iter().flat_map(|l| l.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>()).collect();
+    let mut names: Vec<String> = selected(&s, &sets, start, end)
+        .iter()
+        .flat_map(|l| l.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>())
+        .collect();
     names.sort();
     names.dedup();
     success(json!(names))
 }
 
 /// `GET /api/v1/label/<name>/values`.
-pub async fn label_values(State(s): State<Arc<AppState>>, Path(name): Path<String>, RawQuery(q): RawQuery) -> Response {
+pub async fn label_values(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let p = params(&q, &Bytes::new());
     let sets = match match_params(&p) {
         Ok(s) => s,
@@ -313,7 +433,10 @@ pub async fn label_values(State(s): State<Arc<AppState>>, Path(name): Path<Strin
         Ok(r) => r,
         Err(r) => return r,
     };
-    let mut vals: Vec<String> = selected(&s, &sets, start, end).iter().filter_map(|l| l.get(&name).map(str::to_string)).collect();
+    let mut vals: Vec<String> = selected(&s, &sets, start, end)
+        .iter()
+        .filter_map(|l| l.get(&name).map(str::to_string))
+        .collect();
     vals.sort();
     vals.dedup();
     success(json!(vals))
@@ -326,14 +449,26 @@ pub async fn rollups(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> R
     use crate::store::hot::Resolution;
     let p = params(&q, &Bytes::new());
     let sets = match match_params(&p) {
-        Ok(s) if s.is_empty() => return error(StatusCode::BAD_REQUEST, "bad_data", "no match[] parameter provided"),
+        Ok(s) if s.is_empty() => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_data",
+                "no match[] parameter provided",
+            )
+        }
         Ok(s) => s,
         Err(r) => return r,
     };
     let res = match get(&p, "resolution").unwrap_or("1m") {
         "1m" => Resolution::OneMinute,
         "1h" => Resolution::OneHour,
-        other => return error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"resolution\": {other:?}; use 1m or 1h")),
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_data",
+                format!("invalid parameter \"resolution\": {other:?}; use 1m or 1h"),
+            )
+        }
     };
     let (start, end) = match time_range(&p) {
         Ok(r) => r,
@@ -342,7 +477,9 @@ pub async fn rollups(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> R
     let mut out = Vec::new();
     for ms in &sets {
         for id in s.hot.catalog.select(ms) {
-            let Some(labels) = s.hot.catalog.labels(id) else { continue };
+            let Some(labels) = s.hot.catalog.labels(id) else {
+                continue;
+            };
             let rows: Vec<Json> = s
                 .hot
                 .rollups(id, res, start, end)
@@ -384,8 +521,14 @@ mod tests {
     #[test]
     fn times() {
         assert_eq!(parse_time("1435781451.781").unwrap(), 1_435_781_451_781);
-        assert_eq!(parse_time("2015-07-01T20:10:51.781Z").unwrap(), 1_435_781_451_781);
-        assert_eq!(parse_time("2015-07-01T22:10:51.781+02:00").unwrap(), 1_435_781_451_781);
+        assert_eq!(
+            parse_time("2015-07-01T20:10:51.781Z").unwrap(),
+            1_435_781_451_781
+        );
+        assert_eq!(
+            parse_time("2015-07-01T22:10:51.781+02:00").unwrap(),
+            1_435_781_451_781
+        );
         assert!(parse_time("yesterday").is_err());
         assert_eq!(parse_step("15s").unwrap(), 15_000);
         assert_eq!(parse_step("0.5").unwrap(), 500);

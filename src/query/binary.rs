@@ -11,7 +11,10 @@ use super::QueryError;
 use crate::model::{Labels, METRIC_NAME};
 
 fn is_comparison(op: u16) -> bool {
-    matches!(op, token::T_EQLC | token::T_NEQ | token::T_GTR | token::T_LSS | token::T_GTE | token::T_LTE)
+    matches!(
+        op,
+        token::T_EQLC | token::T_NEQ | token::T_GTR | token::T_LSS | token::T_GTE | token::T_LTE
+    )
 }
 
 /// Applies an arithmetic or comparison operator: `(value, keep)`.
@@ -30,7 +33,12 @@ fn elem(op: u16, l: f64, r: f64) -> Result<(f64, bool), QueryError> {
         token::T_LSS => (l, l < r),
         token::T_GTE => (l, l >= r),
         token::T_LTE => (l, l <= r),
-        _ => return Err(QueryError::BadData(format!("operator {} not allowed here", token::TokenType::new(op)))),
+        _ => {
+            return Err(QueryError::BadData(format!(
+                "operator {} not allowed here",
+                token::TokenType::new(op)
+            )))
+        }
     })
 }
 
@@ -38,7 +46,9 @@ fn signature(labels: &Labels, matching: &Option<LabelModifier>) -> Labels {
     let mut l = labels.clone();
     match matching {
         Some(LabelModifier::Include(on)) => l.retain(|k| on.labels.iter().any(|x| x == k)),
-        Some(LabelModifier::Exclude(ign)) => l.retain(|k| k != METRIC_NAME && !ign.labels.iter().any(|x| x == k)),
+        Some(LabelModifier::Exclude(ign)) => {
+            l.retain(|k| k != METRIC_NAME && !ign.labels.iter().any(|x| x == k))
+        }
         None => l.retain(|k| k != METRIC_NAME),
     }
     l
@@ -57,14 +67,24 @@ pub fn binary(e: &Engine<'_>, b: &BinaryExpr) -> Result<Value, QueryError> {
             let mut out = Vec::with_capacity(e.n);
             for (a, b) in l.into_iter().zip(r) {
                 let (v, keep) = elem(op, a, b)?;
-                out.push(if cmp { if keep { 1.0 } else { 0.0 } } else { v });
+                out.push(if cmp {
+                    if keep {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                } else {
+                    v
+                });
             }
             Ok(Value::Scalar(out))
         }
         (Value::Vector(v), Value::Scalar(s)) | (Value::Scalar(s), Value::Vector(v)) => {
             let scalar_left = matches!(e.eval(&b.lhs), Ok(Value::Scalar(_)));
             if matches!(op, token::T_LAND | token::T_LOR | token::T_LUNLESS) {
-                return Err(QueryError::BadData("set operator not allowed in binary scalar expression".into()));
+                return Err(QueryError::BadData(
+                    "set operator not allowed in binary scalar expression".into(),
+                ));
             }
             let mut out = Vec::with_capacity(v.len());
             for series in v {
@@ -88,7 +108,11 @@ pub fn binary(e: &Engine<'_>, b: &BinaryExpr) -> Result<Value, QueryError> {
                         }
                     });
                 }
-                let labels = if drop_name { series.labels.without_name() } else { series.labels };
+                let labels = if drop_name {
+                    series.labels.without_name()
+                } else {
+                    series.labels
+                };
                 out.push(StepSeries { labels, values });
             }
             out.retain(|s| s.values.iter().any(|v| v.is_some()));
@@ -96,23 +120,63 @@ pub fn binary(e: &Engine<'_>, b: &BinaryExpr) -> Result<Value, QueryError> {
         }
         (Value::Vector(l), Value::Vector(r)) => {
             let matching = b.modifier.as_ref().and_then(|m| m.matching.clone());
-            let card = b.modifier.as_ref().map(|m| m.card.clone()).unwrap_or(VectorMatchCardinality::OneToOne);
+            let card = b
+                .modifier
+                .as_ref()
+                .map(|m| m.card.clone())
+                .unwrap_or(VectorMatchCardinality::OneToOne);
             match op {
-                token::T_LAND | token::T_LOR | token::T_LUNLESS => Ok(Value::Vector(set_op(e.n, op, l, r, &matching))),
-                _ => Ok(Value::Vector(vector_op(e.n, op, l, r, &matching, &card, return_bool, drop_name)?)),
+                token::T_LAND | token::T_LOR | token::T_LUNLESS => {
+                    Ok(Value::Vector(set_op(e.n, op, l, r, &matching)))
+                }
+                _ => Ok(Value::Vector(vector_op(
+                    e.n,
+                    op,
+                    l,
+                    r,
+                    &matching,
+                    &card,
+                    return_bool,
+                    drop_name,
+                )?)),
             }
         }
-        _ => Err(QueryError::BadData("binary operators are only allowed between scalars and instant vectors".into())),
+        _ => Err(QueryError::BadData(
+            "binary operators are only allowed between scalars and instant vectors".into(),
+        )),
     }
 }
 
-fn set_op(n: usize, op: u16, l: Vec<StepSeries>, r: Vec<StepSeries>, matching: &Option<LabelModifier>) -> Vec<StepSeries> {
+fn set_op(
+    n: usize,
+    op: u16,
+    l: Vec<StepSeries>,
+    r: Vec<StepSeries>,
+    matching: &Option<LabelModifier>,
+) -> Vec<StepSeries> {
     let lsig: Vec<Labels> = l.iter().map(|s| signature(&s.labels, matching)).collect();
     let rsig: Vec<Labels> = r.iter().map(|s| signature(&s.labels, matching)).collect();
-    let mut out_l: Vec<StepSeries> = l.iter().map(|s| StepSeries { labels: s.labels.clone(), values: vec![None; n] }).collect();
-    let mut out_r: Vec<StepSeries> = r.iter().map(|s| StepSeries { labels: s.labels.clone(), values: vec![None; n] }).collect();
+    let mut out_l: Vec<StepSeries> = l
+        .iter()
+        .map(|s| StepSeries {
+            labels: s.labels.clone(),
+            values: vec![None; n],
+        })
+        .collect();
+    let mut out_r: Vec<StepSeries> = r
+        .iter()
+        .map(|s| StepSeries {
+            labels: s.labels.clone(),
+            values: vec![None; n],
+        })
+        .collect();
     for i in 0..n {
-        let rset: HashSet<&Labels> = r.iter().zip(&rsig).filter(|(s, _)| s.values[i].is_some()).map(|(_, g)| g).collect();
+        let rset: HashSet<&Labels> = r
+            .iter()
+            .zip(&rsig)
+            .filter(|(s, _)| s.values[i].is_some())
+            .map(|(_, g)| g)
+            .collect();
         match op {
             token::T_LAND | token::T_LUNLESS => {
                 let want = op == token::T_LAND;
@@ -161,10 +225,15 @@ fn vector_op(
     // The "one" side is the right one unless group_right swaps them.
     let swap = matches!(card, VectorMatchCardinality::OneToMany(_));
     let (many, one) = if swap { (&r, &l) } else { (&l, &r) };
-    let many_sig: Vec<Labels> = many.iter().map(|s| signature(&s.labels, matching)).collect();
+    let many_sig: Vec<Labels> = many
+        .iter()
+        .map(|s| signature(&s.labels, matching))
+        .collect();
     let one_sig: Vec<Labels> = one.iter().map(|s| signature(&s.labels, matching)).collect();
     let include: Vec<String> = match card {
-        VectorMatchCardinality::ManyToOne(ls) | VectorMatchCardinality::OneToMany(ls) => ls.labels.clone(),
+        VectorMatchCardinality::ManyToOne(ls) | VectorMatchCardinality::OneToMany(ls) => {
+            ls.labels.clone()
+        }
         _ => Vec::new(),
     };
     let one_to_one = matches!(card, VectorMatchCardinality::OneToOne);
@@ -186,7 +255,9 @@ fn vector_op(
         let mut matched_one: HashSet<usize> = HashSet::new();
         for (j, s) in many.iter().enumerate() {
             let Some(mv) = s.values[i] else { continue };
-            let Some(&k) = one_at.get(&many_sig[j]) else { continue };
+            let Some(&k) = one_at.get(&many_sig[j]) else {
+                continue;
+            };
             let ov = one[k].values[i].expect("present at step");
             if one_to_one && !matched_one.insert(k) {
                 return Err(QueryError::Execution(format!(
@@ -213,8 +284,12 @@ fn vector_op(
                     }
                     if one_to_one {
                         match matching {
-                            Some(LabelModifier::Include(on)) => m.retain(|k| on.labels.iter().any(|x| x == k)),
-                            Some(LabelModifier::Exclude(ign)) => m.retain(|k| !ign.labels.iter().any(|x| x == k)),
+                            Some(LabelModifier::Include(on)) => {
+                                m.retain(|k| on.labels.iter().any(|x| x == k))
+                            }
+                            Some(LabelModifier::Exclude(ign)) => {
+                                m.retain(|k| !ign.labels.iter().any(|x| x == k))
+                            }
                             None => {}
                         }
                     }
@@ -230,13 +305,17 @@ fn vector_op(
             let slot = out.entry(labels).or_insert_with(|| vec![None; n]);
             if slot[i].is_some() {
                 return Err(QueryError::Execution(
-                    "multiple matches for labels: grouping labels must ensure unique matches".into(),
+                    "multiple matches for labels: grouping labels must ensure unique matches"
+                        .into(),
                 ));
             }
             slot[i] = Some(value);
         }
     }
-    let mut v: Vec<StepSeries> = out.into_iter().map(|(labels, values)| StepSeries { labels, values }).collect();
+    let mut v: Vec<StepSeries> = out
+        .into_iter()
+        .map(|(labels, values)| StepSeries { labels, values })
+        .collect();
     v.sort_by(|a, b| a.labels.cmp(&b.labels));
     dedupe(v)
 }

@@ -100,7 +100,10 @@ pub fn selector_matchers(vs: &VectorSelector) -> Vec<Vec<Matcher>> {
             })
             .collect();
         if let Some(name) = &vs.name {
-            if !out.iter().any(|m| m.name == METRIC_NAME && matches!(&m.op, MatchOp::Eq(v) if v == name)) {
+            if !out
+                .iter()
+                .any(|m| m.name == METRIC_NAME && matches!(&m.op, MatchOp::Eq(v) if v == name))
+            {
                 out.push(Matcher::eq(METRIC_NAME, name));
             }
         }
@@ -109,7 +112,11 @@ pub fn selector_matchers(vs: &VectorSelector) -> Vec<Vec<Matcher>> {
     if vs.matchers.or_matchers.is_empty() {
         vec![convert(&vs.matchers.matchers)]
     } else {
-        vs.matchers.or_matchers.iter().map(|ms| convert(ms)).collect()
+        vs.matchers
+            .or_matchers
+            .iter()
+            .map(|ms| convert(ms))
+            .collect()
     }
 }
 
@@ -163,9 +170,16 @@ pub fn dedupe(mut series: Vec<StepSeries>) -> Result<Vec<StepSeries>, QueryError
 
 impl<'a> Engine<'a> {
     /// An engine for an instant query at `t` or a range query `[start, end]` by `step`.
-    pub fn new(storage: &'a dyn Storage, start: i64, end: i64, step: i64) -> Result<Self, QueryError> {
+    pub fn new(
+        storage: &'a dyn Storage,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<Self, QueryError> {
         if end < start {
-            return Err(QueryError::BadData("end timestamp must not be before start time".into()));
+            return Err(QueryError::BadData(
+                "end timestamp must not be before start time".into(),
+            ));
         }
         let step = step.max(1);
         let n = ((end - start) / step + 1) as usize;
@@ -174,7 +188,14 @@ impl<'a> Engine<'a> {
                 "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)".into(),
             ));
         }
-        Ok(Engine { storage, start, end, step, lookback: DEFAULT_LOOKBACK_MS, n })
+        Ok(Engine {
+            storage,
+            start,
+            end,
+            step,
+            lookback: DEFAULT_LOOKBACK_MS,
+            n,
+        })
     }
 
     /// Time of step `i`.
@@ -249,7 +270,10 @@ impl<'a> Engine<'a> {
                         })
                         .collect(),
                 )?)),
-                _ => Err(QueryError::BadData("unary expression only allowed on expressions of type scalar or instant vector".into())),
+                _ => Err(QueryError::BadData(
+                    "unary expression only allowed on expressions of type scalar or instant vector"
+                        .into(),
+                )),
             },
             Expr::VectorSelector(vs) => Ok(Value::Vector(self.eval_selector(vs, false)?)),
             Expr::MatrixSelector(_) | Expr::Subquery(_) => {
@@ -264,9 +288,15 @@ impl<'a> Engine<'a> {
                     .series
                     .into_iter()
                     .filter_map(|s| {
-                        let samples: Vec<(i64, f64)> =
-                            s.samples.into_iter().filter(|p| p.0 > t - input.range && p.0 <= t).collect();
-                        (!samples.is_empty()).then_some(Series { labels: s.labels, samples })
+                        let samples: Vec<(i64, f64)> = s
+                            .samples
+                            .into_iter()
+                            .filter(|p| p.0 > t - input.range && p.0 <= t)
+                            .collect();
+                        (!samples.is_empty()).then_some(Series {
+                            labels: s.labels,
+                            samples,
+                        })
                     })
                     .collect();
                 Ok(Value::Matrix(series))
@@ -282,7 +312,10 @@ impl<'a> Engine<'a> {
     pub fn eval_scalar(&self, expr: &Expr) -> Result<Vec<f64>, QueryError> {
         match self.eval(expr)? {
             Value::Scalar(s) => Ok(s),
-            _ => Err(QueryError::BadData(format!("expected type scalar, got {}", kind(expr)))),
+            _ => Err(QueryError::BadData(format!(
+                "expected type scalar, got {}",
+                kind(expr)
+            ))),
         }
     }
 
@@ -290,13 +323,20 @@ impl<'a> Engine<'a> {
     pub fn eval_vector(&self, expr: &Expr) -> Result<Vec<StepSeries>, QueryError> {
         match self.eval(expr)? {
             Value::Vector(v) => Ok(v),
-            _ => Err(QueryError::BadData(format!("expected type instant vector, got {}", kind(expr)))),
+            _ => Err(QueryError::BadData(format!(
+                "expected type instant vector, got {}",
+                kind(expr)
+            ))),
         }
     }
 
     /// An instant vector selector: the latest non-stale sample within the lookback window
     /// `(t - lookback, t]`. With `timestamps`, the value is the sample's time in seconds.
-    pub fn eval_selector(&self, vs: &VectorSelector, timestamps: bool) -> Result<Vec<StepSeries>, QueryError> {
+    pub fn eval_selector(
+        &self,
+        vs: &VectorSelector,
+        timestamps: bool,
+    ) -> Result<Vec<StepSeries>, QueryError> {
         let offset = offset_ms(&vs.offset);
         let times = self.times(&vs.at, offset);
         let lo = times.iter().min().copied().unwrap_or(self.start) - self.lookback;
@@ -318,7 +358,10 @@ impl<'a> Engine<'a> {
                 values.push(v);
             }
             if any {
-                out.push(StepSeries { labels: s.labels, values });
+                out.push(StepSeries {
+                    labels: s.labels,
+                    values,
+                });
             }
         }
         Ok(out)
@@ -339,13 +382,22 @@ impl<'a> Engine<'a> {
                     s.samples.retain(|p| !is_stale_nan(p.1));
                 }
                 series.retain(|s| !s.samples.is_empty());
-                Ok(RangeInput { series, range, times })
+                Ok(RangeInput {
+                    series,
+                    range,
+                    times,
+                })
             }
             Expr::Subquery(sq) => {
                 let range = dur_ms(&sq.range);
                 let offset = offset_ms(&sq.offset);
                 let times = self.times(&sq.at, offset);
-                let step = sq.step.as_ref().map(dur_ms).filter(|s| *s > 0).unwrap_or(60_000);
+                let step = sq
+                    .step
+                    .as_ref()
+                    .map(dur_ms)
+                    .filter(|s| *s > 0)
+                    .unwrap_or(60_000);
                 let lo = times.iter().min().copied().unwrap_or(self.start) - range;
                 let hi = times.iter().max().copied().unwrap_or(self.end);
                 // Inner steps are aligned to multiples of the subquery step.
@@ -355,27 +407,58 @@ impl<'a> Engine<'a> {
                     first += step;
                 }
                 if first > hi {
-                    return Ok(RangeInput { series: Vec::new(), range, times });
+                    return Ok(RangeInput {
+                        series: Vec::new(),
+                        range,
+                        times,
+                    });
                 }
-                let inner = Engine { storage: self.storage, start: first, end: hi, step, lookback: self.lookback, n: ((hi - first) / step + 1) as usize };
+                let inner = Engine {
+                    storage: self.storage,
+                    start: first,
+                    end: hi,
+                    step,
+                    lookback: self.lookback,
+                    n: ((hi - first) / step + 1) as usize,
+                };
                 let series = match inner.eval(&sq.expr)? {
                     Value::Vector(vs) => vs
                         .into_iter()
                         .map(|s| Series {
                             labels: s.labels,
-                            samples: s.values.iter().enumerate().filter_map(|(i, v)| v.map(|v| (inner.ts(i), v))).collect(),
+                            samples: s
+                                .values
+                                .iter()
+                                .enumerate()
+                                .filter_map(|(i, v)| v.map(|v| (inner.ts(i), v)))
+                                .collect(),
                         })
                         .filter(|s| !s.samples.is_empty())
                         .collect(),
                     Value::Scalar(v) => vec![Series {
                         labels: Labels::empty(),
-                        samples: v.iter().enumerate().map(|(i, v)| (inner.ts(i), *v)).collect(),
+                        samples: v
+                            .iter()
+                            .enumerate()
+                            .map(|(i, v)| (inner.ts(i), *v))
+                            .collect(),
                     }],
-                    _ => return Err(QueryError::BadData("subquery is only allowed on instant vector or scalar".into())),
+                    _ => {
+                        return Err(QueryError::BadData(
+                            "subquery is only allowed on instant vector or scalar".into(),
+                        ))
+                    }
                 };
-                Ok(RangeInput { series, range, times })
+                Ok(RangeInput {
+                    series,
+                    range,
+                    times,
+                })
             }
-            other => Err(QueryError::BadData(format!("expected type range vector, got {}", kind(other)))),
+            other => Err(QueryError::BadData(format!(
+                "expected type range vector, got {}",
+                kind(other)
+            ))),
         }
     }
 }

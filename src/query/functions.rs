@@ -84,7 +84,10 @@ pub fn quantile(q: f64, values: &mut [f64]) -> f64 {
     if q > 1.0 {
         return f64::INFINITY;
     }
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or_else(|| a.is_nan().cmp(&b.is_nan()).reverse()));
+    values.sort_by(|a, b| {
+        a.partial_cmp(b)
+            .unwrap_or_else(|| a.is_nan().cmp(&b.is_nan()).reverse())
+    });
     let n = values.len() as f64;
     let rank = q * (n - 1.0);
     let lower = rank.floor().max(0.0);
@@ -95,7 +98,8 @@ pub fn quantile(q: f64, values: &mut [f64]) -> f64 {
 
 /// Slope and intercept (at `intercept_t`) of the least-squares line through the points.
 pub fn linear_regression(points: &[(i64, f64)], intercept_t: i64) -> (f64, f64) {
-    let (mut n, mut sx, mut cx, mut sy, mut cy, mut sxy, mut cxy, mut sx2, mut cx2) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut n, mut sx, mut cx, mut sy, mut cy, mut sxy, mut cxy, mut sx2, mut cx2) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     let init = points[0].1;
     let mut const_y = true;
     for (i, &(t, v)) in points.iter().enumerate() {
@@ -181,19 +185,51 @@ fn instant_delta(w: &[(i64, f64)], rate: bool) -> Option<f64> {
     Some(d)
 }
 
-fn arg<'e>(call: &'e Call, i: usize) -> Result<&'e Expr, QueryError> {
+/// Orders values ascending (or descending) with NaN last either way, as Prometheus's sorts do.
+pub fn cmp_nan_last(x: f64, y: f64, desc: bool) -> std::cmp::Ordering {
+    use std::cmp::Ordering::*;
+    match (x.is_nan(), y.is_nan()) {
+        (true, true) => Equal,
+        (true, false) => Greater,
+        (false, true) => Less,
+        _ if desc => y.partial_cmp(&x).unwrap_or(Equal),
+        _ => x.partial_cmp(&y).unwrap_or(Equal),
+    }
+}
+
+/// A function of one window: `(samples, eval time, range, step index)`.
+type WindowFn<'a> = &'a dyn Fn(&[(i64, f64)], i64, i64, usize) -> Option<f64>;
+
+fn arg(call: &Call, i: usize) -> Result<&Expr, QueryError> {
     call.args.args.get(i).map(|b| &**b).ok_or_else(|| {
-        QueryError::BadData(format!("expected at least {} argument(s) in call to \"{}\"", i + 1, call.func.name))
+        QueryError::BadData(format!(
+            "expected at least {} argument(s) in call to \"{}\"",
+            i + 1,
+            call.func.name
+        ))
     })
 }
 
 /// Applies a per-element function to an instant vector, dropping the metric name.
-fn map_vector(v: Vec<StepSeries>, keep_name: bool, f: impl Fn(usize, f64) -> Option<f64>) -> Result<Value, QueryError> {
+fn map_vector(
+    v: Vec<StepSeries>,
+    keep_name: bool,
+    f: impl Fn(usize, f64) -> Option<f64>,
+) -> Result<Value, QueryError> {
     let out = v
         .into_iter()
         .map(|s| StepSeries {
-            labels: if keep_name { s.labels } else { s.labels.without_name() },
-            values: s.values.iter().enumerate().map(|(i, v)| v.and_then(|v| f(i, v))).collect(),
+            labels: if keep_name {
+                s.labels
+            } else {
+                s.labels.without_name()
+            },
+            values: s
+                .values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v.and_then(|v| f(i, v)))
+                .collect(),
         })
         .collect();
     Ok(Value::Vector(dedupe(out)?))
@@ -210,12 +246,19 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
     let name = call.func.name;
     let n = e.n;
     // Range-vector functions.
-    let over_time = |f: &dyn Fn(&[(i64, f64)], i64, i64, usize) -> Option<f64>, keep_name: bool| -> Result<Value, QueryError> {
+    let over_time = |f: WindowFn<'_>, keep_name: bool| -> Result<Value, QueryError> {
         let input = e.range_input(arg(call, 0)?)?;
         let mut out: Vec<StepSeries> = input
             .series
             .iter()
-            .map(|s| StepSeries { labels: if keep_name { s.labels.clone() } else { s.labels.without_name() }, values: vec![None; n] })
+            .map(|s| StepSeries {
+                labels: if keep_name {
+                    s.labels.clone()
+                } else {
+                    s.labels.without_name()
+                },
+                values: vec![None; n],
+            })
             .collect();
         input.for_each_window(|si, i, w| {
             if !w.is_empty() {
@@ -235,17 +278,30 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
         "sum_over_time" => over_time(&|w, _, _, _| Some(kahan_sum(w.iter().map(|p| p.1))), false),
         "count_over_time" => over_time(&|w, _, _, _| Some(w.len() as f64), false),
         "min_over_time" => over_time(
-            &|w, _, _, _| Some(w.iter().fold(w[0].1, |m, p| if p.1 < m || m.is_nan() { p.1 } else { m })),
+            &|w, _, _, _| {
+                Some(
+                    w.iter()
+                        .fold(w[0].1, |m, p| if p.1 < m || m.is_nan() { p.1 } else { m }),
+                )
+            },
             false,
         ),
         "max_over_time" => over_time(
-            &|w, _, _, _| Some(w.iter().fold(w[0].1, |m, p| if p.1 > m || m.is_nan() { p.1 } else { m })),
+            &|w, _, _, _| {
+                Some(
+                    w.iter()
+                        .fold(w[0].1, |m, p| if p.1 > m || m.is_nan() { p.1 } else { m }),
+                )
+            },
             false,
         ),
         "last_over_time" => over_time(&|w, _, _, _| w.last().map(|p| p.1), true),
         "first_over_time" => over_time(&|w, _, _, _| w.first().map(|p| p.1), true),
         "present_over_time" => over_time(&|_, _, _, _| Some(1.0), false),
-        "stddev_over_time" => over_time(&|w, _, _, _| Some(variance(w.iter().map(|p| p.1)).sqrt()), false),
+        "stddev_over_time" => over_time(
+            &|w, _, _, _| Some(variance(w.iter().map(|p| p.1)).sqrt()),
+            false,
+        ),
         "stdvar_over_time" => over_time(&|w, _, _, _| Some(variance(w.iter().map(|p| p.1))), false),
         "mad_over_time" => over_time(
             &|w, _, _, _| {
@@ -256,17 +312,22 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
             },
             false,
         ),
-        "ts_of_min_over_time" | "ts_of_max_over_time" | "ts_of_last_over_time" | "ts_of_first_over_time" => {
+        "ts_of_min_over_time"
+        | "ts_of_max_over_time"
+        | "ts_of_last_over_time"
+        | "ts_of_first_over_time" => {
             let which = name;
             over_time(
                 &move |w, _, _, _| {
                     let p = match which {
                         "ts_of_last_over_time" => w.last(),
                         "ts_of_first_over_time" => w.first(),
-                        "ts_of_min_over_time" => w.iter().rev().fold(None::<&(i64, f64)>, |m, p| match m {
-                            Some(m) if !(p.1 <= m.1 || m.1.is_nan()) => Some(m),
-                            _ => Some(p),
-                        }),
+                        "ts_of_min_over_time" => {
+                            w.iter().rev().fold(None::<&(i64, f64)>, |m, p| match m {
+                                Some(m) if !(p.1 <= m.1 || m.1.is_nan()) => Some(m),
+                                _ => Some(p),
+                            })
+                        }
                         _ => w.iter().rev().fold(None::<&(i64, f64)>, |m, p| match m {
                             Some(m) if !(p.1 >= m.1 || m.1.is_nan()) => Some(m),
                             _ => Some(p),
@@ -277,12 +338,24 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 false,
             )
         }
-        "resets" => over_time(&|w, _, _, _| Some(w.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64), false),
-        "changes" => over_time(
-            &|w, _, _, _| Some(w.windows(2).filter(|p| !(p[1].1 == p[0].1 || (p[1].1.is_nan() && p[0].1.is_nan()))).count() as f64),
+        "resets" => over_time(
+            &|w, _, _, _| Some(w.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64),
             false,
         ),
-        "deriv" => over_time(&|w, _, _, _| (w.len() >= 2).then(|| linear_regression(w, w[0].0).0), false),
+        "changes" => over_time(
+            &|w, _, _, _| {
+                Some(
+                    w.windows(2)
+                        .filter(|p| !(p[1].1 == p[0].1 || (p[1].1.is_nan() && p[0].1.is_nan())))
+                        .count() as f64,
+                )
+            },
+            false,
+        ),
+        "deriv" => over_time(
+            &|w, _, _, _| (w.len() >= 2).then(|| linear_regression(w, w[0].0).0),
+            false,
+        ),
         "predict_linear" => {
             let by = e.eval_scalar(arg(call, 1)?)?;
             over_time(
@@ -298,8 +371,14 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
         "quantile_over_time" => {
             let q = e.eval_scalar(arg(call, 0)?)?;
             let input = e.range_input(arg(call, 1)?)?;
-            let mut out: Vec<StepSeries> =
-                input.series.iter().map(|s| StepSeries { labels: s.labels.without_name(), values: vec![None; n] }).collect();
+            let mut out: Vec<StepSeries> = input
+                .series
+                .iter()
+                .map(|s| StepSeries {
+                    labels: s.labels.without_name(),
+                    values: vec![None; n],
+                })
+                .collect();
             input.for_each_window(|si, i, w| {
                 if !w.is_empty() {
                     let mut v: Vec<f64> = w.iter().map(|p| p.1).collect();
@@ -316,20 +395,35 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
             input.for_each_window(|_, i, w| present[i] |= !w.is_empty());
             let labels = absent_labels(a);
             let values: Vec<Option<f64>> = present.iter().map(|p| (!p).then_some(1.0)).collect();
-            Ok(Value::Vector(if values.iter().any(|v| v.is_some()) { vec![StepSeries { labels, values }] } else { vec![] }))
+            Ok(Value::Vector(if values.iter().any(|v| v.is_some()) {
+                vec![StepSeries { labels, values }]
+            } else {
+                vec![]
+            }))
         }
         "absent" => {
             let a = arg(call, 0)?;
             let v = e.eval_vector(a)?;
-            let values: Vec<Option<f64>> = (0..n).map(|i| (!v.iter().any(|s| s.values[i].is_some())).then_some(1.0)).collect();
+            let values: Vec<Option<f64>> = (0..n)
+                .map(|i| (!v.iter().any(|s| s.values[i].is_some())).then_some(1.0))
+                .collect();
             let labels = absent_labels(a);
-            Ok(Value::Vector(if values.iter().any(|v| v.is_some()) { vec![StepSeries { labels, values }] } else { vec![] }))
+            Ok(Value::Vector(if values.iter().any(|v| v.is_some()) {
+                vec![StepSeries { labels, values }]
+            } else {
+                vec![]
+            }))
         }
-        "time" => Ok(Value::Scalar((0..n).map(|i| e.ts(i) as f64 / 1000.0).collect())),
+        "time" => Ok(Value::Scalar(
+            (0..n).map(|i| e.ts(i) as f64 / 1000.0).collect(),
+        )),
         "pi" => Ok(Value::Scalar(vec![std::f64::consts::PI; n])),
         "vector" => {
             let s = e.eval_scalar(arg(call, 0)?)?;
-            Ok(Value::Vector(vec![StepSeries { labels: Labels::empty(), values: s.into_iter().map(Some).collect() }]))
+            Ok(Value::Vector(vec![StepSeries {
+                labels: Labels::empty(),
+                values: s.into_iter().map(Some).collect(),
+            }]))
         }
         "scalar" => {
             let v = e.eval_vector(arg(call, 0)?)?;
@@ -362,14 +456,11 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 "sort" | "sort_desc" => {
                     let desc = name == "sort_desc";
                     v.sort_by(|a, b| {
-                        let (x, y) = (a.values[0].unwrap_or(f64::NAN), b.values[0].unwrap_or(f64::NAN));
-                        let o = match (x.is_nan(), y.is_nan()) {
-                            (true, true) => std::cmp::Ordering::Equal,
-                            (true, false) => std::cmp::Ordering::Greater,
-                            (false, true) => std::cmp::Ordering::Less,
-                            _ => if desc { y.partial_cmp(&x) } else { x.partial_cmp(&y) }.unwrap_or(std::cmp::Ordering::Equal),
-                        };
-                        o
+                        cmp_nan_last(
+                            a.values[0].unwrap_or(f64::NAN),
+                            b.values[0].unwrap_or(f64::NAN),
+                            desc,
+                        )
                     });
                 }
                 _ => {
@@ -377,14 +468,22 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                     for i in 1..call.args.args.len() {
                         match strip_parens(arg(call, i)?) {
                             Expr::StringLiteral(s) => names.push(s.val.clone()),
-                            _ => return Err(QueryError::BadData("sort_by_label expects label names".into())),
+                            _ => {
+                                return Err(QueryError::BadData(
+                                    "sort_by_label expects label names".into(),
+                                ))
+                            }
                         }
                     }
                     let desc = name.ends_with("_desc");
                     v.sort_by(|a, b| {
                         let mut o = std::cmp::Ordering::Equal;
                         for l in &names {
-                            o = a.labels.get(l).unwrap_or("").cmp(b.labels.get(l).unwrap_or(""));
+                            o = a
+                                .labels
+                                .get(l)
+                                .unwrap_or("")
+                                .cmp(b.labels.get(l).unwrap_or(""));
                             if o.is_ne() {
                                 break;
                             }
@@ -407,14 +506,22 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
             let s = |i: usize| -> Result<String, QueryError> {
                 match strip_parens(arg(call, i)?) {
                     Expr::StringLiteral(s) => Ok(s.val.clone()),
-                    _ => Err(QueryError::BadData(format!("label_replace argument {} must be a string", i + 1))),
+                    _ => Err(QueryError::BadData(format!(
+                        "label_replace argument {} must be a string",
+                        i + 1
+                    ))),
                 }
             };
             let (dst, repl, src, re) = (s(1)?, s(2)?, s(3)?, s(4)?);
-            let re = regex::Regex::new(&format!("^(?s:{re})$"))
-                .map_err(|err| QueryError::BadData(format!("invalid regular expression in label_replace(): {re}: {err}")))?;
+            let re = regex::Regex::new(&format!("^(?s:{re})$")).map_err(|err| {
+                QueryError::BadData(format!(
+                    "invalid regular expression in label_replace(): {re}: {err}"
+                ))
+            })?;
             if !crate::model::is_valid_label_name(&dst) && dst != METRIC_NAME {
-                return Err(QueryError::BadData(format!("invalid destination label name in label_replace(): {dst}")));
+                return Err(QueryError::BadData(format!(
+                    "invalid destination label name in label_replace(): {dst}"
+                )));
             }
             let out = v
                 .into_iter()
@@ -436,21 +543,32 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
             for i in 1..call.args.args.len() {
                 match strip_parens(arg(call, i)?) {
                     Expr::StringLiteral(s) => strs.push(s.val.clone()),
-                    _ => return Err(QueryError::BadData("label_join arguments must be strings".into())),
+                    _ => {
+                        return Err(QueryError::BadData(
+                            "label_join arguments must be strings".into(),
+                        ))
+                    }
                 }
             }
             if strs.len() < 2 {
-                return Err(QueryError::BadData("label_join needs a destination label and a separator".into()));
+                return Err(QueryError::BadData(
+                    "label_join needs a destination label and a separator".into(),
+                ));
             }
             let dst = strs[0].clone();
             let sep = strs[1].clone();
             if !crate::model::is_valid_label_name(&dst) && dst != METRIC_NAME {
-                return Err(QueryError::BadData(format!("invalid destination label name in label_join(): {dst}")));
+                return Err(QueryError::BadData(format!(
+                    "invalid destination label name in label_join(): {dst}"
+                )));
             }
             let out = v
                 .into_iter()
                 .map(|mut s| {
-                    let joined: Vec<String> = strs[2..].iter().map(|l| s.labels.get(l).unwrap_or("").to_string()).collect();
+                    let joined: Vec<String> = strs[2..]
+                        .iter()
+                        .map(|l| s.labels.get(l).unwrap_or("").to_string())
+                        .collect();
                     s.labels.set(&dst, &joined.join(&sep));
                     s
                 })
@@ -460,28 +578,68 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
         "clamp" | "clamp_min" | "clamp_max" => {
             let v = e.eval_vector(arg(call, 0)?)?;
             let a = e.eval_scalar(arg(call, 1)?)?;
-            let b = if name == "clamp" { e.eval_scalar(arg(call, 2)?)? } else { vec![f64::NAN; n] };
+            let b = if name == "clamp" {
+                e.eval_scalar(arg(call, 2)?)?
+            } else {
+                vec![f64::NAN; n]
+            };
             if name == "clamp" {
                 // An empty result where min > max.
-                return map_vector(v, false, |i, x| (a[i] <= b[i] || a[i].is_nan() || b[i].is_nan()).then(|| x.max(a[i]).min(b[i])).map(|r| if a[i].is_nan() || b[i].is_nan() { f64::NAN } else { r }));
+                return map_vector(v, false, |i, x| {
+                    (a[i] <= b[i] || a[i].is_nan() || b[i].is_nan())
+                        .then(|| x.max(a[i]).min(b[i]))
+                        .map(|r| {
+                            if a[i].is_nan() || b[i].is_nan() {
+                                f64::NAN
+                            } else {
+                                r
+                            }
+                        })
+                });
             }
             let min = name == "clamp_min";
-            map_vector(v, false, |i, x| Some(if a[i].is_nan() { f64::NAN } else if min { x.max(a[i]) } else { x.min(a[i]) }))
+            map_vector(v, false, |i, x| {
+                Some(if a[i].is_nan() {
+                    f64::NAN
+                } else if min {
+                    x.max(a[i])
+                } else {
+                    x.min(a[i])
+                })
+            })
         }
         "round" => {
             let v = e.eval_vector(arg(call, 0)?)?;
-            let to = if call.args.args.len() > 1 { e.eval_scalar(arg(call, 1)?)? } else { vec![1.0; n] };
+            let to = if call.args.args.len() > 1 {
+                e.eval_scalar(arg(call, 1)?)?
+            } else {
+                vec![1.0; n]
+            };
             map_vector(v, false, |i, x| Some(round_to(x, to[i])))
         }
         "histogram_quantile" => super::aggregate::histogram_quantile(e, call),
-        "day_of_month" | "day_of_week" | "day_of_year" | "days_in_month" | "hour" | "minute" | "month" | "year" => {
+        "day_of_month" | "day_of_week" | "day_of_year" | "days_in_month" | "hour" | "minute"
+        | "month" | "year" => {
             let f = |secs: f64| -> f64 {
                 let s = secs.floor() as i64;
                 let days = s.div_euclid(86_400);
                 let sod = s.rem_euclid(86_400);
                 let (y, m, d) = civil_from_days(days);
                 let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-                let mdays = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+                let mdays = [
+                    31,
+                    if leap { 29 } else { 28 },
+                    31,
+                    30,
+                    31,
+                    30,
+                    31,
+                    31,
+                    30,
+                    31,
+                    30,
+                    31,
+                ];
                 match name {
                     "day_of_month" => d as f64,
                     "day_of_week" => (days + 4).rem_euclid(7) as f64,
@@ -500,7 +658,13 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 }]));
             }
             let v = e.eval_vector(arg(call, 0)?)?;
-            map_vector(v, false, |_, x| if x.is_finite() { Some(f(x)) } else { Some(f64::NAN) })
+            map_vector(v, false, |_, x| {
+                if x.is_finite() {
+                    Some(f(x))
+                } else {
+                    Some(f64::NAN)
+                }
+            })
         }
         _ => {
             let f: fn(f64) -> f64 = match name {
@@ -512,7 +676,15 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 "ln" => f64::ln,
                 "log2" => f64::log2,
                 "log10" => f64::log10,
-                "sgn" => |x: f64| if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { x },
+                "sgn" => |x: f64| {
+                    if x > 0.0 {
+                        1.0
+                    } else if x < 0.0 {
+                        -1.0
+                    } else {
+                        x
+                    }
+                },
                 "acos" => f64::acos,
                 "acosh" => f64::acosh,
                 "asin" => f64::asin,
@@ -527,7 +699,11 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 "tanh" => f64::tanh,
                 "deg" => f64::to_degrees,
                 "rad" => f64::to_radians,
-                other => return Err(QueryError::BadData(format!("function \"{other}\" is not supported"))),
+                other => {
+                    return Err(QueryError::BadData(format!(
+                        "function \"{other}\" is not supported"
+                    )))
+                }
             };
             let v = e.eval_vector(arg(call, 0)?)?;
             map_vector(v, false, |_, x| Some(f(x)))
@@ -569,7 +745,14 @@ fn absent_labels(e: &Expr) -> Labels {
             pairs.push((m.name.clone(), m.value.clone()));
         }
     }
-    pairs.retain(|p| vs.matchers.matchers.iter().filter(|m| m.name == p.0).count() == 1);
+    pairs.retain(|p| {
+        vs.matchers
+            .matchers
+            .iter()
+            .filter(|m| m.name == p.0)
+            .count()
+            == 1
+    });
     Labels::from_pairs(pairs)
 }
 

@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 
-
 use super::engine::Engine;
 use super::{QueryValue, Series, Storage};
 use crate::model::{stale_nan, Labels};
@@ -42,11 +41,18 @@ impl Storage for MemStorage {
     fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
         self.series
             .iter()
-            .filter(|(l, _)| matchers.iter().all(|m| m.matches(l.get(&m.name).unwrap_or(""))))
+            .filter(|(l, _)| {
+                matchers
+                    .iter()
+                    .all(|m| m.matches(l.get(&m.name).unwrap_or("")))
+            })
             .map(|(l, s)| {
                 let lo = s.partition_point(|p| p.0 < start);
                 let hi = s.partition_point(|p| p.0 <= end);
-                Series { labels: l.clone(), samples: s[lo..hi.max(lo)].to_vec() }
+                Series {
+                    labels: l.clone(),
+                    samples: s[lo..hi.max(lo)].to_vec(),
+                }
             })
             .filter(|s| !s.samples.is_empty())
             .collect()
@@ -80,7 +86,9 @@ pub fn parse_duration_ms(s: &str) -> Option<i64> {
         }
         let n: i64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let mult = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1000,
@@ -141,7 +149,9 @@ fn parse_points(text: &str) -> Result<Vec<Point>, bool> {
             continue;
         }
         // a+bxN, a-bxN, axN, _xN
-        let Some(xpos) = tok.rfind('x') else { return Err(false) };
+        let Some(xpos) = tok.rfind('x') else {
+            return Err(false);
+        };
         let times: usize = tok[xpos + 1..].parse().map_err(|_| false)?;
         let head = &tok[..xpos];
         if head == "_" {
@@ -154,7 +164,9 @@ fn parse_points(text: &str) -> Result<Vec<Point>, bool> {
         }
         // Split at the last + or - that is not a leading sign nor an exponent sign.
         let bytes = head.as_bytes();
-        let split = (1..bytes.len()).rev().find(|&i| (bytes[i] == b'+' || bytes[i] == b'-') && !matches!(bytes[i - 1], b'e' | b'E'));
+        let split = (1..bytes.len()).rev().find(|&i| {
+            (bytes[i] == b'+' || bytes[i] == b'-') && !matches!(bytes[i - 1], b'e' | b'E')
+        });
         match split {
             Some(i) => {
                 let start = parse_number(&head[..i]).ok_or(false)?;
@@ -182,7 +194,10 @@ fn parse_series_desc(desc: &str) -> Result<Labels, String> {
         pairs.push(("__name__".into(), name.to_string()));
     }
     if name_end < desc.len() {
-        let body = desc[name_end + 1..].trim_end().strip_suffix('}').ok_or_else(|| format!("missing '}}' in {desc}"))?;
+        let body = desc[name_end + 1..]
+            .trim_end()
+            .strip_suffix('}')
+            .ok_or_else(|| format!("missing '}}' in {desc}"))?;
         let mut chars = body.chars().peekable();
         loop {
             while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
@@ -202,7 +217,9 @@ fn parse_series_desc(desc: &str) -> Result<Labels, String> {
             while chars.peek().is_some_and(|c| c.is_whitespace() || *c == '=') {
                 chars.next();
             }
-            let quote = chars.next().ok_or_else(|| format!("missing value for {key} in {desc}"))?;
+            let quote = chars
+                .next()
+                .ok_or_else(|| format!("missing value for {key} in {desc}"))?;
             if quote != '"' && quote != '\'' && quote != '`' {
                 return Err(format!("label value for {key} must be quoted in {desc}"));
             }
@@ -241,7 +258,9 @@ fn split_series(line: &str) -> (&str, &str) {
                     return (&line[..=i], line[i + 1..].trim());
                 }
             }
-            c if c.is_whitespace() && depth == 0 && !in_str => return (&line[..i], line[i..].trim()),
+            c if c.is_whitespace() && depth == 0 && !in_str => {
+                return (&line[..i], line[i..].trim())
+            }
             _ => {}
         }
         prev = c;
@@ -278,7 +297,14 @@ struct Eval {
     expected: Vec<(usize, String)>,
 }
 
-const HISTOGRAM_FUNCS: &[&str] = &["histogram_count", "histogram_sum", "histogram_avg", "histogram_fraction", "histogram_stddev", "histogram_stdvar"];
+const HISTOGRAM_FUNCS: &[&str] = &[
+    "histogram_count",
+    "histogram_sum",
+    "histogram_avg",
+    "histogram_fraction",
+    "histogram_stddev",
+    "histogram_stdvar",
+];
 
 /// Runs one script; `name` is used in messages.
 pub fn run_script(text: &str) -> Outcome {
@@ -299,7 +325,11 @@ pub fn run_script(text: &str) -> Outcome {
         while i < lines.len() {
             let l = lines[i];
             if l.trim().is_empty() || !(l.starts_with(' ') || l.starts_with('\t')) {
-                if l.trim().is_empty() && i + 1 < lines.len() && (lines[i + 1].starts_with(' ') || lines[i + 1].starts_with('\t')) && !line.starts_with("eval") {
+                if l.trim().is_empty()
+                    && i + 1 < lines.len()
+                    && (lines[i + 1].starts_with(' ') || lines[i + 1].starts_with('\t'))
+                    && !line.starts_with("eval")
+                {
                     i += 1;
                     continue;
                 }
@@ -320,7 +350,9 @@ pub fn run_script(text: &str) -> Outcome {
                 let step = parse_duration_ms(rest.trim()).unwrap_or(60_000);
                 for (_, l) in &block {
                     let (desc, pts) = split_series(l);
-                    let Ok(labels) = parse_series_desc(desc) else { continue };
+                    let Ok(labels) = parse_series_desc(desc) else {
+                        continue;
+                    };
                     match parse_points(pts) {
                         Ok(points) => store.add(
                             labels,
@@ -361,7 +393,11 @@ pub fn run_script(text: &str) -> Outcome {
                         let (start, r) = r.split_once(" to ")?;
                         let (end, r) = r.trim().split_once(" step ")?;
                         let (step, q) = r.trim().split_once(char::is_whitespace)?;
-                        ev.range = Some((parse_duration_ms(start.trim())?, parse_duration_ms(end.trim())?, parse_duration_ms(step)?));
+                        ev.range = Some((
+                            parse_duration_ms(start.trim())?,
+                            parse_duration_ms(end.trim())?,
+                            parse_duration_ms(step)?,
+                        ));
                         ev.query = q.trim().to_string();
                         Some(())
                     })()
@@ -387,11 +423,16 @@ pub fn run_script(text: &str) -> Outcome {
                 }
                 if parsed.is_none() {
                     out.failed += 1;
-                    out.failures.push(format!("line {}: cannot parse eval command: {line}", ev.line));
+                    out.failures.push(format!(
+                        "line {}: cannot parse eval command: {line}",
+                        ev.line
+                    ));
                     continue;
                 }
                 let uses_histogram = HISTOGRAM_FUNCS.iter().any(|f| ev.query.contains(f))
-                    || histogram_metrics.iter().any(|m| ev.query.contains(m.as_str()))
+                    || histogram_metrics
+                        .iter()
+                        .any(|m| ev.query.contains(m.as_str()))
                     || ev.expected.iter().any(|(_, l)| l.contains("{{"));
                 if uses_histogram {
                     out.unsupported += 1;
@@ -401,12 +442,14 @@ pub fn run_script(text: &str) -> Outcome {
                     Ok(()) => out.passed += 1,
                     Err(msg) => {
                         out.failed += 1;
-                        out.failures.push(format!("line {}: {}: {}", ev.line, ev.query, msg));
+                        out.failures
+                            .push(format!("line {}: {}: {}", ev.line, ev.query, msg));
                     }
                 }
             }
             _ => {
-                out.failures.push(format!("line {}: unknown command {cmd:?} (ignored)", i));
+                out.failures
+                    .push(format!("line {}: unknown command {cmd:?} (ignored)", i));
             }
         }
     }
@@ -414,7 +457,10 @@ pub fn run_script(text: &str) -> Outcome {
 }
 
 fn fmt_points(p: &[(i64, f64)]) -> String {
-    p.iter().map(|(t, v)| format!("{v}@{}", *t as f64 / 1000.0)).collect::<Vec<_>>().join(" ")
+    p.iter()
+        .map(|(t, v)| format!("{v}@{}", *t as f64 / 1000.0))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn check(store: &MemStorage, ev: &Eval) -> Result<(), String> {
@@ -426,7 +472,9 @@ fn check(store: &MemStorage, ev: &Eval) -> Result<(), String> {
     if ev.fail {
         return match result {
             Err(e) => match &ev.fail_msg {
-                Some(m) if m != &e.to_string() => Err(format!("expected error {m:?}, got {:?}", e.to_string())),
+                Some(m) if m != &e.to_string() => {
+                    Err(format!("expected error {m:?}, got {:?}", e.to_string()))
+                }
                 _ => Ok(()),
             },
             Ok(_) => Err("expected an error, got a result".into()),
@@ -447,13 +495,16 @@ fn check(store: &MemStorage, ev: &Eval) -> Result<(), String> {
             continue;
         }
         let (desc, pts) = split_series(l);
-        let labels = parse_series_desc(desc).map_err(|e| format!("line {ln}: bad expected series: {e}"))?;
+        let labels =
+            parse_series_desc(desc).map_err(|e| format!("line {ln}: bad expected series: {e}"))?;
         let pts = parse_points(pts).map_err(|_| format!("line {ln}: bad expected points"))?;
         expected.push((Some(labels), pts));
     }
     match result {
         QueryValue::Scalar(_, v) => match expected.as_slice() {
-            [(None, p)] if matches!(p.as_slice(), [Point::Value(x)] if almost_equal(*x, v)) => Ok(()),
+            [(None, p)] if matches!(p.as_slice(), [Point::Value(x)] if almost_equal(*x, v)) => {
+                Ok(())
+            }
             _ => Err(format!("expected {:?}, got scalar {v}", ev.expected)),
         },
         QueryValue::String(_, s) => Err(format!("got string {s:?}, expected {:?}", ev.expected)),
@@ -463,15 +514,22 @@ fn check(store: &MemStorage, ev: &Eval) -> Result<(), String> {
                     "expected {} samples, got {}: {}",
                     expected.len(),
                     got.len(),
-                    got.iter().map(|(l, _, v)| format!("{l} {v}")).collect::<Vec<_>>().join(", ")
+                    got.iter()
+                        .map(|(l, _, v)| format!("{l} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
             for (k, (labels, _, v)) in got.iter().enumerate() {
                 let found = if ev.ordered {
                     let (el, ep) = &expected[k];
-                    el.as_ref() == Some(labels) && matches!(ep.as_slice(), [Point::Value(x)] if almost_equal(*x, *v))
+                    el.as_ref() == Some(labels)
+                        && matches!(ep.as_slice(), [Point::Value(x)] if almost_equal(*x, *v))
                 } else {
-                    expected.iter().any(|(el, ep)| el.as_ref() == Some(labels) && matches!(ep.as_slice(), [Point::Value(x)] if almost_equal(*x, *v)))
+                    expected.iter().any(|(el, ep)| {
+                        el.as_ref() == Some(labels)
+                            && matches!(ep.as_slice(), [Point::Value(x)] if almost_equal(*x, *v))
+                    })
                 };
                 if !found {
                     let want = expected.iter().find(|(el, _)| el.as_ref() == Some(labels));
@@ -489,31 +547,67 @@ fn check(store: &MemStorage, ev: &Eval) -> Result<(), String> {
                     "expected {} series, got {}: {}",
                     expected.len(),
                     got.len(),
-                    got.iter().map(|s| format!("{} [{}]", s.labels, fmt_points(&s.samples))).collect::<Vec<_>>().join("; ")
+                    got.iter()
+                        .map(|s| format!("{} [{}]", s.labels, fmt_points(&s.samples)))
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 ));
             }
             for s in &got {
-                let Some((_, pts)) = expected.iter().find(|(el, _)| el.as_ref() == Some(&s.labels)) else {
-                    return Err(format!("unexpected series {} [{}]", s.labels, fmt_points(&s.samples)));
+                let Some((_, pts)) = expected
+                    .iter()
+                    .find(|(el, _)| el.as_ref() == Some(&s.labels))
+                else {
+                    return Err(format!(
+                        "unexpected series {} [{}]",
+                        s.labels,
+                        fmt_points(&s.samples)
+                    ));
                 };
                 // Range queries: expected points are per step; instant matrix results: the
                 // points are the samples in order.
                 let want: Vec<(i64, f64)> = if range {
-                    pts.iter().enumerate().filter_map(|(k, p)| match p {
-                        Point::Value(v) => Some((start + k as i64 * step, *v)),
-                        Point::Gap => None,
-                    }).collect()
+                    pts.iter()
+                        .enumerate()
+                        .filter_map(|(k, p)| match p {
+                            Point::Value(v) => Some((start + k as i64 * step, *v)),
+                            Point::Gap => None,
+                        })
+                        .collect()
                 } else {
-                    let vals: Vec<f64> = pts.iter().filter_map(|p| match p { Point::Value(v) => Some(*v), Point::Gap => None }).collect();
-                    if vals.len() != s.samples.len() || !vals.iter().zip(&s.samples).all(|(a, b)| almost_equal(*a, b.1)) {
-                        return Err(format!("{}: expected values {vals:?}, got [{}]", s.labels, fmt_points(&s.samples)));
+                    let vals: Vec<f64> = pts
+                        .iter()
+                        .filter_map(|p| match p {
+                            Point::Value(v) => Some(*v),
+                            Point::Gap => None,
+                        })
+                        .collect();
+                    if vals.len() != s.samples.len()
+                        || !vals
+                            .iter()
+                            .zip(&s.samples)
+                            .all(|(a, b)| almost_equal(*a, b.1))
+                    {
+                        return Err(format!(
+                            "{}: expected values {vals:?}, got [{}]",
+                            s.labels,
+                            fmt_points(&s.samples)
+                        ));
                     }
                     continue;
                 };
                 let ok = want.len() == s.samples.len()
-                    && want.iter().zip(&s.samples).all(|(a, b)| a.0 == b.0 && almost_equal(a.1, b.1));
+                    && want
+                        .iter()
+                        .zip(&s.samples)
+                        .all(|(a, b)| a.0 == b.0 && almost_equal(a.1, b.1));
                 if !ok {
-                    return Err(format!("{}: expected [{}], got [{}]", s.labels, fmt_points(&want), fmt_points(&s.samples)));
+                    return Err(format!(
+                        "{}: expected [{}], got [{}]",
+                        s.labels,
+                        fmt_points(&want),
+                        fmt_points(&s.samples)
+                    ));
                 }
             }
             Ok(())
@@ -522,13 +616,23 @@ fn check(store: &MemStorage, ev: &Eval) -> Result<(), String> {
 }
 
 /// Runs files and renders the report: per file and overall `N passed, N failed`.
-pub fn run_files(paths: &[std::path::PathBuf], verbose: bool) -> std::io::Result<(String, Outcome)> {
+pub fn run_files(
+    paths: &[std::path::PathBuf],
+    verbose: bool,
+) -> std::io::Result<(String, Outcome)> {
     let mut report = String::new();
     let mut total = Outcome::default();
     for p in paths {
         let text = std::fs::read_to_string(p)?;
         let o = run_script(&text);
-        let _ = writeln!(report, "{}: {} passed, {} failed, {} unsupported", p.display(), o.passed, o.failed, o.unsupported);
+        let _ = writeln!(
+            report,
+            "{}: {} passed, {} failed, {} unsupported",
+            p.display(),
+            o.passed,
+            o.failed,
+            o.unsupported
+        );
         if verbose {
             for f in &o.failures {
                 let _ = writeln!(report, "  FAIL {f}");
@@ -538,8 +642,16 @@ pub fn run_files(paths: &[std::path::PathBuf], verbose: bool) -> std::io::Result
         total.failed += o.failed;
         total.unsupported += o.unsupported;
     }
-    let pct = if total.passed + total.failed > 0 { 100.0 * total.passed as f64 / (total.passed + total.failed) as f64 } else { 0.0 };
-    let _ = writeln!(report, "total: {} passed, {} failed, {} unsupported ({pct:.1}% of float cases)", total.passed, total.failed, total.unsupported);
+    let pct = if total.passed + total.failed > 0 {
+        100.0 * total.passed as f64 / (total.passed + total.failed) as f64
+    } else {
+        0.0
+    };
+    let _ = writeln!(
+        report,
+        "total: {} passed, {} failed, {} unsupported ({pct:.1}% of float cases)",
+        total.passed, total.failed, total.unsupported
+    );
     Ok((report, total))
 }
 

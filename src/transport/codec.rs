@@ -46,10 +46,14 @@ impl<'a> Cursor<'a> {
         Ok(a)
     }
     fn u32(&mut self) -> Result<u32, CodecError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, CodecError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 }
 
@@ -74,12 +78,17 @@ pub fn decode(
         ids.push(id);
     }
     let m = c.u32()? as usize;
-    let body = c.take(m.checked_mul(20).ok_or(CodecError("sample count overflow"))?)?;
+    let body = c.take(
+        m.checked_mul(20)
+            .ok_or(CodecError("sample count overflow"))?,
+    )?;
     for s in body.chunks_exact(20) {
         let idx = u32::from_le_bytes(s[0..4].try_into().expect("4")) as usize;
         let ts = i64::from_le_bytes(s[4..12].try_into().expect("8"));
         let v = f64::from_bits(u64::from_le_bytes(s[12..20].try_into().expect("8")));
-        let id = *ids.get(idx).ok_or(CodecError("sample refers to a missing series"))?;
+        let id = *ids
+            .get(idx)
+            .ok_or(CodecError("sample refers to a missing series"))?;
         on_sample(id, ts, v);
     }
     Ok(())
@@ -105,8 +114,13 @@ mod tests {
         encode(&batch, &mut bytes);
         let mut got = Vec::new();
         let mut series = Vec::new();
-        decode(&bytes, &mut Vec::new(), |id, c| series.push((id, crate::ingest::decode_canonical(c))), |id, t, v| got.push((id, t, v.to_bits())))
-            .unwrap();
+        decode(
+            &bytes,
+            &mut Vec::new(),
+            |id, c| series.push((id, crate::ingest::decode_canonical(c))),
+            |id, t, v| got.push((id, t, v.to_bits())),
+        )
+        .unwrap();
         assert_eq!(series, vec![(batch.series[0].0, batch.labels(0))]);
         assert_eq!(got.len(), 2);
         assert_eq!(got[1].2, f64::NAN.to_bits());

@@ -66,7 +66,10 @@ pub enum LogError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
-    move |source| LogError::Io { path: path.to_path_buf(), source }
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -102,7 +105,10 @@ pub struct Log {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -110,7 +116,11 @@ fn segment_path(dir: &Path, base: u64) -> PathBuf {
 }
 
 /// Reads one frame header; `Ok(None)` at a clean end or a torn/corrupt frame.
-fn read_frame(r: &mut impl Read, with_payload: bool, buf: &mut Vec<u8>) -> io::Result<Option<(i64, i64, u8, u32)>> {
+fn read_frame(
+    r: &mut impl Read,
+    with_payload: bool,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<(i64, i64, u8, u32)>> {
     let mut h = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -150,7 +160,12 @@ impl Log {
         let mut bases: Vec<u64> = fs::read_dir(dir)
             .map_err(io_err(dir))?
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse().ok()))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".seg"))
+                    .and_then(|n| n.parse().ok())
+            })
             .collect();
         bases.sort_unstable();
         if bases.is_empty() {
@@ -165,14 +180,18 @@ impl Log {
             let path = segment_path(dir, base);
             if base != next && i > 0 {
                 // A gap means a lost segment; continue from what is there.
-                tracing_warn(&format!("log segment gap: expected offset {next}, found segment {base}"));
+                tracing_warn(&format!(
+                    "log segment gap: expected offset {next}, found segment {base}"
+                ));
             }
             next = base;
             let file = File::open(&path).map_err(io_err(&path))?;
             let mut r = BufReader::with_capacity(1 << 20, file);
             let mut pos = 0u64;
             let mut buf = Vec::new();
-            while let Some((_, hi, kind, len)) = read_frame(&mut r, true, &mut buf).map_err(io_err(&path))? {
+            while let Some((_, hi, kind, len)) =
+                read_frame(&mut r, true, &mut buf).map_err(io_err(&path))?
+            {
                 let _ = kind;
                 max_ts = max_ts.max(hi);
                 pos += HEADER_LEN as u64 + u64::from(len);
@@ -180,8 +199,14 @@ impl Log {
             }
             let size = fs::metadata(&path).map_err(io_err(&path))?.len();
             if size != pos {
-                tracing_warn(&format!("log segment {}: truncating torn tail at byte {pos} of {size}", path.display()));
-                let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                tracing_warn(&format!(
+                    "log segment {}: truncating torn tail at byte {pos} of {size}",
+                    path.display()
+                ));
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
                 f.set_len(pos).map_err(io_err(&path))?;
                 f.sync_all().map_err(io_err(&path))?;
             }
@@ -189,11 +214,20 @@ impl Log {
             segments.push(Segment { base, path });
         }
         let active = segments.last().expect("at least one segment").path.clone();
-        let file = OpenOptions::new().append(true).open(&active).map_err(io_err(&active))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&active)
+            .map_err(io_err(&active))?;
         let shared = Shared {
             dir: dir.to_path_buf(),
             policy,
-            writer: Mutex::new(Writer { file, path: active, pos: last_pos, next, frame: Vec::new() }),
+            writer: Mutex::new(Writer {
+                file,
+                path: active,
+                pos: last_pos,
+                next,
+                frame: Vec::new(),
+            }),
             sync: Mutex::new(next),
             segments: RwLock::new(segments),
             end: AtomicU64::new(next),
@@ -201,18 +235,32 @@ impl Log {
             last_append_ms: AtomicI64::new(now_ms()),
             appended_bytes: AtomicU64::new(0),
         };
-        Ok(Log { shared: Arc::new(shared) })
+        Ok(Log {
+            shared: Arc::new(shared),
+        })
     }
 
     /// Appends a record and returns its offset once it is durable under the fsync policy.
     /// Blocking: call from a blocking context.
-    pub fn append(&self, kind: RecordKind, min_ts: i64, max_ts: i64, payload: &[u8]) -> Result<u64, LogError> {
+    pub fn append(
+        &self,
+        kind: RecordKind,
+        min_ts: i64,
+        max_ts: i64,
+        payload: &[u8],
+    ) -> Result<u64, LogError> {
         let offset = {
             let mut w = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
             if w.pos >= SEGMENT_BYTES {
                 self.roll(&mut w)?;
             }
-            let Writer { frame, file, path, pos, .. } = &mut *w;
+            let Writer {
+                frame,
+                file,
+                path,
+                pos,
+                ..
+            } = &mut *w;
             frame.clear();
             frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             frame.extend_from_slice(&[0; 4]);
@@ -228,14 +276,21 @@ impl Log {
             if let Err(e) = file.write_all(frame) {
                 // Undo a partial write so the next record starts on a frame boundary.
                 let _ = file.set_len(*pos);
-                return Err(LogError::Io { path: path.clone(), source: e });
+                return Err(LogError::Io {
+                    path: path.clone(),
+                    source: e,
+                });
             }
             w.pos += w.frame.len() as u64;
             let offset = w.next;
             w.next += 1;
             self.shared.max_ts.fetch_max(max_ts, Ordering::Relaxed);
-            self.shared.last_append_ms.store(now_ms(), Ordering::Relaxed);
-            self.shared.appended_bytes.fetch_add(w.frame.len() as u64, Ordering::Relaxed);
+            self.shared
+                .last_append_ms
+                .store(now_ms(), Ordering::Relaxed);
+            self.shared
+                .appended_bytes
+                .fetch_add(w.frame.len() as u64, Ordering::Relaxed);
             if self.shared.policy != FsyncPolicy::Always {
                 self.shared.end.store(w.next, Ordering::Release);
             }
@@ -255,7 +310,11 @@ impl Log {
         }
         let (file, path, target) = {
             let w = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
-            (w.file.try_clone().map_err(io_err(&w.path))?, w.path.clone(), w.next)
+            (
+                w.file.try_clone().map_err(io_err(&w.path))?,
+                w.path.clone(),
+                w.next,
+            )
         };
         file.sync_data().map_err(io_err(&path))?;
         *synced = target;
@@ -265,7 +324,12 @@ impl Log {
 
     /// fsyncs everything appended so far (shutdown, and the `interval` policy's timer).
     pub fn sync(&self) -> Result<(), LogError> {
-        let next = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner()).next;
+        let next = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next;
         if next == 0 {
             return Ok(());
         }
@@ -275,11 +339,22 @@ impl Log {
     fn roll(&self, w: &mut Writer) -> Result<(), LogError> {
         w.file.sync_data().map_err(io_err(&w.path))?;
         let path = segment_path(&self.shared.dir, w.next);
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         if let Ok(d) = File::open(&self.shared.dir) {
             let _ = d.sync_all();
         }
-        self.shared.segments.write().unwrap_or_else(|e| e.into_inner()).push(Segment { base: w.next, path: path.clone() });
+        self.shared
+            .segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Segment {
+                base: w.next,
+                path: path.clone(),
+            });
         w.file = file;
         w.path = path;
         w.pos = 0;
@@ -293,7 +368,11 @@ impl Log {
 
     /// The first retained offset.
     pub fn start_offset(&self) -> u64 {
-        self.shared.segments.read().unwrap_or_else(|e| e.into_inner())[0].base
+        self.shared
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())[0]
+            .base
     }
 
     /// Largest event time of any record appended so far (`i64::MIN` when empty).
@@ -314,11 +393,19 @@ impl Log {
     /// Deletes whole segments (never the active one) last written longer than `age` ago.
     /// Returns how many were deleted.
     pub fn delete_older_than(&self, age: Duration) -> Result<usize, LogError> {
-        let mut segs = self.shared.segments.write().unwrap_or_else(|e| e.into_inner());
+        let mut segs = self
+            .shared
+            .segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         let mut n = 0;
         while segs.len() > 1 {
             let meta = fs::metadata(&segs[0].path).map_err(io_err(&segs[0].path))?;
-            let old = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|e| e > age);
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|e| e > age);
             if !old {
                 break;
             }
@@ -331,7 +418,13 @@ impl Log {
 
     /// A reader positioned at `offset` (clamped up to the first retained offset).
     pub fn reader(&self, offset: u64) -> Result<LogReader, LogError> {
-        let mut r = LogReader { log: self.clone(), seg: usize::MAX, file: None, next: 0, buf: Vec::new() };
+        let mut r = LogReader {
+            log: self.clone(),
+            seg: usize::MAX,
+            file: None,
+            next: 0,
+            buf: Vec::new(),
+        };
         r.seek(offset)?;
         Ok(r)
     }
@@ -354,7 +447,13 @@ impl LogReader {
 
     /// Repositions to `offset` (clamped to the first retained offset).
     pub fn seek(&mut self, offset: u64) -> Result<(), LogError> {
-        let segs = self.log.shared.segments.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let segs = self
+            .log
+            .shared
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let offset = offset.max(segs[0].base);
         let i = segs.iter().rposition(|s| s.base <= offset).unwrap_or(0);
         self.open_segment(&segs[i], i)?;
@@ -376,17 +475,30 @@ impl LogReader {
 
     /// Reads the next record if one is readable; `want(offset)` decides whether its payload is
     /// loaded. Returns `None` at the current end of the log.
-    pub fn next_record(&mut self, want: impl FnOnce(u64) -> bool) -> Result<Option<Record>, LogError> {
+    pub fn next_record(
+        &mut self,
+        want: impl FnOnce(u64) -> bool,
+    ) -> Result<Option<Record>, LogError> {
         if self.next >= self.log.end_offset() {
             return Ok(None);
         }
         // Move to the next segment when this one is exhausted.
         let next_seg = {
-            let segs = self.log.shared.segments.read().unwrap_or_else(|e| e.into_inner());
-            let cur = segs.iter().position(|s| s.base > self.next).map(|j| j.saturating_sub(1));
+            let segs = self
+                .log
+                .shared
+                .segments
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            let cur = segs
+                .iter()
+                .position(|s| s.base > self.next)
+                .map(|j| j.saturating_sub(1));
             match cur {
                 Some(j) if j != self.seg => Some((segs[j].clone(), j)),
-                None if self.seg != segs.len() - 1 => Some((segs[segs.len() - 1].clone(), segs.len() - 1)),
+                None if self.seg != segs.len() - 1 => {
+                    Some((segs[segs.len() - 1].clone(), segs.len() - 1))
+                }
                 _ => None,
             }
         };
@@ -395,7 +507,15 @@ impl LogReader {
                 self.open_segment(&seg, j)?;
             }
         }
-        let path = self.log.shared.segments.read().unwrap_or_else(|e| e.into_inner()).get(self.seg).map(|s| s.path.clone()).unwrap_or_default();
+        let path = self
+            .log
+            .shared
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(self.seg)
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
         let offset = self.next;
         let load = want(offset);
         let file = self.file.as_mut().expect("open segment");
@@ -406,7 +526,11 @@ impl LogReader {
         let crc = u32::from_le_bytes(h[4..8].try_into().expect("4"));
         let min_ts = i64::from_le_bytes(h[8..16].try_into().expect("8"));
         let max_ts = i64::from_le_bytes(h[16..24].try_into().expect("8"));
-        let kind = if h[24] == 2 { RecordKind::Tick } else { RecordKind::Batch };
+        let kind = if h[24] == 2 {
+            RecordKind::Tick
+        } else {
+            RecordKind::Batch
+        };
         let payload = if load {
             self.buf.resize(len, 0);
             file.read_exact(&mut self.buf).map_err(io_err(&path))?;
@@ -416,7 +540,10 @@ impl LogReader {
             if hasher.finalize() != crc {
                 return Err(LogError::Io {
                     path,
-                    source: io::Error::new(io::ErrorKind::InvalidData, format!("CRC mismatch in record {offset}")),
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("CRC mismatch in record {offset}"),
+                    ),
                 });
             }
             std::mem::take(&mut self.buf)
@@ -425,7 +552,13 @@ impl LogReader {
             Vec::new()
         };
         self.next += 1;
-        Ok(Some(Record { offset, min_ts, max_ts, kind, payload }))
+        Ok(Some(Record {
+            offset,
+            min_ts,
+            max_ts,
+            kind,
+            payload,
+        }))
     }
 
     /// Gives a payload buffer back for reuse.
@@ -440,7 +573,6 @@ fn tracing_warn(msg: &str) {
     eprintln!("tidemark: warning: {msg}");
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,13 +582,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path(), FsyncPolicy::Always).unwrap();
         for i in 0..10i64 {
-            assert_eq!(log.append(RecordKind::Batch, i, i + 1, format!("rec{i}").as_bytes()).unwrap(), i as u64);
+            assert_eq!(
+                log.append(RecordKind::Batch, i, i + 1, format!("rec{i}").as_bytes())
+                    .unwrap(),
+                i as u64
+            );
         }
         let mut r = log.reader(3).unwrap();
         let rec = r.next_record(|_| true).unwrap().unwrap();
         assert_eq!((rec.offset, rec.payload.as_slice()), (3, &b"rec3"[..]));
         let skipped = r.next_record(|_| false).unwrap().unwrap();
-        assert_eq!((skipped.offset, skipped.max_ts, skipped.payload.len()), (4, 5, 0));
+        assert_eq!(
+            (skipped.offset, skipped.max_ts, skipped.payload.len()),
+            (4, 5, 0)
+        );
         drop(log);
         // Tear the tail: append half a frame.
         let seg = segment_path(dir.path(), 0);

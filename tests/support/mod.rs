@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 
 /// A free port on 127.0.0.1 (bound and released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `tidemark up`.
@@ -24,7 +28,11 @@ pub struct Tidemark {
 }
 
 pub fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(60))).build().into()
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
 }
 
 impl Tidemark {
@@ -48,7 +56,11 @@ impl Tidemark {
     pub fn spawn(&mut self) {
         let port = free_port();
         self.url = format!("http://127.0.0.1:{port}");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemark"));
         cmd.arg("up")
             .arg("--listen")
@@ -60,7 +72,11 @@ impl Tidemark {
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
-        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start tidemark");
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tidemark");
         self.child = Some(child);
         self.wait_ready();
     }
@@ -75,11 +91,17 @@ impl Tidemark {
                 }
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("tidemark exited with {status}: {}", std::fs::read_to_string(&self.log_path).unwrap_or_default());
+                panic!(
+                    "tidemark exited with {status}: {}",
+                    std::fs::read_to_string(&self.log_path).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("tidemark not ready in 60s: {}", std::fs::read_to_string(&self.log_path).unwrap_or_default());
+        panic!(
+            "tidemark not ready in 60s: {}",
+            std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        );
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -94,14 +116,25 @@ impl Tidemark {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let c = self.child.take().expect("running");
         let pid = c.id();
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
         let mut c = c;
         c.wait().unwrap()
     }
 
     /// POSTs a body; returns (status, body text).
-    pub fn post(&self, path: &str, content_type: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-        let mut req = agent().post(format!("{}{}", self.url, path)).header("Content-Type", content_type);
+    pub fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        let mut req = agent()
+            .post(format!("{}{}", self.url, path))
+            .header("Content-Type", content_type);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -114,7 +147,10 @@ impl Tidemark {
 
     /// GETs a path; returns (status, body text).
     pub fn get(&self, path_and_query: &str) -> (u16, String) {
-        let mut r = agent().get(format!("{}{}", self.url, path_and_query)).call().expect("request");
+        let mut r = agent()
+            .get(format!("{}{}", self.url, path_and_query))
+            .call()
+            .expect("request");
         let status = r.status().as_u16();
         let mut s = String::new();
         r.body_mut().as_reader().read_to_string(&mut s).unwrap();
@@ -134,7 +170,11 @@ impl Tidemark {
     pub fn metric(&self, name_and_labels: &str) -> f64 {
         let (_, body) = self.get("/metrics");
         body.lines()
-            .find_map(|l| l.strip_prefix(name_and_labels).and_then(|r| r.strip_prefix(' ')).map(|v| v.parse().unwrap()))
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)
+                    .and_then(|r| r.strip_prefix(' '))
+                    .map(|v| v.parse().unwrap())
+            })
             .unwrap_or_else(|| panic!("metric {name_and_labels} not found in {body}"))
     }
 
@@ -146,7 +186,10 @@ impl Tidemark {
                 return v;
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; server log: {}", std::fs::read_to_string(&self.log_path).unwrap_or_default());
+                panic!(
+                    "timed out waiting for {what}; server log: {}",
+                    std::fs::read_to_string(&self.log_path).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -163,7 +206,9 @@ impl Drop for Tidemark {
 pub fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -171,7 +216,10 @@ pub fn enc(s: &str) -> String {
 
 /// Wall-clock now in ms.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// A deterministic xorshift generator.

@@ -45,7 +45,11 @@ struct BitWriter {
 
 impl BitWriter {
     fn new() -> Self {
-        BitWriter { buf: Vec::with_capacity(64), acc: 0, nbits: 0 }
+        BitWriter {
+            buf: Vec::with_capacity(64),
+            acc: 0,
+            nbits: 0,
+        }
     }
     #[inline]
     fn write(&mut self, value: u64, bits: u32) {
@@ -53,10 +57,18 @@ impl BitWriter {
         if bits == 0 {
             return;
         }
-        let value = if bits == 64 { value } else { value & ((1u64 << bits) - 1) };
+        let value = if bits == 64 {
+            value
+        } else {
+            value & ((1u64 << bits) - 1)
+        };
         let free = 64 - self.nbits;
         if bits <= free {
-            self.acc |= if bits == 64 { value } else { value << (free - bits) };
+            self.acc |= if bits == 64 {
+                value
+            } else {
+                value << (free - bits)
+            };
             self.nbits += bits;
         } else {
             let hi = bits - free;
@@ -161,7 +173,11 @@ fn best_width(values: &[u64]) -> (u32, usize) {
             if n == 0 {
                 continue;
             }
-            cost += n * if len as u32 <= w { 1 + w as usize } else { 7 + len };
+            cost += n * if len as u32 <= w {
+                1 + w as usize
+            } else {
+                7 + len
+            };
         }
         if cost < best.1 {
             best = (w, cost);
@@ -196,7 +212,9 @@ fn read_code(r: &mut BitReader<'_>, width: u32) -> u64 {
     }
 }
 
-const POW10: [f64; 16] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
 
 /// The smallest exponent `e` with `round(v * 10^e) / 10^e == v` bit for bit, if any.
 fn decimal_exponent(v: f64) -> Option<u32> {
@@ -264,21 +282,33 @@ fn encode_decimal(w: &mut BitWriter, values: &[f64], exp: u32, dod: bool) {
     }
     // The common divisor of everything after the leading delta(s).
     let skip = usize::from(dod);
-    let g = deltas.iter().skip(skip).fold(0u64, |g, &d| gcd(g, d.unsigned_abs())).max(1);
+    let g = deltas
+        .iter()
+        .skip(skip)
+        .fold(0u64, |g, &d| gcd(g, d.unsigned_abs()))
+        .max(1);
     w.write(u64::from(exp), 5);
     w.write_var(g);
     w.write_var(zigzag(ints[0]));
     if dod {
         w.write_var(zigzag(deltas.first().copied().unwrap_or(0)));
     }
-    let codes: Vec<u64> = deltas.iter().skip(skip).map(|&d| zigzag(d / g as i64)).collect();
+    let codes: Vec<u64> = deltas
+        .iter()
+        .skip(skip)
+        .map(|&d| zigzag(d / g as i64))
+        .collect();
     write_codes(w, &codes);
 }
 
 impl Chunk {
     /// Encodes samples sorted by time with distinct timestamps (1..=65535 of them).
     pub fn encode(samples: &[(i64, f64)]) -> Chunk {
-        assert!(!samples.is_empty() && samples.len() <= u16::MAX as usize, "chunk of {} samples", samples.len());
+        assert!(
+            !samples.is_empty() && samples.len() <= u16::MAX as usize,
+            "chunk of {} samples",
+            samples.len()
+        );
         let mut w = BitWriter::new();
         let n = samples.len();
         w.write(n as u64, 16);
@@ -288,17 +318,29 @@ impl Chunk {
             w.write_var(zigzag(d0));
             let dods: Vec<u64> = samples
                 .windows(3)
-                .map(|x| zigzag(x[2].0.wrapping_sub(x[1].0).wrapping_sub(x[1].0.wrapping_sub(x[0].0))))
+                .map(|x| {
+                    zigzag(
+                        x[2].0
+                            .wrapping_sub(x[1].0)
+                            .wrapping_sub(x[1].0.wrapping_sub(x[0].0)),
+                    )
+                })
                 .collect();
             write_codes(&mut w, &dods);
         }
         let values: Vec<f64> = samples.iter().map(|s| s.1).collect();
         let ts_bits = w.bit_len();
-        let exp = values.iter().try_fold(0u32, |e, &v| decimal_exponent(v).map(|x| x.max(e)));
+        let exp = values
+            .iter()
+            .try_fold(0u32, |e, &v| decimal_exponent(v).map(|x| x.max(e)));
         // Try every applicable codec on a scratch writer; keep the smallest.
         let mut best: Option<(ValueCodec, usize)> = None;
         let candidates: &[ValueCodec] = if exp.is_some() {
-            &[ValueCodec::Gorilla, ValueCodec::DecimalDelta, ValueCodec::DecimalDod]
+            &[
+                ValueCodec::Gorilla,
+                ValueCodec::DecimalDelta,
+                ValueCodec::DecimalDod,
+            ]
         } else {
             &[ValueCodec::Gorilla]
         };
@@ -336,7 +378,10 @@ impl Chunk {
 
     /// Appends the chunk's samples to `out`.
     pub fn decode_into(&self, out: &mut Vec<(i64, f64)>) {
-        let mut r = BitReader { buf: &self.bytes, pos: 0 };
+        let mut r = BitReader {
+            buf: &self.bytes,
+            pos: 0,
+        };
         let n = r.read(16) as usize;
         let base = out.len();
         out.reserve(n);
@@ -419,7 +464,14 @@ mod tests {
         assert_eq!(out.len(), samples.len());
         for (a, b) in out.iter().zip(samples) {
             assert_eq!(a.0, b.0);
-            assert_eq!(a.1.to_bits(), b.1.to_bits(), "{:?} vs {:?} codec {:?}", a, b, c.codec);
+            assert_eq!(
+                a.1.to_bits(),
+                b.1.to_bits(),
+                "{:?} vs {:?} codec {:?}",
+                a,
+                b,
+                c.codec
+            );
         }
         c
     }
@@ -428,21 +480,41 @@ mod tests {
     fn codecs_round_trip() {
         round_trip(&[(5, 1.0)]);
         round_trip(&[(5, 1.0), (6, -2.5)]);
-        let cpu: Vec<(i64, f64)> = (0..120).map(|i| (1_700_000_000_000 + i * 10_000, ((i * 37 % 1000) as f64) / 1000.0)).collect();
+        let cpu: Vec<(i64, f64)> = (0..120)
+            .map(|i| {
+                (
+                    1_700_000_000_000 + i * 10_000,
+                    ((i * 37 % 1000) as f64) / 1000.0,
+                )
+            })
+            .collect();
         let c = round_trip(&cpu);
         assert_ne!(c.codec, ValueCodec::Gorilla);
-        let counter: Vec<(i64, f64)> = (0..120).map(|i| (i * 10_000 + (i % 3), (i * 1000 + i % 7) as f64)).collect();
+        let counter: Vec<(i64, f64)> = (0..120)
+            .map(|i| (i * 10_000 + (i % 3), (i * 1000 + i % 7) as f64))
+            .collect();
         round_trip(&counter);
-        let mem: Vec<(i64, f64)> = (0..120).map(|i| (i * 10_000, (8_000_000_000i64 + (i * i % 13) * 4096) as f64)).collect();
+        let mem: Vec<(i64, f64)> = (0..120)
+            .map(|i| (i * 10_000, (8_000_000_000i64 + (i * i % 13) * 4096) as f64))
+            .collect();
         let c = round_trip(&mem);
         // 119 deltas of at most 12 pages: 6 bits each after the gcd (4096), plus 1-bit timestamps.
         assert!(c.size() <= 130, "mem chunk {} bytes", c.size());
         assert_ne!(c.codec, ValueCodec::Gorilla);
-        let weird = vec![(0, f64::NAN), (1, f64::INFINITY), (2, -0.0), (3, 1e300), (4, f64::from_bits(0x7ff0000000000002)), (5, 0.1 + 0.2)];
+        let weird = vec![
+            (0, f64::NAN),
+            (1, f64::INFINITY),
+            (2, -0.0),
+            (3, 1e300),
+            (4, f64::from_bits(0x7ff0000000000002)),
+            (5, 0.1 + 0.2),
+        ];
         let c = round_trip(&weird);
         assert_eq!(c.codec, ValueCodec::Gorilla);
         round_trip(&[(i64::MIN, 1.0), (i64::MAX, 2.0), (0, 3.0)]);
-        let big: Vec<(i64, f64)> = (0..120).map(|i| (i, if i == 50 { 1e15 } else { i as f64 })).collect();
+        let big: Vec<(i64, f64)> = (0..120)
+            .map(|i| (i, if i == 50 { 1e15 } else { i as f64 }))
+            .collect();
         round_trip(&big);
     }
 }

@@ -28,13 +28,23 @@ pub enum MatchOp {
 impl Matcher {
     /// `name = value`.
     pub fn eq(name: &str, value: &str) -> Self {
-        Matcher { name: name.to_string(), op: MatchOp::Eq(value.to_string()) }
+        Matcher {
+            name: name.to_string(),
+            op: MatchOp::Eq(value.to_string()),
+        }
     }
 
     /// Builds a regex matcher, anchoring the pattern.
     pub fn regex(name: &str, pattern: &str, negate: bool) -> Result<Self, regex::Error> {
         let re = Regex::new(&format!("^(?s:{pattern})$"))?;
-        Ok(Matcher { name: name.to_string(), op: if negate { MatchOp::Nre(re) } else { MatchOp::Re(re) } })
+        Ok(Matcher {
+            name: name.to_string(),
+            op: if negate {
+                MatchOp::Nre(re)
+            } else {
+                MatchOp::Re(re)
+            },
+        })
     }
 
     /// Whether a label value (`""` when absent) matches.
@@ -76,7 +86,10 @@ fn shard(id: SeriesId) -> usize {
 impl Catalog {
     /// True when the series is known.
     pub fn contains(&self, id: SeriesId) -> bool {
-        self.shards[shard(id)].read().unwrap_or_else(|e| e.into_inner()).contains_key(&id)
+        self.shards[shard(id)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&id)
     }
 
     /// Registers a series from its canonical encoding unless known. Returns true when new.
@@ -91,7 +104,9 @@ impl Catalog {
     pub fn register(&self, id: SeriesId, labels: Labels) -> bool {
         let labels = Arc::new(labels);
         {
-            let mut s = self.shards[shard(id)].write().unwrap_or_else(|e| e.into_inner());
+            let mut s = self.shards[shard(id)]
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             if s.contains_key(&id) {
                 return false;
             }
@@ -99,7 +114,11 @@ impl Catalog {
         }
         let mut p = self.postings.write().unwrap_or_else(|e| e.into_inner());
         for (k, v) in labels.iter() {
-            p.entry(k.to_string()).or_default().entry(v.to_string()).or_default().insert(id);
+            p.entry(k.to_string())
+                .or_default()
+                .entry(v.to_string())
+                .or_default()
+                .insert(id);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         true
@@ -107,7 +126,11 @@ impl Catalog {
 
     /// Forgets a series.
     pub fn remove(&self, id: SeriesId) {
-        let Some(labels) = self.shards[shard(id)].write().unwrap_or_else(|e| e.into_inner()).remove(&id) else {
+        let Some(labels) = self.shards[shard(id)]
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+        else {
             return;
         };
         let mut p = self.postings.write().unwrap_or_else(|e| e.into_inner());
@@ -129,7 +152,11 @@ impl Catalog {
 
     /// Labels of a series.
     pub fn labels(&self, id: SeriesId) -> Option<Arc<Labels>> {
-        self.shards[shard(id)].read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+        self.shards[shard(id)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     /// Number of series.
@@ -145,7 +172,9 @@ impl Catalog {
     /// Number of series of one metric name.
     pub fn series_of_metric(&self, metric: &str) -> usize {
         let p = self.postings.read().unwrap_or_else(|e| e.into_inner());
-        p.get(METRIC_NAME).and_then(|v| v.get(metric)).map_or(0, |s| s.len())
+        p.get(METRIC_NAME)
+            .and_then(|v| v.get(metric))
+            .map_or(0, |s| s.len())
     }
 
     /// Series matching every matcher. A label that is absent has the value `""`.
@@ -158,7 +187,11 @@ impl Catalog {
             let set: BTreeSet<SeriesId> = match (&m.op, values) {
                 (_, None) => BTreeSet::new(),
                 (MatchOp::Eq(v), Some(vals)) => vals.get(v).cloned().unwrap_or_default(),
-                (_, Some(vals)) => vals.iter().filter(|(v, _)| m.matches(v)).flat_map(|(_, s)| s.iter().copied()).collect(),
+                (_, Some(vals)) => vals
+                    .iter()
+                    .filter(|(v, _)| m.matches(v))
+                    .flat_map(|(_, s)| s.iter().copied())
+                    .collect(),
             };
             if set.is_empty() {
                 return Vec::new();
@@ -167,8 +200,17 @@ impl Catalog {
         }
         sets.sort_by_key(|s| s.len());
         let candidates: Vec<SeriesId> = match sets.split_first() {
-            Some((first, rest)) => first.iter().copied().filter(|id| rest.iter().all(|s| s.contains(id))).collect(),
-            None => p.values().flat_map(|vals| vals.values().flat_map(|s| s.iter().copied())).collect::<BTreeSet<_>>().into_iter().collect(),
+            Some((first, rest)) => first
+                .iter()
+                .copied()
+                .filter(|id| rest.iter().all(|s| s.contains(id)))
+                .collect(),
+            None => p
+                .values()
+                .flat_map(|vals| vals.values().flat_map(|s| s.iter().copied()))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         };
         drop(p);
         // Check the remaining matchers against each candidate's labels.
@@ -179,14 +221,21 @@ impl Catalog {
         candidates
             .into_iter()
             .filter(|id| {
-                self.labels(*id).is_some_and(|l| rest.iter().all(|m| m.matches(l.get(&m.name).unwrap_or(""))))
+                self.labels(*id)
+                    .is_some_and(|l| rest.iter().all(|m| m.matches(l.get(&m.name).unwrap_or(""))))
             })
             .collect()
     }
 
     /// All label names, sorted.
     pub fn label_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.postings.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        let mut v: Vec<String> = self
+            .postings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         v.sort();
         v
     }
@@ -194,7 +243,10 @@ impl Catalog {
     /// All values of a label, sorted.
     pub fn label_values(&self, name: &str) -> Vec<String> {
         let p = self.postings.read().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<String> = p.get(name).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        let mut v: Vec<String> = p
+            .get(name)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
         v.sort();
         v
     }
@@ -216,9 +268,24 @@ mod tests {
         mk(&[("__name__", "mem"), ("host", "a"), ("env", "dev")]);
         let sel = |ms: Vec<Matcher>| c.select(&ms).len();
         assert_eq!(sel(vec![Matcher::eq("__name__", "cpu")]), 2);
-        assert_eq!(sel(vec![Matcher::eq("__name__", "cpu"), Matcher::eq("env", "")]), 1);
-        assert_eq!(sel(vec![Matcher { name: "env".into(), op: MatchOp::Ne("prod".into()) }]), 2);
-        assert_eq!(sel(vec![Matcher::regex("host", "a|b", false).unwrap(), Matcher::regex("__name__", "c.*", true).unwrap()]), 1);
+        assert_eq!(
+            sel(vec![Matcher::eq("__name__", "cpu"), Matcher::eq("env", "")]),
+            1
+        );
+        assert_eq!(
+            sel(vec![Matcher {
+                name: "env".into(),
+                op: MatchOp::Ne("prod".into())
+            }]),
+            2
+        );
+        assert_eq!(
+            sel(vec![
+                Matcher::regex("host", "a|b", false).unwrap(),
+                Matcher::regex("__name__", "c.*", true).unwrap()
+            ]),
+            1
+        );
         assert_eq!(sel(vec![Matcher::regex("host", ".*", false).unwrap()]), 3);
         assert_eq!(sel(vec![Matcher::eq("nope", "x")]), 0);
         assert_eq!(c.series_of_metric("cpu"), 2);

@@ -115,7 +115,11 @@ impl SeriesData {
     /// A sample older than the head goes into the sealed chunk that covers its time.
     #[cold]
     fn insert_sealed(&mut self, ts: i64, v: f64) -> (i64, i64, i64) {
-        let i = self.sealed.iter().rposition(|c| c.min_ts <= ts).unwrap_or(0);
+        let i = self
+            .sealed
+            .iter()
+            .rposition(|c| c.min_ts <= ts)
+            .unwrap_or(0);
         let mut samples = Vec::with_capacity(self.sealed[i].count as usize + 1);
         self.sealed[i].decode_into(&mut samples);
         let added = match samples.binary_search_by_key(&ts, |p| p.0) {
@@ -176,7 +180,8 @@ impl HotIndex {
 
     /// The oldest timestamp the index accepts now.
     pub fn min_valid_ts(&self) -> i64 {
-        self.newest().map_or(i64::MIN, |n| n.saturating_sub(self.retention_ms))
+        self.newest()
+            .map_or(i64::MIN, |n| n.saturating_sub(self.retention_ms))
     }
 
     /// Retention window in ms.
@@ -197,15 +202,19 @@ impl HotIndex {
                 too_old += 1;
                 continue;
             }
-            let mut shard = self.shards[shard(s.series)].write().unwrap_or_else(|e| e.into_inner());
+            let mut shard = self.shards[shard(s.series)]
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             let (b, h, se) = shard.entry(s.series).or_default().insert(s.ts, s.value);
             dbytes += b;
             dhead += h;
             dsealed += se;
         }
         let st = &self.stats;
-        st.samples_appended.fetch_add((samples.len() - too_old) as u64, Ordering::Relaxed);
-        st.samples_out_of_retention.fetch_add(too_old as u64, Ordering::Relaxed);
+        st.samples_appended
+            .fetch_add((samples.len() - too_old) as u64, Ordering::Relaxed);
+        st.samples_out_of_retention
+            .fetch_add(too_old as u64, Ordering::Relaxed);
         st.chunk_bytes.fetch_add(dbytes, Ordering::Relaxed);
         st.head_samples.fetch_add(dhead, Ordering::Relaxed);
         st.sealed_samples.fetch_add(dsealed, Ordering::Relaxed);
@@ -216,9 +225,15 @@ impl HotIndex {
     pub fn upsert(&self, rollups: &[Rollup]) {
         let mut added = 0;
         for r in rollups {
-            let mut shard = self.shards[shard(r.series)].write().unwrap_or_else(|e| e.into_inner());
+            let mut shard = self.shards[shard(r.series)]
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             let s = shard.entry(r.series).or_default();
-            let v = if r.width >= 3_600_000 { &mut s.r1h } else { &mut s.r1m };
+            let v = if r.width >= 3_600_000 {
+                &mut s.r1h
+            } else {
+                &mut s.r1m
+            };
             if upsert_rollup(v, *r) {
                 added += 1;
             }
@@ -228,7 +243,9 @@ impl HotIndex {
 
     /// Raw samples of a series in `[start, end]`, sorted by time.
     pub fn samples(&self, id: SeriesId, start: i64, end: i64, out: &mut Vec<(i64, f64)>) {
-        let shard = self.shards[shard(id)].read().unwrap_or_else(|e| e.into_inner());
+        let shard = self.shards[shard(id)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(s) = shard.get(&id) {
             s.samples_in(start, end, out);
         }
@@ -236,8 +253,12 @@ impl HotIndex {
 
     /// Rollups of a series whose window starts in `[start, end]`.
     pub fn rollups(&self, id: SeriesId, res: Resolution, start: i64, end: i64) -> Vec<Rollup> {
-        let shard = self.shards[shard(id)].read().unwrap_or_else(|e| e.into_inner());
-        let Some(s) = shard.get(&id) else { return Vec::new() };
+        let shard = self.shards[shard(id)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(s) = shard.get(&id) else {
+            return Vec::new();
+        };
         let v = match res {
             Resolution::OneMinute => &s.r1m,
             Resolution::OneHour => &s.r1h,
@@ -258,7 +279,8 @@ impl HotIndex {
 
     /// Samples held.
     pub fn sample_count(&self) -> i64 {
-        self.stats.head_samples.load(Ordering::Relaxed) + self.stats.sealed_samples.load(Ordering::Relaxed)
+        self.stats.head_samples.load(Ordering::Relaxed)
+            + self.stats.sealed_samples.load(Ordering::Relaxed)
     }
 
     /// Drops data older than the retention window, and series left with nothing.
@@ -290,7 +312,10 @@ impl HotIndex {
                     v.drain(..n);
                     drollups -= n as i64;
                 }
-                let keep = !(s.sealed.is_empty() && s.head.is_empty() && s.r1m.is_empty() && s.r1h.is_empty());
+                let keep = !(s.sealed.is_empty()
+                    && s.head.is_empty()
+                    && s.r1m.is_empty()
+                    && s.r1h.is_empty());
                 if !keep {
                     removed.push(*id);
                 }
@@ -325,11 +350,28 @@ mod tests {
     fn out_of_order_and_sealed_inserts() {
         let h = HotIndex::new(i64::MAX / 4);
         let id = 42;
-        let mut samples: Vec<Sample> = (0..300).map(|i| Sample { series: id, ts: i * 10, value: i as f64 }).collect();
+        let mut samples: Vec<Sample> = (0..300)
+            .map(|i| Sample {
+                series: id,
+                ts: i * 10,
+                value: i as f64,
+            })
+            .collect();
         // Reverse a window and re-send duplicates: last write wins.
         samples[100..140].reverse();
         h.append_samples(&samples);
-        h.append_samples(&[Sample { series: id, ts: 50, value: -1.0 }, Sample { series: id, ts: 55, value: -2.0 }]);
+        h.append_samples(&[
+            Sample {
+                series: id,
+                ts: 50,
+                value: -1.0,
+            },
+            Sample {
+                series: id,
+                ts: 55,
+                value: -2.0,
+            },
+        ]);
         let mut out = Vec::new();
         h.samples(id, 0, 10_000, &mut out);
         assert_eq!(out.len(), 301);
@@ -345,9 +387,31 @@ mod tests {
     #[test]
     fn retention_from_newest() {
         let h = HotIndex::new(1000);
-        h.append_samples(&[Sample { series: 1, ts: 5000, value: 1.0 }]);
-        assert_eq!(h.append_samples(&[Sample { series: 1, ts: 3000, value: 1.0 }, Sample { series: 1, ts: 4500, value: 1.0 }]), 1);
-        h.append_samples(&[Sample { series: 1, ts: 7000, value: 1.0 }]);
+        h.append_samples(&[Sample {
+            series: 1,
+            ts: 5000,
+            value: 1.0,
+        }]);
+        assert_eq!(
+            h.append_samples(&[
+                Sample {
+                    series: 1,
+                    ts: 3000,
+                    value: 1.0
+                },
+                Sample {
+                    series: 1,
+                    ts: 4500,
+                    value: 1.0
+                }
+            ]),
+            1
+        );
+        h.append_samples(&[Sample {
+            series: 1,
+            ts: 7000,
+            value: 1.0,
+        }]);
         h.gc();
         let mut out = Vec::new();
         h.samples(1, 0, 10_000, &mut out);
