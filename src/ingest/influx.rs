@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 
 use super::{parse_f64, parse_i64, BatchBuilder, SeriesBuf};
+use crate::model::{is_valid_label_name, is_valid_metric_name};
 
 /// Timestamp unit of the `precision` query parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -42,25 +43,46 @@ impl Precision {
 }
 
 /// Parses a whole body into `out`; `now_ms` stamps lines without a timestamp.
-pub fn parse(body: &[u8], precision: Precision, now_ms: i64, out: &mut BatchBuilder<'_>) {
-    let mut buf = SeriesBuf::default();
-    let mut scratch = Scratch::default();
-    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
-        let line = trim(line);
-        if line.is_empty() || line[0] == b'#' {
+pub fn parse<'a>(body: &'a [u8], precision: Precision, now_ms: i64, out: &mut BatchBuilder<'_>) {
+    // Names are sanitized here, so the builder need not validate them again.
+    let mut buf = SeriesBuf { names_prevalidated: true, ..SeriesBuf::default() };
+    let mut fields: Vec<Field> = Vec::new();
+    out.reserve(body.len() / 96);
+    // Validate UTF-8 once for the whole body; only a body with invalid bytes is checked per line.
+    let whole = std::str::from_utf8(body).ok();
+    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
+        let raw = trim(raw);
+        if raw.is_empty() || raw[0] == b'#' {
             continue;
         }
-        if let Err(reason) = parse_line(line, precision, now_ms, i + 1, &mut buf, &mut scratch, out)
+        let line: &'a str = match whole {
+            Some(text) => {
+                let start = raw.as_ptr() as usize - body.as_ptr() as usize;
+                &text[start..start + raw.len()]
+            }
+            None => match std::str::from_utf8(raw) {
+                Ok(l) => l,
+                Err(e) => {
+                    out.error(
+                        i + 1,
+                        format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1),
+                    );
+                    continue;
+                }
+            },
+        };
+        if let Err(reason) = parse_line(line, precision, now_ms, i + 1, &mut buf, &mut fields, out)
         {
             out.error(i + 1, reason);
         }
     }
 }
 
-#[derive(Default)]
-struct Scratch {
-    name: String,
-    fields: Vec<(usize, usize, usize, usize)>,
+/// A field's key range, value range and whether the key has escapes.
+struct Field {
+    key: (usize, usize),
+    value: (usize, usize),
+    escaped: bool,
 }
 
 fn trim(mut s: &[u8]) -> &[u8] {
@@ -73,28 +95,36 @@ fn trim(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// Scans from `pos` to the first unescaped byte in `stops`; returns the end index and whether an
-/// escape was seen.
-#[inline]
-fn scan(line: &[u8], mut pos: usize, stops: &[u8]) -> (usize, bool) {
+/// Stop at a space or comma.
+const SPACE_COMMA: bool = false;
+/// Stop at a space, comma or equals sign.
+const KEY_END: bool = true;
+
+/// Scans from `pos` to the first unescaped space or comma (and `=` when `key`); returns the end
+/// index and whether an escape was seen.
+#[inline(always)]
+fn scan(line: &[u8], mut pos: usize, key: bool) -> (usize, bool) {
     let mut escaped = false;
-    while pos < line.len() {
-        let c = line[pos];
-        if c == b'\\' && pos + 1 < line.len() {
-            escaped = true;
-            pos += 2;
-            continue;
+    while let Some(&c) = line.get(pos) {
+        match c {
+            b' ' | b',' => break,
+            b'=' if key => break,
+            b'\\' if pos + 1 < line.len() => {
+                escaped = true;
+                pos += 2;
+            }
+            _ => pos += 1,
         }
-        if stops.contains(&c) {
-            break;
-        }
-        pos += 1;
     }
-    (pos, escaped)
+    (pos.min(line.len()), escaped)
 }
 
-fn unescape(s: &[u8], escaped: bool) -> Result<Cow<'_, str>, String> {
-    let text = std::str::from_utf8(s).map_err(|_| "invalid UTF-8".to_string())?;
+/// The token `line[a..b]`, unescaped when needed. Bounds are at ASCII delimiters, so they are
+/// char boundaries; `get` keeps a malformed escape from ever panicking.
+fn token(line: &str, a: usize, b: usize, escaped: bool) -> Result<Cow<'_, str>, String> {
+    let text = line
+        .get(a..b)
+        .ok_or_else(|| format!("malformed escape near byte {}", a + 1))?;
     if !escaped {
         return Ok(Cow::Borrowed(text));
     }
@@ -118,16 +148,21 @@ fn unescape(s: &[u8], escaped: bool) -> Result<Cow<'_, str>, String> {
 }
 
 /// Replaces characters that are invalid in a Prometheus name with `_`.
-fn sanitize(s: &str, metric: bool) -> Cow<'_, str> {
+fn sanitize(s: Cow<'_, str>, metric: bool) -> Cow<'_, str> {
+    let valid = if metric {
+        is_valid_metric_name(&s)
+    } else {
+        is_valid_label_name(&s)
+    };
+    if valid {
+        return s;
+    }
     let ok = |i: usize, c: u8| {
         c.is_ascii_alphabetic()
             || c == b'_'
             || (metric && c == b':')
             || (i > 0 && c.is_ascii_digit())
     };
-    if s.bytes().enumerate().all(|(i, c)| ok(i, c)) && !s.is_empty() {
-        return Cow::Borrowed(s);
-    }
     let mut out = String::with_capacity(s.len() + 1);
     for (i, c) in s.chars().enumerate() {
         if c.is_ascii() && ok(i, c as u8) {
@@ -142,62 +177,62 @@ fn sanitize(s: &str, metric: bool) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-fn parse_line(
-    line: &[u8],
+fn parse_line<'a>(
+    line: &'a str,
     precision: Precision,
     now_ms: i64,
     lineno: usize,
-    buf: &mut SeriesBuf,
-    scratch: &mut Scratch,
+    buf: &mut SeriesBuf<'a>,
+    fields: &mut Vec<Field>,
     out: &mut BatchBuilder<'_>,
 ) -> Result<(), String> {
+    let b = line.as_bytes();
     // Measurement.
-    let (end, esc) = scan(line, 0, b", ");
+    let (end, esc) = scan(b, 0, SPACE_COMMA);
     if end == 0 {
         return Err("missing measurement name".into());
     }
-    let measurement = unescape(&line[..end], esc)?;
-    let measurement = sanitize(&measurement, true).into_owned();
+    let measurement = sanitize(token(line, 0, end, esc)?, true);
     buf.clear();
     let mut pos = end;
     // Tags.
-    while pos < line.len() && line[pos] == b',' {
-        let (keq, kesc) = scan(line, pos + 1, b"=, ");
-        if keq >= line.len() || line[keq] != b'=' {
+    while pos < b.len() && b[pos] == b',' {
+        let (keq, kesc) = scan(b, pos + 1, KEY_END);
+        if keq >= b.len() || b[keq] != b'=' {
             return Err(format!("tag at byte {} has no '=value'", pos + 1));
         }
-        let (vend, vesc) = scan(line, keq + 1, b", ");
-        let key = unescape(&line[pos + 1..keq], kesc)?;
-        let val = unescape(&line[keq + 1..vend], vesc)?;
+        let (vend, vesc) = scan(b, keq + 1, SPACE_COMMA);
+        let key = token(line, pos + 1, keq, kesc)?;
         if key.is_empty() {
             return Err(format!("empty tag key at byte {}", pos + 1));
         }
-        if key == "__name__" {
+        if key.len() == 8 && key == "__name__" {
             return Err("tag key __name__ is reserved".into());
         }
-        buf.push(&sanitize(&key, false), &val);
+        let val = token(line, keq + 1, vend, vesc)?;
+        buf.push_label(sanitize(key, false), val);
         pos = vend;
     }
-    if pos >= line.len() {
+    if pos >= b.len() {
         return Err("missing fields (expected a space, then field=value)".into());
     }
     pos += 1; // the space
               // Fields: collect positions first, then the timestamp, then emit.
-    scratch.fields.clear();
+    fields.clear();
     loop {
-        let (keq, kesc) = scan(line, pos, b"=, ");
-        if keq >= line.len() || line[keq] != b'=' {
+        let (keq, kesc) = scan(b, pos, KEY_END);
+        if keq >= b.len() || b[keq] != b'=' {
             return Err(format!("field at byte {} has no '=value'", pos + 1));
         }
         if keq == pos {
             return Err(format!("empty field key at byte {}", pos + 1));
         }
         let vstart = keq + 1;
-        let vend = if line.get(vstart) == Some(&b'"') {
+        let vend = if b.get(vstart) == Some(&b'"') {
             // Quoted string: find the closing unescaped quote.
             let mut p = vstart + 1;
             loop {
-                match line.get(p) {
+                match b.get(p) {
                     None => {
                         return Err(format!(
                             "unterminated string field value at byte {}",
@@ -210,22 +245,23 @@ fn parse_line(
                 }
             }
         } else {
-            scan(line, vstart, b", ").0
+            scan(b, vstart, SPACE_COMMA).0
         };
-        scratch.fields.push((pos, keq, vend, usize::from(kesc)));
+        fields.push(Field {
+            key: (pos, keq),
+            value: (vstart, vend.min(b.len())),
+            escaped: kesc,
+        });
         pos = vend;
-        if pos < line.len() && line[pos] == b',' {
+        if pos < b.len() && b[pos] == b',' {
             pos += 1;
             continue;
         }
         break;
     }
     // Timestamp.
-    let ts = if pos < line.len() {
-        let t = trim(&line[pos..]);
-        if t.is_empty() {
-            now_ms
-        } else {
+    let ts = match b.get(pos..).map(trim) {
+        Some(t) if !t.is_empty() => {
             let raw = parse_i64(t).ok_or_else(|| {
                 format!(
                     "invalid timestamp {:?}: expected an integer",
@@ -234,32 +270,26 @@ fn parse_line(
             })?;
             precision.to_ms(raw)
         }
-    } else {
-        now_ms
+        _ => now_ms,
     };
-    // Emit one sample per field.
+    // One sample per field.
     let mut first_err = None;
-    let fields = std::mem::take(&mut scratch.fields);
-    for &(kstart, keq, vend, kesc) in &fields {
-        let key = unescape(&line[kstart..keq], kesc != 0)?;
-        let raw = &line[keq + 1..vend];
-        let value = match field_value(raw) {
+    for f in fields.iter() {
+        let key = token(line, f.key.0, f.key.1, f.escaped)?;
+        let value = match field_value(&b[f.value.0..f.value.1]) {
             Ok(v) => v,
             Err(e) => {
                 first_err.get_or_insert(format!("field {key:?}: {e}"));
                 continue;
             }
         };
-        if key == "value" {
-            buf.set_joined_name(&measurement, "", "");
+        if key.len() == 5 && key == "value" {
+            buf.set_name(&[&measurement]);
         } else {
-            scratch.name.clear();
-            scratch.name.push_str(&sanitize(&key, true));
-            buf.set_joined_name(&measurement, "_", &scratch.name);
+            buf.set_name(&[&measurement, "_", &sanitize(key, true)]);
         }
         out.add(buf, ts, value, lineno);
     }
-    scratch.fields = fields;
     match first_err {
         Some(e) => Err(e),
         None => Ok(()),

@@ -8,7 +8,9 @@ pub mod promtext;
 pub mod remote_write;
 
 use crate::model::Labels;
-use crate::model::{canonical_encode, IdMap, LimitError, Limits, SeriesId, METRIC_NAME};
+use std::borrow::Cow;
+
+use crate::model::{IdMap, LimitError, Limits, SeriesId, METRIC_NAME};
 
 /// Why a line or sample was rejected, for the `reason` label of the rejection counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,7 +71,7 @@ pub struct WriteBatch {
     pub samples: Vec<BatchSample>,
 }
 
-/// Decodes a canonical label encoding (see [`canonical_encode`]) into labels.
+/// Decodes a canonical label encoding (see [`crate::model::canonical_encode`]) into labels.
 pub fn decode_canonical(bytes: &[u8]) -> Labels {
     let mut pairs = Vec::new();
     for pair in bytes.split(|&b| b == 0xfe) {
@@ -106,64 +108,123 @@ impl WriteBatch {
     }
 }
 
-/// Reusable scratch label set a parser fills for each line.
+/// Reusable scratch label set a parser fills for each line. Label names and values borrow
+/// from the request body (`Cow::Borrowed`) unless they had to be unescaped or sanitized; the
+/// metric name lives in a reused buffer because Influx builds it from measurement and field.
 #[derive(Default)]
-pub struct SeriesBuf {
-    pairs: Vec<(String, String)>,
-    len: usize,
+pub struct SeriesBuf<'a> {
+    name: String,
+    has_name: bool,
+    labels: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// Set by parsers that sanitize names: the builder then checks only counts and lengths.
+    pub names_prevalidated: bool,
 }
 
-impl SeriesBuf {
+impl<'a> SeriesBuf<'a> {
     /// Forgets the previous line's labels, keeping allocations.
     pub fn clear(&mut self) {
-        self.len = 0;
+        self.labels.clear();
+        self.has_name = false;
     }
-    /// Adds a pair (order does not matter; [`BatchBuilder::add`] sorts).
-    pub fn push(&mut self, name: &str, value: &str) {
-        if self.len == self.pairs.len() {
-            self.pairs.push((String::new(), String::new()));
+    /// Adds a pair (order does not matter; [`BatchBuilder::add`] sorts). `__name__` sets the
+    /// metric name.
+    pub fn push(&mut self, name: Cow<'a, str>, value: Cow<'a, str>) {
+        if name.len() == METRIC_NAME.len() && name == METRIC_NAME {
+            self.set_name(&[&value]);
+        } else {
+            self.labels.push((name, value));
         }
-        let p = &mut self.pairs[self.len];
-        p.0.clear();
-        p.0.push_str(name);
-        p.1.clear();
-        p.1.push_str(value);
-        self.len += 1;
     }
-    /// Sets `__name__` to `prefix` + `sep` + `suffix` (Influx `measurement_field`), adding the pair
-    /// if absent. [`BatchBuilder::add`] may reorder pairs, so this finds it by name.
-    pub fn set_joined_name(&mut self, prefix: &str, sep: &str, suffix: &str) {
-        let i = match self.pairs[..self.len]
-            .iter()
-            .position(|p| p.0 == METRIC_NAME)
-        {
-            Some(i) => i,
-            None => {
-                self.push(METRIC_NAME, "");
-                self.len - 1
+    /// Adds a label the caller knows is not `__name__`.
+    #[inline]
+    pub fn push_label(&mut self, name: Cow<'a, str>, value: Cow<'a, str>) {
+        self.labels.push((name, value));
+    }
+    /// Sets the metric name to the concatenation of `parts` (Influx `measurement_field`).
+    pub fn set_name(&mut self, parts: &[&str]) {
+        self.name.clear();
+        for p in parts {
+            self.name.push_str(p);
+        }
+        self.has_name = true;
+    }
+    /// Mutable access to the value of the last pushed label (for in-place unescaping).
+    pub fn last_value_mut(&mut self) -> Option<&mut String> {
+        self.labels.last_mut().map(|p| p.1.to_mut())
+    }
+    /// Number of labels, the metric name included.
+    pub fn len(&self) -> usize {
+        self.labels.len() + usize::from(self.has_name)
+    }
+    /// True when no label is set.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Sorts the labels by name; returns a duplicated name, if any.
+    fn sort(&mut self) -> Option<String> {
+        if !self.labels.windows(2).all(|w| short_less(&w[0].0, &w[1].0)) {
+            self.labels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            if let Some(w) = self.labels.windows(2).find(|w| w[0].0 == w[1].0) {
+                return Some(w[0].0.to_string());
+            }
+        }
+        None
+    }
+    /// Writes the canonical encoding of [`Self::pairs`] (see [`crate::model::canonical_encode`]).
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.clear();
+        let mut put = |k: &str, v: &str| {
+            if !v.is_empty() {
+                out.extend_from_slice(k.as_bytes());
+                out.push(0xff);
+                out.extend_from_slice(v.as_bytes());
+                out.push(0xfe);
             }
         };
-        let v = &mut self.pairs[i].1;
-        v.clear();
-        v.push_str(prefix);
-        v.push_str(sep);
-        v.push_str(suffix);
+        let split = self
+            .labels
+            .partition_point(|p| short_less(&p.0, METRIC_NAME));
+        for (k, v) in &self.labels[..split] {
+            put(k, v);
+        }
+        if self.has_name {
+            put(METRIC_NAME, &self.name);
+        }
+        for (k, v) in &self.labels[split..] {
+            put(k, v);
+        }
     }
-    /// Mutable access to the value of the last pushed pair.
-    pub fn last_value_mut(&mut self) -> Option<&mut String> {
-        self.len.checked_sub(1).map(|i| &mut self.pairs[i].1)
+
+    /// The sorted pairs with `__name__` merged in place, without empty values.
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let split = self
+            .labels
+            .partition_point(|p| short_less(&p.0, METRIC_NAME));
+        let name =
+            (self.has_name && !self.name.is_empty()).then_some((METRIC_NAME, self.name.as_str()));
+        self.labels[..split]
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_ref()))
+            .chain(name)
+            .chain(
+                self.labels[split..]
+                    .iter()
+                    .map(|(k, v)| (k.as_ref(), v.as_ref())),
+            )
+            .filter(|p| !p.1.is_empty())
     }
-    fn live(&mut self) -> &mut [(String, String)] {
-        &mut self.pairs[..self.len]
+}
+
+/// `a < b` for short strings without a `memcmp` call.
+#[inline]
+fn short_less(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x < y;
+        }
     }
-    /// Number of live pairs.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    /// True when no pair is set.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
+    a.len() < b.len()
 }
 
 enum Slot {
@@ -205,6 +266,14 @@ impl<'l> BatchBuilder<'l> {
         }
     }
 
+    /// Expects about `n` distinct series (avoids rehashing while interning).
+    pub fn reserve(&mut self, n: usize) {
+        self.slots.reserve(n);
+        self.batch.series.reserve(n);
+        self.batch.samples.reserve(n);
+        self.batch.arena.reserve(n * 64);
+    }
+
     /// Rejects samples older than `min_ts`, explaining why with `reason`.
     pub fn with_min_ts(mut self, min_ts: i64, reason: String) -> Self {
         self.min_ts = min_ts;
@@ -229,28 +298,18 @@ impl<'l> BatchBuilder<'l> {
         }
     }
 
-    /// Adds one sample of the series in `buf` (which is sorted in place).
-    pub fn add(&mut self, buf: &mut SeriesBuf, ts: i64, value: f64, line: usize) {
+    /// Adds one sample of the series in `buf` (whose labels are sorted in place).
+    pub fn add(&mut self, buf: &mut SeriesBuf<'_>, ts: i64, value: f64, line: usize) {
         if ts < self.min_ts {
             let msg = format!("sample at {ts} ms {}", self.min_ts_reason);
             self.reject(Reject::TooOld, line, msg);
             return;
         }
-        let live = buf.live();
-        if !live.windows(2).all(|w| w[0].0 < w[1].0) {
-            live.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            if let Some(w) = live.windows(2).find(|w| w[0].0 == w[1].0) {
-                let msg = format!("duplicate label name {:?}", w[0].0);
-                self.error(line, msg);
-                return;
-            }
+        if let Some(dup) = buf.sort() {
+            self.error(line, format!("duplicate label name {dup:?}"));
+            return;
         }
-        // Empty label values mean "absent" in Prometheus; drop them before hashing.
-        let pairs = live
-            .iter()
-            .filter(|p| !p.1.is_empty())
-            .map(|(k, v)| (k.as_str(), v.as_str()));
-        canonical_encode(pairs, &mut self.canon);
+        buf.encode(&mut self.canon);
         let id = xxhash_rust::xxh3::xxh3_64(&self.canon);
         let idx = match self.slots.get(&id) {
             Some(Slot::Accepted(i)) => *i,
@@ -260,15 +319,11 @@ impl<'l> BatchBuilder<'l> {
                 return;
             }
             None => {
-                let live = buf.live();
-                let n = live.iter().filter(|p| !p.1.is_empty()).count();
-                let check = self.limits.check(ExactIter(
-                    live.iter()
-                        .filter(|p| !p.1.is_empty())
-                        .map(|(k, v)| (k.as_str(), v.as_str())),
-                    n,
-                ));
-                match check {
+                let n = buf.pairs().count();
+                match self
+                    .limits
+                    .check(ExactIter(buf.pairs(), n), !buf.names_prevalidated)
+                {
                     Ok(()) => {
                         let start = self.batch.arena.len() as u32;
                         self.batch.arena.extend_from_slice(&self.canon);
@@ -484,14 +539,14 @@ mod tests {
         };
         let mut b = BatchBuilder::new(&limits);
         let mut buf = SeriesBuf::default();
-        buf.push("host", "a");
-        buf.push("__name__", "cpu");
+        buf.push("host".into(), "a".into());
+        buf.push("__name__".into(), "cpu".into());
         b.add(&mut buf, 1, 1.0, 1);
         b.add(&mut buf, 2, 2.0, 2);
         buf.clear();
-        buf.push("__name__", "cpu");
-        buf.push("host", "a");
-        buf.push("x", "y");
+        buf.push("__name__".into(), "cpu".into());
+        buf.push("host".into(), "a".into());
+        buf.push("x".into(), "y".into());
         b.add(&mut buf, 3, 3.0, 3);
         let (batch, errs, n) = b.finish();
         assert_eq!(batch.series.len(), 1);

@@ -1,16 +1,29 @@
 //! Prometheus text exposition format: `name{label="value",...} value [timestamp_ms]`.
 //! `# HELP` / `# TYPE` comment lines are skipped; lines without a timestamp get `now_ms`.
 
+use std::borrow::Cow;
+
 use super::{parse_f64, parse_i64, BatchBuilder, SeriesBuf};
 
 /// Parses a whole body into `out`.
-pub fn parse(body: &[u8], now_ms: i64, out: &mut BatchBuilder<'_>) {
+pub fn parse<'a>(body: &'a [u8], now_ms: i64, out: &mut BatchBuilder<'_>) {
     let mut buf = SeriesBuf::default();
-    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
-        let line = trim(line);
-        if line.is_empty() || line[0] == b'#' {
+    out.reserve(body.len() / 96);
+    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
+        let raw = trim(raw);
+        if raw.is_empty() || raw[0] == b'#' {
             continue;
         }
+        let line: &'a str = match std::str::from_utf8(raw) {
+            Ok(l) => l,
+            Err(e) => {
+                out.error(
+                    i + 1,
+                    format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1),
+                );
+                continue;
+            }
+        };
         match parse_line(line, now_ms, &mut buf) {
             Ok((ts, v)) => out.add(&mut buf, ts, v, i + 1),
             Err(reason) => out.error(i + 1, reason),
@@ -28,28 +41,30 @@ fn trim(mut s: &[u8]) -> &[u8] {
     s
 }
 
-fn utf8(s: &[u8]) -> Result<&str, String> {
-    std::str::from_utf8(s).map_err(|_| "invalid UTF-8".to_string())
-}
-
-fn parse_line(line: &[u8], now_ms: i64, buf: &mut SeriesBuf) -> Result<(i64, f64), String> {
+fn parse_line<'a>(
+    line: &'a str,
+    now_ms: i64,
+    buf: &mut SeriesBuf<'a>,
+) -> Result<(i64, f64), String> {
     buf.clear();
-    let name_end = line
+    let b = line.as_bytes();
+    let name_end = b
         .iter()
         .position(|&c| c == b'{' || c == b' ' || c == b'\t')
         .ok_or("missing value after metric name")?;
-    if name_end == 0 {
+    if name_end > 0 {
+        buf.set_name(&[&line[..name_end]]);
+    } else if b[0] != b'{' {
         return Err("missing metric name".into());
     }
-    buf.push("__name__", utf8(&line[..name_end])?);
     let mut pos = name_end;
-    if line[pos] == b'{' {
+    if b[pos] == b'{' {
         pos += 1;
         loop {
-            while pos < line.len() && (line[pos] == b' ' || line[pos] == b',') {
+            while pos < b.len() && (b[pos] == b' ' || b[pos] == b',') {
                 pos += 1;
             }
-            match line.get(pos) {
+            match b.get(pos) {
                 None => return Err("unterminated label set: missing '}'".into()),
                 Some(b'}') => {
                     pos += 1;
@@ -57,19 +72,19 @@ fn parse_line(line: &[u8], now_ms: i64, buf: &mut SeriesBuf) -> Result<(i64, f64
                 }
                 _ => {}
             }
-            let eq = line[pos..]
+            let eq = b[pos..]
                 .iter()
                 .position(|&c| c == b'=')
                 .ok_or("label without '=\"value\"'")?
                 + pos;
-            let name = utf8(trim(&line[pos..eq]))?;
-            if line.get(eq + 1) != Some(&b'"') {
+            let name = line[pos..eq].trim();
+            if b.get(eq + 1) != Some(&b'"') {
                 return Err(format!("value of label {name:?} must be a quoted string"));
             }
             let mut p = eq + 2;
             let mut escaped = false;
             loop {
-                match line.get(p) {
+                match b.get(p) {
                     None => return Err(format!("unterminated value of label {name:?}")),
                     Some(b'\\') => {
                         escaped = true;
@@ -79,10 +94,11 @@ fn parse_line(line: &[u8], now_ms: i64, buf: &mut SeriesBuf) -> Result<(i64, f64
                     Some(_) => p += 1,
                 }
             }
-            let raw = utf8(line.get(eq + 2..p).ok_or("unterminated label value")?)?;
-            buf.push(name, if escaped { "" } else { raw });
-            if escaped {
-                let v = buf.last_value_mut().expect("just pushed");
+            let raw = line.get(eq + 2..p).ok_or("unterminated label value")?;
+            if !escaped {
+                buf.push(Cow::Borrowed(name), Cow::Borrowed(raw));
+            } else {
+                let mut v = String::with_capacity(raw.len());
                 let mut chars = raw.chars();
                 while let Some(c) = chars.next() {
                     if c == '\\' {
@@ -95,11 +111,12 @@ fn parse_line(line: &[u8], now_ms: i64, buf: &mut SeriesBuf) -> Result<(i64, f64
                         v.push(c);
                     }
                 }
+                buf.push(Cow::Borrowed(name), Cow::Owned(v));
             }
             pos = p + 1;
         }
     }
-    let rest = trim(&line[pos..]);
+    let rest = trim(&b[pos..]);
     let (val, ts) = match rest.iter().position(|&c| c == b' ' || c == b'\t') {
         Some(sp) => (&rest[..sp], Some(trim(&rest[sp..]))),
         None => (rest, None),

@@ -56,7 +56,7 @@ pub fn parse(body: &[u8], max_bytes: usize, out: &mut BatchBuilder<'_>) -> Resul
     for (i, ts) in req.timeseries.iter().enumerate() {
         buf.clear();
         for l in &ts.labels {
-            buf.push(&l.name, &l.value);
+            buf.push(l.name.as_str().into(), l.value.as_str().into());
         }
         for s in &ts.samples {
             out.add(&mut buf, s.timestamp, s.value, i + 1);

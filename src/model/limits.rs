@@ -87,10 +87,12 @@ fn truncated(s: &str) -> String {
 }
 
 impl Limits {
-    /// Checks one series' labels (sorted pairs, `__name__` included) against names and limits.
+    /// Checks one series' labels (sorted pairs, `__name__` included) against the limits, and
+    /// the names against Prometheus's rules when `validate_names`.
     pub fn check<'a>(
         &self,
         pairs: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+        validate_names: bool,
     ) -> Result<(), LimitError> {
         if pairs.len() > self.max_labels_per_series {
             return Err(LimitError::TooManyLabels {
@@ -107,7 +109,7 @@ impl Limits {
                     limit: self.max_label_name_len,
                 });
             }
-            if k == super::METRIC_NAME {
+            if k.len() == 8 && k == super::METRIC_NAME {
                 has_name = true;
                 if v.len() > self.max_label_name_len {
                     return Err(LimitError::NameTooLong {
@@ -116,12 +118,12 @@ impl Limits {
                         limit: self.max_label_name_len,
                     });
                 }
-                if !is_valid_metric_name(v) {
+                if validate_names && !is_valid_metric_name(v) {
                     return Err(LimitError::InvalidMetricName(truncated(v)));
                 }
                 continue;
             }
-            if !is_valid_label_name(k) {
+            if validate_names && !is_valid_label_name(k) {
                 return Err(LimitError::InvalidLabelName(truncated(k)));
             }
             if v.len() > self.max_label_value_len {

@@ -105,8 +105,8 @@ mod tests {
         let limits = Limits::default();
         let mut b = BatchBuilder::new(&limits);
         let mut buf = SeriesBuf::default();
-        buf.push("__name__", "up");
-        buf.push("job", "x");
+        buf.push("__name__".into(), "up".into());
+        buf.push("job".into(), "x".into());
         b.add(&mut buf, 5, 1.5, 1);
         b.add(&mut buf, 6, f64::NAN, 2);
         let (batch, _, _) = b.finish();

@@ -302,8 +302,15 @@ fn encode_decimal(w: &mut BitWriter, values: &[f64], exp: u32, dod: bool) {
 }
 
 impl Chunk {
-    /// Encodes samples sorted by time with distinct timestamps (1..=65535 of them).
+    /// Encodes samples sorted by time with distinct timestamps (1..=65535 of them), with the
+    /// smallest value codec.
     pub fn encode(samples: &[(i64, f64)]) -> Chunk {
+        Self::encode_with(samples, None)
+    }
+
+    /// Encodes with the given value codec only (`None`: the smallest); a decimal codec that
+    /// cannot represent the values falls back to Gorilla. For comparisons in benchmarks.
+    pub fn encode_with(samples: &[(i64, f64)], only: Option<ValueCodec>) -> Chunk {
         assert!(
             !samples.is_empty() && samples.len() <= u16::MAX as usize,
             "chunk of {} samples",
@@ -329,20 +336,21 @@ impl Chunk {
             write_codes(&mut w, &dods);
         }
         let values: Vec<f64> = samples.iter().map(|s| s.1).collect();
-        let ts_bits = w.bit_len();
         let exp = values
             .iter()
             .try_fold(0u32, |e, &v| decimal_exponent(v).map(|x| x.max(e)));
         // Try every applicable codec on a scratch writer; keep the smallest.
         let mut best: Option<(ValueCodec, usize)> = None;
-        let candidates: &[ValueCodec] = if exp.is_some() {
-            &[
-                ValueCodec::Gorilla,
-                ValueCodec::DecimalDelta,
-                ValueCodec::DecimalDod,
-            ]
-        } else {
-            &[ValueCodec::Gorilla]
+        let all = [
+            ValueCodec::Gorilla,
+            ValueCodec::DecimalDelta,
+            ValueCodec::DecimalDod,
+        ];
+        let forced = [only.unwrap_or(ValueCodec::Gorilla)];
+        let candidates: &[ValueCodec] = match (exp, only) {
+            (None, _) | (_, Some(ValueCodec::Gorilla)) => &[ValueCodec::Gorilla],
+            (Some(_), Some(_)) => &forced,
+            (Some(_), None) => &all,
         };
         for &c in candidates {
             let mut t = BitWriter::new();
@@ -352,7 +360,6 @@ impl Chunk {
             }
         }
         let codec = best.expect("at least Gorilla").0;
-        let _ = ts_bits;
         write_values(&mut w, codec, &values, exp.unwrap_or(0));
         Chunk {
             min_ts: samples[0].0,
@@ -361,14 +368,6 @@ impl Chunk {
             codec,
             bytes: w.finish().into_boxed_slice(),
         }
-    }
-
-    /// Encodes with plain Gorilla only (for comparison in benchmarks).
-    pub fn encode_gorilla_only(samples: &[(i64, f64)]) -> usize {
-        let mut w = BitWriter::new();
-        let values: Vec<f64> = samples.iter().map(|s| s.1).collect();
-        encode_gorilla(&mut w, &values);
-        w.bit_len().div_ceil(8)
     }
 
     /// Encoded size in bytes (without the 8 padding bytes).
