@@ -8,14 +8,14 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use tidemark::store::hot::chunk::{Chunk, ValueCodec, CHUNK_SAMPLES};
 
-fn chunks_of(series: &[(usize, usize, Vec<(i64, f64)>)]) -> Vec<(usize, &[(i64, f64)])> {
+fn chunks_of(series: &[fleet::SeriesPoints]) -> Vec<(usize, &[(i64, f64)])> {
     series
         .iter()
         .flat_map(|(m, _, pts)| pts.chunks(CHUNK_SAMPLES).map(move |c| (*m, c)))
         .collect()
 }
 
-fn report(series: &[(usize, usize, Vec<(i64, f64)>)]) {
+fn report(series: &[fleet::SeriesPoints]) {
     let chunks = chunks_of(series);
     let mut rows = Vec::new();
     for codec in [None, Some(ValueCodec::Gorilla)] {

@@ -90,10 +90,13 @@ pub fn hosts(n: usize) -> Vec<Host> {
     (0..n).map(Host::new).collect()
 }
 
+/// One series' points: `(metric index, host index, points)`.
+pub type SeriesPoints = (usize, usize, Vec<(i64, f64)>);
+
 /// Per-series point lists `(metric index, host index, points)` for `points` steps from `start`.
-pub fn series(n_hosts: usize, points: usize, start: i64) -> Vec<(usize, usize, Vec<(i64, f64)>)> {
+pub fn series(n_hosts: usize, points: usize, start: i64) -> Vec<SeriesPoints> {
     let mut hs = hosts(n_hosts);
-    let mut out: Vec<(usize, usize, Vec<(i64, f64)>)> = (0..n_hosts)
+    let mut out: Vec<SeriesPoints> = (0..n_hosts)
         .flat_map(|h| (0..4).map(move |m| (m, h, Vec::with_capacity(points))))
         .collect();
     for p in 0..points {

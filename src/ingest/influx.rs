@@ -45,7 +45,10 @@ impl Precision {
 /// Parses a whole body into `out`; `now_ms` stamps lines without a timestamp.
 pub fn parse<'a>(body: &'a [u8], precision: Precision, now_ms: i64, out: &mut BatchBuilder<'_>) {
     // Names are sanitized here, so the builder need not validate them again.
-    let mut buf = SeriesBuf { names_prevalidated: true, ..SeriesBuf::default() };
+    let mut buf = SeriesBuf {
+        names_prevalidated: true,
+        ..SeriesBuf::default()
+    };
     let mut fields: Vec<Field> = Vec::new();
     out.reserve(body.len() / 96);
     // Validate UTF-8 once for the whole body; only a body with invalid bytes is checked per line.
