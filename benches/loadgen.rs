@@ -1,1 +1,215 @@
-fn main() {}
+//! `tidemark-loadgen`: the end-to-end benchmark. Pushes the fleet workload (benches/fleet.rs:
+//! 2,500 hosts x 4 metrics = 10,000 series x 360 points at 10 s) as Influx line protocol in
+//! 10,000-line batches over 4 keep-alive connections to a running `tidemark up`, then reports
+//! acknowledged samples/s, the time until everything is queryable, peak RSS, hot-index
+//! bytes/sample, and the latency of `sum by (region) (rate(http_requests_total[5m]))` over 1 h
+//! at 60 s step. `benches/e2e.sh` starts the server and runs this.
+
+#[path = "fleet.rs"]
+mod fleet;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+struct Args {
+    url: String,
+    connections: usize,
+    hosts: usize,
+    points: usize,
+    queries: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        url: "http://127.0.0.1:9470".into(),
+        connections: 4,
+        hosts: 2500,
+        points: 360,
+        queries: 50,
+    };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < v.len() {
+        let val = v.get(i + 1).cloned().unwrap_or_default();
+        match v[i].as_str() {
+            "--url" => a.url = val,
+            "--connections" => a.connections = val.parse().expect("--connections N"),
+            "--hosts" => a.hosts = val.parse().expect("--hosts N"),
+            "--points" => a.points = val.parse().expect("--points N"),
+            "--queries" => a.queries = val.parse().expect("--queries N"),
+            other => panic!(
+                "unknown argument {other}; use --url --connections --hosts --points --queries"
+            ),
+        }
+        i += 2;
+    }
+    a
+}
+
+/// A minimal HTTP/1.1 keep-alive client, so the measurement is of the server.
+struct Conn {
+    host: String,
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn open(url: &str) -> Conn {
+        let host = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let w = TcpStream::connect(&host).expect("connect");
+        w.set_nodelay(true).unwrap();
+        let r = BufReader::new(w.try_clone().unwrap());
+        Conn { host, w, r }
+    }
+
+    fn request(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        );
+        self.w.write_all(head.as_bytes()).unwrap();
+        self.w.write_all(body).unwrap();
+        let mut line = String::new();
+        self.r.read_line(&mut line).unwrap();
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            self.r.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        self.r.read_exact(&mut body).unwrap();
+        (status, body)
+    }
+}
+
+fn metric(url: &str, name: &str) -> f64 {
+    let (_, body) = Conn::open(url).request("GET", "/metrics", b"");
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|r| r.strip_prefix(' '))
+                .map(|v| v.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let a = args();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let start = (now / 10_000 - a.points as i64 - 6) * 10_000;
+    eprintln!(
+        "generating {} hosts x 4 metrics x {} points ...",
+        a.hosts, a.points
+    );
+    let batches = fleet::line_batches(a.hosts, a.points, start);
+    let samples = (a.hosts * 4 * a.points) as f64;
+    let bytes: usize = batches.iter().map(|b| b.len()).sum();
+    let rss_before = metric(&a.url, "process_resident_memory_bytes");
+    let hot_before = metric(&a.url, "tidemark_hot_samples");
+
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for c in 0..a.connections {
+            let batches = &batches;
+            let url = a.url.clone();
+            let n = a.connections;
+            s.spawn(move || {
+                let mut conn = Conn::open(&url);
+                for b in batches.iter().skip(c).step_by(n) {
+                    let (status, body) = conn.request("POST", "/write?precision=ms", b);
+                    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+                }
+            });
+        }
+    });
+    let acked = t0.elapsed();
+    // Wait until every sample is in the hot index.
+    while metric(&a.url, "tidemark_hot_samples") - hot_before < samples {
+        std::thread::sleep(Duration::from_millis(10));
+        if t0.elapsed() > Duration::from_secs(600) {
+            panic!("samples did not all arrive in the hot index");
+        }
+    }
+    let applied = t0.elapsed();
+    let rss = metric(&a.url, "process_resident_memory_bytes");
+    let hot_bytes = metric(&a.url, "tidemark_hot_bytes");
+    let raw_bytes = metric(&a.url, "tidemark_hot_raw_bytes");
+    let rollup_bytes = metric(&a.url, "tidemark_hot_rollup_bytes");
+    let hot_samples = metric(&a.url, "tidemark_hot_samples");
+    let chunk_bps = metric(&a.url, "tidemark_hot_chunk_bytes_per_sample");
+
+    // Query latency.
+    let q = "sum%20by%20(region)%20(rate(http_requests_total%5B5m%5D))";
+    let end = (start + a.points as i64 * 10_000) / 1000;
+    let path = format!(
+        "/api/v1/query_range?query={q}&start={}&end={end}&step=60",
+        end - 3600
+    );
+    let mut conn = Conn::open(&a.url);
+    let (status, body) = conn.request("GET", &path, b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("\"region\":\"us-east\""),
+        "unexpected query result {text}"
+    );
+    let mut lat = Vec::new();
+    for _ in 0..a.queries {
+        let t = Instant::now();
+        let (status, _) = conn.request("GET", &path, b"");
+        assert_eq!(status, 200);
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|x, y| x.partial_cmp(y).unwrap());
+
+    println!("workload: {} series x {} points = {} samples, {} batches of {} lines, {:.1} MB of line protocol, {} connections", a.hosts * 4, a.points, samples, batches.len(), a.hosts * 4, bytes as f64 / 1e6, a.connections);
+    println!(
+        "ingest (acknowledged): {:.2} s, {:.0} samples/s",
+        acked.as_secs_f64(),
+        samples / acked.as_secs_f64()
+    );
+    println!(
+        "ingest (in the hot index): {:.2} s, {:.0} samples/s",
+        applied.as_secs_f64(),
+        samples / applied.as_secs_f64()
+    );
+    println!(
+        "RSS: {:.1} MiB before, {:.1} MiB after",
+        rss_before / 1048576.0,
+        rss / 1048576.0
+    );
+    println!(
+        "hot index: {:.1} MiB in all; raw samples {:.1} MiB = {:.2} bytes/sample (sealed chunks {:.2} bytes/sample, open heads 16); rollups {:.1} MiB",
+        hot_bytes / 1048576.0,
+        raw_bytes / 1048576.0,
+        raw_bytes / hot_samples,
+        chunk_bps,
+        rollup_bytes / 1048576.0
+    );
+    println!("query_range sum by (region) (rate(http_requests_total[5m])) 1h @ 60s: p50 {:.2} ms, p99 {:.2} ms over {} runs", pct(&lat, 0.5), pct(&lat, 0.99), lat.len());
+}

@@ -115,6 +115,18 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         &[("", bytes)],
     );
     w.family(
+        "tidemark_hot_raw_bytes",
+        "gauge",
+        "Bytes of raw samples in the hot index (compressed chunks and uncompressed heads).",
+        &[("", hot.raw_bytes() as f64)],
+    );
+    w.family(
+        "tidemark_hot_rollup_bytes",
+        "gauge",
+        "Bytes of 1m and 1h rollups in the hot index.",
+        &[("", hot.rollup_bytes() as f64)],
+    );
+    w.family(
         "tidemark_hot_chunk_bytes_per_sample",
         "gauge",
         "Compressed bytes per sample in sealed chunks.",

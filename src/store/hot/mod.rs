@@ -22,6 +22,13 @@ use index::Catalog;
 
 const SHARDS: usize = 64;
 
+/// Out-of-order samples gathered before they are merged into sealed chunks.
+const OOO_MERGE: usize = 32;
+
+/// Samples kept uncompressed after a full chunk's worth, to absorb disorder (32 samples is
+/// about 5 minutes at a 10 s interval).
+const HEAD_SLACK: usize = 32;
+
 /// Which rollups a query wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resolution {
@@ -33,6 +40,8 @@ pub enum Resolution {
 struct SeriesData {
     sealed: Vec<Chunk>,
     head: Vec<(i64, f64)>,
+    /// Samples at or before the last sealed chunk's end, waiting to be merged into it.
+    ooo: Vec<(i64, f64)>,
     r1m: Vec<Rollup>,
     r1h: Vec<Rollup>,
 }
@@ -101,43 +110,81 @@ impl SeriesData {
             },
             _ => self.head.push((ts, v)),
         }
-        if self.head.len() >= CHUNK_SAMPLES {
-            let c = Chunk::encode(&self.head);
+        // Seal the oldest CHUNK_SAMPLES only once HEAD_SLACK newer ones exist, so samples that
+        // arrive a little out of order still land in the uncompressed head instead of forcing
+        // a sealed chunk to be re-encoded.
+        if self.head.len() >= CHUNK_SAMPLES + HEAD_SLACK {
+            let c = Chunk::encode(&self.head[..CHUNK_SAMPLES]);
             let bytes = c.size() as i64;
-            let n = self.head.len() as i64;
             self.sealed.push(c);
-            self.head.clear();
+            self.head.drain(..CHUNK_SAMPLES);
+            let n = CHUNK_SAMPLES as i64;
             return (bytes, 1 - n, n);
         }
         (0, 1, 0)
     }
 
-    /// A sample older than the head goes into the sealed chunk that covers its time.
+    /// A sample at or before the last sealed chunk's end waits in the out-of-order buffer;
+    /// every [`OOO_MERGE`] such samples are merged into the chunks that cover them, so late
+    /// data costs one re-encode per chunk and batch, not one per sample.
     #[cold]
     fn insert_sealed(&mut self, ts: i64, v: f64) -> (i64, i64, i64) {
-        let i = self
-            .sealed
-            .iter()
-            .rposition(|c| c.min_ts <= ts)
-            .unwrap_or(0);
-        let mut samples = Vec::with_capacity(self.sealed[i].count as usize + 1);
-        self.sealed[i].decode_into(&mut samples);
-        let added = match samples.binary_search_by_key(&ts, |p| p.0) {
+        let added = match self.ooo.binary_search_by_key(&ts, |p| p.0) {
             Ok(j) => {
-                samples[j].1 = v;
+                self.ooo[j].1 = v;
                 0
             }
             Err(j) => {
-                samples.insert(j, (ts, v));
+                self.ooo.insert(j, (ts, v));
                 1
             }
         };
-        let before = self.sealed[i].size() as i64;
-        self.sealed[i] = Chunk::encode(&samples);
-        (self.sealed[i].size() as i64 - before, 0, added)
+        if self.ooo.len() < OOO_MERGE {
+            return (0, added, 0);
+        }
+        let (b, h, s) = self.merge_ooo();
+        (b, h + added, s)
+    }
+
+    /// Merges the out-of-order buffer into the sealed chunks; returns the counter deltas.
+    fn merge_ooo(&mut self) -> (i64, i64, i64) {
+        let ooo = std::mem::take(&mut self.ooo);
+        let n = ooo.len() as i64;
+        if self.sealed.is_empty() {
+            // Everything it belonged to expired: the samples join the head.
+            let mut merged = Vec::with_capacity(ooo.len() + self.head.len());
+            merge_sorted(&ooo, &self.head, &mut merged);
+            let dhead = merged.len() as i64 - self.head.len() as i64 - n;
+            self.head = merged;
+            return (0, dhead, 0);
+        }
+        let (mut dbytes, mut dsealed) = (0i64, 0i64);
+        let mut k = 0;
+        let mut samples = Vec::new();
+        let mut merged = Vec::new();
+        while k < ooo.len() {
+            let i = self
+                .sealed
+                .iter()
+                .rposition(|c| c.min_ts <= ooo[k].0)
+                .unwrap_or(0);
+            let limit = self.sealed.get(i + 1).map_or(i64::MAX, |c| c.min_ts);
+            let end = k + ooo[k..].partition_point(|p| p.0 < limit);
+            samples.clear();
+            self.sealed[i].decode_into(&mut samples);
+            merged.clear();
+            merge_sorted(&ooo[k..end], &samples, &mut merged);
+            dsealed += merged.len() as i64 - samples.len() as i64;
+            let before = self.sealed[i].size() as i64;
+            self.sealed[i] = Chunk::encode(&merged);
+            dbytes += self.sealed[i].size() as i64 - before;
+            k = end;
+        }
+        (dbytes, -n, dsealed)
     }
 
     fn samples_in(&self, start: i64, end: i64, out: &mut Vec<(i64, f64)>) {
+        let from_all = out.len();
         for c in &self.sealed {
             if c.max_ts < start || c.min_ts > end {
                 continue;
@@ -157,7 +204,37 @@ impl SeriesData {
         let lo = self.head.partition_point(|p| p.0 < start);
         let hi = self.head.partition_point(|p| p.0 <= end);
         out.extend_from_slice(&self.head[lo..hi.max(lo)]);
+        let lo = self.ooo.partition_point(|p| p.0 < start);
+        let hi = self.ooo.partition_point(|p| p.0 <= end);
+        if hi > lo {
+            let rest = out.split_off(from_all);
+            merge_sorted(&self.ooo[lo..hi], &rest, out);
+        }
     }
+}
+
+/// Merges two time-sorted runs into `out`; on equal timestamps `newer` wins.
+fn merge_sorted(newer: &[(i64, f64)], older: &[(i64, f64)], out: &mut Vec<(i64, f64)>) {
+    let (mut i, mut j) = (0, 0);
+    while i < newer.len() && j < older.len() {
+        match newer[i].0.cmp(&older[j].0) {
+            std::cmp::Ordering::Less => {
+                out.push(newer[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(older[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(newer[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&newer[i..]);
+    out.extend_from_slice(&older[j..]);
 }
 
 impl HotIndex {
@@ -268,13 +345,21 @@ impl HotIndex {
         v[lo..hi.max(lo)].to_vec()
     }
 
-    /// Bytes the samples and rollups take: compressed chunks, uncompressed head samples
-    /// (16 bytes each) and rollups.
-    pub fn bytes(&self) -> i64 {
+    /// Bytes the raw samples take: compressed chunks plus uncompressed head samples (16 bytes
+    /// each).
+    pub fn raw_bytes(&self) -> i64 {
         let st = &self.stats;
-        st.chunk_bytes.load(Ordering::Relaxed)
-            + st.head_samples.load(Ordering::Relaxed) * 16
-            + st.rollups.load(Ordering::Relaxed) * std::mem::size_of::<Rollup>() as i64
+        st.chunk_bytes.load(Ordering::Relaxed) + st.head_samples.load(Ordering::Relaxed) * 16
+    }
+
+    /// Bytes the stored rollups take.
+    pub fn rollup_bytes(&self) -> i64 {
+        self.stats.rollups.load(Ordering::Relaxed) * std::mem::size_of::<Rollup>() as i64
+    }
+
+    /// Bytes of raw samples and rollups.
+    pub fn bytes(&self) -> i64 {
+        self.raw_bytes() + self.rollup_bytes()
     }
 
     /// Samples held.
@@ -302,10 +387,12 @@ impl HotIndex {
                     }
                     keep
                 });
-                let n = s.head.partition_point(|p| p.0 < cutoff);
-                if n > 0 {
-                    s.head.drain(..n);
-                    dhead -= n as i64;
+                for buf in [&mut s.head, &mut s.ooo] {
+                    let n = buf.partition_point(|p| p.0 < cutoff);
+                    if n > 0 {
+                        buf.drain(..n);
+                        dhead -= n as i64;
+                    }
                 }
                 for v in [&mut s.r1m, &mut s.r1h] {
                     let n = v.partition_point(|r| r.start + r.width < cutoff);
@@ -372,13 +459,30 @@ mod tests {
                 value: -2.0,
             },
         ]);
+        // Enough late samples to trigger a merge into the sealed chunks.
+        let late: Vec<Sample> = (0..40)
+            .map(|i| Sample {
+                series: id,
+                ts: i * 10 + 5,
+                value: 0.5,
+            })
+            .collect();
+        h.append_samples(&late);
+        h.append_samples(&[Sample {
+            series: id,
+            ts: 7,
+            value: 7.0,
+        }]);
         let mut out = Vec::new();
         h.samples(id, 0, 10_000, &mut out);
-        assert_eq!(out.len(), 301);
+        // 300 in order, 55 (once: the later 0.5 at 55 replaced -2.0), 39 more late, and 7.
+        assert_eq!(out.len(), 341);
         assert!(out.windows(2).all(|w| w[0].0 < w[1].0));
-        assert_eq!(out[5], (50, -1.0));
-        assert_eq!(out[6], (55, -2.0));
-        assert_eq!(h.sample_count(), 301);
+        assert_eq!(out[1], (5, 0.5));
+        assert_eq!(out[2], (7, 7.0));
+        assert!(out.contains(&(50, -1.0)));
+        assert!(out.contains(&(55, 0.5)));
+        assert_eq!(h.sample_count(), 341);
         let mut out = Vec::new();
         h.samples(id, 1000, 1200, &mut out);
         assert_eq!(out.len(), 21);
