@@ -202,6 +202,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_file_is_the_defaults() {
+        let text = include_str!("../tidemark.example.toml");
+        let c = Config::parse(text).unwrap();
+        let d = Config::default();
+        assert_eq!(c.server.listen, d.server.listen);
+        assert_eq!(c.job.allowed_lateness, d.job.allowed_lateness);
+        assert_eq!(c.log.fsync, d.log.fsync);
+        assert_eq!(c.hot.retention, d.hot.retention);
+        assert_eq!(c.ingest.max_series_per_metric, d.ingest.max_series_per_metric);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_durations_are_errors() {
         let e = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
         assert!(e.contains("unknown field `lisen`"), "{e}");
