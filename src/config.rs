@@ -210,7 +210,10 @@ mod tests {
         assert_eq!(c.job.allowed_lateness, d.job.allowed_lateness);
         assert_eq!(c.log.fsync, d.log.fsync);
         assert_eq!(c.hot.retention, d.hot.retention);
-        assert_eq!(c.ingest.max_series_per_metric, d.ingest.max_series_per_metric);
+        assert_eq!(
+            c.ingest.max_series_per_metric,
+            d.ingest.max_series_per_metric
+        );
     }
 
     #[test]
