@@ -88,6 +88,9 @@ pub fn aggregate(e: &Engine<'_>, agg: &AggregateExpr) -> Result<Value, QueryErro
 
     if op == token::T_TOPK || op == token::T_BOTTOMK || op == token::T_LIMITK {
         let k = param_scalar("topk/bottomk")?;
+        if k.iter().any(|k| k.is_nan()) {
+            return Err(QueryError::Execution("Parameter value is NaN".into()));
+        }
         let mut out: Vec<StepSeries> = input
             .iter()
             .map(|s| StepSeries {
@@ -211,6 +214,90 @@ pub fn aggregate(e: &Engine<'_>, agg: &AggregateExpr) -> Result<Value, QueryErro
             out.push(StepSeries { labels: g, values });
         }
     }
+    Ok(Value::Vector(out))
+}
+
+/// Classic-histogram buckets grouped by their labels without `le` and `__name__`.
+fn bucket_groups(v: &[StepSeries]) -> Result<HashMap<Labels, Vec<(f64, usize)>>, QueryError> {
+    let mut groups: HashMap<Labels, Vec<(f64, usize)>> = HashMap::new();
+    for (i, s) in v.iter().enumerate() {
+        let Some(le) = s
+            .labels
+            .get("le")
+            .and_then(|x| crate::ingest::parse_f64(x.as_bytes()))
+        else {
+            continue;
+        };
+        let mut l = s.labels.without_name();
+        l.remove("le");
+        let g = groups.entry(l).or_default();
+        // Two series that differ only in their name collide once the name is dropped.
+        if g.iter()
+            .any(|&(b, j)| b == le && v[j].labels.metric_name() != s.labels.metric_name())
+        {
+            return Err(QueryError::Execution(
+                "vector cannot contain metrics with the same labelset".into(),
+            ));
+        }
+        g.push((le, i));
+    }
+    Ok(groups)
+}
+
+/// `histogram_quantiles(v, "label", φ1, φ2, ...)`: one output series per φ, labelled with it.
+pub fn histogram_quantiles(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
+    let args = &call.args.args;
+    if args.len() < 3 {
+        return Err(QueryError::BadData(
+            "histogram_quantiles needs a vector, a label name and at least one quantile".into(),
+        ));
+    }
+    let v = e.eval_vector(&args[0])?;
+    let label = match &*args[1] {
+        Expr::StringLiteral(s) => s.val.clone(),
+        _ => {
+            return Err(QueryError::BadData(
+                "histogram_quantiles: the second argument must be a label name".into(),
+            ))
+        }
+    };
+    if v.iter().any(|s| s.labels.get(&label).is_some()) {
+        return Err(QueryError::Execution(format!(
+            "histogram_quantiles: label {label:?} already exists on the input"
+        )));
+    }
+    let groups = bucket_groups(&v)?;
+    let n = e.n;
+    let mut out = Vec::new();
+    for qe in &args[2..] {
+        let q = e.eval_scalar(qe)?;
+        let qs = {
+            let s = go_float(q[0]);
+            if s.contains('.') || s.contains("Inf") || s.contains("NaN") {
+                s
+            } else {
+                format!("{s}.0")
+            }
+        };
+        for (labels, members) in &groups {
+            let mut values = vec![None; n];
+            for (i, slot) in values.iter_mut().enumerate() {
+                let mut buckets: Vec<(f64, f64)> = members
+                    .iter()
+                    .filter_map(|&(le, m)| v[m].values[i].map(|c| (le, c)))
+                    .collect();
+                if !buckets.is_empty() {
+                    *slot = Some(bucket_quantile(q[i], &mut buckets));
+                }
+            }
+            if values.iter().any(|x| x.is_some()) {
+                let mut l = labels.clone();
+                l.set(&label, &qs);
+                out.push(StepSeries { labels: l, values });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
     Ok(Value::Vector(out))
 }
 

@@ -55,6 +55,7 @@ impl RangeInput {
 }
 
 /// A query's evaluation context.
+#[derive(Clone, Copy)]
 pub struct Engine<'a> {
     pub storage: &'a dyn Storage,
     pub start: i64,
@@ -63,6 +64,8 @@ pub struct Engine<'a> {
     pub lookback: i64,
     /// Number of steps.
     pub n: usize,
+    /// A range query (`step()` and `range()` are 0 in instant queries).
+    pub range_query: bool,
 }
 
 fn dur_ms(d: &Duration) -> i64 {
@@ -195,6 +198,7 @@ impl<'a> Engine<'a> {
             step,
             lookback: DEFAULT_LOOKBACK_MS,
             n,
+            range_query: true,
         })
     }
 
@@ -220,7 +224,11 @@ impl<'a> Engine<'a> {
     /// Parses and evaluates `query`, returning the API's result shape.
     pub fn query(&self, query: &str, range: bool) -> Result<QueryValue, QueryError> {
         let expr = parser::parse(query).map_err(QueryError::BadData)?;
-        let v = self.eval(&expr)?;
+        let engine = Engine {
+            range_query: range,
+            ..*self
+        };
+        let v = engine.eval(&expr)?;
         Ok(match (v, range) {
             (Value::Scalar(s), false) => QueryValue::Scalar(self.start, s[0]),
             (Value::String(s), false) => QueryValue::String(self.start, s),
@@ -420,6 +428,7 @@ impl<'a> Engine<'a> {
                     step,
                     lookback: self.lookback,
                     n: ((hi - first) / step + 1) as usize,
+                    range_query: true,
                 };
                 let series = match inner.eval(&sq.expr)? {
                     Value::Vector(vs) => vs

@@ -359,9 +359,10 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
         "predict_linear" => {
             let by = e.eval_scalar(arg(call, 1)?)?;
             over_time(
-                &|w, t, _, i| {
+                &|w, _, _, i| {
+                    // The intercept is at the evaluation step, also under `@`.
                     (w.len() >= 2).then(|| {
-                        let (slope, intercept) = linear_regression(w, t);
+                        let (slope, intercept) = linear_regression(w, e.ts(i));
                         slope * by[i] + intercept
                     })
                 },
@@ -414,6 +415,80 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 vec![]
             }))
         }
+        "double_exponential_smoothing" | "holt_winters" => {
+            let sf = e.eval_scalar(arg(call, 1)?)?;
+            let tf = e.eval_scalar(arg(call, 2)?)?;
+            for i in 0..n {
+                if !(sf[i] > 0.0 && sf[i] < 1.0) {
+                    return Err(QueryError::Execution(format!(
+                        "invalid smoothing factor. Expected: 0 < sf < 1, got: {}",
+                        sf[i]
+                    )));
+                }
+                if !(tf[i] > 0.0 && tf[i] < 1.0) {
+                    return Err(QueryError::Execution(format!(
+                        "invalid trend factor. Expected: 0 < tf < 1, got: {}",
+                        tf[i]
+                    )));
+                }
+            }
+            over_time(
+                &|w, _, _, i| {
+                    if w.len() < 2 {
+                        return None;
+                    }
+                    let (sf, tf) = (sf[i], tf[i]);
+                    let (mut s0, mut s1, mut b) = (0.0, w[0].1, w[1].1 - w[0].1);
+                    for (k, p) in w.iter().enumerate().skip(1) {
+                        let x = sf * p.1;
+                        if k > 1 {
+                            b = tf * (s1 - s0) + (1.0 - tf) * b;
+                        }
+                        let y = (1.0 - sf) * (s1 + b);
+                        s0 = s1;
+                        s1 = x + y;
+                    }
+                    Some(s1)
+                },
+                false,
+            )
+        }
+        "step" => Ok(Value::Scalar(vec![
+            if e.range_query {
+                e.step as f64 / 1000.0
+            } else {
+                0.0
+            };
+            n
+        ])),
+        "range" => Ok(Value::Scalar(vec![
+            if e.range_query {
+                (e.end - e.start) as f64 / 1000.0
+            } else {
+                0.0
+            };
+            n
+        ])),
+        "min_of" | "max_of" => {
+            let a = e.eval_scalar(arg(call, 0)?)?;
+            let b = e.eval_scalar(arg(call, 1)?)?;
+            let min = name == "min_of";
+            Ok(Value::Scalar(
+                a.iter()
+                    .zip(&b)
+                    .map(|(x, y)| {
+                        if x.is_nan() || y.is_nan() {
+                            f64::NAN
+                        } else if min {
+                            x.min(*y)
+                        } else {
+                            x.max(*y)
+                        }
+                    })
+                    .collect(),
+            ))
+        }
+        "histogram_quantiles" => super::aggregate::histogram_quantiles(e, call),
         "time" => Ok(Value::Scalar(
             (0..n).map(|i| e.ts(i) as f64 / 1000.0).collect(),
         )),
@@ -479,11 +554,10 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                     v.sort_by(|a, b| {
                         let mut o = std::cmp::Ordering::Equal;
                         for l in &names {
-                            o = a
-                                .labels
-                                .get(l)
-                                .unwrap_or("")
-                                .cmp(b.labels.get(l).unwrap_or(""));
+                            o = natural_cmp(
+                                a.labels.get(l).unwrap_or(""),
+                                b.labels.get(l).unwrap_or(""),
+                            );
                             if o.is_ne() {
                                 break;
                             }
@@ -709,6 +783,48 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
             map_vector(v, false, |_, x| Some(f(x)))
         }
     }
+}
+
+/// Natural order: digit runs compare as numbers ("4m5" < "4m1000"), as Prometheus's
+/// `sort_by_label` does.
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let (mut x, mut y) = (a.as_bytes(), b.as_bytes());
+    loop {
+        match (x.first(), y.first()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (None, _) => return std::cmp::Ordering::Less,
+            (_, None) => return std::cmp::Ordering::Greater,
+            (Some(c), Some(d)) if c.is_ascii_digit() && d.is_ascii_digit() => {
+                let i = x
+                    .iter()
+                    .position(|c| !c.is_ascii_digit())
+                    .unwrap_or(x.len());
+                let j = y
+                    .iter()
+                    .position(|c| !c.is_ascii_digit())
+                    .unwrap_or(y.len());
+                let (n, m) = (trim_zeros(&x[..i]), trim_zeros(&y[..j]));
+                let o = n.len().cmp(&m.len()).then_with(|| n.cmp(m));
+                if o.is_ne() {
+                    return o;
+                }
+                x = &x[i..];
+                y = &y[j..];
+            }
+            (Some(c), Some(d)) => {
+                if c != d {
+                    return c.cmp(d);
+                }
+                x = &x[1..];
+                y = &y[1..];
+            }
+        }
+    }
+}
+
+fn trim_zeros(s: &[u8]) -> &[u8] {
+    let k = s.iter().position(|&c| c != b'0').unwrap_or(s.len());
+    &s[k..]
 }
 
 /// `$1` / `${1}` / `$name` in Go's regexp template syntax, for Rust's `expand`.

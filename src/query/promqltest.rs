@@ -144,13 +144,14 @@ fn parse_points(text: &str) -> Result<Vec<Point>, bool> {
             out.push(Point::Value(stale_nan()));
             continue;
         }
-        if let Some(v) = parse_number(tok) {
-            out.push(Point::Value(v));
+        // a+bxN, a-bxN, axN, _xN; in series descriptions `x` always means repetition, so
+        // `0x59` is 0 sixty times, not hex.
+        let rep = tok
+            .rfind('x')
+            .filter(|&p| p + 1 < tok.len() && tok[p + 1..].bytes().all(|c| c.is_ascii_digit()));
+        let Some(xpos) = rep else {
+            out.push(Point::Value(parse_number(tok).ok_or(false)?));
             continue;
-        }
-        // a+bxN, a-bxN, axN, _xN
-        let Some(xpos) = tok.rfind('x') else {
-            return Err(false);
         };
         let times: usize = tok[xpos + 1..].parse().map_err(|_| false)?;
         let head = &tok[..xpos];
@@ -306,6 +307,57 @@ const HISTOGRAM_FUNCS: &[&str] = &[
     "histogram_stdvar",
 ];
 
+/// Every vector selector of an expression.
+fn selectors(
+    e: &promql_parser::parser::Expr,
+    out: &mut Vec<promql_parser::parser::VectorSelector>,
+) {
+    use promql_parser::parser::Expr;
+    match e {
+        Expr::Aggregate(a) => {
+            selectors(&a.expr, out);
+            if let Some(p) = &a.param {
+                selectors(p, out);
+            }
+        }
+        Expr::Unary(u) => selectors(&u.expr, out),
+        Expr::Binary(b) => {
+            selectors(&b.lhs, out);
+            selectors(&b.rhs, out);
+        }
+        Expr::Paren(p) => selectors(&p.expr, out),
+        Expr::Subquery(q) => selectors(&q.expr, out),
+        Expr::VectorSelector(v) => out.push(v.clone()),
+        Expr::MatrixSelector(m) => out.push(m.vs.clone()),
+        Expr::Call(c) => c.args.args.iter().for_each(|a| selectors(a, out)),
+        _ => {}
+    }
+}
+
+/// True when the query may select a series that holds native histogram samples: a selector
+/// whose name constraints admit one of `tainted`, or a native-histogram function.
+fn touches_histograms(query: &str, tainted: &HashSet<String>) -> bool {
+    if HISTOGRAM_FUNCS.iter().any(|f| query.contains(f)) {
+        return true;
+    }
+    let Ok(expr) = promql_parser::parser::parse(query) else {
+        return false;
+    };
+    let mut sels = Vec::new();
+    selectors(&expr, &mut sels);
+    sels.iter().any(|vs| {
+        tainted.iter().any(|name| {
+            vs.name.as_ref().is_none_or(|n| n == name)
+                && vs
+                    .matchers
+                    .matchers
+                    .iter()
+                    .filter(|m| m.name == "__name__")
+                    .all(|m| m.is_match(name))
+        })
+    })
+}
+
 /// Runs one script; `name` is used in messages.
 pub fn run_script(text: &str) -> Outcome {
     let mut out = Outcome::default();
@@ -353,6 +405,14 @@ pub fn run_script(text: &str) -> Outcome {
                     let Ok(labels) = parse_series_desc(desc) else {
                         continue;
                     };
+                    // load_with_nhcb also makes a native histogram of every classic one.
+                    if cmd == "load_with_nhcb" {
+                        if let Some(base) =
+                            labels.metric_name().and_then(|n| n.strip_suffix("_bucket"))
+                        {
+                            histogram_metrics.insert(base.to_string());
+                        }
+                    }
                     match parse_points(pts) {
                         Ok(points) => store.add(
                             labels,
@@ -415,7 +475,8 @@ pub fn run_script(text: &str) -> Outcome {
                                 ev.fail_msg = Some(msg.trim().to_string());
                             }
                         } else if let Some(s) = x.strip_prefix("string ") {
-                            ev.expect_string = Some(s.trim().trim_matches('"').to_string());
+                            ev.expect_string =
+                                Some(s.trim().trim_matches('"').trim_matches('`').to_string());
                         }
                         continue;
                     }
@@ -429,10 +490,7 @@ pub fn run_script(text: &str) -> Outcome {
                     ));
                     continue;
                 }
-                let uses_histogram = HISTOGRAM_FUNCS.iter().any(|f| ev.query.contains(f))
-                    || histogram_metrics
-                        .iter()
-                        .any(|m| ev.query.contains(m.as_str()))
+                let uses_histogram = touches_histograms(&ev.query, &histogram_metrics)
                     || ev.expected.iter().any(|(_, l)| l.contains("{{"));
                 if uses_histogram {
                     out.unsupported += 1;
@@ -662,7 +720,7 @@ mod tests {
     #[test]
     fn expands_points() {
         assert_eq!(
-            parse_points("1 2+3x2 _ 5x1 -1-1x1 _x2 0x1F").unwrap(),
+            parse_points("1 2+3x2 _ 5x1 -1-1x1 _x2 0x1").unwrap(),
             vec![
                 Point::Value(1.0),
                 Point::Value(2.0),
@@ -675,7 +733,8 @@ mod tests {
                 Point::Value(-2.0),
                 Point::Gap,
                 Point::Gap,
-                Point::Value(31.0)
+                Point::Value(0.0),
+                Point::Value(0.0)
             ]
         );
         assert_eq!(parse_duration_ms("1h30m"), Some(5_400_000));
