@@ -285,3 +285,45 @@ fn one_and_two_workers_give_identical_results() {
         assert_eq!(t1.api(&path), t2.api(&path), "{q}");
     }
 }
+
+#[test]
+fn an_idle_log_advances_event_time_so_windows_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg =
+        "[job]\nout_of_orderness = \"1s\"\nallowed_lateness = \"2m\"\nidle_timeout = \"300ms\"\n";
+    let mut t = Tidemark::start(dir.path(), cfg, 2);
+    let base = (now_ms() / 60_000 - 120) * 60_000;
+    let body: String = [0, 10, 20, 30, 40, 50, 58]
+        .iter()
+        .map(|s| format!("idle_metric value={s} {}\n", base + s * 1000))
+        .collect();
+    let (status, msg) = t.post("/write?precision=ms", "text/plain", &[], body.as_bytes());
+    assert_eq!(status, 204, "{msg}");
+    // No later sample ever comes: only idle ticks can move the watermark past the window end.
+    let d = t.eventually("the idle tick to close the minute", || {
+        let d = t.api(&format!(
+            "/api/v1/rollups?match[]=idle_metric&start={}&end={}",
+            base / 1000 - 60,
+            base / 1000 + 60
+        ));
+        (!d.as_array().unwrap().is_empty()).then_some(d)
+    });
+    let r = &d[0]["rollups"][0];
+    assert_eq!(
+        (r["count"].as_u64(), r["sum"].as_str(), r["last"].as_str()),
+        (Some(7), Some("208"), Some("58"))
+    );
+    assert!(t.metric("tidemark_watermark_seconds") * 1000.0 >= (base + 60_000) as f64);
+    // The ticks are in the log, so a restart replays to the same rollup.
+    t.kill();
+    t.spawn();
+    let d = t.eventually("the rollup after restart", || {
+        let d = t.api(&format!(
+            "/api/v1/rollups?match[]=idle_metric&start={}&end={}",
+            base / 1000 - 60,
+            base / 1000 + 60
+        ));
+        (!d.as_array().unwrap().is_empty()).then_some(d)
+    });
+    assert_eq!(d[0]["rollups"][0]["count"].as_u64(), Some(7));
+}

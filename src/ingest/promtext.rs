@@ -158,4 +158,28 @@ mod tests {
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].line, 5);
     }
+
+    #[test]
+    fn never_panics_on_garbage() {
+        let limits = Limits::default();
+        let mut seed = 0x9876_5432_u64;
+        let alphabet = b"a{}=\",\\ \n1.e+#_:";
+        for _ in 0..3000 {
+            let mut body = Vec::new();
+            for _ in 0..(seed % 64) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                body.push(alphabet[(seed % alphabet.len() as u64) as usize]);
+            }
+            let mut b = BatchBuilder::new(&limits);
+            parse(&body, 0, &mut b);
+            let mut b = BatchBuilder::new(&limits);
+            let shifted: Vec<u8> = body
+                .iter()
+                .map(|c| c.wrapping_mul(seed as u8 | 1))
+                .collect();
+            parse(&shifted, 0, &mut b);
+        }
+    }
 }

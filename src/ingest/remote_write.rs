@@ -72,3 +72,60 @@ pub fn encode(req: &WriteRequest) -> Vec<u8> {
         .compress_vec(&raw)
         .expect("snappy compression of an in-memory buffer")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Limits;
+
+    #[test]
+    fn round_trip_and_garbage() {
+        let req = WriteRequest {
+            timeseries: vec![TimeSeries {
+                labels: vec![
+                    Label {
+                        name: "__name__".into(),
+                        value: "up".into(),
+                    },
+                    Label {
+                        name: "job".into(),
+                        value: "a".into(),
+                    },
+                ],
+                samples: vec![
+                    Sample {
+                        value: 1.0,
+                        timestamp: 5,
+                    },
+                    Sample {
+                        value: 0.0,
+                        timestamp: 6,
+                    },
+                ],
+            }],
+        };
+        let body = encode(&req);
+        let limits = Limits::default();
+        let mut b = BatchBuilder::new(&limits);
+        parse(&body, 1 << 20, &mut b).unwrap();
+        let (batch, errs, _) = b.finish();
+        assert!(errs.is_empty());
+        assert_eq!(batch.samples.len(), 2);
+        assert_eq!(batch.labels(0).to_string(), "up{job=\"a\"}");
+        // Every truncation and bit flip is an error or a smaller batch, never a panic.
+        for cut in 0..body.len() {
+            let mut b = BatchBuilder::new(&limits);
+            let _ = parse(&body[..cut], 1 << 20, &mut b);
+            let mut flipped = body.clone();
+            flipped[cut] ^= 0x5a;
+            let mut b = BatchBuilder::new(&limits);
+            let _ = parse(&flipped, 1 << 20, &mut b);
+        }
+        // The decompressed-size limit is enforced before decompressing.
+        let mut b = BatchBuilder::new(&limits);
+        assert!(matches!(
+            parse(&body, 4, &mut b),
+            Err(IngestError::TooLarge { .. })
+        ));
+    }
+}

@@ -614,4 +614,34 @@ mod tests {
         }
         assert_eq!(n, 11);
     }
+
+    #[test]
+    fn segments_roll_are_read_across_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), FsyncPolicy::Interval).unwrap();
+        let big = vec![7u8; 1 << 20];
+        // 300 MiB crosses one segment boundary (segments are 256 MiB).
+        for i in 0..300i64 {
+            log.append(RecordKind::Batch, i, i, &big).unwrap();
+        }
+        log.sync().unwrap();
+        let segs = fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(segs, 2);
+        let mut r = log.reader(250).unwrap();
+        let mut n = 250;
+        while let Some(rec) = r.next_record(|o| o % 50 == 0).unwrap() {
+            assert_eq!(rec.offset, n);
+            assert_eq!(rec.payload.len(), if n % 50 == 0 { big.len() } else { 0 });
+            n += 1;
+        }
+        assert_eq!(n, 300);
+        // Expiry keeps the active segment and moves the start offset.
+        assert_eq!(log.delete_older_than(Duration::ZERO).unwrap(), 1);
+        assert!(log.start_offset() > 200);
+        let r = log.reader(0).unwrap();
+        assert_eq!(r.position(), log.start_offset());
+        drop(log);
+        let log = Log::open(dir.path(), FsyncPolicy::Never).unwrap();
+        assert_eq!(log.end_offset(), 300);
+    }
 }
