@@ -111,8 +111,14 @@ pub fn series(n_hosts: usize, points: usize, start: i64) -> Vec<SeriesPoints> {
     out
 }
 
-/// Line-protocol batches: one batch per timestamp with every series (10,000 lines for 2,500 hosts).
-pub fn line_batches(n_hosts: usize, points: usize, start: i64) -> Vec<Vec<u8>> {
+/// Batches of one line per series and timestamp, one batch per timestamp, each line written by
+/// `line(buf, metric, host, value, ts)`.
+fn batches(
+    n_hosts: usize,
+    points: usize,
+    start: i64,
+    line: impl Fn(&mut Vec<u8>, &str, &Host, f64, i64),
+) -> Vec<Vec<u8>> {
     let mut hs = hosts(n_hosts);
     let mut out = Vec::with_capacity(points);
     for p in 0..points {
@@ -121,12 +127,7 @@ pub fn line_batches(n_hosts: usize, points: usize, start: i64) -> Vec<Vec<u8>> {
         for host in hs.iter_mut() {
             let v = host.step();
             for (m, name) in METRICS.iter().enumerate() {
-                use std::io::Write;
-                let _ = writeln!(
-                    b,
-                    "{name},host={},region={},env={} value={} {ts}",
-                    host.name, host.region, host.env, v[m]
-                );
+                line(&mut b, name, host, v[m], ts);
             }
         }
         out.push(b);
@@ -134,25 +135,26 @@ pub fn line_batches(n_hosts: usize, points: usize, start: i64) -> Vec<Vec<u8>> {
     out
 }
 
+/// Line-protocol batches: one batch per timestamp with every series (10,000 lines for 2,500 hosts).
+pub fn line_batches(n_hosts: usize, points: usize, start: i64) -> Vec<Vec<u8>> {
+    use std::io::Write;
+    batches(n_hosts, points, start, |b, name, h, v, ts| {
+        let _ = writeln!(
+            b,
+            "{name},host={},region={},env={} value={v} {ts}",
+            h.name, h.region, h.env
+        );
+    })
+}
+
 /// The same points in Prometheus text format (one batch per timestamp).
 pub fn prom_batches(n_hosts: usize, points: usize, start: i64) -> Vec<Vec<u8>> {
-    let mut hs = hosts(n_hosts);
-    let mut out = Vec::with_capacity(points);
-    for p in 0..points {
-        let ts = start + p as i64 * INTERVAL_MS;
-        let mut b = Vec::with_capacity(n_hosts * 4 * 90);
-        for host in hs.iter_mut() {
-            let v = host.step();
-            for (m, name) in METRICS.iter().enumerate() {
-                use std::io::Write;
-                let _ = writeln!(
-                    b,
-                    "{name}{{host=\"{}\",region=\"{}\",env=\"{}\"}} {} {ts}",
-                    host.name, host.region, host.env, v[m]
-                );
-            }
-        }
-        out.push(b);
-    }
-    out
+    use std::io::Write;
+    batches(n_hosts, points, start, |b, name, h, v, ts| {
+        let _ = writeln!(
+            b,
+            "{name}{{host=\"{}\",region=\"{}\",env=\"{}\"}} {v} {ts}",
+            h.name, h.region, h.env
+        );
+    })
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Float cases passed at the last recorded run.
-const MIN_PASSED: usize = 619;
+const MIN_PASSED: usize = 620;
 
 fn scripts() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/promql");

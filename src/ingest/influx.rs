@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use super::{parse_f64, parse_i64, BatchBuilder, SeriesBuf};
+use super::{parse_f64, parse_i64, trim, BatchBuilder, SeriesBuf};
 use crate::model::{is_valid_label_name, is_valid_metric_name};
 
 /// Timestamp unit of the `precision` query parameter.
@@ -86,16 +86,6 @@ struct Field {
     key: (usize, usize),
     value: (usize, usize),
     escaped: bool,
-}
-
-fn trim(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t' | b'\r', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t' | b'\r'] = s {
-        s = rest;
-    }
-    s
 }
 
 /// Stop at a space or comma.

@@ -478,6 +478,17 @@ fn slow_f64(s: &[u8]) -> Option<f64> {
     Some(v)
 }
 
+/// Strips spaces, tabs and carriage returns at both ends.
+pub fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t' | b'\r', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t' | b'\r'] = s {
+        s = rest;
+    }
+    s
+}
+
 /// Parses a signed decimal integer without allocation.
 pub fn parse_i64(s: &[u8]) -> Option<i64> {
     let (neg, d) = match s.first()? {

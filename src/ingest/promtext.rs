@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use super::{parse_f64, parse_i64, BatchBuilder, SeriesBuf};
+use super::{parse_f64, parse_i64, trim, BatchBuilder, SeriesBuf};
 
 /// Parses a whole body into `out`.
 pub fn parse<'a>(body: &'a [u8], now_ms: i64, out: &mut BatchBuilder<'_>) {
@@ -29,16 +29,6 @@ pub fn parse<'a>(body: &'a [u8], now_ms: i64, out: &mut BatchBuilder<'_>) {
             Err(reason) => out.error(i + 1, reason),
         }
     }
-}
-
-fn trim(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t' | b'\r', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t' | b'\r'] = s {
-        s = rest;
-    }
-    s
 }
 
 fn parse_line<'a>(

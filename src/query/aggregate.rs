@@ -280,20 +280,9 @@ pub fn histogram_quantiles(e: &Engine<'_>, call: &Call) -> Result<Value, QueryEr
             }
         };
         for (labels, members) in &groups {
-            let mut values = vec![None; n];
-            for (i, slot) in values.iter_mut().enumerate() {
-                let mut buckets: Vec<(f64, f64)> = members
-                    .iter()
-                    .filter_map(|&(le, m)| v[m].values[i].map(|c| (le, c)))
-                    .collect();
-                if !buckets.is_empty() {
-                    *slot = Some(bucket_quantile(q[i], &mut buckets));
-                }
-            }
-            if values.iter().any(|x| x.is_some()) {
-                let mut l = labels.clone();
-                l.set(&label, &qs);
-                out.push(StepSeries { labels: l, values });
+            if let Some(mut series) = quantile_series(&q, labels.clone(), members, &v, n) {
+                series.labels.set(&label, &qs);
+                out.push(series);
             }
         }
     }
@@ -303,46 +292,45 @@ pub fn histogram_quantiles(e: &Engine<'_>, call: &Call) -> Result<Value, QueryEr
 
 /// `histogram_quantile(φ, v)` over classic `le` buckets, as Prometheus's `bucketQuantile`.
 pub fn histogram_quantile(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
-    let q = e.eval_scalar(&call.args.args[0])?;
-    let v = e.eval_vector(
+    let arg = |k: usize| {
         call.args
             .args
-            .get(1)
-            .ok_or_else(|| QueryError::BadData("histogram_quantile needs 2 arguments".into()))?,
-    )?;
-    let n = e.n;
-    let mut groups: HashMap<Labels, Vec<(f64, usize)>> = HashMap::new();
-    for (i, s) in v.iter().enumerate() {
-        let Some(le) = s
-            .labels
-            .get("le")
-            .and_then(|x| crate::ingest::parse_f64(x.as_bytes()))
-        else {
-            continue;
-        };
-        let mut l = s.labels.without_name();
-        l.remove("le");
-        groups.entry(l).or_default().push((le, i));
-    }
-    let mut out = Vec::new();
-    for (labels, members) in groups {
-        let mut values = vec![None; n];
-        for (i, slot) in values.iter_mut().enumerate() {
-            let mut buckets: Vec<(f64, f64)> = members
-                .iter()
-                .filter_map(|&(le, m)| v[m].values[i].map(|c| (le, c)))
-                .collect();
-            if buckets.is_empty() {
-                continue;
-            }
-            *slot = Some(bucket_quantile(q[i], &mut buckets));
-        }
-        if values.iter().any(|x| x.is_some()) {
-            out.push(StepSeries { labels, values });
-        }
-    }
+            .get(k)
+            .ok_or_else(|| QueryError::BadData("histogram_quantile needs 2 arguments".into()))
+    };
+    let q = e.eval_scalar(arg(0)?)?;
+    let v = e.eval_vector(arg(1)?)?;
+    let groups = bucket_groups(&v)?;
+    let mut out: Vec<StepSeries> = groups
+        .iter()
+        .filter_map(|(labels, members)| quantile_series(&q, labels.clone(), members, &v, e.n))
+        .collect();
     out.sort_by(|a, b| a.labels.cmp(&b.labels));
     Ok(Value::Vector(out))
+}
+
+/// One group's quantile at every step (`None` when the group has no buckets at all).
+fn quantile_series(
+    q: &[f64],
+    labels: Labels,
+    members: &[(f64, usize)],
+    v: &[StepSeries],
+    n: usize,
+) -> Option<StepSeries> {
+    let mut values = vec![None; n];
+    for (i, slot) in values.iter_mut().enumerate() {
+        let mut buckets: Vec<(f64, f64)> = members
+            .iter()
+            .filter_map(|&(le, m)| v[m].values[i].map(|c| (le, c)))
+            .collect();
+        if !buckets.is_empty() {
+            *slot = Some(bucket_quantile(q[i], &mut buckets));
+        }
+    }
+    values
+        .iter()
+        .any(|x| x.is_some())
+        .then_some(StepSeries { labels, values })
 }
 
 fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {

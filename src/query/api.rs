@@ -358,34 +358,42 @@ fn selected(state: &AppState, sets: &[Vec<Matcher>], start: i64, end: i64) -> Ve
     out
 }
 
+/// The series selection of a metadata request: its `match[]` selectors (required or not) and
+/// its `[start, end]` (unbounded when absent).
+struct Selection {
+    sets: Vec<Vec<Matcher>>,
+    start: i64,
+    end: i64,
+}
+
+fn selection(p: &[(String, String)], required: bool) -> Result<Selection, Response> {
+    let sets = match_params(p)?;
+    if required && sets.is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "no match[] parameter provided",
+        ));
+    }
+    let (start, end) = time_range(p)?;
+    Ok(Selection { sets, start, end })
+}
+
 /// `GET|POST /api/v1/series`.
 pub async fn series(
     State(s): State<Arc<AppState>>,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
-    let p = params(&q, &body);
-    let sets = match match_params(&p) {
-        Ok(s) if s.is_empty() => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_data",
-                "no match[] parameter provided",
-            )
-        }
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let (start, end) = match time_range(&p) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    success(Json::Array(
-        selected(&s, &sets, start, end)
-            .iter()
-            .map(metric_json)
-            .collect(),
-    ))
+    match selection(&params(&q, &body), true) {
+        Ok(sel) => success(Json::Array(
+            selected(&s, &sel.sets, sel.start, sel.end)
+                .iter()
+                .map(metric_json)
+                .collect(),
+        )),
+        Err(r) => r,
+    }
 }
 
 /// `GET|POST /api/v1/labels`.
@@ -394,19 +402,14 @@ pub async fn labels(
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
-    let p = params(&q, &body);
-    let sets = match match_params(&p) {
-        Ok(s) => s,
+    let sel = match selection(&params(&q, &body), false) {
+        Ok(sel) => sel,
         Err(r) => return r,
     };
-    if sets.is_empty() {
+    if sel.sets.is_empty() {
         return success(json!(s.hot.catalog.label_names()));
     }
-    let (start, end) = match time_range(&p) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let mut names: Vec<String> = selected(&s, &sets, start, end)
+    let mut names: Vec<String> = selected(&s, &sel.sets, sel.start, sel.end)
         .iter()
         .flat_map(|l| l.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>())
         .collect();
@@ -421,19 +424,14 @@ pub async fn label_values(
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let p = params(&q, &Bytes::new());
-    let sets = match match_params(&p) {
-        Ok(s) => s,
+    let sel = match selection(&params(&q, &Bytes::new()), false) {
+        Ok(sel) => sel,
         Err(r) => return r,
     };
-    if sets.is_empty() {
+    if sel.sets.is_empty() {
         return success(json!(s.hot.catalog.label_values(&name)));
     }
-    let (start, end) = match time_range(&p) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let mut vals: Vec<String> = selected(&s, &sets, start, end)
+    let mut vals: Vec<String> = selected(&s, &sel.sets, sel.start, sel.end)
         .iter()
         .filter_map(|l| l.get(&name).map(str::to_string))
         .collect();
@@ -448,15 +446,8 @@ pub async fn label_values(
 pub async fn rollups(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
     use crate::store::hot::Resolution;
     let p = params(&q, &Bytes::new());
-    let sets = match match_params(&p) {
-        Ok(s) if s.is_empty() => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_data",
-                "no match[] parameter provided",
-            )
-        }
-        Ok(s) => s,
+    let sel = match selection(&p, true) {
+        Ok(sel) => sel,
         Err(r) => return r,
     };
     let res = match get(&p, "resolution").unwrap_or("1m") {
@@ -470,19 +461,15 @@ pub async fn rollups(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> R
             )
         }
     };
-    let (start, end) = match time_range(&p) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
     let mut out = Vec::new();
-    for ms in &sets {
+    for ms in &sel.sets {
         for id in s.hot.catalog.select(ms) {
             let Some(labels) = s.hot.catalog.labels(id) else {
                 continue;
             };
             let rows: Vec<Json> = s
                 .hot
-                .rollups(id, res, start, end)
+                .rollups(id, res, sel.start, sel.end)
                 .iter()
                 .map(|r| {
                     json!({"start": secs(r.start), "count": r.count, "sum": go_float(r.sum), "min": go_float(r.min), "max": go_float(r.max),
