@@ -43,12 +43,25 @@ pub struct RangeInput {
 impl RangeInput {
     /// Calls `f(series_index, step_index, window)` for every window `(t - range, t]`.
     pub fn for_each_window(&self, mut f: impl FnMut(usize, usize, &[(i64, f64)])) {
+        let monotonic = self.times.windows(2).all(|w| w[0] <= w[1]);
         for (si, s) in self.series.iter().enumerate() {
             let pts = &s.samples;
+            let (mut lo, mut hi) = (0, 0);
             for (i, &t) in self.times.iter().enumerate() {
-                let lo = pts.partition_point(|p| p.0 <= t - self.range);
-                let hi = pts.partition_point(|p| p.0 <= t);
-                f(si, i, &pts[lo..hi.max(lo)]);
+                if monotonic {
+                    // Steps only move forward: slide the window instead of searching.
+                    while lo < pts.len() && pts[lo].0 <= t - self.range {
+                        lo += 1;
+                    }
+                    hi = hi.max(lo);
+                    while hi < pts.len() && pts[hi].0 <= t {
+                        hi += 1;
+                    }
+                } else {
+                    lo = pts.partition_point(|p| p.0 <= t - self.range);
+                    hi = pts.partition_point(|p| p.0 <= t).max(lo);
+                }
+                f(si, i, &pts[lo..hi]);
             }
         }
     }
