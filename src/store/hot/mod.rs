@@ -9,6 +9,7 @@
 
 pub mod chunk;
 pub mod index;
+pub mod rollups;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::RwLock;
@@ -19,6 +20,7 @@ use tidemark_dataflows::{Rollup, Sample};
 use crate::model::{IdMap, SeriesId};
 use chunk::{Chunk, CHUNK_SAMPLES};
 use index::Catalog;
+use rollups::RollupSeries;
 
 const SHARDS: usize = 64;
 
@@ -42,8 +44,8 @@ struct SeriesData {
     head: Vec<(i64, f64)>,
     /// Samples at or before the last sealed chunk's end, waiting to be merged into it.
     ooo: Vec<(i64, f64)>,
-    r1m: Vec<Rollup>,
-    r1h: Vec<Rollup>,
+    r1m: RollupSeries,
+    r1h: RollupSeries,
 }
 
 /// Counters the index keeps for `/metrics`.
@@ -54,7 +56,7 @@ pub struct HotStats {
     pub chunk_bytes: AtomicI64,
     pub head_samples: AtomicI64,
     pub sealed_samples: AtomicI64,
-    pub rollups: AtomicI64,
+    pub rollup_bytes: AtomicI64,
 }
 
 /// The in-memory hot tier.
@@ -68,29 +70,6 @@ pub struct HotIndex {
 
 fn shard(id: SeriesId) -> usize {
     (id >> 32) as usize % SHARDS
-}
-
-fn upsert_rollup(v: &mut Vec<Rollup>, r: Rollup) -> bool {
-    match v.last() {
-        Some(last) if last.start < r.start => {
-            v.push(r);
-            true
-        }
-        None => {
-            v.push(r);
-            true
-        }
-        _ => match v.binary_search_by_key(&r.start, |x| x.start) {
-            Ok(i) => {
-                v[i] = r;
-                false
-            }
-            Err(i) => {
-                v.insert(i, r);
-                true
-            }
-        },
-    }
 }
 
 impl SeriesData {
@@ -300,7 +279,7 @@ impl HotIndex {
 
     /// Upserts rollups by (series, start).
     pub fn upsert(&self, rollups: &[Rollup]) {
-        let mut added = 0;
+        let mut bytes = 0;
         for r in rollups {
             let mut shard = self.shards[shard(r.series)]
                 .write()
@@ -311,11 +290,9 @@ impl HotIndex {
             } else {
                 &mut s.r1m
             };
-            if upsert_rollup(v, *r) {
-                added += 1;
-            }
+            bytes += v.upsert(*r);
         }
-        self.stats.rollups.fetch_add(added, Ordering::Relaxed);
+        self.stats.rollup_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Raw samples of a series in `[start, end]`, sorted by time.
@@ -340,9 +317,7 @@ impl HotIndex {
             Resolution::OneMinute => &s.r1m,
             Resolution::OneHour => &s.r1h,
         };
-        let lo = v.partition_point(|r| r.start < start);
-        let hi = v.partition_point(|r| r.start <= end);
-        v[lo..hi.max(lo)].to_vec()
+        v.range(id, start, end)
     }
 
     /// Bytes the raw samples take: compressed chunks plus uncompressed head samples (16 bytes
@@ -354,7 +329,7 @@ impl HotIndex {
 
     /// Bytes the stored rollups take.
     pub fn rollup_bytes(&self) -> i64 {
-        self.stats.rollups.load(Ordering::Relaxed) * std::mem::size_of::<Rollup>() as i64
+        self.stats.rollup_bytes.load(Ordering::Relaxed)
     }
 
     /// Bytes of raw samples and rollups.
@@ -395,12 +370,11 @@ impl HotIndex {
                     }
                 }
                 for v in [&mut s.r1m, &mut s.r1h] {
-                    let n = v.partition_point(|r| r.start + r.width < cutoff);
-                    v.drain(..n);
-                    drollups -= n as i64;
+                    drollups += v.gc(cutoff);
                 }
                 let keep = !(s.sealed.is_empty()
                     && s.head.is_empty()
+                    && s.ooo.is_empty()
                     && s.r1m.is_empty()
                     && s.r1h.is_empty());
                 if !keep {
@@ -416,7 +390,7 @@ impl HotIndex {
         st.chunk_bytes.fetch_add(dbytes, Ordering::Relaxed);
         st.head_samples.fetch_add(dhead, Ordering::Relaxed);
         st.sealed_samples.fetch_add(dsealed, Ordering::Relaxed);
-        st.rollups.fetch_add(drollups, Ordering::Relaxed);
+        st.rollup_bytes.fetch_add(drollups, Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,220 @@
+//! Rollups of one series at one resolution, compressed like raw samples: blocks of
+//! [`BLOCK`] rollups stored as seven chunks (one per field, timestamps at window starts), plus an
+//! uncompressed tail that takes the upserts of windows still open for lateness.
+
+use tidemark_dataflows::Rollup;
+
+use super::chunk::Chunk;
+
+/// Rollups per sealed block.
+pub const BLOCK: usize = 120;
+/// Rollups kept uncompressed beyond a block's worth, so corrections within the allowed
+/// lateness hit the tail.
+const TAIL_SLACK: usize = 16;
+const FIELDS: usize = 7;
+
+/// A sealed block: `count, sum, min, max, first, last, increase`, each as a chunk keyed by
+/// window start.
+#[derive(Clone, Debug)]
+struct Block {
+    min_start: i64,
+    max_start: i64,
+    width: i64,
+    cols: Box<[Chunk; FIELDS]>,
+}
+
+fn field(r: &Rollup, f: usize) -> f64 {
+    match f {
+        0 => r.count as f64,
+        1 => r.sum,
+        2 => r.min,
+        3 => r.max,
+        4 => r.first,
+        5 => r.last,
+        _ => r.increase,
+    }
+}
+
+impl Block {
+    fn encode(rows: &[Rollup]) -> Block {
+        let cols: [Chunk; FIELDS] = std::array::from_fn(|f| {
+            let pts: Vec<(i64, f64)> = rows.iter().map(|r| (r.start, field(r, f))).collect();
+            Chunk::encode(&pts)
+        });
+        Block {
+            min_start: rows[0].start,
+            max_start: rows[rows.len() - 1].start,
+            width: rows[0].width,
+            cols: Box::new(cols),
+        }
+    }
+
+    fn decode(&self, series: u64) -> Vec<Rollup> {
+        let mut cols: Vec<Vec<(i64, f64)>> = Vec::with_capacity(FIELDS);
+        for c in self.cols.iter() {
+            let mut v = Vec::with_capacity(c.count as usize);
+            c.decode_into(&mut v);
+            cols.push(v);
+        }
+        (0..cols[0].len())
+            .map(|i| Rollup {
+                series,
+                start: cols[0][i].0,
+                width: self.width,
+                count: cols[0][i].1 as u64,
+                sum: cols[1][i].1,
+                min: cols[2][i].1,
+                max: cols[3][i].1,
+                first: cols[4][i].1,
+                last: cols[5][i].1,
+                increase: cols[6][i].1,
+            })
+            .collect()
+    }
+
+    fn size(&self) -> usize {
+        self.cols.iter().map(|c| c.size()).sum::<usize>() + 24
+    }
+}
+
+/// The rollups of one series at one width.
+#[derive(Default, Debug)]
+pub struct RollupSeries {
+    blocks: Vec<Block>,
+    tail: Vec<Rollup>,
+}
+
+const ROLLUP_BYTES: i64 = std::mem::size_of::<Rollup>() as i64;
+
+fn upsert_sorted(v: &mut Vec<Rollup>, r: Rollup) -> bool {
+    match v.last() {
+        None => {
+            v.push(r);
+            true
+        }
+        Some(last) if last.start < r.start => {
+            v.push(r);
+            true
+        }
+        _ => match v.binary_search_by_key(&r.start, |x| x.start) {
+            Ok(i) => {
+                v[i] = r;
+                false
+            }
+            Err(i) => {
+                v.insert(i, r);
+                true
+            }
+        },
+    }
+}
+
+impl RollupSeries {
+    /// Upserts by window start; returns the change in bytes held.
+    pub fn upsert(&mut self, r: Rollup) -> i64 {
+        if let Some(i) = self
+            .blocks
+            .iter()
+            .rposition(|b| b.min_start <= r.start)
+            .filter(|&i| r.start <= self.blocks[i].max_start)
+        {
+            return self.upsert_sealed(i, r);
+        }
+        if self.blocks.last().is_some_and(|b| r.start < b.min_start) {
+            // Older than every block: it joins the first one.
+            return self.upsert_sealed(0, r);
+        }
+        let mut delta = if upsert_sorted(&mut self.tail, r) {
+            ROLLUP_BYTES
+        } else {
+            0
+        };
+        if self.tail.len() >= BLOCK + TAIL_SLACK {
+            let b = Block::encode(&self.tail[..BLOCK]);
+            delta += b.size() as i64 - BLOCK as i64 * ROLLUP_BYTES;
+            self.blocks.push(b);
+            self.tail.drain(..BLOCK);
+        }
+        delta
+    }
+
+    #[cold]
+    fn upsert_sealed(&mut self, i: usize, r: Rollup) -> i64 {
+        let before = self.blocks[i].size() as i64;
+        let mut rows = self.blocks[i].decode(r.series);
+        upsert_sorted(&mut rows, r);
+        self.blocks[i] = Block::encode(&rows);
+        self.blocks[i].size() as i64 - before
+    }
+
+    /// Rollups whose window starts in `[start, end]`.
+    pub fn range(&self, series: u64, start: i64, end: i64) -> Vec<Rollup> {
+        let mut out = Vec::new();
+        for b in &self.blocks {
+            if b.max_start < start || b.min_start > end {
+                continue;
+            }
+            out.extend(
+                b.decode(series)
+                    .into_iter()
+                    .filter(|r| r.start >= start && r.start <= end),
+            );
+        }
+        let lo = self.tail.partition_point(|r| r.start < start);
+        let hi = self.tail.partition_point(|r| r.start <= end);
+        out.extend_from_slice(&self.tail[lo..hi.max(lo)]);
+        out
+    }
+
+    /// Drops windows that ended before `cutoff`; returns the change in bytes held.
+    pub fn gc(&mut self, cutoff: i64) -> i64 {
+        let mut delta = 0;
+        self.blocks.retain(|b| {
+            let keep = b.max_start + b.width >= cutoff;
+            if !keep {
+                delta -= b.size() as i64;
+            }
+            keep
+        });
+        let n = self.tail.partition_point(|r| r.start + r.width < cutoff);
+        self.tail.drain(..n);
+        delta - n as i64 * ROLLUP_BYTES
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty() && self.tail.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roll(start: i64, v: f64) -> Rollup {
+        Rollup::from_sorted(9, start, 60_000, &[(start, v), (start + 10_000, v + 1.5)]).unwrap()
+    }
+
+    #[test]
+    fn sealed_blocks_round_trip_and_take_corrections() {
+        let mut s = RollupSeries::default();
+        let mut bytes = 0;
+        for i in 0..400 {
+            bytes += s.upsert(roll(i * 60_000, (i % 17) as f64 * 0.25));
+        }
+        assert!(s.blocks.len() >= 2);
+        let all = s.range(9, 0, i64::MAX);
+        assert_eq!(all.len(), 400);
+        assert_eq!(all[123], roll(123 * 60_000, (123 % 17) as f64 * 0.25));
+        // Compressed: far below the 80 bytes of an uncompressed rollup.
+        assert!(bytes < 400 * 30, "{bytes} bytes for 400 rollups");
+        // A correction to a sealed window replaces it.
+        s.upsert(roll(5 * 60_000, 100.0));
+        let r = s.range(9, 5 * 60_000, 5 * 60_000);
+        assert_eq!(r, vec![roll(5 * 60_000, 100.0)]);
+        assert_eq!(s.range(9, 0, i64::MAX).len(), 400);
+        // Expiry is by whole block: the block of windows 0..119 goes, 120..239 stays.
+        s.gc(200 * 60_000);
+        assert_eq!(s.range(9, 0, i64::MAX)[0].start, 120 * 60_000);
+    }
+}
