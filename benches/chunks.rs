@@ -52,9 +52,32 @@ fn report(series: &[fleet::SeriesPoints]) {
     }
 }
 
+/// Bytes per 1-minute rollup in the hot index at steady state: 100 hosts x 26 h (the hot
+/// retention), 1,560 windows per series: 13 sealed blocks and an open tail.
+fn report_rollups() {
+    use tidemark::store::hot::rollups::RollupSeries;
+    use tidemark_dataflows::Rollup;
+    let series = fleet::series(100, 9360, 1_700_000_020_000 - 1_700_000_020_000 % 60_000);
+    let (mut bytes, mut n) = (0i64, 0usize);
+    for (_, _, pts) in &series {
+        let mut rs = RollupSeries::default();
+        for w in pts.chunks(6) {
+            let start = w[0].0 - w[0].0.rem_euclid(60_000);
+            bytes += rs.upsert(Rollup::from_sorted(1, start, 60_000, w).unwrap());
+            n += 1;
+        }
+    }
+    eprintln!(
+        "rollups, fleet workload (400 series x 26 h of one-minute windows): {:.1} bytes/rollup in the hot index (sealed blocks of 120 plus the open tail; uncompressed: {})",
+        bytes as f64 / n as f64,
+        std::mem::size_of::<Rollup>()
+    );
+}
+
 fn codecs(c: &mut Criterion) {
     let series = fleet::series(2500, 360, 1_700_000_000_000);
     report(&series);
+    report_rollups();
     let chunks = chunks_of(&series);
     let sample: Vec<&[(i64, f64)]> = chunks.iter().take(2000).map(|(_, c)| *c).collect();
     let n: usize = sample.iter().map(|c| c.len()).sum();

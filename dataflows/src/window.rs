@@ -105,6 +105,37 @@ fn passed(frontier: &MutableAntichain<u64>, t: i64) -> bool {
 ///
 /// A window is emitted once the frontier passes `end`, re-emitted for the series a late record
 /// changed, and retired once the frontier passes `end + lateness`.
+///
+/// # Examples
+/// ```
+/// use timely::dataflow::operators::{Capture, Input, Probe};
+/// use tidemark_dataflows::window::{windows, SampleAcc};
+/// use tidemark_dataflows::{captured, Sample};
+///
+/// // 10 s windows, 20 s lateness, driven by hand: the input's time is the watermark.
+/// let (rollups, late) = timely::execute_directly(|worker| {
+///     let (mut input, probe, rollups, late) = worker.dataflow::<u64, _, _>(|scope| {
+///         let (input, stream) = scope.new_input::<Vec<Sample>>();
+///         let (rollups, late) = windows::<Sample, SampleAcc>(stream, "Windows", 10_000, 20_000);
+///         let (probe, rollups) = rollups.probe();
+///         (input, probe, rollups.capture(), late.capture())
+///     });
+///     let s = |ts, value| Sample { series: 3, ts, value };
+///     input.send(s(1_000, 1.0));
+///     input.send(s(4_000, 2.0));
+///     input.advance_to(12_000); // window [0, 10 s) closes: emitted
+///     while probe.less_than(&12_000) { worker.step(); }
+///     input.send(s(5_000, 4.0)); // late, within lateness: re-emitted corrected
+///     input.advance_to(40_000); // retired
+///     while probe.less_than(&40_000) { worker.step(); }
+///     input.send(s(6_000, 8.0)); // too late: dropped from rollups, counted
+///     (rollups, late)
+/// });
+/// let sums: Vec<f64> = captured(rollups).into_iter().map(|(_, r)| r.sum).collect();
+/// assert_eq!(sums, vec![3.0, 7.0]);
+/// let late: Vec<(u64, u64)> = captured(late).into_iter().map(|(_, l)| (l.accepted, l.dropped)).collect();
+/// assert_eq!(late, vec![(1, 0), (0, 1)]);
+/// ```
 pub fn windows<'s, D, A>(
     stream: Stream<'s, u64, Vec<D>>,
     name: &str,
