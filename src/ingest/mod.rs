@@ -247,6 +247,10 @@ pub struct BatchBuilder<'l> {
     pub rejected: [usize; 3],
 }
 
+/// Largest accepted |timestamp| in ms (about year 33,658): keeps window and chunk arithmetic far
+/// from overflow.
+pub const MAX_ABS_TS: i64 = 1_000_000_000_000_000;
+
 /// At most this many errors are kept with their text; the rest are counted.
 pub const MAX_REPORTED_ERRORS: usize = 20;
 
@@ -300,6 +304,10 @@ impl<'l> BatchBuilder<'l> {
 
     /// Adds one sample of the series in `buf` (whose labels are sorted in place).
     pub fn add(&mut self, buf: &mut SeriesBuf<'_>, ts: i64, value: f64, line: usize) {
+        if !(-MAX_ABS_TS..=MAX_ABS_TS).contains(&ts) {
+            self.error(line, format!("timestamp {ts} ms is out of range (more than 30,000 years from 1970); check the precision parameter"));
+            return;
+        }
         if ts < self.min_ts {
             let msg = format!("sample at {ts} ms {}", self.min_ts_reason);
             self.reject(Reject::TooOld, line, msg);

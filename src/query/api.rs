@@ -92,7 +92,9 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 pub fn parse_time(s: &str) -> Result<i64, String> {
     if let Ok(v) = s.parse::<f64>() {
         if v.is_finite() {
-            return Ok((v * 1000.0).round() as i64);
+            // Keep query arithmetic far from i64 overflow, as for ingested timestamps.
+            return Ok(((v * 1000.0).round() as i64)
+                .clamp(-crate::ingest::MAX_ABS_TS, crate::ingest::MAX_ABS_TS));
         }
     }
     let b = s.as_bytes();

@@ -10,6 +10,9 @@ use super::{QueryError, QueryValue, Series, Storage};
 use crate::model::{is_stale_nan, Labels, METRIC_NAME};
 use crate::store::hot::index::{MatchOp, Matcher};
 
+/// Most steps a subquery may evaluate (its inner grid over the whole query range).
+pub const MAX_SUBQUERY_STEPS: i64 = 1_000_000;
+
 /// Prometheus's default lookback delta: 5 minutes.
 pub const DEFAULT_LOOKBACK_MS: i64 = 300_000;
 
@@ -82,7 +85,8 @@ pub struct Engine<'a> {
 }
 
 fn dur_ms(d: &Duration) -> i64 {
-    d.as_millis() as i64
+    // Durations beyond the timestamp range behave like the range itself (and cannot overflow).
+    (d.as_millis().min(crate::ingest::MAX_ABS_TS as u128)) as i64
 }
 
 fn offset_ms(o: &Option<Offset>) -> i64 {
@@ -94,9 +98,10 @@ fn offset_ms(o: &Option<Offset>) -> i64 {
 }
 
 fn system_time_ms(t: &SystemTime) -> i64 {
+    let cap = crate::ingest::MAX_ABS_TS as u128;
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
+        Ok(d) => d.as_millis().min(cap) as i64,
+        Err(e) => -(e.duration().as_millis().min(cap) as i64),
     }
 }
 
@@ -433,6 +438,12 @@ impl<'a> Engine<'a> {
                         range,
                         times,
                     });
+                }
+                let steps = (hi - first) / step + 1;
+                if steps > MAX_SUBQUERY_STEPS {
+                    return Err(QueryError::BadData(format!(
+                        "subquery {sq} would evaluate {steps} steps, more than {MAX_SUBQUERY_STEPS}; use a larger subquery step or a shorter range"
+                    )));
                 }
                 let inner = Engine {
                     storage: self.storage,

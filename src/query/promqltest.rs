@@ -741,6 +741,34 @@ mod tests {
     }
 
     #[test]
+    fn extreme_times_and_durations_do_not_panic() {
+        let mut store = MemStorage::default();
+        store.add(
+            Labels::from_pairs([("__name__", "m")]),
+            [(0, 1.0), (1000, 2.0)],
+        );
+        let max = crate::ingest::MAX_ABS_TS;
+        for q in [
+            "rate(m[100000y] offset -100000y)",
+            "m @ 1e300",
+            "max_over_time(m[5m:1ms] offset 1000000y)",
+            "sum_over_time(m[100000y:100000y])",
+            "predict_linear(m[100000y], 1e308)",
+            "topk(1e300, m)",
+            "m offset 100000y + m offset -100000y",
+        ] {
+            for (s, e, step) in [
+                (0, 0, 1),
+                (-max, max, max / 5),
+                (max, max, 1),
+                (-max, -max, 1),
+            ] {
+                let _ = Engine::new(&store, s, e, step).and_then(|en| en.query(q, s != e));
+            }
+        }
+    }
+
+    #[test]
     fn small_script() {
         let script = "load 5m\n\thttp{job=\"a\"} 0+10x10\n\thttp{job=\"b\"} 0+20x10\n\neval instant at 50m sum(http)\n\t{} 300\n\neval instant at 50m rate(http[10m])\n\t{job=\"a\"} 0.03333333333\n\t{job=\"b\"} 0.06666666666\n\neval range from 0 to 10m step 5m http{job=\"a\"}\n\thttp{job=\"a\"} 0 10 20\n\neval_fail instant at 0m sum(\n";
         let o = run_script(script);
