@@ -332,3 +332,43 @@ fn sigkill_after_acknowledged_writes_loses_nothing() {
     ));
     assert_eq!(d["result"][0]["value"][1], "50");
 }
+
+#[test]
+fn garbage_requests_never_take_the_server_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tidemark::start(dir.path(), "[ingest]\nmax_body_bytes = 65536\n", 1);
+    let mut rng = support::Rng(0xfeed_beef);
+    let alphabet: &[u8] = b"ab_,= \"\\\n{}0123456789.eE+-iutf#:\x00\xff\xc3";
+    let paths = [
+        "/write",
+        "/api/v2/write?precision=ms",
+        "/api/v1/write",
+        "/api/v1/import/prometheus",
+    ];
+    for round in 0..200 {
+        let len = rng.below(400) as usize;
+        let body: Vec<u8> = (0..len)
+            .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
+            .collect();
+        let encoding = ["", "gzip", "snappy"][round % 3];
+        let headers: Vec<(&str, &str)> = if encoding.is_empty() {
+            vec![]
+        } else {
+            vec![("Content-Encoding", encoding)]
+        };
+        let (status, msg) = t.post(paths[round % paths.len()], "text/plain", &headers, &body);
+        assert!(status < 500, "{status} for {body:?}: {msg}");
+        // And queries made of the same bytes.
+        let q = String::from_utf8_lossy(&body).into_owned();
+        for path in [
+            "/api/v1/query?query=",
+            "/api/v1/series?match[]=",
+            "/api/v1/query_range?step=60&start=0&end=86400&query=",
+        ] {
+            let (status, msg) = t.get(&format!("{path}{}", enc(&q)));
+            assert!(status < 500, "{status} for {path}{q:?}: {msg}");
+        }
+    }
+    assert_eq!(t.get("/-/healthy").0, 200);
+    assert_eq!(t.get("/-/ready").0, 200);
+}
