@@ -106,6 +106,10 @@ fn push_three_formats_and_query_range() {
     );
     assert_eq!(status, 204, "{body}");
 
+    // Every acknowledged sample becomes queryable (each worker applies its own series).
+    t.eventually("all 41 samples in the hot index", || {
+        (t.metric("tidemark_hot_samples") >= 41.0).then_some(())
+    });
     let end = base + 90_000;
     let d = t.eventually("the influx samples", || {
         let d = range(&t, "cpu_load", base, end, 10);

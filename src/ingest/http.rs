@@ -124,6 +124,7 @@ pub fn write_blocking(
                 )
                     .into_response()
             })?;
+        state.hot.observe_newest(hi);
         state
             .metrics
             .samples_ingested

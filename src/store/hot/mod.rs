@@ -234,6 +234,12 @@ impl HotIndex {
         (n != i64::MIN).then_some(n)
     }
 
+    /// Records that samples up to `ts` were accepted (ingest calls this on acknowledging, so
+    /// the retention window moves with what was acknowledged, not with the job's progress).
+    pub fn observe_newest(&self, ts: i64) {
+        self.newest.fetch_max(ts, Ordering::Relaxed);
+    }
+
     /// The oldest timestamp the index accepts now.
     pub fn min_valid_ts(&self) -> i64 {
         self.newest()
