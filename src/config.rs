@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 use crate::model::Limits;
+use crate::transport::kafka::KafkaConfig;
 use crate::transport::log::FsyncPolicy;
 
 /// Configuration errors name the file, the key and the fix.
@@ -76,6 +77,8 @@ pub struct Config {
     pub log: LogConfig,
     pub job: JobConfig,
     pub hot: HotConfig,
+    /// Kafka, for `tidemark ingest` (see [`KafkaConfig`]).
+    pub kafka: KafkaConfig,
 }
 
 /// `[server]`.

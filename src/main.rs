@@ -39,6 +39,25 @@ enum Cmd {
         #[arg(long)]
         insecure: bool,
     },
+    /// Stateless push receiver: the ingest endpoints of `up`, producing accepted batches to the
+    /// Kafka topic `metrics` (acknowledged only once Kafka acknowledged them; 503 otherwise).
+    Ingest {
+        /// Address to serve HTTP on.
+        #[arg(long, default_value = "127.0.0.1:9470")]
+        listen: SocketAddr,
+        /// A tidemark.toml; its [kafka] table configures the producer.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Bootstrap servers (overrides kafka.brokers).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Topic (overrides kafka.topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Allow a non-loopback listen address without auth tokens.
+        #[arg(long)]
+        insecure: bool,
+    },
     /// Run Prometheus `.test` scripts and print `N passed, N failed` per file and overall.
     Promqltest {
         /// Script files.
@@ -69,13 +88,29 @@ fn main() -> anyhow::Result<()> {
             if let Some(w) = workers {
                 cfg.server.workers = w;
             }
-            if !insecure && !cfg.server.listen.ip().is_loopback() {
-                anyhow::bail!(
-                    "refusing to serve {} without auth tokens: bind a loopback address, or pass --insecure",
-                    cfg.server.listen
-                );
-            }
+            refuse_open_without_tokens(&cfg, insecure)?;
             tidemark::server::run(cfg).context("tidemark up")
+        }
+        Cmd::Ingest {
+            listen,
+            config,
+            brokers,
+            topic,
+            insecure,
+        } => {
+            let mut cfg = match &config {
+                Some(p) => tidemark::config::Config::load(p)?,
+                None => tidemark::config::Config::default(),
+            };
+            cfg.server.listen = listen;
+            if let Some(b) = brokers {
+                cfg.kafka.brokers = b;
+            }
+            if let Some(t) = topic {
+                cfg.kafka.topic = t;
+            }
+            refuse_open_without_tokens(&cfg, insecure)?;
+            tidemark::server::run_ingest(cfg).context("tidemark ingest")
         }
         Cmd::Promqltest { files, verbose } => {
             let (report, total) = tidemark::query::promqltest::run_files(&files, verbose)
@@ -85,4 +120,18 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Without auth tokens Tidemark serves loopback only, unless `--insecure`.
+fn refuse_open_without_tokens(
+    cfg: &tidemark::config::Config,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    if !insecure && !cfg.server.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to serve {} without auth tokens: bind a loopback address, or pass --insecure",
+            cfg.server.listen
+        );
+    }
+    Ok(())
 }

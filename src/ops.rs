@@ -12,6 +12,8 @@ pub struct Metrics {
     pub requests: AtomicU64,
     pub rejected: [AtomicU64; 3],
     pub rejected_requests_too_large: AtomicU64,
+    /// Pushes refused with 503 because the log or Kafka could not take them.
+    pub sink_failures: AtomicU64,
     pub late_accepted: AtomicU64,
     pub late_dropped: AtomicU64,
     pub queries: AtomicU64,
@@ -85,6 +87,12 @@ pub fn render_counters(m: &Metrics, w: &mut TextWriter) {
         "counter",
         "Samples behind the watermark: accepted into a window still open for lateness, or dropped from rollups (kept raw).",
         &[("action=\"accepted\"", g(&m.late_accepted)), ("action=\"dropped\"", g(&m.late_dropped))],
+    );
+    w.family(
+        "tidemark_write_unavailable_total",
+        "counter",
+        "Pushes answered 503 because the log or Kafka could not take them (the client retries).",
+        &[("", g(&m.sink_failures))],
     );
     w.family(
         "tidemark_queries_total",

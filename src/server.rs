@@ -13,7 +13,7 @@ use anyhow::Context;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 
 use crate::config::Config;
@@ -33,17 +33,9 @@ pub struct AppState {
     pub progress: Arc<JobProgress>,
 }
 
-/// The router of `tidemark up`.
-pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.cfg.ingest.max_body_bytes;
+/// The router of `tidemark up`: the push routes and the query side.
+pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Router {
     Router::new()
-        .route("/write", post(ingest_http::write_v1))
-        .route("/api/v2/write", post(ingest_http::write_v2))
-        .route("/api/v1/write", post(ingest_http::remote_write))
-        .route(
-            "/api/v1/import/prometheus",
-            post(ingest_http::import_prometheus),
-        )
         .route("/api/v1/query", get(api::query).post(api::query))
         .route(
             "/api/v1/query_range",
@@ -59,8 +51,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
         .route("/-/ready", get(ready))
         .route("/", get(index))
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state)
+        .merge(ingest_http::routes(ingest))
 }
 
 async fn ready(State(s): State<Arc<AppState>>) -> Response {
@@ -332,6 +324,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     let listen = cfg.server.listen;
+    let ingest = Arc::new(ingest_http::IngestState {
+        limits: cfg.ingest.clone(),
+        sink: ingest_http::Sink::Log(log.clone()),
+        metrics: Arc::clone(&metrics),
+        hot: Some(Arc::clone(&hot)),
+    });
     let state = Arc::new(AppState {
         cfg,
         log: log.clone(),
@@ -356,7 +354,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             startup_end
         );
         spawn_background(Arc::clone(&state), startup_end, started);
-        axum::serve(listener, router(Arc::clone(&state)))
+        axum::serve(listener, router(Arc::clone(&state), ingest))
             .with_graceful_shutdown(shutdown_signal())
             .await?;
         anyhow::Ok(())
@@ -366,4 +364,57 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     job.shutdown();
     eprintln!("tidemark: stopped; log end offset {}", log.end_offset());
     served
+}
+
+/// `tidemark ingest`: the push endpoints, producing to Kafka; stateless, so several can run
+/// behind a load balancer. `/-/ready` is 200 while the brokers answer.
+pub fn run_ingest(cfg: Config) -> anyhow::Result<()> {
+    let sink = crate::transport::kafka::KafkaSink::new(&cfg.kafka)?;
+    let metrics = Arc::new(Metrics::default());
+    let listen = cfg.server.listen;
+    let kafka = cfg.kafka.clone();
+    let state = Arc::new(ingest_http::IngestState {
+        limits: cfg.ingest.clone(),
+        sink: ingest_http::Sink::Kafka(sink),
+        metrics: Arc::clone(&metrics),
+        hot: None,
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        eprintln!(
+            "tidemark ingest: listening on http://{}, producing to topic {:?} at {} ({:?}, key {:?})",
+            listener.local_addr()?,
+            kafka.topic,
+            kafka.brokers,
+            kafka.format,
+            kafka.partition_key
+        );
+        let m = Arc::clone(&metrics);
+        let app = Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let m = Arc::clone(&m);
+                    async move {
+                        let mut w = TextWriter(String::with_capacity(2048));
+                        render_counters(&m, &mut w);
+                        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], w.0)
+                    }
+                }),
+            )
+            .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
+            .route("/-/ready", get(|| async { "Tidemark ingest is Ready.\n" }))
+            .merge(ingest_http::routes(Arc::clone(&state)));
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    if let ingest_http::Sink::Kafka(k) = &state.sink {
+        k.flush(Duration::from_secs(5));
+    }
+    eprintln!("tidemark ingest: stopped");
+    Ok(())
 }

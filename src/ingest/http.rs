@@ -2,9 +2,12 @@
 //! `POST /api/v1/write` (Prometheus remote write 1.0), `POST /api/v1/import/prometheus` (text
 //! exposition format).
 //!
-//! A request is acknowledged only after its accepted samples are appended to the log (and
-//! fsynced under `fsync = "always"`). Malformed lines get a 400 naming each line and why, while
-//! the valid lines of the same request are stored (the Influx convention).
+//! A request is acknowledged only after its accepted samples are durable in the [`Sink`]: the
+//! embedded log (appended and, under `fsync = "always"`, fsynced) in `tidemark up`, or the Kafka
+//! topic (acknowledged by all in-sync replicas) in `tidemark ingest`. When the sink cannot take
+//! them the client gets 503 with `Retry-After`, never a silent drop. Malformed lines get a 400
+//! naming each line and why, while the valid lines of the same request are stored (the Influx
+//! convention).
 
 use std::io::Read;
 use std::sync::atomic::Ordering;
@@ -17,11 +20,15 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::influx::Precision;
-use super::{describe_errors, influx, promtext, remote_write, BatchBuilder, IngestError};
-use crate::model::{LimitError, METRIC_NAME};
-use crate::server::AppState;
+use super::{
+    describe_errors, influx, promtext, remote_write, BatchBuilder, IngestError, WriteBatch,
+};
+use crate::model::{LimitError, Limits, METRIC_NAME};
+use crate::ops::Metrics;
+use crate::store::hot::HotIndex;
 use crate::transport::codec;
-use crate::transport::log::RecordKind;
+use crate::transport::kafka::KafkaSink;
+use crate::transport::log::{Log, RecordKind};
 
 /// The push formats.
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +36,53 @@ pub enum Format {
     Influx(Precision, bool),
     PromText,
     RemoteWrite,
+}
+
+/// Where accepted batches go before the push is acknowledged.
+pub enum Sink {
+    /// The embedded log of `tidemark up`.
+    Log(Log),
+    /// The Kafka `metrics` topic of `tidemark ingest`.
+    Kafka(KafkaSink),
+}
+
+/// Why a sink could not take a batch: the client should retry.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkUnavailable(pub String);
+
+impl Sink {
+    /// Makes the batch durable; returns once it is.
+    pub async fn commit(&self, batch: WriteBatch) -> Result<(), SinkUnavailable> {
+        let Some((lo, hi)) = batch.time_range() else {
+            return Ok(());
+        };
+        match self {
+            Sink::Log(log) => {
+                let log = log.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut payload = Vec::new();
+                    codec::encode(&batch, &mut payload);
+                    log.append(RecordKind::Batch, lo, hi, &payload)
+                })
+                .await
+                .map_err(|e| SinkUnavailable(format!("log append task failed: {e}")))?
+                .map(|_| ())
+                .map_err(|e| SinkUnavailable(format!("cannot append to the log: {e}")))
+            }
+            Sink::Kafka(k) => k.commit(&batch).await,
+        }
+    }
+}
+
+/// What the push endpoints share.
+pub struct IngestState {
+    pub limits: Limits,
+    pub sink: Sink,
+    pub metrics: Arc<Metrics>,
+    /// The hot index of this process, if it has one (`up`): its retention window and the
+    /// per-metric series limit are checked at ingest. Stateless `ingest` processes have none.
+    pub hot: Option<Arc<HotIndex>>,
 }
 
 fn now_ms() -> i64 {
@@ -52,21 +106,21 @@ fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, IngestError> {
     Ok(out)
 }
 
-/// What a write did.
-pub struct WriteOutcome {
-    pub accepted: usize,
+/// A validated request: the batch to commit, and what was rejected.
+pub struct Validated {
+    pub batch: WriteBatch,
     pub errors: String,
     pub rejected: usize,
 }
 
-/// Parses, validates and logs one request body. Blocking.
-pub fn write_blocking(
-    state: &AppState,
+/// Decompresses, parses and validates one request body. Blocking.
+pub fn validate(
+    state: &IngestState,
     format: Format,
     gzipped: bool,
     body: &[u8],
-) -> Result<WriteOutcome, Response> {
-    let limits = &state.cfg.ingest;
+) -> Result<Validated, Response> {
+    let limits = &state.limits;
     let decoded;
     let body = if gzipped {
         decoded = gunzip(body, limits.max_body_bytes).map_err(ingest_error)?;
@@ -74,15 +128,17 @@ pub fn write_blocking(
     } else {
         body
     };
-    let hot = &state.hot;
-    let min_ts = hot.min_valid_ts();
-    let reason = format!(
-        "is older than the hot retention window: the newest sample is at {} ms and hot.retention is {} h, so samples before {} ms are rejected; raise [hot] retention in tidemark.toml to accept older data",
-        hot.newest().unwrap_or(0),
-        hot.retention_ms() as f64 / 3_600_000.0,
-        min_ts
-    );
-    let mut b = BatchBuilder::new(limits).with_min_ts(min_ts, reason);
+    let mut b = BatchBuilder::new(limits);
+    if let Some(hot) = &state.hot {
+        let min_ts = hot.min_valid_ts();
+        let reason = format!(
+            "is older than the hot retention window: the newest sample is at {} ms and hot.retention is {} h, so samples before {} ms are rejected; raise [hot] retention in tidemark.toml to accept older data",
+            hot.newest().unwrap_or(0),
+            hot.retention_ms() as f64 / 3_600_000.0,
+            min_ts
+        );
+        b = b.with_min_ts(min_ts, reason);
+    }
     let now = now_ms();
     match format {
         Format::Influx(p, _) => influx::parse(body, p, now, &mut b),
@@ -91,47 +147,28 @@ pub fn write_blocking(
             remote_write::parse(body, limits.max_body_bytes, &mut b).map_err(ingest_error)?
         }
     }
-    let per_metric = limits.max_series_per_metric;
-    b.retain_series(|id, canon| {
-        if hot.catalog.contains(id) {
-            return Ok(());
-        }
-        let labels = super::decode_canonical(canon);
-        let metric = labels.get(METRIC_NAME).unwrap_or_default();
-        if hot.catalog.series_of_metric(metric) >= per_metric {
-            return Err(LimitError::TooManySeries {
-                metric: metric.to_string(),
-                limit: per_metric,
-            });
-        }
-        hot.catalog.register(id, labels);
-        Ok(())
-    });
+    if let Some(hot) = &state.hot {
+        let per_metric = limits.max_series_per_metric;
+        b.retain_series(|id, canon| {
+            if hot.catalog.contains(id) {
+                return Ok(());
+            }
+            let labels = super::decode_canonical(canon);
+            let metric = labels.get(METRIC_NAME).unwrap_or_default();
+            if hot.catalog.series_of_metric(metric) >= per_metric {
+                return Err(LimitError::TooManySeries {
+                    metric: metric.to_string(),
+                    limit: per_metric,
+                });
+            }
+            hot.catalog.register(id, labels);
+            Ok(())
+        });
+    }
     state.metrics.add_rejected(&b.rejected);
     let (batch, errors, rejected) = b.finish();
-    let accepted = batch.samples.len();
-    if let Some((lo, hi)) = batch.time_range() {
-        let mut payload = Vec::new();
-        codec::encode(&batch, &mut payload);
-        state
-            .log
-            .append(RecordKind::Batch, lo, hi, &payload)
-            .map_err(|e| {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [(header::RETRY_AFTER, "1")],
-                    format!("cannot append to the log: {e}"),
-                )
-                    .into_response()
-            })?;
-        state.hot.observe_newest(hi);
-        state
-            .metrics
-            .samples_ingested
-            .fetch_add(accepted as u64, Ordering::Relaxed);
-    }
-    Ok(WriteOutcome {
-        accepted,
+    Ok(Validated {
+        batch,
         errors: describe_errors(&errors, rejected),
         rejected,
     })
@@ -146,13 +183,13 @@ fn ingest_error(e: IngestError) -> Response {
     }
 }
 
-fn body_error(state: &AppState, r: BytesRejection) -> Response {
+fn body_error(state: &IngestState, r: BytesRejection) -> Response {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
         state
             .metrics
             .rejected_requests_too_large
             .fetch_add(1, Ordering::Relaxed);
-        let limit = state.cfg.ingest.max_body_bytes;
+        let limit = state.limits.max_body_bytes;
         return (
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body is larger than ingest.max_body_bytes = {limit}; split the batch or raise the limit in tidemark.toml [ingest]"),
@@ -163,7 +200,7 @@ fn body_error(state: &AppState, r: BytesRejection) -> Response {
 }
 
 async fn handle(
-    state: Arc<AppState>,
+    state: Arc<IngestState>,
     format: Format,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -178,10 +215,9 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
     let st = Arc::clone(&state);
-    let res =
-        tokio::task::spawn_blocking(move || write_blocking(&st, format, gzipped, &body)).await;
-    let outcome = match res {
-        Ok(Ok(o)) => o,
+    let res = tokio::task::spawn_blocking(move || validate(&st, format, gzipped, &body)).await;
+    let v = match res {
+        Ok(Ok(v)) => v,
         Ok(Err(resp)) => {
             if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 state
@@ -199,12 +235,30 @@ async fn handle(
                 .into_response()
         }
     };
-    if outcome.rejected == 0 {
+    let accepted = v.batch.samples.len();
+    let newest = v.batch.time_range().map(|r| r.1);
+    if let Err(e) = state.sink.commit(v.batch).await {
+        state.metrics.sink_failures.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            format!("not stored, retry: {e}"),
+        )
+            .into_response();
+    }
+    if let (Some(hot), Some(t)) = (&state.hot, newest) {
+        hot.observe_newest(t);
+    }
+    state
+        .metrics
+        .samples_ingested
+        .fetch_add(accepted as u64, Ordering::Relaxed);
+    if v.rejected == 0 {
         return StatusCode::NO_CONTENT.into_response();
     }
     let msg = format!(
-        "partial write: {} samples accepted, {} rejected: {}",
-        outcome.accepted, outcome.rejected, outcome.errors
+        "partial write: {accepted} samples accepted, {} rejected: {}",
+        v.rejected, v.errors
     );
     match format {
         Format::Influx(_, v2) => {
@@ -238,7 +292,7 @@ fn precision(q: &Option<String>) -> Result<Precision, Response> {
 
 /// `POST /write` (Influx 1.x).
 pub async fn write_v1(
-    State(s): State<Arc<AppState>>,
+    State(s): State<Arc<IngestState>>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -251,7 +305,7 @@ pub async fn write_v1(
 
 /// `POST /api/v2/write` (Influx 2.x).
 pub async fn write_v2(
-    State(s): State<Arc<AppState>>,
+    State(s): State<Arc<IngestState>>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -264,7 +318,7 @@ pub async fn write_v2(
 
 /// `POST /api/v1/write` (remote write; the body is snappy-compressed protobuf).
 pub async fn remote_write(
-    State(s): State<Arc<AppState>>,
+    State(s): State<Arc<IngestState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -273,9 +327,22 @@ pub async fn remote_write(
 
 /// `POST /api/v1/import/prometheus` (text exposition format).
 pub async fn import_prometheus(
-    State(s): State<Arc<AppState>>,
+    State(s): State<Arc<IngestState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     handle(s, Format::PromText, headers, body).await
+}
+
+/// The push routes, for `up` and `ingest` alike.
+pub fn routes(state: Arc<IngestState>) -> axum::Router {
+    use axum::routing::post;
+    let limit = state.limits.max_body_bytes;
+    axum::Router::new()
+        .route("/write", post(write_v1))
+        .route("/api/v2/write", post(write_v2))
+        .route("/api/v1/write", post(remote_write))
+        .route("/api/v1/import/prometheus", post(import_prometheus))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(state)
 }

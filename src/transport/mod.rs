@@ -2,4 +2,5 @@
 //! (`tidemark up`) and the record codec shared with Kafka.
 
 pub mod codec;
+pub mod kafka;
 pub mod log;

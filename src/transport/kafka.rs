@@ -1,0 +1,320 @@
+//! Kafka transport: the producer of `tidemark ingest`.
+//!
+//! A push's accepted samples are grouped by key (the metric name, or the series id with
+//! `partition_key = "series"`) and each group becomes one message on the `metrics` topic, its
+//! value a batch of Influx line protocol (what Telegraf's Kafka output writes; nanosecond
+//! timestamps) or a snappy-compressed remote-write `WriteRequest` (`format = "remote_write"`,
+//! which also keeps staleness markers bit-exact). The push is acknowledged only once every
+//! message is acknowledged by all in-sync replicas (idempotent producer, `acks=all`).
+//!
+//! Workarounds for the tansu broker used in tests (DESIGN.md section 10) are configuration
+//! only: `batch.num.messages = 1` and `linger.ms = 0`, so every record batch holds one record.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::Deserialize;
+
+use crate::config::Millis;
+use crate::ingest::http::SinkUnavailable;
+use crate::ingest::remote_write::{self, Label, Sample, TimeSeries, WriteRequest};
+use crate::ingest::WriteBatch;
+use crate::model::METRIC_NAME;
+
+/// Message value format.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaFormat {
+    /// Influx line protocol, one line per sample, nanosecond timestamps.
+    #[default]
+    LineProtocol,
+    /// Prometheus remote write (snappy protobuf).
+    RemoteWrite,
+}
+
+/// Message key, which picks the partition.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionKey {
+    /// The metric name: one metric's series share a partition.
+    #[default]
+    Metric,
+    /// The series id (16 hex digits): spreads a metric over partitions.
+    Series,
+}
+
+/// `[kafka]` in `tidemark.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The topic pushes are produced to.
+    pub topic: String,
+    /// `line_protocol` or `remote_write`.
+    pub format: KafkaFormat,
+    /// `metric` or `series`.
+    pub partition_key: PartitionKey,
+    /// librdkafka `compression.type`: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    pub compression: String,
+    /// How long a push waits for the brokers before it gets 503 (librdkafka
+    /// `message.timeout.ms`).
+    pub produce_timeout: Millis,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "metrics".into(),
+            format: KafkaFormat::LineProtocol,
+            partition_key: PartitionKey::Metric,
+            compression: "lz4".into(),
+            produce_timeout: Millis(10_000),
+        }
+    }
+}
+
+/// Kafka errors at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the Kafka producer for {brokers}: {source} (check [kafka] brokers and compression in tidemark.toml)")]
+pub struct KafkaSetupError {
+    brokers: String,
+    source: rdkafka::error::KafkaError,
+}
+
+/// The producing side of `tidemark ingest`.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    cfg: KafkaConfig,
+}
+
+/// The sorted `(name, value)` pairs of a canonical label encoding.
+pub fn canonical_pairs(bytes: &[u8]) -> impl Iterator<Item = (&str, &str)> {
+    bytes
+        .split(|&b| b == 0xfe)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut it = p.splitn(2, |&b| b == 0xff);
+            let k = std::str::from_utf8(it.next().unwrap_or_default()).unwrap_or_default();
+            let v = std::str::from_utf8(it.next().unwrap_or_default()).unwrap_or_default();
+            (k, v)
+        })
+}
+
+fn escape(out: &mut Vec<u8>, s: &str, specials: &[u8]) {
+    for b in s.bytes() {
+        if specials.contains(&b) || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+}
+
+/// Writes one sample as a line of Influx line protocol: measurement = metric name, tags =
+/// labels, field `value`, nanosecond timestamp.
+pub fn write_line(out: &mut Vec<u8>, canonical: &[u8], ts_ms: i64, value: f64) {
+    let pairs: Vec<(&str, &str)> = canonical_pairs(canonical).collect();
+    let name = pairs
+        .iter()
+        .find(|p| p.0 == METRIC_NAME)
+        .map_or("", |p| p.1);
+    escape(out, name, b", ");
+    for (k, v) in pairs.iter().filter(|p| p.0 != METRIC_NAME) {
+        out.push(b',');
+        escape(out, k, b", =");
+        out.push(b'=');
+        escape(out, v, b", =");
+    }
+    let _ = if value.is_nan() {
+        write!(out, " value=NaN")
+    } else if value.is_infinite() {
+        write!(out, " value={}", if value > 0.0 { "+Inf" } else { "-Inf" })
+    } else {
+        write!(out, " value={value:?}")
+    };
+    let _ = writeln!(out, " {}", ts_ms.saturating_mul(1_000_000));
+}
+
+/// Largest |timestamp| in ms that a nanosecond line-protocol timestamp can carry (year 2262).
+pub const MAX_NS_TS_MS: i64 = i64::MAX / 1_000_000;
+
+impl KafkaSink {
+    /// A producer for `cfg`; it connects lazily.
+    pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaSetupError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", &cfg.compression)
+            .set("batch.num.messages", "1")
+            .set("linger.ms", "0")
+            .set(
+                "message.timeout.ms",
+                cfg.produce_timeout.0.max(1).to_string(),
+            )
+            .create()
+            .map_err(|source| KafkaSetupError {
+                brokers: cfg.brokers.clone(),
+                source,
+            })?;
+        Ok(KafkaSink {
+            producer,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.cfg
+    }
+
+    /// Messages `(key, value)` for a batch, grouped by the partition key.
+    pub fn messages(&self, batch: &WriteBatch) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut groups: BTreeMap<Vec<u8>, Vec<usize>> = BTreeMap::new();
+        for (i, s) in batch.samples.iter().enumerate() {
+            let (id, _) = batch.series[s.series as usize];
+            let key = match self.cfg.partition_key {
+                PartitionKey::Metric => canonical_pairs(batch.canonical(s.series as usize))
+                    .find(|p| p.0 == METRIC_NAME)
+                    .map_or("", |p| p.1)
+                    .as_bytes()
+                    .to_vec(),
+                PartitionKey::Series => format!("{id:016x}").into_bytes(),
+            };
+            groups.entry(key).or_default().push(i);
+        }
+        groups
+            .into_iter()
+            .map(|(key, idx)| {
+                let value = match self.cfg.format {
+                    KafkaFormat::LineProtocol => {
+                        let mut v = Vec::with_capacity(idx.len() * 80);
+                        for i in idx {
+                            let s = batch.samples[i];
+                            write_line(&mut v, batch.canonical(s.series as usize), s.ts, s.value);
+                        }
+                        v
+                    }
+                    KafkaFormat::RemoteWrite => {
+                        let mut by_series: BTreeMap<u32, Vec<Sample>> = BTreeMap::new();
+                        for i in idx {
+                            let s = batch.samples[i];
+                            by_series.entry(s.series).or_default().push(Sample {
+                                value: s.value,
+                                timestamp: s.ts,
+                            });
+                        }
+                        let timeseries = by_series
+                            .into_iter()
+                            .map(|(si, samples)| TimeSeries {
+                                labels: canonical_pairs(batch.canonical(si as usize))
+                                    .map(|(k, v)| Label {
+                                        name: k.to_string(),
+                                        value: v.to_string(),
+                                    })
+                                    .collect(),
+                                samples,
+                            })
+                            .collect();
+                        remote_write::encode(&WriteRequest { timeseries })
+                    }
+                };
+                (key, value)
+            })
+            .collect()
+    }
+
+    /// Produces the batch and waits until every message is acknowledged.
+    pub async fn commit(&self, batch: &WriteBatch) -> Result<(), SinkUnavailable> {
+        let mut pending = Vec::new();
+        for (key, value) in self.messages(batch) {
+            let record = FutureRecord::to(&self.cfg.topic).key(&key).payload(&value);
+            match self.producer.send_result(record) {
+                Ok(delivery) => pending.push(delivery),
+                Err((e, _)) => {
+                    return Err(SinkUnavailable(format!(
+                        "Kafka did not take the message: {e}"
+                    )))
+                }
+            }
+        }
+        for d in pending {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    return Err(SinkUnavailable(format!(
+                        "Kafka did not acknowledge the message: {e}"
+                    )))
+                }
+                Err(_) => return Err(SinkUnavailable("the Kafka producer was shut down".into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for queued messages (shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::{influx, BatchBuilder, SeriesBuf};
+    use crate::model::Limits;
+
+    #[test]
+    fn line_protocol_messages_parse_back_to_the_same_samples() {
+        let limits = Limits::default();
+        let mut b = BatchBuilder::new(&limits);
+        let mut buf = SeriesBuf::default();
+        for (name, host, v) in [
+            ("cpu", "a b", 0.25),
+            ("cpu", "c,d", 1e21),
+            ("mem", "x=y", -3.0),
+            ("mem", "z", f64::INFINITY),
+        ] {
+            buf.clear();
+            buf.push(METRIC_NAME.into(), name.into());
+            buf.push("host".into(), host.into());
+            b.add(&mut buf, 1_700_000_000_123, v, 1);
+        }
+        let (batch, _, _) = b.finish();
+        let sink = KafkaSink {
+            producer: ClientConfig::new().create().unwrap(),
+            cfg: KafkaConfig::default(),
+        };
+        let msgs = sink.messages(&batch);
+        assert_eq!(
+            msgs.iter().map(|m| m.0.clone()).collect::<Vec<_>>(),
+            vec![b"cpu".to_vec(), b"mem".to_vec()]
+        );
+        let mut back = BatchBuilder::new(&limits);
+        for (_, v) in &msgs {
+            influx::parse(v, influx::Precision::Ns, 0, &mut back);
+        }
+        let (got, errs, _) = back.finish();
+        assert!(errs.is_empty(), "{errs:?}");
+        let norm = |b: &WriteBatch| {
+            let mut v: Vec<(String, i64, u64)> = b
+                .samples
+                .iter()
+                .map(|s| {
+                    (
+                        b.labels(s.series as usize).to_string(),
+                        s.ts,
+                        s.value.to_bits(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(norm(&got), norm(&batch));
+    }
+}
