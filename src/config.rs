@@ -213,6 +213,8 @@ mod tests {
         assert_eq!(c.job.allowed_lateness, d.job.allowed_lateness);
         assert_eq!(c.log.fsync, d.log.fsync);
         assert_eq!(c.hot.retention, d.hot.retention);
+        assert_eq!(c.kafka.brokers, d.kafka.brokers);
+        assert_eq!(c.kafka.produce_timeout, d.kafka.produce_timeout);
         assert_eq!(
             c.ingest.max_series_per_metric,
             d.ingest.max_series_per_metric

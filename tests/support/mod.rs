@@ -2,6 +2,8 @@
 //! dir, and talks HTTP to it.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -25,6 +27,8 @@ pub struct Tidemark {
     pub config: Option<PathBuf>,
     pub workers: usize,
     pub log_path: PathBuf,
+    /// `tidemark ingest` instead of `tidemark up`.
+    pub ingest: bool,
 }
 
 pub fn agent() -> ureq::Agent {
@@ -47,6 +51,24 @@ impl Tidemark {
             config: Some(cfg_path),
             workers,
             log_path: dir.join("tidemark.log"),
+            ingest: false,
+        };
+        t.spawn();
+        t
+    }
+
+    /// Starts `tidemark ingest` with `config` (its [kafka] table names the brokers).
+    pub fn start_ingest(dir: &Path, config: &str) -> Tidemark {
+        let cfg_path = dir.join("tidemark-ingest.toml");
+        std::fs::write(&cfg_path, config).unwrap();
+        let mut t = Tidemark {
+            child: None,
+            url: String::new(),
+            data_dir: dir.join("unused"),
+            config: Some(cfg_path),
+            workers: 0,
+            log_path: dir.join("tidemark-ingest.log"),
+            ingest: true,
         };
         t.spawn();
         t
@@ -62,13 +84,19 @@ impl Tidemark {
             .open(&self.log_path)
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemark"));
-        cmd.arg("up")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--workers")
-            .arg(self.workers.to_string());
+        if self.ingest {
+            cmd.arg("ingest")
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"));
+        } else {
+            cmd.arg("up")
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .arg("--workers")
+                .arg(self.workers.to_string());
+        }
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
