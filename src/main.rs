@@ -79,10 +79,7 @@ fn main() -> anyhow::Result<()> {
             workers,
             insecure,
         } => {
-            let mut cfg = match &config {
-                Some(p) => tidemark::config::Config::load(p)?,
-                None => tidemark::config::Config::default(),
-            };
+            let mut cfg = load_config(config.as_deref())?;
             cfg.server.listen = listen;
             cfg.server.data_dir = data_dir;
             if let Some(w) = workers {
@@ -98,10 +95,7 @@ fn main() -> anyhow::Result<()> {
             topic,
             insecure,
         } => {
-            let mut cfg = match &config {
-                Some(p) => tidemark::config::Config::load(p)?,
-                None => tidemark::config::Config::default(),
-            };
+            let mut cfg = load_config(config.as_deref())?;
             cfg.server.listen = listen;
             if let Some(b) = brokers {
                 cfg.kafka.brokers = b;
@@ -134,4 +128,12 @@ fn refuse_open_without_tokens(
         );
     }
     Ok(())
+}
+
+/// The config file, or the embedded defaults.
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<tidemark::config::Config> {
+    Ok(match path {
+        Some(p) => tidemark::config::Config::load(p)?,
+        None => tidemark::config::Config::default(),
+    })
 }

@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use super::{parse_f64, parse_i64, trim, BatchBuilder, SeriesBuf};
+use super::{parse_f64, parse_i64, text_lines, trim, BatchBuilder, SeriesBuf};
 use crate::model::{is_valid_label_name, is_valid_metric_name};
 
 /// Timestamp unit of the `precision` query parameter.
@@ -43,7 +43,7 @@ impl Precision {
 }
 
 /// Parses a whole body into `out`; `now_ms` stamps lines without a timestamp.
-pub fn parse<'a>(body: &'a [u8], precision: Precision, now_ms: i64, out: &mut BatchBuilder<'_>) {
+pub fn parse(body: &[u8], precision: Precision, now_ms: i64, out: &mut BatchBuilder<'_>) {
     // Names are sanitized here, so the builder need not validate them again.
     let mut buf = SeriesBuf {
         names_prevalidated: true,
@@ -51,32 +51,16 @@ pub fn parse<'a>(body: &'a [u8], precision: Precision, now_ms: i64, out: &mut Ba
     };
     let mut fields: Vec<Field> = Vec::new();
     out.reserve(body.len() / 96);
-    // Validate UTF-8 once for the whole body; only a body with invalid bytes is checked per line.
-    let whole = std::str::from_utf8(body).ok();
-    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
-        let raw = trim(raw);
-        if raw.is_empty() || raw[0] == b'#' {
-            continue;
-        }
-        let line: &'a str = match whole {
-            Some(text) => {
-                let start = raw.as_ptr() as usize - body.as_ptr() as usize;
-                &text[start..start + raw.len()]
+    for (n, line) in text_lines(body) {
+        let line = match line {
+            Ok(l) => l,
+            Err(reason) => {
+                out.error(n, reason);
+                continue;
             }
-            None => match std::str::from_utf8(raw) {
-                Ok(l) => l,
-                Err(e) => {
-                    out.error(
-                        i + 1,
-                        format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1),
-                    );
-                    continue;
-                }
-            },
         };
-        if let Err(reason) = parse_line(line, precision, now_ms, i + 1, &mut buf, &mut fields, out)
-        {
-            out.error(i + 1, reason);
+        if let Err(reason) = parse_line(line, precision, now_ms, n, &mut buf, &mut fields, out) {
+            out.error(n, reason);
         }
     }
 }

@@ -486,6 +486,30 @@ fn slow_f64(s: &[u8]) -> Option<f64> {
     Some(v)
 }
 
+/// The non-empty, non-comment lines of a text body as `(1-based line number, line)`, each
+/// trimmed; a line that is not valid UTF-8 comes as `Err(reason)`. The body is validated once
+/// as a whole; only a body with invalid bytes is checked line by line.
+pub fn text_lines(body: &[u8]) -> impl Iterator<Item = (usize, Result<&str, String>)> {
+    let whole = std::str::from_utf8(body).ok();
+    body.split(|&b| b == b'\n')
+        .enumerate()
+        .filter_map(move |(i, raw)| {
+            let raw = trim(raw);
+            if raw.is_empty() || raw[0] == b'#' {
+                return None;
+            }
+            let line = match whole {
+                Some(text) => {
+                    let start = raw.as_ptr() as usize - body.as_ptr() as usize;
+                    Ok(&text[start..start + raw.len()])
+                }
+                None => std::str::from_utf8(raw)
+                    .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1)),
+            };
+            Some((i + 1, line))
+        })
+}
+
 /// Strips spaces, tabs and carriage returns at both ends.
 pub fn trim(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t' | b'\r', rest @ ..] = s {

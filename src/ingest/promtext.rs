@@ -3,30 +3,23 @@
 
 use std::borrow::Cow;
 
-use super::{parse_f64, parse_i64, trim, BatchBuilder, SeriesBuf};
+use super::{parse_f64, parse_i64, text_lines, trim, BatchBuilder, SeriesBuf};
 
 /// Parses a whole body into `out`.
-pub fn parse<'a>(body: &'a [u8], now_ms: i64, out: &mut BatchBuilder<'_>) {
+pub fn parse(body: &[u8], now_ms: i64, out: &mut BatchBuilder<'_>) {
     let mut buf = SeriesBuf::default();
     out.reserve(body.len() / 96);
-    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
-        let raw = trim(raw);
-        if raw.is_empty() || raw[0] == b'#' {
-            continue;
-        }
-        let line: &'a str = match std::str::from_utf8(raw) {
+    for (n, line) in text_lines(body) {
+        let line = match line {
             Ok(l) => l,
-            Err(e) => {
-                out.error(
-                    i + 1,
-                    format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1),
-                );
+            Err(reason) => {
+                out.error(n, reason);
                 continue;
             }
         };
         match parse_line(line, now_ms, &mut buf) {
-            Ok((ts, v)) => out.add(&mut buf, ts, v, i + 1),
-            Err(reason) => out.error(i + 1, reason),
+            Ok((ts, v)) => out.add(&mut buf, ts, v, n),
+            Err(reason) => out.error(n, reason),
         }
     }
 }
