@@ -18,6 +18,9 @@ struct Args {
     hosts: usize,
     points: usize,
     queries: usize,
+    /// Where the hot index lives (summed): `--url` for `tidemark up`; the worker processes
+    /// when `--url` is a `tidemark ingest`.
+    hot_urls: Vec<String>,
 }
 
 fn args() -> Args {
@@ -27,6 +30,7 @@ fn args() -> Args {
         hosts: 2500,
         points: 360,
         queries: 50,
+        hot_urls: Vec::new(),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -38,13 +42,22 @@ fn args() -> Args {
             "--hosts" => a.hosts = val.parse().expect("--hosts N"),
             "--points" => a.points = val.parse().expect("--points N"),
             "--queries" => a.queries = val.parse().expect("--queries N"),
+            "--hot-urls" => a.hot_urls = val.split(',').map(str::to_string).collect(),
             other => panic!(
                 "unknown argument {other}; use --url --connections --hosts --points --queries"
             ),
         }
         i += 2;
     }
+    if a.hot_urls.is_empty() {
+        a.hot_urls = vec![a.url.clone()];
+    }
     a
+}
+
+/// A metric summed over the processes holding the hot index.
+fn hot(a: &Args, name: &str) -> f64 {
+    a.hot_urls.iter().map(|u| metric(u, name)).sum()
 }
 
 /// A minimal HTTP/1.1 keep-alive client, so the measurement is of the server.
@@ -130,7 +143,7 @@ fn main() {
     let samples = (a.hosts * 4 * a.points) as f64;
     let bytes: usize = batches.iter().map(|b| b.len()).sum();
     let rss_before = metric(&a.url, "process_resident_memory_bytes");
-    let hot_before = metric(&a.url, "tidemark_hot_samples");
+    let hot_before = hot(&a, "tidemark_hot_samples");
 
     let t0 = Instant::now();
     std::thread::scope(|s| {
@@ -149,7 +162,7 @@ fn main() {
     });
     let acked = t0.elapsed();
     // Wait until every sample is in the hot index.
-    while metric(&a.url, "tidemark_hot_samples") - hot_before < samples {
+    while hot(&a, "tidemark_hot_samples") - hot_before < samples {
         std::thread::sleep(Duration::from_millis(10));
         if t0.elapsed() > Duration::from_secs(600) {
             panic!("samples did not all arrive in the hot index");
@@ -157,10 +170,10 @@ fn main() {
     }
     let applied = t0.elapsed();
     let rss = metric(&a.url, "process_resident_memory_bytes");
-    let hot_bytes = metric(&a.url, "tidemark_hot_bytes");
-    let raw_bytes = metric(&a.url, "tidemark_hot_raw_bytes");
-    let rollup_bytes = metric(&a.url, "tidemark_hot_rollup_bytes");
-    let hot_samples = metric(&a.url, "tidemark_hot_samples");
+    let hot_bytes = hot(&a, "tidemark_hot_bytes");
+    let raw_bytes = hot(&a, "tidemark_hot_raw_bytes");
+    let rollup_bytes = hot(&a, "tidemark_hot_rollup_bytes");
+    let hot_samples = hot(&a, "tidemark_hot_samples");
     let chunk_bps = metric(&a.url, "tidemark_hot_chunk_bytes_per_sample");
 
     // Query latency.
@@ -170,7 +183,7 @@ fn main() {
         "/api/v1/query_range?query={q}&start={}&end={end}&step=60",
         end - 3600
     );
-    let mut conn = Conn::open(&a.url);
+    let mut conn = Conn::open(&a.hot_urls[0]);
     let (status, body) = conn.request("GET", &path, b"");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let text = String::from_utf8_lossy(&body);

@@ -58,6 +58,70 @@ enum Cmd {
         #[arg(long)]
         insecure: bool,
     },
+    /// Run one process of a timely worker cluster: jobs are submitted to process 0's control
+    /// API; every process serves the query API over the whole cluster.
+    Worker {
+        /// This process's index in the hosts file (0-based).
+        #[arg(long)]
+        process: usize,
+        /// Number of processes (must match the hosts file).
+        #[arg(long)]
+        processes: usize,
+        /// Hosts file: one line per process, `TIMELY_HOST:PORT HTTP_HOST:PORT`.
+        #[arg(long)]
+        hosts: PathBuf,
+        /// Timely worker threads in this process.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// WALs, bindings and submitted job specs.
+        #[arg(long, default_value = "./data-worker")]
+        data_dir: PathBuf,
+        /// Kafka bootstrap servers for jobs that do not name their own.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// A tidemark.toml ([ingest] limits apply to decoded messages, [hot] retention).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a job spec against schemas/job.schema.json and submit it to worker 0.
+    Submit {
+        /// The job spec (TOML).
+        file: PathBuf,
+        /// Worker 0's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:9471")]
+        to: String,
+    },
+    /// List the cluster's jobs with their state, watermark, lag and partitions.
+    Jobs {
+        #[arg(long, default_value = "http://127.0.0.1:9471")]
+        to: String,
+    },
+    /// Stop a job.
+    Cancel {
+        name: String,
+        #[arg(long, default_value = "http://127.0.0.1:9471")]
+        to: String,
+    },
+    /// Rewind a job's partitions and re-process them, rebuilding rollups idempotently.
+    Replay {
+        /// The job to replay.
+        #[arg(long)]
+        job: String,
+        /// Event time (RFC 3339) to replay from; turned into offsets by the job's own bindings.
+        #[arg(long, conflicts_with = "from_offsets")]
+        from_time: Option<String>,
+        /// Offsets `PARTITION:OFFSET[,...]` (or `TOPIC/PARTITION:OFFSET`).
+        #[arg(long)]
+        from_offsets: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:9471")]
+        to: String,
+        /// Return at once instead of showing progress until caught up.
+        #[arg(long)]
+        detach: bool,
+        /// Stop showing progress after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout_secs: u64,
+    },
     /// Run Prometheus `.test` scripts and print `N passed, N failed` per file and overall.
     Promqltest {
         /// Script files.
@@ -105,6 +169,69 @@ fn main() -> anyhow::Result<()> {
             }
             refuse_open_without_tokens(&cfg, insecure)?;
             tidemark::server::run_ingest(cfg).context("tidemark ingest")
+        }
+        Cmd::Worker {
+            process,
+            processes,
+            hosts,
+            workers,
+            data_dir,
+            brokers,
+            config,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let text = std::fs::read_to_string(&hosts)
+                .with_context(|| format!("reading hosts file {}", hosts.display()))?;
+            let hosts = tidemark::cluster::worker::parse_hosts(&text, &hosts.display().to_string())
+                .map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(
+                hosts.len() == processes,
+                "--processes {processes} but the hosts file lists {} processes: make them agree",
+                hosts.len()
+            );
+            tidemark::cluster::worker::run(tidemark::cluster::worker::WorkerOpts {
+                process,
+                hosts,
+                workers,
+                data_dir,
+                brokers,
+                limits: cfg.ingest.clone(),
+                hot_retention_ms: cfg.hot.retention.0,
+            })
+            .context("tidemark worker")
+        }
+        Cmd::Submit { file, to } => {
+            println!("{}", tidemark::cluster::client::submit(&file, &to)?);
+            Ok(())
+        }
+        Cmd::Jobs { to } => {
+            print!("{}", tidemark::cluster::client::jobs(&to)?);
+            Ok(())
+        }
+        Cmd::Cancel { name, to } => {
+            println!("{}", tidemark::cluster::client::cancel(&name, &to)?);
+            Ok(())
+        }
+        Cmd::Replay {
+            job,
+            from_time,
+            from_offsets,
+            to,
+            detach,
+            timeout_secs,
+        } => {
+            print!(
+                "{}",
+                tidemark::cluster::client::replay(
+                    &job,
+                    from_time.as_deref(),
+                    from_offsets.as_deref(),
+                    &to,
+                    detach,
+                    std::time::Duration::from_secs(timeout_secs),
+                )?
+            );
+            Ok(())
         }
         Cmd::Promqltest { files, verbose } => {
             let (report, total) = tidemark::query::promqltest::run_files(&files, verbose)

@@ -35,23 +35,18 @@ pub struct AppState {
 
 /// The router of `tidemark up`: the push routes and the query side.
 pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Router {
+    let query = Arc::new(api::QueryState {
+        hot: Arc::clone(&state.hot),
+        metrics: Arc::clone(&state.metrics),
+        peers: Vec::new(),
+    });
     Router::new()
-        .route("/api/v1/query", get(api::query).post(api::query))
-        .route(
-            "/api/v1/query_range",
-            get(api::query_range).post(api::query_range),
-        )
-        .route("/api/v1/series", get(api::series).post(api::series))
-        .route("/api/v1/labels", get(api::labels).post(api::labels))
-        .route("/api/v1/label/{name}/values", get(api::label_values))
-        .route("/api/v1/metadata", get(api::metadata))
-        .route("/api/v1/rollups", get(api::rollups))
-        .route("/api/v1/status/buildinfo", get(api::buildinfo))
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
         .route("/-/ready", get(ready))
         .route("/", get(index))
         .with_state(state)
+        .merge(api::routes(query))
         .merge(ingest_http::routes(ingest))
 }
 

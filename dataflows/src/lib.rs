@@ -11,9 +11,11 @@
 //! |---|---|
 //! | [`types`] | `Sample`, `Rollup`, `LateStats` |
 //! | [`source`] | [`source::watermark_source`]: a pull-based source adapter that turns event times into frontiers |
+//! | [`partitioned`] | [`partitioned::partitioned_source`]: per-partition watermarks with idle partitions (Kafka), plus the series definitions the storing process needs |
 //! | [`window`] | [`window::tumbling_rollups`] (raw to 1m) and [`window::rollup_rollups`] (1m to 1h), with allowed lateness and corrections |
 //! | [`sink`] | [`sink::HotSink`] and the operators that apply raw samples and rollups to it |
 
+pub mod partitioned;
 pub mod sink;
 pub mod source;
 pub mod types;

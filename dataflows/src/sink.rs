@@ -4,7 +4,14 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::OutputBuilderSession;
+
 use crate::types::{Rollup, Sample};
+
+/// A sink's empty output: its frontier passes a time once the sink has applied everything at
+/// that time (probe it to know what is applied).
+pub type Done<'s> = Stream<'s, u64, Vec<()>>;
 
 /// A store the job writes into. Implementations must be idempotent: the same series and
 /// timestamp (or window start) written twice leaves one value, the last.
@@ -20,6 +27,56 @@ impl<T: HotSink + ?Sized> HotSink for std::sync::Arc<T> {
     fn upsert_rollups(&self, rollups: &[Rollup]) {
         (**self).upsert_rollups(rollups)
     }
+}
+
+/// A catalog that learns series labels from the job (cluster mode: the process that stores a
+/// series is not the one that decoded it). Registering twice is harmless.
+pub trait SeriesSink {
+    fn register(&self, id: u64, canonical: &[u8]);
+}
+
+impl<T: SeriesSink + ?Sized> SeriesSink for std::sync::Arc<T> {
+    fn register(&self, id: u64, canonical: &[u8]) {
+        (**self).register(id, canonical)
+    }
+}
+
+/// Registers every series definition of `stream` (exchange it by id first, like the samples).
+/// Samples may reach the store before their definition; they become visible to queries once
+/// it arrives.
+///
+/// # Examples
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use timely::dataflow::operators::ToStream;
+/// use tidemark_dataflows::sink::{sink_series, SeriesSink};
+///
+/// #[derive(Default)]
+/// struct Cat(Mutex<Vec<u64>>);
+/// impl SeriesSink for Cat {
+///     fn register(&self, id: u64, _: &[u8]) { self.0.lock().unwrap().push(id) }
+/// }
+/// let got = timely::example(|scope| {
+///     let cat = Arc::new(Cat::default());
+///     let defs = vec![(7u64, b"__name__\xffup".to_vec())].to_stream(scope).container::<Vec<_>>();
+///     sink_series(defs, Arc::clone(&cat));
+///     cat
+/// });
+/// assert_eq!(*got.0.lock().unwrap(), vec![7]);
+/// ```
+pub fn sink_series<'s, S: SeriesSink + 'static>(
+    stream: Stream<'s, u64, Vec<crate::partitioned::SeriesDef>>,
+    sink: S,
+) -> Done<'s> {
+    stream.unary(Pipeline, "RegisterSeries", |_, _| {
+        move |input, _output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<()>>>| {
+            input.for_each(|_, data| {
+                for (id, c) in data.iter() {
+                    sink.register(*id, c);
+                }
+            });
+        }
+    })
 }
 
 /// Applies every sample of `stream` to `sink` (on the worker that holds it).
@@ -45,10 +102,15 @@ impl<T: HotSink + ?Sized> HotSink for std::sync::Arc<T> {
 /// });
 /// assert_eq!(got.0.lock().unwrap().len(), 3);
 /// ```
-pub fn sink_samples<S: HotSink + 'static>(stream: Stream<'_, u64, Vec<Sample>>, sink: S) {
-    stream.sink(Pipeline, "HotAppend", move |(input, _frontier)| {
-        input.for_each(|_, data| sink.append(data));
-    });
+pub fn sink_samples<'s, S: HotSink + 'static>(
+    stream: Stream<'s, u64, Vec<Sample>>,
+    sink: S,
+) -> Done<'s> {
+    stream.unary(Pipeline, "HotAppend", |_, _| {
+        move |input, _output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<()>>>| {
+            input.for_each(|_, data| sink.append(data));
+        }
+    })
 }
 
 /// Upserts every rollup of `stream` into `sink`.
@@ -74,8 +136,13 @@ pub fn sink_samples<S: HotSink + 'static>(stream: Stream<'_, u64, Vec<Sample>>, 
 /// });
 /// assert_eq!(got.0.lock().unwrap()[0].sum, 4.0);
 /// ```
-pub fn sink_rollups<S: HotSink + 'static>(stream: Stream<'_, u64, Vec<Rollup>>, sink: S) {
-    stream.sink(Pipeline, "HotRollups", move |(input, _frontier)| {
-        input.for_each(|_, data| sink.upsert_rollups(data));
-    });
+pub fn sink_rollups<'s, S: HotSink + 'static>(
+    stream: Stream<'s, u64, Vec<Rollup>>,
+    sink: S,
+) -> Done<'s> {
+    stream.unary(Pipeline, "HotRollups", |_, _| {
+        move |input, _output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<()>>>| {
+            input.for_each(|_, data| sink.upsert_rollups(data));
+        }
+    })
 }

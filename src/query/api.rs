@@ -15,9 +15,33 @@ use super::aggregate::go_float;
 use super::engine::{selector_matchers, Engine};
 use super::{QueryError, QueryValue, Series, Storage};
 use crate::model::Labels;
-use crate::server::AppState;
+use crate::ops::Metrics;
 use crate::store::hot::index::Matcher;
 use crate::store::hot::HotIndex;
+
+/// What the query handlers share: this process's hot index and metrics, and the other
+/// processes of a cluster (base URLs) that queries fan out to.
+pub struct QueryState {
+    pub hot: Arc<HotIndex>,
+    pub metrics: Arc<Metrics>,
+    /// Other worker processes' HTTP base URLs (empty in `tidemark up`).
+    pub peers: Vec<String>,
+}
+
+/// The query routes (Prometheus API, plus `/api/v1/rollups`).
+pub fn routes(state: Arc<QueryState>) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/api/v1/query", get(query).post(query))
+        .route("/api/v1/query_range", get(query_range).post(query_range))
+        .route("/api/v1/series", get(series).post(series))
+        .route("/api/v1/labels", get(labels).post(labels))
+        .route("/api/v1/label/{name}/values", get(label_values))
+        .route("/api/v1/metadata", get(metadata))
+        .route("/api/v1/rollups", get(rollups))
+        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .with_state(state)
+}
 
 impl Storage for HotIndex {
     fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
@@ -194,7 +218,7 @@ pub fn result_json(v: &QueryValue) -> Json {
 }
 
 async fn run_query(
-    state: Arc<AppState>,
+    state: Arc<QueryState>,
     query: String,
     start: i64,
     end: i64,
@@ -203,8 +227,12 @@ async fn run_query(
 ) -> Response {
     state.metrics.queries.fetch_add(1, Ordering::Relaxed);
     let res = tokio::task::spawn_blocking(move || {
-        let hot: &HotIndex = &state.hot;
-        Engine::new(hot, start, end, step).and_then(|e| e.query(&query, range))
+        if state.peers.is_empty() {
+            let hot: &HotIndex = &state.hot;
+            Engine::new(hot, start, end, step).and_then(|e| e.query(&query, range))
+        } else {
+            crate::cluster::control::cluster_query(&state, &query, start, end, step, range)
+        }
     })
     .await;
     match res {
@@ -225,7 +253,11 @@ async fn run_query(
 }
 
 /// `GET|POST /api/v1/query`.
-pub async fn query(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+pub async fn query(
+    State(s): State<Arc<QueryState>>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
     let p = params(&q, &body);
     let Some(query) = get(&p, "query").map(str::to_string) else {
         return error(
@@ -249,7 +281,7 @@ pub async fn query(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, body: 
 
 /// `GET|POST /api/v1/query_range`.
 pub async fn query_range(
-    State(s): State<Arc<AppState>>,
+    State(s): State<Arc<QueryState>>,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
@@ -339,7 +371,7 @@ fn time_range(p: &[(String, String)]) -> Result<(i64, i64), Response> {
     Ok((start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX)))
 }
 
-fn selected(state: &AppState, sets: &[Vec<Matcher>], start: i64, end: i64) -> Vec<Labels> {
+fn selected(state: &QueryState, sets: &[Vec<Matcher>], start: i64, end: i64) -> Vec<Labels> {
     let mut out: Vec<Labels> = Vec::new();
     for ms in sets {
         for id in state.hot.catalog.select(ms) {
@@ -383,7 +415,7 @@ fn selection(p: &[(String, String)], required: bool) -> Result<Selection, Respon
 
 /// `GET|POST /api/v1/series`.
 pub async fn series(
-    State(s): State<Arc<AppState>>,
+    State(s): State<Arc<QueryState>>,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
@@ -400,7 +432,7 @@ pub async fn series(
 
 /// `GET|POST /api/v1/labels`.
 pub async fn labels(
-    State(s): State<Arc<AppState>>,
+    State(s): State<Arc<QueryState>>,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
@@ -422,7 +454,7 @@ pub async fn labels(
 
 /// `GET /api/v1/label/<name>/values`.
 pub async fn label_values(
-    State(s): State<Arc<AppState>>,
+    State(s): State<Arc<QueryState>>,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
@@ -445,7 +477,7 @@ pub async fn label_values(
 /// `GET /api/v1/rollups?match[]=SELECTOR&resolution=1m|1h&start=T&end=T` (Tidemark's own):
 /// the stored rollups of the matching series whose window starts in `[start, end]`, as rows
 /// `{metric, start, count, sum, min, max, first, last, increase}` (start in seconds).
-pub async fn rollups(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
+pub async fn rollups(State(s): State<Arc<QueryState>>, RawQuery(q): RawQuery) -> Response {
     use crate::store::hot::Resolution;
     let p = params(&q, &Bytes::new());
     let sel = match selection(&p, true) {

@@ -2,5 +2,6 @@
 //! (`tidemark up`) and the record codec shared with Kafka.
 
 pub mod codec;
+pub mod consumer;
 pub mod kafka;
 pub mod log;

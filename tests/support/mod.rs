@@ -2,6 +2,7 @@
 //! dir, and talks HTTP to it.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod kafka;
 
 use std::io::Read;

@@ -1,0 +1,254 @@
+//! The cluster's command-line clients: `submit`, `jobs`, `cancel`, `replay`.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+use super::spec::JobSpec;
+
+/// Client errors: what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Spec(#[from] super::spec::SpecError),
+    #[error("cannot reach {url}: {reason} (is `tidemark worker --process 0` running there?)")]
+    Unreachable { url: String, reason: String },
+    #[error("{url} refused: {reason}")]
+    Refused { url: String, reason: String },
+}
+
+fn base(to: &str) -> String {
+    to.trim_end_matches('/').to_string()
+}
+
+fn call(method: &str, url: &str, body: Option<(&str, Vec<u8>)>) -> Result<Json, ClientError> {
+    let agent = ureq::Agent::new_with_config(
+        ureq::config::Config::builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build(),
+    );
+    let res = match (method, body) {
+        ("POST", Some((ct, b))) => agent.post(url).header("content-type", ct).send(&b[..]),
+        ("POST", None) => agent.post(url).send_empty(),
+        ("DELETE", _) => agent.delete(url).call(),
+        _ => agent.get(url).call(),
+    };
+    let mut resp = res.map_err(|e| ClientError::Unreachable {
+        url: url.into(),
+        reason: e.to_string(),
+    })?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    let v: Json = serde_json::from_str(&text).unwrap_or(Json::String(text.clone()));
+    if status >= 300 {
+        let reason = v
+            .get("error")
+            .and_then(Json::as_str)
+            .map(str::to_string)
+            .unwrap_or(text);
+        return Err(ClientError::Refused {
+            url: url.into(),
+            reason: format!("HTTP {status}: {reason}"),
+        });
+    }
+    Ok(v)
+}
+
+/// `tidemark submit FILE --to URL`: validates locally (errors name line, key and fix), then
+/// sends the spec to worker 0, which validates it again and checks its topics exist.
+pub fn submit(file: &Path, to: &str) -> Result<String, ClientError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ClientError::Read {
+        path: file.display().to_string(),
+        source,
+    })?;
+    let spec = JobSpec::parse(&text, &file.display().to_string())?;
+    call(
+        "POST",
+        &format!("{}/api/v1/jobs", base(to)),
+        Some(("application/toml", text.into_bytes())),
+    )?;
+    Ok(format!("submitted job {:?} to {to}", spec.name))
+}
+
+/// `tidemark jobs --to URL`: one line per job.
+pub fn jobs(to: &str) -> Result<String, ClientError> {
+    let v = call("GET", &format!("{}/api/v1/jobs", base(to)), None)?;
+    let mut out = format!(
+        "{:<20} {:<10} {:>5} {:>24} {:>10} {:>12}\n",
+        "NAME", "STATE", "EPOCH", "WATERMARK", "LAG", "SAMPLES"
+    );
+    for j in v["data"].as_array().cloned().unwrap_or_default() {
+        let wm = j["watermark"].as_i64().unwrap_or(0);
+        out.push_str(&format!(
+            "{:<20} {:<10} {:>5} {:>24} {:>10} {:>12}\n",
+            j["name"].as_str().unwrap_or(""),
+            j["state"].as_str().unwrap_or(""),
+            j["epoch"].as_u64().unwrap_or(0),
+            rfc3339(wm),
+            j["lag"].as_i64().unwrap_or(0),
+            j["samples"].as_u64().unwrap_or(0),
+        ));
+        if let Some(parts) = j["partitions"].as_object() {
+            for (k, p) in parts {
+                out.push_str(&format!(
+                    "  {k:<18} worker {:<3} offset {:>10} / {:<10} committed {:>10} malformed {}\n",
+                    p["worker"].as_u64().unwrap_or(0),
+                    p["position"].as_i64().unwrap_or(-1),
+                    p["high"].as_i64().unwrap_or(-1),
+                    p["committed"].as_i64().unwrap_or(0),
+                    p["malformed"].as_u64().unwrap_or(0),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `tidemark cancel NAME --to URL`.
+pub fn cancel(name: &str, to: &str) -> Result<String, ClientError> {
+    call("DELETE", &format!("{}/api/v1/jobs/{name}", base(to)), None)?;
+    Ok(format!("cancelled job {name:?}"))
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a time in ms.
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `tidemark replay --job NAME (--from-time T | --from-offsets P:O,...) --to URL`: rewinds
+/// and, unless `detach`, shows a progress bar (offsets done, lag, rate) until caught up.
+pub fn replay(
+    job: &str,
+    from_time: Option<&str>,
+    from_offsets: Option<&str>,
+    to: &str,
+    detach: bool,
+    timeout: Duration,
+) -> Result<String, ClientError> {
+    let q = match (from_time, from_offsets) {
+        (Some(t), None) => format!("from_time={}", urlencode(t)),
+        (None, Some(o)) => format!("from_offsets={}", urlencode(o)),
+        _ => {
+            return Err(ClientError::Refused {
+                url: to.into(),
+                reason: "give exactly one of --from-time or --from-offsets".into(),
+            })
+        }
+    };
+    let v = call(
+        "POST",
+        &format!("{}/api/v1/jobs/{job}/replay?{q}", base(to)),
+        None,
+    )?;
+    let start: std::collections::BTreeMap<String, i64> =
+        serde_json::from_value(v["data"]["offsets"].clone()).unwrap_or_default();
+    let mut out = format!(
+        "replaying job {job:?} from {}\n",
+        start
+            .iter()
+            .map(|(k, o)| format!("{k}@{o}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if detach {
+        return Ok(out);
+    }
+    let t0 = Instant::now();
+    let mut last = (Instant::now(), 0i64);
+    let mut stderr = std::io::stderr();
+    // Give the workers a moment to restart the dataflow before reading progress.
+    std::thread::sleep(Duration::from_millis(500));
+    loop {
+        let v = call("GET", &format!("{}/api/v1/jobs", base(to)), None)?;
+        let j = v["data"]
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["name"] == job).cloned())
+            .unwrap_or_default();
+        let parts = j["partitions"].as_object().cloned().unwrap_or_default();
+        let (mut done, mut total) = (0i64, 0i64);
+        for (k, p) in &parts {
+            let from = start.get(k).copied().unwrap_or(0);
+            let pos = p["position"].as_i64().unwrap_or(-1).max(from);
+            let high = p["high"].as_i64().unwrap_or(-1).max(pos);
+            done += pos - from;
+            total += high - from;
+        }
+        let lag = total - done;
+        let dt = last.0.elapsed().as_secs_f64().max(1e-3);
+        let rate = (done - last.1) as f64 / dt;
+        last = (Instant::now(), done);
+        let width = 30usize;
+        let filled = if total > 0 {
+            (done as f64 / total as f64 * width as f64) as usize
+        } else {
+            width
+        };
+        let _ = write!(
+            stderr,
+            "\r[{}{}] {done}/{total} messages, lag {lag}, {rate:.0} msg/s   ",
+            "#".repeat(filled.min(width)),
+            " ".repeat(width - filled.min(width))
+        );
+        let _ = stderr.flush();
+        if total > 0 && lag == 0 && j["watermark"].as_i64().unwrap_or(0) > 0 {
+            let _ = writeln!(stderr);
+            out.push_str(&format!(
+                "caught up: {done} messages in {:.1}s\n",
+                t0.elapsed().as_secs_f64()
+            ));
+            return Ok(out);
+        }
+        if t0.elapsed() > timeout {
+            let _ = writeln!(stderr);
+            out.push_str("still replaying; follow it with `tidemark jobs`\n");
+            return Ok(out);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_formats() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_795_334_400_000), "2026-11-22T08:00:00Z");
+    }
+}

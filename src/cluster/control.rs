@@ -1,0 +1,850 @@
+//! The HTTP side of a worker process: the query API over the whole cluster (fan-out to the
+//! other processes and merge), the control API (on process 0), `/metrics`, and the internal
+//! endpoints the fan-out uses.
+//!
+//! * `POST /api/v1/jobs` (TOML body): validate, check the topics exist, sequence a submit.
+//! * `GET /api/v1/jobs`: every job with state, watermark, lag and per-partition offsets,
+//!   merged over all processes.
+//! * `DELETE /api/v1/jobs/<name>`: cancel.
+//! * `POST /api/v1/jobs/<name>/replay?from_time=RFC3339|from_offsets=P:O,...`: rewind.
+//! * `POST /internal/v1/select`: this process's series for a selector (binary, see
+//!   [`encode_series`]); `GET /internal/v1/jobs`: this process's job status.
+
+use std::collections::BTreeMap;
+use std::sync::{mpsc, Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value as Json};
+
+use super::spec::JobSpec;
+use super::{Binding, Command, JobStatus, Registry};
+use crate::ops::{render_counters, Metrics, TextWriter};
+use crate::query::api::{self, QueryState};
+use crate::query::{Series, Storage};
+use crate::store::hot::index::{MatchOp, Matcher};
+use crate::store::hot::HotIndex;
+use crate::transport::consumer::topic_partitions;
+
+/// Header marking a request one process forwards to another: answer from the local shard.
+pub const LOCAL_HEADER: &str = "x-tidemark-local";
+
+/// What the control handlers share.
+pub struct ControlState {
+    pub process: usize,
+    pub hot: Arc<HotIndex>,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+    /// Other processes' HTTP base URLs.
+    pub peers: Vec<String>,
+    /// Process 0's base URL (where jobs are submitted).
+    pub leader: String,
+    /// Commands to global worker 0 (process 0 only).
+    pub commands: Option<Mutex<mpsc::Sender<Command>>>,
+    pub bindings: Arc<Mutex<BTreeMap<String, Vec<Binding>>>>,
+    pub brokers: String,
+}
+
+/// Matchers on the wire: `(name, op, value)` with op `=`, `!=`, `=~`, `!~` (regexes anchored).
+#[derive(Serialize, Deserialize)]
+pub struct SelectRequest {
+    pub matchers: Vec<(String, String, String)>,
+    pub start: i64,
+    pub end: i64,
+}
+
+fn to_wire(ms: &[Matcher]) -> Vec<(String, String, String)> {
+    ms.iter()
+        .map(|m| {
+            let (op, v) = match &m.op {
+                MatchOp::Eq(v) => ("=", v.clone()),
+                MatchOp::Ne(v) => ("!=", v.clone()),
+                MatchOp::Re(r) => ("=~", r.as_str().to_string()),
+                MatchOp::Nre(r) => ("!~", r.as_str().to_string()),
+            };
+            (m.name.clone(), op.to_string(), v)
+        })
+        .collect()
+}
+
+fn from_wire(ms: &[(String, String, String)]) -> Result<Vec<Matcher>, String> {
+    ms.iter()
+        .map(|(n, op, v)| {
+            let op = match op.as_str() {
+                "=" => MatchOp::Eq(v.clone()),
+                "!=" => MatchOp::Ne(v.clone()),
+                "=~" => MatchOp::Re(regex::Regex::new(v).map_err(|e| e.to_string())?),
+                "!~" => MatchOp::Nre(regex::Regex::new(v).map_err(|e| e.to_string())?),
+                other => return Err(format!("unknown matcher op {other:?}")),
+            };
+            Ok(Matcher {
+                name: n.clone(),
+                op,
+            })
+        })
+        .collect()
+}
+
+/// `u32 n_series`, then per series `u32 len, canonical labels, u32 n, (i64 ts, u64 bits)*n`.
+pub fn encode_series(series: &[Series]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut canon = Vec::new();
+    out.extend_from_slice(&(series.len() as u32).to_le_bytes());
+    for s in series {
+        crate::model::canonical_encode(s.labels.iter(), &mut canon);
+        out.extend_from_slice(&(canon.len() as u32).to_le_bytes());
+        out.extend_from_slice(&canon);
+        out.extend_from_slice(&(s.samples.len() as u32).to_le_bytes());
+        for (t, v) in &s.samples {
+            out.extend_from_slice(&t.to_le_bytes());
+            out.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Inverse of [`encode_series`].
+pub fn decode_series(mut b: &[u8]) -> Result<Vec<Series>, String> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+        if b.len() < n {
+            return Err("truncated series response".into());
+        }
+        let (x, rest) = b.split_at(n);
+        *b = rest;
+        Ok(x)
+    }
+    let u32_ = |b: &mut &[u8]| -> Result<usize, String> {
+        Ok(u32::from_le_bytes(take(b, 4)?.try_into().expect("4")) as usize)
+    };
+    let n = u32_(&mut b)?;
+    let mut out = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        let len = u32_(&mut b)?;
+        let labels = crate::ingest::decode_canonical(take(&mut b, len)?);
+        let m = u32_(&mut b)?;
+        let body = take(&mut b, m.checked_mul(16).ok_or("overflow")?)?;
+        let samples = body
+            .chunks_exact(16)
+            .map(|c| {
+                (
+                    i64::from_le_bytes(c[0..8].try_into().expect("8")),
+                    f64::from_bits(u64::from_le_bytes(c[8..16].try_into().expect("8"))),
+                )
+            })
+            .collect();
+        out.push(Series { labels, samples });
+    }
+    Ok(out)
+}
+
+/// The local hot index plus every peer's shard. A peer that does not answer fails the query
+/// (a partial answer would be silently wrong).
+pub struct FanoutStorage<'a> {
+    pub local: &'a HotIndex,
+    pub peers: &'a [String],
+    pub errors: Mutex<Vec<String>>,
+}
+
+impl Storage for FanoutStorage<'_> {
+    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
+        let req = serde_json::to_vec(&SelectRequest {
+            matchers: to_wire(matchers),
+            start,
+            end,
+        })
+        .expect("serializable");
+        let mut out = self.local.select(matchers, start, end);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .peers
+                .iter()
+                .map(|p| {
+                    let req = &req;
+                    s.spawn(move || -> Result<Vec<Series>, String> {
+                        let url = format!("{p}/internal/v1/select");
+                        let mut resp = ureq::post(&url)
+                            .header("content-type", "application/json")
+                            .send(&req[..])
+                            .map_err(|e| format!("{url}: {e}"))?;
+                        let body = resp
+                            .body_mut()
+                            .with_config()
+                            .limit(1 << 32)
+                            .read_to_vec()
+                            .map_err(|e| format!("{url}: {e}"))?;
+                        decode_series(&body)
+                    })
+                })
+                .collect();
+            for h in handles {
+                match h.join() {
+                    Ok(Ok(v)) => out.extend(v),
+                    Ok(Err(e)) => self
+                        .errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(e),
+                    Err(_) => {}
+                }
+            }
+        });
+        // A series lives in one shard, but merge defensively (same labels: union by time).
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        let mut merged: Vec<Series> = Vec::with_capacity(out.len());
+        for s in out {
+            match merged.last_mut() {
+                Some(last) if last.labels == s.labels => {
+                    last.samples.extend(s.samples);
+                    last.samples.sort_by_key(|p| p.0);
+                    last.samples.dedup_by_key(|p| p.0);
+                }
+                _ => merged.push(s),
+            }
+        }
+        merged
+    }
+}
+
+async fn internal_select(State(s): State<Arc<ControlState>>, body: Bytes) -> Response {
+    let req: SelectRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let matchers = match from_wire(&req.matchers) {
+        Ok(m) => m,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let hot = Arc::clone(&s.hot);
+    let res = tokio::task::spawn_blocking(move || {
+        encode_series(&hot.select(&matchers, req.start, req.end))
+    })
+    .await;
+    match res {
+        Ok(b) => b.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Runs a PromQL query over the whole cluster.
+pub fn cluster_query(
+    q: &QueryState,
+    query: &str,
+    start: i64,
+    end: i64,
+    step: i64,
+    range: bool,
+) -> Result<crate::query::QueryValue, crate::query::QueryError> {
+    let st = FanoutStorage {
+        local: &q.hot,
+        peers: &q.peers,
+        errors: Mutex::new(Vec::new()),
+    };
+    let v = crate::query::engine::Engine::new(&st, start, end, step)?.query(query, range)?;
+    let errs = st.errors.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !errs.is_empty() {
+        return Err(crate::query::QueryError::Execution(format!(
+            "a worker process did not answer: {}",
+            errs.join("; ")
+        )));
+    }
+    Ok(v)
+}
+
+/// Forwards a metadata request (`series`, `labels`, `label values`, `rollups`) to every
+/// peer and merges the `data` arrays (union, sorted).
+async fn merge_peers(s: Arc<ControlState>, req: Request, local: Response) -> Response {
+    if req.headers().contains_key(LOCAL_HEADER) || s.peers.is_empty() {
+        return local;
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 64 << 20).await else {
+        return local;
+    };
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let Ok(local_body) = axum::body::to_bytes(local.into_body(), 1 << 30).await else {
+        return api::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "local answer",
+        );
+    };
+    let mut merged: Json = match serde_json::from_slice(&local_body) {
+        Ok(v) => v,
+        Err(_) => return (StatusCode::OK, local_body).into_response(),
+    };
+    if merged["status"] != "success" {
+        return (StatusCode::BAD_REQUEST, local_body).into_response();
+    }
+    let peers = s.peers.clone();
+    let method = parts.method.clone();
+    let ctype = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/x-www-form-urlencoded")
+        .to_string();
+    let answers = tokio::task::spawn_blocking(move || {
+        peers
+            .iter()
+            .map(|p| {
+                let url = format!("{p}{pq}");
+                let r = if method == axum::http::Method::POST {
+                    ureq::post(&url)
+                        .header(LOCAL_HEADER, "1")
+                        .header("content-type", &ctype)
+                        .send(&body[..])
+                } else {
+                    ureq::get(&url).header(LOCAL_HEADER, "1").call()
+                };
+                r.map_err(|e| format!("{url}: {e}")).and_then(|mut r| {
+                    let b = r.body_mut().read_to_vec().map_err(|e| e.to_string())?;
+                    serde_json::from_slice::<Json>(&b).map_err(|e| e.to_string())
+                })
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let mut all: Vec<Json> = merged["data"].as_array().cloned().unwrap_or_default();
+    for a in answers {
+        match a {
+            Ok(v) => all.extend(v["data"].as_array().cloned().unwrap_or_default()),
+            Err(e) => {
+                return api::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("a worker process did not answer: {e}"),
+                )
+            }
+        }
+    }
+    all.sort_by_key(|v| v.to_string());
+    all.dedup();
+    merged["data"] = Json::Array(all);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        merged.to_string(),
+    )
+        .into_response()
+}
+
+fn forbidden_off_leader(s: &ControlState) -> Option<Response> {
+    if s.commands.is_some() {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            (json!({"status": "error", "errorType": "bad_data",
+                "error": format!("jobs are managed by worker process 0: use --to {}", s.leader)}))
+            .to_string(),
+        )
+            .into_response(),
+    )
+}
+
+fn send(s: &ControlState, c: Command) -> Result<(), Response> {
+    let Some(tx) = &s.commands else {
+        return Err(forbidden_off_leader(s).expect("not leader"));
+    };
+    tx.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(c)
+        .map_err(|_| {
+            api::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "worker 0 is not running",
+            )
+        })
+}
+
+fn bad(msg: impl Into<String>) -> Response {
+    api::error(StatusCode::BAD_REQUEST, "bad_data", msg)
+}
+
+async fn submit(State(s): State<Arc<ControlState>>, body: Bytes) -> Response {
+    if let Some(r) = forbidden_off_leader(&s) {
+        return r;
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let spec = match JobSpec::parse(&text, "the submitted job spec") {
+        Ok(spec) => spec,
+        Err(e) => return bad(e.to_string()),
+    };
+    let brokers = if spec.source.brokers.is_empty() {
+        s.brokers.clone()
+    } else {
+        spec.source.brokers.clone()
+    };
+    let topics = spec.source.topics.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        for t in &topics {
+            topic_partitions(&brokers, t).map_err(|e| format!("source.topics: {e}"))?;
+        }
+        Ok::<(), String>(())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    if let Err(e) = checked {
+        return bad(format!("job {}: {e}", spec.name));
+    }
+    if let Err(r) = send(&s, Command::Submit { spec: text }) {
+        return r;
+    }
+    (
+        StatusCode::ACCEPTED,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"status": "success", "data": {"name": spec.name, "state": "submitted"}}).to_string(),
+    )
+        .into_response()
+}
+
+/// This process's view of the jobs.
+fn local_jobs(s: &ControlState) -> BTreeMap<String, JobStatus> {
+    s.registry
+        .jobs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+async fn internal_jobs(State(s): State<Arc<ControlState>>) -> Response {
+    axum::Json(local_jobs(&s)).into_response()
+}
+
+/// Every process's view, merged: watermarks and partitions are owned by one process each.
+pub async fn all_jobs(s: &ControlState) -> Result<BTreeMap<String, JobStatus>, String> {
+    let mut jobs = local_jobs(s);
+    let peers = s.peers.clone();
+    let answers = tokio::task::spawn_blocking(move || {
+        peers
+            .iter()
+            .map(|p| {
+                let url = format!("{p}/internal/v1/jobs");
+                ureq::get(&url)
+                    .call()
+                    .map_err(|e| format!("{url}: {e}"))
+                    .and_then(|mut r| {
+                        let b = r.body_mut().read_to_vec().map_err(|e| e.to_string())?;
+                        serde_json::from_slice::<BTreeMap<String, JobStatus>>(&b)
+                            .map_err(|e| e.to_string())
+                    })
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    for a in answers {
+        for (name, j) in a? {
+            let e = jobs.entry(name).or_insert_with(|| JobStatus {
+                samples: 0,
+                ..j.clone()
+            });
+            e.watermarks.extend(j.watermarks);
+            e.partitions.extend(j.partitions);
+            e.samples += j.samples;
+            e.late_accepted += j.late_accepted;
+            e.late_dropped += j.late_dropped;
+            e.wal_records_replayed += j.wal_records_replayed;
+        }
+    }
+    Ok(jobs)
+}
+
+async fn list_jobs(State(s): State<Arc<ControlState>>) -> Response {
+    match all_jobs(&s).await {
+        Ok(jobs) => {
+            let data: Vec<Json> = jobs
+                .values()
+                .map(|j| {
+                    let mut v = serde_json::to_value(j).unwrap_or_default();
+                    v["watermark"] = json!(j.watermark());
+                    v["lag"] = json!(j.lag());
+                    v
+                })
+                .collect();
+            axum::Json(json!({"status": "success", "data": data})).into_response()
+        }
+        Err(e) => api::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("a worker process did not answer: {e}"),
+        ),
+    }
+}
+
+async fn cancel(State(s): State<Arc<ControlState>>, Path(name): Path<String>) -> Response {
+    if !local_jobs(&s).contains_key(&name) {
+        return api::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no job named {name:?}: see `tidemark jobs`"),
+        );
+    }
+    match send(&s, Command::Cancel { name: name.clone() }) {
+        Ok(()) => {
+            axum::Json(json!({"status": "success", "data": {"name": name, "state": "cancelling"}}))
+                .into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// Start offsets for a replay from event time `t`: per partition, the last binding whose
+/// newest event time is before `t` (every message with event time >= t is at or after it);
+/// partitions without such a binding start at offset 0.
+pub fn offsets_for_time(bindings: &[Binding], t: i64) -> BTreeMap<(usize, i32), i64> {
+    let mut out: BTreeMap<(usize, i32), i64> = BTreeMap::new();
+    let mut parts: Vec<(usize, i32)> = bindings.iter().map(|b| (b.topic, b.partition)).collect();
+    parts.sort();
+    parts.dedup();
+    for p in parts {
+        let best = bindings
+            .iter()
+            .filter(|b| (b.topic, b.partition) == p && b.max_ts < t)
+            .map(|b| b.offset)
+            .max()
+            .unwrap_or(0);
+        out.insert(p, best);
+    }
+    out
+}
+
+/// Newest event time before the given offsets, per the bindings (for `--from-offsets`).
+pub fn time_for_offsets(bindings: &[Binding], offsets: &BTreeMap<(usize, i32), i64>) -> i64 {
+    offsets
+        .iter()
+        .map(|(p, &o)| {
+            bindings
+                .iter()
+                .filter(|b| (b.topic, b.partition) == *p && b.offset <= o)
+                .map(|b| b.max_ts)
+                .max()
+                .unwrap_or(i64::MIN)
+        })
+        .max()
+        .unwrap_or(i64::MIN)
+}
+
+async fn replay(
+    State(s): State<Arc<ControlState>>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    if let Some(r) = forbidden_off_leader(&s) {
+        return r;
+    }
+    let jobs = local_jobs(&s);
+    let Some(job) = jobs.get(&name) else {
+        return api::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no job named {name:?}: see `tidemark jobs`"),
+        );
+    };
+    let Ok(spec) = JobSpec::parse(&job.spec, "stored spec") else {
+        return bad("the job's stored spec no longer parses");
+    };
+    let p = api::params(&q, &Bytes::new());
+    let get = |k: &str| p.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let bindings = s
+        .bindings
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&name)
+        .cloned()
+        .unwrap_or_default();
+    const HOUR: i64 = 3_600_000;
+    let (offsets, rollups_from) = match (get("from_time"), get("from_offsets")) {
+        (Some(t), None) => {
+            let t = match api::parse_time(&t) {
+                Ok(t) => t,
+                Err(e) => {
+                    return bad(format!(
+                        "from_time: {e}; use RFC 3339, e.g. 2026-11-22T10:00:00Z"
+                    ))
+                }
+            };
+            // Whole hours, so no rebuilt 1m or 1h window misses data read before the offsets.
+            let aligned = t.div_euclid(HOUR) * HOUR;
+            (offsets_for_time(&bindings, aligned), aligned)
+        }
+        (None, Some(list)) => {
+            let mut offsets = BTreeMap::new();
+            for item in list.split(',').filter(|x| !x.is_empty()) {
+                let parsed = item.split_once(':').and_then(|(a, b)| {
+                    let (topic, part) = match a.rsplit_once('/') {
+                        Some((t, p)) => (spec.source.topics.iter().position(|x| x == t)?, p),
+                        None => (0, a),
+                    };
+                    Some(((topic, part.parse::<i32>().ok()?), b.parse::<i64>().ok()?))
+                });
+                match parsed {
+                    Some((k, o)) if o >= 0 => {
+                        offsets.insert(k, o);
+                    }
+                    _ => {
+                        return bad(format!(
+                            "from_offsets: {item:?} is not PARTITION:OFFSET (or TOPIC/PARTITION:OFFSET for a topic of the job)"
+                        ))
+                    }
+                }
+            }
+            if offsets.is_empty() {
+                return bad("from_offsets: give at least one PARTITION:OFFSET");
+            }
+            // Rebuild the windows that start after everything before the offsets.
+            let t = time_for_offsets(&bindings, &offsets);
+            let from = if t == i64::MIN {
+                i64::MIN
+            } else {
+                (t.div_euclid(HOUR) + 1) * HOUR
+            };
+            (offsets, from)
+        }
+        _ => return bad("give exactly one of from_time or from_offsets"),
+    };
+    let list: Vec<(usize, i32, i64)> = offsets.iter().map(|(k, o)| (k.0, k.1, *o)).collect();
+    if let Err(r) = send(
+        &s,
+        Command::Replay {
+            name: name.clone(),
+            offsets: list.clone(),
+            rollups_from,
+        },
+    ) {
+        return r;
+    }
+    let shown: BTreeMap<String, i64> = list
+        .iter()
+        .map(|(t, p, o)| (format!("{}/{p}", spec.source.topics[*t]), *o))
+        .collect();
+    axum::Json(json!({"status": "success", "data": {"name": name, "offsets": shown, "rollups_from": rollups_from}}))
+        .into_response()
+}
+
+fn render_metrics(s: &ControlState) -> String {
+    let mut w = TextWriter(String::with_capacity(4096));
+    render_counters(&s.metrics, &mut w);
+    let jobs = local_jobs(s);
+    let mut lag = Vec::new();
+    let mut wm = Vec::new();
+    let mut delay = Vec::new();
+    let mut malformed = Vec::new();
+    let mut last_bad = Vec::new();
+    let mut samples = Vec::new();
+    let mut late = Vec::new();
+    for j in jobs.values() {
+        let newest = j.partitions.values().map(|p| p.max_ts).max().unwrap_or(0);
+        let watermark = j.watermark();
+        wm.push((format!("job=\"{}\"", j.name), watermark as f64 / 1000.0));
+        delay.push((
+            format!("job=\"{}\"", j.name),
+            ((newest as f64) - watermark as f64).max(0.0) / 1000.0,
+        ));
+        samples.push((format!("job=\"{}\"", j.name), j.samples as f64));
+        late.push((
+            format!("job=\"{}\",action=\"accepted\"", j.name),
+            j.late_accepted as f64,
+        ));
+        late.push((
+            format!("job=\"{}\",action=\"dropped\"", j.name),
+            j.late_dropped as f64,
+        ));
+        for p in j.partitions.values() {
+            let l = format!(
+                "job=\"{}\",topic=\"{}\",partition=\"{}\"",
+                j.name, p.topic, p.partition
+            );
+            if p.high >= 0 && p.position >= 0 {
+                lag.push((l.clone(), (p.high - p.position).max(0) as f64));
+            }
+            malformed.push((l.clone(), p.malformed as f64));
+            if let Some((off, _)) = &p.last_malformed {
+                last_bad.push((l, *off as f64));
+            }
+        }
+    }
+    let fam = |w: &mut TextWriter, name: &str, kind: &str, help: &str, v: &[(String, f64)]| {
+        let refs: Vec<(&str, f64)> = v.iter().map(|(l, x)| (l.as_str(), *x)).collect();
+        w.family(name, kind, help, &refs);
+    };
+    fam(
+        &mut w,
+        "tidemark_kafka_consumer_lag_messages",
+        "gauge",
+        "Messages between the job's read position and the partition's high watermark.",
+        &lag,
+    );
+    fam(&mut w, "tidemark_job_watermark_seconds", "gauge", "The job's watermark (its timely frontier) as far as this process's sources hold it, in event time.", &wm);
+    fam(
+        &mut w,
+        "tidemark_watermark_delay_seconds",
+        "gauge",
+        "How far the job's watermark trails the newest event time its partitions have seen.",
+        &delay,
+    );
+    fam(
+        &mut w,
+        "tidemark_kafka_malformed_messages_total",
+        "counter",
+        "Messages (or messages with lines) that failed to decode; their valid samples were kept.",
+        &malformed,
+    );
+    fam(
+        &mut w,
+        "tidemark_kafka_last_malformed_offset",
+        "gauge",
+        "Offset of the last malformed message per partition.",
+        &last_bad,
+    );
+    fam(
+        &mut w,
+        "tidemark_job_samples_total",
+        "counter",
+        "Samples the job's sources in this process sent into the dataflow.",
+        &samples,
+    );
+    fam(
+        &mut w,
+        "tidemark_job_late_samples_total",
+        "counter",
+        "Late samples: accepted into a still-open window, or dropped from rollups.",
+        &late,
+    );
+    w.family(
+        "tidemark_hot_series",
+        "gauge",
+        "Series in this process's hot index.",
+        &[("", s.hot.catalog.len() as f64)],
+    );
+    w.family(
+        "tidemark_hot_samples",
+        "gauge",
+        "Raw samples in this process's hot index.",
+        &[("", s.hot.sample_count() as f64)],
+    );
+    w.family(
+        "tidemark_hot_bytes",
+        "gauge",
+        "Bytes of samples and rollups in this process's hot index.",
+        &[("", s.hot.bytes() as f64)],
+    );
+    w.0
+}
+
+async fn metrics(State(s): State<Arc<ControlState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render_metrics(&s),
+    )
+        .into_response()
+}
+
+/// The router of a worker process.
+pub fn router(s: Arc<ControlState>) -> Router {
+    let q = Arc::new(QueryState {
+        hot: Arc::clone(&s.hot),
+        metrics: Arc::clone(&s.metrics),
+        peers: s.peers.clone(),
+    });
+    let merged = {
+        let s = Arc::clone(&s);
+        let local = api::routes(Arc::clone(&q));
+        move |req: Request| {
+            let s = Arc::clone(&s);
+            let local = local.clone();
+            async move {
+                use tower::ServiceExt as _;
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, 64 << 20)
+                    .await
+                    .unwrap_or_default();
+                let fwd = Request::from_parts(parts.clone(), axum::body::Body::from(body.clone()));
+                let resp = match local.oneshot(fwd).await {
+                    Ok(r) => r,
+                    Err(e) => match e {},
+                };
+                merge_peers(
+                    s,
+                    Request::from_parts(parts, axum::body::Body::from(body)),
+                    resp,
+                )
+                .await
+            }
+        }
+    };
+    Router::new()
+        .route("/api/v1/series", get(merged.clone()).post(merged.clone()))
+        .route("/api/v1/labels", get(merged.clone()).post(merged.clone()))
+        .route("/api/v1/label/{name}/values", get(merged.clone()))
+        .route("/api/v1/rollups", get(merged))
+        .route("/api/v1/jobs", post(submit).get(list_jobs))
+        .route("/api/v1/jobs/{name}", delete(cancel))
+        .route("/api/v1/jobs/{name}/replay", post(replay))
+        .route("/internal/v1/select", post(internal_select))
+        .route("/internal/v1/jobs", get(internal_jobs))
+        .route("/metrics", get(metrics))
+        .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
+        .route("/-/ready", get(|| async { "Tidemark worker is Ready.\n" }))
+        .with_state(s)
+        .fallback_service(api::routes(q))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Labels;
+
+    fn b(p: i32, offset: i64, max_ts: i64) -> Binding {
+        Binding {
+            topic: 0,
+            partition: p,
+            offset,
+            max_ts,
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn time_to_offsets_uses_the_last_binding_before_the_time() {
+        let bs = [
+            b(0, 10, 1_000),
+            b(0, 20, 2_000),
+            b(0, 30, 3_000),
+            b(1, 5, 2_500),
+        ];
+        let o = offsets_for_time(&bs, 2_500);
+        assert_eq!(o[&(0, 0)], 20);
+        assert_eq!(o[&(0, 1)], 0, "no binding before the time: from the start");
+        assert_eq!(
+            time_for_offsets(&bs, &BTreeMap::from([((0, 0), 25)])),
+            2_000
+        );
+    }
+
+    #[test]
+    fn series_codec_round_trips_stale_markers() {
+        let s = vec![Series {
+            labels: Labels::from_pairs([("__name__", "up"), ("job", "x")]),
+            samples: vec![(1, 1.0), (2, f64::from_bits(crate::model::STALE_NAN_BITS))],
+        }];
+        let d = decode_series(&encode_series(&s)).unwrap();
+        assert_eq!(d[0].labels, s[0].labels);
+        assert_eq!(d[0].samples[1].1.to_bits(), crate::model::STALE_NAN_BITS);
+        assert!(decode_series(&encode_series(&s)[..7]).is_err());
+    }
+}

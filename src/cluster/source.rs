@@ -1,0 +1,469 @@
+//! A job's Kafka source on one worker: WAL replay at start, then the partitions this worker
+//! owns; decoding, the local WAL, offset commits after the sinks applied the data, bindings.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+
+use tidemark_dataflows::partitioned::{PartPoll, PartitionedSource, SeriesDef};
+use tidemark_dataflows::Sample;
+
+use super::spec::{JobSpec, StartAt};
+use super::{Binding, Command, PartitionStatus, Registry};
+use crate::ingest::{describe_errors, influx, remote_write, BatchBuilder, WriteBatch};
+use crate::model::{IdSet, Limits};
+use crate::transport::codec;
+use crate::transport::consumer::{part_id, PartKey, PartitionConsumer, Start};
+use crate::transport::kafka::KafkaFormat;
+use crate::transport::log::{FsyncPolicy, Log, LogReader, RecordKind};
+
+/// Everything a source needs from its worker.
+pub struct SourceCtx {
+    pub spec: Arc<JobSpec>,
+    pub brokers: String,
+    pub index: usize,
+    pub peers: usize,
+    /// This worker's WAL directory, and the WAL directories it replays at start.
+    pub wal_dir: PathBuf,
+    pub replay_dirs: Vec<PathBuf>,
+    pub limits: Limits,
+    pub registry: Arc<Registry>,
+    /// Commands for the sequencer (bindings), drained by the worker loop.
+    pub outbox: Rc<RefCell<Vec<Command>>>,
+    pub probe: ProbeHandle<u64>,
+    pub stop: Arc<AtomicBool>,
+    /// Replay: start offsets (they win over the WAL and the committed offsets).
+    pub overrides: BTreeMap<PartKey, i64>,
+    /// WAL segments older than this are deleted (the hot retention).
+    pub wal_retention: Duration,
+}
+
+enum Phase {
+    Wal(Vec<LogReader>),
+    Kafka,
+}
+
+pub struct KafkaJobSource {
+    ctx: SourceCtx,
+    phase: Phase,
+    wal: Option<Log>,
+    consumer: Option<PartitionConsumer>,
+    /// Next offset per partition known from the WAL.
+    wal_next: BTreeMap<PartKey, i64>,
+    seen: IdSet,
+    /// `(time sent at, partition, next offset, newest event time)` not yet committed.
+    inflight: VecDeque<(u64, PartKey, i64, i64)>,
+    max_ts: BTreeMap<PartKey, i64>,
+    cur_time: u64,
+    last_commit: Instant,
+    last_report: Instant,
+    last_retention: Instant,
+    status: BTreeMap<PartKey, PartitionStatus>,
+    scratch: Vec<u8>,
+    ids: Vec<u64>,
+    retry_at: Option<Instant>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// WAL record payload: `u32 topic index, i32 partition, i64 offset`, then a codec batch.
+const WAL_HEADER: usize = 16;
+
+impl KafkaJobSource {
+    pub fn new(ctx: SourceCtx) -> Self {
+        let mut readers = Vec::new();
+        if ctx.overrides.is_empty() {
+            for d in &ctx.replay_dirs {
+                match Log::open(d, FsyncPolicy::Never).and_then(|l| l.reader(l.start_offset())) {
+                    Ok(r) => readers.push(r),
+                    Err(e) => eprintln!(
+                        "tidemark: job {}: cannot replay WAL {}: {e}",
+                        ctx.spec.name,
+                        d.display()
+                    ),
+                }
+            }
+        }
+        let wal = match Log::open(&ctx.wal_dir, FsyncPolicy::Never) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!(
+                    "tidemark: job {}: cannot open WAL {} (data will not survive a restart): {e}",
+                    ctx.spec.name,
+                    ctx.wal_dir.display()
+                );
+                None
+            }
+        };
+        KafkaJobSource {
+            ctx,
+            phase: Phase::Wal(readers),
+            wal,
+            consumer: None,
+            wal_next: BTreeMap::new(),
+            seen: IdSet::default(),
+            inflight: VecDeque::new(),
+            max_ts: BTreeMap::new(),
+            cur_time: 0,
+            last_commit: Instant::now(),
+            last_report: Instant::now(),
+            last_retention: Instant::now(),
+            status: BTreeMap::new(),
+            scratch: Vec::new(),
+            ids: Vec::new(),
+            retry_at: None,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.ctx.spec.name
+    }
+
+    /// The operator's record for `samples` of partition `part`, with the definitions of
+    /// series this source has not sent before.
+    fn emit(&mut self, part: PartKey, series: Vec<SeriesDef>, samples: Vec<Sample>) -> PartPoll {
+        if let Some(max) = samples.iter().map(|s| s.ts).max() {
+            let m = self.max_ts.entry(part).or_insert(max);
+            *m = (*m).max(max);
+        }
+        self.ctx
+            .registry
+            .with(&self.ctx.spec.name, |j| j.samples += samples.len() as u64);
+        PartPoll::Record {
+            partition: part_id(part),
+            max_ts: self.max_ts.get(&part).copied().unwrap_or(0),
+            samples,
+            series,
+        }
+    }
+
+    fn emit_batch(&mut self, part: PartKey, batch: &WriteBatch) -> PartPoll {
+        let mut series: Vec<SeriesDef> = Vec::new();
+        for (i, (id, _)) in batch.series.iter().enumerate() {
+            if self.seen.insert(*id) {
+                series.push((*id, batch.canonical(i).to_vec()));
+            }
+        }
+        let samples: Vec<Sample> = batch
+            .samples
+            .iter()
+            .map(|s| Sample {
+                series: batch.series[s.series as usize].0,
+                ts: s.ts,
+                value: s.value,
+            })
+            .collect();
+        self.emit(part, series, samples)
+    }
+
+    fn poll_wal(&mut self) -> Option<PartPoll> {
+        let Phase::Wal(readers) = &mut self.phase else {
+            return None;
+        };
+        while let Some(r) = readers.last_mut() {
+            match r.next_record(|_| true) {
+                Ok(Some(rec))
+                    if rec.kind == RecordKind::Batch && rec.payload.len() >= WAL_HEADER =>
+                {
+                    let p = &rec.payload;
+                    let ti = u32::from_le_bytes(p[0..4].try_into().expect("4")) as usize;
+                    let part = i32::from_le_bytes(p[4..8].try_into().expect("4"));
+                    let off = i64::from_le_bytes(p[8..16].try_into().expect("8"));
+                    let k = (ti, part);
+                    let e = self.wal_next.entry(k).or_insert(off + 1);
+                    *e = (*e).max(off + 1);
+                    let (mut series, mut samples) = (Vec::new(), Vec::new());
+                    let seen = &mut self.seen;
+                    let res = codec::decode(
+                        &p[WAL_HEADER..],
+                        &mut self.ids,
+                        |id, c| {
+                            if seen.insert(id) {
+                                series.push((id, c.to_vec()));
+                            }
+                        },
+                        |series, ts, value| samples.push(Sample { series, ts, value }),
+                    );
+                    self.ctx
+                        .registry
+                        .with(&self.ctx.spec.name, |j| j.wal_records_replayed += 1);
+                    match res {
+                        Ok(()) => return Some(self.emit(k, series, samples)),
+                        Err(e) => eprintln!(
+                            "tidemark: job {}: skipping corrupt WAL record {}: {e}",
+                            self.ctx.spec.name, rec.offset
+                        ),
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    readers.pop();
+                }
+            }
+        }
+        self.phase = Phase::Kafka;
+        None
+    }
+
+    fn connect(&mut self) -> Result<(), String> {
+        let spec = &self.ctx.spec;
+        let mut overrides = self.wal_next.clone();
+        overrides.extend(self.ctx.overrides.iter().map(|(k, v)| (*k, *v)));
+        let brokers = if spec.source.brokers.is_empty() {
+            self.ctx.brokers.clone()
+        } else {
+            spec.source.brokers.clone()
+        };
+        let c = PartitionConsumer::new(
+            &brokers,
+            &spec.source.topics,
+            &spec.group(),
+            self.ctx.index,
+            self.ctx.peers,
+            match spec.source.start {
+                StartAt::Earliest => Start::Earliest,
+                StartAt::Latest => Start::Latest,
+            },
+            overrides,
+        )
+        .map_err(|e| e.to_string())?;
+        self.consumer = Some(c);
+        Ok(())
+    }
+
+    /// Decodes a Kafka message; a bad message (or bad lines in it) is counted and reported
+    /// with its partition and offset, and whatever valid samples it has are kept.
+    fn decode(&mut self, part: PartKey, offset: i64, payload: &[u8]) -> WriteBatch {
+        let mut b = BatchBuilder::new(&self.ctx.limits);
+        let mut fatal = None;
+        match self.ctx.spec.source.format {
+            KafkaFormat::LineProtocol => {
+                influx::parse(payload, influx::Precision::Ns, now_ms(), &mut b);
+            }
+            KafkaFormat::RemoteWrite => {
+                if let Err(e) = remote_write::parse(payload, usize::MAX, &mut b) {
+                    fatal = Some(e.to_string());
+                }
+            }
+        }
+        let (batch, errors, total) = b.finish();
+        let reason = fatal.or_else(|| (total > 0).then(|| describe_errors(&errors, total)));
+        if let Some(reason) = reason {
+            let topic = self.ctx.spec.source.topics[part.0].clone();
+            eprintln!(
+                "tidemark: job {}: malformed message at {topic}/{}@{offset} (skipped what is bad, kept {} valid samples): {reason}",
+                self.name(),
+                part.1,
+                batch.samples.len()
+            );
+            let st = self.status.entry(part).or_default();
+            st.malformed += 1;
+            st.last_malformed = Some((offset, reason));
+        }
+        batch
+    }
+
+    fn wal_append(&mut self, part: PartKey, offset: i64, batch: &WriteBatch) {
+        let Some(wal) = &self.wal else { return };
+        let Some((lo, hi)) = batch.time_range() else {
+            return;
+        };
+        let mut enc = Vec::new();
+        codec::encode(batch, &mut enc);
+        self.scratch.clear();
+        self.scratch
+            .extend_from_slice(&(part.0 as u32).to_le_bytes());
+        self.scratch.extend_from_slice(&part.1.to_le_bytes());
+        self.scratch.extend_from_slice(&offset.to_le_bytes());
+        self.scratch.extend_from_slice(&enc);
+        if let Err(e) = wal.append(RecordKind::Batch, lo, hi, &self.scratch) {
+            eprintln!(
+                "tidemark: job {}: WAL append failed: {e}",
+                self.ctx.spec.name
+            );
+        }
+    }
+
+    /// Commits what every sink has applied, once the WAL holding it is synced.
+    fn commit(&mut self) {
+        let mut next: BTreeMap<PartKey, (i64, i64)> = BTreeMap::new();
+        while let Some(&(t, k, off, mts)) = self.inflight.front() {
+            if self.ctx.probe.less_equal(&t) {
+                break;
+            }
+            next.insert(k, (off, mts));
+            self.inflight.pop_front();
+        }
+        if next.is_empty() {
+            return;
+        }
+        if let Some(wal) = &self.wal {
+            if let Err(e) = wal.sync() {
+                eprintln!(
+                    "tidemark: job {}: WAL fsync failed, not committing: {e}",
+                    self.ctx.spec.name
+                );
+                return;
+            }
+        }
+        let Some(c) = &self.consumer else { return };
+        let offsets: BTreeMap<PartKey, i64> = next.iter().map(|(k, v)| (*k, v.0)).collect();
+        if let Err(e) = c.commit(&offsets) {
+            eprintln!(
+                "tidemark: job {}: offset commit failed (will retry): {e}",
+                self.ctx.spec.name
+            );
+        }
+        let at = now_ms();
+        let entries = next
+            .iter()
+            .map(|(k, (off, mts))| Binding {
+                topic: k.0,
+                partition: k.1,
+                offset: *off,
+                max_ts: *mts,
+                at_ms: at,
+            })
+            .collect();
+        for (k, (off, _)) in &next {
+            self.status.entry(*k).or_default().committed = *off;
+        }
+        self.ctx.outbox.borrow_mut().push(Command::Bindings {
+            job: self.ctx.spec.name.clone(),
+            entries,
+        });
+    }
+
+    fn report(&mut self) {
+        if self.last_retention.elapsed() >= Duration::from_secs(60) {
+            self.last_retention = Instant::now();
+            if let Some(wal) = &self.wal {
+                if let Err(e) = wal.delete_older_than(self.ctx.wal_retention) {
+                    eprintln!(
+                        "tidemark: job {}: WAL retention failed: {e}",
+                        self.ctx.spec.name
+                    );
+                }
+            }
+        }
+        let Some(c) = &self.consumer else { return };
+        for (k, pos, high) in c.lag() {
+            let st = self.status.entry(k).or_default();
+            st.topic = c.topic(k).to_string();
+            st.partition = k.1;
+            st.worker = self.ctx.index;
+            st.position = pos;
+            st.high = high;
+            st.max_ts = self.max_ts.get(&k).copied().unwrap_or(0);
+        }
+        let wm = self.cur_time;
+        let idx = self.ctx.index;
+        let status = self.status.clone();
+        let caught_up = status.values().all(|s| s.high >= 0 && s.position >= s.high);
+        self.ctx.registry.with(&self.ctx.spec.name, |j| {
+            j.watermarks.insert(idx, wm);
+            if j.state == "replaying" && caught_up {
+                j.state = "running".into();
+            }
+            for (k, st) in status {
+                j.partitions.insert(format!("{}/{}", st.topic, k.1), st);
+            }
+        });
+    }
+}
+
+impl PartitionedSource for KafkaJobSource {
+    fn poll(&mut self) -> PartPoll {
+        if self.ctx.stop.load(Ordering::Acquire) {
+            return PartPoll::Done;
+        }
+        if let Some(r) = self.poll_wal() {
+            return r;
+        }
+        if self.last_report.elapsed() >= Duration::from_millis(500) {
+            self.last_report = Instant::now();
+            self.report();
+        }
+        if self.last_commit.elapsed() >= Duration::from_secs(1) {
+            self.last_commit = Instant::now();
+            self.commit();
+        }
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return PartPoll::Pending(Duration::from_millis(100));
+        }
+        if self.consumer.is_none() {
+            if let Err(e) = self.connect() {
+                eprintln!("tidemark: job {}: {e}; retrying in 2s", self.name());
+                self.retry_at = Some(Instant::now() + Duration::from_secs(2));
+                return PartPoll::Pending(Duration::from_secs(2));
+            }
+        }
+        let c = self.consumer.as_mut().expect("connected");
+        match c.discover() {
+            Ok(found) if !found.is_empty() => {
+                let names: Vec<String> = found
+                    .iter()
+                    .map(|k| format!("{}/{}", c.topic(*k), k.1))
+                    .collect();
+                eprintln!(
+                    "tidemark: job {} worker {}: assigned {}",
+                    self.ctx.spec.name,
+                    self.ctx.index,
+                    names.join(", ")
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("tidemark: job {}: {e}; retrying in 2s", self.ctx.spec.name);
+                self.retry_at = Some(Instant::now() + Duration::from_secs(2));
+                return PartPoll::Pending(Duration::from_secs(2));
+            }
+        }
+        match c.poll(Duration::ZERO) {
+            None => PartPoll::Pending(Duration::from_millis(5)),
+            Some(Err(e)) => {
+                eprintln!("tidemark: job {}: Kafka: {e}", self.ctx.spec.name);
+                PartPoll::Pending(Duration::from_millis(200))
+            }
+            Some(Ok(m)) => {
+                let batch = self.decode(m.part, m.offset, &m.payload);
+                self.wal_append(m.part, m.offset, &batch);
+                let rec = self.emit_batch(m.part, &batch);
+                let mts = self.max_ts.get(&m.part).copied().unwrap_or(i64::MIN);
+                self.inflight
+                    .push_back((self.cur_time, m.part, m.offset + 1, mts));
+                rec
+            }
+        }
+    }
+
+    fn partitions(&self) -> Vec<u32> {
+        self.consumer
+            .as_ref()
+            .map(|c| c.partitions().into_iter().map(part_id).collect())
+            .unwrap_or_default()
+    }
+
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+
+    fn progressed(&mut self, watermark: u64) {
+        self.cur_time = watermark;
+    }
+
+    fn hold(&self) -> bool {
+        matches!(self.phase, Phase::Wal(_))
+    }
+}

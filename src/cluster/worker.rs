@@ -1,0 +1,522 @@
+//! `tidemark worker`: one process of a timely cluster.
+//!
+//! Every worker thread runs the same loop: feed commands into timely's `Sequencer` (worker 0
+//! feeds what its control API received; every source feeds its bindings), apply the sequenced
+//! commands in order (build, stop or rebuild job dataflows), step the dataflows. Because every
+//! worker applies the same commands in the same order, all build the same dataflows in the
+//! same order, as timely requires.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::core::Filter;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::{Concatenate, Exchange, Probe};
+use timely::synchronization::Sequencer;
+use timely::WorkerConfig;
+
+use tidemark_dataflows::partitioned::{partitioned_source, PartitionWatermarks};
+use tidemark_dataflows::sink::{sink_rollups, sink_samples, sink_series, SeriesSink};
+use tidemark_dataflows::window::{rollup_rollups, tumbling_rollups};
+use tidemark_dataflows::Sample;
+
+use super::control::{router, ControlState};
+use super::source::{KafkaJobSource, SourceCtx};
+use super::spec::JobSpec;
+use super::{Binding, Command, JobStatus, Registry};
+use crate::job::{HOUR_MS, MINUTE_MS};
+use crate::model::Limits;
+use crate::ops::Metrics;
+use crate::store::hot::HotIndex;
+
+/// One line of the hosts file: `TIMELY_HOST:PORT HTTP_HOST:PORT` (`#` starts a comment).
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub timely: String,
+    pub http: SocketAddr,
+}
+
+/// Parses a hosts file; errors name the line.
+pub fn parse_hosts(text: &str, origin: &str) -> Result<Vec<Host>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut it = line.split_whitespace();
+        let timely = it.next().unwrap_or_default().to_string();
+        let http = it.next().ok_or_else(|| {
+            format!("{origin} line {}: expected `TIMELY_ADDR HTTP_ADDR` (e.g. `127.0.0.1:2101 127.0.0.1:9471`), got {line:?}", i + 1)
+        })?;
+        let http: SocketAddr = http
+            .parse()
+            .map_err(|e| format!("{origin} line {}: HTTP address {http:?}: {e}", i + 1))?;
+        if timely.parse::<SocketAddr>().is_err() {
+            return Err(format!(
+                "{origin} line {}: timely address {timely:?} is not HOST:PORT",
+                i + 1
+            ));
+        }
+        out.push(Host { timely, http });
+    }
+    if out.is_empty() {
+        return Err(format!("{origin}: no hosts"));
+    }
+    Ok(out)
+}
+
+/// Options of one worker process.
+#[derive(Clone, Debug)]
+pub struct WorkerOpts {
+    pub process: usize,
+    pub hosts: Vec<Host>,
+    pub workers: usize,
+    pub data_dir: PathBuf,
+    pub brokers: String,
+    pub limits: Limits,
+    pub hot_retention_ms: i64,
+}
+
+/// Process-wide state shared by the worker threads and the HTTP side.
+struct Shared {
+    opts: WorkerOpts,
+    hot: Arc<HotIndex>,
+    registry: Arc<Registry>,
+    bindings: Arc<Mutex<BTreeMap<String, Vec<Binding>>>>,
+    commands: Mutex<Option<mpsc::Receiver<Command>>>,
+}
+
+struct Catalog(Arc<HotIndex>);
+impl SeriesSink for Catalog {
+    fn register(&self, id: u64, canonical: &[u8]) {
+        self.0.catalog.register_canonical(id, canonical);
+    }
+}
+
+fn job_dir(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("jobs").join(name)
+}
+
+fn load_bindings(data_dir: &Path) -> BTreeMap<String, Vec<Binding>> {
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(data_dir.join("jobs")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(text) = std::fs::read_to_string(e.path().join("bindings.jsonl")) else {
+            continue;
+        };
+        // A torn last line (crash mid-write) is skipped.
+        let v: Vec<Binding> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        out.insert(name, v);
+    }
+    out
+}
+
+fn persisted_specs(data_dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(data_dir.join("jobs")) else {
+        return out;
+    };
+    let mut dirs: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+    dirs.sort();
+    for d in dirs {
+        if let Ok(text) = std::fs::read_to_string(d.join("spec.toml")) {
+            out.push(text);
+        }
+    }
+    out
+}
+
+/// A running job dataflow on this worker.
+struct Running {
+    stop: Arc<AtomicBool>,
+}
+
+/// Runs a worker process until a worker thread stops (a peer process died) or the process is
+/// signalled.
+pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
+    // A timely cluster is static: a lost peer makes the communication threads panic. Exit at
+    // once so a supervisor restarts every process (they resume from their WALs and offsets).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!("tidemark worker: a thread panicked (a peer process is probably gone); exiting so the cluster can be restarted");
+        std::process::exit(70);
+    }));
+    let processes = opts.hosts.len();
+    anyhow::ensure!(
+        opts.process < processes,
+        "--process {} is out of range: the hosts file lists {processes} processes (0..{})",
+        opts.process,
+        processes - 1
+    );
+    std::fs::create_dir_all(opts.data_dir.join("jobs"))
+        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    let hot = Arc::new(HotIndex::new(opts.hot_retention_ms));
+    let registry = Arc::new(Registry::default());
+    let metrics = Arc::new(Metrics::default());
+    let bindings = Arc::new(Mutex::new(load_bindings(&opts.data_dir)));
+    let (tx, rx) = mpsc::channel();
+    let shared = Arc::new(Shared {
+        opts: opts.clone(),
+        hot: Arc::clone(&hot),
+        registry: Arc::clone(&registry),
+        bindings: Arc::clone(&bindings),
+        commands: Mutex::new(Some(rx)),
+    });
+    let url = |h: &Host| format!("http://{}", h.http);
+    let control = Arc::new(ControlState {
+        process: opts.process,
+        hot,
+        metrics,
+        registry,
+        peers: opts
+            .hosts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != opts.process)
+            .map(|(_, h)| url(h))
+            .collect(),
+        leader: url(&opts.hosts[0]),
+        commands: (opts.process == 0).then(|| Mutex::new(tx)),
+        bindings,
+        brokers: opts.brokers.clone(),
+    });
+    let listen = opts.hosts[opts.process].http;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(listen))
+        .with_context(|| format!("binding {listen}"))?;
+    eprintln!(
+        "tidemark worker: process {} of {processes}, {} workers each; HTTP on http://{listen}; data dir {}",
+        opts.process,
+        opts.workers,
+        opts.data_dir.display()
+    );
+    rt.spawn(async move {
+        if let Err(e) = axum::serve(listener, router(control)).await {
+            eprintln!("tidemark worker: HTTP server failed: {e}");
+            std::process::exit(1);
+        }
+    });
+    let config = timely::Config {
+        communication: timely::CommunicationConfig::Cluster {
+            threads: opts.workers.max(1),
+            process: opts.process,
+            addresses: opts.hosts.iter().map(|h| h.timely.clone()).collect(),
+            report: false,
+            zerocopy: false,
+        },
+        worker: WorkerConfig::default(),
+    };
+    let guards = timely::execute(config, move |worker| worker_loop(worker, &shared))
+        .map_err(|e| anyhow::anyhow!("starting the timely cluster: {e}"))?;
+    for r in guards.join() {
+        r.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
+    }
+    Ok(())
+}
+
+fn worker_loop(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) {
+    let index = worker.index();
+    let local_workers = shared.opts.workers.max(1);
+    let local_index = index % local_workers;
+    let mut seq: Sequencer<Command> = Sequencer::new(worker, Instant::now());
+    let rx = if index == 0 {
+        shared
+            .commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    } else {
+        None
+    };
+    if index == 0 {
+        for spec in persisted_specs(&shared.opts.data_dir) {
+            seq.push(Command::Submit { spec });
+        }
+    }
+    let outbox: Rc<RefCell<Vec<Command>>> = Rc::new(RefCell::new(Vec::new()));
+    let mut running: HashMap<String, Running> = HashMap::new();
+    loop {
+        if let Some(rx) = &rx {
+            while let Ok(c) = rx.try_recv() {
+                seq.push(c);
+            }
+        }
+        for c in outbox.borrow_mut().drain(..) {
+            seq.push(c);
+        }
+        for cmd in seq.by_ref() {
+            apply(worker, shared, &mut running, &outbox, cmd, local_index == 0);
+        }
+        worker.step_or_park(Some(Duration::from_millis(10)));
+    }
+}
+
+fn apply(
+    worker: &mut timely::worker::Worker,
+    shared: &Arc<Shared>,
+    running: &mut HashMap<String, Running>,
+    outbox: &Rc<RefCell<Vec<Command>>>,
+    cmd: Command,
+    first_local: bool,
+) {
+    let data_dir = &shared.opts.data_dir;
+    match cmd {
+        Command::Submit { spec: text } => {
+            let spec = match JobSpec::parse(&text, "submitted spec") {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("tidemark worker: ignoring job: {e}");
+                    return;
+                }
+            };
+            if first_local {
+                let dir = job_dir(data_dir, &spec.name);
+                let _ = std::fs::create_dir_all(&dir);
+                if let Err(e) = write_atomic(&dir.join("spec.toml"), text.as_bytes()) {
+                    eprintln!("tidemark worker: cannot persist job {}: {e}", spec.name);
+                }
+            }
+            start_job(
+                worker,
+                shared,
+                running,
+                outbox,
+                spec,
+                text,
+                BTreeMap::new(),
+                i64::MIN,
+            );
+        }
+        Command::Cancel { name } => {
+            if let Some(r) = running.remove(&name) {
+                r.stop.store(true, Ordering::Release);
+            }
+            shared
+                .registry
+                .with(&name, |j| j.state = "cancelled".into());
+            if first_local {
+                let _ = std::fs::remove_file(job_dir(data_dir, &name).join("spec.toml"));
+            }
+        }
+        Command::Replay {
+            name,
+            offsets,
+            rollups_from,
+        } => {
+            let Some(text) = shared.registry.with(&name, |j| j.spec.clone()) else {
+                return;
+            };
+            let Ok(spec) = JobSpec::parse(&text, "stored spec") else {
+                return;
+            };
+            let overrides: BTreeMap<(usize, i32), i64> =
+                offsets.iter().map(|(t, p, o)| ((*t, *p), *o)).collect();
+            let target = offsets
+                .iter()
+                .map(|(t, p, o)| (format!("{}/{p}", spec.source.topics[*t]), *o))
+                .collect();
+            start_job(
+                worker,
+                shared,
+                running,
+                outbox,
+                spec,
+                text,
+                overrides,
+                rollups_from,
+            );
+            shared.registry.with(&name, |j| {
+                j.state = "replaying".into();
+                j.replay_target = target;
+            });
+        }
+        Command::Bindings { job, entries } => {
+            if !first_local {
+                return;
+            }
+            let path = job_dir(data_dir, &job).join("bindings.jsonl");
+            let mut text = String::new();
+            for b in &entries {
+                text.push_str(&serde_json::to_string(b).unwrap_or_default());
+                text.push('\n');
+            }
+            let appended = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(text.as_bytes()));
+            if let Err(e) = appended {
+                eprintln!(
+                    "tidemark worker: cannot record bindings in {}: {e}",
+                    path.display()
+                );
+            }
+            shared
+                .bindings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(job)
+                .or_default()
+                .extend(entries);
+        }
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_job(
+    worker: &mut timely::worker::Worker,
+    shared: &Arc<Shared>,
+    running: &mut HashMap<String, Running>,
+    outbox: &Rc<RefCell<Vec<Command>>>,
+    spec: JobSpec,
+    text: String,
+    overrides: BTreeMap<(usize, i32), i64>,
+    rollups_from: i64,
+) {
+    if let Some(old) = running.remove(&spec.name) {
+        old.stop.store(true, Ordering::Release);
+    }
+    let name = spec.name.clone();
+    {
+        let mut jobs = shared
+            .registry
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let e = jobs.entry(name.clone()).or_insert_with(|| JobStatus {
+            name: name.clone(),
+            ..Default::default()
+        });
+        e.epoch += 1;
+        e.state = "running".into();
+        e.spec = text;
+        e.watermarks.clear();
+        e.partitions.clear();
+        e.replay_target.clear();
+        e.samples = 0;
+    }
+    let index = worker.index();
+    let local_workers = shared.opts.workers.max(1);
+    let local_index = index % local_workers;
+    if index == 0 {
+        eprintln!(
+            "tidemark worker: job {name} starting (topics {:?}, group {}){}",
+            spec.source.topics,
+            spec.group(),
+            if overrides.is_empty() {
+                String::new()
+            } else {
+                format!(", replaying from {overrides:?}, rollups rebuilt from {rollups_from}")
+            }
+        );
+    }
+    let wal_root = job_dir(&shared.opts.data_dir, &name).join("wal");
+    let own = wal_root.join(format!("w{index}"));
+    // This worker replays its own WAL, plus WALs of workers that no longer run here.
+    let local_own: Vec<PathBuf> = (0..local_workers)
+        .map(|l| wal_root.join(format!("w{}", index - local_index + l)))
+        .collect();
+    let mut others: Vec<PathBuf> = std::fs::read_dir(&wal_root)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    others.retain(|p| !local_own.contains(p));
+    others.sort();
+    let mut replay_dirs = vec![own.clone()];
+    replay_dirs.extend(
+        others
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| k % local_workers == local_index)
+            .map(|(_, p)| p),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = ProbeHandle::new();
+    let wm = PartitionWatermarks {
+        out_of_orderness_ms: spec.watermark.out_of_orderness.0.max(0) as u64,
+        idle_timeout_ms: spec.watermark.idle_timeout.0.max(1),
+        records_per_activation: 16,
+    };
+    let lateness = spec.watermark.allowed_lateness.0;
+    let (minutes_on, hours_on) = (spec.minute_rollups(), spec.hour_rollups());
+    let hot = Arc::clone(&shared.hot);
+    let registry = Arc::clone(&shared.registry);
+    let ctx = SourceCtx {
+        spec: Arc::new(spec),
+        brokers: shared.opts.brokers.clone(),
+        index,
+        peers: worker.peers(),
+        wal_dir: own,
+        replay_dirs,
+        limits: shared.opts.limits.clone(),
+        registry: Arc::clone(&registry),
+        outbox: Rc::clone(outbox),
+        probe: probe.clone(),
+        stop: Arc::clone(&stop),
+        overrides,
+        wal_retention: Duration::from_millis(shared.opts.hot_retention_ms.max(0) as u64),
+    };
+    worker.dataflow::<u64, _, _>(|scope| {
+        let (samples, defs) =
+            partitioned_source(scope, &format!("Kafka:{name}"), wm, move |_, _| {
+                KafkaJobSource::new(ctx)
+            });
+        let samples = samples.exchange(|s: &Sample| s.series);
+        let defs = defs.exchange(|d: &(u64, Vec<u8>)| d.0);
+        let mut done = vec![
+            sink_series(defs, Catalog(Arc::clone(&hot))),
+            sink_samples(samples.clone(), Arc::clone(&hot)),
+        ];
+        if minutes_on {
+            let input = samples.filter(move |s: &Sample| s.ts >= rollups_from);
+            let (minutes, late) = tumbling_rollups(input, MINUTE_MS, lateness);
+            if hours_on {
+                let (hours, _) = rollup_rollups(minutes.clone(), HOUR_MS, lateness);
+                done.push(sink_rollups(hours, Arc::clone(&hot)));
+            }
+            done.push(sink_rollups(minutes, Arc::clone(&hot)));
+            let (reg, job) = (Arc::clone(&registry), name.clone());
+            late.sink(Pipeline, "LateCounts", move |(input, _)| {
+                input.for_each(|_, data| {
+                    for s in data.iter() {
+                        reg.with(&job, |j| {
+                            j.late_accepted += s.accepted;
+                            j.late_dropped += s.dropped;
+                        });
+                    }
+                });
+            });
+        }
+        scope.concatenate(done).probe_with(&probe);
+    });
+    running.insert(name, Running { stop });
+}

@@ -1,0 +1,355 @@
+//! The worker cluster against a real Kafka-protocol broker (tansu): `tidemark ingest` produces,
+//! two `tidemark worker` processes consume, queries on either process see everything; a
+//! SIGKILLed process and a restart lose nothing and duplicate nothing; replay from a time
+//! rebuilds identical rollups; 1x1, 1x2 and 2x1 clusters give identical results; bad job
+//! specs, missing topics and malformed messages get clear errors without stopping anything.
+
+mod support;
+
+use std::time::Duration;
+
+use support::cluster::Cluster;
+use support::kafka::Broker;
+use support::{enc, free_port, now_ms, Tidemark};
+
+const HOUR: i64 = 3_600_000;
+const HOSTS: usize = 6;
+const METRICS: [&str; 3] = ["cpu", "mem", "disk"];
+
+/// Keyed by series, so every partition carries data (keyed by metric, these three metrics
+/// would share fewer partitions and an empty partition holds the watermark back until its
+/// idle timeout).
+fn ingest_config(port: u16) -> String {
+    format!("[kafka]\nbrokers = \"127.0.0.1:{port}\"\ntopic = \"metrics\"\npartition_key = \"series\"\nproduce_timeout = \"10s\"\n")
+}
+
+fn job_spec(name: &str, brokers: &str, group: &str, idle: &str) -> String {
+    format!(
+        "name = \"{name}\"\n[source]\nbrokers = \"{brokers}\"\ntopics = [\"metrics\"]\ngroup = \"{group}\"\n\
+         [watermark]\nout_of_orderness = \"1s\"\nidle_timeout = \"{idle}\"\nallowed_lateness = \"30s\"\n"
+    )
+}
+
+/// Line protocol for minutes `[from, to)` after `base` (one sample per host, metric, minute):
+/// `cpu_usage`, `mem_usage`, `disk_usage` with host and pool tags.
+fn lines(base: i64, from: i64, to: i64) -> String {
+    let mut s = String::new();
+    for m in from..to {
+        let ts = base + m * 60_000;
+        for h in 0..HOSTS {
+            for (k, metric) in METRICS.iter().enumerate() {
+                let v = ((m * 7 + h as i64 * 13 + k as i64 * 5) % 100) as f64 + 0.25;
+                s.push_str(&format!(
+                    "{metric},host=h{h},pool=p{} usage={v} {ts}\n",
+                    h % 2
+                ));
+            }
+        }
+    }
+    s
+}
+
+fn push(ingest: &Tidemark, body: &str) {
+    let (st, b) = ingest.post("/write?precision=ms", "text/plain", &[], body.as_bytes());
+    assert_eq!(st, 204, "push: {b}");
+}
+
+/// Pushes minutes `[from, to)` one minute per request, in time order, as scrapes arrive.
+fn push_minutes(ingest: &Tidemark, base: i64, from: i64, to: i64) {
+    for m in from..to {
+        push(ingest, &lines(base, m, m + 1));
+    }
+}
+
+/// Samples the cluster holds for the test metrics in `[base, base + 4h]`, seen from process `i`.
+fn count(c: &Cluster, i: usize, base: i64) -> Option<i64> {
+    let q = enc("sum(count_over_time(cpu_usage[5h])) + sum(count_over_time(mem_usage[5h])) + sum(count_over_time(disk_usage[5h]))");
+    let v = c.get(
+        i,
+        &format!("/api/v1/query?query={q}&time={}", (base + 4 * HOUR) / 1000),
+    );
+    if v["status"] != "success" {
+        return None;
+    }
+    v["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|s| s.parse::<f64>().ok())
+        .map(|f| f as i64)
+}
+
+/// Every 1m and 1h rollup of the test metrics, as sorted text rows.
+fn rollups(c: &Cluster, i: usize, base: i64) -> Vec<String> {
+    let mut rows = Vec::new();
+    for res in ["1m", "1h"] {
+        let v = c.get(
+            i,
+            &format!(
+                "/api/v1/rollups?match[]={}&resolution={res}&start={}&end={}",
+                enc("{__name__=~\"cpu_usage|mem_usage|disk_usage\"}"),
+                (base - HOUR) / 1000,
+                (base + 5 * HOUR) / 1000
+            ),
+        );
+        assert_eq!(v["status"], "success", "{v}");
+        for s in v["data"].as_array().unwrap() {
+            for r in s["rollups"].as_array().unwrap() {
+                rows.push(format!("{res} {} {r}", s["metric"]));
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
+fn metric_value(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until the job's committed offsets reach its high watermarks on every partition.
+fn wait_committed(c: &Cluster, job: &str) {
+    c.eventually(60, "offsets committed", || {
+        let j = c.job(job);
+        let parts = j["partitions"].as_object()?.clone();
+        (!parts.is_empty()
+            && parts.values().all(|p| {
+                p["high"].as_i64().unwrap_or(-1) >= 0
+                    && p["committed"].as_i64() == p["high"].as_i64()
+            }))
+        .then_some(())
+    });
+}
+
+#[test]
+fn two_processes_consume_survive_sigkill_and_replay_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_on(free_port(), dir.path());
+    broker.create_topic("metrics", 4);
+    let ingest = Tidemark::start_ingest(dir.path(), &ingest_config(broker.port));
+    let mut c = Cluster::start(&dir.path().join("cluster"), 2, 1, &broker.addr());
+
+    // Bad specs: an unknown key, a missing topic. Clear errors, nothing submitted.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"x\"\n[source]\ntopics = [\"metrics\"]\nformt = \"line_protocol\"\n",
+    )
+    .unwrap();
+    let (ok, out) = c.cli(&["submit", bad.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("line 4: source.formt: unknown key: did you mean `format`?"),
+        "{out}"
+    );
+    std::fs::write(
+        &bad,
+        job_spec("nosuch", &broker.addr(), "g", "1h").replace("\"metrics\"", "\"no-such-topic\""),
+    )
+    .unwrap();
+    let (ok, out) = c.cli(&["submit", bad.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("topic \"no-such-topic\" does not exist"),
+        "{out}"
+    );
+
+    let spec = dir.path().join("job.toml");
+    std::fs::write(&spec, job_spec("fleet", &broker.addr(), "tm-fleet", "1h")).unwrap();
+    let (ok, out) = c.cli(&["submit", spec.to_str().unwrap()]);
+    assert!(ok, "{out}");
+
+    // Three hours of data, one hour at a time, so bindings exist at hour boundaries.
+    let base = (now_ms() - 6 * HOUR).div_euclid(HOUR) * HOUR;
+    let per_hour = 60 * HOSTS as i64 * METRICS.len() as i64;
+    for hour in 0..2 {
+        push_minutes(&ingest, base, hour * 60, hour * 60 + 60);
+        let want = per_hour * (hour + 1);
+        c.eventually(60, "first hours queryable", || {
+            (count(&c, 1, base) == Some(want)).then_some(())
+        });
+        // Let a commit (and its bindings) happen at this point of the stream.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    // A malformed message (ingest would refuse it, so it goes straight to Kafka): counted and
+    // reported with its partition and offset, its valid line kept, the job goes on.
+    produce_raw(
+        &broker,
+        0,
+        b"cpu,host=hx,pool=p0 usage=1 1000000\nthis is not line protocol\n",
+    );
+    let bad_msgs = c.eventually(30, "malformed message reported", || {
+        let t = c.text(0, "/metrics") + &c.text(1, "/metrics");
+        let n = metric_value(&t, "tidemark_kafka_malformed_messages_total{");
+        (n >= 1.0 && t.contains("tidemark_kafka_last_malformed_offset{job=\"fleet\",topic=\"metrics\",partition=\"0\"}")).then_some(n)
+    });
+    assert_eq!(bad_msgs, 1.0);
+    assert_eq!(
+        count(&c, 0, base),
+        Some(per_hour * 2),
+        "queries on process 0 see process 1's shard"
+    );
+
+    // SIGKILL process 1 while the third hour is produced; process 0 stops with it (a timely
+    // cluster is static); restart both.
+    c.kill(1);
+    push_minutes(&ingest, base, 120, 180);
+    assert!(
+        c.exits_within(0, Duration::from_secs(30)),
+        "process 0 did not stop after losing its peer: {}",
+        c.logs()
+    );
+    c.restart();
+    let total = per_hour * 3;
+    c.eventually(90, "every sample after restart", || {
+        (count(&c, 1, base) == Some(total)).then_some(())
+    });
+
+    // Close every window: a sample two hours later on every partition (the idle timeout is an
+    // hour here, so every partition holds the watermark until it has seen one).
+    for p in 0..4 {
+        produce_raw(
+            &broker,
+            p,
+            format!("tick value=1 {}\n", (base + 5 * HOUR) * 1_000_000).as_bytes(),
+        );
+    }
+    let first = c.eventually(60, "all 1h windows closed", || {
+        let wm = c.job("fleet")["watermark"].as_i64()?;
+        if wm < base + 5 * HOUR - 1_000 {
+            return None;
+        }
+        let r = rollups(&c, 0, base);
+        let hours = r.iter().filter(|l| l.starts_with("1h")).count();
+        (hours == 3 * HOSTS * METRICS.len()).then_some(r)
+    });
+    let minutes = first.iter().filter(|l| l.starts_with("1m")).count();
+    assert_eq!(
+        minutes,
+        180 * HOSTS * METRICS.len(),
+        "{}\n{}",
+        c.job("fleet"),
+        first
+            .iter()
+            .filter(|l| l.starts_with("1m") && l.contains("cpu_usage") && l.contains("h0"))
+            .map(|l| l
+                .split("\"start\":")
+                .nth(1)
+                .unwrap_or("")
+                .split(',')
+                .next()
+                .unwrap_or("")
+                .to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    assert_eq!(
+        first,
+        rollups(&c, 1, base),
+        "both processes answer the same"
+    );
+    wait_committed(&c, "fleet");
+
+    // Replay from the middle of the second hour: rollups rebuilt identically.
+    let from = base + HOUR + 30 * 60_000;
+    let t = tidemark::cluster::client::rfc3339(from);
+    let (ok, out) = c.cli(&[
+        "replay",
+        "--job",
+        "fleet",
+        "--from-time",
+        &t,
+        "--timeout-secs",
+        "120",
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("caught up"), "{out}");
+    let j = c.job("fleet");
+    assert_eq!(j["epoch"].as_u64(), Some(2), "{j}");
+    // The replay re-read hours 1 and 2 (and the tick) from Kafka.
+    assert!(j["samples"].as_i64().unwrap() >= 2 * per_hour, "{j}");
+    let again = c.eventually(60, "rollups after replay", || {
+        let r = rollups(&c, 1, base);
+        (r == first).then_some(r)
+    });
+    assert_eq!(again.len(), first.len());
+    assert_eq!(count(&c, 0, base), Some(total), "replay duplicated nothing");
+
+    // `tidemark jobs` shows the job; `cancel` stops it.
+    let (ok, out) = c.cli(&["jobs"]);
+    assert!(ok && out.contains("fleet"), "{out}");
+    let (ok, out) = c.cli(&["cancel", "fleet"]);
+    assert!(ok, "{out}");
+    c.eventually(10, "cancelled", || {
+        (c.job("fleet")["state"] == "cancelled").then_some(())
+    });
+}
+
+/// Produces one raw message to a partition of `metrics`.
+fn produce_raw(broker: &Broker, partition: i32, value: &[u8]) {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    p.send(
+        BaseRecord::<(), [u8]>::to("metrics")
+            .payload(value)
+            .partition(partition),
+    )
+    .map_err(|(e, _)| e)
+    .unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// The same topic consumed by a 1x1, a 1x2 and a 2x1 cluster: identical rollups and counts.
+#[test]
+fn one_by_one_one_by_two_and_two_by_one_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_on(free_port(), dir.path());
+    broker.create_topic("metrics", 3);
+    let ingest = Tidemark::start_ingest(dir.path(), &ingest_config(broker.port));
+    let base = (now_ms() - 6 * HOUR).div_euclid(HOUR) * HOUR;
+    push_minutes(&ingest, base, 0, 90);
+    let mut results: Vec<(String, Vec<String>)> = Vec::new();
+    for (k, (procs, workers)) in [(1, 1), (1, 2), (2, 1)].into_iter().enumerate() {
+        let c = Cluster::start(
+            &dir.path().join(format!("c{k}")),
+            procs,
+            workers,
+            &broker.addr(),
+        );
+        let spec = dir.path().join(format!("job{k}.toml"));
+        std::fs::write(
+            &spec,
+            job_spec("golden", &broker.addr(), &format!("golden-{k}"), "4s"),
+        )
+        .unwrap();
+        let (ok, out) = c.cli(&["submit", spec.to_str().unwrap()]);
+        assert!(ok, "{out}");
+        let want = 90 * HOSTS as i64 * METRICS.len() as i64;
+        c.eventually(60, "all samples", || {
+            (count(&c, 0, base) == Some(want)).then_some(())
+        });
+        // The partitions go idle 4 s after the last message; the watermark then follows wall
+        // time and closes every window.
+        let r = c.eventually(60, "windows closed", || {
+            let r = rollups(&c, 0, base);
+            (r.iter().filter(|l| l.starts_with("1h")).count() == 2 * HOSTS * METRICS.len())
+                .then_some(r)
+        });
+        results.push((format!("{procs}x{workers}"), r));
+    }
+    let (name0, golden) = &results[0];
+    assert_eq!(
+        golden.iter().filter(|l| l.starts_with("1m")).count(),
+        90 * HOSTS * METRICS.len()
+    );
+    for (name, r) in &results[1..] {
+        assert_eq!(r, golden, "{name} differs from {name0}");
+    }
+}
