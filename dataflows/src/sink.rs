@@ -68,13 +68,9 @@ pub fn sink_series<'s, S: SeriesSink + 'static>(
     stream: Stream<'s, u64, Vec<crate::partitioned::SeriesDef>>,
     sink: S,
 ) -> Done<'s> {
-    stream.unary(Pipeline, "RegisterSeries", |_, _| {
-        move |input, _output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<()>>>| {
-            input.for_each(|_, data| {
-                for (id, c) in data.iter() {
-                    sink.register(*id, c);
-                }
-            });
+    apply_each(stream, "RegisterSeries", move |data| {
+        for (id, c) in data {
+            sink.register(*id, c);
         }
     })
 }
@@ -106,9 +102,18 @@ pub fn sink_samples<'s, S: HotSink + 'static>(
     stream: Stream<'s, u64, Vec<Sample>>,
     sink: S,
 ) -> Done<'s> {
-    stream.unary(Pipeline, "HotAppend", |_, _| {
+    apply_each(stream, "HotAppend", move |data| sink.append(data))
+}
+
+/// A sink operator: `apply` gets every batch; the output carries no data, only the frontier.
+fn apply_each<'s, D: Clone + 'static>(
+    stream: Stream<'s, u64, Vec<D>>,
+    name: &str,
+    mut apply: impl FnMut(&[D]) + 'static,
+) -> Done<'s> {
+    stream.unary(Pipeline, name, |_, _| {
         move |input, _output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<()>>>| {
-            input.for_each(|_, data| sink.append(data));
+            input.for_each(|_, data| apply(data));
         }
     })
 }
@@ -140,9 +145,5 @@ pub fn sink_rollups<'s, S: HotSink + 'static>(
     stream: Stream<'s, u64, Vec<Rollup>>,
     sink: S,
 ) -> Done<'s> {
-    stream.unary(Pipeline, "HotRollups", |_, _| {
-        move |input, _output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<()>>>| {
-            input.for_each(|_, data| sink.upsert_rollups(data));
-        }
-    })
+    apply_each(stream, "HotRollups", move |data| sink.upsert_rollups(data))
 }

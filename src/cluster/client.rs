@@ -233,7 +233,8 @@ pub fn replay(
     }
 }
 
-fn urlencode(s: &str) -> String {
+/// Percent-encodes a query parameter value (RFC 3986 unreserved characters stay).
+pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -148,6 +148,14 @@ struct Running {
     stop: Arc<AtomicBool>,
 }
 
+/// One worker thread's own state: its job dataflows, the commands its sources want
+/// sequenced, and whether it is its process's first worker (which writes the process's files).
+struct Local {
+    running: HashMap<String, Running>,
+    outbox: Rc<RefCell<Vec<Command>>>,
+    first: bool,
+}
+
 /// Runs a worker process until a worker thread stops (a peer process died) or the process is
 /// signalled.
 pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
@@ -255,19 +263,22 @@ fn worker_loop(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) {
             seq.push(Command::Submit { spec });
         }
     }
-    let outbox: Rc<RefCell<Vec<Command>>> = Rc::new(RefCell::new(Vec::new()));
-    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut local = Local {
+        running: HashMap::new(),
+        outbox: Rc::new(RefCell::new(Vec::new())),
+        first: local_index == 0,
+    };
     loop {
         if let Some(rx) = &rx {
             while let Ok(c) = rx.try_recv() {
                 seq.push(c);
             }
         }
-        for c in outbox.borrow_mut().drain(..) {
+        for c in local.outbox.borrow_mut().drain(..) {
             seq.push(c);
         }
         for cmd in seq.by_ref() {
-            apply(worker, shared, &mut running, &outbox, cmd, local_index == 0);
+            apply(worker, shared, &mut local, cmd);
         }
         worker.step_or_park(Some(Duration::from_millis(10)));
     }
@@ -276,11 +287,10 @@ fn worker_loop(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) {
 fn apply(
     worker: &mut timely::worker::Worker,
     shared: &Arc<Shared>,
-    running: &mut HashMap<String, Running>,
-    outbox: &Rc<RefCell<Vec<Command>>>,
+    local: &mut Local,
     cmd: Command,
-    first_local: bool,
 ) {
+    let first_local = local.first;
     let data_dir = &shared.opts.data_dir;
     match cmd {
         Command::Submit { spec: text } => {
@@ -298,19 +308,10 @@ fn apply(
                     eprintln!("tidemark worker: cannot persist job {}: {e}", spec.name);
                 }
             }
-            start_job(
-                worker,
-                shared,
-                running,
-                outbox,
-                spec,
-                text,
-                BTreeMap::new(),
-                i64::MIN,
-            );
+            start_job(worker, shared, local, spec, text, BTreeMap::new(), i64::MIN);
         }
         Command::Cancel { name } => {
-            if let Some(r) = running.remove(&name) {
+            if let Some(r) = local.running.remove(&name) {
                 r.stop.store(true, Ordering::Release);
             }
             shared
@@ -337,16 +338,7 @@ fn apply(
                 .iter()
                 .map(|(t, p, o)| (format!("{}/{p}", spec.source.topics[*t]), *o))
                 .collect();
-            start_job(
-                worker,
-                shared,
-                running,
-                outbox,
-                spec,
-                text,
-                overrides,
-                rollups_from,
-            );
+            start_job(worker, shared, local, spec, text, overrides, rollups_from);
             shared.registry.with(&name, |j| {
                 j.state = "replaying".into();
                 j.replay_target = target;
@@ -392,18 +384,16 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn start_job(
     worker: &mut timely::worker::Worker,
     shared: &Arc<Shared>,
-    running: &mut HashMap<String, Running>,
-    outbox: &Rc<RefCell<Vec<Command>>>,
+    local: &mut Local,
     spec: JobSpec,
     text: String,
     overrides: BTreeMap<(usize, i32), i64>,
     rollups_from: i64,
 ) {
-    if let Some(old) = running.remove(&spec.name) {
+    if let Some(old) = local.running.remove(&spec.name) {
         old.stop.store(true, Ordering::Release);
     }
     let name = spec.name.clone();
@@ -479,7 +469,7 @@ fn start_job(
         replay_dirs,
         limits: shared.opts.limits.clone(),
         registry: Arc::clone(&registry),
-        outbox: Rc::clone(outbox),
+        outbox: Rc::clone(&local.outbox),
         probe: probe.clone(),
         stop: Arc::clone(&stop),
         overrides,
@@ -518,5 +508,5 @@ fn start_job(
         }
         scope.concatenate(done).probe_with(&probe);
     });
-    running.insert(name, Running { stop });
+    local.running.insert(name, Running { stop });
 }

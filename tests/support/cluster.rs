@@ -157,14 +157,14 @@ impl Cluster {
         serde_json::from_str(&body).unwrap_or_else(|_| panic!("GET {path}: {body}"))
     }
 
+    /// The body of `GET path` on process `i` (empty when it does not answer).
     pub fn text(&self, i: usize, path: &str) -> String {
         agent()
             .get(format!("{}{path}", self.urls[i]))
             .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default()
     }
 
     /// The job's entry in `GET /api/v1/jobs`.
@@ -184,18 +184,8 @@ impl Cluster {
                 return v;
             }
             if Instant::now() > deadline {
-                let jobs = agent()
-                    .get(format!("{}/api/v1/jobs", self.urls[0]))
-                    .call()
-                    .ok()
-                    .and_then(|mut r| r.body_mut().read_to_string().ok())
-                    .unwrap_or_default();
-                let metrics = agent()
-                    .get(format!("{}/metrics", self.urls[0]))
-                    .call()
-                    .ok()
-                    .and_then(|mut r| r.body_mut().read_to_string().ok())
-                    .unwrap_or_default();
+                let jobs = self.text(0, "/api/v1/jobs");
+                let metrics = self.text(0, "/metrics");
                 let metrics: Vec<&str> = metrics.lines().filter(|l| !l.starts_with('#')).collect();
                 panic!(
                     "timed out waiting for {what}: jobs {jobs}\nmetrics {metrics:?}\n{}",

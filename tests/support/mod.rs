@@ -233,14 +233,7 @@ impl Drop for Tidemark {
 
 /// URL-encodes a query parameter value.
 pub fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    tidemark::cluster::client::urlencode(s)
 }
 
 /// Wall-clock now in ms.
