@@ -1,7 +1,9 @@
 //! Kafka transport: the producer of `tidemark ingest`.
 //!
-//! A push's accepted samples are grouped by key (the metric name, or the series id with
-//! `partition_key = "series"`) and each group becomes one message on the `metrics` topic, its
+//! A push's accepted samples are grouped by key (the metric name, or with
+//! `partition_key = "series"` the partition their series id maps to: `id % partitions`, the
+//! partition count read from the topic's metadata and refreshed every 30 s) and each group
+//! becomes one message on the `metrics` topic, its
 //! value a batch of Influx line protocol (what Telegraf's Kafka output writes; nanosecond
 //! timestamps) or a snappy-compressed remote-write `WriteRequest` (`format = "remote_write"`,
 //! which also keeps staleness markers bit-exact). The push is acknowledged only once every
@@ -12,7 +14,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -42,7 +45,8 @@ pub enum PartitionKey {
     /// The metric name: one metric's series share a partition.
     #[default]
     Metric,
-    /// The series id (16 hex digits): spreads a metric over partitions.
+    /// The series id: spreads a metric over partitions (`id % partitions`; the message goes to
+    /// that partition, keyed by the partition number).
     Series,
 }
 
@@ -90,6 +94,18 @@ pub struct KafkaSetupError {
 pub struct KafkaSink {
     producer: FutureProducer,
     cfg: KafkaConfig,
+    /// The topic's partition count and when it was read (`partition_key = "series"`).
+    partitions: Mutex<Option<(u32, Instant)>>,
+}
+
+/// How often the series partitioner re-reads the topic's partition count.
+const PARTITIONS_REFRESH: Duration = Duration::from_secs(30);
+
+/// One message: its key, the partition when the producer picks it, and its value.
+pub struct Message {
+    pub key: Vec<u8>,
+    pub partition: Option<i32>,
+    pub value: Vec<u8>,
 }
 
 /// The sorted `(name, value)` pairs of a canonical label encoding.
@@ -164,6 +180,7 @@ impl KafkaSink {
         Ok(KafkaSink {
             producer,
             cfg: cfg.clone(),
+            partitions: Mutex::new(None),
         })
     }
 
@@ -172,24 +189,31 @@ impl KafkaSink {
         &self.cfg
     }
 
-    /// Messages `(key, value)` for a batch, grouped by the partition key.
-    pub fn messages(&self, batch: &WriteBatch) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut groups: BTreeMap<Vec<u8>, Vec<usize>> = BTreeMap::new();
+    /// The messages for a batch, grouped by the partition key; `partitions` is the topic's
+    /// partition count (used by `partition_key = "series"` only).
+    pub fn messages(&self, batch: &WriteBatch, partitions: u32) -> Vec<Message> {
+        let mut groups: BTreeMap<(Vec<u8>, Option<i32>), Vec<usize>> = BTreeMap::new();
         for (i, s) in batch.samples.iter().enumerate() {
             let (id, _) = batch.series[s.series as usize];
             let key = match self.cfg.partition_key {
-                PartitionKey::Metric => canonical_pairs(batch.canonical(s.series as usize))
-                    .find(|p| p.0 == METRIC_NAME)
-                    .map_or("", |p| p.1)
-                    .as_bytes()
-                    .to_vec(),
-                PartitionKey::Series => format!("{id:016x}").into_bytes(),
+                PartitionKey::Metric => (
+                    canonical_pairs(batch.canonical(s.series as usize))
+                        .find(|p| p.0 == METRIC_NAME)
+                        .map_or("", |p| p.1)
+                        .as_bytes()
+                        .to_vec(),
+                    None,
+                ),
+                PartitionKey::Series => {
+                    let p = (id % u64::from(partitions.max(1))) as i32;
+                    (p.to_string().into_bytes(), Some(p))
+                }
             };
             groups.entry(key).or_default().push(i);
         }
         groups
             .into_iter()
-            .map(|(key, idx)| {
+            .map(|((key, partition), idx)| {
                 let value = match self.cfg.format {
                     KafkaFormat::LineProtocol => {
                         let mut v = Vec::with_capacity(idx.len() * 80);
@@ -223,16 +247,71 @@ impl KafkaSink {
                         remote_write::encode(&WriteRequest { timeseries })
                     }
                 };
-                (key, value)
+                Message {
+                    key,
+                    partition,
+                    value,
+                }
             })
             .collect()
     }
 
+    /// The topic's partition count, read from the brokers at most every 30 s; the last known
+    /// count is kept when a refresh fails.
+    async fn partition_count(&self) -> Result<u32, SinkUnavailable> {
+        let cached = *self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((n, at)) = cached {
+            if at.elapsed() < PARTITIONS_REFRESH {
+                return Ok(n);
+            }
+        }
+        let producer = self.producer.clone();
+        let topic = self.cfg.topic.clone();
+        let timeout = Duration::from_millis(self.cfg.produce_timeout.0.max(1) as u64);
+        let read = tokio::task::spawn_blocking(move || {
+            let md = producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(|e| e.to_string())?;
+            match md.topics().iter().find(|t| t.name() == topic) {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    Ok(t.partitions().len() as u32)
+                }
+                _ => Err(format!(
+                    "topic {topic:?} has no partitions (create it first)"
+                )),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match (read, cached) {
+            (Ok(n), _) => {
+                *self.partitions.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((n, Instant::now()));
+                Ok(n)
+            }
+            (Err(_), Some((n, _))) => Ok(n),
+            (Err(e), None) => Err(SinkUnavailable(format!(
+                "cannot read the partitions of Kafka topic {:?}: {e}",
+                self.cfg.topic
+            ))),
+        }
+    }
+
     /// Produces the batch and waits until every message is acknowledged.
     pub async fn commit(&self, batch: &WriteBatch) -> Result<(), SinkUnavailable> {
+        let partitions = match self.cfg.partition_key {
+            PartitionKey::Metric => 1,
+            PartitionKey::Series => self.partition_count().await?,
+        };
         let mut pending = Vec::new();
-        for (key, value) in self.messages(batch) {
-            let record = FutureRecord::to(&self.cfg.topic).key(&key).payload(&value);
+        for m in self.messages(batch, partitions) {
+            let mut record = FutureRecord::to(&self.cfg.topic)
+                .key(&m.key)
+                .payload(&m.value);
+            if let Some(p) = m.partition {
+                record = record.partition(p);
+            }
             match self.producer.send_result(record) {
                 Ok(delivery) => pending.push(delivery),
                 Err((e, _)) => {
@@ -285,18 +364,37 @@ mod tests {
             b.add(&mut buf, 1_700_000_000_123, v, 1);
         }
         let (batch, _, _) = b.finish();
-        let sink = KafkaSink {
+        let mut sink = KafkaSink {
             producer: ClientConfig::new().create().unwrap(),
             cfg: KafkaConfig::default(),
+            partitions: Mutex::new(None),
         };
-        let msgs = sink.messages(&batch);
+        let msgs = sink.messages(&batch, 1);
         assert_eq!(
-            msgs.iter().map(|m| m.0.clone()).collect::<Vec<_>>(),
+            msgs.iter().map(|m| m.key.clone()).collect::<Vec<_>>(),
             vec![b"cpu".to_vec(), b"mem".to_vec()]
         );
+        assert!(msgs.iter().all(|m| m.partition.is_none()));
+        sink.cfg.partition_key = PartitionKey::Series;
+        let by_series = sink.messages(&batch, 3);
+        assert!(by_series.len() <= 3);
+        for m in &by_series {
+            let p = m.partition.expect("series keying picks the partition");
+            assert_eq!(m.key, p.to_string().into_bytes());
+        }
+        let lines: usize = by_series
+            .iter()
+            .map(|m| {
+                m.value
+                    .split(|&b| b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count()
+            })
+            .sum();
+        assert_eq!(lines, 4);
         let mut back = BatchBuilder::new(&limits);
-        for (_, v) in &msgs {
-            influx::parse(v, influx::Precision::Ns, 0, &mut back);
+        for m in &msgs {
+            influx::parse(&m.value, influx::Precision::Ns, 0, &mut back);
         }
         let (got, errs, _) = back.finish();
         assert!(errs.is_empty(), "{errs:?}");
