@@ -1,11 +1,16 @@
 //! A job's Kafka source on one worker: WAL replay at start, then the partitions this worker
 //! owns; decoding, the local WAL, offset commits after the sinks applied the data, bindings.
+//!
+//! Messages are parsed on a decoder thread beside the timely worker (one per source, in
+//! order, at most [`DECODE_AHEAD`] messages ahead), so parsing and WAL encoding overlap with
+//! the worker's hot-index appends instead of taking turns with them.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,12 +24,15 @@ use super::{Binding, Command, PartitionStatus, Registry};
 use crate::ingest::{describe_errors, influx, remote_write, BatchBuilder, WriteBatch};
 use crate::model::{IdSet, Limits};
 use crate::transport::codec;
-use crate::transport::consumer::{part_id, PartKey, PartitionConsumer, Start};
+use crate::transport::consumer::{part_id, Msg, PartKey, PartitionConsumer, Start};
 use crate::transport::kafka::KafkaFormat;
 use crate::transport::log::{FsyncPolicy, Log, LogReader, RecordKind};
 
 /// Everything a source needs from its worker.
 pub struct SourceCtx {
+    /// The job's epoch this source belongs to; it reports into the job's status only while
+    /// that is the current epoch.
+    pub epoch: u64,
     pub spec: Arc<JobSpec>,
     pub brokers: String,
     pub index: usize,
@@ -44,6 +52,81 @@ pub struct SourceCtx {
     pub wal_retention: Duration,
 }
 
+/// Messages handed to the decoder thread and not yet taken back.
+const DECODE_AHEAD: usize = 32;
+
+/// A Kafka message parsed by the decoder thread.
+struct Decoded {
+    part: PartKey,
+    offset: i64,
+    batch: WriteBatch,
+    /// The WAL record (header + codec batch); empty when the message had no valid sample.
+    wal: Vec<u8>,
+    wal_range: (i64, i64),
+    /// Why (some of) the message was malformed.
+    malformed: Option<String>,
+}
+
+/// The decoder thread: messages in, parsed batches and their WAL records out, in order.
+struct Decoder {
+    tx: mpsc::SyncSender<Msg>,
+    rx: mpsc::Receiver<Decoded>,
+    ahead: usize,
+}
+
+impl Decoder {
+    fn spawn(job: &str, format: KafkaFormat, limits: Limits) -> std::io::Result<Decoder> {
+        let (tx, in_rx) = mpsc::sync_channel::<Msg>(DECODE_AHEAD);
+        let (out_tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("decode-{job}"))
+            .spawn(move || {
+                for m in in_rx {
+                    if out_tx.send(decode(format, &limits, m)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Decoder { tx, rx, ahead: 0 })
+    }
+}
+
+/// Parses a Kafka message; a bad message (or bad lines in it) keeps whatever valid samples
+/// it has, and says why.
+fn decode(format: KafkaFormat, limits: &Limits, m: Msg) -> Decoded {
+    let mut b = BatchBuilder::new(limits);
+    let mut fatal = None;
+    match format {
+        KafkaFormat::LineProtocol => {
+            influx::parse(&m.payload, influx::Precision::Ns, now_ms(), &mut b);
+        }
+        KafkaFormat::RemoteWrite => {
+            if let Err(e) = remote_write::parse(&m.payload, usize::MAX, &mut b) {
+                fatal = Some(e.to_string());
+            }
+        }
+    }
+    let (batch, errors, total) = b.finish();
+    let malformed = fatal.or_else(|| (total > 0).then(|| describe_errors(&errors, total)));
+    let mut wal = Vec::new();
+    let mut wal_range = (0, 0);
+    if let Some(range) = batch.time_range() {
+        wal_range = range;
+        wal.extend_from_slice(&(m.part.0 as u32).to_le_bytes());
+        wal.extend_from_slice(&m.part.1.to_le_bytes());
+        wal.extend_from_slice(&m.offset.to_le_bytes());
+        codec::encode(&batch, &mut wal);
+    }
+    Decoded {
+        part: m.part,
+        offset: m.offset,
+        batch,
+        wal,
+        wal_range,
+        malformed,
+    }
+}
+
 enum Phase {
     Wal(Vec<LogReader>),
     Kafka,
@@ -54,6 +137,7 @@ pub struct KafkaJobSource {
     phase: Phase,
     wal: Option<Log>,
     consumer: Option<PartitionConsumer>,
+    decoder: Option<Decoder>,
     /// Next offset per partition known from the WAL.
     wal_next: BTreeMap<PartKey, i64>,
     seen: IdSet,
@@ -65,7 +149,6 @@ pub struct KafkaJobSource {
     last_report: Instant,
     last_retention: Instant,
     status: BTreeMap<PartKey, PartitionStatus>,
-    scratch: Vec<u8>,
     ids: Vec<u64>,
     retry_at: Option<Instant>,
 }
@@ -111,6 +194,7 @@ impl KafkaJobSource {
             phase: Phase::Wal(readers),
             wal,
             consumer: None,
+            decoder: None,
             wal_next: BTreeMap::new(),
             seen: IdSet::default(),
             inflight: VecDeque::new(),
@@ -120,7 +204,6 @@ impl KafkaJobSource {
             last_report: Instant::now(),
             last_retention: Instant::now(),
             status: BTreeMap::new(),
-            scratch: Vec::new(),
             ids: Vec::new(),
             retry_at: None,
         }
@@ -139,7 +222,9 @@ impl KafkaJobSource {
         }
         self.ctx
             .registry
-            .with(&self.ctx.spec.name, |j| j.samples += samples.len() as u64);
+            .with_epoch(&self.ctx.spec.name, self.ctx.epoch, |j| {
+                j.samples += samples.len() as u64
+            });
         PartPoll::Record {
             partition: part_id(part),
             max_ts: self.max_ts.get(&part).copied().unwrap_or(0),
@@ -197,7 +282,9 @@ impl KafkaJobSource {
                     );
                     self.ctx
                         .registry
-                        .with(&self.ctx.spec.name, |j| j.wal_records_replayed += 1);
+                        .with_epoch(&self.ctx.spec.name, self.ctx.epoch, |j| {
+                            j.wal_records_replayed += 1
+                        });
                     match res {
                         Ok(()) => return Some(self.emit(k, series, samples)),
                         Err(e) => eprintln!(
@@ -236,58 +323,39 @@ impl KafkaJobSource {
                 StartAt::Latest => Start::Latest,
             },
             overrides,
+            Duration::from_millis(spec.source.fetch_wait.0.max(1) as u64),
         )
         .map_err(|e| e.to_string())?;
         self.consumer = Some(c);
+        if self.decoder.is_none() {
+            let d = Decoder::spawn(&spec.name, spec.source.format, self.ctx.limits.clone())
+                .map_err(|e| format!("cannot start the decoder thread: {e}"))?;
+            self.decoder = Some(d);
+        }
         Ok(())
     }
 
-    /// Decodes a Kafka message; a bad message (or bad lines in it) is counted and reported
-    /// with its partition and offset, and whatever valid samples it has are kept.
-    fn decode(&mut self, part: PartKey, offset: i64, payload: &[u8]) -> WriteBatch {
-        let mut b = BatchBuilder::new(&self.ctx.limits);
-        let mut fatal = None;
-        match self.ctx.spec.source.format {
-            KafkaFormat::LineProtocol => {
-                influx::parse(payload, influx::Precision::Ns, now_ms(), &mut b);
-            }
-            KafkaFormat::RemoteWrite => {
-                if let Err(e) = remote_write::parse(payload, usize::MAX, &mut b) {
-                    fatal = Some(e.to_string());
-                }
-            }
-        }
-        let (batch, errors, total) = b.finish();
-        let reason = fatal.or_else(|| (total > 0).then(|| describe_errors(&errors, total)));
-        if let Some(reason) = reason {
-            let topic = self.ctx.spec.source.topics[part.0].clone();
+    /// Reports a malformed message (counted with its partition and offset) and appends the
+    /// valid part to the WAL.
+    fn accept(&mut self, d: &Decoded) {
+        if let Some(reason) = &d.malformed {
+            let topic = self.ctx.spec.source.topics[d.part.0].clone();
             eprintln!(
-                "tidemark: job {}: malformed message at {topic}/{}@{offset} (skipped what is bad, kept {} valid samples): {reason}",
+                "tidemark: job {}: malformed message at {topic}/{}@{} (skipped what is bad, kept {} valid samples): {reason}",
                 self.name(),
-                part.1,
-                batch.samples.len()
+                d.part.1,
+                d.offset,
+                d.batch.samples.len()
             );
-            let st = self.status.entry(part).or_default();
+            let st = self.status.entry(d.part).or_default();
             st.malformed += 1;
-            st.last_malformed = Some((offset, reason));
+            st.last_malformed = Some((d.offset, reason.clone()));
         }
-        batch
-    }
-
-    fn wal_append(&mut self, part: PartKey, offset: i64, batch: &WriteBatch) {
         let Some(wal) = &self.wal else { return };
-        let Some((lo, hi)) = batch.time_range() else {
+        if d.wal.is_empty() {
             return;
-        };
-        let mut enc = Vec::new();
-        codec::encode(batch, &mut enc);
-        self.scratch.clear();
-        self.scratch
-            .extend_from_slice(&(part.0 as u32).to_le_bytes());
-        self.scratch.extend_from_slice(&part.1.to_le_bytes());
-        self.scratch.extend_from_slice(&offset.to_le_bytes());
-        self.scratch.extend_from_slice(&enc);
-        if let Err(e) = wal.append(RecordKind::Batch, lo, hi, &self.scratch) {
+        }
+        if let Err(e) = wal.append(RecordKind::Batch, d.wal_range.0, d.wal_range.1, &d.wal) {
             eprintln!(
                 "tidemark: job {}: WAL append failed: {e}",
                 self.ctx.spec.name
@@ -371,15 +439,18 @@ impl KafkaJobSource {
         let idx = self.ctx.index;
         let status = self.status.clone();
         let caught_up = status.values().all(|s| s.high >= 0 && s.position >= s.high);
-        self.ctx.registry.with(&self.ctx.spec.name, |j| {
-            j.watermarks.insert(idx, wm);
-            if j.state == "replaying" && caught_up {
-                j.state = "running".into();
-            }
-            for (k, st) in status {
-                j.partitions.insert(format!("{}/{}", st.topic, k.1), st);
-            }
-        });
+        let epoch = self.ctx.epoch;
+        self.ctx
+            .registry
+            .with_epoch(&self.ctx.spec.name, epoch, |j| {
+                j.watermarks.insert(idx, wm);
+                if j.state == "replaying" && caught_up {
+                    j.state = "running".into();
+                }
+                for (k, st) in status {
+                    j.partitions.insert(format!("{}/{}", st.topic, k.1), st);
+                }
+            });
     }
 }
 
@@ -430,22 +501,43 @@ impl PartitionedSource for KafkaJobSource {
                 return PartPoll::Pending(Duration::from_secs(2));
             }
         }
-        match c.poll(Duration::ZERO) {
-            None => PartPoll::Pending(Duration::from_millis(5)),
-            Some(Err(e)) => {
-                eprintln!("tidemark: job {}: Kafka: {e}", self.ctx.spec.name);
-                PartPoll::Pending(Duration::from_millis(200))
-            }
-            Some(Ok(m)) => {
-                let batch = self.decode(m.part, m.offset, &m.payload);
-                self.wal_append(m.part, m.offset, &batch);
-                let rec = self.emit_batch(m.part, &batch);
-                let mts = self.max_ts.get(&m.part).copied().unwrap_or(i64::MIN);
-                self.inflight
-                    .push_back((self.cur_time, m.part, m.offset + 1, mts));
-                rec
+        let d = self.decoder.as_mut().expect("started with the consumer");
+        let mut wait = Duration::from_millis(5);
+        while d.ahead < DECODE_AHEAD {
+            match c.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(e)) => {
+                    eprintln!("tidemark: job {}: Kafka: {e}", self.ctx.spec.name);
+                    wait = Duration::from_millis(200);
+                    break;
+                }
+                Some(Ok(m)) => {
+                    if d.tx.send(m).is_err() {
+                        break;
+                    }
+                    d.ahead += 1;
+                }
             }
         }
+        // Block briefly on the decoder only when it has work, so the worker keeps stepping.
+        let got = if d.ahead == 0 {
+            None
+        } else {
+            d.rx.recv_timeout(Duration::from_millis(1)).ok()
+        };
+        let Some(dec) = got else {
+            if d.ahead > 0 {
+                wait = Duration::ZERO;
+            }
+            return PartPoll::Pending(wait);
+        };
+        d.ahead -= 1;
+        self.accept(&dec);
+        let rec = self.emit_batch(dec.part, &dec.batch);
+        let mts = self.max_ts.get(&dec.part).copied().unwrap_or(i64::MIN);
+        self.inflight
+            .push_back((self.cur_time, dec.part, dec.offset + 1, mts));
+        rec
     }
 
     fn partitions(&self) -> Vec<u32> {
@@ -465,5 +557,66 @@ impl PartitionedSource for KafkaJobSource {
 
     fn hold(&self) -> bool {
         matches!(self.phase, Phase::Wal(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoded_message_keeps_valid_lines_and_its_wal_record_reads_back() {
+        let m = Msg {
+            part: (0, 3),
+            offset: 42,
+            payload: b"cpu,host=a value=0.5 1000000000\nnot line protocol\ncpu,host=b value=2 2000000000\n"
+                .to_vec(),
+        };
+        let d = decode(KafkaFormat::LineProtocol, &Limits::default(), m);
+        assert_eq!((d.part, d.offset), ((0, 3), 42));
+        assert_eq!(d.batch.samples.len(), 2);
+        assert!(
+            d.malformed.as_deref().is_some_and(|r| r.contains("line 2")),
+            "{:?}",
+            d.malformed
+        );
+        assert_eq!(d.wal_range, (1000, 2000));
+        // The WAL record: topic index, partition, offset, then the codec batch.
+        assert_eq!(&d.wal[0..4], &0u32.to_le_bytes());
+        assert_eq!(&d.wal[4..8], &3i32.to_le_bytes());
+        assert_eq!(&d.wal[8..16], &42i64.to_le_bytes());
+        let mut got = Vec::new();
+        codec::decode(
+            &d.wal[WAL_HEADER..],
+            &mut Vec::new(),
+            |_, _| {},
+            |_, ts, v| got.push((ts, v)),
+        )
+        .expect("the WAL record decodes");
+        got.sort_by_key(|s| s.0);
+        assert_eq!(got, vec![(1000, 0.5), (2000, 2.0)]);
+    }
+
+    #[test]
+    fn a_message_without_valid_samples_writes_no_wal_record() {
+        let m = Msg {
+            part: (0, 0),
+            offset: 7,
+            payload: b"garbage\n".to_vec(),
+        };
+        let d = decode(KafkaFormat::LineProtocol, &Limits::default(), m);
+        assert!(d.batch.samples.is_empty());
+        assert!(d.wal.is_empty());
+        assert!(d.malformed.is_some());
+        let rw = decode(
+            KafkaFormat::RemoteWrite,
+            &Limits::default(),
+            Msg {
+                part: (0, 0),
+                offset: 8,
+                payload: b"\xff\xfenot snappy".to_vec(),
+            },
+        );
+        assert!(rw.malformed.is_some() && rw.batch.samples.is_empty());
     }
 }

@@ -44,6 +44,14 @@ pub struct SourceSpec {
     pub format: KafkaFormat,
     #[serde(default)]
     pub start: StartAt,
+    /// librdkafka `fetch.wait.max.ms`: how long a fetch waits for data. Brokers that do not
+    /// answer a waiting fetch when data arrives (tansu) add up to this to the latency.
+    #[serde(default = "fetch_wait")]
+    pub fetch_wait: Millis,
+}
+
+fn fetch_wait() -> Millis {
+    Millis(10)
 }
 
 fn kafka_kind() -> String {

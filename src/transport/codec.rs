@@ -15,9 +15,8 @@ use crate::ingest::WriteBatch;
 #[error("corrupt batch record: {0}")]
 pub struct CodecError(&'static str);
 
-/// Encodes a batch.
+/// Encodes a batch, appending to `out` (a caller may have written a header first).
 pub fn encode(batch: &WriteBatch, out: &mut Vec<u8>) {
-    out.clear();
     out.reserve(9 + batch.arena.len() + batch.series.len() * 12 + batch.samples.len() * 20);
     out.push(1);
     out.extend_from_slice(&(batch.series.len() as u32).to_le_bytes());

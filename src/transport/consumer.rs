@@ -128,6 +128,7 @@ impl PartitionConsumer {
         peers: usize,
         start: Start,
         overrides: BTreeMap<PartKey, i64>,
+        fetch_wait: Duration,
     ) -> Result<Self, ConsumerError> {
         let consumer: BaseConsumer<StatsContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -136,7 +137,10 @@ impl PartitionConsumer {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "1000")
-            .set("fetch.wait.max.ms", "50")
+            .set(
+                "fetch.wait.max.ms",
+                fetch_wait.as_millis().max(1).to_string(),
+            )
             .set("client.id", format!("tidemark-{group}-{index}"))
             .create_with_context(StatsContext::default())
             .map_err(|source| ConsumerError::Create {
