@@ -1,12 +1,20 @@
 //! The timely job of `tidemark up`: worker threads reading the embedded log by offset into the
 //! dataflow of `tidemark-dataflows` (exchange by series; raw samples to the hot index; 1-minute
 //! rollups, 1-hour rollups from them; lateness counts).
+//!
+//! Replay (`tidemark replay --from-offset N | --from-time T --to URL` against `up`) stops the
+//! job and starts it again reading the log from an earlier offset: the hot index takes the
+//! re-read samples idempotently, and rollup windows from `rollups_from` on are rebuilt from
+//! scratch (the windows before it are left alone, since part of their data lies before the
+//! offset). [`replay_point`] turns a request into an offset and that time from the log's own
+//! record headers (each record carries its event-time range), so no broker is involved.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::core::Filter;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Exchange;
 use timely::WorkerConfig;
@@ -40,7 +48,7 @@ pub struct JobProgress {
 }
 
 impl JobProgress {
-    fn new(workers: usize) -> Self {
+    pub fn new(workers: usize) -> Self {
         JobProgress {
             positions: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             watermarks: (0..workers).map(|_| AtomicU64::new(0)).collect(),
@@ -161,6 +169,91 @@ impl HotSink for CountingSink {
     }
 }
 
+/// Where a (re)started job reads from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartAt {
+    /// First log offset read.
+    pub offset: u64,
+    /// Windows starting at or after this event time are built from what is read; older
+    /// samples only go to the hot index. `i64::MIN` (the normal start): every window.
+    pub rollups_from: i64,
+}
+
+/// What a replay asks for.
+#[derive(Clone, Copy, Debug)]
+pub enum ReplayRequest {
+    /// A log offset.
+    Offset(u64),
+    /// An event time (ms): the replay starts at the whole hour of it.
+    Time(i64),
+}
+
+/// Why a replay point cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("offset {offset} is no longer retained: the log starts at {start} (use an offset from {start} to {end})")]
+    Truncated { offset: u64, start: u64, end: u64 },
+    #[error(
+        "offset {offset} is past the end of the log ({end}); use an offset from {start} to {end}"
+    )]
+    PastEnd { offset: u64, start: u64, end: u64 },
+    #[error("reading the log: {0}")]
+    Log(#[from] crate::transport::log::LogError),
+}
+
+/// Turns a replay request into the offset to read from and the time windows are rebuilt from.
+///
+/// * From a time T: whole hours, so every rebuilt 1 m and 1 h window sees all its data. With
+///   `H` the hour of T, the replay starts at the first batch record whose newest sample is at
+///   or after `H`: every record before it holds only samples before `H`, out of order or not.
+/// * From an offset N: windows are rebuilt from the hour after the newest sample before N.
+pub fn replay_point(log: &Log, req: ReplayRequest) -> Result<StartAt, ReplayError> {
+    let (start, end) = (log.start_offset(), log.end_offset());
+    let mut reader = log.reader(start)?;
+    match req {
+        ReplayRequest::Offset(offset) => {
+            if offset < start {
+                return Err(ReplayError::Truncated { offset, start, end });
+            }
+            if offset > end {
+                return Err(ReplayError::PastEnd { offset, start, end });
+            }
+            let mut newest = i64::MIN;
+            while reader.position() < offset {
+                let Some(rec) = reader.next_record(|_| false)? else {
+                    break;
+                };
+                if rec.kind == RecordKind::Batch {
+                    newest = newest.max(rec.max_ts);
+                }
+            }
+            let rollups_from = if newest == i64::MIN {
+                i64::MIN
+            } else {
+                (newest.div_euclid(HOUR_MS) + 1) * HOUR_MS
+            };
+            Ok(StartAt {
+                offset,
+                rollups_from,
+            })
+        }
+        ReplayRequest::Time(t) => {
+            let hour = t.div_euclid(HOUR_MS) * HOUR_MS;
+            let mut offset = end;
+            while let Some(rec) = reader.next_record(|_| false)? {
+                if rec.kind == RecordKind::Batch && rec.max_ts >= hour {
+                    offset = rec.offset;
+                    break;
+                }
+            }
+            Ok(StartAt {
+                offset,
+                rollups_from: hour,
+            })
+        }
+    }
+}
+
 /// The running job; dropping it does not stop it, call [`Job::shutdown`].
 pub struct Job {
     stop: Arc<AtomicBool>,
@@ -169,22 +262,38 @@ pub struct Job {
 }
 
 impl Job {
-    /// Starts `workers` timely worker threads reading `log` from its start.
+    /// Starts `workers` timely worker threads reading `log` from `at` (its start when
+    /// `None`); `progress` has one slot per worker and may be the previous run's.
     pub fn start(
         log: Log,
         hot: Arc<HotIndex>,
         metrics: Arc<Metrics>,
         cfg: &JobConfig,
         workers: usize,
+        progress: Arc<JobProgress>,
+        at: Option<StartAt>,
     ) -> Result<Job, String> {
         let stop = Arc::new(AtomicBool::new(false));
-        let progress = Arc::new(JobProgress::new(workers));
+        let at = at.unwrap_or(StartAt {
+            offset: log.start_offset(),
+            rollups_from: i64::MIN,
+        });
+        if progress.positions.len() != workers {
+            return Err(format!(
+                "job progress has {} worker slots, not {workers}",
+                progress.positions.len()
+            ));
+        }
+        for (p, w) in progress.positions.iter().zip(&progress.watermarks) {
+            p.store(at.offset, Ordering::Release);
+            w.store(0, Ordering::Release);
+        }
+        let (start_offset, rollups_from) = (at.offset, at.rollups_from);
         let wm = WatermarkConfig {
             out_of_orderness_ms: cfg.out_of_orderness.0.max(0) as u64,
             records_per_activation: 16,
         };
         let lateness = cfg.allowed_lateness.0;
-        let start_offset = log.start_offset();
         let config = timely::Config {
             communication: timely::CommunicationConfig::Process(workers),
             worker: WorkerConfig::default(),
@@ -220,7 +329,12 @@ impl Job {
                         progress: Arc::clone(&progress),
                     },
                 );
-                let (minutes, late_m) = tumbling_rollups(samples, MINUTE_MS, lateness);
+                let windowed = if rollups_from == i64::MIN {
+                    samples
+                } else {
+                    samples.filter(move |s: &Sample| s.ts >= rollups_from)
+                };
+                let (minutes, late_m) = tumbling_rollups(windowed, MINUTE_MS, lateness);
                 let (hours, _late_h) = rollup_rollups(minutes.clone(), HOUR_MS, lateness);
                 sink_rollups(minutes, Arc::clone(&hot));
                 sink_rollups(hours, Arc::clone(&hot));

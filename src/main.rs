@@ -102,19 +102,26 @@ enum Cmd {
         #[arg(long, default_value = "http://127.0.0.1:9471")]
         to: String,
     },
-    /// Rewind a job's partitions and re-process them, rebuilding rollups idempotently.
+    /// Rewind a job's partitions (with --job, against a worker cluster) or `tidemark up`'s
+    /// embedded log (without --job) and re-process them, rebuilding rollups idempotently.
     Replay {
-        /// The job to replay.
+        /// The cluster job to replay; without it, the target is `tidemark up`.
         #[arg(long)]
-        job: String,
-        /// Event time (RFC 3339) to replay from; turned into offsets by the job's own bindings.
-        #[arg(long, conflicts_with = "from_offsets")]
+        job: Option<String>,
+        /// Event time (RFC 3339) to replay from (its whole hour); a cluster job turns it into
+        /// offsets with its own bindings, `up` with its log's record time ranges.
+        #[arg(long)]
         from_time: Option<String>,
-        /// Offsets `PARTITION:OFFSET[,...]` (or `TOPIC/PARTITION:OFFSET`).
-        #[arg(long)]
+        /// Cluster job: offsets `PARTITION:OFFSET[,...]` (or `TOPIC/PARTITION:OFFSET`).
+        #[arg(long, requires = "job", conflicts_with_all = ["from_time", "from_offset"])]
         from_offsets: Option<String>,
-        #[arg(long, default_value = "http://127.0.0.1:9471")]
-        to: String,
+        /// `tidemark up`: the embedded-log offset to replay from.
+        #[arg(long, conflicts_with_all = ["from_time", "job"])]
+        from_offset: Option<u64>,
+        /// Worker 0's control URL (default http://127.0.0.1:9471) or `up`'s URL (default
+        /// http://127.0.0.1:9470).
+        #[arg(long)]
+        to: Option<String>,
         /// Return at once instead of showing progress until caught up.
         #[arg(long)]
         detach: bool,
@@ -216,21 +223,30 @@ fn main() -> anyhow::Result<()> {
             job,
             from_time,
             from_offsets,
+            from_offset,
             to,
             detach,
             timeout_secs,
         } => {
-            print!(
-                "{}",
-                tidemark::cluster::client::replay(
+            let timeout = std::time::Duration::from_secs(timeout_secs);
+            let out = match job {
+                Some(job) => tidemark::cluster::client::replay(
                     &job,
                     from_time.as_deref(),
                     from_offsets.as_deref(),
-                    &to,
+                    to.as_deref().unwrap_or("http://127.0.0.1:9471"),
                     detach,
-                    std::time::Duration::from_secs(timeout_secs),
-                )?
-            );
+                    timeout,
+                )?,
+                None => tidemark::cluster::client::replay_log(
+                    from_time.as_deref(),
+                    from_offset,
+                    to.as_deref().unwrap_or("http://127.0.0.1:9470"),
+                    detach,
+                    timeout,
+                )?,
+            };
+            print!("{out}");
             Ok(())
         }
         Cmd::Promqltest { files, verbose } => {

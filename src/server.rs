@@ -4,6 +4,9 @@
 //! Start-up replays the retained log into an empty hot index (the log is the hot index's WAL);
 //! `/-/ready` turns 200 once the replay is applied. SIGTERM or Ctrl-C stops accepting requests,
 //! fsyncs the log, and drains the job: everything acknowledged is in the log.
+//!
+//! `POST /api/v1/replay?from_offset=N|from_time=T` restarts the job from an earlier log
+//! offset (see [`crate::job`]); `GET /api/v1/replay` reports its progress.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use axum::Router;
 
 use crate::config::Config;
 use crate::ingest::http as ingest_http;
-use crate::job::{Job, JobProgress};
+use crate::job::{replay_point, Job, JobProgress, ReplayRequest, StartAt};
 use crate::ops::{render_counters, Metrics, TextWriter};
 use crate::query::api;
 use crate::store::hot::HotIndex;
@@ -31,6 +34,9 @@ pub struct AppState {
     pub hot: Arc<HotIndex>,
     pub metrics: Arc<Metrics>,
     pub progress: Arc<JobProgress>,
+    /// The running job (swapped by a replay) and the last replay's start and target offset.
+    pub job: std::sync::Mutex<Option<Job>>,
+    pub replay: std::sync::Mutex<Option<(StartAt, u64)>>,
 }
 
 /// The router of `tidemark up`: the push routes and the query side.
@@ -44,6 +50,7 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
         .route("/-/ready", get(ready))
+        .route("/api/v1/replay", get(replay_status).post(replay))
         .route("/", get(index))
         .with_state(state)
         .merge(api::routes(query))
@@ -60,6 +67,116 @@ async fn ready(State(s): State<Arc<AppState>>) -> Response {
         )
             .into_response()
     }
+}
+
+fn api_error(status: StatusCode, kind: &str, msg: String) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"status": "error", "errorType": kind, "error": msg})),
+    )
+        .into_response()
+}
+
+/// `POST /api/v1/replay?from_offset=N|from_time=T`: stop the job and start it again from the
+/// replay point; answers once the new job runs.
+async fn replay(
+    State(s): State<Arc<AppState>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let req = match (q.get("from_offset"), q.get("from_time")) {
+        (Some(o), None) => match o.parse::<u64>() {
+            Ok(o) => ReplayRequest::Offset(o),
+            Err(_) => {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_data",
+                    format!("from_offset: {o:?} is not a log offset (a whole number)"),
+                )
+            }
+        },
+        (None, Some(t)) => match api::parse_time(t) {
+            Ok(t) => ReplayRequest::Time(t),
+            Err(e) => {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_data",
+                    format!("from_time: {e}; use RFC 3339, e.g. 2026-11-22T10:00:00Z"),
+                )
+            }
+        },
+        _ => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "bad_data",
+                "give exactly one of from_offset or from_time".into(),
+            )
+        }
+    };
+    let st = Arc::clone(&s);
+    let res = tokio::task::spawn_blocking(move || -> Result<(StartAt, u64), String> {
+        let at = replay_point(&st.log, req).map_err(|e| e.to_string())?;
+        let target = st.log.end_offset();
+        let mut job = st.job.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut old) = job.take() {
+            old.shutdown();
+        }
+        let new = Job::start(
+            st.log.clone(),
+            Arc::clone(&st.hot),
+            Arc::clone(&st.metrics),
+            &st.cfg.job,
+            st.progress.positions.len(),
+            Arc::clone(&st.progress),
+            Some(at),
+        )?;
+        *job = Some(new);
+        *st.replay.lock().unwrap_or_else(|e| e.into_inner()) = Some((at, target));
+        let windows = if at.rollups_from == i64::MIN {
+            "every window".to_string()
+        } else {
+            format!(
+                "windows from {}",
+                crate::cluster::client::rfc3339(at.rollups_from)
+            )
+        };
+        eprintln!(
+            "tidemark: replaying the log from offset {} to {target}; rebuilding {windows}",
+            at.offset
+        );
+        Ok((at, target))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("replay task failed: {e}")));
+    match res {
+        Ok((at, target)) => axum::Json(serde_json::json!({
+            "status": "success",
+            "data": {"from": at.offset, "target": target, "rollups_from": at.rollups_from}
+        }))
+        .into_response(),
+        Err(e) => api_error(StatusCode::BAD_REQUEST, "bad_data", e),
+    }
+}
+
+/// `GET /api/v1/replay`: the last replay's start, target and where the job is.
+async fn replay_status(State(s): State<Arc<AppState>>) -> Response {
+    let last = *s.replay.lock().unwrap_or_else(|e| e.into_inner());
+    let (from, target, rollups_from) = match last {
+        Some((at, t)) => (Some(at.offset), Some(t), Some(at.rollups_from)),
+        None => (None, None, None),
+    };
+    axum::Json(serde_json::json!({
+        "status": "success",
+        "data": {
+            "from": from,
+            "target": target,
+            "rollups_from": rollups_from,
+            "position": s.progress.min_position(),
+            "end": s.log.end_offset(),
+            "watermark": s.progress.watermark(),
+            "caught_up": target.is_some_and(|t| s.progress.caught_up(t)),
+        }
+    }))
+    .into_response()
 }
 
 async fn index() -> Html<&'static str> {
@@ -310,12 +427,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let startup_end = log.end_offset();
     let workers = cfg.workers();
-    let mut job = Job::start(
+    let progress = Arc::new(JobProgress::new(workers));
+    let job = Job::start(
         log.clone(),
         Arc::clone(&hot),
         Arc::clone(&metrics),
         &cfg.job,
         workers,
+        Arc::clone(&progress),
+        None,
     )
     .map_err(anyhow::Error::msg)?;
     let listen = cfg.server.listen;
@@ -330,7 +450,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         log: log.clone(),
         hot,
         metrics,
-        progress: Arc::clone(&job.progress),
+        progress,
+        job: std::sync::Mutex::new(Some(job)),
+        replay: std::sync::Mutex::new(None),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -356,7 +478,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     });
     rt.shutdown_timeout(Duration::from_secs(5));
     log.sync().context("final log fsync")?;
-    job.shutdown();
+    if let Some(mut job) = state.job.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        job.shutdown();
+    }
     eprintln!("tidemark: stopped; log end offset {}", log.end_offset());
     served
 }

@@ -1,4 +1,5 @@
-//! The cluster's command-line clients: `submit`, `jobs`, `cancel`, `replay`.
+//! The cluster's command-line clients: `submit`, `jobs`, `cancel`, `replay` (also against
+//! `tidemark up`'s embedded log).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -161,6 +162,14 @@ pub fn replay(
             })
         }
     };
+    let epoch_of = |v: &Json| {
+        v["data"]
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["name"] == job))
+            .and_then(|j| j["epoch"].as_u64())
+            .unwrap_or(0)
+    };
+    let before = epoch_of(&call("GET", &format!("{}/api/v1/jobs", base(to)), None)?);
     let v = call(
         "POST",
         &format!("{}/api/v1/jobs/{job}/replay?{q}", base(to)),
@@ -179,12 +188,7 @@ pub fn replay(
     if detach {
         return Ok(out);
     }
-    let t0 = Instant::now();
-    let mut last = (Instant::now(), 0i64);
-    let mut stderr = std::io::stderr();
-    // Give the workers a moment to restart the dataflow before reading progress.
-    std::thread::sleep(Duration::from_millis(500));
-    loop {
+    follow(&mut out, "messages", "`tidemark jobs`", timeout, || {
         let v = call("GET", &format!("{}/api/v1/jobs", base(to)), None)?;
         let j = v["data"]
             .as_array()
@@ -192,45 +196,131 @@ pub fn replay(
             .unwrap_or_default();
         let parts = j["partitions"].as_object().cloned().unwrap_or_default();
         let (mut done, mut total) = (0i64, 0i64);
+        // Every process has started the new epoch and every rewound partition has reported
+        // since (a partition whose worker has not polled it yet is not caught up).
+        let mut reported = j["epoch"].as_u64().unwrap_or(0) > before
+            && start.keys().all(|k| parts.contains_key(k));
         for (k, p) in &parts {
             let from = start.get(k).copied().unwrap_or(0);
             let pos = p["position"].as_i64().unwrap_or(-1).max(from);
-            let high = p["high"].as_i64().unwrap_or(-1).max(pos);
+            let high = p["high"].as_i64().unwrap_or(-1);
+            reported &= high >= 0;
+            let high = high.max(pos);
             done += pos - from;
             total += high - from;
         }
-        let lag = total - done;
-        let dt = last.0.elapsed().as_secs_f64().max(1e-3);
-        let rate = (done - last.1) as f64 / dt;
-        last = (Instant::now(), done);
-        let width = 30usize;
-        let filled = if total > 0 {
-            (done as f64 / total as f64 * width as f64) as usize
-        } else {
-            width
-        };
-        let _ = write!(
-            stderr,
-            "\r[{}{}] {done}/{total} messages, lag {lag}, {rate:.0} msg/s   ",
-            "#".repeat(filled.min(width)),
-            " ".repeat(width - filled.min(width))
-        );
-        let _ = stderr.flush();
-        if total > 0 && lag == 0 && j["watermark"].as_i64().unwrap_or(0) > 0 {
+        let finished =
+            reported && total > 0 && done == total && j["watermark"].as_i64().unwrap_or(0) > 0;
+        Ok((done, total, finished))
+    })?;
+    Ok(out)
+}
+
+/// Polls `step` (done, total, finished) every 200 ms and draws a progress bar (done/total, lag,
+/// rate) until it is finished or `timeout` passes; says which in `out`.
+fn follow(
+    out: &mut String,
+    unit: &str,
+    where_to_look: &str,
+    timeout: Duration,
+    mut step: impl FnMut() -> Result<(i64, i64, bool), ClientError>,
+) -> Result<(), ClientError> {
+    let t0 = Instant::now();
+    let mut last = (Instant::now(), 0i64);
+    let mut stderr = std::io::stderr();
+    loop {
+        let (done, total, finished) = step()?;
+        draw_progress(&mut stderr, &mut last, done, total, unit);
+        if finished {
             let _ = writeln!(stderr);
             out.push_str(&format!(
-                "caught up: {done} messages in {:.1}s\n",
+                "caught up: {done} {unit} in {:.1}s\n",
                 t0.elapsed().as_secs_f64()
             ));
-            return Ok(out);
+            return Ok(());
         }
         if t0.elapsed() > timeout {
             let _ = writeln!(stderr);
-            out.push_str("still replaying; follow it with `tidemark jobs`\n");
-            return Ok(out);
+            out.push_str(&format!(
+                "still replaying; follow it with {where_to_look}\n"
+            ));
+            return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// One progress-bar line: done/total, lag and the rate since the last line.
+fn draw_progress(
+    stderr: &mut std::io::Stderr,
+    last: &mut (Instant, i64),
+    done: i64,
+    total: i64,
+    unit: &str,
+) {
+    let dt = last.0.elapsed().as_secs_f64().max(1e-3);
+    let rate = (done - last.1) as f64 / dt;
+    *last = (Instant::now(), done);
+    let width = 30usize;
+    let filled = if total > 0 {
+        ((done as f64 / total as f64 * width as f64) as usize).min(width)
+    } else {
+        width
+    };
+    let _ = write!(
+        stderr,
+        "\r[{}{}] {done}/{total} {unit}, lag {}, {rate:.0} {unit}/s   ",
+        "#".repeat(filled),
+        " ".repeat(width - filled),
+        (total - done).max(0)
+    );
+    let _ = stderr.flush();
+}
+
+/// `tidemark replay --from-offset N | --from-time T` against `tidemark up`: restarts its job
+/// from that point of the embedded log and shows progress until it has caught up.
+pub fn replay_log(
+    from_time: Option<&str>,
+    from_offset: Option<u64>,
+    to: &str,
+    detach: bool,
+    timeout: Duration,
+) -> Result<String, ClientError> {
+    let q = match (from_time, from_offset) {
+        (Some(t), None) => format!("from_time={}", urlencode(t)),
+        (None, Some(o)) => format!("from_offset={o}"),
+        _ => {
+            return Err(ClientError::Refused {
+                url: to.into(),
+                reason: "give exactly one of --from-time or --from-offset".into(),
+            })
+        }
+    };
+    let url = format!("{}/api/v1/replay", base(to));
+    let v = call("POST", &format!("{url}?{q}"), None)?;
+    let from = v["data"]["from"].as_i64().unwrap_or(0);
+    let target = v["data"]["target"].as_i64().unwrap_or(0);
+    let windows = match v["data"]["rollups_from"].as_i64() {
+        Some(t) if t != i64::MIN => format!("rollups rebuilt from {}", rfc3339(t)),
+        _ => "every rollup rebuilt".into(),
+    };
+    let mut out = format!("replaying the log from offset {from} to {target}, {windows}\n");
+    if detach {
+        return Ok(out);
+    }
+    follow(&mut out, "records", "GET /api/v1/replay", timeout, || {
+        let d = call("GET", &url, None)?["data"].clone();
+        let pos = d["position"]
+            .as_i64()
+            .unwrap_or(from)
+            .clamp(from, target.max(from));
+        Ok((
+            pos - from,
+            target - from,
+            d["caught_up"].as_bool() == Some(true),
+        ))
+    })?;
+    Ok(out)
 }
 
 /// Percent-encodes a query parameter value (RFC 3986 unreserved characters stay).

@@ -450,6 +450,8 @@ pub async fn all_jobs(s: &ControlState) -> Result<BTreeMap<String, JobStatus>, S
                 samples: 0,
                 ..j.clone()
             });
+            // The epoch every process has reached (a replay is under way until all have).
+            e.epoch = e.epoch.min(j.epoch);
             e.watermarks.extend(j.watermarks);
             e.partitions.extend(j.partitions);
             e.samples += j.samples;

@@ -136,4 +136,16 @@ impl Registry {
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         jobs.get_mut(job).map(f)
     }
+
+    /// Like [`Registry::with`], only while `epoch` is the job's current epoch (a stopped
+    /// dataflow's source must not overwrite its successor's status).
+    pub fn with_epoch<R>(
+        &self,
+        job: &str,
+        epoch: u64,
+        f: impl FnOnce(&mut JobStatus) -> R,
+    ) -> Option<R> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.get_mut(job).filter(|j| j.epoch == epoch).map(f)
+    }
 }

@@ -154,6 +154,9 @@ struct Local {
     running: HashMap<String, Running>,
     outbox: Rc<RefCell<Vec<Command>>>,
     first: bool,
+    /// Dataflows built per job name: the job's epoch. Every worker applies the same sequenced
+    /// commands, so every worker counts the same epochs.
+    epochs: HashMap<String, u64>,
 }
 
 /// Runs a worker process until a worker thread stops (a peer process died) or the process is
@@ -267,6 +270,7 @@ fn worker_loop(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) {
         running: HashMap::new(),
         outbox: Rc::new(RefCell::new(Vec::new())),
         first: local_index == 0,
+        epochs: HashMap::new(),
     };
     loop {
         if let Some(rx) = &rx {
@@ -397,6 +401,11 @@ fn start_job(
         old.stop.store(true, Ordering::Release);
     }
     let name = spec.name.clone();
+    let epoch = {
+        let n = local.epochs.entry(name.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
     {
         let mut jobs = shared
             .registry
@@ -407,13 +416,17 @@ fn start_job(
             name: name.clone(),
             ..Default::default()
         });
-        e.epoch += 1;
-        e.state = "running".into();
-        e.spec = text;
-        e.watermarks.clear();
-        e.partitions.clear();
-        e.replay_target.clear();
-        e.samples = 0;
+        // The first local worker to build this epoch resets the status; the old epoch's
+        // sources stop writing to it (they check the epoch).
+        if e.epoch < epoch {
+            e.epoch = epoch;
+            e.state = "running".into();
+            e.spec = text;
+            e.watermarks.clear();
+            e.partitions.clear();
+            e.replay_target.clear();
+            e.samples = 0;
+        }
     }
     let index = worker.index();
     let local_workers = shared.opts.workers.max(1);
@@ -461,6 +474,7 @@ fn start_job(
     let hot = Arc::clone(&shared.hot);
     let registry = Arc::clone(&shared.registry);
     let ctx = SourceCtx {
+        epoch,
         spec: Arc::new(spec),
         brokers: shared.opts.brokers.clone(),
         index,
