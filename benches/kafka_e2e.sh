@@ -1,37 +1,72 @@
 #!/usr/bin/env bash
 # Kafka-path benchmark: a tansu broker, `tidemark ingest`, a worker cluster of PROCS processes
-# x 1 worker, the example job submitted; tidemark-loadgen pushes to ingest and waits until
-# every sample is in the workers' hot indexes (acknowledged -> queryable).
-# Usage: benches/kafka_e2e.sh PROCS [loadgen args...]   (e.g. benches/kafka_e2e.sh 2 --points 120)
+# x 1 worker, the example job submitted; tidemark-loadgen pushes to ingest.
+#
+#   benches/kafka_e2e.sh PROCS [loadgen args...]            live: workers consume while the load
+#       is pushed; times acknowledged and in-the-hot-index (queryable) samples/s, then 200
+#       single-sample probes for push-acknowledged -> queryable latency.
+#   MODE=preload benches/kafka_e2e.sh PROCS [loadgen args...]   fills the topic first (no
+#       worker running), then starts the workers and times the drain: Kafka -> hot index alone.
+#
+# WORKERS=N timely workers per process (default 1).
+# PERF=FILE profiles worker process 0 (perf record -g) while it consumes; KEEP=1 keeps the logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 procs=${1:-1}; shift || true
+mode=${MODE:-live}
 cargo build --release --bin tidemark --bin tidemark-loadgen
 free() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 dir=$(mktemp -d)
 pids=()
-trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] && echo "logs in $dir" || rm -rf "$dir"' EXIT
+ready() { for _ in $(seq 1 200); do curl -fs "$1/-/ready" >/dev/null 2>&1 && return; sleep 0.05; done; echo "$1 not ready" >&2; exit 1; }
+
 kport=$(free)
 tansu broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
-  --storage-engine memory://tansu/ 2>"$dir/tansu.log" & pids+=($!)
+  --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 & pids+=($!)
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$kport) 2>/dev/null && break; sleep 0.1; done
 tansu topic create metrics --partitions 4 --broker "tcp://127.0.0.1:$kport" >/dev/null
 iport=$(free)
 printf '[kafka]\nbrokers = "127.0.0.1:%s"\npartition_key = "series"\n' "$kport" > "$dir/ingest.toml"
 target/release/tidemark ingest --listen "127.0.0.1:$iport" --config "$dir/ingest.toml" 2>"$dir/ingest.log" & pids+=($!)
+ingest="http://127.0.0.1:$iport"
+ready "$ingest"
+
 : > "$dir/hosts"; urls=()
 for i in $(seq 0 $((procs-1))); do
   h=$(free); echo "127.0.0.1:$(free) 127.0.0.1:$h" >> "$dir/hosts"; urls+=("http://127.0.0.1:$h")
 done
-for i in $(seq 0 $((procs-1))); do
-  target/release/tidemark worker --process $i --processes $procs --hosts "$dir/hosts" --workers 1 \
-    --data-dir "$dir/w$i" --brokers "127.0.0.1:$kport" 2>"$dir/worker-$i.log" & pids+=($!)
-done
-for u in "http://127.0.0.1:$iport" "${urls[@]}"; do
-  for _ in $(seq 1 200); do curl -fs "$u/-/ready" >/dev/null 2>&1 && break; sleep 0.05; done
-done
-sed "s/^brokers = .*/brokers = \"127.0.0.1:$kport\"/" jobs/kafka-infra.toml > "$dir/job.toml"
-target/release/tidemark submit "$dir/job.toml" --to "${urls[0]}"
 hot=$(IFS=,; echo "${urls[*]}")
-target/release/tidemark-loadgen --url "http://127.0.0.1:$iport" --hot-urls "$hot" "$@"
+start_workers() {
+  for i in $(seq 0 $((procs-1))); do
+    target/release/tidemark worker --process $i --processes $procs --hosts "$dir/hosts" --workers "${WORKERS:-1}" \
+      --data-dir "$dir/w$i" --brokers "127.0.0.1:$kport" 2>"$dir/worker-$i.log" & pids+=($!)
+    wpids+=($!)
+  done
+  for u in "${urls[@]}"; do ready "$u"; done
+  sed "s/^brokers = .*/brokers = \"127.0.0.1:$kport\"/" jobs/kafka-infra.toml > "$dir/job.toml"
+  target/release/tidemark submit "$dir/job.toml" --to "${urls[0]}"
+  # Profile after the submit so the job's decoder and librdkafka threads exist.
+  if [ -n "${PERF:-}" ]; then
+    sleep 0.2; perf record -F 499 -g -o "$PERF" -p "${wpids[0]}" 2>/dev/null & perfpid=$!
+  fi
+}
+wpids=()
+if [ "$mode" = preload ]; then
+  out=$(target/release/tidemark-loadgen --url "$ingest" --hot-urls "$hot" --push-only "$@")
+  echo "$out"
+  n=$(echo "$out" | sed -n 's/^pushed (acknowledged): \([0-9]*\) samples.*/\1/p')
+  start_workers
+  target/release/tidemark-loadgen --url "$ingest" --hot-urls "$hot" --drain "$n" --latency 200
+else
+  start_workers
+  target/release/tidemark-loadgen --url "$ingest" --hot-urls "$hot" --latency 200 "$@"
+fi
+[ -n "${PERF:-}" ] && { kill -INT $perfpid; wait $perfpid || true; }
 target/release/tidemark jobs --to "${urls[0]}" | head -3
+# Replay rate: rewind every partition to offset 0 and re-read the whole topic.
+t0=$(date +%s.%N)
+target/release/tidemark replay --job infra --from-offsets 0:0,1:0,2:0,3:0 --to "${urls[0]}" 2>/dev/null | tail -1
+echo "replay: $(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 2))" "$t0" "$(date +%s.%N)") s wall for the whole topic (all samples pushed above)"
+echo "CPU seconds per process (broker, ingest, workers):"
+ps -o comm=,times= -p "$(IFS=,; echo "${pids[*]}")"

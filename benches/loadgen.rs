@@ -4,6 +4,11 @@
 //! acknowledged samples/s, the time until everything is queryable, peak RSS, hot-index
 //! bytes/sample, and the latency of `sum by (region) (rate(http_requests_total[5m]))` over 1 h
 //! at 60 s step. `benches/e2e.sh` starts the server and runs this.
+//!
+//! Modes for the Kafka path (`benches/kafka_e2e.sh`): `--push-only` pushes and stops once
+//! acknowledged (to fill the topic before any worker runs); `--drain N` pushes nothing and
+//! times until the hot indexes of `--hot-urls` hold N more samples; `--latency N` then pushes
+//! N single-sample probes, one at a time, and times each from acknowledgement to queryable.
 
 #[path = "fleet.rs"]
 mod fleet;
@@ -21,6 +26,9 @@ struct Args {
     /// Where the hot index lives (summed): `--url` for `tidemark up`; the worker processes
     /// when `--url` is a `tidemark ingest`.
     hot_urls: Vec<String>,
+    push_only: bool,
+    drain: Option<f64>,
+    latency: usize,
 }
 
 fn args() -> Args {
@@ -31,6 +39,9 @@ fn args() -> Args {
         points: 360,
         queries: 50,
         hot_urls: Vec::new(),
+        push_only: false,
+        drain: None,
+        latency: 0,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -43,8 +54,15 @@ fn args() -> Args {
             "--points" => a.points = val.parse().expect("--points N"),
             "--queries" => a.queries = val.parse().expect("--queries N"),
             "--hot-urls" => a.hot_urls = val.split(',').map(str::to_string).collect(),
+            "--drain" => a.drain = Some(val.parse().expect("--drain SAMPLES")),
+            "--latency" => a.latency = val.parse().expect("--latency N"),
+            "--push-only" => {
+                a.push_only = true;
+                i += 1;
+                continue;
+            }
             other => panic!(
-                "unknown argument {other}; use --url --connections --hosts --points --queries"
+                "unknown argument {other}; use --url --connections --hosts --points --queries --hot-urls --push-only --drain --latency"
             ),
         }
         i += 2;
@@ -128,8 +146,79 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Waits until the hot indexes hold `n` samples more than `before`.
+fn wait_hot(a: &Args, before: f64, n: f64, t0: Instant) {
+    while hot(a, "tidemark_hot_samples") - before < n {
+        std::thread::sleep(Duration::from_millis(10));
+        if t0.elapsed() > Duration::from_secs(600) {
+            panic!("samples did not all arrive in the hot index");
+        }
+    }
+}
+
+/// `--drain N`: the time until N samples already in the topic reach the hot indexes.
+fn drain(a: &Args, n: f64) {
+    let t0 = Instant::now();
+    wait_hot(a, 0.0, n, t0);
+    let took = t0.elapsed().as_secs_f64();
+    println!(
+        "Kafka -> hot index: {n} samples in {took:.2} s, {:.0} samples/s",
+        n / took
+    );
+}
+
+/// `--latency N`: push one sample at a time and time acknowledged -> queryable.
+fn latency(a: &Args, n: usize) {
+    let mut push = Conn::open(&a.url);
+    let mut query = Conn::open(&a.hot_urls[0]);
+    let run = std::process::id();
+    let mut lat = Vec::new();
+    for i in 0..n {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let line = format!("tidemark_probe,run={run},n={i} value=1 {now}\n");
+        let (status, body) = push.request("POST", "/write?precision=ms", line.as_bytes());
+        assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+        let t = Instant::now();
+        let path = format!(
+            "/api/v1/query?query=tidemark_probe%7Brun%3D%22{run}%22%2Cn%3D%22{i}%22%7D&time={}",
+            now as f64 / 1000.0
+        );
+        loop {
+            let (status, body) = query.request("GET", &path, b"");
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            if String::from_utf8_lossy(&body).contains("\"value\"") {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "probe {i} never became queryable"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    lat.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    println!(
+        "push acknowledged -> queryable: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {n} probes",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat[lat.len() - 1]
+    );
+}
+
 fn main() {
     let a = args();
+    if let Some(n) = a.drain {
+        drain(&a, n);
+        if a.latency > 0 {
+            latency(&a, a.latency);
+        }
+        return;
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -143,7 +232,11 @@ fn main() {
     let samples = (a.hosts * 4 * a.points) as f64;
     let bytes: usize = batches.iter().map(|b| b.len()).sum();
     let rss_before = metric(&a.url, "process_resident_memory_bytes");
-    let hot_before = hot(&a, "tidemark_hot_samples");
+    let hot_before = if a.push_only {
+        0.0
+    } else {
+        hot(&a, "tidemark_hot_samples")
+    };
 
     let t0 = Instant::now();
     std::thread::scope(|s| {
@@ -161,13 +254,15 @@ fn main() {
         }
     });
     let acked = t0.elapsed();
-    // Wait until every sample is in the hot index.
-    while hot(&a, "tidemark_hot_samples") - hot_before < samples {
-        std::thread::sleep(Duration::from_millis(10));
-        if t0.elapsed() > Duration::from_secs(600) {
-            panic!("samples did not all arrive in the hot index");
-        }
+    if a.push_only {
+        println!(
+            "pushed (acknowledged): {samples} samples in {:.2} s, {:.0} samples/s",
+            acked.as_secs_f64(),
+            samples / acked.as_secs_f64()
+        );
+        return;
     }
+    wait_hot(&a, hot_before, samples, t0);
     let applied = t0.elapsed();
     let rss = metric(&a.url, "process_resident_memory_bytes");
     let hot_bytes = hot(&a, "tidemark_hot_bytes");
@@ -225,4 +320,7 @@ fn main() {
         rollup_bytes / 1048576.0
     );
     println!("query_range sum by (region) (rate(http_requests_total[5m])) 1h @ 60s: p50 {:.2} ms, p99 {:.2} ms over {} runs", pct(&lat, 0.5), pct(&lat, 0.99), lat.len());
+    if a.latency > 0 {
+        latency(&a, a.latency);
+    }
 }
