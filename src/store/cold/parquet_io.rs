@@ -1,0 +1,429 @@
+//! The Parquet files of the cold tiers: Arrow schemas, encoding (sorted rows, column
+//! encodings) and decoding with projection and row-group pruning.
+//!
+//! Columns (DESIGN.md section 6; `schemas/cold-*.schema.txt` are the golden copies):
+//! `metric` (dictionary utf8), `labels` (map<utf8, utf8>, sorted, without `__name__`),
+//! `series_id` (u64), `ts` (timestamp ms UTC; the window start for rollups); raw adds `value`
+//! (f64); rollups add `count` (u64), `sum`, `min`, `max`, `first`, `last`, `increase` (f64).
+//! Rows are sorted by (metric, series_id, ts). ZSTD; dictionaries for `metric`, `labels` and
+//! `series_id`; delta encoding for `ts` and `count`; byte-stream-split for the floats;
+//! page-level statistics, so engines (and Tidemark) skip row groups by series and time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Float64Array, MapBuilder, MapFieldNames, RecordBatch, StringBuilder,
+    StringDictionaryBuilder, TimestampMillisecondArray, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Fields, Int32Type, Schema, SchemaRef, TimeUnit};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use tidemark_dataflows::{Rollup, Sample};
+
+use super::layout::Tier;
+use crate::model::{Labels, METRIC_NAME};
+
+/// Rows per row group: large enough to compress well, small enough to prune by series.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+const ROLLUP_FIELDS: [&str; 6] = ["sum", "min", "max", "first", "last", "increase"];
+
+fn labels_type() -> DataType {
+    DataType::Map(
+        Arc::new(Field::new(
+            "entries",
+            DataType::Struct(Fields::from(vec![
+                Field::new("keys", DataType::Utf8, false),
+                Field::new("values", DataType::Utf8, false),
+            ])),
+            false,
+        )),
+        false,
+    )
+}
+
+/// The Arrow schema of a tier's files.
+pub fn schema(tier: Tier) -> SchemaRef {
+    let mut fields = vec![
+        Field::new(
+            "metric",
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            false,
+        ),
+        Field::new("labels", labels_type(), false),
+        Field::new("series_id", DataType::UInt64, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+    ];
+    match tier {
+        Tier::Raw => fields.push(Field::new("value", DataType::Float64, false)),
+        Tier::Minute | Tier::Hour => {
+            fields.push(Field::new("count", DataType::UInt64, false));
+            for f in ROLLUP_FIELDS {
+                fields.push(Field::new(f, DataType::Float64, false));
+            }
+        }
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// A human-readable rendering of a schema (the golden files in `schemas/`).
+pub fn describe(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            format!(
+                "{}: {}{}\n",
+                f.name(),
+                f.data_type(),
+                if f.is_nullable() { "" } else { " not null" }
+            )
+        })
+        .collect()
+}
+
+/// Writer settings: the encodings named in the module documentation.
+pub fn writer_properties(tier: Tier) -> WriterProperties {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("level 3")))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_dictionary_enabled(true);
+    let plain = |b: parquet::file::properties::WriterPropertiesBuilder, col: &str, enc| {
+        b.set_column_dictionary_enabled(ColumnPath::from(col), false)
+            .set_column_encoding(ColumnPath::from(col), enc)
+    };
+    b = plain(b, "ts", Encoding::DELTA_BINARY_PACKED);
+    match tier {
+        Tier::Raw => b = plain(b, "value", Encoding::BYTE_STREAM_SPLIT),
+        Tier::Minute | Tier::Hour => {
+            b = plain(b, "count", Encoding::DELTA_BINARY_PACKED);
+            for f in ROLLUP_FIELDS {
+                b = plain(b, f, Encoding::BYTE_STREAM_SPLIT);
+            }
+        }
+    }
+    b.build()
+}
+
+/// Rows of one tier.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rows {
+    Raw(Vec<Sample>),
+    Rollups(Vec<Rollup>),
+}
+
+impl Rows {
+    pub fn len(&self) -> usize {
+        match self {
+            Rows::Raw(r) => r.len(),
+            Rows::Rollups(r) => r.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A row that can be stored in a tier: its series and its time (sample time or window start).
+pub trait ColdRow: Clone + Send + 'static {
+    fn series(&self) -> u64;
+    fn time(&self) -> i64;
+    fn into_rows(rows: Vec<Self>) -> Rows;
+}
+
+impl ColdRow for Sample {
+    fn series(&self) -> u64 {
+        self.series
+    }
+    fn time(&self) -> i64 {
+        self.ts
+    }
+    fn into_rows(rows: Vec<Self>) -> Rows {
+        Rows::Raw(rows)
+    }
+}
+
+impl ColdRow for Rollup {
+    fn series(&self) -> u64 {
+        self.series
+    }
+    fn time(&self) -> i64 {
+        self.start
+    }
+    fn into_rows(rows: Vec<Self>) -> Rows {
+        Rows::Rollups(rows)
+    }
+}
+
+/// Why rows cannot be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ParquetError {
+    #[error("series {0:016x} has no labels in the catalog (was it registered?)")]
+    UnknownSeries(u64),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("{path}: column {column} is missing or has the wrong type")]
+    Column { path: String, column: String },
+}
+
+/// Sorts `rows` by (series, time), keeping the last of equal keys (the latest write), and
+/// then by metric name: the file order (metric, series_id, ts).
+pub fn sort_dedup<R: ColdRow>(
+    rows: &mut Vec<R>,
+    labels: &dyn Fn(u64) -> Option<Arc<Labels>>,
+) -> Result<HashMap<u64, Arc<Labels>>, ParquetError> {
+    // Stable: equal keys keep their arrival order, so the last one is the latest write.
+    rows.sort_by_key(|r| (r.series(), r.time()));
+    let mut out: Vec<R> = Vec::with_capacity(rows.len());
+    for r in rows.drain(..) {
+        match out.last_mut() {
+            Some(l) if l.series() == r.series() && l.time() == r.time() => *l = r,
+            _ => out.push(r),
+        }
+    }
+    let mut names = HashMap::new();
+    for r in &out {
+        if let std::collections::hash_map::Entry::Vacant(e) = names.entry(r.series()) {
+            e.insert(labels(r.series()).ok_or(ParquetError::UnknownSeries(r.series()))?);
+        }
+    }
+    out.sort_by(|a, b| {
+        let ma = names[&a.series()].metric_name().unwrap_or("");
+        let mb = names[&b.series()].metric_name().unwrap_or("");
+        ma.cmp(mb)
+            .then(a.series().cmp(&b.series()))
+            .then(a.time().cmp(&b.time()))
+    });
+    *rows = out;
+    Ok(names)
+}
+
+/// One record batch of sorted, deduplicated rows (see [`sort_dedup`]).
+pub fn to_batch(
+    tier: Tier,
+    rows: &Rows,
+    names: &HashMap<u64, Arc<Labels>>,
+) -> Result<RecordBatch, ParquetError> {
+    let n = rows.len();
+    let mut metric = StringDictionaryBuilder::<Int32Type>::new();
+    let mut labels = MapBuilder::new(
+        Some(MapFieldNames {
+            entry: "entries".into(),
+            key: "keys".into(),
+            value: "values".into(),
+        }),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    )
+    .with_values_field(Field::new("values", DataType::Utf8, false));
+    let mut series = Vec::with_capacity(n);
+    let mut ts = Vec::with_capacity(n);
+    let mut last: Option<u64> = None;
+    let mut push_series = |id: u64, t: i64| -> Result<(), ParquetError> {
+        let l = names.get(&id).ok_or(ParquetError::UnknownSeries(id))?;
+        metric.append_value(l.metric_name().unwrap_or(""));
+        for (k, v) in l.iter().filter(|(k, _)| *k != METRIC_NAME) {
+            labels.keys().append_value(k);
+            labels.values().append_value(v);
+        }
+        labels.append(true)?;
+        series.push(id);
+        ts.push(t);
+        last = Some(id);
+        Ok(())
+    };
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    let mut tail: Vec<ArrayRef> = Vec::new();
+    match rows {
+        Rows::Raw(rs) => {
+            for r in rs {
+                push_series(r.series, r.ts)?;
+            }
+            tail.push(Arc::new(Float64Array::from_iter_values(
+                rs.iter().map(|r| r.value),
+            )));
+        }
+        Rows::Rollups(rs) => {
+            for r in rs {
+                push_series(r.series, r.start)?;
+            }
+            tail.push(Arc::new(UInt64Array::from_iter_values(
+                rs.iter().map(|r| r.count),
+            )));
+            let fields: [fn(&Rollup) -> f64; 6] = [
+                |r| r.sum,
+                |r| r.min,
+                |r| r.max,
+                |r| r.first,
+                |r| r.last,
+                |r| r.increase,
+            ];
+            for f in fields {
+                tail.push(Arc::new(Float64Array::from_iter_values(rs.iter().map(f))));
+            }
+        }
+    }
+    let _ = last;
+    columns.push(Arc::new(metric.finish()));
+    columns.push(Arc::new(labels.finish()));
+    columns.push(Arc::new(UInt64Array::from(series)));
+    columns.push(Arc::new(
+        TimestampMillisecondArray::from(ts).with_timezone("UTC"),
+    ));
+    columns.extend(tail);
+    Ok(RecordBatch::try_new(schema(tier), columns)?)
+}
+
+/// Rows read back from a file, with the labels of their series.
+#[derive(Default)]
+pub struct Decoded {
+    pub samples: Vec<Sample>,
+    pub rollups: Vec<Rollup>,
+    pub labels: HashMap<u64, Labels>,
+}
+
+fn column<'a, T: 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+    path: &str,
+) -> Result<&'a T, ParquetError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| ParquetError::Column {
+            path: path.into(),
+            column: name.into(),
+        })
+}
+
+/// Which rows a read wants.
+pub struct RowFilter<'a> {
+    /// Series to keep.
+    pub keep: &'a dyn Fn(u64) -> bool,
+    /// The sorted ids `keep` accepts, when known: row groups without any are skipped.
+    pub series_ids: Option<&'a [u64]>,
+    /// Inclusive time range.
+    pub start: i64,
+    pub end: i64,
+    /// Read `metric` and `labels` too.
+    pub with_labels: bool,
+}
+
+impl RowFilter<'_> {
+    /// Everything.
+    pub fn all() -> RowFilter<'static> {
+        RowFilter {
+            keep: &|_| true,
+            series_ids: None,
+            start: i64::MIN,
+            end: i64::MAX,
+            with_labels: true,
+        }
+    }
+}
+
+/// Appends the rows of `batch` (a tier file's full schema, or at least `series_id`, `ts`, the
+/// value columns and, with labels, `metric` and `labels`) that `filter` wants.
+pub fn decode_batch(
+    tier: Tier,
+    batch: &RecordBatch,
+    path: &str,
+    filter: &RowFilter<'_>,
+    out: &mut Decoded,
+) -> Result<(), ParquetError> {
+    let (keep, start, end, with_labels) =
+        (filter.keep, filter.start, filter.end, filter.with_labels);
+    let series = column::<UInt64Array>(batch, "series_id", path)?;
+    let ts = column::<TimestampMillisecondArray>(batch, "ts", path)?;
+    let mut label_rows: Vec<usize> = Vec::new();
+    let mut take = Vec::new();
+    for i in 0..batch.num_rows() {
+        let (id, t) = (series.value(i), ts.value(i));
+        if t >= start && t <= end && keep(id) {
+            take.push(i);
+            if with_labels && !out.labels.contains_key(&id) {
+                label_rows.push(i);
+                out.labels.insert(id, Labels::empty());
+            }
+        }
+    }
+    if with_labels && !label_rows.is_empty() {
+        let metric = batch
+            .column_by_name("metric")
+            .map(|c| arrow::compute::cast(c, &DataType::Utf8))
+            .transpose()?
+            .ok_or_else(|| ParquetError::Column {
+                path: path.into(),
+                column: "metric".into(),
+            })?;
+        let metric = metric
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .ok_or_else(|| ParquetError::Column {
+                path: path.into(),
+                column: "metric".into(),
+            })?;
+        let labels = column::<arrow::array::MapArray>(batch, "labels", path)?;
+        for i in label_rows {
+            let entry = labels.value(i);
+            let keys = entry
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>();
+            let vals = entry
+                .column(1)
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>();
+            let mut pairs = vec![(METRIC_NAME.to_string(), metric.value(i).to_string())];
+            if let (Some(k), Some(v)) = (keys, vals) {
+                for j in 0..k.len() {
+                    pairs.push((k.value(j).to_string(), v.value(j).to_string()));
+                }
+            }
+            out.labels
+                .insert(series.value(i), Labels::from_pairs(pairs));
+        }
+    }
+    match tier {
+        Tier::Raw => {
+            let value = column::<Float64Array>(batch, "value", path)?;
+            out.samples.extend(take.iter().map(|&i| Sample {
+                series: series.value(i),
+                ts: ts.value(i),
+                value: value.value(i),
+            }));
+        }
+        Tier::Minute | Tier::Hour => {
+            let count = column::<UInt64Array>(batch, "count", path)?;
+            let mut f = Vec::new();
+            for name in ROLLUP_FIELDS {
+                f.push(column::<Float64Array>(batch, name, path)?);
+            }
+            let width = tier.resolution();
+            out.rollups.extend(take.iter().map(|&i| Rollup {
+                series: series.value(i),
+                start: ts.value(i),
+                width,
+                count: count.value(i),
+                sum: f[0].value(i),
+                min: f[1].value(i),
+                max: f[2].value(i),
+                first: f[3].value(i),
+                last: f[4].value(i),
+                increase: f[5].value(i),
+            }));
+        }
+    }
+    Ok(())
+}

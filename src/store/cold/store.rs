@@ -1,0 +1,470 @@
+//! The object store behind the cold tiers, chosen by URL: `file:///path`, `s3://bucket/prefix`
+//! (endpoint, region and credentials from the `AWS_*` variables, plain HTTP allowed), or
+//! `memory://` (tests). Calls block the caller (timely workers, blocking tasks) on a small
+//! runtime of the store's own; writes retry with backoff until they succeed, so a store that is
+//! down holds the job back instead of losing data.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+
+use super::layout::Tier;
+use super::parquet_io::{self, Decoded, ParquetError, RowFilter, Rows};
+use crate::model::Labels;
+
+/// Cold-store errors: what failed, where, and what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum ColdError {
+    #[error(
+        "cold storage URL {url:?}: {reason} (use file:///path, s3://bucket/prefix or memory://)"
+    )]
+    Url { url: String, reason: String },
+    #[error("object store {url}: {op} {path}: {source}")]
+    Store {
+        url: String,
+        op: &'static str,
+        path: String,
+        source: object_store::Error,
+    },
+    #[error("{path}: {source}")]
+    Parquet { path: String, source: ParquetError },
+    #[error("cold storage: {0}")]
+    Other(String),
+    #[error("stopped while retrying {0}")]
+    Stopped(String),
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct ColdStats {
+    pub files_written: AtomicU64,
+    pub rows_written: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub write_failures: AtomicU64,
+    pub files_deleted: AtomicU64,
+    pub compactions: AtomicU64,
+    pub last_error: Mutex<String>,
+}
+
+/// Reads a Parquet file from the object store by ranges: the footer first, then only the
+/// column chunks of the row groups and columns a query needs.
+struct RangeReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+fn external(e: object_store::Error) -> parquet::errors::ParquetError {
+    parquet::errors::ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for RangeReader {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<bytes::Bytes>> {
+        Box::pin(async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(external)
+        })
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Vec<bytes::Bytes>>> {
+        Box::pin(async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(external)
+        })
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> futures::future::BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        Box::pin(async move {
+            let size = self.size;
+            let md = ParquetMetaDataReader::new()
+                .with_prefetch_hint(Some(64 * 1024))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(md))
+        })
+    }
+}
+
+/// A cold store: an object store, its URL and a runtime to drive it.
+pub struct ColdStore {
+    pub url: String,
+    store: Arc<dyn ObjectStore>,
+    rt: tokio::runtime::Runtime,
+    pub stats: Arc<ColdStats>,
+    /// Set at shutdown: retry loops give up.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for ColdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ColdStore({})", self.url)
+    }
+}
+
+fn url_err(url: &str, reason: impl Into<String>) -> ColdError {
+    ColdError::Url {
+        url: url.into(),
+        reason: reason.into(),
+    }
+}
+
+impl ColdStore {
+    /// Opens the store a URL names.
+    pub fn open(url: &str) -> Result<ColdStore, ColdError> {
+        let store: Arc<dyn ObjectStore> = if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(url_err(url, "a file URL needs an absolute path"));
+            }
+            std::fs::create_dir_all(path)
+                .map_err(|e| url_err(url, format!("cannot create {path}: {e}")))?;
+            Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(path)
+                    .map_err(|e| url_err(url, e.to_string()))?,
+            )
+        } else if url == "memory://" || url.starts_with("memory://") {
+            Arc::new(object_store::memory::InMemory::new())
+        } else if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(url_err(url, "no bucket"));
+            }
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_allow_http(true)
+                .with_virtual_hosted_style_request(false)
+                // Tidemark retries writes itself, without limit; keep each attempt short.
+                .with_retry(object_store::RetryConfig {
+                    max_retries: 2,
+                    retry_timeout: Duration::from_secs(10),
+                    ..Default::default()
+                });
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
+            {
+                b = b.with_region("us-east-1");
+            }
+            if let Ok(ep) = std::env::var("AWS_ENDPOINT_URL") {
+                b = b.with_endpoint(ep);
+            }
+            let s3: Arc<dyn ObjectStore> =
+                Arc::new(b.build().map_err(|e| url_err(url, e.to_string()))?);
+            let prefix = prefix.trim_matches('/');
+            if prefix.is_empty() {
+                s3
+            } else {
+                Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+            }
+        } else {
+            return Err(url_err(url, "unknown scheme"));
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("cold-store")
+            .enable_all()
+            .build()
+            .map_err(|e| ColdError::Other(format!("cannot start the store's runtime: {e}")))?;
+        Ok(ColdStore {
+            url: url.into(),
+            store,
+            rt,
+            stats: Arc::new(ColdStats::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The underlying object store.
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store)
+    }
+
+    fn store_err(&self, op: &'static str, path: &str, source: object_store::Error) -> ColdError {
+        ColdError::Store {
+            url: self.url.clone(),
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Runs `f` until it succeeds, with exponential backoff (100 ms doubling to 10 s, with
+    /// jitter); every failure is counted and the last one kept for `/metrics`.
+    pub fn retrying<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut() -> Result<T, ColdError>,
+    ) -> Result<T, ColdError> {
+        let mut delay = Duration::from_millis(100);
+        let mut last_log: Option<Instant> = None;
+        loop {
+            match f() {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                    let msg = e.to_string();
+                    if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        eprintln!("tidemark: cold storage: {what} failed (retrying): {msg}");
+                        last_log = Some(Instant::now());
+                    }
+                    *self
+                        .stats
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = msg;
+                }
+            }
+            if self.stop.load(Ordering::Acquire) {
+                return Err(ColdError::Stopped(what.into()));
+            }
+            let jitter = Duration::from_millis(u64::from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos() % 100)
+                    .unwrap_or(0),
+            ));
+            std::thread::sleep(delay + jitter);
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Writes `rows` (sorted and deduplicated, see [`parquet_io::sort_dedup`]) as one Parquet
+    /// file at `path`, whole: readers see the complete file or none. Returns its size.
+    pub fn write_file(
+        &self,
+        path: &str,
+        tier: Tier,
+        rows: &Rows,
+        names: &std::collections::HashMap<u64, Arc<Labels>>,
+    ) -> Result<u64, ColdError> {
+        let batch =
+            parquet_io::to_batch(tier, rows, names).map_err(|source| ColdError::Parquet {
+                path: path.into(),
+                source,
+            })?;
+        let location = Path::from(path);
+        let store = Arc::clone(&self.store);
+        let props = parquet_io::writer_properties(tier);
+        let res: Result<u64, ColdError> = self.rt.block_on(async {
+            let out = object_store::buffered::BufWriter::new(store, location.clone());
+            let mut w =
+                AsyncArrowWriter::try_new(out, batch.schema(), Some(props)).map_err(|e| {
+                    ColdError::Parquet {
+                        path: path.into(),
+                        source: e.into(),
+                    }
+                })?;
+            w.write(&batch).await.map_err(|e| ColdError::Parquet {
+                path: path.into(),
+                source: e.into(),
+            })?;
+            w.close().await.map_err(|e| ColdError::Parquet {
+                path: path.into(),
+                source: e.into(),
+            })?;
+            let meta = self
+                .store
+                .head(&location)
+                .await
+                .map_err(|e| self.store_err("head", path, e))?;
+            Ok(meta.size)
+        });
+        let size = res?;
+        self.stats.files_written.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .rows_written
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.stats.bytes_written.fetch_add(size, Ordering::Relaxed);
+        Ok(size)
+    }
+
+    /// Every object under `prefix`.
+    pub fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ColdError> {
+        let p = (!prefix.is_empty()).then(|| Path::from(prefix));
+        self.rt.block_on(async {
+            self.store
+                .list(p.as_ref())
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(|e| self.store_err("list", prefix, e))
+        })
+    }
+
+    /// Deletes an object (a missing one is fine).
+    pub fn delete(&self, path: &str) -> Result<(), ColdError> {
+        let location = Path::from(path);
+        self.rt.block_on(async {
+            match self.store.delete(&location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(self.store_err("delete", path, e)),
+            }
+        })?;
+        self.stats.files_deleted.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Small objects (checkpoints).
+    pub fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> Result<(), ColdError> {
+        let location = Path::from(path);
+        self.rt.block_on(async {
+            self.store
+                .put(&location, bytes.into())
+                .await
+                .map(|_| ())
+                .map_err(|e| self.store_err("put", path, e))
+        })
+    }
+
+    /// A small object, or `None` when it does not exist.
+    pub fn get_bytes(&self, path: &str) -> Result<Option<Vec<u8>>, ColdError> {
+        let location = Path::from(path);
+        self.rt.block_on(async {
+            match self.store.get(&location).await {
+                Ok(r) => r
+                    .bytes()
+                    .await
+                    .map(|b| Some(b.to_vec()))
+                    .map_err(|e| self.store_err("get", path, e)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(self.store_err("get", path, e)),
+            }
+        })
+    }
+
+    /// Reads the rows of a file that `filter` wants, skipping row groups whose statistics rule
+    /// them out, and reading the label columns only when asked.
+    pub fn read_file(
+        &self,
+        meta: &ObjectMeta,
+        tier: Tier,
+        filter: &RowFilter<'_>,
+        out: &mut Decoded,
+    ) -> Result<(), ColdError> {
+        let (series_ids, start, end, with_labels) = (
+            filter.series_ids,
+            filter.start,
+            filter.end,
+            filter.with_labels,
+        );
+        let path = meta.location.to_string();
+        let perr = |e: ParquetError| ColdError::Parquet {
+            path: path.clone(),
+            source: e,
+        };
+        self.rt.block_on(async {
+            let reader = RangeReader {
+                store: Arc::clone(&self.store),
+                path: meta.location.clone(),
+                size: meta.size,
+            };
+            let builder = ParquetRecordBatchStreamBuilder::new(reader)
+                .await
+                .map_err(|e| perr(e.into()))?;
+            let md = builder.metadata().clone();
+            let arrow_schema = builder.schema().clone();
+            let pschema = builder.parquet_schema();
+            let groups = md.row_groups();
+            let conv = |col: &str| {
+                StatisticsConverter::try_new(col, &arrow_schema, pschema)
+                    .map_err(|e| perr(e.into()))
+            };
+            let (ts_c, id_c) = (conv("ts")?, conv("series_id")?);
+            let ts_min = ts_c
+                .row_group_mins(groups.iter())
+                .map_err(|e| perr(e.into()))?;
+            let ts_max = ts_c
+                .row_group_maxes(groups.iter())
+                .map_err(|e| perr(e.into()))?;
+            let id_min = id_c
+                .row_group_mins(groups.iter())
+                .map_err(|e| perr(e.into()))?;
+            let id_max = id_c
+                .row_group_maxes(groups.iter())
+                .map_err(|e| perr(e.into()))?;
+            let ts_min = ts_min
+                .as_any()
+                .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+                .cloned();
+            let ts_max = ts_max
+                .as_any()
+                .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+                .cloned();
+            let id_min = id_min
+                .as_any()
+                .downcast_ref::<arrow::array::UInt64Array>()
+                .cloned();
+            let id_max = id_max
+                .as_any()
+                .downcast_ref::<arrow::array::UInt64Array>()
+                .cloned();
+            let mut wanted = Vec::new();
+            for i in 0..groups.len() {
+                use arrow::array::Array;
+                let time_ok = match (&ts_min, &ts_max) {
+                    (Some(lo), Some(hi)) if lo.is_valid(i) && hi.is_valid(i) => {
+                        lo.value(i) <= end && hi.value(i) >= start
+                    }
+                    _ => true,
+                };
+                let series_ok = match (&id_min, &id_max, series_ids) {
+                    (Some(lo), Some(hi), Some(ids)) if lo.is_valid(i) && hi.is_valid(i) => {
+                        let (lo, hi) = (lo.value(i), hi.value(i));
+                        let k = ids.partition_point(|&x| x < lo);
+                        k < ids.len() && ids[k] <= hi
+                    }
+                    _ => true,
+                };
+                if time_ok && series_ok {
+                    wanted.push(i);
+                }
+            }
+            if wanted.is_empty() {
+                return Ok(());
+            }
+            let names: Vec<&str> = {
+                let mut v = vec!["series_id", "ts"];
+                if with_labels {
+                    v.extend(["metric", "labels"]);
+                }
+                match tier {
+                    Tier::Raw => v.push("value"),
+                    _ => v.extend(["count", "sum", "min", "max", "first", "last", "increase"]),
+                }
+                v
+            };
+            let roots: Vec<usize> = names
+                .iter()
+                .filter_map(|n| arrow_schema.index_of(n).ok())
+                .collect();
+            let mask = ProjectionMask::roots(pschema, roots);
+            let mut stream = builder
+                .with_row_groups(wanted)
+                .with_projection(mask)
+                .build()
+                .map_err(|e| perr(e.into()))?;
+            while let Some(batch) = stream.try_next().await.map_err(|e| perr(e.into()))? {
+                parquet_io::decode_batch(tier, &batch, &path, filter, out).map_err(perr)?;
+            }
+            Ok(())
+        })
+    }
+}
