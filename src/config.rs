@@ -26,6 +26,13 @@
 //!
 //! [hot]
 //! retention = "26h"           # measured from the newest sample
+//!
+//! [cold]
+//! url = ""                    # file:///path | s3://bucket/prefix | memory://; "" = file://<data_dir>/cold
+//! raw_retention = "7d"        # partitions ending this long before the newest sample are deleted
+//! minute_retention = "30d"
+//! hour_retention = "365d"
+//! compaction_interval = "5m"  # how often sealed partitions with several files are compacted
 //! ```
 
 use std::net::SocketAddr;
@@ -79,6 +86,58 @@ pub struct Config {
     pub hot: HotConfig,
     /// Kafka, for `tidemark ingest` (see [`KafkaConfig`]).
     pub kafka: KafkaConfig,
+    pub cold: ColdConfig,
+}
+
+/// `[cold]`: the Parquet tiers on object storage.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ColdConfig {
+    /// `file:///path`, `s3://bucket/prefix` (credentials, region and endpoint from `AWS_*`) or
+    /// `memory://`; empty: `file://<data_dir>/cold`.
+    pub url: String,
+    pub raw_retention: Millis,
+    pub minute_retention: Millis,
+    pub hour_retention: Millis,
+    pub compaction_interval: Millis,
+}
+
+impl Default for ColdConfig {
+    fn default() -> Self {
+        ColdConfig {
+            url: String::new(),
+            raw_retention: Millis(7 * 86_400_000),
+            minute_retention: Millis(30 * 86_400_000),
+            hour_retention: Millis(365 * 86_400_000),
+            compaction_interval: Millis(300_000),
+        }
+    }
+}
+
+impl ColdConfig {
+    /// The store URL, with the default under `data_dir` made absolute.
+    pub fn url(&self, data_dir: &Path) -> String {
+        if !self.url.is_empty() {
+            return self.url.clone();
+        }
+        let dir = data_dir.join("cold");
+        let abs = if dir.is_absolute() {
+            dir
+        } else {
+            std::env::current_dir().unwrap_or_default().join(dir)
+        };
+        format!("file://{}", abs.display())
+    }
+
+    /// Retention of a tier in ms.
+    pub fn retention(&self, tier: crate::store::cold::Tier) -> i64 {
+        use crate::store::cold::Tier;
+        match tier {
+            Tier::Raw => self.raw_retention.0,
+            Tier::Minute => self.minute_retention.0,
+            Tier::Hour => self.hour_retention.0,
+        }
+    }
 }
 
 /// `[server]`.

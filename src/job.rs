@@ -21,11 +21,14 @@ use timely::WorkerConfig;
 
 use tidemark_dataflows::sink::{sink_rollups, sink_samples, HotSink};
 use tidemark_dataflows::source::{watermark_source, BatchSource, Poll, WatermarkConfig};
+use tidemark_dataflows::tier::sink_tier;
 use tidemark_dataflows::window::{rollup_rollups, tumbling_rollups};
 use tidemark_dataflows::{Rollup, Sample};
 
 use crate::config::JobConfig;
 use crate::ops::Metrics;
+use crate::store::cold::writer::{LabelLookup, TierWriter};
+use crate::store::cold::{ColdStore, Tier};
 use crate::store::hot::HotIndex;
 use crate::transport::codec;
 use crate::transport::log::{Log, LogReader, RecordKind};
@@ -254,6 +257,18 @@ pub fn replay_point(log: &Log, req: ReplayRequest) -> Result<StartAt, ReplayErro
     }
 }
 
+/// What the job writes into.
+#[derive(Clone)]
+pub struct JobEnv {
+    pub hot: Arc<HotIndex>,
+    pub metrics: Arc<Metrics>,
+    /// The cold tiers; `None` keeps everything in the hot index only.
+    pub cold: Option<Arc<ColdStore>>,
+}
+
+/// The name `tidemark up`'s job writes its cold files under.
+pub const UP_JOB: &str = "up";
+
 /// The running job; dropping it does not stop it, call [`Job::shutdown`].
 pub struct Job {
     stop: Arc<AtomicBool>,
@@ -266,13 +281,13 @@ impl Job {
     /// `None`); `progress` has one slot per worker and may be the previous run's.
     pub fn start(
         log: Log,
-        hot: Arc<HotIndex>,
-        metrics: Arc<Metrics>,
+        env: JobEnv,
         cfg: &JobConfig,
         workers: usize,
         progress: Arc<JobProgress>,
         at: Option<StartAt>,
     ) -> Result<Job, String> {
+        let JobEnv { hot, metrics, cold } = env;
         let stop = Arc::new(AtomicBool::new(false));
         let at = at.unwrap_or(StartAt {
             offset: log.start_offset(),
@@ -300,13 +315,15 @@ impl Job {
         };
         let (s, p) = (Arc::clone(&stop), Arc::clone(&progress));
         let guards = timely::execute(config, move |worker| {
-            let (stop, progress, hot, metrics, log) = (
+            let (stop, progress, hot, metrics, log, cold) = (
                 Arc::clone(&s),
                 Arc::clone(&p),
                 Arc::clone(&hot),
                 Arc::clone(&metrics),
                 log.clone(),
+                cold.clone(),
             );
+            let index = worker.index();
             worker.dataflow::<u64, _, _>(|scope| {
                 let (st, pr, h) = (Arc::clone(&stop), Arc::clone(&progress), Arc::clone(&hot));
                 let samples = watermark_source(scope, "LogSource", wm, move |index, peers| {
@@ -322,6 +339,7 @@ impl Job {
                     }
                 });
                 let samples = samples.exchange(|s: &Sample| s.series);
+                let samples_for_cold = samples.clone();
                 sink_samples(
                     samples.clone(),
                     CountingSink {
@@ -336,6 +354,32 @@ impl Job {
                 };
                 let (minutes, late_m) = tumbling_rollups(windowed, MINUTE_MS, lateness);
                 let (hours, _late_h) = rollup_rollups(minutes.clone(), HOUR_MS, lateness);
+                if let Some(store) = &cold {
+                    let h = Arc::clone(&hot);
+                    let labels: LabelLookup = Arc::new(move |id| h.catalog.labels(id));
+                    let new = |tier| {
+                        let (s, l) = (Arc::clone(store), Arc::clone(&labels));
+                        TierWriter::<Rollup>::new(tier, UP_JOB, index, lateness, s, l)
+                    };
+                    let raw = TierWriter::<Sample>::new(
+                        Tier::Raw,
+                        UP_JOB,
+                        index,
+                        lateness,
+                        Arc::clone(store),
+                        Arc::clone(&labels),
+                    );
+                    match (raw, new(Tier::Minute), new(Tier::Hour)) {
+                        (Ok(raw), Ok(minute), Ok(hour)) => {
+                            sink_tier(samples_for_cold, "ColdRaw", raw);
+                            sink_tier(minutes.clone(), "Cold1m", minute);
+                            sink_tier(hours.clone(), "Cold1h", hour);
+                        }
+                        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => eprintln!(
+                            "tidemark: worker {index}: cold tiers disabled for this run: {e}"
+                        ),
+                    }
+                }
                 sink_rollups(minutes, Arc::clone(&hot));
                 sink_rollups(hours, Arc::clone(&hot));
                 let m = Arc::clone(&metrics);

@@ -21,9 +21,10 @@ use axum::Router;
 
 use crate::config::Config;
 use crate::ingest::http as ingest_http;
-use crate::job::{replay_point, Job, JobProgress, ReplayRequest, StartAt};
+use crate::job::{replay_point, Job, JobEnv, JobProgress, ReplayRequest, StartAt};
 use crate::ops::{render_counters, Metrics, TextWriter};
 use crate::query::api;
+use crate::store::cold::ColdStore;
 use crate::store::hot::HotIndex;
 use crate::transport::log::{FsyncPolicy, Log, RecordKind};
 
@@ -36,6 +37,8 @@ pub struct AppState {
     pub progress: Arc<JobProgress>,
     /// The running job (swapped by a replay) and the last replay's start and target offset.
     pub job: std::sync::Mutex<Option<Job>>,
+    /// What the job writes into (kept for restarts by a replay).
+    pub env: JobEnv,
     pub replay: std::sync::Mutex<Option<(StartAt, u64)>>,
 }
 
@@ -122,8 +125,7 @@ async fn replay(
         }
         let new = Job::start(
             st.log.clone(),
-            Arc::clone(&st.hot),
-            Arc::clone(&st.metrics),
+            st.env.clone(),
             &st.cfg.job,
             st.progress.positions.len(),
             Arc::clone(&st.progress),
@@ -291,6 +293,9 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         "Bytes appended to the log since start.",
         &[("", s.log.appended_bytes() as f64)],
     );
+    if let Some(cold) = &s.env.cold {
+        cold.stats.render(&mut w);
+    }
     w.family(
         "tidemark_log_corrupt_records_total",
         "counter",
@@ -428,10 +433,16 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let startup_end = log.end_offset();
     let workers = cfg.workers();
     let progress = Arc::new(JobProgress::new(workers));
+    let cold_url = cfg.cold.url(&data_dir);
+    let cold = Arc::new(ColdStore::open(&cold_url).context("opening the cold tiers")?);
+    let env = JobEnv {
+        hot: Arc::clone(&hot),
+        metrics: Arc::clone(&metrics),
+        cold: Some(Arc::clone(&cold)),
+    };
     let job = Job::start(
         log.clone(),
-        Arc::clone(&hot),
-        Arc::clone(&metrics),
+        env.clone(),
         &cfg.job,
         workers,
         Arc::clone(&progress),
@@ -452,6 +463,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         metrics,
         progress,
         job: std::sync::Mutex::new(Some(job)),
+        env,
         replay: std::sync::Mutex::new(None),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -478,6 +490,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     });
     rt.shutdown_timeout(Duration::from_secs(5));
     log.sync().context("final log fsync")?;
+    // A store that is down must not hold the shutdown: what is not in files is in the log.
+    cold.stop.store(true, Ordering::Release);
     if let Some(mut job) = state.job.lock().unwrap_or_else(|e| e.into_inner()).take() {
         job.shutdown();
     }

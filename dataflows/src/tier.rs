@@ -89,9 +89,14 @@ where
                         held = cap.retain_least(0);
                     }
                 });
-                if let Some(&f) = frontier.frontier().iter().min() {
-                    sink.advance(f);
-                }
+                let Some(&f) = frontier.frontier().iter().min() else {
+                    // The input closed (shutdown): what is buffered stays unwritten, and the
+                    // source (the log, Kafka offsets) still holds it. Release the output so
+                    // the dataflow can finish.
+                    held = None;
+                    return;
+                };
+                sink.advance(f);
                 match sink.pending_since() {
                     None => held = None,
                     Some(t) => {

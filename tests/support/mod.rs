@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod duckdb;
 pub mod kafka;
 
 use std::io::Read;

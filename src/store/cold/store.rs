@@ -107,6 +107,47 @@ impl AsyncFileReader for RangeReader {
     }
 }
 
+impl ColdStats {
+    /// The `tidemark_cold_*` families of `/metrics`.
+    pub fn render(&self, w: &mut crate::ops::TextWriter) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+        for (name, help, v) in [
+            (
+                "tidemark_cold_files_written_total",
+                "Parquet files written to the cold tiers.",
+                get(&self.files_written),
+            ),
+            (
+                "tidemark_cold_rows_written_total",
+                "Rows (samples or rollups) written to the cold tiers.",
+                get(&self.rows_written),
+            ),
+            (
+                "tidemark_cold_bytes_written_total",
+                "Bytes of Parquet written to the cold tiers.",
+                get(&self.bytes_written),
+            ),
+            (
+                "tidemark_cold_write_failures_total",
+                "Failed object-store operations (each is retried with backoff; the job waits).",
+                get(&self.write_failures),
+            ),
+            (
+                "tidemark_cold_files_deleted_total",
+                "Cold files deleted by retention and compaction.",
+                get(&self.files_deleted),
+            ),
+            (
+                "tidemark_cold_compactions_total",
+                "Partitions compacted into one file.",
+                get(&self.compactions),
+            ),
+        ] {
+            w.family(name, "counter", help, &[("", v)]);
+        }
+    }
+}
+
 /// A cold store: an object store, its URL and a runtime to drive it.
 pub struct ColdStore {
     pub url: String,

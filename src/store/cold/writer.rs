@@ -13,7 +13,7 @@
 //! in files. After a restart, rows that belong there are dropped (they are already stored) and
 //! the rest is rebuilt from the replayed log or Kafka offsets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tidemark_dataflows::tier::TierSink;
@@ -34,14 +34,32 @@ pub fn checkpoint_path(job: &str, worker: usize, tier: Tier) -> String {
 struct Buffer<R> {
     rows: Vec<R>,
     since: u64,
+    /// Labels of the buffered series, taken when their rows arrived (the hot index may have
+    /// dropped a series by the time its partition is sealed).
+    names: HashMap<u64, Arc<Labels>>,
 }
 
-impl<R> Buffer<R> {
+impl<R: ColdRow> Buffer<R> {
     fn new(t: u64) -> Self {
         Buffer {
             rows: Vec::new(),
             since: t,
+            names: HashMap::new(),
         }
+    }
+
+    /// Adds a row; false when its series has no labels (the row is not kept).
+    fn push(&mut self, r: &R, labels: &LabelLookup) -> bool {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.names.entry(r.series()) {
+            match labels(r.series()) {
+                Some(l) => {
+                    e.insert(l);
+                }
+                None => return false,
+            }
+        }
+        self.rows.push(r.clone());
+        true
     }
 }
 
@@ -60,6 +78,8 @@ pub struct TierWriter<R: ColdRow> {
     sealed_through: i64,
     /// Rows dropped because the checkpoint says they are stored already.
     pub skipped: u64,
+    /// Rows dropped because their series had no labels (reported, never expected).
+    pub unlabelled: u64,
 }
 
 impl<R: ColdRow> TierWriter<R> {
@@ -91,6 +111,7 @@ impl<R: ColdRow> TierWriter<R> {
             late: BTreeMap::new(),
             sealed_through,
             skipped: 0,
+            unlabelled: 0,
         })
     }
 
@@ -103,12 +124,14 @@ impl<R: ColdRow> TierWriter<R> {
         p.end().saturating_add(self.lateness)
     }
 
-    fn write(&self, p: Partition, kind: FileKind, rows: Vec<R>) -> Result<(), ColdError> {
+    fn write(&self, p: Partition, kind: FileKind, buf: &Buffer<R>) -> Result<(), ColdError> {
         let path = p.file(&self.job, self.worker, kind);
-        let mut rows = rows;
-        let names = sort_dedup(&mut rows, &*self.labels).map_err(|source| ColdError::Parquet {
-            path: path.clone(),
-            source,
+        let mut rows = buf.rows.clone();
+        let names = sort_dedup(&mut rows, &|id| buf.names.get(&id).cloned()).map_err(|source| {
+            ColdError::Parquet {
+                path: path.clone(),
+                source,
+            }
         })?;
         let rows = R::into_rows(rows);
         self.store.retrying(&format!("writing {path}"), || {
@@ -129,7 +152,7 @@ impl<R: ColdRow> TierWriter<R> {
         for s in ready {
             let p = self.tier.partition(s);
             let buf = self.open.remove(&s).expect("listed");
-            if let Err(e) = self.write(p, FileKind::Main, buf.rows.clone()) {
+            if let Err(e) = self.write(p, FileKind::Main, &buf) {
                 self.open.insert(s, buf);
                 return Err(e);
             }
@@ -144,7 +167,7 @@ impl<R: ColdRow> TierWriter<R> {
         for k in ready {
             let p = self.tier.partition(k.1);
             let buf = self.late.remove(&k).expect("listed");
-            if let Err(e) = self.write(p, FileKind::Correction(k.0), buf.rows.clone()) {
+            if let Err(e) = self.write(p, FileKind::Correction(k.0), &buf) {
                 self.late.insert(k, buf);
                 return Err(e);
             }
@@ -190,22 +213,26 @@ impl<R: ColdRow> TierSink<R> for TierWriter<R> {
                     self.skipped += 1;
                     continue;
                 }
-                self.open
+                let buf = self
+                    .open
                     .entry(p.start)
-                    .or_insert_with(|| Buffer::new(time))
-                    .rows
-                    .push(r.clone());
+                    .or_insert_with(|| Buffer::new(time));
+                if !buf.push(r, &self.labels) {
+                    self.unlabelled += 1;
+                }
             } else {
                 let hour = t.div_euclid(HOUR_MS) * HOUR_MS;
                 if hour + HOUR_MS <= self.sealed_through {
                     self.skipped += 1;
                     continue;
                 }
-                self.late
+                let buf = self
+                    .late
                     .entry((hour, p.start))
-                    .or_insert_with(|| Buffer::new(time))
-                    .rows
-                    .push(r.clone());
+                    .or_insert_with(|| Buffer::new(time));
+                if !buf.push(r, &self.labels) {
+                    self.unlabelled += 1;
+                }
             }
         }
     }
