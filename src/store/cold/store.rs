@@ -19,7 +19,6 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
 use super::layout::Tier;
 use super::parquet_io::{self, Decoded, ParquetError, RowFilter, Rows};
-use crate::model::Labels;
 
 /// Cold-store errors: what failed, where, and what to check.
 #[derive(Debug, thiserror::Error)]
@@ -295,7 +294,7 @@ impl ColdStore {
         path: &str,
         tier: Tier,
         rows: &Rows,
-        names: &std::collections::HashMap<u64, Arc<Labels>>,
+        names: &parquet_io::SeriesOrder,
     ) -> Result<u64, ColdError> {
         let batch =
             parquet_io::to_batch(tier, rows, names).map_err(|source| ColdError::Parquet {
