@@ -39,6 +39,19 @@ enum Cmd {
         #[arg(long)]
         insecure: bool,
     },
+    /// List the cold tiers: partitions, files, bytes, rows and bytes per row per tier, then
+    /// every partition.
+    Tiers {
+        /// Where `up` keeps its data (the default store is file://<data_dir>/cold).
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// A tidemark.toml whose [cold] url names the store.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The store URL (overrides the config): file:///path, s3://bucket/prefix, memory://.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Stateless push receiver: the ingest endpoints of `up`, producing accepted batches to the
     /// Kafka topic `metrics` (acknowledged only once Kafka acknowledged them; 503 otherwise).
     Ingest {
@@ -213,6 +226,22 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Jobs { to } => {
             print!("{}", tidemark::cluster::client::jobs(&to)?);
+            Ok(())
+        }
+        Cmd::Tiers {
+            data_dir,
+            config,
+            url,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let url = url.unwrap_or_else(|| cfg.cold.url(&data_dir));
+            let store = tidemark::store::cold::ColdStore::open(&url)?;
+            let listing = tidemark::store::cold::maintain::list(&store)?;
+            println!("cold tiers at {url}");
+            print!(
+                "{}",
+                tidemark::store::cold::maintain::summary(&store, &listing)?
+            );
             Ok(())
         }
         Cmd::Cancel { name, to } => {

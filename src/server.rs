@@ -402,6 +402,19 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
             }
         });
     }
+    if let Some(cold) = state.env.cold.clone() {
+        let st = Arc::clone(&state);
+        tokio::spawn(async move {
+            let every = Duration::from_millis(st.cfg.cold.compaction_interval.0.max(1000) as u64);
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let (s, c) = (Arc::clone(&st), Arc::clone(&cold));
+                let _ = tokio::task::spawn_blocking(move || maintain_cold(&s, &c)).await;
+            }
+        });
+    }
     let st = state;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -418,6 +431,31 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
             .await;
         }
     });
+}
+
+/// Retention and compaction of the cold tiers, by the job's watermark (event time): partitions
+/// past their tier's retention are deleted; partitions with several files whose end is more
+/// than the allowed lateness plus an hour behind the watermark are compacted.
+fn maintain_cold(s: &AppState, cold: &ColdStore) {
+    use crate::store::cold::maintain;
+    let wm = s.progress.watermark().min(i64::MAX as u64) as i64;
+    if wm <= 0 {
+        return;
+    }
+    let run = || -> Result<(), crate::store::cold::ColdError> {
+        let listing = maintain::list(cold)?;
+        let gone = maintain::apply_retention(cold, &listing, wm, &|t| s.cfg.cold.retention(t))?;
+        if !gone.is_empty() {
+            eprintln!("tidemark: cold retention deleted {} partitions", gone.len());
+        }
+        let listing = maintain::list(cold)?;
+        let sealed = wm - s.cfg.job.allowed_lateness.0 - 3_600_000;
+        maintain::compact_all(cold, &listing, sealed)?;
+        Ok(())
+    };
+    if let Err(e) = run() {
+        eprintln!("tidemark: cold tier maintenance failed (will retry): {e}");
+    }
 }
 
 /// Runs `tidemark up` until SIGTERM or Ctrl-C.

@@ -224,3 +224,90 @@ fn civil(ms: i64) -> (i64, i64, i64) {
     let p: Vec<i64> = rfc[..10].split('-').map(|x| x.parse().unwrap()).collect();
     (p[0], p[1], p[2])
 }
+
+#[test]
+fn retention_deletes_expired_partitions_and_compaction_merges_late_corrections() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{CONFIG}[cold]\nraw_retention = \"2h\"\nminute_retention = \"3h\"\ncompaction_interval = \"1s\"\n"
+    );
+    let t = Tidemark::start(dir.path(), &config, 2);
+    let midnight = now_ms().div_euclid(DAY) * DAY;
+    let base = midnight - 3 * HOUR;
+    for body in pushes(base) {
+        assert_eq!(
+            t.post("/write?precision=ms", "text/plain", &[], body.as_bytes())
+                .0,
+            204
+        );
+    }
+    // Late for the sealed 22:00 hour: a correction of one sample and one new sample.
+    let late = format!(
+        "mem,host=h3 value=-1 {}\nmem,host=h3 value=-2 {}\n",
+        base + HOUR,
+        base + HOUR + 5
+    );
+    assert_eq!(
+        t.post("/write?precision=ms", "text/plain", &[], late.as_bytes())
+            .0,
+        204
+    );
+    let flush = format!("flush value=1 {}\n", midnight + 5 * 60_000);
+    assert_eq!(
+        t.post("/write?precision=ms", "text/plain", &[], flush.as_bytes())
+            .0,
+        204
+    );
+
+    let (y, m, d) = civil(base);
+    let day = format!("{y:04}-{m:02}-{d:02}");
+    // The watermark is 00:05 - 1s: raw partitions ending 2 h before it are gone (21:00); sealed
+    // partitions with several files ending an hour and the lateness before it are compacted.
+    let mut want = vec![
+        format!(
+            "tier=raw/date={day}/hour=22/part-compacted-w0-x{}.parquet",
+            midnight - HOUR
+        ),
+        format!("tier=raw/date={day}/hour=23/part-up-w0-m.parquet"),
+        format!("tier=raw/date={day}/hour=23/part-up-w1-m.parquet"),
+        format!("tier=1m/date={day}/hour=21/part-compacted-w0-x0.parquet"),
+        format!("tier=1m/date={day}/hour=22/part-compacted-w0-x0.parquet"),
+        format!("tier=1m/date={day}/hour=23/part-up-w0-m.parquet"),
+        format!("tier=1m/date={day}/hour=23/part-up-w1-m.parquet"),
+        format!("tier=1h/date={day}/part-up-w0-m.parquet"),
+        format!("tier=1h/date={day}/part-up-w1-m.parquet"),
+    ];
+    want.sort();
+    let cold = t.data_dir.join("cold");
+    t.eventually("retention and compaction", || {
+        let f: Vec<String> = files(&cold)
+            .into_iter()
+            .filter(|f| f.starts_with("tier="))
+            .collect();
+        (f == want).then_some(())
+    });
+    // No duplicates: the correction replaced its sample, the new late sample is there once.
+    let raw = format!(
+        "read_parquet('{}/tier=raw/**/*.parquet', hive_partitioning=1)",
+        cold.display()
+    );
+    let r = duckdb::query(&format!(
+        "SELECT count(*), count(DISTINCT (series_id, ts)), sum(CASE WHEN value < 0 THEN value END) FROM {raw}"
+    ));
+    let per_hour = 2 * HOSTS * 360;
+    assert_eq!(num(&r[0][0]) as i64, 2 * per_hour + 1, "{r:?}");
+    assert_eq!(r[0][0], r[0][1]);
+    assert_eq!(num(&r[0][2]), -3.0);
+    assert!(t.metric("tidemark_cold_compactions_total") >= 3.0);
+
+    // `tidemark tiers` lists what is there.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["tiers", "--data-dir"])
+        .arg(&t.data_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("raw            2       3"), "{text}");
+    assert!(text.contains(&format!("tier=1h/date={day}")), "{text}");
+}

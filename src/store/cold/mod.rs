@@ -6,8 +6,10 @@
 //! | [`parquet_io`] | Arrow schemas, encoding and decoding of tier files |
 //! | [`store`] | the object store by URL (`file://`, `s3://`, `memory://`), retrying writes |
 //! | [`writer`] | the tier writers: the job's sinks, sealing partitions on the frontier |
+//! | [`maintain`] | listing (`tidemark tiers`), retention and compaction |
 
 pub mod layout;
+pub mod maintain;
 pub mod parquet_io;
 pub mod store;
 pub mod writer;

@@ -390,6 +390,25 @@ impl ColdStore {
         })
     }
 
+    /// The number of rows of a Parquet file (from its footer only).
+    pub fn file_rows(&self, meta: &ObjectMeta) -> Result<u64, ColdError> {
+        let mut reader = RangeReader {
+            store: Arc::clone(&self.store),
+            path: meta.location.clone(),
+            size: meta.size,
+        };
+        self.rt.block_on(async {
+            let md = reader
+                .get_metadata(None)
+                .await
+                .map_err(|e| ColdError::Parquet {
+                    path: meta.location.to_string(),
+                    source: e.into(),
+                })?;
+            Ok(md.file_metadata().num_rows().max(0) as u64)
+        })
+    }
+
     /// Reads the rows of a file that `filter` wants, skipping row groups whose statistics rule
     /// them out, and reading the label columns only when asked.
     pub fn read_file(

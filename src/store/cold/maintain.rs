@@ -1,0 +1,306 @@
+//! Keeping the cold tiers tidy: listing partitions (`tidemark tiers`), retention (whole
+//! partitions past a tier's retention are deleted) and compaction (a sealed partition's files
+//! merged into one, later writes winning per series and time).
+
+use std::collections::{BTreeMap, HashMap};
+
+use object_store::ObjectMeta;
+
+use super::layout::{FileKind, Partition, Tier};
+use super::parquet_io::{sort_dedup, ColdRow, Decoded, RowFilter};
+use super::store::{ColdError, ColdStore};
+use tidemark_dataflows::{Rollup, Sample};
+
+/// A partition's files.
+pub type Listing = BTreeMap<Partition, Vec<(FileKind, ObjectMeta)>>;
+
+/// Every partition of every tier, with its files (objects that are not tier files are left
+/// out, such as checkpoints under `_tidemark/`).
+pub fn list(store: &ColdStore) -> Result<Listing, ColdError> {
+    let mut out: Listing = BTreeMap::new();
+    for tier in Tier::ALL {
+        for meta in store.list(&format!("tier={}", tier.name()))? {
+            let path = meta.location.to_string();
+            let Some(p) = Partition::parse(&path) else {
+                continue;
+            };
+            let name = path.rsplit('/').next().unwrap_or_default();
+            let Some((_, _, kind)) = FileKind::parse_file_name(name) else {
+                continue;
+            };
+            out.entry(p).or_default().push((kind, meta));
+        }
+    }
+    for files in out.values_mut() {
+        files.sort_by(|a, b| {
+            a.0.precedence()
+                .cmp(&b.0.precedence())
+                .then(a.1.location.cmp(&b.1.location))
+        });
+    }
+    Ok(out)
+}
+
+/// Deletes the partitions that ended more than their tier's retention before `newest`
+/// (the newest event time); returns the partitions deleted.
+pub fn apply_retention(
+    store: &ColdStore,
+    listing: &Listing,
+    newest: i64,
+    retention: &dyn Fn(Tier) -> i64,
+) -> Result<Vec<Partition>, ColdError> {
+    let mut gone = Vec::new();
+    for (p, files) in listing {
+        if p.end() <= newest.saturating_sub(retention(p.tier)) {
+            for (_, meta) in files {
+                store.delete(meta.location.as_ref())?;
+            }
+            gone.push(*p);
+        }
+    }
+    Ok(gone)
+}
+
+/// Merges the rows of `files` (in precedence order): for equal series and time the row of
+/// the later file wins.
+fn merge<R: ColdRow>(
+    store: &ColdStore,
+    tier: Tier,
+    files: &[(FileKind, ObjectMeta)],
+    pick: fn(&mut Decoded) -> Vec<R>,
+) -> Result<(Vec<R>, HashMap<u64, crate::model::Labels>), ColdError> {
+    let mut rows = Vec::new();
+    let mut labels = HashMap::new();
+    for (_, meta) in files {
+        let mut d = Decoded::default();
+        store.read_file(meta, tier, &RowFilter::all(), &mut d)?;
+        rows.extend(pick(&mut d));
+        labels.extend(d.labels);
+    }
+    Ok((rows, labels))
+}
+
+/// Compacts one partition into a single file `part-compacted-w0-x<t>.parquet` (`t`: the
+/// newest input's precedence) and deletes the inputs. Idempotent: compacting again, or after
+/// a crash half-way, gives the same rows.
+pub fn compact(
+    store: &ColdStore,
+    p: Partition,
+    files: &[(FileKind, ObjectMeta)],
+) -> Result<(), ColdError> {
+    let newest = files
+        .iter()
+        .map(|(k, _)| k.precedence().1)
+        .max()
+        .unwrap_or(0);
+    let out = p.file("compacted", 0, FileKind::Compacted(newest));
+    let write =
+        |rows: super::parquet_io::Rows, order| store.write_file(&out, p.tier, &rows, &order);
+    match p.tier {
+        Tier::Raw => {
+            let (mut rows, labels) =
+                merge::<Sample>(store, p.tier, files, |d| std::mem::take(&mut d.samples))?;
+            let order = sort_dedup(&mut rows, &|id| labels.get(&id).cloned().map(Into::into))
+                .map_err(|source| ColdError::Parquet {
+                    path: out.clone(),
+                    source,
+                })?;
+            write(Sample::into_rows(rows), order)?;
+        }
+        Tier::Minute | Tier::Hour => {
+            let (mut rows, labels) =
+                merge::<Rollup>(store, p.tier, files, |d| std::mem::take(&mut d.rollups))?;
+            let order = sort_dedup(&mut rows, &|id| labels.get(&id).cloned().map(Into::into))
+                .map_err(|source| ColdError::Parquet {
+                    path: out.clone(),
+                    source,
+                })?;
+            write(Rollup::into_rows(rows), order)?;
+        }
+    }
+    for (_, meta) in files {
+        if meta.location.as_ref() != out {
+            store.delete(meta.location.as_ref())?;
+        }
+    }
+    store
+        .stats
+        .compactions
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// Compacts every partition with more than one file that ended before `sealed_before`;
+/// returns how many.
+pub fn compact_all(
+    store: &ColdStore,
+    listing: &Listing,
+    sealed_before: i64,
+) -> Result<usize, ColdError> {
+    let mut n = 0;
+    for (p, files) in listing {
+        if files.len() > 1 && p.end() <= sealed_before {
+            compact(store, *p, files)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// One line per tier for `tidemark tiers`: partitions, files, bytes, rows, bytes per row.
+pub fn summary(store: &ColdStore, listing: &Listing) -> Result<String, ColdError> {
+    let mut out = format!(
+        "{:<5} {:>10} {:>7} {:>14} {:>14} {:>10}  {}\n",
+        "TIER", "PARTITIONS", "FILES", "BYTES", "ROWS", "BYTES/ROW", "RANGE"
+    );
+    let mut detail = String::new();
+    for tier in Tier::ALL {
+        let parts: Vec<(&Partition, &Vec<(FileKind, ObjectMeta)>)> =
+            listing.iter().filter(|(p, _)| p.tier == tier).collect();
+        let (mut files, mut bytes, mut rows) = (0usize, 0u64, 0u64);
+        for (p, fs) in &parts {
+            let (mut pb, mut pr) = (0u64, 0u64);
+            for (_, meta) in fs.iter() {
+                pb += meta.size;
+                pr += store.file_rows(meta)?;
+            }
+            files += fs.len();
+            bytes += pb;
+            rows += pr;
+            detail.push_str(&format!(
+                "  {:<40} {:>3} files {:>12} bytes {:>12} rows\n",
+                p.dir(),
+                fs.len(),
+                pb,
+                pr
+            ));
+        }
+        let range = match (parts.first(), parts.last()) {
+            (Some(a), Some(b)) => format!("{} .. {}", a.0.dir(), b.0.dir()),
+            _ => "-".into(),
+        };
+        out.push_str(&format!(
+            "{:<5} {:>10} {:>7} {:>14} {:>14} {:>10}  {}\n",
+            tier.name(),
+            parts.len(),
+            files,
+            bytes,
+            rows,
+            if rows > 0 {
+                format!("{:.2}", bytes as f64 / rows as f64)
+            } else {
+                "-".into()
+            },
+            range
+        ));
+    }
+    Ok(out + "\n" + &detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Labels;
+    use crate::store::cold::layout::HOUR_MS;
+    use crate::store::cold::parquet_io::SeriesOrder;
+    use std::sync::Arc;
+
+    const BASE: i64 = 1_795_305_600_000;
+
+    fn put(store: &ColdStore, p: Partition, worker: usize, kind: FileKind, rows: Vec<Sample>) {
+        let mut rows = rows;
+        let order: SeriesOrder = sort_dedup(&mut rows, &|id| {
+            Some(Arc::new(Labels::from_pairs([
+                ("__name__", "cpu".to_string()),
+                ("host", format!("h{id}")),
+            ])))
+        })
+        .unwrap();
+        store
+            .write_file(
+                &p.file("up", worker, kind),
+                p.tier,
+                &Sample::into_rows(rows),
+                &order,
+            )
+            .unwrap();
+    }
+
+    fn rows(store: &ColdStore, p: Partition) -> Vec<(u64, i64, f64)> {
+        let mut out = Vec::new();
+        for (_, meta) in &list(store).unwrap()[&p] {
+            let mut d = Decoded::default();
+            store
+                .read_file(meta, p.tier, &RowFilter::all(), &mut d)
+                .unwrap();
+            out.extend(d.samples.iter().map(|s| (s.series, s.ts, s.value)));
+        }
+        out.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        out
+    }
+
+    #[test]
+    fn compaction_merges_with_later_files_winning_and_retention_drops_old_partitions() {
+        let store = ColdStore::open("memory://").unwrap();
+        let s = |series, ts, value| Sample { series, ts, value };
+        let p = Tier::Raw.partition(BASE);
+        put(
+            &store,
+            p,
+            0,
+            FileKind::Main,
+            vec![s(1, BASE, 1.0), s(1, BASE + 10, 2.0)],
+        );
+        put(&store, p, 1, FileKind::Main, vec![s(2, BASE, 5.0)]);
+        // A late correction of (1, BASE+10) and a new late sample.
+        put(
+            &store,
+            p,
+            0,
+            FileKind::Correction(BASE + 2 * HOUR_MS),
+            vec![s(1, BASE + 10, 2.5), s(1, BASE + 20, 3.0)],
+        );
+        let older = Tier::Raw.partition(BASE - 10 * HOUR_MS);
+        put(
+            &store,
+            older,
+            0,
+            FileKind::Main,
+            vec![s(1, older.start, 0.0)],
+        );
+
+        let listing = list(&store).unwrap();
+        assert_eq!(listing[&p].len(), 3);
+        // Not sealed long enough: nothing happens.
+        assert_eq!(compact_all(&store, &listing, p.end() - 1).unwrap(), 0);
+        assert_eq!(compact_all(&store, &listing, p.end()).unwrap(), 1);
+        let listing = list(&store).unwrap();
+        assert_eq!(listing[&p].len(), 1);
+        assert_eq!(
+            listing[&p][0].1.location.to_string(),
+            p.file("compacted", 0, FileKind::Compacted(BASE + 2 * HOUR_MS))
+        );
+        let want = vec![
+            (1, BASE, 1.0),
+            (1, BASE + 10, 2.5),
+            (1, BASE + 20, 3.0),
+            (2, BASE, 5.0),
+        ];
+        assert_eq!(rows(&store, p), want);
+        // A main file written again after compaction (a replay) loses to the compacted one.
+        put(&store, p, 0, FileKind::Main, vec![s(1, BASE + 10, 2.0)]);
+        let listing = list(&store).unwrap();
+        compact_all(&store, &listing, p.end()).unwrap();
+        assert_eq!(rows(&store, p), want);
+        assert_eq!(list(&store).unwrap()[&p].len(), 1);
+
+        // Retention: a 5-hour retention at BASE + 2h drops only the older partition.
+        let listing = list(&store).unwrap();
+        let gone = apply_retention(&store, &listing, BASE + 2 * HOUR_MS, &|_| 5 * HOUR_MS).unwrap();
+        assert_eq!(gone, vec![older]);
+        let listing = list(&store).unwrap();
+        assert_eq!(listing.keys().copied().collect::<Vec<_>>(), vec![p]);
+        let text = summary(&store, &listing).unwrap();
+        assert!(text.contains("raw            1       1"), "{text}");
+    }
+}
