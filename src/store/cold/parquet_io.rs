@@ -466,3 +466,34 @@ pub fn decode_batch(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_match_the_golden_files_in_schemas() {
+        let raw = describe(&schema(Tier::Raw));
+        let rollup = describe(&schema(Tier::Minute));
+        assert_eq!(rollup, describe(&schema(Tier::Hour)));
+        let golden = |f: &str| {
+            std::fs::read_to_string(format!("{}/schemas/{f}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap_or_default()
+        };
+        if std::env::var_os("TIDEMARK_BLESS").is_some() {
+            let dir = format!("{}/schemas", env!("CARGO_MANIFEST_DIR"));
+            std::fs::write(format!("{dir}/cold-raw.schema.txt"), &raw).unwrap();
+            std::fs::write(format!("{dir}/cold-rollup.schema.txt"), &rollup).unwrap();
+        }
+        assert_eq!(
+            raw,
+            golden("cold-raw.schema.txt"),
+            "TIDEMARK_BLESS=1 rewrites it"
+        );
+        assert_eq!(
+            rollup,
+            golden("cold-rollup.schema.txt"),
+            "TIDEMARK_BLESS=1 rewrites it"
+        );
+    }
+}
