@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod duckdb;
 pub mod kafka;
+pub mod s3;
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -31,6 +32,8 @@ pub struct Tidemark {
     pub log_path: PathBuf,
     /// `tidemark ingest` instead of `tidemark up`.
     pub ingest: bool,
+    /// Extra environment variables (e.g. `AWS_*` for an S3 cold store).
+    pub env: Vec<(String, String)>,
 }
 
 pub fn agent() -> ureq::Agent {
@@ -44,6 +47,16 @@ pub fn agent() -> ureq::Agent {
 impl Tidemark {
     /// Starts a server with `config` (TOML text, may be empty) in `dir`.
     pub fn start(dir: &Path, config: &str, workers: usize) -> Tidemark {
+        Self::start_with_env(dir, config, workers, Vec::new())
+    }
+
+    /// Like [`Tidemark::start`], with extra environment variables.
+    pub fn start_with_env(
+        dir: &Path,
+        config: &str,
+        workers: usize,
+        env: Vec<(String, String)>,
+    ) -> Tidemark {
         let cfg_path = dir.join("tidemark.toml");
         std::fs::write(&cfg_path, config).unwrap();
         let mut t = Tidemark {
@@ -54,6 +67,7 @@ impl Tidemark {
             workers,
             log_path: dir.join("tidemark.log"),
             ingest: false,
+            env,
         };
         t.spawn();
         t
@@ -71,6 +85,7 @@ impl Tidemark {
             workers: 0,
             log_path: dir.join("tidemark-ingest.log"),
             ingest: true,
+            env: Vec::new(),
         };
         t.spawn();
         t
@@ -102,6 +117,7 @@ impl Tidemark {
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
