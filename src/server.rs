@@ -424,7 +424,23 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
             let _ = tokio::task::spawn_blocking(move || {
                 s.hot.gc();
                 let age = Duration::from_millis(s.cfg.log.retention.0.max(0) as u64);
-                if let Err(e) = s.log.delete_older_than(age) {
+                // Keep segments whose samples the cold tiers have not sealed yet: the widest
+                // partition holding a sample is its day in the 1h tier.
+                let sealed = s
+                    .env
+                    .cold
+                    .as_ref()
+                    .map(|c| crate::store::cold::writer::sealed_through_all(c, crate::job::UP_JOB))
+                    .unwrap_or(i64::MAX);
+                if let Err(e) = s.log.delete_older_than_if(age, |newest| {
+                    let lateness = s.cfg.job.allowed_lateness.0;
+                    newest == i64::MIN
+                        || crate::store::cold::Tier::Hour
+                            .partition(newest)
+                            .end()
+                            .saturating_add(lateness)
+                            <= sealed
+                }) {
                     eprintln!("tidemark: log retention failed: {e}");
                 }
             })

@@ -393,13 +393,52 @@ impl Log {
     /// Deletes whole segments (never the active one) last written longer than `age` ago.
     /// Returns how many were deleted.
     pub fn delete_older_than(&self, age: Duration) -> Result<usize, LogError> {
+        self.delete_older_than_if(age, |_| true)
+    }
+
+    /// Like [`Log::delete_older_than`], deleting an old segment only when `may(newest event
+    /// time of its batch records)` allows it (the cold tiers must have sealed its data); the
+    /// first segment kept stops the deletion, so offsets stay contiguous.
+    pub fn delete_older_than_if(
+        &self,
+        age: Duration,
+        may: impl Fn(i64) -> bool,
+    ) -> Result<usize, LogError> {
+        let candidates: Vec<(u64, u64)> = {
+            let segs = self
+                .shared
+                .segments
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            segs.windows(2).map(|w| (w[0].base, w[1].base)).collect()
+        };
+        let mut allowed = 0usize;
+        for (base, next) in candidates {
+            let mut r = self.reader(base)?;
+            let mut newest = i64::MIN;
+            while r.position() < next {
+                match r.next_record(|_| false)? {
+                    Some(rec) if rec.kind == RecordKind::Batch => newest = newest.max(rec.max_ts),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            if !may(newest) {
+                break;
+            }
+            allowed += 1;
+        }
+        self.delete_oldest(age, allowed)
+    }
+
+    fn delete_oldest(&self, age: Duration, limit: usize) -> Result<usize, LogError> {
         let mut segs = self
             .shared
             .segments
             .write()
             .unwrap_or_else(|e| e.into_inner());
         let mut n = 0;
-        while segs.len() > 1 {
+        while segs.len() > 1 && n < limit {
             let meta = fs::metadata(&segs[0].path).map_err(io_err(&segs[0].path))?;
             let old = meta
                 .modified()
@@ -635,7 +674,13 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 300);
-        // Expiry keeps the active segment and moves the start offset.
+        // Expiry keeps the active segment and moves the start offset; a segment whose data
+        // is not allowed to go (not yet in the cold tiers) stays.
+        assert_eq!(
+            log.delete_older_than_if(Duration::ZERO, |_| false).unwrap(),
+            0
+        );
+        assert_eq!(log.start_offset(), 0);
         assert_eq!(log.delete_older_than(Duration::ZERO).unwrap(), 1);
         assert!(log.start_offset() > 200);
         let r = log.reader(0).unwrap();

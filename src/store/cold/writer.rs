@@ -31,6 +31,32 @@ pub fn checkpoint_path(job: &str, worker: usize, tier: Tier) -> String {
     format!("_tidemark/checkpoints/{job}-w{worker}-{}.json", tier.name())
 }
 
+/// The lowest `sealed_through` over a job's writer checkpoints (`i64::MIN` when there is none
+/// or the store cannot be read): log data older than this is in files.
+pub fn sealed_through_all(store: &ColdStore, job: &str) -> i64 {
+    let Ok(list) = store.list("_tidemark/checkpoints") else {
+        return i64::MIN;
+    };
+    let prefix = format!("{job}-w");
+    let mut min = None::<i64>;
+    for meta in list {
+        let path = meta.location.to_string();
+        let name = path.rsplit('/').next().unwrap_or_default();
+        if !name.starts_with(&prefix) {
+            continue;
+        }
+        let v = store
+            .get_bytes(&path)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["sealed_through"].as_i64())
+            .unwrap_or(i64::MIN);
+        min = Some(min.map_or(v, |m: i64| m.min(v)));
+    }
+    min.unwrap_or(i64::MIN)
+}
+
 struct Buffer<R> {
     rows: Vec<R>,
     since: u64,
