@@ -49,6 +49,48 @@ fn expected(base: i64) -> (i64, f64, f64) {
     (n, cpu, mem)
 }
 
+/// Pushes line protocol (ms timestamps); it must be accepted.
+fn push(t: &Tidemark, body: &str) {
+    let (status, msg) = t.post("/write?precision=ms", "text/plain", &[], body.as_bytes());
+    assert_eq!(status, 204, "{msg}");
+}
+
+/// A sample five minutes after midnight: the watermark passes every partition before it.
+fn flush_after(midnight: i64) -> String {
+    format!("flush value=1 {}\n", midnight + 5 * 60_000)
+}
+
+/// Pushes the three hours before the last midnight UTC and a flush after it; returns
+/// (midnight, start of the data).
+fn backfill(t: &Tidemark) -> (i64, i64) {
+    let midnight = now_ms().div_euclid(DAY) * DAY;
+    let base = midnight - 3 * HOUR;
+    for body in pushes(base) {
+        push(t, &body);
+    }
+    push(t, &flush_after(midnight));
+    (midnight, base)
+}
+
+/// The main files of the three hours before midnight and of their day, at 2 workers.
+fn sealed_files(day: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for tier in ["raw", "1m"] {
+        for h in 21..24 {
+            for w in 0..2 {
+                v.push(format!(
+                    "tier={tier}/date={day}/hour={h}/part-up-w{w}-m.parquet"
+                ));
+            }
+        }
+    }
+    for w in 0..2 {
+        v.push(format!("tier=1h/date={day}/part-up-w{w}-m.parquet"));
+    }
+    v.sort();
+    v
+}
+
 fn files(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -66,6 +108,18 @@ fn files(root: &Path) -> Vec<String> {
     out
 }
 
+/// The tier files under `root` with their sizes.
+fn sizes(root: &Path) -> Vec<(String, u64)> {
+    files(root)
+        .into_iter()
+        .filter(|f| f.starts_with("tier="))
+        .map(|f| {
+            let len = std::fs::metadata(root.join(&f)).unwrap().len();
+            (f, len)
+        })
+        .collect()
+}
+
 fn num(v: &serde_json::Value) -> f64 {
     v.as_f64()
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
@@ -78,41 +132,14 @@ fn backfill_lands_in_every_tier_and_duckdb_agrees() {
     let mut t = Tidemark::start(dir.path(), CONFIG, 2);
     // Three hours ending at midnight UTC, then a sample just after it: every raw and 1m
     // partition of those hours and the day's 1h partition are sealed.
-    let midnight = now_ms().div_euclid(DAY) * DAY;
-    let base = midnight - 3 * HOUR;
-    for body in pushes(base) {
-        let (status, msg) = t.post("/write?precision=ms", "text/plain", &[], body.as_bytes());
-        assert_eq!(status, 204, "{msg}");
-    }
-    let flush = format!("flush value=1 {}\n", midnight + 5 * 60_000);
-    assert_eq!(
-        t.post("/write?precision=ms", "text/plain", &[], flush.as_bytes())
-            .0,
-        204
-    );
+    let (midnight, base) = backfill(&t);
 
     let cold = t.data_dir.join("cold");
     let day = {
         let (y, m, d) = civil(base);
         format!("{y:04}-{m:02}-{d:02}")
     };
-    let want_files: Vec<String> = {
-        let mut v = Vec::new();
-        for tier in ["raw", "1m"] {
-            for h in 21..24 {
-                for w in 0..2 {
-                    v.push(format!(
-                        "tier={tier}/date={day}/hour={h}/part-up-w{w}-m.parquet"
-                    ));
-                }
-            }
-        }
-        for w in 0..2 {
-            v.push(format!("tier=1h/date={day}/part-up-w{w}-m.parquet"));
-        }
-        v.sort();
-        v
-    };
+    let want_files = sealed_files(&day);
     let got = t.eventually("every partition sealed", || {
         let f: Vec<String> = files(&cold)
             .into_iter()
@@ -190,14 +217,7 @@ fn backfill_lands_in_every_tier_and_duckdb_agrees() {
 
     // A restart replays the log into the hot index; the writers skip what their checkpoints
     // say is stored: same files, same rows.
-    let before: Vec<(String, u64)> = files(&cold)
-        .into_iter()
-        .filter(|f| f.starts_with("tier="))
-        .map(|f| {
-            let m = std::fs::metadata(cold.join(&f)).unwrap();
-            (f, m.len())
-        })
-        .collect();
+    let before = sizes(&cold);
     let status = t.terminate();
     assert!(status.success(), "{status}");
     t.spawn();
@@ -205,14 +225,7 @@ fn backfill_lands_in_every_tier_and_duckdb_agrees() {
         (t.metric("tidemark_hot_samples") as i64 >= n).then_some(())
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let after: Vec<(String, u64)> = files(&cold)
-        .into_iter()
-        .filter(|f| f.starts_with("tier="))
-        .map(|f| {
-            let m = std::fs::metadata(cold.join(&f)).unwrap();
-            (f, m.len())
-        })
-        .collect();
+    let after = sizes(&cold);
     assert_eq!(before, after);
     assert_eq!(t.metric("tidemark_cold_files_written_total"), 0.0);
     let rows = duckdb::query(&format!("SELECT count(*) FROM {}", glob("raw")));
@@ -231,11 +244,7 @@ fn an_s3_outage_holds_the_writers_back_and_loses_nothing() {
     let base = midnight - 3 * HOUR;
     let all = pushes(base);
     for body in &all[..9] {
-        assert_eq!(
-            t.post("/write?precision=ms", "text/plain", &[], body.as_bytes())
-                .0,
-            204
-        );
+        push(&t, body);
     }
     let (y, m, d) = civil(base);
     let day = format!("{y:04}-{m:02}-{d:02}");
@@ -257,38 +266,16 @@ fn an_s3_outage_holds_the_writers_back_and_loses_nothing() {
     // the writers retry, and /metrics says so.
     s3.stop();
     for body in &all[9..] {
-        assert_eq!(
-            t.post("/write?precision=ms", "text/plain", &[], body.as_bytes())
-                .0,
-            204
-        );
+        push(&t, body);
     }
-    let flush = format!("flush value=1 {}\n", midnight + 5 * 60_000);
-    assert_eq!(
-        t.post("/write?precision=ms", "text/plain", &[], flush.as_bytes())
-            .0,
-        204
-    );
+    push(&t, &flush_after(midnight));
     t.eventually("write failures reported", || {
         (t.metric("tidemark_cold_write_failures_total") > 0.0).then_some(())
     });
     // Back: every partition arrives, every sample exactly once.
     std::thread::sleep(std::time::Duration::from_secs(2));
     s3.spawn();
-    let mut want: Vec<String> = Vec::new();
-    for tier in ["raw", "1m"] {
-        for h in 21..24 {
-            for w in 0..2 {
-                want.push(format!(
-                    "tier={tier}/date={day}/hour={h}/part-up-w{w}-m.parquet"
-                ));
-            }
-        }
-    }
-    for w in 0..2 {
-        want.push(format!("tier=1h/date={day}/part-up-w{w}-m.parquet"));
-    }
-    want.sort();
+    let want = sealed_files(&day);
     t.eventually("every partition in S3 after the outage", || {
         (parquet(&bucket) == want).then_some(())
     });
@@ -324,11 +311,7 @@ fn retention_deletes_expired_partitions_and_compaction_merges_late_corrections()
     let midnight = now_ms().div_euclid(DAY) * DAY;
     let base = midnight - 3 * HOUR;
     for body in pushes(base) {
-        assert_eq!(
-            t.post("/write?precision=ms", "text/plain", &[], body.as_bytes())
-                .0,
-            204
-        );
+        push(&t, &body);
     }
     // Late for the sealed 22:00 hour: a correction of one sample and one new sample.
     let late = format!(
@@ -336,17 +319,8 @@ fn retention_deletes_expired_partitions_and_compaction_merges_late_corrections()
         base + HOUR,
         base + HOUR + 5
     );
-    assert_eq!(
-        t.post("/write?precision=ms", "text/plain", &[], late.as_bytes())
-            .0,
-        204
-    );
-    let flush = format!("flush value=1 {}\n", midnight + 5 * 60_000);
-    assert_eq!(
-        t.post("/write?precision=ms", "text/plain", &[], flush.as_bytes())
-            .0,
-        204
-    );
+    push(&t, &late);
+    push(&t, &flush_after(midnight));
 
     let (y, m, d) = civil(base);
     let day = format!("{y:04}-{m:02}-{d:02}");
@@ -405,22 +379,8 @@ fn retention_deletes_expired_partitions_and_compaction_merges_late_corrections()
 fn sigkill_while_sealing_leaves_no_partial_or_duplicate_rows() {
     let dir = tempfile::tempdir().unwrap();
     let mut t = Tidemark::start(dir.path(), CONFIG, 2);
-    let midnight = now_ms().div_euclid(DAY) * DAY;
-    let base = midnight - 3 * HOUR;
-    for body in pushes(base) {
-        assert_eq!(
-            t.post("/write?precision=ms", "text/plain", &[], body.as_bytes())
-                .0,
-            204
-        );
-    }
     // The flush seals the last hour, the day and their rollups: kill while that is written.
-    let flush = format!("flush value=1 {}\n", midnight + 5 * 60_000);
-    assert_eq!(
-        t.post("/write?precision=ms", "text/plain", &[], flush.as_bytes())
-            .0,
-        204
-    );
+    let (_, base) = backfill(&t);
     t.kill();
     t.spawn();
     let cold = t.data_dir.join("cold");

@@ -121,23 +121,11 @@ pub fn cancel(name: &str, to: &str) -> Result<String, ClientError> {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a time in ms.
 pub fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d, h) = crate::store::cold::layout::civil(ms);
+    let rem = ms.div_euclid(1000).rem_euclid(3600);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
+        "{y:04}-{m:02}-{d:02}T{h:02}:{:02}:{:02}Z",
+        rem / 60,
         rem % 60
     )
 }

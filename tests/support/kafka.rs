@@ -19,22 +19,10 @@ pub fn tansu_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TANSU") {
         return PathBuf::from(p);
     }
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(PathBuf::from)
-        .chain(
-            std::env::var("HOME")
-                .ok()
-                .map(|h| PathBuf::from(h).join(".cargo/bin")),
-        )
-    {
-        let p = dir.join("tansu");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("the tansu Kafka broker is not installed: run `bash .ci/test`, which installs it (cargo install tansu@0.6.0 --locked --features dynostore)");
+    super::installed_bin(
+        "tansu",
+        "cargo install tansu@0.6.0 --locked --features dynostore",
+    )
 }
 
 /// A running broker.

@@ -11,22 +11,10 @@ pub const ACCESS_KEY: &str = "tidemark";
 pub const SECRET_KEY: &str = "tidemark-secret";
 
 fn s3s_bin() -> PathBuf {
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(PathBuf::from)
-        .chain(
-            std::env::var("HOME")
-                .ok()
-                .map(|h| PathBuf::from(h).join(".cargo/bin")),
-        )
-    {
-        let p = dir.join("s3s-fs");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("s3s-fs is not installed: run `bash .ci/test`, which installs it (cargo install s3s-fs@0.14.1 --locked --features binary)");
+    super::installed_bin(
+        "s3s-fs",
+        "cargo install s3s-fs@0.14.1 --locked --features binary",
+    )
 }
 
 /// A running s3s-fs.
