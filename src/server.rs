@@ -466,7 +466,13 @@ fn maintain_cold(s: &AppState, cold: &ColdStore) {
         }
         let listing = maintain::list(cold)?;
         let sealed = wm - s.cfg.job.allowed_lateness.0 - 3_600_000;
-        maintain::compact_all(cold, &listing, sealed)?;
+        let (_, failed) = maintain::compact_all(cold, &listing, sealed);
+        for (p, e) in failed {
+            eprintln!(
+                "tidemark: cannot compact {} (its files stay as they are): {e}",
+                p.dir()
+            );
+        }
         Ok(())
     };
     if let Err(e) = run() {

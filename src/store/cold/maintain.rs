@@ -131,20 +131,24 @@ pub fn compact(
 }
 
 /// Compacts every partition with more than one file that ended before `sealed_before`;
-/// returns how many.
+/// returns how many were compacted and, for those that could not be (an unreadable file, the
+/// store failing), the partition and why. One bad partition does not stop the others; its
+/// files stay as they are.
 pub fn compact_all(
     store: &ColdStore,
     listing: &Listing,
     sealed_before: i64,
-) -> Result<usize, ColdError> {
-    let mut n = 0;
+) -> (usize, Vec<(Partition, ColdError)>) {
+    let (mut n, mut failed) = (0, Vec::new());
     for (p, files) in listing {
         if files.len() > 1 && p.end() <= sealed_before {
-            compact(store, *p, files)?;
-            n += 1;
+            match compact(store, *p, files) {
+                Ok(()) => n += 1,
+                Err(e) => failed.push((*p, e)),
+            }
         }
     }
-    Ok(n)
+    (n, failed)
 }
 
 /// One line per tier for `tidemark tiers`: partitions, files, bytes, rows, bytes per row.
@@ -162,7 +166,10 @@ pub fn summary(store: &ColdStore, listing: &Listing) -> Result<String, ColdError
             let (mut pb, mut pr) = (0u64, 0u64);
             for (_, meta) in fs.iter() {
                 pb += meta.size;
-                pr += store.file_rows(meta)?;
+                match store.file_rows(meta) {
+                    Ok(r) => pr += r,
+                    Err(e) => detail.push_str(&format!("  unreadable: {e}\n")),
+                }
             }
             files += fs.len();
             bytes += pb;
@@ -272,8 +279,8 @@ mod tests {
         let listing = list(&store).unwrap();
         assert_eq!(listing[&p].len(), 3);
         // Not sealed long enough: nothing happens.
-        assert_eq!(compact_all(&store, &listing, p.end() - 1).unwrap(), 0);
-        assert_eq!(compact_all(&store, &listing, p.end()).unwrap(), 1);
+        assert_eq!(compact_all(&store, &listing, p.end() - 1).0, 0);
+        assert_eq!(compact_all(&store, &listing, p.end()).0, 1);
         let listing = list(&store).unwrap();
         assert_eq!(listing[&p].len(), 1);
         assert_eq!(
@@ -290,7 +297,39 @@ mod tests {
         // A main file written again after compaction (a replay) loses to the compacted one.
         put(&store, p, 0, FileKind::Main, vec![s(1, BASE + 10, 2.0)]);
         let listing = list(&store).unwrap();
-        compact_all(&store, &listing, p.end()).unwrap();
+        assert_eq!(compact_all(&store, &listing, p.end()).0, 1);
+        assert_eq!(rows(&store, p), want);
+
+        // A corrupt file in another partition is reported; it does not stop the others, and
+        // its partition's files stay.
+        let q = Tier::Raw.partition(BASE + HOUR_MS);
+        put(&store, q, 0, FileKind::Main, vec![s(1, q.start, 1.0)]);
+        store
+            .put_bytes(&q.file("up", 1, FileKind::Main), b"not parquet".to_vec())
+            .unwrap();
+        put(&store, p, 1, FileKind::Main, vec![s(3, BASE, 7.0)]);
+        let listing = list(&store).unwrap();
+        let (n, failed) = compact_all(&store, &listing, q.end());
+        assert_eq!(n, 1);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, q);
+        assert!(
+            failed[0].1.to_string().contains("part-up-w1-m.parquet"),
+            "{}",
+            failed[0].1
+        );
+        assert_eq!(list(&store).unwrap()[&q].len(), 2);
+        let text = summary(&store, &list(&store).unwrap()).unwrap();
+        assert!(text.contains("unreadable"), "{text}");
+        for f in [
+            q.file("up", 0, FileKind::Main),
+            q.file("up", 1, FileKind::Main),
+        ] {
+            store.delete(&f).unwrap();
+        }
+        let mut want = want;
+        want.push((3, BASE, 7.0));
+        want.sort_by(|a, b| a.partial_cmp(b).unwrap());
         assert_eq!(rows(&store, p), want);
         assert_eq!(list(&store).unwrap()[&p].len(), 1);
 

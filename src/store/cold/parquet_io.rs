@@ -206,7 +206,7 @@ pub fn sort_dedup<R: ColdRow>(
         );
         ma.cmp(mb).then(a.0.cmp(&b.0))
     });
-    let rank: HashMap<u64, u32> = order
+    let rank: crate::model::IdMap<u32> = order
         .iter()
         .enumerate()
         .map(|(i, (id, _))| (*id, i as u32))

@@ -24,7 +24,7 @@ use super::parquet_io::{self, Decoded, ParquetError, RowFilter, Rows};
 #[derive(Debug, thiserror::Error)]
 pub enum ColdError {
     #[error(
-        "cold storage URL {url:?}: {reason} (use file:///path, s3://bucket/prefix or memory://)"
+        "cold storage URL {url:?} ([cold] url in tidemark.toml): {reason} (use file:///path, s3://bucket/prefix or memory://)"
     )]
     Url { url: String, reason: String },
     #[error("object store {url}: {op} {path}: {source}")]

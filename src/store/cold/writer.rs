@@ -13,7 +13,7 @@
 //! in files. After a restart, rows that belong there are dropped (they are already stored) and
 //! the rest is rebuilt from the replayed log or Kafka offsets.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tidemark_dataflows::tier::TierSink;
@@ -21,7 +21,7 @@ use tidemark_dataflows::tier::TierSink;
 use super::layout::{FileKind, Partition, Tier, HOUR_MS};
 use super::parquet_io::{sort_dedup, ColdRow};
 use super::store::{ColdError, ColdStore};
-use crate::model::Labels;
+use crate::model::{IdMap, Labels};
 
 /// Label lookup for series ids (the hot index's catalog).
 pub type LabelLookup = Arc<dyn Fn(u64) -> Option<Arc<Labels>> + Send + Sync>;
@@ -62,7 +62,7 @@ struct Buffer<R> {
     since: u64,
     /// Labels of the buffered series, taken when their rows arrived (the hot index may have
     /// dropped a series by the time its partition is sealed).
-    names: HashMap<u64, Arc<Labels>>,
+    names: IdMap<Arc<Labels>>,
 }
 
 impl<R: ColdRow> Buffer<R> {
@@ -70,22 +70,29 @@ impl<R: ColdRow> Buffer<R> {
         Buffer {
             rows: Vec::new(),
             since: t,
-            names: HashMap::new(),
+            names: IdMap::default(),
         }
     }
 
-    /// Adds a row; false when its series has no labels (the row is not kept).
-    fn push(&mut self, r: &R, labels: &LabelLookup) -> bool {
-        if let std::collections::hash_map::Entry::Vacant(e) = self.names.entry(r.series()) {
-            match labels(r.series()) {
-                Some(l) => {
-                    e.insert(l);
+    /// Adds rows; returns how many were not kept because their series has no labels.
+    fn extend(&mut self, run: &[R], labels: &LabelLookup) -> u64 {
+        self.rows.reserve(run.len());
+        let mut missing = 0;
+        for r in run {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.names.entry(r.series()) {
+                match labels(r.series()) {
+                    Some(l) => {
+                        e.insert(l);
+                    }
+                    None => {
+                        missing += 1;
+                        continue;
+                    }
                 }
-                None => return false,
             }
+            self.rows.push(r.clone());
         }
-        self.rows.push(r.clone());
-        true
+        missing
     }
 }
 
@@ -231,34 +238,42 @@ impl<R: ColdRow> TierWriter<R> {
 impl<R: ColdRow> TierSink<R> for TierWriter<R> {
     fn accept(&mut self, time: u64, data: &[R]) {
         let t = time.min(i64::MAX as u64) as i64;
-        for r in data {
-            let p = self.tier.partition(r.time());
+        // Rows of a batch mostly share a partition: decide and find the buffer once per run.
+        let mut i = 0;
+        while i < data.len() {
+            let p = self.tier.partition(data[i].time());
+            let mut j = i + 1;
+            while j < data.len() && self.tier.partition(data[j].time()) == p {
+                j += 1;
+            }
+            let run = &data[i..j];
+            i = j;
             let seal = self.seal_of(&p);
-            if t < seal {
+            let buf = if t < seal {
                 if seal <= self.sealed_through {
-                    self.skipped += 1;
+                    self.skipped += run.len() as u64;
                     continue;
                 }
-                let buf = self
-                    .open
+                self.open
                     .entry(p.start)
-                    .or_insert_with(|| Buffer::new(time));
-                if !buf.push(r, &self.labels) {
-                    self.unlabelled += 1;
-                }
+                    .or_insert_with(|| Buffer::new(time))
             } else {
                 let hour = t.div_euclid(HOUR_MS) * HOUR_MS;
                 if hour + HOUR_MS <= self.sealed_through {
-                    self.skipped += 1;
+                    self.skipped += run.len() as u64;
                     continue;
                 }
-                let buf = self
-                    .late
+                self.late
                     .entry((hour, p.start))
-                    .or_insert_with(|| Buffer::new(time));
-                if !buf.push(r, &self.labels) {
-                    self.unlabelled += 1;
-                }
+                    .or_insert_with(|| Buffer::new(time))
+            };
+            let missing = buf.extend(run, &self.labels);
+            if missing > 0 {
+                self.unlabelled += missing;
+                eprintln!(
+                    "tidemark: cold tier {} (job {}): {missing} rows of series without labels in the catalog were not written ({} so far)",
+                    self.tier, self.job, self.unlabelled
+                );
             }
         }
     }
