@@ -24,6 +24,7 @@ use crate::ingest::http as ingest_http;
 use crate::job::{replay_point, Job, JobEnv, JobProgress, ReplayRequest, StartAt};
 use crate::ops::{render_counters, Metrics, TextWriter};
 use crate::query::api;
+use crate::store::cold::query::ColdReader;
 use crate::store::cold::ColdStore;
 use crate::store::hot::HotIndex;
 use crate::transport::log::{FsyncPolicy, Log, RecordKind};
@@ -48,6 +49,11 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
         hot: Arc::clone(&state.hot),
         metrics: Arc::clone(&state.metrics),
         peers: Vec::new(),
+        cold: state
+            .env
+            .cold
+            .as_ref()
+            .map(|c| Arc::new(ColdReader::new(Arc::clone(c)))),
     });
     Router::new()
         .route("/metrics", get(metrics))

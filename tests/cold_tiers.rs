@@ -17,15 +17,16 @@ const HOSTS: i64 = 20;
 const CONFIG: &str =
     "[job]\nout_of_orderness = \"1s\"\nallowed_lateness = \"1m\"\nidle_timeout = \"1h\"\n";
 
-/// `cpu` and `mem` for every host, every 10 s over three hours from `base`, pushed ten minutes
-/// at a time. Values are whole numbers, so sums are exact in any engine.
+/// `cpu` and `mem` for every host, every 10 s over three hours from `base` (5 s past each
+/// 10 s, so no sample ends a rollup window `(start, start + width]` and every window lies in
+/// its own hour), pushed ten minutes at a time. Values are whole numbers, so sums are exact in any engine.
 fn pushes(base: i64) -> Vec<String> {
     let mut out = Vec::new();
     for chunk in 0..18 {
         let mut body = String::new();
         for step in 0..60 {
             let i = chunk * 60 + step;
-            let ts = base + i * 10_000;
+            let ts = base + 5_000 + i * 10_000;
             for h in 0..HOSTS {
                 body.push_str(&format!("cpu,host=h{h} value={} {ts}\n", (i + h) % 100));
                 body.push_str(&format!("mem,host=h{h} value={} {ts}\n", 1000 * h + i));
@@ -171,8 +172,8 @@ fn backfill_lands_in_every_tier_and_duckdb_agrees() {
     assert_eq!(num(&rows[0][2]), cpu);
     assert_eq!(num(&rows[1][2]), mem);
     assert_eq!(num(&rows[0][3]) as i64, HOSTS);
-    assert_eq!(num(&rows[0][4]) as i64, base);
-    assert_eq!(num(&rows[0][5]) as i64, midnight - 10_000);
+    assert_eq!(num(&rows[0][4]) as i64, base + 5_000);
+    assert_eq!(num(&rows[0][5]) as i64, midnight - 5_000);
     assert_eq!(num(&rows[0][6]) as i64, HOSTS);
     assert_eq!(rows[0][7], "raw");
     assert_eq!(num(&rows[0][8]) as i64, 3);
@@ -316,8 +317,8 @@ fn retention_deletes_expired_partitions_and_compaction_merges_late_corrections()
     // Late for the sealed 22:00 hour: a correction of one sample and one new sample.
     let late = format!(
         "mem,host=h3 value=-1 {}\nmem,host=h3 value=-2 {}\n",
-        base + HOUR,
-        base + HOUR + 5
+        base + HOUR + 5_000,
+        base + HOUR + 6
     );
     push(&t, &late);
     push(&t, &flush_after(midnight));
@@ -400,4 +401,193 @@ fn sigkill_while_sealing_leaves_no_partial_or_duplicate_rows() {
     assert_eq!(num(&r[0][2]), cpu + mem);
     // DuckDB read every *.parquet file whole: none is partial (object stores publish a file
     // only when it is complete).
+}
+
+/// Three days of a small fleet on 30 s grids (one host off-grid by 7 s): a counter with a reset
+/// and a gauge, so samples sit exactly on window boundaries. Returns the series (labels as
+/// pairs, samples) and the line-protocol pushes, two hours per push.
+#[allow(clippy::type_complexity)]
+fn fleet(
+    start: i64,
+    end: i64,
+) -> (
+    Vec<(Vec<(&'static str, String)>, Vec<(i64, f64)>)>,
+    Vec<String>,
+) {
+    let mut series = Vec::new();
+    for (h, phase) in [(0, 0), (1, 0), (2, 7_000)] {
+        let (mut c, mut g) = (Vec::new(), Vec::new());
+        let mut v = 0.0;
+        let mut ts = start + phase;
+        let mut i = 0i64;
+        while ts < end {
+            v += ((i * 7 + h * 3) % 11) as f64;
+            if i % 5000 == 4999 {
+                v = 3.0; // a counter reset
+            }
+            c.push((ts, v));
+            g.push((ts, ((i * 13 + h * 17) % 97) as f64 + 0.25));
+            ts += 30_000;
+            i += 1;
+        }
+        let host = format!("h{h}");
+        series.push((
+            vec![
+                ("__name__", "reqs_total".to_string()),
+                ("host", host.clone()),
+            ],
+            c,
+        ));
+        series.push((vec![("__name__", "cpu".to_string()), ("host", host)], g));
+    }
+    let mut pushes = Vec::new();
+    let mut from = start;
+    while from < end {
+        let to = from + 2 * HOUR;
+        let mut body = String::new();
+        for (labels, samples) in &series {
+            for &(ts, v) in samples.iter().filter(|p| p.0 >= from && p.0 < to) {
+                body.push_str(&format!(
+                    "{},host={} value={v} {ts}\n",
+                    labels[0].1, labels[1].1
+                ));
+            }
+        }
+        pushes.push(body);
+        from = to;
+    }
+    (series, pushes)
+}
+
+#[test]
+fn queries_across_hot_and_every_cold_tier_match_answers_from_raw_data() {
+    use tidemark::model::Labels;
+    use tidemark::query::engine::Engine;
+    use tidemark::query::promqltest::MemStorage;
+    use tidemark::query::QueryValue;
+
+    // The hot index keeps an hour; raw a day, 1m two days, 1h a year.
+    let config = format!(
+        "{CONFIG}[hot]\nretention = \"1h\"\n[cold]\nraw_retention = \"1d\"\nminute_retention = \"2d\"\ncompaction_interval = \"1s\"\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tidemark::start(dir.path(), &config, 2);
+    let end = now_ms().div_euclid(HOUR) * HOUR - HOUR;
+    let start = end - 3 * DAY;
+    let (series, pushes) = fleet(start, end);
+    for body in &pushes {
+        push(&t, body);
+    }
+    let cold = t.data_dir.join("cold");
+    let date = |ms: i64| {
+        let (y, m, d) = civil(ms);
+        format!("{y:04}-{m:02}-{d:02}")
+    };
+    let hour_dir = |tier: &str, ms: i64| {
+        format!(
+            "tier={tier}/date={}/hour={:02}/",
+            date(ms),
+            ms.rem_euclid(DAY) / HOUR
+        )
+    };
+    // Sealed through the hour before the last one; retention has dropped the oldest 1m and raw
+    // partitions; compaction has merged the two workers' files of older partitions (the
+    // newest still have one file per worker: queries read both kinds).
+    t.eventually("tiers sealed, expired and compacted", || {
+        let f = files(&cold);
+        let has = |p: &str| f.iter().any(|x| x.starts_with(p));
+        let done = has(&hour_dir("raw", end - 2 * HOUR))
+            && has(&hour_dir("1m", end - 2 * HOUR))
+            && !has(&hour_dir("1m", start))
+            && !has(&hour_dir("raw", end - 30 * HOUR))
+            && !f
+                .iter()
+                .any(|x| x.starts_with(&hour_dir("raw", end - 20 * HOUR)) && x.contains("-w1-m"))
+            && f.iter().any(|x| x.starts_with("tier=1h/"));
+        done.then_some(())
+    });
+    assert_eq!(t.metric("tidemark_cold_write_failures_total"), 0.0);
+
+    let mut oracle = MemStorage::default();
+    for (labels, samples) in &series {
+        oracle.add(Labels::from_pairs(labels.clone()), samples.iter().copied());
+    }
+    let rows = |tier: &str| {
+        t.metric(&format!(
+            "tidemark_cold_query_rows_total{{tier=\"{tier}\"}}"
+        ))
+    };
+    let check = |q: &str, from: i64, to: i64, step: i64| -> usize {
+        let d = t.api(&format!(
+            "/api/v1/query_range?query={}&start={}&end={}&step={}",
+            enc(q),
+            from / 1000,
+            to / 1000,
+            step / 1000
+        ));
+        let QueryValue::Matrix(want) = Engine::new(&oracle, from, to, step)
+            .unwrap()
+            .query(q, true)
+            .unwrap()
+        else {
+            panic!("{q}: not a matrix")
+        };
+        let got = d["result"].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{q}: series");
+        let mut points = 0;
+        for w in &want {
+            let g = got
+                .iter()
+                .find(|g| {
+                    let m = g["metric"].as_object().unwrap();
+                    m.len() == w.labels.len()
+                        && w.labels
+                            .iter()
+                            .all(|(k, v)| m.get(k).and_then(|x| x.as_str()) == Some(v))
+                })
+                .unwrap_or_else(|| panic!("{q}: {:?} missing", w.labels));
+            let values = g["values"].as_array().unwrap();
+            assert_eq!(values.len(), w.samples.len(), "{q} {:?}: steps", w.labels);
+            for (gv, &(ts, v)) in values.iter().zip(&w.samples) {
+                let (gt, gv) = ((num(&gv[0]) * 1000.0).round() as i64, num(&gv[1]));
+                let close = (gv - v).abs() <= 1e-9 * gv.abs().max(v.abs()).max(1.0);
+                assert!(
+                    gt == ts && close,
+                    "{q} {:?} at {ts}: {gv} from the tiers, {v} from raw data",
+                    w.labels
+                );
+                points += 1;
+            }
+        }
+        points
+    };
+    // 1 h steps over three days: 1h tier (whole days), 1m tier (today, not sealed in 1h), hot.
+    for q in [
+        "increase(reqs_total[1h])",
+        "sum by (host) (rate(reqs_total[2h]))",
+        "avg_over_time(cpu[1h])",
+        "min_over_time(cpu[1h])",
+        "max_over_time(cpu[3h])",
+        "sum_over_time(cpu[1h])",
+        "count_over_time(cpu[1h])",
+        "cpu",
+    ] {
+        assert!(check(q, start + 3 * HOUR, end, HOUR) >= 3 * 60, "{q}");
+    }
+    assert!(rows("1h") > 0.0 && rows("1m") > 0.0, "1h and 1m tiers read");
+    // 5 m steps over the 1m tier's two days, into the hot index.
+    let raw_before = rows("raw");
+    for q in ["rate(reqs_total[5m])", "avg_over_time(cpu[10m])", "cpu"] {
+        assert!(check(q, end - 40 * HOUR, end, 5 * 60_000) >= 3 * 400, "{q}");
+    }
+    assert_eq!(
+        rows("raw"),
+        raw_before,
+        "aligned 5 m steps need no raw rows"
+    );
+    // 30 s steps over the raw tier's day, into the hot index.
+    for q in ["rate(reqs_total[2m])", "irate(reqs_total[2m])", "cpu"] {
+        assert!(check(q, end - 20 * HOUR, end, 30_000) >= 3 * 2000, "{q}");
+    }
+    assert!(rows("raw") > raw_before, "raw tier read");
 }

@@ -90,7 +90,8 @@ fn oracle(pushes: &[Push], width: i64) -> (BTreeMap<(u32, i64), Roll>, u64, u64)
     let (mut late, mut dropped) = (0, 0);
     for p in pushes {
         for &(s, ts, v) in p {
-            let minute = ts.div_euclid(60_000) * 60_000;
+            // Windows are (start, start + width]: a sample on a boundary ends the window.
+            let minute = (ts - 1).div_euclid(60_000) * 60_000;
             if wm >= minute + 60_000 + LATENESS_MS {
                 dropped += 1;
                 continue;
@@ -101,7 +102,7 @@ fn oracle(pushes: &[Push], width: i64) -> (BTreeMap<(u32, i64), Roll>, u64, u64)
             if s == 99 {
                 continue;
             }
-            kept.entry((s, ts.div_euclid(width) * width))
+            kept.entry((s, (ts - 1).div_euclid(width) * width))
                 .or_default()
                 .insert(ts, v);
         }

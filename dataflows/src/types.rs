@@ -13,12 +13,17 @@ pub struct Sample {
 /// Prometheus's staleness marker bits; such samples end a series and are not aggregated.
 pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
 
-/// An aggregate of one series over one tumbling window `[start, start + width)`.
+/// An aggregate of one series over one tumbling window `(start, start + width]`: left-open and
+/// right-closed like a PromQL range, so `sum_over_time(m[1m])` at an aligned `t` is exactly the
+/// `sum` of the window ending at `t`, and a range of whole windows is exactly their union.
 /// Upsert key: `(series, start)`; a corrected rollup replaces the earlier one.
+///
+/// With `first_ts` and `last_ts` a run of rollups carries what `rate`/`increase` extrapolation
+/// needs (the first and last sample's time and value, the count, the reset-corrected increase).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Rollup {
     pub series: u64,
-    /// Window start, ms (aligned to the width).
+    /// Window start, ms (aligned to the width; exclusive).
     pub start: i64,
     /// Window width, ms (60 000 or 3 600 000).
     pub width: i64,
@@ -30,6 +35,10 @@ pub struct Rollup {
     pub first: f64,
     /// Value of the latest sample.
     pub last: f64,
+    /// Time of the earliest sample, ms.
+    pub first_ts: i64,
+    /// Time of the latest sample, ms.
+    pub last_ts: i64,
     /// Counter increase over the window's samples, resets handled as Prometheus does (a drop
     /// means the counter restarted from zero).
     pub increase: f64,
@@ -44,7 +53,7 @@ impl Rollup {
         width: i64,
         samples: &[(i64, f64)],
     ) -> Option<Rollup> {
-        let (&(_, first), rest) = samples.split_first()?;
+        let (&(first_ts, first), rest) = samples.split_first()?;
         let mut r = Rollup {
             series,
             start,
@@ -55,17 +64,55 @@ impl Rollup {
             max: first,
             first,
             last: first,
+            first_ts,
+            last_ts: first_ts,
             increase: 0.0,
         };
-        for &(_, v) in rest {
+        for &(ts, v) in rest {
             r.count += 1;
             r.sum += v;
             r.min = min_nan(r.min, v);
             r.max = max_nan(r.max, v);
             r.increase += counter_delta(r.last, v);
             r.last = v;
+            r.last_ts = ts;
         }
         Some(r)
+    }
+
+    /// Appends `p`, which follows every sample of `self` in time (a later window, or a later
+    /// sample as a one-sample rollup): the window fields are left as they are.
+    pub fn merge(&mut self, p: &Rollup) {
+        self.count += p.count;
+        self.sum += p.sum;
+        self.min = min_nan(self.min, p.min);
+        self.max = max_nan(self.max, p.max);
+        self.increase += counter_delta(self.last, p.first) + p.increase;
+        self.last = p.last;
+        self.last_ts = p.last_ts;
+    }
+
+    /// One sample as a rollup of the window `(ts - 1, ts]`.
+    pub fn point(series: u64, ts: i64, v: f64) -> Rollup {
+        Rollup {
+            series,
+            start: ts - 1,
+            width: 1,
+            count: 1,
+            sum: v,
+            min: v,
+            max: v,
+            first: v,
+            last: v,
+            first_ts: ts,
+            last_ts: ts,
+            increase: 0.0,
+        }
+    }
+
+    /// Window end (inclusive).
+    pub fn end(&self) -> i64 {
+        self.start.saturating_add(self.width)
     }
 
     /// Combines finer rollups of one series, sorted by start, into one of `width`: the increase
@@ -79,12 +126,7 @@ impl Rollup {
             ..*first
         };
         for p in rest {
-            r.count += p.count;
-            r.sum += p.sum;
-            r.min = min_nan(r.min, p.min);
-            r.max = max_nan(r.max, p.max);
-            r.increase += counter_delta(r.last, p.first) + p.increase;
-            r.last = p.last;
+            r.merge(p);
         }
         Some(r)
     }

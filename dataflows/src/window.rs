@@ -12,10 +12,12 @@ use timely::progress::frontier::MutableAntichain;
 
 use crate::types::{LateStats, Rollup, Sample, STALE_NAN_BITS};
 
-/// A record a window can place: its series and event time.
+/// A record a window can place: its series, event time and window.
 pub trait Windowed: Clone + 'static {
     fn series(&self) -> u64;
     fn event_ts(&self) -> i64;
+    /// Start of the window `(start, start + width]` this record belongs to.
+    fn window_start(&self, width: i64) -> i64;
 }
 
 impl Windowed for Sample {
@@ -25,6 +27,10 @@ impl Windowed for Sample {
     fn event_ts(&self) -> i64 {
         self.ts
     }
+    fn window_start(&self, width: i64) -> i64 {
+        // Left-open, right-closed, as PromQL ranges: a sample on a boundary ends a window.
+        self.ts.saturating_sub(1).div_euclid(width) * width
+    }
 }
 
 impl Windowed for Rollup {
@@ -33,6 +39,10 @@ impl Windowed for Rollup {
     }
     fn event_ts(&self) -> i64 {
         self.start
+    }
+    fn window_start(&self, width: i64) -> i64 {
+        // A finer window lies inside the coarser one its start falls in.
+        self.start.div_euclid(width) * width
     }
 }
 
@@ -98,7 +108,7 @@ fn passed(frontier: &MutableAntichain<u64>, t: i64) -> bool {
 
 /// The generic tumbling-window operator behind [`tumbling_rollups`] and [`rollup_rollups`].
 ///
-/// A record arriving at time `t` for window `[start, end)`:
+/// A record arriving at time `t` for window `(start, end]`:
 /// - is **dropped** (counted) when `t >= end + lateness`: the window is gone;
 /// - is **late** (counted, accepted) when its event time is below `t`;
 /// - otherwise on time.
@@ -123,7 +133,7 @@ fn passed(frontier: &MutableAntichain<u64>, t: i64) -> bool {
 ///     let s = |ts, value| Sample { series: 3, ts, value };
 ///     input.send(s(1_000, 1.0));
 ///     input.send(s(4_000, 2.0));
-///     input.advance_to(12_000); // window [0, 10 s) closes: emitted
+///     input.advance_to(12_000); // window (0, 10 s] closes: emitted
 ///     while probe.less_than(&12_000) { worker.step(); }
 ///     input.send(s(5_000, 4.0)); // late, within lateness: re-emitted corrected
 ///     input.advance_to(40_000); // retired
@@ -166,9 +176,10 @@ where
                         let mut stats = LateStats::default();
                         for d in data.drain(..) {
                             let ts = d.event_ts();
-                            let start = ts.div_euclid(width) * width;
+                            let start = d.window_start(width);
                             let end = start.saturating_add(width);
-                            if t_i >= end.saturating_add(lateness) {
+                            // Nothing is dropped before its window closed (frontier past `end`).
+                            if t_i > end && t_i >= end.saturating_add(lateness) {
                                 stats.dropped += 1;
                                 continue;
                             }
@@ -197,7 +208,7 @@ where
                     let mut retired = Vec::new();
                     for (&start, w) in open.iter_mut() {
                         let end = start.saturating_add(width);
-                        if !passed(frontier, end - 1) {
+                        if !passed(frontier, end) {
                             // Not closed yet: hold the capability no lower than the frontier, so
                             // a window of the future does not hold back downstream progress.
                             if let Some(f) = frontier_min {
@@ -228,7 +239,7 @@ where
                             }
                         }
                         drop(session);
-                        if passed(frontier, end.saturating_add(lateness) - 1) {
+                        if passed(frontier, end.max(end.saturating_add(lateness) - 1)) {
                             retired.push(start);
                         } else if let Some(f) = frontier_min {
                             if f > *w.cap.time() {
@@ -258,7 +269,8 @@ where
 /// let (rollups, late) = timely::example(|scope| {
 ///     let s = |ts, value| Sample { series: 1, ts, value };
 ///     // All sent at time 0, as a source at watermark 0 would send them.
-///     let input = vec![s(0, 5.0), s(30_000, 7.0), s(20_000, 1.0), s(61_000, 2.0)]
+///     // Windows are (start, start + 1 min]: the sample at 60 s ends the first one.
+///     let input = vec![s(60_000, 5.0), s(30_000, 7.0), s(20_000, 1.0), s(61_000, 2.0)]
 ///         .to_stream(scope).container::<Vec<_>>();
 ///     let (rollups, late) = tumbling_rollups(input, 60_000, 300_000);
 ///     (rollups.capture(), late.capture())
@@ -266,8 +278,9 @@ where
 /// let mut got: Vec<_> = captured(rollups).into_iter().map(|(_, r)| r).collect();
 /// got.sort_by_key(|r| r.start);
 /// assert_eq!(got.len(), 2);
-/// assert_eq!((got[0].count, got[0].sum, got[0].first, got[0].last), (3, 13.0, 5.0, 7.0));
-/// assert_eq!(got[0].increase, 1.0 + 6.0); // 5 -> 1 is a counter reset
+/// assert_eq!((got[0].start, got[0].count, got[0].sum), (0, 3, 13.0));
+/// assert_eq!((got[0].first, got[0].first_ts, got[0].last, got[0].last_ts), (1.0, 20_000, 5.0, 60_000));
+/// assert_eq!(got[0].increase, 6.0 + 5.0); // 1 -> 7 -> 5: the drop to 5 is a counter reset
 /// assert_eq!((got[1].start, got[1].count), (60_000, 1));
 /// assert!(captured(late).is_empty());
 /// ```

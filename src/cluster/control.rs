@@ -762,6 +762,7 @@ pub fn router(s: Arc<ControlState>) -> Router {
         hot: Arc::clone(&s.hot),
         metrics: Arc::clone(&s.metrics),
         peers: s.peers.clone(),
+        cold: None,
     });
     let merged = {
         let s = Arc::clone(&s);

@@ -16,8 +16,10 @@ use super::engine::{selector_matchers, Engine};
 use super::{QueryError, QueryValue, Series, Storage};
 use crate::model::Labels;
 use crate::ops::Metrics;
+use crate::store::cold::query::ColdReader;
 use crate::store::hot::index::Matcher;
 use crate::store::hot::HotIndex;
+use crate::store::tiered::Tiered;
 
 /// What the query handlers share: this process's hot index and metrics, and the other
 /// processes of a cluster (base URLs) that queries fan out to.
@@ -26,6 +28,8 @@ pub struct QueryState {
     pub metrics: Arc<Metrics>,
     /// Other worker processes' HTTP base URLs (empty in `tidemark up`).
     pub peers: Vec<String>,
+    /// The cold tiers, read for data older than the hot index holds.
+    pub cold: Option<Arc<ColdReader>>,
 }
 
 /// The query routes (Prometheus API, plus `/api/v1/rollups`).
@@ -229,7 +233,18 @@ async fn run_query(
     let res = tokio::task::spawn_blocking(move || {
         if state.peers.is_empty() {
             let hot: &HotIndex = &state.hot;
-            Engine::new(hot, start, end, step).and_then(|e| e.query(&query, range))
+            match &state.cold {
+                Some(cold) => {
+                    let tiered = Tiered::new(hot, hot.min_valid_ts(), cold);
+                    let v = Engine::new(&tiered, start, end, step)
+                        .and_then(|e| e.query(&query, range))?;
+                    match tiered.error() {
+                        Some(e) => Err(QueryError::Execution(e)),
+                        None => Ok(v),
+                    }
+                }
+                None => Engine::new(hot, start, end, step).and_then(|e| e.query(&query, range)),
+            }
         } else {
             crate::cluster::control::cluster_query(&state, &query, start, end, step, range)
         }
@@ -507,7 +522,8 @@ pub async fn rollups(State(s): State<Arc<QueryState>>, RawQuery(q): RawQuery) ->
                 .iter()
                 .map(|r| {
                     json!({"start": secs(r.start), "count": r.count, "sum": go_float(r.sum), "min": go_float(r.min), "max": go_float(r.max),
-                           "first": go_float(r.first), "last": go_float(r.last), "increase": go_float(r.increase)})
+                           "first": go_float(r.first), "last": go_float(r.last), "increase": go_float(r.increase),
+                           "first_ts": secs(r.first_ts), "last_ts": secs(r.last_ts)})
                 })
                 .collect();
             if !rows.is_empty() {

@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
 
-use super::{QueryError, QueryValue, Series, Storage};
+use super::{QueryError, QueryValue, SelectHints, Selected, Series, Storage};
 use crate::model::{is_stale_nan, Labels, METRIC_NAME};
 use crate::store::hot::index::{MatchOp, Matcher};
+use tidemark_dataflows::Rollup;
 
 /// Most steps a subquery may evaluate (its inner grid over the whole query range).
 pub const MAX_SUBQUERY_STEPS: i64 = 1_000_000;
@@ -38,6 +39,9 @@ pub enum Value {
 /// range and time shift.
 pub struct RangeInput {
     pub series: Vec<Series>,
+    /// Per series (same index), rollup windows older than its samples, when a rollup tier
+    /// answered part of the selection; empty when none did.
+    pub rollups: Vec<Vec<Rollup>>,
     pub range: i64,
     /// Evaluation time of each step after `@` and `offset`.
     pub times: Vec<i64>,
@@ -67,6 +71,57 @@ impl RangeInput {
                 f(si, i, &pts[lo..hi]);
             }
         }
+    }
+
+    /// Calls `f(series_index, step_index, summary)` for every window `(t - range, t]` that
+    /// holds data: the rollups lying wholly inside it merged with its samples.
+    pub fn for_each_summary(&self, mut f: impl FnMut(usize, usize, &Rollup)) {
+        let none: Vec<Rollup> = Vec::new();
+        for (si, s) in self.series.iter().enumerate() {
+            let pieces = self.rollups.get(si).unwrap_or(&none);
+            for (i, &t) in self.times.iter().enumerate() {
+                let from = t - self.range;
+                let lo = pieces.partition_point(|r| r.start < from);
+                let mut acc: Option<Rollup> = None;
+                for r in &pieces[lo..] {
+                    if r.end() > t {
+                        break;
+                    }
+                    match &mut acc {
+                        Some(a) => a.merge(r),
+                        None => acc = Some(*r),
+                    }
+                }
+                let plo = s.samples.partition_point(|p| p.0 <= from);
+                let phi = s.samples.partition_point(|p| p.0 <= t).max(plo);
+                for &(ts, v) in &s.samples[plo..phi] {
+                    let p = Rollup::point(0, ts, v);
+                    match &mut acc {
+                        Some(a) => a.merge(&p),
+                        None => acc = Some(p),
+                    }
+                }
+                if let Some(a) = &acc {
+                    f(si, i, a);
+                }
+            }
+        }
+    }
+}
+
+/// A selected series as points: each rollup window stands for its last sample.
+fn as_points(s: Selected) -> Series {
+    if s.rollups.is_empty() {
+        return Series {
+            labels: s.labels,
+            samples: s.samples,
+        };
+    }
+    let mut samples: Vec<(i64, f64)> = s.rollups.iter().map(|r| (r.last_ts, r.last)).collect();
+    samples.extend(s.samples);
+    Series {
+        labels: s.labels,
+        samples,
     }
 }
 
@@ -142,20 +197,26 @@ pub fn selector_matchers(vs: &VectorSelector) -> Vec<Vec<Matcher>> {
 }
 
 /// Merges series with equal labels (from `or`-matchers selecting the same series twice).
-fn select_all(storage: &dyn Storage, vs: &VectorSelector, lo: i64, hi: i64) -> Vec<Series> {
+fn select_all(
+    storage: &dyn Storage,
+    vs: &VectorSelector,
+    lo: i64,
+    hi: i64,
+    hints: &SelectHints,
+) -> Vec<Selected> {
     let sets = selector_matchers(vs);
     if sets.len() == 1 {
-        let mut v = storage.select(&sets[0], lo, hi);
+        let mut v = storage.select_hinted(&sets[0], lo, hi, hints);
         v.sort_by(|a, b| a.labels.cmp(&b.labels));
         return v;
     }
-    let mut by: HashMap<Labels, Series> = HashMap::new();
+    let mut by: HashMap<Labels, Selected> = HashMap::new();
     for ms in sets {
-        for s in storage.select(&ms, lo, hi) {
+        for s in storage.select_hinted(&ms, lo, hi, hints) {
             by.entry(s.labels.clone()).or_insert(s);
         }
     }
-    let mut v: Vec<Series> = by.into_values().collect();
+    let mut v: Vec<Selected> = by.into_values().collect();
     v.sort_by(|a, b| a.labels.cmp(&b.labels));
     v
 }
@@ -223,6 +284,22 @@ impl<'a> Engine<'a> {
     /// Time of step `i`.
     pub fn ts(&self, i: usize) -> i64 {
         self.start + i as i64 * self.step
+    }
+
+    /// The selection hints for evaluation times from [`Engine::times`].
+    fn hints(&self, at: &Option<AtModifier>, times: &[i64], range: i64) -> SelectHints {
+        SelectHints {
+            summarizable: false,
+            instant: false,
+            first: times.first().copied().unwrap_or(self.start),
+            // All times equal (one step, or `@`): a single time.
+            step: if at.is_some() || times.len() < 2 {
+                0
+            } else {
+                self.step
+            },
+            range,
+        }
     }
 
     fn times(&self, at: &Option<AtModifier>, offset: i64) -> Vec<i64> {
@@ -308,7 +385,7 @@ impl<'a> Engine<'a> {
                         "invalid expression type \"range vector\" for range query, must be Scalar or instant Vector".into(),
                     ));
                 }
-                let input = self.range_input(expr)?;
+                let input = self.range_input(expr, false)?;
                 let t = input.times[0];
                 let series = input
                     .series
@@ -367,9 +444,13 @@ impl<'a> Engine<'a> {
         let times = self.times(&vs.at, offset);
         let lo = times.iter().min().copied().unwrap_or(self.start) - self.lookback;
         let hi = times.iter().max().copied().unwrap_or(self.end);
-        let series = select_all(self.storage, vs, lo + 1, hi);
+        let hints = SelectHints {
+            instant: true,
+            ..self.hints(&vs.at, &times, self.lookback)
+        };
+        let series = select_all(self.storage, vs, lo + 1, hi, &hints);
         let mut out = Vec::with_capacity(series.len());
-        for s in series {
+        for s in series.into_iter().map(as_points) {
             let mut values = Vec::with_capacity(self.n);
             let mut any = false;
             for &t in &times {
@@ -393,23 +474,51 @@ impl<'a> Engine<'a> {
         Ok(out)
     }
 
-    /// The samples behind a range-vector argument (matrix selector or subquery).
-    pub fn range_input(&self, expr: &Expr) -> Result<RangeInput, QueryError> {
+    /// The samples behind a range-vector argument (matrix selector or subquery). With
+    /// `summarizable` (the function can use [`RangeInput::for_each_summary`]) a tiered store
+    /// may answer older parts with rollups.
+    pub fn range_input(&self, expr: &Expr, summarizable: bool) -> Result<RangeInput, QueryError> {
         match expr {
-            Expr::Paren(p) => self.range_input(&p.expr),
+            Expr::Paren(p) => self.range_input(&p.expr, summarizable),
             Expr::MatrixSelector(ms) => {
                 let range = dur_ms(&ms.range);
                 let offset = offset_ms(&ms.vs.offset);
                 let times = self.times(&ms.vs.at, offset);
                 let lo = times.iter().min().copied().unwrap_or(self.start) - range;
                 let hi = times.iter().max().copied().unwrap_or(self.end);
-                let mut series = select_all(self.storage, &ms.vs, lo + 1, hi);
-                for s in &mut series {
+                let hints = SelectHints {
+                    summarizable,
+                    ..self.hints(&ms.vs.at, &times, range)
+                };
+                let selected = select_all(self.storage, &ms.vs, lo + 1, hi, &hints);
+                let mut series = Vec::with_capacity(selected.len());
+                let mut rollups = Vec::new();
+                for mut s in selected {
                     s.samples.retain(|p| !is_stale_nan(p.1));
+                    if summarizable {
+                        if s.samples.is_empty() && s.rollups.is_empty() {
+                            continue;
+                        }
+                        if !s.rollups.is_empty() && rollups.is_empty() {
+                            rollups.resize(series.len(), Vec::new());
+                        }
+                        if !rollups.is_empty() || !s.rollups.is_empty() {
+                            rollups.push(std::mem::take(&mut s.rollups));
+                        }
+                        series.push(Series {
+                            labels: s.labels,
+                            samples: s.samples,
+                        });
+                    } else {
+                        let s = as_points(s);
+                        if !s.samples.is_empty() {
+                            series.push(s);
+                        }
+                    }
                 }
-                series.retain(|s| !s.samples.is_empty());
                 Ok(RangeInput {
                     series,
+                    rollups,
                     range,
                     times,
                 })
@@ -435,6 +544,7 @@ impl<'a> Engine<'a> {
                 if first > hi {
                     return Ok(RangeInput {
                         series: Vec::new(),
+                        rollups: Vec::new(),
                         range,
                         times,
                     });
@@ -484,6 +594,7 @@ impl<'a> Engine<'a> {
                 };
                 Ok(RangeInput {
                     series,
+                    rollups: Vec::new(),
                     range,
                     times,
                 })

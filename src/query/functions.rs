@@ -6,6 +6,7 @@ use promql_parser::parser::{Call, Expr};
 use super::engine::{dedupe, Engine, StepSeries, Value};
 use super::QueryError;
 use crate::model::{Labels, METRIC_NAME};
+use tidemark_dataflows::Rollup;
 
 /// Kahan-Neumaier summation step, as Prometheus's `kahanSumInc`.
 pub fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
@@ -143,11 +144,77 @@ fn extrapolated(w: &[(i64, f64)], t: i64, range: i64, counter: bool, rate: bool)
             prev = v;
         }
     }
+    extrapolate(
+        first_t,
+        first,
+        last_t,
+        w.len(),
+        result,
+        t,
+        range,
+        counter,
+        rate,
+    )
+}
+
+/// [`extrapolated`] from a window's summary: the same inputs, kept by every rollup.
+fn extrapolated_summary(r: &Rollup, t: i64, range: i64, counter: bool, rate: bool) -> Option<f64> {
+    if r.count < 2 {
+        return None;
+    }
+    let result = if counter {
+        r.increase
+    } else {
+        r.last - r.first
+    };
+    let n = r.count as usize;
+    extrapolate(
+        r.first_ts, r.first, r.last_ts, n, result, t, range, counter, rate,
+    )
+}
+
+/// A function of a window's summary: `(summary, eval time, range)`.
+pub type SummaryFn = fn(&Rollup, i64, i64) -> Option<f64>;
+
+/// The range functions whose answer over whole rollup windows equals their answer over the
+/// windows' samples (count, sum, min, max, first and last with their times, and the
+/// reset-corrected increase are all a rollup keeps), with how to compute them.
+pub fn from_rollups(name: &str) -> Option<SummaryFn> {
+    Some(match name {
+        "rate" => |r, t, range| extrapolated_summary(r, t, range, true, true),
+        "increase" => |r, t, range| extrapolated_summary(r, t, range, true, false),
+        "delta" => |r, t, range| extrapolated_summary(r, t, range, false, false),
+        "avg_over_time" => |r, _, _| Some(r.sum / r.count as f64),
+        "sum_over_time" => |r, _, _| Some(r.sum),
+        "count_over_time" => |r, _, _| Some(r.count as f64),
+        "min_over_time" => |r, _, _| Some(r.min),
+        "max_over_time" => |r, _, _| Some(r.max),
+        "last_over_time" => |r, _, _| Some(r.last),
+        "first_over_time" => |r, _, _| Some(r.first),
+        "present_over_time" | "absent_over_time" => |_, _, _| Some(1.0),
+        "ts_of_last_over_time" => |r, _, _| Some(r.last_ts as f64 / 1000.0),
+        "ts_of_first_over_time" => |r, _, _| Some(r.first_ts as f64 / 1000.0),
+        _ => return None,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn extrapolate(
+    first_t: i64,
+    first: f64,
+    last_t: i64,
+    count: usize,
+    result: f64,
+    t: i64,
+    range: i64,
+    counter: bool,
+    rate: bool,
+) -> Option<f64> {
     let range_start = t - range;
     let mut to_start = (first_t - range_start) as f64 / 1000.0;
     let mut to_end = (t - last_t) as f64 / 1000.0;
     let sampled = (last_t - first_t) as f64 / 1000.0;
-    let avg = sampled / (w.len() - 1) as f64;
+    let avg = sampled / (count - 1) as f64;
     let threshold = avg * 1.1;
     if to_start >= threshold {
         to_start = avg / 2.0;
@@ -247,7 +314,8 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
     let n = e.n;
     // Range-vector functions.
     let over_time = |f: WindowFn<'_>, keep_name: bool| -> Result<Value, QueryError> {
-        let input = e.range_input(arg(call, 0)?)?;
+        let summary = from_rollups(name);
+        let input = e.range_input(arg(call, 0)?, summary.is_some())?;
         let mut out: Vec<StepSeries> = input
             .series
             .iter()
@@ -260,11 +328,16 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 values: vec![None; n],
             })
             .collect();
-        input.for_each_window(|si, i, w| {
-            if !w.is_empty() {
-                out[si].values[i] = f(w, input.times[i], input.range, i);
-            }
-        });
+        match summary {
+            Some(g) if !input.rollups.is_empty() => input.for_each_summary(|si, i, r| {
+                out[si].values[i] = g(r, input.times[i], input.range);
+            }),
+            _ => input.for_each_window(|si, i, w| {
+                if !w.is_empty() {
+                    out[si].values[i] = f(w, input.times[i], input.range, i);
+                }
+            }),
+        }
         out.retain(|s| s.values.iter().any(|v| v.is_some()));
         Ok(Value::Vector(dedupe(out)?))
     };
@@ -371,7 +444,7 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
         }
         "quantile_over_time" => {
             let q = e.eval_scalar(arg(call, 0)?)?;
-            let input = e.range_input(arg(call, 1)?)?;
+            let input = e.range_input(arg(call, 1)?, false)?;
             let mut out: Vec<StepSeries> = input
                 .series
                 .iter()
@@ -391,9 +464,13 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
         }
         "absent_over_time" => {
             let a = arg(call, 0)?;
-            let input = e.range_input(a)?;
+            let input = e.range_input(a, true)?;
             let mut present = vec![false; n];
-            input.for_each_window(|_, i, w| present[i] |= !w.is_empty());
+            if input.rollups.is_empty() {
+                input.for_each_window(|_, i, w| present[i] |= !w.is_empty());
+            } else {
+                input.for_each_summary(|_, i, _| present[i] = true);
+            }
             let labels = absent_labels(a);
             let values: Vec<Option<f64>> = present.iter().map(|p| (!p).then_some(1.0)).collect();
             Ok(Value::Vector(if values.iter().any(|v| v.is_some()) {

@@ -2,3 +2,4 @@
 //! the cold tiers (Parquet on object storage).
 pub mod cold;
 pub mod hot;
+pub mod tiered;

@@ -7,10 +7,12 @@
 //! | [`store`] | the object store by URL (`file://`, `s3://`, `memory://`), retrying writes |
 //! | [`writer`] | the tier writers: the job's sinks, sealing partitions on the frontier |
 //! | [`maintain`] | listing (`tidemark tiers`), retention and compaction |
+//! | [`query`] | reading tiers for queries: partitions of a range, pruned reads, dedupe on read |
 
 pub mod layout;
 pub mod maintain;
 pub mod parquet_io;
+pub mod query;
 pub mod store;
 pub mod writer;
 

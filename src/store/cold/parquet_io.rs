@@ -3,10 +3,12 @@
 //!
 //! Columns (DESIGN.md section 6; `schemas/cold-*.schema.txt` are the golden copies):
 //! `metric` (dictionary utf8), `labels` (map<utf8, utf8>, sorted, without `__name__`),
-//! `series_id` (u64), `ts` (timestamp ms UTC; the window start for rollups); raw adds `value`
-//! (f64); rollups add `count` (u64), `sum`, `min`, `max`, `first`, `last`, `increase` (f64).
+//! `series_id` (u64), `ts` (timestamp ms UTC; the window start for rollups, whose windows are
+//! `(ts, ts + width]`); raw adds `value` (f64); rollups add `count` (u64), `sum`, `min`, `max`,
+//! `first`, `last`, `increase` (f64), `first_ts`, `last_ts` (timestamp ms UTC: when the first
+//! and last sample of the window were taken, which `rate` extrapolation needs).
 //! Rows are sorted by (metric, series_id, ts). ZSTD; dictionaries for `metric`, `labels` and
-//! `series_id`; delta encoding for `ts` and `count`; plain floats; page-level statistics, so
+//! `series_id`; delta encoding for the timestamps and `count`; plain floats; page-level statistics, so
 //! engines (and Tidemark) skip row groups by series and time.
 //!
 //! Floats are PLAIN, not BYTE_STREAM_SPLIT as DESIGN.md suggests: on the fleet workload
@@ -31,11 +33,13 @@ use tidemark_dataflows::{Rollup, Sample};
 
 use super::layout::Tier;
 use crate::model::{Labels, METRIC_NAME};
+use crate::store::hot::index::Matcher;
 
 /// Rows per row group: large enough to compress well, small enough to prune by series.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 const ROLLUP_FIELDS: [&str; 6] = ["sum", "min", "max", "first", "last", "increase"];
+const ROLLUP_TIMES: [&str; 2] = ["first_ts", "last_ts"];
 
 fn labels_type() -> DataType {
     DataType::Map(
@@ -73,6 +77,13 @@ pub fn schema(tier: Tier) -> SchemaRef {
             fields.push(Field::new("count", DataType::UInt64, false));
             for f in ROLLUP_FIELDS {
                 fields.push(Field::new(f, DataType::Float64, false));
+            }
+            for f in ROLLUP_TIMES {
+                fields.push(Field::new(
+                    f,
+                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                    false,
+                ));
             }
         }
     }
@@ -113,6 +124,9 @@ pub fn writer_properties(tier: Tier) -> WriterProperties {
             b = plain(b, "count", Encoding::DELTA_BINARY_PACKED);
             for f in ROLLUP_FIELDS {
                 b = plain(b, f, Encoding::PLAIN);
+            }
+            for f in ROLLUP_TIMES {
+                b = plain(b, f, Encoding::DELTA_BINARY_PACKED);
             }
         }
     }
@@ -308,6 +322,13 @@ pub fn to_batch(tier: Tier, rows: &Rows, order: &SeriesOrder) -> Result<RecordBa
             for f in fields {
                 tail.push(Arc::new(Float64Array::from_iter_values(rs.iter().map(f))));
             }
+            let times: [fn(&Rollup) -> i64; 2] = [|r| r.first_ts, |r| r.last_ts];
+            for f in times {
+                tail.push(Arc::new(
+                    TimestampMillisecondArray::from_iter_values(rs.iter().map(f))
+                        .with_timezone("UTC"),
+                ));
+            }
         }
     }
     let keys = Int32Array::from_iter_values(pos.iter().map(|&p| metric_key[p as usize]));
@@ -330,6 +351,8 @@ pub struct Decoded {
     pub samples: Vec<Sample>,
     pub rollups: Vec<Rollup>,
     pub labels: HashMap<u64, Labels>,
+    /// Series the filter's matchers were evaluated on: whether they matched.
+    pub matched: HashMap<u64, bool>,
 }
 
 fn column<'a, T: 'static>(
@@ -357,6 +380,11 @@ pub struct RowFilter<'a> {
     pub end: i64,
     /// Read `metric` and `labels` too.
     pub with_labels: bool,
+    /// Keep only series whose labels match all of these (read with the labels).
+    pub matchers: Option<&'a [Matcher]>,
+    /// The metric name the matchers require, when one: row groups whose `metric` statistics
+    /// exclude it are skipped.
+    pub metric: Option<&'a str>,
 }
 
 impl RowFilter<'_> {
@@ -368,8 +396,31 @@ impl RowFilter<'_> {
             start: i64::MIN,
             end: i64::MAX,
             with_labels: true,
+            matchers: None,
+            metric: None,
         }
     }
+}
+
+/// The labels of row `i`: its metric name and its label map.
+fn row_labels(metric: &StringArray, labels: &arrow::array::MapArray, i: usize) -> Labels {
+    let entry = labels.value(i);
+    let keys = entry.column(0).as_any().downcast_ref::<StringArray>();
+    let vals = entry.column(1).as_any().downcast_ref::<StringArray>();
+    let mut pairs = vec![(METRIC_NAME.to_string(), metric.value(i).to_string())];
+    if let (Some(k), Some(v)) = (keys, vals) {
+        for j in 0..k.len() {
+            pairs.push((k.value(j).to_string(), v.value(j).to_string()));
+        }
+    }
+    Labels::from_pairs(pairs)
+}
+
+/// Whether `labels` match every matcher (an absent label is the empty string).
+pub fn matches_all(matchers: &[Matcher], labels: &Labels) -> bool {
+    matchers
+        .iter()
+        .all(|m| m.matches(labels.get(&m.name).unwrap_or("")))
 }
 
 /// Appends the rows of `batch` (a tier file's full schema, or at least `series_id`, `ts`, the
@@ -381,58 +432,61 @@ pub fn decode_batch(
     filter: &RowFilter<'_>,
     out: &mut Decoded,
 ) -> Result<(), ParquetError> {
-    let (keep, start, end, with_labels) =
-        (filter.keep, filter.start, filter.end, filter.with_labels);
+    let (keep, start, end) = (filter.keep, filter.start, filter.end);
+    let with_labels = filter.with_labels || filter.matchers.is_some();
     let series = column::<UInt64Array>(batch, "series_id", path)?;
     let ts = column::<TimestampMillisecondArray>(batch, "ts", path)?;
-    let mut label_rows: Vec<usize> = Vec::new();
-    let mut take = Vec::new();
-    for i in 0..batch.num_rows() {
-        let (id, t) = (series.value(i), ts.value(i));
-        if t >= start && t <= end && keep(id) {
-            take.push(i);
-            if with_labels && !out.labels.contains_key(&id) {
-                label_rows.push(i);
-                out.labels.insert(id, Labels::empty());
-            }
-        }
-    }
-    if with_labels && !label_rows.is_empty() {
+    let names = if with_labels {
+        let missing = || ParquetError::Column {
+            path: path.into(),
+            column: "metric".into(),
+        };
         let metric = batch
             .column_by_name("metric")
             .map(|c| arrow::compute::cast(c, &DataType::Utf8))
             .transpose()?
-            .ok_or_else(|| ParquetError::Column {
-                path: path.into(),
-                column: "metric".into(),
-            })?;
+            .ok_or_else(missing)?;
         let metric = metric
             .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .ok_or_else(|| ParquetError::Column {
-                path: path.into(),
-                column: "metric".into(),
-            })?;
-        let labels = column::<arrow::array::MapArray>(batch, "labels", path)?;
-        for i in label_rows {
-            let entry = labels.value(i);
-            let keys = entry
-                .column(0)
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>();
-            let vals = entry
-                .column(1)
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>();
-            let mut pairs = vec![(METRIC_NAME.to_string(), metric.value(i).to_string())];
-            if let (Some(k), Some(v)) = (keys, vals) {
-                for j in 0..k.len() {
-                    pairs.push((k.value(j).to_string(), v.value(j).to_string()));
-                }
-            }
-            out.labels
-                .insert(series.value(i), Labels::from_pairs(pairs));
+            .downcast_ref::<StringArray>()
+            .cloned()
+            .ok_or_else(missing)?;
+        let labels = column::<arrow::array::MapArray>(batch, "labels", path)?.clone();
+        Some((metric, labels))
+    } else {
+        None
+    };
+    let labels_of = |i: usize| {
+        names
+            .as_ref()
+            .map_or_else(Labels::empty, |(m, l)| row_labels(m, l, i))
+    };
+    let mut take = Vec::new();
+    for i in 0..batch.num_rows() {
+        let (id, t) = (series.value(i), ts.value(i));
+        if t < start || t > end || !keep(id) {
+            continue;
         }
+        if let Some(ms) = filter.matchers {
+            let ok = match out.matched.get(&id) {
+                Some(&ok) => ok,
+                None => {
+                    let l = labels_of(i);
+                    let ok = matches_all(ms, &l);
+                    out.matched.insert(id, ok);
+                    if ok {
+                        out.labels.insert(id, l);
+                    }
+                    ok
+                }
+            };
+            if !ok {
+                continue;
+            }
+        } else if with_labels && !out.labels.contains_key(&id) {
+            out.labels.insert(id, labels_of(i));
+        }
+        take.push(i);
     }
     match tier {
         Tier::Raw => {
@@ -449,6 +503,8 @@ pub fn decode_batch(
             for name in ROLLUP_FIELDS {
                 f.push(column::<Float64Array>(batch, name, path)?);
             }
+            let first_ts = column::<TimestampMillisecondArray>(batch, "first_ts", path)?;
+            let last_ts = column::<TimestampMillisecondArray>(batch, "last_ts", path)?;
             let width = tier.resolution();
             out.rollups.extend(take.iter().map(|&i| Rollup {
                 series: series.value(i),
@@ -461,6 +517,8 @@ pub fn decode_batch(
                 first: f[3].value(i),
                 last: f[4].value(i),
                 increase: f[5].value(i),
+                first_ts: first_ts.value(i),
+                last_ts: last_ts.value(i),
             }));
         }
     }

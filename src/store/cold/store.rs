@@ -51,6 +51,8 @@ pub struct ColdStats {
     pub write_failures: AtomicU64,
     pub files_deleted: AtomicU64,
     pub compactions: AtomicU64,
+    /// Rows read by queries, per tier (raw, 1m, 1h).
+    pub query_rows: [AtomicU64; 3],
     pub last_error: Mutex<String>,
 }
 
@@ -144,6 +146,18 @@ impl ColdStats {
         ] {
             w.family(name, "counter", help, &[("", v)]);
         }
+        let tiers: Vec<(String, f64)> = Tier::ALL
+            .iter()
+            .zip(&self.query_rows)
+            .map(|(t, c)| (format!("tier=\"{}\"", t.name()), get(c)))
+            .collect();
+        let tiers: Vec<(&str, f64)> = tiers.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        w.family(
+            "tidemark_cold_query_rows_total",
+            "counter",
+            "Rows (samples or rollups) queries read from each cold tier.",
+            &tiers,
+        );
     }
 }
 
@@ -418,12 +432,8 @@ impl ColdStore {
         filter: &RowFilter<'_>,
         out: &mut Decoded,
     ) -> Result<(), ColdError> {
-        let (series_ids, start, end, with_labels) = (
-            filter.series_ids,
-            filter.start,
-            filter.end,
-            filter.with_labels,
-        );
+        let (series_ids, start, end) = (filter.series_ids, filter.start, filter.end);
+        let with_labels = filter.with_labels || filter.matchers.is_some();
         let path = meta.location.to_string();
         let perr = |e: ParquetError| ColdError::Parquet {
             path: path.clone(),
@@ -475,9 +485,31 @@ impl ColdStore {
                 .as_any()
                 .downcast_ref::<arrow::array::UInt64Array>()
                 .cloned();
+            // Rows are sorted by metric first: a metric's rows sit in few row groups.
+            let metric_range = match filter.metric {
+                Some(_) => conv("metric").ok().and_then(|c| {
+                    let lo = c.row_group_mins(groups.iter()).ok()?;
+                    let hi = c.row_group_maxes(groups.iter()).ok()?;
+                    let s = |a: arrow::array::ArrayRef| {
+                        arrow::compute::cast(&a, &arrow::datatypes::DataType::Utf8)
+                            .ok()?
+                            .as_any()
+                            .downcast_ref::<arrow::array::StringArray>()
+                            .cloned()
+                    };
+                    Some((s(lo)?, s(hi)?))
+                }),
+                None => None,
+            };
             let mut wanted = Vec::new();
             for i in 0..groups.len() {
                 use arrow::array::Array;
+                let metric_ok = match (&metric_range, filter.metric) {
+                    (Some((lo, hi)), Some(m)) if lo.is_valid(i) && hi.is_valid(i) => {
+                        lo.value(i) <= m && m <= hi.value(i)
+                    }
+                    _ => true,
+                };
                 let time_ok = match (&ts_min, &ts_max) {
                     (Some(lo), Some(hi)) if lo.is_valid(i) && hi.is_valid(i) => {
                         lo.value(i) <= end && hi.value(i) >= start
@@ -492,7 +524,7 @@ impl ColdStore {
                     }
                     _ => true,
                 };
-                if time_ok && series_ok {
+                if time_ok && series_ok && metric_ok {
                     wanted.push(i);
                 }
             }
@@ -506,7 +538,10 @@ impl ColdStore {
                 }
                 match tier {
                     Tier::Raw => v.push("value"),
-                    _ => v.extend(["count", "sum", "min", "max", "first", "last", "increase"]),
+                    _ => v.extend([
+                        "count", "sum", "min", "max", "first", "last", "increase", "first_ts",
+                        "last_ts",
+                    ]),
                 }
                 v
             };

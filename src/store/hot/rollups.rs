@@ -1,5 +1,5 @@
 //! Rollups of one series at one resolution, compressed like raw samples: blocks of
-//! [`BLOCK`] rollups stored as seven chunks (one per field, timestamps at window starts), plus an
+//! [`BLOCK`] rollups stored as nine chunks (one per field, timestamps at window starts), plus an
 //! uncompressed tail that takes the upserts of windows still open for lateness.
 
 use tidemark_dataflows::Rollup;
@@ -11,10 +11,10 @@ pub const BLOCK: usize = 120;
 /// Rollups kept uncompressed beyond a block's worth, so corrections within the allowed
 /// lateness hit the tail.
 const TAIL_SLACK: usize = 16;
-const FIELDS: usize = 7;
+const FIELDS: usize = 9;
 
-/// A sealed block: `count, sum, min, max, first, last, increase`, each as a chunk keyed by
-/// window start.
+/// A sealed block: `count, sum, min, max, first, last, increase`, and the first and last
+/// sample's offset from the window start, each as a chunk keyed by window start.
 #[derive(Clone, Debug)]
 struct Block {
     min_start: i64,
@@ -31,7 +31,9 @@ fn field(r: &Rollup, f: usize) -> f64 {
         3 => r.max,
         4 => r.first,
         5 => r.last,
-        _ => r.increase,
+        6 => r.increase,
+        7 => (r.first_ts - r.start) as f64,
+        _ => (r.last_ts - r.start) as f64,
     }
 }
 
@@ -68,6 +70,8 @@ impl Block {
                 first: cols[4][i].1,
                 last: cols[5][i].1,
                 increase: cols[6][i].1,
+                first_ts: cols[0][i].0 + cols[7][i].1 as i64,
+                last_ts: cols[0][i].0 + cols[8][i].1 as i64,
             })
             .collect()
     }
