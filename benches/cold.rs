@@ -47,13 +47,16 @@ fn fleet() -> Fleet {
             ts,
             value,
         }));
-        for w in pts.chunks(6) {
-            let start = w[0].0 - w[0].0.rem_euclid(60_000);
+        // Windows are (start, start + 1 min]: group by the window each sample ends in.
+        let minutes_before = f.minutes.len();
+        for w in pts.chunk_by(|a, b| (a.0 - 1).div_euclid(60_000) == (b.0 - 1).div_euclid(60_000)) {
+            let start = (w[0].0 - 1).div_euclid(60_000) * 60_000;
             f.minutes
                 .push(Rollup::from_sorted(id, start, 60_000, w).expect("points"));
         }
-        f.hours
-            .push(Rollup::from_sorted(id, START, 3_600_000, pts).expect("points"));
+        f.hours.push(
+            Rollup::combine(id, START, 3_600_000, &f.minutes[minutes_before..]).expect("minutes"),
+        );
     }
     f
 }

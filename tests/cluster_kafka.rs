@@ -30,12 +30,13 @@ fn job_spec(name: &str, brokers: &str, group: &str, idle: &str) -> String {
     )
 }
 
-/// Line protocol for minutes `[from, to)` after `base` (one sample per host, metric, minute):
+/// Line protocol for minutes `[from, to)` after `base` (one sample per host, metric, minute,
+/// half-way through it, so each lies inside a rollup window `(start, start + width]`):
 /// `cpu_usage`, `mem_usage`, `disk_usage` with host and pool tags.
 fn lines(base: i64, from: i64, to: i64) -> String {
     let mut s = String::new();
     for m in from..to {
-        let ts = base + m * 60_000;
+        let ts = base + m * 60_000 + 30_000;
         for h in 0..HOSTS {
             for (k, metric) in METRICS.iter().enumerate() {
                 let v = ((m * 7 + h as i64 * 13 + k as i64 * 5) % 100) as f64 + 0.25;

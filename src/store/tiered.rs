@@ -272,8 +272,17 @@ impl Storage for Tiered<'_> {
                     rollups: Vec::new(),
                     samples: Vec::new(),
                 });
-                e.rollups.extend(s.rollups);
-                e.samples.extend(s.samples);
+                // Move, not copy, when a series comes from one segment (the common case).
+                if e.rollups.is_empty() {
+                    e.rollups = s.rollups;
+                } else {
+                    e.rollups.extend(s.rollups);
+                }
+                if e.samples.is_empty() {
+                    e.samples = s.samples;
+                } else {
+                    e.samples.extend(s.samples);
+                }
             }
         }
         by.into_values()

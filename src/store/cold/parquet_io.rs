@@ -370,9 +370,10 @@ fn column<'a, T: 'static>(
 }
 
 /// Which rows a read wants.
+#[derive(Clone, Copy)]
 pub struct RowFilter<'a> {
     /// Series to keep.
-    pub keep: &'a dyn Fn(u64) -> bool,
+    pub keep: &'a (dyn Fn(u64) -> bool + Sync),
     /// The sorted ids `keep` accepts, when known: row groups without any are skipped.
     pub series_ids: Option<&'a [u64]>,
     /// Inclusive time range.
@@ -380,7 +381,8 @@ pub struct RowFilter<'a> {
     pub end: i64,
     /// Read `metric` and `labels` too.
     pub with_labels: bool,
-    /// Keep only series whose labels match all of these (read with the labels).
+    /// Keep only series whose labels match all of these (evaluated once per series, on the
+    /// labels of its first row).
     pub matchers: Option<&'a [Matcher]>,
     /// The metric name the matchers require, when one: row groups whose `metric` statistics
     /// exclude it are skipped.
@@ -416,6 +418,45 @@ fn row_labels(metric: &StringArray, labels: &arrow::array::MapArray, i: usize) -
     Labels::from_pairs(pairs)
 }
 
+/// The `series_id` and `ts` columns of a batch.
+pub fn ids_and_times<'a>(
+    batch: &'a RecordBatch,
+    path: &str,
+) -> Result<(&'a UInt64Array, &'a TimestampMillisecondArray), ParquetError> {
+    Ok((
+        column::<UInt64Array>(batch, "series_id", path)?,
+        column::<TimestampMillisecondArray>(batch, "ts", path)?,
+    ))
+}
+
+/// The series id and labels of every row of a batch with `series_id`, `metric` and `labels`.
+pub fn series_labels(batch: &RecordBatch, path: &str) -> Result<Vec<(u64, Labels)>, ParquetError> {
+    let ids = column::<UInt64Array>(batch, "series_id", path)?;
+    let metric = metric_names(batch, path)?;
+    let labels = column::<arrow::array::MapArray>(batch, "labels", path)?;
+    Ok((0..batch.num_rows())
+        .map(|i| (ids.value(i), row_labels(&metric, labels, i)))
+        .collect())
+}
+
+/// The `metric` column as plain strings (it is dictionary-encoded in files).
+fn metric_names(batch: &RecordBatch, path: &str) -> Result<StringArray, ParquetError> {
+    let missing = || ParquetError::Column {
+        path: path.into(),
+        column: "metric".into(),
+    };
+    let metric = batch
+        .column_by_name("metric")
+        .map(|c| arrow::compute::cast(c, &DataType::Utf8))
+        .transpose()?
+        .ok_or_else(missing)?;
+    metric
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(missing)
+}
+
 /// Whether `labels` match every matcher (an absent label is the empty string).
 pub fn matches_all(matchers: &[Matcher], labels: &Labels) -> bool {
     matchers
@@ -424,7 +465,8 @@ pub fn matches_all(matchers: &[Matcher], labels: &Labels) -> bool {
 }
 
 /// Appends the rows of `batch` (a tier file's full schema, or at least `series_id`, `ts`, the
-/// value columns and, with labels, `metric` and `labels`) that `filter` wants.
+/// value columns and, with labels, `metric` and `labels`) that `filter` wants by series and
+/// time (matchers are applied by [`super::store::ColdStore::read_file`] before decoding).
 pub fn decode_batch(
     tier: Tier,
     batch: &RecordBatch,
@@ -432,27 +474,13 @@ pub fn decode_batch(
     filter: &RowFilter<'_>,
     out: &mut Decoded,
 ) -> Result<(), ParquetError> {
-    let (keep, start, end) = (filter.keep, filter.start, filter.end);
-    let with_labels = filter.with_labels || filter.matchers.is_some();
+    let (keep, start, end, with_labels) =
+        (filter.keep, filter.start, filter.end, filter.with_labels);
     let series = column::<UInt64Array>(batch, "series_id", path)?;
     let ts = column::<TimestampMillisecondArray>(batch, "ts", path)?;
     let names = if with_labels {
-        let missing = || ParquetError::Column {
-            path: path.into(),
-            column: "metric".into(),
-        };
-        let metric = batch
-            .column_by_name("metric")
-            .map(|c| arrow::compute::cast(c, &DataType::Utf8))
-            .transpose()?
-            .ok_or_else(missing)?;
-        let metric = metric
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .cloned()
-            .ok_or_else(missing)?;
-        let labels = column::<arrow::array::MapArray>(batch, "labels", path)?.clone();
-        Some((metric, labels))
+        let labels = column::<arrow::array::MapArray>(batch, "labels", path)?;
+        Some((metric_names(batch, path)?, labels))
     } else {
         None
     };
@@ -467,23 +495,7 @@ pub fn decode_batch(
         if t < start || t > end || !keep(id) {
             continue;
         }
-        if let Some(ms) = filter.matchers {
-            let ok = match out.matched.get(&id) {
-                Some(&ok) => ok,
-                None => {
-                    let l = labels_of(i);
-                    let ok = matches_all(ms, &l);
-                    out.matched.insert(id, ok);
-                    if ok {
-                        out.labels.insert(id, l);
-                    }
-                    ok
-                }
-            };
-            if !ok {
-                continue;
-            }
-        } else if with_labels && !out.labels.contains_key(&id) {
+        if with_labels && !out.labels.contains_key(&id) {
             out.labels.insert(id, labels_of(i));
         }
         take.push(i);

@@ -8,11 +8,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tidemark_dataflows::Rollup;
+use object_store::ObjectMeta;
+use tidemark_dataflows::{Rollup, Sample};
 
+use super::layout::FileKind;
 use super::layout::Tier;
 use super::maintain::{self, Listing};
-use super::parquet_io::{Decoded, RowFilter};
+use super::parquet_io::{ColdRow, Decoded, RowFilter};
 use super::store::{ColdError, ColdStore};
 use crate::model::{Labels, METRIC_NAME};
 use crate::store::hot::index::{MatchOp, Matcher};
@@ -116,87 +118,131 @@ impl ColdReader {
             matchers: Some(matchers),
             metric,
         };
-        let mut d = Decoded::default();
-        // Per file read: the rows it added, and its rank (later files win).
-        let mut ranks: Vec<(usize, u32)> = Vec::new();
-        let mut several = false;
-        let mut rank = 0u32;
-        for (p, files) in listing.range(..) {
-            if p.tier != tier || p.start > end || p.end() <= start {
-                continue;
+        // Partitions in time order, read on up to one thread per core (decoding is the cost).
+        let parts: Vec<&[(FileKind, ObjectMeta)]> = listing
+            .iter()
+            .filter(|(p, _)| p.tier == tier && p.start <= end && p.end() > start)
+            .map(|(_, files)| files.as_slice())
+            .collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(parts.len())
+            .max(1);
+        type Read = (Vec<(usize, Part)>, HashMap<u64, Labels>);
+        let read = |k: usize| -> Result<Read, ColdError> {
+            let mut d = Decoded::default();
+            let mut got = Vec::new();
+            for (i, files) in parts.iter().enumerate().skip(k).step_by(threads) {
+                let mut bounds = Vec::with_capacity(files.len());
+                for (_, meta) in files.iter() {
+                    self.store.read_file(meta, tier, &filter, &mut d)?;
+                    bounds.push(d.samples.len().max(d.rollups.len()));
+                }
+                let part = Part {
+                    samples: dedupe_files(std::mem::take(&mut d.samples), &bounds),
+                    rollups: dedupe_files(std::mem::take(&mut d.rollups), &bounds),
+                };
+                got.push((i, part));
             }
-            several |= files.len() > 1;
-            for (_, meta) in files {
-                self.store.read_file(meta, tier, &filter, &mut d)?;
-                ranks.push((d.samples.len().max(d.rollups.len()), rank));
-                rank += 1;
+            Ok((got, d.labels))
+        };
+        let mut results: Vec<Result<Read, ColdError>> = Vec::new();
+        let mut labels: HashMap<u64, Labels> = HashMap::new();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (1..threads).map(|k| s.spawn(move || read(k))).collect();
+            results.push(read(0));
+            for h in handles {
+                results.push(h.join().unwrap_or_else(|_| {
+                    Err(ColdError::Other(
+                        "a cold-tier reader thread panicked".into(),
+                    ))
+                }));
             }
+        });
+        let mut parts_read: Vec<(usize, Part)> = Vec::new();
+        for r in results {
+            let (parts, l) = r?;
+            parts_read.extend(parts);
+            labels.extend(l);
+        }
+        parts_read.sort_by_key(|(i, _)| *i);
+        let mut out: HashMap<u64, ColdSeries> = HashMap::new();
+        let mut rows = 0u64;
+        for (_, part) in parts_read {
+            rows += (part.samples.len() + part.rollups.len()) as u64;
+            append(
+                &mut out,
+                &labels,
+                part.samples,
+                |s| s.series,
+                |c, s| c.samples.push((s.ts, s.value)),
+            );
+            append(
+                &mut out,
+                &labels,
+                part.rollups,
+                |r| r.series,
+                |c, r| c.rollups.push(r),
+            );
         }
         let i = Tier::ALL.iter().position(|&t| t == tier).unwrap_or(0);
-        self.store.stats.query_rows[i].fetch_add(
-            d.samples.len().max(d.rollups.len()) as u64,
-            Ordering::Relaxed,
-        );
-        let rank_of = |row: usize| -> u32 {
-            let k = ranks.partition_point(|&(end, _)| end <= row);
-            ranks.get(k).map_or(0, |r| r.1)
-        };
-        let mut out: HashMap<u64, ColdSeries> = HashMap::new();
-        let labels = &d.labels;
-        fn entry<'a>(
-            out: &'a mut HashMap<u64, ColdSeries>,
-            labels: &HashMap<u64, Labels>,
-            id: u64,
-        ) -> &'a mut ColdSeries {
-            out.entry(id).or_insert_with(|| ColdSeries {
-                labels: labels.get(&id).cloned().unwrap_or_else(Labels::empty),
-                ..ColdSeries::default()
-            })
-        }
-        match tier {
-            Tier::Raw => {
-                let mut rows: Vec<(u64, i64, u32, f64)> = d
-                    .samples
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| {
-                        (
-                            s.series,
-                            s.ts,
-                            if several { rank_of(i) } else { 0 },
-                            s.value,
-                        )
-                    })
-                    .collect();
-                rows.sort_unstable_by_key(|r| (r.0, r.1, r.2));
-                for (i, r) in rows.iter().enumerate() {
-                    // For equal series and time only the last (highest rank) row stays.
-                    if rows.get(i + 1).is_some_and(|n| n.0 == r.0 && n.1 == r.1) {
-                        continue;
-                    }
-                    entry(&mut out, labels, r.0).samples.push((r.1, r.3));
-                }
-            }
-            Tier::Minute | Tier::Hour => {
-                let mut rows: Vec<(u32, Rollup)> = d
-                    .rollups
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (if several { rank_of(i) } else { 0 }, *r))
-                    .collect();
-                rows.sort_unstable_by_key(|(k, r)| (r.series, r.start, *k));
-                for (i, (_, r)) in rows.iter().enumerate() {
-                    if rows
-                        .get(i + 1)
-                        .is_some_and(|(_, n)| n.series == r.series && n.start == r.start)
-                    {
-                        continue;
-                    }
-                    entry(&mut out, labels, r.series).rollups.push(*r);
-                }
-            }
-        }
+        self.store.stats.query_rows[i].fetch_add(rows, Ordering::Relaxed);
         Ok(out)
+    }
+}
+
+/// One partition's rows, grouped by series and sorted by time, one row per series and time.
+#[derive(Default)]
+struct Part {
+    samples: Vec<Sample>,
+    rollups: Vec<Rollup>,
+}
+
+/// Rows of a partition's files read one after the other (`bounds`: where each file's rows
+/// end). One file is already in (series, time) order; with several, for equal series and time
+/// the later file's row wins, as in compaction.
+fn dedupe_files<R: ColdRow>(rows: Vec<R>, bounds: &[usize]) -> Vec<R> {
+    if bounds.len() < 2 || rows.is_empty() {
+        return rows;
+    }
+    let mut keyed: Vec<(u64, i64, usize, R)> = rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (r.series(), r.time(), bounds.partition_point(|&b| b <= i), r))
+        .collect();
+    keyed.sort_unstable_by_key(|k| (k.0, k.1, k.2));
+    let mut out: Vec<R> = Vec::with_capacity(keyed.len());
+    let mut last: Option<(u64, i64)> = None;
+    for (id, t, _, r) in keyed {
+        if last == Some((id, t)) {
+            *out.last_mut().expect("a previous row") = r;
+        } else {
+            out.push(r);
+            last = Some((id, t));
+        }
+    }
+    out
+}
+
+/// Appends rows (grouped by series) to their series, one lookup per run.
+fn append<R>(
+    out: &mut HashMap<u64, ColdSeries>,
+    labels: &HashMap<u64, Labels>,
+    rows: Vec<R>,
+    series: impl Fn(&R) -> u64,
+    mut push: impl FnMut(&mut ColdSeries, R),
+) {
+    let mut it = rows.into_iter().peekable();
+    while let Some(r) = it.next() {
+        let id = series(&r);
+        let c = out.entry(id).or_insert_with(|| ColdSeries {
+            labels: labels.get(&id).cloned().unwrap_or_else(Labels::empty),
+            ..ColdSeries::default()
+        });
+        push(c, r);
+        while let Some(n) = it.next_if(|n| series(n) == id) {
+            push(c, n);
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! runtime of the store's own; writes retry with backoff until they succeed, so a store that is
 //! down holds the job back instead of losing data.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +13,9 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+};
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
@@ -58,6 +61,7 @@ pub struct ColdStats {
 
 /// Reads a Parquet file from the object store by ranges: the footer first, then only the
 /// column chunks of the row groups and columns a query needs.
+#[derive(Clone)]
 struct RangeReader {
     store: Arc<dyn ObjectStore>,
     path: Path,
@@ -101,6 +105,7 @@ impl AsyncFileReader for RangeReader {
             let size = self.size;
             let md = ParquetMetaDataReader::new()
                 .with_prefetch_hint(Some(64 * 1024))
+                .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional)
                 .load_and_finish(self, size)
                 .await?;
             Ok(Arc::new(md))
@@ -169,6 +174,7 @@ pub struct ColdStore {
     pub stats: Arc<ColdStats>,
     /// Set at shutdown: retry loops give up.
     pub stop: Arc<AtomicBool>,
+    footers: Mutex<HashMap<(String, u64), ArrowReaderMetadata>>,
 }
 
 impl std::fmt::Debug for ColdStore {
@@ -244,6 +250,7 @@ impl ColdStore {
             rt,
             stats: Arc::new(ColdStats::default()),
             stop: Arc::new(AtomicBool::new(false)),
+            footers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -423,8 +430,46 @@ impl ColdStore {
         })
     }
 
+    /// A file's footer (with its offset index), cached by path: files are immutable and
+    /// their names change with their content.
+    async fn metadata(&self, meta: &ObjectMeta) -> Result<ArrowReaderMetadata, ColdError> {
+        let key = (meta.location.to_string(), meta.size);
+        if let Some(md) = self
+            .footers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(md.clone());
+        }
+        let mut reader = RangeReader {
+            store: Arc::clone(&self.store),
+            path: meta.location.clone(),
+            size: meta.size,
+        };
+        let md = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+            .await
+            .map_err(|e| ColdError::Parquet {
+                path: key.0.clone(),
+                source: e.into(),
+            })?;
+        let mut cache = self.footers.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= FOOTER_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, md.clone());
+        Ok(md)
+    }
+
     /// Reads the rows of a file that `filter` wants, skipping row groups whose statistics rule
-    /// them out, and reading the label columns only when asked.
+    /// them out (metric, series, time).
+    ///
+    /// With matchers the read has three passes, so only the rows of matching series are
+    /// decoded: series ids and times (each series' rows are one run, the file being sorted by
+    /// series), then the labels of the first row of each series not seen yet, then the
+    /// value columns of the matching runs only (a row selection: whole pages of other series
+    /// are skipped through the offset index). Without matchers one pass reads everything the
+    /// filter keeps (compaction).
     pub fn read_file(
         &self,
         meta: &ObjectMeta,
@@ -432,133 +477,218 @@ impl ColdStore {
         filter: &RowFilter<'_>,
         out: &mut Decoded,
     ) -> Result<(), ColdError> {
-        let (series_ids, start, end) = (filter.series_ids, filter.start, filter.end);
-        let with_labels = filter.with_labels || filter.matchers.is_some();
         let path = meta.location.to_string();
         let perr = |e: ParquetError| ColdError::Parquet {
             path: path.clone(),
             source: e,
         };
+        let pq = |e: parquet::errors::ParquetError| perr(e.into());
         self.rt.block_on(async {
+            let md = self.metadata(meta).await?;
             let reader = RangeReader {
                 store: Arc::clone(&self.store),
                 path: meta.location.clone(),
                 size: meta.size,
             };
-            let builder = ParquetRecordBatchStreamBuilder::new(reader)
-                .await
-                .map_err(|e| perr(e.into()))?;
-            let md = builder.metadata().clone();
-            let arrow_schema = builder.schema().clone();
-            let pschema = builder.parquet_schema();
-            let groups = md.row_groups();
-            let conv = |col: &str| {
-                StatisticsConverter::try_new(col, &arrow_schema, pschema)
-                    .map_err(|e| perr(e.into()))
-            };
-            let (ts_c, id_c) = (conv("ts")?, conv("series_id")?);
-            let ts_min = ts_c
-                .row_group_mins(groups.iter())
-                .map_err(|e| perr(e.into()))?;
-            let ts_max = ts_c
-                .row_group_maxes(groups.iter())
-                .map_err(|e| perr(e.into()))?;
-            let id_min = id_c
-                .row_group_mins(groups.iter())
-                .map_err(|e| perr(e.into()))?;
-            let id_max = id_c
-                .row_group_maxes(groups.iter())
-                .map_err(|e| perr(e.into()))?;
-            let ts_min = ts_min
-                .as_any()
-                .downcast_ref::<arrow::array::TimestampMillisecondArray>()
-                .cloned();
-            let ts_max = ts_max
-                .as_any()
-                .downcast_ref::<arrow::array::TimestampMillisecondArray>()
-                .cloned();
-            let id_min = id_min
-                .as_any()
-                .downcast_ref::<arrow::array::UInt64Array>()
-                .cloned();
-            let id_max = id_max
-                .as_any()
-                .downcast_ref::<arrow::array::UInt64Array>()
-                .cloned();
-            // Rows are sorted by metric first: a metric's rows sit in few row groups.
-            let metric_range = match filter.metric {
-                Some(_) => conv("metric").ok().and_then(|c| {
-                    let lo = c.row_group_mins(groups.iter()).ok()?;
-                    let hi = c.row_group_maxes(groups.iter()).ok()?;
-                    let s = |a: arrow::array::ArrayRef| {
-                        arrow::compute::cast(&a, &arrow::datatypes::DataType::Utf8)
-                            .ok()?
-                            .as_any()
-                            .downcast_ref::<arrow::array::StringArray>()
-                            .cloned()
-                    };
-                    Some((s(lo)?, s(hi)?))
-                }),
-                None => None,
-            };
-            let mut wanted = Vec::new();
-            for i in 0..groups.len() {
-                use arrow::array::Array;
-                let metric_ok = match (&metric_range, filter.metric) {
-                    (Some((lo, hi)), Some(m)) if lo.is_valid(i) && hi.is_valid(i) => {
-                        lo.value(i) <= m && m <= hi.value(i)
-                    }
-                    _ => true,
-                };
-                let time_ok = match (&ts_min, &ts_max) {
-                    (Some(lo), Some(hi)) if lo.is_valid(i) && hi.is_valid(i) => {
-                        lo.value(i) <= end && hi.value(i) >= start
-                    }
-                    _ => true,
-                };
-                let series_ok = match (&id_min, &id_max, series_ids) {
-                    (Some(lo), Some(hi), Some(ids)) if lo.is_valid(i) && hi.is_valid(i) => {
-                        let (lo, hi) = (lo.value(i), hi.value(i));
-                        let k = ids.partition_point(|&x| x < lo);
-                        k < ids.len() && ids[k] <= hi
-                    }
-                    _ => true,
-                };
-                if time_ok && series_ok && metric_ok {
-                    wanted.push(i);
-                }
-            }
+            let builder =
+                || ParquetRecordBatchStreamBuilder::new_with_metadata(reader.clone(), md.clone());
+            let wanted = prune(&md, filter).map_err(perr)?;
             if wanted.is_empty() {
                 return Ok(());
             }
-            let names: Vec<&str> = {
-                let mut v = vec!["series_id", "ts"];
-                if with_labels {
-                    v.extend(["metric", "labels"]);
-                }
-                match tier {
-                    Tier::Raw => v.push("value"),
-                    _ => v.extend([
-                        "count", "sum", "min", "max", "first", "last", "increase", "first_ts",
-                        "last_ts",
-                    ]),
-                }
-                v
+            let arrow_schema = md.schema();
+            let mask = |names: &[&str]| {
+                let roots = names.iter().filter_map(|n| arrow_schema.index_of(n).ok());
+                ProjectionMask::roots(md.parquet_schema(), roots)
             };
-            let roots: Vec<usize> = names
-                .iter()
-                .filter_map(|n| arrow_schema.index_of(n).ok())
-                .collect();
-            let mask = ProjectionMask::roots(pschema, roots);
-            let mut stream = builder
-                .with_row_groups(wanted)
-                .with_projection(mask)
+            let mut values: Vec<&str> = vec!["series_id", "ts"];
+            match tier {
+                Tier::Raw => values.push("value"),
+                _ => values.extend([
+                    "count", "sum", "min", "max", "first", "last", "increase", "first_ts",
+                    "last_ts",
+                ]),
+            }
+            let Some(matchers) = filter.matchers else {
+                let mut names = values.clone();
+                if filter.with_labels {
+                    names.extend(["metric", "labels"]);
+                }
+                let mut stream = builder()
+                    .with_row_groups(wanted)
+                    .with_projection(mask(&names))
+                    .build()
+                    .map_err(pq)?;
+                while let Some(batch) = stream.try_next().await.map_err(pq)? {
+                    parquet_io::decode_batch(tier, &batch, &path, filter, out).map_err(perr)?;
+                }
+                return Ok(());
+            };
+            // 1: each series' run of rows within the time range.
+            let mut runs: Vec<(u64, usize, usize)> = Vec::new();
+            let mut total = 0usize;
+            let mut stream = builder()
+                .with_row_groups(wanted.clone())
+                .with_projection(mask(&["series_id", "ts"]))
                 .build()
-                .map_err(|e| perr(e.into()))?;
-            while let Some(batch) = stream.try_next().await.map_err(|e| perr(e.into()))? {
-                parquet_io::decode_batch(tier, &batch, &path, filter, out).map_err(perr)?;
+                .map_err(pq)?;
+            while let Some(batch) = stream.try_next().await.map_err(pq)? {
+                let (ids, ts) = parquet_io::ids_and_times(&batch, &path).map_err(perr)?;
+                for i in 0..batch.num_rows() {
+                    let (id, t) = (ids.value(i), ts.value(i));
+                    let row = total + i;
+                    if t < filter.start || t > filter.end || !(filter.keep)(id) {
+                        continue;
+                    }
+                    match runs.last_mut() {
+                        Some(r) if r.0 == id && r.2 == row => r.2 = row + 1,
+                        _ => runs.push((id, row, row + 1)),
+                    }
+                }
+                total += batch.num_rows();
+            }
+            // 2: labels of the series not seen yet, from their first row.
+            let mut unseen: Vec<(usize, usize)> = Vec::new();
+            let mut asked = std::collections::HashSet::new();
+            for r in &runs {
+                if !out.matched.contains_key(&r.0) && asked.insert(r.0) {
+                    unseen.push((r.1, r.1 + 1));
+                }
+            }
+            if !unseen.is_empty() {
+                let mut stream = builder()
+                    .with_row_groups(wanted.clone())
+                    .with_projection(mask(&["metric", "labels", "series_id"]))
+                    .with_row_selection(selection(&unseen, total))
+                    .build()
+                    .map_err(pq)?;
+                while let Some(batch) = stream.try_next().await.map_err(pq)? {
+                    for (id, labels) in parquet_io::series_labels(&batch, &path).map_err(perr)? {
+                        let ok = parquet_io::matches_all(matchers, &labels);
+                        out.matched.insert(id, ok);
+                        if ok {
+                            out.labels.insert(id, labels);
+                        }
+                    }
+                }
+            }
+            // 3: the matching runs' values.
+            let take: Vec<(usize, usize)> = runs
+                .iter()
+                .filter(|r| out.matched.get(&r.0).copied().unwrap_or(false))
+                .map(|r| (r.1, r.2))
+                .collect();
+            if take.is_empty() {
+                return Ok(());
+            }
+            let mut stream = builder()
+                .with_row_groups(wanted)
+                .with_projection(mask(&values))
+                .with_row_selection(selection(&take, total))
+                .build()
+                .map_err(pq)?;
+            let plain = RowFilter {
+                with_labels: false,
+                matchers: None,
+                ..*filter
+            };
+            while let Some(batch) = stream.try_next().await.map_err(pq)? {
+                parquet_io::decode_batch(tier, &batch, &path, &plain, out).map_err(perr)?;
             }
             Ok(())
         })
     }
+}
+
+/// Footers kept by [`ColdStore`] (about 10 KB each).
+const FOOTER_CACHE: usize = 4096;
+
+/// A row selection of the sorted, disjoint row ranges `take` out of `total` rows.
+fn selection(take: &[(usize, usize)], total: usize) -> RowSelection {
+    let mut sel: Vec<RowSelector> = Vec::new();
+    let mut at = 0;
+    for &(a, b) in take {
+        if a > at {
+            sel.push(RowSelector::skip(a - at));
+        }
+        match sel.last_mut() {
+            Some(last) if !last.skip && a == at => last.row_count += b - a,
+            _ => sel.push(RowSelector::select(b - a)),
+        }
+        at = b;
+    }
+    if total > at {
+        sel.push(RowSelector::skip(total - at));
+    }
+    sel.into()
+}
+
+/// The row groups whose statistics do not rule out the filter's metric, series and time.
+fn prune(md: &ArrowReaderMetadata, filter: &RowFilter<'_>) -> Result<Vec<usize>, ParquetError> {
+    use arrow::array::{Array, StringArray, TimestampMillisecondArray, UInt64Array};
+    let groups = md.metadata().row_groups();
+    let (arrow_schema, pschema) = (md.schema(), md.parquet_schema());
+    let stats = |col: &str| -> Option<(arrow::array::ArrayRef, arrow::array::ArrayRef)> {
+        let c = StatisticsConverter::try_new(col, arrow_schema, pschema).ok()?;
+        Some((
+            c.row_group_mins(groups.iter()).ok()?,
+            c.row_group_maxes(groups.iter()).ok()?,
+        ))
+    };
+    let typed = |p: Option<(arrow::array::ArrayRef, arrow::array::ArrayRef)>| {
+        p.and_then(|(lo, hi)| {
+            Some((
+                lo.as_any().downcast_ref::<UInt64Array>()?.clone(),
+                hi.as_any().downcast_ref::<UInt64Array>()?.clone(),
+            ))
+        })
+    };
+    let ts = stats("ts").and_then(|(lo, hi)| {
+        Some((
+            lo.as_any()
+                .downcast_ref::<TimestampMillisecondArray>()?
+                .clone(),
+            hi.as_any()
+                .downcast_ref::<TimestampMillisecondArray>()?
+                .clone(),
+        ))
+    });
+    let ids = typed(stats("series_id"));
+    // Rows are sorted by metric first: a metric's rows sit in few row groups.
+    let metric = filter.metric.and(stats("metric")).and_then(|(lo, hi)| {
+        let s = |a: arrow::array::ArrayRef| {
+            arrow::compute::cast(&a, &arrow::datatypes::DataType::Utf8)
+                .ok()?
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .cloned()
+        };
+        Some((s(lo)?, s(hi)?))
+    });
+    let mut wanted = Vec::new();
+    for i in 0..groups.len() {
+        let time_ok = match &ts {
+            Some((lo, hi)) if lo.is_valid(i) && hi.is_valid(i) => {
+                lo.value(i) <= filter.end && hi.value(i) >= filter.start
+            }
+            _ => true,
+        };
+        let series_ok = match (&ids, filter.series_ids) {
+            (Some((lo, hi)), Some(want)) if lo.is_valid(i) && hi.is_valid(i) => {
+                let k = want.partition_point(|&x| x < lo.value(i));
+                k < want.len() && want[k] <= hi.value(i)
+            }
+            _ => true,
+        };
+        let metric_ok = match (&metric, filter.metric) {
+            (Some((lo, hi)), Some(m)) if lo.is_valid(i) && hi.is_valid(i) => {
+                lo.value(i) <= m && m <= hi.value(i)
+            }
+            _ => true,
+        };
+        if time_ok && series_ok && metric_ok {
+            wanted.push(i);
+        }
+    }
+    Ok(wanted)
 }
