@@ -109,22 +109,6 @@ impl RangeInput {
     }
 }
 
-/// A selected series as points: each rollup window stands for its last sample.
-fn as_points(s: Selected) -> Series {
-    if s.rollups.is_empty() {
-        return Series {
-            labels: s.labels,
-            samples: s.samples,
-        };
-    }
-    let mut samples: Vec<(i64, f64)> = s.rollups.iter().map(|r| (r.last_ts, r.last)).collect();
-    samples.extend(s.samples);
-    Series {
-        labels: s.labels,
-        samples,
-    }
-}
-
 /// A query's evaluation context.
 #[derive(Clone, Copy)]
 pub struct Engine<'a> {
@@ -450,7 +434,7 @@ impl<'a> Engine<'a> {
         };
         let series = select_all(self.storage, vs, lo + 1, hi, &hints);
         let mut out = Vec::with_capacity(series.len());
-        for s in series.into_iter().map(as_points) {
+        for s in series.into_iter().map(Selected::into_points) {
             let mut values = Vec::with_capacity(self.n);
             let mut any = false;
             for &t in &times {
@@ -510,7 +494,7 @@ impl<'a> Engine<'a> {
                             samples: s.samples,
                         });
                     } else {
-                        let s = as_points(s);
+                        let s = s.into_points();
                         if !s.samples.is_empty() {
                             series.push(s);
                         }

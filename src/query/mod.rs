@@ -32,6 +32,25 @@ pub struct Selected {
     pub samples: Vec<(i64, f64)>,
 }
 
+impl Selected {
+    /// The series as points: each rollup window stands for its last sample.
+    pub fn into_points(self) -> Series {
+        if self.rollups.is_empty() {
+            return Series {
+                labels: self.labels,
+                samples: self.samples,
+            };
+        }
+        let mut samples: Vec<(i64, f64)> =
+            self.rollups.iter().map(|r| (r.last_ts, r.last)).collect();
+        samples.extend(self.samples);
+        Series {
+            labels: self.labels,
+            samples,
+        }
+    }
+}
+
 /// How the engine will use a selection, so a tiered store can answer from the cheapest tier
 /// that gives the same result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -198,16 +198,8 @@ impl Storage for Tiered<'_> {
     fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
         self.select_hinted(matchers, start, end, &SelectHints::raw())
             .into_iter()
-            .map(|s| {
-                // Raw hints: only raw segments, unless raw data expired and rollups stand in.
-                let mut samples: Vec<(i64, f64)> =
-                    s.rollups.iter().map(|r| (r.last_ts, r.last)).collect();
-                samples.extend(s.samples);
-                Series {
-                    labels: s.labels,
-                    samples,
-                }
-            })
+            // Raw hints: only raw segments, unless raw data expired and rollups stand in.
+            .map(Selected::into_points)
             .collect()
     }
 
