@@ -19,7 +19,25 @@ pub type Listing = BTreeMap<Partition, Vec<(FileKind, ObjectMeta)>>;
 pub fn list(store: &ColdStore) -> Result<Listing, ColdError> {
     let mut out: Listing = BTreeMap::new();
     for tier in Tier::ALL {
-        for meta in store.list(&format!("tier={}", tier.name()))? {
+        list_under(store, &format!("tier={}", tier.name()), &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The files of one partition, in precedence order (empty when it is gone).
+pub fn list_partition(
+    store: &ColdStore,
+    p: &Partition,
+) -> Result<Vec<(FileKind, ObjectMeta)>, ColdError> {
+    let mut out: Listing = BTreeMap::new();
+    list_under(store, &p.dir(), &mut out)?;
+    Ok(out.remove(p).unwrap_or_default())
+}
+
+/// Adds the tier files under `prefix` to `out`, each partition's in precedence order.
+fn list_under(store: &ColdStore, prefix: &str, out: &mut Listing) -> Result<(), ColdError> {
+    {
+        for meta in store.list(prefix)? {
             let path = meta.location.to_string();
             let Some(p) = Partition::parse(&path) else {
                 continue;
@@ -38,7 +56,7 @@ pub fn list(store: &ColdStore) -> Result<Listing, ColdError> {
                 .then(a.1.location.cmp(&b.1.location))
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Deletes the partitions that ended more than their tier's retention before `newest`

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use object_store::ObjectMeta;
 use tidemark_dataflows::{Rollup, Sample};
 
-use super::layout::FileKind;
 use super::layout::Tier;
+use super::layout::{FileKind, Partition};
 use super::maintain::{self, Listing};
 use super::parquet_io::{ColdRow, Decoded, RowFilter};
 use super::store::{ColdError, ColdStore};
@@ -119,10 +119,10 @@ impl ColdReader {
             metric,
         };
         // Partitions in time order, read on up to one thread per core (decoding is the cost).
-        let parts: Vec<&[(FileKind, ObjectMeta)]> = listing
+        let parts: Vec<(&Partition, &[(FileKind, ObjectMeta)])> = listing
             .iter()
             .filter(|(p, _)| p.tier == tier && p.start <= end && p.end() > start)
-            .map(|(_, files)| files.as_slice())
+            .map(|(p, files)| (p, files.as_slice()))
             .collect();
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -132,11 +132,25 @@ impl ColdReader {
         let read = |k: usize| -> Result<Read, ColdError> {
             let mut d = Decoded::default();
             let mut got = Vec::new();
-            for (i, files) in parts.iter().enumerate().skip(k).step_by(threads) {
+            for (i, (p, files)) in parts.iter().enumerate().skip(k).step_by(threads) {
                 let mut bounds = Vec::with_capacity(files.len());
-                for (_, meta) in files.iter() {
+                let mut files: Vec<(FileKind, ObjectMeta)> = files.to_vec();
+                let mut attempt = 0;
+                // Compaction or retention may replace or delete a partition's files while it
+                // is read: list that partition again and read it again.
+                while let Err(e) = files.iter().try_for_each(|(_, meta)| {
                     self.store.read_file(meta, tier, &filter, &mut d)?;
                     bounds.push(d.samples.len().max(d.rollups.len()));
+                    Ok::<(), ColdError>(())
+                }) {
+                    attempt += 1;
+                    if attempt > 5 {
+                        return Err(e);
+                    }
+                    d.samples.clear();
+                    d.rollups.clear();
+                    bounds.clear();
+                    files = maintain::list_partition(&self.store, p)?;
                 }
                 let part = Part {
                     samples: dedupe_files(std::mem::take(&mut d.samples), &bounds),

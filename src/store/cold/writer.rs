@@ -59,6 +59,7 @@ pub fn sealed_through_all(store: &ColdStore, job: &str) -> i64 {
 
 struct Buffer<R> {
     rows: Vec<R>,
+    /// The earliest time rows were accepted at: what the sink's capability must hold.
     since: u64,
     /// Labels of the buffered series, taken when their rows arrived (the hot index may have
     /// dropped a series by the time its partition is sealed).
@@ -267,6 +268,8 @@ impl<R: ColdRow> TierSink<R> for TierWriter<R> {
                     .entry((hour, p.start))
                     .or_insert_with(|| Buffer::new(time))
             };
+            // Batches can arrive out of time order (from several upstream workers).
+            buf.since = buf.since.min(time);
             let missing = buf.extend(run, &self.labels);
             if missing > 0 {
                 self.unlabelled += missing;
@@ -387,5 +390,21 @@ mod tests {
         w.advance((BASE + 4 * H + 60_000) as u64);
         assert_eq!(store.list("").unwrap().len(), before + 1);
         assert_eq!(w.pending_since(), None);
+    }
+
+    #[test]
+    fn pending_since_is_the_earliest_time_rows_came_at() {
+        // Batches from several upstream workers reach a sink out of time order: the sink must
+        // hold the earliest (the Kafka commit path waits on it), not the first it saw.
+        let store = Arc::new(ColdStore::open("memory://").unwrap());
+        let mut w = TierWriter::<Sample>::new(Tier::Raw, "j", 0, 60_000, store, labels()).unwrap();
+        let s = |ts| Sample {
+            series: 1,
+            ts,
+            value: 1.0,
+        };
+        w.accept((BASE + 50) as u64, &[s(BASE + 60)]);
+        w.accept((BASE + 10) as u64, &[s(BASE + 20)]);
+        assert_eq!(w.pending_since(), Some((BASE + 10) as u64));
     }
 }
