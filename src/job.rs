@@ -350,7 +350,9 @@ impl Job {
                 let windowed = if rollups_from == i64::MIN {
                     samples
                 } else {
-                    samples.filter(move |s: &Sample| s.ts >= rollups_from)
+                    // Windows `(start, start + width]` from `rollups_from` on hold the samples
+                    // after it: one exactly on the boundary ends the window before.
+                    samples.filter(move |s: &Sample| s.ts > rollups_from)
                 };
                 let (minutes, late_m) = tumbling_rollups(windowed, MINUTE_MS, lateness);
                 let (hours, _late_h) = rollup_rollups(minutes.clone(), HOUR_MS, lateness);

@@ -296,7 +296,8 @@ fn an_idle_log_advances_event_time_so_windows_close() {
     let base = (now_ms() / 60_000 - 120) * 60_000;
     let body: String = [0, 10, 20, 30, 40, 50, 58]
         .iter()
-        .map(|s| format!("idle_metric value={s} {}\n", base + s * 1000))
+        // Half a second past each second: all inside the minute window (base, base + 1 min].
+        .map(|s| format!("idle_metric value={s} {}\n", base + s * 1000 + 500))
         .collect();
     let (status, msg) = t.post("/write?precision=ms", "text/plain", &[], body.as_bytes());
     assert_eq!(status, 204, "{msg}");

@@ -501,7 +501,7 @@ fn start_job(
             sink_samples(samples.clone(), Arc::clone(&hot)),
         ];
         if minutes_on {
-            let input = samples.filter(move |s: &Sample| s.ts >= rollups_from);
+            let input = samples.filter(move |s: &Sample| s.ts > rollups_from);
             let (minutes, late) = tumbling_rollups(input, MINUTE_MS, lateness);
             if hours_on {
                 let (hours, _) = rollup_rollups(minutes.clone(), HOUR_MS, lateness);
