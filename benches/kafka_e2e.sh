@@ -44,7 +44,7 @@ start_workers() {
     wpids+=($!)
   done
   for u in "${urls[@]}"; do ready "$u"; done
-  sed "s/^brokers = .*/brokers = \"127.0.0.1:$kport\"/" jobs/kafka-infra.toml > "$dir/job.toml"
+  sed -e "s/^brokers = .*/brokers = \"127.0.0.1:$kport\"/" -e "s|^url = .*|url = \"file://$dir/cold\"|" jobs/kafka-infra.toml > "$dir/job.toml"
   target/release/tidemark submit "$dir/job.toml" --to "${urls[0]}"
   # Profile after the submit so the job's decoder and librdkafka threads exist.
   if [ -n "${PERF:-}" ]; then

@@ -373,9 +373,10 @@ impl Job {
                     );
                     match (raw, new(Tier::Minute), new(Tier::Hour)) {
                         (Ok(raw), Ok(minute), Ok(hour)) => {
-                            sink_tier(samples_for_cold, "ColdRaw", raw);
-                            sink_tier(minutes.clone(), "Cold1m", minute);
-                            sink_tier(hours.clone(), "Cold1h", hour);
+                            // The log source registers series before it sends their samples.
+                            sink_tier(samples_for_cold, None, "ColdRaw", raw);
+                            sink_tier(minutes.clone(), None, "Cold1m", minute);
+                            sink_tier(hours.clone(), None, "Cold1h", hour);
                         }
                         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => eprintln!(
                             "tidemark: worker {index}: cold tiers disabled for this run: {e}"

@@ -334,9 +334,14 @@ fn one_by_one_one_by_two_and_two_by_one_agree() {
             &broker.addr(),
         );
         let spec = dir.path().join(format!("job{k}.toml"));
+        let cold = dir.path().join(format!("cold{k}"));
         std::fs::write(
             &spec,
-            job_spec("golden", &broker.addr(), &format!("golden-{k}"), "1h"),
+            format!(
+                "{}[tiers]\nurl = \"file://{}\"\n",
+                job_spec("golden", &broker.addr(), &format!("golden-{k}"), "1h"),
+                cold.display()
+            ),
         )
         .unwrap();
         let (ok, out) = c.cli(&["submit", spec.to_str().unwrap()]);
@@ -351,6 +356,82 @@ fn one_by_one_one_by_two_and_two_by_one_agree() {
                 .then_some(r)
         });
         results.push((format!("{procs}x{workers}"), r));
+
+        // The job writes the cold tiers: every sample and rollup once. The ticks' raw hour is
+        // not sealed, so their offsets stay uncommitted until a later tick seals it.
+        let glob = |tier: &str| {
+            format!(
+                "read_parquet('{}/tier={tier}/**/*.parquet', hive_partitioning=1)",
+                cold.display()
+            )
+        };
+        let counted = |tier: &str, what: &str| -> i64 {
+            let r = support::duckdb::query(&format!(
+                "SELECT {what} FROM {} WHERE metric IN ('cpu_usage', 'mem_usage', 'disk_usage')",
+                glob(tier)
+            ));
+            r[0][0]
+                .as_i64()
+                .or_else(|| r[0][0].as_str()?.parse().ok())
+                .unwrap_or(-1)
+        };
+        let highs = c.eventually(60, "cold tiers sealed", || {
+            let files = std::fs::read_dir(cold.join("tier=1m")).ok()?.count();
+            let sealed = files > 0
+                && counted("raw", "count(*)") == want
+                && counted("1m", "count(*)") == want;
+            let j = c.job("golden");
+            let parts = j["partitions"].as_object()?.clone();
+            (sealed
+                && parts.len() == 3
+                && parts
+                    .values()
+                    .all(|p| p["committed"].as_i64() < p["high"].as_i64()))
+            .then(|| {
+                parts
+                    .values()
+                    .map(|p| p["high"].as_i64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+        });
+        // The 1h tier's partitions are days: a tick an hour into the next day seals this one
+        // (and the first ticks' hour), and with it every offset before the new ticks commits.
+        // The first shape produces it; the later ones find it in the topic, its raw hour still
+        // unsealed, so the last offsets stay uncommitted (checked above). Later shapes do not
+        // check that every earlier offset commits: a record read early, while another partition
+        // holds the watermark back, is sent at an early time, and the unsealed partition it
+        // lands in rightly holds every commit after that time.
+        if k == 0 {
+            let next_day = (base + 5 * HOUR).div_euclid(24 * HOUR) * 24 * HOUR + 24 * HOUR;
+            for p in 0..3 {
+                produce_raw(
+                    &broker,
+                    p,
+                    format!("tick value=2 {}\n", (next_day + HOUR + 60_000) * 1_000_000).as_bytes(),
+                );
+            }
+            c.eventually(
+                60,
+                "the ticks' offsets committed once their day is sealed",
+                || {
+                    let j = c.job("golden");
+                    let parts = j["partitions"].as_object()?.clone();
+                    let mut committed: Vec<i64> = parts
+                        .values()
+                        .map(|p| p["committed"].as_i64().unwrap_or(-1))
+                        .collect();
+                    committed.sort();
+                    let mut want = highs.clone();
+                    want.sort();
+                    committed
+                        .iter()
+                        .zip(&want)
+                        .all(|(c, h)| c >= h)
+                        .then_some(())
+                },
+            );
+        }
+        assert_eq!(counted("1h", "sum(count)"), want, "{procs}x{workers} 1h");
     }
     let (name0, golden) = &results[0];
     assert_eq!(

@@ -5,11 +5,16 @@
 //! Its output carries no data; it holds a capability at the oldest time whose data is still
 //! only in the sink's buffers, so a probe on it passes a time only once that data is durable
 //! (the Kafka source commits offsets on that probe).
+//!
+//! An optional second stream, `after`, holds sealing back too: the sink advances to the lower
+//! of both frontiers. The cluster passes the series catalog's [`Done`] stream, so a partition
+//! is written only once every series definition sent before its seal is registered (a
+//! definition travels apart from its samples and can reach another worker later).
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::{Capability, ToStream};
 use timely::dataflow::Stream;
 
 use crate::sink::Done;
@@ -26,7 +31,8 @@ pub trait TierSink<D>: 'static {
     fn pending_since(&self) -> Option<u64>;
 }
 
-/// Writes `stream` into `sink`; see the module documentation.
+/// Writes `stream` into `sink`, sealing only what the frontiers of both `stream` and `after`
+/// have passed; see the module documentation.
 ///
 /// # Examples
 /// ```
@@ -55,7 +61,7 @@ pub trait TierSink<D>: 'static {
 /// timely::execute_directly(move |worker| {
 ///     let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
 ///         let (input, stream) = scope.new_input::<Vec<i64>>();
-///         let done = sink_tier(stream, "Tier", Hours { buf: Vec::new(), out: o });
+///         let done = sink_tier(stream, None, "Tier", Hours { buf: Vec::new(), out: o });
 ///         (input, done.probe().0)
 ///     });
 ///     input.send(3);
@@ -71,17 +77,31 @@ pub trait TierSink<D>: 'static {
 /// });
 /// assert_eq!(*out.lock().unwrap(), vec![vec![3], vec![15]]);
 /// ```
-pub fn sink_tier<'s, D, S>(stream: Stream<'s, u64, Vec<D>>, name: &str, mut sink: S) -> Done<'s>
+pub fn sink_tier<'s, D, S>(
+    stream: Stream<'s, u64, Vec<D>>,
+    after: Option<Done<'s>>,
+    name: &str,
+    mut sink: S,
+) -> Done<'s>
 where
     D: Clone + 'static,
     S: TierSink<D>,
 {
-    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+    // Without `after`, an empty stream: its frontier is empty at once and holds nothing back.
+    let after = after.unwrap_or_else(|| {
+        Vec::<()>::new()
+            .to_stream(stream.scope())
+            .container::<Vec<()>>()
+    });
+    stream.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+        after,
+        Pipeline,
         Pipeline,
         name,
         move |_cap, _info| {
             let mut held: Option<Capability<u64>> = None;
-            move |(input, frontier), _output| {
+            move |(input, frontier), (other, after), _output| {
+                other.for_each(|_, _| {});
                 input.for_each(|cap, data| {
                     let Some(&t) = cap.least() else { return };
                     sink.accept(t, data);
@@ -96,6 +116,7 @@ where
                     held = None;
                     return;
                 };
+                let f = after.frontier().iter().min().map_or(f, |&a| a.min(f));
                 sink.advance(f);
                 match sink.pending_since() {
                     None => held = None,
@@ -110,4 +131,76 @@ where
             }
         },
     )
+}
+
+/// A sink that may be absent: `None` accepts and drops, so every worker can build the same
+/// dataflow (timely needs identical operator graphs) even where one could not open its store.
+impl<D, S: TierSink<D>> TierSink<D> for Option<S> {
+    fn accept(&mut self, time: u64, data: &[D]) {
+        if let Some(s) = self {
+            s.accept(time, data);
+        }
+    }
+    fn advance(&mut self, frontier: u64) {
+        if let Some(s) = self {
+            s.advance(frontier);
+        }
+    }
+    fn pending_since(&self) -> Option<u64> {
+        self.as_ref().and_then(|s| s.pending_since())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use timely::dataflow::operators::{Input, Probe};
+
+    /// Seals everything below the frontier it is given; records the frontiers.
+    struct Seen(Arc<Mutex<Vec<u64>>>, Vec<(u64, u64)>);
+    impl TierSink<u64> for Seen {
+        fn accept(&mut self, time: u64, data: &[u64]) {
+            self.1.extend(data.iter().map(|&d| (time, d)));
+        }
+        fn advance(&mut self, frontier: u64) {
+            self.1.retain(|&(t, _)| t >= frontier);
+            self.0.lock().unwrap().push(frontier);
+        }
+        fn pending_since(&self) -> Option<u64> {
+            self.1.iter().map(|x| x.0).min()
+        }
+    }
+
+    /// The sink seals nothing the `after` stream has not passed: the cluster's catalog holds
+    /// partitions back until the definitions of their series are registered.
+    #[test]
+    fn after_holds_sealing_back() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        timely::execute_directly(move |worker| {
+            let (mut data, mut gate, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                let (data, stream) = scope.new_input::<Vec<u64>>();
+                let (gate, after) = scope.new_input::<Vec<()>>();
+                let done = sink_tier(stream, Some(after), "Tier", Seen(s, Vec::new()));
+                (data, gate, done.probe().0)
+            });
+            data.advance_to(2);
+            data.send(7);
+            data.advance_to(10);
+            gate.advance_to(3);
+            worker.step_while(|| probe.less_than(&3));
+            for _ in 0..10 {
+                worker.step();
+            }
+            assert!(probe.less_equal(&3), "the gate at 3 holds the probe at 3");
+            gate.advance_to(10);
+            worker.step_while(|| probe.less_than(&10));
+        });
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.iter().max(), Some(&10));
+        assert!(seen.iter().all(|&f| f <= 10));
+        assert!(seen.contains(&3), "{seen:?}");
+        assert!(!seen.iter().any(|&f| f > 3 && f < 10), "{seen:?}");
+    }
 }

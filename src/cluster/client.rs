@@ -97,6 +97,9 @@ pub fn jobs(to: &str) -> Result<String, ClientError> {
             j["lag"].as_i64().unwrap_or(0),
             j["samples"].as_u64().unwrap_or(0),
         ));
+        for p in j["problems"].as_array().cloned().unwrap_or_default() {
+            out.push_str(&format!("  problem: {}\n", p.as_str().unwrap_or("")));
+        }
         if let Some(parts) = j["partitions"].as_object() {
             for (k, p) in parts {
                 out.push_str(&format!(

@@ -448,6 +448,7 @@ pub async fn all_jobs(s: &ControlState) -> Result<BTreeMap<String, JobStatus>, S
         for (name, j) in a? {
             let e = jobs.entry(name).or_insert_with(|| JobStatus {
                 samples: 0,
+                problems: Vec::new(),
                 ..j.clone()
             });
             // The epoch every process has reached (a replay is under way until all have).
@@ -458,6 +459,7 @@ pub async fn all_jobs(s: &ControlState) -> Result<BTreeMap<String, JobStatus>, S
             e.late_accepted += j.late_accepted;
             e.late_dropped += j.late_dropped;
             e.wal_records_replayed += j.wal_records_replayed;
+            e.problems.extend(j.problems);
         }
     }
     Ok(jobs)

@@ -107,6 +107,9 @@ pub struct JobStatus {
     pub late_dropped: u64,
     pub wal_records_replayed: u64,
     pub replay_target: BTreeMap<String, i64>,
+    /// What this run cannot do, e.g. a cold store a worker could not open.
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 impl JobStatus {

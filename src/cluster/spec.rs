@@ -105,7 +105,8 @@ impl Default for HotSpec {
     }
 }
 
-/// Cold tiers: validated now, written once the Parquet writers exist (issue 4).
+/// Cold tiers: with `url`, the job writes raw samples and its rollups as Parquet there
+/// (`file:///abs/path`, `s3://bucket/prefix`); retentions apply where `tidemark up` compacts.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TierSpec {
@@ -166,6 +167,13 @@ impl JobSpec {
         let spec: JobSpec = value
             .try_into()
             .map_err(|e: toml::de::Error| fail(vec![e.to_string().trim().to_string()]))?;
+        if let Some(url) = &spec.tiers.url {
+            if let Err(e) = crate::store::cold::ColdStore::check_url(url) {
+                let at =
+                    key_line(text, "tiers.url").map_or(String::new(), |l| format!("line {l}: "));
+                return Err(fail(vec![format!("{at}tiers.url: {e}")]));
+            }
+        }
         Ok(spec)
     }
 
@@ -254,5 +262,13 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("line 5: watermark.allowed_lateness"), "{e}");
+        let e = JobSpec::parse(
+            "name = \"x\"\n[source]\ntopics = [\"m\"]\n[tiers]\nurl = \"file://cold\"\n",
+            "r",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 5: tiers.url"), "{e}");
+        assert!(e.contains("absolute path"), "{e}");
     }
 }

@@ -27,8 +27,9 @@ use timely::WorkerConfig;
 
 use tidemark_dataflows::partitioned::{partitioned_source, PartitionWatermarks};
 use tidemark_dataflows::sink::{sink_rollups, sink_samples, sink_series, SeriesSink};
+use tidemark_dataflows::tier::sink_tier;
 use tidemark_dataflows::window::{rollup_rollups, tumbling_rollups};
-use tidemark_dataflows::Sample;
+use tidemark_dataflows::{Rollup, Sample};
 
 use super::control::{router, ControlState};
 use super::source::{KafkaJobSource, SourceCtx};
@@ -37,6 +38,8 @@ use super::{Binding, Command, JobStatus, Registry};
 use crate::job::{HOUR_MS, MINUTE_MS};
 use crate::model::Limits;
 use crate::ops::Metrics;
+use crate::store::cold::writer::{LabelLookup, TierWriter};
+use crate::store::cold::{ColdError, ColdStore, Tier};
 use crate::store::hot::HotIndex;
 
 /// One line of the hosts file: `TIMELY_HOST:PORT HTTP_HOST:PORT` (`#` starts a comment).
@@ -95,6 +98,21 @@ struct Shared {
     registry: Arc<Registry>,
     bindings: Arc<Mutex<BTreeMap<String, Vec<Binding>>>>,
     commands: Mutex<Option<mpsc::Receiver<Command>>>,
+    /// Cold stores opened by jobs' `[tiers] url`, one per URL in the process.
+    cold: Mutex<BTreeMap<String, Arc<ColdStore>>>,
+}
+
+impl Shared {
+    /// The cold store at `url`, opened once per process.
+    fn cold_store(&self, url: &str) -> Result<Arc<ColdStore>, ColdError> {
+        let mut m = self.cold.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = m.get(url) {
+            return Ok(Arc::clone(s));
+        }
+        let s = Arc::new(ColdStore::open(url)?);
+        m.insert(url.to_string(), Arc::clone(&s));
+        Ok(s)
+    }
 }
 
 struct Catalog(Arc<HotIndex>);
@@ -190,6 +208,7 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
         registry: Arc::clone(&registry),
         bindings: Arc::clone(&bindings),
         commands: Mutex::new(Some(rx)),
+        cold: Mutex::new(BTreeMap::new()),
     });
     let url = |h: &Host| format!("http://{}", h.http);
     let control = Arc::new(ControlState {
@@ -425,6 +444,7 @@ fn start_job(
             e.watermarks.clear();
             e.partitions.clear();
             e.replay_target.clear();
+            e.problems.clear();
             e.samples = 0;
         }
     }
@@ -473,6 +493,49 @@ fn start_job(
     let (minutes_on, hours_on) = (spec.minute_rollups(), spec.hour_rollups());
     let hot = Arc::clone(&shared.hot);
     let registry = Arc::clone(&shared.registry);
+    // Cold tiers, when the spec names a store: raw, and each rollup the job builds.
+    let tiers_on = spec.tiers.url.is_some();
+    let tiers = spec.tiers.url.as_deref().and_then(|url| {
+        let store = match shared.cold_store(url) {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = format!("worker {index}: cold tiers disabled for this run: {e}");
+                eprintln!("tidemark worker: job {name}: {msg}");
+                registry.with(&name, |j| j.problems.push(msg));
+                return None;
+            }
+        };
+        let h = Arc::clone(&hot);
+        let labels: LabelLookup = Arc::new(move |id| h.catalog.labels(id));
+        let writers = (
+            TierWriter::<Sample>::new(
+                Tier::Raw,
+                &name,
+                index,
+                lateness,
+                Arc::clone(&store),
+                Arc::clone(&labels),
+            ),
+            TierWriter::<Rollup>::new(
+                Tier::Minute,
+                &name,
+                index,
+                lateness,
+                Arc::clone(&store),
+                Arc::clone(&labels),
+            ),
+            TierWriter::<Rollup>::new(Tier::Hour, &name, index, lateness, store, labels),
+        );
+        match writers {
+            (Ok(r), Ok(m), Ok(h)) => Some((r, m, h)),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                let msg = format!("worker {index}: cold tiers disabled for this run: {e}");
+                eprintln!("tidemark worker: job {name}: {msg}");
+                registry.with(&name, |j| j.problems.push(msg));
+                None
+            }
+        }
+    });
     let ctx = SourceCtx {
         epoch,
         spec: Arc::new(spec),
@@ -496,16 +559,51 @@ fn start_job(
             });
         let samples = samples.exchange(|s: &Sample| s.series);
         let defs = defs.exchange(|d: &(u64, Vec<u8>)| d.0);
+        let registered = sink_series(defs, Catalog(Arc::clone(&hot)));
         let mut done = vec![
-            sink_series(defs, Catalog(Arc::clone(&hot))),
+            registered.clone(),
             sink_samples(samples.clone(), Arc::clone(&hot)),
         ];
+        // The tier sinks hold the probe (and so the Kafka commits) until their files are
+        // durable, and seal a partition only once the catalog has every series sent before it
+        // (definitions are exchanged apart from samples and may arrive after them).
+        // The sinks exist whenever the spec names a store, so every worker builds the same
+        // graph; a worker that could not open the store drops its tier data (said above).
+        let (raw_w, minute_w, hour_w) = match tiers {
+            Some((r, m, h)) => (Some(Some(r)), Some(Some(m)), Some(Some(h))),
+            None if tiers_on => (Some(None), Some(None), Some(None)),
+            None => (None, None, None),
+        };
+        if let Some(w) = raw_w {
+            done.push(sink_tier(
+                samples.clone(),
+                Some(registered.clone()),
+                "ColdRaw",
+                w,
+            ));
+        }
         if minutes_on {
             let input = samples.filter(move |s: &Sample| s.ts > rollups_from);
             let (minutes, late) = tumbling_rollups(input, MINUTE_MS, lateness);
             if hours_on {
                 let (hours, _) = rollup_rollups(minutes.clone(), HOUR_MS, lateness);
+                if let Some(w) = hour_w {
+                    done.push(sink_tier(
+                        hours.clone(),
+                        Some(registered.clone()),
+                        "Cold1h",
+                        w,
+                    ));
+                }
                 done.push(sink_rollups(hours, Arc::clone(&hot)));
+            }
+            if let Some(w) = minute_w {
+                done.push(sink_tier(
+                    minutes.clone(),
+                    Some(registered.clone()),
+                    "Cold1m",
+                    w,
+                ));
             }
             done.push(sink_rollups(minutes, Arc::clone(&hot)));
             let (reg, job) = (Arc::clone(&registry), name.clone());

@@ -191,6 +191,22 @@ fn url_err(url: &str, reason: impl Into<String>) -> ColdError {
 }
 
 impl ColdStore {
+    /// Checks a URL's syntax without touching the store (what `open` would reject before I/O).
+    pub fn check_url(url: &str) -> Result<(), ColdError> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(url_err(url, "a file URL needs an absolute path"));
+            }
+        } else if let Some(rest) = url.strip_prefix("s3://") {
+            if rest.split('/').next().unwrap_or("").is_empty() {
+                return Err(url_err(url, "no bucket"));
+            }
+        } else if !url.starts_with("memory://") {
+            return Err(url_err(url, "unknown scheme"));
+        }
+        Ok(())
+    }
+
     /// Opens the store a URL names.
     pub fn open(url: &str) -> Result<ColdStore, ColdError> {
         let store: Arc<dyn ObjectStore> = if let Some(path) = url.strip_prefix("file://") {

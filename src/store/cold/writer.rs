@@ -62,7 +62,9 @@ struct Buffer<R> {
     /// The earliest time rows were accepted at: what the sink's capability must hold.
     since: u64,
     /// Labels of the buffered series, taken when their rows arrived (the hot index may have
-    /// dropped a series by the time its partition is sealed).
+    /// dropped a series by the time its partition is sealed). A series whose definition has
+    /// not reached the catalog yet (it travels on another stream) is looked up again when the
+    /// partition is written.
     names: IdMap<Arc<Labels>>,
 }
 
@@ -75,25 +77,47 @@ impl<R: ColdRow> Buffer<R> {
         }
     }
 
-    /// Adds rows; returns how many were not kept because their series has no labels.
-    fn extend(&mut self, run: &[R], labels: &LabelLookup) -> u64 {
-        self.rows.reserve(run.len());
-        let mut missing = 0;
+    /// Adds rows, with the labels of their series where the catalog has them already.
+    fn extend(&mut self, run: &[R], labels: &LabelLookup) {
+        self.rows.extend_from_slice(run);
         for r in run {
             if let std::collections::hash_map::Entry::Vacant(e) = self.names.entry(r.series()) {
-                match labels(r.series()) {
+                if let Some(l) = labels(r.series()) {
+                    e.insert(l);
+                }
+            }
+        }
+    }
+
+    /// The rows to write and their labels: series still unknown are looked up once more, and
+    /// rows of series the catalog never learned are left out; returns how many.
+    fn resolved(&self, labels: &LabelLookup) -> (Vec<R>, IdMap<Arc<Labels>>, u64) {
+        let mut names = self.names.clone();
+        let mut unknown: IdMap<()> = IdMap::default();
+        for r in &self.rows {
+            let id = r.series();
+            if !names.contains_key(&id) && !unknown.contains_key(&id) {
+                match labels(id) {
                     Some(l) => {
-                        e.insert(l);
+                        names.insert(id, l);
                     }
                     None => {
-                        missing += 1;
-                        continue;
+                        unknown.insert(id, ());
                     }
                 }
             }
-            self.rows.push(r.clone());
         }
-        missing
+        if unknown.is_empty() {
+            return (self.rows.clone(), names, 0);
+        }
+        let rows: Vec<R> = self
+            .rows
+            .iter()
+            .filter(|r| !unknown.contains_key(&r.series()))
+            .cloned()
+            .collect();
+        let dropped = (self.rows.len() - rows.len()) as u64;
+        (rows, names, dropped)
     }
 }
 
@@ -112,7 +136,8 @@ pub struct TierWriter<R: ColdRow> {
     sealed_through: i64,
     /// Rows dropped because the checkpoint says they are stored already.
     pub skipped: u64,
-    /// Rows dropped because their series had no labels (reported, never expected).
+    /// Rows dropped because the catalog never learned their series (reported, never expected:
+    /// a definition reaches the catalog before the frontier passes its first sample).
     pub unlabelled: u64,
 }
 
@@ -158,10 +183,20 @@ impl<R: ColdRow> TierWriter<R> {
         p.end().saturating_add(self.lateness)
     }
 
-    fn write(&self, p: Partition, kind: FileKind, buf: &Buffer<R>) -> Result<(), ColdError> {
+    fn write(&mut self, p: Partition, kind: FileKind, buf: &Buffer<R>) -> Result<(), ColdError> {
         let path = p.file(&self.job, self.worker, kind);
-        let mut rows = buf.rows.clone();
-        let names = sort_dedup(&mut rows, &|id| buf.names.get(&id).cloned()).map_err(|source| {
+        let (mut rows, known, dropped) = buf.resolved(&self.labels);
+        if dropped > 0 {
+            self.unlabelled += dropped;
+            eprintln!(
+                "tidemark: cold tier {} (job {}): {dropped} rows of series the catalog never learned were not written to {path} ({} so far)",
+                self.tier, self.job, self.unlabelled
+            );
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let names = sort_dedup(&mut rows, &|id| known.get(&id).cloned()).map_err(|source| {
             ColdError::Parquet {
                 path: path.clone(),
                 source,
@@ -270,14 +305,7 @@ impl<R: ColdRow> TierSink<R> for TierWriter<R> {
             };
             // Batches can arrive out of time order (from several upstream workers).
             buf.since = buf.since.min(time);
-            let missing = buf.extend(run, &self.labels);
-            if missing > 0 {
-                self.unlabelled += missing;
-                eprintln!(
-                    "tidemark: cold tier {} (job {}): {missing} rows of series without labels in the catalog were not written ({} so far)",
-                    self.tier, self.job, self.unlabelled
-                );
-            }
+            buf.extend(run, &self.labels);
         }
     }
 
@@ -389,6 +417,37 @@ mod tests {
         assert_eq!(w.skipped, 3);
         w.advance((BASE + 4 * H + 60_000) as u64);
         assert_eq!(store.list("").unwrap().len(), before + 1);
+        assert_eq!(w.pending_since(), None);
+    }
+
+    /// In the cluster a series' definition travels apart from its samples: a row whose labels
+    /// the catalog learns after the row arrived is written with them; a row whose series the
+    /// catalog never learns is counted and left out, and the rest of the file is written.
+    #[test]
+    fn labels_learned_after_the_rows_arrived_are_used_when_the_partition_is_written() {
+        let store = Arc::new(ColdStore::open("memory://").unwrap());
+        let known = Arc::new(std::sync::Mutex::new(vec![1u64]));
+        let k = Arc::clone(&known);
+        let all = labels();
+        let lookup: LabelLookup =
+            Arc::new(move |id| k.lock().unwrap().contains(&id).then(|| all(id)).flatten());
+        let mut w =
+            TierWriter::<Sample>::new(Tier::Raw, "j", 0, 0, Arc::clone(&store), lookup).unwrap();
+        let s = |series, ts, value| Sample { series, ts, value };
+        w.accept(
+            BASE as u64,
+            &[
+                s(1, BASE + 1, 1.0),
+                s(3, BASE + 2, 3.0),
+                s(5, BASE + 3, 5.0),
+            ],
+        );
+        known.lock().unwrap().push(3);
+        w.advance((BASE + H) as u64);
+        let files = read_all(&store, Tier::Raw);
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].1, vec![s(1, BASE + 1, 1.0), s(3, BASE + 2, 3.0)]);
+        assert_eq!(w.unlabelled, 1);
         assert_eq!(w.pending_since(), None);
     }
 
