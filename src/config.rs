@@ -33,6 +33,22 @@
 //! minute_retention = "30d"
 //! hour_retention = "365d"
 //! compaction_interval = "5m"  # how often sealed partitions with several files are compacted
+//!
+//! [rules]
+//! enabled = true
+//! files = []                  # Prometheus rule files; [] = the shipped fleet rules, copied to
+//!                             # <data_dir>/rules/fleet.yml on first start (edit, then /-/reload)
+//! resolution = "1s"           # rules are evaluated each time the watermark passes a tick
+//! external_url = ""           # base of alerts' generatorURL; "" = http://<listen>
+//! external_labels = {}        # added to every alert sent
+//!
+//! [alerting]
+//! config = ""                 # Alertmanager-style routing YAML (route, receivers,
+//!                             # inhibit_rules); "" = keep alerts, send nowhere
+//!
+//! [auth]
+//! tokens = []                 # [{ token = "...", role = "read" | "write" | "admin" }];
+//!                             # none: everything open (loopback only)
 //! ```
 
 use std::net::SocketAddr;
@@ -87,6 +103,122 @@ pub struct Config {
     /// Kafka, for `tidemark ingest` (see [`KafkaConfig`]).
     pub kafka: KafkaConfig,
     pub cold: ColdConfig,
+    pub rules: RulesConfig,
+    pub alerting: AlertingConfig,
+    pub auth: AuthConfig,
+}
+
+/// `[alerting]`: where notifications go.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertingConfig {
+    /// The routing file; empty: alerts are kept and shown, not sent.
+    pub config: Option<PathBuf>,
+}
+
+/// A role a bearer token grants; each includes the ones before it for reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Write,
+    Admin,
+}
+
+/// One token.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Token {
+    pub token: String,
+    pub role: Role,
+}
+
+/// `[auth]`: bearer tokens.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub tokens: Vec<Token>,
+}
+
+impl AuthConfig {
+    /// Whether `headers` carry a token good for `need`: `admin` may do everything, `write`
+    /// may read, `read` only reads. Without tokens everything is allowed. The error is an
+    /// HTTP status and a message saying what is needed.
+    pub fn check(&self, headers: &axum::http::HeaderMap, need: Role) -> Result<(), (u16, String)> {
+        if self.tokens.is_empty() {
+            return Ok(());
+        }
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(given) = given else {
+            return Err((401, format!("this endpoint needs an Authorization: Bearer token with role {need:?} or higher")));
+        };
+        let role = self
+            .tokens
+            .iter()
+            .find(|t| constant_time_eq(t.token.as_bytes(), given.as_bytes()))
+            .map(|t| t.role);
+        match role {
+            None => Err((401, "unknown bearer token".into())),
+            Some(r) if r >= need => Ok(()),
+            Some(r) => Err((
+                403,
+                format!("a {r:?} token cannot do this; it needs role {need:?}"),
+            )),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `[rules]`: alerting and recording rules.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    pub enabled: bool,
+    /// Rule files (Prometheus YAML); empty: the shipped `jobs/rules/fleet.yml`.
+    pub files: Vec<PathBuf>,
+    /// Evaluation tick in event time.
+    pub resolution: Millis,
+    pub external_url: String,
+    pub external_labels: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            enabled: true,
+            files: Vec::new(),
+            resolution: Millis(1000),
+            external_url: String::new(),
+            external_labels: Default::default(),
+        }
+    }
+}
+
+/// The fleet rules shipped with Tidemark (`jobs/rules/fleet.yml`).
+pub const FLEET_RULES: &str = include_str!("../jobs/rules/fleet.yml");
+
+impl RulesConfig {
+    /// The rule files to load: the configured ones, or the shipped fleet rules written under
+    /// `data_dir` (once; an edited copy is kept).
+    pub fn resolve_files(&self, data_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        if !self.files.is_empty() {
+            return Ok(self.files.clone());
+        }
+        let dir = data_dir.join("rules");
+        let path = dir.join("fleet.yml");
+        if !path.exists() {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(&path, FLEET_RULES)?;
+        }
+        Ok(vec![path])
+    }
 }
 
 /// `[cold]`: the Parquet tiers on object storage.

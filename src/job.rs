@@ -16,7 +16,7 @@ use std::time::Duration;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::Filter;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Exchange;
+use timely::dataflow::operators::{Concat, Exchange};
 use timely::WorkerConfig;
 
 use tidemark_dataflows::sink::{sink_rollups, sink_samples, HotSink};
@@ -25,6 +25,9 @@ use tidemark_dataflows::tier::sink_tier;
 use tidemark_dataflows::window::{rollup_rollups, tumbling_rollups};
 use tidemark_dataflows::{Rollup, Sample};
 
+use tidemark_dataflows::rules::{evaluate_at_ticks, TickConfig};
+
+use crate::alert::eval::{AlertSink, LogWriter, RuleEvaluator, Rules};
 use crate::config::JobConfig;
 use crate::ops::Metrics;
 use crate::store::cold::writer::{LabelLookup, TierWriter};
@@ -264,6 +267,17 @@ pub struct JobEnv {
     pub metrics: Arc<Metrics>,
     /// The cold tiers; `None` keeps everything in the hot index only.
     pub cold: Option<Arc<ColdStore>>,
+    /// Alerting and recording rules, evaluated on worker 0; `None`: no rules.
+    pub rules: Option<RulesEnv>,
+}
+
+/// What rule evaluation needs.
+#[derive(Clone)]
+pub struct RulesEnv {
+    pub rules: Arc<Rules>,
+    /// Where alert events go (the notifier).
+    pub sink: Arc<dyn AlertSink>,
+    pub ticks: TickConfig,
 }
 
 /// The name `tidemark up`'s job writes its cold files under.
@@ -287,7 +301,12 @@ impl Job {
         progress: Arc<JobProgress>,
         at: Option<StartAt>,
     ) -> Result<Job, String> {
-        let JobEnv { hot, metrics, cold } = env;
+        let JobEnv {
+            hot,
+            metrics,
+            cold,
+            rules,
+        } = env;
         let stop = Arc::new(AtomicBool::new(false));
         let at = at.unwrap_or(StartAt {
             offset: log.start_offset(),
@@ -315,19 +334,23 @@ impl Job {
         };
         let (s, p) = (Arc::clone(&stop), Arc::clone(&progress));
         let guards = timely::execute(config, move |worker| {
-            let (stop, progress, hot, metrics, log, cold) = (
+            let (stop, progress, hot, metrics, log, cold, rules) = (
                 Arc::clone(&s),
                 Arc::clone(&p),
                 Arc::clone(&hot),
                 Arc::clone(&metrics),
                 log.clone(),
                 cold.clone(),
+                rules.clone(),
             );
             let index = worker.index();
             worker.dataflow::<u64, _, _>(|scope| {
                 let (st, pr, h) = (Arc::clone(&stop), Arc::clone(&progress), Arc::clone(&hot));
+                let source_log = log.clone();
                 let samples = watermark_source(scope, "LogSource", wm, move |index, peers| {
-                    let reader = log.reader(start_offset).expect("open the log for reading");
+                    let reader = source_log
+                        .reader(start_offset)
+                        .expect("open the log for reading");
                     LogSource {
                         reader,
                         index,
@@ -340,7 +363,7 @@ impl Job {
                 });
                 let samples = samples.exchange(|s: &Sample| s.series);
                 let samples_for_cold = samples.clone();
-                sink_samples(
+                let applied = sink_samples(
                     samples.clone(),
                     CountingSink {
                         hot: Arc::clone(&hot),
@@ -383,8 +406,23 @@ impl Job {
                         ),
                     }
                 }
-                sink_rollups(minutes, Arc::clone(&hot));
-                sink_rollups(hours, Arc::clone(&hot));
+                let m_done = sink_rollups(minutes, Arc::clone(&hot));
+                let h_done = sink_rollups(hours, Arc::clone(&hot));
+                if let Some(r) = &rules {
+                    // A tick is evaluated once every sample and rollup up to it is applied.
+                    let done = applied.concat(m_done).concat(h_done);
+                    let evaluator = (index == 0).then(|| RuleEvaluator {
+                        rules: Arc::clone(&r.rules),
+                        storage: Arc::clone(&hot) as Arc<dyn crate::query::Storage>,
+                        writer: Box::new(LogWriter(log.clone())),
+                        sink: Arc::clone(&r.sink),
+                    });
+                    evaluate_at_ticks(done, r.ticks, evaluator).sink(
+                        Pipeline,
+                        "AlertEvents",
+                        |(input, _)| input.for_each(|_, _| {}),
+                    );
+                }
                 let m = Arc::clone(&metrics);
                 late_m.sink(Pipeline, "LateCounts", move |(input, _)| {
                     input.for_each(|_, data| {

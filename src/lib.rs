@@ -1,4 +1,5 @@
 //! Tidemark: metrics monitoring and alerting on timely dataflow.
+pub mod alert;
 pub mod cluster;
 pub mod config;
 pub mod ingest;

@@ -19,15 +19,19 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use crate::alert::api::AlertState;
+use crate::alert::eval::{RuleConfig, Rules};
+use crate::alert::notify::Notifier;
 use crate::config::Config;
 use crate::ingest::http as ingest_http;
-use crate::job::{replay_point, Job, JobEnv, JobProgress, ReplayRequest, StartAt};
+use crate::job::{replay_point, Job, JobEnv, JobProgress, ReplayRequest, RulesEnv, StartAt};
 use crate::ops::{render_counters, Metrics, TextWriter};
 use crate::query::api;
 use crate::store::cold::query::ColdReader;
 use crate::store::cold::ColdStore;
 use crate::store::hot::HotIndex;
 use crate::transport::log::{FsyncPolicy, Log, RecordKind};
+use tidemark_dataflows::rules::TickConfig;
 
 /// Everything the HTTP handlers share.
 pub struct AppState {
@@ -41,6 +45,8 @@ pub struct AppState {
     /// What the job writes into (kept for restarts by a replay).
     pub env: JobEnv,
     pub replay: std::sync::Mutex<Option<(StartAt, u64)>>,
+    /// Rules, the notifier and their routes.
+    pub alerting: Arc<AlertState>,
 }
 
 /// The router of `tidemark up`: the push routes and the query side.
@@ -61,7 +67,8 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
         .route("/-/ready", get(ready))
         .route("/api/v1/replay", get(replay_status).post(replay))
         .route("/", get(index))
-        .with_state(state)
+        .with_state(Arc::clone(&state))
+        .merge(crate::alert::api::routes(Arc::clone(&state.alerting)))
         .merge(api::routes(query))
         .merge(ingest_http::routes(ingest))
 }
@@ -311,6 +318,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             s.progress.corrupt_records.load(Ordering::Relaxed) as f64,
         )],
     );
+    crate::alert::api::render_metrics(&s.alerting, &mut w);
     w.family(
         "process_resident_memory_bytes",
         "gauge",
@@ -486,6 +494,47 @@ fn maintain_cold(s: &AppState, cold: &ColdStore) {
     }
 }
 
+/// Loads the rules (files with errors are reported and left out) and the notifier (a bad
+/// routing file stops the start: it is the operator's explicit configuration).
+fn start_alerting(cfg: &Config, data_dir: &std::path::Path) -> anyhow::Result<Arc<AlertState>> {
+    let external_url = if cfg.rules.external_url.is_empty() {
+        format!("http://{}", cfg.server.listen)
+    } else {
+        cfg.rules.external_url.clone()
+    };
+    let state_dir = data_dir.join("alerts");
+    let notify_cfg = crate::alert::api::load_notify_config(cfg.alerting.config.as_deref())
+        .map_err(|e| anyhow::anyhow!("alerting.config: {e}"))?;
+    let notifier = Notifier::open(notify_cfg, Some(state_dir.clone()), external_url.clone())
+        .context("opening the notifier state")?;
+    let rules = if cfg.rules.enabled {
+        let files = cfg
+            .rules
+            .resolve_files(data_dir)
+            .context("writing the default rule file")?;
+        let (rules, errors) = Rules::open(RuleConfig {
+            files,
+            state_dir: Some(state_dir),
+            external_labels: cfg.rules.external_labels.clone(),
+            external_url,
+            resolution_ms: cfg.rules.resolution.0.max(1) as u64,
+        });
+        for e in &errors {
+            eprintln!("tidemark: rule file error (its group is left out): {e}");
+        }
+        eprintln!("tidemark: {} rules loaded", rules.rule_count());
+        Some(rules)
+    } else {
+        None
+    };
+    Ok(Arc::new(AlertState {
+        rules,
+        notifier,
+        notify_file: cfg.alerting.config.clone(),
+        auth: cfg.auth.clone(),
+    }))
+}
+
 /// Runs `tidemark up` until SIGTERM or Ctrl-C.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -501,10 +550,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let progress = Arc::new(JobProgress::new(workers));
     let cold_url = cfg.cold.url(&data_dir);
     let cold = Arc::new(ColdStore::open(&cold_url).context("opening the cold tiers")?);
+    let alerting = start_alerting(&cfg, &data_dir)?;
     let env = JobEnv {
         hot: Arc::clone(&hot),
         metrics: Arc::clone(&metrics),
         cold: Some(Arc::clone(&cold)),
+        rules: alerting.rules.as_ref().map(|r| RulesEnv {
+            rules: Arc::clone(r),
+            sink: Arc::clone(&alerting.notifier) as Arc<dyn crate::alert::eval::AlertSink>,
+            ticks: TickConfig {
+                resolution: cfg.rules.resolution.0.max(1) as u64,
+                ..TickConfig::default()
+            },
+        }),
     };
     let job = Job::start(
         log.clone(),
@@ -531,6 +589,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         job: std::sync::Mutex::new(Some(job)),
         env,
         replay: std::sync::Mutex::new(None),
+        alerting,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -549,6 +608,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             startup_end
         );
         spawn_background(Arc::clone(&state), startup_end, started);
+        tokio::spawn(Arc::clone(&state.alerting.notifier).run());
         axum::serve(listener, router(Arc::clone(&state), ingest))
             .with_graceful_shutdown(shutdown_signal())
             .await?;

@@ -14,9 +14,11 @@
 //! | [`partitioned`] | [`partitioned::partitioned_source`]: per-partition watermarks with idle partitions (Kafka), plus the series definitions the storing process needs |
 //! | [`window`] | [`window::tumbling_rollups`] (raw to 1m) and [`window::rollup_rollups`] (1m to 1h), with allowed lateness and corrections |
 //! | [`sink`] | [`sink::HotSink`] and the operators that apply raw samples and rollups to it |
+//! | [`rules`] | [`rules::evaluate_at_ticks`]: rule evaluation at event-time ticks of the sinks' frontier; [`rules::AlertMachine`]: pending/firing/resolved with `for` and `keep_firing_for` |
 //! | [`tier`] | [`tier::sink_tier`]: cold-tier writers sealing partitions on the frontier, holding a capability until their data is durable |
 
 pub mod partitioned;
+pub mod rules;
 pub mod sink;
 pub mod source;
 pub mod tier;

@@ -950,7 +950,26 @@ fn absent_labels(e: &Expr) -> Labels {
 }
 
 /// Tiny civil-date helper (Howard Hinnant's algorithm), so no date crate is needed.
-mod chrono_lite {
+pub mod chrono_lite {
+    /// A time in ms as RFC 3339 in UTC, fraction digits trimmed as Go's `RFC3339Nano` does
+    /// (`2023-11-14T22:13:20.5Z`).
+    pub fn rfc3339(ms: i64) -> String {
+        let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+        let (y, mo, d) = civil_from_days(days);
+        let (h, mi, s, f) = (
+            rem / 3_600_000,
+            rem / 60_000 % 60,
+            rem / 1000 % 60,
+            rem % 1000,
+        );
+        let frac = if f == 0 {
+            String::new()
+        } else {
+            format!(".{f:03}").trim_end_matches('0').to_string()
+        };
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}Z")
+    }
+
     /// (year, month 1-12, day 1-31) of days since 1970-01-01.
     pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
         let z = z + 719_468;

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod duckdb;
 pub mod kafka;
+pub mod receivers;
 pub mod s3;
 
 use std::io::Read;

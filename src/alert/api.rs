@@ -1,0 +1,473 @@
+//! HTTP routes of alerting: Prometheus's `/api/v1/rules`, `/api/v1/alerts` and `/-/reload`;
+//! Alertmanager's v2 API (`/api/v2/alerts`, `/api/v2/silences`, `/api/v2/silence/{id}`,
+//! `/api/v2/status`, `/api/v2/receivers`) so `amtool` works; `/api/v1/notifications` (the
+//! outbox and the last deliveries); and the notifier's `/metrics` families.
+//!
+//! Access control: with `[auth] tokens` configured, changing silences and reloading need an
+//! `admin` bearer token, posting alerts a `write` or `admin` one, reading a `read`, `write` or
+//! `admin` one. Without tokens (loopback only) everything is open.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::eval::{AlertEvent, Rules};
+use super::notify::config::{parse_notify_config, LabelMatcher, NotifyConfig, DEFAULT_CONFIG};
+use super::notify::{now_ms, silences::PostableSilence, Notifier};
+use crate::config::{AuthConfig, Role};
+use crate::ops::TextWriter;
+
+/// What the alerting routes share.
+pub struct AlertState {
+    pub rules: Option<Arc<Rules>>,
+    pub notifier: Arc<Notifier>,
+    /// The routing file (`None`: the built-in default), read again on reload.
+    pub notify_file: Option<PathBuf>,
+    pub auth: AuthConfig,
+}
+
+/// Loads the routing configuration from `file`, or the default.
+pub fn load_notify_config(file: Option<&std::path::Path>) -> Result<NotifyConfig, String> {
+    match file {
+        None => parse_notify_config(std::path::Path::new("<default>"), DEFAULT_CONFIG)
+            .map_err(|e| e.to_string()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            parse_notify_config(p, &text).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn error(status: StatusCode, kind: &str, msg: String) -> Response {
+    (
+        status,
+        Json(json!({"status": "error", "errorType": kind, "error": msg})),
+    )
+        .into_response()
+}
+
+fn v2_error(status: StatusCode, msg: String) -> Response {
+    (status, Json(Value::String(msg))).into_response()
+}
+
+fn check(s: &AlertState, headers: &HeaderMap, need: Role) -> Result<(), Response> {
+    s.auth.check(headers, need).map_err(|(code, msg)| {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN);
+        error(status, "unauthorized", msg)
+    })
+}
+
+/// The routes.
+pub fn routes(state: Arc<AlertState>) -> Router {
+    Router::new()
+        .route("/api/v1/rules", get(rules))
+        .route("/api/v1/alerts", get(alerts_v1))
+        .route("/api/v1/notifications", get(notifications))
+        .route("/-/reload", post(reload).put(reload))
+        .route("/api/v2/alerts", get(alerts_v2).post(post_alerts))
+        .route("/api/v2/silences", get(list_silences).post(post_silence))
+        .route(
+            "/api/v2/silence/{id}",
+            get(get_silence).delete(delete_silence),
+        )
+        .route("/api/v2/status", get(status))
+        .route("/api/v2/receivers", get(receivers))
+        .with_state(state)
+}
+
+fn multi(raw: &Option<String>, key: &str) -> Vec<String> {
+    let pairs: Vec<(String, String)> = raw
+        .as_deref()
+        .map(|q| serde_urlencoded::from_str(q).unwrap_or_default())
+        .unwrap_or_default();
+    pairs
+        .into_iter()
+        .filter(|(k, _)| k == key || *k == format!("{key}[]"))
+        .map(|(_, v)| v)
+        .collect()
+}
+
+async fn rules(
+    State(s): State<Arc<AlertState>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    if let Err(r) = check(&s, &headers, Role::Read) {
+        return r;
+    }
+    let kind = multi(&q, "type").into_iter().next().unwrap_or_default();
+    if !kind.is_empty() && kind != "alert" && kind != "record" {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            format!("unsupported type {kind:?}: use alert or record"),
+        );
+    }
+    let data = match &s.rules {
+        Some(r) => r.api_rules(&kind, &multi(&q, "rule_name"), &multi(&q, "rule_group")),
+        None => json!({"groups": []}),
+    };
+    Json(json!({"status": "success", "data": data})).into_response()
+}
+
+async fn alerts_v1(State(s): State<Arc<AlertState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = check(&s, &headers, Role::Read) {
+        return r;
+    }
+    let data = s
+        .rules
+        .as_ref()
+        .map_or(json!({"alerts": []}), |r| r.api_alerts());
+    Json(json!({"status": "success", "data": data})).into_response()
+}
+
+async fn notifications(State(s): State<Arc<AlertState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = check(&s, &headers, Role::Read) {
+        return r;
+    }
+    Json(json!({"status": "success", "data": s.notifier.outbox_json()})).into_response()
+}
+
+/// Reloads the rule files and the routing file; all or nothing for each.
+async fn reload(State(s): State<Arc<AlertState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = check(&s, &headers, Role::Admin) {
+        return r;
+    }
+    let st = Arc::clone(&s);
+    let res = tokio::task::spawn_blocking(move || {
+        let mut errors = Vec::new();
+        let mut rules = 0;
+        if let Some(r) = &st.rules {
+            match r.reload() {
+                Ok(n) => rules = n,
+                Err(es) => errors.extend(es.into_iter().map(|e| e.to_string())),
+            }
+        }
+        match load_notify_config(st.notify_file.as_deref()) {
+            Ok(c) => st.notifier.set_config(c),
+            Err(e) => errors.push(e),
+        }
+        (rules, errors)
+    })
+    .await;
+    match res {
+        Ok((n, errors)) if errors.is_empty() => (StatusCode::OK, format!("reloaded: {n} rules\n")).into_response(),
+        Ok((_, errors)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "failed to reload config (a rule file with errors keeps its running rules; a bad routing file keeps the running routing):\n{}\n",
+                errors.join("\n")
+            ),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {e}\n")).into_response(),
+    }
+}
+
+fn filters(raw: &Option<String>) -> Result<Vec<LabelMatcher>, String> {
+    multi(raw, "filter")
+        .iter()
+        .map(|f| LabelMatcher::parse(f.trim_matches(['{', '}'])))
+        .collect()
+}
+
+fn flag(raw: &Option<String>, key: &str) -> bool {
+    multi(raw, key).first().is_none_or(|v| v != "false")
+}
+
+async fn alerts_v2(
+    State(s): State<Arc<AlertState>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    if let Err(r) = check(&s, &headers, Role::Read) {
+        return r;
+    }
+    let f = match filters(&q) {
+        Ok(f) => f,
+        Err(e) => return v2_error(StatusCode::BAD_REQUEST, e),
+    };
+    Json(Value::Array(s.notifier.alerts_json(
+        flag(&q, "active"),
+        flag(&q, "silenced"),
+        flag(&q, "inhibited"),
+        &f,
+    )))
+    .into_response()
+}
+
+/// `POST /api/v2/alerts`: alerts from another Prometheus (or `amtool alert add`). An alert
+/// whose `endsAt` has passed is resolved.
+async fn post_alerts(
+    State(s): State<Arc<AlertState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = check(&s, &headers, Role::Write) {
+        return r;
+    }
+    #[derive(serde::Deserialize)]
+    struct Posted {
+        labels: std::collections::BTreeMap<String, String>,
+        #[serde(default)]
+        annotations: std::collections::BTreeMap<String, String>,
+        #[serde(default, rename = "startsAt")]
+        starts_at: Option<String>,
+        #[serde(default, rename = "endsAt")]
+        ends_at: Option<String>,
+        #[serde(default, rename = "generatorURL")]
+        generator_url: String,
+    }
+    let posted: Vec<Posted> = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return v2_error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    let now = now_ms();
+    let mut events = Vec::with_capacity(posted.len());
+    for (i, p) in posted.into_iter().enumerate() {
+        if p.labels.is_empty() {
+            return v2_error(
+                StatusCode::BAD_REQUEST,
+                format!("alerts[{i}]: labels must not be empty"),
+            );
+        }
+        let t = |v: &Option<String>, f: &str| -> Result<Option<i64>, Response> {
+            match v
+                .as_deref()
+                .filter(|s| !s.is_empty() && !s.starts_with("0001-"))
+            {
+                None => Ok(None),
+                Some(x) => crate::query::api::parse_time(x).map(Some).map_err(|e| {
+                    v2_error(StatusCode::BAD_REQUEST, format!("alerts[{i}].{f}: {e}"))
+                }),
+            }
+        };
+        let starts = match t(&p.starts_at, "startsAt") {
+            Ok(v) => v.unwrap_or(now),
+            Err(r) => return r,
+        };
+        let ends = match t(&p.ends_at, "endsAt") {
+            Ok(v) => v.filter(|e| *e <= now).unwrap_or(0),
+            Err(r) => return r,
+        };
+        events.push(AlertEvent {
+            labels: p.labels,
+            annotations: p.annotations,
+            starts_at: starts,
+            ends_at: ends,
+            tick: 0,
+            generator_url: p.generator_url,
+        });
+    }
+    let n = Arc::clone(&s.notifier);
+    match tokio::task::spawn_blocking(move || n.ingest(&events)).await {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Err(e)) => v2_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => v2_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn list_silences(
+    State(s): State<Arc<AlertState>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    if let Err(r) = check(&s, &headers, Role::Read) {
+        return r;
+    }
+    match filters(&q) {
+        Ok(f) => Json(Value::Array(s.notifier.silences(&f))).into_response(),
+        Err(e) => v2_error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn post_silence(
+    State(s): State<Arc<AlertState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = check(&s, &headers, Role::Admin) {
+        return r;
+    }
+    let p: PostableSilence = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return v2_error(StatusCode::BAD_REQUEST, format!("silence: {e}")),
+    };
+    let n = Arc::clone(&s.notifier);
+    match tokio::task::spawn_blocking(move || n.put_silence(p)).await {
+        Ok(Ok(id)) => Json(json!({"silenceID": id})).into_response(),
+        Ok(Err(e)) if e.contains("not found") => v2_error(StatusCode::NOT_FOUND, e),
+        Ok(Err(e)) => v2_error(StatusCode::BAD_REQUEST, e),
+        Err(e) => v2_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn get_silence(
+    State(s): State<Arc<AlertState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = check(&s, &headers, Role::Read) {
+        return r;
+    }
+    match s.notifier.silence(&id) {
+        Some(j) => Json(j).into_response(),
+        None => v2_error(StatusCode::NOT_FOUND, format!("silence {id} not found")),
+    }
+}
+
+async fn delete_silence(
+    State(s): State<Arc<AlertState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = check(&s, &headers, Role::Admin) {
+        return r;
+    }
+    let n = Arc::clone(&s.notifier);
+    match tokio::task::spawn_blocking(move || n.expire_silence(&id)).await {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Err(e)) if e.contains("not found") => v2_error(StatusCode::NOT_FOUND, e),
+        Ok(Err(e)) => v2_error(StatusCode::BAD_REQUEST, e),
+        Err(e) => v2_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn status(State(s): State<Arc<AlertState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = check(&s, &headers, Role::Read) {
+        return r;
+    }
+    Json(json!({
+        "cluster": {"name": "tidemark", "status": "disabled", "peers": []},
+        "versionInfo": {
+            "version": env!("CARGO_PKG_VERSION"), "revision": "", "branch": "", "buildUser": "",
+            "buildDate": "", "goVersion": "none (Tidemark, Rust)"
+        },
+        "config": {"original": s.notifier.config().original},
+        "uptime": s.notifier.uptime(),
+    }))
+    .into_response()
+}
+
+async fn receivers(State(s): State<Arc<AlertState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = check(&s, &headers, Role::Read) {
+        return r;
+    }
+    let names: Vec<Value> = s
+        .notifier
+        .config()
+        .receivers
+        .keys()
+        .map(|n| json!({"name": n}))
+        .collect();
+    Json(Value::Array(names)).into_response()
+}
+
+fn as_refs(v: &[(String, f64)]) -> Vec<(&str, f64)> {
+    v.iter().map(|(l, x)| (l.as_str(), *x)).collect()
+}
+
+/// Appends the rule and notifier families to `/metrics`.
+pub fn render_metrics(s: &AlertState, w: &mut TextWriter) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if let Some(r) = &s.rules {
+        w.family(
+            "tidemark_rule_evaluations_total",
+            "counter",
+            "Rule evaluations (one per rule and tick).",
+            &[("", r.evaluations.load(Relaxed) as f64)],
+        );
+        w.family(
+            "tidemark_rule_evaluation_failures_total",
+            "counter",
+            "Rule evaluations, recorded-sample writes and state saves that failed.",
+            &[("", r.eval_failures.load(Relaxed) as f64)],
+        );
+        w.family(
+            "tidemark_rule_last_tick_seconds",
+            "gauge",
+            "The last evaluation tick, in event time.",
+            &[("", r.last_tick().unwrap_or(0) as f64 / 1000.0)],
+        );
+    }
+    let m = &s.notifier.metrics;
+    let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    let sent: Vec<(String, f64)> = m
+        .sent
+        .lock()
+        .map(|x| {
+            x.iter()
+                .map(|((r, i), v)| {
+                    (
+                        format!("receiver=\"{}\",integration=\"{}\"", esc(r), i),
+                        *v as f64,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let failed: Vec<(String, f64)> = m
+        .failed
+        .lock()
+        .map(|x| {
+            x.iter()
+                .map(|((r, i, why), v)| {
+                    (
+                        format!(
+                            "receiver=\"{}\",integration=\"{}\",reason=\"{}\"",
+                            esc(r),
+                            i,
+                            why
+                        ),
+                        *v as f64,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let dropped: Vec<(String, f64)> = m
+        .dropped
+        .lock()
+        .map(|x| {
+            x.iter()
+                .map(|((r, i), v)| {
+                    (
+                        format!("receiver=\"{}\",integration=\"{}\"", esc(r), i),
+                        *v as f64,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    w.family(
+        "tidemark_notifications_total",
+        "counter",
+        "Notifications delivered, by receiver and integration.",
+        &as_refs(&sent),
+    );
+    w.family(
+        "tidemark_notifications_failed_total",
+        "counter",
+        "Failed delivery attempts, by receiver, integration and reason (connect, timeout, http_4xx, http_5xx, smtp, config, other).",
+        &as_refs(&failed),
+    );
+    w.family(
+        "tidemark_notifications_dropped_total",
+        "counter",
+        "Notifications given up (give-up age passed or a permanent error), by receiver and integration.",
+        &as_refs(&dropped),
+    );
+    w.family(
+        "tidemark_alerts_received_total",
+        "counter",
+        "Alert events the notifier received.",
+        &[("", m.alerts_received.load(Relaxed) as f64)],
+    );
+}
