@@ -131,7 +131,7 @@ struct Inner {
     machines: HashMap<String, AlertMachine>,
     last_tick: Option<u64>,
     /// Samples recorded by rules and not yet seen in the store, by series.
-    overlay: HashMap<Labels, Vec<(i64, f64)>>,
+    overlay: OverlayData,
     last_saved: Option<Instant>,
     dirty: bool,
 }
@@ -175,7 +175,7 @@ impl Rules {
             load_errors: errors.clone(),
             machines,
             last_tick: saved.last_tick,
-            overlay: HashMap::new(),
+            overlay: OverlayData::default(),
             last_saved: None,
             dirty: false,
         };
@@ -396,7 +396,15 @@ impl Rules {
                         buf.push(k.to_string().into(), val.to_string().into());
                     }
                     builder.add(&mut buf, t, v, 0);
-                    inner.overlay.entry(labels).or_default().push((t, v));
+                    let name = labels.metric_name().unwrap_or_default().to_string();
+                    inner
+                        .overlay
+                        .by_name
+                        .entry(name)
+                        .or_default()
+                        .entry(labels)
+                        .or_default()
+                        .push((t, v));
                 }
                 health.eval_seconds = t0.elapsed().as_secs_f64();
             }
@@ -414,9 +422,12 @@ impl Rules {
             }
         }
         let cutoff = newest as i64 - OVERLAY_KEEP_MS;
-        inner.overlay.retain(|_, s| {
-            s.retain(|(t, _)| *t > cutoff);
-            !s.is_empty()
+        inner.overlay.by_name.retain(|_, series| {
+            series.retain(|_, s| {
+                s.retain(|(t, _)| *t > cutoff);
+                !s.is_empty()
+            });
+            !series.is_empty()
         });
         let list: Vec<AlertEvent> = events.iter().map(|(_, e)| e.clone()).collect();
         let sent = list.is_empty() || {
@@ -767,20 +778,40 @@ fn alerts_series(name: &str, m: &AlertMachine) -> Vec<(Labels, f64)> {
     out
 }
 
+/// Recorded samples by metric name and series.
+#[derive(Default)]
+struct OverlayData {
+    by_name: HashMap<String, HashMap<Labels, Vec<(i64, f64)>>>,
+}
+
 /// The store plus what rules recorded and the store has not read back yet.
 struct Overlay<'a> {
     base: &'a dyn Storage,
-    extra: &'a HashMap<Labels, Vec<(i64, f64)>>,
+    extra: &'a OverlayData,
 }
 
 impl Storage for Overlay<'_> {
     fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
         let mut out = self.base.select(matchers, start, end);
-        if self.extra.is_empty() {
+        if self.extra.by_name.is_empty() {
             return out;
         }
+        // A selector names its metric nearly always: look only at that name's series.
+        let named = matchers.iter().find_map(|m| match &m.op {
+            crate::store::hot::index::MatchOp::Eq(v) if m.name == METRIC_NAME => Some(v),
+            _ => None,
+        });
+        let candidates: Vec<(&Labels, &Vec<(i64, f64)>)> = match named {
+            Some(n) => self
+                .extra
+                .by_name
+                .get(n)
+                .map(|m| m.iter().collect())
+                .unwrap_or_default(),
+            None => self.extra.by_name.values().flat_map(|m| m.iter()).collect(),
+        };
         let mut index: HashMap<Labels, usize> = HashMap::new();
-        for (labels, samples) in self.extra {
+        for (labels, samples) in candidates {
             if !matchers
                 .iter()
                 .all(|m| m.matches(labels.get(&m.name).unwrap_or("")))

@@ -656,5 +656,7 @@ mod tests {
         let e = LabelMatcher::parse("severity~page").unwrap_err();
         assert!(e.contains("expected name=\"value\""), "{e}");
         assert!(parse_notify_config(Path::new("d"), DEFAULT_CONFIG).is_ok());
+        let example = include_str!("../../../jobs/alertmanager.yml");
+        parse_notify_config(Path::new("jobs/alertmanager.yml"), example).unwrap();
     }
 }

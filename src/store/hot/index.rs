@@ -180,18 +180,23 @@ impl Catalog {
     /// Series matching every matcher. A label that is absent has the value `""`.
     pub fn select(&self, matchers: &[Matcher]) -> Vec<SeriesId> {
         let p = self.postings.read().unwrap_or_else(|e| e.into_inner());
-        // Candidate sets from matchers that cannot match an absent label.
-        let mut sets: Vec<BTreeSet<SeriesId>> = Vec::new();
+        // Candidate sets from matchers that cannot match an absent label; an equality
+        // matcher's posting set is borrowed (a metric's set may hold millions of ids).
+        let mut sets: Vec<std::borrow::Cow<'_, BTreeSet<SeriesId>>> = Vec::new();
+        let empty = BTreeSet::new();
         for m in matchers.iter().filter(|m| !m.matches("")) {
             let values = p.get(&m.name);
-            let set: BTreeSet<SeriesId> = match (&m.op, values) {
-                (_, None) => BTreeSet::new(),
-                (MatchOp::Eq(v), Some(vals)) => vals.get(v).cloned().unwrap_or_default(),
-                (_, Some(vals)) => vals
-                    .iter()
-                    .filter(|(v, _)| m.matches(v))
-                    .flat_map(|(_, s)| s.iter().copied())
-                    .collect(),
+            let set = match (&m.op, values) {
+                (_, None) => std::borrow::Cow::Borrowed(&empty),
+                (MatchOp::Eq(v), Some(vals)) => {
+                    std::borrow::Cow::Borrowed(vals.get(v).unwrap_or(&empty))
+                }
+                (_, Some(vals)) => std::borrow::Cow::Owned(
+                    vals.iter()
+                        .filter(|(v, _)| m.matches(v))
+                        .flat_map(|(_, s)| s.iter().copied())
+                        .collect(),
+                ),
             };
             if set.is_empty() {
                 return Vec::new();
