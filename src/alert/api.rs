@@ -370,6 +370,20 @@ async fn receivers(State(s): State<Arc<AlertState>>, headers: HeaderMap) -> Resp
     Json(Value::Array(names)).into_response()
 }
 
+/// `receiver="...",integration="..."[,reason="..."]`, values escaped.
+fn receiver_labels(receiver: &str, integration: &str, reason: Option<&str>) -> String {
+    let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut l = format!(
+        "receiver=\"{}\",integration=\"{}\"",
+        esc(receiver),
+        esc(integration)
+    );
+    if let Some(r) = reason {
+        l.push_str(&format!(",reason=\"{}\"", esc(r)));
+    }
+    l
+}
+
 fn as_refs(v: &[(String, f64)]) -> Vec<(&str, f64)> {
     v.iter().map(|(l, x)| (l.as_str(), *x)).collect()
 }
@@ -398,51 +412,23 @@ pub fn render_metrics(s: &AlertState, w: &mut TextWriter) {
         );
     }
     let m = &s.notifier.metrics;
-    let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
-    let sent: Vec<(String, f64)> = m
-        .sent
-        .lock()
-        .map(|x| {
-            x.iter()
-                .map(|((r, i), v)| {
-                    (
-                        format!("receiver=\"{}\",integration=\"{}\"", esc(r), i),
-                        *v as f64,
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let by_receiver = |x: &std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>>| {
+        x.lock()
+            .map(|x| {
+                x.iter()
+                    .map(|((r, i), v)| (receiver_labels(r, i, None), *v as f64))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let sent = by_receiver(&m.sent);
+    let dropped = by_receiver(&m.dropped);
     let failed: Vec<(String, f64)> = m
         .failed
         .lock()
         .map(|x| {
             x.iter()
-                .map(|((r, i, why), v)| {
-                    (
-                        format!(
-                            "receiver=\"{}\",integration=\"{}\",reason=\"{}\"",
-                            esc(r),
-                            i,
-                            why
-                        ),
-                        *v as f64,
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let dropped: Vec<(String, f64)> = m
-        .dropped
-        .lock()
-        .map(|x| {
-            x.iter()
-                .map(|((r, i), v)| {
-                    (
-                        format!("receiver=\"{}\",integration=\"{}\"", esc(r), i),
-                        *v as f64,
-                    )
-                })
+                .map(|((r, i, why), v)| (receiver_labels(r, i, Some(why)), *v as f64))
                 .collect()
         })
         .unwrap_or_default();
