@@ -293,9 +293,9 @@ fn refuse_open_without_tokens(
     cfg: &tidemark::config::Config,
     insecure: bool,
 ) -> anyhow::Result<()> {
-    if !insecure && !cfg.server.listen.ip().is_loopback() {
+    if !insecure && cfg.auth.tokens.is_empty() && !cfg.server.listen.ip().is_loopback() {
         anyhow::bail!(
-            "refusing to serve {} without auth tokens: bind a loopback address, or pass --insecure",
+            "refusing to serve {} without auth tokens: add [auth] tokens to the config, bind a loopback address, or pass --insecure",
             cfg.server.listen
         );
     }

@@ -22,7 +22,7 @@ use axum::Router;
 use crate::alert::api::AlertState;
 use crate::alert::eval::{RuleConfig, Rules};
 use crate::alert::notify::Notifier;
-use crate::config::Config;
+use crate::config::{AuthConfig, Config, Role};
 use crate::ingest::http as ingest_http;
 use crate::job::{replay_point, Job, JobEnv, JobProgress, ReplayRequest, RulesEnv, StartAt};
 use crate::ops::{render_counters, Metrics, TextWriter};
@@ -71,6 +71,42 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
         .merge(crate::alert::api::routes(Arc::clone(&state.alerting)))
         .merge(api::routes(query))
         .merge(ingest_http::routes(ingest))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(state.cfg.auth.clone()),
+            authorize,
+        ))
+}
+
+/// The role a request needs: `admin` to change silences, reload, or replay; `write` to push
+/// samples or alerts; `read` for everything else but the health checks.
+pub fn required_role(method: &axum::http::Method, path: &str) -> Option<Role> {
+    use axum::http::Method;
+    match path {
+        "/-/healthy" | "/-/ready" => None,
+        "/-/reload" => Some(Role::Admin),
+        "/api/v1/replay" | "/api/v2/silences" if method == Method::POST => Some(Role::Admin),
+        p if p.starts_with("/api/v2/silence/") && method == Method::DELETE => Some(Role::Admin),
+        "/write" | "/api/v2/write" | "/api/v1/write" | "/api/v1/import/prometheus" => {
+            Some(Role::Write)
+        }
+        "/api/v2/alerts" if method == Method::POST => Some(Role::Write),
+        _ => Some(Role::Read),
+    }
+}
+
+/// Checks the bearer token against `[auth] tokens` (everything is open without tokens).
+pub async fn authorize(
+    State(auth): State<Arc<AuthConfig>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(need) = required_role(req.method(), req.uri().path()) {
+        if let Err((code, msg)) = auth.check(req.headers(), need) {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN);
+            return api_error(status, "unauthorized", msg);
+        }
+    }
+    next.run(req).await
 }
 
 async fn ready(State(s): State<Arc<AppState>>) -> Response {
@@ -531,7 +567,6 @@ fn start_alerting(cfg: &Config, data_dir: &std::path::Path) -> anyhow::Result<Ar
         rules,
         notifier,
         notify_file: cfg.alerting.config.clone(),
-        auth: cfg.auth.clone(),
     }))
 }
 
@@ -632,6 +667,7 @@ pub fn run_ingest(cfg: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let listen = cfg.server.listen;
     let kafka = cfg.kafka.clone();
+    let auth = Arc::new(cfg.auth.clone());
     let state = Arc::new(ingest_http::IngestState {
         limits: cfg.ingest.clone(),
         sink: ingest_http::Sink::Kafka(sink),
@@ -667,7 +703,8 @@ pub fn run_ingest(cfg: Config) -> anyhow::Result<()> {
             )
             .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
             .route("/-/ready", get(|| async { "Tidemark ingest is Ready.\n" }))
-            .merge(ingest_http::routes(Arc::clone(&state)));
+            .merge(ingest_http::routes(Arc::clone(&state)))
+            .layer(axum::middleware::from_fn_with_state(auth, authorize));
         axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
         anyhow::Ok(())
     })?;

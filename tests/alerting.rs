@@ -488,6 +488,13 @@ fn only_admin_tokens_change_silences_and_rules() {
     assert_eq!(post(Some("atok"), "/api/v2/silences", &silence), 200);
     assert_eq!(post(Some("rtok"), "/-/reload", ""), 403);
     assert_eq!(post(Some("atok"), "/-/reload", ""), 200);
+    // The same tokens guard ingest and queries; health checks stay open.
+    let sample = "up 1\n";
+    assert_eq!(post(None, "/api/v1/import/prometheus", sample), 401);
+    assert_eq!(post(Some("rtok"), "/api/v1/import/prometheus", sample), 403);
+    assert!(post(Some("wtok"), "/api/v1/import/prometheus", sample) < 300);
+    assert_eq!(t.get("/api/v1/query?query=up").0, 401);
+    assert_eq!(t.get("/-/ready").0, 200);
 }
 
 #[test]
