@@ -270,6 +270,21 @@ fn amtool() -> std::path::PathBuf {
     support::installed_bin("amtool", "Debian package prometheus-alertmanager")
 }
 
+/// Runs `amtool ARGS --alertmanager.url=...`, asserts it succeeded, returns its stdout.
+fn amtool_run(args: &[&str], url_flag: &str) -> String {
+    let out = Command::new(amtool())
+        .args(args)
+        .arg(url_flag)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "amtool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn amtool_silences_mute_and_inhibit_rules_suppress() {
     let dir = tempfile::tempdir().unwrap();
@@ -281,29 +296,18 @@ fn amtool_silences_mute_and_inhibit_rules_suppress() {
     );
     let t = start(dir.path(), rules, &routing, "");
     let url = format!("--alertmanager.url={}", t.url);
-    let out = Command::new(amtool())
-        .args([
-            "silence",
-            "add",
-            "alertname=Noisy",
-            "--comment=maintenance",
-            "--author=ops",
-            "--duration=1h",
-            &url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let out = Command::new(amtool())
-        .args(["silence", "query", "-o", "json", &url])
-        .output()
-        .unwrap();
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let am = |args: &[&str]| amtool_run(args, &url);
+    let id = am(&[
+        "silence",
+        "add",
+        "alertname=Noisy",
+        "--comment=maintenance",
+        "--author=ops",
+        "--duration=1h",
+    ]);
+    let id = id.trim().to_string();
+    let listed: serde_json::Value =
+        serde_json::from_str(&am(&["silence", "query", "-o", "json"])).unwrap();
     assert_eq!(listed[0]["id"], id.as_str(), "{listed}");
     assert_eq!(listed[0]["status"]["state"], "active");
 
@@ -328,31 +332,12 @@ fn amtool_silences_mute_and_inhibit_rules_suppress() {
         vec!["HostDown"],
         "HighCpu inhibited, Noisy silenced; got {got:?}"
     );
-    let out = Command::new(amtool())
-        .args(["alert", "query", "-o", "json", "--silenced", &url])
-        .output()
-        .unwrap();
-    let silenced: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    assert!(
-        silenced.to_string().contains("Noisy"),
-        "{silenced} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let silenced = am(&["alert", "query", "-o", "json", "--silenced"]);
+    assert!(silenced.contains("Noisy"), "{silenced}");
     // Expired with amtool: the silence no longer mutes.
-    let out = Command::new(amtool())
-        .args(["silence", "expire", &id, &url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(amtool())
-        .args(["silence", "query", "--expired", "-o", "json", &url])
-        .output()
-        .unwrap();
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    am(&["silence", "expire", &id]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&am(&["silence", "query", "--expired", "-o", "json"])).unwrap();
     assert_eq!(listed[0]["status"]["state"], "expired", "{listed}");
     t.eventually("Noisy delivered after the silence expired", || {
         http.at("/hook")
