@@ -96,6 +96,40 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Consume alert events from the Kafka topic `alerts` (written by cluster jobs with
+    /// `[rules]`) and deliver notifications; offsets are committed only after delivery. Serves
+    /// the Alertmanager v2 API (silences: `amtool --alertmanager.url=...`) and /metrics.
+    Notify {
+        /// Address to serve HTTP on.
+        #[arg(long, default_value = "127.0.0.1:9472")]
+        listen: SocketAddr,
+        /// Where the notifier keeps its state (outbox, notification log, silences).
+        #[arg(long, default_value = "./data-notify")]
+        data_dir: PathBuf,
+        /// A tidemark.toml: [alerting] config (the routing file), [auth] tokens, [kafka]
+        /// brokers, [rules] external_url.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Alertmanager-style routing file (overrides [alerting] config).
+        #[arg(long)]
+        routing: Option<PathBuf>,
+        /// Bootstrap servers (overrides kafka.brokers).
+        #[arg(long)]
+        brokers: Option<String>,
+        #[arg(long, default_value = "alerts")]
+        topic: String,
+        /// Consumer group offsets are committed to.
+        #[arg(long, default_value = "tidemark-notify")]
+        group: String,
+        /// This process's share of the partitions (p % peers == index) when several run.
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+        #[arg(long, default_value_t = 1)]
+        peers: usize,
+        /// Allow a non-loopback listen address without auth tokens.
+        #[arg(long)]
+        insecure: bool,
+    },
     /// Validate a job spec against schemas/job.schema.json and submit it to worker 0.
     Submit {
         /// The job spec (TOML).
@@ -219,6 +253,41 @@ fn main() -> anyhow::Result<()> {
                 hot_retention_ms: cfg.hot.retention.0,
             })
             .context("tidemark worker")
+        }
+        Cmd::Notify {
+            listen,
+            data_dir,
+            config,
+            routing,
+            brokers,
+            topic,
+            group,
+            index,
+            peers,
+            insecure,
+        } => {
+            let mut cfg = load_config(config.as_deref())?;
+            cfg.server.listen = listen;
+            refuse_open_without_tokens(&cfg, insecure)?;
+            let external_url = if cfg.rules.external_url.is_empty() {
+                format!("http://{listen}")
+            } else {
+                cfg.rules.external_url.clone()
+            };
+            tidemark::alert::kafka::run_notify(tidemark::alert::kafka::NotifyOpts {
+                listen,
+                data_dir,
+                brokers: brokers.unwrap_or(cfg.kafka.brokers),
+                topic,
+                group,
+                index,
+                peers,
+                routing: routing.or(cfg.alerting.config),
+                external_url,
+                auth: cfg.auth,
+                commit_interval: std::time::Duration::from_secs(1),
+            })
+            .context("tidemark notify")
         }
         Cmd::Submit { file, to } => {
             println!("{}", tidemark::cluster::client::submit(&file, &to)?);

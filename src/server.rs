@@ -378,7 +378,7 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -84,8 +84,10 @@ fn multi(raw: &Option<String>, key: &str) -> Vec<String> {
         .collect()
 }
 
-async fn rules(State(s): State<Arc<AlertState>>, RawQuery(q): RawQuery) -> Response {
-    let kind = multi(&q, "type").into_iter().next().unwrap_or_default();
+/// `/api/v1/rules` over several rule sets (a cluster's jobs), filtered by the query's `type`,
+/// `rule_name[]` and `rule_group[]`.
+pub fn rules_response(rules: &[Arc<Rules>], q: &Option<String>) -> Response {
+    let kind = multi(q, "type").into_iter().next().unwrap_or_default();
     if !kind.is_empty() && kind != "alert" && kind != "record" {
         return error(
             StatusCode::BAD_REQUEST,
@@ -93,19 +95,40 @@ async fn rules(State(s): State<Arc<AlertState>>, RawQuery(q): RawQuery) -> Respo
             format!("unsupported type {kind:?}: use alert or record"),
         );
     }
-    let data = match &s.rules {
-        Some(r) => r.api_rules(&kind, &multi(&q, "rule_name"), &multi(&q, "rule_group")),
-        None => json!({"groups": []}),
-    };
+    let (names, groups) = (multi(q, "rule_name"), multi(q, "rule_group"));
+    let (mut all, mut load_errors) = (Vec::new(), Vec::new());
+    for r in rules {
+        let d = r.api_rules(&kind, &names, &groups);
+        all.extend(d["groups"].as_array().cloned().unwrap_or_default());
+        load_errors.extend(d["loadErrors"].as_array().cloned().unwrap_or_default());
+    }
+    let mut data = json!({ "groups": all });
+    if !load_errors.is_empty() {
+        data["loadErrors"] = Value::Array(load_errors);
+    }
     Json(json!({"status": "success", "data": data})).into_response()
 }
 
+/// `/api/v1/alerts` over several rule sets.
+pub fn alerts_response(rules: &[Arc<Rules>]) -> Response {
+    let all: Vec<Value> = rules
+        .iter()
+        .flat_map(|r| {
+            r.api_alerts()["alerts"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    Json(json!({"status": "success", "data": {"alerts": all}})).into_response()
+}
+
+async fn rules(State(s): State<Arc<AlertState>>, RawQuery(q): RawQuery) -> Response {
+    rules_response(s.rules.as_slice(), &q)
+}
+
 async fn alerts_v1(State(s): State<Arc<AlertState>>) -> Response {
-    let data = s
-        .rules
-        .as_ref()
-        .map_or(json!({"alerts": []}), |r| r.api_alerts());
-    Json(json!({"status": "success", "data": data})).into_response()
+    alerts_response(s.rules.as_slice())
 }
 
 async fn notifications(State(s): State<Arc<AlertState>>) -> Response {
@@ -228,7 +251,7 @@ async fn post_alerts(State(s): State<Arc<AlertState>>, body: axum::body::Bytes) 
     }
     let n = Arc::clone(&s.notifier);
     match tokio::task::spawn_blocking(move || n.ingest(&events)).await {
-        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Ok(_)) => StatusCode::OK.into_response(),
         Ok(Err(e)) => v2_error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => v2_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

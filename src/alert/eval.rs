@@ -134,6 +134,8 @@ struct Inner {
     overlay: OverlayData,
     last_saved: Option<Instant>,
     dirty: bool,
+    /// Events the sink did not take; they go first in the next batch.
+    unsent: Vec<AlertEvent>,
 }
 
 /// The loaded rules and their state, shared by the job and the HTTP API.
@@ -178,6 +180,7 @@ impl Rules {
             overlay: OverlayData::default(),
             last_saved: None,
             dirty: false,
+            unsent: Vec::new(),
         };
         install(&mut inner, groups);
         (
@@ -282,7 +285,14 @@ impl Rules {
                     extra: &inner.overlay,
                 };
                 let result = Engine::new(&overlay, first as i64, last as i64, interval as i64)
-                    .and_then(|e| e.eval(&rule.expr));
+                    .and_then(|e| e.eval(&rule.expr))
+                    .and_then(|v| match overlay.take_failure() {
+                        // A partial answer would resolve alerts that still fire.
+                        Some(f) => Err(crate::query::QueryError::Execution(format!(
+                            "incomplete data, ticks skipped: {f}"
+                        ))),
+                        None => Ok(v),
+                    });
                 self.evaluations.fetch_add(gticks.len() as u64, Relaxed);
                 let health = &mut gs.health[ri];
                 health.evaluated = true;
@@ -429,20 +439,23 @@ impl Rules {
             });
             !series.is_empty()
         });
-        let list: Vec<AlertEvent> = events.iter().map(|(_, e)| e.clone()).collect();
-        let sent = list.is_empty() || {
-            match sink.send(&list) {
-                Ok(()) => true,
-                Err(e) => {
-                    self.eval_failures.fetch_add(1, Relaxed);
-                    eprintln!(
-                        "tidemark: cannot hand {} alert events to the notifier: {e}",
+        let mut list = std::mem::take(&mut inner.unsent);
+        list.extend(events.iter().map(|(_, e)| e.clone()));
+        let sent = list.is_empty()
+            || {
+                match sink.send(&list) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.eval_failures.fetch_add(1, Relaxed);
+                        eprintln!(
+                        "tidemark: cannot hand {} alert events to the notifier (kept, sent with the next batch): {e}",
                         list.len()
                     );
-                    false
+                        inner.unsent = list;
+                        false
+                    }
                 }
-            }
-        };
+            };
         inner.last_tick = Some(newest);
         // The state moves on only once the notifier has the events: a crash before that
         // evaluates these ticks again.
@@ -853,6 +866,10 @@ impl Storage for Overlay<'_> {
         out.retain(|s| !s.samples.iter().all(|(_, v)| is_stale_nan(*v)));
         out
     }
+
+    fn take_failure(&self) -> Option<String> {
+        self.base.take_failure()
+    }
 }
 
 /// The job's evaluator: [`Rules::evaluate`] against the hot index.
@@ -1001,6 +1018,69 @@ mod tests {
             "pending series ends when firing starts: {alerts:?}"
         );
         assert!(alerts.contains(&(7000, "stale".into())), "{alerts:?}");
+    }
+
+    /// A sink that refuses while `down`.
+    struct Flaky {
+        down: std::sync::atomic::AtomicBool,
+        got: Mutex<Vec<AlertEvent>>,
+    }
+    impl AlertSink for Flaky {
+        fn send(&self, events: &[AlertEvent]) -> Result<(), String> {
+            if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err("brokers down".into());
+            }
+            self.got.lock().unwrap().extend_from_slice(events);
+            Ok(())
+        }
+    }
+
+    /// A store whose remote part did not answer.
+    struct Partial(MemStorage);
+    impl Storage for Partial {
+        fn select(&self, m: &[Matcher], start: i64, end: i64) -> Vec<Series> {
+            self.0.select(m, start, end)
+        }
+        fn take_failure(&self) -> Option<String> {
+            Some("peer 1 refused".into())
+        }
+    }
+
+    #[test]
+    fn refused_events_are_kept_and_partial_answers_skip_the_tick() {
+        let rules = rules_from(
+            "groups:\n- name: g\n  rules:\n  - alert: High\n    expr: cpu > 90\n",
+            None,
+        );
+        let s = store(&[("cpu", "a", 1000, 95.0), ("cpu", "a", 2000, 10.0)]);
+        let sink = Flaky {
+            down: true.into(),
+            got: Mutex::new(Vec::new()),
+        };
+        let mut w = Collect(Vec::new());
+        assert_eq!(rules.evaluate(&s, &[1000], &mut w, &sink).len(), 1);
+        assert!(sink.got.lock().unwrap().is_empty());
+        sink.down.store(false, std::sync::atomic::Ordering::Relaxed);
+        // The resolve at 2 s goes out after the firing event kept from 1 s.
+        rules.evaluate(&s, &[2000], &mut w, &sink);
+        let got: Vec<bool> = sink
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(AlertEvent::is_resolved)
+            .collect();
+        assert_eq!(got, vec![false, true]);
+        // A partial answer neither fires nor resolves; the rule shows the error.
+        let s = store(&[("cpu", "a", 3000, 95.0)]);
+        let ev = rules.evaluate(&Partial(s), &[3000], &mut w, &sink);
+        assert!(ev.is_empty());
+        let data = rules.api_rules("", &[], &[]);
+        let err = data["groups"][0]["rules"][0]["lastError"].as_str().unwrap();
+        assert!(
+            err.contains("incomplete data") && err.contains("peer 1 refused"),
+            "{err}"
+        );
     }
 
     #[test]

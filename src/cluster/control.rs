@@ -24,6 +24,7 @@ use serde_json::{json, Value as Json};
 
 use super::spec::JobSpec;
 use super::{Binding, Command, JobStatus, Registry};
+use crate::alert::eval::Rules;
 use crate::ops::{render_counters, Metrics, TextWriter};
 use crate::query::api::{self, QueryState};
 use crate::query::{Series, Storage};
@@ -48,7 +49,12 @@ pub struct ControlState {
     pub commands: Option<Mutex<mpsc::Sender<Command>>>,
     pub bindings: Arc<Mutex<BTreeMap<String, Vec<Binding>>>>,
     pub brokers: String,
+    /// Each job's rules, on process 0 (where worker 0 evaluates them).
+    pub rules: Arc<JobRules>,
 }
+
+/// Rules by job name, with the rule files they were opened with.
+pub type JobRules = Mutex<BTreeMap<String, (Vec<String>, Arc<Rules>)>>;
 
 /// Matchers on the wire: `(name, op, value)` with op `=`, `!=`, `=~`, `!~` (regexes anchored).
 #[derive(Serialize, Deserialize)]
@@ -210,6 +216,45 @@ impl Storage for FanoutStorage<'_> {
     }
 }
 
+/// [`FanoutStorage`] that owns its parts, for the rule evaluator on worker 0. A peer that does
+/// not answer is reported by [`Storage::take_failure`], so rules skip the tick instead of
+/// resolving alerts on a partial answer.
+pub struct ClusterStorage {
+    pub hot: Arc<HotIndex>,
+    pub peers: Vec<String>,
+    pub errors: Mutex<Vec<String>>,
+}
+
+impl Storage for ClusterStorage {
+    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
+        let st = FanoutStorage {
+            local: &self.hot,
+            peers: &self.peers,
+            errors: Mutex::new(Vec::new()),
+        };
+        let out = st.select(matchers, start, end);
+        let errs = st.errors.into_inner().unwrap_or_else(|e| e.into_inner());
+        if !errs.is_empty() {
+            self.errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(errs);
+        }
+        out
+    }
+
+    fn take_failure(&self) -> Option<String> {
+        let mut e = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if e.is_empty() {
+            return None;
+        }
+        e.dedup();
+        let msg = format!("a worker process did not answer: {}", e.join("; "));
+        e.clear();
+        Some(msg)
+    }
+}
+
 async fn internal_select(State(s): State<Arc<ControlState>>, body: Bytes) -> Response {
     let req: SelectRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -337,6 +382,108 @@ async fn merge_peers(s: Arc<ControlState>, req: Request, local: Response) -> Res
         .into_response()
 }
 
+fn job_rules(s: &ControlState) -> Vec<Arc<Rules>> {
+    s.rules
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(|(_, r)| Arc::clone(r))
+        .collect()
+}
+
+/// Rules live on process 0: other processes answer with its answer.
+async fn from_leader(s: &ControlState, method: &str, path_and_query: String) -> Response {
+    let url = format!("{}{path_and_query}", s.leader);
+    let method = method.to_string();
+    let res = tokio::task::spawn_blocking(move || {
+        let r = if method == "POST" {
+            ureq::post(&url)
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .send_empty()
+        } else {
+            ureq::get(&url)
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .call()
+        };
+        r.map_err(|e| format!("{url}: {e}")).and_then(|mut r| {
+            let status = r.status().as_u16();
+            let body = r.body_mut().read_to_vec().map_err(|e| e.to_string())?;
+            Ok((status, body))
+        })
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match res {
+        Ok((status, body)) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        Err(e) => api::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("worker process 0 (which evaluates the rules) did not answer: {e}"),
+        ),
+    }
+}
+
+async fn rules_api(State(s): State<Arc<ControlState>>, RawQuery(q): RawQuery) -> Response {
+    if s.commands.is_none() {
+        let pq = format!(
+            "/api/v1/rules{}",
+            q.map(|q| format!("?{q}")).unwrap_or_default()
+        );
+        return from_leader(&s, "GET", pq).await;
+    }
+    crate::alert::api::rules_response(&job_rules(&s), &q)
+}
+
+async fn alerts_api(State(s): State<Arc<ControlState>>) -> Response {
+    if s.commands.is_none() {
+        return from_leader(&s, "GET", "/api/v1/alerts".into()).await;
+    }
+    crate::alert::api::alerts_response(&job_rules(&s))
+}
+
+/// Reads every job's rule files again (a file with errors keeps its running rules).
+async fn reload(State(s): State<Arc<ControlState>>) -> Response {
+    if s.commands.is_none() {
+        return from_leader(&s, "POST", "/-/reload".into()).await;
+    }
+    let rules = job_rules(&s);
+    let res = tokio::task::spawn_blocking(move || {
+        let mut n = 0;
+        let mut errors = Vec::new();
+        for r in rules {
+            match r.reload() {
+                Ok(k) => n += k,
+                Err(es) => errors.extend(es.into_iter().map(|e| e.to_string())),
+            }
+        }
+        (n, errors)
+    })
+    .await
+    .unwrap_or_else(|e| (0, vec![e.to_string()]));
+    match res {
+        (n, errors) if errors.is_empty() => {
+            (StatusCode::OK, format!("reloaded: {n} rules\n")).into_response()
+        }
+        (_, errors) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "failed to reload rules (a rule file with errors keeps its running rules):\n{}\n",
+                errors.join("\n")
+            ),
+        )
+            .into_response(),
+    }
+}
+
 fn forbidden_off_leader(s: &ControlState) -> Option<Response> {
     if s.commands.is_some() {
         return None;
@@ -397,6 +544,30 @@ async fn submit(State(s): State<Arc<ControlState>>, body: Bytes) -> Response {
     .unwrap_or_else(|e| Err(e.to_string()));
     if let Err(e) = checked {
         return bad(format!("job {}: {e}", spec.name));
+    }
+    if !spec.rules.files.is_empty() {
+        let files: Vec<std::path::PathBuf> = spec.rules.files.iter().map(Into::into).collect();
+        let (_, errors) = crate::alert::rules::load_rule_files(&files);
+        if !errors.is_empty() {
+            let list: Vec<String> = errors.iter().map(|e| format!("rules.files: {e}")).collect();
+            return bad(format!("job {}:\n{}", spec.name, list.join("\n")));
+        }
+        let (brokers, topic) = (
+            if spec.source.brokers.is_empty() {
+                s.brokers.clone()
+            } else {
+                spec.source.brokers.clone()
+            },
+            spec.rules.topic.clone(),
+        );
+        let checked = tokio::task::spawn_blocking(move || {
+            topic_partitions(&brokers, &topic).map_err(|e| format!("rules.topic: {e}"))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = checked {
+            return bad(format!("job {}: {e}", spec.name));
+        }
     }
     if let Err(r) = send(&s, Command::Submit { spec: text }) {
         return r;
@@ -800,6 +971,9 @@ pub fn router(s: Arc<ControlState>) -> Router {
         .route("/api/v1/jobs", post(submit).get(list_jobs))
         .route("/api/v1/jobs/{name}", delete(cancel))
         .route("/api/v1/jobs/{name}/replay", post(replay))
+        .route("/api/v1/rules", get(rules_api))
+        .route("/api/v1/alerts", get(alerts_api))
+        .route("/-/reload", post(reload).put(reload))
         .route("/internal/v1/select", post(internal_select))
         .route("/internal/v1/jobs", get(internal_jobs))
         .route("/metrics", get(metrics))

@@ -1,5 +1,5 @@
 //! A JSON Schema validator for the subset our schemas in `schemas/` use: `type`, `properties`,
-//! `required`, `additionalProperties: false`, `enum`, `pattern`, `minLength`, `minItems`,
+//! `required`, `additionalProperties` (`false` or a schema), `enum`, `pattern`, `minLength`, `minItems`,
 //! `items`, `minimum`. Every violation names the key path and how to fix it.
 
 use serde_json::Value;
@@ -176,7 +176,11 @@ fn check(schema: &Value, v: &Value, path: &str, out: &mut Vec<Violation>) {
                         message: format!("unknown key: {fix}"),
                     });
                 }
-                None => {}
+                None => {
+                    if let Some(s) = schema.get("additionalProperties").filter(|s| s.is_object()) {
+                        check(s, val, &join(path, k), out);
+                    }
+                }
             }
         }
     }

@@ -116,11 +116,31 @@ pub struct TierSpec {
     pub rollup_1h_retention: Option<Millis>,
 }
 
-/// Rule files: validated now, evaluated once alerting exists (issue 5).
-#[derive(Clone, Debug, Default, Deserialize)]
+/// Alerting and recording rules: evaluated on worker 0 over the whole cluster's data at
+/// event-time ticks; alert events go to the Kafka topic `topic` (for `tidemark notify`),
+/// recorded samples to the job's first source topic.
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuleSpec {
+    /// Prometheus rule files, on process 0's file system (relative to its working directory).
     pub files: Vec<String>,
+    /// The topic alert events are produced to.
+    pub topic: String,
+    /// Evaluation resolution (event time between ticks).
+    pub resolution: Millis,
+    /// Base of the alerts' `generatorURL` (default: process 0's HTTP address).
+    pub external_url: String,
+}
+
+impl Default for RuleSpec {
+    fn default() -> Self {
+        RuleSpec {
+            files: Vec::new(),
+            topic: "alerts".into(),
+            resolution: Millis(1_000),
+            external_url: String::new(),
+        }
+    }
 }
 
 /// A validated job spec.

@@ -31,16 +31,20 @@ use tidemark_dataflows::tier::sink_tier;
 use tidemark_dataflows::window::{rollup_rollups, tumbling_rollups};
 use tidemark_dataflows::{Rollup, Sample};
 
-use super::control::{router, ControlState};
+use super::control::{router, ClusterStorage, ControlState, JobRules};
 use super::source::{KafkaJobSource, SourceCtx};
 use super::spec::JobSpec;
 use super::{Binding, Command, JobStatus, Registry};
+use crate::alert::eval::{RuleConfig, RuleEvaluator, Rules};
+use crate::alert::kafka::{KafkaAlertSink, KafkaSeriesWriter};
 use crate::job::{HOUR_MS, MINUTE_MS};
 use crate::model::Limits;
 use crate::ops::Metrics;
 use crate::store::cold::writer::{LabelLookup, TierWriter};
 use crate::store::cold::{ColdError, ColdStore, Tier};
 use crate::store::hot::HotIndex;
+use crate::transport::kafka::KafkaConfig;
+use tidemark_dataflows::rules::{evaluate_at_ticks, TickConfig};
 
 /// One line of the hosts file: `TIMELY_HOST:PORT HTTP_HOST:PORT` (`#` starts a comment).
 #[derive(Clone, Debug)]
@@ -100,6 +104,8 @@ struct Shared {
     commands: Mutex<Option<mpsc::Receiver<Command>>>,
     /// Cold stores opened by jobs' `[tiers] url`, one per URL in the process.
     cold: Mutex<BTreeMap<String, Arc<ColdStore>>>,
+    /// Jobs' rules (worker 0 evaluates them; kept across a job's restarts and replays).
+    rules: Arc<JobRules>,
 }
 
 impl Shared {
@@ -201,6 +207,7 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
     let bindings = Arc::new(Mutex::new(load_bindings(&opts.data_dir)));
+    let rules: Arc<JobRules> = Arc::default();
     let (tx, rx) = mpsc::channel();
     let shared = Arc::new(Shared {
         opts: opts.clone(),
@@ -209,6 +216,7 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
         bindings: Arc::clone(&bindings),
         commands: Mutex::new(Some(rx)),
         cold: Mutex::new(BTreeMap::new()),
+        rules: Arc::clone(&rules),
     });
     let url = |h: &Host| format!("http://{}", h.http);
     let control = Arc::new(ControlState {
@@ -227,6 +235,7 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
         commands: (opts.process == 0).then(|| Mutex::new(tx)),
         bindings,
         brokers: opts.brokers.clone(),
+        rules,
     });
     let listen = opts.hosts[opts.process].http;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -407,6 +416,92 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Worker 0's rule evaluator for a job with `[rules]`: the whole cluster's hot data (local
+/// shard plus the peers'), alert events to the Kafka topic, recorded samples to the job's
+/// first topic. `None` on other workers, without rules, or when the producers cannot be made
+/// (said in the job's problems).
+fn rule_evaluator(
+    shared: &Arc<Shared>,
+    spec: &JobSpec,
+    index: usize,
+    registry: &Registry,
+) -> Option<RuleEvaluator> {
+    if index != 0 || spec.rules.files.is_empty() {
+        return None;
+    }
+    let name = &spec.name;
+    let brokers = if spec.source.brokers.is_empty() {
+        shared.opts.brokers.clone()
+    } else {
+        spec.source.brokers.clone()
+    };
+    let problem = |msg: String| {
+        eprintln!("tidemark worker: job {name}: {msg}");
+        registry.with(name, |j| j.problems.push(msg));
+    };
+    let rules = {
+        let mut m = shared.rules.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get(name) {
+            Some((files, r)) if *files == spec.rules.files => Arc::clone(r),
+            _ => {
+                let external_url = if spec.rules.external_url.is_empty() {
+                    format!("http://{}", shared.opts.hosts[0].http)
+                } else {
+                    spec.rules.external_url.clone()
+                };
+                let (r, errors) = Rules::open(RuleConfig {
+                    files: spec.rules.files.iter().map(PathBuf::from).collect(),
+                    state_dir: Some(job_dir(&shared.opts.data_dir, name).join("alerts")),
+                    external_labels: BTreeMap::new(),
+                    external_url,
+                    resolution_ms: spec.rules.resolution.0.max(1) as u64,
+                });
+                for e in errors {
+                    problem(format!("rule file error (its group is left out): {e}"));
+                }
+                m.insert(name.clone(), (spec.rules.files.clone(), Arc::clone(&r)));
+                r
+            }
+        }
+    };
+    let sink = match KafkaAlertSink::new(&brokers, &spec.rules.topic, Duration::from_secs(30)) {
+        Ok(s) => s,
+        Err(e) => {
+            problem(format!("rules not evaluated: {e}"));
+            return None;
+        }
+    };
+    let writer = KafkaSeriesWriter::new(&KafkaConfig {
+        brokers,
+        topic: spec.source.topics[0].clone(),
+        format: spec.source.format,
+        ..KafkaConfig::default()
+    });
+    let writer = match writer {
+        Ok(w) => w,
+        Err(e) => {
+            problem(format!("rules not evaluated: {e}"));
+            return None;
+        }
+    };
+    let hosts = &shared.opts.hosts;
+    Some(RuleEvaluator {
+        rules,
+        storage: Arc::new(ClusterStorage {
+            hot: Arc::clone(&shared.hot),
+            peers: hosts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != shared.opts.process)
+                .map(|(_, h)| format!("http://{}", h.http))
+                .collect(),
+            errors: Mutex::new(Vec::new()),
+        }),
+        writer: Box::new(writer),
+        sink: Arc::new(sink),
+    })
+}
+
 fn start_job(
     worker: &mut timely::worker::Worker,
     shared: &Arc<Shared>,
@@ -536,6 +631,12 @@ fn start_job(
             }
         }
     });
+    let evaluator = rule_evaluator(shared, &spec, index, &registry);
+    let rules_on = !spec.rules.files.is_empty();
+    let ticks = TickConfig {
+        resolution: spec.rules.resolution.0.max(1) as u64,
+        ..TickConfig::default()
+    };
     let ctx = SourceCtx {
         epoch,
         spec: Arc::new(spec),
@@ -618,7 +719,16 @@ fn start_job(
                 });
             });
         }
-        scope.concatenate(done).probe_with(&probe);
+        let done = scope.concatenate(done);
+        if rules_on {
+            // A tick is evaluated once every worker's sinks applied the data up to it.
+            evaluate_at_ticks(done.clone(), ticks, evaluator).sink(
+                Pipeline,
+                "AlertEvents",
+                |(input, _)| input.for_each(|_, _| {}),
+            );
+        }
+        done.probe_with(&probe);
     });
     local.running.insert(name, Running { stop });
 }

@@ -116,6 +116,13 @@ pub trait Storage: Send + Sync {
             })
             .collect()
     }
+
+    /// Why some answers since the last call may be incomplete (a remote shard that did not
+    /// answer), and clears it. Rule evaluation skips a tick's results when this says so,
+    /// rather than resolve alerts on a partial answer.
+    fn take_failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Query errors, with Prometheus's `errorType`s.

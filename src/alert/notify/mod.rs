@@ -76,6 +76,10 @@ struct AggGroup {
     group_wait: i64,
     group_interval: i64,
     repeat_interval: i64,
+    /// The oldest ingest sequence number among the events the group took since its last
+    /// flush: they are not delivered yet.
+    #[serde(default)]
+    hold: Option<u64>,
 }
 
 /// What was last sent (queued) to one integration for one group.
@@ -97,6 +101,9 @@ struct OutboxEntry {
     last_error: String,
     #[serde(default)]
     in_flight: bool,
+    /// The oldest ingest sequence number this notification carries (see [`Notifier::ingest`]).
+    #[serde(default)]
+    hold: Option<u64>,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -111,6 +118,9 @@ struct State {
     next_id: u64,
     /// Delivered notifications (the last 1,000), newest last: `(wall ms, receiver, integration, group key, status)`.
     delivered: std::collections::VecDeque<(i64, String, String, String, String)>,
+    /// The sequence number the next [`Notifier::ingest`] gets.
+    #[serde(default)]
+    next_seq: u64,
 }
 
 /// Counters for `/metrics`.
@@ -221,11 +231,16 @@ impl Notifier {
     }
 
     /// Takes alert events: stores them, puts them into their groups, and saves the state
-    /// before returning.
-    pub fn ingest(&self, events: &[AlertEvent]) -> Result<(), String> {
+    /// before returning. Returns the call's sequence number: once [`Notifier::delivered_below`]
+    /// is above it, every notification these events caused has been delivered (or given up
+    /// after the delivery policy's give-up age), or was not needed (deduplicated, silenced,
+    /// inhibited). `tidemark notify` commits Kafka offsets by it.
+    pub fn ingest(&self, events: &[AlertEvent]) -> Result<u64, String> {
         let now = now_ms();
         let cfg = self.config();
         let mut st = lock(&self.state);
+        let seq = st.next_seq;
+        st.next_seq += 1;
         for e in events {
             self.metrics.alerts_received.fetch_add(1, Ordering::Relaxed);
             let fp = fingerprint(&e.labels);
@@ -260,14 +275,25 @@ impl Notifier {
                     group_wait: r.group_wait as i64,
                     group_interval: r.group_interval as i64,
                     repeat_interval: r.repeat_interval as i64,
+                    hold: None,
                 });
                 g.alerts.insert(fp.clone());
+                g.hold.get_or_insert(seq);
             }
         }
         let res = self.save(&st);
         drop(st);
         self.wake.notify_one();
-        res
+        res.map(|()| seq)
+    }
+
+    /// Every [`Notifier::ingest`] with a sequence number below this is done: its groups have
+    /// flushed since and the notifications they queued have left the outbox.
+    pub fn delivered_below(&self) -> u64 {
+        let st = lock(&self.state);
+        let groups = st.groups.values().filter_map(|g| g.hold);
+        let outbox = st.outbox.iter().filter_map(|o| o.hold);
+        groups.chain(outbox).min().unwrap_or(st.next_seq)
     }
 
     fn muted(
@@ -392,6 +418,7 @@ impl Notifier {
                         next_attempt: now,
                         last_error: String::new(),
                         in_flight: false,
+                        hold: g.hold,
                     });
                 }
             }
@@ -399,6 +426,7 @@ impl Notifier {
             let g = st.groups.get_mut(&key).expect("group");
             g.alerts.retain(|fp| !resolved.contains(fp));
             g.flushed = true;
+            g.hold = None;
             g.next_flush = now + g.group_interval;
             if g.alerts.is_empty() {
                 st.groups.remove(&key);
@@ -704,7 +732,7 @@ impl Notifier {
 
 impl AlertSink for Notifier {
     fn send(&self, events: &[AlertEvent]) -> Result<(), String> {
-        self.ingest(events)
+        self.ingest(events).map(|_| ())
     }
 }
 
@@ -884,6 +912,45 @@ mod tests {
         n.ingest(&[ev("A", "x", "warning", false)]).unwrap();
         n.flush_due(now_ms() + 20_000);
         assert_eq!(queued(&n).len(), 1);
+    }
+
+    #[test]
+    fn delivered_below_waits_for_flush_and_delivery() {
+        let n = Notifier::open(cfg(CFG), None, String::new()).unwrap();
+        assert_eq!(n.delivered_below(), 0, "nothing ingested yet");
+        let s0 = n.ingest(&[ev("A", "x", "warning", false)]).unwrap();
+        assert_eq!(n.delivered_below(), s0, "the group has not flushed");
+        let t = now_ms();
+        n.flush_due(t);
+        assert_eq!(n.delivered_below(), s0, "queued, not delivered");
+        // A repeat of a delivered alert needs no notification: it holds only until the flush.
+        let s1 = n.ingest(&[ev("B", "y", "warning", false)]).unwrap();
+        let (due, _) = n.take_due(t);
+        n.finish(due[0].id, Ok(()));
+        assert_eq!(
+            n.delivered_below(),
+            s1,
+            "A delivered; B's group not flushed"
+        );
+        n.flush_due(t);
+        let (due, _) = n.take_due(t);
+        assert_eq!(n.delivered_below(), s1, "B in flight");
+        n.finish(
+            due[0].id,
+            Err(DeliveryError {
+                reason: "connect",
+                message: "refused".into(),
+                retry: true,
+            }),
+        );
+        assert_eq!(n.delivered_below(), s1, "a failed attempt keeps the hold");
+        let id = lock(&n.state).outbox[0].id;
+        n.finish(id, Ok(()));
+        assert_eq!(n.delivered_below(), s1 + 1);
+        let s2 = n.ingest(&[ev("A", "x", "warning", false)]).unwrap();
+        n.flush_due(t + 20_000);
+        assert!(queued(&n).is_empty(), "deduplicated");
+        assert_eq!(n.delivered_below(), s2 + 1);
     }
 
     #[test]
