@@ -92,9 +92,13 @@ enum Cmd {
         /// Kafka bootstrap servers for jobs that do not name their own.
         #[arg(long, default_value = "127.0.0.1:9092")]
         brokers: String,
-        /// A tidemark.toml ([ingest] limits apply to decoded messages, [hot] retention).
+        /// A tidemark.toml ([ingest] limits apply to decoded messages, [hot] retention,
+        /// [auth] tokens guard the HTTP side: jobs, replays and reload need `admin`).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Allow a non-loopback HTTP address without auth tokens.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Consume alert events from the Kafka topic `alerts` (written by cluster jobs with
     /// `[rules]`) and deliver notifications; offsets are committed only after delivery. Serves
@@ -232,8 +236,9 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             brokers,
             config,
+            insecure,
         } => {
-            let cfg = load_config(config.as_deref())?;
+            let mut cfg = load_config(config.as_deref())?;
             let text = std::fs::read_to_string(&hosts)
                 .with_context(|| format!("reading hosts file {}", hosts.display()))?;
             let hosts = tidemark::cluster::worker::parse_hosts(&text, &hosts.display().to_string())
@@ -243,6 +248,10 @@ fn main() -> anyhow::Result<()> {
                 "--processes {processes} but the hosts file lists {} processes: make them agree",
                 hosts.len()
             );
+            if let Some(h) = hosts.get(process) {
+                cfg.server.listen = h.http;
+            }
+            refuse_open_without_tokens(&cfg, insecure)?;
             tidemark::cluster::worker::run(tidemark::cluster::worker::WorkerOpts {
                 process,
                 hosts,
@@ -251,6 +260,7 @@ fn main() -> anyhow::Result<()> {
                 brokers,
                 limits: cfg.ingest.clone(),
                 hot_retention_ms: cfg.hot.retention.0,
+                auth: cfg.auth.clone(),
             })
             .context("tidemark worker")
         }

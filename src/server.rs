@@ -84,7 +84,11 @@ pub fn required_role(method: &axum::http::Method, path: &str) -> Option<Role> {
     match path {
         "/-/healthy" | "/-/ready" => None,
         "/-/reload" => Some(Role::Admin),
-        "/api/v1/replay" | "/api/v2/silences" if method == Method::POST => Some(Role::Admin),
+        "/api/v1/replay" | "/api/v2/silences" | "/api/v1/jobs" if method == Method::POST => {
+            Some(Role::Admin)
+        }
+        // Worker cluster: cancel a job, replay it.
+        p if p.starts_with("/api/v1/jobs/") && method != Method::GET => Some(Role::Admin),
         p if p.starts_with("/api/v2/silence/") && method == Method::DELETE => Some(Role::Admin),
         "/write" | "/api/v2/write" | "/api/v1/write" | "/api/v1/import/prometheus" => {
             Some(Role::Write)

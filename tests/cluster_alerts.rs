@@ -393,3 +393,71 @@ fn cluster_rules_reach_the_webhook_through_kafka_and_notify_commits_after_delive
     assert_eq!(malformed, 0.0);
     drop(hook);
 }
+
+/// `[auth] tokens` on the worker processes: jobs and reloads need `admin`, queries `read`; the
+/// processes call each other with the admin token, so a query on process 1 still reads
+/// process 0's shard.
+#[test]
+fn worker_apis_need_tokens_by_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start_with_config(
+        &dir.path().join("cluster"),
+        2,
+        1,
+        "127.0.0.1:9",
+        Some(
+            "[auth]\ntokens = [{ token = \"adm\", role = \"admin\" }, { token = \"rd\", role = \"read\" }]\n",
+        ),
+    );
+    let call = |method: &str, i: usize, path: &str, token: Option<&str>| -> (u16, String) {
+        let url = format!("{}{path}", c.urls[i]);
+        let mut r = match method {
+            "POST" => {
+                let mut req = agent().post(&url);
+                if let Some(t) = token {
+                    req = req.header("authorization", format!("Bearer {t}"));
+                }
+                req.send_empty()
+            }
+            _ => {
+                let mut req = agent().get(&url);
+                if let Some(t) = token {
+                    req = req.header("authorization", format!("Bearer {t}"));
+                }
+                req.call()
+            }
+        }
+        .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    let q = format!("/api/v1/query?query={}", enc("count(up) or vector(0)"));
+    assert_eq!(call("GET", 1, &q, None).0, 401);
+    let (st, body) = call("GET", 1, &q, Some("rd"));
+    assert_eq!(
+        st, 200,
+        "a read token queries, fanned out to process 0: {body}"
+    );
+    assert!(body.contains("\"success\""), "{body}");
+    assert_eq!(call("GET", 0, "/-/ready", None).0, 200, "health stays open");
+    assert_eq!(call("POST", 1, "/-/reload", Some("rd")).0, 403);
+    assert_eq!(
+        call("POST", 1, "/-/reload", Some("adm")).0,
+        200,
+        "forwarded to process 0 with the peer token"
+    );
+    let spec = dir.path().join("job.toml");
+    std::fs::write(&spec, "name = \"x\"\n[source]\ntopics = [\"metrics\"]\n").unwrap();
+    let (ok, out) = c.cli(&["submit", spec.to_str().unwrap()]);
+    assert!(!ok && out.contains("401"), "{out}");
+    c.token = Some("rd".into());
+    let (ok, out) = c.cli(&["submit", spec.to_str().unwrap()]);
+    assert!(!ok && out.contains("403"), "{out}");
+    c.token = Some("adm".into());
+    let (ok, out) = c.cli(&["jobs"]);
+    assert!(ok, "{out}");
+    // Past auth: the submit fails on the (absent) broker, not on the token.
+    let (ok, out) = c.cli(&["submit", spec.to_str().unwrap()]);
+    assert!(!ok && !out.contains("401") && !out.contains("403"), "{out}");
+    c.kill(0);
+    c.kill(1);
+}

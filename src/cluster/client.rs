@@ -36,10 +36,24 @@ fn call(method: &str, url: &str, body: Option<(&str, Vec<u8>)>) -> Result<Json, 
             .timeout_global(Some(Duration::from_secs(60)))
             .build(),
     );
-    let res = match (method, body) {
-        ("POST", Some((ct, b))) => agent.post(url).header("content-type", ct).send(&b[..]),
-        ("POST", None) => agent.post(url).send_empty(),
-        ("DELETE", _) => agent.delete(url).call(),
+    // `TIDEMARK_TOKEN`: the bearer token for servers with `[auth] tokens` (jobs, replays and
+    // reloads need an `admin` one).
+    let auth = std::env::var("TIDEMARK_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(|t| format!("Bearer {t}"));
+    let res = match (method, body, auth) {
+        ("POST", Some((ct, b)), Some(a)) => agent
+            .post(url)
+            .header("authorization", a)
+            .header("content-type", ct)
+            .send(&b[..]),
+        ("POST", Some((ct, b)), None) => agent.post(url).header("content-type", ct).send(&b[..]),
+        ("POST", None, Some(a)) => agent.post(url).header("authorization", a).send_empty(),
+        ("POST", None, None) => agent.post(url).send_empty(),
+        ("DELETE", _, Some(a)) => agent.delete(url).header("authorization", a).call(),
+        ("DELETE", _, None) => agent.delete(url).call(),
+        (_, _, Some(a)) => agent.get(url).header("authorization", a).call(),
         _ => agent.get(url).call(),
     };
     let mut resp = res.map_err(|e| ClientError::Unreachable {

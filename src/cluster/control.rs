@@ -35,6 +35,19 @@ use crate::transport::consumer::topic_partitions;
 /// Header marking a request one process forwards to another: answer from the local shard.
 pub const LOCAL_HEADER: &str = "x-tidemark-local";
 
+/// The bearer token this process sends to its peers (the first `admin` token of its
+/// `[auth] tokens`; set once at start, unset without tokens). Process-wide because one
+/// process is one cluster member.
+pub static PEER_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// `r` with the peer token, when there is one.
+pub fn to_peer<B>(r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    match PEER_TOKEN.get() {
+        Some(t) => r.header("authorization", format!("Bearer {t}")),
+        None => r,
+    }
+}
+
 /// What the control handlers share.
 pub struct ControlState {
     pub process: usize,
@@ -51,6 +64,8 @@ pub struct ControlState {
     pub brokers: String,
     /// Each job's rules, on process 0 (where worker 0 evaluates them).
     pub rules: Arc<JobRules>,
+    /// `[auth] tokens`: jobs, replays and reload need `admin`, the rest `read`.
+    pub auth: Arc<crate::config::AuthConfig>,
 }
 
 /// Rules by job name, with the rule files they were opened with.
@@ -173,7 +188,7 @@ impl Storage for FanoutStorage<'_> {
                     let req = &req;
                     s.spawn(move || -> Result<Vec<Series>, String> {
                         let url = format!("{p}/internal/v1/select");
-                        let mut resp = ureq::post(&url)
+                        let mut resp = to_peer(ureq::post(&url))
                             .header("content-type", "application/json")
                             .send(&req[..])
                             .map_err(|e| format!("{url}: {e}"))?;
@@ -343,12 +358,12 @@ async fn merge_peers(s: Arc<ControlState>, req: Request, local: Response) -> Res
             .map(|p| {
                 let url = format!("{p}{pq}");
                 let r = if method == axum::http::Method::POST {
-                    ureq::post(&url)
+                    to_peer(ureq::post(&url))
                         .header(LOCAL_HEADER, "1")
                         .header("content-type", &ctype)
                         .send(&body[..])
                 } else {
-                    ureq::get(&url).header(LOCAL_HEADER, "1").call()
+                    to_peer(ureq::get(&url)).header(LOCAL_HEADER, "1").call()
                 };
                 r.map_err(|e| format!("{url}: {e}")).and_then(|mut r| {
                     let b = r.body_mut().read_to_vec().map_err(|e| e.to_string())?;
@@ -397,13 +412,13 @@ async fn from_leader(s: &ControlState, method: &str, path_and_query: String) -> 
     let method = method.to_string();
     let res = tokio::task::spawn_blocking(move || {
         let r = if method == "POST" {
-            ureq::post(&url)
+            to_peer(ureq::post(&url))
                 .config()
                 .http_status_as_error(false)
                 .build()
                 .send_empty()
         } else {
-            ureq::get(&url)
+            to_peer(ureq::get(&url))
                 .config()
                 .http_status_as_error(false)
                 .build()
@@ -602,7 +617,7 @@ pub async fn all_jobs(s: &ControlState) -> Result<BTreeMap<String, JobStatus>, S
             .iter()
             .map(|p| {
                 let url = format!("{p}/internal/v1/jobs");
-                ureq::get(&url)
+                to_peer(ureq::get(&url))
                     .call()
                     .map_err(|e| format!("{url}: {e}"))
                     .and_then(|mut r| {
@@ -979,8 +994,12 @@ pub fn router(s: Arc<ControlState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
         .route("/-/ready", get(|| async { "Tidemark worker is Ready.\n" }))
-        .with_state(s)
+        .with_state(Arc::clone(&s))
         .fallback_service(api::routes(q))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&s.auth),
+            crate::server::authorize,
+        ))
 }
 
 #[cfg(test)]

@@ -31,12 +31,13 @@ use tidemark_dataflows::tier::sink_tier;
 use tidemark_dataflows::window::{rollup_rollups, tumbling_rollups};
 use tidemark_dataflows::{Rollup, Sample};
 
-use super::control::{router, ClusterStorage, ControlState, JobRules};
+use super::control::{router, ClusterStorage, ControlState, JobRules, PEER_TOKEN};
 use super::source::{KafkaJobSource, SourceCtx};
 use super::spec::JobSpec;
 use super::{Binding, Command, JobStatus, Registry};
 use crate::alert::eval::{RuleConfig, RuleEvaluator, Rules};
 use crate::alert::kafka::{KafkaAlertSink, KafkaSeriesWriter};
+use crate::config::Role;
 use crate::job::{HOUR_MS, MINUTE_MS};
 use crate::model::Limits;
 use crate::ops::Metrics;
@@ -93,6 +94,7 @@ pub struct WorkerOpts {
     pub brokers: String,
     pub limits: Limits,
     pub hot_retention_ms: i64,
+    pub auth: crate::config::AuthConfig,
 }
 
 /// Process-wide state shared by the worker threads and the HTTP side.
@@ -201,6 +203,11 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
         opts.process,
         processes - 1
     );
+    if let Some(t) = opts.auth.tokens.iter().find(|t| t.role == Role::Admin) {
+        let _ = PEER_TOKEN.set(t.token.clone());
+    } else if !opts.auth.tokens.is_empty() {
+        anyhow::bail!("[auth] tokens has no admin token: worker processes call each other with the first admin token (queries fan out, rules and reloads go to process 0); add one");
+    }
     std::fs::create_dir_all(opts.data_dir.join("jobs"))
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
     let hot = Arc::new(HotIndex::new(opts.hot_retention_ms));
@@ -236,6 +243,7 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
         bindings,
         brokers: opts.brokers.clone(),
         rules,
+        auth: Arc::new(opts.auth.clone()),
     });
     let listen = opts.hosts[opts.process].http;
     let rt = tokio::runtime::Builder::new_multi_thread()

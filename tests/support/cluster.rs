@@ -14,12 +14,32 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub workers: usize,
     pub brokers: String,
+    /// A tidemark.toml every process gets (`--config`).
+    pub config: Option<PathBuf>,
+    /// `TIDEMARK_TOKEN` for the CLI.
+    pub token: Option<String>,
 }
 
 impl Cluster {
     /// Starts `processes` worker processes with `workers` threads each, data under `dir`.
     pub fn start(dir: &Path, processes: usize, workers: usize, brokers: &str) -> Cluster {
+        Self::start_with_config(dir, processes, workers, brokers, None)
+    }
+
+    /// As [`Cluster::start`], every process with `config` as its tidemark.toml.
+    pub fn start_with_config(
+        dir: &Path,
+        processes: usize,
+        workers: usize,
+        brokers: &str,
+        config: Option<&str>,
+    ) -> Cluster {
         std::fs::create_dir_all(dir).unwrap();
+        let config = config.map(|text| {
+            let p = dir.join("tidemark.toml");
+            std::fs::write(&p, text).unwrap();
+            p
+        });
         let mut text = String::new();
         let mut urls = Vec::new();
         for _ in 0..processes {
@@ -36,6 +56,8 @@ impl Cluster {
             dir: dir.to_path_buf(),
             workers,
             brokers: brokers.into(),
+            config,
+            token: None,
         };
         for i in 0..processes {
             c.spawn(i);
@@ -56,8 +78,12 @@ impl Cluster {
             .append(true)
             .open(self.log(i))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
-            .args(["worker", "--process", &i.to_string()])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+        cmd.args(["worker", "--process", &i.to_string()]);
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
             .args(["--processes", &self.procs.len().to_string()])
             .arg("--hosts")
             .arg(&self.hosts)
@@ -133,7 +159,11 @@ impl Cluster {
 
     /// Runs the `tidemark` CLI against process 0: `(success, stdout + stderr)`.
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+        if let Some(t) = &self.token {
+            cmd.env("TIDEMARK_TOKEN", t);
+        }
+        let out = cmd
             .args(args)
             .args(["--to", &self.urls[0]])
             .output()
