@@ -317,6 +317,20 @@ fn cluster_rules_reach_the_webhook_through_kafka_and_notify_commits_after_delive
         committed.iter().any(|(k, v)| k.contains(&at) && *v == -1.0),
         "nothing delivered, so nothing committed: {committed:?}"
     );
+    // A message that is not an alert event, on the other partition: skipped with a clear
+    // error, the rest goes on.
+    broker.produce_raw("alerts", 1 - part, b"{\"labels\": {\"alertname\": 3}}");
+    first.wait_for(30, "the malformed message reported", || {
+        (first.metric("tidemark_notify_malformed_events_total")[0].1 == 1.0).then_some(())
+    });
+    let log = std::fs::read_to_string(&first.log).unwrap();
+    assert!(
+        log.contains(&format!(
+            "skipping message alerts/{}@0: not an alert event",
+            1 - part
+        )) && log.contains("labels.alertname: must be a string"),
+        "{log}"
+    );
     // SIGKILL, and the disk (outbox, notification log) is gone too.
     first.kill();
     std::fs::remove_dir_all(dir.path().join("notify-a")).unwrap();
@@ -377,11 +391,17 @@ fn cluster_rules_reach_the_webhook_through_kafka_and_notify_commits_after_delive
             .to_string();
         (!last.is_empty() && !last.starts_with("0001")).then_some(())
     });
-    let all = broker.read_all("alerts", 2, 3, Duration::from_secs(5));
+    let all = broker.read_all("alerts", 2, 4, Duration::from_secs(5));
+    let events = all
+        .iter()
+        .filter(|m| {
+            serde_json::from_slice::<serde_json::Value>(&m.3).is_ok_and(|v| v["tick"].is_number())
+        })
+        .count();
     assert_eq!(
-        all.len(),
-        2,
-        "firing and resolved, nothing again after the restart"
+        (all.len(), events),
+        (3, 2),
+        "firing and resolved (plus the malformed message), nothing again after the restart"
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(notified(&requests).len(), 2);
@@ -390,7 +410,10 @@ fn cluster_rules_reach_the_webhook_through_kafka_and_notify_commits_after_delive
         .iter()
         .map(|x| x.1)
         .sum();
-    assert_eq!(malformed, 0.0);
+    assert_eq!(
+        malformed, 1.0,
+        "the fresh notify read it again: it was never committed"
+    );
     drop(hook);
 }
 

@@ -175,8 +175,8 @@ fn two_processes_consume_survive_sigkill_and_replay_identically() {
     }
     // A malformed message (ingest would refuse it, so it goes straight to Kafka): counted and
     // reported with its partition and offset, its valid line kept, the job goes on.
-    produce_raw(
-        &broker,
+    broker.produce_raw(
+        "metrics",
         0,
         b"cpu,host=hx,pool=p0 usage=1 1000000\nthis is not line protocol\n",
     );
@@ -210,8 +210,8 @@ fn two_processes_consume_survive_sigkill_and_replay_identically() {
     // Close every window: a sample two hours later on every partition (the idle timeout is an
     // hour here, so every partition holds the watermark until it has seen one).
     for p in 0..4 {
-        produce_raw(
-            &broker,
+        broker.produce_raw(
+            "metrics",
             p,
             format!("tick value=1 {}\n", (base + 5 * HOUR) * 1_000_000).as_bytes(),
         );
@@ -287,26 +287,6 @@ fn two_processes_consume_survive_sigkill_and_replay_identically() {
     });
 }
 
-/// Produces one raw message to a partition of `metrics`.
-fn produce_raw(broker: &Broker, partition: i32, value: &[u8]) {
-    use rdkafka::config::ClientConfig;
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.addr())
-        .set("batch.num.messages", "1")
-        .set("linger.ms", "0")
-        .create()
-        .unwrap();
-    p.send(
-        BaseRecord::<(), [u8]>::to("metrics")
-            .payload(value)
-            .partition(partition),
-    )
-    .map_err(|(e, _)| e)
-    .unwrap();
-    p.flush(Duration::from_secs(10)).unwrap();
-}
-
 /// The same topic consumed by a 1x1, a 1x2 and a 2x1 cluster: identical rollups and counts.
 #[test]
 fn one_by_one_one_by_two_and_two_by_one_agree() {
@@ -319,8 +299,8 @@ fn one_by_one_one_by_two_and_two_by_one_agree() {
     // Then a later sample on every partition: it closes every window once the partition's data
     // before it is read, whatever the cluster's shape and speed (no wall-clock idleness).
     for p in 0..3 {
-        produce_raw(
-            &broker,
+        broker.produce_raw(
+            "metrics",
             p,
             format!("tick value=1 {}\n", (base + 5 * HOUR) * 1_000_000).as_bytes(),
         );
@@ -404,8 +384,8 @@ fn one_by_one_one_by_two_and_two_by_one_agree() {
         if k == 0 {
             let next_day = (base + 5 * HOUR).div_euclid(24 * HOUR) * 24 * HOUR + 24 * HOUR;
             for p in 0..3 {
-                produce_raw(
-                    &broker,
+                broker.produce_raw(
+                    "metrics",
                     p,
                     format!("tick value=2 {}\n", (next_day + HOUR + 60_000) * 1_000_000).as_bytes(),
                 );

@@ -135,6 +135,26 @@ impl Broker {
         out
     }
 
+    /// Produces one message with `value` to `partition` of `topic` (bypassing Tidemark, e.g.
+    /// to inject malformed data).
+    pub fn produce_raw(&self, topic: &str, partition: i32, value: &[u8]) {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", self.addr())
+            .set("batch.num.messages", "1")
+            .set("linger.ms", "0")
+            .create()
+            .unwrap();
+        p.send(
+            BaseRecord::<(), [u8]>::to(topic)
+                .payload(value)
+                .partition(partition),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+        p.flush(Duration::from_secs(10)).unwrap();
+    }
+
     /// Stops the broker (SIGKILL).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
