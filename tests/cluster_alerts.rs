@@ -16,6 +16,11 @@ use support::kafka::Broker;
 use support::receivers::HttpReceiver;
 use support::{agent, enc, free_port, now_ms, Tidemark};
 
+/// The tests run one at a time: each starts several processes on ports picked by
+/// [`free_port`], and a port one test picked and released can be picked again by the other
+/// before its process binds it (seen once in CI: the broker's port taken by a worker).
+static SERIAL: Mutex<()> = Mutex::new(());
+
 const RULES: &str = r#"groups:
 - name: pools
   rules:
@@ -180,6 +185,7 @@ fn notified(requests: &Arc<Mutex<Vec<support::receivers::Request>>>) -> Vec<(Str
 
 #[test]
 fn cluster_rules_reach_the_webhook_through_kafka_and_notify_commits_after_delivery() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start_on(free_port(), dir.path());
     broker.create_topic("metrics", 2);
@@ -422,6 +428,7 @@ fn cluster_rules_reach_the_webhook_through_kafka_and_notify_commits_after_delive
 /// process 0's shard.
 #[test]
 fn worker_apis_need_tokens_by_role() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::start_with_config(
         &dir.path().join("cluster"),

@@ -56,7 +56,7 @@ impl Broker {
             .stderr(out)
             .spawn()
             .expect("start tansu");
-        let b = Broker {
+        let mut b = Broker {
             child: Some(child),
             port,
             log,
@@ -69,6 +69,15 @@ impl Broker {
                 std::fs::read_to_string(&b.log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+        // Something listens; make sure it is tansu (another process may have taken the port
+        // between free_port() and tansu's bind, and tansu then exits).
+        std::thread::sleep(Duration::from_millis(300));
+        if let Some(Ok(Some(st))) = b.child.as_mut().map(|c| c.try_wait()) {
+            panic!(
+                "tansu exited ({st}) although port {port} answers (taken by another process?): {}",
+                std::fs::read_to_string(&b.log).unwrap_or_default()
+            );
         }
         b
     }
