@@ -41,6 +41,7 @@
 //! resolution = "1s"           # rules are evaluated each time the watermark passes a tick
 //! external_url = ""           # base of alerts' generatorURL; "" = http://<listen>
 //! external_labels = {}        # added to every alert sent
+//! incremental = true          # rules that fit are maintained from the sample stream
 //!
 //! [alerting]
 //! config = ""                 # Alertmanager-style routing YAML (route, receivers,
@@ -187,6 +188,9 @@ pub struct RulesConfig {
     pub resolution: Millis,
     pub external_url: String,
     pub external_labels: std::collections::BTreeMap<String, String>,
+    /// Maintain the rules that fit incrementally from the sample stream (the others are
+    /// evaluated by the query engine at the same ticks); `false`: the engine evaluates all.
+    pub incremental: bool,
 }
 
 impl Default for RulesConfig {
@@ -197,6 +201,7 @@ impl Default for RulesConfig {
             resolution: Millis(1000),
             external_url: String::new(),
             external_labels: Default::default(),
+            incremental: true,
         }
     }
 }

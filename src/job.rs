@@ -19,6 +19,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Concat, Exchange};
 use timely::WorkerConfig;
 
+use tidemark_dataflows::incremental::{leaf_values, rule_results, sink_results, Lookup};
 use tidemark_dataflows::sink::{sink_rollups, sink_samples, HotSink};
 use tidemark_dataflows::source::{watermark_source, BatchSource, Poll, WatermarkConfig};
 use tidemark_dataflows::tier::sink_tier;
@@ -278,6 +279,8 @@ pub struct RulesEnv {
     /// Where alert events go (the notifier).
     pub sink: Arc<dyn AlertSink>,
     pub ticks: TickConfig,
+    /// Maintain the rules that fit incrementally (see [`crate::alert::incremental`]).
+    pub incremental: bool,
 }
 
 /// The name `tidemark up`'s job writes its cold files under.
@@ -332,6 +335,11 @@ impl Job {
             communication: timely::CommunicationConfig::Process(workers),
             worker: WorkerConfig::default(),
         };
+        // The incremental plans, built once for every worker; worker 0 gathers the results.
+        let inc = rules.as_ref().filter(|r| r.incremental).map(|r| {
+            let (plans, store) = r.rules.incremental(workers);
+            (plans, store, r.rules.last_tick())
+        });
         let (s, p) = (Arc::clone(&stop), Arc::clone(&progress));
         let guards = timely::execute(config, move |worker| {
             let (stop, progress, hot, metrics, log, cold, rules) = (
@@ -363,6 +371,26 @@ impl Job {
                 });
                 let samples = samples.exchange(|s: &Sample| s.series);
                 let samples_for_cold = samples.clone();
+                let inc_done = match (&inc, &rules) {
+                    (Some((plans, store, resume)), Some(r)) => {
+                        let h = Arc::clone(&hot);
+                        let lookup: Lookup =
+                            Arc::new(move |id| h.catalog.labels(id).map(|l| l.pairs().to_vec()));
+                        let leaves = leaf_values(
+                            samples.clone(),
+                            Arc::clone(plans),
+                            Arc::clone(&lookup),
+                            r.ticks,
+                            *resume,
+                        );
+                        let results = rule_results(leaves, Arc::clone(plans), lookup);
+                        Some(sink_results(
+                            results,
+                            (index == 0).then(|| Arc::clone(store)),
+                        ))
+                    }
+                    _ => None,
+                };
                 let applied = sink_samples(
                     samples.clone(),
                     CountingSink {
@@ -410,7 +438,10 @@ impl Job {
                 let h_done = sink_rollups(hours, Arc::clone(&hot));
                 if let Some(r) = &rules {
                     // A tick is evaluated once every sample and rollup up to it is applied.
-                    let done = applied.concat(m_done).concat(h_done);
+                    let mut done = applied.concat(m_done).concat(h_done);
+                    if let Some(d) = inc_done {
+                        done = done.concat(d);
+                    }
                     let evaluator = (index == 0).then(|| RuleEvaluator {
                         rules: Arc::clone(&r.rules),
                         storage: Arc::clone(&hot) as Arc<dyn crate::query::Storage>,

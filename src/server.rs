@@ -601,6 +601,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 resolution: cfg.rules.resolution.0.max(1) as u64,
                 ..TickConfig::default()
             },
+            incremental: cfg.rules.incremental,
         }),
     };
     let job = Job::start(

@@ -120,6 +120,11 @@ fn fire_and_resolve_to_webhook_email_pagerduty_and_sms() {
     // The rules API shows it firing; ALERTS is a series.
     let rules = t.api("/api/v1/rules?type=alert");
     assert_eq!(rules["groups"][0]["rules"][0]["state"], "firing", "{rules}");
+    // `cpu > 90` is kept up to date from the sample stream, not queried at each tick.
+    assert_eq!(
+        rules["groups"][0]["rules"][0]["incremental"], true,
+        "{rules}"
+    );
     let alerts = t.api("/api/v1/alerts");
     assert_eq!(alerts["alerts"][0]["activeAt"], rfc3339(b));
     let q = t.api(&format!(

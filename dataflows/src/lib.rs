@@ -15,8 +15,10 @@
 //! | [`window`] | [`window::tumbling_rollups`] (raw to 1m) and [`window::rollup_rollups`] (1m to 1h), with allowed lateness and corrections |
 //! | [`sink`] | [`sink::HotSink`] and the operators that apply raw samples and rollups to it |
 //! | [`rules`] | [`rules::evaluate_at_ticks`]: rule evaluation at event-time ticks of the sinks' frontier; [`rules::AlertMachine`]: pending/firing/resolved with `for` and `keep_firing_for` |
+//! | [`incremental`] | rules kept up to date from the sample stream: [`incremental::leaf_values`] (per-series windows), [`incremental::rule_results`] (differential `reduce` for aggregations, `join` for vector matching), [`incremental::sink_results`] |
 //! | [`tier`] | [`tier::sink_tier`]: cold-tier writers sealing partitions on the frontier, holding a capability until their data is durable |
 
+pub mod incremental;
 pub mod partitioned;
 pub mod rules;
 pub mod sink;

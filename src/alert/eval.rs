@@ -22,6 +22,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 
+use tidemark_dataflows::incremental::{Plans, ResultStore};
 use tidemark_dataflows::rules::{Active, AlertMachine, AlertStatus, TickEvaluator, Transition};
 
 use super::rules::{load_rule_files, Group, Rule, RuleError, RuleKind};
@@ -92,6 +93,8 @@ struct GroupState {
     health: Vec<RuleHealth>,
     /// Per rule: the output series written at its last tick (to mark vanished ones stale).
     written: Vec<HashSet<Labels>>,
+    /// Per rule: its incremental plan's id, when the job maintains it incrementally.
+    inc: Vec<Option<u32>>,
     last_eval: u64,
     eval_seconds: f64,
 }
@@ -136,6 +139,35 @@ struct Inner {
     dirty: bool,
     /// Events the sink did not take; they go first in the next batch.
     unsent: Vec<AlertEvent>,
+    /// The job's incremental plans, once it built them.
+    inc: Option<IncState>,
+}
+
+/// The incremental results and which rules they cover: plan ids by the rule's key and the
+/// text the plan was compiled from, so a reloaded rule that changed (or whose recording rules
+/// changed) goes back to the engine.
+struct IncState {
+    store: Arc<Mutex<ResultStore>>,
+    ids: HashMap<String, u32>,
+}
+
+/// Sets every rule's incremental plan id.
+fn assign_inc(inner: &mut Inner, resolution: u64) {
+    let groups: Vec<Group> = inner.groups.iter().map(|g| g.group.clone()).collect();
+    let texts = super::incremental::inlined(&groups, resolution);
+    for (gs, row) in inner.groups.iter_mut().zip(texts) {
+        gs.inc = gs
+            .group
+            .rules
+            .iter()
+            .zip(row)
+            .map(|(r, e)| {
+                let inc = inner.inc.as_ref()?;
+                let key = format!("{}\u{0}{}", rule_key(&gs.group, r), e?);
+                inc.ids.get(&key).copied()
+            })
+            .collect();
+    }
 }
 
 /// The loaded rules and their state, shared by the job and the HTTP API.
@@ -181,6 +213,7 @@ impl Rules {
             last_saved: None,
             dirty: false,
             unsent: Vec::new(),
+            inc: None,
         };
         install(&mut inner, groups);
         (
@@ -223,6 +256,7 @@ impl Rules {
         }
         let n = groups.iter().map(|g| g.rules.len()).sum();
         install(&mut inner, groups);
+        assign_inc(&mut inner, self.cfg.resolution_ms);
         inner.load_errors = errors.clone();
         inner.dirty = true;
         if errors.is_empty() {
@@ -234,6 +268,43 @@ impl Rules {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Compiles the rules that fit into incremental plans for a job to build, and from now on
+    /// reads their results from the returned store instead of evaluating them with the engine.
+    /// Rules added or changed by a later reload are evaluated by the engine until the job
+    /// builds its plans again (its next start).
+    /// `workers`: how many workers feed the store (each reports its first tick; ticks before
+    /// the latest first tick are evaluated by the engine).
+    pub fn incremental(&self, workers: usize) -> (Arc<Plans>, Arc<Mutex<ResultStore>>) {
+        let mut inner = self.lock();
+        let groups: Vec<Group> = inner.groups.iter().map(|g| g.group.clone()).collect();
+        let compiled = super::incremental::compile(&groups, self.cfg.resolution_ms);
+        let store = Arc::new(Mutex::new(ResultStore::new(&compiled.plans, workers)));
+        let mut ids = HashMap::new();
+        for (g, row) in groups.iter().zip(&compiled.rules) {
+            for (r, c) in g.rules.iter().zip(row) {
+                if let Some((id, text)) = c {
+                    ids.insert(format!("{}\u{0}{text}", rule_key(g, r)), *id);
+                }
+            }
+        }
+        inner.inc = Some(IncState {
+            store: Arc::clone(&store),
+            ids,
+        });
+        assign_inc(&mut inner, self.cfg.resolution_ms);
+        (Arc::new(compiled.plans), store)
+    }
+
+    /// How many rules are maintained incrementally.
+    pub fn incremental_count(&self) -> usize {
+        self.lock()
+            .groups
+            .iter()
+            .flat_map(|g| g.inc.iter())
+            .filter(|i| i.is_some())
+            .count()
     }
 
     /// The last tick evaluated (restored from the state file at start).
@@ -267,38 +338,80 @@ impl Rules {
         let mut builder = BatchBuilder::new(&limits);
         let mut buf = SeriesBuf::default();
         let res = self.cfg.resolution_ms.max(1);
-        for gs in inner.groups.iter_mut() {
+        let group_ticks = |gs: &GroupState| -> Vec<u64> {
             let interval = gs.group.interval_ms.map_or(res, |i| i.div_ceil(res) * res);
-            let gticks: Vec<u64> = ticks
+            ticks
                 .iter()
                 .copied()
                 .filter(|t| t.is_multiple_of(interval))
-                .collect();
+                .collect()
+        };
+        // The incremental rules' vectors at their ticks, read once for the batch.
+        let mut snaps = match &inner.inc {
+            Some(inc) => {
+                let want: Vec<(u32, Vec<u64>)> = inner
+                    .groups
+                    .iter()
+                    .flat_map(|gs| {
+                        let t = group_ticks(gs);
+                        gs.inc.iter().flatten().map(move |&id| (id, t.clone()))
+                    })
+                    .collect();
+                inc.store
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .snapshots(&want)
+            }
+            None => HashMap::new(),
+        };
+        for gs in inner.groups.iter_mut() {
+            let interval = gs.group.interval_ms.map_or(res, |i| i.div_ceil(res) * res);
+            let gticks = group_ticks(gs);
             let (Some(&first), Some(&last)) = (gticks.first(), gticks.last()) else {
                 continue;
             };
             let started = Instant::now();
             for (ri, rule) in gs.group.rules.iter().enumerate() {
                 let t0 = Instant::now();
-                let overlay = Overlay {
-                    base: storage,
-                    extra: &inner.overlay,
+                // Ticks before the incremental results are complete go to the engine.
+                let inc = gs.inc[ri]
+                    .and_then(|id| snaps.remove(&id))
+                    .filter(|at| at.len() == gticks.len());
+                let result = match inc {
+                    Some(at) => at
+                        .into_iter()
+                        .map(|(_, r)| {
+                            r.map(|v| {
+                                v.into_iter()
+                                    .map(|(l, x)| (Labels::from_pairs(l), x))
+                                    .collect::<Vec<_>>()
+                            })
+                        })
+                        .collect::<Result<Vec<_>, String>>()
+                        .map_err(crate::query::QueryError::Execution),
+                    None => {
+                        let overlay = Overlay {
+                            base: storage,
+                            extra: &inner.overlay,
+                        };
+                        Engine::new(&overlay, first as i64, last as i64, interval as i64)
+                            .and_then(|e| e.eval(&rule.expr))
+                            .and_then(|v| match overlay.take_failure() {
+                                // A partial answer would resolve alerts that still fire.
+                                Some(f) => Err(crate::query::QueryError::Execution(format!(
+                                    "incomplete data, ticks skipped: {f}"
+                                ))),
+                                None => Ok(v),
+                            })
+                            .map(|v| steps_of(v, gticks.len()))
+                    }
                 };
-                let result = Engine::new(&overlay, first as i64, last as i64, interval as i64)
-                    .and_then(|e| e.eval(&rule.expr))
-                    .and_then(|v| match overlay.take_failure() {
-                        // A partial answer would resolve alerts that still fire.
-                        Some(f) => Err(crate::query::QueryError::Execution(format!(
-                            "incomplete data, ticks skipped: {f}"
-                        ))),
-                        None => Ok(v),
-                    });
                 self.evaluations.fetch_add(gticks.len() as u64, Relaxed);
                 let health = &mut gs.health[ri];
                 health.evaluated = true;
                 health.last_eval = last;
                 let steps = match result {
-                    Ok(v) => steps_of(v, gticks.len()),
+                    Ok(v) => v,
                     Err(e) => {
                         self.eval_failures.fetch_add(1, Relaxed);
                         health.last_error = e.to_string();
@@ -564,6 +677,7 @@ impl Rules {
                     "health": health,
                     "lastError": h.last_error,
                     "evaluationTime": h.eval_seconds,
+                    "incremental": gs.inc[ri].is_some(),
                     "lastEvaluation": if h.evaluated { rfc3339(h.last_eval as i64) } else { "0001-01-01T00:00:00Z".into() },
                 });
                 if let RuleKind::Alert {
@@ -718,6 +832,7 @@ fn install(inner: &mut Inner, groups: Vec<Group>) {
                 group,
                 health: vec![RuleHealth::default(); n],
                 written: vec![HashSet::new(); n],
+                inc: vec![None; n],
                 last_eval: 0,
                 eval_seconds: 0.0,
             }

@@ -3,6 +3,7 @@
 //! routing, grouping, silences, inhibition and delivery through a durable outbox.
 pub mod api;
 pub mod eval;
+pub mod incremental;
 pub mod kafka;
 pub mod notify;
 pub mod rules;

@@ -252,6 +252,53 @@ fn instant_delta(w: &[(i64, f64)], rate: bool) -> Option<f64> {
     Some(d)
 }
 
+/// A range function of one window of samples: `(window, eval time, range)`.
+pub type RawWindowFn = fn(&[(i64, f64)], i64, i64) -> Option<f64>;
+
+/// The range functions that depend on nothing but their window (no scalar argument), with
+/// whether they keep the metric name. The engine and the incremental rule evaluator both
+/// compute them with these.
+pub fn window_fn(name: &str) -> Option<(RawWindowFn, bool)> {
+    let f: RawWindowFn = match name {
+        "rate" => |w, t, r| extrapolated(w, t, r, true, true),
+        "increase" => |w, t, r| extrapolated(w, t, r, true, false),
+        "delta" => |w, t, r| extrapolated(w, t, r, false, false),
+        "irate" => |w, _, _| instant_delta(w, true),
+        "idelta" => |w, _, _| instant_delta(w, false),
+        "avg_over_time" => |w, _, _| Some(mean(w.iter().map(|p| p.1))),
+        "sum_over_time" => |w, _, _| Some(kahan_sum(w.iter().map(|p| p.1))),
+        "count_over_time" => |w, _, _| Some(w.len() as f64),
+        "min_over_time" => |w, _, _| {
+            Some(
+                w.iter()
+                    .fold(w[0].1, |m, p| if p.1 < m || m.is_nan() { p.1 } else { m }),
+            )
+        },
+        "max_over_time" => |w, _, _| {
+            Some(
+                w.iter()
+                    .fold(w[0].1, |m, p| if p.1 > m || m.is_nan() { p.1 } else { m }),
+            )
+        },
+        "last_over_time" => |w, _, _| w.last().map(|p| p.1),
+        "first_over_time" => |w, _, _| w.first().map(|p| p.1),
+        "present_over_time" => |_, _, _| Some(1.0),
+        "stddev_over_time" => |w, _, _| Some(variance(w.iter().map(|p| p.1)).sqrt()),
+        "stdvar_over_time" => |w, _, _| Some(variance(w.iter().map(|p| p.1))),
+        "resets" => |w, _, _| Some(w.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64),
+        "changes" => |w, _, _| {
+            Some(
+                w.windows(2)
+                    .filter(|p| !(p[1].1 == p[0].1 || (p[1].1.is_nan() && p[0].1.is_nan())))
+                    .count() as f64,
+            )
+        },
+        "deriv" => |w, _, _| (w.len() >= 2).then(|| linear_regression(w, w[0].0).0),
+        _ => return None,
+    };
+    Some((f, matches!(name, "last_over_time" | "first_over_time")))
+}
+
 /// Orders values ascending (or descending) with NaN last either way, as Prometheus's sorts do.
 pub fn cmp_nan_last(x: f64, y: f64, desc: bool) -> std::cmp::Ordering {
     use std::cmp::Ordering::*;
@@ -341,41 +388,10 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
         out.retain(|s| s.values.iter().any(|v| v.is_some()));
         Ok(Value::Vector(dedupe(out)?))
     };
+    if let Some((f, keep_name)) = window_fn(name) {
+        return over_time(&|w, t, r, _| f(w, t, r), keep_name);
+    }
     match name {
-        "rate" => over_time(&|w, t, r, _| extrapolated(w, t, r, true, true), false),
-        "increase" => over_time(&|w, t, r, _| extrapolated(w, t, r, true, false), false),
-        "delta" => over_time(&|w, t, r, _| extrapolated(w, t, r, false, false), false),
-        "irate" => over_time(&|w, _, _, _| instant_delta(w, true), false),
-        "idelta" => over_time(&|w, _, _, _| instant_delta(w, false), false),
-        "avg_over_time" => over_time(&|w, _, _, _| Some(mean(w.iter().map(|p| p.1))), false),
-        "sum_over_time" => over_time(&|w, _, _, _| Some(kahan_sum(w.iter().map(|p| p.1))), false),
-        "count_over_time" => over_time(&|w, _, _, _| Some(w.len() as f64), false),
-        "min_over_time" => over_time(
-            &|w, _, _, _| {
-                Some(
-                    w.iter()
-                        .fold(w[0].1, |m, p| if p.1 < m || m.is_nan() { p.1 } else { m }),
-                )
-            },
-            false,
-        ),
-        "max_over_time" => over_time(
-            &|w, _, _, _| {
-                Some(
-                    w.iter()
-                        .fold(w[0].1, |m, p| if p.1 > m || m.is_nan() { p.1 } else { m }),
-                )
-            },
-            false,
-        ),
-        "last_over_time" => over_time(&|w, _, _, _| w.last().map(|p| p.1), true),
-        "first_over_time" => over_time(&|w, _, _, _| w.first().map(|p| p.1), true),
-        "present_over_time" => over_time(&|_, _, _, _| Some(1.0), false),
-        "stddev_over_time" => over_time(
-            &|w, _, _, _| Some(variance(w.iter().map(|p| p.1)).sqrt()),
-            false,
-        ),
-        "stdvar_over_time" => over_time(&|w, _, _, _| Some(variance(w.iter().map(|p| p.1))), false),
         "mad_over_time" => over_time(
             &|w, _, _, _| {
                 let mut v: Vec<f64> = w.iter().map(|p| p.1).collect();
@@ -411,24 +427,6 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 false,
             )
         }
-        "resets" => over_time(
-            &|w, _, _, _| Some(w.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64),
-            false,
-        ),
-        "changes" => over_time(
-            &|w, _, _, _| {
-                Some(
-                    w.windows(2)
-                        .filter(|p| !(p[1].1 == p[0].1 || (p[1].1.is_nan() && p[0].1.is_nan())))
-                        .count() as f64,
-                )
-            },
-            false,
-        ),
-        "deriv" => over_time(
-            &|w, _, _, _| (w.len() >= 2).then(|| linear_regression(w, w[0].0).0),
-            false,
-        ),
         "predict_linear" => {
             let by = e.eval_scalar(arg(call, 1)?)?;
             over_time(

@@ -1,0 +1,1025 @@
+//! Rules maintained incrementally: instead of querying the store at every tick, the job keeps
+//! each rule's result up to date from the sample stream itself.
+//!
+//! A rule compiles (in the binary, from PromQL) to a [`RulePlan`] over [`Leaf`]s:
+//!
+//! 1. [`leaf_values`] (a timely operator on the job's sample stream, after its exchange by
+//!    series) keeps, per series a leaf selects, the samples of the leaf's window: the lookback
+//!    of an instant selector, or the range of a range function (`rate`, `increase`,
+//!    `*_over_time`, ...). At each tick its frontier passes it emits what changed: the retraction
+//!    of the series' previous value and its new one, as a differential collection
+//!    `(leaf, series, value bits)` at the tick's time. Nothing re-reads the store.
+//! 2. [`rule_results`] turns leaf values into rule results with differential dataflow:
+//!    per-series scalar arithmetic and comparisons are `flat_map`s, `sum`/`avg`/`min`/`max`/
+//!    `count` `by`/`without` are a `reduce` keyed by the group's labels (only groups a change
+//!    touched are recomputed), one-to-one vector matching (`on`/`ignoring`) is a `join` keyed
+//!    by the matching labels.
+//! 3. [`sink_results`] gathers the result changes on worker 0 into a [`ResultStore`], where the
+//!    rule evaluator reads each rule's vector at each tick once the frontier passed it.
+//!
+//! Whatever the plans cannot express is evaluated by the query engine at the same ticks (the
+//! binary decides per rule).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::{Operator, OutputBuilderSession};
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+use crate::rules::{ticks_between, TickConfig};
+use crate::sink::Done;
+use crate::types::STALE_NAN_BITS;
+use crate::Sample;
+
+/// Sorted `(name, value)` label pairs, `__name__` included when the series has one.
+pub type LabelPairs = Vec<(String, String)>;
+/// A range function on one window of samples (staleness markers removed):
+/// `(window, evaluation time, range)`.
+pub type WindowFn = fn(&[(i64, f64)], i64, i64) -> Option<f64>;
+/// Whether a series' labels match a selector.
+pub type Matcher = Arc<dyn Fn(&[(String, String)]) -> bool + Send + Sync>;
+/// A series' labels by id (`None`: not known yet, asked again at the next tick).
+pub type Lookup = Arc<dyn Fn(u64) -> Option<LabelPairs> + Send + Sync>;
+
+/// The leaf id of the record a worker's [`leaf_values`] sends at its first tick:
+/// `(STARTED, worker index, tick)`.
+pub const STARTED: u32 = u32::MAX;
+
+/// Prometheus's default lookback delta for instant selectors.
+pub const LOOKBACK_MS: i64 = 300_000;
+const METRIC_NAME: &str = "__name__";
+
+/// A selector's values per series: an instant selector (the latest sample within the lookback)
+/// or a range function over a range selector.
+#[derive(Clone)]
+pub struct Leaf {
+    pub matches: Matcher,
+    /// A label pair every matching series has (an equality matcher), to index the leaves by:
+    /// a series is only checked against the leaves keyed by one of its pairs, or unkeyed.
+    pub key: Option<(String, String)>,
+    /// `None`: an instant selector.
+    pub window: Option<(WindowFn, i64)>,
+    /// Whether the function keeps the metric name (`last_over_time`, `first_over_time`).
+    pub keeps_name: bool,
+    /// Evaluated at the ticks that are multiples of this (the rule group's interval), ms.
+    pub interval: u64,
+}
+
+impl Leaf {
+    fn span(&self) -> i64 {
+        self.window.map_or(LOOKBACK_MS, |(_, r)| r)
+    }
+}
+
+/// Arithmetic operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArithOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Pow,
+}
+
+/// Comparison operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+}
+
+/// A binary operator; comparisons filter, or return 0/1 with `bool`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinOp {
+    Arith(ArithOp),
+    Cmp(CmpOp, bool),
+}
+
+impl BinOp {
+    /// `Some(value)` to keep, `None` to drop (a false comparison without `bool`). The value of
+    /// a kept comparison is `lhs` (the caller passes the vector's side there).
+    fn apply(self, l: f64, r: f64) -> Option<f64> {
+        match self {
+            BinOp::Arith(op) => Some(match op {
+                ArithOp::Add => l + r,
+                ArithOp::Sub => l - r,
+                ArithOp::Mul => l * r,
+                ArithOp::Div => l / r,
+                ArithOp::Mod => l % r,
+                ArithOp::Pow => l.powf(r),
+            }),
+            BinOp::Cmp(op, as_bool) => {
+                let t = match op {
+                    CmpOp::Eq => l == r,
+                    CmpOp::Ne => l != r,
+                    CmpOp::Gt => l > r,
+                    CmpOp::Lt => l < r,
+                    CmpOp::Ge => l >= r,
+                    CmpOp::Le => l <= r,
+                };
+                if as_bool {
+                    Some(if t { 1.0 } else { 0.0 })
+                } else {
+                    t.then_some(l)
+                }
+            }
+        }
+    }
+
+    /// Arithmetic and `bool` comparisons drop the metric name; filters keep it.
+    fn drops_name(self) -> bool {
+        !matches!(self, BinOp::Cmp(_, false))
+    }
+}
+
+/// A vector op a scalar (or a scalar op a vector, `scalar_left`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScalarOp {
+    pub op: BinOp,
+    pub scalar: f64,
+    pub scalar_left: bool,
+}
+
+impl ScalarOp {
+    /// Prometheus's vector-scalar semantics: a comparison keeps the vector element's value,
+    /// whichever side it is on.
+    pub fn apply(&self, v: f64) -> Option<f64> {
+        match (self.op, self.scalar_left) {
+            (BinOp::Arith(_), false) => self.op.apply(v, self.scalar),
+            (BinOp::Arith(_), true) => self.op.apply(self.scalar, v),
+            (BinOp::Cmp(op, b), false) => BinOp::Cmp(op, b).apply(v, self.scalar),
+            (BinOp::Cmp(op, b), true) => {
+                let flipped = match op {
+                    CmpOp::Gt => CmpOp::Lt,
+                    CmpOp::Lt => CmpOp::Gt,
+                    CmpOp::Ge => CmpOp::Le,
+                    CmpOp::Le => CmpOp::Ge,
+                    o => o,
+                };
+                BinOp::Cmp(flipped, b).apply(v, self.scalar)
+            }
+        }
+    }
+}
+
+fn apply_ops(ops: &[ScalarOp], labels: &mut LabelPairs, mut v: f64) -> Option<f64> {
+    for op in ops {
+        v = op.apply(v)?;
+        if op.op.drops_name() {
+            labels.retain(|(k, _)| k != METRIC_NAME);
+        }
+    }
+    Some(v)
+}
+
+/// Aggregation operators maintained incrementally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AggOp {
+    Sum,
+    Avg,
+    Min,
+    Max,
+    Count,
+}
+
+/// `op by (labels)` or `op without (labels)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Agg {
+    pub op: AggOp,
+    pub without: bool,
+    pub labels: Vec<String>,
+}
+
+impl Agg {
+    fn group(&self, labels: &[(String, String)]) -> LabelPairs {
+        labels
+            .iter()
+            .filter(|(k, _)| {
+                if self.without {
+                    k != METRIC_NAME && !self.labels.contains(k)
+                } else {
+                    self.labels.contains(k)
+                }
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The aggregate of `values` (in label order), as the query engine computes it.
+    pub fn apply(&self, values: &[f64]) -> f64 {
+        match self.op {
+            AggOp::Count => values.len() as f64,
+            AggOp::Sum => {
+                let (mut s, mut c) = (0.0, 0.0);
+                for &v in values {
+                    (s, c) = kahan_inc(v, s, c);
+                }
+                if s.is_infinite() {
+                    s
+                } else {
+                    s + c
+                }
+            }
+            AggOp::Avg => mean(values),
+            AggOp::Min => {
+                values[1..]
+                    .iter()
+                    .fold(values[0], |m, &v| if m > v || m.is_nan() { v } else { m })
+            }
+            AggOp::Max => {
+                values[1..]
+                    .iter()
+                    .fold(values[0], |m, &v| if m < v || m.is_nan() { v } else { m })
+            }
+        }
+    }
+}
+
+/// Kahan-Neumaier summation step (Prometheus's `kahanSumInc`).
+fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if t.is_infinite() {
+        0.0
+    } else if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+fn mean(values: &[f64]) -> f64 {
+    let (mut sum, mut c, mut count, mut m) = (0.0, 0.0, 0.0, 0.0);
+    let mut incremental = false;
+    for &f in values {
+        count += 1.0;
+        if !incremental {
+            let (ns, nc) = kahan_inc(f, sum, c);
+            if count == 1.0 || !ns.is_infinite() {
+                sum = ns;
+                c = nc;
+                continue;
+            }
+            incremental = true;
+            m = sum / (count - 1.0);
+            c /= count - 1.0;
+        }
+        let q = (count - 1.0) / count;
+        (m, c) = kahan_inc(f / count, q * m, q * c);
+    }
+    if incremental {
+        m + c
+    } else {
+        sum / count + c / count
+    }
+}
+
+/// One side of a rule: a leaf, scalar operations per series, an optional aggregation and
+/// scalar operations on its groups.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Branch {
+    pub leaf: u32,
+    pub pre: Vec<ScalarOp>,
+    pub agg: Option<Agg>,
+    pub post: Vec<ScalarOp>,
+}
+
+/// A rule's expression in the shapes maintained incrementally.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RulePlan {
+    Branch(Branch),
+    /// `lhs op on|ignoring(labels) rhs`, one-to-one, then scalar operations.
+    Join {
+        lhs: Branch,
+        rhs: Branch,
+        op: BinOp,
+        on: bool,
+        labels: Vec<String>,
+        post: Vec<ScalarOp>,
+    },
+    /// `absent(selector)`: `labels` (the selector's equality matchers) when the leaf is empty.
+    Absent {
+        leaf: u32,
+        labels: LabelPairs,
+    },
+}
+
+/// Every leaf and rule plan of a job, indexed by id.
+#[derive(Clone, Default)]
+pub struct Plans {
+    pub leaves: Vec<Leaf>,
+    pub rules: Vec<RulePlan>,
+}
+
+/// A branch's position: rule id and side (0: the rule's branch or a join's left, 1: right).
+type BranchId = (u32, u8);
+
+impl Plans {
+    fn branches(&self) -> Vec<(BranchId, &Branch)> {
+        let mut out = Vec::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let i = i as u32;
+            match r {
+                RulePlan::Branch(b) => out.push(((i, 0), b)),
+                RulePlan::Join { lhs, rhs, .. } => {
+                    out.push(((i, 0), lhs));
+                    out.push(((i, 1), rhs));
+                }
+                RulePlan::Absent { .. } => {}
+            }
+        }
+        out
+    }
+
+    fn branch(&self, (rule, side): BranchId) -> Option<&Branch> {
+        match (self.rules.get(rule as usize)?, side) {
+            (RulePlan::Branch(b), 0) => Some(b),
+            (RulePlan::Join { lhs, .. }, 0) => Some(lhs),
+            (RulePlan::Join { rhs, .. }, 1) => Some(rhs),
+            _ => None,
+        }
+    }
+
+    /// The leaves whose selector matches `labels`.
+    pub fn matching(&self, labels: &[(String, String)]) -> Vec<u32> {
+        (0..self.leaves.len() as u32)
+            .filter(|&l| (self.leaves[l as usize].matches)(labels))
+            .collect()
+    }
+}
+
+/// The leaves by their key pair, so matching a series costs its label count plus the leaves
+/// that could match, not every leaf.
+struct LeafIndex {
+    keyed: HashMap<(String, String), Vec<u32>>,
+    unkeyed: Vec<u32>,
+}
+
+impl LeafIndex {
+    fn new(plans: &Plans) -> Self {
+        let mut keyed: HashMap<(String, String), Vec<u32>> = HashMap::new();
+        let mut unkeyed = Vec::new();
+        for (i, l) in plans.leaves.iter().enumerate() {
+            match &l.key {
+                Some(k) => keyed.entry(k.clone()).or_default().push(i as u32),
+                None => unkeyed.push(i as u32),
+            }
+        }
+        LeafIndex { keyed, unkeyed }
+    }
+
+    fn matching(&self, plans: &Plans, labels: &[(String, String)]) -> Vec<u32> {
+        let mut out: Vec<u32> = labels
+            .iter()
+            .filter_map(|p| self.keyed.get(p))
+            .flatten()
+            .chain(&self.unkeyed)
+            .copied()
+            .filter(|&l| (plans.leaves[l as usize].matches)(labels))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+}
+
+/// One series' samples, sorted by time, and the values it last emitted per leaf.
+#[derive(Default)]
+struct SeriesState {
+    /// `None` until the series' labels are known.
+    leaves: Option<Vec<u32>>,
+    samples: VecDeque<(i64, f64)>,
+    emitted: Vec<(u32, u64)>,
+}
+
+impl SeriesState {
+    fn insert(&mut self, ts: i64, v: f64) {
+        let s = &mut self.samples;
+        if s.back().is_none_or(|&(t, _)| t < ts) {
+            s.push_back((ts, v));
+            return;
+        }
+        let i = s.partition_point(|&(t, _)| t < ts);
+        if s.get(i).is_some_and(|&(t, _)| t == ts) {
+            s[i].1 = v; // the last write wins, as in the store
+        } else {
+            s.insert(i, (ts, v));
+        }
+    }
+
+    fn value(&self, leaf: &Leaf, t: i64, buf: &mut Vec<(i64, f64)>) -> Option<f64> {
+        let end = self.samples.partition_point(|&(ts, _)| ts <= t);
+        match leaf.window {
+            None => {
+                let &(ts, v) = self.samples.get(end.checked_sub(1)?)?;
+                (ts > t - LOOKBACK_MS && v.to_bits() != STALE_NAN_BITS).then_some(v)
+            }
+            Some((f, range)) => {
+                let start = self.samples.partition_point(|&(ts, _)| ts <= t - range);
+                buf.clear();
+                buf.extend(
+                    self.samples
+                        .range(start..end)
+                        .filter(|(_, v)| v.to_bits() != STALE_NAN_BITS),
+                );
+                if buf.is_empty() {
+                    None
+                } else {
+                    f(buf, t, range)
+                }
+            }
+        }
+    }
+}
+
+type LeafUpdate = ((u32, u64, u64), u64, isize);
+
+/// The values of every leaf for the series of this worker, kept from `samples` (exchanged by
+/// series) and emitted as changes at each tick the frontier passes: per `(leaf, series)`, the
+/// previous value retracted and the new one inserted, only when it changed.
+///
+/// `resume_after` is the rule evaluator's last evaluated tick; the ticks are the evaluator's
+/// (see [`ticks_between`]). Each worker also sends the first tick it evaluated (as leaf
+/// [`STARTED`]), so the store knows from which tick the results are complete.
+///
+/// # Examples
+/// ```
+/// use std::sync::Arc;
+/// use differential_dataflow::AsCollection;
+/// use timely::dataflow::operators::{Capture, Input, Probe};
+/// use tidemark_dataflows::incremental::{leaf_values, Leaf, Plans, STARTED};
+/// use tidemark_dataflows::rules::TickConfig;
+/// use tidemark_dataflows::Sample;
+///
+/// // `max_over_time(x[10s])`, every second.
+/// let max: fn(&[(i64, f64)], i64, i64) -> Option<f64> =
+///     |w, _, _| w.iter().map(|p| p.1).reduce(f64::max);
+/// let plans = Arc::new(Plans {
+///     leaves: vec![Leaf { matches: Arc::new(|_| true), key: None, window: Some((max, 10_000)), keeps_name: false, interval: 1_000 }],
+///     rules: vec![],
+/// });
+/// let cfg = TickConfig { resolution: 1_000, max_catch_up: 60_000, ticks_per_activation: 100 };
+/// let out = timely::execute_directly(move |worker| {
+///     let (mut input, probe, out) = worker.dataflow::<u64, _, _>(|scope| {
+///         let (input, samples) = scope.new_input::<Vec<Sample>>();
+///         let lookup = Arc::new(|_| Some(vec![("__name__".to_string(), "x".to_string())]));
+///         let values = leaf_values(samples, Arc::clone(&plans), lookup, cfg, Some(0));
+///         let (probe, values) = values.inner.probe();
+///         (input, probe, values.capture())
+///     });
+///     input.send(Sample { series: 7, ts: 500, value: 3.0 });
+///     input.send(Sample { series: 7, ts: 2_500, value: 1.0 });
+///     input.advance_to(13_000);
+///     worker.step_while(|| probe.less_than(&12_000));
+///     out
+/// });
+/// let mut changes: Vec<(u64, f64, isize)> = out.try_iter()
+///     .filter_map(|e| match e { timely::dataflow::operators::capture::Event::Messages(_, d) => Some(d), _ => None })
+///     .flatten()
+///     .filter(|((leaf, _, _), _, _)| *leaf != STARTED) // the worker's "started at 1 s"
+///     .map(|((_, _, bits), t, d)| (t, f64::from_bits(bits), d))
+///     .collect();
+/// changes.sort_by(|a, b| a.partial_cmp(b).unwrap());
+/// // 3 from 1 s; at 11 s the sample of 0.5 s left the window: 1 until 12 s.
+/// assert_eq!(changes, vec![(1_000, 3.0, 1), (11_000, 1.0, 1), (11_000, 3.0, -1)]);
+/// ```
+pub fn leaf_values<'s>(
+    samples: Stream<'s, u64, Vec<Sample>>,
+    plans: Arc<Plans>,
+    lookup: Lookup,
+    cfg: TickConfig,
+    resume_after: Option<u64>,
+) -> VecCollection<'s, u64, (u32, u64, u64)> {
+    let scope = samples.scope();
+    let me = scope.index() as u64;
+    let keep = plans
+        .leaves
+        .iter()
+        .map(Leaf::span)
+        .max()
+        .unwrap_or(LOOKBACK_MS);
+    samples
+        .unary_frontier::<CapacityContainerBuilder<Vec<LeafUpdate>>, _, _, _>(
+            Pipeline,
+            "RuleLeaves",
+            move |cap, info| {
+                let activator = scope.activator_for(info.address.clone());
+                let mut held: Option<Capability<u64>> = (!plans.leaves.is_empty()).then_some(cap);
+                let mut last = resume_after;
+                let mut series: HashMap<u64, SeriesState> = HashMap::new();
+                let mut unresolved: HashSet<u64> = HashSet::new();
+                let mut buf = Vec::new();
+                let index = LeafIndex::new(&plans);
+                let mut announced = false;
+                move |(input, frontier), output| {
+                    input.for_each(|_, data| {
+                        if held.is_none() {
+                            return;
+                        }
+                        for s in data.drain(..) {
+                            let st = series.entry(s.series).or_insert_with(|| {
+                                unresolved.insert(s.series);
+                                SeriesState::default()
+                            });
+                            st.insert(s.ts, s.value);
+                        }
+                    });
+                    let Some(cap) = held.as_mut() else { return };
+                    let Some(f) = frontier.frontier().iter().min().copied() else {
+                        held = None;
+                        return;
+                    };
+                    unresolved.retain(|id| match lookup(*id) {
+                        Some(labels) => {
+                            if let Some(st) = series.get_mut(id) {
+                                st.leaves = Some(index.matching(&plans, &labels));
+                            }
+                            false
+                        }
+                        None => series.contains_key(id),
+                    });
+                    let ticks = ticks_between(&cfg, last, f, cfg.ticks_per_activation);
+                    if let (Some(&t), false) = (ticks.first(), announced) {
+                        announced = true;
+                        // Tell the store from which tick this worker's values are complete.
+                        let at = cap.delayed(&t.max(*cap.time()));
+                        output.session(&at).give(((STARTED, me, t), t, 1));
+                    }
+                    for &t in &ticks {
+                        let at = cap.delayed(&t.max(*cap.time()));
+                        let mut session = output.session(&at);
+                        let ti = i64::try_from(t).unwrap_or(i64::MAX);
+                        for (&id, st) in series.iter_mut() {
+                            evaluate_series(id, st, &plans, t, ti, &mut buf, &mut |u| {
+                                session.give(u)
+                            });
+                        }
+                        // Samples no window can reach again go; so do series with nothing left.
+                        let cutoff = ti.saturating_sub(keep);
+                        series.retain(|id, st| {
+                            let n = st.samples.partition_point(|&(ts, _)| ts <= cutoff);
+                            st.samples.drain(..n);
+                            let live = !st.samples.is_empty() || !st.emitted.is_empty();
+                            if !live {
+                                unresolved.remove(id);
+                            }
+                            live
+                        });
+                    }
+                    if let Some(&newest) = ticks.last() {
+                        last = Some(newest);
+                        if !ticks_between(&cfg, last, f, 1).is_empty() {
+                            activator.activate();
+                        }
+                    }
+                    let next = last.map_or(0, |l| l + 1).min(f);
+                    if *cap.time() < next {
+                        cap.downgrade(&next);
+                    }
+                }
+            },
+        )
+        .as_collection()
+}
+
+fn evaluate_series(
+    id: u64,
+    st: &mut SeriesState,
+    plans: &Plans,
+    t: u64,
+    ti: i64,
+    buf: &mut Vec<(i64, f64)>,
+    give: &mut dyn FnMut(LeafUpdate),
+) {
+    let Some(leaves) = &st.leaves else { return };
+    for &l in leaves {
+        let leaf = &plans.leaves[l as usize];
+        if !t.is_multiple_of(leaf.interval.max(1)) {
+            continue;
+        }
+        let now = st.value(leaf, ti, buf).map(f64::to_bits);
+        let before = st.emitted.iter().position(|(x, _)| *x == l);
+        let old = before.map(|i| st.emitted[i].1);
+        if old == now {
+            continue;
+        }
+        if let Some(old) = old {
+            give(((l, id, old), t, -1));
+        }
+        match (now, before) {
+            (Some(v), Some(i)) => st.emitted[i].1 = v,
+            (Some(v), None) => st.emitted.push((l, v)),
+            (None, Some(i)) => {
+                st.emitted.swap_remove(i);
+            }
+            (None, None) => {}
+        }
+        if let Some(v) = now {
+            give(((l, id, v), t, 1));
+        }
+    }
+}
+
+/// The rules' results from the leaves' values: `(rule, labels, value bits)`.
+pub fn rule_results<'s>(
+    leaves: VecCollection<'s, u64, (u32, u64, u64)>,
+    plans: Arc<Plans>,
+    lookup: Lookup,
+) -> VecCollection<'s, u64, (u32, LabelPairs, u64)> {
+    // Which branches each leaf feeds.
+    let mut feeds: HashMap<u32, Vec<BranchId>> = HashMap::new();
+    for (id, b) in plans.branches() {
+        feeds.entry(b.leaf).or_default().push(id);
+    }
+    let absent: HashMap<u32, u32> = plans
+        .rules
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match r {
+            RulePlan::Absent { leaf, .. } => Some((*leaf, i as u32)),
+            _ => None,
+        })
+        .collect();
+    let started = leaves.clone().flat_map(|(leaf, w, t)| {
+        (leaf == STARTED).then(|| (STARTED, vec![(String::new(), w.to_string())], t))
+    });
+    let p = Arc::clone(&plans);
+    // Per series, after the branch's scalar operations: (branch, series, labels, value).
+    let inputs = leaves.flat_map(move |(leaf, series, bits)| {
+        let mut out = Vec::new();
+        if leaf == STARTED {
+            return out;
+        }
+        let Some(labels) = lookup(series) else {
+            return out;
+        };
+        let v = f64::from_bits(bits);
+        if let Some(&rule) = absent.get(&leaf) {
+            out.push(((rule, 2u8), series, LabelPairs::new(), bits));
+        }
+        for &bid in feeds.get(&leaf).into_iter().flatten() {
+            let Some(b) = p.branch(bid) else { continue };
+            let mut l = labels.clone();
+            if p.leaves[leaf as usize].window.is_some() && !p.leaves[leaf as usize].keeps_name {
+                l.retain(|(k, _)| k != METRIC_NAME);
+            }
+            if let Some(v) = apply_ops(&b.pre, &mut l, v) {
+                out.push((bid, series, l, v.to_bits()));
+            }
+        }
+        out
+    });
+    let p = Arc::clone(&plans);
+    let plain = inputs.clone().flat_map(move |(bid, _, labels, bits)| {
+        let is_plain = bid.1 == 2 || p.branch(bid).is_some_and(|b| b.agg.is_none());
+        is_plain.then_some((bid, labels, bits))
+    });
+    let p = Arc::clone(&plans);
+    let grouped = inputs
+        .flat_map(move |(bid, _, labels, bits)| {
+            let agg = p.branch(bid).and_then(|b| b.agg.as_ref())?;
+            Some(((bid, agg.group(&labels)), (labels, bits)))
+        })
+        .reduce({
+            let p = Arc::clone(&plans);
+            move |(bid, _), vals: &[(&(LabelPairs, u64), isize)], out: &mut Vec<(u64, isize)>| {
+                let Some(agg) = p.branch(*bid).and_then(|b| b.agg.as_ref()) else {
+                    return;
+                };
+                let values: Vec<f64> = vals
+                    .iter()
+                    .filter(|(_, d)| *d > 0)
+                    .map(|((_, bits), _)| f64::from_bits(*bits))
+                    .collect();
+                if !values.is_empty() {
+                    out.push((agg.apply(&values).to_bits(), 1));
+                }
+            }
+        });
+    let p = Arc::clone(&plans);
+    let grouped = grouped.flat_map(move |((bid, mut labels), bits)| {
+        let b = p.branch(bid)?;
+        let v = apply_ops(&b.post, &mut labels, f64::from_bits(bits))?;
+        Some((bid, labels, v.to_bits()))
+    });
+    let branches = plain.concat(grouped);
+    let p = Arc::clone(&plans);
+    let singles = branches
+        .clone()
+        .flat_map(move |((rule, side), labels, bits)| {
+            let single =
+                side == 2 || matches!(p.rules.get(rule as usize), Some(RulePlan::Branch(_)));
+            single.then_some((rule, labels, bits))
+        });
+    let key = {
+        let p = Arc::clone(&plans);
+        move |want: u8| {
+            let p = Arc::clone(&p);
+            move |((rule, side), labels, bits): (BranchId, LabelPairs, u64)| {
+                if side != want {
+                    return None;
+                }
+                let Some(RulePlan::Join { on, labels: m, .. }) = p.rules.get(rule as usize) else {
+                    return None;
+                };
+                let k: LabelPairs = labels
+                    .iter()
+                    .filter(|(n, _)| {
+                        if *on {
+                            m.contains(n)
+                        } else {
+                            n != METRIC_NAME && !m.contains(n)
+                        }
+                    })
+                    .cloned()
+                    .collect();
+                Some(((rule, k), (labels, bits)))
+            }
+        }
+    };
+    let lhs = branches.clone().flat_map(key(0));
+    let rhs = branches.flat_map(key(1));
+    let p = Arc::clone(&plans);
+    let joined = lhs
+        .join(rhs)
+        .flat_map(move |((rule, k), ((ll, lb), (_, rb)))| {
+            let Some(RulePlan::Join {
+                op,
+                on,
+                labels,
+                post,
+                ..
+            }) = p.rules.get(rule as usize)
+            else {
+                return None;
+            };
+            let v = op.apply(f64::from_bits(lb), f64::from_bits(rb))?;
+            let mut out = if *on { k } else { ll };
+            if !*on {
+                out.retain(|(n, _)| !labels.contains(n));
+            }
+            if op.drops_name() {
+                out.retain(|(n, _)| n != METRIC_NAME);
+            }
+            let v = apply_ops(post, &mut out, v)?;
+            Some((rule, out, v.to_bits()))
+        });
+    singles.concat(joined).concat(started)
+}
+
+/// Each rule's current result, kept on worker 0 from the changes [`rule_results`] produces.
+#[derive(Default)]
+pub struct ResultStore {
+    /// Changes not applied yet, by time.
+    pending: BTreeMap<u64, Vec<(ResultRecord, isize)>>,
+    /// Per rule, per label set, its values with their counts.
+    current: HashMap<u32, BTreeMap<LabelPairs, Vec<(u64, isize)>>>,
+    /// Rules that are `absent(...)`, with the labels they return.
+    absent: HashMap<u32, LabelPairs>,
+    /// Per worker, the first tick its [`leaf_values`] evaluated: results are complete from
+    /// the latest of them on.
+    first_ticks: Vec<Option<u64>>,
+}
+
+/// A rule result: `(rule, labels, value bits)`.
+pub type ResultRecord = (u32, LabelPairs, u64);
+
+/// A rule's vector at one tick, or why it has none.
+pub type TickResult = Result<Vec<(LabelPairs, f64)>, String>;
+
+impl ResultStore {
+    /// An empty store for `plans` fed by `workers` workers.
+    pub fn new(plans: &Plans, workers: usize) -> Self {
+        let absent = plans
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                RulePlan::Absent { labels, .. } => Some((i as u32, labels.clone())),
+                _ => None,
+            })
+            .collect();
+        ResultStore {
+            absent,
+            first_ticks: vec![None; workers.max(1)],
+            ..Default::default()
+        }
+    }
+
+    /// Records the first tick worker `w` evaluated.
+    pub fn started(&mut self, w: usize, tick: u64) {
+        if let Some(s) = self.first_ticks.get_mut(w) {
+            s.get_or_insert(tick);
+        }
+    }
+
+    /// The first tick every worker evaluated (`None` until each did): earlier ticks are not
+    /// covered, the engine evaluates them.
+    pub fn covered_from(&self) -> Option<u64> {
+        self.first_ticks
+            .iter()
+            .try_fold(0, |m, t| t.map(|t| m.max(t)))
+    }
+
+    fn push(&mut self, rec: (u32, LabelPairs, u64), t: u64, diff: isize) {
+        if rec.0 == STARTED {
+            // Sent once, at the worker's first tick: it has arrived before that tick is read.
+            if let Some(w) = rec.1.first().and_then(|(_, w)| w.parse().ok()) {
+                self.started(w, rec.2);
+            }
+            return;
+        }
+        self.pending.entry(t).or_default().push((rec, diff));
+    }
+
+    fn apply_through(&mut self, t: u64) {
+        let later = self.pending.split_off(&(t + 1));
+        for (_, changes) in std::mem::replace(&mut self.pending, later) {
+            for ((rule, labels, bits), d) in changes {
+                let r = self.current.entry(rule).or_default();
+                let vals = r.entry(labels.clone()).or_default();
+                match vals.iter().position(|(b, _)| *b == bits) {
+                    Some(i) => {
+                        vals[i].1 += d;
+                        if vals[i].1 == 0 {
+                            vals.swap_remove(i);
+                        }
+                    }
+                    None => vals.push((bits, d)),
+                }
+                if vals.is_empty() {
+                    r.remove(&labels);
+                }
+            }
+        }
+    }
+
+    fn vector(&self, rule: u32) -> TickResult {
+        let empty = BTreeMap::new();
+        let cur = self.current.get(&rule).unwrap_or(&empty);
+        if let Some(labels) = self.absent.get(&rule) {
+            return Ok(if cur.is_empty() {
+                vec![(labels.clone(), 1.0)]
+            } else {
+                Vec::new()
+            });
+        }
+        let mut out = Vec::with_capacity(cur.len());
+        for (labels, vals) in cur {
+            match vals.as_slice() {
+                [(bits, 1)] => out.push((labels.clone(), f64::from_bits(*bits))),
+                _ => {
+                    return Err(format!(
+                        "vector cannot contain metrics with the same labelset {labels:?}"
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every rule's vector at each of its ticks (ascending) that is covered (see
+    /// [`ResultStore::covered_from`]); changes up to the last tick are applied and dropped.
+    pub fn snapshots(&mut self, rules: &[(u32, Vec<u64>)]) -> HashMap<u32, Vec<(u64, TickResult)>> {
+        let from = self.covered_from().unwrap_or(u64::MAX);
+        let mut ticks: Vec<u64> = rules
+            .iter()
+            .flat_map(|(_, t)| t.iter().copied())
+            .filter(|t| *t >= from)
+            .collect();
+        ticks.sort_unstable();
+        ticks.dedup();
+        let mut out: HashMap<u32, Vec<(u64, TickResult)>> = HashMap::new();
+        for t in ticks {
+            self.apply_through(t);
+            for (rule, at) in rules {
+                if at.binary_search(&t).is_ok() {
+                    out.entry(*rule).or_default().push((t, self.vector(*rule)));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Gathers the rule results on worker 0 into `store` (the other workers pass `None`); the
+/// output's frontier tells which ticks' results are complete.
+pub fn sink_results<'s>(
+    results: VecCollection<'s, u64, (u32, LabelPairs, u64)>,
+    store: Option<Arc<Mutex<ResultStore>>>,
+) -> Done<'s> {
+    type Update = ((u32, LabelPairs, u64), u64, isize);
+    results.inner.unary(
+        Exchange::new(|_: &Update| 0u64),
+        "RuleResults",
+        move |_, _| {
+            move |input,
+                  _output: &mut OutputBuilderSession<
+                '_,
+                u64,
+                CapacityContainerBuilder<Vec<()>>,
+            >| {
+                input.for_each(|_, data| {
+                    let Some(store) = &store else { return };
+                    let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
+                    for (rec, t, d) in data.drain(..) {
+                        s.push(rec, t, d);
+                    }
+                });
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(w: usize) -> (u32, LabelPairs, u64) {
+        (STARTED, vec![(String::new(), w.to_string())], 0)
+    }
+
+    #[test]
+    fn ticks_before_every_worker_started_go_to_the_engine() {
+        let plans = Plans {
+            leaves: Vec::new(),
+            rules: vec![RulePlan::Absent {
+                leaf: 0,
+                labels: vec![("job".into(), "x".into())],
+            }],
+        };
+        let mut s = ResultStore::new(&plans, 2);
+        let mut a = started(0);
+        a.2 = 5;
+        s.push(a, 5, 1);
+        assert!(
+            s.snapshots(&[(0, vec![5, 6])]).is_empty(),
+            "worker 1 not started"
+        );
+        let mut b = started(1);
+        b.2 = 6;
+        s.push(b, 6, 1);
+        let snap = s.snapshots(&[(0, vec![5, 6, 7])]);
+        let ticks: Vec<u64> = snap[&0].iter().map(|(t, _)| *t).collect();
+        assert_eq!(ticks, vec![6, 7], "covered from the later first tick");
+        // `absent` of an empty leaf is its labels, 1.
+        assert_eq!(
+            snap[&0][0].1,
+            Ok(vec![(vec![("job".to_string(), "x".to_string())], 1.0)])
+        );
+    }
+
+    #[test]
+    fn changes_apply_by_time_and_duplicate_label_sets_are_an_error() {
+        let plans = Plans {
+            leaves: Vec::new(),
+            rules: vec![RulePlan::Branch(Branch {
+                leaf: 0,
+                pre: Vec::new(),
+                agg: None,
+                post: Vec::new(),
+            })],
+        };
+        let mut s = ResultStore::new(&plans, 1);
+        s.push(started(0), 0, 1);
+        let l = vec![("a".to_string(), "1".to_string())];
+        s.push((0, l.clone(), 1.5f64.to_bits()), 10, 1);
+        s.push((0, l.clone(), 1.5f64.to_bits()), 20, -1);
+        s.push((0, l.clone(), 2.5f64.to_bits()), 20, 1);
+        s.push((0, l.clone(), 9.0f64.to_bits()), 30, 1);
+        let snap = s.snapshots(&[(0, vec![5, 10, 20, 30])]);
+        let got: Vec<_> = snap[&0].iter().map(|(_, r)| r.clone()).collect();
+        assert_eq!(got[0], Ok(vec![]));
+        assert_eq!(got[1], Ok(vec![(l.clone(), 1.5)]));
+        assert_eq!(got[2], Ok(vec![(l.clone(), 2.5)]));
+        assert!(got[3].as_ref().unwrap_err().contains("same labelset"));
+    }
+
+    #[test]
+    fn scalar_operations_keep_the_vector_value_and_drop_the_name_as_prometheus() {
+        let gt = |scalar_left| ScalarOp {
+            op: BinOp::Cmp(CmpOp::Gt, false),
+            scalar: 90.0,
+            scalar_left,
+        };
+        assert_eq!(gt(false).apply(95.0), Some(95.0)); // x > 90
+        assert_eq!(gt(true).apply(95.0), None); // 90 > x
+        assert_eq!(gt(true).apply(50.0), Some(50.0));
+        let sub = ScalarOp {
+            op: BinOp::Arith(ArithOp::Sub),
+            scalar: 100.0,
+            scalar_left: true,
+        };
+        let mut l = vec![("__name__".to_string(), "x".to_string())];
+        assert_eq!(apply_ops(&[sub], &mut l, 30.0), Some(70.0));
+        assert!(l.is_empty(), "arithmetic drops the name");
+    }
+}
