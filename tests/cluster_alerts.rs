@@ -272,6 +272,12 @@ fn cluster_rules_reach_the_webhook_through_kafka_and_notify_commits_after_delive
         rules_api["data"]["groups"][0]["rules"][0]["name"], "HotPool",
         "{rules_api}"
     );
+    // Maintained by every worker from its shard of the stream (the recording rule inlined),
+    // not queried across the cluster at each tick.
+    assert_eq!(
+        rules_api["data"]["groups"][0]["rules"][0]["incremental"], true,
+        "{rules_api}"
+    );
     // The recorded series went back through Kafka and is stored like any other.
     c.eventually(60, "recorded series queryable", || {
         let v = c.get(

@@ -277,9 +277,22 @@ impl Rules {
     /// `workers`: how many workers feed the store (each reports its first tick; ticks before
     /// the latest first tick are evaluated by the engine).
     pub fn incremental(&self, workers: usize) -> (Arc<Plans>, Arc<Mutex<ResultStore>>) {
-        let mut inner = self.lock();
-        let groups: Vec<Group> = inner.groups.iter().map(|g| g.group.clone()).collect();
+        let groups: Vec<Group> = self.lock().groups.iter().map(|g| g.group.clone()).collect();
         let compiled = super::incremental::compile(&groups, self.cfg.resolution_ms);
+        let store = self.attach_incremental(&groups, &compiled, workers);
+        (Arc::new(compiled.plans), store)
+    }
+
+    /// Reads the results of the plans `compiled` from `groups` (the rule files as the job's
+    /// workers compiled them) from the returned store: each rule identical to one of them
+    /// (same group, name, labels and expression with its recording rules inlined) uses its
+    /// plan, the others stay with the engine.
+    pub fn attach_incremental(
+        &self,
+        groups: &[Group],
+        compiled: &super::incremental::Compiled,
+        workers: usize,
+    ) -> Arc<Mutex<ResultStore>> {
         let store = Arc::new(Mutex::new(ResultStore::new(&compiled.plans, workers)));
         let mut ids = HashMap::new();
         for (g, row) in groups.iter().zip(&compiled.rules) {
@@ -289,12 +302,13 @@ impl Rules {
                 }
             }
         }
+        let mut inner = self.lock();
         inner.inc = Some(IncState {
             store: Arc::clone(&store),
             ids,
         });
         assign_inc(&mut inner, self.cfg.resolution_ms);
-        (Arc::new(compiled.plans), store)
+        store
     }
 
     /// How many rules are maintained incrementally.

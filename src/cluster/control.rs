@@ -584,7 +584,12 @@ async fn submit(State(s): State<Arc<ControlState>>, body: Bytes) -> Response {
             return bad(format!("job {}: {e}", spec.name));
         }
     }
-    if let Err(r) = send(&s, Command::Submit { spec: text }) {
+    // Global worker 0 (process 0) adds the rule files' text as it sequences the command.
+    let submit = Command::Submit {
+        spec: text,
+        rules: Vec::new(),
+    };
+    if let Err(r) = send(&s, submit) {
         return r;
     }
     (

@@ -45,8 +45,14 @@ use serde::{Deserialize, Serialize};
 /// Commands every worker sees in the same order.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Command {
-    /// Start (or restart) a job from its spec (TOML text, already validated).
-    Submit { spec: String },
+    /// Start (or restart) a job from its spec (TOML text, already validated), with the text of
+    /// its rule files as process 0 read them (`(path, text)`), so every worker compiles the
+    /// same incremental rule plans.
+    Submit {
+        spec: String,
+        #[serde(default)]
+        rules: Vec<(String, String)>,
+    },
     /// Stop a job and forget it.
     Cancel { name: String },
     /// Restart a job's dataflow from these offsets `(topic index, partition, offset)`;

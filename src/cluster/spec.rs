@@ -130,6 +130,8 @@ pub struct RuleSpec {
     pub resolution: Millis,
     /// Base of the alerts' `generatorURL` (default: process 0's HTTP address).
     pub external_url: String,
+    /// Maintain the rules that fit incrementally on every worker (default `true`).
+    pub incremental: bool,
 }
 
 impl Default for RuleSpec {
@@ -139,6 +141,7 @@ impl Default for RuleSpec {
             topic: "alerts".into(),
             resolution: Millis(1_000),
             external_url: String::new(),
+            incremental: true,
         }
     }
 }

@@ -25,6 +25,7 @@ use timely::dataflow::operators::{Concatenate, Exchange, Probe};
 use timely::synchronization::Sequencer;
 use timely::WorkerConfig;
 
+use tidemark_dataflows::incremental::{leaf_values, rule_results, sink_results, Lookup};
 use tidemark_dataflows::partitioned::{partitioned_source, PartitionWatermarks};
 use tidemark_dataflows::sink::{sink_rollups, sink_samples, sink_series, SeriesSink};
 use tidemark_dataflows::tier::sink_tier;
@@ -169,6 +170,25 @@ fn persisted_specs(data_dir: &Path) -> Vec<String> {
     out
 }
 
+/// A submitted job's command with its rule files' text, read here on process 0 (the rule
+/// evaluator's process): every worker compiles its incremental plans from the same text. A
+/// file that cannot be read is left out (the evaluator reports it).
+fn with_rule_texts(cmd: Command) -> Command {
+    let Command::Submit { spec, .. } = cmd else {
+        return cmd;
+    };
+    let rules = JobSpec::parse(&spec, "submitted spec")
+        .map(|s| {
+            s.rules
+                .files
+                .iter()
+                .filter_map(|p| Some((p.clone(), std::fs::read_to_string(p).ok()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Command::Submit { spec, rules }
+}
+
 /// A running job dataflow on this worker.
 struct Running {
     stop: Arc<AtomicBool>,
@@ -183,6 +203,8 @@ struct Local {
     /// Dataflows built per job name: the job's epoch. Every worker applies the same sequenced
     /// commands, so every worker counts the same epochs.
     epochs: HashMap<String, u64>,
+    /// Per job, its rule files' text from its last `Submit`.
+    rule_texts: HashMap<String, Vec<(String, String)>>,
 }
 
 /// Runs a worker process until a worker thread stops (a peer process died) or the process is
@@ -299,7 +321,10 @@ fn worker_loop(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) {
     };
     if index == 0 {
         for spec in persisted_specs(&shared.opts.data_dir) {
-            seq.push(Command::Submit { spec });
+            seq.push(with_rule_texts(Command::Submit {
+                spec,
+                rules: Vec::new(),
+            }));
         }
     }
     let mut local = Local {
@@ -307,11 +332,12 @@ fn worker_loop(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) {
         outbox: Rc::new(RefCell::new(Vec::new())),
         first: local_index == 0,
         epochs: HashMap::new(),
+        rule_texts: HashMap::new(),
     };
     loop {
         if let Some(rx) = &rx {
             while let Ok(c) = rx.try_recv() {
-                seq.push(c);
+                seq.push(with_rule_texts(c));
             }
         }
         for c in local.outbox.borrow_mut().drain(..) {
@@ -333,7 +359,7 @@ fn apply(
     let first_local = local.first;
     let data_dir = &shared.opts.data_dir;
     match cmd {
-        Command::Submit { spec: text } => {
+        Command::Submit { spec: text, rules } => {
             let spec = match JobSpec::parse(&text, "submitted spec") {
                 Ok(s) => s,
                 Err(e) => {
@@ -341,6 +367,7 @@ fn apply(
                     return;
                 }
             };
+            local.rule_texts.insert(spec.name.clone(), rules);
             if first_local {
                 let dir = job_dir(data_dir, &spec.name);
                 let _ = std::fs::create_dir_all(&dir);
@@ -645,6 +672,22 @@ fn start_job(
         resolution: spec.rules.resolution.0.max(1) as u64,
         ..TickConfig::default()
     };
+    // Every worker compiles the same plans from the rule text process 0 sent; the evaluator
+    // (global worker 0) reads their results for the rules it has identical.
+    let inc = (rules_on && spec.rules.incremental).then(|| {
+        let mut groups = Vec::new();
+        for (path, text) in local.rule_texts.get(&name).into_iter().flatten() {
+            groups.extend(crate::alert::rules::parse_rule_file(Path::new(path), text).0);
+        }
+        let compiled = crate::alert::incremental::compile(&groups, ticks.resolution);
+        let store = evaluator.as_ref().map(|e| {
+            let store = e
+                .rules
+                .attach_incremental(&groups, &compiled, worker.peers());
+            (store, e.rules.last_tick())
+        });
+        (Arc::new(compiled.plans), store)
+    });
     let ctx = SourceCtx {
         epoch,
         spec: Arc::new(spec),
@@ -668,6 +711,23 @@ fn start_job(
             });
         let samples = samples.exchange(|s: &Sample| s.series);
         let defs = defs.exchange(|d: &(u64, Vec<u8>)| d.0);
+        let inc_done = inc.map(|(plans, store)| {
+            let h = Arc::clone(&hot);
+            let lookup: Lookup =
+                Arc::new(move |id| h.catalog.labels(id).map(|l| l.pairs().to_vec()));
+            // The evaluator's worker resumes after its last tick; the others start where
+            // their frontier is (the store knows from which tick all of them are complete).
+            let resume = store.as_ref().and_then(|(_, r)| *r);
+            let leaves = leaf_values(
+                samples.clone(),
+                Arc::clone(&plans),
+                Arc::clone(&lookup),
+                ticks,
+                resume,
+            );
+            let results = rule_results(leaves, plans, lookup);
+            sink_results(results, store.map(|(s, _)| s))
+        });
         let registered = sink_series(defs, Catalog(Arc::clone(&hot)));
         let mut done = vec![
             registered.clone(),
@@ -727,6 +787,7 @@ fn start_job(
                 });
             });
         }
+        done.extend(inc_done);
         let done = scope.concatenate(done);
         if rules_on {
             // A tick is evaluated once every worker's sinks applied the data up to it.
