@@ -35,20 +35,28 @@ impl SeriesWriter for Discard {
     }
 }
 
-fn fleet(points: i64) -> Arc<HotIndex> {
-    let hot = Arc::new(HotIndex::new(26 * 3_600_000));
-    let mut samples = Vec::with_capacity(POOLS * HOSTS);
+/// The fleet's series: `cpu_usage_percent{pool, host}`.
+fn fleet_labels() -> Vec<Labels> {
+    let mut out = Vec::with_capacity(POOLS * HOSTS);
     for p in 0..POOLS {
         for h in 0..HOSTS {
-            let l = Labels::from_pairs([
+            out.push(Labels::from_pairs([
                 ("__name__", "cpu_usage_percent".to_string()),
                 ("pool", format!("p{p}")),
                 ("host", format!("h{h}")),
-            ]);
-            let id = l.series_id();
-            hot.catalog.register(id, l);
-            samples.push(id);
+            ]));
         }
+    }
+    out
+}
+
+fn fleet(points: i64) -> Arc<HotIndex> {
+    let hot = Arc::new(HotIndex::new(26 * 3_600_000));
+    let mut samples = Vec::with_capacity(POOLS * HOSTS);
+    for l in fleet_labels() {
+        let id = l.series_id();
+        hot.catalog.register(id, l);
+        samples.push(id);
     }
     for i in 0..points {
         let batch: Vec<Sample> = samples
@@ -195,17 +203,10 @@ fn incremental_run(dir: &std::path::Path, labels: &Arc<Vec<(u64, LabelPairs)>>) 
 
 fn incremental(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let mut labels = Vec::with_capacity(POOLS * HOSTS);
-    for p in 0..POOLS {
-        for h in 0..HOSTS {
-            let l = Labels::from_pairs([
-                ("__name__", "cpu_usage_percent".to_string()),
-                ("pool", format!("p{p}")),
-                ("host", format!("h{h}")),
-            ]);
-            labels.push((l.series_id(), l.pairs().to_vec()));
-        }
-    }
+    let labels: Vec<(u64, LabelPairs)> = fleet_labels()
+        .into_iter()
+        .map(|l| (l.series_id(), l.into_pairs()))
+        .collect();
     let labels = Arc::new(labels);
     let mut g = c.benchmark_group("rules_1000_over_100k_series");
     g.sample_size(10);

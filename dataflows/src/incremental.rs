@@ -218,18 +218,8 @@ impl Agg {
     pub fn apply(&self, values: &[f64]) -> f64 {
         match self.op {
             AggOp::Count => values.len() as f64,
-            AggOp::Sum => {
-                let (mut s, mut c) = (0.0, 0.0);
-                for &v in values {
-                    (s, c) = kahan_inc(v, s, c);
-                }
-                if s.is_infinite() {
-                    s
-                } else {
-                    s + c
-                }
-            }
-            AggOp::Avg => mean(values),
+            AggOp::Sum => kahan_sum(values.iter().copied()),
+            AggOp::Avg => mean(values.iter().copied()),
             AggOp::Min => {
                 values[1..]
                     .iter()
@@ -244,8 +234,8 @@ impl Agg {
     }
 }
 
-/// Kahan-Neumaier summation step (Prometheus's `kahanSumInc`).
-fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+/// Kahan-Neumaier summation step, as Prometheus's `kahanSumInc`.
+pub fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
     let t = sum + inc;
     let c = if t.is_infinite() {
         0.0
@@ -257,10 +247,25 @@ fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
     (t, c)
 }
 
-fn mean(values: &[f64]) -> f64 {
+/// Sum with compensation; an infinite sum is returned as is.
+pub fn kahan_sum(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut s, mut c) = (0.0, 0.0);
+    for v in values {
+        (s, c) = kahan_inc(v, s, c);
+    }
+    if s.is_infinite() {
+        s
+    } else {
+        s + c
+    }
+}
+
+/// Mean as Prometheus computes it: a compensated sum, switching to an incremental mean when the
+/// sum would overflow.
+pub fn mean(values: impl Iterator<Item = f64>) -> f64 {
     let (mut sum, mut c, mut count, mut m) = (0.0, 0.0, 0.0, 0.0);
     let mut incremental = false;
-    for &f in values {
+    for f in values {
         count += 1.0;
         if !incremental {
             let (ns, nc) = kahan_inc(f, sum, c);

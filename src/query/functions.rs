@@ -8,59 +8,8 @@ use super::QueryError;
 use crate::model::{Labels, METRIC_NAME};
 use tidemark_dataflows::Rollup;
 
-/// Kahan-Neumaier summation step, as Prometheus's `kahanSumInc`.
-pub fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
-    let t = sum + inc;
-    let c = if t.is_infinite() {
-        0.0
-    } else if sum.abs() >= inc.abs() {
-        c + ((sum - t) + inc)
-    } else {
-        c + ((inc - t) + sum)
-    };
-    (t, c)
-}
-
-/// Sum with compensation; an infinite sum is returned as is.
-pub fn kahan_sum(values: impl Iterator<Item = f64>) -> f64 {
-    let (mut s, mut c) = (0.0, 0.0);
-    for v in values {
-        (s, c) = kahan_inc(v, s, c);
-    }
-    if s.is_infinite() {
-        s
-    } else {
-        s + c
-    }
-}
-
-/// Mean as Prometheus computes it: a compensated sum, switching to an incremental mean when the
-/// sum would overflow.
-pub fn mean(values: impl Iterator<Item = f64>) -> f64 {
-    let (mut sum, mut c, mut count, mut m) = (0.0, 0.0, 0.0, 0.0);
-    let mut incremental = false;
-    for f in values {
-        count += 1.0;
-        if !incremental {
-            let (ns, nc) = kahan_inc(f, sum, c);
-            if count == 1.0 || !ns.is_infinite() {
-                sum = ns;
-                c = nc;
-                continue;
-            }
-            incremental = true;
-            m = sum / (count - 1.0);
-            c /= count - 1.0;
-        }
-        let q = (count - 1.0) / count;
-        (m, c) = kahan_inc(f / count, q * m, q * c);
-    }
-    if incremental {
-        m + c
-    } else {
-        sum / count + c / count
-    }
-}
+// The compensated sums are shared with the incremental rule evaluator.
+pub use tidemark_dataflows::incremental::{kahan_inc, kahan_sum, mean};
 
 /// Population variance (Welford with compensation).
 pub fn variance(values: impl Iterator<Item = f64>) -> f64 {
