@@ -403,6 +403,10 @@ struct SeriesState {
     leaves: Option<Vec<u32>>,
     samples: VecDeque<(i64, f64)>,
     emitted: Vec<(u32, u64)>,
+    /// The newest sample time seen: a series no rule reads is remembered (without its
+    /// samples) until it is idle for longer than any window, so it is matched once, not per
+    /// sample.
+    newest: i64,
 }
 
 impl SeriesState {
@@ -532,9 +536,15 @@ pub fn leaf_values<'s>(
                         for s in data.drain(..) {
                             let st = series.entry(s.series).or_insert_with(|| {
                                 unresolved.insert(s.series);
-                                SeriesState::default()
+                                SeriesState {
+                                    newest: i64::MIN,
+                                    ..SeriesState::default()
+                                }
                             });
-                            st.insert(s.ts, s.value);
+                            st.newest = st.newest.max(s.ts);
+                            if st.leaves.as_ref().is_none_or(|l| !l.is_empty()) {
+                                st.insert(s.ts, s.value);
+                            }
                         }
                     });
                     let Some(cap) = held.as_mut() else { return };
@@ -545,7 +555,11 @@ pub fn leaf_values<'s>(
                     unresolved.retain(|id| match lookup(*id) {
                         Some(labels) => {
                             if let Some(st) = series.get_mut(id) {
-                                st.leaves = Some(index.matching(&plans, &labels));
+                                let leaves = index.matching(&plans, &labels);
+                                if leaves.is_empty() {
+                                    st.samples = VecDeque::new();
+                                }
+                                st.leaves = Some(leaves);
                             }
                             false
                         }
@@ -572,7 +586,9 @@ pub fn leaf_values<'s>(
                         series.retain(|id, st| {
                             let n = st.samples.partition_point(|&(ts, _)| ts <= cutoff);
                             st.samples.drain(..n);
-                            let live = !st.samples.is_empty() || !st.emitted.is_empty();
+                            let live = !st.samples.is_empty()
+                                || !st.emitted.is_empty()
+                                || st.newest > cutoff;
                             if !live {
                                 unresolved.remove(id);
                             }

@@ -588,6 +588,7 @@ mod tests {
                     ("req_total", "500"),
                     ("temp", ""),
                     ("up", ""),
+                    ("unread", ""), // no rule selects it
                 ] {
                     let mut l = vec![
                         ("__name__".to_string(), name.to_string()),
