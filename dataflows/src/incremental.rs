@@ -45,6 +45,9 @@ pub type Matcher = Arc<dyn Fn(&[(String, String)]) -> bool + Send + Sync>;
 /// A series' labels by id (`None`: not known yet, asked again at the next tick).
 pub type Lookup = Arc<dyn Fn(u64) -> Option<LabelPairs> + Send + Sync>;
 
+/// The label of a result record that carries an evaluation error instead of a value.
+const ERROR_LABEL: &str = "\u{0}error";
+
 /// The leaf id of the record a worker's [`leaf_values`] sends at its first tick:
 /// `(STARTED, worker index, tick)`.
 pub const STARTED: u32 = u32::MAX;
@@ -768,6 +771,26 @@ pub fn rule_results<'s>(
     };
     let lhs = branches.clone().flat_map(key(0));
     let rhs = branches.flat_map(key(1));
+    // One-to-one matching: a match group twice on the right is an error; twice on the left
+    // too, when the right has it (the engine's errors, as a record the store turns into one).
+    let rhs_keys = rhs.clone().map(|(k, _)| k);
+    let rhs_dups = rhs_keys.clone().count().flat_map(|((rule, k), n)| {
+        (n > 1).then(|| {
+            let msg = format!("found duplicate series for the match group {k:?} on the right hand-side of the operation; many-to-many matching not allowed: matching labels must be unique on one side");
+            (rule, vec![(ERROR_LABEL.to_string(), msg)], 0)
+        })
+    });
+    let lhs_dups = lhs
+        .clone()
+        .map(|(k, _)| k)
+        .count()
+        .filter(|(_, n)| *n > 1)
+        .map(|(k, _)| (k, ()))
+        .semijoin(rhs_keys.distinct())
+        .map(|((rule, k), ())| {
+            let msg = format!("multiple matches for labels: many-to-one matching must be explicit (group_left/group_right); found for {k:?}");
+            (rule, vec![(ERROR_LABEL.to_string(), msg)], 0)
+        });
     let p = Arc::clone(&plans);
     let joined = lhs
         .join(rhs)
@@ -793,7 +816,11 @@ pub fn rule_results<'s>(
             let v = apply_ops(post, &mut out, v)?;
             Some((rule, out, v.to_bits()))
         });
-    singles.concat(joined).concat(started)
+    singles
+        .concat(joined)
+        .concat(started)
+        .concat(rhs_dups)
+        .concat(lhs_dups)
 }
 
 /// Each rule's current result, kept on worker 0 from the changes [`rule_results`] produces.
@@ -892,6 +919,12 @@ impl ResultStore {
             } else {
                 Vec::new()
             });
+        }
+        if let Some((labels, _)) = cur
+            .iter()
+            .find(|(l, _)| l.first().is_some_and(|(k, _)| k == ERROR_LABEL))
+        {
+            return Err(labels[0].1.clone());
         }
         let mut out = Vec::with_capacity(cur.len());
         for (labels, vals) in cur {

@@ -472,6 +472,7 @@ mod tests {
         };
         use tidemark_dataflows::rules::TickConfig;
         use timely::dataflow::operators::{Input, Probe};
+        let n_rules = plans.rules.len();
         let store = Arc::new(std::sync::Mutex::new(ResultStore::new(&plans, workers)));
         let end = *ticks.last().unwrap() + 1;
         let cfg = TickConfig {
@@ -517,15 +518,10 @@ mod tests {
             worker.step_while(|| probe.less_than(&end));
         })
         .unwrap();
-        let want: Vec<(u32, Vec<u64>)> = (0..plans_len(&store))
-            .map(|id| (id, ticks.clone()))
-            .collect();
+        let want: Vec<(u32, Vec<u64>)> =
+            (0..n_rules as u32).map(|id| (id, ticks.clone())).collect();
         let mut st = store.lock().unwrap();
         st.snapshots(&want)
-    }
-
-    fn plans_len(_: &Arc<std::sync::Mutex<tidemark_dataflows::incremental::ResultStore>>) -> u32 {
-        RULES.lines().filter(|l| l.contains("expr:")).count() as u32
     }
 
     const RULES: &str = "groups:
@@ -706,6 +702,79 @@ mod tests {
             assert_eq!(norm(a), norm(b), "`{text}`: 1 worker and 2 workers differ");
         }
         assert!(compared > 2_000, "only {compared} values compared");
+    }
+
+    #[test]
+    fn one_to_one_matching_errors_as_the_engine_does() {
+        use crate::model::Labels;
+        use crate::query::engine::Engine;
+        use crate::query::promqltest::MemStorage;
+        let gs = groups(
+            "groups:\n- name: g\n  rules:\n  - alert: ManyLeft\n    expr: l / ignoring(k) r\n  - alert: ManyRight\n    expr: r2 / ignoring(k) l2\n  - alert: NoMatch\n    expr: l / ignoring(k) r3\n",
+        );
+        let compiled = compile(&gs, 1_000);
+        assert!(compiled.rules[0].iter().all(Option::is_some));
+        let series = [
+            ("l", "1", "a"),
+            ("l", "2", "a"),
+            ("r", "1", "a"),
+            ("r2", "1", "b"),
+            ("r2", "2", "b"),
+            ("l2", "1", "b"),
+            ("r3", "1", "z"),
+        ];
+        let t0 = 1_000_000i64;
+        let mut mem = MemStorage::default();
+        let mut labels = Vec::new();
+        let mut all = Vec::new();
+        for (id, (name, k, g)) in series.iter().enumerate() {
+            let l: LabelPairs = vec![
+                ("__name__".into(), name.to_string()),
+                ("g".into(), g.to_string()),
+                ("k".into(), k.to_string()),
+            ];
+            mem.add(
+                Labels::from_pairs(l.clone()),
+                [(t0, 1.0), (t0 + 10_000, 2.0)],
+            );
+            labels.push(l);
+            for ts in [t0, t0 + 10_000] {
+                all.push(tidemark_dataflows::Sample {
+                    series: id as u64,
+                    ts,
+                    value: (ts - t0) as f64 / 10_000.0 + 1.0,
+                });
+            }
+        }
+        all.sort_by_key(|s| s.ts);
+        let ticks = vec![(t0 + 5_000) as u64, (t0 + 15_000) as u64];
+        let got = run_incremental(
+            Arc::new(compiled.plans.clone()),
+            Arc::new(labels),
+            Arc::new(all),
+            ticks,
+            2,
+        );
+        for (i, c) in compiled.rules[0].iter().enumerate() {
+            let (id, text) = c.clone().unwrap();
+            let expr = promql_parser::parser::parse(&text).unwrap();
+            let engine =
+                Engine::new(&mem, t0 + 5_000, t0 + 15_000, 10_000).and_then(|e| e.eval(&expr));
+            for (t, r) in &got[&id] {
+                match (&engine, r) {
+                    (Err(e), Err(inc)) => {
+                        let (e, inc) = (e.to_string(), inc.to_string());
+                        let same = |s: &str| e.contains(s) && inc.contains(s);
+                        assert!(
+                            same("many-to-many") || same("many-to-one"),
+                            "{text}: {e} / {inc}"
+                        );
+                    }
+                    (Ok(_), Ok(v)) => assert!(v.is_empty() && i == 2, "{text} at {t}: {v:?}"),
+                    _ => panic!("{text} at {t}: engine {engine:?}, incremental {r:?}"),
+                }
+            }
+        }
     }
 
     #[test]
