@@ -2,12 +2,14 @@
 # End-to-end benchmark: builds release binaries, starts `tidemark up` on a fresh data dir and a
 # free loopback port, runs tidemark-loadgen against it, prints the figures and stops the server.
 # Usage: benches/e2e.sh [loadgen args...]   (e.g. --points 60 for a quick run)
+# TIDEMARK_CONFIG=path runs the server with that tidemark.toml (e.g. `[rules] incremental = false`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin tidemark --bin tidemark-loadgen
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-target/release/tidemark up --listen "127.0.0.1:$port" --data-dir "$dir/data" 2>"$dir/server.log" &
+target/release/tidemark up --listen "127.0.0.1:$port" --data-dir "$dir/data" \
+  ${TIDEMARK_CONFIG:+--config "$TIDEMARK_CONFIG"} 2>"$dir/server.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 1 200); do

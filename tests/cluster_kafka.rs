@@ -295,7 +295,20 @@ fn one_by_one_one_by_two_and_two_by_one_agree() {
     let broker = Broker::start_on(free_port(), dir.path());
     broker.create_topic("metrics", 3);
     let ingest = Tidemark::start_ingest(dir.path(), &ingest_config(broker.port));
-    let base = (now_ms() - 6 * HOUR).div_euclid(HOUR) * HOUR;
+    // The first shape later produces a tick an hour into the next UTC day (below); every later
+    // shape reads it, and the hot index keeps 26 h before its newest sample. With base + 5 h in
+    // the first hours of a day that tick would be up to 30 h after base and push the test's
+    // samples out of retention (the test failed between 01:00 and 06:00 UTC): then the data
+    // moves back to end the day before.
+    let base = {
+        let b = (now_ms() - 6 * HOUR).div_euclid(HOUR) * HOUR;
+        let h = (b + 5 * HOUR).rem_euclid(24 * HOUR) / HOUR;
+        if h < 5 {
+            b - (h + 1) * HOUR
+        } else {
+            b
+        }
+    };
     push_minutes(&ingest, base, 0, 90);
     // Then a later sample on every partition: it closes every window once the partition's data
     // before it is read, whatever the cluster's shape and speed (no wall-clock idleness).
