@@ -48,6 +48,10 @@ pub type Lookup = Arc<dyn Fn(u64) -> Option<LabelPairs> + Send + Sync>;
 /// The label of a result record that carries an evaluation error instead of a value.
 const ERROR_LABEL: &str = "\u{0}error";
 
+/// Ticks behind the frontier beyond which [`leaf_values`] skips to the newest (at 1 s
+/// resolution, a minute: more than a scrape interval's jump of the watermark).
+pub const CATCH_UP_TICKS: usize = 60;
+
 /// The leaf id of the record a worker's [`leaf_values`] sends at its first tick:
 /// `(STARTED, worker index, tick)`.
 pub const STARTED: u32 = u32::MAX;
@@ -568,12 +572,23 @@ pub fn leaf_values<'s>(
                         }
                         None => series.contains_key(id),
                     });
-                    let ticks = ticks_between(&cfg, last, f, cfg.ticks_per_activation);
-                    if let (Some(&t), false) = (ticks.first(), announced) {
+                    let mut ticks = ticks_between(&cfg, last, f, cfg.ticks_per_activation);
+                    // Far behind the frontier (a backfill, a restart): evaluate only the newest
+                    // tick and leave the ones before to the engine, whose step-vectorised range
+                    // evaluation is cheaper than a change per series per tick.
+                    let complete_from = match (ticks.first(), ticks.last()) {
+                        (Some(_), Some(&newest)) if ticks.len() > CATCH_UP_TICKS => Some(newest),
+                        (Some(&first), _) if !announced => Some(first),
+                        _ => None,
+                    };
+                    if let Some(from) = complete_from {
                         announced = true;
-                        // Tell the store from which tick this worker's values are complete.
+                        // Tell the store, at the batch's first tick, from which tick this
+                        // worker's values are complete.
+                        let t = ticks[0];
                         let at = cap.delayed(&t.max(*cap.time()));
-                        output.session(&at).give(((STARTED, me, t), t, 1));
+                        output.session(&at).give(((STARTED, me, from), t, 1));
+                        ticks.retain(|&t| t >= from);
                     }
                     for &t in &ticks {
                         let at = cap.delayed(&t.max(*cap.time()));
@@ -832,8 +847,8 @@ pub struct ResultStore {
     current: HashMap<u32, BTreeMap<LabelPairs, Vec<(u64, isize)>>>,
     /// Rules that are `absent(...)`, with the labels they return.
     absent: HashMap<u32, LabelPairs>,
-    /// Per worker, the first tick its [`leaf_values`] evaluated: results are complete from
-    /// the latest of them on.
+    /// Per worker, the tick from which its [`leaf_values`] values are complete: results are
+    /// complete from the latest of them on.
     first_ticks: Vec<Option<u64>>,
 }
 
@@ -862,14 +877,15 @@ impl ResultStore {
         }
     }
 
-    /// Records the first tick worker `w` evaluated.
+    /// Records that worker `w`'s values are complete from `tick` on (its first tick, or the
+    /// tick it skipped to after falling behind).
     pub fn started(&mut self, w: usize, tick: u64) {
         if let Some(s) = self.first_ticks.get_mut(w) {
-            s.get_or_insert(tick);
+            *s = Some(s.map_or(tick, |x| x.max(tick)));
         }
     }
 
-    /// The first tick every worker evaluated (`None` until each did): earlier ticks are not
+    /// The tick from which every worker's values are complete (`None` until each said): earlier ticks are not
     /// covered, the engine evaluates them.
     pub fn covered_from(&self) -> Option<u64> {
         self.first_ticks
@@ -1028,6 +1044,73 @@ mod tests {
         assert_eq!(
             snap[&0][0].1,
             Ok(vec![(vec![("job".to_string(), "x".to_string())], 1.0)])
+        );
+    }
+
+    #[test]
+    fn far_behind_the_frontier_only_the_newest_tick_is_evaluated() {
+        use timely::dataflow::operators::{Capture, Input, Probe};
+        let last: WindowFn = |w, _, _| w.last().map(|p| p.1);
+        let plans = Arc::new(Plans {
+            leaves: vec![Leaf {
+                matches: Arc::new(|_| true),
+                key: None,
+                window: Some((last, 600_000)),
+                keeps_name: true,
+                interval: 1_000,
+            }],
+            rules: vec![],
+        });
+        let out = timely::execute_directly(move |worker| {
+            let (mut input, probe, out) = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, samples) = scope.new_input::<Vec<Sample>>();
+                let lookup: Lookup = Arc::new(|_| Some(Vec::new()));
+                let v = leaf_values(samples, plans, lookup, TickConfig::default(), Some(0));
+                let (probe, v) = v.inner.probe();
+                (input, probe, v.capture())
+            });
+            input.send(Sample {
+                series: 1,
+                ts: 500,
+                value: 1.0,
+            });
+            input.advance_to(5_500); // 5 ticks behind: each evaluated
+            worker.step_while(|| probe.less_than(&5_000));
+            input.send(Sample {
+                series: 1,
+                ts: 6_000,
+                value: 2.0,
+            });
+            input.advance_to(300_500); // 295 ticks behind: only 300 s
+            worker.step_while(|| probe.less_than(&300_000));
+            out
+        });
+        let mut got: Vec<(u64, u32, u64, isize)> = out
+            .try_iter()
+            .filter_map(|e| match e {
+                timely::dataflow::operators::capture::Event::Messages(_, d) => Some(d),
+                _ => None,
+            })
+            .flatten()
+            .map(|((leaf, _, bits), t, d)| {
+                let v = if leaf == STARTED {
+                    bits
+                } else {
+                    f64::from_bits(bits) as u64
+                };
+                (t, leaf, v, d)
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (1_000, 0, 1, 1),             // 1 from the first tick,
+                (1_000, STARTED, 1_000, 1),   // complete from 1 s;
+                (6_000, STARTED, 300_000, 1), // at the first skipped tick: complete from 300 s,
+                (300_000, 0, 1, -1),          // and the ticks between were not evaluated
+                (300_000, 0, 2, 1),
+            ]
         );
     }
 
