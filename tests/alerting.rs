@@ -450,6 +450,85 @@ fn bad_rule_files_routing_and_receivers_get_clear_errors() {
         text.contains(&format!("{routing}:3: route: unknown field `group_wiat`")),
         "{text}"
     );
+    // A notification template that calls a template nobody defined, and a template file
+    // with a syntax error: each names its file, line and reason.
+    std::fs::write(
+        &routing,
+        "route:\n  receiver: both\nreceivers:\n- name: both\n  sms_configs:\n  - url: 'http://127.0.0.1:1/sms'\n    from: '+1'\n    to: ['+2']\n    text: '{{ template \"nope\" . }}'\n",
+    )
+    .unwrap();
+    let (status, text) = t.post("/-/reload", "text/plain", &[], b"");
+    assert_eq!(status, 500);
+    assert!(
+        text.contains(&format!(
+            "{routing}:9: receiver \"both\": sms_configs[0].text: template: no such template \"nope\""
+        )),
+        "{text}"
+    );
+    let broken = write(
+        dir.path(),
+        "broken.tmpl",
+        "{{ define \"a\" }}ok{{ end }}\n{{ define \"b\" }}{{ .Status {{ end }}\n",
+    );
+    std::fs::write(
+        &routing,
+        "templates: ['*.tmpl']\nroute:\n  receiver: both\nreceivers:\n- name: both\n",
+    )
+    .unwrap();
+    let (status, text) = t.post("/-/reload", "text/plain", &[], b"");
+    assert_eq!(status, 500);
+    assert!(
+        text.contains(&format!(
+            "{broken}:2: (a template file of {routing}'s templates:) unexpected '{{' in action"
+        )),
+        "{text}"
+    );
+}
+
+/// Alertmanager's `templates:` files and per-receiver templates: the e-mail's subject, text
+/// and HTML parts and an extra header, PagerDuty's summary and details, the SMS text.
+#[test]
+fn custom_notification_templates_render_in_every_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = HttpReceiver::start();
+    let smtp = SmtpServer::start(dir.path());
+    std::fs::create_dir(dir.path().join("templates")).unwrap();
+    write(
+        &dir.path().join("templates"),
+        "ops.tmpl",
+        "{{ define \"ops.subject\" }}{{ .Status | toUpper }}: {{ .CommonLabels.alertname }} on {{ range .Alerts }}{{ .Labels.host }} {{ end }}{{ end }}\n{{ define \"ops.html\" }}<h1>{{ len .Alerts.Firing }} firing</h1>{{ range .Alerts.Firing }}<p>{{ .Annotations.summary }} since {{ .StartsAt.Format \"15:04:05\" }}</p>{{ end }}{{ end }}\n",
+    );
+    let routing = format!(
+        "global:\n  smtp_smarthost: 127.0.0.1:{}\n  smtp_from: tidemark@example.com\n  smtp_require_tls: false\ntemplates: ['templates/*.tmpl']\nroute:\n  receiver: all\n  group_by: [alertname]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n- name: all\n  email_configs:\n  - to: 'ops@example.com'\n    headers: {{Subject: '{{{{ template \"ops.subject\" . }}}}', X-Team: '{{{{ .CommonLabels.severity }}}}-team'}}\n    text: 'text: {{{{ range .Alerts }}}}{{{{ .Annotations.summary }}}}{{{{ end }}}}'\n    html: '{{{{ template \"ops.html\" . }}}}'\n  pagerduty_configs:\n  - routing_key: RK1\n    url: '{}'\n    description: '{{{{ .CommonLabels.alertname }}}}: {{{{ .CommonAnnotations.summary }}}}'\n    severity: '{{{{ if eq .CommonLabels.severity \"warning\" }}}}warning{{{{ else }}}}critical{{{{ end }}}}'\n    details: {{hosts: '{{{{ range .Alerts }}}}{{{{ .Labels.host }}}}{{{{ end }}}}'}}\n  sms_configs:\n  - {{url: '{}', from: '+15550000', to: ['+15551111'], text: 'cpu {{{{ .CommonLabels.host }}}}: {{{{ (index .Alerts 0).Annotations.summary }}}}'}}\n",
+        smtp.port,
+        http.url("/pd"),
+        http.url("/sms"),
+    );
+    let t = start(dir.path(), HIGH_CPU, &routing, "");
+    push_cpu(&t, base(), "a", 0..=5, 95.0, 10);
+
+    let mail = t.eventually("an email", || smtp.messages().into_iter().next());
+    assert!(mail.contains("Subject: FIRING: HighCpu on a"), "{mail}");
+    assert!(mail.contains("X-Team: warning-team"), "{mail}");
+    assert!(mail.contains("multipart/alternative"), "{mail}");
+    assert!(mail.contains("text: a at 95%"), "{mail}");
+    let start = tidemark::alert::template::go_time(base(), "15:04:05");
+    assert!(
+        mail.contains(&format!("<h1>1 firing</h1><p>a at 95% since {start}</p>")),
+        "{mail}"
+    );
+
+    let pd = t.eventually("a PagerDuty trigger", || http.at("/pd").first().cloned());
+    let j = pd.json();
+    assert_eq!(j["payload"]["summary"], "HighCpu: a at 95%", "{j}");
+    assert_eq!(j["payload"]["severity"], "warning", "{j}");
+    assert_eq!(j["payload"]["custom_details"]["hosts"], "a", "{j}");
+    assert_eq!(j["payload"]["custom_details"]["num_firing"], 1, "{j}");
+
+    let sms = t.eventually("an SMS", || http.at("/sms").first().cloned());
+    let form = sms.form();
+    let body = &form.iter().find(|(k, _)| k == "Body").unwrap().1;
+    assert_eq!(body, "cpu a: a at 95%");
 }
 
 #[test]

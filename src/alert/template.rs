@@ -1,7 +1,10 @@
 //! The Go `text/template` subset Prometheus rule annotations and labels use:
 //! `{{ $labels.instance }}`, `{{ $value | humanize }}`, `{{ printf "%.1f" $value }}`,
 //! `{{ if gt $value 90.0 }}...{{ else }}...{{ end }}`, `{{ with }}`, `{{ range $k, $v := $labels }}`,
-//! variables, pipelines, trim markers (`{{-`, `-}}`) and comments.
+//! variables, pipelines, trim markers (`{{-`, `-}}`) and comments; `{{ define }}`,
+//! `{{ template }}` and `{{ block }}` for named templates; structured data (lists, records,
+//! times with `.Format`) for Alertmanager-style notification templates
+//! ([`crate::alert::notify::templates`]).
 //!
 //! As in Prometheus, every template starts with
 //! `{{$labels := .Labels}}{{$externalLabels := .ExternalLabels}}{{$externalURL := .ExternalURL}}{{$value := .Value}}`,
@@ -15,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 /// A template that failed to parse or expand.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -42,7 +46,17 @@ enum Val {
     Int(i64),
     Str(String),
     Map(BTreeMap<String, String>),
+    /// A slice (`.Alerts`, `.Labels.SortedPairs`, `.Names`).
+    List(Vec<Val>),
+    /// A struct: its Go type name and fields (the notification data, an alert, a pair).
+    Obj(&'static str, BTreeMap<&'static str, Val>),
+    /// A `time.Time` in UTC, ms since the epoch ([`ZERO_TIME_MS`] is Go's zero time).
+    Time(i64),
 }
+
+/// Go's zero `time.Time`, `0001-01-01 00:00:00 +0000 UTC`, in ms since the epoch (the
+/// `EndsAt` of a firing alert).
+pub const ZERO_TIME_MS: i64 = -62_135_596_800_000;
 
 impl Val {
     fn truthy(&self) -> bool {
@@ -53,6 +67,8 @@ impl Val {
             Val::Int(i) => *i != 0,
             Val::Str(s) => !s.is_empty(),
             Val::Map(m) => !m.is_empty(),
+            Val::List(l) => !l.is_empty(),
+            Val::Obj(..) | Val::Time(_) => true,
         }
     }
 
@@ -76,6 +92,27 @@ impl Val {
                 }
                 out.push(']');
             }
+            Val::List(l) => {
+                out.push('[');
+                for (i, v) in l.iter().enumerate() {
+                    if i > 0 {
+                        out.push(' ');
+                    }
+                    v.print(out);
+                }
+                out.push(']');
+            }
+            Val::Time(ms) => out.push_str(&go_time(*ms, GO_TIME_STRING)),
+            Val::Obj(_, m) => {
+                out.push('{');
+                for (i, v) in m.values().enumerate() {
+                    if i > 0 {
+                        out.push(' ');
+                    }
+                    v.print(out);
+                }
+                out.push('}');
+            }
         }
     }
 
@@ -87,7 +124,10 @@ impl Val {
                 .trim()
                 .parse::<f64>()
                 .or_else(|_| err(format!("{f}: cannot convert {s:?} to a number"))),
-            Val::Bool(_) | Val::Nil | Val::Map(_) => err(format!("{f}: expected a number")),
+            Val::Time(ms) => Ok(*ms as f64 / 1000.0),
+            Val::Bool(_) | Val::Nil | Val::Map(_) | Val::List(_) | Val::Obj(..) => {
+                err(format!("{f}: expected a number"))
+            }
         }
     }
 
@@ -203,6 +243,8 @@ enum Arg {
     Field(Vec<String>),
     Func(String),
     Pipe(Box<Pipeline>),
+    /// `(pipeline).field...`.
+    Chain(Box<Arg>, Vec<String>),
 }
 
 #[derive(Clone, Debug)]
@@ -220,12 +262,40 @@ enum Node {
     If(Vec<(Pipeline, Vec<Node>)>, Vec<Node>),
     With(Pipeline, Vec<Node>, Vec<Node>),
     Range(Pipeline, Vec<Node>, Vec<Node>),
+    /// `{{ template "name" pipeline }}` (and the call half of `{{ block }}`).
+    Call(String, Option<Pipeline>),
+}
+
+/// Named templates (`{{ define "name" }}...{{ end }}`), shared by the templates that call them.
+#[derive(Clone, Debug, Default)]
+pub struct Defs {
+    map: BTreeMap<String, Arc<Vec<Node>>>,
+}
+
+impl Defs {
+    /// Adds `other`'s templates; on a name in both, `other`'s wins.
+    pub fn merge(&mut self, other: Defs) {
+        self.map.extend(other.map);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
 }
 
 /// A parsed template.
 #[derive(Clone, Debug)]
 pub struct Template {
     nodes: Vec<Node>,
+    defs: Arc<Defs>,
 }
 
 const FUNCS: &[&str] = &[
@@ -258,6 +328,10 @@ const FUNCS: &[&str] = &[
     "safeHtml",
     "toTime",
     "parseDuration",
+    "join",
+    "trimSpace",
+    "stringSlice",
+    "safeUrl",
 ];
 
 /// Tokens inside `{{ }}`.
@@ -266,6 +340,8 @@ enum Tok {
     Ident(String),
     Var(String, Vec<String>),
     Field(Vec<String>),
+    /// `.a.b` right after `)`: fields of the parenthesized value.
+    Chain(Vec<String>),
     Str(String),
     Num(String),
     Pipe,
@@ -377,11 +453,16 @@ fn lex_action(src: &str) -> Result<Vec<Tok>, TemplateError> {
                     out.push(Tok::Num(src[s..i].to_string()));
                     continue;
                 }
+                let chained = i > 0 && b[i - 1] == b')';
                 let f = fields(&mut i);
                 if f.is_empty() {
                     i += 1;
                 }
-                out.push(Tok::Field(f));
+                out.push(if chained && !f.is_empty() {
+                    Tok::Chain(f)
+                } else {
+                    Tok::Field(f)
+                });
             }
             b'-' | b'+' | b'0'..=b'9' => {
                 let s = i;
@@ -461,7 +542,12 @@ impl PipeParser<'_> {
                         if self.toks.get(self.pos) != Some(&Tok::Close) {
                             return err("unclosed left paren");
                         }
-                        Arg::Pipe(Box::new(p))
+                        if let Some(Tok::Chain(f)) = self.toks.get(self.pos + 1) {
+                            self.pos += 1;
+                            Arg::Chain(Box::new(Arg::Pipe(Box::new(p))), f.clone())
+                        } else {
+                            Arg::Pipe(Box::new(p))
+                        }
                     }
                     Tok::Ident(n) => match n.as_str() {
                         "true" => Arg::Bool(true),
@@ -479,6 +565,12 @@ impl PipeParser<'_> {
                     Tok::Field(f) => Arg::Field(f.clone()),
                     Tok::Str(s) => Arg::Str(s.clone()),
                     Tok::Num(s) => parse_num(s)?,
+                    Tok::Chain(f) => {
+                        return err(format!(
+                            "unexpected .{} (fields follow a value in parentheses)",
+                            f.join(".")
+                        ))
+                    }
                     Tok::Declare | Tok::Assign | Tok::Comma => {
                         return err("unexpected declaration in the middle of a command")
                     }
@@ -522,10 +614,10 @@ fn parse_pipeline(src: &str) -> Result<Pipeline, TemplateError> {
     Ok(pipe)
 }
 
-/// One `{{ }}` or run of text.
+/// One `{{ }}` (with its line) or run of text.
 enum Piece {
     Text(String),
-    Action(String),
+    Action(String, usize),
 }
 
 fn split(src: &str) -> Result<Vec<Piece>, TemplateError> {
@@ -561,7 +653,7 @@ fn split(src: &str) -> Result<Vec<Piece>, TemplateError> {
         }
         let body = body.trim();
         if !(body.starts_with("/*") && body.ends_with("*/")) {
-            out.push(Piece::Action(body.to_string()));
+            out.push(Piece::Action(body.to_string(), line));
         }
         line += inner[..close].matches('\n').count();
         rest = after;
@@ -613,86 +705,176 @@ fn keyword(action: &str) -> (&str, &str) {
     }
 }
 
-fn parse_nodes(
-    pieces: &mut std::iter::Peekable<std::vec::IntoIter<Piece>>,
-    depth: usize,
-) -> Result<(Vec<Node>, Option<String>), TemplateError> {
-    let mut nodes = Vec::new();
-    while let Some(p) = pieces.next() {
-        match p {
-            Piece::Text(t) => nodes.push(Node::Text(t)),
-            Piece::Action(a) => {
-                let (kw, rest) = keyword(&a);
-                match kw {
-                    "" => nodes.push(Node::Action(parse_pipeline(rest)?)),
-                    "end" | "else" => {
-                        if depth == 0 {
-                            return err(format!("unexpected {{{{{kw}}}}}"));
+/// The name of `{{ define "x" }}`, `{{ template "x" ... }}`, `{{ block "x" ... }}` and what
+/// follows it.
+fn template_name<'a>(kw: &str, rest: &'a str) -> Result<(String, &'a str), TemplateError> {
+    let toks = lex_action(rest)?;
+    let Some(Tok::Str(name)) = toks.first() else {
+        return err(format!("{{{{{kw}}}}} needs a quoted template name"));
+    };
+    // The name is the first token: find where it ends in `rest`.
+    let q = rest.trim_start();
+    let close = q[1..]
+        .find(if q.starts_with('`') { '`' } else { '"' })
+        .map_or(q.len(), |i| i + 2);
+    Ok((name.clone(), q[close..].trim()))
+}
+
+fn unclosed(kw: &str) -> TemplateError {
+    TemplateError(format!("unexpected EOF: {{{{{kw}}}}} has no {{{{end}}}}"))
+}
+
+struct NodeParser {
+    pieces: std::iter::Peekable<std::vec::IntoIter<Piece>>,
+    defs: Defs,
+}
+
+impl NodeParser {
+    /// Nodes up to the `{{end}}`/`{{else}}` closing `depth` (returned with its line), or to
+    /// the end of the input at depth 0.
+    fn nodes(&mut self, depth: usize) -> Result<(Vec<Node>, Option<String>), TemplateError> {
+        let mut nodes = Vec::new();
+        while let Some(p) = self.pieces.next() {
+            match p {
+                Piece::Text(t) => nodes.push(Node::Text(t)),
+                Piece::Action(a, line) => {
+                    let at = |e: TemplateError| TemplateError(format!("line {line}: {}", e.0));
+                    let (kw, rest) = keyword(&a);
+                    match kw {
+                        "" => nodes.push(Node::Action(parse_pipeline(rest).map_err(at)?)),
+                        "end" | "else" => {
+                            if depth == 0 {
+                                return Err(at(TemplateError(format!("unexpected {{{{{kw}}}}}"))));
+                            }
+                            return Ok((nodes, Some(a)));
                         }
-                        return Ok((nodes, Some(a)));
-                    }
-                    "if" => {
-                        let mut arms = vec![];
-                        let mut cond = parse_pipeline(rest)?;
-                        let mut otherwise = Vec::new();
-                        loop {
-                            let (body, stop) = parse_nodes(pieces, depth + 1)?;
-                            arms.push((cond, body));
-                            let stop = stop.unwrap_or_default();
-                            let (k, r) = keyword(&stop);
-                            if k == "end" {
+                        "if" => {
+                            let mut arms = vec![];
+                            let mut cond = parse_pipeline(rest).map_err(at)?;
+                            let mut otherwise = Vec::new();
+                            loop {
+                                let (body, stop) = self.nodes(depth + 1)?;
+                                arms.push((cond, body));
+                                let Some(stop) = stop else {
+                                    return Err(at(unclosed(kw)));
+                                };
+                                let (k, r) = keyword(&stop);
+                                if k == "end" {
+                                    break;
+                                }
+                                if k == "else" && r.starts_with("if") {
+                                    cond = parse_pipeline(&r[2..]).map_err(at)?;
+                                    continue;
+                                }
+                                let (body, stop) = self.nodes(depth + 1)?;
+                                let Some(stop) = stop else {
+                                    return Err(at(unclosed(kw)));
+                                };
+                                if keyword(&stop).0 != "end" {
+                                    return Err(at(TemplateError(
+                                        "expected {{end}} after {{else}}".into(),
+                                    )));
+                                }
+                                otherwise = body;
                                 break;
                             }
-                            if k == "else" && r.starts_with("if") {
-                                cond = parse_pipeline(&r[2..])?;
-                                continue;
+                            nodes.push(Node::If(arms, otherwise));
+                        }
+                        "with" | "range" => {
+                            let pipe = parse_pipeline(rest).map_err(at)?;
+                            let (body, stop) = self.nodes(depth + 1)?;
+                            let Some(stop) = stop else {
+                                return Err(at(unclosed(kw)));
+                            };
+                            let mut otherwise = Vec::new();
+                            if keyword(&stop).0 == "else" {
+                                let (b, s) = self.nodes(depth + 1)?;
+                                let Some(s) = s else {
+                                    return Err(at(unclosed(kw)));
+                                };
+                                if keyword(&s).0 != "end" {
+                                    return Err(at(TemplateError(format!(
+                                        "expected {{{{end}}}} after {{{{{kw}}}}}"
+                                    ))));
+                                }
+                                otherwise = b;
+                            } else if keyword(&stop).0 != "end" {
+                                return Err(at(TemplateError(format!("unclosed {{{{{kw}}}}}"))));
                             }
-                            let (body, stop) = parse_nodes(pieces, depth + 1)?;
+                            nodes.push(if kw == "with" {
+                                Node::With(pipe, body, otherwise)
+                            } else {
+                                Node::Range(pipe, body, otherwise)
+                            });
+                        }
+                        "define" | "block" => {
+                            if kw == "define" && depth > 0 {
+                                return Err(at(TemplateError(
+                                    "{{define}} is only allowed at the top level".into(),
+                                )));
+                            }
+                            let (name, rest) = template_name(kw, rest).map_err(at)?;
+                            let pipe = if kw == "block" {
+                                Some(parse_pipeline(rest).map_err(at)?)
+                            } else if !rest.is_empty() {
+                                return Err(at(TemplateError(format!(
+                                    "unexpected {rest:?} after the name in {{{{define}}}}"
+                                ))));
+                            } else {
+                                None
+                            };
+                            let (body, stop) = self.nodes(depth + 1)?;
                             if keyword(stop.as_deref().unwrap_or("")).0 != "end" {
-                                return err("expected {{end}} after {{else}}");
+                                return Err(at(TemplateError(format!(
+                                    "{{{{{kw} {name:?}}}}} has no {{{{end}}}}"
+                                ))));
                             }
-                            otherwise = body;
-                            break;
-                        }
-                        nodes.push(Node::If(arms, otherwise));
-                    }
-                    "with" | "range" => {
-                        let pipe = parse_pipeline(rest)?;
-                        let (body, stop) = parse_nodes(pieces, depth + 1)?;
-                        let stop = stop.unwrap_or_default();
-                        let mut otherwise = Vec::new();
-                        if keyword(&stop).0 == "else" {
-                            let (b, s) = parse_nodes(pieces, depth + 1)?;
-                            if keyword(s.as_deref().unwrap_or("")).0 != "end" {
-                                return err(format!("expected {{{{end}}}} after {{{{{kw}}}}}"));
+                            self.defs.map.insert(name.clone(), Arc::new(body));
+                            if kw == "block" {
+                                nodes.push(Node::Call(name, pipe));
                             }
-                            otherwise = b;
-                        } else if keyword(&stop).0 != "end" {
-                            return err(format!("unclosed {{{{{kw}}}}}"));
                         }
-                        nodes.push(if kw == "with" {
-                            Node::With(pipe, body, otherwise)
-                        } else {
-                            Node::Range(pipe, body, otherwise)
-                        });
+                        "template" => {
+                            let (name, rest) = template_name(kw, rest).map_err(at)?;
+                            let pipe = if rest.is_empty() {
+                                None
+                            } else {
+                                Some(parse_pipeline(rest).map_err(at)?)
+                            };
+                            nodes.push(Node::Call(name, pipe));
+                        }
+                        k => {
+                            return Err(at(TemplateError(format!("{{{{{k}}}}} is not supported"))))
+                        }
                     }
-                    k => return err(format!("{{{{{k}}}}} is not supported")),
                 }
             }
         }
+        // At depth > 0 the caller reports the unclosed action with its line.
+        Ok((nodes, None))
     }
-    if depth > 0 {
-        return err("unexpected EOF: an {{if}}, {{with}} or {{range}} has no {{end}}");
-    }
-    Ok((nodes, None))
 }
 
 impl Template {
     /// Parses `src`; the error says what is wrong where.
     pub fn parse(src: &str) -> Result<Template, TemplateError> {
-        let pieces = split(src)?;
-        let (nodes, _) = parse_nodes(&mut pieces.into_iter().peekable(), 0)?;
-        Ok(Template { nodes })
+        Template::parse_with(src, &Defs::default())
+    }
+
+    /// Parses `src` with the named templates of `base` in scope (its own `define`s win).
+    pub fn parse_with(src: &str, base: &Defs) -> Result<Template, TemplateError> {
+        let (nodes, own) = parse_all(src)?;
+        let defs = if own.is_empty() {
+            base.clone()
+        } else {
+            let mut d = base.clone();
+            d.merge(own);
+            d
+        };
+        Ok(Template {
+            nodes,
+            defs: Arc::new(defs),
+        })
     }
 
     /// True when the template is plain text.
@@ -702,23 +884,61 @@ impl Template {
 
     /// Expands the template for one alert.
     pub fn expand(&self, data: &TemplateData) -> Result<String, TemplateError> {
+        let root = Val::Obj(
+            "alert data",
+            [
+                ("Labels", Val::Map(data.labels.clone())),
+                ("ExternalLabels", Val::Map(data.external_labels.clone())),
+                ("ExternalURL", Val::Str(data.external_url.clone())),
+                ("Value", Val::Num(data.value)),
+            ]
+            .into(),
+        );
+        let vars = vec![
+            ("labels".into(), Val::Map(data.labels.clone())),
+            (
+                "externalLabels".into(),
+                Val::Map(data.external_labels.clone()),
+            ),
+            ("externalURL".into(), Val::Str(data.external_url.clone())),
+            ("value".into(), Val::Num(data.value)),
+        ];
+        self.run(root, vars)
+    }
+
+    /// Expands the template with `data` as the dot (notification templates).
+    pub fn expand_value(&self, data: &Value) -> Result<String, TemplateError> {
+        self.run(data.0.clone(), Vec::new())
+    }
+
+    fn run(&self, root: Val, vars: Vec<(String, Val)>) -> Result<String, TemplateError> {
         let mut ctx = Ctx {
-            data,
-            vars: vec![
-                ("labels".into(), Val::Map(data.labels.clone())),
-                (
-                    "externalLabels".into(),
-                    Val::Map(data.external_labels.clone()),
-                ),
-                ("externalURL".into(), Val::Str(data.external_url.clone())),
-                ("value".into(), Val::Num(data.value)),
-            ],
+            root: root.clone(),
+            defs: &self.defs,
+            vars,
             steps: 0,
+            depth: 0,
         };
         let mut out = String::new();
-        ctx.run(&self.nodes, &Dot::Root, &mut out)?;
+        ctx.run(&self.nodes, &root, &mut out)?;
         Ok(out)
     }
+}
+
+/// Parses a template file of `{{ define }}`s (Alertmanager's `templates:`); text outside the
+/// definitions is ignored, as Alertmanager does.
+pub fn parse_defs(src: &str) -> Result<Defs, TemplateError> {
+    Ok(parse_all(src)?.1)
+}
+
+fn parse_all(src: &str) -> Result<(Vec<Node>, Defs), TemplateError> {
+    let pieces = split(src)?;
+    let mut p = NodeParser {
+        pieces: pieces.into_iter().peekable(),
+        defs: Defs::default(),
+    };
+    let (nodes, _) = p.nodes(0)?;
+    Ok((nodes, p.defs))
 }
 
 /// Expands `src` once (parse and expand).
@@ -726,97 +946,215 @@ pub fn expand(src: &str, data: &TemplateData) -> Result<String, TemplateError> {
     Template::parse(src)?.expand(data)
 }
 
-#[derive(Clone)]
-enum Dot {
-    Root,
-    Val(Val),
+/// Structured data a notification template sees as its dot.
+#[derive(Clone, Debug)]
+pub struct Value(Val);
+
+impl Value {
+    pub fn str(s: impl Into<String>) -> Value {
+        Value(Val::Str(s.into()))
+    }
+
+    pub fn int(i: i64) -> Value {
+        Value(Val::Int(i))
+    }
+
+    /// A `map[string]string` (labels, annotations): fields are keys, with the methods
+    /// `SortedPairs`, `Names`, `Values` and `Remove`.
+    pub fn map(m: BTreeMap<String, String>) -> Value {
+        Value(Val::Map(m))
+    }
+
+    /// A `time.Time` (ms since the epoch; [`ZERO_TIME_MS`] for Go's zero time).
+    pub fn time(ms: i64) -> Value {
+        Value(Val::Time(ms))
+    }
+
+    pub fn list(items: Vec<Value>) -> Value {
+        Value(Val::List(items.into_iter().map(|v| v.0).collect()))
+    }
+
+    /// A struct named `type_name` with `fields`.
+    pub fn record(type_name: &'static str, fields: Vec<(&'static str, Value)>) -> Value {
+        Value(Val::Obj(
+            type_name,
+            fields.into_iter().map(|(k, v)| (k, v.0)).collect(),
+        ))
+    }
 }
 
+const MAX_TEMPLATE_DEPTH: usize = 64;
+
 struct Ctx<'d> {
-    data: &'d TemplateData,
+    /// `$` at the top of the running template.
+    root: Val,
+    defs: &'d Defs,
     vars: Vec<(String, Val)>,
     steps: usize,
+    depth: usize,
+}
+
+/// `.name` of `v`: a struct's field, a map's key (or one of its methods), a list's method.
+fn field(v: Val, name: &str) -> Result<Val, TemplateError> {
+    Ok(match v {
+        Val::Obj(t, mut m) => match m.remove(name) {
+            Some(x) => x,
+            None => return err(format!("can't evaluate field {name} in type {t}")),
+        },
+        Val::Map(m) => match name {
+            "SortedPairs" => Val::List(
+                m.into_iter()
+                    .map(|(k, v)| {
+                        Val::Obj(
+                            "Pair",
+                            [("Name", Val::Str(k)), ("Value", Val::Str(v))].into(),
+                        )
+                    })
+                    .collect(),
+            ),
+            "Names" => Val::List(m.into_keys().map(Val::Str).collect()),
+            "Values" => Val::List(m.into_values().map(Val::Str).collect()),
+            "Remove" => return err("Remove needs an argument: a list of label names"),
+            _ => Val::Str(m.get(name).cloned().unwrap_or_default()),
+        },
+        // Alertmanager's `Pairs` (from `.SortedPairs`): `.Names`, `.Values`.
+        Val::List(l) if name == "Names" || name == "Values" => {
+            let key = if name == "Names" { "Name" } else { "Value" };
+            let mut out = Vec::with_capacity(l.len());
+            for p in l {
+                match p {
+                    Val::Obj("Pair", mut m) => out.push(m.remove(key).unwrap_or(Val::Nil)),
+                    other => {
+                        return err(format!(
+                            "can't evaluate field {name} in a list of {}",
+                            type_name(&other)
+                        ))
+                    }
+                }
+            }
+            Val::List(out)
+        }
+        Val::List(l) if name == "Firing" || name == "Resolved" => {
+            let want = if name == "Firing" {
+                "firing"
+            } else {
+                "resolved"
+            };
+            Val::List(
+                l.into_iter()
+                    .filter(|a| match a {
+                        Val::Obj(_, m) => m.get("Status") == Some(&Val::Str(want.into())),
+                        _ => false,
+                    })
+                    .collect(),
+            )
+        }
+        Val::Time(ms) => match name {
+            "Unix" => Val::Int(ms.div_euclid(1000)),
+            "UnixMilli" => Val::Int(ms),
+            "IsZero" => Val::Bool(ms == ZERO_TIME_MS),
+            "UTC" | "Local" => Val::Time(ms),
+            "Format" => return err("Format needs an argument: a Go time layout"),
+            _ => return err(format!("can't evaluate field {name} in type time.Time")),
+        },
+        Val::Nil => return err(format!("nil pointer evaluating .{name}")),
+        other => {
+            return err(format!(
+                "can't evaluate field {name} in type {}",
+                type_name(&other)
+            ))
+        }
+    })
+}
+
+/// A method with arguments: `.CommonLabels.Remove .GroupLabels.Names`.
+fn method(recv: Val, name: &str, args: Vec<Val>) -> Result<Val, TemplateError> {
+    match (recv, name) {
+        (Val::Map(mut m), "Remove") => {
+            want("Remove", &args, 1)?;
+            match &args[0] {
+                Val::List(names) => {
+                    for n in names {
+                        m.remove(&n.to_str());
+                    }
+                }
+                other => {
+                    return err(format!(
+                        "Remove: want a list of label names, got {}",
+                        type_name(other)
+                    ))
+                }
+            }
+            Ok(Val::Map(m))
+        }
+        (Val::Time(ms), "Format") => {
+            want("Format", &args, 1)?;
+            Ok(Val::Str(go_time(ms, &args[0].to_str())))
+        }
+        (other, _) => err(format!(
+            "can't give arguments to .{name} of type {}",
+            type_name(&other)
+        )),
+    }
 }
 
 impl Ctx<'_> {
-    fn root_field(&self, name: &str) -> Result<Val, TemplateError> {
-        Ok(match name {
-            "Labels" => Val::Map(self.data.labels.clone()),
-            "ExternalLabels" => Val::Map(self.data.external_labels.clone()),
-            "ExternalURL" => Val::Str(self.data.external_url.clone()),
-            "Value" => Val::Num(self.data.value),
-            _ => return err(format!("can't evaluate field {name} in the alert data")),
-        })
-    }
-
-    fn fields(&self, mut v: Val, fields: &[String], dot: &Dot) -> Result<Val, TemplateError> {
-        let _ = dot;
+    fn fields(&self, mut v: Val, fields: &[String]) -> Result<Val, TemplateError> {
         for f in fields {
-            v = match v {
-                Val::Map(m) => m
-                    .get(f)
-                    .cloned()
-                    .map(Val::Str)
-                    .unwrap_or(Val::Str(String::new())),
-                Val::Nil => return err(format!("nil pointer evaluating .{f}")),
-                other => {
-                    return err(format!(
-                        "can't evaluate field {f} in type {}",
-                        type_name(&other)
-                    ))
-                }
-            };
+            v = field(v, f)?;
         }
         Ok(v)
     }
 
-    fn arg(&mut self, a: &Arg, dot: &Dot) -> Result<Val, TemplateError> {
+    /// The value a `$x.a.b` or `.a.b` starts from.
+    fn base(&mut self, a: &Arg, dot: &Val) -> Result<Val, TemplateError> {
+        match a {
+            Arg::Var(name, _) if name.is_empty() => Ok(self.root.clone()),
+            Arg::Var(name, _) => match self.vars.iter().rev().find(|(n, _)| n == name) {
+                Some((_, v)) => Ok(v.clone()),
+                None => err(format!("undefined variable \"${name}\"")),
+            },
+            Arg::Chain(inner, _) => self.arg(inner, dot),
+            _ => Ok(dot.clone()),
+        }
+    }
+
+    fn arg(&mut self, a: &Arg, dot: &Val) -> Result<Val, TemplateError> {
         Ok(match a {
             Arg::Nil => Val::Nil,
             Arg::Bool(b) => Val::Bool(*b),
             Arg::Num(f) => Val::Num(*f),
             Arg::Int(i) => Val::Int(*i),
             Arg::Str(s) => Val::Str(s.clone()),
-            Arg::Var(name, fields) => {
-                if name.is_empty() {
-                    let Some((first, rest)) = fields.split_first() else {
-                        return err(
-                            "$ (the whole alert data) cannot be printed; use $labels or $value",
-                        );
-                    };
-                    let v = self.root_field(first)?;
-                    return self.fields(v, rest, dot);
-                }
-                let Some((_, v)) = self.vars.iter().rev().find(|(n, _)| n == name) else {
-                    return err(format!("undefined variable \"${name}\""));
-                };
-                let v = v.clone();
-                self.fields(v, fields, dot)?
-            }
-            Arg::Field(fields) => {
-                match dot {
-                    Dot::Root => {
-                        let Some((first, rest)) = fields.split_first() else {
-                            return err(". (the whole alert data) cannot be used here; use .Labels or .Value");
-                        };
-                        let v = self.root_field(first)?;
-                        self.fields(v, rest, dot)?
-                    }
-                    Dot::Val(v) => self.fields(v.clone(), fields, dot)?,
-                }
+            Arg::Var(_, fields) | Arg::Field(fields) | Arg::Chain(_, fields) => {
+                let v = self.base(a, dot)?;
+                self.fields(v, fields)?
             }
             Arg::Func(f) => self.call(f, &[], dot, None)?,
             Arg::Pipe(p) => self.pipeline(p, dot)?,
         })
     }
 
-    fn pipeline(&mut self, p: &Pipeline, dot: &Dot) -> Result<Val, TemplateError> {
+    fn pipeline(&mut self, p: &Pipeline, dot: &Val) -> Result<Val, TemplateError> {
         let mut prev: Option<Val> = None;
         for cmd in &p.cmds {
             let v = match &cmd[0] {
                 Arg::Func(f) => {
                     let args = &cmd[1..];
                     self.call(f, args, dot, prev.take())?
+                }
+                a @ (Arg::Var(_, fields) | Arg::Field(fields) | Arg::Chain(_, fields))
+                    if (cmd.len() > 1 || prev.is_some()) && !fields.is_empty() =>
+                {
+                    let (name, path) = fields.split_last().expect("not empty");
+                    let recv = self.base(a, dot)?;
+                    let recv = self.fields(recv, path)?;
+                    let mut args = Vec::with_capacity(cmd.len());
+                    for x in &cmd[1..] {
+                        args.push(self.arg(x, dot)?);
+                    }
+                    args.extend(prev.take());
+                    method(recv, name, args)?
                 }
                 a => {
                     if cmd.len() > 1 || prev.is_some() {
@@ -848,7 +1186,7 @@ impl Ctx<'_> {
         &mut self,
         f: &str,
         args: &[Arg],
-        dot: &Dot,
+        dot: &Val,
         piped: Option<Val>,
     ) -> Result<Val, TemplateError> {
         let mut vals = Vec::with_capacity(args.len() + 1);
@@ -861,7 +1199,7 @@ impl Ctx<'_> {
         call_func(f, &vals)
     }
 
-    fn run(&mut self, nodes: &[Node], dot: &Dot, out: &mut String) -> Result<(), TemplateError> {
+    fn run(&mut self, nodes: &[Node], dot: &Val, out: &mut String) -> Result<(), TemplateError> {
         for n in nodes {
             self.steps += 1;
             if self.steps > 100_000 {
@@ -894,7 +1232,7 @@ impl Ctx<'_> {
                     let scope = self.vars.len();
                     let v = self.pipeline(p, dot)?;
                     if v.truthy() {
-                        self.run(body, &Dot::Val(v), out)?;
+                        self.run(body, &v, out)?;
                     } else {
                         self.run(otherwise, dot, out)?;
                     }
@@ -907,27 +1245,59 @@ impl Ctx<'_> {
                         assign: false,
                         cmds: p.cmds.clone(),
                     };
-                    let v = self.pipeline(&inner, dot)?;
-                    let Val::Map(m) = v else {
-                        return err(format!("range can't iterate over {}", type_name(&v)));
+                    let items: Vec<(Val, Val)> = match self.pipeline(&inner, dot)? {
+                        Val::Map(m) => m
+                            .into_iter()
+                            .map(|(k, v)| (Val::Str(k), Val::Str(v)))
+                            .collect(),
+                        Val::List(l) => l
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, v)| (Val::Int(i as i64), v))
+                            .collect(),
+                        Val::Nil => Vec::new(),
+                        v => return err(format!("range can't iterate over {}", type_name(&v))),
                     };
-                    if m.is_empty() {
+                    if items.is_empty() {
                         self.run(otherwise, dot, out)?;
                     }
-                    for (k, val) in m {
+                    for (k, val) in items {
                         let s = self.vars.len();
                         match p.decl.as_slice() {
-                            [v] => self.vars.push((v.clone(), Val::Str(val.clone()))),
+                            [v] => self.vars.push((v.clone(), val.clone())),
                             [k_name, v_name] => {
-                                self.vars.push((k_name.clone(), Val::Str(k.clone())));
-                                self.vars.push((v_name.clone(), Val::Str(val.clone())));
+                                self.vars.push((k_name.clone(), k));
+                                self.vars.push((v_name.clone(), val.clone()));
                             }
                             _ => {}
                         }
-                        self.run(body, &Dot::Val(Val::Str(val)), out)?;
+                        self.run(body, &val, out)?;
                         self.vars.truncate(s);
                     }
                     self.vars.truncate(scope);
+                }
+                Node::Call(name, p) => {
+                    let Some(body) = self.defs.map.get(name).cloned() else {
+                        return err(format!("no such template {name:?}"));
+                    };
+                    if self.depth >= MAX_TEMPLATE_DEPTH {
+                        return err(format!(
+                            "template {name:?}: calls nested deeper than {MAX_TEMPLATE_DEPTH}"
+                        ));
+                    }
+                    let arg = match p {
+                        Some(p) => self.pipeline(p, dot)?,
+                        None => Val::Nil,
+                    };
+                    // A called template starts with no variables and `$` = its argument.
+                    let vars = std::mem::take(&mut self.vars);
+                    let root = std::mem::replace(&mut self.root, arg.clone());
+                    self.depth += 1;
+                    let r = self.run(&body, &arg, out);
+                    self.depth -= 1;
+                    self.root = root;
+                    self.vars = vars;
+                    r.map_err(|e| TemplateError(format!("template {name:?}: {}", e.0)))?;
                 }
             }
         }
@@ -955,6 +1325,9 @@ fn type_name(v: &Val) -> &'static str {
         Val::Int(_) => "int",
         Val::Str(_) => "string",
         Val::Map(_) => "map[string]string",
+        Val::List(_) => "slice",
+        Val::Obj(name, _) => name,
+        Val::Time(_) => "time.Time",
     }
 }
 
@@ -1059,6 +1432,19 @@ fn call_func(f: &str, v: &[Val]) -> Result<Val, TemplateError> {
             want(f, v, 2)?;
             match &v[0] {
                 Val::Map(m) => Val::Str(m.get(&v[1].to_str()).cloned().unwrap_or_default()),
+                Val::List(l) => {
+                    let i = v[1].to_f64(f)?;
+                    match l.get(i as usize) {
+                        Some(x) if i >= 0.0 && i.fract() == 0.0 => x.clone(),
+                        _ => {
+                            return err(format!(
+                                "index out of range: {} (the list has {})",
+                                v[1].to_str(),
+                                l.len()
+                            ))
+                        }
+                    }
+                }
                 other => return err(format!("index of type {}", type_name(other))),
             }
         }
@@ -1066,6 +1452,7 @@ fn call_func(f: &str, v: &[Val]) -> Result<Val, TemplateError> {
             want(f, v, 1)?;
             match &v[0] {
                 Val::Map(m) => Val::Int(m.len() as i64),
+                Val::List(l) => Val::Int(l.len() as i64),
                 Val::Str(s) => Val::Int(s.len() as i64),
                 other => return err(format!("len of type {}", type_name(other))),
             }
@@ -1107,6 +1494,28 @@ fn call_func(f: &str, v: &[Val]) -> Result<Val, TemplateError> {
             want(f, v, 1)?;
             Val::Bool(!v[0].truthy())
         }
+        // Alertmanager's: `{{ .Values | join ", " }}` (the separator first).
+        "join" => {
+            want(f, v, 2)?;
+            let Val::List(items) = &v[1] else {
+                return err(format!(
+                    "join: want a list to join, got {}",
+                    type_name(&v[1])
+                ));
+            };
+            let parts: Vec<String> = items.iter().map(Val::to_str).collect();
+            Val::Str(parts.join(&v[0].to_str()))
+        }
+        "trimSpace" | "safeUrl" => {
+            want(f, v, 1)?;
+            let s = v[0].to_str();
+            Val::Str(if f == "trimSpace" {
+                s.trim().to_string()
+            } else {
+                s
+            })
+        }
+        "stringSlice" => Val::List(v.iter().map(|x| Val::Str(x.to_str())).collect()),
         other => return err(format!("function {other:?} not defined")),
     })
 }
@@ -1244,6 +1653,115 @@ pub fn humanize_timestamp(v: f64) -> String {
         "{} +0000 UTC",
         t.replacen('T', " ", 1).trim_end_matches('Z')
     )
+}
+
+/// Go's `time.Time.String()` layout.
+const GO_TIME_STRING: &str = "2006-01-02 15:04:05.999999999 -0700 MST";
+
+/// Formats a UTC time (ms since the epoch) with a Go reference-time layout (`2006-01-02
+/// 15:04:05`, `Jan _2`, `Monday`, `3:04PM`, `MST`, `-07:00`, `Z07:00`, `.000`, `.999`...).
+pub fn go_time(ms: i64, layout: &str) -> String {
+    use crate::query::functions::chrono_lite::civil;
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+    ];
+    let c = civil(ms);
+    let (y, mo, d, h, mi, s, milli, wd) = (
+        c.year, c.month, c.day, c.hour, c.minute, c.second, c.milli, c.weekday,
+    );
+    let month = MONTHS[(mo - 1) as usize];
+    let h12 = if h % 12 == 0 { 12 } else { h % 12 };
+    let mut out = String::new();
+    let mut rest = layout;
+    'outer: while !rest.is_empty() {
+        // Fractions: `.000` (fixed) or `.999` (trailing zeros trimmed), any length.
+        if let Some(f) = rest.strip_prefix(['.', ',']) {
+            let n = f.chars().take_while(|&c| c == '0').count();
+            let m = f.chars().take_while(|&c| c == '9').count();
+            let len = n.max(m);
+            if len > 0 && !f[len..].starts_with(|c: char| c.is_ascii_digit()) {
+                let digits = format!("{milli:03}{}", "0".repeat(len.saturating_sub(3)));
+                let digits = &digits[..len.min(digits.len())];
+                if n > 0 {
+                    let _ = write!(out, "{}{digits}", &rest[..1]);
+                } else {
+                    let t = digits.trim_end_matches('0');
+                    if !t.is_empty() {
+                        let _ = write!(out, "{}{t}", &rest[..1]);
+                    }
+                }
+                rest = &f[len..];
+                continue;
+            }
+        }
+        for (tok, val) in [
+            ("January", month.to_string()),
+            ("Jan", month[..3].to_string()),
+            ("Monday", DAYS[wd].to_string()),
+            ("Mon", DAYS[wd][..3].to_string()),
+            ("MST", "UTC".to_string()),
+            ("2006", format!("{y:04}")),
+            ("-07:00:00", "+00:00:00".to_string()),
+            ("-0700", "+0000".to_string()),
+            ("-07:00", "+00:00".to_string()),
+            ("-07", "+00".to_string()),
+            ("Z07:00", "Z".to_string()),
+            ("Z0700", "Z".to_string()),
+            ("Z07", "Z".to_string()),
+            ("002", format!("{:03}", day_of_year(y, mo, d))),
+            ("01", format!("{mo:02}")),
+            ("02", format!("{d:02}")),
+            ("_2", format!("{d:>2}")),
+            ("03", format!("{h12:02}")),
+            ("04", format!("{mi:02}")),
+            ("05", format!("{s:02}")),
+            ("06", format!("{:02}", y % 100)),
+            ("15", format!("{h:02}")),
+            ("PM", if h >= 12 { "PM" } else { "AM" }.to_string()),
+            ("pm", if h >= 12 { "pm" } else { "am" }.to_string()),
+            ("1", mo.to_string()),
+            ("2", d.to_string()),
+            ("3", h12.to_string()),
+            ("4", mi.to_string()),
+            ("5", s.to_string()),
+        ] {
+            if let Some(r) = rest.strip_prefix(tok) {
+                out.push_str(&val);
+                rest = r;
+                continue 'outer;
+            }
+        }
+        let c = rest.chars().next().unwrap_or(' ');
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+fn day_of_year(y: i64, mo: i64, d: i64) -> i64 {
+    const CUM: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    CUM[(mo - 1) as usize] + d + i64::from(leap && mo > 2)
 }
 
 /// Go's `Sprintf` for the verbs templates use: `%s %v %d %f %g %e %x %q %%`, with flags

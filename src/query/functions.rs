@@ -901,20 +901,45 @@ pub mod chrono_lite {
     /// A time in ms as RFC 3339 in UTC, fraction digits trimmed as Go's `RFC3339Nano` does
     /// (`2023-11-14T22:13:20.5Z`).
     pub fn rfc3339(ms: i64) -> String {
-        let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-        let (y, mo, d) = civil_from_days(days);
-        let (h, mi, s, f) = (
-            rem / 3_600_000,
-            rem / 60_000 % 60,
-            rem / 1000 % 60,
-            rem % 1000,
-        );
+        let c = civil(ms);
+        let (y, mo, d, h, mi, s, f) = (c.year, c.month, c.day, c.hour, c.minute, c.second, c.milli);
         let frac = if f == 0 {
             String::new()
         } else {
             format!(".{f:03}").trim_end_matches('0').to_string()
         };
         format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}Z")
+    }
+
+    /// A UTC time broken down.
+    pub struct Civil {
+        pub year: i64,
+        /// 1-12.
+        pub month: i64,
+        /// 1-31.
+        pub day: i64,
+        pub hour: i64,
+        pub minute: i64,
+        pub second: i64,
+        pub milli: i64,
+        /// 0 = Sunday.
+        pub weekday: usize,
+    }
+
+    /// `ms` since the epoch, broken down in UTC.
+    pub fn civil(ms: i64) -> Civil {
+        let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+        let (year, month, day) = civil_from_days(days);
+        Civil {
+            year,
+            month,
+            day,
+            hour: rem / 3_600_000,
+            minute: rem / 60_000 % 60,
+            second: rem / 1000 % 60,
+            milli: rem % 1000,
+            weekday: (days + 4).rem_euclid(7) as usize,
+        }
     }
 
     /// (year, month 1-12, day 1-31) of days since 1970-01-01.

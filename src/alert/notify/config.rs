@@ -1,7 +1,7 @@
 //! The notification configuration: an Alertmanager `alertmanager.yml` subset (`global`,
-//! `route` tree, `receivers`, `inhibit_rules`) plus Tidemark's `sms_configs` receiver and a
-//! `delivery` section for the outbox's retry policy. Unknown keys are errors that name the
-//! line.
+//! `route` tree, `receivers`, `inhibit_rules`, `templates`) plus Tidemark's `sms_configs`
+//! receiver and a `delivery` section for the outbox's retry policy. Unknown keys are errors
+//! that name the line; templates are checked when the file loads.
 //!
 //! ```yaml
 //! global:
@@ -34,8 +34,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
+use lettre::message::header::HeaderName;
 use serde::{Deserialize, Deserializer};
+
+use super::templates;
+use crate::alert::template::Defs;
 
 use crate::query::promqltest::parse_duration_ms;
 
@@ -283,8 +288,17 @@ pub struct EmailConfig {
     pub tls: bool,
     #[serde(default)]
     pub send_resolved: bool,
+    /// Header templates; `Subject` defaults to `{{ template "email.default.subject" . }}`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// An HTML body template (sent as `text/html`, or beside `text` as
+    /// `multipart/alternative`).
+    #[serde(default)]
+    pub html: Option<String>,
+    /// A plain-text body template; with neither `html` nor `text` the body is
+    /// `{{ template "email.default.text" . }}`.
+    #[serde(default)]
+    pub text: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -297,10 +311,17 @@ pub struct PagerdutyConfig {
     pub send_resolved: bool,
     #[serde(default = "critical")]
     pub severity: String,
+    /// The summary template (default `{{ template "pagerduty.default.description" . }}`).
+    #[serde(default)]
+    pub description: Option<String>,
     #[serde(default)]
     pub client: Option<String>,
     #[serde(default)]
     pub client_url: Option<String>,
+    /// `custom_details` templates, over the defaults `firing`, `num_firing`,
+    /// `num_resolved`, `group_labels`.
+    #[serde(default)]
+    pub details: BTreeMap<String, String>,
 }
 
 /// Tidemark's SMS receiver: a Twilio-style gateway (`POST` form `To`, `From`, `Body` with HTTP
@@ -317,6 +338,10 @@ pub struct SmsConfig {
     pub to: Vec<String>,
     #[serde(default)]
     pub send_resolved: bool,
+    /// The message template (default `{{ template "sms.default.text" . }}`), cut at 1,600
+    /// characters.
+    #[serde(default)]
+    pub text: Option<String>,
 }
 
 fn yes() -> bool {
@@ -399,6 +424,8 @@ pub struct NotifyConfig {
     pub receivers: BTreeMap<String, Receiver>,
     pub inhibit_rules: Vec<InhibitRule>,
     pub delivery: Delivery,
+    /// The defaults and the `templates:` files' definitions.
+    pub templates: Arc<Defs>,
     /// The file's text (shown by `/api/v2/status`).
     pub original: String,
 }
@@ -500,15 +527,46 @@ pub fn parse_notify_config(path: &Path, text: &str) -> Result<NotifyConfig, Conf
             .position(|l| l.contains(needle))
             .map_or(0, |i| i + 1)
     };
-    if !y.templates.is_empty() {
-        return Err(e(
-            line_of("templates:"),
-            "templates: custom notification templates are not supported; Tidemark renders Alertmanager's default texts".into(),
-        ));
-    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let defs = templates::load(base, &y.templates).map_err(|t| {
+        // `line N: reason` from the template parser becomes the error's line.
+        let (line, reason) = t
+            .reason
+            .strip_prefix("line ")
+            .and_then(|r| r.split_once(": "))
+            .and_then(|(n, r)| Some((n.parse().ok()?, r.to_string())))
+            .unwrap_or((0, t.reason.clone()));
+        ConfigError {
+            file: t.file,
+            line,
+            reason: format!("(a template file of {file}'s templates:) {reason}"),
+        }
+    })?;
     let mut receivers = BTreeMap::new();
     for r in y.receivers {
         let l = line_of(&format!("name: {}", r.name));
+        for (field, src) in template_fields(&r) {
+            templates::check(&defs, src).map_err(|t| {
+                let first = src.lines().next().unwrap_or(src);
+                e(
+                    line_of(first),
+                    format!("receiver {:?}: {field}: template: {}", r.name, t.0),
+                )
+            })?;
+        }
+        for (i, m) in r.email_configs.iter().enumerate() {
+            for h in m.headers.keys() {
+                if HeaderName::new_from_ascii(h.clone()).is_err() {
+                    return Err(e(
+                        line_of(&format!("{h}:")),
+                        format!(
+                            "receiver {:?}: email_configs[{i}].headers: {h:?} is not a valid header name",
+                            r.name
+                        ),
+                    ));
+                }
+            }
+        }
         for w in &r.webhook_configs {
             check_url(&w.url).map_err(|m| {
                 e(
@@ -583,8 +641,48 @@ pub fn parse_notify_config(path: &Path, text: &str) -> Result<NotifyConfig, Conf
         receivers,
         inhibit_rules: y.inhibit_rules,
         delivery: y.delivery,
+        templates: defs,
         original: text.to_string(),
     })
+}
+
+/// Every template of a receiver, named as in the file (`email_configs[0].html`).
+fn template_fields(r: &Receiver) -> Vec<(String, &str)> {
+    let mut out = Vec::new();
+    for (i, c) in r.email_configs.iter().enumerate() {
+        for (h, v) in &c.headers {
+            out.push((format!("email_configs[{i}].headers.{h}"), v.as_str()));
+        }
+        for (name, v) in [("html", &c.html), ("text", &c.text)] {
+            if let Some(v) = v {
+                out.push((format!("email_configs[{i}].{name}"), v.as_str()));
+            }
+        }
+    }
+    for (i, c) in r.pagerduty_configs.iter().enumerate() {
+        out.push((
+            format!("pagerduty_configs[{i}].severity"),
+            c.severity.as_str(),
+        ));
+        for (name, v) in [
+            ("description", &c.description),
+            ("client", &c.client),
+            ("client_url", &c.client_url),
+        ] {
+            if let Some(v) = v {
+                out.push((format!("pagerduty_configs[{i}].{name}"), v.as_str()));
+            }
+        }
+        for (k, v) in &c.details {
+            out.push((format!("pagerduty_configs[{i}].details.{k}"), v.as_str()));
+        }
+    }
+    for (i, c) in r.sms_configs.iter().enumerate() {
+        if let Some(v) = &c.text {
+            out.push((format!("sms_configs[{i}].text"), v.as_str()));
+        }
+    }
+    out
 }
 
 fn check_url(u: &str) -> Result<(), String> {

@@ -14,6 +14,7 @@
 pub mod config;
 pub mod receivers;
 pub mod silences;
+pub mod templates;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -556,8 +557,9 @@ impl Notifier {
                     let res = match cfg.receivers.get(&n.receiver) {
                         Some(r) => {
                             let (r, g) = (r.clone(), cfg.global.clone());
+                            let defs = Arc::clone(&cfg.templates);
                             tokio::task::spawn_blocking(move || {
-                                receivers::deliver(&r, &g, &integ, &n, timeout)
+                                receivers::deliver(&r, &g, &defs, &integ, &n, timeout)
                             })
                             .await
                             .unwrap_or_else(|e| {

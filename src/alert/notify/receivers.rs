@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::config::{EmailConfig, Global, PagerdutyConfig, Receiver, SmsConfig, WebhookConfig};
+use super::templates::render_or;
+use crate::alert::template::Defs;
 use crate::query::functions::chrono_lite::rfc3339;
 
 /// One alert of a notification.
@@ -285,6 +287,13 @@ fn post(
     })
 }
 
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 fn base64(b: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
@@ -303,11 +312,12 @@ fn base64(b: &[u8]) -> String {
     out
 }
 
-/// Sends `n` through the integration `which` of receiver `r` (blocking; run it off the async
-/// threads).
+/// Sends `n` through the integration `which` of receiver `r`, its texts from the templates
+/// `defs` (blocking; run it off the async threads).
 pub fn deliver(
     r: &Receiver,
     global: &Global,
+    defs: &Defs,
     which: &Integration,
     n: &Notification,
     timeout: Duration,
@@ -327,15 +337,15 @@ pub fn deliver(
         }
         "email" => {
             let c = r.email_configs.get(which.index).ok_or_else(missing)?;
-            email(c, global, n, timeout)
+            email(c, global, defs, n, timeout)
         }
         "pagerduty" => {
             let c = r.pagerduty_configs.get(which.index).ok_or_else(missing)?;
-            pagerduty(c, global, n, timeout)
+            pagerduty(c, global, defs, n, timeout)
         }
         "sms" => {
             let c = r.sms_configs.get(which.index).ok_or_else(missing)?;
-            sms(c, n, timeout)
+            sms(c, defs, n, timeout)
         }
         _ => Err(missing()),
     }
@@ -354,6 +364,7 @@ fn webhook(c: &WebhookConfig, n: &Notification, timeout: Duration) -> Result<(),
 fn pagerduty(
     c: &PagerdutyConfig,
     global: &Global,
+    defs: &Defs,
     n: &Notification,
     timeout: Duration,
 ) -> Result<(), DeliveryError> {
@@ -362,7 +373,10 @@ fn pagerduty(
         .clone()
         .unwrap_or_else(|| global.pagerduty_url.clone());
     let firing = n.status() == "firing";
-    let mut summary = n.subject();
+    let render = |what: &str, src: Option<&str>, dflt: &dyn Fn() -> String| {
+        render_or(defs, what, src, n, dflt)
+    };
+    let mut summary = render("description", c.description.as_deref(), &|| n.subject());
     if summary.len() > 1024 {
         let mut end = 1021;
         while !summary.is_char_boundary(end) {
@@ -372,23 +386,38 @@ fn pagerduty(
         summary.push_str("...");
     }
     let body = if firing {
+        let client = render("client", c.client.as_deref(), &|| "Tidemark".into());
+        let client_url = render("client_url", c.client_url.as_deref(), &|| {
+            n.external_url.clone()
+        });
+        let severity = render("severity", Some(&c.severity), &|| "critical".into());
+        let mut details = serde_json::Map::new();
+        details.insert("firing".into(), n.text_body().into());
+        details.insert(
+            "num_firing".into(),
+            n.alerts.iter().filter(|a| !a.resolved()).count().into(),
+        );
+        details.insert(
+            "num_resolved".into(),
+            n.alerts.iter().filter(|a| a.resolved()).count().into(),
+        );
+        details.insert("group_labels".into(), json!(n.group_labels));
+        for (k, v) in &c.details {
+            let what = format!("details.{k}");
+            details.insert(k.clone(), render(&what, Some(v), &String::new).into());
+        }
         json!({
             "routing_key": c.routing_key,
             "event_action": "trigger",
             "dedup_key": n.dedup_key(),
             "payload": {
                 "summary": summary,
-                "source": c.client.clone().unwrap_or_else(|| "Tidemark".into()),
-                "severity": c.severity,
-                "custom_details": {
-                    "firing": n.text_body(),
-                    "num_firing": n.alerts.iter().filter(|a| !a.resolved()).count(),
-                    "num_resolved": n.alerts.iter().filter(|a| a.resolved()).count(),
-                    "group_labels": n.group_labels,
-                },
+                "source": client,
+                "severity": severity,
+                "custom_details": details,
             },
-            "client": c.client.clone().unwrap_or_else(|| "Tidemark".into()),
-            "client_url": c.client_url.clone().unwrap_or_else(|| n.external_url.clone()),
+            "client": client,
+            "client_url": client_url,
         })
     } else {
         json!({
@@ -406,14 +435,22 @@ fn pagerduty(
     )
 }
 
-fn sms(c: &SmsConfig, n: &Notification, timeout: Duration) -> Result<(), DeliveryError> {
-    let mut text = n.subject();
-    for a in n.alerts.iter().take(3) {
-        if let Some(s) = a.annotations.get("summary") {
-            text.push('\n');
-            text.push_str(s);
+fn sms(
+    c: &SmsConfig,
+    defs: &Defs,
+    n: &Notification,
+    timeout: Duration,
+) -> Result<(), DeliveryError> {
+    let text = render_or(defs, "sms text", c.text.as_deref(), n, || {
+        let mut text = n.subject();
+        for a in n.alerts.iter().take(3) {
+            if let Some(s) = a.annotations.get("summary") {
+                text.push('\n');
+                text.push_str(s);
+            }
         }
-    }
+        text
+    });
     let text: String = text.chars().take(1600).collect();
     for to in &c.to {
         let body = serde_urlencoded::to_string([
@@ -438,10 +475,12 @@ fn sms(c: &SmsConfig, n: &Notification, timeout: Duration) -> Result<(), Deliver
 fn email(
     c: &EmailConfig,
     g: &Global,
+    defs: &Defs,
     n: &Notification,
     timeout: Duration,
 ) -> Result<(), DeliveryError> {
-    use lettre::message::{header::ContentType, Mailbox};
+    use lettre::message::header::{HeaderName, HeaderValue};
+    use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
     use lettre::transport::smtp::authentication::Credentials;
     use lettre::transport::smtp::client::{Tls, TlsParameters};
     use lettre::{Message, SmtpTransport, Transport};
@@ -469,16 +508,41 @@ fn email(
         let mb: Mailbox = to.parse().map_err(|e| bad(format!("to {to:?}: {e}")))?;
         msg = msg.to(mb);
     }
-    let subject = c
-        .headers
-        .get("Subject")
-        .cloned()
-        .unwrap_or_else(|| n.subject());
-    let msg = msg
-        .subject(subject)
-        .header(ContentType::TEXT_PLAIN)
-        .body(n.text_body())
-        .map_err(|e| bad(format!("building the message: {e}")))?;
+    let header = |name: &str| {
+        c.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let subject = render_or(defs, "email subject", header("Subject"), n, || n.subject());
+    let mut msg = msg.subject(subject);
+    for (k, v) in &c.headers {
+        if ["subject", "to", "from"].contains(&k.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        let what = format!("email header {k}");
+        let value = render_or(defs, &what, Some(v), n, String::new);
+        let name =
+            HeaderName::new_from_ascii(k.clone()).map_err(|e| bad(format!("header {k:?}: {e}")))?;
+        msg = msg.raw_header(HeaderValue::new(name, value));
+    }
+    let text = c
+        .text
+        .as_deref()
+        .map(|t| render_or(defs, "email text", Some(t), n, || n.text_body()));
+    let html = c.html.as_deref().map(|t| {
+        render_or(defs, "email html", Some(t), n, || {
+            format!("<pre>{}</pre>", html_escape(&n.text_body()))
+        })
+    });
+    let msg = match (text, html) {
+        (Some(t), Some(h)) => msg.multipart(MultiPart::alternative_plain_html(t, h)),
+        (None, Some(h)) => msg.singlepart(SinglePart::html(h)),
+        (t, None) => msg
+            .header(ContentType::TEXT_PLAIN)
+            .body(t.unwrap_or_else(|| n.text_body())),
+    }
+    .map_err(|e| bad(format!("building the message: {e}")))?;
     let tls_params =
         || TlsParameters::new(host.clone()).map_err(|e| bad(format!("TLS for {host}: {e}")));
     let require_tls = c.require_tls.unwrap_or(g.smtp_require_tls);
