@@ -465,6 +465,12 @@ impl Rules {
                                 .or_insert_with(|| AlertMachine::new(*for_ms, *keep_firing_for_ms));
                             let mut actives = Vec::with_capacity(at.len());
                             let mut seen = HashSet::new();
+                            // A template's `query` runs at this tick over what the rules see.
+                            let overlay = Overlay {
+                                base: storage,
+                                extra: &inner.overlay,
+                            };
+                            let query = |q: &str| template_query(&overlay, q, t as i64);
                             for (labels, value) in at {
                                 let data = TemplateData {
                                     labels: labels
@@ -478,9 +484,10 @@ impl Rules {
                                 };
                                 let mut l = labels.without_name();
                                 for (k, _, tmpl) in &rule.labels {
-                                    let v = tmpl.expand(&data).unwrap_or_else(|e| {
-                                        format!("<error expanding template: {e}>")
-                                    });
+                                    let v =
+                                        tmpl.expand_with(&data, Some(&query)).unwrap_or_else(|e| {
+                                            format!("<error expanding template: {e}>")
+                                        });
                                     l.set(k, &v);
                                 }
                                 l.set("alertname", &rule.name);
@@ -491,9 +498,10 @@ impl Rules {
                                 let ann = annotations
                                     .iter()
                                     .map(|(k, _, tmpl)| {
-                                        let v = tmpl.expand(&data).unwrap_or_else(|e| {
-                                            format!("<error expanding template: {e}>")
-                                        });
+                                        let v =
+                                            tmpl.expand_with(&data, Some(&query)).unwrap_or_else(
+                                                |e| format!("<error expanding template: {e}>"),
+                                            );
                                         (k.clone(), v)
                                     })
                                     .collect();
@@ -855,6 +863,27 @@ fn install(inner: &mut Inner, groups: Vec<Group>) {
 }
 
 /// Per step, the `(labels, value)` the expression returned.
+/// A rule template's `query "expr"`: the instant vector (or scalar) at `t`.
+fn template_query(storage: &dyn Storage, q: &str, t: i64) -> super::template::QueryResult {
+    let expr = promql_parser::parser::parse(q)?;
+    let v = Engine::new(storage, t, t, 1)
+        .and_then(|e| e.eval(&expr))
+        .map_err(|e| e.to_string())?;
+    Ok(steps_of(v, 1)
+        .pop()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(l, x)| {
+            (
+                l.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                x,
+            )
+        })
+        .collect())
+}
+
 fn steps_of(v: Value, n: usize) -> Vec<Vec<(Labels, f64)>> {
     let mut steps: Vec<Vec<(Labels, f64)>> = vec![Vec::new(); n];
     match v {
@@ -1147,6 +1176,37 @@ mod tests {
             "pending series ends when firing starts: {alerts:?}"
         );
         assert!(alerts.contains(&(7000, "stale".into())), "{alerts:?}");
+    }
+
+    #[test]
+    fn template_queries_run_at_the_alerts_tick() {
+        let rules = rules_from(
+            "groups:\n- name: g\n  rules:\n  - alert: High\n    expr: cpu > 90\n    annotations:\n      low: '{{ range query \"cpu < 50\" }}{{ .Labels.host }} {{ end }}'\n      max: '{{ query \"max(cpu)\" | first | value }}'\n      bad: '{{ query \"max(\" }}'\n",
+            None,
+        );
+        // a: 95 throughout; b: 10 at 1 s, 99 from 2 s.
+        let mut pts = Vec::new();
+        for t in 1..=3 {
+            pts.push(("cpu", "a", t * 1000, 95.0));
+            pts.push(("cpu", "b", t * 1000, if t == 1 { 10.0 } else { 99.0 }));
+        }
+        let s = store(&pts);
+        let mut w = Collect(Vec::new());
+        let ev = rules.evaluate(&s, &ticks(1000, 3000), &mut w, &MemorySink::default());
+        let a = &ev[0].1;
+        assert_eq!((ev[0].0, a.labels["host"].as_str()), (1000, "a"));
+        assert_eq!(
+            a.annotations["low"], "b ",
+            "as of 1 s, not of the newest tick"
+        );
+        assert_eq!(a.annotations["max"], "95");
+        assert!(
+            a.annotations["bad"].starts_with("<error expanding template: query:"),
+            "{:?}",
+            a.annotations["bad"]
+        );
+        let b = ev.iter().find(|(_, e)| e.labels["host"] == "b").unwrap();
+        assert_eq!((b.0, b.1.annotations["max"].as_str()), (2000, "99"));
     }
 
     /// A sink that refuses while `down`.

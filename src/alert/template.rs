@@ -13,8 +13,9 @@
 //! `humanizePercentage`, `humanizeTimestamp`, `toUpper`, `toLower`, `title`, `printf`,
 //! `print`, `reReplaceAll`, `match`, `stripPort`, `stripDomain`, `index`, `len`, `eq`, `ne`,
 //! `lt`, `le`, `gt`, `ge`, `and`, `or`, `not`, `urlquery`, `safeHtml`, `toTime`,
-//! `parseDuration`. `query` (a PromQL query from a template) is not supported: a template
-//! that calls it is rejected when the rule file loads.
+//! `parseDuration`, and `query` (an instant PromQL query at the alert's evaluation time; its
+//! samples have `.Labels` and `.Value`) with `first`, `label`, `value`, `strvalue` and
+//! `sortByLabel`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -328,6 +329,12 @@ const FUNCS: &[&str] = &[
     "safeHtml",
     "toTime",
     "parseDuration",
+    "query",
+    "first",
+    "label",
+    "value",
+    "strvalue",
+    "sortByLabel",
     "join",
     "trimSpace",
     "stringSlice",
@@ -554,11 +561,6 @@ impl PipeParser<'_> {
                         "false" => Arg::Bool(false),
                         "nil" => Arg::Nil,
                         f if FUNCS.contains(&f) => Arg::Func(f.to_string()),
-                        "query" => {
-                            return err(
-                                "function \"query\" is not supported in Tidemark templates (use a recording rule and $labels/$value instead)",
-                            )
-                        }
                         f => return err(format!("function {f:?} not defined")),
                     },
                     Tok::Var(n, f) => Arg::Var(n.clone(), f.clone()),
@@ -882,8 +884,17 @@ impl Template {
         self.nodes.iter().all(|n| matches!(n, Node::Text(_)))
     }
 
-    /// Expands the template for one alert.
+    /// Expands the template for one alert (without `query`).
     pub fn expand(&self, data: &TemplateData) -> Result<String, TemplateError> {
+        self.expand_with(data, None)
+    }
+
+    /// Expands the template for one alert; `query` answers the template's `query` calls.
+    pub fn expand_with(
+        &self,
+        data: &TemplateData,
+        query: Option<QueryFn<'_>>,
+    ) -> Result<String, TemplateError> {
         let root = Val::Obj(
             "alert data",
             [
@@ -903,21 +914,27 @@ impl Template {
             ("externalURL".into(), Val::Str(data.external_url.clone())),
             ("value".into(), Val::Num(data.value)),
         ];
-        self.run(root, vars)
+        self.run(root, vars, query)
     }
 
     /// Expands the template with `data` as the dot (notification templates).
     pub fn expand_value(&self, data: &Value) -> Result<String, TemplateError> {
-        self.run(data.0.clone(), Vec::new())
+        self.run(data.0.clone(), Vec::new(), None)
     }
 
-    fn run(&self, root: Val, vars: Vec<(String, Val)>) -> Result<String, TemplateError> {
+    fn run(
+        &self,
+        root: Val,
+        vars: Vec<(String, Val)>,
+        query: Option<QueryFn<'_>>,
+    ) -> Result<String, TemplateError> {
         let mut ctx = Ctx {
             root: root.clone(),
             defs: &self.defs,
             vars,
             steps: 0,
             depth: 0,
+            query,
         };
         let mut out = String::new();
         ctx.run(&self.nodes, &root, &mut out)?;
@@ -985,6 +1002,12 @@ impl Value {
 
 const MAX_TEMPLATE_DEPTH: usize = 64;
 
+/// A `query` answer: the instant vector's samples (labels, value).
+pub type QueryResult = Result<Vec<(BTreeMap<String, String>, f64)>, String>;
+
+/// Answers a template's `query "expr"`.
+pub type QueryFn<'a> = &'a dyn Fn(&str) -> QueryResult;
+
 struct Ctx<'d> {
     /// `$` at the top of the running template.
     root: Val,
@@ -992,6 +1015,7 @@ struct Ctx<'d> {
     vars: Vec<(String, Val)>,
     steps: usize,
     depth: usize,
+    query: Option<QueryFn<'d>>,
 }
 
 /// `.name` of `v`: a struct's field, a map's key (or one of its methods), a list's method.
@@ -1195,6 +1219,24 @@ impl Ctx<'_> {
         }
         if let Some(p) = piped {
             vals.push(p);
+        }
+        if f == "query" {
+            want(f, &vals, 1)?;
+            let Some(q) = self.query else {
+                return err("query: PromQL queries are only available in rule templates");
+            };
+            let samples = q(&vals[0].to_str()).or_else(|e| err(format!("query: {e}")))?;
+            return Ok(Val::List(
+                samples
+                    .into_iter()
+                    .map(|(l, v)| {
+                        Val::Obj(
+                            "sample",
+                            [("Labels", Val::Map(l)), ("Value", Val::Num(v))].into(),
+                        )
+                    })
+                    .collect(),
+            ));
         }
         call_func(f, &vals)
     }
@@ -1493,6 +1535,55 @@ fn call_func(f: &str, v: &[Val]) -> Result<Val, TemplateError> {
         "not" => {
             want(f, v, 1)?;
             Val::Bool(!v[0].truthy())
+        }
+        // Prometheus's helpers for `query` results.
+        "first" => {
+            want(f, v, 1)?;
+            match &v[0] {
+                Val::List(l) => match l.first() {
+                    Some(x) => x.clone(),
+                    None => return err("first() called on vector with no elements"),
+                },
+                other => return err(format!("first of type {}", type_name(other))),
+            }
+        }
+        "label" | "value" | "strvalue" => {
+            let sample = v.last().cloned().unwrap_or(Val::Nil);
+            want(f, v, if f == "label" { 2 } else { 1 })?;
+            match (f, sample) {
+                ("value", Val::Obj("sample", m)) => m.get("Value").cloned().unwrap_or(Val::Nil),
+                ("label", Val::Obj("sample", m)) => {
+                    field(m.get("Labels").cloned().unwrap_or(Val::Nil), &v[0].to_str())?
+                }
+                ("strvalue", Val::Obj("sample", m)) => {
+                    field(m.get("Labels").cloned().unwrap_or(Val::Nil), "__value__")?
+                }
+                (_, other) => {
+                    return err(format!(
+                        "{f}: want a sample of a query, got {}",
+                        type_name(&other)
+                    ))
+                }
+            }
+        }
+        "sortByLabel" => {
+            want(f, v, 2)?;
+            let Val::List(mut l) = v[1].clone() else {
+                return err(format!(
+                    "sortByLabel: want query results, got {}",
+                    type_name(&v[1])
+                ));
+            };
+            let name = v[0].to_str();
+            let key = |x: &Val| match x {
+                Val::Obj(_, m) => match m.get("Labels") {
+                    Some(Val::Map(l)) => l.get(&name).cloned().unwrap_or_default(),
+                    _ => String::new(),
+                },
+                _ => String::new(),
+            };
+            l.sort_by_key(key);
+            Val::List(l)
         }
         // Alertmanager's: `{{ .Values | join ", " }}` (the separator first).
         "join" => {
@@ -2011,13 +2102,51 @@ mod tests {
     }
 
     #[test]
+    fn query_results_and_helpers() {
+        let l = |i: &str| -> BTreeMap<String, String> {
+            [("__name__", "up"), ("instance", i)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let q = |e: &str| -> QueryResult {
+            match e {
+                "up" => Ok(vec![(l("b"), 0.0), (l("a"), 1.0)]),
+                "none" => Ok(vec![]),
+                _ => Err(format!("cannot parse {e:?}")),
+            }
+        };
+        let x = |src: &str| {
+            Template::parse(src)
+                .unwrap()
+                .expand_with(&data(0.0), Some(&q))
+        };
+        assert_eq!(
+            x("{{ range query \"up\" | sortByLabel \"instance\" }}{{ .Labels.instance }}={{ .Value }} {{ end }}{{ with query \"up\" }}{{ . | first | value }} {{ . | first | label \"instance\" }}{{ end }}").unwrap(),
+            "a=1 b=0 0 b"
+        );
+        assert_eq!(
+            x("{{ with query \"none\" }}some{{ else }}none{{ end }}").unwrap(),
+            "none"
+        );
+        let e = x("{{ query \"none\" | first }}").unwrap_err().0;
+        assert!(
+            e.contains("first() called on vector with no elements"),
+            "{e}"
+        );
+        let e = x("{{ query \"bad(\" }}").unwrap_err().0;
+        assert!(e.contains("query: cannot parse"), "{e}");
+        let e = expand("{{ query \"up\" }}", &data(0.0)).unwrap_err().0;
+        assert!(e.contains("only available in rule templates"), "{e}");
+    }
+
+    #[test]
     fn errors_say_what_is_wrong() {
         for (src, want) in [
             ("{{ $labels.instance ", "unclosed action"),
             ("{{ if true }}x", "has no {{end}}"),
             ("{{ end }}", "unexpected {{end}}"),
             ("{{ nosuch 1 }}", "function \"nosuch\" not defined"),
-            ("{{ query \"up\" }}", "not supported"),
             ("{{ \"abc }}", "unclosed action"),
             ("{{ \"abc\\q\" }}", "unknown escape"),
         ] {
