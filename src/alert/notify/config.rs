@@ -755,6 +755,26 @@ mod tests {
         assert!(e.contains("expected name=\"value\""), "{e}");
         assert!(parse_notify_config(Path::new("d"), DEFAULT_CONFIG).is_ok());
         let example = include_str!("../../../jobs/alertmanager.yml");
-        parse_notify_config(Path::new("jobs/alertmanager.yml"), example).unwrap();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/alertmanager.yml");
+        let c = parse_notify_config(&path, example).unwrap();
+        // Its templates (jobs/templates/fleet.tmpl) render.
+        let mut n = templates::sample();
+        for a in &mut n.alerts {
+            a.labels.insert("pool".into(), "p7".into());
+        }
+        let subject = templates::render(
+            &c.templates,
+            &c.receivers["ops"].email_configs[0].headers["Subject"],
+            &n,
+        )
+        .unwrap();
+        assert_eq!(subject, "[FIRING:1] Example in pool p7");
+        let text = templates::render(
+            &c.templates,
+            c.receivers["ops"].email_configs[0].text.as_deref().unwrap(),
+            &n,
+        )
+        .unwrap();
+        assert_eq!(text, "FIRING since 2023-11-14 22:13:20 UTC: a:9100\n  example on a:9100\nRESOLVED at 22:14:20 UTC: b:9100\nhttp://localhost:9470/#/alerts?receiver=example");
     }
 }
