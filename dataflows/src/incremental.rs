@@ -58,6 +58,10 @@ pub const STARTED: u32 = u32::MAX;
 
 /// Prometheus's default lookback delta for instant selectors.
 pub const LOOKBACK_MS: i64 = 300_000;
+
+/// How often (event time) the leaves operator drops the series that have nothing left.
+const SWEEP_MS: u64 = 60_000;
+
 const METRIC_NAME: &str = "__name__";
 
 /// A selector's values per series: an instant selector (the latest sample within the lookback)
@@ -74,6 +78,10 @@ pub struct Leaf {
     pub keeps_name: bool,
     /// Evaluated at the ticks that are multiples of this (the rule group's interval), ms.
     pub interval: u64,
+    /// The window function reads the evaluation time (`rate`, `increase` and `delta`
+    /// extrapolate to the window's ends), so its value moves at every tick while the window
+    /// holds samples. Other leaves change only when a sample enters or leaves their window.
+    pub every_tick: bool,
 }
 
 impl Leaf {
@@ -410,6 +418,8 @@ struct SeriesState {
     leaves: Option<Vec<u32>>,
     samples: VecDeque<(i64, f64)>,
     emitted: Vec<(u32, u64)>,
+    /// The tick this series is next evaluated at (`u64::MAX`: not scheduled).
+    wake: u64,
     /// The newest sample time seen: a series no rule reads is remembered (without its
     /// samples) until it is idle for longer than any window, so it is matched once, not per
     /// sample.
@@ -429,6 +439,51 @@ impl SeriesState {
         } else {
             s.insert(i, (ts, v));
         }
+    }
+
+    /// The first tick after `t` at which a leaf's value can differ from its value at `t`: a
+    /// sample entering the window (or the lookback), the oldest one leaving it, the next tick
+    /// of a leaf that reads the evaluation time or was not due at `t`. `None`: never, until a
+    /// sample arrives.
+    fn next_change(&self, plans: &Plans, t: i64) -> Option<u64> {
+        let mut next = i64::MAX;
+        // The first multiple of `iv` after `t` and at or after `at`.
+        let tick = |at: i64, iv: u64| {
+            let iv = iv.max(1) as i64;
+            at.max(t + 1).saturating_add(iv - 1).div_euclid(iv) * iv
+        };
+        let end = self.samples.partition_point(|&(ts, _)| ts <= t);
+        let newer = self.samples.get(end).map(|p| p.0);
+        for &l in self.leaves.iter().flatten() {
+            let leaf = &plans.leaves[l as usize];
+            let iv = leaf.interval.max(1);
+            if t.rem_euclid(iv as i64) != 0 {
+                next = next.min(tick(t + 1, iv));
+                continue;
+            }
+            if let Some(ts) = newer {
+                next = next.min(tick(ts, iv));
+            }
+            match leaf.window {
+                None => {
+                    if let Some(&(ts, _)) = end.checked_sub(1).and_then(|i| self.samples.get(i)) {
+                        if ts > t - LOOKBACK_MS {
+                            next = next.min(tick(ts + LOOKBACK_MS, iv));
+                        }
+                    }
+                }
+                Some((_, range)) => {
+                    let start = self.samples.partition_point(|&(ts, _)| ts <= t - range);
+                    if start < end {
+                        next = next.min(tick(self.samples[start].0 + range, iv));
+                        if leaf.every_tick {
+                            next = next.min(tick(t + 1, iv));
+                        }
+                    }
+                }
+            }
+        }
+        (next != i64::MAX).then(|| u64::try_from(next).unwrap_or(0))
     }
 
     fn value(&self, leaf: &Leaf, t: i64, buf: &mut Vec<(i64, f64)>) -> Option<f64> {
@@ -479,7 +534,7 @@ type LeafUpdate = ((u32, u64, u64), u64, isize);
 /// let max: fn(&[(i64, f64)], i64, i64) -> Option<f64> =
 ///     |w, _, _| w.iter().map(|p| p.1).reduce(f64::max);
 /// let plans = Arc::new(Plans {
-///     leaves: vec![Leaf { matches: Arc::new(|_| true), key: None, window: Some((max, 10_000)), keeps_name: false, interval: 1_000 }],
+///     leaves: vec![Leaf { matches: Arc::new(|_| true), key: None, window: Some((max, 10_000)), keeps_name: false, interval: 1_000, every_tick: false }],
 ///     rules: vec![],
 /// });
 /// let cfg = TickConfig { resolution: 1_000, max_catch_up: 60_000, ticks_per_activation: 100 };
@@ -532,10 +587,24 @@ pub fn leaf_values<'s>(
                 let mut last = resume_after;
                 let mut series: HashMap<u64, SeriesState> = HashMap::new();
                 let mut unresolved: HashSet<u64> = HashSet::new();
+                // Which series to evaluate at which tick: only those whose values can have
+                // changed, so a tick costs the changes, not the series count.
+                let mut due: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+                let mut swept = 0u64;
                 let mut buf = Vec::new();
                 let index = LeafIndex::new(&plans);
                 let mut announced = false;
+                let res = cfg.resolution.max(1);
+                let schedule =
+                    |due: &mut BTreeMap<u64, Vec<u64>>, id: u64, st: &mut SeriesState, at: u64| {
+                        if at < st.wake {
+                            st.wake = at;
+                            due.entry(at).or_default().push(id);
+                        }
+                    };
                 move |(input, frontier), output| {
+                    // The tick a change can first show at: the next one to evaluate.
+                    let next_tick = last.map_or(0, |l| l + res);
                     input.for_each(|_, data| {
                         if held.is_none() {
                             return;
@@ -545,12 +614,22 @@ pub fn leaf_values<'s>(
                                 unresolved.insert(s.series);
                                 SeriesState {
                                     newest: i64::MIN,
+                                    wake: u64::MAX,
                                     ..SeriesState::default()
                                 }
                             });
                             st.newest = st.newest.max(s.ts);
-                            if st.leaves.as_ref().is_none_or(|l| !l.is_empty()) {
-                                st.insert(s.ts, s.value);
+                            match &st.leaves {
+                                Some(l) if l.is_empty() => {}
+                                leaves => {
+                                    let resolved = leaves.is_some();
+                                    st.insert(s.ts, s.value);
+                                    if resolved {
+                                        let ts = u64::try_from(s.ts).unwrap_or(0);
+                                        let at = ts.div_ceil(res) * res;
+                                        schedule(&mut due, s.series, st, at.max(next_tick));
+                                    }
+                                }
                             }
                         }
                     });
@@ -565,6 +644,8 @@ pub fn leaf_values<'s>(
                                 let leaves = index.matching(&plans, &labels);
                                 if leaves.is_empty() {
                                     st.samples = VecDeque::new();
+                                } else {
+                                    schedule(&mut due, *id, st, next_tick);
                                 }
                                 st.leaves = Some(leaves);
                             }
@@ -594,24 +675,46 @@ pub fn leaf_values<'s>(
                         let at = cap.delayed(&t.max(*cap.time()));
                         let mut session = output.session(&at);
                         let ti = i64::try_from(t).unwrap_or(i64::MAX);
-                        for (&id, st) in series.iter_mut() {
-                            evaluate_series(id, st, &plans, t, ti, &mut buf, &mut |u| {
-                                session.give(u)
+                        let cutoff = ti.saturating_sub(keep);
+                        // Every series due by now (ticks a catch-up skipped included).
+                        while let Some(entry) = due.first_entry() {
+                            if *entry.key() > t {
+                                break;
+                            }
+                            for id in entry.remove() {
+                                let Some(st) = series.get_mut(&id) else {
+                                    continue;
+                                };
+                                if st.wake > t {
+                                    continue; // evaluated already, and due later
+                                }
+                                st.wake = u64::MAX;
+                                evaluate_series(id, st, &plans, t, ti, &mut buf, &mut |u| {
+                                    session.give(u)
+                                });
+                                // Samples no window can reach again go.
+                                let n = st.samples.partition_point(|&(ts, _)| ts <= cutoff);
+                                st.samples.drain(..n);
+                                if let Some(at) = st.next_change(&plans, ti) {
+                                    schedule(&mut due, id, st, at);
+                                }
+                            }
+                        }
+                        // Now and then, series with nothing left go.
+                        if t >= swept.saturating_add(SWEEP_MS) {
+                            swept = t;
+                            series.retain(|id, st| {
+                                let n = st.samples.partition_point(|&(ts, _)| ts <= cutoff);
+                                st.samples.drain(..n);
+                                let live = !st.samples.is_empty()
+                                    || !st.emitted.is_empty()
+                                    || st.newest > cutoff;
+                                if !live {
+                                    unresolved.remove(id);
+                                }
+                                live
                             });
                         }
-                        // Samples no window can reach again go; so do series with nothing left.
-                        let cutoff = ti.saturating_sub(keep);
-                        series.retain(|id, st| {
-                            let n = st.samples.partition_point(|&(ts, _)| ts <= cutoff);
-                            st.samples.drain(..n);
-                            let live = !st.samples.is_empty()
-                                || !st.emitted.is_empty()
-                                || st.newest > cutoff;
-                            if !live {
-                                unresolved.remove(id);
-                            }
-                            live
-                        });
                     }
                     if let Some(&newest) = ticks.last() {
                         last = Some(newest);
@@ -1058,6 +1161,7 @@ mod tests {
                 window: Some((last, 600_000)),
                 keeps_name: true,
                 interval: 1_000,
+                every_tick: false,
             }],
             rules: vec![],
         });

@@ -375,6 +375,8 @@ impl Compiler {
                     window: window.map(|(f, r, _, _)| (f, r)),
                     keeps_name: window.is_some_and(|(_, _, k, _)| k),
                     interval: self.interval,
+                    every_tick: window
+                        .is_some_and(|(_, _, _, n)| matches!(n, "rate" | "increase" | "delta")),
                 });
                 let id = (self.leaves.len() - 1) as u32;
                 self.leaf_keys.insert(key, id);
@@ -601,10 +603,14 @@ mod tests {
                         l.push(("code".to_string(), code.to_string()));
                     }
                     l.sort();
-                    let (start, stop) = match (job, inst, name) {
-                        ("db", "c", "temp") => (t0 + 200_000, t0 + 600_000),
-                        ("api", "b", "up") => (t0, t0 + 300_000),
-                        _ => (t0, t0 + 600_000),
+                    // Stopping with a marker, or without one: values expire at the end of the
+                    // lookback (instant) or of the window (ranges).
+                    let (start, stop, marker) = match (job, inst, name, code) {
+                        ("db", "c", "temp", _) => (t0 + 200_000, t0 + 600_000, false),
+                        ("api", "b", "up", _) => (t0, t0 + 300_000, true),
+                        ("api", "c", "temp", _) => (t0, t0 + 250_000, false),
+                        ("db", "a", "req_total", "500") => (t0, t0 + 400_000, false),
+                        _ => (t0, t0 + 600_000, false),
                     };
                     let mut samples = Vec::new();
                     let (mut t, mut counter) = (start, 0.0);
@@ -624,7 +630,7 @@ mod tests {
                         samples.push((t, v));
                         t += 9_000 + (noise(k * 3) * 3_000.0) as i64;
                     }
-                    if stop < t0 + 600_000 {
+                    if marker {
                         samples.push((stop, f64::from_bits(crate::model::STALE_NAN_BITS)));
                     }
                     labels.push(l);
