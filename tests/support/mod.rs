@@ -113,8 +113,20 @@ impl Tidemark {
     }
 
     /// (Re)starts the process on a fresh port with the same data dir, and waits until ready.
+    /// `free_port` releases the port it found: when another test's process takes it first,
+    /// tidemark cannot bind it and exits, and the start is retried on another port.
     pub fn spawn(&mut self) {
-        let port = free_port();
+        for _ in 0..4 {
+            let port = self.launch(free_port());
+            if !self.wait_ready(&format!("binding 127.0.0.1:{port}")) {
+                return;
+            }
+        }
+        panic!("tidemark could not bind a free port in 4 tries");
+    }
+
+    /// Starts the child listening on `port`.
+    fn launch(&mut self, port: u16) -> u16 {
         self.url = format!("http://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -145,23 +157,27 @@ impl Tidemark {
             .spawn()
             .expect("start tidemark");
         self.child = Some(child);
-        self.wait_ready();
+        port
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until ready; true when the child exited because it could not bind (its log
+    /// says `bind_error`, which names the port), to be retried.
+    fn wait_ready(&mut self, bind_error: &str) -> bool {
         let deadline = Instant::now() + Duration::from_secs(60);
         let a = agent();
         while Instant::now() < deadline {
             if let Ok(r) = a.get(format!("{}/-/ready", self.url)).call() {
                 if r.status() == 200 {
-                    return;
+                    return false;
                 }
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "tidemark exited with {status}: {}",
-                    std::fs::read_to_string(&self.log_path).unwrap_or_default()
-                );
+                let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+                if log.contains(bind_error) {
+                    self.child = None;
+                    return true;
+                }
+                panic!("tidemark exited with {status}: {log}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
