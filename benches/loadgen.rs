@@ -29,6 +29,9 @@ struct Args {
     push_only: bool,
     drain: Option<f64>,
     latency: usize,
+    /// Generate each timestamp's lines while pushing (memory independent of the run's size),
+    /// and skip the query and latency phases: the scale benchmark (`benches/scale.sh`).
+    stream: bool,
 }
 
 fn args() -> Args {
@@ -42,6 +45,7 @@ fn args() -> Args {
         push_only: false,
         drain: None,
         latency: 0,
+        stream: false,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -58,6 +62,11 @@ fn args() -> Args {
             "--latency" => a.latency = val.parse().expect("--latency N"),
             "--push-only" => {
                 a.push_only = true;
+                i += 1;
+                continue;
+            }
+            "--stream" => {
+                a.stream = true;
                 i += 1;
                 continue;
             }
@@ -150,7 +159,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 fn wait_hot(a: &Args, before: f64, n: f64, t0: Instant) {
     while hot(a, "tidemark_hot_samples") - before < n {
         std::thread::sleep(Duration::from_millis(10));
-        if t0.elapsed() > Duration::from_secs(600) {
+        if t0.elapsed() > Duration::from_secs(3600) {
             panic!("samples did not all arrive in the hot index");
         }
     }
@@ -210,6 +219,79 @@ fn latency(a: &Args, n: usize) {
     );
 }
 
+/// Pushes the fleet point by point: each connection's thread owns a slice of the hosts and
+/// writes its lines of one timestamp in 10,000-line batches; the threads move to the next
+/// timestamp together, so the watermark advances as it would with live agents.
+fn stream(a: &Args, start: i64) {
+    use std::sync::{Arc, Barrier};
+    let samples = (a.hosts * 4 * a.points) as f64;
+    let before = hot(a, "tidemark_hot_samples");
+    let t0 = Instant::now();
+    let barrier = Arc::new(Barrier::new(a.connections));
+    let per = a.hosts.div_ceil(a.connections);
+    let threads: Vec<_> = (0..a.connections)
+        .map(|c| {
+            let (url, barrier, points) = (a.url.clone(), Arc::clone(&barrier), a.points);
+            let (lo, hi) = (c * per, ((c + 1) * per).min(a.hosts));
+            std::thread::spawn(move || {
+                use std::io::Write as _;
+                let mut conn = Conn::open(&url);
+                let mut hosts: Vec<fleet::Host> = (lo..hi).map(fleet::Host::new).collect();
+                let mut buf = Vec::with_capacity(10_000 * 90);
+                for p in 0..points {
+                    let ts = start + p as i64 * 10_000;
+                    let mut lines = 0;
+                    for h in hosts.iter_mut() {
+                        let v = h.step();
+                        for (m, name) in fleet::METRICS.iter().enumerate() {
+                            let _ = writeln!(
+                                buf,
+                                "{name},host={},region={},env={} value={} {ts}",
+                                h.name, h.region, h.env, v[m]
+                            );
+                        }
+                        lines += 4;
+                        if lines >= 10_000 {
+                            let (status, body) = conn.request("POST", "/write?precision=ms", &buf);
+                            assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+                            buf.clear();
+                            lines = 0;
+                        }
+                    }
+                    if !buf.is_empty() {
+                        let (status, body) = conn.request("POST", "/write?precision=ms", &buf);
+                        assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+                        buf.clear();
+                    }
+                    barrier.wait();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("pusher");
+    }
+    let acked = t0.elapsed();
+    wait_hot(a, before, samples, t0);
+    let applied = t0.elapsed();
+    println!(
+        "workload: {} series x {} points = {samples} samples, streamed over {} connections",
+        a.hosts * 4,
+        a.points,
+        a.connections
+    );
+    println!(
+        "ingest (acknowledged): {:.2} s, {:.0} samples/s",
+        acked.as_secs_f64(),
+        samples / acked.as_secs_f64()
+    );
+    println!(
+        "ingest (in the hot index): {:.2} s, {:.0} samples/s",
+        applied.as_secs_f64(),
+        samples / applied.as_secs_f64()
+    );
+}
+
 fn main() {
     let a = args();
     if let Some(n) = a.drain {
@@ -224,6 +306,10 @@ fn main() {
         .unwrap()
         .as_millis() as i64;
     let start = (now / 10_000 - a.points as i64 - 6) * 10_000;
+    if a.stream {
+        stream(&a, start);
+        return;
+    }
     eprintln!(
         "generating {} hosts x 4 metrics x {} points ...",
         a.hosts, a.points

@@ -31,7 +31,7 @@ use tidemark_dataflows::rules::{evaluate_at_ticks, TickConfig};
 use crate::alert::eval::{AlertSink, LogWriter, RuleEvaluator, Rules};
 use crate::config::JobConfig;
 use crate::ops::Metrics;
-use crate::store::cold::writer::{LabelLookup, TierWriter};
+use crate::store::cold::writer::{hot_rollups, hot_samples, LabelLookup, TierWriter};
 use crate::store::cold::{ColdStore, Tier};
 use crate::store::hot::HotIndex;
 use crate::transport::codec;
@@ -407,12 +407,15 @@ impl Job {
                 };
                 let (minutes, late_m) = tumbling_rollups(windowed, MINUTE_MS, lateness);
                 let (hours, _late_h) = rollup_rollups(minutes.clone(), HOUR_MS, lateness);
+                let m_done = sink_rollups(minutes.clone(), Arc::clone(&hot));
+                let h_done = sink_rollups(hours.clone(), Arc::clone(&hot));
                 if let Some(store) = &cold {
                     let h = Arc::clone(&hot);
                     let labels: LabelLookup = Arc::new(move |id| h.catalog.labels(id));
                     let new = |tier| {
                         let (s, l) = (Arc::clone(store), Arc::clone(&labels));
-                        TierWriter::<Rollup>::new(tier, UP_JOB, index, lateness, s, l)
+                        let rows = hot_rollups(&hot, tier);
+                        TierWriter::<Rollup>::new(tier, UP_JOB, index, lateness, s, l, rows)
                     };
                     let raw = TierWriter::<Sample>::new(
                         Tier::Raw,
@@ -421,21 +424,22 @@ impl Job {
                         lateness,
                         Arc::clone(store),
                         Arc::clone(&labels),
+                        hot_samples(&hot),
                     );
                     match (raw, new(Tier::Minute), new(Tier::Hour)) {
                         (Ok(raw), Ok(minute), Ok(hour)) => {
-                            // The log source registers series before it sends their samples.
-                            sink_tier(samples_for_cold, None, "ColdRaw", raw);
-                            sink_tier(minutes.clone(), None, "Cold1m", minute);
-                            sink_tier(hours.clone(), None, "Cold1h", hour);
+                            // The writers read sealed partitions from the hot index, so each
+                            // seals only what its hot sink has applied. The log source
+                            // registers series before it sends their samples.
+                            sink_tier(samples_for_cold, Some(applied.clone()), "ColdRaw", raw);
+                            sink_tier(minutes, Some(m_done.clone()), "Cold1m", minute);
+                            sink_tier(hours, Some(h_done.clone()), "Cold1h", hour);
                         }
                         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => eprintln!(
                             "tidemark: worker {index}: cold tiers disabled for this run: {e}"
                         ),
                     }
                 }
-                let m_done = sink_rollups(minutes, Arc::clone(&hot));
-                let h_done = sink_rollups(hours, Arc::clone(&hot));
                 if let Some(r) = &rules {
                     // A tick is evaluated once every sample and rollup up to it is applied.
                     let mut done = applied.concat(m_done).concat(h_done);

@@ -101,3 +101,50 @@ pub fn render_counters(m: &Metrics, w: &mut TextWriter) {
         &[("", g(&m.queries))],
     );
 }
+
+/// Bytes of resident memory by component (`tidemark_memory_bytes{component}`): the hot
+/// index's parts (walked), the operators' state (kept by the operators,
+/// [`tidemark_dataflows::memory`]), and `other`: the process's resident set minus all of
+/// those (allocator slack, buffers in flight, code, the runtime).
+pub fn render_memory(hot: &crate::store::hot::HotIndex, w: &mut TextWriter) {
+    use tidemark_dataflows::memory::Component;
+    let (labels, postings) = hot.catalog.memory();
+    let h = hot.memory();
+    let mut parts: Vec<(String, i64)> = vec![
+        ("catalog_labels".into(), labels),
+        ("catalog_postings".into(), postings),
+        ("hot_series_table".into(), h.series_table),
+        ("hot_samples".into(), h.samples),
+        ("hot_rollups".into(), h.rollups),
+    ];
+    parts.extend(Component::ALL.iter().map(|c| (c.name().to_string(), c.bytes())));
+    let accounted: i64 = parts.iter().map(|p| p.1).sum();
+    parts.push(("other".into(), (rss_bytes() as i64 - accounted).max(0)));
+    let labels: Vec<String> = parts
+        .iter()
+        .map(|(c, _)| format!("component=\"{c}\""))
+        .collect();
+    let samples: Vec<(&str, f64)> = labels
+        .iter()
+        .zip(&parts)
+        .map(|(l, p)| (l.as_str(), p.1 as f64))
+        .collect();
+    w.family(
+        "tidemark_memory_bytes",
+        "gauge",
+        "Resident memory by component (estimates from lengths and capacities; other = resident set minus the rest).",
+        &samples,
+    );
+}
+
+/// The process's resident set size in bytes (`VmRSS`), 0 where `/proc` is not available.
+pub fn rss_bytes() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb * 1024.0)
+}

@@ -238,20 +238,10 @@ async fn index() -> Html<&'static str> {
     Html(include_str!("web/index.html"))
 }
 
-fn rss_bytes() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb * 1024.0)
-}
-
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let mut w = TextWriter(String::with_capacity(4096));
     render_counters(&s.metrics, &mut w);
+    crate::ops::render_memory(&s.hot, &mut w);
     let hot = &s.hot;
     let samples = hot.sample_count() as f64;
     let bytes = hot.bytes() as f64;
@@ -363,7 +353,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         "process_resident_memory_bytes",
         "gauge",
         "Resident memory size in bytes.",
-        &[("", rss_bytes())],
+        &[("", crate::ops::rss_bytes())],
     );
     (
         [(

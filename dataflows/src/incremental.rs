@@ -21,6 +21,8 @@
 //! binary decides per rule).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use crate::memory::{hash_slot, Component, Reported};
 use std::sync::{Arc, Mutex};
 
 use differential_dataflow::{AsCollection, VecCollection};
@@ -591,6 +593,7 @@ pub fn leaf_values<'s>(
                 // changed, so a tick costs the changes, not the series count.
                 let mut due: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
                 let mut swept = 0u64;
+                let mut reported = Reported::new(Component::Rules);
                 let mut buf = Vec::new();
                 let index = LeafIndex::new(&plans);
                 let mut announced = false;
@@ -714,6 +717,16 @@ pub fn leaf_values<'s>(
                                 }
                                 live
                             });
+                            let slot = hash_slot(8 + std::mem::size_of::<SeriesState>());
+                            let heap: usize = series
+                                .values()
+                                .map(|st| {
+                                    st.samples.capacity() * 16
+                                        + st.emitted.capacity() * 16
+                                        + st.leaves.as_ref().map_or(0, |l| l.capacity() * 4)
+                                })
+                                .sum();
+                            reported.set(series.capacity() as i64 * slot + heap as i64);
                         }
                     }
                     if let Some(&newest) = ticks.last() {

@@ -16,9 +16,11 @@
 //! | [`sink`] | [`sink::HotSink`] and the operators that apply raw samples and rollups to it |
 //! | [`rules`] | [`rules::evaluate_at_ticks`]: rule evaluation at event-time ticks of the sinks' frontier; [`rules::AlertMachine`]: pending/firing/resolved with `for` and `keep_firing_for` |
 //! | [`incremental`] | rules kept up to date from the sample stream: [`incremental::leaf_values`] (per-series windows), [`incremental::rule_results`] (differential `reduce` for aggregations, `join` for vector matching), [`incremental::sink_results`] |
+//! | [`memory`] | bytes of operator state by component, for `tidemark_memory_bytes` |
 //! | [`tier`] | [`tier::sink_tier`]: cold-tier writers sealing partitions on the frontier, holding a capability until their data is durable |
 
 pub mod incremental;
+pub mod memory;
 pub mod partitioned;
 pub mod rules;
 pub mod sink;

@@ -1,5 +1,6 @@
 //! Tumbling windows closed by the frontier, with allowed lateness and corrected re-emission.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use timely::container::CapacityContainerBuilder;
@@ -10,6 +11,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 use timely::progress::frontier::MutableAntichain;
 
+use crate::memory::{hash_slot, Component, Reported};
 use crate::types::{LateStats, Rollup, Sample, STALE_NAN_BITS};
 
 /// A record a window can place: its series, event time and window.
@@ -48,8 +50,12 @@ impl Windowed for Rollup {
 
 /// Per series, per window state.
 pub trait Accumulator<D>: Default + 'static {
-    fn add(&mut self, d: D);
+    /// Adds a record. `settled`: records of finer windows ending at or before it can no
+    /// longer change (the operator's input frontier minus the allowed lateness).
+    fn add(&mut self, d: D, settled: i64);
     fn rollup(&mut self, series: u64, start: i64, width: i64) -> Option<Rollup>;
+    /// Heap bytes held (for [`crate::memory`]).
+    fn heap_bytes(&self) -> usize;
 }
 
 /// Raw samples of one series in one window, in arrival order.
@@ -57,7 +63,7 @@ pub trait Accumulator<D>: Default + 'static {
 pub struct SampleAcc(Vec<(i64, f64)>);
 
 impl Accumulator<Sample> for SampleAcc {
-    fn add(&mut self, s: Sample) {
+    fn add(&mut self, s: Sample, _settled: i64) {
         self.0.push((s.ts, s.value));
     }
     fn rollup(&mut self, series: u64, start: i64, width: i64) -> Option<Rollup> {
@@ -75,19 +81,63 @@ impl Accumulator<Sample> for SampleAcc {
         self.0.truncate(w);
         Rollup::from_sorted(series, start, width, &self.0)
     }
+    fn heap_bytes(&self) -> usize {
+        self.0.capacity() * std::mem::size_of::<(i64, f64)>()
+    }
 }
 
-/// Finer rollups of one series in one coarser window, upserted by start.
+/// Finer rollups of one series in one coarser window, upserted by start. Finer windows that
+/// can no longer be corrected are folded into one running rollup, so a series holds the
+/// folded prefix and the few finer windows still open for lateness (about 7 one-minute
+/// rollups with 5 minutes of lateness), not the whole hour's 60.
+///
+/// This relies on the finer windows' operator having the same (or a smaller) allowed lateness
+/// as this one: a finer window `(s, e]` is re-emitted only at times before `e + lateness`.
 #[derive(Default)]
-pub struct RollupAcc(BTreeMap<i64, Rollup>);
+pub struct RollupAcc {
+    folded: Option<Rollup>,
+    /// Sorted by start; every start is after the folded ones'.
+    parts: Vec<Rollup>,
+}
 
 impl Accumulator<Rollup> for RollupAcc {
-    fn add(&mut self, r: Rollup) {
-        self.0.insert(r.start, r);
+    fn add(&mut self, r: Rollup, settled: i64) {
+        match self.parts.binary_search_by_key(&r.start, |p| p.start) {
+            Ok(i) => self.parts[i] = r,
+            Err(i) => self.parts.insert(i, r),
+        }
+        let n = self
+            .parts
+            .iter()
+            .take_while(|p| p.end() <= settled)
+            .count();
+        for p in self.parts.drain(..n) {
+            match &mut self.folded {
+                None => self.folded = Some(p),
+                // `last_ts` of the fold is inside the last folded window: a window after it
+                // extends the fold. One at or before it could only come from a finer operator
+                // with more lateness than this one (see above); it is left out.
+                Some(f) if p.start >= f.last_ts => f.merge(&p),
+                Some(_) => debug_assert!(false, "a finer window after it was folded"),
+            }
+        }
     }
     fn rollup(&mut self, series: u64, start: i64, width: i64) -> Option<Rollup> {
-        let parts: Vec<Rollup> = self.0.values().copied().collect();
-        Rollup::combine(series, start, width, &parts)
+        let mut parts = self.folded.iter().chain(self.parts.iter());
+        let first = parts.next()?;
+        let mut r = Rollup {
+            series,
+            start,
+            width,
+            ..*first
+        };
+        for p in parts {
+            r.merge(p);
+        }
+        Some(r)
+    }
+    fn heap_bytes(&self) -> usize {
+        self.parts.capacity() * std::mem::size_of::<Rollup>()
     }
 }
 
@@ -96,6 +146,8 @@ struct Window<A> {
     series: HashMap<u64, A>,
     emitted: bool,
     dirty: HashSet<u64>,
+    /// Estimated bytes held (see [`crate::memory`]).
+    bytes: i64,
 }
 
 /// True when every time in the frontier is greater than `t` (no record at or before `t` can come).
@@ -126,7 +178,7 @@ fn passed(frontier: &MutableAntichain<u64>, t: i64) -> bool {
 /// let (rollups, late) = timely::execute_directly(|worker| {
 ///     let (mut input, probe, rollups, late) = worker.dataflow::<u64, _, _>(|scope| {
 ///         let (input, stream) = scope.new_input::<Vec<Sample>>();
-///         let (rollups, late) = windows::<Sample, SampleAcc>(stream, "Windows", 10_000, 20_000);
+///         let (rollups, late) = windows::<Sample, SampleAcc>(stream, "Windows", 10_000, 20_000, None);
 ///         let (probe, rollups) = rollups.probe();
 ///         (input, probe, rollups.capture(), late.capture())
 ///     });
@@ -151,6 +203,7 @@ pub fn windows<'s, D, A>(
     name: &str,
     width: i64,
     lateness: i64,
+    memory: Option<Component>,
 ) -> (
     Stream<'s, u64, Vec<Rollup>>,
     Stream<'s, u64, Vec<LateStats>>,
@@ -169,7 +222,15 @@ where
             name,
             move |_cap, _info| {
                 let mut open: BTreeMap<i64, Window<A>> = BTreeMap::new();
+                let mut reported = memory.map(Reported::new);
                 move |(input, frontier), output| {
+                    // Finer windows ending at or before this can no longer be corrected.
+                    let settled = frontier
+                        .frontier()
+                        .iter()
+                        .min()
+                        .map_or(i64::MAX, |&f| i64::try_from(f).unwrap_or(i64::MAX))
+                        .saturating_sub(lateness);
                     input.for_each(|cap, data| {
                         let Some(&t) = cap.least() else { return };
                         let t_i = i64::try_from(t).unwrap_or(i64::MAX);
@@ -193,11 +254,20 @@ where
                                 series: HashMap::new(),
                                 emitted: false,
                                 dirty: HashSet::new(),
+                                bytes: 0,
                             });
-                            if w.emitted {
-                                w.dirty.insert(d.series());
+                            if w.emitted && w.dirty.insert(d.series()) {
+                                w.bytes += hash_slot(8);
                             }
-                            w.series.entry(d.series()).or_default().add(d);
+                            let entry = w.series.entry(d.series());
+                            let fresh = matches!(entry, Entry::Vacant(_));
+                            let acc = entry.or_default();
+                            let before = acc.heap_bytes() as i64;
+                            acc.add(d, settled);
+                            w.bytes += acc.heap_bytes() as i64 - before;
+                            if fresh {
+                                w.bytes += hash_slot(8 + std::mem::size_of::<A>());
+                            }
                         }
                         if stats != LateStats::default() {
                             let c = cap.retain_least(0).expect("least time");
@@ -250,6 +320,9 @@ where
                     for s in retired {
                         open.remove(&s);
                     }
+                    if let Some(r) = reported.as_mut() {
+                        r.set(open.values().map(|w| w.bytes).sum());
+                    }
                 }
             },
         );
@@ -294,7 +367,13 @@ pub fn tumbling_rollups<'s>(
 ) {
     use timely::dataflow::operators::core::Filter;
     let samples = samples.filter(|s: &Sample| s.value.to_bits() != STALE_NAN_BITS);
-    windows::<Sample, SampleAcc>(samples, "TumblingRollups", width, lateness)
+    windows::<Sample, SampleAcc>(
+        samples,
+        "TumblingRollups",
+        width,
+        lateness,
+        Some(Component::Windows1m),
+    )
 }
 
 /// Coarser rollups (1 h) built from finer ones (1 m), which may arrive again corrected: the
@@ -327,5 +406,11 @@ pub fn rollup_rollups<'s>(
     Stream<'s, u64, Vec<Rollup>>,
     Stream<'s, u64, Vec<LateStats>>,
 ) {
-    windows::<Rollup, RollupAcc>(rollups, "RollupRollups", width, lateness)
+    windows::<Rollup, RollupAcc>(
+        rollups,
+        "RollupRollups",
+        width,
+        lateness,
+        Some(Component::Windows1h),
+    )
 }

@@ -831,6 +831,7 @@ async fn replay(
 fn render_metrics(s: &ControlState) -> String {
     let mut w = TextWriter(String::with_capacity(4096));
     render_counters(&s.metrics, &mut w);
+    crate::ops::render_memory(&s.hot, &mut w);
     let jobs = local_jobs(s);
     let mut lag = Vec::new();
     let mut wm = Vec::new();

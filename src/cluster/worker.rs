@@ -21,7 +21,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::Filter;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::operators::{Concatenate, Exchange, Probe};
+use timely::dataflow::operators::{Concat, Concatenate, Exchange, Probe};
 use timely::synchronization::Sequencer;
 use timely::WorkerConfig;
 
@@ -42,7 +42,7 @@ use crate::config::Role;
 use crate::job::{HOUR_MS, MINUTE_MS};
 use crate::model::Limits;
 use crate::ops::Metrics;
-use crate::store::cold::writer::{LabelLookup, TierWriter};
+use crate::store::cold::writer::{hot_rollups, hot_samples, LabelLookup, TierWriter};
 use crate::store::cold::{ColdError, ColdStore, Tier};
 use crate::store::hot::HotIndex;
 use crate::transport::kafka::KafkaConfig;
@@ -645,6 +645,7 @@ fn start_job(
                 lateness,
                 Arc::clone(&store),
                 Arc::clone(&labels),
+                hot_samples(&hot),
             ),
             TierWriter::<Rollup>::new(
                 Tier::Minute,
@@ -653,8 +654,17 @@ fn start_job(
                 lateness,
                 Arc::clone(&store),
                 Arc::clone(&labels),
+                hot_rollups(&hot, Tier::Minute),
             ),
-            TierWriter::<Rollup>::new(Tier::Hour, &name, index, lateness, store, labels),
+            TierWriter::<Rollup>::new(
+                Tier::Hour,
+                &name,
+                index,
+                lateness,
+                store,
+                labels,
+                hot_rollups(&hot, Tier::Hour),
+            ),
         );
         match writers {
             (Ok(r), Ok(m), Ok(h)) => Some((r, m, h)),
@@ -729,13 +739,12 @@ fn start_job(
             sink_results(results, store.map(|(s, _)| s))
         });
         let registered = sink_series(defs, Catalog(Arc::clone(&hot)));
-        let mut done = vec![
-            registered.clone(),
-            sink_samples(samples.clone(), Arc::clone(&hot)),
-        ];
+        let applied = sink_samples(samples.clone(), Arc::clone(&hot));
+        let mut done = vec![registered.clone(), applied.clone()];
         // The tier sinks hold the probe (and so the Kafka commits) until their files are
-        // durable, and seal a partition only once the catalog has every series sent before it
-        // (definitions are exchanged apart from samples and may arrive after them).
+        // durable. They write sealed partitions from the hot index, so a partition is sealed
+        // only once the hot sink applied its rows and the catalog has every series sent before
+        // it (definitions are exchanged apart from samples and may arrive after them).
         // The sinks exist whenever the spec names a store, so every worker builds the same
         // graph; a worker that could not open the store drops its tier data (said above).
         let (raw_w, minute_w, hour_w) = match tiers {
@@ -743,38 +752,26 @@ fn start_job(
             None if tiers_on => (Some(None), Some(None), Some(None)),
             None => (None, None, None),
         };
+        let gate = |d| Some(registered.clone().concat(d));
         if let Some(w) = raw_w {
-            done.push(sink_tier(
-                samples.clone(),
-                Some(registered.clone()),
-                "ColdRaw",
-                w,
-            ));
+            done.push(sink_tier(samples.clone(), gate(applied.clone()), "ColdRaw", w));
         }
         if minutes_on {
             let input = samples.filter(move |s: &Sample| s.ts > rollups_from);
             let (minutes, late) = tumbling_rollups(input, MINUTE_MS, lateness);
             if hours_on {
                 let (hours, _) = rollup_rollups(minutes.clone(), HOUR_MS, lateness);
+                let h_done = sink_rollups(hours.clone(), Arc::clone(&hot));
                 if let Some(w) = hour_w {
-                    done.push(sink_tier(
-                        hours.clone(),
-                        Some(registered.clone()),
-                        "Cold1h",
-                        w,
-                    ));
+                    done.push(sink_tier(hours, gate(h_done.clone()), "Cold1h", w));
                 }
-                done.push(sink_rollups(hours, Arc::clone(&hot)));
+                done.push(h_done);
             }
+            let m_done = sink_rollups(minutes.clone(), Arc::clone(&hot));
             if let Some(w) = minute_w {
-                done.push(sink_tier(
-                    minutes.clone(),
-                    Some(registered.clone()),
-                    "Cold1m",
-                    w,
-                ));
+                done.push(sink_tier(minutes, gate(m_done.clone()), "Cold1m", w));
             }
-            done.push(sink_rollups(minutes, Arc::clone(&hot)));
+            done.push(m_done);
             let (reg, job) = (Arc::clone(&registry), name.clone());
             late.sink(Pipeline, "LateCounts", move |(input, _)| {
                 input.for_each(|_, data| {

@@ -158,6 +158,9 @@ pub trait ColdRow: Clone + Send + 'static {
     fn series(&self) -> u64;
     fn time(&self) -> i64;
     fn into_rows(rows: Vec<Self>) -> Rows;
+    fn to_rows(rows: &[Self]) -> Rows {
+        Self::into_rows(rows.to_vec())
+    }
 }
 
 impl ColdRow for Sample {
@@ -249,7 +252,7 @@ pub fn sort_dedup<R: ColdRow>(
 
 /// One record batch of rows in file order (see [`sort_dedup`]) and their series. Labels and
 /// metric names are built once per series and gathered per row.
-pub fn to_batch(tier: Tier, rows: &Rows, order: &SeriesOrder) -> Result<RecordBatch, ParquetError> {
+pub fn to_batch(tier: Tier, rows: &Rows, order: &[(u64, Arc<Labels>)]) -> Result<RecordBatch, ParquetError> {
     let n = rows.len();
     // Per series: its metric's dictionary key and its label map entry.
     let mut metric_names: Vec<&str> = Vec::new();

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
@@ -372,6 +373,52 @@ impl ColdStore {
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
         self.stats.bytes_written.fetch_add(size, Ordering::Relaxed);
         Ok(size)
+    }
+
+    /// Writes one Parquet file at `path` from record batches that `next` yields in file order
+    /// (`None` ends the file), whole: readers see the complete file or none. Memory holds one
+    /// batch and the row group being encoded, not the file's rows. Returns the size and rows;
+    /// a file with no rows is not written (size 0).
+    pub fn write_file_batches(
+        &self,
+        path: &str,
+        tier: Tier,
+        next: &mut dyn FnMut() -> Result<Option<RecordBatch>, ParquetError>,
+    ) -> Result<(u64, u64), ColdError> {
+        let perr = |source: ParquetError| ColdError::Parquet {
+            path: path.into(),
+            source,
+        };
+        let Some(first) = next().map_err(perr)? else {
+            return Ok((0, 0));
+        };
+        let location = Path::from(path);
+        let store = Arc::clone(&self.store);
+        let props = parquet_io::writer_properties(tier);
+        let res: Result<(u64, u64), ColdError> = self.rt.block_on(async {
+            let out = object_store::buffered::BufWriter::new(store, location.clone());
+            let mut w = AsyncArrowWriter::try_new(out, first.schema(), Some(props))
+                .map_err(|e| perr(e.into()))?;
+            let mut rows = first.num_rows() as u64;
+            w.write(&first).await.map_err(|e| perr(e.into()))?;
+            drop(first);
+            while let Some(batch) = next().map_err(perr)? {
+                rows += batch.num_rows() as u64;
+                w.write(&batch).await.map_err(|e| perr(e.into()))?;
+            }
+            w.close().await.map_err(|e| perr(e.into()))?;
+            let meta = self
+                .store
+                .head(&location)
+                .await
+                .map_err(|e| self.store_err("head", path, e))?;
+            Ok((meta.size, rows))
+        });
+        let (size, rows) = res?;
+        self.stats.files_written.fetch_add(1, Ordering::Relaxed);
+        self.stats.rows_written.fetch_add(rows, Ordering::Relaxed);
+        self.stats.bytes_written.fetch_add(size, Ordering::Relaxed);
+        Ok((size, rows))
     }
 
     /// Every object under `prefix`.

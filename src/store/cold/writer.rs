@@ -1,12 +1,19 @@
 //! A tier writer: the [`TierSink`] behind each cold tier of a timely job.
 //!
-//! Rows are buffered by partition. A row sent (at timely time `t`) before its partition is
-//! sealed (`t < partition end + allowed lateness`) goes to the partition's main file, written
-//! once the frontier passes the seal; a row sent later is a late correction, collected by the
-//! hour of `t` and written to its own file when the frontier passes that hour. Every decision
-//! depends on the row and `t` only, never on when it was processed, so re-running the job over
-//! the same input writes the same files under the same names: a crash between a file and the
-//! checkpoint rewrites that file, it never adds a copy.
+//! A writer does not buffer the rows of a partition. The hot index applies every row the job
+//! sends (the sink operator seals only what the hot sinks' frontier has passed), so for an
+//! open partition the writer keeps only which series it has and the earliest time their rows
+//! were sent at; when the frontier passes the partition's end plus the allowed lateness, the
+//! file is written from the hot index ([`RowSource`]) series by series, in file order, a
+//! record batch at a time. Memory is a series set per open partition (about 16 bytes per
+//! series) plus one batch, independent of the ingest rate and the partition's length.
+//!
+//! A row sent (at timely time `t`) after its partition is sealed (`t >= partition end +
+//! allowed lateness`) is a late correction: such rows are buffered as rows, collected by the
+//! hour of `t`, and written to their own file when the frontier passes that hour. Every
+//! decision depends on the row and `t` only, never on when it was processed, so re-running the
+//! job over the same input writes the same files under the same names: a crash between a file
+//! and the checkpoint rewrites that file, it never adds a copy.
 //!
 //! The checkpoint (`_tidemark/checkpoints/<job>-w<worker>-<tier>.json`, written after the files)
 //! records `sealed_through`: every partition sealed and every correction hour ended before it is
@@ -16,15 +23,55 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use tidemark_dataflows::memory::{hash_slot, Component, Reported};
 use tidemark_dataflows::tier::TierSink;
+use tidemark_dataflows::{Rollup, Sample};
 
 use super::layout::{FileKind, Partition, Tier, HOUR_MS};
-use super::parquet_io::{sort_dedup, ColdRow};
+use super::parquet_io::{self, sort_dedup, ColdRow, SeriesOrder};
 use super::store::{ColdError, ColdStore};
-use crate::model::{IdMap, Labels};
+use crate::model::{IdMap, IdSet, Labels};
+use crate::store::hot::{HotIndex, Resolution};
 
 /// Label lookup for series ids (the hot index's catalog).
 pub type LabelLookup = Arc<dyn Fn(u64) -> Option<Arc<Labels>> + Send + Sync>;
+
+/// Rows of one series with time in `[start, end)`, sorted by time, one per time (the hot
+/// index's samples or rollups of the tier's resolution), appended to the vector.
+pub type RowSource<R> = Arc<dyn Fn(u64, i64, i64, &mut Vec<R>) + Send + Sync>;
+
+/// The hot index's raw samples as a writer's row source.
+pub fn hot_samples(hot: &Arc<HotIndex>) -> RowSource<Sample> {
+    let hot = Arc::clone(hot);
+    Arc::new(move |id, start, end, out| {
+        let mut pts = Vec::new();
+        hot.samples(id, start, end - 1, &mut pts);
+        out.extend(pts.into_iter().map(|(ts, value)| Sample {
+            series: id,
+            ts,
+            value,
+        }));
+    })
+}
+
+/// The hot index's rollups of a rollup tier's resolution as a writer's row source.
+pub fn hot_rollups(hot: &Arc<HotIndex>, tier: Tier) -> RowSource<Rollup> {
+    let hot = Arc::clone(hot);
+    let res = match tier {
+        Tier::Hour => Resolution::OneHour,
+        Tier::Minute | Tier::Raw => Resolution::OneMinute,
+    };
+    Arc::new(move |id, start, end, out| out.extend(hot.rollups(id, res, start, end - 1)))
+}
+
+/// Rows per record batch when a partition is written from the hot index.
+const BATCH_ROWS: usize = 64 * 1024;
+
+/// An open partition: which series have rows in it, and the earliest time rows came at.
+struct Open {
+    series: IdSet,
+    since: u64,
+}
 
 /// Path of a writer's checkpoint.
 pub fn checkpoint_path(job: &str, worker: usize, tier: Tier) -> String {
@@ -129,8 +176,9 @@ pub struct TierWriter<R: ColdRow> {
     lateness: i64,
     store: Arc<ColdStore>,
     labels: LabelLookup,
-    /// Main buffers by partition start.
-    open: BTreeMap<i64, Buffer<R>>,
+    source: RowSource<R>,
+    /// Open partitions by start.
+    open: BTreeMap<i64, Open>,
     /// Corrections by (hour of send time, partition start).
     late: BTreeMap<(i64, i64), Buffer<R>>,
     sealed_through: i64,
@@ -139,10 +187,13 @@ pub struct TierWriter<R: ColdRow> {
     /// Rows dropped because the catalog never learned their series (reported, never expected:
     /// a definition reaches the catalog before the frontier passes its first sample).
     pub unlabelled: u64,
+    /// What `tidemark_memory_bytes{component="cold_writers"}` has of this writer.
+    reported: Reported,
 }
 
 impl<R: ColdRow> TierWriter<R> {
-    /// A writer resuming from its checkpoint in `store`.
+    /// A writer resuming from its checkpoint in `store`, writing sealed partitions from
+    /// `source`.
     pub fn new(
         tier: Tier,
         job: &str,
@@ -150,6 +201,7 @@ impl<R: ColdRow> TierWriter<R> {
         lateness: i64,
         store: Arc<ColdStore>,
         labels: LabelLookup,
+        source: RowSource<R>,
     ) -> Result<Self, ColdError> {
         let path = checkpoint_path(job, worker, tier);
         let sealed_through = store
@@ -166,12 +218,29 @@ impl<R: ColdRow> TierWriter<R> {
             lateness: lateness.max(0),
             store,
             labels,
+            source,
             open: BTreeMap::new(),
             late: BTreeMap::new(),
             sealed_through,
             skipped: 0,
             unlabelled: 0,
+            reported: Reported::new(Component::ColdWriters),
         })
+    }
+
+    /// Reports the bytes the open series sets and late buffers hold.
+    fn account(&mut self) {
+        let set = hash_slot(8);
+        let row = std::mem::size_of::<R>() as i64;
+        let now: i64 = self
+            .open
+            .values()
+            .map(|o| o.series.capacity() as i64 * set)
+            .chain(self.late.values().map(|b| {
+                b.rows.capacity() as i64 * row + b.names.capacity() as i64 * hash_slot(16)
+            }))
+            .sum();
+        self.reported.set(now);
     }
 
     /// Time through which everything is in files (from the checkpoint and this run).
@@ -209,6 +278,56 @@ impl<R: ColdRow> TierWriter<R> {
         Ok(())
     }
 
+    /// Writes an open partition's file from the row source: series in file order (metric,
+    /// id), a record batch of about [`BATCH_ROWS`] rows at a time.
+    fn write_open(&mut self, p: Partition, open: &Open) -> Result<(), ColdError> {
+        let path = p.file(&self.job, self.worker, FileKind::Main);
+        let mut order: SeriesOrder = Vec::with_capacity(open.series.len());
+        let mut unknown = 0u64;
+        for &id in &open.series {
+            match (self.labels)(id) {
+                Some(l) => order.push((id, l)),
+                None => unknown += 1,
+            }
+        }
+        if unknown > 0 {
+            self.unlabelled += unknown;
+            eprintln!(
+                "tidemark: cold tier {} (job {}): {unknown} series the catalog never learned were not written to {path} ({} so far)",
+                self.tier, self.job, self.unlabelled
+            );
+        }
+        order.sort_by(|a, b| {
+            let (ma, mb) = (
+                a.1.metric_name().unwrap_or(""),
+                b.1.metric_name().unwrap_or(""),
+            );
+            ma.cmp(mb).then(a.0.cmp(&b.0))
+        });
+        let (tier, source) = (self.tier, Arc::clone(&self.source));
+        let (start, end) = (p.start, p.end());
+        self.store.retrying(&format!("writing {path}"), || {
+            let mut next_series = 0usize;
+            let mut rows: Vec<R> = Vec::new();
+            let mut next = || -> Result<_, parquet_io::ParquetError> {
+                rows.clear();
+                let first = next_series;
+                while next_series < order.len() && rows.len() < BATCH_ROWS {
+                    source(order[next_series].0, start, end, &mut rows);
+                    next_series += 1;
+                }
+                if rows.is_empty() {
+                    return Ok(None);
+                }
+                let names = &order[first..next_series];
+                let batch = parquet_io::to_batch(tier, &R::to_rows(&rows), names)?;
+                Ok(Some(batch))
+            };
+            self.store.write_file_batches(&path, tier, &mut next)
+        })?;
+        Ok(())
+    }
+
     /// Writes everything the frontier `f` completes; returns the number of files written.
     pub fn flush(&mut self, f: i64) -> Result<usize, ColdError> {
         let mut files = 0;
@@ -220,9 +339,9 @@ impl<R: ColdRow> TierWriter<R> {
             .collect();
         for s in ready {
             let p = self.tier.partition(s);
-            let buf = self.open.remove(&s).expect("listed");
-            if let Err(e) = self.write(p, FileKind::Main, &buf) {
-                self.open.insert(s, buf);
+            let open = self.open.remove(&s).expect("listed");
+            if let Err(e) = self.write_open(p, &open) {
+                self.open.insert(s, open);
                 return Err(e);
             }
             files += 1;
@@ -290,9 +409,14 @@ impl<R: ColdRow> TierSink<R> for TierWriter<R> {
                     self.skipped += run.len() as u64;
                     continue;
                 }
-                self.open
-                    .entry(p.start)
-                    .or_insert_with(|| Buffer::new(time))
+                let open = self.open.entry(p.start).or_insert_with(|| Open {
+                    series: IdSet::default(),
+                    since: time,
+                });
+                // Batches can arrive out of time order (from several upstream workers).
+                open.since = open.since.min(time);
+                open.series.extend(run.iter().map(|r| r.series()));
+                continue;
             } else {
                 let hour = t.div_euclid(HOUR_MS) * HOUR_MS;
                 if hour + HOUR_MS <= self.sealed_through {
@@ -307,11 +431,14 @@ impl<R: ColdRow> TierSink<R> for TierWriter<R> {
             buf.since = buf.since.min(time);
             buf.extend(run, &self.labels);
         }
+        self.account();
     }
 
     fn advance(&mut self, frontier: u64) {
         let f = frontier.min(i64::MAX as u64) as i64;
-        if let Err(e) = self.flush(f) {
+        let res = self.flush(f);
+        self.account();
+        if let Err(e) = res {
             // Only a stop (shutdown) ends the retries: the buffers stay, the log or Kafka
             // offsets still hold the data, and the next run writes it.
             eprintln!(
@@ -324,8 +451,8 @@ impl<R: ColdRow> TierSink<R> for TierWriter<R> {
     fn pending_since(&self) -> Option<u64> {
         self.open
             .values()
-            .chain(self.late.values())
-            .map(|b| b.since)
+            .map(|o| o.since)
+            .chain(self.late.values().map(|b| b.since))
             .min()
     }
 }
@@ -362,21 +489,50 @@ mod tests {
         out
     }
 
+    /// A writer whose rows come from `hot`, and a way to send rows to both, as the job does
+    /// (the hot sink applies what the writer is told about).
+    fn writer(
+        store: &Arc<ColdStore>,
+        hot: &Arc<HotIndex>,
+        lateness: i64,
+        labels: LabelLookup,
+    ) -> TierWriter<Sample> {
+        TierWriter::<Sample>::new(
+            Tier::Raw,
+            "j",
+            0,
+            lateness,
+            Arc::clone(store),
+            labels,
+            hot_samples(hot),
+        )
+        .unwrap()
+    }
+
+    fn send(w: &mut TierWriter<Sample>, hot: &HotIndex, t: i64, rows: &[Sample]) {
+        hot.append_samples(rows);
+        w.accept(t as u64, rows);
+    }
+
+    fn new_hot() -> Arc<HotIndex> {
+        Arc::new(HotIndex::new(i64::MAX / 4))
+    }
+
     const H: i64 = HOUR_MS;
     const BASE: i64 = 1_795_305_600_000; // 2026-11-22T00:00Z
 
     #[test]
     fn seals_on_the_frontier_corrects_late_rows_and_resumes_without_copies() {
         let store = Arc::new(ColdStore::open("memory://").unwrap());
-        let mk = |store: &Arc<ColdStore>| {
-            TierWriter::<Sample>::new(Tier::Raw, "j", 0, 60_000, Arc::clone(store), labels())
-                .unwrap()
-        };
+        let hot = new_hot();
+        let mk = |store: &Arc<ColdStore>| writer(store, &hot, 60_000, labels());
         let s = |series, ts, value| Sample { series, ts, value };
         let mut w = mk(&store);
-        w.accept(BASE as u64, &[s(1, BASE + 10, 1.0), s(2, BASE + 20, 2.0)]);
-        w.accept(
-            BASE as u64 + 5,
+        send(&mut w, &hot, BASE, &[s(1, BASE + 10, 1.0), s(2, BASE + 20, 2.0)]);
+        send(
+            &mut w,
+            &hot,
+            BASE + 5,
             &[s(1, BASE + 10, 1.5), s(2, BASE + H + 1, 3.0)],
         );
         w.advance((BASE + H) as u64);
@@ -395,7 +551,7 @@ mod tests {
         // Sorted by metric (cpu < mem), then series, then time; the later write of (1, 10) wins.
         assert_eq!(files[0].1, vec![s(2, BASE + 20, 2.0), s(1, BASE + 10, 1.5)]);
         // A late row for the sealed hour, sent during hour 2: its own file once hour 2 ends.
-        w.accept((BASE + 2 * H + 5) as u64, &[s(1, BASE + 30, 9.0)]);
+        send(&mut w, &hot, BASE + 2 * H + 5, &[s(1, BASE + 30, 9.0)]);
         w.advance((BASE + 3 * H) as u64);
         let files = read_all(&store, Tier::Raw);
         assert_eq!(files.len(), 3, "{files:?}");
@@ -413,7 +569,7 @@ mod tests {
         assert_eq!(w.sealed_through(), sealed);
         w.accept(BASE as u64, &[s(1, BASE + 10, 1.0), s(2, BASE + 20, 2.0)]);
         w.accept((BASE + 2 * H + 5) as u64, &[s(1, BASE + 30, 9.0)]);
-        w.accept((BASE + 3 * H) as u64, &[s(3, BASE + 3 * H + 7, 4.0)]);
+        send(&mut w, &hot, BASE + 3 * H, &[s(3, BASE + 3 * H + 7, 4.0)]);
         assert_eq!(w.skipped, 3);
         w.advance((BASE + 4 * H + 60_000) as u64);
         assert_eq!(store.list("").unwrap().len(), before + 1);
@@ -431,11 +587,13 @@ mod tests {
         let all = labels();
         let lookup: LabelLookup =
             Arc::new(move |id| k.lock().unwrap().contains(&id).then(|| all(id)).flatten());
-        let mut w =
-            TierWriter::<Sample>::new(Tier::Raw, "j", 0, 0, Arc::clone(&store), lookup).unwrap();
+        let hot = new_hot();
+        let mut w = writer(&store, &hot, 0, lookup);
         let s = |series, ts, value| Sample { series, ts, value };
-        w.accept(
-            BASE as u64,
+        send(
+            &mut w,
+            &hot,
+            BASE,
             &[
                 s(1, BASE + 1, 1.0),
                 s(3, BASE + 2, 3.0),
@@ -456,7 +614,7 @@ mod tests {
         // Batches from several upstream workers reach a sink out of time order: the sink must
         // hold the earliest (the Kafka commit path waits on it), not the first it saw.
         let store = Arc::new(ColdStore::open("memory://").unwrap());
-        let mut w = TierWriter::<Sample>::new(Tier::Raw, "j", 0, 60_000, store, labels()).unwrap();
+        let mut w = writer(&store, &new_hot(), 60_000, labels());
         let s = |ts| Sample {
             series: 1,
             ts,

@@ -159,6 +159,35 @@ impl Catalog {
             .cloned()
     }
 
+    /// Estimated bytes held: `(labels, postings)`. Labels: each series' table slot, its label
+    /// set and strings (a 16-byte allocator header per allocation); postings: the label
+    /// names and values and about 13 bytes per id in a B-tree set.
+    pub fn memory(&self) -> (i64, i64) {
+        const ALLOC: usize = 16;
+        let string = |s: &str| if s.is_empty() { 0 } else { s.len().next_multiple_of(8) + ALLOC };
+        let slot = tidemark_dataflows::memory::hash_slot(16);
+        let mut labels = 0i64;
+        for sh in self.shards.iter() {
+            let sh = sh.read().unwrap_or_else(|e| e.into_inner());
+            labels += sh.capacity() as i64 * slot;
+            for l in sh.values() {
+                let pairs = l.pairs();
+                let heap = 16 + 24 + ALLOC + pairs.len() * 48 + ALLOC;
+                let strings: usize = pairs.iter().map(|(k, v)| string(k) + string(v)).sum();
+                labels += (heap + strings) as i64;
+            }
+        }
+        let p = self.postings.read().unwrap_or_else(|e| e.into_inner());
+        let mut postings = 0i64;
+        for (k, values) in p.iter() {
+            postings += (string(k) + 72) as i64 + values.capacity() as i64 * 80;
+            for (v, set) in values.iter() {
+                postings += string(v) as i64 + set.len() as i64 * 13;
+            }
+        }
+        (labels, postings)
+    }
+
     /// Number of series.
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)

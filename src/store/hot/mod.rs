@@ -59,6 +59,17 @@ pub struct HotStats {
     pub rollup_bytes: AtomicI64,
 }
 
+/// Bytes the hot index holds, by part (see [`HotIndex::memory`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HotMemory {
+    /// The per-series table (hash slots of the series' state).
+    pub series_table: i64,
+    /// Raw samples: chunks, uncompressed heads, out-of-order buffers.
+    pub samples: i64,
+    /// 1-minute and 1-hour rollups.
+    pub rollups: i64,
+}
+
 /// The in-memory hot tier.
 pub struct HotIndex {
     pub catalog: Catalog,
@@ -160,6 +171,13 @@ impl SeriesData {
             k = end;
         }
         (dbytes, -n, dsealed)
+    }
+
+    /// Heap bytes of the raw samples: chunk table, chunk bytes, head and out-of-order buffers.
+    fn raw_heap_bytes(&self) -> usize {
+        self.sealed.capacity() * std::mem::size_of::<Chunk>()
+            + self.sealed.iter().map(Chunk::size).sum::<usize>()
+            + (self.head.capacity() + self.ooo.capacity()) * 16
     }
 
     fn samples_in(&self, start: i64, end: i64, out: &mut Vec<(i64, f64)>) {
@@ -347,6 +365,22 @@ impl HotIndex {
     pub fn sample_count(&self) -> i64 {
         self.stats.head_samples.load(Ordering::Relaxed)
             + self.stats.sealed_samples.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held, walked series by series (one shard locked at a time): raw samples with the
+    /// per-series table entries, and rollups.
+    pub fn memory(&self) -> HotMemory {
+        let slot = tidemark_dataflows::memory::hash_slot(8 + std::mem::size_of::<SeriesData>());
+        let mut m = HotMemory::default();
+        for sh in self.shards.iter() {
+            let sh = sh.read().unwrap_or_else(|e| e.into_inner());
+            m.series_table += sh.capacity() as i64 * slot;
+            for s in sh.values() {
+                m.samples += s.raw_heap_bytes() as i64;
+                m.rollups += (s.r1m.heap_bytes() + s.r1h.heap_bytes()) as i64;
+            }
+        }
+        m
     }
 
     /// Drops data older than the retention window, and series left with nothing.

@@ -185,6 +185,17 @@ impl RollupSeries {
         delta - n as i64 * ROLLUP_BYTES
     }
 
+    /// Heap bytes held: blocks (their chunks and the block table) and the tail's capacity.
+    pub fn heap_bytes(&self) -> usize {
+        self.blocks.capacity() * std::mem::size_of::<Block>()
+            + self
+                .blocks
+                .iter()
+                .map(|b| b.size() + std::mem::size_of::<[Chunk; FIELDS]>())
+                .sum::<usize>()
+            + self.tail.capacity() * std::mem::size_of::<Rollup>()
+    }
+
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty() && self.tail.is_empty()
