@@ -117,7 +117,11 @@ pub fn render_memory(hot: &crate::store::hot::HotIndex, w: &mut TextWriter) {
         ("hot_samples".into(), h.samples),
         ("hot_rollups".into(), h.rollups),
     ];
-    parts.extend(Component::ALL.iter().map(|c| (c.name().to_string(), c.bytes())));
+    parts.extend(
+        Component::ALL
+            .iter()
+            .map(|c| (c.name().to_string(), c.bytes())),
+    );
     let accounted: i64 = parts.iter().map(|p| p.1).sum();
     parts.push(("other".into(), (rss_bytes() as i64 - accounted).max(0)));
     let labels: Vec<String> = parts

@@ -106,11 +106,7 @@ impl Accumulator<Rollup> for RollupAcc {
             Ok(i) => self.parts[i] = r,
             Err(i) => self.parts.insert(i, r),
         }
-        let n = self
-            .parts
-            .iter()
-            .take_while(|p| p.end() <= settled)
-            .count();
+        let n = self.parts.iter().take_while(|p| p.end() <= settled).count();
         for p in self.parts.drain(..n) {
             match &mut self.folded {
                 None => self.folded = Some(p),

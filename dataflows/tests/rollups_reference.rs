@@ -239,7 +239,10 @@ fn rollups_match_the_oracle_at_any_worker_count() {
             .flatten()
             .filter(|s| s.ts > 0 && s.ts % 60_000 == 0)
             .count();
-        assert!(on_boundary > 0, "seed {seed} puts samples on minute boundaries");
+        assert!(
+            on_boundary > 0,
+            "seed {seed} puts samples on minute boundaries"
+        );
         for workers in [1, 3] {
             let (got_m, got_h, stats) = run(recs.clone(), workers);
             assert_eq!(stats, want_stats, "seed {seed}, {workers} workers");

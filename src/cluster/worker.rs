@@ -754,7 +754,12 @@ fn start_job(
         };
         let gate = |d| Some(registered.clone().concat(d));
         if let Some(w) = raw_w {
-            done.push(sink_tier(samples.clone(), gate(applied.clone()), "ColdRaw", w));
+            done.push(sink_tier(
+                samples.clone(),
+                gate(applied.clone()),
+                "ColdRaw",
+                w,
+            ));
         }
         if minutes_on {
             let input = samples.filter(move |s: &Sample| s.ts > rollups_from);

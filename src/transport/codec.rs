@@ -162,7 +162,13 @@ mod tests {
         encode_plain(&batch, &mut plain);
         assert!(bytes[0] == 2 && plain[0] == 1);
         let mut again = Vec::new();
-        decode(&plain, &mut Vec::new(), |_, _| {}, |id, t, v| again.push((id, t, v.to_bits()))).unwrap();
+        decode(
+            &plain,
+            &mut Vec::new(),
+            |_, _| {},
+            |id, t, v| again.push((id, t, v.to_bits())),
+        )
+        .unwrap();
         assert_eq!(again, got);
     }
 }

@@ -252,7 +252,11 @@ pub fn sort_dedup<R: ColdRow>(
 
 /// One record batch of rows in file order (see [`sort_dedup`]) and their series. Labels and
 /// metric names are built once per series and gathered per row.
-pub fn to_batch(tier: Tier, rows: &Rows, order: &[(u64, Arc<Labels>)]) -> Result<RecordBatch, ParquetError> {
+pub fn to_batch(
+    tier: Tier,
+    rows: &Rows,
+    order: &[(u64, Arc<Labels>)],
+) -> Result<RecordBatch, ParquetError> {
     let n = rows.len();
     // Per series: its metric's dictionary key and its label map entry.
     let mut metric_names: Vec<&str> = Vec::new();

@@ -528,7 +528,12 @@ mod tests {
         let mk = |store: &Arc<ColdStore>| writer(store, &hot, 60_000, labels());
         let s = |series, ts, value| Sample { series, ts, value };
         let mut w = mk(&store);
-        send(&mut w, &hot, BASE, &[s(1, BASE + 10, 1.0), s(2, BASE + 20, 2.0)]);
+        send(
+            &mut w,
+            &hot,
+            BASE,
+            &[s(1, BASE + 10, 1.0), s(2, BASE + 20, 2.0)],
+        );
         send(
             &mut w,
             &hot,

@@ -164,7 +164,13 @@ impl Catalog {
     /// names and values and about 13 bytes per id in a B-tree set.
     pub fn memory(&self) -> (i64, i64) {
         const ALLOC: usize = 16;
-        let string = |s: &str| if s.is_empty() { 0 } else { s.len().next_multiple_of(8) + ALLOC };
+        let string = |s: &str| {
+            if s.is_empty() {
+                0
+            } else {
+                s.len().next_multiple_of(8) + ALLOC
+            }
+        };
         let slot = tidemark_dataflows::memory::hash_slot(16);
         let mut labels = 0i64;
         for sh in self.shards.iter() {
