@@ -33,7 +33,7 @@ use crate::config::JobConfig;
 use crate::ops::Metrics;
 use crate::store::cold::writer::{hot_rollups, hot_samples, LabelLookup, TierWriter};
 use crate::store::cold::{ColdStore, Tier};
-use crate::store::hot::HotIndex;
+use crate::store::hot::{HotIndex, PinKind};
 use crate::transport::codec;
 use crate::transport::log::{Log, LogReader, RecordKind};
 
@@ -415,7 +415,12 @@ impl Job {
                     let new = |tier| {
                         let (s, l) = (Arc::clone(store), Arc::clone(&labels));
                         let rows = hot_rollups(&hot, tier);
+                        let kind = match tier {
+                            Tier::Hour => PinKind::Hour,
+                            _ => PinKind::Minute,
+                        };
                         TierWriter::<Rollup>::new(tier, UP_JOB, index, lateness, s, l, rows)
+                            .map(|w| w.pin(hot.pin(kind)))
                     };
                     let raw = TierWriter::<Sample>::new(
                         Tier::Raw,
@@ -425,7 +430,8 @@ impl Job {
                         Arc::clone(store),
                         Arc::clone(&labels),
                         hot_samples(&hot),
-                    );
+                    )
+                    .map(|w| w.pin(hot.pin(PinKind::Raw)));
                     match (raw, new(Tier::Minute), new(Tier::Hour)) {
                         (Ok(raw), Ok(minute), Ok(hour)) => {
                             // The writers read sealed partitions from the hot index, so each

@@ -44,7 +44,7 @@ use crate::model::Limits;
 use crate::ops::Metrics;
 use crate::store::cold::writer::{hot_rollups, hot_samples, LabelLookup, TierWriter};
 use crate::store::cold::{ColdError, ColdStore, Tier};
-use crate::store::hot::HotIndex;
+use crate::store::hot::{HotIndex, PinKind};
 use crate::transport::kafka::KafkaConfig;
 use tidemark_dataflows::rules::{evaluate_at_ticks, TickConfig};
 
@@ -667,7 +667,11 @@ fn start_job(
             ),
         );
         match writers {
-            (Ok(r), Ok(m), Ok(h)) => Some((r, m, h)),
+            (Ok(r), Ok(m), Ok(h)) => Some((
+                r.pin(hot.pin(PinKind::Raw)),
+                m.pin(hot.pin(PinKind::Minute)),
+                h.pin(hot.pin(PinKind::Hour)),
+            )),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 let msg = format!("worker {index}: cold tiers disabled for this run: {e}");
                 eprintln!("tidemark worker: job {name}: {msg}");

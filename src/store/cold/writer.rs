@@ -177,6 +177,8 @@ pub struct TierWriter<R: ColdRow> {
     store: Arc<ColdStore>,
     labels: LabelLookup,
     source: RowSource<R>,
+    /// Holds in the row source what is not in files yet (see [`TierWriter::pin`]).
+    pin: Option<Arc<std::sync::atomic::AtomicI64>>,
     /// Open partitions by start.
     open: BTreeMap<i64, Open>,
     /// Corrections by (hour of send time, partition start).
@@ -219,6 +221,7 @@ impl<R: ColdRow> TierWriter<R> {
             store,
             labels,
             source,
+            pin: None,
             open: BTreeMap::new(),
             late: BTreeMap::new(),
             sealed_through,
@@ -226,6 +229,24 @@ impl<R: ColdRow> TierWriter<R> {
             unlabelled: 0,
             reported: Reported::new(Component::ColdWriters),
         })
+    }
+
+    /// Keeps the rows this writer has not written in the row source: `pin` is set to the
+    /// start of the oldest partition that may still be open (from `sealed_through`).
+    pub fn pin(mut self, pin: Arc<std::sync::atomic::AtomicI64>) -> Self {
+        self.pin = Some(pin);
+        self.update_pin();
+        self
+    }
+
+    fn update_pin(&self) {
+        if let Some(p) = &self.pin {
+            let v = self
+                .sealed_through
+                .saturating_sub(self.lateness)
+                .saturating_sub(self.tier.partition_width());
+            p.store(v, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// Reports the bytes the open series sets and late buffers hold.
@@ -384,6 +405,7 @@ impl<R: ColdRow> TierWriter<R> {
                     self.store.put_bytes(&path, body.clone())
                 })?;
                 self.sealed_through = through;
+                self.update_pin();
             }
         }
         Ok(files)

@@ -12,7 +12,7 @@ pub mod index;
 pub mod rollups;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use tidemark_dataflows::sink::HotSink;
 use tidemark_dataflows::{Rollup, Sample};
@@ -70,6 +70,14 @@ pub struct HotMemory {
     pub rollups: i64,
 }
 
+/// What a pin holds in the index: raw samples, 1-minute or 1-hour rollups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinKind {
+    Raw = 0,
+    Minute = 1,
+    Hour = 2,
+}
+
 /// The in-memory hot tier.
 pub struct HotIndex {
     pub catalog: Catalog,
@@ -77,6 +85,8 @@ pub struct HotIndex {
     newest: AtomicI64,
     retention_ms: i64,
     pub stats: HotStats,
+    /// Times before which the cold writers no longer need data, by kind (see [`HotIndex::pin`]).
+    pins: std::sync::Mutex<Vec<(PinKind, std::sync::Weak<AtomicI64>)>>,
 }
 
 fn shard(id: SeriesId) -> usize {
@@ -243,7 +253,31 @@ impl HotIndex {
             newest: AtomicI64::new(i64::MIN),
             retention_ms,
             stats: HotStats::default(),
+            pins: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// A pin: while it lives, data of `kind` at or after its value is neither rejected as too
+    /// old nor dropped by retention. The cold writers write sealed partitions from this index,
+    /// so each pins what it has not written yet (a backfill can move the newest sample, and so
+    /// the retention window, past partitions not sealed yet). Starts at `i64::MIN`: everything.
+    pub fn pin(&self, kind: PinKind) -> Arc<AtomicI64> {
+        let p = Arc::new(AtomicI64::new(i64::MIN));
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        pins.retain(|(_, w)| w.strong_count() > 0);
+        pins.push((kind, Arc::downgrade(&p)));
+        p
+    }
+
+    /// The lowest live pin of `kind` (`i64::MAX` when none).
+    fn pinned(&self, kind: PinKind) -> i64 {
+        let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        pins.iter()
+            .filter(|(k, _)| *k == kind)
+            .filter_map(|(_, w)| w.upgrade())
+            .map(|p| p.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(i64::MAX)
     }
 
     /// The newest sample time, if any sample was appended.
@@ -258,8 +292,13 @@ impl HotIndex {
         self.newest.fetch_max(ts, Ordering::Relaxed);
     }
 
-    /// The oldest timestamp the index accepts now.
+    /// The oldest timestamp the index accepts now: the retention window from the newest
+    /// sample, or the cold writers' pin on raw samples when that is older.
     pub fn min_valid_ts(&self) -> i64 {
+        self.retention_cutoff().min(self.pinned(PinKind::Raw))
+    }
+
+    fn retention_cutoff(&self) -> i64 {
         self.newest()
             .map_or(i64::MIN, |n| n.saturating_sub(self.retention_ms))
     }
@@ -385,10 +424,15 @@ impl HotIndex {
 
     /// Drops data older than the retention window, and series left with nothing.
     pub fn gc(&self) {
-        let cutoff = self.min_valid_ts();
-        if cutoff == i64::MIN {
+        let retention = self.retention_cutoff();
+        if retention == i64::MIN {
             return;
         }
+        let cutoff = retention.min(self.pinned(PinKind::Raw));
+        let (cut_1m, cut_1h) = (
+            retention.min(self.pinned(PinKind::Minute)),
+            retention.min(self.pinned(PinKind::Hour)),
+        );
         let mut removed = Vec::new();
         let (mut dbytes, mut dhead, mut dsealed, mut drollups) = (0i64, 0i64, 0i64, 0i64);
         for sh in self.shards.iter() {
@@ -409,9 +453,7 @@ impl HotIndex {
                         dhead -= n as i64;
                     }
                 }
-                for v in [&mut s.r1m, &mut s.r1h] {
-                    drollups += v.gc(cutoff);
-                }
+                drollups += s.r1m.gc(cut_1m) + s.r1h.gc(cut_1h);
                 let keep = !(s.sealed.is_empty()
                     && s.head.is_empty()
                     && s.ooo.is_empty()
