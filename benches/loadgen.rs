@@ -280,6 +280,11 @@ fn stream(a: &Args, start: i64) {
         a.points,
         a.connections
     );
+    ingest_rates(samples, acked, applied);
+}
+
+/// Prints the acknowledged and in-the-hot-index ingest rates.
+fn ingest_rates(samples: f64, acked: Duration, applied: Duration) {
     println!(
         "ingest (acknowledged): {:.2} s, {:.0} samples/s",
         acked.as_secs_f64(),
@@ -382,16 +387,7 @@ fn main() {
     lat.sort_by(|x, y| x.partial_cmp(y).unwrap());
 
     println!("workload: {} series x {} points = {} samples, {} batches of {} lines, {:.1} MB of line protocol, {} connections", a.hosts * 4, a.points, samples, batches.len(), a.hosts * 4, bytes as f64 / 1e6, a.connections);
-    println!(
-        "ingest (acknowledged): {:.2} s, {:.0} samples/s",
-        acked.as_secs_f64(),
-        samples / acked.as_secs_f64()
-    );
-    println!(
-        "ingest (in the hot index): {:.2} s, {:.0} samples/s",
-        applied.as_secs_f64(),
-        samples / applied.as_secs_f64()
-    );
+    ingest_rates(samples, acked, applied);
     println!(
         "RSS: {:.1} MiB before, {:.1} MiB after",
         rss_before / 1048576.0,
