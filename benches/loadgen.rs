@@ -394,7 +394,7 @@ fn main() {
         rss / 1048576.0
     );
     println!(
-        "hot index: {:.1} MiB in all; raw samples {:.1} MiB = {:.2} bytes/sample (sealed chunks {:.2} bytes/sample, open heads 16); rollups {:.1} MiB",
+        "hot index: {:.1} MiB in all; raw samples {:.1} MiB = {:.2} bytes/sample (sealed chunks {:.2} bytes/sample; open heads Gorilla-compressed as appended); rollups {:.1} MiB",
         hot_bytes / 1048576.0,
         raw_bytes / 1048576.0,
         raw_bytes / hot_samples,

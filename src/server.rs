@@ -266,7 +266,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     w.family(
         "tidemark_hot_raw_bytes",
         "gauge",
-        "Bytes of raw samples in the hot index (compressed chunks and uncompressed heads).",
+        "Bytes of raw samples in the hot index (sealed chunks, heads compressed as appended, out-of-order buffers).",
         &[("", hot.raw_bytes() as f64)],
     );
     w.family(

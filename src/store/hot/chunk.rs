@@ -452,6 +452,244 @@ fn write_values(w: &mut BitWriter, codec: ValueCodec, values: &[f64], exp: u32) 
     }
 }
 
+/// The open chunk of a series, compressed as samples are appended (Gorilla, as Prometheus's
+/// head chunks): per sample, the timestamp as delta-of-delta in Prometheus's buckets and the
+/// value XORed with the previous one, in one bit stream. About 3.4 bytes per sample on the
+/// fleet workload instead of 16 uncompressed; sealing decodes it once and re-encodes with
+/// [`Chunk::encode`]'s smaller codecs. Timestamps must increase.
+///
+/// ```text
+/// sample 0: 64 ts | 64 value bits
+/// sample 1: var zigzag delta | value
+/// sample n: dod '0' | '10' 14 bits | '110' 17 | '1110' 20 | '1111' 64 ; value
+/// value: '0' same | '10' bits in the previous window | '11' 5 leading, 6 (len - 1), bits
+/// ```
+#[derive(Debug)]
+pub struct Appender {
+    buf: Vec<u8>,
+    acc: u64,
+    nbits: u32,
+    count: u16,
+    lead: u8,
+    trail: u8,
+    first_ts: i64,
+    last_ts: i64,
+    delta: i64,
+    last_bits: u64,
+}
+
+impl Default for Appender {
+    fn default() -> Self {
+        Appender {
+            buf: Vec::new(),
+            acc: 0,
+            nbits: 0,
+            count: 0,
+            lead: u8::MAX,
+            trail: 0,
+            first_ts: 0,
+            last_ts: 0,
+            delta: 0,
+            last_bits: 0,
+        }
+    }
+}
+
+impl Appender {
+    /// Samples held.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The first and last timestamps (meaningless when empty).
+    pub fn first_ts(&self) -> i64 {
+        self.first_ts
+    }
+
+    pub fn last_ts(&self) -> i64 {
+        self.last_ts
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Bytes of the bit stream.
+    pub fn size(&self) -> usize {
+        self.buf.len() + self.nbits.div_ceil(8) as usize
+    }
+
+    fn write(&mut self, value: u64, bits: u32) {
+        if bits == 0 {
+            return;
+        }
+        let value = if bits == 64 {
+            value
+        } else {
+            value & ((1u64 << bits) - 1)
+        };
+        let free = 64 - self.nbits;
+        if bits < free {
+            self.acc |= value << (free - bits);
+            self.nbits += bits;
+            return;
+        }
+        let hi = bits - free;
+        self.acc |= if hi == 64 { 0 } else { value >> hi };
+        if self.buf.len() + 8 > self.buf.capacity() {
+            // Grow by small steps: a series' open chunk is a few hundred bytes.
+            self.buf.reserve_exact(32);
+        }
+        self.buf.extend_from_slice(&self.acc.to_be_bytes());
+        self.acc = if hi == 0 { 0 } else { value << (64 - hi) };
+        self.nbits = hi;
+    }
+
+    /// Appends a sample; `ts` must be after the last one (callers route others elsewhere).
+    pub fn push(&mut self, ts: i64, v: f64) {
+        debug_assert!(self.count == 0 || ts > self.last_ts);
+        let bits = v.to_bits();
+        match self.count {
+            0 => {
+                self.write(ts as u64, 64);
+                self.write(bits, 64);
+                self.first_ts = ts;
+                self.last_bits = bits;
+                self.last_ts = ts;
+                self.count = 1;
+                return;
+            }
+            1 => {
+                let d = ts.wrapping_sub(self.last_ts);
+                let z = zigzag(d);
+                let len = bit_len(z).max(1);
+                self.write(u64::from(len - 1), 6);
+                self.write(z, len);
+                self.delta = d;
+            }
+            _ => {
+                let d = ts.wrapping_sub(self.last_ts);
+                let dod = d.wrapping_sub(self.delta);
+                let fits = |n: u32| dod >= -(1i64 << (n - 1)) && dod < (1i64 << (n - 1));
+                if dod == 0 {
+                    self.write(0, 1);
+                } else if fits(14) {
+                    self.write(0b10, 2);
+                    self.write(dod as u64, 14);
+                } else if fits(17) {
+                    self.write(0b110, 3);
+                    self.write(dod as u64, 17);
+                } else if fits(20) {
+                    self.write(0b1110, 4);
+                    self.write(dod as u64, 20);
+                } else {
+                    self.write(0b1111, 4);
+                    self.write(dod as u64, 64);
+                }
+                self.delta = d;
+            }
+        }
+        let x = bits ^ self.last_bits;
+        if x == 0 {
+            self.write(0, 1);
+        } else {
+            let l = x.leading_zeros().min(31);
+            let t = x.trailing_zeros();
+            if self.lead != u8::MAX && l >= u32::from(self.lead) && t >= u32::from(self.trail) {
+                let (lead, trail) = (u32::from(self.lead), u32::from(self.trail));
+                self.write(0b10, 2);
+                self.write(x >> trail, 64 - lead - trail);
+            } else {
+                let sig = 64 - l - t;
+                self.write(0b11, 2);
+                self.write(u64::from(l), 5);
+                self.write(u64::from(sig - 1), 6);
+                self.write(x >> t, sig);
+                self.lead = l as u8;
+                self.trail = t as u8;
+            }
+        }
+        self.last_bits = bits;
+        self.last_ts = ts;
+        self.count += 1;
+    }
+
+    /// Appends the samples to `out`, in time order.
+    pub fn decode_into(&self, out: &mut Vec<(i64, f64)>) {
+        if self.count == 0 {
+            return;
+        }
+        let mut bytes = Vec::with_capacity(self.buf.len() + 16);
+        bytes.extend_from_slice(&self.buf);
+        bytes.extend_from_slice(&self.acc.to_be_bytes());
+        bytes.extend_from_slice(&[0u8; 8]);
+        let mut r = BitReader {
+            buf: &bytes,
+            pos: 0,
+        };
+        out.reserve(self.count as usize);
+        let mut t = r.read(64) as i64;
+        let mut bits = r.read(64);
+        out.push((t, f64::from_bits(bits)));
+        let (mut d, mut lead, mut trail) = (0i64, 0u32, 0u32);
+        for i in 1..self.count {
+            if i == 1 {
+                d = unzigzag(r.read_var());
+            } else {
+                let n = if !r.bit() {
+                    0
+                } else if !r.bit() {
+                    14
+                } else if !r.bit() {
+                    17
+                } else if !r.bit() {
+                    20
+                } else {
+                    64
+                };
+                if n > 0 {
+                    let raw = r.read(n);
+                    // Sign-extend the n-bit two's complement value.
+                    let dod = ((raw << (64 - n)) as i64) >> (64 - n);
+                    d = d.wrapping_add(dod);
+                }
+            }
+            t = t.wrapping_add(d);
+            if r.bit() {
+                if r.bit() {
+                    lead = r.read(5) as u32;
+                    let sig = r.read(6) as u32 + 1;
+                    trail = 64 - lead - sig;
+                }
+                bits ^= r.read(64 - lead - trail) << trail;
+            }
+            out.push((t, f64::from_bits(bits)));
+        }
+    }
+
+    /// The samples, decoded.
+    pub fn samples(&self) -> Vec<(i64, f64)> {
+        let mut v = Vec::with_capacity(self.count as usize);
+        self.decode_into(&mut v);
+        v
+    }
+
+    /// An appender holding `samples` (sorted, distinct times).
+    pub fn from_samples(samples: &[(i64, f64)]) -> Appender {
+        let mut a = Appender::default();
+        for &(t, v) in samples {
+            a.push(t, v);
+        }
+        a
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,5 +753,45 @@ mod tests {
             .map(|i| (i, if i == 50 { 1e15 } else { i as f64 }))
             .collect();
         round_trip(&big);
+    }
+
+    #[test]
+    fn appender_round_trips_any_timestamps_and_values() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for case in 0..200 {
+            let n = 1 + (next() % 300) as usize;
+            let mut t = (next() % 1_000_000_000_000) as i64 - 500_000_000_000;
+            let mut pts = Vec::new();
+            for i in 0..n {
+                // Regular steps, jitter, and jumps that need every dod bucket.
+                t += match next() % 10 {
+                    0 => 1 + (next() % (1 << 40)) as i64,
+                    1 => 1 + (next() % 100_000) as i64,
+                    2 => 1,
+                    _ => 10_000 + (next() % 3) as i64,
+                };
+                let v = match (case + i) % 7 {
+                    0 => f64::from_bits(crate::model::STALE_NAN_BITS),
+                    1 => f64::NAN,
+                    2 => -0.0,
+                    3 => f64::from_bits(next()),
+                    _ => (next() % 1000) as f64 / 8.0,
+                };
+                pts.push((t, v));
+            }
+            let a = Appender::from_samples(&pts);
+            let got = a.samples();
+            assert_eq!(got.len(), pts.len(), "case {case}");
+            for (g, w) in got.iter().zip(&pts) {
+                assert_eq!((g.0, g.1.to_bits()), (w.0, w.1.to_bits()), "case {case}");
+            }
+            assert_eq!((a.first_ts(), a.last_ts()), (pts[0].0, pts[n - 1].0));
+        }
     }
 }

@@ -18,7 +18,7 @@ use tidemark_dataflows::sink::HotSink;
 use tidemark_dataflows::{Rollup, Sample};
 
 use crate::model::{IdMap, SeriesId};
-use chunk::{Chunk, CHUNK_SAMPLES};
+use chunk::{Appender, Chunk, CHUNK_SAMPLES};
 use index::Catalog;
 use rollups::RollupSeries;
 
@@ -26,10 +26,6 @@ const SHARDS: usize = 64;
 
 /// Out-of-order samples gathered before they are merged into sealed chunks.
 const OOO_MERGE: usize = 32;
-
-/// Samples kept uncompressed after a full chunk's worth, to absorb disorder (32 samples is
-/// about 5 minutes at a 10 s interval).
-const HEAD_SLACK: usize = 32;
 
 /// Which rollups a query wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,11 +37,31 @@ pub enum Resolution {
 #[derive(Default)]
 struct SeriesData {
     sealed: Vec<Chunk>,
-    head: Vec<(i64, f64)>,
-    /// Samples at or before the last sealed chunk's end, waiting to be merged into it.
+    /// The samples after the last sealed chunk, compressed as they are appended.
+    head: Appender,
+    /// Samples at or before the newest one that arrived out of order, waiting to be merged
+    /// into the chunk or head that covers them.
     ooo: Vec<(i64, f64)>,
     r1m: RollupSeries,
     r1h: RollupSeries,
+}
+
+/// Changes to the counters of [`HotStats`] from one operation.
+#[derive(Clone, Copy, Default)]
+struct Delta {
+    chunk_bytes: i64,
+    head_bytes: i64,
+    head_samples: i64,
+    sealed_samples: i64,
+}
+
+impl std::ops::AddAssign for Delta {
+    fn add_assign(&mut self, o: Delta) {
+        self.chunk_bytes += o.chunk_bytes;
+        self.head_bytes += o.head_bytes;
+        self.head_samples += o.head_samples;
+        self.sealed_samples += o.sealed_samples;
+    }
 }
 
 /// Counters the index keeps for `/metrics`.
@@ -54,6 +70,8 @@ pub struct HotStats {
     pub samples_appended: AtomicU64,
     pub samples_out_of_retention: AtomicU64,
     pub chunk_bytes: AtomicI64,
+    /// Bytes of the compressed heads and the out-of-order buffers (16 bytes a sample).
+    pub head_bytes: AtomicI64,
     pub head_samples: AtomicI64,
     pub sealed_samples: AtomicI64,
     pub rollup_bytes: AtomicI64,
@@ -78,6 +96,17 @@ pub enum PinKind {
     Hour = 2,
 }
 
+impl HotStats {
+    fn add(&self, d: Delta) {
+        self.chunk_bytes.fetch_add(d.chunk_bytes, Ordering::Relaxed);
+        self.head_bytes.fetch_add(d.head_bytes, Ordering::Relaxed);
+        self.head_samples
+            .fetch_add(d.head_samples, Ordering::Relaxed);
+        self.sealed_samples
+            .fetch_add(d.sealed_samples, Ordering::Relaxed);
+    }
+}
+
 /// The in-memory hot tier.
 pub struct HotIndex {
     pub catalog: Catalog,
@@ -94,41 +123,56 @@ fn shard(id: SeriesId) -> usize {
 }
 
 impl SeriesData {
-    /// Inserts a sample; returns (chunk byte delta, head sample delta, sealed sample delta).
-    fn insert(&mut self, ts: i64, v: f64) -> (i64, i64, i64) {
-        // The head holds everything after the last sealed chunk; older samples go into chunks.
-        if self.sealed.last().is_some_and(|c| ts <= c.max_ts) {
-            return self.insert_sealed(ts, v);
-        }
-        match self.head.last() {
-            Some(&(last, _)) if ts <= last => match self.head.binary_search_by_key(&ts, |p| p.0) {
-                Ok(i) => {
-                    self.head[i].1 = v;
-                    return (0, 0, 0);
-                }
-                Err(i) => self.head.insert(i, (ts, v)),
-            },
-            _ => self.head.push((ts, v)),
-        }
-        // Seal the oldest CHUNK_SAMPLES only once HEAD_SLACK newer ones exist, so samples that
-        // arrive a little out of order still land in the uncompressed head instead of forcing
-        // a sealed chunk to be re-encoded.
-        if self.head.len() >= CHUNK_SAMPLES + HEAD_SLACK {
-            let c = Chunk::encode(&self.head[..CHUNK_SAMPLES]);
-            let bytes = c.size() as i64;
-            self.sealed.push(c);
-            self.head.drain(..CHUNK_SAMPLES);
-            let n = CHUNK_SAMPLES as i64;
-            return (bytes, 1 - n, n);
-        }
-        (0, 1, 0)
+    fn head_bytes(&self) -> i64 {
+        (self.head.size() + self.ooo.len() * 16) as i64
     }
 
-    /// A sample at or before the last sealed chunk's end waits in the out-of-order buffer;
-    /// every [`OOO_MERGE`] such samples are merged into the chunks that cover them, so late
-    /// data costs one re-encode per chunk and batch, not one per sample.
+    /// Inserts a sample; returns the counter changes.
+    fn insert(&mut self, ts: i64, v: f64) -> Delta {
+        let before = self.head_bytes();
+        // In order: appended to the compressed head. Anything at or before the newest sample
+        // (a correction, a duplicate, disorder) waits in the out-of-order buffer.
+        let newest = if self.head.is_empty() {
+            self.sealed.last().map(|c| c.max_ts)
+        } else {
+            Some(self.head.last_ts())
+        };
+        let mut d = if newest.is_some_and(|n| ts <= n) {
+            self.insert_ooo(ts, v)
+        } else {
+            self.head.push(ts, v);
+            Delta {
+                head_samples: 1,
+                ..Delta::default()
+            }
+        };
+        if self.head.len() >= CHUNK_SAMPLES {
+            d += self.seal_head();
+        }
+        d.head_bytes += self.head_bytes() - before;
+        d
+    }
+
+    /// Seals the head as a chunk (the smallest codec); head bytes are counted by the caller.
+    fn seal_head(&mut self) -> Delta {
+        let samples = std::mem::take(&mut self.head).samples();
+        let c = Chunk::encode(&samples);
+        let n = samples.len() as i64;
+        let d = Delta {
+            chunk_bytes: c.size() as i64,
+            head_samples: -n,
+            sealed_samples: n,
+            ..Delta::default()
+        };
+        self.sealed.push(c);
+        d
+    }
+
+    /// A sample at or before the newest one waits in the out-of-order buffer; every
+    /// [`OOO_MERGE`] such samples are merged into the chunks and head that cover them, so
+    /// late data costs one re-encode per chunk and batch, not one per sample.
     #[cold]
-    fn insert_sealed(&mut self, ts: i64, v: f64) -> (i64, i64, i64) {
+    fn insert_ooo(&mut self, ts: i64, v: f64) -> Delta {
         let added = match self.ooo.binary_search_by_key(&ts, |p| p.0) {
             Ok(j) => {
                 self.ooo[j].1 = v;
@@ -139,55 +183,70 @@ impl SeriesData {
                 1
             }
         };
-        if self.ooo.len() < OOO_MERGE {
-            return (0, added, 0);
+        let mut d = Delta {
+            head_samples: added,
+            ..Delta::default()
+        };
+        if self.ooo.len() >= OOO_MERGE {
+            d += self.merge_ooo();
         }
-        let (b, h, s) = self.merge_ooo();
-        (b, h + added, s)
+        d
     }
 
-    /// Merges the out-of-order buffer into the sealed chunks; returns the counter deltas.
-    fn merge_ooo(&mut self) -> (i64, i64, i64) {
+    /// Merges the out-of-order buffer into the sealed chunks and the head; returns the
+    /// counter changes (head bytes excepted: the caller measures them).
+    fn merge_ooo(&mut self) -> Delta {
         let ooo = std::mem::take(&mut self.ooo);
-        let n = ooo.len() as i64;
-        if self.sealed.is_empty() {
-            // Everything it belonged to expired: the samples join the head.
-            let mut merged = Vec::with_capacity(ooo.len() + self.head.len());
-            merge_sorted(&ooo, &self.head, &mut merged);
-            let dhead = merged.len() as i64 - self.head.len() as i64 - n;
-            self.head = merged;
-            return (0, dhead, 0);
-        }
-        let (mut dbytes, mut dsealed) = (0i64, 0i64);
+        let mut d = Delta {
+            head_samples: -(ooo.len() as i64),
+            ..Delta::default()
+        };
+        // Samples after the last sealed chunk belong to the head.
+        let sealed_end = self.sealed.last().map_or(i64::MIN, |c| c.max_ts);
+        let split = ooo.partition_point(|p| p.0 <= sealed_end);
+        let (into_chunks, into_head) = ooo.split_at(split);
         let mut k = 0;
         let mut samples = Vec::new();
         let mut merged = Vec::new();
-        while k < ooo.len() {
+        while k < into_chunks.len() {
             let i = self
                 .sealed
                 .iter()
-                .rposition(|c| c.min_ts <= ooo[k].0)
+                .rposition(|c| c.min_ts <= into_chunks[k].0)
                 .unwrap_or(0);
             let limit = self.sealed.get(i + 1).map_or(i64::MAX, |c| c.min_ts);
-            let end = k + ooo[k..].partition_point(|p| p.0 < limit);
+            let end = k + into_chunks[k..].partition_point(|p| p.0 < limit);
             samples.clear();
             self.sealed[i].decode_into(&mut samples);
             merged.clear();
-            merge_sorted(&ooo[k..end], &samples, &mut merged);
-            dsealed += merged.len() as i64 - samples.len() as i64;
+            merge_sorted(&into_chunks[k..end], &samples, &mut merged);
+            d.sealed_samples += merged.len() as i64 - samples.len() as i64;
             let before = self.sealed[i].size() as i64;
             self.sealed[i] = Chunk::encode(&merged);
-            dbytes += self.sealed[i].size() as i64 - before;
+            d.chunk_bytes += self.sealed[i].size() as i64 - before;
             k = end;
         }
-        (dbytes, -n, dsealed)
+        if !into_head.is_empty() {
+            let head = std::mem::take(&mut self.head).samples();
+            merged.clear();
+            merge_sorted(into_head, &head, &mut merged);
+            d.head_samples += merged.len() as i64 - head.len() as i64;
+            for part in merged.chunks(CHUNK_SAMPLES) {
+                self.head = Appender::from_samples(part);
+                if self.head.len() >= CHUNK_SAMPLES {
+                    d += self.seal_head();
+                }
+            }
+        }
+        d
     }
 
     /// Heap bytes of the raw samples: chunk table, chunk bytes, head and out-of-order buffers.
     fn raw_heap_bytes(&self) -> usize {
         self.sealed.capacity() * std::mem::size_of::<Chunk>()
             + self.sealed.iter().map(Chunk::size).sum::<usize>()
-            + (self.head.capacity() + self.ooo.capacity()) * 16
+            + self.head.heap_bytes()
+            + self.ooo.capacity() * 16
     }
 
     fn samples_in(&self, start: i64, end: i64, out: &mut Vec<(i64, f64)>) {
@@ -208,9 +267,18 @@ impl SeriesData {
             }
             out.truncate(w);
         }
-        let lo = self.head.partition_point(|p| p.0 < start);
-        let hi = self.head.partition_point(|p| p.0 <= end);
-        out.extend_from_slice(&self.head[lo..hi.max(lo)]);
+        if !self.head.is_empty() && self.head.last_ts() >= start && self.head.first_ts() <= end {
+            let from = out.len();
+            self.head.decode_into(out);
+            let mut w = from;
+            for r in from..out.len() {
+                if out[r].0 >= start && out[r].0 <= end {
+                    out[w] = out[r];
+                    w += 1;
+                }
+            }
+            out.truncate(w);
+        }
         let lo = self.ooo.partition_point(|p| p.0 < start);
         let hi = self.ooo.partition_point(|p| p.0 <= end);
         if hi > lo {
@@ -292,15 +360,17 @@ impl HotIndex {
         self.newest.fetch_max(ts, Ordering::Relaxed);
     }
 
-    /// The oldest timestamp the index accepts now: the retention window from the newest
-    /// sample, or the cold writers' pin on raw samples when that is older.
+    /// The oldest timestamp ingest accepts now: the retention window from the newest sample.
     pub fn min_valid_ts(&self) -> i64 {
-        self.retention_cutoff().min(self.pinned(PinKind::Raw))
-    }
-
-    fn retention_cutoff(&self) -> i64 {
         self.newest()
             .map_or(i64::MIN, |n| n.saturating_sub(self.retention_ms))
+    }
+
+    /// The oldest timestamp the job's appends keep: the retention window, or the cold
+    /// writers' pin on raw samples when that is older (a sample ingest accepted may fall
+    /// behind the window, moved by later pushes, before the job applies it).
+    fn append_cutoff(&self) -> i64 {
+        self.min_valid_ts().min(self.pinned(PinKind::Raw))
     }
 
     /// Retention window in ms.
@@ -313,9 +383,9 @@ impl HotIndex {
         if let Some(max) = samples.iter().map(|s| s.ts).max() {
             self.newest.fetch_max(max, Ordering::Relaxed);
         }
-        let min_ok = self.min_valid_ts();
+        let min_ok = self.append_cutoff();
         let mut too_old = 0;
-        let (mut dbytes, mut dhead, mut dsealed) = (0, 0, 0);
+        let mut d = Delta::default();
         for s in samples {
             if s.ts < min_ok {
                 too_old += 1;
@@ -324,19 +394,14 @@ impl HotIndex {
             let mut shard = self.shards[shard(s.series)]
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
-            let (b, h, se) = shard.entry(s.series).or_default().insert(s.ts, s.value);
-            dbytes += b;
-            dhead += h;
-            dsealed += se;
+            d += shard.entry(s.series).or_default().insert(s.ts, s.value);
         }
         let st = &self.stats;
         st.samples_appended
             .fetch_add((samples.len() - too_old) as u64, Ordering::Relaxed);
         st.samples_out_of_retention
             .fetch_add(too_old as u64, Ordering::Relaxed);
-        st.chunk_bytes.fetch_add(dbytes, Ordering::Relaxed);
-        st.head_samples.fetch_add(dhead, Ordering::Relaxed);
-        st.sealed_samples.fetch_add(dsealed, Ordering::Relaxed);
+        st.add(d);
         too_old
     }
 
@@ -383,11 +448,10 @@ impl HotIndex {
         v.range(id, start, end)
     }
 
-    /// Bytes the raw samples take: compressed chunks plus uncompressed head samples (16 bytes
-    /// each).
+    /// Bytes the raw samples take: sealed chunks, compressed heads, out-of-order buffers.
     pub fn raw_bytes(&self) -> i64 {
         let st = &self.stats;
-        st.chunk_bytes.load(Ordering::Relaxed) + st.head_samples.load(Ordering::Relaxed) * 16
+        st.chunk_bytes.load(Ordering::Relaxed) + st.head_bytes.load(Ordering::Relaxed)
     }
 
     /// Bytes the stored rollups take.
@@ -424,7 +488,7 @@ impl HotIndex {
 
     /// Drops data older than the retention window, and series left with nothing.
     pub fn gc(&self) {
-        let retention = self.retention_cutoff();
+        let retention = self.min_valid_ts();
         if retention == i64::MIN {
             return;
         }
@@ -434,25 +498,34 @@ impl HotIndex {
             retention.min(self.pinned(PinKind::Hour)),
         );
         let mut removed = Vec::new();
-        let (mut dbytes, mut dhead, mut dsealed, mut drollups) = (0i64, 0i64, 0i64, 0i64);
+        let mut d = Delta::default();
+        let mut drollups = 0i64;
         for sh in self.shards.iter() {
             let mut sh = sh.write().unwrap_or_else(|e| e.into_inner());
             sh.retain(|id, s| {
                 s.sealed.retain(|c| {
                     let keep = c.max_ts >= cutoff;
                     if !keep {
-                        dbytes -= c.size() as i64;
-                        dsealed -= i64::from(c.count);
+                        d.chunk_bytes -= c.size() as i64;
+                        d.sealed_samples -= i64::from(c.count);
                     }
                     keep
                 });
-                for buf in [&mut s.head, &mut s.ooo] {
-                    let n = buf.partition_point(|p| p.0 < cutoff);
-                    if n > 0 {
-                        buf.drain(..n);
-                        dhead -= n as i64;
-                    }
+                let before = s.head_bytes();
+                let n = s.ooo.partition_point(|p| p.0 < cutoff);
+                if n > 0 {
+                    s.ooo.drain(..n);
+                    d.head_samples -= n as i64;
                 }
+                if !s.head.is_empty() && s.head.first_ts() < cutoff {
+                    // Only a series that stopped has a head this old: keep what is left.
+                    let mut samples = std::mem::take(&mut s.head).samples();
+                    let n = samples.partition_point(|p| p.0 < cutoff);
+                    samples.drain(..n);
+                    d.head_samples -= n as i64;
+                    s.head = Appender::from_samples(&samples);
+                }
+                d.head_bytes += s.head_bytes() - before;
                 drollups += s.r1m.gc(cut_1m) + s.r1h.gc(cut_1h);
                 let keep = !(s.sealed.is_empty()
                     && s.head.is_empty()
@@ -468,11 +541,10 @@ impl HotIndex {
         for id in removed {
             self.catalog.remove(id);
         }
-        let st = &self.stats;
-        st.chunk_bytes.fetch_add(dbytes, Ordering::Relaxed);
-        st.head_samples.fetch_add(dhead, Ordering::Relaxed);
-        st.sealed_samples.fetch_add(dsealed, Ordering::Relaxed);
-        st.rollup_bytes.fetch_add(drollups, Ordering::Relaxed);
+        self.stats.add(d);
+        self.stats
+            .rollup_bytes
+            .fetch_add(drollups, Ordering::Relaxed);
     }
 }
 
