@@ -64,6 +64,10 @@ pub struct SampleAcc(Vec<(i64, f64)>);
 
 impl Accumulator<Sample> for SampleAcc {
     fn add(&mut self, s: Sample, _settled: i64) {
+        if self.0.len() == self.0.capacity() {
+            // Grow by a few samples, not by doubling (6 a minute at a 10 s interval).
+            self.0.reserve_exact(2);
+        }
         self.0.push((s.ts, s.value));
     }
     fn rollup(&mut self, series: u64, start: i64, width: i64) -> Option<Rollup> {
@@ -102,6 +106,10 @@ pub struct RollupAcc {
 
 impl Accumulator<Rollup> for RollupAcc {
     fn add(&mut self, r: Rollup, settled: i64) {
+        if self.parts.len() == self.parts.capacity() {
+            // Grow by a few rollups, not by doubling: about 7 are held per series.
+            self.parts.reserve_exact(2);
+        }
         match self.parts.binary_search_by_key(&r.start, |p| p.start) {
             Ok(i) => self.parts[i] = r,
             Err(i) => self.parts.insert(i, r),

@@ -91,6 +91,10 @@ pub struct RollupSeries {
 const ROLLUP_BYTES: i64 = std::mem::size_of::<Rollup>() as i64;
 
 fn upsert_sorted(v: &mut Vec<Rollup>, r: Rollup) -> bool {
+    if v.len() == v.capacity() {
+        // Grow by a few rows, not by doubling: a tail is one series' newest rollups.
+        v.reserve_exact(4);
+    }
     match v.last() {
         None => {
             v.push(r);
