@@ -176,6 +176,21 @@ fn push_three_formats_and_query_range() {
     assert_eq!(t.metric("tidemark_samples_ingested_total"), 41.0);
     assert_eq!(t.metric("tidemark_hot_series"), 5.0);
     assert!(t.metric("tidemark_hot_bytes") > 0.0);
+    // Memory by component: the walked parts hold the 5 series; `other` is the rest of RSS.
+    let mem = |c: &str| t.metric(&format!("tidemark_memory_bytes{{component=\"{c}\"}}"));
+    for c in [
+        "catalog_labels",
+        "catalog_postings",
+        "hot_series_table",
+        "hot_samples",
+    ] {
+        assert!(
+            mem(c) > 0.0,
+            "tidemark_memory_bytes{{component={c:?}}} is {}",
+            mem(c)
+        );
+    }
+    assert!(mem("other") > 0.0);
 
     // Query errors use Prometheus's shape.
     let (status, body) = t.get(&format!("/api/v1/query?query={}", enc("sum(")));
