@@ -656,7 +656,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// `tidemark ingest`: the push endpoints, producing to Kafka; stateless, so several can run
-/// behind a load balancer. `/-/ready` is 200 while the brokers answer.
+/// behind a load balancer. `/-/ready` is 200 while the brokers answer a metadata request for
+/// the topic (within 2 s), 503 with the brokers and the reason otherwise.
 pub fn run_ingest(cfg: Config) -> anyhow::Result<()> {
     let sink = crate::transport::kafka::KafkaSink::new(&cfg.kafka)?;
     let metrics = Arc::new(Metrics::default());
@@ -684,6 +685,27 @@ pub fn run_ingest(cfg: Config) -> anyhow::Result<()> {
             kafka.partition_key
         );
         let m = Arc::clone(&metrics);
+        let ingest_ready = {
+            let state = Arc::clone(&state);
+            move || {
+                let state = Arc::clone(&state);
+                async move {
+                    let ingest_http::Sink::Kafka(k) = &state.sink else {
+                        return (StatusCode::OK, "Tidemark ingest is Ready.\n".to_string());
+                    };
+                    match k.ready(Duration::from_secs(2)).await {
+                        Ok(n) => (
+                            StatusCode::OK,
+                            format!("Tidemark ingest is Ready: topic {:?} has {n} partitions.\n", k.config().topic),
+                        ),
+                        Err(e) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("Tidemark ingest is not ready: {e}\n"),
+                        ),
+                    }
+                }
+            }
+        };
         let app = Router::new()
             .route(
                 "/metrics",
@@ -697,7 +719,7 @@ pub fn run_ingest(cfg: Config) -> anyhow::Result<()> {
                 }),
             )
             .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
-            .route("/-/ready", get(|| async { "Tidemark ingest is Ready.\n" }))
+            .route("/-/ready", get(ingest_ready))
             .merge(ingest_http::routes(Arc::clone(&state)))
             .layer(axum::middleware::from_fn_with_state(auth, authorize));
         axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;

@@ -108,7 +108,14 @@ fn ingest_produces_every_accepted_sample_once_keyed_by_metric() {
 fn broker_down_gives_503_and_nothing_is_lost_once_it_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let t = Tidemark::start_ingest(dir.path(), &config(port, "2s"));
+    let t = Tidemark::start_ingest_unready(dir.path(), &config(port, "2s"));
+    // Not ready while no broker answers, and it says which brokers and why.
+    let (status, why) = t.get("/-/ready");
+    assert_eq!(status, 503, "{why}");
+    assert!(
+        why.contains(&format!("127.0.0.1:{port}")) && why.contains("\"metrics\""),
+        "{why}"
+    );
     let ts = now_ms();
     let body = format!("up,job=a value=1 {ts}\nup,job=b value=0 {ts}\n");
     // No broker: the push is refused with Retry-After, not silently dropped.
@@ -126,6 +133,16 @@ fn broker_down_gives_503_and_nothing_is_lost_once_it_is_back() {
     // The broker comes up; the client retries as told.
     let broker = Broker::start_on(port, dir.path());
     broker.create_topic("metrics", 1);
+    let mut ready = (0, String::new());
+    for _ in 0..30 {
+        ready = t.get("/-/ready");
+        if ready.0 == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(ready.0, 200, "ready once the broker answers: {}", ready.1);
+    assert!(ready.1.contains("1 partitions"), "{}", ready.1);
     let mut status = 0;
     for _ in 0..30 {
         status = t

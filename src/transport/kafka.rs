@@ -256,19 +256,11 @@ impl KafkaSink {
             .collect()
     }
 
-    /// The topic's partition count, read from the brokers at most every 30 s; the last known
-    /// count is kept when a refresh fails.
-    async fn partition_count(&self) -> Result<u32, SinkUnavailable> {
-        let cached = *self.partitions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((n, at)) = cached {
-            if at.elapsed() < PARTITIONS_REFRESH {
-                return Ok(n);
-            }
-        }
+    /// Reads the topic's partition count from the brokers (a metadata request).
+    async fn read_partitions(&self, timeout: Duration) -> Result<u32, String> {
         let producer = self.producer.clone();
         let topic = self.cfg.topic.clone();
-        let timeout = Duration::from_millis(self.cfg.produce_timeout.0.max(1) as u64);
-        let read = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let md = producer
                 .client()
                 .fetch_metadata(Some(&topic), timeout)
@@ -283,7 +275,31 @@ impl KafkaSink {
             }
         })
         .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        .unwrap_or_else(|e| Err(e.to_string()))
+    }
+
+    /// Readiness of `tidemark ingest`: the brokers answer a metadata request for the topic
+    /// within `timeout` and it has partitions. The error says which brokers and why.
+    pub async fn ready(&self, timeout: Duration) -> Result<u32, String> {
+        self.read_partitions(timeout).await.map_err(|e| {
+            format!(
+                "the Kafka brokers at {} do not answer for topic {:?}: {e}",
+                self.cfg.brokers, self.cfg.topic
+            )
+        })
+    }
+
+    /// The topic's partition count, read from the brokers at most every 30 s; the last known
+    /// count is kept when a refresh fails.
+    async fn partition_count(&self) -> Result<u32, SinkUnavailable> {
+        let cached = *self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((n, at)) = cached {
+            if at.elapsed() < PARTITIONS_REFRESH {
+                return Ok(n);
+            }
+        }
+        let timeout = Duration::from_millis(self.cfg.produce_timeout.0.max(1) as u64);
+        let read = self.read_partitions(timeout).await;
         match (read, cached) {
             (Ok(n), _) => {
                 *self.partitions.lock().unwrap_or_else(|e| e.into_inner()) =

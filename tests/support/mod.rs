@@ -55,6 +55,9 @@ pub struct Tidemark {
     pub ingest: bool,
     /// Extra environment variables (e.g. `AWS_*` for an S3 cold store).
     pub env: Vec<(String, String)>,
+    /// What a start waits for: `/-/ready`, or `/-/healthy` for a process that is meant to
+    /// start unready (ingest before its brokers are up).
+    probe: &'static str,
 }
 
 pub fn agent() -> ureq::Agent {
@@ -89,13 +92,25 @@ impl Tidemark {
             log_path: dir.join("tidemark.log"),
             ingest: false,
             env,
+            probe: "/-/ready",
         };
         t.spawn();
         t
     }
 
-    /// Starts `tidemark ingest` with `config` (its [kafka] table names the brokers).
+    /// Starts `tidemark ingest` with `config` (its [kafka] table names the brokers) and waits
+    /// until it is ready (its brokers answer).
     pub fn start_ingest(dir: &Path, config: &str) -> Tidemark {
+        Self::ingest(dir, config, "/-/ready")
+    }
+
+    /// Starts `tidemark ingest` and waits only until it serves HTTP (`/-/healthy`): for
+    /// brokers that are not up yet, while `/-/ready` says why it is not ready.
+    pub fn start_ingest_unready(dir: &Path, config: &str) -> Tidemark {
+        Self::ingest(dir, config, "/-/healthy")
+    }
+
+    fn ingest(dir: &Path, config: &str, probe: &'static str) -> Tidemark {
         let cfg_path = dir.join("tidemark-ingest.toml");
         std::fs::write(&cfg_path, config).unwrap();
         let mut t = Tidemark {
@@ -107,6 +122,7 @@ impl Tidemark {
             log_path: dir.join("tidemark-ingest.log"),
             ingest: true,
             env: Vec::new(),
+            probe,
         };
         t.spawn();
         t
@@ -166,7 +182,7 @@ impl Tidemark {
         let deadline = Instant::now() + Duration::from_secs(60);
         let a = agent();
         while Instant::now() < deadline {
-            if let Ok(r) = a.get(format!("{}/-/ready", self.url)).call() {
+            if let Ok(r) = a.get(format!("{}{}", self.url, self.probe)).call() {
                 if r.status() == 200 {
                     return false;
                 }
