@@ -203,6 +203,13 @@ fn two_processes_consume_survive_sigkill_and_replay_identically() {
         c.logs()
     );
     c.restart();
+    // Ready means the WAL was replayed (and the partitions assigned) on every worker: the
+    // restart waited on `/-/ready`, so the replay has happened by now.
+    let job = c.job("fleet");
+    assert!(
+        job["wal_records_replayed"].as_u64().unwrap_or(0) > 0,
+        "ready before the WAL was replayed: {job}"
+    );
     let total = per_hour * 3;
     c.eventually(90, "every sample after restart", || {
         (count(&c, 1, base) == Some(total)).then_some(())

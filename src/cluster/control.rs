@@ -66,6 +66,42 @@ pub struct ControlState {
     pub rules: Arc<JobRules>,
     /// `[auth] tokens`: jobs, replays and reload need `admin`, the rest `read`.
     pub auth: Arc<crate::config::AuthConfig>,
+    /// Jobs this process kept on disk when it started: ready waits until they run again.
+    pub expected_jobs: Vec<String>,
+    /// Timely worker threads of this process.
+    pub local_workers: usize,
+}
+
+/// `/-/ready`: 200 once every job this process kept on disk runs again and, for every job,
+/// each local worker's source has replayed its WAL and holds its Kafka partitions; 503 with
+/// what is missing otherwise.
+async fn worker_ready(State(s): State<Arc<ControlState>>) -> Response {
+    let jobs = s.registry.jobs.lock().unwrap_or_else(|e| e.into_inner());
+    let mut missing = Vec::new();
+    for name in &s.expected_jobs {
+        if !jobs.contains_key(name) {
+            missing.push(format!("job {name:?} is not running yet"));
+        }
+    }
+    for (name, j) in jobs.iter().filter(|(_, j)| j.state != "cancelled") {
+        if j.ready_workers.len() < s.local_workers {
+            missing.push(format!(
+                "job {name:?}: {} of {} local workers replayed their WAL and hold their partitions ({} WAL records replayed so far)",
+                j.ready_workers.len(),
+                s.local_workers,
+                j.wal_records_replayed
+            ));
+        }
+    }
+    if missing.is_empty() {
+        (StatusCode::OK, "Tidemark worker is Ready.\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Tidemark worker is not ready: {}\n", missing.join("; ")),
+        )
+            .into_response()
+    }
 }
 
 /// Rules by job name, with the rule files they were opened with.
@@ -999,7 +1035,7 @@ pub fn router(s: Arc<ControlState>) -> Router {
         .route("/internal/v1/jobs", get(internal_jobs))
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
-        .route("/-/ready", get(|| async { "Tidemark worker is Ready.\n" }))
+        .route("/-/ready", get(worker_ready))
         .with_state(Arc::clone(&s))
         .fallback_service(api::routes(q))
         .layer(axum::middleware::from_fn_with_state(

@@ -116,6 +116,10 @@ pub struct JobStatus {
     /// What this run cannot do, e.g. a cold store a worker could not open.
     #[serde(default)]
     pub problems: Vec<String>,
+    /// Local workers whose source has replayed its WAL and is assigned its Kafka partitions
+    /// (the process's readiness waits for all of them).
+    #[serde(default)]
+    pub ready_workers: std::collections::BTreeSet<usize>,
 }
 
 impl JobStatus {

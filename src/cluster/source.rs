@@ -327,6 +327,13 @@ impl KafkaJobSource {
         )
         .map_err(|e| e.to_string())?;
         self.consumer = Some(c);
+        // The WAL is replayed (that phase comes first) and the partitions are assigned.
+        let index = self.ctx.index;
+        self.ctx
+            .registry
+            .with_epoch(&self.ctx.spec.name, self.ctx.epoch, |j| {
+                j.ready_workers.insert(index);
+            });
         if self.decoder.is_none() {
             let d = Decoder::spawn(&spec.name, spec.source.format, self.ctx.limits.clone())
                 .map_err(|e| format!("cannot start the decoder thread: {e}"))?;

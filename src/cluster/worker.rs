@@ -266,6 +266,11 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
         brokers: opts.brokers.clone(),
         rules,
         auth: Arc::new(opts.auth.clone()),
+        expected_jobs: persisted_specs(&opts.data_dir)
+            .iter()
+            .filter_map(|text| Some(JobSpec::parse(text, "kept spec").ok()?.name))
+            .collect(),
+        local_workers: opts.workers.max(1),
     });
     let listen = opts.hosts[opts.process].http;
     let rt = tokio::runtime::Builder::new_multi_thread()
