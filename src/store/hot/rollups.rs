@@ -1,6 +1,9 @@
-//! Rollups of one series at one resolution, compressed like raw samples: blocks of
+//! Rollups of one series at one resolution, compressed like raw samples: blocks of up to
 //! [`BLOCK`] rollups stored as nine chunks (one per field, timestamps at window starts), plus an
-//! uncompressed tail that takes the upserts of windows still open for lateness.
+//! uncompressed tail that takes the upserts of windows still open for lateness. The tail
+//! stays short: once it holds [`TAIL_KEEP`] + [`MOVE`] rollups, its oldest [`MOVE`] join the
+//! newest block (re-encoded) or start a new one, so a series holds at most 24 uncompressed
+//! rollups instead of a whole block's worth (up to 136 x 96 bytes).
 
 use tidemark_dataflows::Rollup;
 
@@ -8,9 +11,11 @@ use super::chunk::Chunk;
 
 /// Rollups per sealed block.
 pub const BLOCK: usize = 120;
-/// Rollups kept uncompressed beyond a block's worth, so corrections within the allowed
-/// lateness hit the tail.
-const TAIL_SLACK: usize = 16;
+/// Newest rollups kept uncompressed, so corrections within the allowed lateness (5 minutes by
+/// default) hit the tail; older ones are compressed.
+const TAIL_KEEP: usize = 8;
+/// Rollups moved from the tail into blocks at a time (one block re-encode per move).
+const MOVE: usize = 16;
 const FIELDS: usize = 9;
 
 /// A sealed block: `count, sum, min, max, first, last, increase`, and the first and last
@@ -79,6 +84,11 @@ impl Block {
     fn size(&self) -> usize {
         self.cols.iter().map(|c| c.size()).sum::<usize>() + 24
     }
+
+    /// Rollups held.
+    fn len(&self) -> usize {
+        self.cols[0].count as usize
+    }
 }
 
 /// The rollups of one series at one width.
@@ -137,11 +147,32 @@ impl RollupSeries {
         } else {
             0
         };
-        if self.tail.len() >= BLOCK + TAIL_SLACK {
-            let b = Block::encode(&self.tail[..BLOCK]);
-            delta += b.size() as i64 - BLOCK as i64 * ROLLUP_BYTES;
+        if self.tail.len() >= TAIL_KEEP + MOVE {
+            delta += self.compress_tail();
+        }
+        delta
+    }
+
+    /// Moves the tail's oldest [`MOVE`] rollups into the newest block while it has room
+    /// (decoded and re-encoded), the rest into a new block; returns the change in bytes.
+    fn compress_tail(&mut self) -> i64 {
+        let moving: Vec<Rollup> = self.tail.drain(..MOVE).collect();
+        let mut delta = -(moving.len() as i64) * ROLLUP_BYTES;
+        let mut rest = &moving[..];
+        if let Some(b) = self.blocks.last_mut().filter(|b| b.len() < BLOCK) {
+            let room = BLOCK - b.len();
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            let mut rows = b.decode(now[0].series);
+            rows.extend_from_slice(now);
+            let before = b.size() as i64;
+            *b = Block::encode(&rows);
+            delta += b.size() as i64 - before;
+            rest = later;
+        }
+        if !rest.is_empty() {
+            let b = Block::encode(rest);
+            delta += b.size() as i64;
             self.blocks.push(b);
-            self.tail.drain(..BLOCK);
         }
         delta
     }
@@ -232,6 +263,22 @@ mod tests {
         let r = s.range(9, 5 * 60_000, 5 * 60_000);
         assert_eq!(r, vec![roll(5 * 60_000, 100.0)]);
         assert_eq!(s.range(9, 0, i64::MAX).len(), 400);
+        // The tail stays short: older rollups are in blocks of up to 120.
+        assert!(
+            s.tail.len() < TAIL_KEEP + MOVE,
+            "{} in the tail",
+            s.tail.len()
+        );
+        assert!(s.blocks.iter().all(|b| b.len() <= BLOCK));
+        // A correction to a window in the tail, and to one just moved into a block.
+        let last = 399 * 60_000;
+        s.upsert(roll(last, 7.0));
+        s.upsert(roll(last - 20 * 60_000, 8.0));
+        assert_eq!(s.range(9, last, last), vec![roll(last, 7.0)]);
+        assert_eq!(
+            s.range(9, last - 20 * 60_000, last - 20 * 60_000),
+            vec![roll(last - 20 * 60_000, 8.0)]
+        );
         // Expiry is by whole block: the block of windows 0..119 goes, 120..239 stays.
         s.gc(200 * 60_000);
         assert_eq!(s.range(9, 0, i64::MAX)[0].start, 120 * 60_000);
