@@ -838,14 +838,16 @@ pub fn rule_results<'s>(
         is_plain.then_some((bid, labels, bits))
     });
     let p = Arc::clone(&plans);
+    // A group's values are keyed by series id, not by labels: the reduce's arrangement holds
+    // 16 bytes per series and update instead of a label set, and compares ids, not strings.
     let grouped = inputs
-        .flat_map(move |(bid, _, labels, bits)| {
+        .flat_map(move |(bid, series, labels, bits)| {
             let agg = p.branch(bid).and_then(|b| b.agg.as_ref())?;
-            Some(((bid, agg.group(&labels)), (labels, bits)))
+            Some(((bid, agg.group(&labels)), (series, bits)))
         })
         .reduce({
             let p = Arc::clone(&plans);
-            move |(bid, _), vals: &[(&(LabelPairs, u64), isize)], out: &mut Vec<(u64, isize)>| {
+            move |(bid, _), vals: &[(&(u64, u64), isize)], out: &mut Vec<(u64, isize)>| {
                 let Some(agg) = p.branch(*bid).and_then(|b| b.agg.as_ref()) else {
                     return;
                 };
