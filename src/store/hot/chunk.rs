@@ -73,15 +73,23 @@ impl BitWriter {
         } else {
             let hi = bits - free;
             self.acc |= value >> hi;
-            self.buf.extend_from_slice(&self.acc.to_be_bytes());
+            self.push_word();
             self.acc = value << (64 - hi);
             self.nbits = hi;
         }
         if self.nbits == 64 {
-            self.buf.extend_from_slice(&self.acc.to_be_bytes());
+            self.push_word();
             self.acc = 0;
             self.nbits = 0;
         }
+    }
+    /// Moves the full accumulator into the buffer, which grows by 32 bytes at a time, not by
+    /// doubling (an open chunk lives long and is a few hundred bytes).
+    fn push_word(&mut self) {
+        if self.buf.len() + 8 > self.buf.capacity() {
+            self.buf.reserve_exact(32);
+        }
+        self.buf.extend_from_slice(&self.acc.to_be_bytes());
     }
     /// A self-delimiting unsigned: 6 bits (bit length - 1), then the bits.
     fn write_var(&mut self, v: u64) {
@@ -464,11 +472,8 @@ fn write_values(w: &mut BitWriter, codec: ValueCodec, values: &[f64], exp: u32) 
 /// sample n: dod '0' | '10' 14 bits | '110' 17 | '1110' 20 | '1111' 64 ; value
 /// value: '0' same | '10' bits in the previous window | '11' 5 leading, 6 (len - 1), bits
 /// ```
-#[derive(Debug)]
 pub struct Appender {
-    buf: Vec<u8>,
-    acc: u64,
-    nbits: u32,
+    w: BitWriter,
     count: u16,
     lead: u8,
     trail: u8,
@@ -481,9 +486,11 @@ pub struct Appender {
 impl Default for Appender {
     fn default() -> Self {
         Appender {
-            buf: Vec::new(),
-            acc: 0,
-            nbits: 0,
+            w: BitWriter {
+                buf: Vec::new(),
+                acc: 0,
+                nbits: 0,
+            },
             count: 0,
             lead: u8::MAX,
             trail: 0,
@@ -517,38 +524,16 @@ impl Appender {
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.buf.capacity()
+        self.w.buf.capacity()
     }
 
     /// Bytes of the bit stream.
     pub fn size(&self) -> usize {
-        self.buf.len() + self.nbits.div_ceil(8) as usize
+        self.w.bit_len().div_ceil(8)
     }
 
     fn write(&mut self, value: u64, bits: u32) {
-        if bits == 0 {
-            return;
-        }
-        let value = if bits == 64 {
-            value
-        } else {
-            value & ((1u64 << bits) - 1)
-        };
-        let free = 64 - self.nbits;
-        if bits < free {
-            self.acc |= value << (free - bits);
-            self.nbits += bits;
-            return;
-        }
-        let hi = bits - free;
-        self.acc |= if hi == 64 { 0 } else { value >> hi };
-        if self.buf.len() + 8 > self.buf.capacity() {
-            // Grow by small steps: a series' open chunk is a few hundred bytes.
-            self.buf.reserve_exact(32);
-        }
-        self.buf.extend_from_slice(&self.acc.to_be_bytes());
-        self.acc = if hi == 0 { 0 } else { value << (64 - hi) };
-        self.nbits = hi;
+        self.w.write(value, bits);
     }
 
     /// Appends a sample; `ts` must be after the last one (callers route others elsewhere).
@@ -625,9 +610,9 @@ impl Appender {
         if self.count == 0 {
             return;
         }
-        let mut bytes = Vec::with_capacity(self.buf.len() + 16);
-        bytes.extend_from_slice(&self.buf);
-        bytes.extend_from_slice(&self.acc.to_be_bytes());
+        let mut bytes = Vec::with_capacity(self.w.buf.len() + 16);
+        bytes.extend_from_slice(&self.w.buf);
+        bytes.extend_from_slice(&self.w.acc.to_be_bytes());
         bytes.extend_from_slice(&[0u8; 8]);
         let mut r = BitReader {
             buf: &bytes,

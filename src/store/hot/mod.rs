@@ -257,27 +257,12 @@ impl SeriesData {
             }
             let from = out.len();
             c.decode_into(out);
-            // Trim to the range.
-            let mut w = from;
-            for r in from..out.len() {
-                if out[r].0 >= start && out[r].0 <= end {
-                    out[w] = out[r];
-                    w += 1;
-                }
-            }
-            out.truncate(w);
+            keep_range(out, from, start, end);
         }
         if !self.head.is_empty() && self.head.last_ts() >= start && self.head.first_ts() <= end {
             let from = out.len();
             self.head.decode_into(out);
-            let mut w = from;
-            for r in from..out.len() {
-                if out[r].0 >= start && out[r].0 <= end {
-                    out[w] = out[r];
-                    w += 1;
-                }
-            }
-            out.truncate(w);
+            keep_range(out, from, start, end);
         }
         let lo = self.ooo.partition_point(|p| p.0 < start);
         let hi = self.ooo.partition_point(|p| p.0 <= end);
@@ -286,6 +271,18 @@ impl SeriesData {
             merge_sorted(&self.ooo[lo..hi], &rest, out);
         }
     }
+}
+
+/// Keeps, of the samples from `from` on, those in `[start, end]`.
+fn keep_range(out: &mut Vec<(i64, f64)>, from: usize, start: i64, end: i64) {
+    let mut w = from;
+    for r in from..out.len() {
+        if out[r].0 >= start && out[r].0 <= end {
+            out[w] = out[r];
+            w += 1;
+        }
+    }
+    out.truncate(w);
 }
 
 /// Merges two time-sorted runs into `out`; on equal timestamps `newer` wins.
