@@ -329,6 +329,7 @@ impl Job {
         let wm = WatermarkConfig {
             out_of_orderness_ms: cfg.out_of_orderness.0.max(0) as u64,
             records_per_activation: 16,
+            start: 0,
         };
         let lateness = cfg.allowed_lateness.0;
         let config = timely::Config {

@@ -15,6 +15,11 @@ pub enum Poll {
     Ready { max_ts: i64, samples: Vec<Sample> },
     /// Nothing now; poll again after the given delay (or sooner if woken).
     Pending(Duration),
+    /// The source stopped at a checkpoint cut: every record after it will be sent at a later
+    /// time than every record before it, so the operator moves its capability on by one (the
+    /// sinks' frontiers passing the old watermark then prove that all of it was applied).
+    /// Return it once per cut, then `Pending` until the cut is released.
+    Cut(Duration),
     /// The source is finished: the operator drops its capability.
     Done,
 }
@@ -35,6 +40,8 @@ pub struct WatermarkConfig {
     pub out_of_orderness_ms: u64,
     /// Records handled per activation before yielding to other operators.
     pub records_per_activation: usize,
+    /// The first watermark (a restart resumes at its checkpoint's).
+    pub start: u64,
 }
 
 impl Default for WatermarkConfig {
@@ -42,6 +49,7 @@ impl Default for WatermarkConfig {
         WatermarkConfig {
             out_of_orderness_ms: 5_000,
             records_per_activation: 16,
+            start: 0,
         }
     }
 }
@@ -94,6 +102,9 @@ where
     let activations = scope.activations();
     source(scope, name, move |cap, info| {
         let mut cap = Some(cap);
+        if let Some(c) = cap.as_mut() {
+            c.downgrade(&config.start);
+        }
         let address = info.address;
         move |output| {
             let Some(c) = cap.as_mut() else { return };
@@ -118,6 +129,13 @@ where
                         activations.borrow_mut().activate_after(&address, delay);
                         return;
                     }
+                    Poll::Cut(delay) => {
+                        let next = c.time().saturating_add(1);
+                        c.downgrade(&next);
+                        src.progressed(next);
+                        activations.borrow_mut().activate_after(&address, delay);
+                        return;
+                    }
                     Poll::Done => {
                         cap = None;
                         return;
@@ -127,4 +145,59 @@ where
             activations.borrow_mut().activate(&address);
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::captured;
+    use timely::dataflow::operators::Capture;
+
+    struct Script(Vec<Poll>);
+    impl BatchSource for Script {
+        fn poll(&mut self) -> Poll {
+            if self.0.is_empty() {
+                return Poll::Done;
+            }
+            self.0.remove(0)
+        }
+    }
+
+    #[test]
+    fn starts_at_its_watermark_and_a_cut_moves_it_on_by_one() {
+        let s = |ts| Sample {
+            series: 1,
+            ts,
+            value: 1.0,
+        };
+        let rx = timely::example(move |scope| {
+            let cfg = WatermarkConfig {
+                out_of_orderness_ms: 1_000,
+                start: 7_000,
+                ..Default::default()
+            };
+            watermark_source(scope, "Script", cfg, move |_, _| {
+                Script(vec![
+                    Poll::Ready {
+                        max_ts: 5_000,
+                        samples: vec![s(5_000)],
+                    },
+                    Poll::Ready {
+                        max_ts: 10_000,
+                        samples: vec![s(10_000)],
+                    },
+                    Poll::Cut(Duration::ZERO),
+                    Poll::Ready {
+                        max_ts: 10_000,
+                        samples: vec![s(9_999)],
+                    },
+                ])
+            })
+            .capture()
+        });
+        assert_eq!(
+            captured(rx),
+            vec![(7_000, s(5_000)), (7_000, s(10_000)), (9_001, s(9_999))]
+        );
+    }
 }

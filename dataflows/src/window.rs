@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::generic::operator::empty;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
@@ -216,33 +217,128 @@ where
     D: Windowed + Send + serde::Serialize + for<'de> serde::Deserialize<'de>,
     A: Accumulator<D>,
 {
+    let seed = empty(stream.scope());
+    windows_seeded::<D, A>(stream, seed, name, width, lateness, memory)
+}
+
+/// [`windows`] with a second input, `seed`, that restores window state after a restart: a
+/// record on it is added to its window as it is, never dropped or counted as late, and a
+/// window it opens emits once the frontier passes its end (again: a restart cannot know
+/// which emissions reached the sinks before it, and the sinks take rollups by (series, start)).
+/// A restart sends, at its first time, the records of every window not yet retired there.
+///
+/// # Examples
+/// ```
+/// use timely::dataflow::operators::{Capture, Input, Probe};
+/// use tidemark_dataflows::window::{windows_seeded, SampleAcc};
+/// use tidemark_dataflows::{captured, Sample};
+///
+/// // A restart at 12 s: the window (0, 10 s] is still open for lateness; its samples come back
+/// // on the seed input, and the late sample after the restart corrects it.
+/// let (rollups, late) = timely::execute_directly(|worker| {
+///     let (mut input, mut seed, probe, rollups, late) = worker.dataflow::<u64, _, _>(|scope| {
+///         let (input, stream) = scope.new_input::<Vec<Sample>>();
+///         let (seed, seeds) = scope.new_input::<Vec<Sample>>();
+///         let (rollups, late) =
+///             windows_seeded::<Sample, SampleAcc>(stream, seeds, "Windows", 10_000, 20_000, None);
+///         let (probe, rollups) = rollups.probe();
+///         (input, seed, probe, rollups.capture(), late.capture())
+///     });
+///     let s = |ts, value| Sample { series: 3, ts, value };
+///     input.advance_to(12_000);
+///     seed.advance_to(12_000);
+///     seed.send(s(1_000, 1.0));
+///     seed.send(s(4_000, 2.0));
+///     drop(seed);
+///     input.send(s(5_000, 4.0)); // late, within lateness
+///     input.advance_to(13_000);
+///     while probe.less_than(&13_000) { worker.step(); }
+///     (rollups, late)
+/// });
+/// let sums: Vec<f64> = captured(rollups).into_iter().map(|(_, r)| r.sum).collect();
+/// assert_eq!(sums, vec![7.0]);
+/// let late: Vec<u64> = captured(late).into_iter().map(|(_, l)| l.accepted).collect();
+/// assert_eq!(late, vec![1]); // the seed is not late data
+/// ```
+pub fn windows_seeded<'s, D, A>(
+    stream: Stream<'s, u64, Vec<D>>,
+    seed: Stream<'s, u64, Vec<D>>,
+    name: &str,
+    width: i64,
+    lateness: i64,
+    memory: Option<Component>,
+) -> (
+    Stream<'s, u64, Vec<Rollup>>,
+    Stream<'s, u64, Vec<LateStats>>,
+)
+where
+    D: Windowed + Send + serde::Serialize + for<'de> serde::Deserialize<'de>,
+    A: Accumulator<D>,
+{
     assert!(
         width > 0 && lateness >= 0,
         "window width must be positive and lateness non-negative"
     );
     let out = stream
-        .unary_frontier::<CapacityContainerBuilder<Vec<Result<Rollup, LateStats>>>, _, _, _>(
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<Result<Rollup, LateStats>>>, _, _, _, _>(
+            seed,
+            Exchange::new(|d: &D| d.series()),
             Exchange::new(|d: &D| d.series()),
             name,
             move |_cap, _info| {
                 let mut open: BTreeMap<i64, Window<A>> = BTreeMap::new();
                 let mut reported = memory.map(Reported::new);
-                move |(input, frontier), output| {
+                move |(input, frontier), (seeds, seed_frontier), output| {
                     // Finer windows ending at or before this can no longer be corrected.
-                    let settled = frontier
+                    let lowest = frontier
                         .frontier()
                         .iter()
+                        .chain(seed_frontier.frontier().iter())
                         .min()
-                        .map_or(i64::MAX, |&f| i64::try_from(f).unwrap_or(i64::MAX))
+                        .copied();
+                    let settled = lowest
+                        .map_or(i64::MAX, |f| i64::try_from(f).unwrap_or(i64::MAX))
                         .saturating_sub(lateness);
+                    let add = |open: &mut BTreeMap<i64, Window<A>>, cap: &Capability<u64>, d: D| {
+                        let start = d.window_start(width);
+                        let w = open.entry(start).or_insert_with(|| Window {
+                            cap: cap.clone(),
+                            series: HashMap::new(),
+                            emitted: false,
+                            dirty: HashSet::new(),
+                            bytes: 0,
+                        });
+                        if w.emitted && w.dirty.insert(d.series()) {
+                            w.bytes += hash_slot(8);
+                        }
+                        let entry = w.series.entry(d.series());
+                        let fresh = matches!(entry, Entry::Vacant(_));
+                        let acc = entry.or_default();
+                        let before = acc.heap_bytes() as i64;
+                        acc.add(d, settled);
+                        w.bytes += acc.heap_bytes() as i64 - before;
+                        if fresh {
+                            w.bytes += hash_slot(8 + std::mem::size_of::<A>());
+                        }
+                    };
+                    seeds.for_each(|cap, data| {
+                        let c = cap
+                            .retain_least(0)
+                            .expect("a totally ordered stamp has a least time");
+                        for d in data.drain(..) {
+                            add(&mut open, &c, d);
+                        }
+                    });
                     input.for_each(|cap, data| {
                         let Some(&t) = cap.least() else { return };
+                        let c = cap
+                            .retain_least(0)
+                            .expect("a totally ordered stamp has a least time");
                         let t_i = i64::try_from(t).unwrap_or(i64::MAX);
                         let mut stats = LateStats::default();
                         for d in data.drain(..) {
                             let ts = d.event_ts();
-                            let start = d.window_start(width);
-                            let end = start.saturating_add(width);
+                            let end = d.window_start(width).saturating_add(width);
                             // Nothing is dropped before its window closed (frontier past `end`).
                             if t_i > end && t_i >= end.saturating_add(lateness) {
                                 stats.dropped += 1;
@@ -251,41 +347,20 @@ where
                             if ts < t_i {
                                 stats.accepted += 1;
                             }
-                            let w = open.entry(start).or_insert_with(|| Window {
-                                cap: cap
-                                    .retain_least(0)
-                                    .expect("a totally ordered stamp has a least time"),
-                                series: HashMap::new(),
-                                emitted: false,
-                                dirty: HashSet::new(),
-                                bytes: 0,
-                            });
-                            if w.emitted && w.dirty.insert(d.series()) {
-                                w.bytes += hash_slot(8);
-                            }
-                            let entry = w.series.entry(d.series());
-                            let fresh = matches!(entry, Entry::Vacant(_));
-                            let acc = entry.or_default();
-                            let before = acc.heap_bytes() as i64;
-                            acc.add(d, settled);
-                            w.bytes += acc.heap_bytes() as i64 - before;
-                            if fresh {
-                                w.bytes += hash_slot(8 + std::mem::size_of::<A>());
-                            }
+                            add(&mut open, &c, d);
                         }
                         if stats != LateStats::default() {
-                            let c = cap.retain_least(0).expect("least time");
                             output.session(&c).give(Err(stats));
                         }
                     });
-                    let frontier_min = frontier.frontier().iter().min().copied();
                     let mut retired = Vec::new();
                     for (&start, w) in open.iter_mut() {
                         let end = start.saturating_add(width);
-                        if !passed(frontier, end) {
+                        let closed = |f: &MutableAntichain<u64>, t| passed(f, t);
+                        if !(closed(frontier, end) && closed(seed_frontier, end)) {
                             // Not closed yet: hold the capability no lower than the frontier, so
                             // a window of the future does not hold back downstream progress.
-                            if let Some(f) = frontier_min {
+                            if let Some(f) = lowest {
                                 if f > *w.cap.time() {
                                     w.cap.downgrade(&f);
                                 }
@@ -313,9 +388,10 @@ where
                             }
                         }
                         drop(session);
-                        if passed(frontier, end.max(end.saturating_add(lateness) - 1)) {
+                        let gone = end.max(end.saturating_add(lateness) - 1);
+                        if closed(frontier, gone) && closed(seed_frontier, gone) {
                             retired.push(start);
-                        } else if let Some(f) = frontier_min {
+                        } else if let Some(f) = lowest {
                             if f > *w.cap.time() {
                                 w.cap.downgrade(&f);
                             }
@@ -369,10 +445,25 @@ pub fn tumbling_rollups<'s>(
     Stream<'s, u64, Vec<Rollup>>,
     Stream<'s, u64, Vec<LateStats>>,
 ) {
+    let seed = empty(samples.scope());
+    tumbling_rollups_seeded(samples, seed, width, lateness)
+}
+
+/// [`tumbling_rollups`] with window state restored from `seed` (see [`windows_seeded`]).
+pub fn tumbling_rollups_seeded<'s>(
+    samples: Stream<'s, u64, Vec<Sample>>,
+    seed: Stream<'s, u64, Vec<Sample>>,
+    width: i64,
+    lateness: i64,
+) -> (
+    Stream<'s, u64, Vec<Rollup>>,
+    Stream<'s, u64, Vec<LateStats>>,
+) {
     use timely::dataflow::operators::core::Filter;
-    let samples = samples.filter(|s: &Sample| s.value.to_bits() != STALE_NAN_BITS);
-    windows::<Sample, SampleAcc>(
-        samples,
+    let live = |s: &Sample| s.value.to_bits() != STALE_NAN_BITS;
+    windows_seeded::<Sample, SampleAcc>(
+        samples.filter(live),
+        seed.filter(live),
         "TumblingRollups",
         width,
         lateness,
@@ -410,8 +501,25 @@ pub fn rollup_rollups<'s>(
     Stream<'s, u64, Vec<Rollup>>,
     Stream<'s, u64, Vec<LateStats>>,
 ) {
-    windows::<Rollup, RollupAcc>(
+    let seed = empty(rollups.scope());
+    rollup_rollups_seeded(rollups, seed, width, lateness)
+}
+
+/// [`rollup_rollups`] with window state restored from `seed` (see [`windows_seeded`]): finer
+/// rollups, of which those that can no longer change may come folded into one per series
+/// (its `start` the first one's, its width the finer width).
+pub fn rollup_rollups_seeded<'s>(
+    rollups: Stream<'s, u64, Vec<Rollup>>,
+    seed: Stream<'s, u64, Vec<Rollup>>,
+    width: i64,
+    lateness: i64,
+) -> (
+    Stream<'s, u64, Vec<Rollup>>,
+    Stream<'s, u64, Vec<LateStats>>,
+) {
+    windows_seeded::<Rollup, RollupAcc>(
         rollups,
+        seed,
         "RollupRollups",
         width,
         lateness,

@@ -173,6 +173,7 @@ fn run(
             let cfg = WatermarkConfig {
                 out_of_orderness_ms: OOO as u64,
                 records_per_activation: 3,
+                start: 0,
             };
             let samples = watermark_source(scope, "Script", cfg, move |index, peers| Script {
                 records,

@@ -37,6 +37,8 @@ pub enum ValueCodec {
 /// Most samples a chunk holds (Prometheus's head chunks hold 120).
 pub const CHUNK_SAMPLES: usize = 120;
 
+use super::snap::{Dec, DecError, Enc};
+
 struct BitWriter {
     buf: Vec<u8>,
     acc: u64,
@@ -672,6 +674,79 @@ impl Appender {
             a.push(t, v);
         }
         a
+    }
+}
+
+/// Checkpoint layout (see [`super::snap`]).
+impl Chunk {
+    pub fn snap(&self, e: &mut Enc<'_>) {
+        e.i64(self.min_ts);
+        e.i64(self.max_ts);
+        e.u16(self.count);
+        e.u8(self.codec as u8);
+        e.bytes(&self.bytes);
+    }
+
+    pub fn unsnap(d: &mut Dec<'_>) -> Result<Chunk, DecError> {
+        let (min_ts, max_ts) = (d.i64("chunk min_ts")?, d.i64("chunk max_ts")?);
+        let count = d.u16("chunk count")?;
+        let codec = match d.u8("chunk codec")? {
+            0 => ValueCodec::Gorilla,
+            1 => ValueCodec::DecimalDelta,
+            2 => ValueCodec::DecimalDod,
+            _ => return Err(d.fail("chunk codec", "unknown codec")),
+        };
+        let bytes = d.bytes("chunk bytes")?;
+        if bytes.len() < 8 || count == 0 || min_ts > max_ts {
+            return Err(d.fail("chunk", "inconsistent header"));
+        }
+        Ok(Chunk {
+            min_ts,
+            max_ts,
+            count,
+            codec,
+            bytes: bytes.into(),
+        })
+    }
+}
+
+impl Appender {
+    pub fn snap(&self, e: &mut Enc<'_>) {
+        e.u16(self.count);
+        if self.count == 0 {
+            return;
+        }
+        e.bytes(&self.w.buf);
+        e.u64(self.w.acc);
+        e.u32(self.w.nbits);
+        e.u8(self.lead);
+        e.u8(self.trail);
+        e.i64(self.first_ts);
+        e.i64(self.last_ts);
+        e.i64(self.delta);
+        e.u64(self.last_bits);
+    }
+
+    pub fn unsnap(d: &mut Dec<'_>) -> Result<Appender, DecError> {
+        let count = d.u16("head count")?;
+        if count == 0 {
+            return Ok(Appender::default());
+        }
+        let buf = d.bytes("head bytes")?.to_vec();
+        let (acc, nbits) = (d.u64("head bits")?, d.u32("head bit count")?);
+        if nbits > 64 {
+            return Err(d.fail("head bit count", "more than 64"));
+        }
+        Ok(Appender {
+            w: BitWriter { buf, acc, nbits },
+            count,
+            lead: d.u8("head lead")?,
+            trail: d.u8("head trail")?,
+            first_ts: d.i64("head first_ts")?,
+            last_ts: d.i64("head last_ts")?,
+            delta: d.i64("head delta")?,
+            last_bits: d.u64("head last value")?,
+        })
     }
 }
 

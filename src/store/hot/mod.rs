@@ -7,9 +7,11 @@
 //! newest sample, as Prometheus measures its head block, so a backfill of past hours is
 //! accepted while anything older than `retention` before the newest sample is rejected.
 
+pub mod checkpoint;
 pub mod chunk;
 pub mod index;
 pub mod rollups;
+pub mod snap;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -542,6 +544,130 @@ impl HotIndex {
         self.stats
             .rollup_bytes
             .fetch_add(drollups, Ordering::Relaxed);
+    }
+}
+
+/// Checkpoint layout of one series (see [`snap`]): its id, canonical labels, chunks, head,
+/// out-of-order buffer and rollups.
+impl SeriesData {
+    fn snap(&self, e: &mut snap::Enc<'_>) {
+        e.len(self.sealed.len());
+        for c in &self.sealed {
+            c.snap(e);
+        }
+        self.head.snap(e);
+        e.len(self.ooo.len());
+        for &(t, v) in &self.ooo {
+            e.i64(t);
+            e.f64(v);
+        }
+        self.r1m.snap(e);
+        self.r1h.snap(e);
+    }
+
+    fn unsnap(d: &mut snap::Dec<'_>) -> Result<SeriesData, snap::DecError> {
+        let n = d.len(27, "chunks")?;
+        let mut sealed = Vec::with_capacity(n);
+        for _ in 0..n {
+            sealed.push(Chunk::unsnap(d)?);
+        }
+        let head = Appender::unsnap(d)?;
+        let n = d.len(16, "out-of-order samples")?;
+        let mut ooo = Vec::with_capacity(n);
+        for _ in 0..n {
+            ooo.push((d.i64("sample time")?, d.f64("sample value")?));
+        }
+        Ok(SeriesData {
+            sealed,
+            head,
+            ooo,
+            r1m: RollupSeries::unsnap(d)?,
+            r1h: RollupSeries::unsnap(d)?,
+        })
+    }
+
+    /// The counters this series adds to [`HotStats`].
+    fn counted(&self) -> (Delta, i64) {
+        let d = Delta {
+            chunk_bytes: self.sealed.iter().map(|c| c.size() as i64).sum(),
+            head_bytes: self.head_bytes(),
+            head_samples: (self.head.len() + self.ooo.len()) as i64,
+            sealed_samples: self.sealed.iter().map(|c| i64::from(c.count)).sum(),
+        };
+        (d, self.r1m.bytes() + self.r1h.bytes())
+    }
+}
+
+/// Checkpoints: the index written shard by shard and read back series by series.
+impl HotIndex {
+    /// Number of shards (units of [`HotIndex::snap_shard`]).
+    pub const SHARDS: usize = SHARDS;
+
+    /// Appends every series of shard `i` to `out`, each as a length-prefixed record, holding
+    /// the shard's read lock while it copies (the job's appends to it wait that long);
+    /// returns how many series it wrote. Series without labels in the catalog are left out
+    /// (none are expected: the job registers a series before it sends its samples).
+    pub fn snap_shard(&self, i: usize, out: &mut Vec<u8>) -> usize {
+        let sh = self.shards[i].read().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        let mut canon = Vec::new();
+        for (&id, s) in sh.iter() {
+            let Some(labels) = self.catalog.labels(id) else {
+                continue;
+            };
+            let at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            let mut e = snap::Enc(out);
+            e.u64(id);
+            canon.clear();
+            crate::model::canonical_encode(labels.iter(), &mut canon);
+            e.bytes(&canon);
+            s.snap(&mut e);
+            let len = u32::try_from(out.len() - at - 4).expect("a series record under 4 GiB");
+            out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            n += 1;
+        }
+        n
+    }
+
+    /// Adds one series record written by [`HotIndex::snap_shard`] (into an index being
+    /// loaded: an existing series of the same id is replaced).
+    pub fn unsnap_series(&self, record: &[u8]) -> Result<(), snap::DecError> {
+        let mut d = snap::Dec::new(record);
+        let id = d.u64("series id")?;
+        let canon = d.bytes("series labels")?;
+        let data = SeriesData::unsnap(&mut d)?;
+        if !d.is_empty() {
+            return Err(d.fail("series record", "bytes after the record"));
+        }
+        self.catalog.register_canonical(id, canon);
+        let (delta, rollup_bytes) = data.counted();
+        if let Some(newest) = data
+            .sealed
+            .last()
+            .map(|c| c.max_ts)
+            .into_iter()
+            .chain((!data.head.is_empty()).then(|| data.head.last_ts()))
+            .chain(data.ooo.last().map(|p| p.0))
+            .max()
+        {
+            self.newest.fetch_max(newest, Ordering::Relaxed);
+        }
+        self.shards[shard(id)]
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, data);
+        self.stats.add(delta);
+        self.stats
+            .rollup_bytes
+            .fetch_add(rollup_bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The series ids of shard `i`.
+    pub fn shard_ids(&self, i: usize) -> Vec<SeriesId> {
+        let sh = self.shards[i].read().unwrap_or_else(|e| e.into_inner());
+        sh.keys().copied().collect()
     }
 }
 

@@ -8,6 +8,7 @@
 use tidemark_dataflows::Rollup;
 
 use super::chunk::Chunk;
+use super::snap::{Dec, DecError, Enc};
 
 /// Rollups per sealed block.
 pub const BLOCK: usize = 120;
@@ -234,6 +235,89 @@ impl RollupSeries {
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty() && self.tail.is_empty()
+    }
+}
+
+fn snap_rollup(e: &mut Enc<'_>, r: &Rollup) {
+    e.u64(r.series);
+    e.i64(r.start);
+    e.i64(r.width);
+    e.u64(r.count);
+    for v in [r.sum, r.min, r.max, r.first, r.last, r.increase] {
+        e.f64(v);
+    }
+    e.i64(r.first_ts);
+    e.i64(r.last_ts);
+}
+
+fn unsnap_rollup(d: &mut Dec<'_>) -> Result<Rollup, DecError> {
+    Ok(Rollup {
+        series: d.u64("rollup series")?,
+        start: d.i64("rollup start")?,
+        width: d.i64("rollup width")?,
+        count: d.u64("rollup count")?,
+        sum: d.f64("rollup sum")?,
+        min: d.f64("rollup min")?,
+        max: d.f64("rollup max")?,
+        first: d.f64("rollup first")?,
+        last: d.f64("rollup last")?,
+        increase: d.f64("rollup increase")?,
+        first_ts: d.i64("rollup first_ts")?,
+        last_ts: d.i64("rollup last_ts")?,
+    })
+}
+
+/// Checkpoint layout (see [`super::snap`]).
+impl RollupSeries {
+    pub fn snap(&self, e: &mut Enc<'_>) {
+        e.len(self.blocks.len());
+        for b in &self.blocks {
+            e.i64(b.min_start);
+            e.i64(b.max_start);
+            e.i64(b.width);
+            for c in b.cols.iter() {
+                c.snap(e);
+            }
+        }
+        e.len(self.tail.len());
+        for r in &self.tail {
+            snap_rollup(e, r);
+        }
+    }
+
+    pub fn unsnap(d: &mut Dec<'_>) -> Result<RollupSeries, DecError> {
+        let n = d.len(24, "rollup blocks")?;
+        let mut blocks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (min_start, max_start, width) = (
+                d.i64("block min_start")?,
+                d.i64("block max_start")?,
+                d.i64("block width")?,
+            );
+            let mut cols = Vec::with_capacity(FIELDS);
+            for _ in 0..FIELDS {
+                cols.push(Chunk::unsnap(d)?);
+            }
+            let cols: [Chunk; FIELDS] = cols.try_into().expect("FIELDS columns");
+            blocks.push(Block {
+                min_start,
+                max_start,
+                width,
+                cols: Box::new(cols),
+            });
+        }
+        let n = d.len(96, "rollup tail")?;
+        let mut tail = Vec::with_capacity(n);
+        for _ in 0..n {
+            tail.push(unsnap_rollup(d)?);
+        }
+        Ok(RollupSeries { blocks, tail })
+    }
+
+    /// The bytes [`RollupSeries::upsert`] and [`RollupSeries::gc`] account for.
+    pub fn bytes(&self) -> i64 {
+        self.blocks.iter().map(|b| b.size() as i64).sum::<i64>()
+            + self.tail.len() as i64 * ROLLUP_BYTES
     }
 }
 
