@@ -17,7 +17,15 @@
 //! [log]
 //! fsync = "always"            # always | interval | never
 //! fsync_interval = "1s"       # for fsync = "interval"
-//! retention = "26h"           # whole segments older than this are deleted
+//! retention = "26h"           # without checkpoints: whole segments older than this are
+//!                             # deleted; with them, segments behind the oldest one kept go
+//!
+//! [checkpoint]
+//! interval = "5m"             # how often the hot index is checkpointed into
+//!                             # <data_dir>/checkpoints; "0s" = never (a restart replays the log)
+//! keep = 2                    # checkpoints kept (the previous one is the fallback when the
+//!                             # newest is damaged); the log is truncated behind the oldest
+//! timeout = "2m"              # a cut the job does not reach within this is given up (retried)
 //!
 //! [job]
 //! out_of_orderness = "5s"     # watermark = max event time - this
@@ -99,6 +107,7 @@ pub struct Config {
     /// Ingest limits (see [`Limits`]).
     pub ingest: Limits,
     pub log: LogConfig,
+    pub checkpoint: CheckpointConfig,
     pub job: JobConfig,
     pub hot: HotConfig,
     /// Kafka, for `tidemark ingest` (see [`KafkaConfig`]).
@@ -307,7 +316,9 @@ pub struct LogConfig {
     pub fsync: FsyncPolicy,
     /// fsync period under `interval`.
     pub fsync_interval: Millis,
-    /// Segments last written longer ago than this are deleted.
+    /// Without checkpoints, segments last written longer ago than this are deleted (once the
+    /// cold tiers sealed their data); with checkpoints, segments behind the oldest checkpoint
+    /// kept are.
     pub retention: Millis,
 }
 
@@ -318,6 +329,34 @@ impl Default for LogConfig {
             fsync_interval: Millis(1000),
             retention: Millis(26 * 3_600_000),
         }
+    }
+}
+
+/// `[checkpoint]`: periodic checkpoints of the hot index (DESIGN.md section 11).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Period; 0 disables checkpoints (the log is then the only durable state).
+    pub interval: Millis,
+    /// Checkpoints kept; the log keeps what the oldest needs.
+    pub keep: usize,
+    /// How long a cut may take before it is given up.
+    pub timeout: Millis,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            interval: Millis(5 * 60_000),
+            keep: 2,
+            timeout: Millis(2 * 60_000),
+        }
+    }
+}
+
+impl CheckpointConfig {
+    pub fn enabled(&self) -> bool {
+        self.interval.0 > 0
     }
 }
 

@@ -24,6 +24,7 @@ use crate::alert::eval::{RuleConfig, Rules};
 use crate::alert::notify::Notifier;
 use crate::config::{AuthConfig, Config, Role};
 use crate::ingest::http as ingest_http;
+use crate::job::checkpoint::{CheckpointStats, Checkpointer};
 use crate::job::{replay_point, Job, JobEnv, JobProgress, ReplayRequest, RulesEnv, StartAt};
 use crate::ops::{render_counters, Metrics, TextWriter};
 use crate::query::api;
@@ -47,6 +48,9 @@ pub struct AppState {
     pub replay: std::sync::Mutex<Option<(StartAt, u64)>>,
     /// Rules, the notifier and their routes.
     pub alerting: Arc<AlertState>,
+    /// Periodic checkpoints (`None`: `[checkpoint] interval = "0s"`), and their counters.
+    pub checkpoints: Option<Arc<Checkpointer>>,
+    pub checkpoint_stats: Arc<CheckpointStats>,
 }
 
 /// The router of `tidemark up`: the push routes and the query side.
@@ -339,6 +343,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     if let Some(cold) = &s.env.cold {
         cold.stats.render(&mut w);
     }
+    crate::job::checkpoint::render(&s.checkpoint_stats, &mut w);
     w.family(
         "tidemark_log_corrupt_records_total",
         "counter",
@@ -459,6 +464,22 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
             }
         });
     }
+    if let Some(cp) = state.checkpoints.clone() {
+        let st = Arc::clone(&state);
+        tokio::spawn(async move {
+            let every = Duration::from_millis(cp.cfg.interval.0.max(1000) as u64);
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if !st.metrics.ready.load(Ordering::Acquire) || replaying(&st) {
+                    continue;
+                }
+                let cp = Arc::clone(&cp);
+                let _ = tokio::task::spawn_blocking(move || cp.run_once()).await;
+            }
+        });
+    }
     let st = state;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -467,6 +488,9 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
             let s = Arc::clone(&st);
             let _ = tokio::task::spawn_blocking(move || {
                 s.hot.gc();
+                if s.checkpoints.is_some() {
+                    return; // the checkpointer truncates the log behind the oldest checkpoint
+                }
                 let age = Duration::from_millis(s.cfg.log.retention.0.max(0) as u64);
                 // Keep segments whose samples the cold tiers have not sealed yet: the widest
                 // partition holding a sample is its day in the 1h tier.
@@ -491,6 +515,14 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
             .await;
         }
     });
+}
+
+/// True while a replay (`tidemark replay`) has not caught up with its target.
+fn replaying(s: &AppState) -> bool {
+    s.replay
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some_and(|(_, target)| !s.progress.caught_up(target))
 }
 
 /// Retention and compaction of the cold tiers, by the job's watermark (event time): partitions
@@ -572,7 +604,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let log =
         Log::open(&data_dir.join("log"), cfg.log.fsync).context("opening the embedded log")?;
-    let hot = Arc::new(HotIndex::new(cfg.hot.retention.0));
+    let checkpoint_stats = Arc::new(CheckpointStats::default());
+    let restored =
+        crate::job::checkpoint::restore(&data_dir, cfg.hot.retention.0, &log, &checkpoint_stats);
+    let hot = Arc::new(restored.hot);
     let metrics = Arc::new(Metrics::default());
     let startup_end = log.end_offset();
     let workers = cfg.workers();
@@ -600,9 +635,20 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         &cfg.job,
         workers,
         Arc::clone(&progress),
-        None,
+        restored.at,
     )
     .map_err(anyhow::Error::msg)?;
+    let checkpoints = cfg.checkpoint.enabled().then(|| {
+        Arc::new(Checkpointer {
+            dir: crate::job::checkpoint::dir(&data_dir),
+            cfg: cfg.checkpoint.clone(),
+            hot: Arc::clone(&hot),
+            progress: Arc::clone(&progress),
+            log: log.clone(),
+            faults: crate::store::hot::checkpoint::Faults::from_env(),
+            stats: Arc::clone(&checkpoint_stats),
+        })
+    });
     let listen = cfg.server.listen;
     let ingest = Arc::new(ingest_http::IngestState {
         limits: cfg.ingest.clone(),
@@ -620,6 +666,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         env,
         replay: std::sync::Mutex::new(None),
         alerting,
+        checkpoints,
+        checkpoint_stats,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -646,6 +694,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     });
     rt.shutdown_timeout(Duration::from_secs(5));
     log.sync().context("final log fsync")?;
+    // A checkpoint at the end makes the next start load it instead of replaying the log.
+    if let Some(cp) = &state.checkpoints {
+        if state.metrics.ready.load(Ordering::Acquire) && !replaying(&state) {
+            if let Ok(info) = cp.run_once() {
+                eprintln!(
+                    "tidemark: checkpoint {} written at shutdown ({} series, {} bytes)",
+                    info.path.display(),
+                    info.series,
+                    info.bytes
+                );
+            }
+        }
+    }
     // A store that is down must not hold the shutdown: what is not in files is in the log.
     cold.stop.store(true, Ordering::Release);
     if let Some(mut job) = state.job.lock().unwrap_or_else(|e| e.into_inner()).take() {

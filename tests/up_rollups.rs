@@ -420,3 +420,131 @@ fn replaying_the_embedded_log_rebuilds_identical_rollups_without_duplicates() {
     );
     assert_eq!(status, 204, "{msg}");
 }
+
+const CHECKPOINTS: &str = "[job]\nout_of_orderness = \"5s\"\nallowed_lateness = \"2m\"\nidle_timeout = \"1h\"\n[checkpoint]\ninterval = \"1s\"\n";
+
+/// Waits for a checkpoint of this process whose cut covers the first `records` log records
+/// (each push is one record).
+fn checkpointed(t: &Tidemark, records: usize) {
+    t.eventually("a checkpoint covering the pushes", || {
+        (t.metric("tidemark_checkpoint_last_log_offset") >= records as f64).then_some(())
+    });
+}
+
+/// Every 1-minute and 1-hour rollup and the raw sample count equal the oracle's.
+fn assert_oracle(t: &Tidemark, base: i64, pushes: &[Push]) {
+    for (res, width) in [("1m", 60_000), ("1h", 3_600_000)] {
+        let (want, _, _) = oracle(pushes, width);
+        let got = t.eventually("every rollup", || {
+            let g = fetch(t, res, base);
+            (g.len() == want.len()).then_some(g)
+        });
+        for (k, w) in &want {
+            let g = &got[k];
+            assert!(close(g, w), "{res} rollup {k:?}: got {g:?}, want {w:?}");
+        }
+    }
+    let distinct: std::collections::BTreeSet<(u32, i64)> = pushes
+        .iter()
+        .flatten()
+        .filter(|s| s.0 != 99)
+        .map(|s| (s.0, s.1))
+        .collect();
+    let d = t.api(&format!(
+        "/api/v1/query?query={}&time={}",
+        enc("sum(count_over_time(ctr[2h]))"),
+        (base + 3_600_000) / 1000
+    ));
+    let n: usize = d["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        n,
+        distinct.len(),
+        "raw samples: each acknowledged one exactly once"
+    );
+}
+
+fn checkpoint_files(t: &Tidemark) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(t.data_dir.join("checkpoints"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn sigkill_and_resume_from_checkpoints_give_the_oracle_rollups() {
+    let base = (now_ms() / 3_600_000 - 6) * 3_600_000;
+    let pushes = workload(base);
+    let third = pushes.len() / 3;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tidemark::start(dir.path(), CHECKPOINTS, 2);
+    push_all(&t, &pushes[..third]);
+    checkpointed(&t, third);
+    t.kill();
+    t.spawn();
+    // The restart loaded the checkpoint (4 counters) and read only the log after it.
+    assert!(t.metric("tidemark_checkpoint_restore_series") >= 4.0);
+    push_all(&t, &pushes[third..2 * third]);
+    checkpointed(&t, 2 * third);
+    t.kill();
+    // The newest checkpoint is damaged: the previous one and the log after it are used.
+    let files = checkpoint_files(&t);
+    assert_eq!(files.len(), 2, "two kept: {files:?}");
+    let newest = files.last().unwrap();
+    let mut b = std::fs::read(newest).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x10;
+    std::fs::write(newest, &b).unwrap();
+    t.spawn();
+    assert_eq!(t.metric("tidemark_checkpoint_damaged_skipped_total"), 1.0);
+    assert!(t.metric("tidemark_checkpoint_restore_series") >= 4.0);
+    let log = std::fs::read_to_string(&t.log_path).unwrap();
+    assert!(
+        log.contains("checkpoint not usable, trying the previous one")
+            && log.contains("checksum mismatch"),
+        "{log}"
+    );
+    push_all(&t, &pushes[2 * third..]);
+    assert_oracle(&t, base, &pushes);
+}
+
+#[test]
+fn a_checkpoint_killed_half_written_is_discarded_and_the_previous_one_used() {
+    let base = (now_ms() / 3_600_000 - 6) * 3_600_000;
+    let pushes = workload(base);
+    let half = pushes.len() / 2;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tidemark::start(dir.path(), CHECKPOINTS, 2);
+    push_all(&t, &pushes[..half]);
+    checkpointed(&t, half);
+    t.kill();
+    // The next process pauses half way through every checkpoint write.
+    t.env = vec![("TIDEMARK_TEST_CHECKPOINT_PAUSE_MS".into(), "120000".into())];
+    t.spawn();
+    push_all(&t, &pushes[half..]);
+    let tmp = t.eventually("a checkpoint write in progress", || {
+        checkpoint_files(&t)
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "tmp"))
+    });
+    let log = std::fs::read_to_string(&t.log_path).unwrap();
+    assert!(log.contains("pausing 120000 ms half way"), "{log}");
+    t.kill(); // inside the write: the .tmp is there and the rename has not happened
+    assert!(tmp.exists());
+    t.env.clear();
+    t.spawn();
+    let log = std::fs::read_to_string(&t.log_path).unwrap();
+    assert!(
+        log.contains("a checkpoint write that did not finish"),
+        "{log}"
+    );
+    assert!(checkpoint_files(&t)
+        .iter()
+        .all(|p| p.extension().is_some_and(|e| e == "tdc")));
+    assert!(t.metric("tidemark_checkpoint_restore_series") >= 4.0);
+    assert_oracle(&t, base, &pushes);
+}

@@ -87,7 +87,8 @@ pub struct Leaf {
 }
 
 impl Leaf {
-    fn span(&self) -> i64 {
+    /// How far back a leaf reads: its range, or the lookback of an instant selector.
+    pub fn span(&self) -> i64 {
         self.window.map_or(LOOKBACK_MS, |(_, r)| r)
     }
 }

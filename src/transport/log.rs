@@ -431,6 +431,23 @@ impl Log {
         self.delete_oldest(age, allowed)
     }
 
+    /// Deletes the whole segments that lie before `offset` (a checkpoint no longer needs
+    /// them); the segment holding `offset` and the active one stay. Returns how many went.
+    pub fn delete_before(&self, offset: u64) -> Result<usize, LogError> {
+        let mut segs = self
+            .shared
+            .segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        while segs.len() > 1 && segs[1].base <= offset {
+            fs::remove_file(&segs[0].path).map_err(io_err(&segs[0].path))?;
+            segs.remove(0);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn delete_oldest(&self, age: Duration, limit: usize) -> Result<usize, LogError> {
         let mut segs = self
             .shared
@@ -674,6 +691,9 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 300);
+        // Truncation behind a checkpoint deletes only segments wholly before its offset.
+        assert_eq!(log.delete_before(200).unwrap(), 0);
+        assert_eq!(log.start_offset(), 0);
         // Expiry keeps the active segment and moves the start offset; a segment whose data
         // is not allowed to go (not yet in the cold tiers) stays.
         assert_eq!(
@@ -688,5 +708,16 @@ mod tests {
         drop(log);
         let log = Log::open(dir.path(), FsyncPolicy::Never).unwrap();
         assert_eq!(log.end_offset(), 300);
+        for i in 300..600i64 {
+            log.append(RecordKind::Batch, i, i, &big).unwrap();
+        }
+        let start = log.start_offset();
+        assert_eq!(log.delete_before(550).unwrap(), 1);
+        assert!(log.start_offset() > start && log.start_offset() <= 550);
+        assert_eq!(
+            log.delete_before(u64::MAX).unwrap(),
+            0,
+            "the active segment stays"
+        );
     }
 }

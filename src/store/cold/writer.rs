@@ -179,6 +179,9 @@ pub struct TierWriter<R: ColdRow> {
     source: RowSource<R>,
     /// Holds in the row source what is not in files yet (see [`TierWriter::pin`]).
     pin: Option<Arc<std::sync::atomic::AtomicI64>>,
+    /// Where the oldest send time of a buffered correction is published (see
+    /// [`TierWriter::late_since`]).
+    late_since: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// Open partitions by start.
     open: BTreeMap<i64, Open>,
     /// Corrections by (hour of send time, partition start).
@@ -222,6 +225,7 @@ impl<R: ColdRow> TierWriter<R> {
             labels,
             source,
             pin: None,
+            late_since: None,
             open: BTreeMap::new(),
             late: BTreeMap::new(),
             sealed_through,
@@ -236,6 +240,15 @@ impl<R: ColdRow> TierWriter<R> {
     pub fn pin(mut self, pin: Arc<std::sync::atomic::AtomicI64>) -> Self {
         self.pin = Some(pin);
         self.update_pin();
+        self
+    }
+
+    /// Publishes the oldest send time of the corrections it buffers (`u64::MAX`: none): a
+    /// checkpoint cut must replay the records they came from, since corrections are written
+    /// only when the hour they were sent in ends (see [`crate::job::cut`]).
+    pub fn late_since(mut self, at: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.late_since = Some(at);
+        self.account();
         self
     }
 
@@ -262,6 +275,15 @@ impl<R: ColdRow> TierWriter<R> {
             }))
             .sum();
         self.reported.set(now);
+        if let Some(l) = &self.late_since {
+            let since = self
+                .late
+                .values()
+                .map(|b| b.since)
+                .min()
+                .unwrap_or(u64::MAX);
+            l.store(since, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// Time through which everything is in files (from the checkpoint and this run).

@@ -664,6 +664,43 @@ impl HotIndex {
         Ok(())
     }
 
+    /// A time in `[start, end)` the series may have a raw sample at (a chunk spanning the
+    /// range counts: nothing is decoded), for rebuilding the cold writers' open partitions.
+    pub fn any_sample_in(&self, id: SeriesId, start: i64, end: i64) -> Option<i64> {
+        let shard = self.shards[shard(id)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let s = shard.get(&id)?;
+        let span = |lo: i64, hi: i64| (hi >= start && lo < end).then(|| lo.max(start));
+        s.sealed
+            .iter()
+            .find_map(|c| span(c.min_ts, c.max_ts))
+            .or_else(|| {
+                (!s.head.is_empty())
+                    .then(|| span(s.head.first_ts(), s.head.last_ts()))
+                    .flatten()
+            })
+            .or_else(|| s.ooo.iter().map(|p| p.0).find(|&t| t >= start && t < end))
+    }
+
+    /// As [`HotIndex::any_sample_in`], for rollups of a resolution (by window start).
+    pub fn any_rollup_in(
+        &self,
+        id: SeriesId,
+        res: Resolution,
+        start: i64,
+        end: i64,
+    ) -> Option<i64> {
+        let shard = self.shards[shard(id)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let s = shard.get(&id)?;
+        match res {
+            Resolution::OneMinute => s.r1m.any_in(start, end),
+            Resolution::OneHour => s.r1h.any_in(start, end),
+        }
+    }
+
     /// The series ids of shard `i`.
     pub fn shard_ids(&self, i: usize) -> Vec<SeriesId> {
         let sh = self.shards[i].read().unwrap_or_else(|e| e.into_inner());

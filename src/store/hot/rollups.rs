@@ -314,6 +314,21 @@ impl RollupSeries {
         Ok(RollupSeries { blocks, tail })
     }
 
+    /// A window start in `[start, end)` this series may have a rollup at (a block spanning
+    /// the range counts: no block is decoded).
+    pub fn any_in(&self, start: i64, end: i64) -> Option<i64> {
+        self.tail
+            .iter()
+            .map(|r| r.start)
+            .find(|&s| s >= start && s < end)
+            .or_else(|| {
+                self.blocks
+                    .iter()
+                    .find(|b| b.max_start >= start && b.min_start < end)
+                    .map(|b| b.min_start.max(start))
+            })
+    }
+
     /// The bytes [`RollupSeries::upsert`] and [`RollupSeries::gc`] account for.
     pub fn bytes(&self) -> i64 {
         self.blocks.iter().map(|b| b.size() as i64).sum::<i64>()

@@ -9,13 +9,19 @@
 //! offset). [`replay_point`] turns a request into an offset and that time from the log's own
 //! record headers (each record carries its event-time range), so no broker is involved.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+pub mod checkpoint;
+pub mod cut;
+pub mod seed;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::Filter;
+use timely::dataflow::operators::generic::operator::empty;
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Exchange};
 use timely::WorkerConfig;
 
@@ -23,7 +29,7 @@ use tidemark_dataflows::incremental::{leaf_values, rule_results, sink_results, L
 use tidemark_dataflows::sink::{sink_rollups, sink_samples, HotSink};
 use tidemark_dataflows::source::{watermark_source, BatchSource, Poll, WatermarkConfig};
 use tidemark_dataflows::tier::sink_tier;
-use tidemark_dataflows::window::{rollup_rollups, tumbling_rollups};
+use tidemark_dataflows::window::{rollup_rollups_seeded, tumbling_rollups_seeded};
 use tidemark_dataflows::{Rollup, Sample};
 
 use tidemark_dataflows::rules::{evaluate_at_ticks, TickConfig};
@@ -52,6 +58,10 @@ pub struct JobProgress {
     pub applied: AtomicU64,
     /// Records that failed to decode (skipped, counted).
     pub corrupt_records: AtomicU64,
+    /// Checkpoint cuts (see [`cut`]).
+    pub cut: cut::CutControl,
+    /// Workers still sending the seed of a restart from a checkpoint (see [`seed`]).
+    pub seeding: AtomicUsize,
 }
 
 impl JobProgress {
@@ -62,6 +72,8 @@ impl JobProgress {
             sent: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             corrupt_records: AtomicU64::new(0),
+            cut: cut::CutControl::new(workers),
+            seeding: AtomicUsize::new(0),
         }
     }
 
@@ -86,6 +98,7 @@ impl JobProgress {
     /// True when every source has read up to `offset` and the hot index applied all it sent.
     pub fn caught_up(&self, offset: u64) -> bool {
         self.min_position() >= offset
+            && self.seeding.load(Ordering::Acquire) == 0
             && self.applied.load(Ordering::Acquire) == self.sent.load(Ordering::Acquire)
     }
 }
@@ -101,12 +114,36 @@ struct LogSource {
     progress: Arc<JobProgress>,
     stop: Arc<AtomicBool>,
     ids: Vec<u64>,
+    /// A cut was returned and the operator has not reported the moved capability yet.
+    cutting: bool,
+    /// The job's main source (takes part in cuts, reports progress), or the cold replay of a
+    /// restart (see [`StartAt::cold_replay`]), which stops at `until`.
+    main: bool,
+    until: u64,
 }
 
 impl BatchSource for LogSource {
     fn poll(&mut self) -> Poll {
         if self.stop.load(Ordering::Acquire) {
             return Poll::Done;
+        }
+        if !self.main {
+            if self.reader.position() >= self.until {
+                return Poll::Done;
+            }
+        } else {
+            if self.progress.seeding.load(Ordering::Acquire) > 0 {
+                // The seed reads the hot index: nothing read after the checkpoint may be in it.
+                return Poll::Pending(Duration::from_millis(1));
+            }
+            match self.progress.cut.step(self.index, self.reader.position()) {
+                cut::Step::Read => {}
+                cut::Step::Wait => return Poll::Pending(Duration::from_millis(2)),
+                cut::Step::Cut => {
+                    self.cutting = true;
+                    return Poll::Cut(Duration::from_millis(2));
+                }
+            }
         }
         let (index, peers) = (self.index as u64, self.peers as u64);
         match self.reader.next_record(|off| off % peers == index) {
@@ -123,27 +160,33 @@ impl BatchSource for LogSource {
                         |series, ts, value| samples.push(Sample { series, ts, value }),
                     );
                     if let Err(e) = res {
-                        self.progress
-                            .corrupt_records
-                            .fetch_add(1, Ordering::Relaxed);
+                        if self.main {
+                            self.progress
+                                .corrupt_records
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
                         eprintln!("tidemark: skipping log record {}: {e}", rec.offset);
                         samples.clear();
                     }
                     self.reader.recycle(rec.payload);
                 }
-                self.progress
-                    .sent
-                    .fetch_add(samples.len() as u64, Ordering::AcqRel);
-                self.progress.positions[self.index]
-                    .store(self.reader.position(), Ordering::Release);
+                if self.main {
+                    self.progress
+                        .sent
+                        .fetch_add(samples.len() as u64, Ordering::AcqRel);
+                    self.progress.positions[self.index]
+                        .store(self.reader.position(), Ordering::Release);
+                }
                 Poll::Ready {
                     max_ts: rec.max_ts,
                     samples,
                 }
             }
             Ok(None) => {
-                self.progress.positions[self.index]
-                    .store(self.reader.position(), Ordering::Release);
+                if self.main {
+                    self.progress.positions[self.index]
+                        .store(self.reader.position(), Ordering::Release);
+                }
                 Poll::Pending(Duration::from_millis(5))
             }
             Err(e) => {
@@ -154,7 +197,17 @@ impl BatchSource for LogSource {
     }
 
     fn progressed(&mut self, watermark: u64) {
+        if !self.main {
+            return;
+        }
         self.progress.watermarks[self.index].store(watermark, Ordering::Release);
+        if self.cutting {
+            self.cutting = false;
+            self.progress.cut.moved(self.index);
+        }
+        if self.index == 0 {
+            self.progress.cut.mark(self.reader.position(), watermark);
+        }
     }
 }
 
@@ -184,6 +237,40 @@ pub struct StartAt {
     /// Windows starting at or after this event time are built from what is read; older
     /// samples only go to the hot index. `i64::MIN` (the normal start): every window.
     pub rollups_from: i64,
+    /// The sources' first watermark (a checkpoint's replay watermark; 0 otherwise).
+    pub watermark: u64,
+    /// Restore window, rule and cold-writer state from the hot index first (a restart from a
+    /// checkpoint, see [`seed`]).
+    pub seed: bool,
+    /// Records before `offset` read again for the cold raw tier only, from this offset at this
+    /// watermark: the corrections a writer buffered when the checkpoint was cut (they are
+    /// written when the hour they were sent in ends, and are not in the hot index as such).
+    pub cold_replay: Option<(u64, u64)>,
+}
+
+impl StartAt {
+    /// Reads from `offset`, rebuilding every window from what it reads.
+    pub fn offset(offset: u64) -> Self {
+        StartAt {
+            offset,
+            rollups_from: i64::MIN,
+            watermark: 0,
+            seed: false,
+            cold_replay: None,
+        }
+    }
+
+    /// Resumes after a checkpoint, with a log that starts at `log_start`.
+    pub fn checkpoint(m: &crate::store::hot::checkpoint::CheckpointMeta, log_start: u64) -> Self {
+        let from = m.replay_offset.max(log_start);
+        StartAt {
+            offset: m.offset.max(log_start),
+            rollups_from: i64::MIN,
+            watermark: m.watermark,
+            seed: true,
+            cold_replay: (from < m.offset).then_some((from, m.replay_watermark)),
+        }
+    }
 }
 
 /// What a replay asks for.
@@ -240,8 +327,8 @@ pub fn replay_point(log: &Log, req: ReplayRequest) -> Result<StartAt, ReplayErro
                 (newest.div_euclid(HOUR_MS) + 1) * HOUR_MS
             };
             Ok(StartAt {
-                offset,
                 rollups_from,
+                ..StartAt::offset(offset)
             })
         }
         ReplayRequest::Time(t) => {
@@ -254,8 +341,8 @@ pub fn replay_point(log: &Log, req: ReplayRequest) -> Result<StartAt, ReplayErro
                 }
             }
             Ok(StartAt {
-                offset,
                 rollups_from: hour,
+                ..StartAt::offset(offset)
             })
         }
     }
@@ -311,10 +398,7 @@ impl Job {
             rules,
         } = env;
         let stop = Arc::new(AtomicBool::new(false));
-        let at = at.unwrap_or(StartAt {
-            offset: log.start_offset(),
-            rollups_from: i64::MIN,
-        });
+        let at = at.unwrap_or(StartAt::offset(log.start_offset()));
         if progress.positions.len() != workers {
             return Err(format!(
                 "job progress has {} worker slots, not {workers}",
@@ -323,13 +407,18 @@ impl Job {
         }
         for (p, w) in progress.positions.iter().zip(&progress.watermarks) {
             p.store(at.offset, Ordering::Release);
-            w.store(0, Ordering::Release);
+            w.store(at.watermark, Ordering::Release);
         }
-        let (start_offset, rollups_from) = (at.offset, at.rollups_from);
+        progress.cut.reset_marks(at.offset, at.watermark);
+        progress
+            .seeding
+            .store(if at.seed { workers } else { 0 }, Ordering::Release);
+        let (start_offset, rollups_from, cold_replay) =
+            (at.offset, at.rollups_from, at.cold_replay);
         let wm = WatermarkConfig {
             out_of_orderness_ms: cfg.out_of_orderness.0.max(0) as u64,
             records_per_activation: 16,
-            start: 0,
+            start: at.watermark,
         };
         let lateness = cfg.allowed_lateness.0;
         let config = timely::Config {
@@ -340,6 +429,18 @@ impl Job {
         let inc = rules.as_ref().filter(|r| r.incremental).map(|r| {
             let (plans, store) = r.rules.incremental(workers);
             (plans, store, r.rules.last_tick())
+        });
+        let seed_plan = at.seed.then(|| seed::SeedPlan {
+            at: at.watermark,
+            lateness,
+            rules: inc.as_ref().map(|(plans, _, _)| {
+                let span = plans.leaves.iter().map(|l| l.span()).max().unwrap_or(0);
+                let plans = Arc::clone(plans);
+                let matches: tidemark_dataflows::incremental::Matcher =
+                    Arc::new(move |pairs| plans.leaves.iter().any(|l| (l.matches)(pairs)));
+                (span, matches)
+            }),
+            cold: cold.is_some(),
         });
         let (s, p) = (Arc::clone(&stop), Arc::clone(&progress));
         let guards = timely::execute(config, move |worker| {
@@ -368,17 +469,67 @@ impl Job {
                         progress: pr,
                         stop: st,
                         ids: Vec::new(),
+                        cutting: false,
+                        main: true,
+                        until: u64::MAX,
                     }
                 });
                 let samples = samples.exchange(|s: &Sample| s.series);
-                let samples_for_cold = samples.clone();
+                // The seed of a restart from a checkpoint, split by what it restores.
+                let seeds = seed_plan.clone().map(|plan| {
+                    seed::seed_source(scope, Arc::clone(&hot), plan, Arc::clone(&progress))
+                });
+                let seeded = |flag: u8| match &seeds {
+                    Some(s) => s.clone().flat_map(move |r| match r {
+                        seed::SeedRec::Sample(s, f) if f & flag != 0 => Some(s),
+                        _ => None,
+                    }),
+                    None => empty(scope),
+                };
+                let seeded_rollups = |pick: fn(seed::SeedRec) -> Option<Rollup>| match &seeds {
+                    Some(s) => s.clone().flat_map(pick),
+                    None => empty(scope),
+                };
+                let window_seed = seeded(seed::FOR_WINDOWS);
+                let hour_seed = seeded_rollups(|r| match r {
+                    seed::SeedRec::Minute(m) => Some(m),
+                    _ => None,
+                });
+                let by_series = |s: &Sample| s.series;
+                let by_rollup = |r: &Rollup| r.series;
+                let mut samples_for_cold = samples
+                    .clone()
+                    .concat(seeded(seed::FOR_COLD).exchange(by_series));
+                if let (Some((from, wm0)), Some(_)) = (cold_replay, &cold) {
+                    let (st, pr, h) = (Arc::clone(&stop), Arc::clone(&progress), Arc::clone(&hot));
+                    let replay_log = log.clone();
+                    let cfg = WatermarkConfig { start: wm0, ..wm };
+                    let replayed =
+                        watermark_source(scope, "LogColdReplay", cfg, move |index, peers| {
+                            LogSource {
+                                reader: replay_log.reader(from).expect("open the log for reading"),
+                                index,
+                                peers,
+                                hot: h,
+                                progress: pr,
+                                stop: st,
+                                ids: Vec::new(),
+                                cutting: false,
+                                main: false,
+                                until: start_offset,
+                            }
+                        });
+                    samples_for_cold = samples_for_cold.concat(replayed.exchange(by_series));
+                }
                 let inc_done = match (&inc, &rules) {
                     (Some((plans, store, resume)), Some(r)) => {
                         let h = Arc::clone(&hot);
                         let lookup: Lookup =
                             Arc::new(move |id| h.catalog.labels(id).map(|l| l.pairs().to_vec()));
                         let leaves = leaf_values(
-                            samples.clone(),
+                            samples
+                                .clone()
+                                .concat(seeded(seed::FOR_RULES).exchange(by_series)),
                             Arc::clone(plans),
                             Arc::clone(&lookup),
                             r.ticks,
@@ -406,10 +557,42 @@ impl Job {
                     // after it: one exactly on the boundary ends the window before.
                     samples.filter(move |s: &Sample| s.ts > rollups_from)
                 };
-                let (minutes, late_m) = tumbling_rollups(windowed, MINUTE_MS, lateness);
-                let (hours, _late_h) = rollup_rollups(minutes.clone(), HOUR_MS, lateness);
+                let (minutes, late_m) =
+                    tumbling_rollups_seeded(windowed, window_seed, MINUTE_MS, lateness);
+                let (hours, _late_h) =
+                    rollup_rollups_seeded(minutes.clone(), hour_seed, HOUR_MS, lateness);
                 let m_done = sink_rollups(minutes.clone(), Arc::clone(&hot));
                 let h_done = sink_rollups(hours.clone(), Arc::clone(&hot));
+                // The frontier a checkpoint cut waits for: everything sent before it applied.
+                let p = Arc::clone(&progress);
+                applied
+                    .clone()
+                    .concat(m_done.clone())
+                    .concat(h_done.clone())
+                    .sink(Pipeline, "CutProbe", move |(input, frontier)| {
+                        input.for_each(|_, _| {});
+                        let f = frontier
+                            .frontier()
+                            .iter()
+                            .min()
+                            .copied()
+                            .unwrap_or(u64::MAX);
+                        p.cut.done[index].store(f, Ordering::Release);
+                    });
+                let minutes_for_cold = minutes.clone().concat(
+                    seeded_rollups(|r| match r {
+                        seed::SeedRec::ColdMinute(m) => Some(m),
+                        _ => None,
+                    })
+                    .exchange(by_rollup),
+                );
+                let hours_for_cold = hours.clone().concat(
+                    seeded_rollups(|r| match r {
+                        seed::SeedRec::ColdHour(m) => Some(m),
+                        _ => None,
+                    })
+                    .exchange(by_rollup),
+                );
                 if let Some(store) = &cold {
                     let h = Arc::clone(&hot);
                     let labels: LabelLookup = Arc::new(move |id| h.catalog.labels(id));
@@ -421,7 +604,7 @@ impl Job {
                             _ => PinKind::Minute,
                         };
                         TierWriter::<Rollup>::new(tier, UP_JOB, index, lateness, s, l, rows)
-                            .map(|w| w.pin(hot.pin(kind)))
+                            .map(|w| w.pin(hot.pin(kind)).late_since(progress.cut.late_since()))
                     };
                     let raw = TierWriter::<Sample>::new(
                         Tier::Raw,
@@ -432,15 +615,18 @@ impl Job {
                         Arc::clone(&labels),
                         hot_samples(&hot),
                     )
-                    .map(|w| w.pin(hot.pin(PinKind::Raw)));
+                    .map(|w| {
+                        w.pin(hot.pin(PinKind::Raw))
+                            .late_since(progress.cut.late_since())
+                    });
                     match (raw, new(Tier::Minute), new(Tier::Hour)) {
                         (Ok(raw), Ok(minute), Ok(hour)) => {
                             // The writers read sealed partitions from the hot index, so each
                             // seals only what its hot sink has applied. The log source
                             // registers series before it sends their samples.
                             sink_tier(samples_for_cold, Some(applied.clone()), "ColdRaw", raw);
-                            sink_tier(minutes, Some(m_done.clone()), "Cold1m", minute);
-                            sink_tier(hours, Some(h_done.clone()), "Cold1h", hour);
+                            sink_tier(minutes_for_cold, Some(m_done.clone()), "Cold1m", minute);
+                            sink_tier(hours_for_cold, Some(h_done.clone()), "Cold1h", hour);
                         }
                         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => eprintln!(
                             "tidemark: worker {index}: cold tiers disabled for this run: {e}"

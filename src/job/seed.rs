@@ -1,0 +1,322 @@
+//! Restoring the job's operator state from the hot index after a restart from a checkpoint.
+//!
+//! A checkpoint holds the hot index only; everything else the job keeps is a function of it:
+//!
+//! - a **1-minute window** not yet retired at the restart holds exactly the raw samples the
+//!   index has in it (none of them was dropped as too late: its window was open when they
+//!   came);
+//! - a **1-hour window** holds the 1-minute rollups the index has in its hour (those that can
+//!   no longer change folded into one, as [`RollupAcc`](tidemark_dataflows::window::RollupAcc)
+//!   folds them);
+//! - **incremental rules** hold each matching series' samples within the longest range a rule
+//!   reads;
+//! - a **cold writer's open partition** is the set of series with rows in it: one row per
+//!   series and partition tells the writer, which then writes the partition from the index.
+//!
+//! The seed source sends those records at the restart's first time, a bounded number of
+//! series per activation (so the seed never needs more memory than a few batches), from the
+//! index shards of its worker.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, Stream};
+
+use tidemark_dataflows::incremental::Matcher;
+use tidemark_dataflows::{Rollup, Sample};
+
+use super::{HOUR_MS, MINUTE_MS};
+use crate::store::cold::Tier;
+use crate::store::hot::{HotIndex, Resolution};
+
+/// Series handled per activation.
+const SERIES_PER_ACTIVATION: usize = 1024;
+/// Open partitions looked at per series and tier, at most.
+const MAX_OPEN_PARTITIONS: usize = 48;
+
+/// Flags of a seeded sample: for the 1-minute windows, the rules, the cold raw tier.
+pub const FOR_WINDOWS: u8 = 1;
+pub const FOR_RULES: u8 = 2;
+pub const FOR_COLD: u8 = 4;
+
+/// One record of the seed.
+#[derive(Clone, Copy, Debug)]
+pub enum SeedRec {
+    Sample(Sample, u8),
+    /// A 1-minute rollup (or several folded) for the 1-hour windows.
+    Minute(Rollup),
+    /// A row marking an open partition of the 1m or 1h cold tier.
+    ColdMinute(Rollup),
+    ColdHour(Rollup),
+}
+
+/// What to seed.
+#[derive(Clone)]
+pub struct SeedPlan {
+    /// The restart's first time (its sources' watermark).
+    pub at: u64,
+    pub lateness: i64,
+    /// The longest range the incremental rules read, and which series they read.
+    pub rules: Option<(i64, Matcher)>,
+    /// Whether cold writers run.
+    pub cold: bool,
+}
+
+fn minute_end(ts: i64) -> i64 {
+    ts.saturating_sub(1).div_euclid(MINUTE_MS) * MINUTE_MS + MINUTE_MS
+}
+
+impl SeedPlan {
+    /// The seed of one series, appended to `out`.
+    pub fn series(
+        &self,
+        hot: &HotIndex,
+        id: u64,
+        pts: &mut Vec<(i64, f64)>,
+        out: &mut Vec<SeedRec>,
+    ) {
+        let s = i64::try_from(self.at).unwrap_or(i64::MAX);
+        let l = self.lateness;
+        // A window is seeded unless it was retired at `s - 1`: `end + lateness >= s`.
+        let from_w = s.saturating_sub(l).saturating_sub(MINUTE_MS);
+        let from_r = self.rules.as_ref().and_then(|(span, matches)| {
+            let labels = hot.catalog.labels(id)?;
+            matches(labels.pairs()).then(|| s.saturating_sub(*span).saturating_sub(MINUTE_MS))
+        });
+        pts.clear();
+        hot.samples(id, from_w.min(from_r.unwrap_or(i64::MAX)), i64::MAX, pts);
+        for &(ts, value) in pts.iter() {
+            let mut flags = 0;
+            if minute_end(ts).saturating_add(l) >= s {
+                flags |= FOR_WINDOWS;
+            }
+            if from_r.is_some_and(|f| ts > f) {
+                flags |= FOR_RULES;
+            }
+            if flags != 0 {
+                out.push(SeedRec::Sample(
+                    Sample {
+                        series: id,
+                        ts,
+                        value,
+                    },
+                    flags,
+                ));
+            }
+        }
+        // The hours not retired at `s - 1`, each as its settled minutes folded plus the rest.
+        let first_hour = s
+            .saturating_sub(l)
+            .saturating_sub(HOUR_MS)
+            .div_euclid(HOUR_MS)
+            * HOUR_MS;
+        let settled = s.saturating_sub(l);
+        let mut hour = i64::MIN;
+        let mut folded: Option<Rollup> = None;
+        for m in hot.rollups(id, Resolution::OneMinute, first_hour, i64::MAX) {
+            let h = m.start.div_euclid(HOUR_MS) * HOUR_MS;
+            if h.saturating_add(HOUR_MS).saturating_add(l) < s {
+                continue;
+            }
+            if h != hour {
+                out.extend(folded.take().map(SeedRec::Minute));
+                hour = h;
+            }
+            match &mut folded {
+                Some(f) if m.end() <= settled => f.merge(&m),
+                None if m.end() <= settled => folded = Some(m),
+                _ => {
+                    out.extend(folded.take().map(SeedRec::Minute));
+                    out.push(SeedRec::Minute(m));
+                }
+            }
+        }
+        out.extend(folded.take().map(SeedRec::Minute));
+        if self.cold {
+            self.cold_rows(hot, id, s, out);
+        }
+    }
+
+    /// One row per open partition of each cold tier the series has rows in.
+    fn cold_rows(&self, hot: &HotIndex, id: u64, s: i64, out: &mut Vec<SeedRec>) {
+        let newest = hot.newest().unwrap_or(s).max(s);
+        for tier in [Tier::Raw, Tier::Minute, Tier::Hour] {
+            let w = tier.partition_width();
+            // Partitions a writer has not sealed at `s - 1`: `end + lateness >= s`.
+            let mut p = tier.partition(s.saturating_sub(self.lateness).saturating_sub(w));
+            for _ in 0..MAX_OPEN_PARTITIONS {
+                if p.start > newest {
+                    break;
+                }
+                if p.end().saturating_add(self.lateness) >= s {
+                    let (a, b) = (p.start, p.end());
+                    let row = |start: i64, width: i64| Rollup {
+                        start,
+                        width,
+                        ..Rollup::point(id, start, 0.0)
+                    };
+                    match tier {
+                        Tier::Raw => {
+                            if let Some(ts) = hot.any_sample_in(id, a, b) {
+                                let s = Sample {
+                                    series: id,
+                                    ts,
+                                    value: 0.0,
+                                };
+                                out.push(SeedRec::Sample(s, FOR_COLD));
+                            }
+                        }
+                        Tier::Minute => {
+                            if let Some(t) = hot.any_rollup_in(id, Resolution::OneMinute, a, b) {
+                                out.push(SeedRec::ColdMinute(row(t, MINUTE_MS)));
+                            }
+                        }
+                        Tier::Hour => {
+                            if let Some(t) = hot.any_rollup_in(id, Resolution::OneHour, a, b) {
+                                out.push(SeedRec::ColdHour(row(t, HOUR_MS)));
+                            }
+                        }
+                    }
+                }
+                p = tier.partition(p.end());
+            }
+        }
+    }
+}
+
+/// The seed of this worker's index shards, sent at `plan.at`; `progress.seeding` counts the
+/// workers still seeding (decremented when this one is done).
+pub fn seed_source<'s>(
+    scope: Scope<'s, u64>,
+    hot: Arc<HotIndex>,
+    plan: SeedPlan,
+    progress: Arc<super::JobProgress>,
+) -> Stream<'s, u64, Vec<SeedRec>> {
+    let (index, peers) = (scope.index(), scope.peers());
+    let activator_scope = scope;
+    source(scope, "Seed", move |cap, info| {
+        let mut cap = Some(cap);
+        if let Some(c) = cap.as_mut() {
+            c.downgrade(&plan.at);
+        }
+        let activator = activator_scope.activator_for(info.address.clone());
+        let mut shards = (0..HotIndex::SHARDS).filter(move |s| s % peers == index);
+        let mut ids: Vec<u64> = Vec::new();
+        let mut pts = Vec::new();
+        move |output| {
+            let Some(c) = cap.as_ref() else { return };
+            let mut out = Vec::new();
+            for _ in 0..SERIES_PER_ACTIVATION {
+                let id = loop {
+                    if let Some(id) = ids.pop() {
+                        break Some(id);
+                    }
+                    match shards.next() {
+                        Some(s) => ids = hot.shard_ids(s),
+                        None => break None,
+                    }
+                };
+                let Some(id) = id else {
+                    if !out.is_empty() {
+                        output.session(c).give_container(&mut out);
+                    }
+                    cap = None;
+                    progress.seeding.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                };
+                plan.series(&hot, id, &mut pts, &mut out);
+            }
+            if !out.is_empty() {
+                output.session(c).give_container(&mut out);
+            }
+            activator.activate();
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Labels;
+
+    #[test]
+    fn seeds_open_windows_folds_settled_minutes_and_marks_open_partitions() {
+        let hot = HotIndex::new(i64::MAX / 4);
+        let labels = Labels::from_pairs([("__name__", "m")]);
+        let id = labels.series_id();
+        hot.catalog.register(id, labels);
+        let base = 10 * HOUR_MS;
+        let samples: Vec<Sample> = (1..=360)
+            .map(|i| Sample {
+                series: id,
+                ts: base + i * 10_000,
+                value: i as f64,
+            })
+            .collect();
+        hot.append_samples(&samples);
+        let minutes: Vec<Rollup> = (0..59)
+            .map(|m| {
+                let pts: Vec<(i64, f64)> = samples
+                    .iter()
+                    .filter(|s| minute_end(s.ts) == base + (m + 1) * MINUTE_MS)
+                    .map(|s| (s.ts, s.value))
+                    .collect();
+                Rollup::from_sorted(id, base + m * MINUTE_MS, MINUTE_MS, &pts).unwrap()
+            })
+            .collect();
+        hot.upsert(&minutes);
+        // Restart at 59 min 30 s, 5 minutes of lateness.
+        let at = (base + 59 * MINUTE_MS + 30_000) as u64;
+        let plan = SeedPlan {
+            at,
+            lateness: 300_000,
+            rules: None,
+            cold: true,
+        };
+        let mut out = Vec::new();
+        plan.series(&hot, id, &mut Vec::new(), &mut out);
+        let win: Vec<i64> = out
+            .iter()
+            .filter_map(|r| match r {
+                SeedRec::Sample(s, f) if f & FOR_WINDOWS != 0 => Some(s.ts),
+                _ => None,
+            })
+            .collect();
+        // Windows ending at or after 54 min 30 s: from the one ending at 55 min.
+        assert_eq!(win.first(), Some(&(base + 54 * MINUTE_MS + 10_000)));
+        assert_eq!(win.last(), Some(&(base + 3_600_000)));
+        let hours: Vec<Rollup> = out
+            .iter()
+            .filter_map(|r| match r {
+                SeedRec::Minute(m) => Some(*m),
+                _ => None,
+            })
+            .collect();
+        // Minutes ending by 54 min 30 s (the first 54) folded into one, then 5 as they are.
+        assert_eq!(hours.len(), 6);
+        assert_eq!(hours[0].start, base);
+        assert_eq!(hours[0].count, 54 * 6);
+        let mut all = hours[0];
+        for m in &hours[1..] {
+            all.merge(m);
+        }
+        let mut want = minutes[0];
+        for m in &minutes[1..] {
+            want.merge(m);
+        }
+        assert_eq!(
+            (all.count, all.sum, all.last),
+            (want.count, want.sum, want.last)
+        );
+        let cold_raw = out
+            .iter()
+            .filter(|r| matches!(r, SeedRec::Sample(_, f) if f & FOR_COLD != 0))
+            .count();
+        assert_eq!(
+            cold_raw, 2,
+            "the hour of the samples and the next (the sample at 60 min)"
+        );
+        assert!(out.iter().any(|r| matches!(r, SeedRec::ColdMinute(_))));
+    }
+}
