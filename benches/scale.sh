@@ -43,8 +43,8 @@ samples=$((series * POINTS))
 sleep 2
 curl -fs "$url/metrics" | grep '^tidemark_memory_bytes' | awk -v n="$series" \
   '{printf "  %-60s %8.1f MiB  %6.0f B/series\n", $1, $2/1048576, $2/n}'
-peak=$(grep VmHWM /proc/$pid/status | awk '{printf "%d", $2*1024}')
-rss=$(grep VmRSS /proc/$pid/status | awk '{printf "%d", $2*1024}')
+peak=$(grep VmHWM /proc/$pid/status | awk '{printf "%.0f", $2*1024}')
+rss=$(grep VmRSS /proc/$pid/status | awk '{printf "%.0f", $2*1024}')
 echo "peak RSS $((peak / 1048576)) MiB = $((peak / series)) B per active series (RSS now $((rss / 1048576)) MiB)"
 t=$(date +%s.%N)
 start_q="$(date +%s)"
@@ -63,6 +63,7 @@ t0=$(date +%s.%N)
 start
 ready
 took=$(echo "$(date +%s.%N) - $t0" | bc)
-peak2=$(grep VmHWM /proc/$pid/status | awk '{printf "%d", $2*1024}')
+peak2=$(grep VmHWM /proc/$pid/status | awk '{printf "%.0f", $2*1024}')
+grep -E "checkpoint .* written at shutdown|loaded checkpoint|checkpoint not usable" "$dir/server.log" | tail -3 || true
 echo "restart: ready in $took s, peak RSS during restart $((peak2 / 1048576)) MiB ($(echo "scale=2; $peak2 / $peak" | bc) x the live peak)"
 tail -3 "$dir/server.log"

@@ -1038,6 +1038,9 @@ pub struct RuleEvaluator {
     pub sink: Arc<dyn AlertSink>,
 }
 
+/// Series x ticks an engine evaluation of the rules covers at most (about 16 bytes each).
+const EVAL_CELLS: usize = 4_000_000;
+
 impl TickEvaluator for RuleEvaluator {
     type Output = AlertEvent;
 
@@ -1046,10 +1049,15 @@ impl TickEvaluator for RuleEvaluator {
     }
 
     fn evaluate(&mut self, ticks: &[u64], out: &mut Vec<(u64, AlertEvent)>) {
-        out.extend(
-            self.rules
-                .evaluate(&*self.storage, ticks, &mut *self.writer, &*self.sink),
-        );
+        // The engine holds a value per series and tick of a batch: a catch-up (restart,
+        // backfill) over many ticks goes in slices of at most `EVAL_CELLS` series x ticks.
+        let per = (EVAL_CELLS / self.storage.series_hint().max(1)).clamp(1, ticks.len().max(1));
+        for slice in ticks.chunks(per) {
+            out.extend(
+                self.rules
+                    .evaluate(&*self.storage, slice, &mut *self.writer, &*self.sink),
+            );
+        }
     }
 }
 

@@ -65,6 +65,10 @@ impl Storage for HotIndex {
         }
         out
     }
+
+    fn series_hint(&self) -> usize {
+        self.catalog.len()
+    }
 }
 
 /// A Prometheus API error response.

@@ -123,6 +123,11 @@ pub trait Storage: Send + Sync {
     fn take_failure(&self) -> Option<String> {
         None
     }
+
+    /// About how many series the store holds (0: unknown), to size evaluations by.
+    fn series_hint(&self) -> usize {
+        0
+    }
 }
 
 /// Query errors, with Prometheus's `errorType`s.
