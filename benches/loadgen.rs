@@ -32,6 +32,9 @@ struct Args {
     /// Generate each timestamp's lines while pushing (memory independent of the run's size),
     /// and skip the query and latency phases: the scale benchmark (`benches/scale.sh`).
     stream: bool,
+    /// With `--stream`: the target is another system (VictoriaMetrics in `benches/scale.sh`):
+    /// report the acknowledged rate only, do not read Tidemark's `/metrics`.
+    peer: bool,
 }
 
 fn args() -> Args {
@@ -46,6 +49,7 @@ fn args() -> Args {
         drain: None,
         latency: 0,
         stream: false,
+        peer: false,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -70,8 +74,13 @@ fn args() -> Args {
                 i += 1;
                 continue;
             }
+            "--peer" => {
+                a.peer = true;
+                i += 1;
+                continue;
+            }
             other => panic!(
-                "unknown argument {other}; use --url --connections --hosts --points --queries --hot-urls --push-only --drain --latency"
+                "unknown argument {other}; use --url --connections --hosts --points --queries --hot-urls --push-only --drain --latency --stream --peer"
             ),
         }
         i += 2;
@@ -225,7 +234,11 @@ fn latency(a: &Args, n: usize) {
 fn stream(a: &Args, start: i64) {
     use std::sync::{Arc, Barrier};
     let samples = (a.hosts * 4 * a.points) as f64;
-    let before = hot(a, "tidemark_hot_samples");
+    let before = if a.peer {
+        0.0
+    } else {
+        hot(a, "tidemark_hot_samples")
+    };
     let t0 = Instant::now();
     let barrier = Arc::new(Barrier::new(a.connections));
     let per = a.hosts.div_ceil(a.connections);
@@ -272,6 +285,14 @@ fn stream(a: &Args, start: i64) {
         t.join().expect("pusher");
     }
     let acked = t0.elapsed();
+    if a.peer {
+        println!(
+            "peer: {samples} samples acknowledged in {:.2} s, {:.0} samples/s",
+            acked.as_secs_f64(),
+            samples / acked.as_secs_f64()
+        );
+        return;
+    }
     wait_hot(a, before, samples, t0);
     let applied = t0.elapsed();
     println!(

@@ -5,7 +5,10 @@
 # (tidemark_memory_bytes), data dir bytes per sample, and the restart: time to ready and peak
 # RSS while it replays.
 # Usage: HOSTS=250000 POINTS=180 benches/scale.sh      (1 M series, 30 minutes of event time)
-# PROFILE=dev runs the debug build (memory figures are the same; rates are not).
+# PROFILE=dev runs the debug build (memory figures are the same; rates are not). The restart
+# after SIGTERM loads the checkpoint written at shutdown. Then, when Debian's victoria-metrics
+# is installed (PEER=none skips it), VictoriaMetrics takes the same workload: its peak RSS,
+# data dir bytes per sample and CPU until idle, and Tidemark's ratios to them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOSTS=${HOSTS:-50000}
@@ -26,7 +29,7 @@ start() {
     ${TIDEMARK_CONFIG:+--config "$TIDEMARK_CONFIG"} 2>>"$dir/server.log" &
   pid=$!
 }
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$dir"' EXIT
+trap 'kill $pid ${vmpid:-} 2>/dev/null || true; wait $pid 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$dir"' EXIT
 ready() {
   for _ in $(seq 1 6000); do
     curl -fs "$url/-/ready" >/dev/null 2>&1 && return 0
@@ -37,10 +40,25 @@ ready() {
 }
 start
 ready
+# CPU seconds (user + system) of a process.
+cpu() { awk '{printf "%.2f", ($14 + $15) / 100}' /proc/$1/stat; }
+# Waits until a process uses less than 5% of a core over 2 s (its deferred work is done).
+idle() {
+  local a b
+  a=$(cpu "$1")
+  while :; do
+    sleep 2
+    b=$(cpu "$1")
+    [ "$(echo "$b - $a < 0.1" | bc)" = 1 ] && break
+    a=$b
+  done
+}
 "$bin/tidemark-loadgen" --url "$url" --hosts "$HOSTS" --points "$POINTS" --stream
 series=$((HOSTS * 4))
 samples=$((series * POINTS))
-sleep 2
+idle $pid
+tm_cpu=$(cpu $pid)
+echo "CPU until idle: $tm_cpu s = $(echo "scale=2; $tm_cpu * 1000000 / $samples" | bc) us per sample (ingest, rollups, rules, tiers)"
 curl -fs "$url/metrics" | grep '^tidemark_memory_bytes' | awk -v n="$series" \
   '{printf "  %-60s %8.1f MiB  %6.0f B/series\n", $1, $2/1048576, $2/n}'
 peak=$(grep VmHWM /proc/$pid/status | awk '{printf "%.0f", $2*1024}')
@@ -64,6 +82,25 @@ start
 ready
 took=$(echo "$(date +%s.%N) - $t0" | bc)
 peak2=$(grep VmHWM /proc/$pid/status | awk '{printf "%.0f", $2*1024}')
-grep -E "checkpoint .* written at shutdown|loaded checkpoint|checkpoint not usable" "$dir/server.log" | tail -3 || true
+grep -E "checkpoint .* written|loaded checkpoint|checkpoint not usable" "$dir/server.log" | tail -3 || true
 echo "restart: ready in $took s, peak RSS during restart $((peak2 / 1048576)) MiB ($(echo "scale=2; $peak2 / $peak" | bc) x the live peak)"
 tail -3 "$dir/server.log"
+kill -TERM $pid; wait $pid || true
+# The peer: VictoriaMetrics (Debian's victoria-metrics) takes the same workload.
+if [ "${PEER:-vm}" = vm ] && command -v victoria-metrics >/dev/null; then
+  vmport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  victoria-metrics -storageDataPath "$dir/vm" -httpListenAddr "127.0.0.1:$vmport" -retentionPeriod 100y \
+    -loggerLevel ERROR 2>>"$dir/vm.log" &
+  vmpid=$!
+  for _ in $(seq 1 600); do curl -fs "http://127.0.0.1:$vmport/health" >/dev/null 2>&1 && break; sleep 0.05; done
+  "$bin/tidemark-loadgen" --url "http://127.0.0.1:$vmport" --hosts "$HOSTS" --points "$POINTS" --stream --peer
+  curl -fs "http://127.0.0.1:$vmport/internal/force_flush" >/dev/null || true
+  idle $vmpid
+  vm_cpu=$(cpu $vmpid)
+  vmpeak=$(grep VmHWM /proc/$vmpid/status | awk '{printf "%.0f", $2*1024}')
+  got=$(curl -fs "http://127.0.0.1:$vmport/api/v1/series/count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0])' 2>/dev/null || echo "?")
+  kill -TERM $vmpid; wait $vmpid || true
+  vmbytes=$(du -sb "$dir/vm" | cut -f1)
+  echo "VictoriaMetrics $(dpkg-query -W -f '${Version}' victoria-metrics 2>/dev/null): $got series; peak RSS $((vmpeak / 1048576)) MiB = $((vmpeak / series)) B per active series; data dir $((vmbytes / 1048576)) MiB = $(echo "scale=2; $vmbytes / $samples" | bc) bytes/sample; CPU until idle $vm_cpu s = $(echo "scale=2; $vm_cpu * 1000000 / $samples" | bc) us per sample"
+  echo "ratios (Tidemark / VictoriaMetrics): peak RSS $(echo "scale=2; $peak / $vmpeak" | bc), data dir bytes/sample $(echo "scale=2; $bytes / $vmbytes" | bc), CPU per sample $(echo "scale=2; $tm_cpu / $vm_cpu" | bc)"
+fi
