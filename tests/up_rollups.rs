@@ -481,9 +481,22 @@ fn sigkill_and_resume_from_checkpoints_give_the_oracle_rollups() {
     let pushes = workload(base);
     let third = pushes.len() / 3;
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Tidemark::start(dir.path(), CHECKPOINTS, 2);
+    // Log segments of 4 KiB, so checkpoints truncate the log within the test.
+    let env = vec![("TIDEMARK_TEST_LOG_SEGMENT_BYTES".into(), "4096".into())];
+    let mut t = Tidemark::start_with_env(dir.path(), CHECKPOINTS, 2, env);
     push_all(&t, &pushes[..third]);
     checkpointed(&t, third);
+    // The log before the oldest checkpoint kept is gone: the restart cannot replay it.
+    t.eventually("the log truncated behind the checkpoints", || {
+        (t.metric("tidemark_checkpoint_log_segments_deleted_total") > 0.0).then_some(())
+    });
+    let segments = || std::fs::read_dir(t.data_dir.join("log")).unwrap().count();
+    let first = std::fs::read_dir(t.data_dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .min()
+        .unwrap();
+    assert_ne!(first, "00000000000000000000.seg", "{} segments", segments());
     t.kill();
     t.spawn();
     // The restart loaded the checkpoint (4 counters) and read only the log after it.

@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+use tidemark_dataflows::sink::{sink_rollups, HotSink};
 use tidemark_dataflows::source::{watermark_source, BatchSource, Poll, WatermarkConfig};
-use tidemark_dataflows::window::{rollup_rollups, tumbling_rollups};
+use tidemark_dataflows::window::{
+    rollup_rollups, rollups_from_store, tumbling_rollups, RollupStore,
+};
 use tidemark_dataflows::{LateStats, Rollup, Sample};
 use timely::dataflow::operators::capture::{Capture, Event};
 
@@ -157,17 +160,40 @@ fn oracle(records: &[Vec<Sample>], width: i64) -> (BTreeMap<Key, Rollup>, LateSt
     (rollups, stats)
 }
 
-fn run(
-    records: Vec<Vec<Sample>>,
-    workers: usize,
-) -> (BTreeMap<Key, Rollup>, BTreeMap<Key, Rollup>, LateStats) {
+/// A store of the latest minute rollup per (series, start), shared by the workers (the hot
+/// index in Tidemark), for `rollups_from_store`.
+#[derive(Clone, Default)]
+struct Store(Arc<Mutex<BTreeMap<Key, Rollup>>>);
+
+impl HotSink for Store {
+    fn append(&self, _: &[Sample]) {}
+    fn upsert_rollups(&self, rs: &[Rollup]) {
+        let mut m = self.0.lock().unwrap();
+        for r in rs {
+            m.insert((r.series, r.start), *r);
+        }
+    }
+}
+
+type Run = (
+    BTreeMap<Key, Rollup>,
+    BTreeMap<Key, Rollup>,
+    BTreeMap<Key, Rollup>,
+    LateStats,
+);
+
+/// Minutes, hours from `rollup_rollups`, hours from `rollups_from_store`, late counts.
+fn run(records: Vec<Vec<Sample>>, workers: usize) -> Run {
     let records = Arc::new(records);
     let (tx_m, rx_m) = mpsc::channel();
     let (tx_h, rx_h) = mpsc::channel();
+    let (tx_s, rx_s) = mpsc::channel();
     let (tx_l, rx_l) = mpsc::channel();
-    let senders = Arc::new(Mutex::new((tx_m, tx_h, tx_l)));
+    let senders = Arc::new(Mutex::new((tx_m, tx_h, tx_s, tx_l)));
+    let store = Store::default();
     timely::execute(timely::Config::process(workers), move |worker| {
-        let (tx_m, tx_h, tx_l) = senders.lock().unwrap().clone();
+        let (tx_m, tx_h, tx_s, tx_l) = senders.lock().unwrap().clone();
+        let store = store.clone();
         let records = Arc::clone(&records);
         worker.dataflow::<u64, _, _>(move |scope| {
             let cfg = WatermarkConfig {
@@ -183,8 +209,18 @@ fn run(
             });
             let (minutes, late) = tumbling_rollups(samples, 60_000, LATENESS);
             let (hours, _) = rollup_rollups(minutes.clone(), 3_600_000, LATENESS);
+            let read = store.clone();
+            let read: RollupStore = Arc::new(move |series, start, end, out| {
+                let m = read.0.lock().unwrap();
+                out.extend(m.range((series, start)..(series, end)).map(|(_, r)| *r));
+            });
+            let stored = sink_rollups(minutes.clone(), store);
+            let no_seed = timely::dataflow::operators::generic::operator::empty(scope);
+            let (from_store, _) =
+                rollups_from_store(minutes.clone(), stored, no_seed, 3_600_000, LATENESS, read);
             minutes.capture_into(tx_m);
             hours.capture_into(tx_h);
+            from_store.capture_into(tx_s);
             late.capture_into(tx_l);
         });
     })
@@ -209,7 +245,7 @@ fn run(
             }
         }
     }
-    (upserts(rx_m), upserts(rx_h), stats)
+    (upserts(rx_m), upserts(rx_h), upserts(rx_s), stats)
 }
 
 fn close(a: &Rollup, b: &Rollup) -> bool {
@@ -245,7 +281,7 @@ fn rollups_match_the_oracle_at_any_worker_count() {
             "seed {seed} puts samples on minute boundaries"
         );
         for workers in [1, 3] {
-            let (got_m, got_h, stats) = run(recs.clone(), workers);
+            let (got_m, got_h, got_s, stats) = run(recs.clone(), workers);
             assert_eq!(stats, want_stats, "seed {seed}, {workers} workers");
             assert_eq!(
                 got_m.keys().collect::<Vec<_>>(),
@@ -266,6 +302,15 @@ fn rollups_match_the_oracle_at_any_worker_count() {
                     close(&got_h[k], w),
                     "seed {seed}, {workers} workers, hour {k:?}: {:?} vs {w:?}",
                     got_h[k]
+                );
+            }
+            // The same hours read back from a store of the minutes.
+            assert_eq!(got_s.len(), want_h.len(), "seed {seed}, {workers} workers");
+            for (k, w) in &want_h {
+                assert!(
+                    close(&got_s[k], w),
+                    "seed {seed}, {workers} workers, hour from the store {k:?}: {:?} vs {w:?}",
+                    got_s[k]
                 );
             }
         }

@@ -29,8 +29,9 @@ use tidemark_dataflows::incremental::{leaf_values, rule_results, sink_results, L
 use tidemark_dataflows::partitioned::{partitioned_source, PartitionWatermarks};
 use tidemark_dataflows::sink::{sink_rollups, sink_samples, sink_series, SeriesSink};
 use tidemark_dataflows::tier::sink_tier;
-use tidemark_dataflows::window::{rollup_rollups, tumbling_rollups};
+use tidemark_dataflows::window::{rollups_from_store, tumbling_rollups};
 use tidemark_dataflows::{Rollup, Sample};
+use timely::dataflow::operators::generic::operator::empty;
 
 use super::control::{router, ClusterStorage, ControlState, JobRules, PEER_TOKEN};
 use super::source::{KafkaJobSource, SourceCtx};
@@ -773,15 +774,23 @@ fn start_job(
         if minutes_on {
             let input = samples.filter(move |s: &Sample| s.ts > rollups_from);
             let (minutes, late) = tumbling_rollups(input, MINUTE_MS, lateness);
+            let m_done = sink_rollups(minutes.clone(), Arc::clone(&hot));
             if hours_on {
-                let (hours, _) = rollup_rollups(minutes.clone(), HOUR_MS, lateness);
+                // 1-hour windows read their minutes back from the hot index when they close.
+                let (hours, _) = rollups_from_store(
+                    minutes.clone(),
+                    m_done.clone(),
+                    empty(scope),
+                    HOUR_MS,
+                    lateness,
+                    crate::job::minutes_of(&hot),
+                );
                 let h_done = sink_rollups(hours.clone(), Arc::clone(&hot));
                 if let Some(w) = hour_w {
                     done.push(sink_tier(hours, gate(h_done.clone()), "Cold1h", w));
                 }
                 done.push(h_done);
             }
-            let m_done = sink_rollups(minutes.clone(), Arc::clone(&hot));
             if let Some(w) = minute_w {
                 done.push(sink_tier(minutes, gate(m_done.clone()), "Cold1m", w));
             }

@@ -67,6 +67,13 @@ pub fn restore(data_dir: &Path, retention_ms: i64, log: &Log, stats: &Checkpoint
         },
     );
     let Some(l) = loaded else {
+        if log.start_offset() > 0 {
+            eprintln!(
+                "tidemark: no usable checkpoint in {} and the log starts at offset {}: what the records before it held is lost (restore a checkpoint file from a backup to get it back)",
+                d.display(),
+                log.start_offset()
+            );
+        }
         return Restored {
             hot: HotIndex::new(retention_ms),
             at: None,

@@ -29,7 +29,7 @@ use tidemark_dataflows::incremental::{leaf_values, rule_results, sink_results, L
 use tidemark_dataflows::sink::{sink_rollups, sink_samples, HotSink};
 use tidemark_dataflows::source::{watermark_source, BatchSource, Poll, WatermarkConfig};
 use tidemark_dataflows::tier::sink_tier;
-use tidemark_dataflows::window::{rollup_rollups_seeded, tumbling_rollups_seeded};
+use tidemark_dataflows::window::{rollups_from_store, tumbling_rollups_seeded, RollupStore};
 use tidemark_dataflows::{Rollup, Sample};
 
 use tidemark_dataflows::rules::{evaluate_at_ticks, TickConfig};
@@ -42,6 +42,14 @@ use crate::store::cold::{ColdStore, Tier};
 use crate::store::hot::{HotIndex, PinKind};
 use crate::transport::codec;
 use crate::transport::log::{Log, LogReader, RecordKind};
+
+/// The hot index's 1-minute rollups as the store of the 1-hour windows.
+pub fn minutes_of(hot: &Arc<HotIndex>) -> RollupStore {
+    let hot = Arc::clone(hot);
+    Arc::new(move |id, start, end, out| {
+        out.extend(hot.rollups(id, crate::store::hot::Resolution::OneMinute, start, end - 1))
+    })
+}
 
 /// One-minute and one-hour window widths.
 pub const MINUTE_MS: i64 = 60_000;
@@ -559,9 +567,16 @@ impl Job {
                 };
                 let (minutes, late_m) =
                     tumbling_rollups_seeded(windowed, window_seed, MINUTE_MS, lateness);
-                let (hours, _late_h) =
-                    rollup_rollups_seeded(minutes.clone(), hour_seed, HOUR_MS, lateness);
                 let m_done = sink_rollups(minutes.clone(), Arc::clone(&hot));
+                // 1-hour windows read their minutes back from the hot index when they close.
+                let (hours, _late_h) = rollups_from_store(
+                    minutes.clone(),
+                    m_done.clone(),
+                    hour_seed,
+                    HOUR_MS,
+                    lateness,
+                    minutes_of(&hot),
+                );
                 let h_done = sink_rollups(hours.clone(), Arc::clone(&hot));
                 // The frontier a checkpoint cut waits for: everything sent before it applied.
                 let p = Arc::clone(&progress);

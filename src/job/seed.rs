@@ -44,7 +44,7 @@ pub const FOR_COLD: u8 = 4;
 #[derive(Clone, Copy, Debug)]
 pub enum SeedRec {
     Sample(Sample, u8),
-    /// A 1-minute rollup (or several folded) for the 1-hour windows.
+    /// A 1-minute rollup naming a series of an open hour to the 1-hour windows.
     Minute(Rollup),
     /// A row marking an open partition of the 1m or 1h cold tier.
     ColdMinute(Rollup),
@@ -105,34 +105,29 @@ impl SeedPlan {
                 ));
             }
         }
-        // The hours not retired at `s - 1`, each as its settled minutes folded plus the rest.
-        let first_hour = s
+        // The hours not retired at `s - 1`: one of the series' minutes in each names it to the
+        // 1-hour windows, which read the minutes back from the index when the hour closes.
+        let newest = hot.newest().unwrap_or(s).max(s);
+        let mut h = s
             .saturating_sub(l)
             .saturating_sub(HOUR_MS)
             .div_euclid(HOUR_MS)
             * HOUR_MS;
-        let settled = s.saturating_sub(l);
-        let mut hour = i64::MIN;
-        let mut folded: Option<Rollup> = None;
-        for m in hot.rollups(id, Resolution::OneMinute, first_hour, i64::MAX) {
-            let h = m.start.div_euclid(HOUR_MS) * HOUR_MS;
-            if h.saturating_add(HOUR_MS).saturating_add(l) < s {
-                continue;
+        for _ in 0..MAX_OPEN_PARTITIONS {
+            if h > newest {
+                break;
             }
-            if h != hour {
-                out.extend(folded.take().map(SeedRec::Minute));
-                hour = h;
-            }
-            match &mut folded {
-                Some(f) if m.end() <= settled => f.merge(&m),
-                None if m.end() <= settled => folded = Some(m),
-                _ => {
-                    out.extend(folded.take().map(SeedRec::Minute));
-                    out.push(SeedRec::Minute(m));
+            if h.saturating_add(HOUR_MS).saturating_add(l) >= s {
+                if let Some(t) = hot.any_rollup_in(id, Resolution::OneMinute, h, h + HOUR_MS) {
+                    out.push(SeedRec::Minute(Rollup {
+                        start: t,
+                        width: MINUTE_MS,
+                        ..Rollup::point(id, t, 0.0)
+                    }));
                 }
             }
+            h += HOUR_MS;
         }
-        out.extend(folded.take().map(SeedRec::Minute));
         if self.cold {
             self.cold_rows(hot, id, s, out);
         }
@@ -241,7 +236,7 @@ mod tests {
     use crate::model::Labels;
 
     #[test]
-    fn seeds_open_windows_folds_settled_minutes_and_marks_open_partitions() {
+    fn seeds_open_windows_and_marks_open_hours_and_partitions() {
         let hot = HotIndex::new(i64::MAX / 4);
         let labels = Labels::from_pairs([("__name__", "m")]);
         let id = labels.series_id();
@@ -293,22 +288,9 @@ mod tests {
                 _ => None,
             })
             .collect();
-        // Minutes ending by 54 min 30 s (the first 54) folded into one, then 5 as they are.
-        assert_eq!(hours.len(), 6);
-        assert_eq!(hours[0].start, base);
-        assert_eq!(hours[0].count, 54 * 6);
-        let mut all = hours[0];
-        for m in &hours[1..] {
-            all.merge(m);
-        }
-        let mut want = minutes[0];
-        for m in &minutes[1..] {
-            want.merge(m);
-        }
-        assert_eq!(
-            (all.count, all.sum, all.last),
-            (want.count, want.sum, want.last)
-        );
+        // One marker for the open hour (the hour before ended more than the lateness ago).
+        assert_eq!(hours.len(), 1);
+        assert_eq!(hours[0].start.div_euclid(HOUR_MS) * HOUR_MS, base);
         let cold_raw = out
             .iter()
             .filter(|r| matches!(r, SeedRec::Sample(_, f) if f & FOR_COLD != 0))

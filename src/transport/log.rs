@@ -21,6 +21,19 @@ use serde::Deserialize;
 pub const HEADER_LEN: usize = 25;
 const SEGMENT_BYTES: u64 = 256 << 20;
 
+/// The size at which a segment rolls: 256 MiB, or `TIDEMARK_TEST_LOG_SEGMENT_BYTES` (the fault
+/// tests use small segments so that truncation behind a checkpoint happens in seconds).
+fn segment_bytes() -> u64 {
+    static SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        std::env::var("TIDEMARK_TEST_LOG_SEGMENT_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &u64| n > 0)
+            .unwrap_or(SEGMENT_BYTES)
+    })
+}
+
 /// When appended records are forced to disk.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -251,7 +264,7 @@ impl Log {
     ) -> Result<u64, LogError> {
         let offset = {
             let mut w = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
-            if w.pos >= SEGMENT_BYTES {
+            if w.pos >= segment_bytes() {
                 self.roll(&mut w)?;
             }
             let Writer {
