@@ -504,25 +504,8 @@ pub fn rollup_rollups<'s>(
     Stream<'s, u64, Vec<Rollup>>,
     Stream<'s, u64, Vec<LateStats>>,
 ) {
-    let seed = empty(rollups.scope());
-    rollup_rollups_seeded(rollups, seed, width, lateness)
-}
-
-/// [`rollup_rollups`] with window state restored from `seed` (see [`windows_seeded`]): finer
-/// rollups, of which those that can no longer change may come folded into one per series
-/// (its `start` the first one's, its width the finer width).
-pub fn rollup_rollups_seeded<'s>(
-    rollups: Stream<'s, u64, Vec<Rollup>>,
-    seed: Stream<'s, u64, Vec<Rollup>>,
-    width: i64,
-    lateness: i64,
-) -> (
-    Stream<'s, u64, Vec<Rollup>>,
-    Stream<'s, u64, Vec<LateStats>>,
-) {
-    windows_seeded::<Rollup, RollupAcc>(
+    windows::<Rollup, RollupAcc>(
         rollups,
-        seed,
         "RollupRollups",
         width,
         lateness,

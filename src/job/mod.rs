@@ -130,6 +130,30 @@ struct LogSource {
     until: u64,
 }
 
+impl LogSource {
+    fn new(
+        reader: LogReader,
+        index: usize,
+        peers: usize,
+        (hot, progress, stop): (Arc<HotIndex>, Arc<JobProgress>, Arc<AtomicBool>),
+        main: bool,
+        until: u64,
+    ) -> Self {
+        LogSource {
+            reader,
+            index,
+            peers,
+            hot,
+            progress,
+            stop,
+            ids: Vec::new(),
+            cutting: false,
+            main,
+            until,
+        }
+    }
+}
+
 impl BatchSource for LogSource {
     fn poll(&mut self) -> Poll {
         if self.stop.load(Ordering::Acquire) {
@@ -469,18 +493,7 @@ impl Job {
                     let reader = source_log
                         .reader(start_offset)
                         .expect("open the log for reading");
-                    LogSource {
-                        reader,
-                        index,
-                        peers,
-                        hot: h,
-                        progress: pr,
-                        stop: st,
-                        ids: Vec::new(),
-                        cutting: false,
-                        main: true,
-                        until: u64::MAX,
-                    }
+                    LogSource::new(reader, index, peers, (h, pr, st), true, u64::MAX)
                 });
                 let samples = samples.exchange(|s: &Sample| s.series);
                 // The seed of a restart from a checkpoint, split by what it restores.
@@ -514,18 +527,8 @@ impl Job {
                     let cfg = WatermarkConfig { start: wm0, ..wm };
                     let replayed =
                         watermark_source(scope, "LogColdReplay", cfg, move |index, peers| {
-                            LogSource {
-                                reader: replay_log.reader(from).expect("open the log for reading"),
-                                index,
-                                peers,
-                                hot: h,
-                                progress: pr,
-                                stop: st,
-                                ids: Vec::new(),
-                                cutting: false,
-                                main: false,
-                                until: start_offset,
-                            }
+                            let reader = replay_log.reader(from).expect("open the log for reading");
+                            LogSource::new(reader, index, peers, (h, pr, st), false, start_offset)
                         });
                     samples_for_cold = samples_for_cold.concat(replayed.exchange(by_series));
                 }
