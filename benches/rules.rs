@@ -149,8 +149,13 @@ fn incremental_run(
     let (plans, store) = rules.incremental(1);
     assert_eq!(rules.incremental_count(), 1000);
     let empty = Arc::new(HotIndex::new(26 * 3_600_000));
-    let by_id: Arc<HashMap<u64, Vec<(String, String)>>> =
-        Arc::new(labels.iter().cloned().collect());
+    type Shared = tidemark_dataflows::incremental::SharedLabels;
+    let by_id: Arc<HashMap<u64, Shared>> = Arc::new(
+        labels
+            .iter()
+            .map(|(id, l)| (*id, Arc::new(l.clone()) as Shared))
+            .collect(),
+    );
     let labels = Arc::clone(labels);
     let r = Arc::clone(&rules);
     let ticks = timely::execute_directly(move |worker| {

@@ -45,7 +45,10 @@ pub type WindowFn = fn(&[(i64, f64)], i64, i64) -> Option<f64>;
 /// Whether a series' labels match a selector.
 pub type Matcher = Arc<dyn Fn(&[(String, String)]) -> bool + Send + Sync>;
 /// A series' labels by id (`None`: not known yet, asked again at the next tick).
-pub type Lookup = Arc<dyn Fn(u64) -> Option<LabelPairs> + Send + Sync>;
+pub type Lookup = Arc<dyn Fn(u64) -> Option<SharedLabels> + Send + Sync>;
+
+/// A series' label pairs as the store keeps them (shared, not copied per lookup).
+pub type SharedLabels = Arc<dyn AsRef<[(String, String)]> + Send + Sync>;
 
 /// The label of a result record that carries an evaluation error instead of a value.
 const ERROR_LABEL: &str = "\u{0}error";
@@ -547,7 +550,9 @@ type LeafUpdate = ((u32, u64, u64), u64, isize);
 /// let out = timely::execute_directly(move |worker| {
 ///     let (mut input, probe, out) = worker.dataflow::<u64, _, _>(|scope| {
 ///         let (input, samples) = scope.new_input::<Vec<Sample>>();
-///         let lookup = Arc::new(|_| Some(vec![("__name__".to_string(), "x".to_string())]));
+///         let lookup: tidemark_dataflows::incremental::Lookup = Arc::new(|_| {
+///             Some(Arc::new(vec![("__name__".to_string(), "x".to_string())]) as _)
+///         });
 ///         let values = leaf_values(samples, Arc::clone(&plans), lookup, cfg, Some(0));
 ///         let (probe, values) = values.inner.probe();
 ///         (input, probe, values.capture())
@@ -648,7 +653,7 @@ pub fn leaf_values<'s>(
                     unresolved.retain(|id| match lookup(*id) {
                         Some(labels) => {
                             if let Some(st) = series.get_mut(id) {
-                                let leaves = index.matching(&plans, &labels);
+                                let leaves = index.matching(&plans, (*labels).as_ref());
                                 if leaves.is_empty() {
                                     st.samples = VecDeque::new();
                                 } else {
@@ -960,7 +965,7 @@ pub fn rule_results<'s>(
         }
         for bid in plain {
             let Some(b) = p.branch(bid) else { continue };
-            let mut l = labels.clone();
+            let mut l: LabelPairs = (*labels).as_ref().to_vec();
             if p.leaves[leaf as usize].window.is_some() && !p.leaves[leaf as usize].keeps_name {
                 l.retain(|(k, _)| k != METRIC_NAME);
             }
@@ -984,6 +989,7 @@ pub fn rule_results<'s>(
         let Some(labels) = lookup(series) else {
             return out;
         };
+        let labels: &[(String, String)] = (*labels).as_ref();
         let windowed =
             p.leaves[leaf as usize].window.is_some() && !p.leaves[leaf as usize].keeps_name;
         for &bid in bids {
@@ -1005,7 +1011,7 @@ pub fn rule_results<'s>(
             if !kept {
                 continue;
             }
-            let mut group = agg.group(&labels);
+            let mut group = agg.group(labels);
             if drops_name {
                 group.retain(|(k, _)| k != METRIC_NAME);
             }
@@ -1336,7 +1342,7 @@ mod tests {
         let out = timely::execute_directly(move |worker| {
             let (mut input, probe, out) = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, samples) = scope.new_input::<Vec<Sample>>();
-                let lookup: Lookup = Arc::new(|_| Some(Vec::new()));
+                let lookup: Lookup = Arc::new(|_| Some(Arc::new(Vec::new()) as SharedLabels));
                 let v = leaf_values(samples, plans, lookup, TickConfig::default(), Some(0));
                 let (probe, v) = v.inner.probe();
                 (input, probe, v.capture())

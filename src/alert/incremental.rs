@@ -493,7 +493,7 @@ mod tests {
                 let (input, stream) = scope.new_input::<Vec<tidemark_dataflows::Sample>>();
                 let stream = stream.exchange(|s: &tidemark_dataflows::Sample| s.series);
                 let lookup: tidemark_dataflows::incremental::Lookup =
-                    Arc::new(move |id| labels.get(id as usize).cloned());
+                    Arc::new(move |id| labels.get(id as usize).map(|l| Arc::new(l.clone()) as _));
                 let leaves = leaf_values(
                     stream,
                     Arc::clone(&plans),

@@ -536,7 +536,7 @@ impl Job {
                     (Some((plans, store, resume)), Some(r)) => {
                         let h = Arc::clone(&hot);
                         let lookup: Lookup =
-                            Arc::new(move |id| h.catalog.labels(id).map(|l| l.pairs().to_vec()));
+                            Arc::new(move |id| h.catalog.labels(id).map(|l| l as _));
                         let leaves = leaf_values(
                             samples
                                 .clone()

@@ -11,6 +11,12 @@ pub const METRIC_NAME: &str = "__name__";
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Labels(Vec<(String, String)>);
 
+impl AsRef<[(String, String)]> for Labels {
+    fn as_ref(&self) -> &[(String, String)] {
+        &self.0
+    }
+}
+
 /// Writes the canonical encoding of sorted label pairs into `out`: for each pair, the name, `0xff`,
 /// the value, `0xfe`. Neither byte can occur in UTF-8, so the encoding is unambiguous.
 pub fn canonical_encode<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, out: &mut Vec<u8>) {
