@@ -166,6 +166,16 @@ fn fetch(t: &Tidemark, res: &str, base: i64) -> BTreeMap<(u32, i64), Roll> {
     out
 }
 
+/// The distinct (series, time) pairs of the `ctr` samples pushed.
+fn distinct_samples(pushes: &[Push]) -> std::collections::BTreeSet<(u32, i64)> {
+    pushes
+        .iter()
+        .flatten()
+        .filter(|s| s.0 != 99)
+        .map(|s| (s.0, s.1))
+        .collect()
+}
+
 fn push_all(t: &Tidemark, pushes: &[Push]) {
     for p in pushes {
         let (status, msg) = t.post("/write?precision=ms", "text/plain", &[], body(p).as_bytes());
@@ -247,12 +257,7 @@ fn late_and_out_of_order_rollups_match_the_oracle() {
         enc("sum(count_over_time(ctr[2h]))"),
         (base + 3_600_000) / 1000
     ));
-    let distinct: std::collections::BTreeSet<(u32, i64)> = pushes
-        .iter()
-        .flatten()
-        .filter(|s| s.0 != 99)
-        .map(|s| (s.0, s.1))
-        .collect();
+    let distinct = distinct_samples(&pushes);
     assert_eq!(
         d["result"][0]["value"][1]
             .as_str()
@@ -444,12 +449,7 @@ fn assert_oracle(t: &Tidemark, base: i64, pushes: &[Push]) {
             assert!(close(g, w), "{res} rollup {k:?}: got {g:?}, want {w:?}");
         }
     }
-    let distinct: std::collections::BTreeSet<(u32, i64)> = pushes
-        .iter()
-        .flatten()
-        .filter(|s| s.0 != 99)
-        .map(|s| (s.0, s.1))
-        .collect();
+    let distinct = distinct_samples(pushes);
     let d = t.api(&format!(
         "/api/v1/query?query={}&time={}",
         enc("sum(count_over_time(ctr[2h]))"),

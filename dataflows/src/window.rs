@@ -166,6 +166,21 @@ fn passed(frontier: &MutableAntichain<u64>, t: i64) -> bool {
     }
 }
 
+/// Whether a record sent at `t` is taken by its window: dropped (counted) once `t` reached the
+/// window's end plus the allowed lateness (nothing is dropped before its window closed), late
+/// (counted, taken) when its event time is below `t`.
+fn admit<D: Windowed>(d: &D, t: i64, width: i64, lateness: i64, stats: &mut LateStats) -> bool {
+    let end = d.window_start(width).saturating_add(width);
+    if t > end && t >= end.saturating_add(lateness) {
+        stats.dropped += 1;
+        return false;
+    }
+    if d.event_ts() < t {
+        stats.accepted += 1;
+    }
+    true
+}
+
 /// The generic tumbling-window operator behind [`tumbling_rollups`] and [`rollup_rollups`].
 ///
 /// A record arriving at time `t` for window `(start, end]`:
@@ -340,17 +355,9 @@ where
                         let t_i = i64::try_from(t).unwrap_or(i64::MAX);
                         let mut stats = LateStats::default();
                         for d in data.drain(..) {
-                            let ts = d.event_ts();
-                            let end = d.window_start(width).saturating_add(width);
-                            // Nothing is dropped before its window closed (frontier past `end`).
-                            if t_i > end && t_i >= end.saturating_add(lateness) {
-                                stats.dropped += 1;
-                                continue;
+                            if admit(&d, t_i, width, lateness, &mut stats) {
+                                add(&mut open, &c, d);
                             }
-                            if ts < t_i {
-                                stats.accepted += 1;
-                            }
-                            add(&mut open, &c, d);
                         }
                         if stats != LateStats::default() {
                             output.session(&c).give(Err(stats));
@@ -664,15 +671,9 @@ pub fn rollups_from_store<'s>(
                 let t_i = i64::try_from(t).unwrap_or(i64::MAX);
                 let mut stats = LateStats::default();
                 for r in data.drain(..) {
-                    let end = r.window_start(width).saturating_add(width);
-                    if t_i > end && t_i >= end.saturating_add(lateness) {
-                        stats.dropped += 1;
-                        continue;
+                    if admit(&r, t_i, width, lateness, &mut stats) {
+                        note(&mut open, &c, &r, t);
                     }
-                    if r.event_ts() < t_i {
-                        stats.accepted += 1;
-                    }
-                    note(&mut open, &c, &r, t);
                 }
                 if stats != LateStats::default() {
                     output.session(&c).give(Err(stats));
