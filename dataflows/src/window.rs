@@ -62,35 +62,132 @@ pub trait Accumulator<D>: Default + 'static {
     fn heap_bytes(&self) -> usize;
 }
 
-/// Raw samples of one series in one window, in arrival order.
-#[derive(Default)]
-pub struct SampleAcc(Vec<(i64, f64)>);
+/// Raw samples of one series in one window: in arrival order while the window is open, packed
+/// once it was emitted (a few bytes a sample instead of 16: an emitted window is held only
+/// for corrections within the allowed lateness, which unpack it).
+pub enum SampleAcc {
+    Open(Vec<(i64, f64)>),
+    /// Sorted, distinct times: see [`pack`].
+    Packed(Box<[u8]>),
+}
+
+impl Default for SampleAcc {
+    fn default() -> Self {
+        SampleAcc::Open(Vec::new())
+    }
+}
+
+fn put_var(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_var(b: &[u8], at: &mut usize) -> u64 {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let Some(&x) = b.get(*at) else { break };
+        *at += 1;
+        v |= u64::from(x & 0x7f) << shift;
+        if x < 0x80 {
+            break;
+        }
+    }
+    v
+}
+
+/// Samples as bytes: per sample, the time's delta from the previous one (zigzag varint), a
+/// byte with the leading and trailing zero bytes of the value's XOR with the previous value,
+/// and the XOR's middle bytes (Gorilla's idea at byte granularity).
+fn pack(samples: &[(i64, f64)]) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(samples.len() * 10);
+    let (mut pt, mut pv) = (0i64, 0u64);
+    for &(t, v) in samples {
+        let d = t.wrapping_sub(pt);
+        put_var(&mut out, ((d << 1) ^ (d >> 63)) as u64);
+        pt = t;
+        let x = v.to_bits() ^ pv;
+        pv = v.to_bits();
+        let (lead, trail) = if x == 0 {
+            (8, 0)
+        } else {
+            (x.leading_zeros() / 8, x.trailing_zeros() / 8)
+        };
+        out.push((lead as u8) << 4 | trail as u8);
+        let n = (8 - lead - trail) as usize;
+        out.extend_from_slice(&(x >> (trail * 8)).to_le_bytes()[..n]);
+    }
+    out.into_boxed_slice()
+}
+
+fn unpack(b: &[u8], out: &mut Vec<(i64, f64)>) {
+    let (mut at, mut t, mut v) = (0usize, 0i64, 0u64);
+    while at < b.len() {
+        let z = get_var(b, &mut at);
+        t = t.wrapping_add(((z >> 1) as i64) ^ -((z & 1) as i64));
+        let Some(&h) = b.get(at) else { break };
+        at += 1;
+        let (lead, trail) = (u32::from(h >> 4).min(8), u32::from(h & 15).min(8));
+        let n = 8usize.saturating_sub((lead + trail) as usize);
+        let mut x = [0u8; 8];
+        let Some(mid) = b.get(at..at + n) else { break };
+        x[..n].copy_from_slice(mid);
+        at += n;
+        v ^= u64::from_le_bytes(x).checked_shl(trail * 8).unwrap_or(0);
+        out.push((t, f64::from_bits(v)));
+    }
+}
+
+impl SampleAcc {
+    /// The samples as a vector to change (unpacked if packed).
+    fn open(&mut self) -> &mut Vec<(i64, f64)> {
+        if let SampleAcc::Packed(b) = self {
+            let mut v = Vec::with_capacity(b.len() / 4 + 2);
+            unpack(b, &mut v);
+            *self = SampleAcc::Open(v);
+        }
+        match self {
+            SampleAcc::Open(v) => v,
+            SampleAcc::Packed(_) => unreachable!("unpacked above"),
+        }
+    }
+}
 
 impl Accumulator<Sample> for SampleAcc {
     fn add(&mut self, s: Sample, _settled: i64) {
-        if self.0.len() == self.0.capacity() {
+        let v = self.open();
+        if v.len() == v.capacity() {
             // Grow by a few samples, not by doubling (6 a minute at a 10 s interval).
-            self.0.reserve_exact(2);
+            v.reserve_exact(2);
         }
-        self.0.push((s.ts, s.value));
+        v.push((s.ts, s.value));
     }
+    /// Packs the samples afterwards: the window was emitted.
     fn rollup(&mut self, series: u64, start: i64, width: i64) -> Option<Rollup> {
+        let v = self.open();
         // Sort by time; for equal times the last arrival wins (replays are idempotent).
-        self.0.sort_by_key(|p| p.0);
+        v.sort_by_key(|p| p.0);
         let mut w = 0;
-        for r in 0..self.0.len() {
-            if w > 0 && self.0[w - 1].0 == self.0[r].0 {
-                self.0[w - 1] = self.0[r];
+        for r in 0..v.len() {
+            if w > 0 && v[w - 1].0 == v[r].0 {
+                v[w - 1] = v[r];
             } else {
-                self.0[w] = self.0[r];
+                v[w] = v[r];
                 w += 1;
             }
         }
-        self.0.truncate(w);
-        Rollup::from_sorted(series, start, width, &self.0)
+        v.truncate(w);
+        let r = Rollup::from_sorted(series, start, width, v);
+        *self = SampleAcc::Packed(pack(v));
+        r
     }
     fn heap_bytes(&self) -> usize {
-        self.0.capacity() * std::mem::size_of::<(i64, f64)>()
+        match self {
+            SampleAcc::Open(v) => v.capacity() * std::mem::size_of::<(i64, f64)>(),
+            SampleAcc::Packed(b) => b.len(),
+        }
     }
 }
 
@@ -378,22 +475,24 @@ where
                             continue;
                         }
                         let mut session = output.session(&w.cap);
+                        // Emitting may shrink an accumulator (samples are packed).
+                        let mut emit = |series: u64, acc: &mut A, bytes: &mut i64| {
+                            let before = acc.heap_bytes() as i64;
+                            if let Some(r) = acc.rollup(series, start, width) {
+                                session.give(Ok(r));
+                            }
+                            *bytes += acc.heap_bytes() as i64 - before;
+                        };
                         if !w.emitted {
                             for (&series, acc) in w.series.iter_mut() {
-                                if let Some(r) = acc.rollup(series, start, width) {
-                                    session.give(Ok(r));
-                                }
+                                emit(series, acc, &mut w.bytes);
                             }
                             w.emitted = true;
                             w.dirty.clear();
                         } else {
                             for series in w.dirty.drain() {
-                                if let Some(r) = w
-                                    .series
-                                    .get_mut(&series)
-                                    .and_then(|a| a.rollup(series, start, width))
-                                {
-                                    session.give(Ok(r));
+                                if let Some(acc) = w.series.get_mut(&series) {
+                                    emit(series, acc, &mut w.bytes);
                                 }
                             }
                         }
@@ -744,4 +843,57 @@ pub fn rollups_from_store<'s>(
         }
     });
     out_stream.ok_err(|r| r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_samples_round_trip_bit_for_bit() {
+        let specials = [0.0, -0.0, f64::NAN, f64::INFINITY, -1.5, 1e300, 5e-324];
+        let mut samples: Vec<(i64, f64)> = (0..40)
+            .map(|i| (1_700_000_000_000 + i * 10_000 + (i % 3), (i as f64) * 0.37))
+            .collect();
+        for (i, v) in specials.iter().enumerate() {
+            samples.push((1_800_000_000_000 + i as i64, *v));
+        }
+        samples.push((-5, 42.0)); // a negative delta
+        let packed = pack(&samples);
+        assert!(packed.len() < samples.len() * 16, "{} bytes", packed.len());
+        let mut back = Vec::new();
+        unpack(&packed, &mut back);
+        assert_eq!(back.len(), samples.len());
+        for (a, b) in samples.iter().zip(&back) {
+            assert_eq!((a.0, a.1.to_bits()), (b.0, b.1.to_bits()));
+        }
+        // A damaged buffer decodes to something, without a panic.
+        let mut cut = packed.to_vec();
+        cut.truncate(cut.len() - 3);
+        cut.push(0xff);
+        unpack(&cut, &mut Vec::new());
+    }
+
+    #[test]
+    fn an_emitted_window_is_packed_and_takes_a_late_sample() {
+        assert!(std::mem::size_of::<SampleAcc>() <= 24);
+        let mut acc = SampleAcc::default();
+        let s = |ts, value| Sample {
+            series: 1,
+            ts,
+            value,
+        };
+        for (ts, v) in [(10_000, 1.0), (30_000, 3.0), (20_000, 2.0)] {
+            acc.add(s(ts, v), 0);
+        }
+        let open = acc.heap_bytes();
+        let r = acc.rollup(1, 0, 60_000).unwrap();
+        assert!(matches!(acc, SampleAcc::Packed(_)));
+        assert!(acc.heap_bytes() < open, "{} >= {open}", acc.heap_bytes());
+        assert_eq!((r.count, r.sum, r.first, r.last), (3, 6.0, 1.0, 3.0));
+        acc.add(s(40_000, 4.0), 0);
+        acc.add(s(20_000, 5.0), 0); // same time again: the last arrival wins
+        let r = acc.rollup(1, 0, 60_000).unwrap();
+        assert_eq!((r.count, r.sum, r.last), (4, 13.0, 4.0));
+    }
 }
