@@ -10,7 +10,8 @@
 //!                   replay_watermark (u64), newest, created_ms (i64)
 //! body    one zstd frame: records (u32 length, then a series: id, canonical labels, chunks
 //!         as they are in memory, compressed head, out-of-order buffer, 1m and 1h rollups),
-//!         ended by a zero length
+//!         ended by a zero length; version 2 stores a rollup block as one buffer (window
+//!         starts once, nine value columns), version 1 as nine chunks (still read)
 //! trailer 24 bytes: series count u64, CRC-32 of header and body u32, 0u32, "TDMCKEND"
 //! ```
 //!
@@ -30,7 +31,8 @@ use super::HotIndex;
 
 const MAGIC: &[u8; 8] = b"TDMCKPT1";
 const END_MAGIC: &[u8; 8] = b"TDMCKEND";
-const VERSION: u32 = 1;
+/// The layout written; version 1 (rollup blocks as nine chunks) is still read.
+const VERSION: u32 = super::snap::VERSION;
 const HEADER_LEN: u64 = 64;
 const TRAILER_LEN: u64 = 24;
 
@@ -166,7 +168,7 @@ fn parse_header(path: &Path, h: &[u8]) -> Result<CheckpointMeta, CheckpointError
     }
     let u = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8"));
     let version = u32::from_le_bytes(h[8..12].try_into().expect("4"));
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(invalid(
             path,
             format!("checkpoint version {version}, this build reads {VERSION}"),
@@ -271,6 +273,11 @@ fn write_tmp(
 
 /// Reads a checkpoint's header and checks its trailer and CRC (reading the whole file).
 pub fn verify(path: &Path) -> Result<(CheckpointMeta, u64), CheckpointError> {
+    verify_versioned(path).map(|(meta, series, _)| (meta, series))
+}
+
+/// [`verify`], also returning the layout version.
+fn verify_versioned(path: &Path) -> Result<(CheckpointMeta, u64, u32), CheckpointError> {
     let mut f = File::open(path).map_err(io_err(path))?;
     let len = f.metadata().map_err(io_err(path))?.len();
     if len < HEADER_LEN + TRAILER_LEN {
@@ -279,6 +286,7 @@ pub fn verify(path: &Path) -> Result<(CheckpointMeta, u64), CheckpointError> {
     let mut h = vec![0u8; HEADER_LEN as usize];
     f.read_exact(&mut h).map_err(io_err(path))?;
     let meta = parse_header(path, &h)?;
+    let version = u32::from_le_bytes(h[8..12].try_into().expect("4"));
     let mut crc = crc32fast::Hasher::new();
     crc.update(&h);
     let mut left = len - HEADER_LEN - TRAILER_LEN;
@@ -303,13 +311,13 @@ pub fn verify(path: &Path) -> Result<(CheckpointMeta, u64), CheckpointError> {
             format!("checksum mismatch (file says {want:08x}, contents give {got:08x})"),
         ));
     }
-    Ok((meta, series))
+    Ok((meta, series, version))
 }
 
 /// Loads a verified checkpoint into `hot` (an empty index).
 pub fn load(path: &Path, hot: &HotIndex) -> Result<CheckpointInfo, CheckpointError> {
     let started = Instant::now();
-    let (meta, series) = verify(path)?;
+    let (meta, series, version) = verify_versioned(path)?;
     let f = File::open(path).map_err(io_err(path))?;
     let len = f.metadata().map_err(io_err(path))?.len();
     let mut r = BufReader::with_capacity(1 << 20, f);
@@ -327,7 +335,7 @@ pub fn load(path: &Path, hot: &HotIndex) -> Result<CheckpointInfo, CheckpointErr
         }
         rec.resize(l, 0);
         z.read_exact(&mut rec).map_err(io_err(path))?;
-        hot.unsnap_series(&rec)
+        hot.unsnap_series(&rec, version)
             .map_err(|e| invalid(path, format!("series record {n}: {e}")))?;
         n += 1;
     }

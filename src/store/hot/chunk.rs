@@ -142,6 +142,8 @@ impl BitReader<'_> {
         if bits == 0 {
             return 0;
         }
+        // A damaged stream may ask for more; it decodes to garbage, never panics.
+        let bits = bits.min(64);
         let v = self.peek64() >> (64 - bits);
         self.pos += bits as usize;
         v
@@ -328,49 +330,9 @@ impl Chunk {
         );
         let mut w = BitWriter::new();
         let n = samples.len();
-        w.write(n as u64, 16);
-        w.write(samples[0].0 as u64, 64);
-        if n > 1 {
-            let d0 = samples[1].0.wrapping_sub(samples[0].0);
-            w.write_var(zigzag(d0));
-            let dods: Vec<u64> = samples
-                .windows(3)
-                .map(|x| {
-                    zigzag(
-                        x[2].0
-                            .wrapping_sub(x[1].0)
-                            .wrapping_sub(x[1].0.wrapping_sub(x[0].0)),
-                    )
-                })
-                .collect();
-            write_codes(&mut w, &dods);
-        }
+        write_timestamps(&mut w, samples.iter().map(|s| s.0), n);
         let values: Vec<f64> = samples.iter().map(|s| s.1).collect();
-        let exp = values
-            .iter()
-            .try_fold(0u32, |e, &v| decimal_exponent(v).map(|x| x.max(e)));
-        // Try every applicable codec on a scratch writer; keep the smallest.
-        let mut best: Option<(ValueCodec, usize)> = None;
-        let all = [
-            ValueCodec::Gorilla,
-            ValueCodec::DecimalDelta,
-            ValueCodec::DecimalDod,
-        ];
-        let forced = [only.unwrap_or(ValueCodec::Gorilla)];
-        let candidates: &[ValueCodec] = match (exp, only) {
-            (None, _) | (_, Some(ValueCodec::Gorilla)) => &[ValueCodec::Gorilla],
-            (Some(_), Some(_)) => &forced,
-            (Some(_), None) => &all,
-        };
-        for &c in candidates {
-            let mut t = BitWriter::new();
-            write_values(&mut t, c, &values, exp.unwrap_or(0));
-            if best.is_none_or(|b| t.bit_len() < b.1) {
-                best = Some((c, t.bit_len()));
-            }
-        }
-        let codec = best.expect("at least Gorilla").0;
-        write_values(&mut w, codec, &values, exp.unwrap_or(0));
+        let codec = write_best_values(&mut w, &values, only);
         Chunk {
             min_ts: samples[0].0,
             max_ts: samples[n - 1].0,
@@ -391,65 +353,163 @@ impl Chunk {
             buf: &self.bytes,
             pos: 0,
         };
-        let n = r.read(16) as usize;
         let base = out.len();
-        out.reserve(n);
-        let mut t = r.read(64) as i64;
-        out.push((t, 0.0));
-        if n > 1 {
-            let mut d = unzigzag(r.read_var());
-            t = t.wrapping_add(d);
-            out.push((t, 0.0));
-            let width = r.read(7) as u32;
-            for _ in 2..n {
-                d = d.wrapping_add(unzigzag(read_code(&mut r, width)));
-                t = t.wrapping_add(d);
-                out.push((t, 0.0));
-            }
-        }
+        read_timestamps(&mut r, |t| out.push((t, 0.0)));
         let vals = &mut out[base..];
-        match r.read(2) {
-            0 => {
-                let mut prev = r.read(64);
-                vals[0].1 = f64::from_bits(prev);
-                let (mut lead, mut trail) = (0u32, 0u32);
-                for s in vals[1..].iter_mut() {
-                    if r.bit() {
-                        if r.bit() {
-                            lead = r.read(5) as u32;
-                            let sig = r.read(6) as u32 + 1;
-                            trail = 64 - lead - sig;
-                        }
-                        let sig = 64 - lead - trail;
-                        prev ^= r.read(sig) << trail;
-                    }
-                    s.1 = f64::from_bits(prev);
-                }
+        read_values(&mut r, vals.len(), |i, v| vals[i].1 = v);
+    }
+}
+
+/// The timestamp section: 16 count | 64 first | [var zigzag first delta | 7 width | dod codes].
+fn write_timestamps(w: &mut BitWriter, ts: impl Iterator<Item = i64> + Clone, n: usize) {
+    let mut it = ts.clone();
+    let first = it.next().expect("at least one timestamp");
+    w.write(n as u64, 16);
+    w.write(first as u64, 64);
+    if n > 1 {
+        let second = it.next().expect("n timestamps");
+        w.write_var(zigzag(second.wrapping_sub(first)));
+        let dods: Vec<u64> = ts
+            .clone()
+            .zip(ts.clone().skip(1))
+            .zip(ts.skip(2))
+            .map(|((a, b), c)| zigzag(c.wrapping_sub(b).wrapping_sub(b.wrapping_sub(a))))
+            .collect();
+        write_codes(w, &dods);
+    }
+}
+
+/// Reads a timestamp section, calling `push` for each in order; returns how many.
+fn read_timestamps(r: &mut BitReader<'_>, mut push: impl FnMut(i64)) -> usize {
+    let n = r.read(16) as usize;
+    let mut t = r.read(64) as i64;
+    push(t);
+    if n > 1 {
+        let mut d = unzigzag(r.read_var());
+        t = t.wrapping_add(d);
+        push(t);
+        let width = r.read(7) as u32;
+        for _ in 2..n {
+            d = d.wrapping_add(unzigzag(read_code(r, width)));
+            t = t.wrapping_add(d);
+            push(t);
+        }
+    }
+    n
+}
+
+/// Writes a value section with the smallest codec (or `only`; a decimal codec that cannot
+/// represent the values falls back to Gorilla); returns the codec.
+fn write_best_values(w: &mut BitWriter, values: &[f64], only: Option<ValueCodec>) -> ValueCodec {
+    let exp = values
+        .iter()
+        .try_fold(0u32, |e, &v| decimal_exponent(v).map(|x| x.max(e)));
+    // Try every applicable codec on a scratch writer; keep the smallest.
+    let mut best: Option<(ValueCodec, usize)> = None;
+    let all = [
+        ValueCodec::Gorilla,
+        ValueCodec::DecimalDelta,
+        ValueCodec::DecimalDod,
+    ];
+    let forced = [only.unwrap_or(ValueCodec::Gorilla)];
+    let candidates: &[ValueCodec] = match (exp, only) {
+        (None, _) | (_, Some(ValueCodec::Gorilla)) => &[ValueCodec::Gorilla],
+        (Some(_), Some(_)) => &forced,
+        (Some(_), None) => &all,
+    };
+    if candidates.len() > 1 {
+        for &c in candidates {
+            let mut t = BitWriter::new();
+            write_values(&mut t, c, values, exp.unwrap_or(0));
+            if best.is_none_or(|b| t.bit_len() < b.1) {
+                best = Some((c, t.bit_len()));
             }
-            codec => {
-                let p = POW10[r.read(5) as usize];
-                let g = r.read_var() as i64;
-                let mut m = unzigzag(r.read_var());
-                vals[0].1 = m as f64 / p;
-                if codec == 1 {
-                    let width = r.read(7) as u32;
-                    for s in vals[1..].iter_mut() {
-                        m = m.wrapping_add(unzigzag(read_code(&mut r, width)).wrapping_mul(g));
-                        s.1 = m as f64 / p;
+        }
+    }
+    let codec = best.map_or(candidates[0], |b| b.0);
+    write_values(w, codec, values, exp.unwrap_or(0));
+    codec
+}
+
+/// Reads a value section of `n` values, calling `set(i, value)` for each.
+fn read_values(r: &mut BitReader<'_>, n: usize, mut set: impl FnMut(usize, f64)) {
+    if n == 0 {
+        return;
+    }
+    match r.read(2) {
+        0 => {
+            let mut prev = r.read(64);
+            set(0, f64::from_bits(prev));
+            let (mut lead, mut trail) = (0u32, 0u32);
+            for i in 1..n {
+                if r.bit() {
+                    if r.bit() {
+                        lead = r.read(5) as u32;
+                        let sig = r.read(6) as u32 + 1;
+                        trail = 64u32.saturating_sub(lead + sig);
                     }
-                } else {
-                    let mut d = unzigzag(r.read_var());
-                    let width = r.read(7) as u32;
-                    for (i, s) in vals[1..].iter_mut().enumerate() {
-                        if i > 0 {
-                            d = d.wrapping_add(unzigzag(read_code(&mut r, width)).wrapping_mul(g));
-                        }
-                        m = m.wrapping_add(d);
-                        s.1 = m as f64 / p;
+                    let sig = 64 - lead - trail;
+                    prev ^= r.read(sig).checked_shl(trail).unwrap_or(0);
+                }
+                set(i, f64::from_bits(prev));
+            }
+        }
+        codec => {
+            let p = POW10[(r.read(5) as usize).min(POW10.len() - 1)];
+            let g = r.read_var() as i64;
+            let mut m = unzigzag(r.read_var());
+            set(0, m as f64 / p);
+            if codec == 1 {
+                let width = r.read(7) as u32;
+                for i in 1..n {
+                    m = m.wrapping_add(unzigzag(read_code(r, width)).wrapping_mul(g));
+                    set(i, m as f64 / p);
+                }
+            } else {
+                let mut d = unzigzag(r.read_var());
+                let width = r.read(7) as u32;
+                for i in 1..n {
+                    if i > 1 {
+                        d = d.wrapping_add(unzigzag(read_code(r, width)).wrapping_mul(g));
                     }
+                    m = m.wrapping_add(d);
+                    set(i, m as f64 / p);
                 }
             }
         }
+    }
+}
+
+/// Columns of values over one shared, sorted timestamp column, in one buffer: the timestamp
+/// section once, then each column's value section with its own smallest codec. One allocation
+/// per group instead of a [`Chunk`] (and its timestamps) per column.
+pub fn encode_columns(ts: &[i64], cols: &[Vec<f64>]) -> Box<[u8]> {
+    assert!(
+        !ts.is_empty() && ts.len() <= u16::MAX as usize,
+        "column group of {} rows",
+        ts.len()
+    );
+    let mut w = BitWriter::new();
+    write_timestamps(&mut w, ts.iter().copied(), ts.len());
+    for c in cols {
+        debug_assert_eq!(c.len(), ts.len());
+        write_best_values(&mut w, c, None);
+    }
+    let mut b = w.finish();
+    b.shrink_to_fit();
+    b.into_boxed_slice()
+}
+
+/// Decodes a buffer of [`encode_columns`]: the timestamps into `ts` and each column into
+/// `cols` (cleared first; `cols.len()` columns are read).
+pub fn decode_columns(bytes: &[u8], ts: &mut Vec<i64>, cols: &mut [Vec<f64>]) {
+    ts.clear();
+    let mut r = BitReader { buf: bytes, pos: 0 };
+    let n = read_timestamps(&mut r, |t| ts.push(t));
+    for c in cols.iter_mut() {
+        c.clear();
+        c.resize(n, 0.0);
+        read_values(&mut r, n, |i, v| c[i] = v);
     }
 }
 
@@ -652,9 +712,9 @@ impl Appender {
                 if r.bit() {
                     lead = r.read(5) as u32;
                     let sig = r.read(6) as u32 + 1;
-                    trail = 64 - lead - sig;
+                    trail = 64u32.saturating_sub(lead + sig);
                 }
-                bits ^= r.read(64 - lead - trail) << trail;
+                bits ^= r.read(64 - lead - trail).checked_shl(trail).unwrap_or(0);
             }
             out.push((t, f64::from_bits(bits)));
         }

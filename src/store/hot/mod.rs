@@ -632,8 +632,9 @@ impl HotIndex {
 
     /// Adds one series record written by [`HotIndex::snap_shard`] (into an index being
     /// loaded: an existing series of the same id is replaced).
-    pub fn unsnap_series(&self, record: &[u8]) -> Result<(), snap::DecError> {
-        let mut d = snap::Dec::new(record);
+    /// `version`: the checkpoint's layout version ([`snap::VERSION`] for this build's).
+    pub fn unsnap_series(&self, record: &[u8], version: u32) -> Result<(), snap::DecError> {
+        let mut d = snap::Dec::with_version(record, version);
         let id = d.u64("series id")?;
         let canon = d.bytes("series labels")?;
         let data = SeriesData::unsnap(&mut d)?;

@@ -1,32 +1,40 @@
 //! Rollups of one series at one resolution, compressed like raw samples: blocks of up to
-//! [`BLOCK`] rollups stored as nine chunks (one per field, timestamps at window starts), plus an
-//! uncompressed tail that takes the upserts of windows still open for lateness. The tail
-//! stays short: once it holds [`TAIL_KEEP`] + [`MOVE`] rollups, its oldest [`MOVE`] join the
-//! newest block (re-encoded) or start a new one, so a series holds at most 24 uncompressed
-//! rollups instead of a whole block's worth (up to 136 x 96 bytes).
+//! [`BLOCK`] rollups stored as one buffer (the window starts once, then nine value columns,
+//! [`chunk::encode_columns`]), plus an uncompressed tail that takes the upserts of windows still
+//! open for lateness. The tail stays short: once it holds its keep plus its move, its oldest
+//! rollups join the newest block (re-encoded) or start a new one.
 
 use tidemark_dataflows::Rollup;
 
-use super::chunk::Chunk;
+use super::chunk::{self, Chunk};
 use super::snap::{Dec, DecError, Enc};
 
 /// Rollups per sealed block.
 pub const BLOCK: usize = 120;
-/// Newest rollups kept uncompressed, so corrections within the allowed lateness (5 minutes by
-/// default) hit the tail; older ones are compressed.
-const TAIL_KEEP: usize = 8;
-/// Rollups moved from the tail into blocks at a time (one block re-encode per move).
-const MOVE: usize = 16;
 const FIELDS: usize = 9;
 
-/// A sealed block: `count, sum, min, max, first, last, increase`, and the first and last
-/// sample's offset from the window start, each as a chunk keyed by window start.
+/// Newest rollups kept uncompressed, so that corrections within the allowed lateness (5
+/// minutes by default: up to 6 one-minute windows back) and the re-emission of open windows
+/// after a restart hit the tail; and how many move into blocks at a time (one re-encode of
+/// the newest block per move). 1-minute: 7 kept, 8 moved (7 to 15 in the tail, 96 bytes each);
+/// 1-hour: 1 kept, 4 moved.
+fn tail_policy(width: i64) -> (usize, usize) {
+    if width >= 3_600_000 {
+        (1, 4)
+    } else {
+        (7, 8)
+    }
+}
+
+/// A sealed block: the window starts, then `count, sum, min, max, first, last, increase` and
+/// the first and last sample's offset from the window start, in one buffer.
 #[derive(Clone, Debug)]
 struct Block {
     min_start: i64,
     max_start: i64,
     width: i64,
-    cols: Box<[Chunk; FIELDS]>,
+    count: u16,
+    bytes: Box<[u8]>,
 }
 
 fn field(r: &Rollup, f: usize) -> f64 {
@@ -45,50 +53,50 @@ fn field(r: &Rollup, f: usize) -> f64 {
 
 impl Block {
     fn encode(rows: &[Rollup]) -> Block {
-        let cols: [Chunk; FIELDS] = std::array::from_fn(|f| {
-            let pts: Vec<(i64, f64)> = rows.iter().map(|r| (r.start, field(r, f))).collect();
-            Chunk::encode(&pts)
-        });
+        let ts: Vec<i64> = rows.iter().map(|r| r.start).collect();
+        let cols: Vec<Vec<f64>> = (0..FIELDS)
+            .map(|f| rows.iter().map(|r| field(r, f)).collect())
+            .collect();
         Block {
             min_start: rows[0].start,
             max_start: rows[rows.len() - 1].start,
             width: rows[0].width,
-            cols: Box::new(cols),
+            count: rows.len() as u16,
+            bytes: chunk::encode_columns(&ts, &cols),
         }
     }
 
     fn decode(&self, series: u64) -> Vec<Rollup> {
-        let mut cols: Vec<Vec<(i64, f64)>> = Vec::with_capacity(FIELDS);
-        for c in self.cols.iter() {
-            let mut v = Vec::with_capacity(c.count as usize);
-            c.decode_into(&mut v);
-            cols.push(v);
-        }
-        (0..cols[0].len())
-            .map(|i| Rollup {
+        let mut ts = Vec::with_capacity(self.count as usize);
+        let mut cols: [Vec<f64>; FIELDS] = Default::default();
+        chunk::decode_columns(&self.bytes, &mut ts, &mut cols);
+        ts.iter()
+            .enumerate()
+            .map(|(i, &start)| Rollup {
                 series,
-                start: cols[0][i].0,
+                start,
                 width: self.width,
-                count: cols[0][i].1 as u64,
-                sum: cols[1][i].1,
-                min: cols[2][i].1,
-                max: cols[3][i].1,
-                first: cols[4][i].1,
-                last: cols[5][i].1,
-                increase: cols[6][i].1,
-                first_ts: cols[0][i].0 + cols[7][i].1 as i64,
-                last_ts: cols[0][i].0 + cols[8][i].1 as i64,
+                count: cols[0][i] as u64,
+                sum: cols[1][i],
+                min: cols[2][i],
+                max: cols[3][i],
+                first: cols[4][i],
+                last: cols[5][i],
+                increase: cols[6][i],
+                first_ts: start + cols[7][i] as i64,
+                last_ts: start + cols[8][i] as i64,
             })
             .collect()
     }
 
+    /// Heap bytes of the encoded block (its table entry is counted by the caller).
     fn size(&self) -> usize {
-        self.cols.iter().map(|c| c.size()).sum::<usize>() + 24
+        self.bytes.len()
     }
 
     /// Rollups held.
     fn len(&self) -> usize {
-        self.cols[0].count as usize
+        self.count as usize
     }
 }
 
@@ -103,8 +111,9 @@ const ROLLUP_BYTES: i64 = std::mem::size_of::<Rollup>() as i64;
 
 fn upsert_sorted(v: &mut Vec<Rollup>, r: Rollup) -> bool {
     if v.len() == v.capacity() {
-        // Grow by a few rows, not by doubling: a tail is one series' newest rollups.
-        v.reserve_exact(4);
+        // Grow by one row, not by doubling: a tail is one series' newest rollups, one more a
+        // minute (a step of 4 held 768 bytes for 5 rollups, a heap profile's largest item).
+        v.reserve_exact(1);
     }
     match v.last() {
         None => {
@@ -148,16 +157,19 @@ impl RollupSeries {
         } else {
             0
         };
-        if self.tail.len() >= TAIL_KEEP + MOVE {
-            delta += self.compress_tail();
+        let (keep, moving) = tail_policy(r.width);
+        if self.tail.len() >= keep + moving {
+            delta += self.compress_tail(moving);
         }
         delta
     }
 
-    /// Moves the tail's oldest [`MOVE`] rollups into the newest block while it has room
-    /// (decoded and re-encoded), the rest into a new block; returns the change in bytes.
-    fn compress_tail(&mut self) -> i64 {
-        let moving: Vec<Rollup> = self.tail.drain(..MOVE).collect();
+    /// Moves the tail's oldest `n` rollups into the newest block while it has room (decoded
+    /// and re-encoded), the rest into a new block; returns the change in bytes.
+    fn compress_tail(&mut self, n: usize) -> i64 {
+        let moving: Vec<Rollup> = self.tail.drain(..n).collect();
+        // The tail grows by one row a window again; its drained capacity is not kept.
+        self.tail.shrink_to(self.tail.len() + 1);
         let mut delta = -(moving.len() as i64) * ROLLUP_BYTES;
         let mut rest = &moving[..];
         if let Some(b) = self.blocks.last_mut().filter(|b| b.len() < BLOCK) {
@@ -173,6 +185,9 @@ impl RollupSeries {
         if !rest.is_empty() {
             let b = Block::encode(rest);
             delta += b.size() as i64;
+            if self.blocks.len() == self.blocks.capacity() {
+                self.blocks.reserve_exact(2);
+            }
             self.blocks.push(b);
         }
         delta
@@ -224,11 +239,7 @@ impl RollupSeries {
     /// Heap bytes held: blocks (their chunks and the block table) and the tail's capacity.
     pub fn heap_bytes(&self) -> usize {
         self.blocks.capacity() * std::mem::size_of::<Block>()
-            + self
-                .blocks
-                .iter()
-                .map(|b| b.size() + std::mem::size_of::<[Chunk; FIELDS]>())
-                .sum::<usize>()
+            + self.blocks.iter().map(|b| b.size()).sum::<usize>()
             + self.tail.capacity() * std::mem::size_of::<Rollup>()
     }
 
@@ -275,9 +286,8 @@ impl RollupSeries {
             e.i64(b.min_start);
             e.i64(b.max_start);
             e.i64(b.width);
-            for c in b.cols.iter() {
-                c.snap(e);
-            }
+            e.u16(b.count);
+            e.bytes(&b.bytes);
         }
         e.len(self.tail.len());
         for r in &self.tail {
@@ -285,6 +295,8 @@ impl RollupSeries {
         }
     }
 
+    /// Reads what [`RollupSeries::snap`] wrote, or, from a version 1 checkpoint, blocks of
+    /// nine chunks (converted).
     pub fn unsnap(d: &mut Dec<'_>) -> Result<RollupSeries, DecError> {
         let n = d.len(24, "rollup blocks")?;
         let mut blocks = Vec::with_capacity(n);
@@ -294,17 +306,59 @@ impl RollupSeries {
                 d.i64("block max_start")?,
                 d.i64("block width")?,
             );
-            let mut cols = Vec::with_capacity(FIELDS);
-            for _ in 0..FIELDS {
-                cols.push(Chunk::unsnap(d)?);
+            if width <= 0 {
+                return Err(d.fail("block width", "not positive"));
             }
-            let cols: [Chunk; FIELDS] = cols.try_into().expect("FIELDS columns");
-            blocks.push(Block {
-                min_start,
-                max_start,
-                width,
-                cols: Box::new(cols),
-            });
+            let block = if d.version() == 1 {
+                let mut cols = Vec::with_capacity(FIELDS);
+                for _ in 0..FIELDS {
+                    let mut v = Vec::new();
+                    Chunk::unsnap(d)?.decode_into(&mut v);
+                    cols.push(v);
+                }
+                let rows: Vec<Rollup> = (0..cols[0].len())
+                    .map(|i| {
+                        let v = |f: usize| cols[f].get(i).map_or(0.0, |p| p.1);
+                        let start = cols[0][i].0;
+                        Rollup {
+                            series: 0,
+                            start,
+                            width,
+                            count: v(0) as u64,
+                            sum: v(1),
+                            min: v(2),
+                            max: v(3),
+                            first: v(4),
+                            last: v(5),
+                            increase: v(6),
+                            first_ts: start + v(7) as i64,
+                            last_ts: start + v(8) as i64,
+                        }
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    return Err(d.fail("block", "empty"));
+                }
+                Block::encode(&rows)
+            } else {
+                let count = d.u16("block count")?;
+                let bytes = d.bytes("block bytes")?;
+                if count == 0 || bytes.len() < 8 {
+                    return Err(d.fail("block", "empty"));
+                }
+                Block {
+                    min_start,
+                    max_start,
+                    width,
+                    count,
+                    bytes: bytes.into(),
+                }
+            };
+            if block.min_start != min_start || block.max_start > max_start || min_start > max_start
+            {
+                return Err(d.fail("block", "inconsistent header"));
+            }
+            blocks.push(block);
         }
         let n = d.len(96, "rollup tail")?;
         let mut tail = Vec::with_capacity(n);
@@ -363,11 +417,8 @@ mod tests {
         assert_eq!(r, vec![roll(5 * 60_000, 100.0)]);
         assert_eq!(s.range(9, 0, i64::MAX).len(), 400);
         // The tail stays short: older rollups are in blocks of up to 120.
-        assert!(
-            s.tail.len() < TAIL_KEEP + MOVE,
-            "{} in the tail",
-            s.tail.len()
-        );
+        let (keep, moving) = tail_policy(60_000);
+        assert!(s.tail.len() < keep + moving, "{} in the tail", s.tail.len());
         assert!(s.blocks.iter().all(|b| b.len() <= BLOCK));
         // A correction to a window in the tail, and to one just moved into a block.
         let last = 399 * 60_000;
@@ -381,5 +432,36 @@ mod tests {
         // Expiry is by whole block: the block of windows 0..119 goes, 120..239 stays.
         s.gc(200 * 60_000);
         assert_eq!(s.range(9, 0, i64::MAX)[0].start, 120 * 60_000);
+    }
+
+    #[test]
+    fn a_version_1_checkpoint_block_of_nine_chunks_is_read() {
+        let rows: Vec<Rollup> = (0..30).map(|i| roll(i * 60_000, i as f64 * 1.5)).collect();
+        let mut buf = Vec::new();
+        let mut e = Enc(&mut buf);
+        e.len(1);
+        e.i64(rows[0].start);
+        e.i64(rows[29].start);
+        e.i64(60_000);
+        for f in 0..FIELDS {
+            let pts: Vec<(i64, f64)> = rows.iter().map(|r| (r.start, field(r, f))).collect();
+            Chunk::encode(&pts).snap(&mut e);
+        }
+        e.len(0);
+        let mut d = Dec::with_version(&buf, 1);
+        let s = RollupSeries::unsnap(&mut d).unwrap();
+        assert!(d.is_empty());
+        assert_eq!(s.range(9, 0, i64::MAX), rows);
+        // The same bytes read as this build's layout are an error, not a panic.
+        assert!(RollupSeries::unsnap(&mut Dec::new(&buf)).is_err());
+        // And this build's layout round-trips.
+        let mut out = Vec::new();
+        s.snap(&mut Enc(&mut out));
+        assert_eq!(
+            RollupSeries::unsnap(&mut Dec::new(&out))
+                .unwrap()
+                .range(9, 0, i64::MAX),
+            rows
+        );
     }
 }

@@ -44,15 +44,32 @@ pub struct DecError {
     pub why: &'static str,
 }
 
+/// The layout version [`Enc`] writes (the checkpoint header's version).
+pub const VERSION: u32 = 2;
+
 /// Reads values from a buffer.
 pub struct Dec<'a> {
     buf: &'a [u8],
     pos: usize,
+    version: u32,
 }
 
 impl<'a> Dec<'a> {
+    /// Reads the layout this build writes.
     pub fn new(buf: &'a [u8]) -> Self {
-        Dec { buf, pos: 0 }
+        Self::with_version(buf, VERSION)
+    }
+    /// Reads the layout of an older version (1: rollup blocks as nine chunks).
+    pub fn with_version(buf: &'a [u8], version: u32) -> Self {
+        Dec {
+            buf,
+            pos: 0,
+            version,
+        }
+    }
+    /// The layout version being read.
+    pub fn version(&self) -> u32 {
+        self.version
     }
     pub fn is_empty(&self) -> bool {
         self.pos >= self.buf.len()
