@@ -561,3 +561,70 @@ fn a_checkpoint_killed_half_written_is_discarded_and_the_previous_one_used() {
     assert!(t.metric("tidemark_checkpoint_restore_series") >= 4.0);
     assert_oracle(&t, base, &pushes);
 }
+
+fn segment_names(t: &Tidemark) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(t.data_dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_process_killed_inside_a_log_truncation_restarts_and_finishes_it() {
+    let base = (now_ms() / 3_600_000 - 6) * 3_600_000;
+    let pushes = workload(base);
+    let half = pushes.len() / 2;
+    let dir = tempfile::tempdir().unwrap();
+    // About one record a segment, so that a truncation deletes several.
+    let small = (
+        "TIDEMARK_TEST_LOG_SEGMENT_BYTES".to_string(),
+        "512".to_string(),
+    );
+    let pause = (
+        "TIDEMARK_TEST_LOG_TRUNCATE_PAUSE_MS".to_string(),
+        "120000".to_string(),
+    );
+    let mut t = Tidemark::start_with_env(dir.path(), CHECKPOINTS, 2, vec![small.clone(), pause]);
+    push_all(&t, &pushes[..half]);
+    // The checkpointer is inside a truncation: one segment deleted, more to go.
+    let line = t.eventually("a log truncation paused half way", || {
+        let log = std::fs::read_to_string(&t.log_path).ok()?;
+        log.lines()
+            .find(|l| l.contains("TIDEMARK_TEST_LOG_TRUNCATE_PAUSE_MS"))
+            .map(str::to_string)
+    });
+    let to_go: usize = line
+        .split("segment deleted, ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(to_go >= 1, "{line}");
+    let at_kill = segment_names(&t);
+    t.kill();
+    assert_ne!(
+        at_kill[0], "00000000000000000000.seg",
+        "one segment was deleted"
+    );
+    let leftovers: Vec<String> = at_kill[..to_go].to_vec();
+    for s in &leftovers {
+        assert!(t.data_dir.join("log").join(s).exists(), "{s} left behind");
+    }
+    // The restart opens the log as the killed truncation left it and loads the checkpoint.
+    t.env = vec![small];
+    t.spawn();
+    assert!(t.metric("tidemark_checkpoint_restore_series") >= 4.0);
+    push_all(&t, &pushes[half..]);
+    // The next truncation deletes what the killed one left: no orphaned segments.
+    t.eventually(
+        "the segments the killed truncation left are deleted",
+        || {
+            let now = segment_names(&t);
+            leftovers.iter().all(|s| !now.contains(s)).then_some(())
+        },
+    );
+    assert_oracle(&t, base, &pushes);
+}

@@ -34,6 +34,19 @@ fn segment_bytes() -> u64 {
     })
 }
 
+/// A pause after the first segment a truncation deletes, when it deletes more than one:
+/// `TIDEMARK_TEST_LOG_TRUNCATE_PAUSE_MS` (the fault tests kill the process inside it).
+fn truncate_pause() -> Option<std::time::Duration> {
+    static PAUSE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    PAUSE
+        .get_or_init(|| {
+            std::env::var("TIDEMARK_TEST_LOG_TRUNCATE_PAUSE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
+        .map(std::time::Duration::from_millis)
+}
+
 /// When appended records are forced to disk.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -447,18 +460,33 @@ impl Log {
     /// Deletes the whole segments that lie before `offset` (a checkpoint no longer needs
     /// them); the segment holding `offset` and the active one stay. Returns how many went.
     pub fn delete_before(&self, offset: u64) -> Result<usize, LogError> {
-        let mut segs = self
-            .shared
-            .segments
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        // Oldest first, one segment per lock hold: a crash in between leaves a log that
+        // starts later, which a restart opens as it is (what it still needs is after it).
         let mut n = 0;
-        while segs.len() > 1 && segs[1].base <= offset {
+        loop {
+            let mut segs = self
+                .shared
+                .segments
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            if !(segs.len() > 1 && segs[1].base <= offset) {
+                return Ok(n);
+            }
             fs::remove_file(&segs[0].path).map_err(io_err(&segs[0].path))?;
             segs.remove(0);
             n += 1;
+            let left = segs.iter().skip(1).take_while(|s| s.base <= offset).count();
+            drop(segs);
+            if let (1, Some(p)) = (n, truncate_pause()) {
+                if left > 0 {
+                    eprintln!(
+                        "tidemark: log truncation before offset {offset}: 1 segment deleted, {left} to go; pausing {} ms (TIDEMARK_TEST_LOG_TRUNCATE_PAUSE_MS)",
+                        p.as_millis()
+                    );
+                    std::thread::sleep(p);
+                }
+            }
         }
-        Ok(n)
     }
 
     fn delete_oldest(&self, age: Duration, limit: usize) -> Result<usize, LogError> {
