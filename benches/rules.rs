@@ -153,7 +153,12 @@ fn incremental_run(
     let by_id: Arc<HashMap<u64, Shared>> = Arc::new(
         labels
             .iter()
-            .map(|(id, l)| (*id, Arc::new(l.clone()) as Shared))
+            .map(|(id, l)| {
+                (
+                    *id,
+                    Arc::new(Labels::from_pairs(l.iter().cloned())) as Shared,
+                )
+            })
             .collect(),
     );
     let labels = Arc::clone(labels);

@@ -34,6 +34,7 @@ use timely::dataflow::Stream;
 
 use crate::rules::{ticks_between, TickConfig};
 use crate::sink::Done;
+use crate::types::canonical_pairs;
 use crate::types::STALE_NAN_BITS;
 use crate::Sample;
 
@@ -47,8 +48,16 @@ pub type Matcher = Arc<dyn Fn(&[(String, String)]) -> bool + Send + Sync>;
 /// A series' labels by id (`None`: not known yet, asked again at the next tick).
 pub type Lookup = Arc<dyn Fn(u64) -> Option<SharedLabels> + Send + Sync>;
 
-/// A series' label pairs as the store keeps them (shared, not copied per lookup).
-pub type SharedLabels = Arc<dyn AsRef<[(String, String)]> + Send + Sync>;
+/// A series' label set as the store keeps it (shared, not copied per lookup), in the canonical
+/// encoding ([`crate::types::canonical_pairs`]).
+pub type SharedLabels = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// The owned pairs of a shared label set.
+fn owned_pairs(labels: &SharedLabels) -> LabelPairs {
+    canonical_pairs((**labels).as_ref())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
 
 /// The label of a result record that carries an evaluation error instead of a value.
 const ERROR_LABEL: &str = "\u{0}error";
@@ -224,17 +233,16 @@ pub struct Agg {
 }
 
 impl Agg {
-    fn group(&self, labels: &[(String, String)]) -> LabelPairs {
+    fn group<'a>(&self, labels: impl Iterator<Item = (&'a str, &'a str)>) -> LabelPairs {
         labels
-            .iter()
             .filter(|(k, _)| {
                 if self.without {
-                    k != METRIC_NAME && !self.labels.contains(k)
+                    *k != METRIC_NAME && !self.labels.iter().any(|l| l == k)
                 } else {
-                    self.labels.contains(k)
+                    self.labels.iter().any(|l| l == k)
                 }
             })
-            .cloned()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     }
 
@@ -551,7 +559,8 @@ type LeafUpdate = ((u32, u64, u64), u64, isize);
 ///     let (mut input, probe, out) = worker.dataflow::<u64, _, _>(|scope| {
 ///         let (input, samples) = scope.new_input::<Vec<Sample>>();
 ///         let lookup: tidemark_dataflows::incremental::Lookup = Arc::new(|_| {
-///             Some(Arc::new(vec![("__name__".to_string(), "x".to_string())]) as _)
+///             // The label set {__name__="x"} in the canonical encoding.
+///             Some(Arc::new(b"__name__\xffx\xfe".to_vec()) as _)
 ///         });
 ///         let values = leaf_values(samples, Arc::clone(&plans), lookup, cfg, Some(0));
 ///         let (probe, values) = values.inner.probe();
@@ -653,7 +662,7 @@ pub fn leaf_values<'s>(
                     unresolved.retain(|id| match lookup(*id) {
                         Some(labels) => {
                             if let Some(st) = series.get_mut(id) {
-                                let leaves = index.matching(&plans, (*labels).as_ref());
+                                let leaves = index.matching(&plans, &owned_pairs(&labels));
                                 if leaves.is_empty() {
                                     st.samples = VecDeque::new();
                                 } else {
@@ -965,7 +974,7 @@ pub fn rule_results<'s>(
         }
         for bid in plain {
             let Some(b) = p.branch(bid) else { continue };
-            let mut l: LabelPairs = (*labels).as_ref().to_vec();
+            let mut l: LabelPairs = owned_pairs(&labels);
             if p.leaves[leaf as usize].window.is_some() && !p.leaves[leaf as usize].keeps_name {
                 l.retain(|(k, _)| k != METRIC_NAME);
             }
@@ -989,7 +998,7 @@ pub fn rule_results<'s>(
         let Some(labels) = lookup(series) else {
             return out;
         };
-        let labels: &[(String, String)] = (*labels).as_ref();
+        let labels: &[u8] = (*labels).as_ref();
         let windowed =
             p.leaves[leaf as usize].window.is_some() && !p.leaves[leaf as usize].keeps_name;
         for &bid in bids {
@@ -1011,7 +1020,7 @@ pub fn rule_results<'s>(
             if !kept {
                 continue;
             }
-            let mut group = agg.group(labels);
+            let mut group = agg.group(canonical_pairs(labels));
             if drops_name {
                 group.retain(|(k, _)| k != METRIC_NAME);
             }
@@ -1342,7 +1351,7 @@ mod tests {
         let out = timely::execute_directly(move |worker| {
             let (mut input, probe, out) = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, samples) = scope.new_input::<Vec<Sample>>();
-                let lookup: Lookup = Arc::new(|_| Some(Arc::new(Vec::new()) as SharedLabels));
+                let lookup: Lookup = Arc::new(|_| Some(Arc::new(Vec::<u8>::new()) as SharedLabels));
                 let v = leaf_values(samples, plans, lookup, TickConfig::default(), Some(0));
                 let (probe, v) = v.inner.probe();
                 (input, probe, v.capture())

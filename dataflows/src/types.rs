@@ -164,3 +164,38 @@ pub struct LateStats {
     pub accepted: u64,
     pub dropped: u64,
 }
+
+/// The pairs of a label set in its canonical encoding (per pair, sorted by name: the name,
+/// `0xff`, the value, `0xfe`; neither byte occurs in UTF-8), as the catalog keeps label sets.
+/// A damaged buffer ends the iteration (or yields empty text), never panics.
+///
+/// ```
+/// use tidemark_dataflows::types::canonical_pairs;
+/// let b = b"__name__\xffup\xfejob\xffnode\xfe";
+/// let pairs: Vec<_> = canonical_pairs(b).collect();
+/// assert_eq!(pairs, vec![("__name__", "up"), ("job", "node")]);
+/// ```
+pub fn canonical_pairs(bytes: &[u8]) -> CanonicalPairs<'_> {
+    CanonicalPairs { rest: bytes }
+}
+
+/// See [`canonical_pairs`].
+#[derive(Clone, Debug)]
+pub struct CanonicalPairs<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for CanonicalPairs<'a> {
+    type Item = (&'a str, &'a str);
+    fn next(&mut self) -> Option<(&'a str, &'a str)> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let text = |b: &'a [u8]| std::str::from_utf8(b).unwrap_or_default();
+        let k = self.rest.iter().position(|&b| b == 0xff)?;
+        let v = self.rest[k + 1..].iter().position(|&b| b == 0xfe)? + k + 1;
+        let pair = (text(&self.rest[..k]), text(&self.rest[k + 1..v]));
+        self.rest = &self.rest[v + 1..];
+        Some(pair)
+    }
+}

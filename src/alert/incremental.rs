@@ -492,8 +492,11 @@ mod tests {
             let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, stream) = scope.new_input::<Vec<tidemark_dataflows::Sample>>();
                 let stream = stream.exchange(|s: &tidemark_dataflows::Sample| s.series);
-                let lookup: tidemark_dataflows::incremental::Lookup =
-                    Arc::new(move |id| labels.get(id as usize).map(|l| Arc::new(l.clone()) as _));
+                let lookup: tidemark_dataflows::incremental::Lookup = Arc::new(move |id| {
+                    labels
+                        .get(id as usize)
+                        .map(|l| Arc::new(crate::model::Labels::from_pairs(l.iter().cloned())) as _)
+                });
                 let leaves = leaf_values(
                     stream,
                     Arc::clone(&plans),
@@ -676,7 +679,7 @@ mod tests {
             for (i, (t, r)) in got.iter().enumerate() {
                 let mut want: Vec<(LabelPairs, f64)> = v
                     .iter()
-                    .filter_map(|s| Some((s.labels.pairs().to_vec(), s.values[i]?)))
+                    .filter_map(|s| Some((s.labels.clone().into_pairs(), s.values[i]?)))
                     .collect();
                 want.sort_by(|a, b| a.0.cmp(&b.0));
                 let mut have = r.clone().unwrap_or_else(|e| panic!("{text} at {t}: {e}"));

@@ -73,6 +73,10 @@ pub struct WriteBatch {
 
 /// Decodes a canonical label encoding (see [`crate::model::canonical_encode`]) into labels.
 pub fn decode_canonical(bytes: &[u8]) -> Labels {
+    if let Ok(l) = Labels::from_canonical(bytes) {
+        return l;
+    }
+    // Not a valid encoding (never written by ingest): keep what can be read.
     let mut pairs = Vec::new();
     for pair in bytes.split(|&b| b == 0xfe) {
         if pair.is_empty() {
@@ -83,7 +87,7 @@ pub fn decode_canonical(bytes: &[u8]) -> Labels {
         let v = String::from_utf8_lossy(it.next().unwrap_or_default()).into_owned();
         pairs.push((k, v));
     }
-    Labels::from_sorted_unchecked(pairs)
+    Labels::from_pairs(pairs)
 }
 
 impl WriteBatch {

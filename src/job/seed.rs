@@ -82,7 +82,8 @@ impl SeedPlan {
         let from_w = s.saturating_sub(l).saturating_sub(MINUTE_MS);
         let from_r = self.rules.as_ref().and_then(|(span, matches)| {
             let labels = hot.catalog.labels(id)?;
-            matches(labels.pairs()).then(|| s.saturating_sub(*span).saturating_sub(MINUTE_MS))
+            matches(&labels.as_ref().clone().into_pairs())
+                .then(|| s.saturating_sub(*span).saturating_sub(MINUTE_MS))
         });
         pts.clear();
         hot.samples(id, from_w.min(from_r.unwrap_or(i64::MAX)), i64::MAX, pts);

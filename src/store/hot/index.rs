@@ -159,8 +159,8 @@ impl Catalog {
             .cloned()
     }
 
-    /// Estimated bytes held: `(labels, postings)`. Labels: each series' table slot, its label
-    /// set and strings (a 16-byte allocator header per allocation); postings: the label
+    /// Estimated bytes held: `(labels, postings)`. Labels: each series' table slot and its
+    /// label set (one buffer; a 16-byte allocator header per allocation); postings: the label
     /// names and values and about 13 bytes per id in a B-tree set.
     pub fn memory(&self) -> (i64, i64) {
         const ALLOC: usize = 16;
@@ -177,10 +177,9 @@ impl Catalog {
             let sh = sh.read().unwrap_or_else(|e| e.into_inner());
             labels += sh.capacity() as i64 * slot;
             for l in sh.values() {
-                let pairs = l.pairs();
-                let heap = 16 + 24 + ALLOC + pairs.len() * 48 + ALLOC;
-                let strings: usize = pairs.iter().map(|(k, v)| string(k) + string(v)).sum();
-                labels += (heap + strings) as i64;
+                // The Arc (two counts and the boxed buffer) and the buffer.
+                let heap = 16 + 16 + ALLOC + l.heap_bytes().next_multiple_of(8) + ALLOC;
+                labels += heap as i64;
             }
         }
         let p = self.postings.read().unwrap_or_else(|e| e.into_inner());

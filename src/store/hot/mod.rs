@@ -610,7 +610,6 @@ impl HotIndex {
     pub fn snap_shard(&self, i: usize, out: &mut Vec<u8>) -> usize {
         let sh = self.shards[i].read().unwrap_or_else(|e| e.into_inner());
         let mut n = 0;
-        let mut canon = Vec::new();
         for (&id, s) in sh.iter() {
             let Some(labels) = self.catalog.labels(id) else {
                 continue;
@@ -619,9 +618,7 @@ impl HotIndex {
             out.extend_from_slice(&[0; 4]);
             let mut e = snap::Enc(out);
             e.u64(id);
-            canon.clear();
-            crate::model::canonical_encode(labels.iter(), &mut canon);
-            e.bytes(&canon);
+            e.bytes(labels.canonical());
             s.snap(&mut e);
             let len = u32::try_from(out.len() - at - 4).expect("a series record under 4 GiB");
             out[at..at + 4].copy_from_slice(&len.to_le_bytes());
