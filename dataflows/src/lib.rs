@@ -21,6 +21,7 @@
 
 pub mod incremental;
 pub mod memory;
+pub mod packed;
 pub mod partitioned;
 pub mod rules;
 pub mod sink;

@@ -15,6 +15,7 @@ use timely::dataflow::Stream;
 use timely::progress::frontier::MutableAntichain;
 
 use crate::memory::{hash_slot, Component, Reported};
+use crate::packed::{get_var, get_xor, put_var, put_xor, unzigzag, zigzag, Reader};
 use crate::sink::Done;
 use crate::types::{LateStats, Rollup, Sample, STALE_NAN_BITS};
 
@@ -77,66 +78,28 @@ impl Default for SampleAcc {
     }
 }
 
-fn put_var(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn get_var(b: &[u8], at: &mut usize) -> u64 {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let Some(&x) = b.get(*at) else { break };
-        *at += 1;
-        v |= u64::from(x & 0x7f) << shift;
-        if x < 0x80 {
-            break;
-        }
-    }
-    v
-}
-
-/// Samples as bytes: per sample, the time's delta from the previous one (zigzag varint), a
-/// byte with the leading and trailing zero bytes of the value's XOR with the previous value,
-/// and the XOR's middle bytes (Gorilla's idea at byte granularity).
+/// Samples as bytes ([`crate::packed`]): per sample, the time's delta from the previous one
+/// and the value's XOR with the previous value.
 fn pack(samples: &[(i64, f64)]) -> Box<[u8]> {
     let mut out = Vec::with_capacity(samples.len() * 10);
     let (mut pt, mut pv) = (0i64, 0u64);
     for &(t, v) in samples {
-        let d = t.wrapping_sub(pt);
-        put_var(&mut out, ((d << 1) ^ (d >> 63)) as u64);
+        put_var(&mut out, zigzag(t.wrapping_sub(pt)));
         pt = t;
-        let x = v.to_bits() ^ pv;
-        pv = v.to_bits();
-        let (lead, trail) = if x == 0 {
-            (8, 0)
-        } else {
-            (x.leading_zeros() / 8, x.trailing_zeros() / 8)
-        };
-        out.push((lead as u8) << 4 | trail as u8);
-        let n = (8 - lead - trail) as usize;
-        out.extend_from_slice(&(x >> (trail * 8)).to_le_bytes()[..n]);
+        put_xor(&mut out, &mut pv, v);
     }
     out.into_boxed_slice()
 }
 
 fn unpack(b: &[u8], out: &mut Vec<(i64, f64)>) {
-    let (mut at, mut t, mut v) = (0usize, 0i64, 0u64);
-    while at < b.len() {
-        let z = get_var(b, &mut at);
-        t = t.wrapping_add(((z >> 1) as i64) ^ -((z & 1) as i64));
-        let Some(&h) = b.get(at) else { break };
-        at += 1;
-        let (lead, trail) = (u32::from(h >> 4).min(8), u32::from(h & 15).min(8));
-        let n = 8usize.saturating_sub((lead + trail) as usize);
-        let mut x = [0u8; 8];
-        let Some(mid) = b.get(at..at + n) else { break };
-        x[..n].copy_from_slice(mid);
-        at += n;
-        v ^= u64::from_le_bytes(x).checked_shl(trail * 8).unwrap_or(0);
-        out.push((t, f64::from_bits(v)));
+    let mut r = Reader::new(b);
+    let (mut t, mut pv) = (0i64, 0u64);
+    while let Some(z) = get_var(&mut r) {
+        t = t.wrapping_add(unzigzag(z));
+        let Some(v) = get_xor(&mut r, &mut pv) else {
+            break;
+        };
+        out.push((t, v));
     }
 }
 

@@ -1,10 +1,13 @@
 //! Rollups of one series at one resolution, compressed like raw samples: blocks of up to
 //! [`BLOCK`] rollups stored as one buffer (the window starts once, then nine value columns,
-//! [`chunk::encode_columns`]), plus an uncompressed tail that takes the upserts of windows still
-//! open for lateness. The tail stays short: once it holds its keep plus its move, its oldest
-//! rollups join the newest block (re-encoded) or start a new one.
+//! [`chunk::encode_columns`]), plus a tail that takes the upserts of windows still open for
+//! lateness, packed a byte-aligned row at a time (re-packed on each upsert: a few rows). The
+//! tail stays short: once it holds its keep plus its move, its oldest rollups join the newest
+//! block (re-encoded) or start a new one.
 
 use tidemark_dataflows::Rollup;
+
+use tidemark_dataflows::packed::{get_var, get_xor, put_var, put_xor, unzigzag, zigzag, Reader};
 
 use super::chunk::{self, Chunk};
 use super::snap::{Dec, DecError, Enc};
@@ -16,7 +19,8 @@ const FIELDS: usize = 9;
 /// Newest rollups kept uncompressed, so that corrections within the allowed lateness (5
 /// minutes by default: up to 6 one-minute windows back) and the re-emission of open windows
 /// after a restart hit the tail; and how many move into blocks at a time (one re-encode of
-/// the newest block per move). 1-minute: 7 kept, 8 moved (7 to 15 in the tail, 96 bytes each);
+/// the newest block per move). 1-minute: 7 kept, 8 moved (7 to 15 in the tail, about 40 bytes
+/// each packed);
 /// 1-hour: 1 kept, 4 moved.
 fn tail_policy(width: i64) -> (usize, usize) {
     if width >= 3_600_000 {
@@ -104,17 +108,71 @@ impl Block {
 #[derive(Default, Debug)]
 pub struct RollupSeries {
     blocks: Vec<Block>,
-    tail: Vec<Rollup>,
+    /// The newest rollups, sorted by start, packed ([`pack_rows`]): about 40 bytes a rollup
+    /// instead of 96 (a heap profile's largest item was these tails, uncompressed).
+    tail: Box<[u8]>,
+    tail_rows: u16,
 }
 
-const ROLLUP_BYTES: i64 = std::mem::size_of::<Rollup>() as i64;
+/// Rollups as bytes ([`tidemark_dataflows::packed`]): per row the start's and width's deltas
+/// from the previous row, the count, the six values as XORs with the previous row's, and the
+/// first and last sample's offsets from the start. The series id is not stored.
+fn pack_rows(rows: &[Rollup]) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(rows.len() * 48);
+    let (mut start, mut width) = (0i64, 0i64);
+    let mut prev = [0u64; 6];
+    for r in rows {
+        put_var(&mut out, zigzag(r.start.wrapping_sub(start)));
+        put_var(&mut out, zigzag(r.width.wrapping_sub(width)));
+        (start, width) = (r.start, r.width);
+        put_var(&mut out, r.count);
+        for (p, v) in prev
+            .iter_mut()
+            .zip([r.sum, r.min, r.max, r.first, r.last, r.increase])
+        {
+            put_xor(&mut out, p, v);
+        }
+        put_var(&mut out, zigzag(r.first_ts.wrapping_sub(r.start)));
+        put_var(&mut out, zigzag(r.last_ts.wrapping_sub(r.start)));
+    }
+    out.into_boxed_slice()
+}
+
+fn unpack_rows(b: &[u8], series: u64, out: &mut Vec<Rollup>) {
+    let mut rd = Reader::new(b);
+    let (mut start, mut width) = (0i64, 0i64);
+    let mut prev = [0u64; 6];
+    let mut row = || -> Option<Rollup> {
+        start = start.wrapping_add(unzigzag(get_var(&mut rd)?));
+        width = width.wrapping_add(unzigzag(get_var(&mut rd)?));
+        let count = get_var(&mut rd)?;
+        let mut v = [0f64; 6];
+        for (p, x) in prev.iter_mut().zip(v.iter_mut()) {
+            *x = get_xor(&mut rd, p)?;
+        }
+        let first_ts = start.wrapping_add(unzigzag(get_var(&mut rd)?));
+        let last_ts = start.wrapping_add(unzigzag(get_var(&mut rd)?));
+        Some(Rollup {
+            series,
+            start,
+            width,
+            count,
+            sum: v[0],
+            min: v[1],
+            max: v[2],
+            first: v[3],
+            last: v[4],
+            increase: v[5],
+            first_ts,
+            last_ts,
+        })
+    };
+    while let Some(r) = row() {
+        out.push(r);
+    }
+}
 
 fn upsert_sorted(v: &mut Vec<Rollup>, r: Rollup) -> bool {
-    if v.len() == v.capacity() {
-        // Grow by one row, not by doubling: a tail is one series' newest rollups, one more a
-        // minute (a step of 4 held 768 bytes for 5 rollups, a heap profile's largest item).
-        v.reserve_exact(1);
-    }
     match v.last() {
         None => {
             v.push(r);
@@ -152,25 +210,34 @@ impl RollupSeries {
             // Older than every block: it joins the first one.
             return self.upsert_sealed(0, r);
         }
-        let mut delta = if upsert_sorted(&mut self.tail, r) {
-            ROLLUP_BYTES
-        } else {
-            0
-        };
+        let before = self.tail.len() as i64;
+        let mut rows = self.tail_rows(r.series);
+        upsert_sorted(&mut rows, r);
         let (keep, moving) = tail_policy(r.width);
-        if self.tail.len() >= keep + moving {
-            delta += self.compress_tail(moving);
+        let mut delta = 0;
+        if rows.len() >= keep + moving {
+            delta += self.compress(rows.drain(..moving).collect());
         }
-        delta
+        self.set_tail(&rows);
+        delta + self.tail.len() as i64 - before
     }
 
-    /// Moves the tail's oldest `n` rollups into the newest block while it has room (decoded
-    /// and re-encoded), the rest into a new block; returns the change in bytes.
-    fn compress_tail(&mut self, n: usize) -> i64 {
-        let moving: Vec<Rollup> = self.tail.drain(..n).collect();
-        // The tail grows by one row a window again; its drained capacity is not kept.
-        self.tail.shrink_to(self.tail.len() + 1);
-        let mut delta = -(moving.len() as i64) * ROLLUP_BYTES;
+    /// The tail's rollups, unpacked.
+    fn tail_rows(&self, series: u64) -> Vec<Rollup> {
+        let mut rows = Vec::with_capacity(self.tail_rows as usize + 1);
+        unpack_rows(&self.tail, series, &mut rows);
+        rows
+    }
+
+    fn set_tail(&mut self, rows: &[Rollup]) {
+        self.tail = pack_rows(rows);
+        self.tail_rows = rows.len().min(u16::MAX as usize) as u16;
+    }
+
+    /// Moves rollups (the tail's oldest) into the newest block while it has room (decoded and
+    /// re-encoded), the rest into a new block; returns the change in the blocks' bytes.
+    fn compress(&mut self, moving: Vec<Rollup>) -> i64 {
+        let mut delta = 0;
         let mut rest = &moving[..];
         if let Some(b) = self.blocks.last_mut().filter(|b| b.len() < BLOCK) {
             let room = BLOCK - b.len();
@@ -215,9 +282,11 @@ impl RollupSeries {
                     .filter(|r| r.start >= start && r.start <= end),
             );
         }
-        let lo = self.tail.partition_point(|r| r.start < start);
-        let hi = self.tail.partition_point(|r| r.start <= end);
-        out.extend_from_slice(&self.tail[lo..hi.max(lo)]);
+        out.extend(
+            self.tail_rows(series)
+                .into_iter()
+                .filter(|r| r.start >= start && r.start <= end),
+        );
         out
     }
 
@@ -231,16 +300,22 @@ impl RollupSeries {
             }
             keep
         });
-        let n = self.tail.partition_point(|r| r.start + r.width < cutoff);
-        self.tail.drain(..n);
-        delta - n as i64 * ROLLUP_BYTES
+        let mut rows = self.tail_rows(0);
+        let n = rows.partition_point(|r| r.start + r.width < cutoff);
+        if n > 0 {
+            let before = self.tail.len() as i64;
+            rows.drain(..n);
+            self.set_tail(&rows);
+            delta += self.tail.len() as i64 - before;
+        }
+        delta
     }
 
-    /// Heap bytes held: blocks (their chunks and the block table) and the tail's capacity.
+    /// Heap bytes held: blocks (their buffers and the block table) and the packed tail.
     pub fn heap_bytes(&self) -> usize {
         self.blocks.capacity() * std::mem::size_of::<Block>()
             + self.blocks.iter().map(|b| b.size()).sum::<usize>()
-            + self.tail.capacity() * std::mem::size_of::<Rollup>()
+            + self.tail.len()
     }
 
     /// True when nothing is held.
@@ -289,8 +364,10 @@ impl RollupSeries {
             e.u16(b.count);
             e.bytes(&b.bytes);
         }
-        e.len(self.tail.len());
-        for r in &self.tail {
+        // Tail rows as full rollups (their series id is the record's, written as 0 here).
+        let rows = self.tail_rows(0);
+        e.len(rows.len());
+        for r in &rows {
             snap_rollup(e, r);
         }
     }
@@ -365,13 +442,21 @@ impl RollupSeries {
         for _ in 0..n {
             tail.push(unsnap_rollup(d)?);
         }
-        Ok(RollupSeries { blocks, tail })
+        if tail.windows(2).any(|w| w[0].start >= w[1].start) {
+            return Err(d.fail("rollup tail", "not sorted by start"));
+        }
+        let mut s = RollupSeries {
+            blocks,
+            ..Default::default()
+        };
+        s.set_tail(&tail);
+        Ok(s)
     }
 
     /// A window start in `[start, end)` this series may have a rollup at (a block spanning
     /// the range counts: no block is decoded).
     pub fn any_in(&self, start: i64, end: i64) -> Option<i64> {
-        self.tail
+        self.tail_rows(0)
             .iter()
             .map(|r| r.start)
             .find(|&s| s >= start && s < end)
@@ -385,8 +470,7 @@ impl RollupSeries {
 
     /// The bytes [`RollupSeries::upsert`] and [`RollupSeries::gc`] account for.
     pub fn bytes(&self) -> i64 {
-        self.blocks.iter().map(|b| b.size() as i64).sum::<i64>()
-            + self.tail.len() as i64 * ROLLUP_BYTES
+        self.blocks.iter().map(|b| b.size() as i64).sum::<i64>() + self.tail.len() as i64
     }
 }
 
@@ -418,7 +502,16 @@ mod tests {
         assert_eq!(s.range(9, 0, i64::MAX).len(), 400);
         // The tail stays short: older rollups are in blocks of up to 120.
         let (keep, moving) = tail_policy(60_000);
-        assert!(s.tail.len() < keep + moving, "{} in the tail", s.tail.len());
+        let n = s.tail_rows(9).len();
+        assert!(
+            n < keep + moving && n == s.tail_rows as usize,
+            "{n} in the tail"
+        );
+        assert!(
+            s.tail.len() < n * 48,
+            "{} bytes for {n} packed rows",
+            s.tail.len()
+        );
         assert!(s.blocks.iter().all(|b| b.len() <= BLOCK));
         // A correction to a window in the tail, and to one just moved into a block.
         let last = 399 * 60_000;
