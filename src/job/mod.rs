@@ -53,6 +53,9 @@ pub fn minutes_of(hot: &Arc<HotIndex>) -> RollupStore {
 
 /// One-minute and one-hour window widths.
 pub const MINUTE_MS: i64 = 60_000;
+/// Samples the log sources may have sent that the hot index has not applied yet, summed over
+/// the workers (about 24 bytes each in every queue they wait in).
+const MAX_IN_FLIGHT: u64 = 100_000;
 pub const HOUR_MS: i64 = 3_600_000;
 
 /// Progress shared between the workers and the server (readiness, `/metrics`).
@@ -169,7 +172,15 @@ impl BatchSource for LogSource {
                 return Poll::Pending(Duration::from_millis(1));
             }
             match self.progress.cut.step(self.index, self.reader.position()) {
-                cut::Step::Read => {}
+                cut::Step::Read => {
+                    // Flow control: timely has no backpressure, so a catch-up (a restart, or a
+                    // job behind ingest) would put the whole backlog in the operators' queues.
+                    let sent = self.progress.sent.load(Ordering::Acquire);
+                    let applied = self.progress.applied.load(Ordering::Acquire);
+                    if sent.saturating_sub(applied) > MAX_IN_FLIGHT {
+                        return Poll::Pending(Duration::from_millis(1));
+                    }
+                }
                 cut::Step::Wait => return Poll::Pending(Duration::from_millis(2)),
                 cut::Step::Cut => {
                     self.cutting = true;
