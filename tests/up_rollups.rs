@@ -467,12 +467,17 @@ fn assert_oracle(t: &Tidemark, base: i64, pushes: &[Push]) {
     );
 }
 
-fn checkpoint_files(t: &Tidemark) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(t.data_dir.join("checkpoints"))
+/// The files of a directory of the data dir, sorted by name.
+fn files_in(t: &Tidemark, sub: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(t.data_dir.join(sub))
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     v.sort();
     v
+}
+
+fn checkpoint_files(t: &Tidemark) -> Vec<std::path::PathBuf> {
+    files_in(t, "checkpoints")
 }
 
 #[test]
@@ -490,13 +495,8 @@ fn sigkill_and_resume_from_checkpoints_give_the_oracle_rollups() {
     t.eventually("the log truncated behind the checkpoints", || {
         (t.metric("tidemark_checkpoint_log_segments_deleted_total") > 0.0).then_some(())
     });
-    let segments = || std::fs::read_dir(t.data_dir.join("log")).unwrap().count();
-    let first = std::fs::read_dir(t.data_dir.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .min()
-        .unwrap();
-    assert_ne!(first, "00000000000000000000.seg", "{} segments", segments());
+    let segments = segment_names(&t);
+    assert_ne!(segments[0], "00000000000000000000.seg", "{segments:?}");
     t.kill();
     t.spawn();
     // The restart loaded the checkpoint (4 counters) and read only the log after it.
@@ -562,14 +562,13 @@ fn a_checkpoint_killed_half_written_is_discarded_and_the_previous_one_used() {
     assert_oracle(&t, base, &pushes);
 }
 
+/// The log's segment file names, sorted (oldest first).
 fn segment_names(t: &Tidemark) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(t.data_dir.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
+    files_in(t, "log")
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
         .filter(|n| n.ends_with(".seg"))
-        .collect();
-    v.sort();
-    v
+        .collect()
 }
 
 #[test]
