@@ -6,7 +6,7 @@ mod fleet;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
-use tidemark::store::hot::chunk::{Chunk, ValueCodec, CHUNK_SAMPLES};
+use tidemark::store::hot::chunk::{Appender, Chunk, ValueCodec, CHUNK_SAMPLES};
 
 fn chunks_of(series: &[fleet::SeriesPoints]) -> Vec<(usize, &[(i64, f64)])> {
     series
@@ -45,6 +45,27 @@ fn report(series: &[fleet::SeriesPoints]) {
             per.join(", ")
         ));
     }
+    // The open head, compressed as appended (decimal mode where the values allow).
+    let mut bytes = [0usize; 4];
+    let mut samples = [0usize; 4];
+    for (m, c) in &chunks {
+        bytes[*m] += Appender::from_samples(c).size();
+        samples[*m] += c.len();
+    }
+    let per: Vec<String> = (0..4)
+        .map(|m| {
+            format!(
+                "{}: {:.3}",
+                fleet::METRICS[m],
+                bytes[m] as f64 / samples[m] as f64
+            )
+        })
+        .collect();
+    let total = bytes.iter().sum::<usize>() as f64 / samples.iter().sum::<usize>() as f64;
+    rows.push(format!(
+        "open head (Appender): {total:.3} bytes/sample overall; {}",
+        per.join(", ")
+    ));
     for r in rows {
         eprintln!(
             "chunk size, fleet workload (10,000 series x 360 points, 120-sample chunks): {r}"
@@ -89,6 +110,14 @@ fn codecs(c: &mut Criterion) {
             sample
                 .iter()
                 .map(|c| Chunk::encode(black_box(c)).size())
+                .sum::<usize>()
+        })
+    });
+    g.bench_function("append_head", |b| {
+        b.iter(|| {
+            sample
+                .iter()
+                .map(|c| Appender::from_samples(black_box(c)).size())
                 .sum::<usize>()
         })
     });

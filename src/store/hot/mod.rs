@@ -181,6 +181,10 @@ impl SeriesData {
                 0
             }
             Err(j) => {
+                if self.ooo.len() == self.ooo.capacity() {
+                    // By 4 samples, not by doubling (up to 32 wait here per series).
+                    self.ooo.reserve_exact(4);
+                }
                 self.ooo.insert(j, (ts, v));
                 1
             }

@@ -45,7 +45,7 @@ pub struct DecError {
 }
 
 /// The layout version [`Enc`] writes (the checkpoint header's version).
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Reads values from a buffer.
 pub struct Dec<'a> {
@@ -59,7 +59,8 @@ impl<'a> Dec<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
         Self::with_version(buf, VERSION)
     }
-    /// Reads the layout of an older version (1: rollup blocks as nine chunks).
+    /// Reads the layout of an older version (1: rollup blocks as nine chunks; 1 and 2: heads
+    /// without a value mode, all Gorilla).
     pub fn with_version(buf: &'a [u8], version: u32) -> Self {
         Dec {
             buf,
