@@ -15,6 +15,24 @@ fn chunks_of(series: &[fleet::SeriesPoints]) -> Vec<(usize, &[(i64, f64)])> {
         .collect()
 }
 
+/// Bytes per sample overall and per metric.
+fn row(name: &str, bytes: &[usize; 4], samples: &[usize; 4]) -> String {
+    let per: Vec<String> = (0..4)
+        .map(|m| {
+            format!(
+                "{}: {:.3}",
+                fleet::METRICS[m],
+                bytes[m] as f64 / samples[m] as f64
+            )
+        })
+        .collect();
+    let total = bytes.iter().sum::<usize>() as f64 / samples.iter().sum::<usize>() as f64;
+    format!(
+        "{name}: {total:.3} bytes/sample overall; {}",
+        per.join(", ")
+    )
+}
+
 fn report(series: &[fleet::SeriesPoints]) {
     let chunks = chunks_of(series);
     let mut rows = Vec::new();
@@ -30,20 +48,7 @@ fn report(series: &[fleet::SeriesPoints]) {
         } else {
             "Gorilla XOR"
         };
-        let per: Vec<String> = (0..4)
-            .map(|m| {
-                format!(
-                    "{}: {:.3}",
-                    fleet::METRICS[m],
-                    bytes[m] as f64 / samples[m] as f64
-                )
-            })
-            .collect();
-        let total = bytes.iter().sum::<usize>() as f64 / samples.iter().sum::<usize>() as f64;
-        rows.push(format!(
-            "{name}: {total:.3} bytes/sample overall; {}",
-            per.join(", ")
-        ));
+        rows.push(row(name, &bytes, &samples));
     }
     // The open head, compressed as appended (decimal mode where the values allow).
     let mut bytes = [0usize; 4];
@@ -52,20 +57,7 @@ fn report(series: &[fleet::SeriesPoints]) {
         bytes[*m] += Appender::from_samples(c).size();
         samples[*m] += c.len();
     }
-    let per: Vec<String> = (0..4)
-        .map(|m| {
-            format!(
-                "{}: {:.3}",
-                fleet::METRICS[m],
-                bytes[m] as f64 / samples[m] as f64
-            )
-        })
-        .collect();
-    let total = bytes.iter().sum::<usize>() as f64 / samples.iter().sum::<usize>() as f64;
-    rows.push(format!(
-        "open head (Appender): {total:.3} bytes/sample overall; {}",
-        per.join(", ")
-    ));
+    rows.push(row("open head (Appender)", &bytes, &samples));
     for r in rows {
         eprintln!(
             "chunk size, fleet workload (10,000 series x 360 points, 120-sample chunks): {r}"

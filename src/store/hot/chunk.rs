@@ -1204,18 +1204,12 @@ mod tests {
             .collect();
         let a = Appender::from_samples(&g);
         assert_eq!(a.exp, GORILLA);
+        // This build's layout without the mode byte and the last mantissa delta.
         let mut buf = Vec::new();
-        let mut e = Enc(&mut buf);
-        e.u16(a.count);
-        e.bytes(&a.w.buf);
-        e.u64(a.w.acc);
-        e.u32(a.w.nbits);
-        e.u8(a.lead);
-        e.u8(a.trail);
-        e.i64(a.first_ts);
-        e.i64(a.last_ts);
-        e.i64(a.delta);
-        e.u64(a.last_bits);
+        a.snap(&mut Enc(&mut buf));
+        let mode_at = 2 + 4 + a.w.buf.len() + 8 + 4 + 2;
+        assert_eq!(buf.remove(mode_at), GORILLA);
+        buf.truncate(buf.len() - 8);
         let b = Appender::unsnap(&mut Dec::with_version(&buf, 2)).unwrap();
         check(&b, &g);
         // And this build's layout round-trips a decimal head.
