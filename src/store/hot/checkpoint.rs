@@ -10,8 +10,9 @@
 //!                   replay_watermark (u64), newest, created_ms (i64)
 //! body    one zstd frame: records (u32 length, then a series: id, canonical labels, chunks
 //!         as they are in memory, compressed head, out-of-order buffer, 1m and 1h rollups),
-//!         ended by a zero length; version 2 stores a rollup block as one buffer (window
-//!         starts once, nine value columns), version 1 as nine chunks (still read)
+//!         ended by a zero length; version 3 adds each head's value mode (decimal exponent
+//!         and delta shape), version 2 stores a rollup block as one buffer (window starts
+//!         once, nine value columns), version 1 as nine chunks; all three are read
 //! trailer 24 bytes: series count u64, CRC-32 of header and body u32, 0u32, "TDMCKEND"
 //! ```
 //!
