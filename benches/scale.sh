@@ -61,6 +61,8 @@ tm_cpu=$(cpu $pid)
 echo "CPU until idle: $tm_cpu s = $(echo "scale=2; $tm_cpu * 1000000 / $samples" | bc) us per sample (ingest, rollups, rules, tiers)"
 curl -fs "$url/metrics" | grep '^tidemark_memory_bytes' | awk -v n="$series" \
   '{printf "  %-60s %8.1f MiB  %6.0f B/series\n", $1, $2/1048576, $2/n}'
+ooo=$(curl -fs "$url/metrics" | awk '/^tidemark_hot_samples_out_of_order_total /{print $2}')
+echo "out-of-order samples (at or before their series' newest): ${ooo:-0} of $samples"
 peak=$(grep VmHWM /proc/$pid/status | awk '{printf "%.0f", $2*1024}')
 rss=$(grep VmRSS /proc/$pid/status | awk '{printf "%.0f", $2*1024}')
 echo "peak RSS $((peak / 1048576)) MiB = $((peak / series)) B per active series (RSS now $((rss / 1048576)) MiB)"

@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 
 /// jemalloc rather than glibc's malloc: at 200,000 series with the default rules it peaked
 /// 12 % lower (719 vs 821 MiB: less fragmentation across the worker threads' arenas) and used
-/// 6 % less CPU per sample (benches/README.md, Footprint). Feature `jemalloc` (default).
+/// 6 % less CPU per sample (benches/README.md, Footprint). Feature `jemalloc` (default). Its
+/// options are built in from `.cargo/config.toml` (`JEMALLOC_SYS_WITH_MALLOC_CONF`).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

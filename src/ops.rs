@@ -137,6 +137,7 @@ pub fn render_memory(hot: &crate::store::hot::HotIndex, w: &mut TextWriter) {
         ("catalog_postings".into(), postings),
         ("hot_series_table".into(), h.series_table),
         ("hot_samples".into(), h.samples),
+        ("hot_out_of_order".into(), h.out_of_order),
         ("hot_rollups".into(), h.rollups),
     ];
     parts.extend(
@@ -145,7 +146,14 @@ pub fn render_memory(hot: &crate::store::hot::HotIndex, w: &mut TextWriter) {
             .map(|c| (c.name().to_string(), c.bytes())),
     );
     let accounted: i64 = parts.iter().map(|p| p.1).sum();
-    parts.push(("other".into(), (rss_bytes() as i64 - accounted).max(0)));
+    let slack = allocator_slack();
+    if let Some(slack) = slack {
+        parts.push(("allocator".into(), slack));
+    }
+    parts.push((
+        "other".into(),
+        (rss_bytes() as i64 - accounted - slack.unwrap_or(0)).max(0),
+    ));
     let labels: Vec<String> = parts
         .iter()
         .map(|(c, _)| format!("component=\"{c}\""))
@@ -161,6 +169,22 @@ pub fn render_memory(hot: &crate::store::hot::HotIndex, w: &mut TextWriter) {
         "Resident memory by component (estimates from lengths and capacities; other = resident set minus the rest).",
         &samples,
     );
+}
+
+/// Bytes jemalloc holds resident beyond what is allocated (pages freed and not yet returned,
+/// fragmentation, its metadata); `None` without the `jemalloc` feature or when this process's
+/// allocator is not jemalloc (its statistics then show nothing allocated).
+fn allocator_slack() -> Option<i64> {
+    #[cfg(feature = "jemalloc")]
+    {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        epoch::advance().ok()?;
+        let allocated = stats::allocated::read().ok()? as i64;
+        let resident = stats::resident::read().ok()? as i64;
+        (allocated > 0).then_some((resident - allocated).max(0))
+    }
+    #[cfg(not(feature = "jemalloc"))]
+    None
 }
 
 /// The process's resident set size in bytes (`VmRSS`), 0 where `/proc` is not available.

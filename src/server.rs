@@ -293,6 +293,15 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         })],
     );
     w.family(
+        "tidemark_hot_samples_out_of_order_total",
+        "counter",
+        "Samples that arrived at or before their series' newest sample (corrections, duplicates, disorder between the job's workers): kept in a per-series buffer until merged into their chunk.",
+        &[(
+            "",
+            hot.stats.samples_out_of_order.load(Ordering::Relaxed) as f64,
+        )],
+    );
+    w.family(
         "tidemark_hot_samples_out_of_retention_total",
         "counter",
         "Samples the job dropped because they were older than the hot retention window.",

@@ -437,9 +437,8 @@ struct SeriesState {
     emitted: Vec<(u32, u64)>,
     /// The tick this series is next evaluated at (`u64::MAX`: not scheduled).
     wake: u64,
-    /// The newest sample time seen: a series no rule reads is remembered (without its
-    /// samples) until it is idle for longer than any window, so it is matched once, not per
-    /// sample.
+    /// The newest sample time seen (a series with nothing left is dropped once it is idle
+    /// for longer than any window).
     newest: i64,
 }
 
@@ -501,6 +500,36 @@ impl SeriesState {
             }
         }
         (next != i64::MAX).then(|| u64::try_from(next).unwrap_or(0))
+    }
+
+    /// Drops the samples none of the series' leaves can read at `t` or later: those at or
+    /// before `t` minus a range, and for an instant selector all but the newest at or before
+    /// `t` (a later tick reads that one or a newer one). Unresolved series keep `keep`.
+    fn trim(&mut self, plans: &Plans, t: i64, keep: i64) {
+        let cut = match &self.leaves {
+            None => t.saturating_sub(keep),
+            Some(leaves) => {
+                let end = self.samples.partition_point(|&(ts, _)| ts <= t);
+                let newest = end.checked_sub(1).map(|i| self.samples[i].0);
+                leaves
+                    .iter()
+                    .map(|&l| match plans.leaves[l as usize].window {
+                        None => {
+                            let lookback = t.saturating_sub(LOOKBACK_MS);
+                            newest.map_or(lookback, |ts| (ts - 1).max(lookback))
+                        }
+                        Some((_, range)) => t.saturating_sub(range),
+                    })
+                    .min()
+                    .unwrap_or(i64::MAX)
+            }
+        };
+        let n = self.samples.partition_point(|&(ts, _)| ts <= cut);
+        self.samples.drain(..n);
+        // A window's worth of capacity stays; a series whose window shrank gives it back.
+        if self.samples.capacity() > 2 * self.samples.len() + 8 {
+            self.samples.shrink_to(self.samples.len() + 4);
+        }
     }
 
     fn value(&self, leaf: &Leaf, t: i64, buf: &mut Vec<(i64, f64)>) -> Option<f64> {
@@ -606,6 +635,10 @@ pub fn leaf_values<'s>(
                 let mut held: Option<Capability<u64>> = (!plans.leaves.is_empty()).then_some(cap);
                 let mut last = resume_after;
                 let mut series: HashMap<u64, SeriesState> = HashMap::new();
+                // Series no leaf reads, with their newest sample time: remembered (16 bytes
+                // each instead of a `SeriesState`) until idle for longer than any window, so a
+                // series is matched once, not per sample.
+                let mut ignored: HashMap<u64, i64> = HashMap::new();
                 let mut unresolved: HashSet<u64> = HashSet::new();
                 // Which series to evaluate at which tick: only those whose values can have
                 // changed, so a tick costs the changes, not the series count.
@@ -631,6 +664,10 @@ pub fn leaf_values<'s>(
                             return;
                         }
                         for s in data.drain(..) {
+                            if let Some(newest) = ignored.get_mut(&s.series) {
+                                *newest = (*newest).max(s.ts);
+                                continue;
+                            }
                             let st = series.entry(s.series).or_insert_with(|| {
                                 unresolved.insert(s.series);
                                 SeriesState {
@@ -661,13 +698,13 @@ pub fn leaf_values<'s>(
                     };
                     unresolved.retain(|id| match lookup(*id) {
                         Some(labels) => {
-                            if let Some(st) = series.get_mut(id) {
-                                let leaves = index.matching(&plans, &owned_pairs(&labels));
-                                if leaves.is_empty() {
-                                    st.samples = VecDeque::new();
-                                } else {
-                                    schedule(&mut due, *id, st, next_tick);
+                            let leaves = index.matching(&plans, &owned_pairs(&labels));
+                            if leaves.is_empty() {
+                                if let Some(st) = series.remove(id) {
+                                    ignored.insert(*id, st.newest);
                                 }
+                            } else if let Some(st) = series.get_mut(id) {
+                                schedule(&mut due, *id, st, next_tick);
                                 st.leaves = Some(leaves);
                             }
                             false
@@ -724,8 +761,7 @@ pub fn leaf_values<'s>(
                                     session.give(u)
                                 });
                                 // Samples no window can reach again go.
-                                let n = st.samples.partition_point(|&(ts, _)| ts <= cutoff);
-                                st.samples.drain(..n);
+                                st.trim(&plans, ti, keep);
                                 if let Some(at) = st.next_change(&plans, ti) {
                                     schedule(&mut due, id, st, at);
                                 }
@@ -734,9 +770,9 @@ pub fn leaf_values<'s>(
                         // Now and then, series with nothing left go.
                         if t >= swept.saturating_add(SWEEP_MS) {
                             swept = t;
+                            ignored.retain(|_, newest| *newest > cutoff);
                             series.retain(|id, st| {
-                                let n = st.samples.partition_point(|&(ts, _)| ts <= cutoff);
-                                st.samples.drain(..n);
+                                st.trim(&plans, ti, keep);
                                 let live = !st.samples.is_empty()
                                     || !st.emitted.is_empty()
                                     || st.newest > cutoff;
@@ -754,7 +790,11 @@ pub fn leaf_values<'s>(
                                         + st.leaves.as_ref().map_or(0, |l| l.capacity() * 4)
                                 })
                                 .sum();
-                            reported.set(series.capacity() as i64 * slot + heap as i64);
+                            reported.set(
+                                series.capacity() as i64 * slot
+                                    + ignored.capacity() as i64 * hash_slot(16)
+                                    + heap as i64,
+                            );
                         }
                     }
                     if let Some(newest) = done_through {

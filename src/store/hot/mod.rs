@@ -55,10 +55,13 @@ struct Delta {
     head_bytes: i64,
     head_samples: i64,
     sealed_samples: i64,
+    /// Samples that arrived at or before their series' newest one.
+    out_of_order: i64,
 }
 
 impl std::ops::AddAssign for Delta {
     fn add_assign(&mut self, o: Delta) {
+        self.out_of_order += o.out_of_order;
         self.chunk_bytes += o.chunk_bytes;
         self.head_bytes += o.head_bytes;
         self.head_samples += o.head_samples;
@@ -71,6 +74,9 @@ impl std::ops::AddAssign for Delta {
 pub struct HotStats {
     pub samples_appended: AtomicU64,
     pub samples_out_of_retention: AtomicU64,
+    /// Samples that arrived at or before their series' newest one (corrections, duplicates,
+    /// disorder) and went through the out-of-order buffer.
+    pub samples_out_of_order: AtomicU64,
     pub chunk_bytes: AtomicI64,
     /// Bytes of the compressed heads and the out-of-order buffers (16 bytes a sample).
     pub head_bytes: AtomicI64,
@@ -82,10 +88,12 @@ pub struct HotStats {
 /// Bytes the hot index holds, by part (see [`HotIndex::memory`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HotMemory {
-    /// The per-series table (hash slots of the series' state).
+    /// The per-series table: hash slots and the boxed state of each series.
     pub series_table: i64,
-    /// Raw samples: chunks, uncompressed heads, out-of-order buffers.
+    /// Raw samples: the series' state, chunks and compressed heads.
     pub samples: i64,
+    /// Raw samples waiting in out-of-order buffers.
+    pub out_of_order: i64,
     /// 1-minute and 1-hour rollups.
     pub rollups: i64,
 }
@@ -100,6 +108,8 @@ pub enum PinKind {
 
 impl HotStats {
     fn add(&self, d: Delta) {
+        self.samples_out_of_order
+            .fetch_add(d.out_of_order as u64, Ordering::Relaxed);
         self.chunk_bytes.fetch_add(d.chunk_bytes, Ordering::Relaxed);
         self.head_bytes.fetch_add(d.head_bytes, Ordering::Relaxed);
         self.head_samples
@@ -112,7 +122,9 @@ impl HotStats {
 /// The in-memory hot tier.
 pub struct HotIndex {
     pub catalog: Catalog,
-    shards: Box<[RwLock<IdMap<SeriesData>>]>,
+    /// Series state boxed: a slot is 16 bytes, so the table's power-of-two slack costs 16
+    /// bytes a slot rather than the state's 230 (a heap profile's 505 bytes a series).
+    shards: Box<[RwLock<IdMap<Box<SeriesData>>>]>,
     newest: AtomicI64,
     retention_ms: i64,
     pub stats: HotStats,
@@ -140,7 +152,9 @@ impl SeriesData {
             Some(self.head.last_ts())
         };
         let mut d = if newest.is_some_and(|n| ts <= n) {
-            self.insert_ooo(ts, v)
+            let mut d = self.insert_ooo(ts, v);
+            d.out_of_order += 1;
+            d
         } else {
             self.head.push(ts, v);
             Delta {
@@ -247,12 +261,12 @@ impl SeriesData {
         d
     }
 
-    /// Heap bytes of the raw samples: chunk table, chunk bytes, head and out-of-order buffers.
+    /// Heap bytes of the raw samples: chunk table, chunk bytes and head (the out-of-order
+    /// buffer is counted apart).
     fn raw_heap_bytes(&self) -> usize {
         self.sealed.capacity() * std::mem::size_of::<Chunk>()
             + self.sealed.iter().map(Chunk::size).sum::<usize>()
             + self.head.heap_bytes()
-            + self.ooo.capacity() * 16
     }
 
     fn samples_in(&self, start: i64, end: i64, out: &mut Vec<(i64, f64)>) {
@@ -476,13 +490,15 @@ impl HotIndex {
     /// Bytes held, walked series by series (one shard locked at a time): raw samples with the
     /// per-series table entries, and rollups.
     pub fn memory(&self) -> HotMemory {
-        let slot = tidemark_dataflows::memory::hash_slot(8 + std::mem::size_of::<SeriesData>());
+        let slot = tidemark_dataflows::memory::hash_slot(16);
+        let boxed = std::mem::size_of::<SeriesData>() as i64;
         let mut m = HotMemory::default();
         for sh in self.shards.iter() {
             let sh = sh.read().unwrap_or_else(|e| e.into_inner());
-            m.series_table += sh.capacity() as i64 * slot;
+            m.series_table += sh.capacity() as i64 * slot + sh.len() as i64 * boxed;
             for s in sh.values() {
                 m.samples += s.raw_heap_bytes() as i64;
+                m.out_of_order += (s.ooo.capacity() * 16) as i64;
                 m.rollups += (s.r1m.heap_bytes() + s.r1h.heap_bytes()) as i64;
             }
         }
@@ -597,6 +613,7 @@ impl SeriesData {
             head_bytes: self.head_bytes(),
             head_samples: (self.head.len() + self.ooo.len()) as i64,
             sealed_samples: self.sealed.iter().map(|c| i64::from(c.count)).sum(),
+            out_of_order: 0,
         };
         (d, self.r1m.bytes() + self.r1h.bytes())
     }
@@ -658,7 +675,7 @@ impl HotIndex {
         self.shards[shard(id)]
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, data);
+            .insert(id, Box::new(data));
         self.stats.add(delta);
         self.stats
             .rollup_bytes
