@@ -627,3 +627,116 @@ fn a_process_killed_inside_a_log_truncation_restarts_and_finishes_it() {
     );
     assert_oracle(&t, base, &pushes);
 }
+
+/// Every file under the cold tiers' directory of the data dir, recursively.
+fn cold_files(t: &Tidemark) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&t.data_dir.join("cold"), &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn a_process_killed_inside_a_cold_partition_seal_writes_the_partition_once_on_restart() {
+    let base = (now_ms() / 3_600_000 - 6) * 3_600_000;
+    let pushes = workload(base);
+    let dir = tempfile::tempdir().unwrap();
+    let pause = (
+        "TIDEMARK_TEST_COLD_WRITE_PAUSE_MS".to_string(),
+        "120000".to_string(),
+    );
+    // The raw tier's files: its first hour seals only when the flush sample comes.
+    let only_raw = (
+        "TIDEMARK_TEST_COLD_WRITE_PAUSE_MATCH".to_string(),
+        "tier=raw/".to_string(),
+    );
+    let mut t = Tidemark::start_with_env(dir.path(), CHECKPOINTS, 2, vec![pause, only_raw]);
+    // A checkpoint of the first pushes; then the rest: partitions seal as event time passes
+    // them (the far-future flush sample, the last push, closes the first hour), and each file
+    // write pauses once its first record batch is encoded.
+    let third = pushes.len() / 3;
+    push_all(&t, &pushes[..third]);
+    checkpointed(&t, third);
+    push_all(&t, &pushes[third..]);
+    let line = t.eventually("a cold file write paused half way", || {
+        let log = std::fs::read_to_string(&t.log_path).ok()?;
+        log.lines()
+            .find(|l| l.contains("TIDEMARK_TEST_COLD_WRITE_PAUSE_MS"))
+            .map(str::to_string)
+    });
+    let path = line
+        .strip_prefix("tidemark: writing ")
+        .and_then(|r| r.split(": first record batch").next())
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let file = t.data_dir.join("cold").join(&path);
+    // Inside the seal: the file is not there, and the writer's sealed-through mark has not
+    // moved past its partition (so the restart must write it).
+    assert!(!file.exists(), "{path} is not finished before the kill");
+    let sealed_before = cold_files(&t)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .count();
+    t.kill();
+    assert!(!file.exists());
+    t.env.clear();
+    t.spawn();
+    // It started from the checkpoint taken before the seal, and the log after it.
+    assert!(t.metric("tidemark_checkpoint_restore_series") >= 4.0);
+    // The restart seals the partition from what it rebuilt.
+    t.eventually("the killed write done again", || {
+        file.exists().then_some(())
+    });
+    let parquet: Vec<_> = cold_files(&t)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert!(parquet.len() > sealed_before, "{parquet:?}");
+    // No unfinished upload or temporary file anywhere in the cold tiers.
+    let stray: Vec<_> = cold_files(&t)
+        .into_iter()
+        .filter(|p| {
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            !(ext == "parquet" || ext == "json")
+        })
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    // Every raw sample of the sealed hour is in the raw tier once (DuckDB reads the files).
+    let hour: std::collections::BTreeSet<(u32, i64)> = distinct_samples(&pushes)
+        .into_iter()
+        .filter(|&(_, ts)| ts < base + 3_600_000)
+        .collect();
+    let glob = format!(
+        "read_parquet('{}/tier=raw/**/*.parquet', hive_partitioning=1)",
+        t.data_dir.join("cold").display()
+    );
+    let raw = t.eventually("the first hour's raw partition", || {
+        cold_files(&t)
+            .iter()
+            .any(|p| {
+                p.to_string_lossy().contains("tier=raw")
+                    && p.extension().is_some_and(|e| e == "parquet")
+            })
+            .then_some(())?;
+        let r = support::duckdb::query(&format!(
+            "SELECT count(*), count(DISTINCT (series_id, ts)) FROM {glob} WHERE metric = 'ctr'"
+        ));
+        let n = |v: &serde_json::Value| v.as_i64().unwrap_or(-1);
+        (n(&r[0][0]) >= hour.len() as i64).then(|| (n(&r[0][0]), n(&r[0][1])))
+    });
+    assert_eq!(
+        raw,
+        (hour.len() as i64, hour.len() as i64),
+        "each sample once"
+    );
+    assert_oracle(&t, base, &pushes);
+}

@@ -46,6 +46,25 @@ pub enum ColdError {
     Stopped(String),
 }
 
+/// A pause inside the write of every file whose path contains
+/// `TIDEMARK_TEST_COLD_WRITE_PAUSE_MATCH` (all files if unset), after its first record batch
+/// was encoded: `TIDEMARK_TEST_COLD_WRITE_PAUSE_MS` (the fault tests kill the process inside
+/// a seal).
+fn write_pause(path: &str) -> Option<Duration> {
+    static PAUSE: std::sync::OnceLock<Option<(u64, String)>> = std::sync::OnceLock::new();
+    PAUSE
+        .get_or_init(|| {
+            let ms = std::env::var("TIDEMARK_TEST_COLD_WRITE_PAUSE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())?;
+            let m = std::env::var("TIDEMARK_TEST_COLD_WRITE_PAUSE_MATCH").unwrap_or_default();
+            Some((ms, m))
+        })
+        .as_ref()
+        .filter(|(_, m)| path.contains(m.as_str()))
+        .map(|(ms, _)| Duration::from_millis(*ms))
+}
+
 /// Counters for `/metrics`.
 #[derive(Default)]
 pub struct ColdStats {
@@ -170,6 +189,8 @@ impl ColdStats {
 /// A cold store: an object store, its URL and a runtime to drive it.
 pub struct ColdStore {
     pub url: String,
+    /// The directory of a `file://` store.
+    local_root: Option<std::path::PathBuf>,
     store: Arc<dyn ObjectStore>,
     rt: tokio::runtime::Runtime,
     pub stats: Arc<ColdStats>,
@@ -263,12 +284,52 @@ impl ColdStore {
             .map_err(|e| ColdError::Other(format!("cannot start the store's runtime: {e}")))?;
         Ok(ColdStore {
             url: url.into(),
+            local_root: url.strip_prefix("file://").map(std::path::PathBuf::from),
             store,
             rt,
             stats: Arc::new(ColdStats::default()),
             stop: Arc::new(AtomicBool::new(false)),
             footers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Deletes the unfinished uploads under directory `dir` (a tier's `tier=<name>`) of files
+    /// whose name starts with `prefix` (a writer's `part-<job>-w<worker>-`): a process killed while it wrote a file leaves, in a
+    /// `file://` store, the staged part of it as `<file>#<n>` (object_store's local uploads),
+    /// which no listing shows. Returns how many it deleted. In S3 an unfinished multipart
+    /// upload is invisible as well and is removed by the bucket's lifecycle rule
+    /// (`AbortIncompleteMultipartUpload`).
+    pub fn remove_unfinished(&self, dir: &str, prefix: &str) -> usize {
+        fn walk(dir: &std::path::Path, prefix: &str, n: &mut usize) {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in rd.flatten() {
+                let path = e.path();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&path, prefix, n);
+                    continue;
+                }
+                let name = e.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let staged = name.starts_with(prefix)
+                    && name.rsplit_once('#').is_some_and(|(_, id)| {
+                        !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
+                    });
+                if staged && std::fs::remove_file(&path).is_ok() {
+                    eprintln!(
+                        "tidemark: cold store: deleted {} (an upload a stopped process did not finish; the file is written again)",
+                        path.display()
+                    );
+                    *n += 1;
+                }
+            }
+        }
+        let mut n = 0;
+        if let Some(root) = &self.local_root {
+            walk(&root.join(dir), prefix, &mut n);
+        }
+        n
     }
 
     /// The underlying object store.
@@ -395,6 +456,7 @@ impl ColdStore {
         let location = Path::from(path);
         let store = Arc::clone(&self.store);
         let props = parquet_io::writer_properties(tier);
+        let pause = write_pause(path);
         let res: Result<(u64, u64), ColdError> = self.rt.block_on(async {
             let out = object_store::buffered::BufWriter::new(store, location.clone());
             let mut w = AsyncArrowWriter::try_new(out, first.schema(), Some(props))
@@ -402,6 +464,13 @@ impl ColdStore {
             let mut rows = first.num_rows() as u64;
             w.write(&first).await.map_err(|e| perr(e.into()))?;
             drop(first);
+            if let Some(p) = pause {
+                eprintln!(
+                    "tidemark: writing {path}: first record batch encoded; pausing {} ms (TIDEMARK_TEST_COLD_WRITE_PAUSE_MS)",
+                    p.as_millis()
+                );
+                tokio::time::sleep(p).await;
+            }
             while let Some(batch) = next().map_err(perr)? {
                 rows += batch.num_rows() as u64;
                 w.write(&batch).await.map_err(|e| perr(e.into()))?;
@@ -754,4 +823,52 @@ fn prune(md: &ArrowReaderMetadata, filter: &RowFilter<'_>) -> Result<Vec<usize>,
         }
     }
     Ok(wanted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unfinished_local_uploads_of_a_writer_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let cold = ColdStore::open(&url).unwrap();
+        let store = cold.object_store();
+        // A multipart upload with a part written and never completed, as a killed process
+        // leaves it; a finished file of the same writer; another writer's unfinished upload.
+        let mine = "tier=raw/date=2026-12-04/hour=18/part-up-w0-m.parquet";
+        let other = "tier=raw/date=2026-12-04/hour=18/part-up-w1-m.parquet";
+        let done = "tier=raw/date=2026-12-04/hour=17/part-up-w0-m.parquet";
+        let mut uploads = Vec::new();
+        cold.rt.block_on(async {
+            for p in [mine, other] {
+                let mut u = store.put_multipart(&Path::from(p)).await.unwrap();
+                u.put_part(vec![7u8; 1024].into()).await.unwrap();
+                uploads.push(u);
+            }
+            store
+                .put(&Path::from(done), vec![1u8; 16].into())
+                .await
+                .unwrap();
+        });
+        let staged = |name: &str| -> Vec<std::path::PathBuf> {
+            let d = dir.path().join(name).parent().unwrap().to_path_buf();
+            std::fs::read_dir(d)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().contains(".parquet#"))
+                .collect()
+        };
+        assert_eq!(staged(mine).len(), 2, "both uploads are staged on disk");
+        assert_eq!(cold.remove_unfinished("tier=raw", "part-up-w0-"), 1);
+        let left = staged(mine);
+        assert_eq!(left.len(), 1);
+        assert!(left[0].to_string_lossy().contains("part-up-w1-m.parquet#"));
+        assert!(dir.path().join(done).exists());
+        // Another tier's directory is not searched.
+        assert_eq!(cold.remove_unfinished("tier=1m", "part-up-w1-"), 0);
+        drop(uploads);
+    }
 }

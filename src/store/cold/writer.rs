@@ -216,6 +216,12 @@ impl<R: ColdRow> TierWriter<R> {
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .and_then(|v| v["sealed_through"].as_i64())
             .unwrap_or(i64::MIN);
+        // What a killed predecessor was writing is written again (its partition is after
+        // `sealed_through`): its unfinished upload goes.
+        store.remove_unfinished(
+            &format!("tier={}", tier.name()),
+            &format!("part-{job}-w{worker}-"),
+        );
         Ok(TierWriter {
             tier,
             job: job.into(),
