@@ -15,7 +15,7 @@ use timely::dataflow::Stream;
 use timely::progress::frontier::MutableAntichain;
 
 use crate::memory::{hash_slot, Component, Reported};
-use crate::packed::{get_var, get_xor, put_var, put_xor, unzigzag, zigzag, Reader};
+use crate::packed::{get_num, get_var, put_num, put_var, unzigzag, zigzag, Reader};
 use crate::sink::Done;
 use crate::types::{LateStats, Rollup, Sample, STALE_NAN_BITS};
 
@@ -61,6 +61,16 @@ pub trait Accumulator<D>: Default + 'static {
     fn rollup(&mut self, series: u64, start: i64, width: i64) -> Option<Rollup>;
     /// Heap bytes held (for [`crate::memory`]).
     fn heap_bytes(&self) -> usize;
+    /// After the window was emitted: the state as bytes, kept with the window's other series
+    /// in one buffer until a correction needs it back ([`Accumulator::thaw`]). `None`: the
+    /// state stays as it is.
+    fn frozen(&self) -> Option<&[u8]> {
+        None
+    }
+    /// The state from the bytes [`Accumulator::frozen`] gave.
+    fn thaw(_bytes: &[u8]) -> Self {
+        Self::default()
+    }
 }
 
 /// Raw samples of one series in one window: in arrival order while the window is open, packed
@@ -78,25 +88,28 @@ impl Default for SampleAcc {
     }
 }
 
-/// Samples as bytes ([`crate::packed`]): per sample, the time's delta from the previous one
-/// and the value's XOR with the previous value.
+/// Samples as bytes ([`crate::packed`]): per sample, the change of the time's delta from the
+/// previous one (0 at a steady interval: one byte) and the value against the previous value
+/// ([`put_num`]: a short decimal as a mantissa delta, anything else as an XOR).
 fn pack(samples: &[(i64, f64)]) -> Box<[u8]> {
-    let mut out = Vec::with_capacity(samples.len() * 10);
-    let (mut pt, mut pv) = (0i64, 0u64);
+    let mut out = Vec::with_capacity(samples.len() * 4 + 8);
+    let (mut pt, mut pd, mut pv) = (0i64, 0i64, 0u64);
     for &(t, v) in samples {
-        put_var(&mut out, zigzag(t.wrapping_sub(pt)));
-        pt = t;
-        put_xor(&mut out, &mut pv, v);
+        let d = t.wrapping_sub(pt);
+        put_var(&mut out, zigzag(d.wrapping_sub(pd)));
+        (pt, pd) = (t, d);
+        put_num(&mut out, &mut pv, v);
     }
     out.into_boxed_slice()
 }
 
 fn unpack(b: &[u8], out: &mut Vec<(i64, f64)>) {
     let mut r = Reader::new(b);
-    let (mut t, mut pv) = (0i64, 0u64);
+    let (mut t, mut d, mut pv) = (0i64, 0i64, 0u64);
     while let Some(z) = get_var(&mut r) {
-        t = t.wrapping_add(unzigzag(z));
-        let Some(v) = get_xor(&mut r, &mut pv) else {
+        d = d.wrapping_add(unzigzag(z));
+        t = t.wrapping_add(d);
+        let Some(v) = get_num(&mut r, &mut pv) else {
             break;
         };
         out.push((t, v));
@@ -151,6 +164,15 @@ impl Accumulator<Sample> for SampleAcc {
             SampleAcc::Open(v) => v.capacity() * std::mem::size_of::<(i64, f64)>(),
             SampleAcc::Packed(b) => b.len(),
         }
+    }
+    fn frozen(&self) -> Option<&[u8]> {
+        match self {
+            SampleAcc::Open(_) => None,
+            SampleAcc::Packed(b) => Some(b),
+        }
+    }
+    fn thaw(bytes: &[u8]) -> Self {
+        SampleAcc::Packed(bytes.into())
     }
 }
 
@@ -211,11 +233,73 @@ impl Accumulator<Rollup> for RollupAcc {
 
 struct Window<A> {
     cap: Capability<u64>,
+    /// Per series state: every series while the window is open; once it was emitted, those
+    /// a correction thawed (the rest are in `frozen`).
     series: HashMap<u64, A>,
+    frozen: Frozen,
     emitted: bool,
     dirty: HashSet<u64>,
     /// Estimated bytes held (see [`crate::memory`]).
     bytes: i64,
+}
+
+/// The states of an emitted window's series as one buffer, by series id: about 12 bytes of
+/// index a series instead of a hash slot and an allocation of its own (at 1 M series, the
+/// five windows the default lateness keeps after emission held about 250 bytes a series in
+/// slots and allocator rounding).
+#[derive(Default)]
+struct Frozen {
+    ids: Box<[u64]>,
+    /// Where each series' bytes end.
+    ends: Box<[u32]>,
+    bytes: Box<[u8]>,
+}
+
+impl Frozen {
+    /// Moves the series whose state [`Accumulator::frozen`] gives out of `series`; `None` when
+    /// there is nothing to freeze or the bytes would not fit `u32` offsets.
+    fn build<A: Accumulator<D>, D>(series: &mut HashMap<u64, A>) -> Option<Frozen> {
+        let mut ids: Vec<u64> = series
+            .iter()
+            .filter_map(|(&id, a)| a.frozen().map(|_| id))
+            .collect();
+        if ids.is_empty() {
+            return None;
+        }
+        ids.sort_unstable();
+        let total: usize = ids
+            .iter()
+            .filter_map(|id| series.get(id)?.frozen().map(<[u8]>::len))
+            .sum();
+        u32::try_from(total).ok()?;
+        let mut bytes = Vec::with_capacity(total);
+        let mut ends = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(a) = series.remove(id) {
+                bytes.extend_from_slice(a.frozen().unwrap_or_default());
+            }
+            ends.push(bytes.len() as u32);
+        }
+        series.shrink_to_fit();
+        Some(Frozen {
+            ids: ids.into(),
+            ends: ends.into(),
+            bytes: bytes.into(),
+        })
+    }
+
+    /// A series' state, thawed (the default when the series is not here).
+    fn thaw<A: Accumulator<D>, D>(&self, id: u64) -> A {
+        let Ok(i) = self.ids.binary_search(&id) else {
+            return A::default();
+        };
+        let from = i.checked_sub(1).map_or(0, |j| self.ends[j] as usize);
+        A::thaw(&self.bytes[from..self.ends[i] as usize])
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.ids.len() * 8 + self.ends.len() * 4 + self.bytes.len()
+    }
 }
 
 /// True when every time in the frontier is greater than `t` (no record at or before `t` can come).
@@ -382,6 +466,7 @@ where
                         let w = open.entry(start).or_insert_with(|| Window {
                             cap: cap.clone(),
                             series: HashMap::new(),
+                            frozen: Frozen::default(),
                             emitted: false,
                             dirty: HashSet::new(),
                             bytes: 0,
@@ -391,13 +476,15 @@ where
                         }
                         let entry = w.series.entry(d.series());
                         let fresh = matches!(entry, Entry::Vacant(_));
-                        let acc = entry.or_default();
+                        let frozen = &w.frozen;
+                        let acc = entry.or_insert_with(|| frozen.thaw(d.series()));
                         let before = acc.heap_bytes() as i64;
+                        if fresh {
+                            // A thawed state is a copy: its frozen bytes stay until retired.
+                            w.bytes += hash_slot(8 + std::mem::size_of::<A>()) + before;
+                        }
                         acc.add(d, settled);
                         w.bytes += acc.heap_bytes() as i64 - before;
-                        if fresh {
-                            w.bytes += hash_slot(8 + std::mem::size_of::<A>());
-                        }
                     };
                     seeds.for_each(|cap, data| {
                         let c = cap
@@ -452,6 +539,16 @@ where
                             }
                             w.emitted = true;
                             w.dirty.clear();
+                            if let Some(f) = Frozen::build(&mut w.series) {
+                                w.frozen = f;
+                                let slot = hash_slot(8 + std::mem::size_of::<A>());
+                                w.bytes = w.frozen.heap_bytes() as i64
+                                    + w.series.len() as i64 * slot
+                                    + w.series
+                                        .values()
+                                        .map(|a| a.heap_bytes() as i64)
+                                        .sum::<i64>();
+                            }
                         } else {
                             for series in w.dirty.drain() {
                                 if let Some(acc) = w.series.get_mut(&series) {

@@ -7,7 +7,7 @@
 
 use tidemark_dataflows::Rollup;
 
-use tidemark_dataflows::packed::{get_var, get_xor, put_var, put_xor, unzigzag, zigzag, Reader};
+use tidemark_dataflows::packed::{get_num, get_var, put_num, put_var, unzigzag, zigzag, Reader};
 
 use super::chunk::{self, Chunk};
 use super::snap::{Dec, DecError, Enc};
@@ -115,8 +115,10 @@ pub struct RollupSeries {
 }
 
 /// Rollups as bytes ([`tidemark_dataflows::packed`]): per row the start's and width's deltas
-/// from the previous row, the count, the six values as XORs with the previous row's, and the
-/// first and last sample's offsets from the start. The series id is not stored.
+/// from the previous row, the count, the six values against the previous row's ([`put_num`]:
+/// short decimals as mantissa deltas, others as XORs; tails written before it, as XORs only,
+/// read the same), and the first and last sample's offsets from the start. The series id is
+/// not stored.
 fn pack_rows(rows: &[Rollup]) -> Box<[u8]> {
     let mut out = Vec::with_capacity(rows.len() * 48);
     let (mut start, mut width) = (0i64, 0i64);
@@ -130,7 +132,7 @@ fn pack_rows(rows: &[Rollup]) -> Box<[u8]> {
             .iter_mut()
             .zip([r.sum, r.min, r.max, r.first, r.last, r.increase])
         {
-            put_xor(&mut out, p, v);
+            put_num(&mut out, p, v);
         }
         put_var(&mut out, zigzag(r.first_ts.wrapping_sub(r.start)));
         put_var(&mut out, zigzag(r.last_ts.wrapping_sub(r.start)));
@@ -148,7 +150,7 @@ fn unpack_rows(b: &[u8], series: u64, out: &mut Vec<Rollup>) {
         let count = get_var(&mut rd)?;
         let mut v = [0f64; 6];
         for (p, x) in prev.iter_mut().zip(v.iter_mut()) {
-            *x = get_xor(&mut rd, p)?;
+            *x = get_num(&mut rd, p)?;
         }
         let first_ts = start.wrapping_add(unzigzag(get_var(&mut rd)?));
         let last_ts = start.wrapping_add(unzigzag(get_var(&mut rd)?));
