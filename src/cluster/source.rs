@@ -273,9 +273,11 @@ impl KafkaJobSource {
                     let res = codec::decode(
                         &p[WAL_HEADER..],
                         &mut self.ids,
-                        |id, c| {
-                            if seen.insert(id) {
-                                series.push((id, c.to_vec()));
+                        |batch| {
+                            for &(id, c) in batch {
+                                if seen.insert(id) {
+                                    series.push((id, c.to_vec()));
+                                }
                             }
                         },
                         |series, ts, value| samples.push(Sample { series, ts, value }),
@@ -596,7 +598,7 @@ mod tests {
         codec::decode(
             &d.wal[WAL_HEADER..],
             &mut Vec::new(),
-            |_, _| {},
+            |_| {},
             |_, ts, v| got.push((ts, v)),
         )
         .expect("the WAL record decodes");

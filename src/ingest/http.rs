@@ -149,8 +149,15 @@ pub fn validate(
     }
     if let Some(hot) = &state.hot {
         let per_metric = limits.max_series_per_metric;
+        let ids = b.series_ids();
+        let unknown: std::collections::HashSet<crate::model::SeriesId> = hot
+            .catalog
+            .unknown(&ids)
+            .into_iter()
+            .map(|i| ids[i])
+            .collect();
         b.retain_series(|id, canon| {
-            if hot.catalog.contains(id) {
+            if !unknown.contains(&id) {
                 return Ok(());
             }
             let labels = super::decode_canonical(canon);

@@ -365,6 +365,11 @@ impl<'l> BatchBuilder<'l> {
     /// Drops series (and their samples) that `admit` refuses, reporting each at its first line.
     /// Used for checks against the store, such as the per-metric series limit; `admit` gets the
     /// series id and its canonical label bytes.
+    /// The ids of the series in the batch so far, in order.
+    pub fn series_ids(&self) -> Vec<SeriesId> {
+        self.batch.series.iter().map(|s| s.0).collect()
+    }
+
     pub fn retain_series(
         &mut self,
         mut admit: impl FnMut(SeriesId, &[u8]) -> Result<(), LimitError>,

@@ -218,8 +218,8 @@ impl BatchSource for LogSource {
                     let res = codec::decode(
                         &rec.payload,
                         &mut self.ids,
-                        |id, canon| {
-                            hot.catalog.register_canonical(id, canon);
+                        |series| {
+                            hot.catalog.register_canonical_batch(series);
                         },
                         |series, ts, value| samples.push(Sample { series, ts, value }),
                     );

@@ -75,12 +75,13 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Decodes a record: `on_series(id, canonical_bytes)` is called for each series in order, then
-/// `on_sample(series_id, ts, value)` for each sample.
+/// Decodes a record: `on_series` is called once with every series of the record, in order, as
+/// `(id, canonical bytes)` (so that a catalog can check them a lock at a time, not one each),
+/// then `on_sample(series_id, ts, value)` for each sample.
 pub fn decode(
     payload: &[u8],
     ids: &mut Vec<u64>,
-    mut on_series: impl FnMut(u64, &[u8]),
+    on_series: impl FnOnce(&[(u64, &[u8])]),
     mut on_sample: impl FnMut(u64, i64, f64),
 ) -> Result<(), CodecError> {
     let plain;
@@ -101,12 +102,15 @@ pub fn decode(
     }
     let n = c.u32()? as usize;
     ids.clear();
+    let mut series = Vec::with_capacity(n.min(payload.len() / 12));
     for _ in 0..n {
         let id = c.u64()?;
         let len = c.u32()? as usize;
-        on_series(id, c.take(len)?);
+        series.push((id, c.take(len)?));
         ids.push(id);
     }
+    on_series(&series);
+    drop(series);
     let m = c.u32()? as usize;
     let body = c.take(
         m.checked_mul(20)
@@ -147,7 +151,12 @@ mod tests {
         decode(
             &bytes,
             &mut Vec::new(),
-            |id, c| series.push((id, crate::ingest::decode_canonical(c))),
+            |b| {
+                series.extend(
+                    b.iter()
+                        .map(|&(id, c)| (id, crate::ingest::decode_canonical(c))),
+                )
+            },
             |id, t, v| got.push((id, t, v.to_bits())),
         )
         .unwrap();
@@ -155,7 +164,7 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(got[1].2, f64::NAN.to_bits());
         for cut in 0..bytes.len() {
-            assert!(decode(&bytes[..cut], &mut Vec::new(), |_, _| {}, |_, _, _| {}).is_err());
+            assert!(decode(&bytes[..cut], &mut Vec::new(), |_| {}, |_, _, _| {}).is_err());
         }
         // Records written before compression (version 1) still decode, to the same samples.
         let mut plain = Vec::new();
@@ -165,7 +174,7 @@ mod tests {
         decode(
             &plain,
             &mut Vec::new(),
-            |_, _| {},
+            |_| {},
             |id, t, v| again.push((id, t, v.to_bits())),
         )
         .unwrap();

@@ -92,6 +92,36 @@ impl Catalog {
             .contains_key(&id)
     }
 
+    /// Which of `ids` are not known, as indices into `ids`: each shard's lock is taken once
+    /// (a log record or an ingest batch names thousands of series, nearly all known; a lock
+    /// and lookup per series was 5 % of the job's CPU at 1 M series).
+    pub fn unknown(&self, ids: &[SeriesId]) -> Vec<usize> {
+        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
+        for (i, id) in ids.iter().enumerate() {
+            by_shard[shard(*id)].push(i);
+        }
+        let mut missing: Vec<usize> = Vec::new();
+        for (sh, idx) in by_shard.iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            let known = self.shards[sh].read().unwrap_or_else(|e| e.into_inner());
+            missing.extend(idx.iter().filter(|&&i| !known.contains_key(&ids[i])));
+        }
+        missing.sort_unstable();
+        missing
+    }
+
+    /// [`Catalog::register_canonical`] for many series, the known ones found with
+    /// [`Catalog::unknown`]. Returns how many were new.
+    pub fn register_canonical_batch(&self, series: &[(SeriesId, &[u8])]) -> usize {
+        let ids: Vec<SeriesId> = series.iter().map(|s| s.0).collect();
+        self.unknown(&ids)
+            .into_iter()
+            .filter(|&i| self.register_canonical(series[i].0, series[i].1))
+            .count()
+    }
+
     /// Registers a series from its canonical encoding unless known. Returns true when new.
     pub fn register_canonical(&self, id: SeriesId, canonical: &[u8]) -> bool {
         if self.contains(id) {

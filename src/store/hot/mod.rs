@@ -468,15 +468,36 @@ impl HotIndex {
         let min_ok = self.append_cutoff();
         let mut too_old = 0;
         let mut d = Delta::default();
+        // By shard (a stable counting sort: a series' samples keep their order), so that each
+        // shard's lock is taken once per batch rather than once per sample.
+        let mut starts = [0u32; SHARDS + 1];
         for s in samples {
-            if s.ts < min_ok {
-                too_old += 1;
+            starts[shard(s.series) + 1] += 1;
+        }
+        for i in 1..=SHARDS {
+            starts[i] += starts[i - 1];
+        }
+        let mut at = starts;
+        let mut order = vec![0u32; samples.len()];
+        for (i, s) in samples.iter().enumerate() {
+            let sh = shard(s.series);
+            order[at[sh] as usize] = i as u32;
+            at[sh] += 1;
+        }
+        for sh in 0..SHARDS {
+            let run = &order[starts[sh] as usize..starts[sh + 1] as usize];
+            if run.is_empty() {
                 continue;
             }
-            let mut shard = self.shards[shard(s.series)]
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
-            d += shard.entry(s.series).or_default().insert(s.ts, s.value);
+            let mut shard = self.shards[sh].write().unwrap_or_else(|e| e.into_inner());
+            for &i in run {
+                let s = &samples[i as usize];
+                if s.ts < min_ok {
+                    too_old += 1;
+                    continue;
+                }
+                d += shard.entry(s.series).or_default().insert(s.ts, s.value);
+            }
         }
         let st = &self.stats;
         st.samples_appended
