@@ -184,6 +184,94 @@ pub fn get_num(r: &mut Reader<'_>, prev: &mut u64) -> Option<f64> {
     Some(v)
 }
 
+/// Time-sorted samples as bytes, appended at the end: per sample the change of the time's
+/// delta (one byte at a steady interval) and the value as [`put_num`] writes it. For windows
+/// of samples held per series (the incremental rules' ranges): about 4 bytes a sample on the
+/// fleet workload instead of 16, read back whole.
+///
+/// ```
+/// use tidemark_dataflows::packed::SampleRun;
+/// let mut r = SampleRun::default();
+/// for i in 0..30 { r.push(1_700_000_000_000 + i * 10_000, 1_000.0 + (i * 37) as f64); }
+/// assert_eq!((r.len(), r.last_ts()), (30, Some(1_700_000_290_000)));
+/// assert!(r.heap_bytes() <= 30 * 5, "{} bytes", r.heap_bytes()); // 16 a sample in a Vec
+/// let mut out = Vec::new();
+/// r.decode_into(&mut out);
+/// assert_eq!(out[29], (1_700_000_290_000, 2_073.0));
+/// let tail = SampleRun::from_sorted(&out[20..]);
+/// let mut again = Vec::new();
+/// tail.decode_into(&mut again);
+/// assert_eq!(again, out[20..]);
+/// ```
+#[derive(Default, Clone)]
+pub struct SampleRun {
+    bytes: Vec<u8>,
+    len: u32,
+    last_t: i64,
+    last_d: i64,
+    last_v: u64,
+}
+
+impl SampleRun {
+    /// A run of `samples` (sorted by time).
+    pub fn from_sorted(samples: &[(i64, f64)]) -> Self {
+        let mut r = SampleRun {
+            bytes: Vec::with_capacity(samples.len() * 4 + 4),
+            ..SampleRun::default()
+        };
+        for &(t, v) in samples {
+            r.push(t, v);
+        }
+        r
+    }
+
+    /// Appends a sample (after the last one: the caller keeps the order).
+    pub fn push(&mut self, t: i64, v: f64) {
+        if self.bytes.capacity() - self.bytes.len() < 20 {
+            // By 32 bytes, not by doubling: runs are held per series.
+            self.bytes.reserve_exact(32);
+        }
+        let d = t.wrapping_sub(self.last_t);
+        put_var(&mut self.bytes, zigzag(d.wrapping_sub(self.last_d)));
+        (self.last_t, self.last_d) = (t, d);
+        put_num(&mut self.bytes, &mut self.last_v, v);
+        self.len += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The newest sample's time.
+    pub fn last_ts(&self) -> Option<i64> {
+        (self.len > 0).then_some(self.last_t)
+    }
+
+    /// Appends the samples to `out`.
+    pub fn decode_into(&self, out: &mut Vec<(i64, f64)>) {
+        let mut r = Reader::new(&self.bytes);
+        let (mut t, mut d, mut pv) = (0i64, 0i64, 0u64);
+        out.reserve(self.len as usize);
+        while let Some(z) = get_var(&mut r) {
+            d = d.wrapping_add(unzigzag(z));
+            t = t.wrapping_add(d);
+            let Some(v) = get_num(&mut r, &mut pv) else {
+                break;
+            };
+            out.push((t, v));
+        }
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes.capacity()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
