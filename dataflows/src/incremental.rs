@@ -769,7 +769,7 @@ pub fn leaf_values<'s>(
                                 st.wake = u64::MAX;
                                 run.clear();
                                 st.samples.decode_into(&mut run);
-                                evaluate_series(id, st, &plans, t, (&run, &mut buf), &mut |u| {
+                                evaluate_series(id, st, &plans, t, &run, &mut buf, &mut |u| {
                                     sent += 1;
                                     session.give(u)
                                 });
@@ -834,7 +834,8 @@ fn evaluate_series(
     st: &mut SeriesState,
     plans: &Plans,
     t: u64,
-    (samples, buf): (&[(i64, f64)], &mut Vec<(i64, f64)>),
+    samples: &[(i64, f64)],
+    buf: &mut Vec<(i64, f64)>,
     give: &mut dyn FnMut(LeafUpdate),
 ) {
     let ti = i64::try_from(t).unwrap_or(i64::MAX);
