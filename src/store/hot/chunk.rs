@@ -575,16 +575,28 @@ const GORILLA: u8 = u8::MAX;
 /// The shift of a decimal head whose deltas were all zero so far.
 const NO_SHIFT: u8 = 63;
 
+/// A decimal head's value codes: a zero is one `0` bit; otherwise `k` one bits, a `0` bit
+/// unless `k` is the last bucket's, and the zigzag value in `DECIMAL_BUCKETS[k - 1]` bits (the
+/// smallest bucket it fits). One table for the writer, the reader and [`code_bits`].
+const DECIMAL_BUCKETS: [u32; 5] = [7, 13, 20, 32, 64];
+
+/// The bucket (index into [`DECIMAL_BUCKETS`]) of a non-zero zigzag value.
+fn decimal_bucket(z: u64) -> usize {
+    let n = bit_len(z);
+    DECIMAL_BUCKETS
+        .iter()
+        .position(|&w| n <= w)
+        .unwrap_or(DECIMAL_BUCKETS.len() - 1)
+}
+
 /// Bits of a decimal head's value code for `z`.
 fn code_bits(z: u64) -> u32 {
-    match bit_len(z) {
-        0 => 1,
-        1..=7 => 9,
-        8..=13 => 16,
-        14..=20 => 24,
-        21..=32 => 37,
-        _ => 69,
+    if z == 0 {
+        return 1;
     }
+    let k = decimal_bucket(z);
+    let prefix = (k + 1) as u32 + u32::from(k + 1 < DECIMAL_BUCKETS.len());
+    prefix + DECIMAL_BUCKETS[k]
 }
 
 /// Whether delta-of-delta codes mantissas in fewer bits than deltas.
@@ -808,28 +820,16 @@ impl Appender {
                 zigzag(d)
             };
             self.last_delta = d;
-            match bit_len(z) {
-                0 => self.write(0, 1),
-                1..=7 => {
-                    self.write(0b10, 2);
-                    self.write(z, 7);
-                }
-                8..=13 => {
-                    self.write(0b110, 3);
-                    self.write(z, 13);
-                }
-                14..=20 => {
-                    self.write(0b1110, 4);
-                    self.write(z, 20);
-                }
-                21..=32 => {
-                    self.write(0b11110, 5);
-                    self.write(z, 32);
-                }
-                _ => {
-                    self.write(0b11111, 5);
-                    self.write(z, 64);
-                }
+            if z == 0 {
+                self.write(0, 1);
+            } else {
+                // k + 1 one bits, then a zero unless this is the last bucket.
+                let k = decimal_bucket(z);
+                let last = k + 1 == DECIMAL_BUCKETS.len();
+                let ones = (k + 1) as u32;
+                let prefix = ((1u64 << ones) - 1) << u32::from(!last);
+                self.write(prefix, ones + u32::from(!last));
+                self.write(z, DECIMAL_BUCKETS[k]);
             }
             self.last_bits = m as u64;
             self.last_ts = ts;
@@ -918,19 +918,16 @@ impl Appender {
             }
             t = t.wrapping_add(d);
             if decimal {
-                let n = if !r.bit() {
-                    0
-                } else if !r.bit() {
-                    7
-                } else if !r.bit() {
-                    13
-                } else if !r.bit() {
-                    20
-                } else if !r.bit() {
-                    32
-                } else {
-                    64
-                };
+                let mut n = 0;
+                if r.bit() {
+                    // One more one bit per bucket; the last bucket has no closing zero.
+                    for (k, &w) in DECIMAL_BUCKETS.iter().enumerate() {
+                        if k + 1 == DECIMAL_BUCKETS.len() || !r.bit() {
+                            n = w;
+                            break;
+                        }
+                    }
+                }
                 let shift = u32::from(self.trail.min(NO_SHIFT - 1));
                 let mut d = unzigzag(r.read(n));
                 if self.lead == 1 {
@@ -1158,6 +1155,37 @@ mod tests {
                 assert_eq!((g.0, g.1.to_bits()), (w.0, w.1.to_bits()), "case {case}");
             }
             assert_eq!((a.first_ts(), a.last_ts()), (pts[0].0, pts[n - 1].0));
+        }
+    }
+
+    #[test]
+    fn decimal_heads_code_every_value_bucket() {
+        // The sizes the one table gives, and the prefix the writer and reader agree on.
+        let widths: Vec<u32> = [0u64, 1, 127, 128, 8_191, 8_192, 1 << 20, 1 << 32, u64::MAX]
+            .iter()
+            .map(|&z| code_bits(z))
+            .collect();
+        assert_eq!(widths, vec![1, 9, 9, 16, 16, 24, 37, 69, 69]);
+        // Integer values whose deltas need every bucket, in both the delta and the
+        // delta-of-delta mode.
+        let steps = [0i64, 1, 2_000, 500_000, 1 << 30, 1 << 40, -(1 << 45), 3, 100];
+        for start in [0usize, 4] {
+            let mut v = 0i64;
+            let pts: Vec<(i64, f64)> = steps
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(90)
+                .enumerate()
+                .map(|(i, &d)| {
+                    v += d;
+                    (1_700_000_000_000 + i as i64 * 10_000, v as f64)
+                })
+                .collect();
+            let a = Appender::from_samples(&pts);
+            assert_eq!(a.exp, 0);
+            let got = a.samples();
+            assert_eq!(got, pts);
         }
     }
 
