@@ -253,22 +253,32 @@ impl SampleRun {
 
     /// Appends the samples to `out`.
     pub fn decode_into(&self, out: &mut Vec<(i64, f64)>) {
-        let mut r = Reader::new(&self.bytes);
-        let (mut t, mut d, mut pv) = (0i64, 0i64, 0u64);
         out.reserve(self.len as usize);
-        while let Some(z) = get_var(&mut r) {
-            d = d.wrapping_add(unzigzag(z));
-            t = t.wrapping_add(d);
-            let Some(v) = get_num(&mut r, &mut pv) else {
-                break;
-            };
-            out.push((t, v));
-        }
+        decode_samples(&self.bytes, out);
+    }
+
+    /// The bytes alone (read back with [`decode_samples`]).
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
     }
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.bytes.capacity()
+    }
+}
+
+/// Appends the samples of a [`SampleRun`]'s bytes to `out` (a damaged buffer stops early).
+pub fn decode_samples(bytes: &[u8], out: &mut Vec<(i64, f64)>) {
+    let mut r = Reader::new(bytes);
+    let (mut t, mut d, mut pv) = (0i64, 0i64, 0u64);
+    while let Some(z) = get_var(&mut r) {
+        d = d.wrapping_add(unzigzag(z));
+        t = t.wrapping_add(d);
+        let Some(v) = get_num(&mut r, &mut pv) else {
+            break;
+        };
+        out.push((t, v));
     }
 }
 

@@ -15,7 +15,7 @@ use timely::dataflow::Stream;
 use timely::progress::frontier::MutableAntichain;
 
 use crate::memory::{hash_slot, Component, Reported};
-use crate::packed::{get_num, get_var, put_num, put_var, unzigzag, zigzag, Reader};
+use crate::packed::{decode_samples, SampleRun};
 use crate::sink::Done;
 use crate::types::{LateStats, Rollup, Sample, STALE_NAN_BITS};
 
@@ -88,32 +88,17 @@ impl Default for SampleAcc {
     }
 }
 
-/// Samples as bytes ([`crate::packed`]): per sample, the change of the time's delta from the
-/// previous one (0 at a steady interval: one byte) and the value against the previous value
-/// ([`put_num`]: a short decimal as a mantissa delta, anything else as an XOR).
+/// Samples as bytes: a [`SampleRun`]'s (per sample the change of the time's delta, one byte
+/// at a steady interval, and the value as [`crate::packed::put_num`] writes it: a short
+/// decimal as a mantissa delta, anything else as an XOR).
 fn pack(samples: &[(i64, f64)]) -> Box<[u8]> {
-    let mut out = Vec::with_capacity(samples.len() * 4 + 8);
-    let (mut pt, mut pd, mut pv) = (0i64, 0i64, 0u64);
-    for &(t, v) in samples {
-        let d = t.wrapping_sub(pt);
-        put_var(&mut out, zigzag(d.wrapping_sub(pd)));
-        (pt, pd) = (t, d);
-        put_num(&mut out, &mut pv, v);
-    }
-    out.into_boxed_slice()
+    SampleRun::from_sorted(samples)
+        .into_bytes()
+        .into_boxed_slice()
 }
 
 fn unpack(b: &[u8], out: &mut Vec<(i64, f64)>) {
-    let mut r = Reader::new(b);
-    let (mut t, mut d, mut pv) = (0i64, 0i64, 0u64);
-    while let Some(z) = get_var(&mut r) {
-        d = d.wrapping_add(unzigzag(z));
-        t = t.wrapping_add(d);
-        let Some(v) = get_num(&mut r, &mut pv) else {
-            break;
-        };
-        out.push((t, v));
-    }
+    decode_samples(b, out);
 }
 
 impl SampleAcc {

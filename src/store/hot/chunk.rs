@@ -1168,7 +1168,17 @@ mod tests {
         assert_eq!(widths, vec![1, 9, 9, 16, 16, 24, 37, 69, 69]);
         // Integer values whose deltas need every bucket, in both the delta and the
         // delta-of-delta mode.
-        let steps = [0i64, 1, 2_000, 500_000, 1 << 30, 1 << 40, -(1 << 45), 3, 100];
+        let steps = [
+            0i64,
+            1,
+            2_000,
+            500_000,
+            1 << 30,
+            1 << 40,
+            -(1 << 45),
+            3,
+            100,
+        ];
         for start in [0usize, 4] {
             let mut v = 0i64;
             let pts: Vec<(i64, f64)> = steps
