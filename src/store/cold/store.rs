@@ -294,9 +294,9 @@ impl ColdStore {
     }
 
     /// Deletes the unfinished uploads under directory `dir` (a tier's `tier=<name>`) of files
-    /// whose name starts with `prefix` (a writer's `part-<job>-w<worker>-`): a process killed while it wrote a file leaves, in a
-    /// `file://` store, the staged part of it as `<file>#<n>` (object_store's local uploads),
-    /// which no listing shows. Returns how many it deleted. In S3 an unfinished multipart
+    /// whose name starts with `prefix` (a writer's `part-<job>-w<worker>-`): a process killed
+    /// while it wrote a file leaves, in a `file://` store, the staged part of it as
+    /// `<file>#<n>` (object_store's local uploads), which no listing shows. Returns how many it deleted. In S3 an unfinished multipart
     /// upload is invisible as well and is removed by the bucket's lifecycle rule
     /// (`AbortIncompleteMultipartUpload`).
     pub fn remove_unfinished(&self, dir: &str, prefix: &str) -> usize {

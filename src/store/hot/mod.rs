@@ -668,7 +668,7 @@ impl SeriesData {
         }
         self.head.snap(e);
         // The held sample is written as the newest of the out-of-order samples (it is newer
-        // than all of them), so the layout stays; loaded, it waits there to be merged.
+        // than all of them), so the layout stays; `unsnap` holds it again.
         let held = self.held();
         e.len(self.ooo.len() + usize::from(held.is_some()));
         for &(t, v) in self.ooo.iter().chain(held.iter()) {
