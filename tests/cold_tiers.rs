@@ -328,9 +328,11 @@ fn retention_deletes_expired_partitions_and_compaction_merges_late_corrections()
     // The watermark is 00:05 - 1s: raw partitions ending 2 h before it are gone (21:00); sealed
     // partitions with several files ending an hour and the lateness before it are compacted.
     let mut want = vec![
+        // Named after the correction's file: the 5-minute window it was sent in (the
+        // watermark then was 23:59:54).
         format!(
             "tier=raw/date={day}/hour=22/part-compacted-w0-x{}.parquet",
-            midnight - HOUR
+            midnight - 5 * 60_000
         ),
         format!("tier=raw/date={day}/hour=23/part-up-w0-m.parquet"),
         format!("tier=raw/date={day}/hour=23/part-up-w1-m.parquet"),

@@ -155,7 +155,7 @@ impl CutControl {
 
     /// Where a restart from a cut at `(offset, watermark)` must read from: the cut itself,
     /// or, while a cold writer buffers corrections sent since time `L`, the newest mark at or
-    /// before `L` (those corrections are written only when their hour ends, so their records
+    /// before `L` (those corrections are written only when their correction window ends, so their records
     /// are read again).
     pub fn replay_point(&self, offset: u64, watermark: u64) -> (u64, u64) {
         let late = self

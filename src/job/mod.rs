@@ -308,7 +308,7 @@ pub struct StartAt {
     pub seed: bool,
     /// Records before `offset` read again for the cold raw tier only, from this offset at this
     /// watermark: the corrections a writer buffered when the checkpoint was cut (they are
-    /// written when the hour they were sent in ends, and are not in the hot index as such).
+    /// written when the 5-minute correction window they were sent in ends, and are not in the hot index as such).
     pub cold_replay: Option<(u64, u64)>,
 }
 

@@ -10,13 +10,15 @@
 //!
 //! A row sent (at timely time `t`) after its partition is sealed (`t >= partition end +
 //! allowed lateness`) is a late correction: such rows are buffered as rows, collected by the
-//! hour of `t`, and written to their own file when the frontier passes that hour. Every
+//! [`CORRECTION_WINDOW_MS`] window of `t` they were sent in, and written to their own file when
+//! the frontier passes that window's end (a checkpoint's restart re-reads the log from the
+//! oldest buffered one, so the window bounds how much log the cold tiers hold). Every
 //! decision depends on the row and `t` only, never on when it was processed, so re-running the
 //! job over the same input writes the same files under the same names: a crash between a file
 //! and the checkpoint rewrites that file, it never adds a copy.
 //!
 //! The checkpoint (`_tidemark/checkpoints/<job>-w<worker>-<tier>.json`, written after the files)
-//! records `sealed_through`: every partition sealed and every correction hour ended before it is
+//! records `sealed_through`: every partition sealed and every correction window ended before it is
 //! in files. After a restart, rows that belong there are dropped (they are already stored) and
 //! the rest is rebuilt from the replayed log or Kafka offsets.
 
@@ -27,7 +29,7 @@ use tidemark_dataflows::memory::{hash_slot, Component, Reported};
 use tidemark_dataflows::tier::TierSink;
 use tidemark_dataflows::{Rollup, Sample};
 
-use super::layout::{FileKind, Partition, Tier, HOUR_MS};
+use super::layout::{FileKind, Partition, Tier};
 use super::parquet_io::{self, sort_dedup, ColdRow, SeriesOrder};
 use super::store::{ColdError, ColdStore};
 use crate::model::{IdMap, IdSet, Labels};
@@ -63,6 +65,11 @@ pub fn hot_rollups(hot: &Arc<HotIndex>, tier: Tier) -> RowSource<Rollup> {
     };
     Arc::new(move |id, start, end, out| out.extend(hot.rollups(id, res, start, end - 1)))
 }
+
+/// Late corrections are collected by this window of their send time and written when it ends:
+/// at most one correction file per partition and window (compaction merges them), and a
+/// restart re-reads at most this much event time of log before its checkpoint's cut for them.
+pub const CORRECTION_WINDOW_MS: i64 = 5 * 60_000;
 
 /// Rows per record batch when a partition is written from the hot index.
 const BATCH_ROWS: usize = 64 * 1024;
@@ -184,7 +191,7 @@ pub struct TierWriter<R: ColdRow> {
     late_since: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// Open partitions by start.
     open: BTreeMap<i64, Open>,
-    /// Corrections by (hour of send time, partition start).
+    /// Corrections by (window of send time, partition start).
     late: BTreeMap<(i64, i64), Buffer<R>>,
     sealed_through: i64,
     /// Rows dropped because the checkpoint says they are stored already.
@@ -251,7 +258,7 @@ impl<R: ColdRow> TierWriter<R> {
 
     /// Publishes the oldest send time of the corrections it buffers (`u64::MAX`: none): a
     /// checkpoint cut must replay the records they came from, since corrections are written
-    /// only when the hour they were sent in ends (see [`crate::job::cut`]).
+    /// only when the correction window they were sent in ends (see [`crate::job::cut`]).
     pub fn late_since(mut self, at: Arc<std::sync::atomic::AtomicU64>) -> Self {
         self.late_since = Some(at);
         self.account();
@@ -399,7 +406,7 @@ impl<R: ColdRow> TierWriter<R> {
             .late
             .keys()
             .copied()
-            .filter(|&(h, _)| h + HOUR_MS <= f)
+            .filter(|&(w, _)| w + CORRECTION_WINDOW_MS <= f)
             .collect();
         for k in ready {
             let p = self.tier.partition(k.1);
@@ -416,7 +423,7 @@ impl<R: ColdRow> TierWriter<R> {
                 .open
                 .keys()
                 .map(|&s| self.seal_of(&self.tier.partition(s)))
-                .chain(self.late.keys().map(|&(h, _)| h + HOUR_MS))
+                .chain(self.late.keys().map(|&(w, _)| w + CORRECTION_WINDOW_MS))
                 .min()
                 .unwrap_or(i64::MAX);
             let through = f.min(min_open);
@@ -468,13 +475,13 @@ impl<R: ColdRow> TierSink<R> for TierWriter<R> {
                 open.series.extend(run.iter().map(|r| r.series()));
                 continue;
             } else {
-                let hour = t.div_euclid(HOUR_MS) * HOUR_MS;
-                if hour + HOUR_MS <= self.sealed_through {
+                let window = t.div_euclid(CORRECTION_WINDOW_MS) * CORRECTION_WINDOW_MS;
+                if window + CORRECTION_WINDOW_MS <= self.sealed_through {
                     self.skipped += run.len() as u64;
                     continue;
                 }
                 self.late
-                    .entry((hour, p.start))
+                    .entry((window, p.start))
                     .or_insert_with(|| Buffer::new(time))
             };
             // Batches can arrive out of time order (from several upstream workers).
@@ -568,7 +575,7 @@ mod tests {
         Arc::new(HotIndex::new(i64::MAX / 4))
     }
 
-    const H: i64 = HOUR_MS;
+    const H: i64 = crate::store::cold::layout::HOUR_MS;
     const BASE: i64 = 1_795_305_600_000; // 2026-11-22T00:00Z
 
     #[test]
@@ -605,8 +612,11 @@ mod tests {
         );
         // Sorted by metric (cpu < mem), then series, then time; the later write of (1, 10) wins.
         assert_eq!(files[0].1, vec![s(2, BASE + 20, 2.0), s(1, BASE + 10, 1.5)]);
-        // A late row for the sealed hour, sent during hour 2: its own file once hour 2 ends.
+        // A late row for the sealed hour, sent during hour 2: its own file once the correction
+        // window it was sent in ends, not before.
         send(&mut w, &hot, BASE + 2 * H + 5, &[s(1, BASE + 30, 9.0)]);
+        w.advance((BASE + 2 * H + CORRECTION_WINDOW_MS - 1) as u64);
+        assert_eq!(read_all(&store, Tier::Raw).len(), 2);
         w.advance((BASE + 3 * H) as u64);
         let files = read_all(&store, Tier::Raw);
         assert_eq!(files.len(), 3, "{files:?}");
