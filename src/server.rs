@@ -292,6 +292,26 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             }
         })],
     );
+    if let Some(f) = hot.chunk_files() {
+        w.family(
+            "tidemark_hot_chunk_disk_bytes",
+            "gauge",
+            "Encoded bytes of sealed chunks spilled to the chunk directory (referenced by the index).",
+            &[("", hot.stats.chunk_disk_bytes.load(Ordering::Relaxed) as f64)],
+        );
+        w.family(
+            "tidemark_hot_chunk_files_bytes",
+            "gauge",
+            "Bytes of the chunk directory's segment files (with chunks rewritten or dropped since, until their segment expires).",
+            &[("", f.file_bytes.load(Ordering::Relaxed) as f64)],
+        );
+        w.family(
+            "tidemark_hot_chunk_read_errors_total",
+            "counter",
+            "Sealed chunks that could not be read back from the chunk directory (missing or damaged segment); their samples were left out of the read.",
+            &[("", f.read_errors.load(Ordering::Relaxed) as f64)],
+        );
+    }
     w.family(
         "tidemark_hot_samples_out_of_order_total",
         "counter",
@@ -489,6 +509,17 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
             }
         });
     }
+    // Sealed chunks to disk, also while the log is replayed (a restart seals as much as the
+    // live run did).
+    let hot = Arc::clone(&state.hot);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            let hot = Arc::clone(&hot);
+            let _ = tokio::task::spawn_blocking(move || hot.spill()).await;
+        }
+    });
     let st = state;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -615,7 +646,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         Log::open(&data_dir.join("log"), cfg.log.fsync).context("opening the embedded log")?;
     let checkpoint_stats = Arc::new(CheckpointStats::default());
     let restored =
-        crate::job::checkpoint::restore(&data_dir, cfg.hot.retention.0, &log, &checkpoint_stats);
+        crate::job::checkpoint::restore(&data_dir, cfg.hot.retention.0, &log, &checkpoint_stats)
+            .with_context(|| {
+                format!(
+                    "opening the chunk directory {} (sealed chunks of the hot index)",
+                    crate::job::checkpoint::chunk_dir(&data_dir).display()
+                )
+            })?;
     let hot = Arc::new(restored.hot);
     let metrics = Arc::new(Metrics::default());
     let startup_end = log.end_offset();

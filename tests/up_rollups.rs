@@ -525,6 +525,36 @@ fn sigkill_and_resume_from_checkpoints_give_the_oracle_rollups() {
     assert_oracle(&t, base, &pushes);
 }
 
+/// Sealed chunks go to `<data_dir>/chunks/`; a checkpoint references them instead of
+/// copying them, and a restart after SIGKILL reads them from there.
+#[test]
+fn sealed_chunks_on_disk_are_referenced_by_the_checkpoint_and_read_after_sigkill() {
+    let base = (now_ms() / 3_600_000 - 6) * 3_600_000;
+    let pushes = workload(base);
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tidemark::start(dir.path(), CHECKPOINTS, 2);
+    push_all(&t, &pushes);
+    // 240 samples a counter: a sealed chunk each, spilled within seconds.
+    t.eventually("sealed chunks on disk", || {
+        (t.metric("tidemark_hot_chunk_disk_bytes") > 0.0).then_some(())
+    });
+    let written = t.metric("tidemark_checkpoints_total{result=\"written\"}");
+    t.eventually("a checkpoint after the spill", || {
+        (t.metric("tidemark_checkpoints_total{result=\"written\"}") > written).then_some(())
+    });
+    let on_disk = t.metric("tidemark_hot_chunk_disk_bytes");
+    let in_memory_before = t.metric("tidemark_memory_bytes{component=\"hot_samples\"}");
+    t.kill();
+    assert!(!files_in(&t, "chunks").is_empty());
+    t.spawn();
+    // Loaded from the checkpoint as references: nothing was re-read into memory.
+    assert!(t.metric("tidemark_checkpoint_restore_series") >= 4.0);
+    assert!(t.metric("tidemark_hot_chunk_disk_bytes") >= on_disk);
+    assert!(t.metric("tidemark_memory_bytes{component=\"hot_samples\"}") <= in_memory_before);
+    assert_oracle(&t, base, &pushes);
+    assert_eq!(t.metric("tidemark_hot_chunk_read_errors_total"), 0.0);
+}
+
 #[test]
 fn a_checkpoint_killed_half_written_is_discarded_and_the_previous_one_used() {
     let base = (now_ms() / 3_600_000 - 6) * 3_600_000;

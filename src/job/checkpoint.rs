@@ -45,27 +45,77 @@ pub struct Restored {
     pub info: Option<CheckpointInfo>,
 }
 
+/// The directory sealed chunks are spilled to ([`crate::store::hot::chunkfile`]).
+pub fn chunk_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("chunks")
+}
+
 /// Loads the newest valid checkpoint (reporting damaged ones and partial writes), or an
-/// empty index. A checkpoint whose replay point the log no longer holds is still used, with
+/// empty index, whose sealed chunks go to [`chunk_dir`]; chunk segments the loaded checkpoint
+/// does not reference are deleted (what was spilled after it is spilled again by the log
+/// replay). A checkpoint whose replay point the log no longer holds is still used, with
 /// the records between lost; that is reported, it cannot happen unless log segments were
-/// deleted by hand.
-pub fn restore(data_dir: &Path, retention_ms: i64, log: &Log, stats: &CheckpointStats) -> Restored {
+/// deleted by hand. Errors: the chunk directory cannot be opened.
+pub fn restore(
+    data_dir: &Path,
+    retention_ms: i64,
+    log: &Log,
+    stats: &CheckpointStats,
+) -> std::io::Result<Restored> {
+    let chunks = chunk_dir(data_dir);
+    let files = || crate::store::hot::chunkfile::ChunkFiles::open(&chunks);
+    // Opened once up front, so that an error is reported rather than met inside the loader.
+    drop(files()?);
+    let new_index = || {
+        let hot = HotIndex::new(retention_ms);
+        match files() {
+            Ok(f) => hot.with_chunk_files(f),
+            Err(e) => {
+                eprintln!(
+                    "tidemark: cannot open {}: {e}; sealed chunks stay in memory",
+                    chunks.display()
+                );
+                hot
+            }
+        }
+    };
+    let restored = restore_into(data_dir, log, stats, new_index);
+    if let Some(f) = restored.hot.chunk_files() {
+        let n = f.remove_unreferenced();
+        if n > 0 {
+            eprintln!(
+                "tidemark: deleted {n} chunk segments in {} that the loaded checkpoint does not reference (written after it; the log replay writes their chunks again)",
+                chunks.display()
+            );
+        }
+    }
+    let missing = restored.hot.stats.chunks_missing.load(Ordering::Relaxed);
+    if missing > 0 {
+        eprintln!(
+            "tidemark: {missing} chunks the checkpoint references were in segments already deleted by retention; they were older than the index keeps and are left out"
+        );
+    }
+    Ok(restored)
+}
+
+fn restore_into(
+    data_dir: &Path,
+    log: &Log,
+    stats: &CheckpointStats,
+    new_index: impl Fn() -> HotIndex,
+) -> Restored {
     let d = dir(data_dir);
     for name in file::remove_partial(&d) {
         eprintln!(
             "tidemark: deleted {name}: a checkpoint write that did not finish (the process stopped during it)"
         );
     }
-    let loaded = file::load_newest(
-        &d,
-        || HotIndex::new(retention_ms),
-        |e| {
-            stats.skipped_damaged.fetch_add(1, Ordering::Relaxed);
-            eprintln!(
+    let loaded = file::load_newest(&d, &new_index, |e| {
+        stats.skipped_damaged.fetch_add(1, Ordering::Relaxed);
+        eprintln!(
                 "tidemark: checkpoint not usable, trying the previous one (the log still holds what it needs): {e}"
             );
-        },
-    );
+    });
     let Some(l) = loaded else {
         if log.start_offset() > 0 {
             eprintln!(
@@ -75,7 +125,7 @@ pub fn restore(data_dir: &Path, retention_ms: i64, log: &Log, stats: &Checkpoint
             );
         }
         return Restored {
-            hot: HotIndex::new(retention_ms),
+            hot: new_index(),
             at: None,
             info: None,
         };

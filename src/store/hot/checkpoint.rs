@@ -205,7 +205,12 @@ pub fn write(
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let path = dir.join(file_name(meta.offset));
     let tmp = dir.join(format!("{}.tmp", file_name(meta.offset)));
-    let res = write_tmp(&tmp, meta, hot, faults);
+    // The chunks on disk it references are made durable before it can be found.
+    let res = write_tmp(&tmp, meta, hot, faults).and_then(|v| {
+        hot.sync_chunk_files()
+            .map_err(io_err(hot.chunk_files().map_or(dir, |f| f.dir())))?;
+        Ok(v)
+    });
     let (series, bytes) = match res {
         Ok(v) => v,
         Err(e) => {

@@ -23,7 +23,16 @@ pub struct Chunk {
     pub count: u16,
     /// The codec chosen for values.
     pub codec: ValueCodec,
-    bytes: Box<[u8]>,
+    body: Body,
+}
+
+/// Where a sealed chunk's bytes are.
+#[derive(Clone, Debug, PartialEq)]
+enum Body {
+    /// In memory, with the decoder's 8 padding bytes.
+    Mem(Box<[u8]>),
+    /// In the index's chunk files ([`super::chunkfile`]), without the padding.
+    Disk(DiskRef),
 }
 
 /// How values are stored.
@@ -37,6 +46,7 @@ pub enum ValueCodec {
 /// Most samples a chunk holds (Prometheus's head chunks hold 120).
 pub const CHUNK_SAMPLES: usize = 120;
 
+use super::chunkfile::{ChunkFileError, ChunkFiles, DiskRef};
 use super::snap::{Dec, DecError, Enc};
 
 struct BitWriter {
@@ -338,26 +348,95 @@ impl Chunk {
             max_ts: samples[n - 1].0,
             count: n as u16,
             codec,
-            bytes: w.finish().into_boxed_slice(),
+            body: Body::Mem(w.finish().into_boxed_slice()),
         }
     }
 
-    /// Encoded size in bytes (without the 8 padding bytes).
+    /// Encoded size in bytes (without the 8 padding bytes), wherever they are.
     pub fn size(&self) -> usize {
-        self.bytes.len() - 8
+        match &self.body {
+            Body::Mem(b) => b.len() - 8,
+            Body::Disk(r) => r.len as usize,
+        }
     }
 
-    /// Appends the chunk's samples to `out`.
-    pub fn decode_into(&self, out: &mut Vec<(i64, f64)>) {
-        let mut r = BitReader {
-            buf: &self.bytes,
-            pos: 0,
-        };
-        let base = out.len();
-        read_timestamps(&mut r, |t| out.push((t, 0.0)));
-        let vals = &mut out[base..];
-        read_values(&mut r, vals.len(), |i, v| vals[i].1 = v);
+    /// Heap bytes of the encoded chunk (0 once on disk).
+    pub fn heap_bytes(&self) -> usize {
+        match &self.body {
+            Body::Mem(b) => b.len(),
+            Body::Disk(_) => 0,
+        }
     }
+
+    /// The encoded bytes (without padding) while they are in memory.
+    pub fn mem_bytes(&self) -> Option<&[u8]> {
+        match &self.body {
+            Body::Mem(b) => Some(&b[..b.len() - 8]),
+            Body::Disk(_) => None,
+        }
+    }
+
+    /// Where the bytes are on disk, once spilled.
+    pub fn disk_ref(&self) -> Option<DiskRef> {
+        match self.body {
+            Body::Mem(_) => None,
+            Body::Disk(r) => Some(r),
+        }
+    }
+
+    /// The bytes now live at `r` (they were written there from [`Chunk::mem_bytes`]).
+    pub fn spilled(&mut self, r: DiskRef) {
+        debug_assert_eq!(r.len as usize, self.size());
+        self.body = Body::Disk(r);
+    }
+
+    /// Appends the chunk's samples to `out`, reading them from `files` when on disk
+    /// (`scratch` holds the bytes read). On an error nothing is appended.
+    pub fn decode(
+        &self,
+        files: Option<&ChunkFiles>,
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<(i64, f64)>,
+    ) -> Result<(), ChunkFileError> {
+        match &self.body {
+            Body::Mem(b) => decode_bytes(b, out),
+            Body::Disk(r) => {
+                let files = files.ok_or(ChunkFileError::NoFiles)?;
+                files.read(*r, scratch)?;
+                scratch.extend_from_slice(&[0; 8]);
+                let base = out.len();
+                decode_bytes(scratch, out);
+                if out.len() - base != usize::from(self.count) {
+                    out.truncate(base);
+                    files
+                        .read_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Err(ChunkFileError::Corrupt {
+                        path: files.dir().join(format!("{:08}.chunks", r.seg)),
+                        off: r.off,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the samples of a chunk in memory to `out` (one on disk appends nothing: use
+    /// [`Chunk::decode`]).
+    pub fn decode_into(&self, out: &mut Vec<(i64, f64)>) {
+        if let Body::Mem(b) = &self.body {
+            decode_bytes(b, out);
+        }
+    }
+}
+
+/// Decodes padded chunk bytes (see [`Chunk`]) onto `out`.
+fn decode_bytes(buf: &[u8], out: &mut Vec<(i64, f64)>) {
+    let mut r = BitReader { buf, pos: 0 };
+    let base = out.len();
+    read_timestamps(&mut r, |t| out.push((t, 0.0)));
+    let vals = &mut out[base..];
+    read_values(&mut r, vals.len(), |i, v| vals[i].1 = v);
 }
 
 /// The timestamp section: 16 count | 64 first | [var zigzag first delta | 7 width | dod codes].
@@ -971,7 +1050,19 @@ impl Chunk {
         e.i64(self.max_ts);
         e.u16(self.count);
         e.u8(self.codec as u8);
-        e.bytes(&self.bytes);
+        // Version 4: where the bytes are.
+        match &self.body {
+            Body::Mem(b) => {
+                e.u8(0);
+                e.bytes(b);
+            }
+            Body::Disk(r) => {
+                e.u8(1);
+                e.u32(r.seg);
+                e.u32(r.off);
+                e.u32(r.len);
+            }
+        }
     }
 
     pub fn unsnap(d: &mut Dec<'_>) -> Result<Chunk, DecError> {
@@ -983,8 +1074,25 @@ impl Chunk {
             2 => ValueCodec::DecimalDod,
             _ => return Err(d.fail("chunk codec", "unknown codec")),
         };
-        let bytes = d.bytes("chunk bytes")?;
-        if bytes.len() < 8 || count == 0 || min_ts > max_ts {
+        let on_disk = d.version() >= 4 && d.u8("chunk place")? == 1;
+        let body = if on_disk {
+            let r = DiskRef {
+                seg: d.u32("chunk segment")?,
+                off: d.u32("chunk offset")?,
+                len: d.u32("chunk length")?,
+            };
+            if r.len == 0 {
+                return Err(d.fail("chunk length", "zero"));
+            }
+            Body::Disk(r)
+        } else {
+            let bytes = d.bytes("chunk bytes")?;
+            if bytes.len() < 8 {
+                return Err(d.fail("chunk", "inconsistent header"));
+            }
+            Body::Mem(bytes.into())
+        };
+        if count == 0 || min_ts > max_ts {
             return Err(d.fail("chunk", "inconsistent header"));
         }
         Ok(Chunk {
@@ -992,7 +1100,7 @@ impl Chunk {
             max_ts,
             count,
             codec,
-            bytes: bytes.into(),
+            body,
         })
     }
 }

@@ -1,6 +1,8 @@
-//! The hot tier: every series' recent samples in memory as compressed chunks ([`chunk`]), the
-//! series catalog and inverted label index ([`index`]), and the 1-minute and 1-hour rollups
-//! beside the raw samples.
+//! The hot tier: every series' recent samples as compressed chunks ([`chunk`]), the series
+//! catalog and inverted label index ([`index`]), and the 1-minute and 1-hour rollups beside
+//! the raw samples. With a chunk directory ([`HotIndex::with_chunk_files`], as `tidemark up`
+//! runs), sealed chunks move to local disk ([`chunkfile`], [`HotIndex::spill`]) and memory
+//! holds each series' open head, a reference per sealed chunk, and its rollups.
 //!
 //! Durability comes from the log the job reads: on start the job replays the retained log into
 //! an empty index, so the log is this index's write-ahead log. Retention is measured from the
@@ -9,18 +11,20 @@
 
 pub mod checkpoint;
 pub mod chunk;
+pub mod chunkfile;
 pub mod index;
 pub mod rollups;
 pub mod snap;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tidemark_dataflows::sink::HotSink;
 use tidemark_dataflows::{Rollup, Sample};
 
 use crate::model::{IdMap, SeriesId};
 use chunk::{Appender, Chunk, CHUNK_SAMPLES};
+use chunkfile::{ChunkFileError, ChunkFiles, DiskRef};
 use index::Catalog;
 use rollups::RollupSeries;
 
@@ -80,11 +84,16 @@ struct Delta {
     sealed_samples: i64,
     /// Samples that arrived at or before their series' newest one.
     out_of_order: i64,
+    /// Chunks sealed or rewritten in memory (to be spilled to disk).
+    new_chunks: i64,
+    chunk_disk_bytes: i64,
 }
 
 impl std::ops::AddAssign for Delta {
     fn add_assign(&mut self, o: Delta) {
         self.out_of_order += o.out_of_order;
+        self.new_chunks += o.new_chunks;
+        self.chunk_disk_bytes += o.chunk_disk_bytes;
         self.chunk_bytes += o.chunk_bytes;
         self.head_bytes += o.head_bytes;
         self.head_samples += o.head_samples;
@@ -100,12 +109,17 @@ pub struct HotStats {
     /// Samples that arrived at or before their series' newest one (corrections, duplicates,
     /// disorder) and went through the out-of-order buffer.
     pub samples_out_of_order: AtomicU64,
+    /// Encoded bytes of the sealed chunks, in memory or on disk.
     pub chunk_bytes: AtomicI64,
+    /// The part of `chunk_bytes` on disk.
+    pub chunk_disk_bytes: AtomicI64,
     /// Bytes of the compressed heads and the out-of-order buffers (16 bytes a sample).
     pub head_bytes: AtomicI64,
     pub head_samples: AtomicI64,
     pub sealed_samples: AtomicI64,
     pub rollup_bytes: AtomicI64,
+    /// Chunks a loaded checkpoint referenced in segments no longer there (dropped).
+    pub chunks_missing: AtomicU64,
 }
 
 /// Bytes the hot index holds, by part (see [`HotIndex::memory`]).
@@ -134,6 +148,8 @@ impl HotStats {
         self.samples_out_of_order
             .fetch_add(d.out_of_order as u64, Ordering::Relaxed);
         self.chunk_bytes.fetch_add(d.chunk_bytes, Ordering::Relaxed);
+        self.chunk_disk_bytes
+            .fetch_add(d.chunk_disk_bytes, Ordering::Relaxed);
         self.head_bytes.fetch_add(d.head_bytes, Ordering::Relaxed);
         self.head_samples
             .fetch_add(d.head_samples, Ordering::Relaxed);
@@ -153,6 +169,10 @@ pub struct HotIndex {
     pub stats: HotStats,
     /// Times before which the cold writers no longer need data, by kind (see [`HotIndex::pin`]).
     pins: std::sync::Mutex<Vec<(PinKind, std::sync::Weak<AtomicI64>)>>,
+    /// Where sealed chunks go ([`HotIndex::spill`]); `None`: they stay in memory.
+    files: Option<ChunkFiles>,
+    /// Per shard: series with chunks in memory not yet spilled.
+    unspilled: Box<[Mutex<Vec<SeriesId>>]>,
 }
 
 fn shard(id: SeriesId) -> usize {
@@ -171,9 +191,9 @@ impl SeriesData {
 
     /// Inserts a sample; returns the counter changes. The newest sample is held back one step
     /// ([`SeriesData::held_ts`]) before it goes into the head.
-    fn insert(&mut self, ts: i64, v: f64) -> Delta {
+    fn insert(&mut self, ts: i64, v: f64, files: Option<&ChunkFiles>) -> Delta {
         match self.held() {
-            None if ts == NO_SAMPLE => self.commit(ts, v),
+            None if ts == NO_SAMPLE => self.commit(ts, v, files),
             None => {
                 self.hold(ts, v);
                 Delta {
@@ -182,7 +202,7 @@ impl SeriesData {
                 }
             }
             Some((held, _)) if ts > held => {
-                let mut d = self.commit(held, self.held_value);
+                let mut d = self.commit(held, self.held_value, files);
                 // The held sample was counted when it came.
                 d.head_samples -= 1;
                 self.hold(ts, v);
@@ -193,7 +213,7 @@ impl SeriesData {
                 self.held_value = v; // the last write wins
                 Delta::default()
             }
-            Some(_) => self.commit(ts, v),
+            Some(_) => self.commit(ts, v, files),
         }
     }
 
@@ -203,7 +223,7 @@ impl SeriesData {
 
     /// Puts a sample into the head, or into the out-of-order buffer when it is at or before
     /// the newest one there; returns the counter changes.
-    fn commit(&mut self, ts: i64, v: f64) -> Delta {
+    fn commit(&mut self, ts: i64, v: f64, files: Option<&ChunkFiles>) -> Delta {
         let before = self.head_bytes();
         // In order: appended to the compressed head. Anything at or before the newest sample
         // (a correction, a duplicate, disorder) waits in the out-of-order buffer.
@@ -213,7 +233,7 @@ impl SeriesData {
             Some(self.head.last_ts())
         };
         let mut d = if newest.is_some_and(|n| ts <= n) {
-            let mut d = self.insert_ooo(ts, v);
+            let mut d = self.insert_ooo(ts, v, files);
             d.out_of_order += 1;
             d
         } else {
@@ -239,6 +259,7 @@ impl SeriesData {
             chunk_bytes: c.size() as i64,
             head_samples: -n,
             sealed_samples: n,
+            new_chunks: 1,
             ..Delta::default()
         };
         self.sealed.push(c);
@@ -249,7 +270,7 @@ impl SeriesData {
     /// [`OOO_MERGE`] such samples are merged into the chunks and head that cover them, so
     /// late data costs one re-encode per chunk and batch, not one per sample.
     #[cold]
-    fn insert_ooo(&mut self, ts: i64, v: f64) -> Delta {
+    fn insert_ooo(&mut self, ts: i64, v: f64, files: Option<&ChunkFiles>) -> Delta {
         let added = match self.ooo.binary_search_by_key(&ts, |p| p.0) {
             Ok(j) => {
                 self.ooo[j].1 = v;
@@ -269,14 +290,14 @@ impl SeriesData {
             ..Delta::default()
         };
         if self.ooo.len() >= OOO_MERGE {
-            d += self.merge_ooo();
+            d += self.merge_ooo(files);
         }
         d
     }
 
     /// Merges the out-of-order buffer into the sealed chunks and the head; returns the
     /// counter changes (head bytes excepted: the caller measures them).
-    fn merge_ooo(&mut self) -> Delta {
+    fn merge_ooo(&mut self, files: Option<&ChunkFiles>) -> Delta {
         let ooo = std::mem::take(&mut self.ooo);
         let mut d = Delta {
             head_samples: -(ooo.len() as i64),
@@ -289,6 +310,7 @@ impl SeriesData {
         let mut k = 0;
         let mut samples = Vec::new();
         let mut merged = Vec::new();
+        let mut scratch = Vec::new();
         while k < into_chunks.len() {
             let i = self
                 .sealed
@@ -298,13 +320,22 @@ impl SeriesData {
             let limit = self.sealed.get(i + 1).map_or(i64::MAX, |c| c.min_ts);
             let end = k + into_chunks[k..].partition_point(|p| p.0 < limit);
             samples.clear();
-            self.sealed[i].decode_into(&mut samples);
+            if let Err(e) = self.sealed[i].decode(files, &mut scratch, &mut samples) {
+                // The chunk stays as it is; these late samples cannot be merged into it.
+                report_read_error(&e);
+                k = end;
+                continue;
+            }
             merged.clear();
             merge_sorted(&into_chunks[k..end], &samples, &mut merged);
             d.sealed_samples += merged.len() as i64 - samples.len() as i64;
             let before = self.sealed[i].size() as i64;
+            if self.sealed[i].disk_ref().is_some() {
+                d.chunk_disk_bytes -= before;
+            }
             self.sealed[i] = Chunk::encode(&merged);
             d.chunk_bytes += self.sealed[i].size() as i64 - before;
+            d.new_chunks += 1;
             k = end;
         }
         if !into_head.is_empty() {
@@ -326,18 +357,28 @@ impl SeriesData {
     /// buffer is counted apart).
     fn raw_heap_bytes(&self) -> usize {
         self.sealed.capacity() * std::mem::size_of::<Chunk>()
-            + self.sealed.iter().map(Chunk::size).sum::<usize>()
+            + self.sealed.iter().map(Chunk::heap_bytes).sum::<usize>()
             + self.head.heap_bytes()
     }
 
-    fn samples_in(&self, start: i64, end: i64, out: &mut Vec<(i64, f64)>) {
+    fn samples_in(
+        &self,
+        start: i64,
+        end: i64,
+        files: Option<&ChunkFiles>,
+        out: &mut Vec<(i64, f64)>,
+    ) {
         let from_all = out.len();
+        let mut scratch = Vec::new();
         for c in &self.sealed {
             if c.max_ts < start || c.min_ts > end {
                 continue;
             }
             let from = out.len();
-            c.decode_into(out);
+            if let Err(e) = c.decode(files, &mut scratch, out) {
+                report_read_error(&e);
+                continue;
+            }
             keep_range(out, from, start, end);
         }
         if !self.head.is_empty() && self.head.last_ts() >= start && self.head.first_ts() <= end {
@@ -359,6 +400,16 @@ impl SeriesData {
 }
 
 /// Keeps, of the samples from `from` on, those in `[start, end]`.
+/// Logs a chunk that could not be read back (the first, then every 1,000th: the count is on
+/// `/metrics` as `tidemark_hot_chunk_read_errors_total`).
+#[cold]
+fn report_read_error(e: &ChunkFileError) {
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    if SEEN.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
+        eprintln!("tidemark: hot index: a sealed chunk could not be read, its samples are left out of this read: {e}");
+    }
+}
+
 fn keep_range(out: &mut Vec<(i64, f64)>, from: usize, start: i64, end: i64) {
     let mut w = from;
     for r in from..out.len() {
@@ -404,7 +455,97 @@ impl HotIndex {
             retention_ms,
             stats: HotStats::default(),
             pins: std::sync::Mutex::new(Vec::new()),
+            files: None,
+            unspilled: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
         }
+    }
+
+    /// Moves sealed chunks to `files` from now on ([`HotIndex::spill`]); set before the index
+    /// is loaded from a checkpoint that references them.
+    pub fn with_chunk_files(mut self, files: ChunkFiles) -> Self {
+        self.files = Some(files);
+        self
+    }
+
+    /// The chunk directory, if sealed chunks go to disk.
+    pub fn chunk_files(&self) -> Option<&ChunkFiles> {
+        self.files.as_ref()
+    }
+
+    /// Writes the chunks sealed since the last call to the chunk files and drops their bytes
+    /// from memory, a shard at a time (its lock held while its batch is written: the job's
+    /// appends to it wait that long); returns the chunks written. Without chunk files, or
+    /// when a write fails (reported; the chunks stay in memory and are tried again), nothing
+    /// moves.
+    pub fn spill(&self) -> usize {
+        let Some(files) = &self.files else {
+            return 0;
+        };
+        let mut moved = 0;
+        let mut batch = Vec::new();
+        let mut placed: Vec<(SeriesId, usize, u32, u32)> = Vec::new();
+        for (i, sh) in self.shards.iter().enumerate() {
+            let mut ids =
+                std::mem::take(&mut *self.unspilled[i].lock().unwrap_or_else(|e| e.into_inner()));
+            if ids.is_empty() {
+                continue;
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            let mut sh = sh.write().unwrap_or_else(|e| e.into_inner());
+            batch.clear();
+            placed.clear();
+            let mut max_ts = i64::MIN;
+            for &id in &ids {
+                let Some(s) = sh.get(&id) else { continue };
+                for (k, c) in s.sealed.iter().enumerate() {
+                    if let Some(b) = c.mem_bytes() {
+                        placed.push((id, k, batch.len() as u32, b.len() as u32));
+                        batch.extend_from_slice(b);
+                        max_ts = max_ts.max(c.max_ts);
+                    }
+                }
+            }
+            if placed.is_empty() {
+                continue;
+            }
+            let (seg, base) = match files.append(&batch, max_ts) {
+                Ok(at) => at,
+                Err(e) => {
+                    eprintln!(
+                        "tidemark: hot index: writing {} sealed chunks to {} failed, they stay in memory (retried): {e}",
+                        placed.len(),
+                        files.dir().display()
+                    );
+                    self.unspilled[i]
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(ids);
+                    break;
+                }
+            };
+            let mut disk = 0i64;
+            for &(id, k, off, len) in &placed {
+                if let Some(c) = sh.get_mut(&id).and_then(|s| s.sealed.get_mut(k)) {
+                    c.spilled(DiskRef {
+                        seg,
+                        off: base + off,
+                        len,
+                    });
+                    disk += i64::from(len);
+                }
+            }
+            moved += placed.len();
+            self.stats
+                .chunk_disk_bytes
+                .fetch_add(disk, Ordering::Relaxed);
+        }
+        moved
+    }
+
+    /// Makes the chunks spilled so far durable (a checkpoint references them).
+    pub fn sync_chunk_files(&self) -> std::io::Result<()> {
+        self.files.as_ref().map_or(Ok(()), ChunkFiles::sync)
     }
 
     /// A pin: while it lives, data of `kind` at or after its value is neither rejected as too
@@ -489,6 +630,8 @@ impl HotIndex {
             if run.is_empty() {
                 continue;
             }
+            let files = self.files.as_ref();
+            let mut sealed = Vec::new();
             let mut shard = self.shards[sh].write().unwrap_or_else(|e| e.into_inner());
             for &i in run {
                 let s = &samples[i as usize];
@@ -496,7 +639,21 @@ impl HotIndex {
                     too_old += 1;
                     continue;
                 }
-                d += shard.entry(s.series).or_default().insert(s.ts, s.value);
+                let di = shard
+                    .entry(s.series)
+                    .or_default()
+                    .insert(s.ts, s.value, files);
+                if di.new_chunks > 0 && files.is_some() {
+                    sealed.push(s.series);
+                }
+                d += di;
+            }
+            drop(shard);
+            if !sealed.is_empty() {
+                self.unspilled[sh]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(sealed);
             }
         }
         let st = &self.stats;
@@ -532,7 +689,7 @@ impl HotIndex {
             .read()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(s) = shard.get(&id) {
-            s.samples_in(start, end, out);
+            s.samples_in(start, end, self.files.as_ref(), out);
         }
     }
 
@@ -612,6 +769,9 @@ impl HotIndex {
                     let keep = c.max_ts >= cutoff;
                     if !keep {
                         d.chunk_bytes -= c.size() as i64;
+                        if c.disk_ref().is_some() {
+                            d.chunk_disk_bytes -= c.size() as i64;
+                        }
                         d.sealed_samples -= i64::from(c.count);
                     }
                     keep
@@ -655,6 +815,10 @@ impl HotIndex {
         self.stats
             .rollup_bytes
             .fetch_add(drollups, Ordering::Relaxed);
+        if let Some(f) = &self.files {
+            // Every chunk in such a segment was dropped above.
+            f.remove_before(cutoff);
+        }
     }
 }
 
@@ -720,11 +884,17 @@ impl SeriesData {
     fn counted(&self) -> (Delta, i64) {
         let d = Delta {
             chunk_bytes: self.sealed.iter().map(|c| c.size() as i64).sum(),
+            chunk_disk_bytes: self
+                .sealed
+                .iter()
+                .filter(|c| c.disk_ref().is_some())
+                .map(|c| c.size() as i64)
+                .sum(),
             head_bytes: self.head_bytes(),
             head_samples: (self.head.len() + self.ooo.len() + usize::from(self.held().is_some()))
                 as i64,
             sealed_samples: self.sealed.iter().map(|c| i64::from(c.count)).sum(),
-            out_of_order: 0,
+            ..Delta::default()
         };
         (d, self.r1m.bytes() + self.r1h.bytes())
     }
@@ -766,10 +936,23 @@ impl HotIndex {
         let mut d = snap::Dec::with_version(record, version);
         let id = d.u64("series id")?;
         let canon = d.bytes("series labels")?;
-        let data = SeriesData::unsnap(&mut d)?;
+        let mut data = SeriesData::unsnap(&mut d)?;
         if !d.is_empty() {
             return Err(d.fail("series record", "bytes after the record"));
         }
+        // Chunks on disk: their segments are kept; a chunk whose segment is gone (retention
+        // deleted it after this checkpoint was written) is older than what the index keeps.
+        data.sealed.retain(|c| match c.disk_ref() {
+            None => true,
+            Some(r) => {
+                let there = self.files.as_ref().is_some_and(|f| f.note(r.seg, c.max_ts));
+                if !there {
+                    self.stats.chunks_missing.fetch_add(1, Ordering::Relaxed);
+                }
+                there
+            }
+        });
+        let spill = data.sealed.iter().any(|c| c.disk_ref().is_none());
         self.catalog.register_canonical(id, canon);
         let (delta, rollup_bytes) = data.counted();
         if let Some(newest) = data
@@ -787,6 +970,12 @@ impl HotIndex {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Box::new(data));
+        if spill && self.files.is_some() {
+            self.unspilled[shard(id)]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id);
+        }
         self.stats.add(delta);
         self.stats
             .rollup_bytes
@@ -851,6 +1040,168 @@ impl HotSink for HotIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Series, with values that exercise every codec, as (series, ts, value) in send order.
+    fn workload(series: u64, points: i64) -> Vec<Sample> {
+        let mut out = Vec::new();
+        for i in 0..points {
+            for id in 1..=series {
+                let value = match id % 3 {
+                    0 => (i * 7 + id as i64) as f64 / 1000.0,
+                    1 => ((i as f64) * 0.37 + id as f64).sin(),
+                    _ => (i * 4096) as f64,
+                };
+                out.push(Sample {
+                    series: id,
+                    ts: 1_000_000 + i * 10_000,
+                    value,
+                });
+            }
+        }
+        out
+    }
+
+    /// The last write of each (series, time), computed apart from the index.
+    fn oracle(
+        sent: &[Sample],
+    ) -> std::collections::BTreeMap<u64, std::collections::BTreeMap<i64, f64>> {
+        let mut m: std::collections::BTreeMap<u64, std::collections::BTreeMap<i64, f64>> =
+            Default::default();
+        for s in sent {
+            m.entry(s.series).or_default().insert(s.ts, s.value);
+        }
+        m
+    }
+
+    fn assert_holds(h: &HotIndex, sent: &[Sample]) {
+        for (id, want) in oracle(sent) {
+            let mut got = Vec::new();
+            h.samples(id, i64::MIN, i64::MAX, &mut got);
+            let want: Vec<(i64, f64)> = want.into_iter().collect();
+            assert_eq!(got, want, "series {id}");
+        }
+    }
+
+    #[test]
+    fn sealed_chunks_spill_to_disk_merge_late_samples_and_reload_from_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HotIndex::new(i64::MAX / 4).with_chunk_files(ChunkFiles::open(dir.path()).unwrap());
+        for id in 1..=20u64 {
+            h.catalog
+                .register_canonical(id, format!("m{id}").as_bytes());
+        }
+        let mut sent = workload(20, 600);
+        h.append_samples(&sent);
+        let before = h.memory().samples;
+        let moved = h.spill();
+        // 600 points: 4 sealed chunks of 120 per series (the held sample and 119 in the head).
+        assert_eq!(moved, 20 * 4);
+        assert_eq!(h.spill(), 0, "nothing new to spill");
+        let after = h.memory().samples;
+        let disk = h.stats.chunk_disk_bytes.load(Ordering::Relaxed);
+        assert!(
+            disk > 0 && before - after >= disk,
+            "{before} -> {after}, {disk} on disk"
+        );
+        assert_eq!(disk, h.stats.chunk_bytes.load(Ordering::Relaxed));
+        assert_holds(&h, &sent);
+
+        // Late samples into spilled chunks: each touched chunk is read back, merged and
+        // re-encoded in memory, then spilled again.
+        let late: Vec<Sample> = (1..=20u64)
+            .flat_map(|id| {
+                (0..40).map(move |i| Sample {
+                    series: id,
+                    ts: 1_000_000 + i * 100_000 + 5_000,
+                    value: -(i as f64),
+                })
+            })
+            .collect();
+        h.append_samples(&late);
+        sent.extend_from_slice(&late);
+        assert_holds(&h, &sent);
+        assert!(h.spill() > 0);
+        assert_holds(&h, &sent);
+        assert_eq!(
+            h.stats.chunk_disk_bytes.load(Ordering::Relaxed),
+            h.stats.chunk_bytes.load(Ordering::Relaxed)
+        );
+
+        // A checkpoint references the chunks; a new process loads it over the same directory.
+        h.sync_chunk_files().unwrap();
+        let mut records = Vec::new();
+        for i in 0..HotIndex::SHARDS {
+            h.snap_shard(i, &mut records);
+        }
+        let back =
+            HotIndex::new(i64::MAX / 4).with_chunk_files(ChunkFiles::open(dir.path()).unwrap());
+        let mut at = 0;
+        while at < records.len() {
+            let len = u32::from_le_bytes(records[at..at + 4].try_into().unwrap()) as usize;
+            back.unsnap_series(&records[at + 4..at + 4 + len], snap::VERSION)
+                .unwrap();
+            at += 4 + len;
+        }
+        assert_eq!(back.chunk_files().unwrap().remove_unreferenced(), 0);
+        assert_holds(&back, &sent);
+        assert_eq!(back.stats.chunks_missing.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            back.chunk_files()
+                .unwrap()
+                .read_errors
+                .load(Ordering::Relaxed),
+            0
+        );
+    }
+
+    #[test]
+    fn retention_deletes_chunk_segments_whose_chunks_all_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HotIndex::new(2_000_000).with_chunk_files(ChunkFiles::open(dir.path()).unwrap());
+        h.catalog.register_canonical(1, b"m");
+        let first = workload(1, 240);
+        h.append_samples(&first);
+        assert_eq!(h.spill(), 1);
+        // Segments are closed only when full or by a restart: a new process's chunks go to a
+        // new segment, so the old one can expire.
+        let files = h.chunk_files().unwrap();
+        assert_eq!(files.segment_count(), 1);
+        let later: Vec<Sample> = (0..500)
+            .map(|i| Sample {
+                series: 1,
+                ts: 10_000_000 + i * 10_000,
+                value: 1.0,
+            })
+            .collect();
+        let h2 = HotIndex::new(2_000_000).with_chunk_files(ChunkFiles::open(dir.path()).unwrap());
+        let mut recs = Vec::new();
+        for i in 0..HotIndex::SHARDS {
+            h.snap_shard(i, &mut recs);
+        }
+        h.sync_chunk_files().unwrap();
+        drop(h);
+        h2.unsnap_series(&recs[4..], snap::VERSION).unwrap();
+        h2.append_samples(&later);
+        h2.spill();
+        assert_eq!(h2.chunk_files().unwrap().segment_count(), 2);
+        h2.gc();
+        // The first segment's chunks ended before the window: it is gone, its chunks too.
+        assert_eq!(h2.chunk_files().unwrap().segment_count(), 1);
+        let mut out = Vec::new();
+        h2.samples(1, i64::MIN, i64::MAX, &mut out);
+        // Whole chunks go: the newer workload's first chunk began with the older one's head
+        // (from 2,590,000, in the new segment), and stays.
+        assert_eq!(out[0].0, 2_590_000);
+        assert!(out.iter().all(|p| p.0 < 3_400_000 || p.0 >= 10_000_000));
+        assert_eq!(out.last().unwrap().0, 10_000_000 + 499 * 10_000);
+        assert_eq!(
+            h2.chunk_files()
+                .unwrap()
+                .read_errors
+                .load(Ordering::Relaxed),
+            0
+        );
+    }
 
     #[test]
     fn out_of_order_and_sealed_inserts() {

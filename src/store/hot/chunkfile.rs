@@ -1,0 +1,372 @@
+//! Sealed chunks on local disk (`<data_dir>/chunks/`), as Prometheus keeps its head chunks in
+//! `chunks_head/`: the index keeps a 12-byte reference per sealed chunk instead of its bytes,
+//! and reads it back with one positioned read (the page cache holds what is read often; it is
+//! not the process's memory).
+//!
+//! Chunks are appended to numbered segment files (`00000001.chunks`, ...) of at most
+//! [`SEGMENT_BYTES`], a batch at a time by [`super::HotIndex::spill`]; a segment is never
+//! written again after the process that wrote it stops (a start opens a new one). A segment is
+//! deleted when every chunk in it is older than what the index keeps ([`ChunkFiles::remove_before`]),
+//! or at start when the loaded checkpoint references nothing in it (what the previous process
+//! wrote after its last checkpoint: the log replay writes it again). Bytes of chunks rewritten
+//! by an out-of-order merge, or of series dropped, stay in their segment until it goes: at most
+//! the hot retention's worth.
+//!
+//! Durability: a checkpoint that references chunks fsyncs their segments first
+//! ([`ChunkFiles::sync`]), so a checkpoint never points at bytes a crash could lose.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// A segment is closed and a new one started once it would grow past this.
+pub const SEGMENT_BYTES: u64 = 256 << 20;
+
+/// Where a chunk's bytes are: segment number, offset and length (without the decoder's
+/// padding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskRef {
+    pub seg: u32,
+    pub off: u32,
+    pub len: u32,
+}
+
+/// Why a chunk could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkFileError {
+    #[error("chunk segment {path} is missing (deleted by retention, or by hand)")]
+    Missing { path: PathBuf },
+    #[error("reading {len} bytes at offset {off} of {path}: {source}")]
+    Read {
+        path: PathBuf,
+        off: u32,
+        len: u32,
+        source: io::Error,
+    },
+    #[error("the chunk at offset {off} of {path} does not decode to its sample count (the file is damaged)")]
+    Corrupt { path: PathBuf, off: u32 },
+    #[error("chunk in the index but no chunk directory (the index was loaded without one)")]
+    NoFiles,
+}
+
+struct Segment {
+    file: Arc<File>,
+    /// Newest sample time of a chunk in it (`i64::MIN`: none known).
+    max_ts: i64,
+    /// Referenced by this process (written by it, or by a loaded checkpoint).
+    used: bool,
+}
+
+struct Active {
+    seg: u32,
+    len: u64,
+    /// Segments written since the last [`ChunkFiles::sync`].
+    dirty: BTreeSet<u32>,
+}
+
+/// The chunk directory of one hot index.
+pub struct ChunkFiles {
+    dir: PathBuf,
+    segments: RwLock<BTreeMap<u32, Segment>>,
+    active: Mutex<Option<Active>>,
+    next: AtomicU64,
+    /// Bytes of all segment files.
+    pub file_bytes: AtomicU64,
+    /// Positioned reads that failed (see [`ChunkFileError`]).
+    pub read_errors: AtomicU64,
+}
+
+fn seg_name(seg: u32) -> String {
+    format!("{seg:08}.chunks")
+}
+
+impl ChunkFiles {
+    /// Opens (creating) `dir`; existing segments are registered, to be kept while a loaded
+    /// checkpoint references them ([`ChunkFiles::note`], then
+    /// [`ChunkFiles::remove_unreferenced`]).
+    pub fn open(dir: &Path) -> io::Result<ChunkFiles> {
+        fs::create_dir_all(dir)?;
+        let mut segments = BTreeMap::new();
+        let mut bytes = 0;
+        for e in fs::read_dir(dir)? {
+            let e = e?;
+            let name = e.file_name();
+            let Some(seg) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".chunks"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let file = File::open(e.path())?;
+            bytes += file.metadata()?.len();
+            segments.insert(
+                seg,
+                Segment {
+                    file: Arc::new(file),
+                    max_ts: i64::MIN,
+                    used: false,
+                },
+            );
+        }
+        let next = segments.keys().next_back().map_or(1, |&s| u64::from(s) + 1);
+        Ok(ChunkFiles {
+            dir: dir.to_path_buf(),
+            segments: RwLock::new(segments),
+            active: Mutex::new(None),
+            next: AtomicU64::new(next),
+            file_bytes: AtomicU64::new(bytes),
+            read_errors: AtomicU64::new(0),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, seg: u32) -> PathBuf {
+        self.dir.join(seg_name(seg))
+    }
+
+    /// Appends `batch` (chunks back to back) whose newest sample is at `max_ts`; returns the
+    /// segment and the offset the batch starts at.
+    pub fn append(&self, batch: &[u8], max_ts: i64) -> io::Result<(u32, u32)> {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        let need = batch.len() as u64;
+        let roll = match &*active {
+            None => true,
+            Some(a) => a.len > 0 && a.len + need > SEGMENT_BYTES,
+        };
+        if roll {
+            let seg = u32::try_from(self.next.fetch_add(1, Ordering::Relaxed))
+                .map_err(|_| io::Error::other("chunk segment numbers exhausted"))?;
+            let path = self.path(seg);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            self.segments
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    seg,
+                    Segment {
+                        file: Arc::new(file),
+                        max_ts: i64::MIN,
+                        used: true,
+                    },
+                );
+            let dirty = active.take().map(|a| a.dirty).unwrap_or_default();
+            *active = Some(Active { seg, len: 0, dirty });
+        }
+        let a = active.as_mut().expect("opened above");
+        if a.len + need > u64::from(u32::MAX) {
+            return Err(io::Error::other("chunk batch larger than a segment"));
+        }
+        let file = {
+            let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
+            let s = segs
+                .get_mut(&a.seg)
+                .expect("the active segment is registered");
+            s.max_ts = s.max_ts.max(max_ts);
+            Arc::clone(&s.file)
+        };
+        file.write_all_at(batch, a.len)?;
+        let at = (a.seg, a.len as u32);
+        a.len += need;
+        a.dirty.insert(a.seg);
+        self.file_bytes.fetch_add(need, Ordering::Relaxed);
+        Ok(at)
+    }
+
+    /// Reads a chunk's bytes into `out` (replacing its contents).
+    pub fn read(&self, r: DiskRef, out: &mut Vec<u8>) -> Result<(), ChunkFileError> {
+        let file = self
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&r.seg)
+            .map(|s| Arc::clone(&s.file));
+        let res = match file {
+            None => Err(ChunkFileError::Missing {
+                path: self.path(r.seg),
+            }),
+            Some(f) => {
+                out.clear();
+                out.resize(r.len as usize, 0);
+                f.read_exact_at(out, u64::from(r.off))
+                    .map_err(|source| ChunkFileError::Read {
+                        path: self.path(r.seg),
+                        off: r.off,
+                        len: r.len,
+                        source,
+                    })
+            }
+        };
+        if res.is_err() {
+            self.read_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        res
+    }
+
+    /// Makes every chunk appended so far durable (before a checkpoint that references them).
+    pub fn sync(&self) -> io::Result<()> {
+        let dirty = {
+            let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            match active.as_mut() {
+                Some(a) => std::mem::take(&mut a.dirty),
+                None => return Ok(()),
+            }
+        };
+        let files: Vec<Arc<File>> = {
+            let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
+            dirty
+                .iter()
+                .filter_map(|s| segs.get(s).map(|s| Arc::clone(&s.file)))
+                .collect()
+        };
+        for f in files {
+            f.sync_data()?;
+        }
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Records that a loaded checkpoint references segment `seg` up to sample time `max_ts`;
+    /// false when the segment is missing.
+    pub fn note(&self, seg: u32, max_ts: i64) -> bool {
+        let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
+        match segs.get_mut(&seg) {
+            Some(s) => {
+                s.used = true;
+                s.max_ts = s.max_ts.max(max_ts);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Deletes the segments nothing loaded references (after a checkpoint was loaded, or
+    /// without one: all of them); returns how many.
+    pub fn remove_unreferenced(&self) -> usize {
+        self.remove_where(|_, s| !s.used)
+    }
+
+    /// Deletes closed segments whose chunks all end before `cutoff`; returns how many.
+    pub fn remove_before(&self, cutoff: i64) -> usize {
+        self.remove_where(|_, s| s.used && s.max_ts < cutoff)
+    }
+
+    fn remove_where(&self, pick: impl Fn(u32, &Segment) -> bool) -> usize {
+        let active = self
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|a| a.seg);
+        let gone: Vec<u32> = {
+            let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
+            let gone: Vec<u32> = segs
+                .iter()
+                .filter(|&(&n, s)| Some(n) != active && pick(n, s))
+                .map(|(&n, _)| n)
+                .collect();
+            for n in &gone {
+                segs.remove(n);
+            }
+            gone
+        };
+        for &n in &gone {
+            let path = self.path(n);
+            let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    self.file_bytes.fetch_sub(len, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!("tidemark: deleting chunk segment {}: {e}", path.display()),
+            }
+        }
+        gone.len()
+    }
+
+    /// Segment files on disk.
+    pub fn segment_count(&self) -> usize {
+        self.segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_read_back_and_segments_go_by_age_and_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = ChunkFiles::open(dir.path()).unwrap();
+        let (s1, o1) = f.append(b"hello", 100).unwrap();
+        let (s2, o2) = f.append(b"world!", 200).unwrap();
+        assert_eq!((s1, o1, s2, o2), (1, 0, 1, 5));
+        let mut buf = Vec::new();
+        f.read(
+            DiskRef {
+                seg: 1,
+                off: 5,
+                len: 6,
+            },
+            &mut buf,
+        )
+        .unwrap();
+        assert_eq!(buf, b"world!");
+        // Past the end: an error, counted, no panic.
+        let bad = DiskRef {
+            seg: 1,
+            off: 10,
+            len: 6,
+        };
+        assert!(matches!(
+            f.read(bad, &mut buf),
+            Err(ChunkFileError::Read { .. })
+        ));
+        assert_eq!(f.read_errors.load(Ordering::Relaxed), 1);
+        f.sync().unwrap();
+        // The active segment is never deleted.
+        assert_eq!(f.remove_before(i64::MAX), 0);
+        drop(f);
+
+        // A restart opens a new segment; the old one stays while a checkpoint references it.
+        let f = ChunkFiles::open(dir.path()).unwrap();
+        assert_eq!(f.append(b"x", 300).unwrap(), (2, 0));
+        assert!(f.note(1, 200));
+        assert!(!f.note(7, 200));
+        assert_eq!(f.remove_unreferenced(), 0);
+        assert_eq!(f.remove_before(200), 0, "a chunk ends at 200");
+        assert_eq!(f.remove_before(201), 1);
+        assert!(matches!(
+            f.read(
+                DiskRef {
+                    seg: 1,
+                    off: 0,
+                    len: 5
+                },
+                &mut buf
+            ),
+            Err(ChunkFileError::Missing { .. })
+        ));
+        drop(f);
+
+        // Without a checkpoint referencing them, a start deletes what is there.
+        let f = ChunkFiles::open(dir.path()).unwrap();
+        assert_eq!(f.segment_count(), 1);
+        assert_eq!(f.remove_unreferenced(), 1);
+        assert_eq!(f.segment_count(), 0);
+        assert_eq!(f.file_bytes.load(Ordering::Relaxed), 0);
+    }
+}
