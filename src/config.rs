@@ -34,6 +34,7 @@
 //!
 //! [hot]
 //! retention = "26h"           # measured from the newest sample
+//! minute_rollup_retention = "2h"  # 1m rollups in memory (then only in the cold 1m tier)
 //!
 //! [cold]
 //! url = ""                    # file:///path | s3://bucket/prefix | memory://; "" = file://<data_dir>/cold
@@ -389,12 +390,16 @@ impl Default for JobConfig {
 pub struct HotConfig {
     /// Samples older than this before the newest sample are rejected and dropped.
     pub retention: Millis,
+    /// 1-minute rollups older than this before the newest sample leave memory once the cold
+    /// 1m tier has them (`/api/v1/rollups` reads them from there).
+    pub minute_rollup_retention: Millis,
 }
 
 impl Default for HotConfig {
     fn default() -> Self {
         HotConfig {
             retention: Millis(26 * 3_600_000),
+            minute_rollup_retention: Millis(2 * 3_600_000),
         }
     }
 }

@@ -522,7 +522,12 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
     });
     let st = state;
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        // Every minute (`TIDEMARK_TEST_GC_INTERVAL_MS`: tests that watch retention act).
+        let every = std::env::var("TIDEMARK_TEST_GC_INTERVAL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::from_secs(60), Duration::from_millis);
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             let s = Arc::clone(&st);
@@ -645,14 +650,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let log =
         Log::open(&data_dir.join("log"), cfg.log.fsync).context("opening the embedded log")?;
     let checkpoint_stats = Arc::new(CheckpointStats::default());
-    let restored =
-        crate::job::checkpoint::restore(&data_dir, cfg.hot.retention.0, &log, &checkpoint_stats)
-            .with_context(|| {
-                format!(
-                    "opening the chunk directory {} (sealed chunks of the hot index)",
-                    crate::job::checkpoint::chunk_dir(&data_dir).display()
-                )
-            })?;
+    let restored = crate::job::checkpoint::restore(
+        &data_dir,
+        cfg.hot.retention.0,
+        cfg.hot.minute_rollup_retention.0,
+        &log,
+        &checkpoint_stats,
+    )
+    .with_context(|| {
+        format!(
+            "opening the chunk directory {} (sealed chunks of the hot index)",
+            crate::job::checkpoint::chunk_dir(&data_dir).display()
+        )
+    })?;
     let hot = Arc::new(restored.hot);
     let metrics = Arc::new(Metrics::default());
     let startup_end = log.end_offset();

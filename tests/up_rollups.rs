@@ -555,6 +555,27 @@ fn sealed_chunks_on_disk_are_referenced_by_the_checkpoint_and_read_after_sigkill
     assert_eq!(t.metric("tidemark_hot_chunk_read_errors_total"), 0.0);
 }
 
+/// 1-minute rollups leave memory after `[hot] minute_rollup_retention` once the cold 1m tier
+/// has them; `/api/v1/rollups` then answers from that tier, with the same figures.
+#[test]
+fn minute_rollups_past_their_hot_retention_are_answered_from_the_cold_tier() {
+    let base = (now_ms() / 3_600_000 - 6) * 3_600_000;
+    let pushes = workload(base);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{CHECKPOINTS}[hot]\nminute_rollup_retention = \"10m\"\n");
+    let env = vec![("TIDEMARK_TEST_GC_INTERVAL_MS".into(), "200".into())];
+    let t = Tidemark::start_with_env(dir.path(), &config, 2, env);
+    push_all(&t, &pushes);
+    // The flush sample 4 h after the data seals its partitions; then the 1-minute rollups
+    // (4 series x 40 windows; 1-hour ones stay) leave memory.
+    // (4 series x 40 windows: about 2.9 KB with the 1-hour rollups, which stay: 0.65 KB.)
+    t.eventually("1-minute rollups out of memory", || {
+        (t.metric("tidemark_memory_bytes{component=\"hot_rollups\"}") < 1000.0).then_some(())
+    });
+    assert!(!files_in(&t, "cold/tier=1m").is_empty());
+    assert_oracle(&t, base, &pushes);
+}
+
 #[test]
 fn a_checkpoint_killed_half_written_is_discarded_and_the_previous_one_used() {
     let base = (now_ms() / 3_600_000 - 6) * 3_600_000;

@@ -59,6 +59,7 @@ pub fn chunk_dir(data_dir: &Path) -> PathBuf {
 pub fn restore(
     data_dir: &Path,
     retention_ms: i64,
+    minute_rollup_ms: i64,
     log: &Log,
     stats: &CheckpointStats,
 ) -> std::io::Result<Restored> {
@@ -67,7 +68,7 @@ pub fn restore(
     // Opened once up front, so that an error is reported rather than met inside the loader.
     drop(files()?);
     let new_index = || {
-        let hot = HotIndex::new(retention_ms);
+        let hot = HotIndex::new(retention_ms).with_minute_rollup_retention(minute_rollup_ms);
         match files() {
             Ok(f) => hot.with_chunk_files(f),
             Err(e) => {

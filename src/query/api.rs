@@ -2,6 +2,7 @@
 //! `/api/v1/series`, `/api/v1/labels`, `/api/v1/label/<name>/values`, `/api/v1/metadata`,
 //! `/api/v1/status/buildinfo`, with Prometheus's JSON shapes and error format.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value as Json};
+use tidemark_dataflows::Rollup;
 
 use super::aggregate::go_float;
 use super::engine::{selector_matchers, Engine};
@@ -495,17 +497,21 @@ pub async fn label_values(
 
 /// `GET /api/v1/rollups?match[]=SELECTOR&resolution=1m|1h&start=T&end=T` (Tidemark's own):
 /// the stored rollups of the matching series whose window starts in `[start, end]`, as rows
-/// `{metric, start, count, sum, min, max, first, last, increase}` (start in seconds).
+/// `{metric, start, count, sum, min, max, first, last, increase}` (start in seconds). Windows
+/// older than the hot index keeps (`[hot] minute_rollup_retention` for 1m, `retention` for
+/// 1h) come from the cold tier of the resolution; where both have a window, the hot index's
+/// (newer: it takes late corrections first) wins.
 pub async fn rollups(State(s): State<Arc<QueryState>>, RawQuery(q): RawQuery) -> Response {
+    use crate::store::cold::Tier;
     use crate::store::hot::Resolution;
     let p = params(&q, &Bytes::new());
     let sel = match selection(&p, true) {
         Ok(sel) => sel,
         Err(r) => return r,
     };
-    let res = match get(&p, "resolution").unwrap_or("1m") {
-        "1m" => Resolution::OneMinute,
-        "1h" => Resolution::OneHour,
+    let (res, tier) = match get(&p, "resolution").unwrap_or("1m") {
+        "1m" => (Resolution::OneMinute, Tier::Minute),
+        "1h" => (Resolution::OneHour, Tier::Hour),
         other => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -514,28 +520,61 @@ pub async fn rollups(State(s): State<Arc<QueryState>>, RawQuery(q): RawQuery) ->
             )
         }
     };
-    let mut out = Vec::new();
-    for ms in &sel.sets {
-        for id in s.hot.catalog.select(ms) {
-            let Some(labels) = s.hot.catalog.labels(id) else {
-                continue;
-            };
-            let rows: Vec<Json> = s
-                .hot
-                .rollups(id, res, sel.start, sel.end)
-                .iter()
-                .map(|r| {
-                    json!({"start": secs(r.start), "count": r.count, "sum": go_float(r.sum), "min": go_float(r.min), "max": go_float(r.max),
-                           "first": go_float(r.first), "last": go_float(r.last), "increase": go_float(r.increase),
-                           "first_ts": secs(r.first_ts), "last_ts": secs(r.last_ts)})
-                })
-                .collect();
-            if !rows.is_empty() {
-                out.push(json!({"metric": metric_json(&labels), "rollups": rows}));
+    let found = tokio::task::spawn_blocking(move || -> Result<Vec<Json>, String> {
+        let hot_from = match res {
+            Resolution::OneMinute => s.hot.minute_rollups_from(),
+            Resolution::OneHour => s.hot.min_valid_ts(),
+        };
+        // By series: labels and rows by window start.
+        let mut by_series: BTreeMap<u64, (Arc<Labels>, BTreeMap<i64, Rollup>)> = BTreeMap::new();
+        for ms in &sel.sets {
+            if let (Some(cold), true) = (&s.cold, sel.start < hot_from) {
+                let rows = cold
+                    .read(tier, ms, sel.start, sel.end)
+                    .map_err(|e| format!("reading the cold {tier} tier: {e}"))?;
+                for (id, cs) in rows {
+                    let e = by_series
+                        .entry(id)
+                        .or_insert_with(|| (Arc::new(cs.labels.clone()), BTreeMap::new()));
+                    e.1.extend(cs.rollups.into_iter().map(|r| (r.start, r)));
+                }
+            }
+            for id in s.hot.catalog.select(ms) {
+                let Some(labels) = s.hot.catalog.labels(id) else {
+                    continue;
+                };
+                let rows = s.hot.rollups(id, res, sel.start, sel.end);
+                if rows.is_empty() {
+                    continue;
+                }
+                let e = by_series
+                    .entry(id)
+                    .or_insert_with(|| (labels, BTreeMap::new()));
+                e.1.extend(rows.into_iter().map(|r| (r.start, r)));
             }
         }
+        Ok(by_series
+            .into_values()
+            .filter(|(_, rows)| !rows.is_empty())
+            .map(|(labels, rows)| {
+                let rows: Vec<Json> = rows
+                    .values()
+                    .map(|r| {
+                        json!({"start": secs(r.start), "count": r.count, "sum": go_float(r.sum), "min": go_float(r.min), "max": go_float(r.max),
+                               "first": go_float(r.first), "last": go_float(r.last), "increase": go_float(r.increase),
+                               "first_ts": secs(r.first_ts), "last_ts": secs(r.last_ts)})
+                    })
+                    .collect();
+                json!({"metric": metric_json(&labels), "rollups": rows})
+            })
+            .collect())
+    })
+    .await;
+    match found {
+        Ok(Ok(out)) => success(Json::Array(out)),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
-    success(Json::Array(out))
 }
 
 /// `GET /api/v1/metadata`: Tidemark keeps no metric metadata yet.

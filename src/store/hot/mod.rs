@@ -166,6 +166,8 @@ pub struct HotIndex {
     shards: Box<[RwLock<IdMap<Box<SeriesData>>>]>,
     newest: AtomicI64,
     retention_ms: i64,
+    /// 1-minute rollups kept this long before the newest sample (or while pinned).
+    minute_rollup_ms: i64,
     pub stats: HotStats,
     /// Times before which the cold writers no longer need data, by kind (see [`HotIndex::pin`]).
     pins: std::sync::Mutex<Vec<(PinKind, std::sync::Weak<AtomicI64>)>>,
@@ -453,6 +455,7 @@ impl HotIndex {
             shards: (0..SHARDS).map(|_| RwLock::new(IdMap::default())).collect(),
             newest: AtomicI64::new(i64::MIN),
             retention_ms,
+            minute_rollup_ms: retention_ms,
             stats: HotStats::default(),
             pins: std::sync::Mutex::new(Vec::new()),
             files: None,
@@ -465,6 +468,21 @@ impl HotIndex {
     pub fn with_chunk_files(mut self, files: ChunkFiles) -> Self {
         self.files = Some(files);
         self
+    }
+
+    /// Keeps 1-minute rollups `ms` before the newest sample rather than the whole retention
+    /// (the cold writers' pin still holds what they have not written): when the cold 1m tier
+    /// answers for older windows.
+    pub fn with_minute_rollup_retention(mut self, ms: i64) -> Self {
+        self.minute_rollup_ms = ms.clamp(0, self.retention_ms);
+        self
+    }
+
+    /// The oldest 1-minute window start the index keeps whatever the pins (`i64::MIN`:
+    /// everything).
+    pub fn minute_rollups_from(&self) -> i64 {
+        self.newest()
+            .map_or(i64::MIN, |n| n.saturating_sub(self.minute_rollup_ms))
     }
 
     /// The chunk directory, if sealed chunks go to disk.
@@ -756,7 +774,9 @@ impl HotIndex {
         }
         let cutoff = retention.min(self.pinned(PinKind::Raw));
         let (cut_1m, cut_1h) = (
-            retention.min(self.pinned(PinKind::Minute)),
+            self.minute_rollups_from()
+                .max(retention)
+                .min(self.pinned(PinKind::Minute)),
             retention.min(self.pinned(PinKind::Hour)),
         );
         let mut removed = Vec::new();
@@ -1346,5 +1366,50 @@ mod tests {
         let mut out = Vec::new();
         h.samples(1, 0, 10_000, &mut out);
         assert_eq!(out, vec![(7000, 1.0)]);
+    }
+
+    #[test]
+    fn minute_rollups_leave_memory_after_their_retention_unless_pinned() {
+        const H: i64 = 3_600_000;
+        let h = HotIndex::new(26 * H).with_minute_rollup_retention(2 * H);
+        let roll = |start: i64, width: i64| Rollup {
+            series: 1,
+            start,
+            width,
+            count: 1,
+            sum: 1.0,
+            min: 1.0,
+            max: 1.0,
+            first: 1.0,
+            last: 1.0,
+            increase: 0.0,
+            first_ts: start + 1,
+            last_ts: start + 1,
+        };
+        // Five hours of 1-minute rollups and their 1-hour ones.
+        let minutes: Vec<Rollup> = (0..300).map(|m| roll(m * 60_000, 60_000)).collect();
+        h.upsert(&minutes);
+        h.upsert(&(0..5).map(|i| roll(i * H, H)).collect::<Vec<_>>());
+        h.append_samples(&[Sample {
+            series: 1,
+            ts: 5 * H,
+            value: 1.0,
+        }]);
+        let pin = h.pin(PinKind::Minute);
+        pin.store(H, Ordering::Release);
+        h.gc();
+        // Pinned from hour 1 (a cold writer has not written it): the first block (two hours)
+        // is still needed.
+        let kept = h.rollups(1, Resolution::OneMinute, 0, i64::MAX);
+        assert_eq!(kept.len(), 300);
+        // Unpinned: kept from 2 hours before the newest sample, by whole blocks.
+        pin.store(i64::MAX, Ordering::Release);
+        h.gc();
+        let kept = h.rollups(1, Resolution::OneMinute, 0, i64::MAX);
+        assert_eq!(kept.first().unwrap().start, 2 * H);
+        assert_eq!(kept.last().unwrap().start, 299 * 60_000);
+        assert_eq!(h.minute_rollups_from(), 3 * H);
+        // 1-hour rollups follow the retention.
+        assert_eq!(h.rollups(1, Resolution::OneHour, 0, i64::MAX).len(), 5);
     }
 }
