@@ -486,8 +486,8 @@ fn sigkill_and_resume_from_checkpoints_give_the_oracle_rollups() {
     let pushes = workload(base);
     let third = pushes.len() / 3;
     let dir = tempfile::tempdir().unwrap();
-    // Log segments of 4 KiB, so checkpoints truncate the log within the test.
-    let env = vec![("TIDEMARK_TEST_LOG_SEGMENT_BYTES".into(), "4096".into())];
+    // Log segments of 1 KiB (records are about 100-300 bytes), so checkpoints truncate the log within the test.
+    let env = vec![("TIDEMARK_TEST_LOG_SEGMENT_BYTES".into(), "1024".into())];
     let mut t = Tidemark::start_with_env(dir.path(), CHECKPOINTS, 2, env);
     push_all(&t, &pushes[..third]);
     checkpointed(&t, third);
@@ -628,7 +628,7 @@ fn a_process_killed_inside_a_log_truncation_restarts_and_finishes_it() {
     let pushes = workload(base);
     let half = pushes.len() / 2;
     let dir = tempfile::tempdir().unwrap();
-    // About one record a segment, so that a truncation deletes several.
+    // A few records a segment, so that a truncation deletes several.
     let small = (
         "TIDEMARK_TEST_LOG_SEGMENT_BYTES".to_string(),
         "512".to_string(),

@@ -40,6 +40,13 @@ impl<'a> Reader<'a> {
     pub fn is_empty(&self) -> bool {
         self.at >= self.buf.len()
     }
+    /// The next `n` bytes (`None`: fewer are left).
+    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.buf.len())?;
+        let s = &self.buf[self.at..end];
+        self.at = end;
+        Some(s)
+    }
 }
 
 /// Zigzag: small magnitudes of either sign to small unsigned values.
