@@ -517,7 +517,7 @@ impl Log {
     pub fn reader(&self, offset: u64) -> Result<LogReader, LogError> {
         let mut r = LogReader {
             log: self.clone(),
-            seg: usize::MAX,
+            seg: None,
             file: None,
             next: 0,
             buf: Vec::new(),
@@ -530,7 +530,9 @@ impl Log {
 /// A sequential reader. Payloads are read only for records the caller wants.
 pub struct LogReader {
     log: Log,
-    seg: usize,
+    /// The segment being read: its first offset and path. Segments are known by base, not by
+    /// position in the list: truncation removes segments from its front while a reader reads.
+    seg: Option<(u64, PathBuf)>,
     file: Option<BufReader<File>>,
     next: u64,
     buf: Vec<u8>,
@@ -553,7 +555,7 @@ impl LogReader {
             .clone();
         let offset = offset.max(segs[0].base);
         let i = segs.iter().rposition(|s| s.base <= offset).unwrap_or(0);
-        self.open_segment(&segs[i], i)?;
+        self.open_segment(&segs[i])?;
         while self.next < offset {
             if self.next_record(|_| false)?.is_none() {
                 break;
@@ -562,10 +564,10 @@ impl LogReader {
         Ok(())
     }
 
-    fn open_segment(&mut self, seg: &Segment, i: usize) -> Result<(), LogError> {
+    fn open_segment(&mut self, seg: &Segment) -> Result<(), LogError> {
         let f = File::open(&seg.path).map_err(io_err(&seg.path))?;
         self.file = Some(BufReader::with_capacity(1 << 20, f));
-        self.seg = i;
+        self.seg = Some((seg.base, seg.path.clone()));
         self.next = seg.base;
         Ok(())
     }
@@ -579,7 +581,10 @@ impl LogReader {
         if self.next >= self.log.end_offset() {
             return Ok(None);
         }
-        // Move to the next segment when this one is exhausted.
+        // Move to the next segment when this one is exhausted: the segment holding `next` is
+        // the last one starting at or before it; it is opened when it starts exactly there.
+        // (The one being read may have been deleted by a truncation meanwhile: its open file
+        // is read to its end.)
         let next_seg = {
             let segs = self
                 .log
@@ -587,32 +592,16 @@ impl LogReader {
                 .segments
                 .read()
                 .unwrap_or_else(|e| e.into_inner());
-            let cur = segs
-                .iter()
-                .position(|s| s.base > self.next)
-                .map(|j| j.saturating_sub(1));
-            match cur {
-                Some(j) if j != self.seg => Some((segs[j].clone(), j)),
-                None if self.seg != segs.len() - 1 => {
-                    Some((segs[segs.len() - 1].clone(), segs.len() - 1))
-                }
-                _ => None,
-            }
+            segs.iter()
+                .rev()
+                .find(|s| s.base <= self.next)
+                .filter(|s| s.base == self.next && self.seg.as_ref().map(|c| c.0) != Some(s.base))
+                .cloned()
         };
-        if let Some((seg, j)) = next_seg {
-            if seg.base == self.next {
-                self.open_segment(&seg, j)?;
-            }
+        if let Some(seg) = next_seg {
+            self.open_segment(&seg)?;
         }
-        let path = self
-            .log
-            .shared
-            .segments
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(self.seg)
-            .map(|s| s.path.clone())
-            .unwrap_or_default();
+        let path = self.seg.as_ref().map(|c| c.1.clone()).unwrap_or_default();
         let offset = self.next;
         let load = want(offset);
         let file = self.file.as_mut().expect("open segment");
@@ -760,5 +749,39 @@ mod tests {
             0,
             "the active segment stays"
         );
+    }
+
+    /// A truncation that deletes segments before the one a reader is in must not lose the
+    /// reader's place: it read on into the next segment (it used to track its segment by
+    /// position in the list, and stalled for good at the next boundary, a job reading
+    /// nothing more: seen at 1 M series).
+    #[test]
+    fn a_reader_crosses_segments_while_earlier_ones_are_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), FsyncPolicy::Never).unwrap();
+        let big = vec![7u8; 1 << 20];
+        // Three segments of 256 records (256 MiB) and a fourth.
+        for i in 0..800i64 {
+            log.append(RecordKind::Batch, i, i, &big).unwrap();
+        }
+        let mut r = log.reader(300).unwrap();
+        // Inside the second segment, then the first is deleted.
+        for _ in 0..100 {
+            r.next_record(|_| false).unwrap().unwrap();
+        }
+        assert_eq!(log.delete_before(400).unwrap(), 1);
+        let mut n = 400;
+        while let Some(rec) = r.next_record(|o| o % 97 == 0).unwrap() {
+            assert_eq!(rec.offset, n);
+            if n % 97 == 0 {
+                assert_eq!(rec.payload, big);
+            }
+            n += 1;
+            // And one more deleted while the reader is in the third.
+            if n == 600 {
+                assert_eq!(log.delete_before(600).unwrap(), 1);
+            }
+        }
+        assert_eq!(n, 800);
     }
 }
