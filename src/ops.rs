@@ -198,3 +198,27 @@ pub fn rss_bytes() -> f64 {
         })
         .map_or(0.0, |kb| kb * 1024.0)
 }
+
+/// `/metrics` families of the hot index's chunk directory (none without one).
+pub fn render_chunk_files(hot: &crate::store::hot::HotIndex, w: &mut TextWriter) {
+    if let Some(f) = hot.chunk_files() {
+        w.family(
+            "tidemark_hot_chunk_disk_bytes",
+            "gauge",
+            "Encoded bytes of sealed chunks spilled to the chunk directory (referenced by the index).",
+            &[("", hot.stats.chunk_disk_bytes.load(Ordering::Relaxed) as f64)],
+        );
+        w.family(
+            "tidemark_hot_chunk_files_bytes",
+            "gauge",
+            "Bytes of the chunk directory's segment files (with chunks rewritten or dropped since, until their segment expires).",
+            &[("", f.file_bytes.load(Ordering::Relaxed) as f64)],
+        );
+        w.family(
+            "tidemark_hot_chunk_read_errors_total",
+            "counter",
+            "Sealed chunks that could not be read back from the chunk directory (missing or damaged segment); their samples were left out of the read.",
+            &[("", f.read_errors.load(Ordering::Relaxed) as f64)],
+        );
+    }
+}

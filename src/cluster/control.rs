@@ -972,6 +972,7 @@ fn render_metrics(s: &ControlState) -> String {
         "Bytes of samples and rollups in this process's hot index.",
         &[("", s.hot.bytes() as f64)],
     );
+    crate::ops::render_chunk_files(&s.hot, &mut w);
     w.0
 }
 

@@ -233,7 +233,29 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(opts.data_dir.join("jobs"))
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
-    let hot = Arc::new(HotIndex::new(opts.hot_retention_ms));
+    // Sealed chunks go to `<data_dir>/chunks`; the index is rebuilt from the jobs' WALs at
+    // start, so what an earlier run spilled is not referenced.
+    let chunks = opts.data_dir.join("chunks");
+    let files = crate::store::hot::chunkfile::ChunkFiles::open(&chunks)
+        .with_context(|| format!("opening the chunk directory {}", chunks.display()))?;
+    files.remove_unreferenced();
+    let hot = Arc::new(HotIndex::new(opts.hot_retention_ms).with_chunk_files(files));
+    {
+        // Spill every 2 s; retention every minute.
+        let hot = Arc::clone(&hot);
+        std::thread::Builder::new()
+            .name("tidemark-hot-maintenance".into())
+            .spawn(move || {
+                for round in 1u64.. {
+                    std::thread::sleep(Duration::from_secs(2));
+                    hot.spill();
+                    if round % 30 == 0 {
+                        hot.gc();
+                    }
+                }
+            })
+            .context("starting the hot index maintenance thread")?;
+    }
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
     let bindings = Arc::new(Mutex::new(load_bindings(&opts.data_dir)));
