@@ -230,10 +230,22 @@ impl ChunkFiles {
                 .filter_map(|s| segs.get(s).map(|s| Arc::clone(&s.file)))
                 .collect()
         };
-        for f in files {
-            f.sync_data()?;
+        let res = files
+            .iter()
+            .try_for_each(|f| f.sync_data())
+            .and_then(|()| File::open(&self.dir)?.sync_all());
+        if res.is_err() {
+            // Not durable yet: the next sync (the next checkpoint) tries them again.
+            if let Some(a) = self
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+            {
+                a.dirty.extend(dirty);
+            }
         }
-        File::open(&self.dir)?.sync_all()
+        res
     }
 
     /// Records that a loaded checkpoint references segment `seg` up to sample time `max_ts`;
