@@ -263,7 +263,12 @@ fn sigkill_during_for_fires_once_at_the_right_event_time() {
         (b + 9_000) / 1000
     ));
     assert_eq!(q["result"].as_array().unwrap().len(), 0, "{q}");
-    // Restart again: no second notification.
+    // Restart again: no second notification. Delivery is at-least-once: a kill between the
+    // receiver's answer and the outbox write re-sends, so wait until the delivery is on disk.
+    t.eventually("delivery recorded", || {
+        let n = t.api("/api/v1/notifications");
+        n["queued"].as_array().unwrap().is_empty().then_some(())
+    });
     t.kill();
     t.spawn();
     push_cpu(&t, b, "a", 16..=20, 95.0, 30);
