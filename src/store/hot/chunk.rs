@@ -352,6 +352,17 @@ impl Chunk {
         }
     }
 
+    /// A chunk whose bytes are on disk at `r`.
+    pub fn on_disk(min_ts: i64, max_ts: i64, count: u16, codec: ValueCodec, r: DiskRef) -> Chunk {
+        Chunk {
+            min_ts,
+            max_ts,
+            count,
+            codec,
+            body: Body::Disk(r),
+        }
+    }
+
     /// Encoded size in bytes (without the 8 padding bytes), wherever they are.
     pub fn size(&self) -> usize {
         match &self.body {

@@ -14,6 +14,7 @@ pub mod chunk;
 pub mod chunkfile;
 pub mod index;
 pub mod rollups;
+mod sealed;
 pub mod snap;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -27,6 +28,7 @@ use chunk::{Appender, Chunk, CHUNK_SAMPLES};
 use chunkfile::{ChunkFileError, ChunkFiles, DiskRef};
 use index::Catalog;
 use rollups::RollupSeries;
+use sealed::Sealed;
 
 const SHARDS: usize = 64;
 
@@ -41,7 +43,7 @@ pub enum Resolution {
 }
 
 struct SeriesData {
-    sealed: Vec<Chunk>,
+    sealed: Sealed,
     /// The samples after the last sealed chunk, compressed as they are appended.
     head: Appender,
     /// Samples at or before the newest one that arrived out of order, waiting to be merged
@@ -64,7 +66,7 @@ const NO_SAMPLE: i64 = i64::MIN;
 impl Default for SeriesData {
     fn default() -> Self {
         SeriesData {
-            sealed: Vec::new(),
+            sealed: Sealed::default(),
             head: Appender::default(),
             ooo: Vec::new(),
             held_ts: NO_SAMPLE,
@@ -230,7 +232,7 @@ impl SeriesData {
         // In order: appended to the compressed head. Anything at or before the newest sample
         // (a correction, a duplicate, disorder) waits in the out-of-order buffer.
         let newest = if self.head.is_empty() {
-            self.sealed.last().map(|c| c.max_ts)
+            self.sealed.max_ts()
         } else {
             Some(self.head.last_ts())
         };
@@ -306,39 +308,42 @@ impl SeriesData {
             ..Delta::default()
         };
         // Samples after the last sealed chunk belong to the head.
-        let sealed_end = self.sealed.last().map_or(i64::MIN, |c| c.max_ts);
+        let sealed_end = self.sealed.max_ts().unwrap_or(i64::MIN);
         let split = ooo.partition_point(|p| p.0 <= sealed_end);
         let (into_chunks, into_head) = ooo.split_at(split);
-        let mut k = 0;
-        let mut samples = Vec::new();
         let mut merged = Vec::new();
-        let mut scratch = Vec::new();
-        while k < into_chunks.len() {
-            let i = self
-                .sealed
-                .iter()
-                .rposition(|c| c.min_ts <= into_chunks[k].0)
-                .unwrap_or(0);
-            let limit = self.sealed.get(i + 1).map_or(i64::MAX, |c| c.min_ts);
-            let end = k + into_chunks[k..].partition_point(|p| p.0 < limit);
-            samples.clear();
-            if let Err(e) = self.sealed[i].decode(files, &mut scratch, &mut samples) {
-                // The chunk stays as it is; these late samples cannot be merged into it.
-                report_read_error(&e);
+        if !into_chunks.is_empty() {
+            let mut sealed = self.sealed.take_all();
+            let mut k = 0;
+            let mut samples = Vec::new();
+            let mut scratch = Vec::new();
+            while k < into_chunks.len() {
+                let i = sealed
+                    .iter()
+                    .rposition(|c| c.min_ts <= into_chunks[k].0)
+                    .unwrap_or(0);
+                let limit = sealed.get(i + 1).map_or(i64::MAX, |c| c.min_ts);
+                let end = k + into_chunks[k..].partition_point(|p| p.0 < limit);
+                samples.clear();
+                if let Err(e) = sealed[i].decode(files, &mut scratch, &mut samples) {
+                    // The chunk stays as it is; these late samples cannot be merged into it.
+                    report_read_error(&e);
+                    k = end;
+                    continue;
+                }
+                merged.clear();
+                merge_sorted(&into_chunks[k..end], &samples, &mut merged);
+                d.sealed_samples += merged.len() as i64 - samples.len() as i64;
+                let before = sealed[i].size() as i64;
+                if sealed[i].disk_ref().is_some() {
+                    d.chunk_disk_bytes -= before;
+                }
+                sealed[i] = Chunk::encode(&merged);
+                d.chunk_bytes += sealed[i].size() as i64 - before;
+                d.new_chunks += 1;
                 k = end;
-                continue;
             }
-            merged.clear();
-            merge_sorted(&into_chunks[k..end], &samples, &mut merged);
-            d.sealed_samples += merged.len() as i64 - samples.len() as i64;
-            let before = self.sealed[i].size() as i64;
-            if self.sealed[i].disk_ref().is_some() {
-                d.chunk_disk_bytes -= before;
-            }
-            self.sealed[i] = Chunk::encode(&merged);
-            d.chunk_bytes += self.sealed[i].size() as i64 - before;
-            d.new_chunks += 1;
-            k = end;
+            self.sealed.set_all(sealed);
         }
         if !into_head.is_empty() {
             let head = std::mem::take(&mut self.head).samples();
@@ -358,9 +363,7 @@ impl SeriesData {
     /// Heap bytes of the raw samples: chunk table, chunk bytes and head (the out-of-order
     /// buffer is counted apart).
     fn raw_heap_bytes(&self) -> usize {
-        self.sealed.capacity() * std::mem::size_of::<Chunk>()
-            + self.sealed.iter().map(Chunk::heap_bytes).sum::<usize>()
-            + self.head.heap_bytes()
+        self.sealed.heap_bytes() + self.head.heap_bytes()
     }
 
     fn samples_in(
@@ -372,8 +375,11 @@ impl SeriesData {
     ) {
         let from_all = out.len();
         let mut scratch = Vec::new();
-        for c in &self.sealed {
-            if c.max_ts < start || c.min_ts > end {
+        for c in self.sealed.iter() {
+            if c.min_ts > end {
+                break;
+            }
+            if c.max_ts < start {
                 continue;
             }
             let from = out.len();
@@ -501,7 +507,9 @@ impl HotIndex {
         };
         let mut moved = 0;
         let mut batch = Vec::new();
-        let mut placed: Vec<(SeriesId, usize, u32, u32)> = Vec::new();
+        // Per series written: its id, and where its chunks start in `refs`.
+        let mut placed: Vec<(SeriesId, usize)> = Vec::new();
+        let mut refs: Vec<DiskRef> = Vec::new();
         for (i, sh) in self.shards.iter().enumerate() {
             let mut ids =
                 std::mem::take(&mut *self.unspilled[i].lock().unwrap_or_else(|e| e.into_inner()));
@@ -513,15 +521,24 @@ impl HotIndex {
             let mut sh = sh.write().unwrap_or_else(|e| e.into_inner());
             batch.clear();
             placed.clear();
+            refs.clear();
             let mut max_ts = i64::MIN;
             for &id in &ids {
                 let Some(s) = sh.get(&id) else { continue };
-                for (k, c) in s.sealed.iter().enumerate() {
-                    if let Some(b) = c.mem_bytes() {
-                        placed.push((id, k, batch.len() as u32, b.len() as u32));
-                        batch.extend_from_slice(b);
-                        max_ts = max_ts.max(c.max_ts);
-                    }
+                let mem = s.sealed.in_memory();
+                if mem.is_empty() {
+                    continue;
+                }
+                placed.push((id, refs.len()));
+                for c in mem {
+                    let b = c.mem_bytes().expect("a chunk in memory");
+                    refs.push(DiskRef {
+                        seg: 0,
+                        off: batch.len() as u32,
+                        len: b.len() as u32,
+                    });
+                    batch.extend_from_slice(b);
+                    max_ts = max_ts.max(c.max_ts);
                 }
             }
             if placed.is_empty() {
@@ -532,7 +549,7 @@ impl HotIndex {
                 Err(e) => {
                     eprintln!(
                         "tidemark: hot index: writing {} sealed chunks to {} failed, they stay in memory (retried): {e}",
-                        placed.len(),
+                        refs.len(),
                         files.dir().display()
                     );
                     self.unspilled[i]
@@ -542,18 +559,18 @@ impl HotIndex {
                     break;
                 }
             };
-            let mut disk = 0i64;
-            for &(id, k, off, len) in &placed {
-                if let Some(c) = sh.get_mut(&id).and_then(|s| s.sealed.get_mut(k)) {
-                    c.spilled(DiskRef {
-                        seg,
-                        off: base + off,
-                        len,
-                    });
-                    disk += i64::from(len);
+            for r in refs.iter_mut() {
+                r.seg = seg;
+                r.off += base;
+            }
+            let disk: i64 = refs.iter().map(|r| i64::from(r.len)).sum();
+            for (k, &(id, from)) in placed.iter().enumerate() {
+                let to = placed.get(k + 1).map_or(refs.len(), |p| p.1);
+                if let Some(s) = sh.get_mut(&id) {
+                    s.sealed.spilled(&refs[from..to]);
                 }
             }
-            moved += placed.len();
+            moved += refs.len();
             self.stats
                 .chunk_disk_bytes
                 .fetch_add(disk, Ordering::Relaxed);
@@ -785,17 +802,13 @@ impl HotIndex {
         for sh in self.shards.iter() {
             let mut sh = sh.write().unwrap_or_else(|e| e.into_inner());
             sh.retain(|id, s| {
-                s.sealed.retain(|c| {
-                    let keep = c.max_ts >= cutoff;
-                    if !keep {
-                        d.chunk_bytes -= c.size() as i64;
-                        if c.disk_ref().is_some() {
-                            d.chunk_disk_bytes -= c.size() as i64;
-                        }
-                        d.sealed_samples -= i64::from(c.count);
+                for c in s.sealed.drop_before(cutoff) {
+                    d.chunk_bytes -= c.size() as i64;
+                    if c.disk_ref().is_some() {
+                        d.chunk_disk_bytes -= c.size() as i64;
                     }
-                    keep
-                });
+                    d.sealed_samples -= i64::from(c.count);
+                }
                 let before = s.head_bytes();
                 let n = s.ooo.partition_point(|p| p.0 < cutoff);
                 if n > 0 {
@@ -847,7 +860,7 @@ impl HotIndex {
 impl SeriesData {
     fn snap(&self, e: &mut snap::Enc<'_>) {
         e.len(self.sealed.len());
-        for c in &self.sealed {
+        for c in self.sealed.iter() {
             c.snap(e);
         }
         self.head.snap(e);
@@ -865,10 +878,12 @@ impl SeriesData {
 
     fn unsnap(d: &mut snap::Dec<'_>) -> Result<SeriesData, snap::DecError> {
         let n = d.len(27, "chunks")?;
-        let mut sealed = Vec::with_capacity(n);
+        let mut chunks = Vec::with_capacity(n);
         for _ in 0..n {
-            sealed.push(Chunk::unsnap(d)?);
+            chunks.push(Chunk::unsnap(d)?);
         }
+        let mut sealed = Sealed::default();
+        sealed.set_all(chunks);
         let head = Appender::unsnap(d)?;
         let n = d.len(16, "out-of-order samples")?;
         let mut ooo = Vec::with_capacity(n);
@@ -886,8 +901,7 @@ impl SeriesData {
         // A sample that was held when written is held again.
         let newest_in = s
             .sealed
-            .last()
-            .map(|c| c.max_ts)
+            .max_ts()
             .into_iter()
             .chain((!s.head.is_empty()).then(|| s.head.last_ts()))
             .max()
@@ -962,7 +976,8 @@ impl HotIndex {
         }
         // Chunks on disk: their segments are kept; a chunk whose segment is gone (retention
         // deleted it after this checkpoint was written) is older than what the index keeps.
-        data.sealed.retain(|c| match c.disk_ref() {
+        let mut chunks = data.sealed.take_all();
+        chunks.retain(|c| match c.disk_ref() {
             None => true,
             Some(r) => {
                 let there = self.files.as_ref().is_some_and(|f| f.note(r.seg, c.max_ts));
@@ -972,13 +987,13 @@ impl HotIndex {
                 there
             }
         });
-        let spill = data.sealed.iter().any(|c| c.disk_ref().is_none());
+        data.sealed.set_all(chunks);
+        let spill = !data.sealed.in_memory().is_empty();
         self.catalog.register_canonical(id, canon);
         let (delta, rollup_bytes) = data.counted();
         if let Some(newest) = data
             .sealed
-            .last()
-            .map(|c| c.max_ts)
+            .max_ts()
             .into_iter()
             .chain((!data.head.is_empty()).then(|| data.head.last_ts()))
             .chain(data.ooo.last().map(|p| p.0))
@@ -1011,7 +1026,8 @@ impl HotIndex {
             .unwrap_or_else(|e| e.into_inner());
         let s = shard.get(&id)?;
         let span = |lo: i64, hi: i64| (hi >= start && lo < end).then(|| lo.max(start));
-        s.sealed
+        let found = s
+            .sealed
             .iter()
             .find_map(|c| span(c.min_ts, c.max_ts))
             .or_else(|| {
@@ -1020,7 +1036,8 @@ impl HotIndex {
                     .flatten()
             })
             .or_else(|| s.ooo.iter().map(|p| p.0).find(|&t| t >= start && t < end))
-            .or_else(|| s.held().map(|p| p.0).filter(|&t| t >= start && t < end))
+            .or_else(|| s.held().map(|p| p.0).filter(|&t| t >= start && t < end));
+        found
     }
 
     /// As [`HotIndex::any_sample_in`], for rollups of a resolution (by window start).
