@@ -76,7 +76,7 @@ fn report_rollups() {
         let mut rs = RollupSeries::default();
         for w in pts.chunks(6) {
             let start = w[0].0 - w[0].0.rem_euclid(60_000);
-            bytes += rs.upsert(Rollup::from_sorted(1, start, 60_000, w).unwrap());
+            bytes += rs.upsert(Rollup::from_sorted(1, start, 60_000, w).unwrap(), None);
             n += 1;
         }
     }

@@ -507,8 +507,9 @@ impl HotIndex {
         };
         let mut moved = 0;
         let mut batch = Vec::new();
-        // Per series written: its id, and where its chunks start in `refs`.
-        let mut placed: Vec<(SeriesId, usize)> = Vec::new();
+        // Per series written: its id, and where its chunks, 1-minute and 1-hour rollup blocks
+        // start in `refs`.
+        let mut placed: Vec<(SeriesId, [usize; 3])> = Vec::new();
         let mut refs: Vec<DiskRef> = Vec::new();
         for (i, sh) in self.shards.iter().enumerate() {
             let mut ids =
@@ -526,20 +527,35 @@ impl HotIndex {
             for &id in &ids {
                 let Some(s) = sh.get(&id) else { continue };
                 let mem = s.sealed.in_memory();
-                if mem.is_empty() {
+                if mem.is_empty()
+                    && s.r1m.in_memory().next().is_none()
+                    && s.r1h.in_memory().next().is_none()
+                {
                     continue;
                 }
-                placed.push((id, refs.len()));
-                for c in mem {
-                    let b = c.mem_bytes().expect("a chunk in memory");
+                let start = refs.len();
+                let mut put = |b: &[u8], end: i64| {
                     refs.push(DiskRef {
                         seg: 0,
                         off: batch.len() as u32,
                         len: b.len() as u32,
                     });
                     batch.extend_from_slice(b);
-                    max_ts = max_ts.max(c.max_ts);
+                    max_ts = max_ts.max(end);
+                    refs.len()
+                };
+                let mut minutes = start;
+                for c in mem {
+                    minutes = put(c.mem_bytes().expect("a chunk in memory"), c.max_ts);
                 }
+                let mut hours = minutes;
+                for (b, end) in s.r1m.in_memory() {
+                    hours = put(b, end);
+                }
+                for (b, end) in s.r1h.in_memory() {
+                    put(b, end);
+                }
+                placed.push((id, [start, minutes, hours]));
             }
             if placed.is_empty() {
                 continue;
@@ -563,13 +579,19 @@ impl HotIndex {
                 r.seg = seg;
                 r.off += base;
             }
-            let disk: i64 = refs.iter().map(|r| i64::from(r.len)).sum();
-            for (k, &(id, from)) in placed.iter().enumerate() {
-                let to = placed.get(k + 1).map_or(refs.len(), |p| p.1);
+            let mut disk = 0i64;
+            let mut freed = 0i64;
+            for (k, &(id, at)) in placed.iter().enumerate() {
+                let to = placed.get(k + 1).map_or(refs.len(), |p| p.1[0]);
                 if let Some(s) = sh.get_mut(&id) {
-                    s.sealed.spilled(&refs[from..to]);
+                    let chunks = &refs[at[0]..at[1]];
+                    disk += chunks.iter().map(|r| i64::from(r.len)).sum::<i64>();
+                    s.sealed.spilled(chunks);
+                    freed += s.r1m.spilled(&refs[at[1]..at[2]]);
+                    freed += s.r1h.spilled(&refs[at[2]..to]);
                 }
             }
+            self.stats.rollup_bytes.fetch_sub(freed, Ordering::Relaxed);
             moved += refs.len();
             self.stats
                 .chunk_disk_bytes
@@ -704,16 +726,22 @@ impl HotIndex {
     pub fn upsert(&self, rollups: &[Rollup]) {
         let mut bytes = 0;
         for r in rollups {
-            let mut shard = self.shards[shard(r.series)]
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
+            let i = shard(r.series);
+            let mut shard = self.shards[i].write().unwrap_or_else(|e| e.into_inner());
             let s = shard.entry(r.series).or_default();
             let v = if r.width >= 3_600_000 {
                 &mut s.r1h
             } else {
                 &mut s.r1m
             };
-            bytes += v.upsert(*r);
+            bytes += v.upsert(*r, self.files.as_ref());
+            if self.files.is_some() && v.in_memory().next().is_some() {
+                drop(shard);
+                self.unspilled[i]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(r.series);
+            }
         }
         self.stats.rollup_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -740,7 +768,7 @@ impl HotIndex {
             Resolution::OneMinute => &s.r1m,
             Resolution::OneHour => &s.r1h,
         };
-        v.range(id, start, end)
+        v.range(id, start, end, self.files.as_ref())
     }
 
     /// Bytes the raw samples take: sealed chunks, compressed heads, out-of-order buffers.
@@ -849,8 +877,8 @@ impl HotIndex {
             .rollup_bytes
             .fetch_add(drollups, Ordering::Relaxed);
         if let Some(f) = &self.files {
-            // Every chunk in such a segment was dropped above.
-            f.remove_before(cutoff);
+            // Every chunk and rollup block in such a segment was dropped above.
+            f.remove_before(cutoff.min(cut_1m).min(cut_1h));
         }
     }
 }
@@ -988,7 +1016,18 @@ impl HotIndex {
             }
         });
         data.sealed.set_all(chunks);
-        let spill = !data.sealed.in_memory().is_empty();
+        for r in [&mut data.r1m, &mut data.r1h] {
+            r.retain_on_disk(|d, end| {
+                let there = self.files.as_ref().is_some_and(|f| f.note(d.seg, end));
+                if !there {
+                    self.stats.chunks_missing.fetch_add(1, Ordering::Relaxed);
+                }
+                there
+            });
+        }
+        let spill = !data.sealed.in_memory().is_empty()
+            || data.r1m.in_memory().next().is_some()
+            || data.r1h.in_memory().next().is_some();
         self.catalog.register_canonical(id, canon);
         let (delta, rollup_bytes) = data.counted();
         if let Some(newest) = data
@@ -1189,6 +1228,98 @@ mod tests {
                 .load(Ordering::Relaxed),
             0
         );
+    }
+
+    #[test]
+    fn rollup_blocks_spill_to_disk_take_corrections_and_reload_from_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HotIndex::new(i64::MAX / 4).with_chunk_files(ChunkFiles::open(dir.path()).unwrap());
+        let roll = |id: u64, start: i64, width: i64, v: f64| {
+            let pts = [(start, v), (start + width / 2, v * 1.5 + 0.25)];
+            Rollup::from_sorted(id, start, width, &pts).unwrap()
+        };
+        let mut want: std::collections::BTreeMap<(u64, i64, i64), Rollup> = Default::default();
+        for id in 1..=5u64 {
+            h.catalog
+                .register_canonical(id, format!("m{id}").as_bytes());
+            let mut rows = Vec::new();
+            for m in 0..300 {
+                rows.push(roll(id, m * 60_000, 60_000, (m % 23) as f64 * 0.5));
+            }
+            for hr in 0..5 {
+                rows.push(roll(id, hr * 3_600_000, 3_600_000, hr as f64 + 0.125));
+            }
+            for r in &rows {
+                want.insert((id, r.width, r.start), *r);
+            }
+            h.upsert(&rows);
+        }
+        let check = |h: &HotIndex, want: &std::collections::BTreeMap<(u64, i64, i64), Rollup>| {
+            for id in 1..=5u64 {
+                for (res, width) in [
+                    (Resolution::OneMinute, 60_000),
+                    (Resolution::OneHour, 3_600_000),
+                ] {
+                    let got = h.rollups(id, res, i64::MIN, i64::MAX);
+                    let exp: Vec<Rollup> = want
+                        .range((id, width, i64::MIN)..=(id, width, i64::MAX))
+                        .map(|(_, r)| *r)
+                        .collect();
+                    assert_eq!(got, exp, "series {id} width {width}");
+                }
+            }
+        };
+        check(&h, &want);
+        let (mem, stat) = (h.memory().rollups, h.rollup_bytes());
+        assert!(h.spill() > 0);
+        assert_eq!(h.spill(), 0, "nothing new to spill");
+        let (mem2, stat2) = (h.memory().rollups, h.rollup_bytes());
+        // The blocks left memory: what stays is their references and the tails.
+        assert!(mem2 * 3 < mem, "{mem} -> {mem2} bytes");
+        assert!(stat2 < stat, "{stat} -> {stat2}");
+        check(&h, &want);
+
+        // Corrections to windows in blocks on disk: read back, rewritten, spilled again.
+        let fix: Vec<Rollup> = (1..=5u64)
+            .flat_map(|id| {
+                [
+                    roll(id, 10 * 60_000, 60_000, -1.0),
+                    roll(id, 3_600_000, 3_600_000, -2.0),
+                ]
+            })
+            .collect();
+        h.upsert(&fix);
+        for r in &fix {
+            want.insert((r.series, r.width, r.start), *r);
+        }
+        check(&h, &want);
+        assert!(h.spill() > 0);
+        check(&h, &want);
+
+        // A checkpoint references the blocks; a new process loads it over the same directory.
+        h.sync_chunk_files().unwrap();
+        let mut records = Vec::new();
+        for i in 0..HotIndex::SHARDS {
+            h.snap_shard(i, &mut records);
+        }
+        let back =
+            HotIndex::new(i64::MAX / 4).with_chunk_files(ChunkFiles::open(dir.path()).unwrap());
+        let mut at = 0;
+        while at < records.len() {
+            let len = u32::from_le_bytes(records[at..at + 4].try_into().unwrap()) as usize;
+            back.unsnap_series(&records[at + 4..at + 4 + len], snap::VERSION)
+                .unwrap();
+            at += 4 + len;
+        }
+        assert_eq!(back.chunk_files().unwrap().remove_unreferenced(), 0);
+        check(&back, &want);
+        assert_eq!(back.stats.chunks_missing.load(Ordering::Relaxed), 0);
+        let errors = back
+            .chunk_files()
+            .unwrap()
+            .read_errors
+            .load(Ordering::Relaxed);
+        assert_eq!(errors, 0);
     }
 
     #[test]

@@ -10,9 +10,13 @@ use tidemark_dataflows::Rollup;
 use tidemark_dataflows::packed::{get_num, get_var, put_num, put_var, unzigzag, zigzag, Reader};
 
 use super::chunk::{self, Chunk};
+use super::chunkfile::{ChunkFileError, ChunkFiles, DiskRef};
+use super::sealed::{PackedRefs, RefEntry};
 use super::snap::{Dec, DecError, Enc};
 
-/// Rollups per sealed block.
+/// Most rollups in a block. With chunk files, a block in memory goes to disk at the next
+/// spill, and rollups moved out of the tail after that start a new block: blocks on disk hold
+/// one move each (8 one-minute or 4 one-hour rollups), about 15 bytes of reference in memory.
 pub const BLOCK: usize = 120;
 const FIELDS: usize = 9;
 
@@ -71,15 +75,66 @@ impl Block {
     }
 
     fn decode(&self, series: u64) -> Vec<Rollup> {
-        let mut ts = Vec::with_capacity(self.count as usize);
+        rows_of(&self.bytes, series, self.width)
+    }
+
+    /// Reads a block on disk back ([`Block::disk_bytes`] were written there).
+    fn read(e: &RefEntry, files: Option<&ChunkFiles>) -> Result<Block, ChunkFileError> {
+        let files = files.ok_or(ChunkFileError::NoFiles)?;
+        let mut bytes = Vec::with_capacity(e.r.len as usize + 8);
+        files.read(e.r, &mut bytes)?;
+        bytes.extend_from_slice(&[0; 8]);
+        let b = Block {
+            min_start: e.min,
+            max_start: e.max,
+            width: e.tag as i64,
+            count: e.count,
+            bytes: bytes.into_boxed_slice(),
+        };
+        let rows = b.decode(0);
+        let consistent = rows.len() == usize::from(e.count)
+            && rows.first().is_some_and(|r| r.start == e.min)
+            && rows.last().is_some_and(|r| r.start == e.max);
+        if !consistent {
+            files
+                .read_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(ChunkFileError::Corrupt {
+                path: files.dir().join(format!("{:08}.chunks", e.r.seg)),
+                off: e.r.off,
+            });
+        }
+        Ok(b)
+    }
+
+    /// The bytes to write to disk (without the decoder's padding).
+    pub(crate) fn disk_bytes(&self) -> &[u8] {
+        &self.bytes[..self.bytes.len() - 8]
+    }
+
+    fn entry(&self, r: DiskRef) -> RefEntry {
+        RefEntry {
+            min: self.min_start,
+            max: self.max_start,
+            count: self.count,
+            tag: self.width as u64,
+            r,
+        }
+    }
+}
+
+/// Rows of an encoded block.
+fn rows_of(bytes: &[u8], series: u64, width: i64) -> Vec<Rollup> {
+    {
+        let mut ts = Vec::new();
         let mut cols: [Vec<f64>; FIELDS] = Default::default();
-        chunk::decode_columns(&self.bytes, &mut ts, &mut cols);
+        chunk::decode_columns(bytes, &mut ts, &mut cols);
         ts.iter()
             .enumerate()
             .map(|(i, &start)| Rollup {
                 series,
                 start,
-                width: self.width,
+                width,
                 count: cols[0][i] as u64,
                 sum: cols[1][i],
                 min: cols[2][i],
@@ -92,7 +147,9 @@ impl Block {
             })
             .collect()
     }
+}
 
+impl Block {
     /// Heap bytes of the encoded block (its table entry is counted by the caller).
     fn size(&self) -> usize {
         self.bytes.len()
@@ -107,6 +164,10 @@ impl Block {
 /// The rollups of one series at one width.
 #[derive(Default, Debug)]
 pub struct RollupSeries {
+    /// Blocks on disk (with chunk files: [`super::HotIndex::spill`]), packed references.
+    disk: PackedRefs,
+    /// Blocks in memory, sorted by start: every block without chunk files; with them, those
+    /// made since the last spill and those a correction rewrote.
     blocks: Vec<Block>,
     /// The newest rollups, sorted by start, packed ([`pack_rows`]): about 40 bytes a rollup
     /// instead of 96 (a heap profile's largest item was these tails, uncompressed).
@@ -198,19 +259,48 @@ fn upsert_sorted(v: &mut Vec<Rollup>, r: Rollup) -> bool {
 }
 
 impl RollupSeries {
-    /// Upserts by window start; returns the change in bytes held.
-    pub fn upsert(&mut self, r: Rollup) -> i64 {
+    /// Upserts by window start; returns the change in bytes held in memory. A correction to a
+    /// window in a block on disk reads the block back into memory (`files`).
+    pub fn upsert(&mut self, r: Rollup, files: Option<&ChunkFiles>) -> i64 {
         if let Some(i) = self
             .blocks
             .iter()
-            .rposition(|b| b.min_start <= r.start)
-            .filter(|&i| r.start <= self.blocks[i].max_start)
+            .position(|b| b.min_start <= r.start && r.start <= b.max_start)
         {
             return self.upsert_sealed(i, r);
         }
-        if self.blocks.last().is_some_and(|b| r.start < b.min_start) {
-            // Older than every block: it joins the first one.
-            return self.upsert_sealed(0, r);
+        if let Some(e) = self
+            .disk
+            .iter()
+            .find(|e| e.min <= r.start && r.start <= e.max)
+        {
+            return self.upsert_on_disk(e, r, files);
+        }
+        let newest_block = self
+            .blocks
+            .last()
+            .map(|b| b.max_start)
+            .max(self.disk.last().map(|e| e.max));
+        if newest_block.is_some_and(|m| r.start < m) {
+            // Between blocks or older than all: it joins the block before it (or the oldest).
+            let mem = self.blocks.iter().rposition(|b| b.min_start <= r.start);
+            let disk = self.disk.iter().filter(|e| e.min <= r.start).last();
+            return match (mem, disk) {
+                (Some(i), Some(e)) if self.blocks[i].min_start > e.min => self.upsert_sealed(i, r),
+                (Some(i), None) => self.upsert_sealed(i, r),
+                (_, Some(e)) => self.upsert_on_disk(e, r, files),
+                (None, None) => {
+                    let oldest_disk = self.disk.first();
+                    match (self.blocks.first(), oldest_disk) {
+                        (Some(b), Some(e)) if e.min < b.min_start => {
+                            self.upsert_on_disk(e, r, files)
+                        }
+                        (Some(_), _) => self.upsert_sealed(0, r),
+                        (None, Some(e)) => self.upsert_on_disk(e, r, files),
+                        (None, None) => unreachable!("a newest block exists"),
+                    }
+                }
+            };
         }
         let before = self.tail.len() as i64;
         let mut rows = self.tail_rows(r.series);
@@ -236,12 +326,18 @@ impl RollupSeries {
         self.tail_rows = rows.len().min(u16::MAX as usize) as u16;
     }
 
-    /// Moves rollups (the tail's oldest) into the newest block while it has room (decoded and
-    /// re-encoded), the rest into a new block; returns the change in the blocks' bytes.
+    /// Moves rollups (the tail's oldest) into the newest block while it is in memory and has
+    /// room (decoded and re-encoded), the rest into a new block; returns the change in the
+    /// blocks' bytes.
     fn compress(&mut self, moving: Vec<Rollup>) -> i64 {
         let mut delta = 0;
         let mut rest = &moving[..];
-        if let Some(b) = self.blocks.last_mut().filter(|b| b.len() < BLOCK) {
+        let on_disk_newest = self.disk.last().map(|e| e.max);
+        if let Some(b) = self
+            .blocks
+            .last_mut()
+            .filter(|b| b.len() < BLOCK && on_disk_newest.is_none_or(|m| b.max_start > m))
+        {
             let room = BLOCK - b.len();
             let (now, later) = rest.split_at(room.min(rest.len()));
             let mut rows = b.decode(now[0].series);
@@ -271,28 +367,57 @@ impl RollupSeries {
         self.blocks[i].size() as i64 - before
     }
 
-    /// Rollups whose window starts in `[start, end]`.
-    pub fn range(&self, series: u64, start: i64, end: i64) -> Vec<Rollup> {
-        let mut out = Vec::new();
-        for b in &self.blocks {
-            if b.max_start < start || b.min_start > end {
-                continue;
+    /// A correction to a block on disk: the block comes back into memory (written again at
+    /// the next spill). When it cannot be read, the correction is left out (reported).
+    #[cold]
+    fn upsert_on_disk(&mut self, e: RefEntry, r: Rollup, files: Option<&ChunkFiles>) -> i64 {
+        let b = match Block::read(&e, files) {
+            Ok(b) => b,
+            Err(err) => {
+                super::report_read_error(&err);
+                return 0;
             }
-            out.extend(
-                b.decode(series)
-                    .into_iter()
-                    .filter(|r| r.start >= start && r.start <= end),
-            );
+        };
+        self.disk.retain(|x| x.min != e.min);
+        let added = b.size() as i64;
+        let i = self.blocks.partition_point(|x| x.min_start < b.min_start);
+        self.blocks.insert(i, b);
+        added + self.upsert_sealed(i, r)
+    }
+
+    /// Rollups whose window starts in `[start, end]`, sorted by start. Blocks on disk are
+    /// read from `files`; one that cannot be read is left out (reported).
+    pub fn range(
+        &self,
+        series: u64,
+        start: i64,
+        end: i64,
+        files: Option<&ChunkFiles>,
+    ) -> Vec<Rollup> {
+        let mut out = Vec::new();
+        let overlaps = |lo: i64, hi: i64| hi >= start && lo <= end;
+        let within = |r: &Rollup| r.start >= start && r.start <= end;
+        let mut from_disk = false;
+        for e in self.disk.iter().filter(|e| overlaps(e.min, e.max)) {
+            match Block::read(&e, files) {
+                Ok(b) => out.extend(b.decode(series).into_iter().filter(within)),
+                Err(err) => super::report_read_error(&err),
+            }
+            from_disk = true;
         }
-        out.extend(
-            self.tail_rows(series)
-                .into_iter()
-                .filter(|r| r.start >= start && r.start <= end),
-        );
+        for b in &self.blocks {
+            if overlaps(b.min_start, b.max_start) {
+                out.extend(b.decode(series).into_iter().filter(within));
+            }
+        }
+        if from_disk && !self.blocks.is_empty() {
+            out.sort_by_key(|r| r.start);
+        }
+        out.extend(self.tail_rows(series).into_iter().filter(within));
         out
     }
 
-    /// Drops windows that ended before `cutoff`; returns the change in bytes held.
+    /// Drops windows that ended before `cutoff`; returns the change in bytes held in memory.
     pub fn gc(&mut self, cutoff: i64) -> i64 {
         let mut delta = 0;
         self.blocks.retain(|b| {
@@ -302,6 +427,7 @@ impl RollupSeries {
             }
             keep
         });
+        self.disk.retain(|e| e.max + e.tag as i64 >= cutoff);
         let mut rows = self.tail_rows(0);
         let n = rows.partition_point(|r| r.start + r.width < cutoff);
         if n > 0 {
@@ -313,16 +439,42 @@ impl RollupSeries {
         delta
     }
 
-    /// Heap bytes held: blocks (their buffers and the block table) and the packed tail.
+    /// Heap bytes held: blocks (their buffers and the block table), references to blocks on
+    /// disk, and the packed tail.
     pub fn heap_bytes(&self) -> usize {
         self.blocks.capacity() * std::mem::size_of::<Block>()
             + self.blocks.iter().map(|b| b.size()).sum::<usize>()
+            + self.disk.bytes()
             + self.tail.len()
     }
 
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.tail.is_empty()
+        self.blocks.is_empty() && self.disk.is_empty() && self.tail.is_empty()
+    }
+
+    /// The blocks in memory (to be spilled): their bytes for disk and their last window's end.
+    pub fn in_memory(&self) -> impl Iterator<Item = (&[u8], i64)> + '_ {
+        self.blocks
+            .iter()
+            .map(|b| (b.disk_bytes(), b.max_start + b.width))
+    }
+
+    /// The blocks in memory were written to disk at `refs` (in [`RollupSeries::in_memory`]'s
+    /// order); returns the bytes this frees.
+    pub fn spilled(&mut self, refs: &[DiskRef]) -> i64 {
+        debug_assert_eq!(refs.len(), self.blocks.len());
+        let blocks = std::mem::take(&mut self.blocks);
+        let freed = blocks.iter().map(|b| b.size() as i64).sum();
+        let entries: Vec<RefEntry> = blocks.iter().zip(refs).map(|(b, &r)| b.entry(r)).collect();
+        self.disk.add(&entries);
+        freed
+    }
+
+    /// Keeps the references to blocks on disk that `keep` says to keep (a checkpoint being
+    /// loaded: those whose segment is gone are dropped).
+    pub fn retain_on_disk(&mut self, mut keep: impl FnMut(DiskRef, i64) -> bool) {
+        self.disk.retain(|e| keep(e.r, e.max + e.tag as i64));
     }
 }
 
@@ -358,13 +510,37 @@ fn unsnap_rollup(d: &mut Dec<'_>) -> Result<Rollup, DecError> {
 /// Checkpoint layout (see [`super::snap`]).
 impl RollupSeries {
     pub fn snap(&self, e: &mut Enc<'_>) {
-        e.len(self.blocks.len());
-        for b in &self.blocks {
-            e.i64(b.min_start);
-            e.i64(b.max_start);
-            e.i64(b.width);
-            e.u16(b.count);
-            e.bytes(&b.bytes);
+        // Version 5: blocks in memory and on disk, by start, each with its place.
+        let disk: Vec<RefEntry> = self.disk.iter().collect();
+        e.len(disk.len() + self.blocks.len());
+        let (mut i, mut j) = (0, 0);
+        while i < disk.len() || j < self.blocks.len() {
+            let take_disk = match (disk.get(i), self.blocks.get(j)) {
+                (Some(d), Some(b)) => d.min < b.min_start,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            if take_disk {
+                let d = &disk[i];
+                e.i64(d.min);
+                e.i64(d.max);
+                e.i64(d.tag as i64);
+                e.u16(d.count);
+                e.u8(1);
+                e.u32(d.r.seg);
+                e.u32(d.r.off);
+                e.u32(d.r.len);
+                i += 1;
+            } else {
+                let b = &self.blocks[j];
+                e.i64(b.min_start);
+                e.i64(b.max_start);
+                e.i64(b.width);
+                e.u16(b.count);
+                e.u8(0);
+                e.bytes(&b.bytes);
+                j += 1;
+            }
         }
         // Tail rows as full rollups (their series id is the record's, written as 0 here).
         let rows = self.tail_rows(0);
@@ -379,6 +555,7 @@ impl RollupSeries {
     pub fn unsnap(d: &mut Dec<'_>) -> Result<RollupSeries, DecError> {
         let n = d.len(24, "rollup blocks")?;
         let mut blocks = Vec::with_capacity(n);
+        let mut disk = Vec::new();
         for _ in 0..n {
             let (min_start, max_start, width) = (
                 d.i64("block min_start")?,
@@ -421,6 +598,24 @@ impl RollupSeries {
                 Block::encode(&rows)
             } else {
                 let count = d.u16("block count")?;
+                if d.version() >= 5 && d.u8("block place")? == 1 {
+                    let r = DiskRef {
+                        seg: d.u32("block segment")?,
+                        off: d.u32("block offset")?,
+                        len: d.u32("block length")?,
+                    };
+                    if count == 0 || r.len == 0 || min_start > max_start {
+                        return Err(d.fail("block", "inconsistent header"));
+                    }
+                    disk.push(RefEntry {
+                        min: min_start,
+                        max: max_start,
+                        count,
+                        tag: width as u64,
+                        r,
+                    });
+                    continue;
+                }
                 let bytes = d.bytes("block bytes")?;
                 if count == 0 || bytes.len() < 8 {
                     return Err(d.fail("block", "empty"));
@@ -447,7 +642,11 @@ impl RollupSeries {
         if tail.windows(2).any(|w| w[0].start >= w[1].start) {
             return Err(d.fail("rollup tail", "not sorted by start"));
         }
+        if disk.windows(2).any(|w| w[0].min > w[1].min) {
+            return Err(d.fail("rollup blocks", "not sorted by start"));
+        }
         let mut s = RollupSeries {
+            disk: PackedRefs::from_sorted(disk),
             blocks,
             ..Default::default()
         };
@@ -465,12 +664,15 @@ impl RollupSeries {
             .or_else(|| {
                 self.blocks
                     .iter()
-                    .find(|b| b.max_start >= start && b.min_start < end)
-                    .map(|b| b.min_start.max(start))
+                    .map(|b| (b.min_start, b.max_start))
+                    .chain(self.disk.iter().map(|e| (e.min, e.max)))
+                    .find(|&(lo, hi)| hi >= start && lo < end)
+                    .map(|(lo, _)| lo.max(start))
             })
     }
 
-    /// The bytes [`RollupSeries::upsert`] and [`RollupSeries::gc`] account for.
+    /// The bytes in memory [`RollupSeries::upsert`] and [`RollupSeries::gc`] account for
+    /// (blocks and tail; not the references to blocks on disk).
     pub fn bytes(&self) -> i64 {
         self.blocks.iter().map(|b| b.size() as i64).sum::<i64>() + self.tail.len() as i64
     }
@@ -489,19 +691,19 @@ mod tests {
         let mut s = RollupSeries::default();
         let mut bytes = 0;
         for i in 0..400 {
-            bytes += s.upsert(roll(i * 60_000, (i % 17) as f64 * 0.25));
+            bytes += s.upsert(roll(i * 60_000, (i % 17) as f64 * 0.25), None);
         }
         assert!(s.blocks.len() >= 2);
-        let all = s.range(9, 0, i64::MAX);
+        let all = s.range(9, 0, i64::MAX, None);
         assert_eq!(all.len(), 400);
         assert_eq!(all[123], roll(123 * 60_000, (123 % 17) as f64 * 0.25));
         // Compressed: far below the 80 bytes of an uncompressed rollup.
         assert!(bytes < 400 * 30, "{bytes} bytes for 400 rollups");
         // A correction to a sealed window replaces it.
-        s.upsert(roll(5 * 60_000, 100.0));
-        let r = s.range(9, 5 * 60_000, 5 * 60_000);
+        s.upsert(roll(5 * 60_000, 100.0), None);
+        let r = s.range(9, 5 * 60_000, 5 * 60_000, None);
         assert_eq!(r, vec![roll(5 * 60_000, 100.0)]);
-        assert_eq!(s.range(9, 0, i64::MAX).len(), 400);
+        assert_eq!(s.range(9, 0, i64::MAX, None).len(), 400);
         // The tail stays short: older rollups are in blocks of up to 120.
         let (keep, moving) = tail_policy(60_000);
         let n = s.tail_rows(9).len();
@@ -517,16 +719,67 @@ mod tests {
         assert!(s.blocks.iter().all(|b| b.len() <= BLOCK));
         // A correction to a window in the tail, and to one just moved into a block.
         let last = 399 * 60_000;
-        s.upsert(roll(last, 7.0));
-        s.upsert(roll(last - 20 * 60_000, 8.0));
-        assert_eq!(s.range(9, last, last), vec![roll(last, 7.0)]);
+        s.upsert(roll(last, 7.0), None);
+        s.upsert(roll(last - 20 * 60_000, 8.0), None);
+        assert_eq!(s.range(9, last, last, None), vec![roll(last, 7.0)]);
         assert_eq!(
-            s.range(9, last - 20 * 60_000, last - 20 * 60_000),
+            s.range(9, last - 20 * 60_000, last - 20 * 60_000, None),
             vec![roll(last - 20 * 60_000, 8.0)]
         );
         // Expiry is by whole block: the block of windows 0..119 goes, 120..239 stays.
         s.gc(200 * 60_000);
-        assert_eq!(s.range(9, 0, i64::MAX)[0].start, 120 * 60_000);
+        assert_eq!(s.range(9, 0, i64::MAX, None)[0].start, 120 * 60_000);
+    }
+
+    #[test]
+    fn blocks_on_disk_are_read_back_corrected_and_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ChunkFiles::open(dir.path()).unwrap();
+        let mut s = RollupSeries::default();
+        let spill = |s: &mut RollupSeries| {
+            let mut refs = Vec::new();
+            for (b, end) in s.in_memory() {
+                let (seg, off) = files.append(b, end).unwrap();
+                refs.push(DiskRef {
+                    seg,
+                    off,
+                    len: b.len() as u32,
+                });
+            }
+            s.spilled(&refs)
+        };
+        let mut want = Vec::new();
+        for i in 0..400 {
+            let r = roll(i * 60_000, (i % 17) as f64 * 0.25);
+            want.push(r);
+            s.upsert(r, Some(&files));
+            spill(&mut s);
+        }
+        // Each move of 8 rollups out of the tail became a block on disk.
+        assert!(s.blocks.is_empty());
+        assert!(
+            s.disk.iter().all(|e| e.count == 8),
+            "{:?}",
+            s.disk.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(s.range(9, 0, i64::MAX, Some(&files)), want);
+        assert_eq!(
+            s.range(9, 100 * 60_000, 130 * 60_000, Some(&files)),
+            want[100..=130]
+        );
+        // Without the files the blocks on disk are left out, not a panic.
+        assert_eq!(s.range(9, 0, i64::MAX, None).len(), s.tail_rows as usize);
+        // A correction to a window on disk brings its block back into memory.
+        let fix = roll(37 * 60_000, -3.0);
+        s.upsert(fix, Some(&files));
+        want[37] = fix;
+        assert_eq!(s.blocks.len(), 1, "the corrected block is in memory");
+        assert_eq!(s.range(9, 0, i64::MAX, Some(&files)), want);
+        spill(&mut s);
+        assert_eq!(s.range(9, 0, i64::MAX, Some(&files)), want);
+        // Expiry by block: windows 192..199 end after the cutoff, so their block stays.
+        s.gc(200 * 60_000);
+        assert_eq!(s.range(9, 0, i64::MAX, Some(&files)), want[192..]);
     }
 
     #[test]
@@ -550,7 +803,7 @@ mod tests {
         let mut d = Dec::with_version(&buf, 1);
         let s = RollupSeries::unsnap(&mut d).unwrap();
         assert!(d.is_empty());
-        assert_eq!(s.range(9, 0, i64::MAX), rows);
+        assert_eq!(s.range(9, 0, i64::MAX, None), rows);
         // The same bytes read as this build's layout are an error, not a panic.
         assert!(RollupSeries::unsnap(&mut Dec::new(&buf)).is_err());
         // And this build's layout round-trips.
@@ -559,7 +812,7 @@ mod tests {
         assert_eq!(
             RollupSeries::unsnap(&mut Dec::new(&out))
                 .unwrap()
-                .range(9, 0, i64::MAX),
+                .range(9, 0, i64::MAX, None),
             rows
         );
     }

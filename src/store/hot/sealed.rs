@@ -1,15 +1,16 @@
-//! The sealed chunks of one series. A chunk in memory is a [`Chunk`] (48 bytes plus its
-//! bytes); a chunk on disk is only a reference, so it is kept packed: about 14 bytes instead
-//! of 48. At the default 26 hours of hot retention a series has 78 chunks on disk: 3.7 KB
-//! of references as `Chunk`s, about 1.1 KB packed.
+//! The sealed chunks of one series, and the packed references to blocks on disk that it and
+//! the rollups ([`super::rollups`]) keep. A chunk in memory is a [`Chunk`] (48 bytes plus its
+//! bytes); a chunk on disk is only a reference, kept packed: about 15 bytes instead of 48. At
+//! the default 26 hours of hot retention a series has 78 chunks on disk: 3.7 KB of references
+//! as `Chunk`s, about 1.2 KB packed.
 //!
-//! Packed layout, one entry per chunk on disk, oldest first (varints, [`put_var`]):
+//! Packed layout, one entry per block on disk, oldest first (varints, [`put_var`]):
 //! ```text
-//! min_ts (first: zigzag; then zigzag of min_ts - the previous entry's max_ts)
-//! max_ts - min_ts | count * 4 + codec
+//! min (first: zigzag; then zigzag of min - the previous entry's max) | max - min | count
+//! tag (first: as is; then zigzag of the difference to the previous entry's)
 //! segment (first: as is; then zigzag of the difference to the previous entry's) | offset | length
 //! ```
-//! Chunks do not overlap in time, so the disk and memory lists, each sorted by time, merge
+//! Blocks do not overlap in time, so the disk and memory lists, each sorted by time, merge
 //! into one sorted list.
 
 use std::borrow::Cow;
@@ -19,122 +20,215 @@ use tidemark_dataflows::packed::{get_var, put_var, unzigzag, zigzag, Reader};
 use super::chunk::{Chunk, ValueCodec};
 use super::chunkfile::DiskRef;
 
-/// Sealed chunks, oldest first.
+/// References to blocks on disk (sealed chunks, rollup blocks), oldest first, packed.
 #[derive(Default, Debug)]
-pub(crate) struct Sealed {
-    /// Chunks on disk, packed.
-    disk: Box<[u8]>,
-    /// Chunks in memory (sealed since the last spill, or rewritten by a late merge).
-    mem: Box<[Chunk]>,
-}
+pub(crate) struct PackedRefs(Box<[u8]>);
 
-/// One packed entry, decoded.
+/// One packed reference: the block's first and last time, its count of samples or rows, a
+/// tag (a chunk's value codec, a rollup block's window width) and where it is.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Entry {
-    min_ts: i64,
-    max_ts: i64,
-    count: u16,
-    codec: ValueCodec,
-    r: DiskRef,
+pub(crate) struct RefEntry {
+    pub min: i64,
+    pub max: i64,
+    pub count: u16,
+    pub tag: u64,
+    pub r: DiskRef,
 }
 
-impl Entry {
-    fn chunk(self) -> Chunk {
-        Chunk::on_disk(self.min_ts, self.max_ts, self.count, self.codec, self.r)
-    }
-}
+/// What the next entry is coded against: the previous one's max, tag and segment.
+type Prev = Option<(i64, u64, u32)>;
 
 /// Decodes packed entries in order.
-struct Entries<'a> {
+pub(crate) struct Entries<'a> {
     r: Reader<'a>,
-    prev: Option<(i64, u32)>,
+    prev: Prev,
 }
 
 impl Iterator for Entries<'_> {
-    type Item = Entry;
+    type Item = RefEntry;
 
-    fn next(&mut self) -> Option<Entry> {
+    fn next(&mut self) -> Option<RefEntry> {
         if self.r.is_empty() {
             return None;
         }
         let r = &mut self.r;
         // The buffer is only written by `put`: a short read is a bug, not input.
-        let mut var = || get_var(r).expect("packed chunk references");
-        let (min_ts, span, cc, seg) = match self.prev {
-            None => (unzigzag(var()), var() as i64, var(), var() as u32),
-            Some((prev_max, prev_seg)) => (
-                prev_max.wrapping_add(unzigzag(var())),
-                var() as i64,
-                var(),
-                (i64::from(prev_seg) + unzigzag(var())) as u32,
-            ),
+        let mut var = || get_var(r).expect("packed block references");
+        let e = match self.prev {
+            None => {
+                let min = unzigzag(var());
+                let max = min.wrapping_add(var() as i64);
+                let count = var() as u16;
+                let tag = var();
+                let seg = var() as u32;
+                (min, max, count, tag, seg)
+            }
+            Some((prev_max, prev_tag, prev_seg)) => {
+                let min = prev_max.wrapping_add(unzigzag(var()));
+                let max = min.wrapping_add(var() as i64);
+                let count = var() as u16;
+                let tag = prev_tag.wrapping_add(unzigzag(var()) as u64);
+                let seg = (i64::from(prev_seg) + unzigzag(var())) as u32;
+                (min, max, count, tag, seg)
+            }
         };
-        let off = var() as u32;
-        let len = var() as u32;
-        let codec = match cc & 3 {
-            0 => ValueCodec::Gorilla,
-            1 => ValueCodec::DecimalDelta,
-            _ => ValueCodec::DecimalDod,
-        };
-        let e = Entry {
-            min_ts,
-            max_ts: min_ts.wrapping_add(span),
-            count: (cc >> 2) as u16,
-            codec,
+        let (min, max, count, tag, seg) = e;
+        let (off, len) = (var() as u32, var() as u32);
+        self.prev = Some((max, tag, seg));
+        Some(RefEntry {
+            min,
+            max,
+            count,
+            tag,
             r: DiskRef { seg, off, len },
-        };
-        self.prev = Some((e.max_ts, seg));
-        Some(e)
+        })
     }
 }
 
-/// Appends an entry after `prev` (the previous entry's max_ts and segment).
-fn put(out: &mut Vec<u8>, prev: Option<(i64, u32)>, c: &Chunk, r: DiskRef) {
+/// Appends an entry after `prev`.
+fn put(out: &mut Vec<u8>, prev: Prev, e: &RefEntry) {
     match prev {
-        None => put_var(out, zigzag(c.min_ts)),
-        Some((prev_max, _)) => put_var(out, zigzag(c.min_ts.wrapping_sub(prev_max))),
+        None => {
+            put_var(out, zigzag(e.min));
+            put_var(out, e.max.wrapping_sub(e.min) as u64);
+            put_var(out, u64::from(e.count));
+            put_var(out, e.tag);
+            put_var(out, u64::from(e.r.seg));
+        }
+        Some((prev_max, prev_tag, prev_seg)) => {
+            put_var(out, zigzag(e.min.wrapping_sub(prev_max)));
+            put_var(out, e.max.wrapping_sub(e.min) as u64);
+            put_var(out, u64::from(e.count));
+            put_var(out, zigzag(e.tag.wrapping_sub(prev_tag) as i64));
+            put_var(out, zigzag(i64::from(e.r.seg) - i64::from(prev_seg)));
+        }
     }
-    put_var(out, c.max_ts.wrapping_sub(c.min_ts) as u64);
-    put_var(out, u64::from(c.count) * 4 + c.codec as u64);
-    match prev {
-        None => put_var(out, u64::from(r.seg)),
-        Some((_, prev_seg)) => put_var(out, zigzag(i64::from(r.seg) - i64::from(prev_seg))),
-    }
-    put_var(out, u64::from(r.off));
-    put_var(out, u64::from(r.len));
+    put_var(out, u64::from(e.r.off));
+    put_var(out, u64::from(e.r.len));
 }
 
-impl Sealed {
-    fn entries(&self) -> Entries<'_> {
+impl PackedRefs {
+    pub fn iter(&self) -> Entries<'_> {
         Entries {
-            r: Reader::new(&self.disk),
+            r: Reader::new(&self.0),
             prev: None,
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Heap bytes.
+    pub fn bytes(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn first(&self) -> Option<RefEntry> {
+        self.iter().next()
+    }
+
+    pub fn last(&self) -> Option<RefEntry> {
+        self.iter().last()
+    }
+
+    /// Packs entries sorted by `min`.
+    pub fn from_sorted(entries: impl IntoIterator<Item = RefEntry>) -> PackedRefs {
+        let mut out = Vec::new();
+        let mut prev = None;
+        for e in entries {
+            put(&mut out, prev, &e);
+            prev = Some((e.max, e.tag, e.r.seg));
+        }
+        PackedRefs(out.into_boxed_slice())
+    }
+
+    /// Adds entries sorted by `min`: appended when they are newer than the newest held (the
+    /// usual case), else merged in time order.
+    pub fn add(&mut self, new: &[RefEntry]) {
+        let Some(first) = new.first() else { return };
+        let last = self.last();
+        if last.is_none_or(|l| first.min > l.max) {
+            let mut out = std::mem::take(&mut self.0).into_vec();
+            let mut prev = last.map(|l| (l.max, l.tag, l.r.seg));
+            for e in new {
+                put(&mut out, prev, e);
+                prev = Some((e.max, e.tag, e.r.seg));
+            }
+            self.0 = out.into_boxed_slice();
+            return;
+        }
+        let mut all: Vec<RefEntry> = self.iter().collect();
+        all.extend_from_slice(new);
+        all.sort_by_key(|e| e.min);
+        *self = PackedRefs::from_sorted(all);
+    }
+
+    /// Keeps the entries `keep` says to keep.
+    pub fn retain(&mut self, mut keep: impl FnMut(&RefEntry) -> bool) {
+        if self.iter().all(|e| keep(&e)) {
+            return;
+        }
+        let kept: Vec<RefEntry> = self.iter().filter(|e| keep(e)).collect();
+        *self = PackedRefs::from_sorted(kept);
+    }
+}
+
+/// Sealed chunks, oldest first.
+#[derive(Default, Debug)]
+pub(crate) struct Sealed {
+    /// Chunks on disk.
+    disk: PackedRefs,
+    /// Chunks in memory (sealed since the last spill, or rewritten by a late merge).
+    mem: Box<[Chunk]>,
+}
+
+fn codec(tag: u64) -> ValueCodec {
+    match tag {
+        0 => ValueCodec::Gorilla,
+        1 => ValueCodec::DecimalDelta,
+        _ => ValueCodec::DecimalDod,
+    }
+}
+
+fn chunk_of(e: RefEntry) -> Chunk {
+    Chunk::on_disk(e.min, e.max, e.count, codec(e.tag), e.r)
+}
+
+fn entry_of(c: &Chunk, r: DiskRef) -> RefEntry {
+    RefEntry {
+        min: c.min_ts,
+        max: c.max_ts,
+        count: c.count,
+        tag: c.codec as u64,
+        r,
+    }
+}
+
+impl Sealed {
     pub fn is_empty(&self) -> bool {
         self.disk.is_empty() && self.mem.is_empty()
     }
 
     /// Chunks on disk and in memory.
     pub fn len(&self) -> usize {
-        self.entries().count() + self.mem.len()
+        self.disk.iter().count() + self.mem.len()
     }
 
     /// Every chunk, oldest first (those on disk as references).
     pub fn iter(&self) -> impl Iterator<Item = Cow<'_, Chunk>> + '_ {
-        let mut disk = self.entries().peekable();
+        let mut disk = self.disk.iter().peekable();
         let mut mem = self.mem.iter().peekable();
         std::iter::from_fn(move || match (disk.peek(), mem.peek()) {
-            (Some(d), Some(m)) if d.min_ts > m.min_ts => mem.next().map(Cow::Borrowed),
-            (Some(_), _) => disk.next().map(|e| Cow::Owned(e.chunk())),
+            (Some(d), Some(m)) if d.min > m.min_ts => mem.next().map(Cow::Borrowed),
+            (Some(_), _) => disk.next().map(|e| Cow::Owned(chunk_of(e))),
             (None, _) => mem.next().map(Cow::Borrowed),
         })
     }
 
     /// The newest chunk's last timestamp.
     pub fn max_ts(&self) -> Option<i64> {
-        let disk = self.entries().last().map(|e| e.max_ts);
+        let disk = self.disk.last().map(|e| e.max);
         let mem = self.mem.last().map(|c| c.max_ts);
         disk.max(mem)
     }
@@ -156,35 +250,17 @@ impl Sealed {
     pub fn spilled(&mut self, refs: &[DiskRef]) {
         debug_assert_eq!(refs.len(), self.mem.len());
         let mem = std::mem::take(&mut self.mem);
-        let newest_on_disk = self.entries().last();
-        if newest_on_disk.is_none_or(|e| mem.first().is_none_or(|c| c.min_ts > e.max_ts)) {
-            // The usual case: newer than every chunk on disk, appended.
-            let mut out = std::mem::take(&mut self.disk).into_vec();
-            let mut prev = newest_on_disk.map(|e| (e.max_ts, e.r.seg));
-            for (c, &r) in mem.iter().zip(refs) {
-                put(&mut out, prev, c, r);
-                prev = Some((c.max_ts, r.seg));
-            }
-            self.disk = out.into_boxed_slice();
-            return;
-        }
-        // A late merge rewrote an older chunk: insert in time order.
-        let mut all: Vec<Chunk> = self.entries().map(Entry::chunk).collect();
-        for (mut c, &r) in mem.into_vec().into_iter().zip(refs) {
-            c.spilled(r);
-            all.push(c);
-        }
-        all.sort_by_key(|c| c.min_ts);
-        self.set_all(all);
+        let new: Vec<RefEntry> = mem.iter().zip(refs).map(|(c, &r)| entry_of(c, r)).collect();
+        self.disk.add(&new);
     }
 
     /// Takes every chunk out, oldest first (for rewriting; give them back with
     /// [`Sealed::set_all`]).
     pub fn take_all(&mut self) -> Vec<Chunk> {
-        let mut all: Vec<Chunk> = self.entries().map(Entry::chunk).collect();
+        let mut all: Vec<Chunk> = self.disk.iter().map(chunk_of).collect();
         all.extend(std::mem::take(&mut self.mem).into_vec());
         all.sort_by_key(|c| c.min_ts);
-        self.disk = Box::default();
+        self.disk = PackedRefs::default();
         all
     }
 
@@ -192,26 +268,22 @@ impl Sealed {
     pub fn set_all(&mut self, all: Vec<Chunk>) {
         let mut disk = Vec::new();
         let mut mem = Vec::new();
-        let mut prev = None;
         for c in all {
             match c.disk_ref() {
-                Some(r) => {
-                    put(&mut disk, prev, &c, r);
-                    prev = Some((c.max_ts, r.seg));
-                }
+                Some(r) => disk.push(entry_of(&c, r)),
                 None => mem.push(c),
             }
         }
-        self.disk = disk.into_boxed_slice();
+        self.disk = PackedRefs::from_sorted(disk);
         self.mem = mem.into_boxed_slice();
     }
 
     /// Drops the chunks that end before `cutoff` (the oldest ones) and returns them.
     pub fn drop_before(&mut self, cutoff: i64) -> Vec<Chunk> {
         let first = self
-            .entries()
-            .next()
-            .map(|e| e.max_ts)
+            .disk
+            .first()
+            .map(|e| e.max)
             .into_iter()
             .chain(self.mem.first().map(|c| c.max_ts))
             .min();
@@ -227,7 +299,7 @@ impl Sealed {
 
     /// Heap bytes: the packed references, the in-memory chunks and their bytes.
     pub fn heap_bytes(&self) -> usize {
-        self.disk.len()
+        self.disk.bytes()
             + self.mem.len() * std::mem::size_of::<Chunk>()
             + self.mem.iter().map(Chunk::heap_bytes).sum::<usize>()
     }

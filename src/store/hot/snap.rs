@@ -45,7 +45,7 @@ pub struct DecError {
 }
 
 /// The layout version [`Enc`] writes (the checkpoint header's version).
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// Reads values from a buffer.
 pub struct Dec<'a> {
@@ -60,7 +60,8 @@ impl<'a> Dec<'a> {
         Self::with_version(buf, VERSION)
     }
     /// Reads the layout of an older version (1: rollup blocks as nine chunks; 1 and 2: heads
-    /// without a value mode, all Gorilla; 1 to 3: every chunk's bytes inline, none on disk).
+    /// without a value mode, all Gorilla; 1 to 3: every chunk's bytes inline, none on disk;
+    /// 1 to 4: every rollup block's bytes inline).
     pub fn with_version(buf: &'a [u8], version: u32) -> Self {
         Dec {
             buf,
