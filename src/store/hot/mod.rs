@@ -1231,6 +1231,16 @@ mod tests {
     }
 
     #[test]
+    fn a_series_entry_fits_jemallocs_256_byte_class() {
+        // Boxed per series: at 257 bytes and up it takes 320 (64 bytes a series at 1 M series).
+        assert!(
+            std::mem::size_of::<SeriesData>() <= 256,
+            "{}",
+            std::mem::size_of::<SeriesData>()
+        );
+    }
+
+    #[test]
     fn rollup_blocks_spill_to_disk_take_corrections_and_reload_from_a_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let h = HotIndex::new(i64::MAX / 4).with_chunk_files(ChunkFiles::open(dir.path()).unwrap());

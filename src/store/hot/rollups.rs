@@ -167,12 +167,13 @@ pub struct RollupSeries {
     /// Blocks on disk (with chunk files: [`super::HotIndex::spill`]), packed references.
     disk: PackedRefs,
     /// Blocks in memory, sorted by start: every block without chunk files; with them, those
-    /// made since the last spill and those a correction rewrote.
-    blocks: Vec<Block>,
+    /// made since the last spill and those a correction rewrote. (A boxed slice, not a
+    /// `Vec`: with the tail's row count left out, 16 bytes less per series, which puts a
+    /// series' entry in jemalloc's 256-byte class instead of 320.)
+    blocks: Box<[Block]>,
     /// The newest rollups, sorted by start, packed ([`pack_rows`]): about 40 bytes a rollup
     /// instead of 96 (a heap profile's largest item was these tails, uncompressed).
     tail: Box<[u8]>,
-    tail_rows: u16,
 }
 
 /// Rollups as bytes ([`tidemark_dataflows::packed`]): per row the start's and width's deltas
@@ -316,14 +317,13 @@ impl RollupSeries {
 
     /// The tail's rollups, unpacked.
     fn tail_rows(&self, series: u64) -> Vec<Rollup> {
-        let mut rows = Vec::with_capacity(self.tail_rows as usize + 1);
+        let mut rows = Vec::with_capacity(self.tail.len() / 24 + 2);
         unpack_rows(&self.tail, series, &mut rows);
         rows
     }
 
     fn set_tail(&mut self, rows: &[Rollup]) {
         self.tail = pack_rows(rows);
-        self.tail_rows = rows.len().min(u16::MAX as usize) as u16;
     }
 
     /// Moves rollups (the tail's oldest) into the newest block while it is in memory and has
@@ -350,10 +350,9 @@ impl RollupSeries {
         if !rest.is_empty() {
             let b = Block::encode(rest);
             delta += b.size() as i64;
-            if self.blocks.len() == self.blocks.capacity() {
-                self.blocks.reserve_exact(2);
-            }
-            self.blocks.push(b);
+            let mut blocks = std::mem::take(&mut self.blocks).into_vec();
+            blocks.push(b);
+            self.blocks = blocks.into_boxed_slice();
         }
         delta
     }
@@ -381,7 +380,9 @@ impl RollupSeries {
         self.disk.retain(|x| x.min != e.min);
         let added = b.size() as i64;
         let i = self.blocks.partition_point(|x| x.min_start < b.min_start);
-        self.blocks.insert(i, b);
+        let mut blocks = std::mem::take(&mut self.blocks).into_vec();
+        blocks.insert(i, b);
+        self.blocks = blocks.into_boxed_slice();
         added + self.upsert_sealed(i, r)
     }
 
@@ -420,13 +421,17 @@ impl RollupSeries {
     /// Drops windows that ended before `cutoff`; returns the change in bytes held in memory.
     pub fn gc(&mut self, cutoff: i64) -> i64 {
         let mut delta = 0;
-        self.blocks.retain(|b| {
-            let keep = b.max_start + b.width >= cutoff;
-            if !keep {
-                delta -= b.size() as i64;
-            }
-            keep
-        });
+        if self.blocks.iter().any(|b| b.max_start + b.width < cutoff) {
+            let mut blocks = std::mem::take(&mut self.blocks).into_vec();
+            blocks.retain(|b| {
+                let keep = b.max_start + b.width >= cutoff;
+                if !keep {
+                    delta -= b.size() as i64;
+                }
+                keep
+            });
+            self.blocks = blocks.into_boxed_slice();
+        }
         self.disk.retain(|e| e.max + e.tag as i64 >= cutoff);
         let mut rows = self.tail_rows(0);
         let n = rows.partition_point(|r| r.start + r.width < cutoff);
@@ -442,7 +447,7 @@ impl RollupSeries {
     /// Heap bytes held: blocks (their buffers and the block table), references to blocks on
     /// disk, and the packed tail.
     pub fn heap_bytes(&self) -> usize {
-        self.blocks.capacity() * std::mem::size_of::<Block>()
+        self.blocks.len() * std::mem::size_of::<Block>()
             + self.blocks.iter().map(|b| b.size()).sum::<usize>()
             + self.disk.bytes()
             + self.tail.len()
@@ -647,7 +652,7 @@ impl RollupSeries {
         }
         let mut s = RollupSeries {
             disk: PackedRefs::from_sorted(disk),
-            blocks,
+            blocks: blocks.into_boxed_slice(),
             ..Default::default()
         };
         s.set_tail(&tail);
@@ -707,10 +712,7 @@ mod tests {
         // The tail stays short: older rollups are in blocks of up to 120.
         let (keep, moving) = tail_policy(60_000);
         let n = s.tail_rows(9).len();
-        assert!(
-            n < keep + moving && n == s.tail_rows as usize,
-            "{n} in the tail"
-        );
+        assert!(n < keep + moving, "{n} in the tail");
         assert!(
             s.tail.len() < n * 48,
             "{} bytes for {n} packed rows",
@@ -768,7 +770,7 @@ mod tests {
             want[100..=130]
         );
         // Without the files the blocks on disk are left out, not a panic.
-        assert_eq!(s.range(9, 0, i64::MAX, None).len(), s.tail_rows as usize);
+        assert_eq!(s.range(9, 0, i64::MAX, None).len(), s.tail_rows(9).len());
         // A correction to a window on disk brings its block back into memory.
         let fix = roll(37 * 60_000, -3.0);
         s.upsert(fix, Some(&files));
