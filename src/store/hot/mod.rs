@@ -270,9 +270,12 @@ impl SeriesData {
         d
     }
 
-    /// A sample at or before the newest one waits in the out-of-order buffer; every
-    /// [`OOO_MERGE`] such samples are merged into the chunks and head that cover them, so
-    /// late data costs one re-encode per chunk and batch, not one per sample.
+    /// A sample at or before the newest one goes into the head at once when the head covers
+    /// it (one re-encode of the head, in memory). Older ones wait in the out-of-order buffer;
+    /// every [`OOO_MERGE`] of them are merged into the chunks that cover them, so late data
+    /// costs one re-encode (and, on disk, one read) per chunk and batch, not one per sample.
+    /// (Buffered until 32 regardless, the disorder between the job's workers, about 1 % of
+    /// the samples, kept some 17 samples waiting in every series: 280 bytes a series.)
     #[cold]
     fn insert_ooo(&mut self, ts: i64, v: f64, files: Option<&ChunkFiles>) -> Delta {
         let added = match self.ooo.binary_search_by_key(&ts, |p| p.0) {
@@ -293,7 +296,8 @@ impl SeriesData {
             head_samples: added,
             ..Delta::default()
         };
-        if self.ooo.len() >= OOO_MERGE {
+        let into_head = !self.head.is_empty() && ts >= self.head.first_ts();
+        if into_head || self.ooo.len() >= OOO_MERGE {
             d += self.merge_ooo(files);
         }
         d
@@ -1421,16 +1425,27 @@ mod tests {
             ts: 7,
             value: 7.0,
         }]);
+        // Older samples wait for a merge; disorder within the head goes into it at once,
+        // with what waits.
+        assert!(h.memory().out_of_order > 0);
+        h.append_samples(&[Sample {
+            series: id,
+            ts: 2_975,
+            value: 0.25,
+        }]);
+        assert_eq!(h.memory().out_of_order, 0);
         let mut out = Vec::new();
         h.samples(id, 0, 10_000, &mut out);
-        // 300 in order, 55 (once: the later 0.5 at 55 replaced -2.0), 39 more late, and 7.
-        assert_eq!(out.len(), 341);
+        // 300 in order, 55 (once: the later 0.5 at 55 replaced -2.0), 39 more late, 7 and
+        // 2,975 (disorder: before the head's newest, 2,980).
+        assert_eq!(out.len(), 342);
         assert!(out.windows(2).all(|w| w[0].0 < w[1].0));
         assert_eq!(out[1], (5, 0.5));
         assert_eq!(out[2], (7, 7.0));
         assert!(out.contains(&(50, -1.0)));
         assert!(out.contains(&(55, 0.5)));
-        assert_eq!(h.sample_count(), 341);
+        assert!(out.contains(&(2_975, 0.25)));
+        assert_eq!(h.sample_count(), 342);
         let mut out = Vec::new();
         h.samples(id, 1000, 1200, &mut out);
         assert_eq!(out.len(), 21);
