@@ -263,6 +263,14 @@ impl RollupSeries {
     /// Upserts by window start; returns the change in bytes held in memory. A correction to a
     /// window in a block on disk reads the block back into memory (`files`).
     pub fn upsert(&mut self, r: Rollup, files: Option<&ChunkFiles>) -> i64 {
+        let newest_block = self
+            .blocks
+            .last()
+            .map(|b| b.max_start)
+            .max(self.disk.last().map(|e| e.max));
+        if newest_block.is_none_or(|m| r.start > m) {
+            return self.upsert_tail(r);
+        }
         if let Some(i) = self
             .blocks
             .iter()
@@ -277,32 +285,26 @@ impl RollupSeries {
         {
             return self.upsert_on_disk(e, r, files);
         }
-        let newest_block = self
-            .blocks
-            .last()
-            .map(|b| b.max_start)
-            .max(self.disk.last().map(|e| e.max));
-        if newest_block.is_some_and(|m| r.start < m) {
-            // Between blocks or older than all: it joins the block before it (or the oldest).
-            let mem = self.blocks.iter().rposition(|b| b.min_start <= r.start);
-            let disk = self.disk.iter().filter(|e| e.min <= r.start).last();
-            return match (mem, disk) {
-                (Some(i), Some(e)) if self.blocks[i].min_start > e.min => self.upsert_sealed(i, r),
-                (Some(i), None) => self.upsert_sealed(i, r),
-                (_, Some(e)) => self.upsert_on_disk(e, r, files),
-                (None, None) => {
-                    let oldest_disk = self.disk.first();
-                    match (self.blocks.first(), oldest_disk) {
-                        (Some(b), Some(e)) if e.min < b.min_start => {
-                            self.upsert_on_disk(e, r, files)
-                        }
-                        (Some(_), _) => self.upsert_sealed(0, r),
-                        (None, Some(e)) => self.upsert_on_disk(e, r, files),
-                        (None, None) => unreachable!("a newest block exists"),
-                    }
-                }
-            };
+        // Between blocks or older than all: it joins the block before it (or the oldest).
+        let mem = self.blocks.iter().rposition(|b| b.min_start <= r.start);
+        let disk = self.disk.iter().filter(|e| e.min <= r.start).last();
+        match (mem, disk) {
+            (Some(i), Some(e)) if self.blocks[i].min_start > e.min => self.upsert_sealed(i, r),
+            (Some(i), None) => self.upsert_sealed(i, r),
+            (_, Some(e)) => self.upsert_on_disk(e, r, files),
+            (None, None) => match (self.blocks.first(), self.disk.first()) {
+                (Some(b), Some(e)) if e.min < b.min_start => self.upsert_on_disk(e, r, files),
+                (Some(_), _) => self.upsert_sealed(0, r),
+                (None, Some(e)) => self.upsert_on_disk(e, r, files),
+                // Not reached: a newest block exists.
+                (None, None) => self.upsert_tail(r),
+            },
         }
+    }
+
+    /// Upserts a rollup newer than every block into the tail, moving the tail's oldest into a
+    /// block when it is full.
+    fn upsert_tail(&mut self, r: Rollup) -> i64 {
         let before = self.tail.len() as i64;
         let mut rows = self.tail_rows(r.series);
         upsert_sorted(&mut rows, r);
@@ -779,6 +781,14 @@ mod tests {
         assert_eq!(s.range(9, 0, i64::MAX, Some(&files)), want);
         spill(&mut s);
         assert_eq!(s.range(9, 0, i64::MAX, Some(&files)), want);
+        // Older than every block: it joins the oldest (on disk).
+        let early = roll(-60_000, 1.0);
+        s.upsert(early, Some(&files));
+        want.insert(0, early);
+        assert_eq!(s.range(9, i64::MIN, i64::MAX, Some(&files)), want);
+        spill(&mut s);
+        assert_eq!(s.range(9, i64::MIN, i64::MAX, Some(&files)), want);
+        want.remove(0);
         // Expiry by block: windows 192..199 end after the cutoff, so their block stays.
         s.gc(200 * 60_000);
         assert_eq!(s.range(9, 0, i64::MAX, Some(&files)), want[192..]);
