@@ -8,7 +8,7 @@ use object_store::ObjectMeta;
 
 use super::layout::{FileKind, Partition, Tier};
 use super::parquet_io::{sort_dedup, ColdRow, Decoded, RowFilter};
-use super::store::{ColdError, ColdStore};
+use super::store::{ColdError, ColdStore, MergeError};
 use tidemark_dataflows::{Rollup, Sample};
 
 /// A partition's files.
@@ -112,29 +112,29 @@ pub fn compact(
         .max()
         .unwrap_or(0);
     let out = p.file("compacted", 0, FileKind::Compacted(newest));
-    let write =
-        |rows: super::parquet_io::Rows, order| store.write_file(&out, p.tier, &rows, &order);
-    match p.tier {
-        Tier::Raw => {
-            let (mut rows, labels) =
-                merge::<Sample>(store, p.tier, files, |d| std::mem::take(&mut d.samples))?;
-            let order = sort_dedup(&mut rows, &|id| labels.get(&id).cloned().map(Into::into))
-                .map_err(|source| ColdError::Parquet {
-                    path: out.clone(),
-                    source,
-                })?;
-            write(Sample::into_rows(rows), order)?;
+    // Streamed when it can be: an input that is the output itself (a compacted file and a
+    // replayed main file below it) is merged in memory, as is an input out of file order.
+    let metas: Vec<ObjectMeta> = files.iter().map(|(_, m)| m.clone()).collect();
+    let streamed = if metas.iter().any(|m| m.location.as_ref() == out) {
+        false
+    } else {
+        let res = match p.tier {
+            Tier::Raw => store
+                .merge_files::<Sample>(&out, p.tier, &metas, |d| std::mem::take(&mut d.samples)),
+            Tier::Minute | Tier::Hour => store
+                .merge_files::<Rollup>(&out, p.tier, &metas, |d| std::mem::take(&mut d.rollups)),
+        };
+        match res {
+            Ok(_) => true,
+            Err(MergeError::Cold(e)) => return Err(e),
+            Err(e @ MergeError::Unsorted { .. }) => {
+                eprintln!("tidemark: compacting {}: {e}; merging in memory", p.dir());
+                false
+            }
         }
-        Tier::Minute | Tier::Hour => {
-            let (mut rows, labels) =
-                merge::<Rollup>(store, p.tier, files, |d| std::mem::take(&mut d.rollups))?;
-            let order = sort_dedup(&mut rows, &|id| labels.get(&id).cloned().map(Into::into))
-                .map_err(|source| ColdError::Parquet {
-                    path: out.clone(),
-                    source,
-                })?;
-            write(Rollup::into_rows(rows), order)?;
-        }
+    };
+    if !streamed {
+        compact_in_memory(store, p, files, &out)?;
     }
     for (_, meta) in files {
         if meta.location.as_ref() != out {
@@ -145,6 +145,39 @@ pub fn compact(
         .stats
         .compactions
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// [`compact`] with every row in memory.
+fn compact_in_memory(
+    store: &ColdStore,
+    p: Partition,
+    files: &[(FileKind, ObjectMeta)],
+    out: &str,
+) -> Result<(), ColdError> {
+    let write = |rows: super::parquet_io::Rows, order| store.write_file(out, p.tier, &rows, &order);
+    match p.tier {
+        Tier::Raw => {
+            let (mut rows, labels) =
+                merge::<Sample>(store, p.tier, files, |d| std::mem::take(&mut d.samples))?;
+            let order = sort_dedup(&mut rows, &|id| labels.get(&id).cloned().map(Into::into))
+                .map_err(|source| ColdError::Parquet {
+                    path: out.to_string(),
+                    source,
+                })?;
+            write(Sample::into_rows(rows), order)?;
+        }
+        Tier::Minute | Tier::Hour => {
+            let (mut rows, labels) =
+                merge::<Rollup>(store, p.tier, files, |d| std::mem::take(&mut d.rollups))?;
+            let order = sort_dedup(&mut rows, &|id| labels.get(&id).cloned().map(Into::into))
+                .map_err(|source| ColdError::Parquet {
+                    path: out.to_string(),
+                    source,
+                })?;
+            write(Rollup::into_rows(rows), order)?;
+        }
+    }
     Ok(())
 }
 
@@ -262,6 +295,142 @@ mod tests {
         }
         out.sort_by(|a, b| a.partial_cmp(b).unwrap());
         out
+    }
+
+    /// Labels for the streaming test: three metrics, so file order (metric, then id) is not
+    /// id order.
+    fn labels_of(id: u64) -> Option<Arc<Labels>> {
+        let metric = ["mem", "cpu", "disk"][(id % 3) as usize];
+        Some(Arc::new(Labels::from_pairs([
+            ("__name__", metric.to_string()),
+            ("host", format!("h{id}")),
+        ])))
+    }
+
+    fn put_sorted(store: &ColdStore, path: &str, tier: Tier, mut rows: Vec<Sample>) {
+        let order = sort_dedup(&mut rows, &labels_of).unwrap();
+        store
+            .write_file(path, tier, &Sample::into_rows(rows), &order)
+            .unwrap();
+    }
+
+    #[test]
+    fn compaction_streams_files_larger_than_a_batch_in_file_order_later_files_winning() {
+        let store = ColdStore::open("memory://").unwrap();
+        let p = Tier::Raw.partition(BASE);
+        // The oracle: (series, ts) -> value, later files overwriting, computed apart from the
+        // merge.
+        let mut want: BTreeMap<(u64, i64), f64> = BTreeMap::new();
+        let kinds = [
+            FileKind::Main,
+            FileKind::Correction(BASE + HOUR_MS),
+            FileKind::Correction(BASE + 2 * HOUR_MS),
+        ];
+        for (k, kind) in kinds.into_iter().enumerate() {
+            // 2,000 series x 40 points (file 0), then overlapping halves with new values.
+            let rows: Vec<Sample> = (0..2_000u64)
+                .filter(|id| k == 0 || id % 2 == (k as u64 - 1))
+                .flat_map(|id| {
+                    (0..40i64)
+                        .filter(move |i| k == 0 || i % 3 == 0)
+                        .map(move |i| Sample {
+                            series: id,
+                            ts: BASE + i * 10_000 + k as i64 * 5_000 * (i % 2),
+                            value: (id * 1_000) as f64 + i as f64 + k as f64 / 10.0,
+                        })
+                })
+                .collect();
+            for r in &rows {
+                want.insert((r.series, r.ts), r.value);
+            }
+            put_sorted(&store, &p.file("up", 0, kind), p.tier, rows);
+        }
+        assert!(
+            want.len() > 64 * 1024,
+            "{} rows: more than one batch",
+            want.len()
+        );
+        let listing = list(&store).unwrap();
+        // Streamed (not the in-memory fallback): the merge itself writes every row once.
+        let metas: Vec<ObjectMeta> = listing[&p].iter().map(|f| f.1.clone()).collect();
+        let scratch = Tier::Raw
+            .partition(BASE + 5 * HOUR_MS)
+            .file("x", 0, FileKind::Main);
+        let (_, n) = store
+            .merge_files::<Sample>(&scratch, p.tier, &metas, |d| std::mem::take(&mut d.samples))
+            .unwrap();
+        assert_eq!(n as usize, want.len());
+        store.delete(&scratch).unwrap();
+        assert_eq!(compact_all(&store, &listing, p.end()).0, 1);
+        let listing = list(&store).unwrap();
+        assert_eq!(listing[&p].len(), 1);
+        // Read back in file order: metric, then series id, then time.
+        let mut d = Decoded::default();
+        store
+            .read_file(&listing[&p][0].1, p.tier, &RowFilter::all(), &mut d)
+            .unwrap();
+        let key = |s: &Sample| {
+            let m = d.labels[&s.series].metric_name().unwrap_or("").to_string();
+            (m, s.series, s.ts)
+        };
+        assert!(d.samples.windows(2).all(|w| key(&w[0]) < key(&w[1])));
+        let got: BTreeMap<(u64, i64), f64> = d
+            .samples
+            .iter()
+            .map(|s| ((s.series, s.ts), s.value))
+            .collect();
+        assert_eq!(got.len(), d.samples.len(), "no duplicates");
+        assert_eq!(got, want);
+        assert_eq!(d.labels[&7].get("host"), Some("h7"));
+    }
+
+    #[test]
+    fn a_file_out_of_order_is_merged_in_memory_instead() {
+        let store = ColdStore::open("memory://").unwrap();
+        let p = Tier::Raw.partition(BASE);
+        put_sorted(
+            &store,
+            &p.file("up", 0, FileKind::Main),
+            p.tier,
+            vec![Sample {
+                series: 1,
+                ts: BASE,
+                value: 1.0,
+            }],
+        );
+        // Rows of one series with times going backwards: not file order.
+        let backwards = vec![
+            Sample {
+                series: 1,
+                ts: BASE + 20,
+                value: 3.0,
+            },
+            Sample {
+                series: 1,
+                ts: BASE + 10,
+                value: 2.0,
+            },
+        ];
+        let order = vec![(1, labels_of(1).unwrap())];
+        let path = p.file("up", 1, FileKind::Main);
+        store
+            .write_file(&path, p.tier, &Sample::into_rows(backwards), &order)
+            .unwrap();
+        let metas: Vec<ObjectMeta> = list(&store).unwrap()[&p]
+            .iter()
+            .map(|f| f.1.clone())
+            .collect();
+        let out = p.file("compacted", 0, FileKind::Compacted(0));
+        let err = store
+            .merge_files::<Sample>(&out, p.tier, &metas, |d| std::mem::take(&mut d.samples))
+            .unwrap_err();
+        assert!(err.to_string().contains("not in file order"), "{err}");
+        let listing = list(&store).unwrap();
+        assert_eq!(compact_all(&store, &listing, p.end()).0, 1);
+        assert_eq!(
+            rows(&store, p),
+            vec![(1, BASE, 1.0), (1, BASE + 10, 2.0), (1, BASE + 20, 3.0)]
+        );
     }
 
     #[test]

@@ -22,7 +22,8 @@ use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder, Projecti
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
 use super::layout::Tier;
-use super::parquet_io::{self, Decoded, ParquetError, RowFilter, Rows};
+use super::parquet_io::{self, ColdRow, Decoded, ParquetError, RowFilter, Rows};
+use crate::model::Labels;
 
 /// Cold-store errors: what failed, where, and what to check.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,101 @@ pub struct ColdStats {
     /// Rows read by queries, per tier (raw, 1m, 1h).
     pub query_rows: [AtomicU64; 3],
     pub last_error: Mutex<String>,
+}
+
+/// Rows a merge decodes from an input, and writes, at a time.
+const MERGE_BATCH_ROWS: usize = 64 * 1024;
+
+/// Why [`ColdStore::merge_files`] did not write its file.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error(transparent)]
+    Cold(#[from] ColdError),
+    #[error("{path} is not in file order (metric, series id, time) at series {series:016x}")]
+    Unsorted { path: String, series: u64 },
+}
+
+/// One input of a merge: its current record batch, decoded, and where in it the merge is.
+struct MergeCursor<R> {
+    stream: parquet::arrow::async_reader::ParquetRecordBatchStream<RangeReader>,
+    path: String,
+    rows: Vec<R>,
+    pos: usize,
+    /// Labels of the series in `rows`.
+    labels: HashMap<u64, Labels>,
+    /// The key of the row before (to check the order): metric name, series id, time.
+    last: Option<(String, u64, i64)>,
+    done: bool,
+}
+
+impl<R: ColdRow> MergeCursor<R> {
+    /// The current row's key: metric name, series id, time.
+    fn key(&self) -> Option<(&str, u64, i64)> {
+        let r = self.rows.get(self.pos)?;
+        let m = self
+            .labels
+            .get(&r.series())
+            .and_then(|l| l.metric_name())
+            .unwrap_or("");
+        Some((m, r.series(), r.time()))
+    }
+
+    /// Decodes the next batch when the current one is used up; checks the order.
+    async fn fill(
+        &mut self,
+        tier: Tier,
+        pick: fn(&mut Decoded) -> Vec<R>,
+    ) -> Result<(), MergeError> {
+        while self.pos >= self.rows.len() && !self.done {
+            let batch = self
+                .stream
+                .try_next()
+                .await
+                .map_err(|e| ColdError::Parquet {
+                    path: self.path.clone(),
+                    source: e.into(),
+                })?;
+            let Some(batch) = batch else {
+                self.done = true;
+                break;
+            };
+            let mut d = Decoded::default();
+            parquet_io::decode_batch(tier, &batch, &self.path, &RowFilter::all(), &mut d).map_err(
+                |source| ColdError::Parquet {
+                    path: self.path.clone(),
+                    source,
+                },
+            )?;
+            self.rows = pick(&mut d);
+            self.labels = d.labels;
+            self.pos = 0;
+        }
+        let Some(r) = self.rows.get(self.pos) else {
+            return Ok(());
+        };
+        let (id, t) = (r.series(), r.time());
+        let m = self
+            .labels
+            .get(&id)
+            .and_then(|l| l.metric_name())
+            .unwrap_or("");
+        match &mut self.last {
+            Some(last) if (last.0.as_str(), last.1, last.2) > (m, id, t) => {
+                return Err(MergeError::Unsorted {
+                    path: self.path.clone(),
+                    series: id,
+                });
+            }
+            Some(last) => {
+                if last.0 != m {
+                    last.0 = m.to_string();
+                }
+                (last.1, last.2) = (id, t);
+            }
+            None => self.last = Some((m.to_string(), id, t)),
+        }
+        Ok(())
+    }
 }
 
 /// Reads a Parquet file from the object store by ranges: the footer first, then only the
@@ -476,6 +572,124 @@ impl ColdStore {
                 w.write(&batch).await.map_err(|e| perr(e.into()))?;
             }
             w.close().await.map_err(|e| perr(e.into()))?;
+            let meta = self
+                .store
+                .head(&location)
+                .await
+                .map_err(|e| self.store_err("head", path, e))?;
+            Ok((meta.size, rows))
+        });
+        let (size, rows) = res?;
+        self.stats.files_written.fetch_add(1, Ordering::Relaxed);
+        self.stats.rows_written.fetch_add(rows, Ordering::Relaxed);
+        self.stats.bytes_written.fetch_add(size, Ordering::Relaxed);
+        Ok((size, rows))
+    }
+
+    /// Merges `files` (in precedence order, each in file order: metric, series id, time) into
+    /// one file at `path`, streaming: a record batch of each input and one output batch are
+    /// in memory at a time, not the partition (an hour of raw samples at 1 M series is 360 M
+    /// rows). For equal series and time the later file's row wins. Returns the bytes and
+    /// rows written; [`MergeError::Unsorted`] when an input is not in file order (the caller
+    /// merges in memory instead), nothing written then.
+    pub fn merge_files<R: ColdRow>(
+        &self,
+        path: &str,
+        tier: Tier,
+        files: &[ObjectMeta],
+        pick: fn(&mut Decoded) -> Vec<R>,
+    ) -> Result<(u64, u64), MergeError> {
+        let perr = |p: &str, source: ParquetError| ColdError::Parquet {
+            path: p.into(),
+            source,
+        };
+        let location = Path::from(path);
+        let res: Result<(u64, u64), MergeError> = self.rt.block_on(async {
+            let mut cursors = Vec::with_capacity(files.len());
+            for meta in files {
+                let md = self.metadata(meta).await?;
+                let reader = RangeReader {
+                    store: Arc::clone(&self.store),
+                    path: meta.location.clone(),
+                    size: meta.size,
+                };
+                let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, md)
+                    .with_batch_size(MERGE_BATCH_ROWS)
+                    .build()
+                    .map_err(|e| perr(meta.location.as_ref(), e.into()))?;
+                cursors.push(MergeCursor {
+                    stream,
+                    path: meta.location.to_string(),
+                    rows: Vec::new(),
+                    pos: 0,
+                    labels: HashMap::new(),
+                    last: None,
+                    done: false,
+                });
+            }
+            for c in cursors.iter_mut() {
+                c.fill(tier, pick).await?;
+            }
+            let out =
+                object_store::buffered::BufWriter::new(Arc::clone(&self.store), location.clone());
+            let mut w = AsyncArrowWriter::try_new(
+                out,
+                parquet_io::schema(tier),
+                Some(parquet_io::writer_properties(tier)),
+            )
+            .map_err(|e| perr(path, e.into()))?;
+            let mut buf: Vec<R> = Vec::with_capacity(MERGE_BATCH_ROWS);
+            let mut order: parquet_io::SeriesOrder = Vec::new();
+            let mut rows = 0u64;
+            loop {
+                // The smallest key; of equal (series, time) the last file's row.
+                let mut best: Option<usize> = None;
+                for (i, c) in cursors.iter().enumerate() {
+                    let Some(k) = c.key() else { continue };
+                    best = match best {
+                        Some(b) if cursors[b].key().is_some_and(|bk| bk < k) => Some(b),
+                        _ => Some(i),
+                    };
+                }
+                let Some(b) = best else { break };
+                let row = cursors[b].rows[cursors[b].pos].clone();
+                let (id, t) = (row.series(), row.time());
+                if order.last().is_none_or(|o| o.0 != id) {
+                    let labels = cursors[b]
+                        .labels
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or_else(Labels::empty);
+                    order.push((id, Arc::new(labels)));
+                }
+                buf.push(row);
+                // Every cursor at this key moves past it (the last one's row was taken).
+                // (A series id is the hash of its labels: equal ids have equal metric names.)
+                for c in cursors.iter_mut() {
+                    if c.rows
+                        .get(c.pos)
+                        .is_some_and(|r| r.series() == id && r.time() == t)
+                    {
+                        c.pos += 1;
+                        c.fill(tier, pick).await?;
+                    }
+                }
+                if buf.len() >= MERGE_BATCH_ROWS {
+                    let batch =
+                        parquet_io::to_batch(tier, &R::into_rows(std::mem::take(&mut buf)), &order)
+                            .map_err(|e| perr(path, e))?;
+                    rows += batch.num_rows() as u64;
+                    w.write(&batch).await.map_err(|e| perr(path, e.into()))?;
+                    order.clear();
+                }
+            }
+            if !buf.is_empty() {
+                let batch = parquet_io::to_batch(tier, &R::into_rows(buf), &order)
+                    .map_err(|e| perr(path, e))?;
+                rows += batch.num_rows() as u64;
+                w.write(&batch).await.map_err(|e| perr(path, e.into()))?;
+            }
+            w.close().await.map_err(|e| perr(path, e.into()))?;
             let meta = self
                 .store
                 .head(&location)
