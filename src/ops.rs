@@ -201,24 +201,41 @@ pub fn rss_bytes() -> f64 {
 
 /// `/metrics` families of the hot index's chunk directory (none without one).
 pub fn render_chunk_files(hot: &crate::store::hot::HotIndex, w: &mut TextWriter) {
-    if let Some(f) = hot.chunk_files() {
-        w.family(
-            "tidemark_hot_chunk_disk_bytes",
-            "gauge",
-            "Encoded bytes of sealed chunks spilled to the chunk directory (referenced by the index).",
-            &[("", hot.stats.chunk_disk_bytes.load(Ordering::Relaxed) as f64)],
-        );
-        w.family(
-            "tidemark_hot_chunk_files_bytes",
-            "gauge",
-            "Bytes of the chunk directory's segment files (with chunks rewritten or dropped since, until their segment expires).",
-            &[("", f.file_bytes.load(Ordering::Relaxed) as f64)],
-        );
-        w.family(
-            "tidemark_hot_chunk_read_errors_total",
-            "counter",
-            "Sealed chunks that could not be read back from the chunk directory (missing or damaged segment); their samples were left out of the read.",
-            &[("", f.read_errors.load(Ordering::Relaxed) as f64)],
-        );
+    if hot.chunk_files().is_none() {
+        return;
     }
+    w.family(
+        "tidemark_hot_chunk_disk_bytes",
+        "gauge",
+        "Encoded bytes of sealed chunks spilled to the chunk directory (referenced by the index).",
+        &[(
+            "",
+            hot.stats.chunk_disk_bytes.load(Ordering::Relaxed) as f64,
+        )],
+    );
+    let files: Vec<(&str, &crate::store::hot::chunkfile::ChunkFiles)> =
+        hot.all_chunk_files().collect();
+    let per_kind = |f: fn(&crate::store::hot::chunkfile::ChunkFiles) -> f64| -> Vec<(String, f64)> {
+        files
+            .iter()
+            .map(|(k, c)| (format!("kind=\"{k}\""), f(c)))
+            .collect()
+    };
+    let bytes = per_kind(|c| c.file_bytes.load(Ordering::Relaxed) as f64);
+    w.family(
+        "tidemark_hot_chunk_files_bytes",
+        "gauge",
+        "Bytes of the chunk directory's segment files, by kind (raw chunks, 1m and 1h rollup blocks; with blocks rewritten or dropped since, until their segment expires).",
+        &bytes.iter().map(|(l, v)| (l.as_str(), *v)).collect::<Vec<_>>(),
+    );
+    let sum: f64 = per_kind(|c| c.read_errors.load(Ordering::Relaxed) as f64)
+        .iter()
+        .map(|p| p.1)
+        .sum();
+    w.family(
+        "tidemark_hot_chunk_read_errors_total",
+        "counter",
+        "Sealed chunks and rollup blocks that could not be read back from the chunk directory (missing or damaged segment); they were left out of the read.",
+        &[("", sum)],
+    );
 }

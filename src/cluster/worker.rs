@@ -238,8 +238,8 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
     let chunks = opts.data_dir.join("chunks");
     let files = crate::store::hot::chunkfile::ChunkFiles::open(&chunks)
         .with_context(|| format!("opening the chunk directory {}", chunks.display()))?;
-    files.remove_unreferenced();
     let hot = Arc::new(HotIndex::new(opts.hot_retention_ms).with_chunk_files(files));
+    hot.remove_unreferenced_chunks();
     {
         // Spill every 2 s; retention every minute.
         let hot = Arc::clone(&hot);

@@ -81,8 +81,8 @@ pub fn restore(
         }
     };
     let restored = restore_into(data_dir, log, stats, new_index);
-    if let Some(f) = restored.hot.chunk_files() {
-        let n = f.remove_unreferenced();
+    {
+        let n = restored.hot.remove_unreferenced_chunks();
         if n > 0 {
             eprintln!(
                 "tidemark: deleted {n} chunk segments in {} that the loaded checkpoint does not reference (written after it; the log replay writes their chunks again)",

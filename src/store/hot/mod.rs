@@ -175,6 +175,8 @@ pub struct HotIndex {
     pins: std::sync::Mutex<Vec<(PinKind, std::sync::Weak<AtomicI64>)>>,
     /// Where sealed chunks go ([`HotIndex::spill`]); `None`: they stay in memory.
     files: Option<ChunkFiles>,
+    /// Where 1-minute and 1-hour rollup blocks go (`1m/` and `1h/` in the chunk directory).
+    rollup_files: [Option<ChunkFiles>; 2],
     /// Per shard: series with chunks in memory not yet spilled.
     unspilled: Box<[Mutex<Vec<SeriesId>>]>,
 }
@@ -469,15 +471,63 @@ impl HotIndex {
             stats: HotStats::default(),
             pins: std::sync::Mutex::new(Vec::new()),
             files: None,
+            rollup_files: [None, None],
             unspilled: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
         }
     }
 
     /// Moves sealed chunks to `files` from now on ([`HotIndex::spill`]); set before the index
     /// is loaded from a checkpoint that references them.
+    /// Rollup blocks go to `1m/` and `1h/` inside it (each kind's segments expire with its
+    /// own retention: mixed with raw chunks, 1-minute blocks kept 2 h in the index stayed on
+    /// disk for the raw retention, about 5 bytes per raw sample); when those cannot be
+    /// opened (reported), rollup blocks stay in memory.
     pub fn with_chunk_files(mut self, files: ChunkFiles) -> Self {
+        for (k, sub) in ["1m", "1h"].into_iter().enumerate() {
+            let dir = files.dir().join(sub);
+            self.rollup_files[k] = match ChunkFiles::open(&dir) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    eprintln!(
+                        "tidemark: hot index: cannot open {}: {e}; rollup blocks stay in memory",
+                        dir.display()
+                    );
+                    None
+                }
+            };
+        }
         self.files = Some(files);
         self
+    }
+
+    /// The files rollup blocks of a resolution go to.
+    fn rollup_files(&self, res: Resolution) -> Option<&ChunkFiles> {
+        match res {
+            Resolution::OneMinute => self.rollup_files[0].as_ref(),
+            Resolution::OneHour => self.rollup_files[1].as_ref(),
+        }
+    }
+
+    /// Every chunk directory (raw chunks, 1-minute and 1-hour blocks), for `/metrics`.
+    pub fn all_chunk_files(&self) -> impl Iterator<Item = (&'static str, &ChunkFiles)> + '_ {
+        let kinds = ["raw", "1m", "1h"];
+        let all = [
+            self.files.as_ref(),
+            self.rollup_files[0].as_ref(),
+            self.rollup_files[1].as_ref(),
+        ];
+        kinds
+            .into_iter()
+            .zip(all)
+            .filter_map(|(k, f)| Some((k, f?)))
+    }
+
+    /// Deletes the chunk segments nothing loaded references (after a checkpoint was loaded, or
+    /// without one: all of them); returns how many.
+    pub fn remove_unreferenced_chunks(&self) -> usize {
+        self.all_chunk_files()
+            .map(|(_, f)| f.remove_unreferenced())
+            .sum()
     }
 
     /// Keeps 1-minute rollups `ms` before the newest sample rather than the whole retention
@@ -500,21 +550,27 @@ impl HotIndex {
         self.files.as_ref()
     }
 
-    /// Writes the chunks sealed since the last call to the chunk files and drops their bytes
-    /// from memory, a shard at a time (its lock held while its batch is written: the job's
-    /// appends to it wait that long); returns the chunks written. Without chunk files, or
-    /// when a write fails (reported; the chunks stay in memory and are tried again), nothing
-    /// moves.
+    /// Writes the chunks sealed, and the rollup blocks made, since the last call to the chunk
+    /// files (raw chunks, 1-minute and 1-hour blocks each to their own, so that each kind's
+    /// segments go with its own retention) and drops their bytes from memory, a shard at a
+    /// time (its lock held while its batches are written: the job's appends to it wait that
+    /// long); returns the blocks written. Without chunk files nothing moves; a kind whose
+    /// write fails (reported) stays in memory and is tried again.
     pub fn spill(&self) -> usize {
         let Some(files) = &self.files else {
             return 0;
         };
+        let targets: [Option<&ChunkFiles>; 3] = [
+            Some(files),
+            self.rollup_files[0].as_ref(),
+            self.rollup_files[1].as_ref(),
+        ];
         let mut moved = 0;
-        let mut batch = Vec::new();
-        // Per series written: its id, and where its chunks, 1-minute and 1-hour rollup blocks
-        // start in `refs`.
+        // Per kind (raw, 1m, 1h): the bytes to append, their references, the newest time.
+        let mut batch: [Vec<u8>; 3] = Default::default();
+        let mut refs: [Vec<DiskRef>; 3] = Default::default();
+        // Per series written: its id, and where its blocks of each kind start in `refs`.
         let mut placed: Vec<(SeriesId, [usize; 3])> = Vec::new();
-        let mut refs: Vec<DiskRef> = Vec::new();
         for (i, sh) in self.shards.iter().enumerate() {
             let mut ids =
                 std::mem::take(&mut *self.unspilled[i].lock().unwrap_or_else(|e| e.into_inner()));
@@ -524,79 +580,83 @@ impl HotIndex {
             ids.sort_unstable();
             ids.dedup();
             let mut sh = sh.write().unwrap_or_else(|e| e.into_inner());
-            batch.clear();
+            batch.iter_mut().for_each(Vec::clear);
+            refs.iter_mut().for_each(Vec::clear);
             placed.clear();
-            refs.clear();
-            let mut max_ts = i64::MIN;
+            let mut max_ts = [i64::MIN; 3];
             for &id in &ids {
                 let Some(s) = sh.get(&id) else { continue };
-                let mem = s.sealed.in_memory();
-                if mem.is_empty()
-                    && s.r1m.in_memory().next().is_none()
-                    && s.r1h.in_memory().next().is_none()
-                {
-                    continue;
-                }
-                let start = refs.len();
-                let mut put = |b: &[u8], end: i64| {
-                    refs.push(DiskRef {
+                placed.push((id, [refs[0].len(), refs[1].len(), refs[2].len()]));
+                let mut put = |k: usize, b: &[u8], end: i64| {
+                    if targets[k].is_none() {
+                        return;
+                    }
+                    refs[k].push(DiskRef {
                         seg: 0,
-                        off: batch.len() as u32,
+                        off: batch[k].len() as u32,
                         len: b.len() as u32,
                     });
-                    batch.extend_from_slice(b);
-                    max_ts = max_ts.max(end);
-                    refs.len()
+                    batch[k].extend_from_slice(b);
+                    max_ts[k] = max_ts[k].max(end);
                 };
-                let mut minutes = start;
-                for c in mem {
-                    minutes = put(c.mem_bytes().expect("a chunk in memory"), c.max_ts);
+                for c in s.sealed.in_memory() {
+                    put(0, c.mem_bytes().expect("a chunk in memory"), c.max_ts);
                 }
-                let mut hours = minutes;
                 for (b, end) in s.r1m.in_memory() {
-                    hours = put(b, end);
+                    put(1, b, end);
                 }
                 for (b, end) in s.r1h.in_memory() {
-                    put(b, end);
+                    put(2, b, end);
                 }
-                placed.push((id, [start, minutes, hours]));
             }
-            if placed.is_empty() {
-                continue;
-            }
-            let (seg, base) = match files.append(&batch, max_ts) {
-                Ok(at) => at,
-                Err(e) => {
-                    eprintln!(
-                        "tidemark: hot index: writing {} sealed chunks to {} failed, they stay in memory (retried): {e}",
-                        refs.len(),
-                        files.dir().display()
-                    );
-                    self.unspilled[i]
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .extend(ids);
-                    break;
+            let mut failed = false;
+            for k in 0..3 {
+                let Some(f) = targets[k].filter(|_| !refs[k].is_empty()) else {
+                    continue;
+                };
+                match f.append(&batch[k], max_ts[k]) {
+                    Ok((seg, base)) => {
+                        for r in refs[k].iter_mut() {
+                            r.seg = seg;
+                            r.off += base;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "tidemark: hot index: writing {} blocks to {} failed, they stay in memory (retried): {e}",
+                            refs[k].len(),
+                            f.dir().display()
+                        );
+                        refs[k].clear();
+                        failed = true;
+                    }
                 }
-            };
-            for r in refs.iter_mut() {
-                r.seg = seg;
-                r.off += base;
             }
-            let mut disk = 0i64;
-            let mut freed = 0i64;
-            for (k, &(id, at)) in placed.iter().enumerate() {
-                let to = placed.get(k + 1).map_or(refs.len(), |p| p.1[0]);
-                if let Some(s) = sh.get_mut(&id) {
-                    let chunks = &refs[at[0]..at[1]];
+            let (mut disk, mut freed) = (0i64, 0i64);
+            for (j, &(id, at)) in placed.iter().enumerate() {
+                let Some(s) = sh.get_mut(&id) else { continue };
+                let to = |k: usize| placed.get(j + 1).map_or(refs[k].len(), |p| p.1[k]);
+                let span = |k: usize| refs[k].get(at[k]..to(k)).unwrap_or_default();
+                if !refs[0].is_empty() && !s.sealed.in_memory().is_empty() {
+                    let chunks = span(0);
                     disk += chunks.iter().map(|r| i64::from(r.len)).sum::<i64>();
                     s.sealed.spilled(chunks);
-                    freed += s.r1m.spilled(&refs[at[1]..at[2]]);
-                    freed += s.r1h.spilled(&refs[at[2]..to]);
+                }
+                if !refs[1].is_empty() && s.r1m.in_memory().next().is_some() {
+                    freed += s.r1m.spilled(span(1));
+                }
+                if !refs[2].is_empty() && s.r1h.in_memory().next().is_some() {
+                    freed += s.r1h.spilled(span(2));
                 }
             }
+            if failed {
+                self.unspilled[i]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(ids);
+            }
             self.stats.rollup_bytes.fetch_sub(freed, Ordering::Relaxed);
-            moved += refs.len();
+            moved += refs.iter().map(Vec::len).sum::<usize>();
             self.stats
                 .chunk_disk_bytes
                 .fetch_add(disk, Ordering::Relaxed);
@@ -606,7 +666,8 @@ impl HotIndex {
 
     /// Makes the chunks spilled so far durable (a checkpoint references them).
     pub fn sync_chunk_files(&self) -> std::io::Result<()> {
-        self.files.as_ref().map_or(Ok(()), ChunkFiles::sync)
+        let all = self.files.iter().chain(self.rollup_files.iter().flatten());
+        all.map(ChunkFiles::sync).collect()
     }
 
     /// A pin: while it lives, data of `kind` at or after its value is neither rejected as too
@@ -733,13 +794,13 @@ impl HotIndex {
             let i = shard(r.series);
             let mut shard = self.shards[i].write().unwrap_or_else(|e| e.into_inner());
             let s = shard.entry(r.series).or_default();
-            let v = if r.width >= 3_600_000 {
-                &mut s.r1h
+            let (v, files) = if r.width >= 3_600_000 {
+                (&mut s.r1h, self.rollup_files(Resolution::OneHour))
             } else {
-                &mut s.r1m
+                (&mut s.r1m, self.rollup_files(Resolution::OneMinute))
             };
-            bytes += v.upsert(*r, self.files.as_ref());
-            if self.files.is_some() && v.in_memory().next().is_some() {
+            bytes += v.upsert(*r, files);
+            if files.is_some() && v.in_memory().next().is_some() {
                 drop(shard);
                 self.unspilled[i]
                     .lock()
@@ -772,7 +833,7 @@ impl HotIndex {
             Resolution::OneMinute => &s.r1m,
             Resolution::OneHour => &s.r1h,
         };
-        v.range(id, start, end, self.files.as_ref())
+        v.range(id, start, end, self.rollup_files(res))
     }
 
     /// Bytes the raw samples take: sealed chunks, compressed heads, out-of-order buffers.
@@ -880,9 +941,18 @@ impl HotIndex {
         self.stats
             .rollup_bytes
             .fetch_add(drollups, Ordering::Relaxed);
-        if let Some(f) = &self.files {
-            // Every chunk and rollup block in such a segment was dropped above.
-            f.remove_before(cutoff.min(cut_1m).min(cut_1h));
+        // Every chunk or block in such a segment was dropped above.
+        for (f, cut) in [
+            self.files.as_ref(),
+            self.rollup_files[0].as_ref(),
+            self.rollup_files[1].as_ref(),
+        ]
+        .into_iter()
+        .zip([cutoff, cut_1m, cut_1h])
+        {
+            if let Some(f) = f {
+                f.remove_before(cut);
+            }
         }
     }
 }
@@ -1020,9 +1090,12 @@ impl HotIndex {
             }
         });
         data.sealed.set_all(chunks);
-        for r in [&mut data.r1m, &mut data.r1h] {
+        for (r, files) in [
+            (&mut data.r1m, &self.rollup_files[0]),
+            (&mut data.r1h, &self.rollup_files[1]),
+        ] {
             r.retain_on_disk(|d, end| {
-                let there = self.files.as_ref().is_some_and(|f| f.note(d.seg, end));
+                let there = files.as_ref().is_some_and(|f| f.note(d.seg, end));
                 if !there {
                     self.stats.chunks_missing.fetch_add(1, Ordering::Relaxed);
                 }
@@ -1292,6 +1365,17 @@ mod tests {
         assert!(mem2 * 3 < mem, "{mem} -> {mem2} bytes");
         assert!(stat2 < stat, "{stat} -> {stat2}");
         check(&h, &want);
+        // Each kind in its own files: nothing went to the raw chunks' segments.
+        let bytes: Vec<(&str, u64)> = h
+            .all_chunk_files()
+            .map(|(k, f)| (k, f.file_bytes.load(Ordering::Relaxed)))
+            .collect();
+        assert_eq!(bytes[0], ("raw", 0));
+        assert!(
+            bytes[1].0 == "1m" && bytes[1].1 > 0 && bytes[2].0 == "1h" && bytes[2].1 > 0,
+            "{bytes:?}"
+        );
+        assert!(dir.path().join("1m").is_dir() && dir.path().join("1h").is_dir());
 
         // Corrections to windows in blocks on disk: read back, rewritten, spilled again.
         let fix: Vec<Rollup> = (1..=5u64)
@@ -1325,7 +1409,7 @@ mod tests {
                 .unwrap();
             at += 4 + len;
         }
-        assert_eq!(back.chunk_files().unwrap().remove_unreferenced(), 0);
+        assert_eq!(back.remove_unreferenced_chunks(), 0);
         check(&back, &want);
         assert_eq!(back.stats.chunks_missing.load(Ordering::Relaxed), 0);
         let errors = back
