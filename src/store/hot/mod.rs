@@ -667,7 +667,7 @@ impl HotIndex {
     /// Makes the chunks spilled so far durable (a checkpoint references them).
     pub fn sync_chunk_files(&self) -> std::io::Result<()> {
         let all = self.files.iter().chain(self.rollup_files.iter().flatten());
-        all.map(ChunkFiles::sync).collect()
+        all.try_for_each(ChunkFiles::sync)
     }
 
     /// A pin: while it lives, data of `kind` at or after its value is neither rejected as too
