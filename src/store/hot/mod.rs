@@ -666,7 +666,7 @@ impl HotIndex {
 
     /// Makes the chunks spilled so far durable (a checkpoint references them).
     pub fn sync_chunk_files(&self) -> std::io::Result<()> {
-        let all = self.files.iter().chain(self.rollup_files.iter().flatten());
+        let mut all = self.files.iter().chain(self.rollup_files.iter().flatten());
         all.try_for_each(ChunkFiles::sync)
     }
 
