@@ -53,6 +53,19 @@ idle() {
     a=$b
   done
 }
+# Memory by component every 5 s while the workload runs, to show where the peak is (the
+# figures after idle below are lower: the job catches up and the allocator purges).
+( best=0
+  while kill -0 $pid 2>/dev/null; do
+    m=$(curl -fs "$url/metrics" 2>/dev/null || true)
+    r=$(grep VmRSS /proc/$pid/status 2>/dev/null | awk '{print $2 * 1024}')
+    if [ -n "$r" ] && [ "$r" -gt "$best" ]; then
+      best=$r
+      { echo "rss $r"; echo "$m" | grep '^tidemark_memory_bytes'; } > "$dir/peak_components"
+    fi
+    sleep 5
+  done ) &
+sampler=$!
 "$bin/tidemark-loadgen" --url "$url" --hosts "$HOSTS" --points "$POINTS" --stream
 series=$((HOSTS * 4))
 samples=$((series * POINTS))
@@ -63,6 +76,12 @@ curl -fs "$url/metrics" | grep '^tidemark_memory_bytes' | awk -v n="$series" \
   '{printf "  %-60s %8.1f MiB  %6.0f B/series\n", $1, $2/1048576, $2/n}'
 ooo=$(curl -fs "$url/metrics" | awk '/^tidemark_hot_samples_out_of_order_total /{print $2}')
 echo "out-of-order samples (at or before their series' newest): ${ooo:-0} of $samples"
+kill $sampler 2>/dev/null || true
+if [ -s "$dir/peak_components" ]; then
+  echo "memory by component at the highest RSS sampled during the run ($(awk '/^rss/{printf "%.0f MiB", $2/1048576}' "$dir/peak_components")):"
+  grep '^tidemark_memory_bytes' "$dir/peak_components" | awk -v n="$series" \
+    '{printf "  %-60s %8.1f MiB  %6.0f B/series\n", $1, $2/1048576, $2/n}'
+fi
 peak=$(grep VmHWM /proc/$pid/status | awk '{printf "%.0f", $2*1024}')
 rss=$(grep VmRSS /proc/$pid/status | awk '{printf "%.0f", $2*1024}')
 echo "peak RSS $((peak / 1048576)) MiB = $((peak / series)) B per active series (RSS now $((rss / 1048576)) MiB)"
