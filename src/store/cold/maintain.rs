@@ -433,6 +433,157 @@ mod tests {
         );
     }
 
+    /// An in-memory object store that records what happens to multipart uploads (S3 keeps
+    /// the parts of an upload neither completed nor aborted; the in-memory and local stores
+    /// drop them on their own, so only the calls show a leak).
+    mod recording {
+        use futures::stream::BoxStream;
+        use object_store::memory::InMemory;
+        use object_store::path::Path;
+        use object_store::{
+            CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+            ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+            UploadPart,
+        };
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        #[derive(Debug, Default)]
+        pub struct Uploads {
+            pub started: AtomicUsize,
+            pub parts: AtomicUsize,
+            pub completed: AtomicUsize,
+            pub aborted: AtomicUsize,
+        }
+
+        #[derive(Debug, Default)]
+        pub struct Recording {
+            inner: InMemory,
+            pub uploads: Arc<Uploads>,
+        }
+
+        impl std::fmt::Display for Recording {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "Recording({})", self.inner)
+            }
+        }
+
+        #[derive(Debug)]
+        struct Upload {
+            inner: Box<dyn MultipartUpload>,
+            uploads: Arc<Uploads>,
+        }
+
+        #[async_trait::async_trait]
+        impl MultipartUpload for Upload {
+            fn put_part(&mut self, data: PutPayload) -> UploadPart {
+                self.uploads.parts.fetch_add(1, Ordering::SeqCst);
+                self.inner.put_part(data)
+            }
+            async fn complete(&mut self) -> Result<PutResult> {
+                self.uploads.completed.fetch_add(1, Ordering::SeqCst);
+                self.inner.complete().await
+            }
+            async fn abort(&mut self) -> Result<()> {
+                self.uploads.aborted.fetch_add(1, Ordering::SeqCst);
+                self.inner.abort().await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl ObjectStore for Recording {
+            async fn put_opts(
+                &self,
+                location: &Path,
+                payload: PutPayload,
+                opts: PutOptions,
+            ) -> Result<PutResult> {
+                self.inner.put_opts(location, payload, opts).await
+            }
+            async fn put_multipart_opts(
+                &self,
+                location: &Path,
+                opts: PutMultipartOptions,
+            ) -> Result<Box<dyn MultipartUpload>> {
+                self.uploads.started.fetch_add(1, Ordering::SeqCst);
+                let inner = self.inner.put_multipart_opts(location, opts).await?;
+                Ok(Box::new(Upload {
+                    inner,
+                    uploads: Arc::clone(&self.uploads),
+                }))
+            }
+            async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+                self.inner.get_opts(location, options).await
+            }
+            fn delete_stream(
+                &self,
+                locations: BoxStream<'static, Result<Path>>,
+            ) -> BoxStream<'static, Result<Path>> {
+                self.inner.delete_stream(locations)
+            }
+            fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+                self.inner.list(prefix)
+            }
+            async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+                self.inner.list_with_delimiter(prefix).await
+            }
+            async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+                self.inner.copy_opts(from, to, options).await
+            }
+        }
+    }
+
+    #[test]
+    fn a_merge_that_fails_after_its_upload_started_aborts_the_upload() {
+        let rec = Arc::new(recording::Recording::default());
+        let uploads = Arc::clone(&rec.uploads);
+        // A 64 KiB upload buffer: the first output row group (128 Ki rows) starts a multipart
+        // upload.
+        let store = ColdStore::with_store("memory://recording", rec)
+            .unwrap()
+            .with_upload_buffer(64 * 1024);
+        let p = Tier::Raw.partition(BASE);
+        // 200,000 rows of one series in file order, then one going back in time: the merge
+        // finds it in its fourth batch, after an output row group went out.
+        let mut rows: Vec<Sample> = (0..200_000i64)
+            .map(|i| Sample {
+                series: 1,
+                ts: BASE + i,
+                value: (i as f64 * 0.37).sin() * 1e6,
+            })
+            .collect();
+        rows.push(Sample {
+            series: 1,
+            ts: BASE + 5,
+            value: 0.0,
+        });
+        let order = vec![(1, labels_of(1).unwrap())];
+        let path = p.file("up", 0, FileKind::Main);
+        store
+            .write_file(&path, p.tier, &Sample::into_rows(rows), &order)
+            .unwrap();
+        let input = uploads.started.load(std::sync::atomic::Ordering::SeqCst);
+        let metas: Vec<ObjectMeta> = list(&store).unwrap()[&p]
+            .iter()
+            .map(|f| f.1.clone())
+            .collect();
+        let out = p.file("compacted", 0, FileKind::Compacted(0));
+        let err = store
+            .merge_files::<Sample>(&out, p.tier, &metas, |d| std::mem::take(&mut d.samples))
+            .unwrap_err();
+        assert!(err.to_string().contains("not in file order"), "{err}");
+        let n = |a: &std::sync::atomic::AtomicUsize| a.load(std::sync::atomic::Ordering::SeqCst);
+        // The merge's upload had started and sent a part before the error, and was aborted.
+        assert_eq!(n(&uploads.started), input + 1);
+        assert!(n(&uploads.parts) > 0);
+        assert_eq!(n(&uploads.aborted), 1);
+        assert_eq!(n(&uploads.completed), input);
+        // Nothing of the output is listed; the input is untouched.
+        let listing = list(&store).unwrap();
+        assert_eq!(listing[&p].len(), 1);
+        assert_eq!(listing[&p][0].1.location.as_ref(), path);
+    }
+
     #[test]
     fn compaction_merges_with_later_files_winning_and_retention_drops_old_partitions() {
         let store = ColdStore::open("memory://").unwrap();

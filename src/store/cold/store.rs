@@ -83,6 +83,10 @@ pub struct ColdStats {
 /// Rows a merge decodes from an input, and writes, at a time.
 const MERGE_BATCH_ROWS: usize = 64 * 1024;
 
+/// Bytes a file's writer buffers before it starts a multipart upload: object_store's
+/// default, 10 MiB.
+pub const UPLOAD_BUFFER: usize = 10 * 1024 * 1024;
+
 /// Why [`ColdStore::merge_files`] did not write its file.
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
@@ -293,6 +297,9 @@ pub struct ColdStore {
     /// Set at shutdown: retry loops give up.
     pub stop: Arc<AtomicBool>,
     footers: Mutex<HashMap<(String, u64), ArrowReaderMetadata>>,
+    /// Bytes a file's writer buffers before it starts a multipart upload (and the size of
+    /// each part then).
+    upload_buffer: usize,
 }
 
 impl std::fmt::Debug for ColdStore {
@@ -372,6 +379,12 @@ impl ColdStore {
         } else {
             return Err(url_err(url, "unknown scheme"));
         };
+        Self::with_store(url, store)
+    }
+
+    /// A store over an object store built elsewhere (`url` names it in messages; a `file://`
+    /// URL also says where its local files are).
+    pub fn with_store(url: &str, store: Arc<dyn ObjectStore>) -> Result<ColdStore, ColdError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("cold-store")
@@ -386,7 +399,23 @@ impl ColdStore {
             stats: Arc::new(ColdStats::default()),
             stop: Arc::new(AtomicBool::new(false)),
             footers: Mutex::new(HashMap::new()),
+            upload_buffer: UPLOAD_BUFFER,
         })
+    }
+
+    /// Sets the bytes a file's writer buffers before a multipart upload starts (default
+    /// [`UPLOAD_BUFFER`]; tests make it small to exercise the multipart path).
+    pub fn with_upload_buffer(mut self, bytes: usize) -> Self {
+        self.upload_buffer = bytes.max(1);
+        self
+    }
+
+    fn writer(&self, location: &Path) -> object_store::buffered::BufWriter {
+        object_store::buffered::BufWriter::with_capacity(
+            Arc::clone(&self.store),
+            location.clone(),
+            self.upload_buffer,
+        )
     }
 
     /// Deletes the unfinished uploads under directory `dir` (a tier's `tier=<name>`) of files
@@ -497,10 +526,9 @@ impl ColdStore {
                 source,
             })?;
         let location = Path::from(path);
-        let store = Arc::clone(&self.store);
         let props = parquet_io::writer_properties(tier);
         let res: Result<u64, ColdError> = self.rt.block_on(async {
-            let out = object_store::buffered::BufWriter::new(store, location.clone());
+            let out = self.writer(&location);
             let mut w =
                 AsyncArrowWriter::try_new(out, batch.schema(), Some(props)).map_err(|e| {
                     ColdError::Parquet {
@@ -550,11 +578,10 @@ impl ColdStore {
             return Ok((0, 0));
         };
         let location = Path::from(path);
-        let store = Arc::clone(&self.store);
         let props = parquet_io::writer_properties(tier);
         let pause = write_pause(path);
         let res: Result<(u64, u64), ColdError> = self.rt.block_on(async {
-            let out = object_store::buffered::BufWriter::new(store, location.clone());
+            let out = self.writer(&location);
             let mut w = AsyncArrowWriter::try_new(out, first.schema(), Some(props))
                 .map_err(|e| perr(e.into()))?;
             let mut rows = first.num_rows() as u64;
@@ -630,14 +657,54 @@ impl ColdStore {
             for c in cursors.iter_mut() {
                 c.fill(tier, pick).await?;
             }
-            let out =
-                object_store::buffered::BufWriter::new(Arc::clone(&self.store), location.clone());
+            let out = self.writer(&location);
             let mut w = AsyncArrowWriter::try_new(
                 out,
                 parquet_io::schema(tier),
                 Some(parquet_io::writer_properties(tier)),
             )
             .map_err(|e| perr(path, e.into()))?;
+            // An error before the file is closed aborts the upload (a multipart upload left
+            // open holds its parts in the bucket until a lifecycle rule removes them).
+            let body = Self::merge_rows(&mut cursors, &mut w, path, tier, pick).await;
+            let rows = match body {
+                Ok(rows) => rows,
+                Err(e) => {
+                    if let Err(a) = w.into_inner().abort().await {
+                        eprintln!("tidemark: cold storage: aborting the upload of {path} after a failed merge failed too: {a}");
+                    }
+                    return Err(e);
+                }
+            };
+            w.close().await.map_err(|e| perr(path, e.into()))?;
+            let meta = self
+                .store
+                .head(&location)
+                .await
+                .map_err(|e| self.store_err("head", path, e))?;
+            Ok((meta.size, rows))
+        });
+        let (size, rows) = res?;
+        self.stats.files_written.fetch_add(1, Ordering::Relaxed);
+        self.stats.rows_written.fetch_add(rows, Ordering::Relaxed);
+        self.stats.bytes_written.fetch_add(size, Ordering::Relaxed);
+        Ok((size, rows))
+    }
+
+    /// The merge loop of [`ColdStore::merge_files`]: writes the cursors' rows in key order;
+    /// returns the rows written (the file is not closed).
+    async fn merge_rows<R: ColdRow>(
+        cursors: &mut [MergeCursor<R>],
+        w: &mut AsyncArrowWriter<object_store::buffered::BufWriter>,
+        path: &str,
+        tier: Tier,
+        pick: fn(&mut Decoded) -> Vec<R>,
+    ) -> Result<u64, MergeError> {
+        let perr = |p: &str, source: ParquetError| ColdError::Parquet {
+            path: p.into(),
+            source,
+        };
+        {
             let mut buf: Vec<R> = Vec::with_capacity(MERGE_BATCH_ROWS);
             let mut order: parquet_io::SeriesOrder = Vec::new();
             let mut rows = 0u64;
@@ -689,19 +756,8 @@ impl ColdStore {
                 rows += batch.num_rows() as u64;
                 w.write(&batch).await.map_err(|e| perr(path, e.into()))?;
             }
-            w.close().await.map_err(|e| perr(path, e.into()))?;
-            let meta = self
-                .store
-                .head(&location)
-                .await
-                .map_err(|e| self.store_err("head", path, e))?;
-            Ok((meta.size, rows))
-        });
-        let (size, rows) = res?;
-        self.stats.files_written.fetch_add(1, Ordering::Relaxed);
-        self.stats.rows_written.fetch_add(rows, Ordering::Relaxed);
-        self.stats.bytes_written.fetch_add(size, Ordering::Relaxed);
-        Ok((size, rows))
+            Ok(rows)
+        }
     }
 
     /// Every object under `prefix`.
