@@ -381,28 +381,65 @@ fn retention_deletes_expired_partitions_and_compaction_merges_late_corrections()
 #[test]
 fn sigkill_while_sealing_leaves_no_partial_or_duplicate_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Tidemark::start(dir.path(), CONFIG, 2);
-    // The flush seals the last hour, the day and their rollups: kill while that is written.
+    // Every raw file write pauses once its first record batch is encoded: the kill below
+    // lands inside a seal, not before or after it.
+    let pause = vec![
+        (
+            "TIDEMARK_TEST_COLD_WRITE_PAUSE_MS".to_string(),
+            "120000".to_string(),
+        ),
+        (
+            "TIDEMARK_TEST_COLD_WRITE_PAUSE_MATCH".to_string(),
+            "tier=raw/".to_string(),
+        ),
+    ];
+    let mut t = Tidemark::start_with_env(dir.path(), CONFIG, 2, pause);
+    // The flush seals the last hours, the day and their rollups.
     let (_, base) = backfill(&t);
-    t.kill();
-    t.spawn();
+    let line = t.eventually("a raw file write paused half way", || {
+        let log = std::fs::read_to_string(&t.log_path).ok()?;
+        log.lines()
+            .find(|l| l.contains("TIDEMARK_TEST_COLD_WRITE_PAUSE_MS"))
+            .map(str::to_string)
+    });
+    let path = line
+        .strip_prefix("tidemark: writing ")
+        .and_then(|r| r.split(": first record batch").next())
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
     let cold = t.data_dir.join("cold");
+    let file = cold.join(&path);
+    assert!(!file.exists(), "{path} is not finished before the kill");
+    t.kill();
+    assert!(!file.exists());
+    t.env.clear();
+    t.spawn();
     let (n, cpu, mem) = expected(base);
     let glob = format!(
         "read_parquet('{}/tier=raw/**/*.parquet', hive_partitioning=1)",
         cold.display()
     );
     t.eventually("every raw sample in Parquet after the restart", || {
+        // DuckDB fails on a glob that matches nothing: wait for the first file.
+        if !files(&cold).iter().any(|f| f.starts_with("tier=raw/")) {
+            return None;
+        }
         let r = duckdb::query(&format!("SELECT count(*) FROM {glob}"));
         (num(&r[0][0]) as i64 == n).then_some(())
     });
+    assert!(file.exists(), "the killed write of {path} is done again");
     let r = duckdb::query(&format!(
         "SELECT count(*), count(DISTINCT (series_id, ts)), sum(value) FROM {glob}"
     ));
     assert_eq!(r[0][0], r[0][1], "no duplicates");
     assert_eq!(num(&r[0][2]), cpu + mem);
     // DuckDB read every *.parquet file whole: none is partial (object stores publish a file
-    // only when it is complete).
+    // only when it is complete), and no staged upload is left.
+    let stray: Vec<String> = files(&cold)
+        .into_iter()
+        .filter(|f| f.contains('#'))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
 }
 
 /// Three days of a small fleet on 30 s grids (one host off-grid by 7 s): a counter with a reset
