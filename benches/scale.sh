@@ -25,7 +25,7 @@ dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 url="http://127.0.0.1:$port"
 start() {
-  "$bin/tidemark" up --listen "127.0.0.1:$port" --data-dir "$dir/data" \
+  ${WRAP:-} "$bin/tidemark" up --listen "127.0.0.1:$port" --data-dir "$dir/data" \
     ${TIDEMARK_CONFIG:+--config "$TIDEMARK_CONFIG"} 2>>"$dir/server.log" &
   pid=$!
 }
@@ -58,12 +58,12 @@ idle() {
 ( best=0
   while kill -0 $pid 2>/dev/null; do
     m=$(curl -fs "$url/metrics" 2>/dev/null || true)
-    r=$(grep VmRSS /proc/$pid/status 2>/dev/null | awk '{print $2 * 1024}')
+    r=$(awk '/^VmRSS/{printf "%.0f", $2 * 1024}' /proc/$pid/status 2>/dev/null)
     if [ -n "$r" ] && [ "$r" -gt "$best" ]; then
       best=$r
-      { echo "rss $r"; echo "$m" | grep '^tidemark_memory_bytes'; } > "$dir/peak_components"
+      { echo "rss $r"; echo "$m" | grep -E '^tidemark_memory_bytes|^tidemark_log_(end|consumer)_offset'; } > "$dir/peak_components"
     fi
-    sleep 5
+    sleep 3
   done ) &
 sampler=$!
 "$bin/tidemark-loadgen" --url "$url" --hosts "$HOSTS" --points "$POINTS" --stream
