@@ -66,6 +66,8 @@ idle() {
     sleep 3
   done ) &
 sampler=$!
+# The loadgen's event times: POINTS steps of 10 s ending about a minute before it starts.
+ev_end=$(( ($(date +%s) / 10 - 6) * 10 ))
 "$bin/tidemark-loadgen" --url "$url" --hosts "$HOSTS" --points "$POINTS" --stream
 series=$((HOSTS * 4))
 samples=$((series * POINTS))
@@ -97,6 +99,13 @@ done
 echo "instant query '$q': ${qs[*]} s"
 kill -TERM $pid; wait $pid || true
 bytes=$(du -sb "$dir/data" | cut -f1)
+# How much of the run sits in the hour partition still open at the end (the cold writers
+# rebuild it at a restart, and it pins its raw chunks and 1-minute rollups): the restart
+# figures depend on it, and it depends on the wall-clock minute the run started at.
+ev_start=$(( ev_end - POINTS * 10 ))
+open_from=$(( ev_end / 3600 * 3600 ))
+held=$(( ev_end - (ev_start > open_from ? ev_start : open_from) ))
+echo "event time $(date -u -d @$ev_start +%H:%M) to $(date -u -d @$ev_end +%H:%M): $((held / 60)) minutes of it in the hour partition open at the end (from $(date -u -d @$open_from +%H:%M))"
 echo "data dir $((bytes / 1048576)) MiB = $(echo "scale=2; $bytes / $samples" | bc) bytes/sample ($(du -sb "$dir/data/log" | cut -f1) log, $(du -sb "$dir/data/cold" 2>/dev/null | cut -f1) cold)"
 t0=$(date +%s.%N)
 start
