@@ -396,17 +396,7 @@ fn sigkill_while_sealing_leaves_no_partial_or_duplicate_rows() {
     let mut t = Tidemark::start_with_env(dir.path(), CONFIG, 2, pause);
     // The flush seals the last hours, the day and their rollups.
     let (_, base) = backfill(&t);
-    let line = t.eventually("a raw file write paused half way", || {
-        let log = std::fs::read_to_string(&t.log_path).ok()?;
-        log.lines()
-            .find(|l| l.contains("TIDEMARK_TEST_COLD_WRITE_PAUSE_MS"))
-            .map(str::to_string)
-    });
-    let path = line
-        .strip_prefix("tidemark: writing ")
-        .and_then(|r| r.split(": first record batch").next())
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_string();
+    let path = t.paused_cold_write();
     let cold = t.data_dir.join("cold");
     let file = cold.join(&path);
     assert!(!file.exists(), "{path} is not finished before the kill");

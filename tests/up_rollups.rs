@@ -718,17 +718,7 @@ fn a_process_killed_inside_a_cold_partition_seal_writes_the_partition_once_on_re
     push_all(&t, &pushes[..third]);
     checkpointed(&t, third);
     push_all(&t, &pushes[third..]);
-    let line = t.eventually("a cold file write paused half way", || {
-        let log = std::fs::read_to_string(&t.log_path).ok()?;
-        log.lines()
-            .find(|l| l.contains("TIDEMARK_TEST_COLD_WRITE_PAUSE_MS"))
-            .map(str::to_string)
-    });
-    let path = line
-        .strip_prefix("tidemark: writing ")
-        .and_then(|r| r.split(": first record batch").next())
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_string();
+    let path = t.paused_cold_write();
     let file = t.data_dir.join("cold").join(&path);
     // Inside the seal: the file is not there, and the writer's sealed-through mark has not
     // moved past its partition (so the restart must write it).

@@ -277,6 +277,21 @@ impl Tidemark {
             .unwrap_or_else(|| panic!("metric {name_and_labels} not found in {body}"))
     }
 
+    /// The cold file whose write paused half way (`TIDEMARK_TEST_COLD_WRITE_PAUSE_MS`), as
+    /// its path under the cold store, once the server's log says so.
+    pub fn paused_cold_write(&self) -> String {
+        let line = self.eventually("a cold file write paused half way", || {
+            let log = std::fs::read_to_string(&self.log_path).ok()?;
+            log.lines()
+                .find(|l| l.contains("TIDEMARK_TEST_COLD_WRITE_PAUSE_MS"))
+                .map(str::to_string)
+        });
+        line.strip_prefix("tidemark: writing ")
+            .and_then(|r| r.split(": first record batch").next())
+            .unwrap_or_else(|| panic!("{line}"))
+            .to_string()
+    }
+
     /// Polls `f` until it returns Some, for at most 30 s.
     pub fn eventually<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + Duration::from_secs(30);

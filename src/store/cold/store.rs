@@ -403,6 +403,12 @@ impl ColdStore {
         })
     }
 
+    fn count_written(&self, bytes: u64, rows: u64) {
+        self.stats.files_written.fetch_add(1, Ordering::Relaxed);
+        self.stats.rows_written.fetch_add(rows, Ordering::Relaxed);
+        self.stats.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Sets the bytes a file's writer buffers before a multipart upload starts (default
     /// [`UPLOAD_BUFFER`]; tests make it small to exercise the multipart path).
     pub fn with_upload_buffer(mut self, bytes: usize) -> Self {
@@ -552,11 +558,7 @@ impl ColdStore {
             Ok(meta.size)
         });
         let size = res?;
-        self.stats.files_written.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .rows_written
-            .fetch_add(rows.len() as u64, Ordering::Relaxed);
-        self.stats.bytes_written.fetch_add(size, Ordering::Relaxed);
+        self.count_written(size, rows.len() as u64);
         Ok(size)
     }
 
@@ -607,9 +609,7 @@ impl ColdStore {
             Ok((meta.size, rows))
         });
         let (size, rows) = res?;
-        self.stats.files_written.fetch_add(1, Ordering::Relaxed);
-        self.stats.rows_written.fetch_add(rows, Ordering::Relaxed);
-        self.stats.bytes_written.fetch_add(size, Ordering::Relaxed);
+        self.count_written(size, rows);
         Ok((size, rows))
     }
 
@@ -685,9 +685,7 @@ impl ColdStore {
             Ok((meta.size, rows))
         });
         let (size, rows) = res?;
-        self.stats.files_written.fetch_add(1, Ordering::Relaxed);
-        self.stats.rows_written.fetch_add(rows, Ordering::Relaxed);
-        self.stats.bytes_written.fetch_add(size, Ordering::Relaxed);
+        self.count_written(size, rows);
         Ok((size, rows))
     }
 
