@@ -403,6 +403,25 @@ impl ColdStore {
         })
     }
 
+    /// Closes a file's writer (the upload completes) and returns the file's size as stored.
+    async fn close(
+        &self,
+        w: AsyncArrowWriter<object_store::buffered::BufWriter>,
+        location: &Path,
+        path: &str,
+    ) -> Result<u64, ColdError> {
+        w.close().await.map_err(|e| ColdError::Parquet {
+            path: path.into(),
+            source: e.into(),
+        })?;
+        let meta = self
+            .store
+            .head(location)
+            .await
+            .map_err(|e| self.store_err("head", path, e))?;
+        Ok(meta.size)
+    }
+
     fn count_written(&self, bytes: u64, rows: u64) {
         self.stats.files_written.fetch_add(1, Ordering::Relaxed);
         self.stats.rows_written.fetch_add(rows, Ordering::Relaxed);
@@ -600,13 +619,7 @@ impl ColdStore {
                 rows += batch.num_rows() as u64;
                 w.write(&batch).await.map_err(|e| perr(e.into()))?;
             }
-            w.close().await.map_err(|e| perr(e.into()))?;
-            let meta = self
-                .store
-                .head(&location)
-                .await
-                .map_err(|e| self.store_err("head", path, e))?;
-            Ok((meta.size, rows))
+            Ok((self.close(w, &location, path).await?, rows))
         });
         let (size, rows) = res?;
         self.count_written(size, rows);
@@ -676,13 +689,7 @@ impl ColdStore {
                     return Err(e);
                 }
             };
-            w.close().await.map_err(|e| perr(path, e.into()))?;
-            let meta = self
-                .store
-                .head(&location)
-                .await
-                .map_err(|e| self.store_err("head", path, e))?;
-            Ok((meta.size, rows))
+            Ok((self.close(w, &location, path).await?, rows))
         });
         let (size, rows) = res?;
         self.count_written(size, rows);
