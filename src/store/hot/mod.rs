@@ -1194,6 +1194,25 @@ impl HotSink for HotIndex {
 mod tests {
     use super::*;
 
+    /// A new index over the same chunk directory, loaded from `h`'s checkpoint records (as a
+    /// restarted process loads them).
+    fn reopened(h: &HotIndex, dir: &std::path::Path) -> HotIndex {
+        h.sync_chunk_files().unwrap();
+        let mut records = Vec::new();
+        for i in 0..HotIndex::SHARDS {
+            h.snap_shard(i, &mut records);
+        }
+        let back = HotIndex::new(i64::MAX / 4).with_chunk_files(ChunkFiles::open(dir).unwrap());
+        let mut at = 0;
+        while at < records.len() {
+            let len = u32::from_le_bytes(records[at..at + 4].try_into().unwrap()) as usize;
+            back.unsnap_series(&records[at + 4..at + 4 + len], snap::VERSION)
+                .unwrap();
+            at += 4 + len;
+        }
+        back
+    }
+
     /// Series, with values that exercise every codec, as (series, ts, value) in send order.
     fn workload(series: u64, points: i64) -> Vec<Sample> {
         let mut out = Vec::new();
@@ -1281,20 +1300,7 @@ mod tests {
         );
 
         // A checkpoint references the chunks; a new process loads it over the same directory.
-        h.sync_chunk_files().unwrap();
-        let mut records = Vec::new();
-        for i in 0..HotIndex::SHARDS {
-            h.snap_shard(i, &mut records);
-        }
-        let back =
-            HotIndex::new(i64::MAX / 4).with_chunk_files(ChunkFiles::open(dir.path()).unwrap());
-        let mut at = 0;
-        while at < records.len() {
-            let len = u32::from_le_bytes(records[at..at + 4].try_into().unwrap()) as usize;
-            back.unsnap_series(&records[at + 4..at + 4 + len], snap::VERSION)
-                .unwrap();
-            at += 4 + len;
-        }
+        let back = reopened(&h, dir.path());
         assert_eq!(back.chunk_files().unwrap().remove_unreferenced(), 0);
         assert_holds(&back, &sent);
         assert_eq!(back.stats.chunks_missing.load(Ordering::Relaxed), 0);
@@ -1395,20 +1401,7 @@ mod tests {
         check(&h, &want);
 
         // A checkpoint references the blocks; a new process loads it over the same directory.
-        h.sync_chunk_files().unwrap();
-        let mut records = Vec::new();
-        for i in 0..HotIndex::SHARDS {
-            h.snap_shard(i, &mut records);
-        }
-        let back =
-            HotIndex::new(i64::MAX / 4).with_chunk_files(ChunkFiles::open(dir.path()).unwrap());
-        let mut at = 0;
-        while at < records.len() {
-            let len = u32::from_le_bytes(records[at..at + 4].try_into().unwrap()) as usize;
-            back.unsnap_series(&records[at + 4..at + 4 + len], snap::VERSION)
-                .unwrap();
-            at += 4 + len;
-        }
+        let back = reopened(&h, dir.path());
         assert_eq!(back.remove_unreferenced_chunks(), 0);
         check(&back, &want);
         assert_eq!(back.stats.chunks_missing.load(Ordering::Relaxed), 0);
