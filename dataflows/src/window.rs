@@ -732,8 +732,13 @@ pub type RollupStore = Arc<dyn Fn(u64, i64, i64, &mut Vec<Rollup>) + Send + Sync
 /// An open coarse window of [`rollups_from_store`]: which series have finer rollups in it.
 struct StoreWindow {
     cap: Capability<u64>,
+    /// The series seen before the emission began (taken by it).
     series: HashSet<u64>,
+    /// Set when the emission begins: records after that mark their series dirty.
     emitted: bool,
+    /// While the emission is under way: the series to emit, sorted, and how many went out
+    /// (at most [`EMIT_PER_ACTIVATION`] per activation, each read back from the store).
+    emitting: Option<(Box<[u64]>, usize)>,
     /// Series a finer rollup corrected after the window was emitted, with the latest time
     /// such a rollup was sent at (re-emitted once the store's frontier passed it).
     dirty: HashMap<u64, u64>,
@@ -754,6 +759,12 @@ struct StoreWindow {
 /// operator has the same allowed lateness (a finer window `(s, e]` is sent before `e +
 /// lateness`), so reading them all back reads nothing this operator would have dropped.
 /// `seed` names, after a restart, the series each open window has (one finer rollup each).
+///
+/// A closing window is read back and emitted [`EMIT_PER_ACTIVATION`] series at a time, its
+/// capability held until the last slice is out (as [`windows`] does): at 1 M series an hour
+/// emitted at once put a rollup per series into each consumer's channel and read every
+/// series' hour of minutes in one activation. A record arriving once the emission began marks
+/// its series for a re-emission after it (read again once the store holds the record).
 ///
 /// # Examples
 /// ```
@@ -822,6 +833,7 @@ pub fn rollups_from_store<'s>(
     );
     let scope = finer.scope();
     let mut builder = OperatorBuilder::new("RollupsFromStore".to_string(), scope);
+    let activator = scope.activator_for(builder.operator_info().address);
     let mut finer_in = builder.new_input(finer, Exchange::new(|r: &Rollup| r.series));
     let mut seed_in = builder.new_input(seed, Exchange::new(|r: &Rollup| r.series));
     let mut stored_in = builder.new_input(stored, Pipeline);
@@ -851,12 +863,16 @@ pub fn rollups_from_store<'s>(
                     cap: cap.clone(),
                     series: HashSet::new(),
                     emitted: false,
+                    emitting: None,
                     dirty: HashMap::new(),
                 });
-                w.series.insert(r.series);
                 if w.emitted {
+                    // Sent (or read back) before this record was stored, perhaps: again
+                    // once the store has it.
                     let d = w.dirty.entry(r.series).or_insert(t);
                     *d = (*d).max(t);
+                } else {
+                    w.series.insert(r.series);
                 }
             };
             seed_in.for_each(|cap, data| {
@@ -887,42 +903,65 @@ pub fn rollups_from_store<'s>(
             stored_in.for_each(|_, _| {});
             let all = |t: i64| passed(data_f, t) && passed(seed_f, t) && passed(stored_f, t);
             let mut retired = Vec::new();
+            let mut budget = EMIT_PER_ACTIVATION;
             for (&start, w) in open.iter_mut() {
                 let end = start.saturating_add(width);
                 if all(end) {
-                    let emit: Vec<u64> = if w.emitted {
-                        let ready: Vec<u64> = w
-                            .dirty
-                            .iter()
-                            .filter(|(_, &t)| {
-                                passed(stored_f, i64::try_from(t).unwrap_or(i64::MAX))
-                            })
-                            .map(|(&s, _)| s)
-                            .collect();
-                        for s in &ready {
-                            w.dirty.remove(s);
-                        }
-                        ready
-                    } else {
-                        w.emitted = true;
-                        w.series.iter().copied().collect()
-                    };
-                    let mut session = output.session(&w.cap);
-                    for series in emit {
+                    if budget == 0 && (!w.emitted || w.emitting.is_some()) {
+                        // Older windows used this activation's slice: the capability stays.
+                        activator.activate();
+                        continue;
+                    }
+                    let mut read = |series: u64| -> Option<Rollup> {
                         rows.clear();
                         store(series, start, end, &mut rows);
                         let mut parts = rows.iter();
-                        let Some(first) = parts.next() else { continue };
                         let mut r = Rollup {
                             series,
                             start,
                             width,
-                            ..*first
+                            ..*parts.next()?
                         };
                         for p in parts {
                             r.merge(p);
                         }
-                        session.give(Ok(r));
+                        Some(r)
+                    };
+                    let mut session = output.session(&w.cap);
+                    if !w.emitted {
+                        w.emitted = true;
+                        let mut ids: Vec<u64> = std::mem::take(&mut w.series).into_iter().collect();
+                        ids.sort_unstable();
+                        w.emitting = Some((ids.into(), 0));
+                    }
+                    if let Some((ids, sent)) = &mut w.emitting {
+                        let n = budget.min(ids.len() - *sent);
+                        for &series in &ids[*sent..*sent + n] {
+                            if let Some(r) = read(series) {
+                                session.give(Ok(r));
+                            }
+                        }
+                        *sent += n;
+                        budget -= n;
+                        if *sent < ids.len() {
+                            // The capability stays where it is until the last slice is out.
+                            drop(session);
+                            activator.activate();
+                            continue;
+                        }
+                        w.emitting = None;
+                    }
+                    let ready: Vec<u64> = w
+                        .dirty
+                        .iter()
+                        .filter(|(_, &t)| passed(stored_f, i64::try_from(t).unwrap_or(i64::MAX)))
+                        .map(|(&s, _)| s)
+                        .collect();
+                    for series in ready {
+                        w.dirty.remove(&series);
+                        if let Some(r) = read(series) {
+                            session.give(Ok(r));
+                        }
                     }
                     drop(session);
                     let gone = end.max(end.saturating_add(lateness) - 1);
@@ -943,7 +982,13 @@ pub fn rollups_from_store<'s>(
             let set = hash_slot(8);
             reported.set(
                 open.values()
-                    .map(|w| (w.series.capacity() as i64 + w.dirty.capacity() as i64 * 2) * set)
+                    .map(|w| {
+                        let ids = w
+                            .emitting
+                            .as_ref()
+                            .map_or(0, |(ids, _)| ids.len() as i64 * 8);
+                        (w.series.capacity() as i64 + w.dirty.capacity() as i64 * 2) * set + ids
+                    })
                     .sum(),
             );
         }
@@ -1046,6 +1091,107 @@ mod tests {
             each.dedup();
             assert_eq!(each.len() as u64, n + 1);
             assert_eq!(got.len() as u64, n + 2);
+        });
+    }
+
+    #[test]
+    fn an_hour_read_from_the_store_is_emitted_in_slices_and_takes_corrections() {
+        use crate::sink::{sink_rollups, HotSink};
+        use std::cell::RefCell;
+        use std::rc::Rc;
+        use std::sync::Mutex;
+        use timely::dataflow::operators::{Input, Inspect, Probe};
+        #[derive(Clone, Default)]
+        struct Store(Arc<Mutex<BTreeMap<(u64, i64), Rollup>>>);
+        impl HotSink for Store {
+            fn append(&self, _: &[Sample]) {}
+            fn upsert_rollups(&self, rs: &[Rollup]) {
+                let mut m = self.0.lock().unwrap();
+                for r in rs {
+                    m.insert((r.series, r.start), *r);
+                }
+            }
+        }
+        const HOUR: i64 = 3_600_000;
+        let n = 2 * EMIT_PER_ACTIVATION as u64 + 1_000;
+        let store = Store::default();
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, counted) = (store.clone(), Arc::clone(&reads));
+        let read: RollupStore = Arc::new(move |series, start, end, out: &mut Vec<Rollup>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let m = s.0.lock().unwrap();
+            out.extend(m.range((series, start)..(series, end)).map(|(_, r)| *r));
+        });
+        timely::execute_directly(move |worker| {
+            let got: Rc<RefCell<Vec<Rollup>>> = Rc::default();
+            let sink = Rc::clone(&got);
+            let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, minutes) = scope.new_input::<Vec<Rollup>>();
+                let seeds = empty(scope);
+                let stored = sink_rollups(minutes.clone(), store);
+                let (hours, _late) =
+                    rollups_from_store(minutes, stored, seeds, HOUR, 300_000, read);
+                let sink = Rc::clone(&sink);
+                let (probe, _) = hours.inspect(move |r| sink.borrow_mut().push(*r)).probe();
+                (input, probe)
+            });
+            let m = |series, start: i64, v: f64| {
+                Rollup::from_sorted(series, start, 60_000, &[(start + 1, v)]).unwrap()
+            };
+            for series in 0..n {
+                input.send(m(series, 0, 1.0));
+            }
+            // The frontier passes the hour's end: it closes and is read back in slices.
+            input.advance_to(HOUR as u64 + 1_000);
+            let mut steps = Vec::new();
+            let mut before = 0;
+            while got.borrow().len() < EMIT_PER_ACTIVATION {
+                worker.step();
+            }
+            steps.push(got.borrow().len() - before);
+            before = got.borrow().len();
+            assert!(before < n as usize, "emitted at once");
+            assert!(
+                reads.load(std::sync::atomic::Ordering::Relaxed) < n as usize,
+                "read back at once"
+            );
+            // The emission is under way: the capability did not move on.
+            assert!(probe.less_equal(&(HOUR as u64)));
+            // A late minute for a series already sent and for one not yet sent, and a series
+            // new to the hour: each is emitted with it (again) once the store has it.
+            let sent: std::collections::HashSet<u64> =
+                got.borrow().iter().map(|r| r.series).collect();
+            let early = *sent.iter().next().unwrap();
+            let later = (0..n).find(|x| !sent.contains(x)).unwrap();
+            input.send(m(early, 60_000, 5.0));
+            input.send(m(later, 60_000, 7.0));
+            input.send(m(n + 5, 60_000, 9.0));
+            input.advance_to(HOUR as u64 + 2_000);
+            while probe.less_than(&(HOUR as u64 + 2_000)) {
+                worker.step();
+                steps.push(got.borrow().len() - before);
+                before = got.borrow().len();
+            }
+            assert!(
+                steps.iter().all(|&k| k <= EMIT_PER_ACTIVATION + 3),
+                "{steps:?}"
+            );
+            let got = got.borrow();
+            let last = |x: u64| {
+                got.iter()
+                    .rev()
+                    .find(|r| r.series == x)
+                    .map(|r| (r.count, r.sum))
+            };
+            assert_eq!(last(early), Some((2, 6.0)));
+            assert_eq!(last(later), Some((2, 8.0)));
+            assert_eq!(last(n + 5), Some((1, 9.0)));
+            assert_eq!(got.iter().filter(|r| r.series == early).count(), 2);
+            let mut each: Vec<u64> = got.iter().map(|r| r.series).collect();
+            each.sort_unstable();
+            each.dedup();
+            assert_eq!(each.len() as u64, n + 1);
+            assert!(got.iter().all(|r| r.start == 0 && r.width == HOUR));
         });
     }
 
