@@ -182,27 +182,24 @@ fn bit_len(v: u64) -> u32 {
     64 - v.leading_zeros()
 }
 
-/// Picks the width that minimises the adaptive code's size for these values.
+/// Picks the width that minimises the adaptive code's size for these values: a value of `len`
+/// bits costs `1 + w` at width `w` when `len <= w`, else `7 + len`. One pass over the lengths
+/// with the cost of those above `w` kept as a running sum (the double loop it replaces was 83 %
+/// of a rollup block's encoding: 65 x 65 steps per column and codec tried, whatever the rows).
 fn best_width(values: &[u64]) -> (u32, usize) {
     let mut hist = [0usize; 65];
     for &v in values {
         hist[bit_len(v) as usize] += 1;
     }
+    let mut above: usize = hist.iter().enumerate().map(|(len, &n)| n * (7 + len)).sum();
+    let mut at_most = 0usize;
     let mut best = (64u32, usize::MAX);
-    for w in 0..=64u32 {
-        let mut cost = 0usize;
-        for (len, &n) in hist.iter().enumerate() {
-            if n == 0 {
-                continue;
-            }
-            cost += n * if len as u32 <= w {
-                1 + w as usize
-            } else {
-                7 + len
-            };
-        }
+    for (w, &n) in hist.iter().enumerate() {
+        above -= n * (7 + w);
+        at_most += n;
+        let cost = at_most * (1 + w) + above;
         if cost < best.1 {
-            best = (w, cost);
+            best = (w as u32, cost);
         }
     }
     best
@@ -1175,6 +1172,56 @@ impl Appender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The width search as first written (every width against every length): the oracle.
+    fn best_width_by_trial(values: &[u64]) -> (u32, usize) {
+        let mut best = (64u32, usize::MAX);
+        for w in 0..=64u32 {
+            let cost: usize = values
+                .iter()
+                .map(|&v| {
+                    let len = bit_len(v);
+                    if len <= w {
+                        1 + w as usize
+                    } else {
+                        7 + len as usize
+                    }
+                })
+                .sum();
+            if cost < best.1 {
+                best = (w, cost);
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn the_width_search_picks_what_trying_every_width_picks() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for case in 0..2_000 {
+            let n = 1 + (next() % 200) as usize;
+            let values: Vec<u64> = (0..n)
+                .map(|_| match case % 4 {
+                    0 => next() >> (next() % 64),
+                    1 => next() % 16,
+                    2 => [0, 1, u64::MAX][(next() % 3) as usize],
+                    _ => (next() % 1_000) << (next() % 20),
+                })
+                .collect();
+            assert_eq!(
+                best_width(&values),
+                best_width_by_trial(&values),
+                "{values:?}"
+            );
+        }
+        assert_eq!(best_width(&[]), best_width_by_trial(&[]));
+    }
 
     fn round_trip(samples: &[(i64, f64)]) -> Chunk {
         let c = Chunk::encode(samples);
