@@ -336,8 +336,11 @@ mod tests {
             "both sources stop at the highest held position"
         );
         assert_eq!(cut.offset, pos[0]);
+        // Worker 0 may read on before the hold reaches it (the sources start first).
+        assert!(cut.offset >= 10, "{cut:?}");
         assert_eq!(cut.watermark, 41);
-        assert_eq!((cut.replay_offset, cut.replay_watermark), (10, 41));
+        // No correction buffered: a restart reads from the cut itself.
+        assert_eq!((cut.replay_offset, cut.replay_watermark), (cut.offset, 41));
         // Released: the sources read again.
         assert_eq!(c.step(0, 10), Step::Read);
     }
