@@ -1265,7 +1265,7 @@ mod tests {
             .into_iter()
             .map(|(_, r)| (r.series, r.start, r.count, r.sum))
             .collect();
-        got.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        got.sort_by_key(|a| (a.0, a.1));
         assert_eq!(
             got,
             vec![
