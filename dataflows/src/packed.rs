@@ -232,6 +232,32 @@ impl SampleRun {
         r
     }
 
+    /// A run continuing from bytes a run wrote ([`SampleRun::into_bytes`]): the state of its
+    /// last sample is read back (a damaged buffer resumes after its last whole sample).
+    pub fn resume(bytes: Vec<u8>) -> Self {
+        let mut r = Reader::new(&bytes);
+        let (mut t, mut d, mut pv, mut len, mut end) = (0i64, 0i64, 0u64, 0u32, 0usize);
+        while let Some(z) = get_var(&mut r) {
+            let dd = d.wrapping_add(unzigzag(z));
+            let mut v = pv;
+            if get_num(&mut r, &mut v).is_none() {
+                break;
+            }
+            (d, t, pv) = (dd, t.wrapping_add(dd), v);
+            len += 1;
+            end = r.at;
+        }
+        let mut bytes = bytes;
+        bytes.truncate(end);
+        SampleRun {
+            bytes,
+            len,
+            last_t: t,
+            last_d: d,
+            last_v: pv,
+        }
+    }
+
     /// Appends a sample (after the last one: the caller keeps the order).
     pub fn push(&mut self, t: i64, v: f64) {
         if self.bytes.capacity() - self.bytes.len() < 20 {
@@ -292,6 +318,34 @@ pub fn decode_samples(bytes: &[u8], out: &mut Vec<(i64, f64)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resumed_run_appends_as_the_run_would_and_drops_a_cut_sample() {
+        let pts: Vec<(i64, f64)> = (0..10)
+            .map(|i| {
+                (
+                    1_700_000_000_000 + i * 10_000 + i % 3,
+                    1.5 + (i * i) as f64 * 0.125,
+                )
+            })
+            .collect();
+        let whole = SampleRun::from_sorted(&pts).into_bytes();
+        let mut r = SampleRun::resume(SampleRun::from_sorted(&pts[..6]).into_bytes());
+        assert_eq!((r.len(), r.last_ts()), (6, Some(pts[5].0)));
+        for &(t, v) in &pts[6..] {
+            r.push(t, v);
+        }
+        assert_eq!(r.into_bytes(), whole);
+        // A buffer cut inside its last sample resumes after the sample before it.
+        let mut cut = SampleRun::from_sorted(&pts[..4]).into_bytes();
+        cut.pop();
+        let r = SampleRun::resume(cut);
+        assert_eq!((r.len(), r.last_ts()), (3, Some(pts[2].0)));
+        let mut back = Vec::new();
+        r.decode_into(&mut back);
+        assert_eq!(back, pts[..3]);
+        assert_eq!(SampleRun::resume(Vec::new()).last_ts(), None);
+    }
 
     #[test]
     fn numbers_round_trip_bit_for_bit_and_damage_never_panics() {
