@@ -1079,19 +1079,49 @@ mod tests {
         unpack(&cut, &mut Vec::new());
     }
 
+    /// What an operator emitted (an `inspect` pushes into `got`) and how many records each
+    /// worker step added: the emission's slices.
+    #[derive(Default)]
+    struct Slices {
+        got: std::rc::Rc<std::cell::RefCell<Vec<Rollup>>>,
+        steps: Vec<usize>,
+        seen: usize,
+    }
+
+    impl Slices {
+        /// Steps the worker while `more` says so, recording what each step added.
+        fn step_while(
+            &mut self,
+            worker: &mut timely::worker::Worker,
+            mut more: impl FnMut() -> bool,
+        ) {
+            while more() {
+                worker.step();
+                let n = self.got.borrow().len();
+                self.steps.push(n - self.seen);
+                self.seen = n;
+            }
+        }
+
+        /// A series already emitted and one of `0..n` not yet.
+        fn sent_and_unsent(&self, n: u64) -> (u64, u64) {
+            let sent: std::collections::HashSet<u64> =
+                self.got.borrow().iter().map(|r| r.series).collect();
+            let early = *sent.iter().next().expect("something was emitted");
+            (early, (0..n).find(|x| !sent.contains(x)).expect("not all"))
+        }
+    }
+
     #[test]
     fn a_large_window_is_emitted_in_slices_and_takes_corrections_during_the_emission() {
-        use std::cell::RefCell;
-        use std::rc::Rc;
         use timely::dataflow::operators::{Input, Inspect, Probe};
         let n = 2 * EMIT_PER_ACTIVATION as u64 + 1_000;
         timely::execute_directly(move |worker| {
-            let got: Rc<RefCell<Vec<Rollup>>> = Rc::default();
-            let sink = Rc::clone(&got);
+            let mut slices = Slices::default();
+            let sink = std::rc::Rc::clone(&slices.got);
             let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, stream) = scope.new_input::<Vec<Sample>>();
                 let (rollups, _late) = tumbling_rollups(stream, 60_000, 300_000);
-                let sink = Rc::clone(&sink);
                 let (probe, _) = rollups.inspect(move |r| sink.borrow_mut().push(*r)).probe();
                 (input, probe)
             });
@@ -1101,31 +1131,20 @@ mod tests {
             }
             // The frontier passes the window's end: it closes and is emitted.
             input.advance_to(61_000);
-            let mut steps = Vec::new();
-            let mut before = 0;
-            while got.borrow().len() < EMIT_PER_ACTIVATION {
-                worker.step();
-            }
-            steps.push(got.borrow().len() - before);
-            before = got.borrow().len();
-            assert!(before < n as usize, "emitted at once");
+            let got = std::rc::Rc::clone(&slices.got);
+            slices.step_while(worker, || got.borrow().len() < EMIT_PER_ACTIVATION);
+            assert!(slices.seen < n as usize, "emitted at once");
             // The emission is under way: the capability did not move on.
             assert!(probe.less_equal(&60_999));
             // A late sample for a series already sent (a correction follows the emission) and
             // for one not yet sent (its one rollup includes it), and a new series.
-            let sent: std::collections::HashSet<u64> =
-                got.borrow().iter().map(|r| r.series).collect();
-            let early = *sent.iter().next().unwrap();
-            let later = (0..n).find(|x| !sent.contains(x)).unwrap();
+            let (early, later) = slices.sent_and_unsent(n);
             input.send(s(early, 40_000, 5.0));
             input.send(s(later, 40_000, 7.0));
             input.send(s(n + 5, 40_000, 9.0));
             input.advance_to(62_000);
-            while probe.less_than(&62_000) {
-                worker.step();
-                steps.push(got.borrow().len() - before);
-                before = got.borrow().len();
-            }
+            slices.step_while(worker, || probe.less_than(&62_000));
+            let steps = &slices.steps;
             assert!(
                 steps.iter().all(|&k| k <= EMIT_PER_ACTIVATION + 2),
                 "{steps:?}"
@@ -1151,7 +1170,6 @@ mod tests {
     #[test]
     fn an_hour_read_from_the_store_is_emitted_in_slices_and_takes_corrections() {
         use crate::sink::{sink_rollups, HotSink};
-        use std::cell::RefCell;
         use std::rc::Rc;
         use std::sync::Mutex;
         use timely::dataflow::operators::{Input, Inspect, Probe};
@@ -1177,15 +1195,14 @@ mod tests {
             out.extend(m.range((series, start)..(series, end)).map(|(_, r)| *r));
         });
         timely::execute_directly(move |worker| {
-            let got: Rc<RefCell<Vec<Rollup>>> = Rc::default();
-            let sink = Rc::clone(&got);
+            let mut slices = Slices::default();
+            let sink = Rc::clone(&slices.got);
             let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, minutes) = scope.new_input::<Vec<Rollup>>();
                 let seeds = empty(scope);
                 let stored = sink_rollups(minutes.clone(), store);
                 let (hours, _late) =
                     rollups_from_store(minutes, stored, seeds, HOUR, 300_000, read);
-                let sink = Rc::clone(&sink);
                 let (probe, _) = hours.inspect(move |r| sink.borrow_mut().push(*r)).probe();
                 (input, probe)
             });
@@ -1197,14 +1214,9 @@ mod tests {
             }
             // The frontier passes the hour's end: it closes and is read back in slices.
             input.advance_to(HOUR as u64 + 1_000);
-            let mut steps = Vec::new();
-            let mut before = 0;
-            while got.borrow().len() < EMIT_PER_ACTIVATION {
-                worker.step();
-            }
-            steps.push(got.borrow().len() - before);
-            before = got.borrow().len();
-            assert!(before < n as usize, "emitted at once");
+            let got = Rc::clone(&slices.got);
+            slices.step_while(worker, || got.borrow().len() < EMIT_PER_ACTIVATION);
+            assert!(slices.seen < n as usize, "emitted at once");
             assert!(
                 reads.load(std::sync::atomic::Ordering::Relaxed) < n as usize,
                 "read back at once"
@@ -1213,19 +1225,13 @@ mod tests {
             assert!(probe.less_equal(&(HOUR as u64)));
             // A late minute for a series already sent and for one not yet sent, and a series
             // new to the hour: each is emitted with it (again) once the store has it.
-            let sent: std::collections::HashSet<u64> =
-                got.borrow().iter().map(|r| r.series).collect();
-            let early = *sent.iter().next().unwrap();
-            let later = (0..n).find(|x| !sent.contains(x)).unwrap();
+            let (early, later) = slices.sent_and_unsent(n);
             input.send(m(early, 60_000, 5.0));
             input.send(m(later, 60_000, 7.0));
             input.send(m(n + 5, 60_000, 9.0));
             input.advance_to(HOUR as u64 + 2_000);
-            while probe.less_than(&(HOUR as u64 + 2_000)) {
-                worker.step();
-                steps.push(got.borrow().len() - before);
-                before = got.borrow().len();
-            }
+            slices.step_while(worker, || probe.less_than(&(HOUR as u64 + 2_000)));
+            let steps = &slices.steps;
             assert!(
                 steps.iter().all(|&k| k <= EMIT_PER_ACTIVATION + 3),
                 "{steps:?}"
