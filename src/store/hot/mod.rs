@@ -16,6 +16,7 @@ pub mod index;
 pub mod rollups;
 mod sealed;
 pub mod snap;
+mod thin;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,6 +30,7 @@ use chunkfile::{ChunkFileError, ChunkFiles, DiskRef};
 use index::Catalog;
 use rollups::RollupSeries;
 use sealed::Sealed;
+use thin::Thin;
 
 const SHARDS: usize = 64;
 
@@ -48,7 +50,7 @@ struct SeriesData {
     head: Appender,
     /// Samples at or before the newest one that arrived out of order, waiting to be merged
     /// into the chunk or head that covers them.
-    ooo: Vec<(i64, f64)>,
+    ooo: Thin<(i64, f64)>,
     /// The newest sample, held back from the head ([`NO_SAMPLE`]: none): newer than every
     /// other sample of the series. The job's workers decode log records in parallel, so a
     /// series' next sample often arrives just before the one before it (47 % of the samples at
@@ -68,7 +70,7 @@ impl Default for SeriesData {
         SeriesData {
             sealed: Sealed::default(),
             head: Appender::default(),
-            ooo: Vec::new(),
+            ooo: Thin::default(),
             held_ts: NO_SAMPLE,
             held_value: 0.0,
             r1m: RollupSeries::default(),
@@ -286,11 +288,12 @@ impl SeriesData {
                 0
             }
             Err(j) => {
-                if self.ooo.len() == self.ooo.capacity() {
+                let ooo = self.ooo.vec_mut();
+                if ooo.len() == ooo.capacity() {
                     // By 4 samples, not by doubling (up to 32 wait here per series).
-                    self.ooo.reserve_exact(4);
+                    ooo.reserve_exact(4);
                 }
-                self.ooo.insert(j, (ts, v));
+                ooo.insert(j, (ts, v));
                 1
             }
         };
@@ -308,7 +311,7 @@ impl SeriesData {
     /// Merges the out-of-order buffer into the sealed chunks and the head; returns the
     /// counter changes (head bytes excepted: the caller measures them).
     fn merge_ooo(&mut self, files: Option<&ChunkFiles>) -> Delta {
-        let ooo = std::mem::take(&mut self.ooo);
+        let ooo = std::mem::take(&mut self.ooo).into_vec();
         let mut d = Delta {
             head_samples: -(ooo.len() as i64),
             ..Delta::default()
@@ -862,7 +865,8 @@ impl HotIndex {
     /// per-series table entries, and rollups.
     pub fn memory(&self) -> HotMemory {
         let slot = tidemark_dataflows::memory::hash_slot(16);
-        let boxed = std::mem::size_of::<SeriesData>() as i64;
+        // jemalloc's size class of the boxed entry (classes step by 32 bytes from 128 to 256).
+        let boxed = std::mem::size_of::<SeriesData>().next_multiple_of(32) as i64;
         let mut m = HotMemory::default();
         for sh in self.shards.iter() {
             let sh = sh.read().unwrap_or_else(|e| e.into_inner());
@@ -905,7 +909,8 @@ impl HotIndex {
                 let before = s.head_bytes();
                 let n = s.ooo.partition_point(|p| p.0 < cutoff);
                 if n > 0 {
-                    s.ooo.drain(..n);
+                    s.ooo.vec_mut().drain(..n);
+                    s.ooo.tidy();
                     d.head_samples -= n as i64;
                 }
                 if s.held().is_some_and(|(t, _)| t < cutoff) {
@@ -995,7 +1000,7 @@ impl SeriesData {
         let mut s = SeriesData {
             sealed,
             head,
-            ooo,
+            ooo: ooo.into(),
             r1m: RollupSeries::unsnap(d)?,
             r1h: RollupSeries::unsnap(d)?,
             ..SeriesData::default()
@@ -1009,8 +1014,8 @@ impl SeriesData {
             .max()
             .unwrap_or(NO_SAMPLE);
         if let Some(&(t, v)) = s.ooo.last().filter(|p| p.0 > newest_in) {
-            s.ooo.pop();
-            s.ooo.shrink_to_fit();
+            s.ooo.vec_mut().pop();
+            s.ooo = std::mem::take(&mut s.ooo).into_vec().into();
             s.hold(t, v);
         }
         Ok(s)
@@ -1314,10 +1319,11 @@ mod tests {
     }
 
     #[test]
-    fn a_series_entry_fits_jemallocs_256_byte_class() {
-        // Boxed per series: at 257 bytes and up it takes 320 (64 bytes a series at 1 M series).
+    fn a_series_entry_fits_jemallocs_224_byte_class() {
+        // Boxed per series: jemalloc's classes step by 32 bytes here (192, 224, 256): at 225
+        // bytes and up it takes 256 (32 bytes a series, 32 MB at 1 M series).
         assert!(
-            std::mem::size_of::<SeriesData>() <= 256,
+            std::mem::size_of::<SeriesData>() <= 224,
             "{}",
             std::mem::size_of::<SeriesData>()
         );

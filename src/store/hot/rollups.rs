@@ -13,6 +13,7 @@ use super::chunk::{self, Chunk};
 use super::chunkfile::{ChunkFileError, ChunkFiles, DiskRef};
 use super::sealed::{PackedRefs, RefEntry};
 use super::snap::{Dec, DecError, Enc};
+use super::thin::Thin;
 
 /// Most rollups in a block. With chunk files, a block in memory goes to disk at the next
 /// spill, and rollups moved out of the tail after that start a new block: blocks on disk hold
@@ -170,7 +171,7 @@ pub struct RollupSeries {
     /// made since the last spill and those a correction rewrote. (A boxed slice, not a
     /// `Vec`: with the tail's row count left out, 16 bytes less per series, which puts a
     /// series' entry in jemalloc's 256-byte class instead of 320.)
-    blocks: Box<[Block]>,
+    blocks: Thin<Block>,
     /// The newest rollups, sorted by start, packed ([`pack_rows`]): about 22 bytes a rollup
     /// instead of 96 (a heap profile's largest item was these tails, uncompressed).
     tail: Box<[u8]>,
@@ -366,7 +367,7 @@ impl RollupSeries {
             delta += b.size() as i64;
             let mut blocks = std::mem::take(&mut self.blocks).into_vec();
             blocks.push(b);
-            self.blocks = blocks.into_boxed_slice();
+            self.blocks = blocks.into();
         }
         delta
     }
@@ -396,7 +397,7 @@ impl RollupSeries {
         let i = self.blocks.partition_point(|x| x.min_start < b.min_start);
         let mut blocks = std::mem::take(&mut self.blocks).into_vec();
         blocks.insert(i, b);
-        self.blocks = blocks.into_boxed_slice();
+        self.blocks = blocks.into();
         added + self.upsert_sealed(i, r)
     }
 
@@ -420,7 +421,7 @@ impl RollupSeries {
             }
             from_disk = true;
         }
-        for b in &self.blocks {
+        for b in self.blocks.iter() {
             if overlaps(b.min_start, b.max_start) {
                 out.extend(b.decode(series).into_iter().filter(within));
             }
@@ -444,7 +445,7 @@ impl RollupSeries {
                 }
                 keep
             });
-            self.blocks = blocks.into_boxed_slice();
+            self.blocks = blocks.into();
         }
         self.disk.retain(|e| e.max + e.tag as i64 >= cutoff);
         let mut rows = self.tail_rows(0);
@@ -666,7 +667,7 @@ impl RollupSeries {
         }
         let mut s = RollupSeries {
             disk: PackedRefs::from_sorted(disk),
-            blocks: blocks.into_boxed_slice(),
+            blocks: blocks.into(),
             ..Default::default()
         };
         s.set_tail(&tail);

@@ -19,6 +19,7 @@ use tidemark_dataflows::packed::{get_var, put_var, unzigzag, zigzag, Reader};
 
 use super::chunk::{Chunk, ValueCodec};
 use super::chunkfile::DiskRef;
+use super::thin::Thin;
 
 /// References to blocks on disk (sealed chunks, rollup blocks), oldest first, packed.
 #[derive(Default, Debug)]
@@ -180,7 +181,7 @@ pub(crate) struct Sealed {
     /// Chunks on disk.
     disk: PackedRefs,
     /// Chunks in memory (sealed since the last spill, or rewritten by a late merge).
-    mem: Box<[Chunk]>,
+    mem: Thin<Chunk>,
 }
 
 fn codec(tag: u64) -> ValueCodec {
@@ -237,7 +238,7 @@ impl Sealed {
     pub fn push(&mut self, c: Chunk) {
         let mut mem = std::mem::take(&mut self.mem).into_vec();
         mem.push(c);
-        self.mem = mem.into_boxed_slice();
+        self.mem = mem.into();
     }
 
     /// Chunks in memory, oldest first (to be spilled).
@@ -275,7 +276,7 @@ impl Sealed {
             }
         }
         self.disk = PackedRefs::from_sorted(disk);
-        self.mem = mem.into_boxed_slice();
+        self.mem = mem.into();
     }
 
     /// Drops the chunks that end before `cutoff` (the oldest ones) and returns them.
