@@ -191,10 +191,12 @@ fn best_width(values: &[u64]) -> (u32, usize) {
     for &v in values {
         hist[bit_len(v) as usize] += 1;
     }
+    // Widths above the longest length only cost more.
+    let top = hist.iter().rposition(|&n| n > 0).unwrap_or(0);
     let mut above: usize = hist.iter().enumerate().map(|(len, &n)| n * (7 + len)).sum();
     let mut at_most = 0usize;
     let mut best = (64u32, usize::MAX);
-    for (w, &n) in hist.iter().enumerate() {
+    for (w, &n) in hist.iter().enumerate().take(top + 1) {
         above -= n * (7 + w);
         at_most += n;
         let cost = at_most * (1 + w) + above;
