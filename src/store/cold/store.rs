@@ -565,16 +565,7 @@ impl ColdStore {
                 path: path.into(),
                 source: e.into(),
             })?;
-            w.close().await.map_err(|e| ColdError::Parquet {
-                path: path.into(),
-                source: e.into(),
-            })?;
-            let meta = self
-                .store
-                .head(&location)
-                .await
-                .map_err(|e| self.store_err("head", path, e))?;
-            Ok(meta.size)
+            self.close(w, &location, path).await
         });
         let size = res?;
         self.count_written(size, rows.len() as u64);
