@@ -12,7 +12,8 @@
 //! | [`types`] | `Sample`, `Rollup`, `LateStats` |
 //! | [`source`] | [`source::watermark_source`]: a pull-based source adapter that turns event times into frontiers, starting at a watermark and moving it on by one at a checkpoint cut |
 //! | [`partitioned`] | [`partitioned::partitioned_source`]: per-partition watermarks with idle partitions (Kafka), plus the series definitions the storing process needs |
-//! | [`window`] | [`window::tumbling_rollups`] (raw to 1m) and [`window::rollup_rollups`] (1m to 1h), with allowed lateness and corrections; [`window::windows_seeded`] (state restored after a restart); [`window::rollups_from_store`] (1m to 1h reading the minutes back from the sink's store) |
+//! | [`window`] | [`window::tumbling_rollups`] (raw to 1m) and [`window::rollup_rollups`] (1m to 1h), with allowed lateness and corrections; [`window::windows_seeded`] (state restored after a restart) |
+//! | [`stored`] | windows whose state is the store: [`stored::sample_rollups_stored`] (raw to 1m with the raw sink inside, read back when a window closes) and [`stored::rollups_from_store`] (1m to 1h reading the minutes back from the sink's store) |
 //! | [`sink`] | [`sink::HotSink`] and the operators that apply raw samples and rollups to it |
 //! | [`rules`] | [`rules::evaluate_at_ticks`]: rule evaluation at event-time ticks of the sinks' frontier; [`rules::AlertMachine`]: pending/firing/resolved with `for` and `keep_firing_for` |
 //! | [`incremental`] | rules kept up to date from the sample stream: [`incremental::leaf_values`] (per-series windows), [`incremental::rule_results`] (aggregations per group member, differential `join` for vector matching), [`incremental::sink_results`] |
@@ -26,6 +27,7 @@ pub mod partitioned;
 pub mod rules;
 pub mod sink;
 pub mod source;
+pub mod stored;
 pub mod tier;
 pub mod types;
 pub mod window;

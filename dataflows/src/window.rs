@@ -3,20 +3,19 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::core::OkErr;
 
 use timely::dataflow::operators::generic::operator::empty;
-use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 use timely::progress::frontier::MutableAntichain;
 
 use crate::memory::{hash_slot, Component, Reported};
 use crate::packed::{decode_samples, SampleRun};
-use crate::sink::Done;
+pub use crate::stored::{rollups_from_store, RollupStore};
 use crate::types::{LateStats, Rollup, Sample, STALE_NAN_BITS};
 
 /// A record a window can place: its series, event time and window.
@@ -339,7 +338,7 @@ impl Frozen {
 }
 
 /// True when every time in the frontier is greater than `t` (no record at or before `t` can come).
-fn passed(frontier: &MutableAntichain<u64>, t: i64) -> bool {
+pub(crate) fn passed(frontier: &MutableAntichain<u64>, t: i64) -> bool {
     match u64::try_from(t) {
         Ok(t) => !frontier.less_equal(&t),
         Err(_) => true,
@@ -349,7 +348,13 @@ fn passed(frontier: &MutableAntichain<u64>, t: i64) -> bool {
 /// Whether a record sent at `t` is taken by its window: dropped (counted) once `t` reached the
 /// window's end plus the allowed lateness (nothing is dropped before its window closed), late
 /// (counted, taken) when its event time is below `t`.
-fn admit<D: Windowed>(d: &D, t: i64, width: i64, lateness: i64, stats: &mut LateStats) -> bool {
+pub(crate) fn admit<D: Windowed>(
+    d: &D,
+    t: i64,
+    width: i64,
+    lateness: i64,
+    stats: &mut LateStats,
+) -> bool {
     let end = d.window_start(width).saturating_add(width);
     if t > end && t >= end.saturating_add(lateness) {
         stats.dropped += 1;
@@ -769,290 +774,10 @@ pub fn rollup_rollups<'s>(
     )
 }
 
-/// Reads the finer rollups of one series whose window starts in `[start, end)` from where a
-/// sink stored them (the hot index), sorted by start, appended to the vector.
-pub type RollupStore = Arc<dyn Fn(u64, i64, i64, &mut Vec<Rollup>) + Send + Sync>;
-
-/// An open coarse window of [`rollups_from_store`]: which series have finer rollups in it.
-struct StoreWindow {
-    cap: Capability<u64>,
-    /// The series seen before the emission began (taken by it).
-    series: HashSet<u64>,
-    /// Set when the emission begins: records after that mark their series dirty.
-    emitted: bool,
-    /// While the emission is under way: the series to emit, sorted, and how many went out
-    /// (at most [`EMIT_PER_ACTIVATION`] per activation, each read back from the store).
-    emitting: Option<(Box<[u64]>, usize)>,
-    /// Series a finer rollup corrected after the window was emitted, with the latest time
-    /// such a rollup was sent at (re-emitted once the store's frontier passed it).
-    dirty: HashMap<u64, u64>,
-}
-
-/// Coarser rollups (1 h) from finer ones (1 m) kept in a store rather than in the operator:
-/// [`rollup_rollups`] holds up to an hour's finer rollups per series (about 0.9 KB per series
-/// with the allowed lateness's unfolded minutes); this holds only which series an open window
-/// has (a set entry), and when the window closes reads the series' finer rollups back from
-/// `store`, into which a sink writes the same stream (the hot index). `stored` is that sink's
-/// [`Done`] stream: a window is (re-)emitted only once its frontier passed every time a finer
-/// rollup of the window was sent at, so the store holds them all.
-///
-/// The result equals [`rollup_rollups`]'s: the store keeps the latest version of each finer
-/// window (upserted by series and start), which is what `RollupAcc` keeps; it may already hold
-/// a version sent later than the frontier this operator has seen, and that version reaches
-/// this operator too, which emits again. No finer rollup is dropped for lateness when the finer
-/// operator has the same allowed lateness (a finer window `(s, e]` is sent before `e +
-/// lateness`), so reading them all back reads nothing this operator would have dropped.
-/// `seed` names, after a restart at time `T`, the series each open window has (one finer
-/// rollup each); a window that ended before `T` is not emitted again (as in
-/// [`windows_seeded`]), only re-emitted for the series a finer rollup after the seed changes.
-///
-/// A closing window is read back and emitted [`EMIT_PER_ACTIVATION`] series at a time, its
-/// capability held until the last slice is out (as [`windows`] does): at 1 M series an hour
-/// emitted at once put a rollup per series into each consumer's channel and read every
-/// series' hour of minutes in one activation. A record arriving once the emission began marks
-/// its series for a re-emission after it (read again once the store holds the record).
-///
-/// # Examples
-/// ```
-/// use std::collections::BTreeMap;
-/// use std::sync::{Arc, Mutex};
-/// use timely::dataflow::operators::{Capture, Input, Probe};
-/// use tidemark_dataflows::sink::{sink_rollups, HotSink};
-/// use tidemark_dataflows::window::{rollups_from_store, RollupStore};
-/// use tidemark_dataflows::{captured, Rollup, Sample};
-///
-/// // A store: the latest finer rollup per (series, start).
-/// #[derive(Clone, Default)]
-/// struct Store(Arc<Mutex<BTreeMap<(u64, i64), Rollup>>>);
-/// impl HotSink for Store {
-///     fn append(&self, _: &[Sample]) {}
-///     fn upsert_rollups(&self, rs: &[Rollup]) {
-///         let mut m = self.0.lock().unwrap();
-///         for r in rs { m.insert((r.series, r.start), *r); }
-///     }
-/// }
-/// let store = Store::default();
-/// let s = store.clone();
-/// let read: RollupStore = Arc::new(move |series, start, end, out: &mut Vec<Rollup>| {
-///     let m = s.0.lock().unwrap();
-///     out.extend(m.range((series, start)..(series, end)).map(|(_, r)| *r));
-/// });
-/// let hours = timely::execute_directly(move |worker| {
-///     let (mut input, probe, hours) = worker.dataflow::<u64, _, _>(|scope| {
-///         let (input, minutes) = scope.new_input::<Vec<Rollup>>();
-///         let (seed, seeds) = scope.new_input::<Vec<Rollup>>();
-///         drop(seed);
-///         let stored = sink_rollups(minutes.clone(), store);
-///         let (hours, _late) = rollups_from_store(minutes, stored, seeds, 3_600_000, 300_000, read);
-///         let (probe, hours) = hours.probe();
-///         (input, probe, hours.capture())
-///     });
-///     let m = |start, v: f64| Rollup::from_sorted(1, start, 60_000, &[(start + 1, v)]).unwrap();
-///     input.send(m(0, 1.0));
-///     input.send(m(60_000, 5.0));
-///     input.advance_to(3_700_000); // the hour closes: emitted from the store
-///     while probe.less_than(&3_700_000) { worker.step(); }
-///     input.send(m(120_000, 2.0)); // late, within lateness: emitted again
-///     input.advance_to(4_000_000);
-///     while probe.less_than(&4_000_000) { worker.step(); }
-///     hours
-/// });
-/// let sums: Vec<f64> = captured(hours).into_iter().map(|(_, r)| r.sum).collect();
-/// assert_eq!(sums, vec![6.0, 8.0]);
-/// ```
-pub fn rollups_from_store<'s>(
-    finer: Stream<'s, u64, Vec<Rollup>>,
-    stored: Done<'s>,
-    seed: Stream<'s, u64, Vec<Rollup>>,
-    width: i64,
-    lateness: i64,
-    store: RollupStore,
-) -> (
-    Stream<'s, u64, Vec<Rollup>>,
-    Stream<'s, u64, Vec<LateStats>>,
-) {
-    use timely::dataflow::channels::pact::Pipeline;
-    use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-    assert!(
-        width > 0 && lateness >= 0,
-        "window width must be positive and lateness non-negative"
-    );
-    let scope = finer.scope();
-    let mut builder = OperatorBuilder::new("RollupsFromStore".to_string(), scope);
-    let activator = scope.activator_for(builder.operator_info().address);
-    let mut finer_in = builder.new_input(finer, Exchange::new(|r: &Rollup| r.series));
-    let mut seed_in = builder.new_input(seed, Exchange::new(|r: &Rollup| r.series));
-    let mut stored_in = builder.new_input(stored, Pipeline);
-    type Out = Vec<Result<Rollup, LateStats>>;
-    let (output, out_stream) = builder.new_output::<Out>();
-    let mut output = OutputBuilder::<_, CapacityContainerBuilder<Out>>::from(output);
-    builder.build(move |_caps| {
-        let mut open: BTreeMap<i64, StoreWindow> = BTreeMap::new();
-        let mut reported = Reported::new(Component::Windows1h);
-        let mut rows = Vec::new();
-        move |frontiers| {
-            let (data_f, seed_f, stored_f) = (&frontiers[0], &frontiers[1], &frontiers[2]);
-            let mut output = output.activate();
-            let lowest = data_f
-                .frontier()
-                .iter()
-                .chain(seed_f.frontier().iter())
-                .chain(stored_f.frontier().iter())
-                .min()
-                .copied();
-            // `seeded`: a seed record. A window it opens that ended before the seed's time
-            // was emitted before the restart (see [`windows_seeded`]): it starts as emitted,
-            // and only records after the seed re-emit a series.
-            let note = |open: &mut BTreeMap<i64, StoreWindow>,
-                        cap: &Capability<u64>,
-                        r: &Rollup,
-                        t: u64,
-                        seeded: bool| {
-                let start = r.window_start(width);
-                let ended = u64::try_from(start.saturating_add(width)).is_ok_and(|end| end < t);
-                let w = open.entry(start).or_insert_with(|| StoreWindow {
-                    cap: cap.clone(),
-                    series: HashSet::new(),
-                    emitted: seeded && ended,
-                    emitting: None,
-                    dirty: HashMap::new(),
-                });
-                if seeded && ended {
-                    return;
-                }
-                if w.emitted {
-                    // Sent (or read back) before this record was stored, perhaps: again
-                    // once the store has it.
-                    let d = w.dirty.entry(r.series).or_insert(t);
-                    *d = (*d).max(t);
-                } else {
-                    w.series.insert(r.series);
-                }
-            };
-            seed_in.for_each(|cap, data| {
-                let Some(&t) = cap.least() else { return };
-                let c = cap
-                    .retain_least(0)
-                    .expect("a totally ordered stamp has a least time");
-                for r in data.drain(..) {
-                    note(&mut open, &c, &r, t, true);
-                }
-            });
-            finer_in.for_each(|cap, data| {
-                let Some(&t) = cap.least() else { return };
-                let c = cap
-                    .retain_least(0)
-                    .expect("a totally ordered stamp has a least time");
-                let t_i = i64::try_from(t).unwrap_or(i64::MAX);
-                let mut stats = LateStats::default();
-                for r in data.drain(..) {
-                    if admit(&r, t_i, width, lateness, &mut stats) {
-                        note(&mut open, &c, &r, t, false);
-                    }
-                }
-                if stats != LateStats::default() {
-                    output.session(&c).give(Err(stats));
-                }
-            });
-            stored_in.for_each(|_, _| {});
-            let all = |t: i64| passed(data_f, t) && passed(seed_f, t) && passed(stored_f, t);
-            let mut retired = Vec::new();
-            let mut budget = EMIT_PER_ACTIVATION;
-            for (&start, w) in open.iter_mut() {
-                let end = start.saturating_add(width);
-                if all(end) {
-                    if budget == 0 && (!w.emitted || w.emitting.is_some()) {
-                        // Older windows used this activation's slice: the capability stays.
-                        activator.activate();
-                        continue;
-                    }
-                    let mut read = |series: u64| -> Option<Rollup> {
-                        rows.clear();
-                        store(series, start, end, &mut rows);
-                        let mut parts = rows.iter();
-                        let mut r = Rollup {
-                            series,
-                            start,
-                            width,
-                            ..*parts.next()?
-                        };
-                        for p in parts {
-                            r.merge(p);
-                        }
-                        Some(r)
-                    };
-                    let mut session = output.session(&w.cap);
-                    if !w.emitted {
-                        w.emitted = true;
-                        let mut ids: Vec<u64> = std::mem::take(&mut w.series).into_iter().collect();
-                        ids.sort_unstable();
-                        w.emitting = Some((ids.into(), 0));
-                    }
-                    if let Some((ids, sent)) = &mut w.emitting {
-                        let n = budget.min(ids.len() - *sent);
-                        for &series in &ids[*sent..*sent + n] {
-                            if let Some(r) = read(series) {
-                                session.give(Ok(r));
-                            }
-                        }
-                        *sent += n;
-                        budget -= n;
-                        if *sent < ids.len() {
-                            // The capability stays where it is until the last slice is out.
-                            drop(session);
-                            activator.activate();
-                            continue;
-                        }
-                        w.emitting = None;
-                    }
-                    let ready: Vec<u64> = w
-                        .dirty
-                        .iter()
-                        .filter(|(_, &t)| passed(stored_f, i64::try_from(t).unwrap_or(i64::MAX)))
-                        .map(|(&s, _)| s)
-                        .collect();
-                    for series in ready {
-                        w.dirty.remove(&series);
-                        if let Some(r) = read(series) {
-                            session.give(Ok(r));
-                        }
-                    }
-                    drop(session);
-                    let gone = end.max(end.saturating_add(lateness) - 1);
-                    if all(gone) && w.dirty.is_empty() {
-                        retired.push(start);
-                        continue;
-                    }
-                }
-                if let Some(f) = lowest {
-                    if f > *w.cap.time() {
-                        w.cap.downgrade(&f);
-                    }
-                }
-            }
-            for s in retired {
-                open.remove(&s);
-            }
-            let set = hash_slot(8);
-            reported.set(
-                open.values()
-                    .map(|w| {
-                        let ids = w
-                            .emitting
-                            .as_ref()
-                            .map_or(0, |(ids, _)| ids.len() as i64 * 8);
-                        (w.series.capacity() as i64 + w.dirty.capacity() as i64 * 2) * set + ids
-                    })
-                    .sum(),
-            );
-        }
-    });
-    out_stream.ok_err(|r| r)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn packed_samples_round_trip_bit_for_bit() {

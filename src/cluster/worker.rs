@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::core::Filter;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::{Concat, Concatenate, Exchange, Probe};
@@ -28,8 +27,8 @@ use timely::WorkerConfig;
 use tidemark_dataflows::incremental::{leaf_values, rule_results, sink_results, Lookup};
 use tidemark_dataflows::partitioned::{partitioned_source, PartitionWatermarks};
 use tidemark_dataflows::sink::{sink_rollups, sink_samples, sink_series, SeriesSink};
+use tidemark_dataflows::stored::rollups_from_store;
 use tidemark_dataflows::tier::sink_tier;
-use tidemark_dataflows::window::{rollups_from_store, tumbling_rollups};
 use tidemark_dataflows::{Rollup, Sample};
 use timely::dataflow::operators::generic::operator::empty;
 
@@ -40,7 +39,7 @@ use super::{Binding, Command, JobStatus, Registry};
 use crate::alert::eval::{RuleConfig, RuleEvaluator, Rules};
 use crate::alert::kafka::{KafkaAlertSink, KafkaSeriesWriter};
 use crate::config::Role;
-use crate::job::{HOUR_MS, MINUTE_MS};
+use crate::job::HOUR_MS;
 use crate::model::Limits;
 use crate::ops::Metrics;
 use crate::store::cold::writer::{hot_rollups, hot_samples, LabelLookup, TierWriter};
@@ -206,6 +205,9 @@ struct Local {
     epochs: HashMap<String, u64>,
     /// Per job, its rule files' text from its last `Submit`.
     rule_texts: HashMap<String, Vec<(String, String)>>,
+    /// Job dataflows this worker built: after the first, the hot index holds what an earlier
+    /// run wrote (see [`crate::job::minute_windows`]). The same on every worker.
+    started: u64,
 }
 
 /// Runs a worker process until a worker thread stops (a peer process died) or the process is
@@ -361,6 +363,7 @@ fn worker_loop(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) {
         first: local_index == 0,
         epochs: HashMap::new(),
         rule_texts: HashMap::new(),
+        started: 0,
     };
     loop {
         if let Some(rx) = &rx {
@@ -648,6 +651,9 @@ fn start_job(
         records_per_activation: 16,
     };
     let lateness = spec.watermark.allowed_lateness.0;
+    // A replay, or a job started again in this process: the index holds an earlier run's data.
+    let rereads = local.started > 0 || !overrides.is_empty() || rollups_from != i64::MIN;
+    local.started += 1;
     let (minutes_on, hours_on) = (spec.minute_rollups(), spec.hour_rollups());
     let hot = Arc::clone(&shared.hot);
     let registry = Arc::clone(&shared.registry);
@@ -770,7 +776,22 @@ fn start_job(
             sink_results(results, store.map(|(s, _)| s))
         });
         let registered = sink_series(defs, Catalog(Arc::clone(&hot)));
-        let applied = sink_samples(samples.clone(), Arc::clone(&hot));
+        // With 1-minute rollups, raw samples go into the hot index inside their windows'
+        // operator, which reads them back when a window closes.
+        let (applied, minute_streams) = if minutes_on {
+            let (minutes, late, applied) = crate::job::minute_windows(
+                samples.clone(),
+                empty(scope),
+                lateness,
+                rollups_from,
+                rereads,
+                Arc::clone(&hot),
+                &hot,
+            );
+            (applied, Some((minutes, late)))
+        } else {
+            (sink_samples(samples.clone(), Arc::clone(&hot)), None)
+        };
         let mut done = vec![registered.clone(), applied.clone()];
         // The tier sinks hold the probe (and so the Kafka commits) until their files are
         // durable. They write sealed partitions from the hot index, so a partition is sealed
@@ -792,9 +813,7 @@ fn start_job(
                 w,
             ));
         }
-        if minutes_on {
-            let input = samples.filter(move |s: &Sample| s.ts > rollups_from);
-            let (minutes, late) = tumbling_rollups(input, MINUTE_MS, lateness);
+        if let Some((minutes, late)) = minute_streams {
             let m_done = sink_rollups(minutes.clone(), Arc::clone(&hot));
             if hours_on {
                 // 1-hour windows read their minutes back from the hot index when they close.

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::core::Filter;
 use timely::dataflow::operators::generic::operator::empty;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
@@ -28,9 +27,14 @@ use timely::WorkerConfig;
 use tidemark_dataflows::incremental::{leaf_values, rule_results, sink_results, Lookup};
 use tidemark_dataflows::sink::{sink_rollups, sink_samples, HotSink};
 use tidemark_dataflows::source::{watermark_source, BatchSource, Poll, WatermarkConfig};
+use tidemark_dataflows::stored::{
+    rollups_from_store, sample_rollups_stored, RollupStore, SampleStore, StoredRollups,
+};
 use tidemark_dataflows::tier::sink_tier;
-use tidemark_dataflows::window::{rollups_from_store, tumbling_rollups_seeded, RollupStore};
+use tidemark_dataflows::window::tumbling_rollups_seeded;
 use tidemark_dataflows::{Rollup, Sample};
+use timely::dataflow::operators::core::Filter;
+use timely::dataflow::Stream;
 
 use tidemark_dataflows::rules::{evaluate_at_ticks, TickConfig};
 
@@ -49,6 +53,53 @@ pub fn minutes_of(hot: &Arc<HotIndex>) -> RollupStore {
     Arc::new(move |id, start, end, out| {
         out.extend(hot.rollups(id, crate::store::hot::Resolution::OneMinute, start, end - 1))
     })
+}
+
+/// The hot index's raw samples as the store of the 1-minute windows
+/// ([`sample_rollups_stored`]), which write them there themselves. Whatever a window can still
+/// take is in the index: the cold raw writer pins its open partitions, each of which outlives
+/// the windows in it; without cold tiers, a sample beyond the hot retention would be a rollup
+/// beyond the 1-minute rollups' retention too.
+pub fn samples_of(hot: &Arc<HotIndex>) -> SampleStore {
+    let hot = Arc::clone(hot);
+    Arc::new(move |id, from, to, out| hot.samples(id, from, to, out))
+}
+
+/// The 1-minute windows and the raw sink. Normally raw samples go into the hot index inside
+/// the windows' operator, which reads them back when a window closes
+/// ([`sample_rollups_stored`]; the third stream is its sink's frontier): that needs the
+/// operator to be the only writer of its series' samples since the index was empty or
+/// checkpointed. With `rereads` (a replay, or a job started again in a process whose index
+/// its earlier run filled) the index already holds samples this run sends again, those dropped
+/// from the rollups as too late the first time included, and what they were written over is
+/// gone: the windows hold their samples instead ([`tumbling_rollups_seeded`] beside a separate
+/// sink, 300-340 bytes a series at 1 M series against about 30), until the next start.
+/// Windows `(start, start + width]` from `rollups_from` on hold the samples after it: one
+/// exactly on the boundary ends the window before.
+pub fn minute_windows<'s, S: HotSink + 'static>(
+    samples: Stream<'s, u64, Vec<Sample>>,
+    seed: Stream<'s, u64, Vec<Sample>>,
+    lateness: i64,
+    rollups_from: i64,
+    rereads: bool,
+    sink: S,
+    hot: &Arc<HotIndex>,
+) -> StoredRollups<'s> {
+    if !rereads {
+        return sample_rollups_stored(
+            samples,
+            seed,
+            MINUTE_MS,
+            lateness,
+            rollups_from,
+            sink,
+            samples_of(hot),
+        );
+    }
+    let applied = sink_samples(samples.clone(), sink);
+    let windowed = samples.filter(move |s: &Sample| s.ts > rollups_from);
+    let (minutes, late) = tumbling_rollups_seeded(windowed, seed, MINUTE_MS, lateness);
+    (minutes, late, applied)
 }
 
 /// One-minute and one-hour window widths.
@@ -310,6 +361,9 @@ pub struct StartAt {
     /// watermark: the corrections a writer buffered when the checkpoint was cut (they are
     /// written when the 5-minute correction window they were sent in ends, and are not in the hot index as such).
     pub cold_replay: Option<(u64, u64)>,
+    /// The hot index already holds what this start reads (a replay): the 1-minute windows hold
+    /// their samples rather than read them back from the index (see [`minute_windows`]).
+    pub rereads: bool,
 }
 
 impl StartAt {
@@ -321,6 +375,7 @@ impl StartAt {
             watermark: 0,
             seed: false,
             cold_replay: None,
+            rereads: false,
         }
     }
 
@@ -333,6 +388,7 @@ impl StartAt {
             watermark: m.watermark,
             seed: true,
             cold_replay: (from < m.offset).then_some((from, m.replay_watermark)),
+            rereads: false,
         }
     }
 }
@@ -392,6 +448,7 @@ pub fn replay_point(log: &Log, req: ReplayRequest) -> Result<StartAt, ReplayErro
             };
             Ok(StartAt {
                 rollups_from,
+                rereads: true,
                 ..StartAt::offset(offset)
             })
         }
@@ -406,6 +463,7 @@ pub fn replay_point(log: &Log, req: ReplayRequest) -> Result<StartAt, ReplayErro
             }
             Ok(StartAt {
                 rollups_from: hour,
+                rereads: true,
                 ..StartAt::offset(offset)
             })
         }
@@ -477,8 +535,8 @@ impl Job {
         progress
             .seeding
             .store(if at.seed { workers } else { 0 }, Ordering::Release);
-        let (start_offset, rollups_from, cold_replay) =
-            (at.offset, at.rollups_from, at.cold_replay);
+        let (start_offset, rollups_from, cold_replay, rereads) =
+            (at.offset, at.rollups_from, at.cold_replay, at.rereads);
         let wm = WatermarkConfig {
             out_of_orderness_ms: cfg.out_of_orderness.0.max(0) as u64,
             records_per_activation: 16,
@@ -586,22 +644,18 @@ impl Job {
                     }
                     _ => None,
                 };
-                let applied = sink_samples(
+                let (minutes, late_m, applied) = minute_windows(
                     samples.clone(),
+                    window_seed,
+                    lateness,
+                    rollups_from,
+                    rereads,
                     CountingSink {
                         hot: Arc::clone(&hot),
                         progress: Arc::clone(&progress),
                     },
+                    &hot,
                 );
-                let windowed = if rollups_from == i64::MIN {
-                    samples
-                } else {
-                    // Windows `(start, start + width]` from `rollups_from` on hold the samples
-                    // after it: one exactly on the boundary ends the window before.
-                    samples.filter(move |s: &Sample| s.ts > rollups_from)
-                };
-                let (minutes, late_m) =
-                    tumbling_rollups_seeded(windowed, window_seed, MINUTE_MS, lateness);
                 let m_done = sink_rollups(minutes.clone(), Arc::clone(&hot));
                 // 1-hour windows read their minutes back from the hot index when they close.
                 let (hours, _late_h) = rollups_from_store(

@@ -2,9 +2,10 @@
 //!
 //! A checkpoint holds the hot index only; everything else the job keeps is a function of it:
 //!
-//! - a **1-minute window** not yet retired at the restart holds exactly the raw samples the
-//!   index has in it (none of them was dropped as too late: its window was open when they
-//!   came);
+//! - a **1-minute window** not yet emitted at the restart holds the series with raw samples
+//!   in it, which it reads back from the index when it closes: one sample per series and
+//!   window names them (a window that ended before the restart was emitted before it, and a
+//!   correction to it reads the index too);
 //! - a **1-hour window** holds the 1-minute rollups the index has in its hour (those that can
 //!   no longer change folded into one, as [`RollupAcc`](tidemark_dataflows::window::RollupAcc)
 //!   folds them);
@@ -24,6 +25,7 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
 use tidemark_dataflows::incremental::Matcher;
+use tidemark_dataflows::types::STALE_NAN_BITS;
 use tidemark_dataflows::{Rollup, Sample};
 
 use super::{HOUR_MS, MINUTE_MS};
@@ -78,8 +80,8 @@ impl SeedPlan {
     ) {
         let s = i64::try_from(self.at).unwrap_or(i64::MAX);
         let l = self.lateness;
-        // A window is seeded unless it was retired at `s - 1`: `end + lateness >= s`.
-        let from_w = s.saturating_sub(l).saturating_sub(MINUTE_MS);
+        // A window is seeded unless it ended before `s` (emitted before the restart).
+        let from_w = s.saturating_sub(MINUTE_MS);
         let from_r = self.rules.as_ref().and_then(|(span, matches)| {
             let labels = hot.catalog.labels(id)?;
             matches(&labels.as_ref().clone().into_pairs())
@@ -87,10 +89,15 @@ impl SeedPlan {
         });
         pts.clear();
         hot.samples(id, from_w.min(from_r.unwrap_or(i64::MAX)), i64::MAX, pts);
+        // The windows read their samples back from the index: one sample names the series to
+        // each (staleness markers are not windowed).
+        let mut named = i64::MIN;
         for &(ts, value) in pts.iter() {
             let mut flags = 0;
-            if minute_end(ts).saturating_add(l) >= s {
+            let end = minute_end(ts);
+            if end >= s && end != named && value.to_bits() != STALE_NAN_BITS {
                 flags |= FOR_WINDOWS;
+                named = end;
             }
             if from_r.is_some_and(|f| ts > f) {
                 flags |= FOR_RULES;
@@ -279,9 +286,9 @@ mod tests {
                 _ => None,
             })
             .collect();
-        // Windows ending at or after 54 min 30 s: from the one ending at 55 min.
-        assert_eq!(win.first(), Some(&(base + 54 * MINUTE_MS + 10_000)));
-        assert_eq!(win.last(), Some(&(base + 3_600_000)));
+        // Windows not emitted at 59 min 30 s: the one ending at 60 min, named by its first
+        // sample (the windows before it were emitted; a correction reads them from the index).
+        assert_eq!(win, vec![base + 59 * MINUTE_MS + 10_000]);
         let hours: Vec<Rollup> = out
             .iter()
             .filter_map(|r| match r {
