@@ -30,7 +30,7 @@ use timely::dataflow::Stream;
 use crate::memory::{hash_slot, Component, Reported};
 use crate::sink::{Done, HotSink};
 use crate::types::{LateStats, Rollup, Sample, STALE_NAN_BITS};
-use crate::window::{admit, passed, Windowed, EMIT_PER_ACTIVATION};
+use crate::window::{admit, batch_time, passed, Windowed, EMIT_PER_ACTIVATION};
 
 /// Reads the finer rollups of one series whose window starts in `[start, end)` from where a
 /// sink stored them (the hot index), sorted by start, appended to the vector.
@@ -336,19 +336,17 @@ pub fn rollups_from_store<'s>(
                 .min()
                 .copied();
             seed_in.for_each(|cap, data| {
-                let Some(&t) = cap.least() else { return };
-                let c = cap
-                    .retain_least(0)
-                    .expect("a totally ordered stamp has a least time");
+                let Some((t, c)) = batch_time(&cap) else {
+                    return;
+                };
                 for r in data.drain(..) {
                     windows.note(&c, r.series, r.window_start(width), t, true);
                 }
             });
             finer_in.for_each(|cap, data| {
-                let Some(&t) = cap.least() else { return };
-                let c = cap
-                    .retain_least(0)
-                    .expect("a totally ordered stamp has a least time");
+                let Some((t, c)) = batch_time(&cap) else {
+                    return;
+                };
                 let t_i = i64::try_from(t).unwrap_or(i64::MAX);
                 let mut stats = LateStats::default();
                 for r in data.drain(..) {
@@ -507,19 +505,17 @@ pub fn sample_rollups_stored<'s, S: HotSink + 'static>(
                 .copied();
             let all = |t: i64| passed(data_f, t) && passed(seed_f, t);
             seed_in.for_each(|cap, data| {
-                let Some(&t) = cap.least() else { return };
-                let c = cap
-                    .retain_least(0)
-                    .expect("a totally ordered stamp has a least time");
+                let Some((t, c)) = batch_time(&cap) else {
+                    return;
+                };
                 for s in data.drain(..).filter(live) {
                     windows.note(&c, s.series, s.window_start(width), t, true);
                 }
             });
             data_in.for_each(|cap, data| {
-                let Some(&t) = cap.least() else { return };
-                let c = cap
-                    .retain_least(0)
-                    .expect("a totally ordered stamp has a least time");
+                let Some((t, c)) = batch_time(&cap) else {
+                    return;
+                };
                 let t_i = i64::try_from(t).unwrap_or(i64::MAX);
                 let mut stats = LateStats::default();
                 let mut taken = Vec::with_capacity(data.len());

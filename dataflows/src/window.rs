@@ -9,7 +9,7 @@ use timely::dataflow::operators::core::OkErr;
 
 use timely::dataflow::operators::generic::operator::empty;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::{Capability, InputCapability};
 use timely::dataflow::Stream;
 use timely::progress::frontier::MutableAntichain;
 
@@ -337,6 +337,15 @@ impl Frozen {
     }
 }
 
+/// The least time of an input batch, and a capability for output 0 at it.
+pub(crate) fn batch_time(cap: &InputCapability<u64>) -> Option<(u64, Capability<u64>)> {
+    let t = *cap.least()?;
+    let c = cap
+        .retain_least(0)
+        .expect("a totally ordered stamp has a least time");
+    Some((t, c))
+}
+
 /// True when every time in the frontier is greater than `t` (no record at or before `t` can come).
 pub(crate) fn passed(frontier: &MutableAntichain<u64>, t: i64) -> bool {
     match u64::try_from(t) {
@@ -550,18 +559,17 @@ where
                         w.bytes += acc.heap_bytes() as i64 - before;
                     };
                     seeds.for_each(|cap, data| {
-                        let c = cap
-                            .retain_least(0)
-                            .expect("a totally ordered stamp has a least time");
+                        let Some((_, c)) = batch_time(&cap) else {
+                            return;
+                        };
                         for d in data.drain(..) {
                             add(&mut open, &c, d, true);
                         }
                     });
                     input.for_each(|cap, data| {
-                        let Some(&t) = cap.least() else { return };
-                        let c = cap
-                            .retain_least(0)
-                            .expect("a totally ordered stamp has a least time");
+                        let Some((t, c)) = batch_time(&cap) else {
+                            return;
+                        };
                         let t_i = i64::try_from(t).unwrap_or(i64::MAX);
                         let mut stats = LateStats::default();
                         for d in data.drain(..) {
