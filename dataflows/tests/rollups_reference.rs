@@ -1,5 +1,7 @@
 //! The windows against an oracle that recomputes from scratch, on random inputs with disorder,
-//! late and very late samples, at 1 and at 3 workers (as differential's `reduce_reference`).
+//! late and very late samples, at 1 and at 3 workers (as differential's `reduce_reference`):
+//! minutes from windows that hold their samples and from windows that read them back from a raw
+//! store (very late samples are written to it too), hours from both hour operators.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -7,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tidemark_dataflows::sink::{sink_rollups, HotSink};
 use tidemark_dataflows::source::{watermark_source, BatchSource, Poll, WatermarkConfig};
+use tidemark_dataflows::stored::{sample_rollups_stored, SampleStore};
 use tidemark_dataflows::window::{
     rollup_rollups, rollups_from_store, tumbling_rollups, RollupStore,
 };
@@ -175,25 +178,45 @@ impl HotSink for Store {
     }
 }
 
-type Run = (
-    BTreeMap<Key, Rollup>,
-    BTreeMap<Key, Rollup>,
-    BTreeMap<Key, Rollup>,
-    LateStats,
-);
+/// A store of the latest raw value per (series, time), shared by the workers (the hot index in
+/// Tidemark), for `sample_rollups_stored`.
+#[derive(Clone, Default)]
+struct RawStore(Arc<Mutex<BTreeMap<Key, f64>>>);
 
-/// Minutes, hours from `rollup_rollups`, hours from `rollups_from_store`, late counts.
+impl HotSink for RawStore {
+    fn append(&self, ss: &[Sample]) {
+        let mut m = self.0.lock().unwrap();
+        for s in ss {
+            m.insert((s.series, s.ts), s.value);
+        }
+    }
+    fn upsert_rollups(&self, _: &[Rollup]) {}
+}
+
+struct Run {
+    minutes: BTreeMap<Key, Rollup>,
+    /// Minutes from `sample_rollups_stored` (samples read back from the raw store).
+    stored_minutes: BTreeMap<Key, Rollup>,
+    hours: BTreeMap<Key, Rollup>,
+    /// Hours from `rollups_from_store`.
+    stored_hours: BTreeMap<Key, Rollup>,
+    late: LateStats,
+}
+
 fn run(records: Vec<Vec<Sample>>, workers: usize) -> Run {
     let records = Arc::new(records);
     let (tx_m, rx_m) = mpsc::channel();
+    let (tx_r, rx_r) = mpsc::channel();
     let (tx_h, rx_h) = mpsc::channel();
     let (tx_s, rx_s) = mpsc::channel();
     let (tx_l, rx_l) = mpsc::channel();
-    let senders = Arc::new(Mutex::new((tx_m, tx_h, tx_s, tx_l)));
+    let senders = Arc::new(Mutex::new((tx_m, tx_r, tx_h, tx_s, tx_l)));
     let store = Store::default();
+    let raw = RawStore::default();
     timely::execute(timely::Config::process(workers), move |worker| {
-        let (tx_m, tx_h, tx_s, tx_l) = senders.lock().unwrap().clone();
+        let (tx_m, tx_r, tx_h, tx_s, tx_l) = senders.lock().unwrap().clone();
         let store = store.clone();
+        let raw = raw.clone();
         let records = Arc::clone(&records);
         worker.dataflow::<u64, _, _>(move |scope| {
             let cfg = WatermarkConfig {
@@ -207,6 +230,25 @@ fn run(records: Vec<Vec<Sample>>, workers: usize) -> Run {
                 index,
                 peers,
             });
+            let read_raw = raw.clone();
+            let read_raw: SampleStore = Arc::new(move |series, from, to, out| {
+                let m = read_raw.0.lock().unwrap();
+                out.extend(
+                    m.range((series, from)..=(series, to))
+                        .map(|(k, v)| (k.1, *v)),
+                );
+            });
+            let no_seed = timely::dataflow::operators::generic::operator::empty(scope);
+            let (raw_minutes, _, _) = sample_rollups_stored(
+                samples.clone(),
+                no_seed,
+                60_000,
+                LATENESS,
+                i64::MIN,
+                raw,
+                read_raw,
+            );
+            raw_minutes.capture_into(tx_r);
             let (minutes, late) = tumbling_rollups(samples, 60_000, LATENESS);
             let (hours, _) = rollup_rollups(minutes.clone(), 3_600_000, LATENESS);
             let read = store.clone();
@@ -245,7 +287,13 @@ fn run(records: Vec<Vec<Sample>>, workers: usize) -> Run {
             }
         }
     }
-    (upserts(rx_m), upserts(rx_h), upserts(rx_s), stats)
+    Run {
+        minutes: upserts(rx_m),
+        stored_minutes: upserts(rx_r),
+        hours: upserts(rx_h),
+        stored_hours: upserts(rx_s),
+        late: stats,
+    }
 }
 
 fn close(a: &Rollup, b: &Rollup) -> bool {
@@ -281,19 +329,23 @@ fn rollups_match_the_oracle_at_any_worker_count() {
             "seed {seed} puts samples on minute boundaries"
         );
         for workers in [1, 3] {
-            let (got_m, got_h, got_s, stats) = run(recs.clone(), workers);
-            assert_eq!(stats, want_stats, "seed {seed}, {workers} workers");
-            assert_eq!(
-                got_m.keys().collect::<Vec<_>>(),
-                want_m.keys().collect::<Vec<_>>(),
-                "seed {seed}, {workers} workers"
-            );
-            for (k, w) in &want_m {
-                assert!(
-                    close(&got_m[k], w),
-                    "seed {seed}, {workers} workers, minute {k:?}: {:?} vs {w:?}",
-                    got_m[k]
+            let got = run(recs.clone(), workers);
+            let (got_h, got_s) = (&got.hours, &got.stored_hours);
+            assert_eq!(got.late, want_stats, "seed {seed}, {workers} workers");
+            // Minutes from windows holding their samples, and read back from a raw store.
+            for (what, got_m) in [("held", &got.minutes), ("stored", &got.stored_minutes)] {
+                assert_eq!(
+                    got_m.keys().collect::<Vec<_>>(),
+                    want_m.keys().collect::<Vec<_>>(),
+                    "seed {seed}, {workers} workers, {what}"
                 );
+                for (k, w) in &want_m {
+                    assert!(
+                        close(&got_m[k], w),
+                        "seed {seed}, {workers} workers, {what} minute {k:?}: {:?} vs {w:?}",
+                        got_m[k]
+                    );
+                }
             }
             // Hours are combined from the minutes that were kept; compare with the oracle at 1 h.
             assert_eq!(got_h.len(), want_h.len(), "seed {seed}, {workers} workers");
