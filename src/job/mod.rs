@@ -74,6 +74,9 @@ pub fn samples_of(hot: &Arc<HotIndex>) -> SampleStore {
 /// from the rollups as too late the first time included, and what they were written over is
 /// gone: the windows hold their samples instead ([`tumbling_rollups_seeded`] beside a separate
 /// sink, 300-340 bytes a series at 1 M series against about 30), until the next start.
+/// (Not covered: two jobs of one worker process over the same series. The first job's
+/// windows read back what the second wrote, which is the same samples unless the two judge
+/// lateness differently.)
 /// Windows `(start, start + width]` from `rollups_from` on hold the samples after it: one
 /// exactly on the boundary ends the window before.
 pub fn minute_windows<'s, S: HotSink + 'static>(
