@@ -631,3 +631,76 @@ fn queries_across_hot_and_every_cold_tier_match_answers_from_raw_data() {
     }
     assert!(rows("raw") > raw_before, "raw tier read");
 }
+
+#[test]
+fn a_restart_re_reads_a_buffered_correction_and_skips_the_records_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{CONFIG}[checkpoint]\ninterval = \"1s\"\n");
+    let mut t = Tidemark::start(dir.path(), &config, 2);
+    let midnight = now_ms().div_euclid(DAY) * DAY;
+    let base = midnight - 3 * HOUR;
+    let all = pushes(base);
+    // 21:00 to 22:20, then 22:20 to 22:23:15: the 21:00 hour seals (at 22:01), and the
+    // watermark stops inside the 5-minute correction window 22:20-22:25.
+    let lines: Vec<&str> = all[8].lines().collect();
+    let part = |a: usize, b: usize| lines[a..b].join("\n") + "\n";
+    for body in &all[..8] {
+        push(&t, body);
+    }
+    push(&t, &part(0, 800));
+    let raw_21 = t.data_dir.join("cold");
+    t.eventually("the 21:00 raw partition sealed", || {
+        files(&raw_21)
+            .iter()
+            .any(|f| f.starts_with("tier=raw/") && f.contains("/hour=21/"))
+            .then_some(())
+    });
+    // A correction for the sealed hour: buffered until its correction window ends.
+    push(&t, &format!("mem,host=h3 value=-1 {}\n", base + 15_000));
+    // Records after it, all of whose samples are in the open 22:00 hour.
+    push(&t, &part(800, 1000));
+    let records = 8 + 3;
+    t.eventually("a checkpoint after the correction", || {
+        (t.metric("tidemark_checkpoint_last_log_offset") >= records as f64).then_some(())
+    });
+    // Killed before the correction window ended: the correction is only in the log.
+    assert!(!files(&raw_21)
+        .iter()
+        .any(|f| f.contains("/hour=21/") && f.contains("-c")));
+    t.kill();
+    t.spawn();
+    // The restart read the log again from before the correction, for the raw tier only, and
+    // decoded only the record that holds samples of a sealed partition.
+    let (decoded, skipped) = t.eventually("the cold replay", || {
+        let log = std::fs::read_to_string(&t.log_path).unwrap_or_default();
+        let done: Vec<(u64, u64)> = log
+            .lines()
+            .filter_map(|l| {
+                let r = l.split("cold replay done: ").nth(1)?;
+                let mut w = r.split_whitespace();
+                let d = w.next()?.parse().ok()?;
+                let s = w.nth(2)?.parse().ok()?;
+                Some((d, s))
+            })
+            .collect();
+        (!done.is_empty()).then(|| done.iter().fold((0, 0), |(a, b), (d, s)| (a + d, b + s)))
+    });
+    assert!(
+        decoded >= 1 && skipped >= 1,
+        "{decoded} decoded, {skipped} skipped"
+    );
+    // The rest of the day: the correction window ends, and the correction is written.
+    push(&t, &part(1000, lines.len()));
+    for body in &all[9..] {
+        push(&t, body);
+    }
+    push(&t, &flush_after(midnight));
+    let raw = format!(
+        "read_parquet('{}/tier=raw/**/*.parquet', hive_partitioning=1)",
+        raw_21.display()
+    );
+    t.eventually("the correction in the raw tier", || {
+        let r = duckdb::query(&format!("SELECT count(*) FROM {raw} WHERE value < 0"));
+        (num(&r[0][0]) as i64 == 1).then_some(())
+    });
+}

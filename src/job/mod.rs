@@ -193,6 +193,14 @@ struct LogSource {
     /// restart (see [`StartAt::cold_replay`]), which stops at `until`.
     main: bool,
     until: u64,
+    /// Records are decoded only when their earliest sample is before this (the cold replay:
+    /// the end of the raw tier's sealed partitions; a record after it holds no correction to
+    /// re-send, only rows of open partitions, which the seed marks). Others are skipped by
+    /// their header, which still advances the watermark.
+    load_before: i64,
+    /// Records decoded and records skipped by [`LogSource::load_before`] (said at the end of
+    /// a cold replay).
+    counts: (u64, u64),
 }
 
 impl LogSource {
@@ -215,6 +223,17 @@ impl LogSource {
             cutting: false,
             main,
             until,
+            load_before: i64::MAX,
+            counts: (0, 0),
+        }
+    }
+
+    /// Decodes only records whose earliest sample is before `t` (see
+    /// [`LogSource::load_before`]).
+    fn load_before(self, t: i64) -> Self {
+        LogSource {
+            load_before: t,
+            ..self
         }
     }
 }
@@ -226,6 +245,13 @@ impl BatchSource for LogSource {
         }
         if !self.main {
             if self.reader.position() >= self.until {
+                if self.counts != (0, 0) {
+                    eprintln!(
+                        "tidemark: worker {}: cold replay done: {} records decoded, {} skipped (all their samples after the sealed raw partitions)",
+                        self.index, self.counts.0, self.counts.1
+                    );
+                    self.counts = (0, 0);
+                }
                 return Poll::Done;
             }
         } else {
@@ -264,8 +290,17 @@ impl BatchSource for LogSource {
             }
         }
         let (index, peers) = (self.index as u64, self.peers as u64);
-        match self.reader.next_record(|off| off % peers == index) {
+        let before = self.load_before;
+        let want = |off: u64, min_ts: i64, _| off % peers == index && min_ts < before;
+        match self.reader.next_record_if(want) {
             Ok(Some(rec)) => {
+                if !self.main && rec.offset % peers == index {
+                    if rec.payload.is_empty() && rec.kind == RecordKind::Batch {
+                        self.counts.1 += 1;
+                    } else {
+                        self.counts.0 += 1;
+                    }
+                }
                 let mut samples = Vec::new();
                 if rec.kind == RecordKind::Batch && !rec.payload.is_empty() {
                     let hot = &self.hot;
@@ -567,6 +602,15 @@ impl Job {
             }),
             cold: cold.is_some(),
         });
+        // The cold replay re-sends the raw tier's buffered corrections: rows of partitions
+        // its writers had sealed. Records whose samples all come after those need no decoding.
+        let replay_before = match (&cold_replay, &cold) {
+            (Some(_), Some(store)) => {
+                crate::store::cold::writer::sealed_through_tier(store, UP_JOB, Tier::Raw)
+                    .unwrap_or(i64::MAX)
+            }
+            _ => i64::MAX,
+        };
         let (s, p) = (Arc::clone(&stop), Arc::clone(&progress));
         let guards = timely::execute(config, move |worker| {
             let (stop, progress, hot, metrics, log, cold, rules) = (
@@ -622,6 +666,7 @@ impl Job {
                         watermark_source(scope, "LogColdReplay", cfg, move |index, peers| {
                             let reader = replay_log.reader(from).expect("open the log for reading");
                             LogSource::new(reader, index, peers, (h, pr, st), false, start_offset)
+                                .load_before(replay_before)
                         });
                     samples_for_cold = samples_for_cold.concat(replayed.exchange(by_series));
                 }

@@ -578,6 +578,15 @@ impl LogReader {
         &mut self,
         want: impl FnOnce(u64) -> bool,
     ) -> Result<Option<Record>, LogError> {
+        self.next_record_if(|offset, _, _| want(offset))
+    }
+
+    /// [`LogReader::next_record`], with `want(offset, min_ts, max_ts)` given the record's time
+    /// range from its header, read before the payload.
+    pub fn next_record_if(
+        &mut self,
+        want: impl FnOnce(u64, i64, i64) -> bool,
+    ) -> Result<Option<Record>, LogError> {
         if self.next >= self.log.end_offset() {
             return Ok(None);
         }
@@ -603,7 +612,6 @@ impl LogReader {
         }
         let path = self.seg.as_ref().map(|c| c.1.clone()).unwrap_or_default();
         let offset = self.next;
-        let load = want(offset);
         let file = self.file.as_mut().expect("open segment");
         // Read the header first; then either the payload or a skip.
         let mut h = [0u8; HEADER_LEN];
@@ -617,7 +625,7 @@ impl LogReader {
         } else {
             RecordKind::Batch
         };
-        let payload = if load {
+        let payload = if want(offset, min_ts, max_ts) {
             self.buf.resize(len, 0);
             file.read_exact(&mut self.buf).map_err(io_err(&path))?;
             let mut hasher = crc32fast::Hasher::new();

@@ -111,6 +111,29 @@ pub fn sealed_through_all(store: &ColdStore, job: &str) -> i64 {
     min.unwrap_or(i64::MIN)
 }
 
+/// The lowest `sealed_through` over the checkpoints of a job's writers of one tier; `None` when
+/// there is none or one cannot be read (a caller must then assume nothing is sealed).
+pub fn sealed_through_tier(store: &ColdStore, job: &str, tier: Tier) -> Option<i64> {
+    let list = store.list("_tidemark/checkpoints").ok()?;
+    let (prefix, suffix) = (format!("{job}-w"), format!("-{}.json", tier.name()));
+    let mut min = None::<i64>;
+    for meta in list {
+        let path = meta.location.to_string();
+        let name = path.rsplit('/').next().unwrap_or_default();
+        if !name.starts_with(&prefix) || !name.ends_with(&suffix) {
+            continue;
+        }
+        let v = store
+            .get_bytes(&path)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["sealed_through"].as_i64())?;
+        min = Some(min.map_or(v, |m: i64| m.min(v)));
+    }
+    min
+}
+
 struct Buffer<R> {
     rows: Vec<R>,
     /// The earliest time rows were accepted at: what the sink's capability must hold.
