@@ -85,53 +85,47 @@ pub fn checkpoint_path(job: &str, worker: usize, tier: Tier) -> String {
     format!("_tidemark/checkpoints/{job}-w{worker}-{}.json", tier.name())
 }
 
+/// The `sealed_through` marks of a job's writer checkpoints whose file name ends with
+/// `suffix` (`None` for one that cannot be read); `None` when the store cannot be listed.
+fn sealed_marks(store: &ColdStore, job: &str, suffix: &str) -> Option<Vec<Option<i64>>> {
+    let list = store.list("_tidemark/checkpoints").ok()?;
+    let prefix = format!("{job}-w");
+    let marks = list
+        .into_iter()
+        .map(|meta| meta.location.to_string())
+        .filter(|path| {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            name.starts_with(&prefix) && name.ends_with(suffix)
+        })
+        .map(|path| {
+            store
+                .get_bytes(&path)
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["sealed_through"].as_i64())
+        })
+        .collect();
+    Some(marks)
+}
+
 /// The lowest `sealed_through` over a job's writer checkpoints (`i64::MIN` when there is none
 /// or the store cannot be read): log data older than this is in files.
 pub fn sealed_through_all(store: &ColdStore, job: &str) -> i64 {
-    let Ok(list) = store.list("_tidemark/checkpoints") else {
-        return i64::MIN;
-    };
-    let prefix = format!("{job}-w");
-    let mut min = None::<i64>;
-    for meta in list {
-        let path = meta.location.to_string();
-        let name = path.rsplit('/').next().unwrap_or_default();
-        if !name.starts_with(&prefix) {
-            continue;
-        }
-        let v = store
-            .get_bytes(&path)
-            .ok()
-            .flatten()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["sealed_through"].as_i64())
-            .unwrap_or(i64::MIN);
-        min = Some(min.map_or(v, |m: i64| m.min(v)));
-    }
-    min.unwrap_or(i64::MIN)
+    sealed_marks(store, job, ".json")
+        .and_then(|m| m.into_iter().map(|v| v.unwrap_or(i64::MIN)).min())
+        .unwrap_or(i64::MIN)
 }
 
 /// The lowest `sealed_through` over the checkpoints of a job's writers of one tier; `None` when
 /// there is none or one cannot be read (a caller must then assume nothing is sealed).
 pub fn sealed_through_tier(store: &ColdStore, job: &str, tier: Tier) -> Option<i64> {
-    let list = store.list("_tidemark/checkpoints").ok()?;
-    let (prefix, suffix) = (format!("{job}-w"), format!("-{}.json", tier.name()));
-    let mut min = None::<i64>;
-    for meta in list {
-        let path = meta.location.to_string();
-        let name = path.rsplit('/').next().unwrap_or_default();
-        if !name.starts_with(&prefix) || !name.ends_with(&suffix) {
-            continue;
-        }
-        let v = store
-            .get_bytes(&path)
-            .ok()
-            .flatten()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["sealed_through"].as_i64())?;
-        min = Some(min.map_or(v, |m: i64| m.min(v)));
-    }
-    min
+    let marks = sealed_marks(store, job, &format!("-{}.json", tier.name()))?;
+    marks
+        .into_iter()
+        .collect::<Option<Vec<i64>>>()?
+        .into_iter()
+        .min()
 }
 
 struct Buffer<R> {
