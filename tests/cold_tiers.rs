@@ -664,9 +664,14 @@ fn a_restart_re_reads_a_buffered_correction_and_skips_the_records_after_it() {
         (t.metric("tidemark_checkpoint_last_log_offset") >= records as f64).then_some(())
     });
     // Killed before the correction window ended: the correction is only in the log.
-    assert!(!files(&raw_21)
-        .iter()
-        .any(|f| f.contains("/hour=21/") && f.contains("-c")));
+    let correction_file = |f: &String| {
+        f.starts_with("tier=raw/")
+            && f.contains("/hour=21/")
+            && f.rsplit('-')
+                .next()
+                .is_some_and(|kind| kind.starts_with('c'))
+    };
+    assert!(!files(&raw_21).iter().any(correction_file));
     t.kill();
     t.spawn();
     // The restart read the log again from before the correction, for the raw tier only, and
@@ -703,4 +708,6 @@ fn a_restart_re_reads_a_buffered_correction_and_skips_the_records_after_it() {
         let r = duckdb::query(&format!("SELECT count(*) FROM {raw} WHERE value < 0"));
         (num(&r[0][0]) as i64 == 1).then_some(())
     });
+    // It came as a correction file of the sealed hour, written after the restart.
+    assert!(files(&raw_21).iter().any(correction_file));
 }
