@@ -6,7 +6,6 @@
 mod fleet;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tidemark::model::Labels;
@@ -20,7 +19,7 @@ struct Fleet {
     samples: Vec<Sample>,
     minutes: Vec<Rollup>,
     hours: Vec<Rollup>,
-    labels: HashMap<u64, Arc<Labels>>,
+    labels: HashMap<u64, Labels>,
 }
 
 fn fleet() -> Fleet {
@@ -41,7 +40,7 @@ fn fleet() -> Fleet {
             ("env", host.env),
         ]);
         let id = l.series_id();
-        f.labels.insert(id, Arc::new(l));
+        f.labels.insert(id, l);
         f.samples.extend(pts.iter().map(|&(ts, value)| Sample {
             series: id,
             ts,

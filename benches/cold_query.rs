@@ -29,7 +29,7 @@ const HOSTS: usize = 2500;
 /// 2026-11-01T00:00:00Z.
 const START: i64 = 1_793_491_200_000;
 
-fn labels(hosts: &[fleet::Host]) -> (Vec<[u64; 4]>, HashMap<u64, Arc<Labels>>) {
+fn labels(hosts: &[fleet::Host]) -> (Vec<[u64; 4]>, HashMap<u64, Labels>) {
     let mut ids = Vec::new();
     let mut names = HashMap::new();
     for h in hosts {
@@ -42,7 +42,7 @@ fn labels(hosts: &[fleet::Host]) -> (Vec<[u64; 4]>, HashMap<u64, Arc<Labels>>) {
                 ("env", h.env),
             ]);
             *id = l.series_id();
-            names.insert(*id, Arc::new(l));
+            names.insert(*id, l);
         }
         ids.push(row);
     }
@@ -85,7 +85,7 @@ fn write(
     tier: Tier,
     start: i64,
     mut rows: Vec<Rollup>,
-    names: &HashMap<u64, Arc<Labels>>,
+    names: &HashMap<u64, Labels>,
 ) {
     let order = sort_dedup(&mut rows, &|id| names.get(&id).cloned()).expect("labels");
     let path = tier.partition(start).file("bench", 0, FileKind::Main);

@@ -153,12 +153,7 @@ fn incremental_run(
     let by_id: Arc<HashMap<u64, Shared>> = Arc::new(
         labels
             .iter()
-            .map(|(id, l)| {
-                (
-                    *id,
-                    Arc::new(Labels::from_pairs(l.iter().cloned())) as Shared,
-                )
-            })
+            .map(|(id, l)| (*id, Labels::from_pairs(l.iter().cloned()).shared()))
             .collect(),
     );
     let labels = Arc::clone(labels);

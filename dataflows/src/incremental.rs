@@ -20,7 +20,7 @@
 //! Whatever the plans cannot express is evaluated by the query engine at the same ticks (the
 //! binary decides per rule).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use crate::memory::{hash_slot, Component, Reported};
 use crate::packed::SampleRun;
@@ -36,7 +36,7 @@ use timely::dataflow::Stream;
 use crate::rules::{ticks_between, TickConfig};
 use crate::sink::Done;
 use crate::types::canonical_pairs;
-use crate::types::STALE_NAN_BITS;
+use crate::types::{IdMap, IdSet, STALE_NAN_BITS};
 use crate::Sample;
 
 /// Sorted `(name, value)` label pairs, `__name__` included when the series has one.
@@ -51,11 +51,11 @@ pub type Lookup = Arc<dyn Fn(u64) -> Option<SharedLabels> + Send + Sync>;
 
 /// A series' label set as the store keeps it (shared, not copied per lookup), in the canonical
 /// encoding ([`crate::types::canonical_pairs`]).
-pub type SharedLabels = Arc<dyn AsRef<[u8]> + Send + Sync>;
+pub type SharedLabels = Arc<[u8]>;
 
 /// The owned pairs of a shared label set.
 fn owned_pairs(labels: &SharedLabels) -> LabelPairs {
-    canonical_pairs((**labels).as_ref())
+    canonical_pairs(labels)
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
@@ -646,12 +646,12 @@ pub fn leaf_values<'s>(
                 // Boxed: a slot is 16 bytes instead of 128, and the table's power-of-two slack
                 // (a load between 44 % and 87 %) costs that per empty slot (27 MB at 250,000
                 // counters).
-                let mut series: HashMap<u64, Box<SeriesState>> = HashMap::new();
+                let mut series: IdMap<Box<SeriesState>> = IdMap::default();
                 // Series no leaf reads, with their newest sample time: remembered (16 bytes
                 // each instead of a `SeriesState`) until idle for longer than any window, so a
                 // series is matched once, not per sample.
-                let mut ignored: HashMap<u64, i64> = HashMap::new();
-                let mut unresolved: HashSet<u64> = HashSet::new();
+                let mut ignored: IdMap<i64> = IdMap::default();
+                let mut unresolved: IdSet = IdSet::default();
                 // Which series to evaluate at which tick: only those whose values can have
                 // changed, so a tick costs the changes, not the series count.
                 let mut due: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
@@ -1059,7 +1059,7 @@ pub fn rule_results<'s>(
         let Some(labels) = lookup(series) else {
             return out;
         };
-        let labels: &[u8] = (*labels).as_ref();
+        let labels: &[u8] = &labels;
         let windowed =
             p.leaves[leaf as usize].window.is_some() && !p.leaves[leaf as usize].keeps_name;
         for &bid in bids {
@@ -1434,7 +1434,7 @@ mod tests {
         let out = timely::execute_directly(move |worker| {
             let (mut input, probe, out) = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, samples) = scope.new_input::<Vec<Sample>>();
-                let lookup: Lookup = Arc::new(|_| Some(Arc::new(Vec::<u8>::new()) as SharedLabels));
+                let lookup: Lookup = Arc::new(|_| Some(SharedLabels::from(Vec::<u8>::new())));
                 let v = leaf_values(samples, plans, lookup, TickConfig::default(), Some(0));
                 let (probe, v) = v.inner.probe();
                 (input, probe, v.capture())

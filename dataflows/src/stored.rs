@@ -16,7 +16,7 @@
 //!   holds when it reads: every sample it was sent, including those it dropped from the rollups
 //!   as later than the allowed lateness, whose earlier state it notes before writing them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use timely::container::CapacityContainerBuilder;
@@ -29,7 +29,7 @@ use timely::dataflow::Stream;
 
 use crate::memory::{hash_slot, Component, Reported};
 use crate::sink::{Done, HotSink};
-use crate::types::{LateStats, Rollup, Sample, STALE_NAN_BITS};
+use crate::types::{IdMap, IdSet, LateStats, Rollup, Sample, STALE_NAN_BITS};
 use crate::window::{admit, batch_time, passed, Windowed, EMIT_PER_ACTIVATION};
 
 /// Reads the finer rollups of one series whose window starts in `[start, end)` from where a
@@ -45,7 +45,7 @@ pub type SampleStore = Arc<dyn Fn(u64, i64, i64, &mut Vec<(i64, f64)>) + Send + 
 struct StoreWindow {
     cap: Capability<u64>,
     /// The series seen before the emission began (taken by it).
-    series: HashSet<u64>,
+    series: IdSet,
     /// Set when the emission begins: records after that mark their series dirty.
     emitted: bool,
     /// While the emission is under way: the series to emit, sorted, and how many went out
@@ -53,7 +53,7 @@ struct StoreWindow {
     emitting: Option<(Box<[u64]>, usize)>,
     /// Series a record corrected after the window was emitted, with the latest time such a
     /// record was sent at (re-emitted once the store holds it).
-    dirty: HashMap<u64, u64>,
+    dirty: IdMap<u64>,
 }
 
 /// The windows of one operator, by start.
@@ -98,10 +98,10 @@ impl StoreWindows {
         let ended = u64::try_from(start.saturating_add(self.width)).is_ok_and(|end| end < t);
         let w = self.open.entry(start).or_insert_with(|| StoreWindow {
             cap: cap.clone(),
-            series: HashSet::new(),
+            series: IdSet::default(),
             emitted: seeded && ended,
             emitting: None,
-            dirty: HashMap::new(),
+            dirty: IdMap::default(),
         });
         if seeded && ended {
             return;
@@ -392,7 +392,7 @@ pub fn rollups_from_store<'s>(
 
 /// What the store held for a time of a series before a sample too late for its window was
 /// written over it (`None`: nothing), by window start and series.
-type Overrides = BTreeMap<i64, HashMap<u64, Vec<(i64, Option<f64>)>>>;
+type Overrides = BTreeMap<i64, IdMap<Vec<(i64, Option<f64>)>>>;
 
 /// 1-minute (or any width) rollups of raw samples, with the raw sink inside: each batch of
 /// `samples` is appended to `sink` as it comes (every sample, staleness markers and samples

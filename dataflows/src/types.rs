@@ -199,3 +199,27 @@ impl<'a> Iterator for CanonicalPairs<'a> {
         Some(pair)
     }
 }
+
+/// A `Hasher` for keys that are already good 64-bit hashes (series ids are xxh3 of their
+/// labels): it passes them through. The operators' per-series tables used SipHash before.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A `HashMap` keyed by series id without rehashing.
+pub type IdMap<V> = std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+/// A `HashSet` of series ids without rehashing.
+pub type IdSet = std::collections::HashSet<u64, std::hash::BuildHasherDefault<IdHasher>>;

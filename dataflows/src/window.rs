@@ -1,7 +1,7 @@
 //! Tumbling windows closed by the frontier, with allowed lateness and corrected re-emission.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -16,7 +16,7 @@ use timely::progress::frontier::MutableAntichain;
 use crate::memory::{hash_slot, Component, Reported};
 use crate::packed::{decode_samples, SampleRun};
 pub use crate::stored::{rollups_from_store, RollupStore};
-use crate::types::{LateStats, Rollup, Sample, STALE_NAN_BITS};
+use crate::types::{IdMap, IdSet, LateStats, Rollup, Sample, STALE_NAN_BITS};
 
 /// A record a window can place: its series, event time and window.
 pub trait Windowed: Clone + 'static {
@@ -238,7 +238,7 @@ struct Window<A> {
     cap: Capability<u64>,
     /// Per series state: every series while the window is open; once it was emitted, those
     /// a correction thawed (the rest are in `frozen`).
-    series: HashMap<u64, A>,
+    series: IdMap<A>,
     frozen: Frozen,
     emitted: bool,
     /// Opened by a seed record for a window that ended before the seed's time: its rollups
@@ -248,7 +248,7 @@ struct Window<A> {
     /// While the first emission is under way: the series to emit, sorted, and how many of
     /// them went out (see [`EMIT_PER_ACTIVATION`]).
     emitting: Option<(Box<[u64]>, usize)>,
-    dirty: HashSet<u64>,
+    dirty: IdSet,
     /// Estimated bytes held (see [`crate::memory`]).
     bytes: i64,
 }
@@ -293,7 +293,7 @@ struct Frozen {
 impl Frozen {
     /// Moves the series whose state [`Accumulator::frozen`] gives out of `series`; `None` when
     /// there is nothing to freeze or the bytes would not fit `u32` offsets.
-    fn build<A: Accumulator<D>, D>(series: &mut HashMap<u64, A>) -> Option<Frozen> {
+    fn build<A: Accumulator<D>, D>(series: &mut IdMap<A>) -> Option<Frozen> {
         let mut ids: Vec<u64> = series
             .iter()
             .filter_map(|(&id, a)| a.frozen().map(|_| id))
@@ -528,14 +528,14 @@ where
                         let start = d.window_start(width);
                         let w = open.entry(start).or_insert_with(|| Window {
                             cap: cap.clone(),
-                            series: HashMap::new(),
+                            series: IdMap::default(),
                             frozen: Frozen::default(),
                             emitted: false,
                             silent: seeded
                                 && u64::try_from(start.saturating_add(width))
                                     .is_ok_and(|end| end < *cap.time()),
                             emitting: None,
-                            dirty: HashSet::new(),
+                            dirty: IdSet::default(),
                             bytes: 0,
                         });
                         let changed = if seeded {

@@ -495,7 +495,7 @@ mod tests {
                 let lookup: tidemark_dataflows::incremental::Lookup = Arc::new(move |id| {
                     labels
                         .get(id as usize)
-                        .map(|l| Arc::new(crate::model::Labels::from_pairs(l.iter().cloned())) as _)
+                        .map(|l| crate::model::Labels::from_pairs(l.iter().cloned()).shared())
                 });
                 let leaves = leaf_values(
                     stream,

@@ -761,7 +761,7 @@ fn start_job(
         let defs = defs.exchange(|d: &(u64, Vec<u8>)| d.0);
         let inc_done = inc.map(|(plans, store)| {
             let h = Arc::clone(&hot);
-            let lookup: Lookup = Arc::new(move |id| h.catalog.labels(id).map(|l| l as _));
+            let lookup: Lookup = Arc::new(move |id| h.catalog.labels(id).map(|l| l.shared()));
             // The evaluator's worker resumes after its last tick; the others start where
             // their frontier is (the store knows from which tick all of them are complete).
             let resume = store.as_ref().and_then(|(_, r)| *r);

@@ -674,7 +674,7 @@ impl Job {
                     (Some((plans, store, resume)), Some(r)) => {
                         let h = Arc::clone(&hot);
                         let lookup: Lookup =
-                            Arc::new(move |id| h.catalog.labels(id).map(|l| l as _));
+                            Arc::new(move |id| h.catalog.labels(id).map(|l| l.shared()));
                         let leaves = leaf_values(
                             samples
                                 .clone()

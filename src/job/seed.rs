@@ -84,7 +84,7 @@ impl SeedPlan {
         let from_w = s.saturating_sub(MINUTE_MS);
         let from_r = self.rules.as_ref().and_then(|(span, matches)| {
             let labels = hot.catalog.labels(id)?;
-            matches(&labels.as_ref().clone().into_pairs())
+            matches(&labels.clone().into_pairs())
                 .then(|| s.saturating_sub(*span).saturating_sub(MINUTE_MS))
         });
         pts.clear();

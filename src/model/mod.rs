@@ -26,25 +26,5 @@ pub fn is_stale_nan(v: f64) -> bool {
     v.to_bits() == STALE_NAN_BITS
 }
 
-/// A `Hasher` for keys that are already good 64-bit hashes (series ids): it passes them through.
-#[derive(Default, Clone, Copy)]
-pub struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// A `HashMap` keyed by series id without rehashing.
-pub type IdMap<V> = std::collections::HashMap<SeriesId, V, std::hash::BuildHasherDefault<IdHasher>>;
-/// A `HashSet` of series ids without rehashing.
-pub type IdSet = std::collections::HashSet<SeriesId, std::hash::BuildHasherDefault<IdHasher>>;
+/// Tables keyed by series id without rehashing (ids are already hashes).
+pub use tidemark_dataflows::types::{IdHasher, IdMap, IdSet};

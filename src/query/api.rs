@@ -59,10 +59,7 @@ impl Storage for HotIndex {
             let mut samples = Vec::new();
             self.samples(id, start, end, &mut samples);
             if !samples.is_empty() {
-                out.push(Series {
-                    labels: (*labels).clone(),
-                    samples,
-                });
+                out.push(Series { labels, samples });
             }
         }
         out
@@ -404,7 +401,7 @@ fn selected(state: &QueryState, sets: &[Vec<Matcher>], start: i64, end: i64) -> 
                 }
             }
             if let Some(l) = state.hot.catalog.labels(id) {
-                out.push((*l).clone());
+                out.push(l);
             }
         }
     }
@@ -526,7 +523,7 @@ pub async fn rollups(State(s): State<Arc<QueryState>>, RawQuery(q): RawQuery) ->
             Resolution::OneHour => s.hot.min_valid_ts(),
         };
         // By series: labels and rows by window start.
-        let mut by_series: BTreeMap<u64, (Arc<Labels>, BTreeMap<i64, Rollup>)> = BTreeMap::new();
+        let mut by_series: BTreeMap<u64, (Labels, BTreeMap<i64, Rollup>)> = BTreeMap::new();
         for ms in &sel.sets {
             if let (Some(cold), true) = (&s.cold, sel.start < hot_from) {
                 let rows = cold
@@ -535,7 +532,7 @@ pub async fn rollups(State(s): State<Arc<QueryState>>, RawQuery(q): RawQuery) ->
                 for (id, cs) in rows {
                     let e = by_series
                         .entry(id)
-                        .or_insert_with(|| (Arc::new(cs.labels.clone()), BTreeMap::new()));
+                        .or_insert_with(|| (cs.labels.clone(), BTreeMap::new()));
                     e.1.extend(cs.rollups.into_iter().map(|r| (r.start, r)));
                 }
             }

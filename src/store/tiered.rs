@@ -441,8 +441,7 @@ mod tests {
                     .push(r);
             }
             for (start, mut rows) in by {
-                let order =
-                    sort_dedup(&mut rows, &|id| names.get(&id).cloned().map(Into::into)).unwrap();
+                let order = sort_dedup(&mut rows, &|id| names.get(&id).cloned()).unwrap();
                 let path = tier.partition(start).file("t", 0, FileKind::Main);
                 store
                     .write_file(&path, tier, &R::into_rows(rows), &order)

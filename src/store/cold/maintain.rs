@@ -160,20 +160,24 @@ fn compact_in_memory(
         Tier::Raw => {
             let (mut rows, labels) =
                 merge::<Sample>(store, p.tier, files, |d| std::mem::take(&mut d.samples))?;
-            let order = sort_dedup(&mut rows, &|id| labels.get(&id).cloned().map(Into::into))
-                .map_err(|source| ColdError::Parquet {
-                    path: out.to_string(),
-                    source,
+            let order =
+                sort_dedup(&mut rows, &|id| labels.get(&id).cloned()).map_err(|source| {
+                    ColdError::Parquet {
+                        path: out.to_string(),
+                        source,
+                    }
                 })?;
             write(Sample::into_rows(rows), order)?;
         }
         Tier::Minute | Tier::Hour => {
             let (mut rows, labels) =
                 merge::<Rollup>(store, p.tier, files, |d| std::mem::take(&mut d.rollups))?;
-            let order = sort_dedup(&mut rows, &|id| labels.get(&id).cloned().map(Into::into))
-                .map_err(|source| ColdError::Parquet {
-                    path: out.to_string(),
-                    source,
+            let order =
+                sort_dedup(&mut rows, &|id| labels.get(&id).cloned()).map_err(|source| {
+                    ColdError::Parquet {
+                        path: out.to_string(),
+                        source,
+                    }
                 })?;
             write(Rollup::into_rows(rows), order)?;
         }
@@ -268,10 +272,10 @@ mod tests {
     fn put(store: &ColdStore, p: Partition, worker: usize, kind: FileKind, rows: Vec<Sample>) {
         let mut rows = rows;
         let order: SeriesOrder = sort_dedup(&mut rows, &|id| {
-            Some(Arc::new(Labels::from_pairs([
+            Some(Labels::from_pairs([
                 ("__name__", "cpu".to_string()),
                 ("host", format!("h{id}")),
-            ])))
+            ]))
         })
         .unwrap();
         store
@@ -299,12 +303,12 @@ mod tests {
 
     /// Labels for the streaming test: three metrics, so file order (metric, then id) is not
     /// id order.
-    fn labels_of(id: u64) -> Option<Arc<Labels>> {
+    fn labels_of(id: u64) -> Option<Labels> {
         let metric = ["mem", "cpu", "disk"][(id % 3) as usize];
-        Some(Arc::new(Labels::from_pairs([
+        Some(Labels::from_pairs([
             ("__name__", metric.to_string()),
             ("host", format!("h{id}")),
-        ])))
+        ]))
     }
 
     fn put_sorted(store: &ColdStore, path: &str, tier: Tier, mut rows: Vec<Sample>) {

@@ -201,13 +201,13 @@ pub enum ParquetError {
 }
 
 /// The series of a file in file order (by metric name, then id), with their labels.
-pub type SeriesOrder = Vec<(u64, Arc<Labels>)>;
+pub type SeriesOrder = Vec<(u64, Labels)>;
 
 /// Sorts `rows` into file order (metric, series_id, time), keeping the last of rows with equal
 /// series and time (the latest write); returns the series in that order.
 pub fn sort_dedup<R: ColdRow>(
     rows: &mut Vec<R>,
-    labels: &dyn Fn(u64) -> Option<Arc<Labels>>,
+    labels: &dyn Fn(u64) -> Option<Labels>,
 ) -> Result<SeriesOrder, ParquetError> {
     let mut ids: Vec<u64> = rows.iter().map(|r| r.series()).collect();
     ids.sort_unstable();
@@ -255,7 +255,7 @@ pub fn sort_dedup<R: ColdRow>(
 pub fn to_batch(
     tier: Tier,
     rows: &Rows,
-    order: &[(u64, Arc<Labels>)],
+    order: &[(u64, Labels)],
 ) -> Result<RecordBatch, ParquetError> {
     let n = rows.len();
     // Per series: its metric's dictionary key and its label map entry.

@@ -291,7 +291,7 @@ mod tests {
         let names: HashMap<u64, Labels> = (0..10)
             .map(|i| (labels(i).series_id(), labels(i)))
             .collect();
-        let order = sort_dedup(&mut rows, &|id| names.get(&id).cloned().map(Into::into)).unwrap();
+        let order = sort_dedup(&mut rows, &|id| names.get(&id).cloned()).unwrap();
         let p = Tier::Raw.partition(samples[0].1);
         store
             .write_file(

@@ -723,7 +723,7 @@ impl ColdStore {
                         .get(&id)
                         .cloned()
                         .unwrap_or_else(Labels::empty);
-                    order.push((id, Arc::new(labels)));
+                    order.push((id, labels));
                 }
                 buf.push(row);
                 // Every cursor at this key moves past it (the last one's row was taken).

@@ -36,7 +36,7 @@ use crate::model::{IdMap, IdSet, Labels};
 use crate::store::hot::{HotIndex, Resolution};
 
 /// Label lookup for series ids (the hot index's catalog).
-pub type LabelLookup = Arc<dyn Fn(u64) -> Option<Arc<Labels>> + Send + Sync>;
+pub type LabelLookup = Arc<dyn Fn(u64) -> Option<Labels> + Send + Sync>;
 
 /// Rows of one series with time in `[start, end)`, sorted by time, one per time (the hot
 /// index's samples or rollups of the tier's resolution), appended to the vector.
@@ -136,7 +136,7 @@ struct Buffer<R> {
     /// dropped a series by the time its partition is sealed). A series whose definition has
     /// not reached the catalog yet (it travels on another stream) is looked up again when the
     /// partition is written.
-    names: IdMap<Arc<Labels>>,
+    names: IdMap<Labels>,
 }
 
 impl<R: ColdRow> Buffer<R> {
@@ -162,7 +162,7 @@ impl<R: ColdRow> Buffer<R> {
 
     /// The rows to write and their labels: series still unknown are looked up once more, and
     /// rows of series the catalog never learned are left out; returns how many.
-    fn resolved(&self, labels: &LabelLookup) -> (Vec<R>, IdMap<Arc<Labels>>, u64) {
+    fn resolved(&self, labels: &LabelLookup) -> (Vec<R>, IdMap<Labels>, u64) {
         let mut names = self.names.clone();
         let mut unknown: IdMap<()> = IdMap::default();
         for r in &self.rows {
@@ -539,13 +539,13 @@ mod tests {
 
     fn labels() -> LabelLookup {
         Arc::new(|id| {
-            Some(Arc::new(Labels::from_pairs([
+            Some(Labels::from_pairs([
                 (
                     "__name__",
                     if id % 2 == 0 { "cpu" } else { "mem" }.to_string(),
                 ),
                 ("host", format!("h{id}")),
-            ])))
+            ]))
         })
     }
 

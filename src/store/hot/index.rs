@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use regex::Regex;
 
@@ -58,13 +58,110 @@ impl Matcher {
     }
 }
 
-type Postings = HashMap<String, HashMap<String, BTreeSet<SeriesId>>>;
+/// A 16-byte allocator header per allocation, in the estimates.
+const ALLOC: usize = 16;
+
+/// The series ids with one label pair, sorted. Most sets of a fleet are a host's few series
+/// (a boxed slice: 8 bytes an id); a metric's, a region's or a pool's are a B-tree.
+#[derive(Clone, Debug)]
+enum Posting {
+    Few(Box<[SeriesId]>),
+    Many(BTreeSet<SeriesId>),
+}
+
+/// Largest [`Posting::Few`].
+const FEW: usize = 16;
+
+impl Default for Posting {
+    fn default() -> Self {
+        Posting::Few(Box::default())
+    }
+}
+
+impl Posting {
+    fn insert(&mut self, id: SeriesId) {
+        match self {
+            Posting::Few(ids) => {
+                let Err(i) = ids.binary_search(&id) else {
+                    return;
+                };
+                if ids.len() < FEW {
+                    let mut v = std::mem::take(ids).into_vec();
+                    v.insert(i, id);
+                    *ids = v.into_boxed_slice();
+                } else {
+                    let mut set: BTreeSet<SeriesId> = ids.iter().copied().collect();
+                    set.insert(id);
+                    *self = Posting::Many(set);
+                }
+            }
+            Posting::Many(set) => {
+                set.insert(id);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: SeriesId) {
+        match self {
+            Posting::Few(ids) => {
+                if let Ok(i) = ids.binary_search(&id) {
+                    let mut v = std::mem::take(ids).into_vec();
+                    v.remove(i);
+                    *ids = v.into_boxed_slice();
+                }
+            }
+            Posting::Many(set) => {
+                set.remove(&id);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Posting::Few(ids) => ids.len(),
+            Posting::Many(set) => set.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn contains(&self, id: &SeriesId) -> bool {
+        match self {
+            Posting::Few(ids) => ids.binary_search(id).is_ok(),
+            Posting::Many(set) => set.contains(id),
+        }
+    }
+
+    /// The ids, ascending.
+    fn iter(&self) -> impl Iterator<Item = SeriesId> + '_ {
+        let (few, many) = match self {
+            Posting::Few(ids) => (Some(ids.iter().copied()), None),
+            Posting::Many(set) => (None, Some(set.iter().copied())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+
+    /// Estimated heap bytes: 8 bytes an id in a slice, about 13 in a B-tree.
+    fn memory(&self) -> i64 {
+        match self {
+            Posting::Few(ids) if ids.is_empty() => 0,
+            Posting::Few(ids) => (ids.len() * 8 + ALLOC) as i64,
+            Posting::Many(set) => set.len() as i64 * 13,
+        }
+    }
+}
+
+/// Label name -> value -> the series with that pair.
+type Postings = HashMap<Box<str>, HashMap<Box<str>, Posting>>;
 
 const SHARDS: usize = 16;
 
 /// Every series the hot tier knows, with its labels and the postings.
 pub struct Catalog {
-    shards: Box<[RwLock<IdMap<Arc<Labels>>>]>,
+    /// Per series its label set (shared with the lookups: [`Labels`] is behind an `Arc`).
+    shards: Box<[RwLock<IdMap<Labels>>]>,
     postings: RwLock<Postings>,
     count: AtomicUsize,
 }
@@ -132,7 +229,6 @@ impl Catalog {
 
     /// Registers a series unless known. Returns true when new.
     pub fn register(&self, id: SeriesId, labels: Labels) -> bool {
-        let labels = Arc::new(labels);
         {
             let mut s = self.shards[shard(id)]
                 .write()
@@ -140,15 +236,19 @@ impl Catalog {
             if s.contains_key(&id) {
                 return false;
             }
-            s.insert(id, Arc::clone(&labels));
+            s.insert(id, labels.clone());
         }
         let mut p = self.postings.write().unwrap_or_else(|e| e.into_inner());
+        // Looked up by `&str` first: a key is allocated only for a new name or value.
         for (k, v) in labels.iter() {
-            p.entry(k.to_string())
-                .or_default()
-                .entry(v.to_string())
-                .or_default()
-                .insert(id);
+            if !p.contains_key(k) {
+                p.insert(k.into(), HashMap::new());
+            }
+            let values = p.get_mut(k).expect("inserted above");
+            if !values.contains_key(v) {
+                values.insert(v.into(), Posting::default());
+            }
+            values.get_mut(v).expect("inserted above").insert(id);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         true
@@ -167,7 +267,7 @@ impl Catalog {
         for (k, v) in labels.iter() {
             if let Some(values) = p.get_mut(k) {
                 if let Some(set) = values.get_mut(v) {
-                    set.remove(&id);
+                    set.remove(id);
                     if set.is_empty() {
                         values.remove(v);
                     }
@@ -180,8 +280,8 @@ impl Catalog {
         self.count.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Labels of a series.
-    pub fn labels(&self, id: SeriesId) -> Option<Arc<Labels>> {
+    /// Labels of a series (shared, not copied).
+    pub fn labels(&self, id: SeriesId) -> Option<Labels> {
         self.shards[shard(id)]
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -190,10 +290,9 @@ impl Catalog {
     }
 
     /// Estimated bytes held: `(labels, postings)`. Labels: each series' table slot and its
-    /// label set (one buffer; a 16-byte allocator header per allocation); postings: the label
-    /// names and values and about 13 bytes per id in a B-tree set.
+    /// label set (one shared buffer with its two counts); postings: the tables, the label
+    /// names and values, and about 8 (slice) or 13 (B-tree) bytes per id.
     pub fn memory(&self) -> (i64, i64) {
-        const ALLOC: usize = 16;
         let string = |s: &str| {
             if s.is_empty() {
                 0
@@ -201,23 +300,23 @@ impl Catalog {
                 s.len().next_multiple_of(8) + ALLOC
             }
         };
-        let slot = tidemark_dataflows::memory::hash_slot(16);
+        let slot = tidemark_dataflows::memory::hash_slot(24);
         let mut labels = 0i64;
         for sh in self.shards.iter() {
             let sh = sh.read().unwrap_or_else(|e| e.into_inner());
             labels += sh.capacity() as i64 * slot;
             for l in sh.values() {
-                // The Arc (two counts and the boxed buffer) and the buffer.
-                let heap = 16 + 16 + ALLOC + l.heap_bytes().next_multiple_of(8) + ALLOC;
-                labels += heap as i64;
+                labels += (16 + l.heap_bytes()).next_multiple_of(16) as i64;
             }
         }
         let p = self.postings.read().unwrap_or_else(|e| e.into_inner());
-        let mut postings = 0i64;
+        let outer = tidemark_dataflows::memory::hash_slot(16 + 48);
+        let inner = tidemark_dataflows::memory::hash_slot(16 + 32);
+        let mut postings = p.capacity() as i64 * outer;
         for (k, values) in p.iter() {
-            postings += (string(k) + 72) as i64 + values.capacity() as i64 * 80;
+            postings += string(k) as i64 + values.capacity() as i64 * inner;
             for (v, set) in values.iter() {
-                postings += string(v) as i64 + set.len() as i64 * 13;
+                postings += string(v) as i64 + set.memory();
             }
         }
         (labels, postings)
@@ -238,7 +337,7 @@ impl Catalog {
         let p = self.postings.read().unwrap_or_else(|e| e.into_inner());
         p.get(METRIC_NAME)
             .and_then(|v| v.get(metric))
-            .map_or(0, |s| s.len())
+            .map_or(0, Posting::len)
     }
 
     /// Series matching every matcher. A label that is absent has the value `""`.
@@ -246,21 +345,21 @@ impl Catalog {
         let p = self.postings.read().unwrap_or_else(|e| e.into_inner());
         // Candidate sets from matchers that cannot match an absent label; an equality
         // matcher's posting set is borrowed (a metric's set may hold millions of ids).
-        let mut sets: Vec<std::borrow::Cow<'_, BTreeSet<SeriesId>>> = Vec::new();
-        let empty = BTreeSet::new();
+        let mut sets: Vec<std::borrow::Cow<'_, Posting>> = Vec::new();
+        let empty = Posting::default();
         for m in matchers.iter().filter(|m| !m.matches("")) {
-            let values = p.get(&m.name);
+            let values = p.get(m.name.as_str());
             let set = match (&m.op, values) {
                 (_, None) => std::borrow::Cow::Borrowed(&empty),
                 (MatchOp::Eq(v), Some(vals)) => {
-                    std::borrow::Cow::Borrowed(vals.get(v).unwrap_or(&empty))
+                    std::borrow::Cow::Borrowed(vals.get(v.as_str()).unwrap_or(&empty))
                 }
-                (_, Some(vals)) => std::borrow::Cow::Owned(
+                (_, Some(vals)) => std::borrow::Cow::Owned(Posting::Many(
                     vals.iter()
                         .filter(|(v, _)| m.matches(v))
-                        .flat_map(|(_, s)| s.iter().copied())
+                        .flat_map(|(_, s)| s.iter())
                         .collect(),
-                ),
+                )),
             };
             if set.is_empty() {
                 return Vec::new();
@@ -271,12 +370,11 @@ impl Catalog {
         let candidates: Vec<SeriesId> = match sets.split_first() {
             Some((first, rest)) => first
                 .iter()
-                .copied()
                 .filter(|id| rest.iter().all(|s| s.contains(id)))
                 .collect(),
             None => p
                 .values()
-                .flat_map(|vals| vals.values().flat_map(|s| s.iter().copied()))
+                .flat_map(|vals| vals.values().flat_map(|s| s.iter()))
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect(),
@@ -303,7 +401,7 @@ impl Catalog {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .keys()
-            .cloned()
+            .map(|k| k.to_string())
             .collect();
         v.sort();
         v
@@ -314,7 +412,7 @@ impl Catalog {
         let p = self.postings.read().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<String> = p
             .get(name)
-            .map(|m| m.keys().cloned().collect())
+            .map(|m| m.keys().map(|k| k.to_string()).collect())
             .unwrap_or_default();
         v.sort();
         v
@@ -362,5 +460,86 @@ mod tests {
         c.remove(id);
         assert_eq!(c.series_of_metric("cpu"), 1);
         assert_eq!(c.label_values("host"), vec!["a"]);
+    }
+
+    #[test]
+    fn label_sets_are_shared_and_removed_series_leave_no_postings() {
+        let c = Catalog::default();
+        let mut ids = Vec::new();
+        // 40 hosts x 3 metrics: a host's value is in 3 series (a slice), a metric's in 40
+        // (past `FEW`: a B-tree), the region in all.
+        for h in 0..40 {
+            for m in ["cpu", "mem", "disk"] {
+                let host = format!("host-{h:03}");
+                let l = Labels::from_pairs([("__name__", m), ("host", &host), ("region", "eu")]);
+                let id = l.series_id();
+                assert!(c.register(id, l.clone()));
+                assert!(
+                    !c.register(id, l.clone()),
+                    "a second registration is a no-op"
+                );
+                let back = c.labels(id).unwrap();
+                assert_eq!(back, l);
+                assert!(
+                    std::ptr::eq(back.canonical(), c.labels(id).unwrap().canonical()),
+                    "lookups share the catalog's buffer"
+                );
+                ids.push((id, l));
+            }
+        }
+        assert_eq!(c.len(), 120);
+        assert_eq!(c.series_of_metric("cpu"), 40);
+        assert_eq!(c.label_values("host").len(), 40);
+        let (labels, postings) = c.memory();
+        assert!(labels > 0 && postings > 0);
+        for (id, l) in &ids {
+            if l.get("host") == Some("host-000") || l.metric_name() == Some("disk") {
+                c.remove(*id);
+                assert!(c.labels(*id).is_none());
+            }
+        }
+        assert_eq!(c.len(), 120 - 3 - 39);
+        assert_eq!(c.series_of_metric("disk"), 0);
+        assert_eq!(c.series_of_metric("cpu"), 39);
+        assert!(!c.label_values("host").contains(&"host-000".to_string()));
+        assert!(!c.label_values("__name__").contains(&"disk".to_string()));
+        let sel = c.select(&[
+            Matcher::eq("region", "eu"),
+            Matcher::regex("host", "host-00[0-2]", false).unwrap(),
+        ]);
+        assert_eq!(sel.len(), 4, "host-001 and host-002, cpu and mem");
+        let sel = c.select(&[
+            Matcher::eq("__name__", "cpu"),
+            Matcher::eq("host", "host-007"),
+        ]);
+        assert_eq!(sel.len(), 1);
+    }
+
+    #[test]
+    fn posting_sets_grow_from_a_slice_into_a_tree_and_stay_sorted() {
+        let mut p = Posting::default();
+        let ids: Vec<u64> = (0..40u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        for (n, &id) in ids.iter().enumerate() {
+            p.insert(id);
+            p.insert(id);
+            assert_eq!(p.len(), n + 1);
+            assert_eq!(matches!(p, Posting::Many(_)), n + 1 > FEW);
+        }
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        assert_eq!(p.iter().collect::<Vec<_>>(), sorted);
+        assert!(ids.iter().all(|id| p.contains(id)));
+        assert!(!p.contains(&7));
+        let mut few = Posting::default();
+        for &id in &ids[..5] {
+            few.insert(id);
+        }
+        few.remove(ids[2]);
+        few.remove(12345);
+        let mut want: Vec<u64> = ids[..5].iter().copied().filter(|&i| i != ids[2]).collect();
+        want.sort_unstable();
+        assert_eq!(few.iter().collect::<Vec<_>>(), want);
     }
 }
