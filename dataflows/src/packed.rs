@@ -40,6 +40,10 @@ impl<'a> Reader<'a> {
     pub fn is_empty(&self) -> bool {
         self.at >= self.buf.len()
     }
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.at)
+    }
     /// The next `n` bytes (`None`: fewer are left).
     pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.buf.len())?;

@@ -49,17 +49,23 @@ pub const CHUNK_SAMPLES: usize = 120;
 use super::chunkfile::{ChunkFileError, ChunkFiles, DiskRef};
 use super::snap::{Dec, DecError, Enc};
 
+/// A bit stream being written: full 64-bit words go into `buf` (its first `len` bytes; the
+/// rest is room), the bits after them wait in `acc`. A boxed slice and a count rather than a
+/// vector: an open head sits in every series' entry, and this takes 32 bytes of it instead
+/// of 40.
 struct BitWriter {
-    buf: Vec<u8>,
+    buf: Box<[u8]>,
     acc: u64,
+    len: u32,
     nbits: u32,
 }
 
 impl BitWriter {
     fn new() -> Self {
         BitWriter {
-            buf: Vec::with_capacity(64),
+            buf: vec![0; 64].into_boxed_slice(),
             acc: 0,
+            len: 0,
             nbits: 0,
         }
     }
@@ -98,10 +104,25 @@ impl BitWriter {
     /// Moves the full accumulator into the buffer, which grows by 32 bytes at a time, not by
     /// doubling (an open chunk lives long and is a few hundred bytes).
     fn push_word(&mut self) {
-        if self.buf.len() + 8 > self.buf.capacity() {
-            self.buf.reserve_exact(32);
+        let at = self.len as usize;
+        if at + 8 > self.buf.len() {
+            self.reserve_total(at + 32);
         }
-        self.buf.extend_from_slice(&self.acc.to_be_bytes());
+        self.buf[at..at + 8].copy_from_slice(&self.acc.to_be_bytes());
+        self.len += 8;
+    }
+    /// Makes the buffer `n` bytes long if it is shorter (exactly: no slack beyond it).
+    fn reserve_total(&mut self, n: usize) {
+        if n > self.buf.len() {
+            let mut v = std::mem::take(&mut self.buf).into_vec();
+            v.reserve_exact(n - v.len());
+            v.resize(n, 0);
+            self.buf = v.into_boxed_slice();
+        }
+    }
+    /// The full words written.
+    fn words(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
     }
     /// A self-delimiting unsigned: 6 bits (bit length - 1), then the bits.
     fn write_var(&mut self, v: u64) {
@@ -110,14 +131,16 @@ impl BitWriter {
         self.write(v, len);
     }
     fn bit_len(&self) -> usize {
-        self.buf.len() * 8 + self.nbits as usize
+        self.len as usize * 8 + self.nbits as usize
     }
-    fn finish(mut self) -> Vec<u8> {
+    fn finish(self) -> Vec<u8> {
         let bytes = self.nbits.div_ceil(8) as usize;
-        self.buf.extend_from_slice(&self.acc.to_be_bytes()[..bytes]);
+        let mut out = self.buf.into_vec();
+        out.truncate(self.len as usize);
+        out.extend_from_slice(&self.acc.to_be_bytes()[..bytes]);
         // Padding so the reader can always load 8 bytes past any position.
-        self.buf.extend_from_slice(&[0u8; 8]);
-        self.buf
+        out.extend_from_slice(&[0u8; 8]);
+        out
     }
 }
 
@@ -720,8 +743,9 @@ impl Default for Appender {
     fn default() -> Self {
         Appender {
             w: BitWriter {
-                buf: Vec::new(),
+                buf: Box::default(),
                 acc: 0,
+                len: 0,
                 nbits: 0,
             },
             count: 0,
@@ -759,7 +783,7 @@ impl Appender {
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.w.buf.capacity()
+        self.w.buf.len()
     }
 
     /// Bytes of the bit stream.
@@ -844,7 +868,7 @@ impl Appender {
         if exp != GORILLA {
             (a.lead, a.trail) = (u8::from(dod), shift);
         }
-        a.w.buf.reserve_exact(self.w.buf.capacity());
+        a.w.reserve_total(self.w.buf.len());
         for (t, x) in pts {
             a.push_in_mode(t, x);
         }
@@ -956,8 +980,8 @@ impl Appender {
         if self.count == 0 {
             return;
         }
-        let mut bytes = Vec::with_capacity(self.w.buf.len() + 16);
-        bytes.extend_from_slice(&self.w.buf);
+        let mut bytes = Vec::with_capacity(self.w.len as usize + 16);
+        bytes.extend_from_slice(self.w.words());
         bytes.extend_from_slice(&self.w.acc.to_be_bytes());
         bytes.extend_from_slice(&[0u8; 8]);
         let mut r = BitReader {
@@ -1121,7 +1145,7 @@ impl Appender {
         if self.count == 0 {
             return;
         }
-        e.bytes(&self.w.buf);
+        e.bytes(self.w.words());
         e.u64(self.w.acc);
         e.u32(self.w.nbits);
         e.u8(self.lead);
@@ -1139,13 +1163,22 @@ impl Appender {
         if count == 0 {
             return Ok(Appender::default());
         }
-        let buf = d.bytes("head bytes")?.to_vec();
+        let buf: Box<[u8]> = d.bytes("head bytes")?.into();
+        let len = match u32::try_from(buf.len()) {
+            Ok(n) if n % 8 == 0 => n,
+            _ => return Err(d.fail("head bytes", "not whole 64-bit words")),
+        };
         let (acc, nbits) = (d.u64("head bits")?, d.u32("head bit count")?);
         if nbits > 64 {
             return Err(d.fail("head bit count", "more than 64"));
         }
         Ok(Appender {
-            w: BitWriter { buf, acc, nbits },
+            w: BitWriter {
+                buf,
+                acc,
+                len,
+                nbits,
+            },
             count,
             lead: d.u8("head lead")?,
             trail: d.u8("head trail")?,
@@ -1413,7 +1446,7 @@ mod tests {
         // This build's layout without the mode byte and the last mantissa delta.
         let mut buf = Vec::new();
         a.snap(&mut Enc(&mut buf));
-        let mode_at = 2 + 4 + a.w.buf.len() + 8 + 4 + 2;
+        let mode_at = 2 + 4 + a.w.len as usize + 8 + 4 + 2;
         assert_eq!(buf.remove(mode_at), GORILLA);
         buf.truncate(buf.len() - 8);
         let b = Appender::unsnap(&mut Dec::with_version(&buf, 2)).unwrap();

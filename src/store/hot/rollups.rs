@@ -36,6 +36,19 @@ fn tail_policy(width: i64) -> (usize, usize) {
     }
 }
 
+/// How many rollups a move takes: a series' first move takes 1 to `moving` of them, by its
+/// id, and every later one `moving`. Series that start together (a fleet, a restart of the
+/// collectors) would otherwise fill and empty their tails in step: at 1 M series every tail
+/// held 6 or 7 one-minute rollups in the same minutes (about 150 bytes a series), where
+/// staggered they hold 3.5 on average.
+fn first_move(moving: usize, series: u64, first: bool) -> usize {
+    if first {
+        1 + (series % moving as u64) as usize
+    } else {
+        moving
+    }
+}
+
 /// A sealed block: the window starts, then `count, sum, min, max, first, last, increase` and
 /// the first and last sample's offset from the window start, in one buffer.
 #[derive(Clone, Debug)]
@@ -166,16 +179,17 @@ impl Block {
 /// The rollups of one series at one width.
 #[derive(Default, Debug)]
 pub struct RollupSeries {
-    /// Blocks on disk (with chunk files: [`super::HotIndex::spill`]), packed references.
-    disk: PackedRefs,
     /// Blocks in memory, sorted by start: every block without chunk files; with them, those
     /// made since the last spill and those a correction rewrote. (A boxed slice, not a
     /// `Vec`: with the tail's row count left out, 16 bytes less per series, which puts a
     /// series' entry in jemalloc's 256-byte class instead of 320.)
     blocks: Thin<Block>,
-    /// The newest rollups, sorted by start, packed ([`pack_rows`]): about 22 bytes a rollup
-    /// instead of 96 (a heap profile's largest item was these tails, uncompressed).
-    tail: Box<[u8]>,
+    /// In one buffer (16 bytes in the series' entry instead of 32 for two): the packed
+    /// references to blocks on disk (with chunk files: [`super::HotIndex::spill`];
+    /// [`PackedRefs`]) after a varint of their length, then the newest rollups, sorted by
+    /// start, packed ([`pack_rows`]: about 22 bytes a rollup instead of 96; a heap profile's
+    /// largest item was these tails, uncompressed).
+    packed: Box<[u8]>,
 }
 
 /// Rollups as bytes ([`tidemark_dataflows::packed`]): per row the width's delta from the
@@ -274,6 +288,47 @@ fn upsert_sorted(v: &mut Vec<Rollup>, r: Rollup) -> bool {
 }
 
 impl RollupSeries {
+    /// The references to blocks on disk, and the packed tail.
+    fn parts(&self) -> (&[u8], &[u8]) {
+        if self.packed.is_empty() {
+            return (&[], &[]);
+        }
+        let mut r = Reader::new(&self.packed);
+        let n = get_var(&mut r).unwrap_or(0) as usize;
+        let at = self.packed.len() - r.remaining();
+        let split = (at + n).min(self.packed.len());
+        (&self.packed[at..split], &self.packed[split..])
+    }
+
+    fn disk(&self) -> PackedRefs<&[u8]> {
+        PackedRefs::view(self.parts().0)
+    }
+
+    fn tail(&self) -> &[u8] {
+        self.parts().1
+    }
+
+    fn set_parts(&mut self, disk: &[u8], tail: &[u8]) {
+        if disk.is_empty() && tail.is_empty() {
+            self.packed = Box::default();
+            return;
+        }
+        let mut out = Vec::with_capacity(disk.len() + tail.len() + 2);
+        put_var(&mut out, disk.len() as u64);
+        out.extend_from_slice(disk);
+        out.extend_from_slice(tail);
+        self.packed = out.into_boxed_slice();
+    }
+
+    /// Changes the references to blocks on disk.
+    fn with_disk(&mut self, f: impl FnOnce(&mut PackedRefs)) {
+        let (disk, tail) = self.parts();
+        let mut d = PackedRefs::view(disk).to_owned();
+        f(&mut d);
+        let tail = tail.to_vec();
+        self.set_parts(d.as_bytes(), &tail);
+    }
+
     /// Upserts by window start; returns the change in bytes held in memory. A correction to a
     /// window in a block on disk reads the block back into memory (`files`).
     pub fn upsert(&mut self, r: Rollup, files: Option<&ChunkFiles>) -> i64 {
@@ -281,7 +336,7 @@ impl RollupSeries {
             .blocks
             .last()
             .map(|b| b.max_start)
-            .max(self.disk.last().map(|e| e.max));
+            .max(self.disk().last().map(|e| e.max));
         if newest_block.is_none_or(|m| r.start > m) {
             return self.upsert_tail(r);
         }
@@ -293,7 +348,7 @@ impl RollupSeries {
             return self.upsert_sealed(i, r);
         }
         if let Some(e) = self
-            .disk
+            .disk()
             .iter()
             .find(|e| e.min <= r.start && r.start <= e.max)
         {
@@ -301,12 +356,12 @@ impl RollupSeries {
         }
         // Between blocks or older than all: it joins the block before it (or the oldest).
         let mem = self.blocks.iter().rposition(|b| b.min_start <= r.start);
-        let disk = self.disk.iter().filter(|e| e.min <= r.start).last();
+        let disk = self.disk().iter().filter(|e| e.min <= r.start).last();
         match (mem, disk) {
             (Some(i), Some(e)) if self.blocks[i].min_start > e.min => self.upsert_sealed(i, r),
             (Some(i), None) => self.upsert_sealed(i, r),
             (_, Some(e)) => self.upsert_on_disk(e, r, files),
-            (None, None) => match (self.blocks.first(), self.disk.first()) {
+            (None, None) => match (self.blocks.first(), self.disk().first()) {
                 (Some(b), Some(e)) if e.min < b.min_start => self.upsert_on_disk(e, r, files),
                 (Some(_), _) => self.upsert_sealed(0, r),
                 (None, Some(e)) => self.upsert_on_disk(e, r, files),
@@ -319,27 +374,33 @@ impl RollupSeries {
     /// Upserts a rollup newer than every block into the tail, moving the tail's oldest into a
     /// block when it is full.
     fn upsert_tail(&mut self, r: Rollup) -> i64 {
-        let before = self.tail.len() as i64;
+        let before = self.tail().len() as i64;
         let mut rows = self.tail_rows(r.series);
         upsert_sorted(&mut rows, r);
         let (keep, moving) = tail_policy(r.width);
+        let moving = first_move(
+            moving,
+            r.series,
+            self.blocks.is_empty() && self.disk().is_empty(),
+        );
         let mut delta = 0;
         if rows.len() >= keep + moving {
             delta += self.compress(rows.drain(..moving).collect());
         }
         self.set_tail(&rows);
-        delta + self.tail.len() as i64 - before
+        delta + self.tail().len() as i64 - before
     }
 
     /// The tail's rollups, unpacked.
     fn tail_rows(&self, series: u64) -> Vec<Rollup> {
-        let mut rows = Vec::with_capacity(self.tail.len() / 24 + 2);
-        unpack_rows(&self.tail, series, &mut rows);
+        let mut rows = Vec::with_capacity(self.tail().len() / 24 + 2);
+        unpack_rows(self.tail(), series, &mut rows);
         rows
     }
 
     fn set_tail(&mut self, rows: &[Rollup]) {
-        self.tail = pack_rows(rows);
+        let disk = self.disk().as_bytes().to_vec();
+        self.set_parts(&disk, &pack_rows(rows));
     }
 
     /// Moves rollups (the tail's oldest) into the newest block while it is in memory and has
@@ -348,7 +409,7 @@ impl RollupSeries {
     fn compress(&mut self, moving: Vec<Rollup>) -> i64 {
         let mut delta = 0;
         let mut rest = &moving[..];
-        let on_disk_newest = self.disk.last().map(|e| e.max);
+        let on_disk_newest = self.disk().last().map(|e| e.max);
         if let Some(b) = self
             .blocks
             .last_mut()
@@ -393,7 +454,7 @@ impl RollupSeries {
                 return 0;
             }
         };
-        self.disk.retain(|x| x.min != e.min);
+        self.with_disk(|d| d.retain(|x| x.min != e.min));
         let added = b.size() as i64;
         let i = self.blocks.partition_point(|x| x.min_start < b.min_start);
         let mut blocks = std::mem::take(&mut self.blocks).into_vec();
@@ -415,7 +476,7 @@ impl RollupSeries {
         let overlaps = |lo: i64, hi: i64| hi >= start && lo <= end;
         let within = |r: &Rollup| r.start >= start && r.start <= end;
         let mut from_disk = false;
-        for e in self.disk.iter().filter(|e| overlaps(e.min, e.max)) {
+        for e in self.disk().iter().filter(|e| overlaps(e.min, e.max)) {
             match Block::read(&e, files) {
                 Ok(b) => out.extend(b.decode(series).into_iter().filter(within)),
                 Err(err) => super::report_read_error(&err),
@@ -448,14 +509,14 @@ impl RollupSeries {
             });
             self.blocks = blocks.into();
         }
-        self.disk.retain(|e| e.max + e.tag as i64 >= cutoff);
+        self.with_disk(|d| d.retain(|e| e.max + e.tag as i64 >= cutoff));
         let mut rows = self.tail_rows(0);
         let n = rows.partition_point(|r| r.start + r.width < cutoff);
         if n > 0 {
-            let before = self.tail.len() as i64;
+            let before = self.tail().len() as i64;
             rows.drain(..n);
             self.set_tail(&rows);
-            delta += self.tail.len() as i64 - before;
+            delta += self.tail().len() as i64 - before;
         }
         delta
     }
@@ -465,13 +526,13 @@ impl RollupSeries {
     pub fn heap_bytes(&self) -> usize {
         self.blocks.len() * std::mem::size_of::<Block>()
             + self.blocks.iter().map(|b| b.size()).sum::<usize>()
-            + self.disk.bytes()
-            + self.tail.len()
+            + self.disk().bytes()
+            + self.tail().len()
     }
 
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.disk.is_empty() && self.tail.is_empty()
+        self.packed.is_empty() && self.blocks.is_empty()
     }
 
     /// The blocks in memory (to be spilled): their bytes for disk and their last window's end.
@@ -488,14 +549,14 @@ impl RollupSeries {
         let blocks = std::mem::take(&mut self.blocks);
         let freed = blocks.iter().map(|b| b.size() as i64).sum();
         let entries: Vec<RefEntry> = blocks.iter().zip(refs).map(|(b, &r)| b.entry(r)).collect();
-        self.disk.add(&entries);
+        self.with_disk(|d| d.add(&entries));
         freed
     }
 
     /// Keeps the references to blocks on disk that `keep` says to keep (a checkpoint being
     /// loaded: those whose segment is gone are dropped).
     pub fn retain_on_disk(&mut self, mut keep: impl FnMut(DiskRef, i64) -> bool) {
-        self.disk.retain(|e| keep(e.r, e.max + e.tag as i64));
+        self.with_disk(|d| d.retain(|e| keep(e.r, e.max + e.tag as i64)));
     }
 }
 
@@ -532,7 +593,7 @@ fn unsnap_rollup(d: &mut Dec<'_>) -> Result<Rollup, DecError> {
 impl RollupSeries {
     pub fn snap(&self, e: &mut Enc<'_>) {
         // Version 5: blocks in memory and on disk, by start, each with its place.
-        let disk: Vec<RefEntry> = self.disk.iter().collect();
+        let disk: Vec<RefEntry> = self.disk().iter().collect();
         e.len(disk.len() + self.blocks.len());
         let (mut i, mut j) = (0, 0);
         while i < disk.len() || j < self.blocks.len() {
@@ -667,11 +728,10 @@ impl RollupSeries {
             return Err(d.fail("rollup blocks", "not sorted by start"));
         }
         let mut s = RollupSeries {
-            disk: PackedRefs::from_sorted(disk),
             blocks: blocks.into(),
             ..Default::default()
         };
-        s.set_tail(&tail);
+        s.set_parts(PackedRefs::from_sorted(disk).as_bytes(), &pack_rows(&tail));
         Ok(s)
     }
 
@@ -686,7 +746,7 @@ impl RollupSeries {
                 self.blocks
                     .iter()
                     .map(|b| (b.min_start, b.max_start))
-                    .chain(self.disk.iter().map(|e| (e.min, e.max)))
+                    .chain(self.disk().iter().map(|e| (e.min, e.max)))
                     .find(|&(lo, hi)| hi >= start && lo < end)
                     .map(|(lo, _)| lo.max(start))
             })
@@ -695,7 +755,7 @@ impl RollupSeries {
     /// The bytes in memory [`RollupSeries::upsert`] and [`RollupSeries::gc`] account for
     /// (blocks and tail; not the references to blocks on disk).
     pub fn bytes(&self) -> i64 {
-        self.blocks.iter().map(|b| b.size() as i64).sum::<i64>() + self.tail.len() as i64
+        self.blocks.iter().map(|b| b.size() as i64).sum::<i64>() + self.tail().len() as i64
     }
 }
 
@@ -783,9 +843,9 @@ mod tests {
         let n = s.tail_rows(9).len();
         assert!(n < keep + moving, "{n} in the tail");
         assert!(
-            s.tail.len() <= n * 48,
+            s.tail().len() <= n * 48,
             "{} bytes for {n} packed rows",
-            s.tail.len()
+            s.tail().len()
         );
         assert!(s.blocks.iter().all(|b| b.len() <= BLOCK));
         // A correction to a window in the tail, and to one just moved into a block.
@@ -826,13 +886,12 @@ mod tests {
             s.upsert(r, Some(&files));
             spill(&mut s);
         }
-        // Each move of 8 rollups out of the tail became a block on disk.
+        // Each move of 8 rollups out of the tail became a block on disk (the first one, 2:
+        // `first_move` of series 9).
         assert!(s.blocks.is_empty());
-        assert!(
-            s.disk.iter().all(|e| e.count == 8),
-            "{:?}",
-            s.disk.iter().collect::<Vec<_>>()
-        );
+        let counts: Vec<u16> = s.disk().iter().map(|e| e.count).collect();
+        assert_eq!(counts[0], 2);
+        assert!(counts[1..].iter().all(|&c| c == 8), "{counts:?}");
         assert_eq!(s.range(9, 0, i64::MAX, Some(&files)), want);
         assert_eq!(
             s.range(9, 100 * 60_000, 130 * 60_000, Some(&files)),
@@ -856,9 +915,10 @@ mod tests {
         spill(&mut s);
         assert_eq!(s.range(9, i64::MIN, i64::MAX, Some(&files)), want);
         want.remove(0);
-        // Expiry by block: windows 192..199 end after the cutoff, so their block stays.
+        // Expiry by block: the blocks are windows 0..1, then 8 at a time (2..9, 10..17, ...):
+        // 186..193 ended before the cutoff and goes, 194..201 ends after it and stays.
         s.gc(200 * 60_000);
-        assert_eq!(s.range(9, 0, i64::MAX, Some(&files)), want[192..]);
+        assert_eq!(s.range(9, 0, i64::MAX, Some(&files)), want[194..]);
     }
 
     #[test]
@@ -894,5 +954,30 @@ mod tests {
                 .range(9, 0, i64::MAX, None),
             rows
         );
+    }
+
+    #[test]
+    fn series_that_start_together_move_their_tails_at_different_minutes() {
+        let (_, moving) = tail_policy(60_000);
+        let mut fills = vec![0usize; moving];
+        for id in 0..64u64 {
+            let mut s = RollupSeries::default();
+            for m in 0..(3 * moving as i64) {
+                let pts = [(m * 60_000 + 1, m as f64)];
+                s.upsert(
+                    Rollup::from_sorted(id, m * 60_000, 60_000, &pts).unwrap(),
+                    None,
+                );
+            }
+            let n = s.tail_rows(id).len();
+            assert!(n < moving, "{n} rows in the tail");
+            fills[n] += 1;
+            // Nothing lost by the first, shorter move.
+            assert_eq!(s.range(id, 0, i64::MAX, None).len(), 3 * moving);
+        }
+        // 64 series, every fill level from 0 to `moving - 1` eight times.
+        assert!(fills.iter().all(|&f| f == 64 / moving), "{fills:?}");
+        assert_eq!(first_move(8, 13, true), 6);
+        assert_eq!(first_move(8, 13, false), 8);
     }
 }

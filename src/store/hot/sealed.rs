@@ -21,9 +21,11 @@ use super::chunk::{Chunk, ValueCodec};
 use super::chunkfile::DiskRef;
 use super::thin::Thin;
 
-/// References to blocks on disk (sealed chunks, rollup blocks), oldest first, packed.
+/// References to blocks on disk (sealed chunks, rollup blocks), oldest first, packed; owned
+/// (`Box<[u8]>`) or a view of bytes kept elsewhere (`&[u8]`: a rollup series keeps them in one
+/// buffer with its tail).
 #[derive(Default, Debug)]
-pub(crate) struct PackedRefs(Box<[u8]>);
+pub(crate) struct PackedRefs<B = Box<[u8]>>(B);
 
 /// One packed reference: the block's first and last time, its count of samples or rows, a
 /// tag (a chunk's value codec, a rollup block's window width) and where it is.
@@ -108,21 +110,26 @@ fn put(out: &mut Vec<u8>, prev: Prev, e: &RefEntry) {
     put_var(out, u64::from(e.r.len));
 }
 
-impl PackedRefs {
+impl<B: AsRef<[u8]>> PackedRefs<B> {
     pub fn iter(&self) -> Entries<'_> {
         Entries {
-            r: Reader::new(&self.0),
+            r: Reader::new(self.0.as_ref()),
             prev: None,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.as_ref().is_empty()
     }
 
     /// Heap bytes.
     pub fn bytes(&self) -> usize {
-        self.0.len()
+        self.0.as_ref().len()
+    }
+
+    /// The packed bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_ref()
     }
 
     pub fn first(&self) -> Option<RefEntry> {
@@ -132,7 +139,21 @@ impl PackedRefs {
     pub fn last(&self) -> Option<RefEntry> {
         self.iter().last()
     }
+}
 
+impl<'a> PackedRefs<&'a [u8]> {
+    /// A view of packed bytes (as [`PackedRefs::as_bytes`] gave them).
+    pub fn view(bytes: &'a [u8]) -> Self {
+        PackedRefs(bytes)
+    }
+
+    /// An owned copy.
+    pub fn to_owned(&self) -> PackedRefs {
+        PackedRefs(self.0.into())
+    }
+}
+
+impl PackedRefs {
     /// Packs entries sorted by `min`.
     pub fn from_sorted(entries: impl IntoIterator<Item = RefEntry>) -> PackedRefs {
         let mut out = Vec::new();
