@@ -62,6 +62,21 @@ struct SeriesData {
     r1h: RollupSeries,
 }
 
+/// How many samples the head takes before it is sealed: [`CHUNK_SAMPLES`], and for a series'
+/// first chunk 60 to 120 by its id. Series that start together (a fleet, every scale run)
+/// otherwise fill their heads in step and seal them in the same minute of event time: at
+/// 1 M series the highest RSS of a run came when every head held about 120 samples (187
+/// bytes a series) and the burst of a million seals had left 257 bytes a series of freed
+/// pages with the allocator; staggered, heads hold 60 on average.
+fn head_cut(id: SeriesId, first: bool) -> usize {
+    if first {
+        let half = CHUNK_SAMPLES / 2;
+        half + (id % (half as u64 + 1)) as usize
+    } else {
+        CHUNK_SAMPLES
+    }
+}
+
 /// [`SeriesData::held_ts`] when no sample is held.
 const NO_SAMPLE: i64 = i64::MIN;
 
@@ -199,9 +214,9 @@ impl SeriesData {
 
     /// Inserts a sample; returns the counter changes. The newest sample is held back one step
     /// ([`SeriesData::held_ts`]) before it goes into the head.
-    fn insert(&mut self, ts: i64, v: f64, files: Option<&ChunkFiles>) -> Delta {
+    fn insert(&mut self, id: SeriesId, ts: i64, v: f64, files: Option<&ChunkFiles>) -> Delta {
         match self.held() {
-            None if ts == NO_SAMPLE => self.commit(ts, v, files),
+            None if ts == NO_SAMPLE => self.commit(id, ts, v, files),
             None => {
                 self.hold(ts, v);
                 Delta {
@@ -210,7 +225,7 @@ impl SeriesData {
                 }
             }
             Some((held, _)) if ts > held => {
-                let mut d = self.commit(held, self.held_value, files);
+                let mut d = self.commit(id, held, self.held_value, files);
                 // The held sample was counted when it came.
                 d.head_samples -= 1;
                 self.hold(ts, v);
@@ -221,7 +236,7 @@ impl SeriesData {
                 self.held_value = v; // the last write wins
                 Delta::default()
             }
-            Some(_) => self.commit(ts, v, files),
+            Some(_) => self.commit(id, ts, v, files),
         }
     }
 
@@ -231,7 +246,7 @@ impl SeriesData {
 
     /// Puts a sample into the head, or into the out-of-order buffer when it is at or before
     /// the newest one there; returns the counter changes.
-    fn commit(&mut self, ts: i64, v: f64, files: Option<&ChunkFiles>) -> Delta {
+    fn commit(&mut self, id: SeriesId, ts: i64, v: f64, files: Option<&ChunkFiles>) -> Delta {
         let before = self.head_bytes();
         // In order: appended to the compressed head. Anything at or before the newest sample
         // (a correction, a duplicate, disorder) waits in the out-of-order buffer.
@@ -251,7 +266,7 @@ impl SeriesData {
                 ..Delta::default()
             }
         };
-        if self.head.len() >= CHUNK_SAMPLES {
+        if self.head.len() >= head_cut(id, self.sealed.is_empty()) {
             d += self.seal_head();
         }
         d.head_bytes += self.head_bytes() - before;
@@ -767,7 +782,7 @@ impl HotIndex {
                 let di = shard
                     .entry(s.series)
                     .or_default()
-                    .insert(s.ts, s.value, files);
+                    .insert(s.series, s.ts, s.value, files);
                 if di.new_chunks > 0 && files.is_some() {
                     sealed.push(s.series);
                 }
@@ -1271,8 +1286,12 @@ mod tests {
         h.append_samples(&sent);
         let before = h.memory().samples;
         let moved = h.spill();
-        // 600 points: 4 sealed chunks of 120 per series (the held sample and 119 in the head).
-        assert_eq!(moved, 20 * 4);
+        // 600 points, 599 committed (one held): a first chunk of `head_cut` (61 to 80 samples
+        // for these ids), then chunks of 120.
+        let chunks: usize = (1..=20u64)
+            .map(|id| 1 + (599 - head_cut(id, true)) / CHUNK_SAMPLES)
+            .sum();
+        assert_eq!(moved, chunks);
         assert_eq!(h.spill(), 0, "nothing new to spill");
         let after = h.memory().samples;
         let disk = h.stats.chunk_disk_bytes.load(Ordering::Relaxed);
@@ -1428,7 +1447,8 @@ mod tests {
         h.catalog.register_canonical(1, b"m");
         let first = workload(1, 240);
         h.append_samples(&first);
-        assert_eq!(h.spill(), 1);
+        // 239 committed: a first chunk of 61 (`head_cut` of series 1), one of 120.
+        assert_eq!(h.spill(), 2);
         // Segments are closed only when full or by a restart: a new process's chunks go to a
         // new segment, so the old one can expire.
         let files = h.chunk_files().unwrap();
@@ -1457,8 +1477,9 @@ mod tests {
         let mut out = Vec::new();
         h2.samples(1, i64::MIN, i64::MAX, &mut out);
         // Whole chunks go: the newer workload's first chunk began with the older one's head
-        // (from 2,590,000, in the new segment), and stays.
-        assert_eq!(out[0].0, 2_590_000);
+        // (from 3,200,000, in the new segment: the older one's chunks were 61 and 120
+        // samples, `head_cut`), and stays.
+        assert_eq!(out[0].0, 3_200_000);
         assert!(out.iter().all(|p| p.0 < 3_400_000 || p.0 >= 10_000_000));
         assert_eq!(out.last().unwrap().0, 10_000_000 + 499 * 10_000);
         assert_eq!(
@@ -1669,5 +1690,42 @@ mod tests {
         assert_eq!(h.minute_rollups_from(), 3 * H);
         // 1-hour rollups follow the retention.
         assert_eq!(h.rollups(1, Resolution::OneHour, 0, i64::MAX).len(), 5);
+    }
+
+    #[test]
+    fn series_that_start_together_seal_their_first_heads_at_different_sizes() {
+        let h = HotIndex::new(i64::MAX / 4);
+        let ids: Vec<u64> = (0..61u64).collect();
+        for &id in &ids {
+            h.catalog
+                .register_canonical(id, format!("m{id}").as_bytes());
+        }
+        // 200 samples each, every series in the same batches: each first head is cut at a
+        // size of its own, 60 to 120, and the heads then differ by as much.
+        for t in 0..200i64 {
+            let batch: Vec<Sample> = ids
+                .iter()
+                .map(|&series| Sample {
+                    series,
+                    ts: t * 10_000,
+                    value: t as f64,
+                })
+                .collect();
+            h.append_samples(&batch);
+        }
+        let mut heads: Vec<usize> = Vec::new();
+        for sh in h.shards.iter() {
+            heads.extend(sh.read().unwrap().values().map(|s| s.head.len()));
+        }
+        heads.sort_unstable();
+        heads.dedup();
+        assert_eq!(heads.len(), 61, "every head a different size: {heads:?}");
+        for &id in &ids {
+            let mut got = Vec::new();
+            h.samples(id, i64::MIN, i64::MAX, &mut got);
+            assert_eq!(got.len(), 200, "series {id}");
+        }
+        assert_eq!(head_cut(7, true), 67);
+        assert_eq!(head_cut(7, false), CHUNK_SAMPLES);
     }
 }
