@@ -598,7 +598,7 @@ type LeafUpdate = ((u32, u64, u64), u64, isize);
 ///         let (input, samples) = scope.new_input::<Vec<Sample>>();
 ///         let lookup: tidemark_dataflows::incremental::Lookup = Arc::new(|_| {
 ///             // The label set {__name__="x"} in the canonical encoding.
-///             Some(Arc::new(b"__name__\xffx\xfe".to_vec()) as _)
+///             Some(Arc::from(&b"__name__\xffx\xfe"[..]))
 ///         });
 ///         let values = leaf_values(samples, Arc::clone(&plans), lookup, cfg, Some(0));
 ///         let (probe, values) = values.inner.probe();
