@@ -269,6 +269,7 @@ fn main() -> anyhow::Result<()> {
                 limits: cfg.ingest.clone(),
                 hot_retention_ms: cfg.hot.retention.0,
                 auth: cfg.auth.clone(),
+                checkpoint: cfg.checkpoint.clone(),
             })
             .context("tidemark worker")
         }

@@ -470,3 +470,246 @@ fn one_by_one_one_by_two_and_two_by_one_agree() {
         );
     }
 }
+
+/// The value of a sample of `lines` (the oracle of the rollup checks below).
+fn value(m: i64, h: usize, k: usize) -> f64 {
+    ((m * 7 + h as i64 * 13 + k as i64 * 5) % 100) as f64 + 0.25
+}
+
+fn num(v: &serde_json::Value) -> f64 {
+    v.as_f64()
+        .or_else(|| v.as_str()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// `(resolution, metric, host, start s) -> (count, sum, min, max)` of every rollup the cluster
+/// answers for the test metrics.
+type RollupRows = BTreeMap<(String, String, String, i64), (u64, f64, f64, f64)>;
+
+fn rollup_rows(c: &Cluster, i: usize, base: i64) -> RollupRows {
+    let mut out = BTreeMap::new();
+    for res in ["1m", "1h"] {
+        let v = c.get(
+            i,
+            &format!(
+                "/api/v1/rollups?match[]={}&resolution={res}&start={}&end={}",
+                enc("{__name__=~\"cpu_usage|mem_usage|disk_usage\"}"),
+                (base - HOUR) / 1000,
+                (base + 5 * HOUR) / 1000
+            ),
+        );
+        assert_eq!(v["status"], "success", "{v}");
+        for s in v["data"].as_array().unwrap() {
+            let metric = s["metric"]["__name__"].as_str().unwrap().to_string();
+            let host = s["metric"]["host"].as_str().unwrap().to_string();
+            for r in s["rollups"].as_array().unwrap() {
+                out.insert(
+                    (
+                        res.to_string(),
+                        metric.clone(),
+                        host.clone(),
+                        num(&r["start"]) as i64,
+                    ),
+                    (
+                        r["count"].as_u64().unwrap_or(0),
+                        num(&r["sum"]),
+                        num(&r["min"]),
+                        num(&r["max"]),
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The rollups of minutes `[0, minutes)` computed from the pushed values alone.
+fn expected_rollups(base: i64, minutes: i64) -> RollupRows {
+    let mut out = BTreeMap::new();
+    for (k, metric) in METRICS.iter().enumerate() {
+        for h in 0..HOSTS {
+            let key = |res: &str, start: i64| {
+                (
+                    res.to_string(),
+                    format!("{metric}_usage"),
+                    format!("h{h}"),
+                    start / 1000,
+                )
+            };
+            for m in 0..minutes {
+                let v = value(m, h, k);
+                out.insert(key("1m", base + m * 60_000), (1, v, v, v));
+            }
+            for hour in 0..minutes / 60 {
+                let vs: Vec<f64> = (hour * 60..hour * 60 + 60)
+                    .map(|m| value(m, h, k))
+                    .collect();
+                let min = vs.iter().copied().fold(f64::INFINITY, f64::min);
+                let max = vs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                out.insert(
+                    key("1h", base + hour * HOUR),
+                    (60, vs.iter().sum(), min, max),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Offsets of the segments a WAL directory holds (file names are their first offsets).
+fn wal_segments(dir: &std::path::Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().into_string().ok()?;
+                    n.strip_suffix(".seg")?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Checkpoints bound the WALs: every process checkpoints its hot index, the cluster agrees on
+/// a safe time, each source records its replay point and deletes the WAL before it. A
+/// SIGKILL and a restart load the checkpoints, replay only the WAL after the replay points,
+/// seed the open windows, hours and cold partitions from the index, and end with every sample
+/// once and the rollups the pushed values give (computed here from the values alone).
+#[test]
+fn checkpoints_bound_the_wals_and_a_restart_resumes_from_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_on(free_port(), dir.path());
+    broker.create_topic("metrics", 4);
+    let ingest = Tidemark::start_ingest(dir.path(), &ingest_config(broker.port));
+    let mut c = Cluster::start_with_env(
+        &dir.path().join("cluster"),
+        2,
+        1,
+        &broker.addr(),
+        Some("[checkpoint]\ninterval = \"1s\"\nkeep = 2\n"),
+        // Small WAL segments, so that truncation has whole segments to delete.
+        &[("TIDEMARK_TEST_LOG_SEGMENT_BYTES", "8192")],
+    );
+    let spec = dir.path().join("job.toml");
+    let cold = dir.path().join("cold");
+    std::fs::write(
+        &spec,
+        format!(
+            "{}[tiers]\nurl = \"file://{}\"\n",
+            job_spec("fleet", &broker.addr(), "tm-ckpt", "1h"),
+            cold.display()
+        ),
+    )
+    .unwrap();
+    let (ok, out) = c.cli(&["submit", spec.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let base = (now_ms() - 6 * HOUR).div_euclid(HOUR) * HOUR;
+    let per_hour = 60 * HOSTS as i64 * METRICS.len() as i64;
+    push_minutes(&ingest, base, 0, 120);
+    c.eventually(90, "two hours queryable", || {
+        (count(&c, 1, base) == Some(2 * per_hour)).then_some(())
+    });
+    // Both processes checkpointed, agreed on a safe time and deleted WAL segments behind it.
+    let cluster_dir = c.dir.clone();
+    let wal = |i: usize| cluster_dir.join(format!("data-{i}/jobs/fleet/wal/w{i}"));
+    c.eventually(60, "WAL segments deleted behind the checkpoints", || {
+        (0..2)
+            .all(|i| {
+                let t = c.text(i, "/metrics");
+                metric_value(
+                    &t,
+                    "tidemark_worker_wal_segments_deleted_total{job=\"fleet\"}",
+                ) > 0.0
+                    && wal_segments(&wal(i)).first().is_some_and(|&o| o > 0)
+                    && wal(i).join("replay-from").exists()
+            })
+            .then_some(())
+    });
+    let t = c.text(0, "/metrics");
+    assert!(
+        metric_value(&t, "tidemark_checkpoints_total{result=\"written\"}") >= 2.0,
+        "{t}"
+    );
+
+    // SIGKILL process 1 while the third hour is produced; process 0 stops with it.
+    push_minutes(&ingest, base, 120, 150);
+    c.kill(1);
+    push_minutes(&ingest, base, 150, 180);
+    assert!(
+        c.exits_within(0, Duration::from_secs(30)),
+        "process 0 did not stop after losing its peer: {}",
+        c.logs()
+    );
+    let kept: Vec<(u64, Vec<u64>)> = (0..2)
+        .map(|i| {
+            let p = std::fs::read_to_string(wal(i).join("replay-from")).unwrap();
+            (
+                p.split_whitespace().next().unwrap().parse().unwrap(),
+                wal_segments(&wal(i)),
+            )
+        })
+        .collect();
+    c.restart();
+    // The restart loaded a checkpoint on both processes and replayed each WAL from its
+    // replay point, not from its start.
+    let logs = c.logs();
+    for (i, (from, segments)) in kept.iter().enumerate() {
+        // (The first start had no checkpoint to load and nothing to resume.)
+        let log = std::fs::read_to_string(c.log(i)).unwrap();
+        assert!(log.contains("loaded checkpoint"), "process {i}: {logs}");
+        assert!(
+            log.contains(&format!("replays its WAL from offset {from} ")),
+            "process {i} (replay point {from}, segments {segments:?}): {logs}"
+        );
+        assert!(*from > 0 && segments[0] > 0, "{from} {segments:?}");
+    }
+    let total = per_hour * 3;
+    c.eventually(90, "every sample once after the restart", || {
+        (count(&c, 0, base) == Some(total)).then_some(())
+    });
+    // Close every window and seal every hour: a later sample on every partition.
+    for p in 0..4 {
+        broker.produce_raw(
+            "metrics",
+            p,
+            format!("tick value=1 {}\n", (base + 5 * HOUR) * 1_000_000).as_bytes(),
+        );
+    }
+    let want = expected_rollups(base, 180);
+    let got = c.eventually(90, "all windows closed", || {
+        let r = rollup_rows(&c, 0, base);
+        (r.len() >= want.len()).then_some(r)
+    });
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(v))
+        .map(|(k, v)| (k.clone(), *v, got.get(k).copied()))
+        .take(10)
+        .collect();
+    assert!(
+        wrong.is_empty() && got.len() == want.len(),
+        "{} rollups, {} expected; first differences (key, want, got): {wrong:#?}",
+        got.len(),
+        want.len()
+    );
+    assert_eq!(
+        got,
+        rollup_rows(&c, 1, base),
+        "both processes answer the same"
+    );
+    // The raw tier holds every sample once, the open hour's included.
+    let raw = c.eventually(90, "raw tier sealed", || {
+        let r = support::duckdb::query(&format!(
+            "SELECT count(*) FROM read_parquet('{}/tier=raw/**/*.parquet', hive_partitioning=1) WHERE metric IN ('cpu_usage', 'mem_usage', 'disk_usage')",
+            cold.display()
+        ));
+        let n = r[0][0]
+            .as_i64()
+            .or_else(|| r[0][0].as_str()?.parse().ok())
+            .unwrap_or(-1);
+        (n >= total).then_some(n)
+    });
+    assert_eq!(raw, total);
+}

@@ -47,6 +47,11 @@ pub trait PartitionedSource: 'static {
     fn hold(&self) -> bool {
         false
     }
+    /// The operator's first capability: a restart resuming where its replay point was sent
+    /// (0 by default).
+    fn start_time(&self) -> u64 {
+        0
+    }
 }
 
 /// Watermark settings (DESIGN.md section 5).
@@ -207,7 +212,11 @@ where
     let (out_d, defs) = builder.new_output::<Vec<SeriesDef>>();
     let mut out_s = OutputBuilder::from(out_s);
     let mut out_d = OutputBuilder::from(out_d);
-    builder.build(move |caps| {
+    let start = src.start_time();
+    builder.build(move |mut caps| {
+        for c in caps.iter_mut() {
+            c.downgrade(&start);
+        }
         let mut caps = Some(caps);
         let mut tracker = WatermarkTracker::default();
         move |_frontiers| {

@@ -70,6 +70,8 @@ pub struct ControlState {
     pub expected_jobs: Vec<String>,
     /// Timely worker threads of this process.
     pub local_workers: usize,
+    /// This process's checkpoints (`None`: off).
+    pub checkpoints: Option<Arc<super::checkpoint::WorkerCheckpoints>>,
 }
 
 /// `/-/ready`: 200 once every job this process kept on disk runs again and, for every job,
@@ -645,6 +647,21 @@ fn local_jobs(s: &ControlState) -> BTreeMap<String, JobStatus> {
         .clone()
 }
 
+/// Per job, the frontier of the oldest checkpoint this process keeps (see
+/// [`super::checkpoint`]); empty without checkpoints.
+async fn internal_checkpoint(State(s): State<Arc<ControlState>>) -> Response {
+    let kept = match &s.checkpoints {
+        Some(c) => {
+            let c = Arc::clone(c);
+            tokio::task::spawn_blocking(move || c.kept())
+                .await
+                .unwrap_or_default()
+        }
+        None => BTreeMap::new(),
+    };
+    axum::Json(kept).into_response()
+}
+
 async fn internal_jobs(State(s): State<Arc<ControlState>>) -> Response {
     axum::Json(local_jobs(&s)).into_response()
 }
@@ -868,6 +885,9 @@ fn render_metrics(s: &ControlState) -> String {
     let mut w = TextWriter(String::with_capacity(4096));
     render_counters(&s.metrics, &mut w);
     crate::ops::render_memory(&s.hot, &mut w);
+    if let Some(c) = &s.checkpoints {
+        c.render(&mut w);
+    }
     let jobs = local_jobs(s);
     let mut lag = Vec::new();
     let mut wm = Vec::new();
@@ -1034,6 +1054,7 @@ pub fn router(s: Arc<ControlState>) -> Router {
         .route("/-/reload", post(reload).put(reload))
         .route("/internal/v1/select", post(internal_select))
         .route("/internal/v1/jobs", get(internal_jobs))
+        .route("/internal/v1/checkpoint", get(internal_checkpoint))
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
         .route("/-/ready", get(worker_ready))

@@ -8,6 +8,7 @@
 //! | [`spec`] | job specs (`jobs/*.toml`) and their validation against `schemas/job.schema.json` |
 //! | [`schema`] | the JSON Schema subset validator |
 //! | [`source`] | the Kafka source of a job: consumer, local WAL, offset commits, bindings |
+//! | [`checkpoint`] | checkpoints of a process's hot index, the cluster's safe time, WAL truncation |
 //! | [`worker`] | one process of the cluster: timely workers, commands, job dataflows |
 //! | [`control`] | the HTTP side: control API, query fan-out over the processes |
 //! | [`client`] | `tidemark submit / jobs / cancel / replay` |
@@ -17,9 +18,11 @@
 //! (`<data_dir>/jobs/<job>/wal/w<worker>`) before sending it into the dataflow. Every second it
 //! fsyncs the WAL and commits to the consumer group the offsets whose samples every sink has
 //! applied (a probe on the sinks' outputs has passed the time they were sent at). On restart,
-//! each source replays its WAL into the (empty, in-memory) hot index and resumes Kafka where
-//! the WAL ends (never before the committed offset). Sinks are idempotent (same series and
-//! timestamp, or same series and window, overwrite), so re-read messages are not duplicates.
+//! each source replays its WAL into the hot index (the newest checkpoint's, or empty) and
+//! resumes Kafka where the WAL ends (never before the committed offset). Sinks are idempotent
+//! (same series and timestamp, or same series and window, overwrite), so re-read messages are
+//! not duplicates. Checkpoints ([`checkpoint`]) let each WAL drop what every process's
+//! checkpoints hold: it keeps minutes, not the hot retention.
 //!
 //! At each commit the source also records a *binding* `(partition, next offset, newest event
 //! time before it)`; bindings go through the command sequencer to every process, which keeps
@@ -30,6 +33,7 @@
 //! A timely cluster is static: when a process dies, the others stop (a worker process exits on
 //! the first panic of any of its threads); restart all of them and they resume as above.
 
+pub mod checkpoint;
 pub mod client;
 pub mod control;
 pub mod schema;

@@ -19,6 +19,7 @@ use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use tidemark_dataflows::partitioned::{PartPoll, PartitionedSource, SeriesDef};
 use tidemark_dataflows::Sample;
 
+use super::checkpoint::{JobFrontier, Marks, ReplayPoint};
 use super::spec::{JobSpec, StartAt};
 use super::{Binding, Command, PartitionStatus, Registry};
 use crate::ingest::{describe_errors, influx, remote_write, BatchBuilder, WriteBatch};
@@ -50,6 +51,12 @@ pub struct SourceCtx {
     pub overrides: BTreeMap<PartKey, i64>,
     /// WAL segments older than this are deleted (the hot retention).
     pub wal_retention: Duration,
+    /// The job's progress in this process, with the cluster's safe time: WAL records sent
+    /// before it are in every process's checkpoints (see [`super::checkpoint`]).
+    pub frontier: Option<Arc<JobFrontier>>,
+    /// Where this worker's own WAL is replayed from (a checkpoint was loaded), and the
+    /// watermark its source starts at; `None`: the whole WAL, from watermark 0.
+    pub replay_from: Option<ReplayPoint>,
 }
 
 /// Messages handed to the decoder thread and not yet taken back.
@@ -128,7 +135,8 @@ fn decode(format: KafkaFormat, limits: &Limits, m: Msg) -> Decoded {
 }
 
 enum Phase {
-    Wal(Vec<LogReader>),
+    /// WAL readers, the last one first; `true`: this worker's own WAL.
+    Wal(Vec<(LogReader, bool)>),
     Kafka,
 }
 
@@ -151,6 +159,10 @@ pub struct KafkaJobSource {
     status: BTreeMap<PartKey, PartitionStatus>,
     ids: Vec<u64>,
     retry_at: Option<Instant>,
+    /// Where this worker's own WAL records were sent, for its replay point.
+    marks: Marks,
+    /// The safe time the WAL was last truncated for.
+    truncated_for: u64,
 }
 
 fn now_ms() -> i64 {
@@ -168,8 +180,13 @@ impl KafkaJobSource {
         let mut readers = Vec::new();
         if ctx.overrides.is_empty() {
             for d in &ctx.replay_dirs {
-                match Log::open(d, FsyncPolicy::Never).and_then(|l| l.reader(l.start_offset())) {
-                    Ok(r) => readers.push(r),
+                let own = *d == ctx.wal_dir;
+                let from = |l: &Log| match ctx.replay_from.as_ref().filter(|_| own) {
+                    Some(p) => p.offset.max(l.start_offset()),
+                    None => l.start_offset(),
+                };
+                match Log::open(d, FsyncPolicy::Never).and_then(|l| l.reader(from(&l))) {
+                    Ok(r) => readers.push((r, own)),
                     Err(e) => eprintln!(
                         "tidemark: job {}: cannot replay WAL {}: {e}",
                         ctx.spec.name,
@@ -189,23 +206,34 @@ impl KafkaJobSource {
                 None
             }
         };
+        let start = ctx.replay_from.as_ref().map_or(0, |p| p.watermark);
+        // Partitions whose records all lie before the replay point resume where the WAL had
+        // reached then; those after it, where the replay leaves them.
+        let wal_next: BTreeMap<PartKey, i64> = ctx
+            .replay_from
+            .iter()
+            .flat_map(|p| &p.positions)
+            .map(|&(t, p, next)| ((t, p), next))
+            .collect();
         KafkaJobSource {
             ctx,
             phase: Phase::Wal(readers),
             wal,
             consumer: None,
             decoder: None,
-            wal_next: BTreeMap::new(),
+            wal_next,
             seen: IdSet::default(),
             inflight: VecDeque::new(),
             max_ts: BTreeMap::new(),
-            cur_time: 0,
+            cur_time: start,
             last_commit: Instant::now(),
             last_report: Instant::now(),
             last_retention: Instant::now(),
             status: BTreeMap::new(),
             ids: Vec::new(),
             retry_at: None,
+            marks: Marks::default(),
+            truncated_for: 0,
         }
     }
 
@@ -256,7 +284,7 @@ impl KafkaJobSource {
         let Phase::Wal(readers) = &mut self.phase else {
             return None;
         };
-        while let Some(r) = readers.last_mut() {
+        while let Some((r, own)) = readers.last_mut() {
             match r.next_record(|_| true) {
                 Ok(Some(rec))
                     if rec.kind == RecordKind::Batch && rec.payload.len() >= WAL_HEADER =>
@@ -266,6 +294,9 @@ impl KafkaJobSource {
                     let part = i32::from_le_bytes(p[4..8].try_into().expect("4"));
                     let off = i64::from_le_bytes(p[8..16].try_into().expect("8"));
                     let k = (ti, part);
+                    if *own {
+                        self.marks.note(rec.offset, self.cur_time);
+                    }
                     let e = self.wal_next.entry(k).or_insert(off + 1);
                     *e = (*e).max(off + 1);
                     let (mut series, mut samples) = (Vec::new(), Vec::new());
@@ -364,11 +395,53 @@ impl KafkaJobSource {
         if d.wal.is_empty() {
             return;
         }
-        if let Err(e) = wal.append(RecordKind::Batch, d.wal_range.0, d.wal_range.1, &d.wal) {
-            eprintln!(
+        match wal.append(RecordKind::Batch, d.wal_range.0, d.wal_range.1, &d.wal) {
+            Ok(offset) => {
+                self.marks.note(offset, self.cur_time);
+                let e = self.wal_next.entry(d.part).or_insert(d.offset + 1);
+                *e = (*e).max(d.offset + 1);
+            }
+            Err(e) => eprintln!(
                 "tidemark: job {}: WAL append failed: {e}",
                 self.ctx.spec.name
+            ),
+        }
+    }
+
+    /// Once the cluster's safe time moved on: records this worker's replay point for it and
+    /// deletes the WAL segments before that point (every process's checkpoints hold them).
+    fn truncate(&mut self) {
+        let Some(f) = &self.ctx.frontier else { return };
+        let g = f.safe.load(Ordering::Acquire);
+        if g <= self.truncated_for || matches!(self.phase, Phase::Wal(_)) {
+            return;
+        }
+        let (Some(wal), Some(mut point)) = (&self.wal, self.marks.replay_point(g)) else {
+            return;
+        };
+        point.positions = self
+            .wal_next
+            .iter()
+            .map(|(&(t, p), &next)| (t, p, next))
+            .collect();
+        self.truncated_for = g;
+        if let Err(e) = point.write(&self.ctx.wal_dir) {
+            eprintln!(
+                "tidemark: job {}: cannot record the WAL's replay point in {} (the WAL is kept whole): {e}",
+                self.ctx.spec.name,
+                self.ctx.wal_dir.display()
             );
+            return;
+        }
+        match wal.delete_before(point.offset) {
+            Ok(n) => {
+                f.wal_segments_deleted
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => eprintln!(
+                "tidemark: job {}: WAL truncation before offset {} failed (retried at the next checkpoint): {e}",
+                self.ctx.spec.name, point.offset
+            ),
         }
     }
 
@@ -423,6 +496,7 @@ impl KafkaJobSource {
     }
 
     fn report(&mut self) {
+        self.truncate();
         if self.last_retention.elapsed() >= Duration::from_secs(60) {
             self.last_retention = Instant::now();
             if let Some(wal) = &self.wal {
@@ -566,6 +640,10 @@ impl PartitionedSource for KafkaJobSource {
 
     fn hold(&self) -> bool {
         matches!(self.phase, Phase::Wal(_))
+    }
+
+    fn start_time(&self) -> u64 {
+        self.ctx.replay_from.as_ref().map_or(0, |p| p.watermark)
     }
 }
 

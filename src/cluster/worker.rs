@@ -20,6 +20,7 @@ use anyhow::Context;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Concatenate, Exchange, Probe};
 use timely::synchronization::Sequencer;
 use timely::WorkerConfig;
@@ -32,6 +33,7 @@ use tidemark_dataflows::tier::sink_tier;
 use tidemark_dataflows::{Rollup, Sample};
 use timely::dataflow::operators::generic::operator::empty;
 
+use super::checkpoint::{ReplayPoint, WorkerCheckpoints};
 use super::control::{router, ClusterStorage, ControlState, JobRules, PEER_TOKEN};
 use super::source::{KafkaJobSource, SourceCtx};
 use super::spec::JobSpec;
@@ -39,6 +41,8 @@ use super::{Binding, Command, JobStatus, Registry};
 use crate::alert::eval::{RuleConfig, RuleEvaluator, Rules};
 use crate::alert::kafka::{KafkaAlertSink, KafkaSeriesWriter};
 use crate::config::Role;
+use crate::job::checkpoint::CheckpointStats;
+use crate::job::seed::{self, SeedPlan, SeedRec};
 use crate::job::HOUR_MS;
 use crate::model::Limits;
 use crate::ops::Metrics;
@@ -96,6 +100,9 @@ pub struct WorkerOpts {
     pub limits: Limits,
     pub hot_retention_ms: i64,
     pub auth: crate::config::AuthConfig,
+    /// `[checkpoint]`: the hot index checkpointed so that the WALs hold minutes, not the hot
+    /// retention (see [`super::checkpoint`]).
+    pub checkpoint: crate::config::CheckpointConfig,
 }
 
 /// Process-wide state shared by the worker threads and the HTTP side.
@@ -109,6 +116,13 @@ struct Shared {
     cold: Mutex<BTreeMap<String, Arc<ColdStore>>>,
     /// Jobs' rules (worker 0 evaluates them; kept across a job's restarts and replays).
     rules: Arc<JobRules>,
+    /// Checkpoints (`None`: `[checkpoint] interval = "0s"`).
+    checkpoints: Option<Arc<WorkerCheckpoints>>,
+    /// Per job, the frontier of the checkpoint loaded at start: the job's first run seeds its
+    /// state from the index at that time and replays its WALs from their replay points.
+    restored: BTreeMap<String, u64>,
+    /// A checkpoint was loaded: the index holds an earlier run's data.
+    loaded: bool,
 }
 
 impl Shared {
@@ -235,13 +249,66 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(opts.data_dir.join("jobs"))
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
-    // Sealed chunks go to `<data_dir>/chunks`; the index is rebuilt from the jobs' WALs at
-    // start, so what an earlier run spilled is not referenced.
+    // Sealed chunks go to `<data_dir>/chunks`. The index is the newest checkpoint's plus the
+    // jobs' WALs after it (the whole WALs without one), so what an earlier run spilled after
+    // the checkpoint is not referenced: the replay spills it again.
     let chunks = opts.data_dir.join("chunks");
-    let files = crate::store::hot::chunkfile::ChunkFiles::open(&chunks)
-        .with_context(|| format!("opening the chunk directory {}", chunks.display()))?;
-    let hot = Arc::new(HotIndex::new(opts.hot_retention_ms).with_chunk_files(files));
+    drop(
+        crate::store::hot::chunkfile::ChunkFiles::open(&chunks)
+            .with_context(|| format!("opening the chunk directory {}", chunks.display()))?,
+    );
+    let fresh = || {
+        let hot = HotIndex::new(opts.hot_retention_ms);
+        match crate::store::hot::chunkfile::ChunkFiles::open(&chunks) {
+            Ok(f) => hot.with_chunk_files(f),
+            Err(e) => {
+                eprintln!(
+                    "tidemark worker: cannot open {}: {e}; sealed chunks stay in memory",
+                    chunks.display()
+                );
+                hot
+            }
+        }
+    };
+    let url = |h: &Host| format!("http://{}", h.http);
+    let peer_urls: Vec<String> = opts
+        .hosts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != opts.process)
+        .map(|(_, h)| url(h))
+        .collect();
+    let ckpt_shape = (opts.hosts.len(), opts.process, opts.workers.max(1));
+    let ckpt_stats: Arc<CheckpointStats> = Arc::default();
+    let restored = opts
+        .checkpoint
+        .enabled()
+        .then(|| WorkerCheckpoints::restore(&opts.data_dir, ckpt_shape, &ckpt_stats, fresh))
+        .flatten();
+    let (hot, restored_jobs, loaded) = match restored {
+        Some(r) => (
+            Arc::new(r.hot),
+            r.meta
+                .jobs
+                .iter()
+                .map(|(k, m)| (k.clone(), m.frontier))
+                .filter(|(_, f)| *f > 0)
+                .collect(),
+            true,
+        ),
+        None => (Arc::new(fresh()), BTreeMap::new(), false),
+    };
     hot.remove_unreferenced_chunks();
+    let checkpoints = opts.checkpoint.enabled().then(|| {
+        Arc::new(WorkerCheckpoints::new(
+            &opts.data_dir,
+            opts.checkpoint.clone(),
+            Arc::clone(&hot),
+            ckpt_shape,
+            peer_urls.clone(),
+            ckpt_stats,
+        ))
+    });
     {
         // Spill every 2 s; retention every minute.
         let hot = Arc::clone(&hot);
@@ -271,21 +338,21 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
         commands: Mutex::new(Some(rx)),
         cold: Mutex::new(BTreeMap::new()),
         rules: Arc::clone(&rules),
+        checkpoints: checkpoints.clone(),
+        restored: restored_jobs,
+        loaded,
     });
-    let url = |h: &Host| format!("http://{}", h.http);
+    if let Some(c) = &checkpoints {
+        c.spawn().context("starting the checkpoint thread")?;
+    }
     let control = Arc::new(ControlState {
         process: opts.process,
         hot,
         metrics,
         registry,
-        peers: opts
-            .hosts
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != opts.process)
-            .map(|(_, h)| url(h))
-            .collect(),
+        peers: peer_urls,
         leader: url(&opts.hosts[0]),
+        checkpoints,
         commands: (opts.process == 0).then(|| Mutex::new(tx)),
         bindings,
         brokers: opts.brokers.clone(),
@@ -415,6 +482,9 @@ fn apply(
             shared
                 .registry
                 .with(&name, |j| j.state = "cancelled".into());
+            if let Some(c) = &shared.checkpoints {
+                c.forget(&name);
+            }
             if first_local {
                 let _ = std::fs::remove_file(job_dir(data_dir, &name).join("spec.toml"));
             }
@@ -651,9 +721,22 @@ fn start_job(
         records_per_activation: 16,
     };
     let lateness = spec.watermark.allowed_lateness.0;
-    // A replay, or a job started again in this process: the index holds an earlier run's data.
-    let rereads = local.started > 0 || !overrides.is_empty() || rollups_from != i64::MIN;
+    // The job's first run after a checkpoint of it was loaded: its state is seeded from the
+    // index at the checkpoint's frontier, and its WAL replayed from the replay point.
+    let seed_at = (epoch == 1 && overrides.is_empty() && rollups_from == i64::MIN)
+        .then(|| shared.restored.get(&name).copied())
+        .flatten();
+    // A replay, or a job started again in this process, or started on a loaded checkpoint
+    // without being in it: the index holds an earlier run's data.
+    let rereads = !overrides.is_empty()
+        || rollups_from != i64::MIN
+        || (seed_at.is_none() && (local.started > 0 || shared.loaded));
     local.started += 1;
+    let frontier = shared
+        .checkpoints
+        .as_ref()
+        .map(|c| c.register(&name, epoch));
+    let replay_from = seed_at.and_then(|_| ReplayPoint::read(&own));
     let (minutes_on, hours_on) = (spec.minute_rollups(), spec.hour_rollups());
     let hot = Arc::clone(&shared.hot);
     let registry = Arc::clone(&shared.registry);
@@ -701,11 +784,24 @@ fn start_job(
             ),
         );
         match writers {
-            (Ok(r), Ok(m), Ok(h)) => Some((
-                r.pin(hot.pin(PinKind::Raw)),
-                m.pin(hot.pin(PinKind::Minute)),
-                h.pin(hot.pin(PinKind::Hour)),
-            )),
+            (Ok(r), Ok(m), Ok(h)) => {
+                // A checkpoint holds the writers' open partitions as the index's rows (the
+                // seed names them at a restart), not the corrections they buffer: those hold
+                // the checkpoint's frontier back instead.
+                let (r, m, h) = (
+                    r.pin(hot.pin(PinKind::Raw)),
+                    m.pin(hot.pin(PinKind::Minute)),
+                    h.pin(hot.pin(PinKind::Hour)),
+                );
+                Some(match &frontier {
+                    Some(f) => (
+                        r.late_since(f.late_since()),
+                        m.late_since(f.late_since()),
+                        h.late_since(f.late_since()),
+                    ),
+                    None => (r, m, h),
+                })
+            }
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 let msg = format!("worker {index}: cold tiers disabled for this run: {e}");
                 eprintln!("tidemark worker: job {name}: {msg}");
@@ -736,6 +832,19 @@ fn start_job(
         });
         (Arc::new(compiled.plans), store)
     });
+    let checkpoints_on = shared.checkpoints.is_some();
+    let seed_plan = seed_at.map(|at| SeedPlan {
+        at,
+        lateness,
+        rules: inc.as_ref().map(|(plans, _)| {
+            let span = plans.leaves.iter().map(|l| l.span()).max().unwrap_or(0);
+            let plans = Arc::clone(plans);
+            let matches: tidemark_dataflows::incremental::Matcher =
+                Arc::new(move |pairs| plans.leaves.iter().any(|l| (l.matches)(pairs)));
+            (span, matches)
+        }),
+        cold: tiers_on,
+    });
     let ctx = SourceCtx {
         epoch,
         spec: Arc::new(spec),
@@ -751,7 +860,17 @@ fn start_job(
         stop: Arc::clone(&stop),
         overrides,
         wal_retention: Duration::from_millis(shared.opts.hot_retention_ms.max(0) as u64),
+        frontier: frontier.clone(),
+        replay_from: replay_from.clone(),
     };
+    if local_index == 0 {
+        if let Some(at) = seed_at {
+            eprintln!(
+                "tidemark worker: job {name}: resuming from the checkpoint (state seeded at {at} ms); worker {index} replays its WAL from {}",
+                replay_from.as_ref().map_or("its start".to_string(), |p| format!("offset {} (sent at {} ms)", p.offset, p.watermark))
+            );
+        }
+    }
     worker.dataflow::<u64, _, _>(|scope| {
         let (samples, defs) =
             partitioned_source(scope, &format!("Kafka:{name}"), wm, move |_, _| {
@@ -759,6 +878,30 @@ fn start_job(
             });
         let samples = samples.exchange(|s: &Sample| s.series);
         let defs = defs.exchange(|d: &(u64, Vec<u8>)| d.0);
+        // The seed of a restart from a checkpoint (see `super::checkpoint`): built on every
+        // worker whenever checkpoints are on, so that every worker has the same graph.
+        let seeds = checkpoints_on.then(|| {
+            crate::job::seed::seed_source(
+                scope,
+                Arc::clone(&hot),
+                seed_plan.clone(),
+                (local_index, local_workers),
+                || {},
+            )
+        });
+        let seeded = |flag: u8| match &seeds {
+            Some(s) => s.clone().flat_map(move |r| match r {
+                SeedRec::Sample(s, f) if f & flag != 0 => Some(s),
+                _ => None,
+            }),
+            None => empty(scope),
+        };
+        let seeded_rollups = |pick: fn(SeedRec) -> Option<Rollup>| match &seeds {
+            Some(s) => s.clone().flat_map(pick),
+            None => empty(scope),
+        };
+        let by_series = |s: &Sample| s.series;
+        let by_rollup = |r: &Rollup| r.series;
         let inc_done = inc.map(|(plans, store)| {
             let h = Arc::clone(&hot);
             let lookup: Lookup = Arc::new(move |id| h.catalog.labels(id).map(|l| l.shared()));
@@ -766,7 +909,9 @@ fn start_job(
             // their frontier is (the store knows from which tick all of them are complete).
             let resume = store.as_ref().and_then(|(_, r)| *r);
             let leaves = leaf_values(
-                samples.clone(),
+                samples
+                    .clone()
+                    .concat(seeded(seed::FOR_RULES).exchange(by_series)),
                 Arc::clone(&plans),
                 Arc::clone(&lookup),
                 ticks,
@@ -781,7 +926,7 @@ fn start_job(
         let (applied, minute_streams) = if minutes_on {
             let (minutes, late, applied) = crate::job::minute_windows(
                 samples.clone(),
-                empty(scope),
+                seeded(seed::FOR_WINDOWS),
                 lateness,
                 rollups_from,
                 rereads,
@@ -793,6 +938,9 @@ fn start_job(
             (sink_samples(samples.clone(), Arc::clone(&hot)), None)
         };
         let mut done = vec![registered.clone(), applied.clone()];
+        // What a checkpoint holds: the catalog, raw samples, rollups (not the cold tiers,
+        // whose open partitions are rebuilt from the index, nor the rules' results).
+        let mut hot_done = done.clone();
         // The tier sinks hold the probe (and so the Kafka commits) until their files are
         // durable. They write sealed partitions from the hot index, so a partition is sealed
         // only once the hot sink applied its rows and the catalog has every series sent before
@@ -807,7 +955,9 @@ fn start_job(
         let gate = |d| Some(registered.clone().concat(d));
         if let Some(w) = raw_w {
             done.push(sink_tier(
-                samples.clone(),
+                samples
+                    .clone()
+                    .concat(seeded(seed::FOR_COLD).exchange(by_series)),
                 gate(applied.clone()),
                 "ColdRaw",
                 w,
@@ -820,20 +970,39 @@ fn start_job(
                 let (hours, _) = rollups_from_store(
                     minutes.clone(),
                     m_done.clone(),
-                    empty(scope),
+                    seeded_rollups(|r| match r {
+                        SeedRec::Minute(m) => Some(m),
+                        _ => None,
+                    }),
                     HOUR_MS,
                     lateness,
                     crate::job::minutes_of(&hot),
                 );
                 let h_done = sink_rollups(hours.clone(), Arc::clone(&hot));
+                hot_done.push(h_done.clone());
                 if let Some(w) = hour_w {
+                    let hours = hours.concat(
+                        seeded_rollups(|r| match r {
+                            SeedRec::ColdHour(m) => Some(m),
+                            _ => None,
+                        })
+                        .exchange(by_rollup),
+                    );
                     done.push(sink_tier(hours, gate(h_done.clone()), "Cold1h", w));
                 }
                 done.push(h_done);
             }
             if let Some(w) = minute_w {
+                let minutes = minutes.concat(
+                    seeded_rollups(|r| match r {
+                        SeedRec::ColdMinute(m) => Some(m),
+                        _ => None,
+                    })
+                    .exchange(by_rollup),
+                );
                 done.push(sink_tier(minutes, gate(m_done.clone()), "Cold1m", w));
             }
+            hot_done.push(m_done.clone());
             done.push(m_done);
             let (reg, job) = (Arc::clone(&registry), name.clone());
             late.sink(Pipeline, "LateCounts", move |(input, _)| {
@@ -856,6 +1025,17 @@ fn start_job(
                 "AlertEvents",
                 |(input, _)| input.for_each(|_, _| {}),
             );
+        }
+        if let Some(f) = frontier {
+            // What a checkpoint of this process holds of the job: everything sent before the
+            // minimum over its workers of this frontier.
+            scope
+                .concatenate(hot_done)
+                .sink(Pipeline, "CheckpointProbe", move |(input, fr)| {
+                    input.for_each(|_, _| {});
+                    let t = fr.frontier().iter().min().copied().unwrap_or(u64::MAX);
+                    f.done[local_index].store(t, Ordering::Release);
+                });
         }
         done.probe_with(&probe);
     });

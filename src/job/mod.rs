@@ -635,7 +635,16 @@ impl Job {
                 let samples = samples.exchange(|s: &Sample| s.series);
                 // The seed of a restart from a checkpoint, split by what it restores.
                 let seeds = seed_plan.clone().map(|plan| {
-                    seed::seed_source(scope, Arc::clone(&hot), plan, Arc::clone(&progress))
+                    let p = Arc::clone(&progress);
+                    seed::seed_source(
+                        scope,
+                        Arc::clone(&hot),
+                        Some(plan),
+                        (index, workers),
+                        move || {
+                            p.seeding.fetch_sub(1, Ordering::AcqRel);
+                        },
+                    )
                 });
                 let seeded = |flag: u8| match &seeds {
                     Some(s) => s.clone().flat_map(move |r| match r {

@@ -18,7 +18,6 @@
 //! series per activation (so the seed never needs more memory than a few batches), from the
 //! index shards of its worker.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use timely::dataflow::operators::generic::operator::source;
@@ -188,18 +187,29 @@ impl SeedPlan {
     }
 }
 
-/// The seed of this worker's index shards, sent at `plan.at`; `progress.seeding` counts the
-/// workers still seeding (decremented when this one is done).
+/// The seed of index shards `s` with `s % peers == index` (`shards`: this worker's index and
+/// the number of workers sharing `hot`), sent at `plan.at`; `done` is called once this worker
+/// has sent its seed. `None`: nothing (`done` is not called).
 pub fn seed_source<'s>(
     scope: Scope<'s, u64>,
     hot: Arc<HotIndex>,
-    plan: SeedPlan,
-    progress: Arc<super::JobProgress>,
+    plan: Option<SeedPlan>,
+    shards: (usize, usize),
+    done: impl FnOnce() + 'static,
 ) -> Stream<'s, u64, Vec<SeedRec>> {
-    let (index, peers) = (scope.index(), scope.peers());
+    let (index, peers) = shards;
+    let mut done = Some(done);
     let activator_scope = scope;
     source(scope, "Seed", move |cap, info| {
-        let mut cap = Some(cap);
+        // Without a plan the operator still exists (every worker builds the same graph) and
+        // sends nothing.
+        let mut cap = plan.is_some().then_some(cap);
+        let plan = plan.unwrap_or(SeedPlan {
+            at: 0,
+            lateness: 0,
+            rules: None,
+            cold: false,
+        });
         if let Some(c) = cap.as_mut() {
             c.downgrade(&plan.at);
         }
@@ -225,7 +235,9 @@ pub fn seed_source<'s>(
                         output.session(c).give_container(&mut out);
                     }
                     cap = None;
-                    progress.seeding.fetch_sub(1, Ordering::AcqRel);
+                    if let Some(d) = done.take() {
+                        d();
+                    }
                     return;
                 };
                 plan.series(&hot, id, &mut pts, &mut out);

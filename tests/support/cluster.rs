@@ -18,6 +18,8 @@ pub struct Cluster {
     pub config: Option<PathBuf>,
     /// `TIDEMARK_TOKEN` for the CLI.
     pub token: Option<String>,
+    /// Environment variables every process gets.
+    pub env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -33,6 +35,18 @@ impl Cluster {
         workers: usize,
         brokers: &str,
         config: Option<&str>,
+    ) -> Cluster {
+        Self::start_with_env(dir, processes, workers, brokers, config, &[])
+    }
+
+    /// As [`Cluster::start_with_config`], every process with `env` in its environment.
+    pub fn start_with_env(
+        dir: &Path,
+        processes: usize,
+        workers: usize,
+        brokers: &str,
+        config: Option<&str>,
+        env: &[(&str, &str)],
     ) -> Cluster {
         std::fs::create_dir_all(dir).unwrap();
         let config = config.map(|text| {
@@ -58,6 +72,10 @@ impl Cluster {
             brokers: brokers.into(),
             config,
             token: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for i in 0..processes {
             c.spawn(i);
@@ -79,6 +97,7 @@ impl Cluster {
             .open(self.log(i))
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.args(["worker", "--process", &i.to_string()]);
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
