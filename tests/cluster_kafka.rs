@@ -574,7 +574,8 @@ fn wal_segments(dir: &std::path::Path) -> Vec<u64> {
 
 /// Checkpoints bound the WALs: every process checkpoints its hot index, the cluster agrees on
 /// a safe time, each source records its replay point and deletes the WAL before it. A
-/// SIGKILL and a restart load the checkpoints, replay only the WAL after the replay points,
+/// SIGKILL inside a checkpoint write and a restart load the newest complete checkpoints,
+/// replay only the WAL after the replay points,
 /// seed the open windows, hours and cold partitions from the index, and end with every sample
 /// once and the rollups the pushed values give (computed here from the values alone).
 #[test]
@@ -589,8 +590,12 @@ fn checkpoints_bound_the_wals_and_a_restart_resumes_from_them() {
         1,
         &broker.addr(),
         Some("[checkpoint]\ninterval = \"1s\"\nkeep = 2\n"),
-        // Small WAL segments, so that truncation has whole segments to delete.
-        &[("TIDEMARK_TEST_LOG_SEGMENT_BYTES", "8192")],
+        // Small WAL segments, so that truncation has whole segments to delete; a pause in the
+        // middle of every checkpoint write, so that the kill below lands inside one.
+        &[
+            ("TIDEMARK_TEST_LOG_SEGMENT_BYTES", "8192"),
+            ("TIDEMARK_TEST_CHECKPOINT_PAUSE_MS", "1500"),
+        ],
     );
     let spec = dir.path().join("job.toml");
     let cold = dir.path().join("cold");
@@ -633,8 +638,17 @@ fn checkpoints_bound_the_wals_and_a_restart_resumes_from_them() {
         "{t}"
     );
 
-    // SIGKILL process 1 while the third hour is produced; process 0 stops with it.
+    // SIGKILL process 1 inside a checkpoint write while the third hour is produced; process 0
+    // stops with it.
     push_minutes(&ingest, base, 120, 150);
+    let ckpts = cluster_dir.join("data-1/checkpoints");
+    c.eventually(30, "process 1 inside a checkpoint write", || {
+        std::fs::read_dir(&ckpts)
+            .ok()?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".tdc.tmp"))
+            .then_some(())
+    });
     c.kill(1);
     push_minutes(&ingest, base, 150, 180);
     assert!(
@@ -659,6 +673,13 @@ fn checkpoints_bound_the_wals_and_a_restart_resumes_from_them() {
         // (The first start had no checkpoint to load and nothing to resume.)
         let log = std::fs::read_to_string(c.log(i)).unwrap();
         assert!(log.contains("loaded checkpoint"), "process {i}: {logs}");
+        if i == 1 {
+            // The write the kill interrupted was discarded; the one before it was loaded.
+            assert!(
+                log.contains("a checkpoint write that did not finish"),
+                "{logs}"
+            );
+        }
         assert!(
             log.contains(&format!("replays its WAL from offset {from} ")),
             "process {i} (replay point {from}, segments {segments:?}): {logs}"
