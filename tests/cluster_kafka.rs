@@ -79,21 +79,27 @@ fn count(c: &Cluster, i: usize, base: i64) -> Option<i64> {
         .map(|f| f as i64)
 }
 
+/// `GET /api/v1/rollups` of the test metrics at `res` (`1m`, `1h`) from process `i`: the
+/// series, each with its rows.
+fn rollup_series(c: &Cluster, i: usize, base: i64, res: &str) -> Vec<serde_json::Value> {
+    let v = c.get(
+        i,
+        &format!(
+            "/api/v1/rollups?match[]={}&resolution={res}&start={}&end={}",
+            enc("{__name__=~\"cpu_usage|mem_usage|disk_usage\"}"),
+            (base - HOUR) / 1000,
+            (base + 5 * HOUR) / 1000
+        ),
+    );
+    assert_eq!(v["status"], "success", "{v}");
+    v["data"].as_array().unwrap().clone()
+}
+
 /// Every 1m and 1h rollup of the test metrics, as sorted text rows.
 fn rollups(c: &Cluster, i: usize, base: i64) -> Vec<String> {
     let mut rows = Vec::new();
     for res in ["1m", "1h"] {
-        let v = c.get(
-            i,
-            &format!(
-                "/api/v1/rollups?match[]={}&resolution={res}&start={}&end={}",
-                enc("{__name__=~\"cpu_usage|mem_usage|disk_usage\"}"),
-                (base - HOUR) / 1000,
-                (base + 5 * HOUR) / 1000
-            ),
-        );
-        assert_eq!(v["status"], "success", "{v}");
-        for s in v["data"].as_array().unwrap() {
+        for s in rollup_series(c, i, base, res) {
             for r in s["rollups"].as_array().unwrap() {
                 rows.push(format!("{res} {} {r}", s["metric"]));
             }
@@ -489,17 +495,7 @@ type RollupRows = BTreeMap<(String, String, String, i64), (u64, f64, f64, f64)>;
 fn rollup_rows(c: &Cluster, i: usize, base: i64) -> RollupRows {
     let mut out = BTreeMap::new();
     for res in ["1m", "1h"] {
-        let v = c.get(
-            i,
-            &format!(
-                "/api/v1/rollups?match[]={}&resolution={res}&start={}&end={}",
-                enc("{__name__=~\"cpu_usage|mem_usage|disk_usage\"}"),
-                (base - HOUR) / 1000,
-                (base + 5 * HOUR) / 1000
-            ),
-        );
-        assert_eq!(v["status"], "success", "{v}");
-        for s in v["data"].as_array().unwrap() {
+        for s in rollup_series(c, i, base, res) {
             let metric = s["metric"]["__name__"].as_str().unwrap().to_string();
             let host = s["metric"]["host"].as_str().unwrap().to_string();
             for r in s["rollups"].as_array().unwrap() {

@@ -34,13 +34,14 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::CheckpointConfig;
 use crate::job::checkpoint::CheckpointStats;
+use crate::job::cut::LateCorrections;
 use crate::store::hot::checkpoint::{self as file, CheckpointInfo, CheckpointMeta, Faults};
 use crate::store::hot::HotIndex;
 
@@ -50,8 +51,8 @@ pub struct JobFrontier {
     pub epoch: u64,
     /// Per local worker: the frontier of the job's sinks (0 until it reports).
     pub done: Vec<AtomicU64>,
-    /// Cold writers' oldest buffered correction (`u64::MAX`: none).
-    late: Mutex<Vec<Weak<AtomicU64>>>,
+    /// Cold writers' oldest buffered correction.
+    late: LateCorrections,
     /// The cluster's safe time for this epoch: every process's oldest kept checkpoint holds
     /// everything sent before it (0: not known yet).
     pub safe: AtomicU64,
@@ -66,7 +67,7 @@ impl JobFrontier {
             done: (0..local_workers.max(1))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
-            late: Mutex::new(Vec::new()),
+            late: LateCorrections::default(),
             safe: AtomicU64::new(0),
             wal_segments_deleted: AtomicU64::new(0),
         }
@@ -75,11 +76,7 @@ impl JobFrontier {
     /// Registers a cold writer's oldest buffered correction time (see
     /// [`crate::store::cold::writer::TierWriter::late_since`]).
     pub fn late_since(&self) -> Arc<AtomicU64> {
-        let a = Arc::new(AtomicU64::new(u64::MAX));
-        let mut late = self.late.lock().unwrap_or_else(|e| e.into_inner());
-        late.retain(|w| w.strong_count() > 0);
-        late.push(Arc::downgrade(&a));
-        a
+        self.late.register()
     }
 
     /// Everything sent before this time is applied in this process (0: not every worker has
@@ -91,16 +88,7 @@ impl JobFrontier {
             .map(|d| d.load(Ordering::Acquire))
             .min()
             .unwrap_or(0);
-        let late = self
-            .late
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(Weak::upgrade)
-            .map(|a| a.load(Ordering::Acquire))
-            .min()
-            .unwrap_or(u64::MAX);
-        done.min(late)
+        done.min(self.late.oldest())
     }
 }
 

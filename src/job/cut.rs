@@ -44,6 +44,35 @@ pub struct Cut {
     pub replay_watermark: u64,
 }
 
+/// The oldest correction time each cold writer still buffers (it writes corrections when
+/// their correction window ends, so what sent them is read again after a restart).
+#[derive(Default)]
+pub struct LateCorrections(Mutex<Vec<Weak<AtomicU64>>>);
+
+impl LateCorrections {
+    /// A writer's slot: it stores the send time of its oldest buffered correction
+    /// (`u64::MAX`: none); dropping the slot unregisters it.
+    pub fn register(&self) -> Arc<AtomicU64> {
+        let a = Arc::new(AtomicU64::new(u64::MAX));
+        let mut late = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        late.retain(|w| w.strong_count() > 0);
+        late.push(Arc::downgrade(&a));
+        a
+    }
+
+    /// The oldest over every writer (`u64::MAX`: none).
+    pub fn oldest(&self) -> u64 {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|a| a.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+}
+
 /// Why a cut was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum CutError {
@@ -65,8 +94,8 @@ pub struct CutControl {
     pub done: Vec<AtomicU64>,
     /// (log offset, watermark before the record at that offset), from worker 0's source.
     marks: Mutex<VecDeque<(u64, u64)>>,
-    /// Per cold writer: the oldest time of a correction it still buffers (`u64::MAX`: none).
-    late: Mutex<Vec<Weak<AtomicU64>>>,
+    /// Per cold writer: the oldest time of a correction it still buffers.
+    late: LateCorrections,
     /// One cut at a time.
     lock: Mutex<()>,
 }
@@ -91,7 +120,7 @@ impl CutControl {
             moved: (0..workers).map(|_| AtomicBool::new(false)).collect(),
             done: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             marks: Mutex::new(VecDeque::new()),
-            late: Mutex::new(Vec::new()),
+            late: LateCorrections::default(),
             lock: Mutex::new(()),
         }
     }
@@ -146,11 +175,7 @@ impl CutControl {
 
     /// Registers a cold writer's oldest buffered correction time.
     pub fn late_since(&self) -> Arc<AtomicU64> {
-        let a = Arc::new(AtomicU64::new(u64::MAX));
-        let mut late = self.late.lock().unwrap_or_else(|e| e.into_inner());
-        late.retain(|w| w.strong_count() > 0);
-        late.push(Arc::downgrade(&a));
-        a
+        self.late.register()
     }
 
     /// Where a restart from a cut at `(offset, watermark)` must read from: the cut itself,
@@ -158,15 +183,7 @@ impl CutControl {
     /// before `L` (those corrections are written only when their correction window ends, so their records
     /// are read again).
     pub fn replay_point(&self, offset: u64, watermark: u64) -> (u64, u64) {
-        let late = self
-            .late
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(Weak::upgrade)
-            .map(|a| a.load(Ordering::Acquire))
-            .min()
-            .unwrap_or(u64::MAX);
+        let late = self.late.oldest();
         if late >= watermark {
             return (offset, watermark);
         }
