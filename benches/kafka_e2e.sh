@@ -9,6 +9,10 @@
 #       worker running), then starts the workers and times the drain: Kafka -> hot index alone.
 #
 # WORKERS=N timely workers per process (default 1).
+# CHECKPOINT=5s checkpoints the workers' hot indexes at that interval (live mode): at the end,
+#   the WALs and checkpoints on disk and the WAL segments deleted, then every worker process
+#   is killed and restarted, timing ready (checkpoint loaded, WALs replayed from their replay
+#   points). SEGMENT_BYTES sets the WAL segment size (the unit truncation deletes; 256 MiB).
 # PERF=FILE profiles worker process 0 (perf record -g) while it consumes; KEEP=1 keeps the logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,13 +41,20 @@ for i in $(seq 0 $((procs-1))); do
   h=$(free); echo "127.0.0.1:$(free) 127.0.0.1:$h" >> "$dir/hosts"; urls+=("http://127.0.0.1:$h")
 done
 hot=$(IFS=,; echo "${urls[*]}")
+if [ -n "${CHECKPOINT:-}" ]; then
+  printf '[checkpoint]\ninterval = "%s"\n' "$CHECKPOINT" > "$dir/worker.toml"
+else
+  : > "$dir/worker.toml"
+fi
 start_workers() {
   for i in $(seq 0 $((procs-1))); do
+    TIDEMARK_TEST_LOG_SEGMENT_BYTES=${SEGMENT_BYTES:-} \
     target/release/tidemark worker --process $i --processes $procs --hosts "$dir/hosts" --workers "${WORKERS:-1}" \
-      --data-dir "$dir/w$i" --brokers "127.0.0.1:$kport" 2>"$dir/worker-$i.log" & pids+=($!)
+      --config "$dir/worker.toml" --data-dir "$dir/w$i" --brokers "127.0.0.1:$kport" 2>>"$dir/worker-$i.log" & pids+=($!)
     wpids+=($!)
   done
   for u in "${urls[@]}"; do ready "$u"; done
+  [ -n "${RESTART:-}" ] && return
   sed -e "s/^brokers = .*/brokers = \"127.0.0.1:$kport\"/" -e "s|^url = .*|url = \"file://$dir/cold\"|" jobs/kafka-infra.toml > "$dir/job.toml"
   target/release/tidemark submit "$dir/job.toml" --to "${urls[0]}"
   # Profile after the submit so the job's decoder and librdkafka threads exist.
@@ -63,6 +74,25 @@ else
   target/release/tidemark-loadgen --url "$ingest" --hot-urls "$hot" --latency 200 "$@"
 fi
 [ -n "${PERF:-}" ] && { kill -INT $perfpid; wait $perfpid || true; }
+if [ -n "${CHECKPOINT:-}" ]; then
+  sleep "$(( ${CHECKPOINT%s} * 3 ))"  # two more checkpoints and an agreed safe time
+  metric() { curl -fs "$1/metrics" | awk -v m="$2" 'index($0, m) == 1 { s += $NF } END { print s + 0 }'; }
+  for i in $(seq 0 $((procs-1))); do
+    u=${urls[$i]}
+    echo "process $i: WAL on disk $(du -sb "$dir/w$i/jobs" | cut -f1) bytes, $(metric "$u" tidemark_worker_wal_segments_deleted_total) segments of ${SEGMENT_BYTES:-268435456} bytes deleted; checkpoints $(du -sb "$dir/w$i/checkpoints" | cut -f1) bytes ($(metric "$u" 'tidemark_checkpoints_total{result="written"}') written, last $(metric "$u" tidemark_checkpoint_last_series) series in $(metric "$u" 'tidemark_checkpoint_last_duration_seconds{phase="write"}') s); chunks $(du -sb "$dir/w$i/chunks" | cut -f1) bytes; RSS $(ps -o rss= -p "${wpids[$i]}") KiB"
+  done
+  n_before=$(curl -fs "${urls[0]}/api/v1/query?query=count(%7B__name__%3D~%22.%2B%22%7D)" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["result"][0]["value"][1])')
+  for p in "${wpids[@]}"; do kill -9 "$p"; done
+  wpids=()
+  t0=$(date +%s.%N)
+  RESTART=1 start_workers
+  echo "restart: ready in $(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 2))" "$t0" "$(date +%s.%N)") s (checkpoint loaded, WALs replayed from their replay points); series before $n_before, after $(curl -fs "${urls[0]}/api/v1/query?query=count(%7B__name__%3D~%22.%2B%22%7D)" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["result"][0]["value"][1])')"
+  for i in $(seq 0 $((procs-1))); do
+    grep -h "loaded checkpoint\|replays its WAL" "$dir/worker-$i.log" | tail -2
+    echo "process $i RSS after restart: $(ps -o rss= -p "${wpids[$i]}") KiB"
+  done
+  exit 0
+fi
 target/release/tidemark jobs --to "${urls[0]}" | head -3
 # Replay rate: rewind every partition to offset 0 and re-read the whole topic.
 t0=$(date +%s.%N)
