@@ -30,6 +30,8 @@ tansu broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "
   --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 & pids+=($!)
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$kport) 2>/dev/null && break; sleep 0.1; done
 tansu topic create metrics --partitions 4 --broker "tcp://127.0.0.1:$kport" >/dev/null
+# The job's rules send alert events to this topic.
+tansu topic create alerts --partitions 1 --broker "tcp://127.0.0.1:$kport" >/dev/null
 iport=$(free)
 printf '[kafka]\nbrokers = "127.0.0.1:%s"\npartition_key = "series"\n' "$kport" > "$dir/ingest.toml"
 target/release/tidemark ingest --listen "127.0.0.1:$iport" --config "$dir/ingest.toml" 2>"$dir/ingest.log" & pids+=($!)
@@ -76,11 +78,14 @@ fi
 [ -n "${PERF:-}" ] && { kill -INT $perfpid; wait $perfpid || true; }
 if [ -n "${CHECKPOINT:-}" ]; then
   sleep "$(( ${CHECKPOINT%s} * 3 ))"  # two more checkpoints and an agreed safe time
+  mem() { awk '/VmHWM|VmRSS/ { printf "%s %d MiB ", $1, $2 / 1024 }' "/proc/$1/status"; }
   metric() { curl -fs "$1/metrics" | awk -v m="$2" 'index($0, m) == 1 { s += $NF } END { print s + 0 }'; }
   for i in $(seq 0 $((procs-1))); do
     u=${urls[$i]}
-    echo "process $i: WAL on disk $(du -sb "$dir/w$i/jobs" | cut -f1) bytes, $(metric "$u" tidemark_worker_wal_segments_deleted_total) segments of ${SEGMENT_BYTES:-268435456} bytes deleted; checkpoints $(du -sb "$dir/w$i/checkpoints" | cut -f1) bytes ($(metric "$u" 'tidemark_checkpoints_total{result="written"}') written, last $(metric "$u" tidemark_checkpoint_last_series) series in $(metric "$u" 'tidemark_checkpoint_last_duration_seconds{phase="write"}') s); chunks $(du -sb "$dir/w$i/chunks" | cut -f1) bytes; RSS $(ps -o rss= -p "${wpids[$i]}") KiB"
+    echo "process $i: WAL on disk $(du -sb "$dir/w$i/jobs" | cut -f1) bytes, $(metric "$u" tidemark_worker_wal_segments_deleted_total) segments of ${SEGMENT_BYTES:-268435456} bytes deleted; checkpoints $(du -sb "$dir/w$i/checkpoints" | cut -f1) bytes ($(metric "$u" 'tidemark_checkpoints_total{result="written"}') written, last $(metric "$u" tidemark_checkpoint_last_series) series in $(metric "$u" 'tidemark_checkpoint_last_duration_seconds{phase="write"}') s); chunks $(du -sb "$dir/w$i/chunks" | cut -f1) bytes; $(mem "${wpids[$i]}")"
   done
+  components() { curl -fs "$1/metrics" | awk '/^tidemark_memory_bytes/ { sub(/.*component="/, ""); sub(/"}/, ""); printf "%s %d MiB, ", $1, $2 / 1048576 }'; echo; }
+  echo "memory by component before the kill: $(components "${urls[0]}")"
   n_before=$(curl -fs "${urls[0]}/api/v1/query?query=count(%7B__name__%3D~%22.%2B%22%7D)" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["result"][0]["value"][1])')
   for p in "${wpids[@]}"; do kill -9 "$p"; done
   wpids=()
@@ -89,7 +94,8 @@ if [ -n "${CHECKPOINT:-}" ]; then
   echo "restart: ready in $(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 2))" "$t0" "$(date +%s.%N)") s (checkpoint loaded, WALs replayed from their replay points); series before $n_before, after $(curl -fs "${urls[0]}/api/v1/query?query=count(%7B__name__%3D~%22.%2B%22%7D)" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["result"][0]["value"][1])')"
   for i in $(seq 0 $((procs-1))); do
     grep -h "loaded checkpoint\|replays its WAL" "$dir/worker-$i.log" | tail -2
-    echo "process $i RSS after restart: $(ps -o rss= -p "${wpids[$i]}") KiB"
+    echo "process $i after the restart: $(mem "${wpids[$i]}")"
+    echo "memory by component after the restart: $(components "${urls[$i]}")"
   done
   exit 0
 fi

@@ -303,6 +303,15 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         )],
     );
     w.family(
+        "tidemark_hot_samples_duplicate_total",
+        "counter",
+        "Samples the head already held with the same value (a restart's replay re-sending what its checkpoint holds): dropped without re-encoding the head.",
+        &[(
+            "",
+            hot.stats.samples_duplicate.load(Ordering::Relaxed) as f64,
+        )],
+    );
+    w.family(
         "tidemark_hot_samples_out_of_retention_total",
         "counter",
         "Samples the job dropped because they were older than the hot retention window.",

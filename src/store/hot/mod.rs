@@ -103,6 +103,8 @@ struct Delta {
     sealed_samples: i64,
     /// Samples that arrived at or before their series' newest one.
     out_of_order: i64,
+    /// Of those, samples the head already held bit for bit (dropped).
+    duplicates: i64,
     /// Chunks sealed or rewritten in memory (to be spilled to disk).
     new_chunks: i64,
     chunk_disk_bytes: i64,
@@ -111,6 +113,7 @@ struct Delta {
 impl std::ops::AddAssign for Delta {
     fn add_assign(&mut self, o: Delta) {
         self.out_of_order += o.out_of_order;
+        self.duplicates += o.duplicates;
         self.new_chunks += o.new_chunks;
         self.chunk_disk_bytes += o.chunk_disk_bytes;
         self.chunk_bytes += o.chunk_bytes;
@@ -128,6 +131,9 @@ pub struct HotStats {
     /// Samples that arrived at or before their series' newest one (corrections, duplicates,
     /// disorder) and went through the out-of-order buffer.
     pub samples_out_of_order: AtomicU64,
+    /// Samples the head already held with the same value (a restart's replay re-sends what its
+    /// checkpoint has): dropped without touching the head.
+    pub samples_duplicate: AtomicU64,
     /// Encoded bytes of the sealed chunks, in memory or on disk.
     pub chunk_bytes: AtomicI64,
     /// The part of `chunk_bytes` on disk.
@@ -166,6 +172,8 @@ impl HotStats {
     fn add(&self, d: Delta) {
         self.samples_out_of_order
             .fetch_add(d.out_of_order as u64, Ordering::Relaxed);
+        self.samples_duplicate
+            .fetch_add(d.duplicates as u64, Ordering::Relaxed);
         self.chunk_bytes.fetch_add(d.chunk_bytes, Ordering::Relaxed);
         self.chunk_disk_bytes
             .fetch_add(d.chunk_disk_bytes, Ordering::Relaxed);
@@ -256,9 +264,18 @@ impl SeriesData {
             Some(self.head.last_ts())
         };
         let mut d = if newest.is_some_and(|n| ts <= n) {
-            let mut d = self.insert_ooo(ts, v, files);
-            d.out_of_order += 1;
-            d
+            // A sample the head already holds, bit for bit (a restart's replay re-sends what
+            // its checkpoint has): nothing to change, and no re-encode of the head.
+            if self.head_has(ts, v) {
+                Delta {
+                    duplicates: 1,
+                    ..Delta::default()
+                }
+            } else {
+                let mut d = self.insert_ooo(ts, v, files);
+                d.out_of_order += 1;
+                d
+            }
         } else {
             self.head.push(ts, v);
             Delta {
@@ -271,6 +288,24 @@ impl SeriesData {
         }
         d.head_bytes += self.head_bytes() - before;
         d
+    }
+
+    /// Whether the head holds exactly `(ts, v)`.
+    #[cold]
+    fn head_has(&self, ts: i64, v: f64) -> bool {
+        if self.head.is_empty() || ts < self.head.first_ts() || ts > self.head.last_ts() {
+            return false;
+        }
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<(i64, f64)>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            s.clear();
+            self.head.decode_into(&mut s);
+            s.binary_search_by_key(&ts, |p| p.0)
+                .is_ok_and(|i| s[i].1.to_bits() == v.to_bits())
+        })
     }
 
     /// Seals the head as a chunk (the smallest codec); head bytes are counted by the caller.
@@ -1489,6 +1524,37 @@ mod tests {
                 .load(Ordering::Relaxed),
             0
         );
+    }
+
+    #[test]
+    fn a_sample_the_head_holds_again_changes_nothing_and_a_new_value_still_wins() {
+        let h = HotIndex::new(i64::MAX / 4);
+        let id = 7;
+        let s = |ts: i64, value: f64| Sample {
+            series: id,
+            ts,
+            value,
+        };
+        let first: Vec<Sample> = (0..50).map(|i| s(i * 10, i as f64 * 1.5)).collect();
+        h.append_samples(&first);
+        let before = h.memory();
+        // A replay re-sends what the index has: the head is neither buffered nor re-encoded.
+        h.append_samples(&first[10..45]);
+        let after = h.memory();
+        assert_eq!(h.stats.samples_duplicate.load(Ordering::Relaxed), 35);
+        assert_eq!(h.stats.samples_out_of_order.load(Ordering::Relaxed), 0);
+        assert_eq!(after.out_of_order, 0);
+        assert_eq!(after.samples, before.samples);
+        let mut got = Vec::new();
+        h.samples(id, i64::MIN, i64::MAX, &mut got);
+        let want: Vec<(i64, f64)> = first.iter().map(|x| (x.ts, x.value)).collect();
+        assert_eq!(got, want);
+        // Not a duplicate: another value at a time the head holds replaces it.
+        h.append_samples(&[s(200, -1.0)]);
+        assert_eq!(h.stats.samples_out_of_order.load(Ordering::Relaxed), 1);
+        got.clear();
+        h.samples(id, 200, 200, &mut got);
+        assert_eq!(got, vec![(200, -1.0)]);
     }
 
     #[test]
