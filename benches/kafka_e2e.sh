@@ -8,7 +8,7 @@
 #   MODE=preload benches/kafka_e2e.sh PROCS [loadgen args...]   fills the topic first (no
 #       worker running), then starts the workers and times the drain: Kafka -> hot index alone.
 #
-# WORKERS=N timely workers per process (default 1).
+# WORKERS=N timely workers per process (default 1). NORULES=1 submits the job without its rules.
 # CHECKPOINT=5s checkpoints the workers' hot indexes at that interval (live mode): at the end,
 #   the WALs and checkpoints on disk and the WAL segments deleted, then every worker process
 #   is killed and restarted, timing ready (checkpoint loaded, WALs replayed from their replay
@@ -57,7 +57,9 @@ start_workers() {
   done
   for u in "${urls[@]}"; do ready "$u"; done
   [ -n "${RESTART:-}" ] && return
-  sed -e "s/^brokers = .*/brokers = \"127.0.0.1:$kport\"/" -e "s|^url = .*|url = \"file://$dir/cold\"|" jobs/kafka-infra.toml > "$dir/job.toml"
+  # NORULES=1: the job without its [rules] section (the last one of the file).
+  sed -e "s/^brokers = .*/brokers = \"127.0.0.1:$kport\"/" -e "s|^url = .*|url = \"file://$dir/cold\"|" \
+    ${NORULES:+-e '/^\[rules\]/,$d'} jobs/kafka-infra.toml > "$dir/job.toml"
   target/release/tidemark submit "$dir/job.toml" --to "${urls[0]}"
   # Profile after the submit so the job's decoder and librdkafka threads exist.
   if [ -n "${PERF:-}" ]; then
@@ -93,7 +95,7 @@ if [ -n "${CHECKPOINT:-}" ]; then
   RESTART=1 start_workers
   echo "restart: ready in $(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 2))" "$t0" "$(date +%s.%N)") s (checkpoint loaded, WALs replayed from their replay points); series before $n_before, after $(curl -fs "${urls[0]}/api/v1/query?query=count(%7B__name__%3D~%22.%2B%22%7D)" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["result"][0]["value"][1])')"
   for i in $(seq 0 $((procs-1))); do
-    grep -h "loaded checkpoint\|replays its WAL" "$dir/worker-$i.log" | tail -2
+    grep -h "loaded checkpoint\|replays its WAL\|WAL replayed" "$dir/worker-$i.log" | tail -4
     echo "process $i after the restart: $(mem "${wpids[$i]}")"
     echo "memory by component after the restart: $(components "${urls[$i]}")"
   done

@@ -189,11 +189,20 @@ fn allocator_slack() -> Option<i64> {
 
 /// The process's resident set size in bytes (`VmRSS`), 0 where `/proc` is not available.
 pub fn rss_bytes() -> f64 {
+    proc_status_bytes("VmRSS:")
+}
+
+/// The process's peak resident set size in bytes (`VmHWM`), 0 where `/proc` is not available.
+pub fn peak_rss_bytes() -> f64 {
+    proc_status_bytes("VmHWM:")
+}
+
+fn proc_status_bytes(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb * 1024.0)

@@ -369,11 +369,13 @@ impl WorkerCheckpoints {
                         .load_us
                         .store(info.took.as_micros() as u64, Ordering::Relaxed);
                     eprintln!(
-                        "tidemark worker: loaded checkpoint {} ({} series, {} bytes) in {:.2}s; jobs {:?}",
+                        "tidemark worker: loaded checkpoint {} ({} series, {} bytes) in {:.2}s (RSS {} MiB, peak {} MiB); jobs {:?}",
                         path.display(),
                         info.series,
                         info.bytes,
                         info.took.as_secs_f64(),
+                        crate::ops::rss_bytes() as u64 >> 20,
+                        crate::ops::peak_rss_bytes() as u64 >> 20,
                         meta.jobs
                     );
                     return Some(Restored { hot, meta, info });

@@ -333,6 +333,13 @@ impl KafkaJobSource {
             }
         }
         self.phase = Phase::Kafka;
+        eprintln!(
+            "tidemark: job {} worker {}: WAL replayed (RSS {} MiB, peak {} MiB)",
+            self.ctx.spec.name,
+            self.ctx.index,
+            crate::ops::rss_bytes() as u64 >> 20,
+            crate::ops::peak_rss_bytes() as u64 >> 20,
+        );
         None
     }
 
