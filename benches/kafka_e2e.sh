@@ -13,6 +13,8 @@
 #   the WALs and checkpoints on disk and the WAL segments deleted, then every worker process
 #   is killed and restarted, timing ready (checkpoint loaded, WALs replayed from their replay
 #   points). SEGMENT_BYTES sets the WAL segment size (the unit truncation deletes; 256 MiB).
+#   RESTART_WRAP="heaptrack -o FILE" RESTART_BIN=target/glibc/release/tidemark runs the
+#   restarted workers under a heap profiler (a build without jemalloc: --no-default-features).
 # PERF=FILE profiles worker process 0 (perf record -g) while it consumes; KEEP=1 keeps the logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,9 +51,11 @@ else
   : > "$dir/worker.toml"
 fi
 start_workers() {
+  local bin=target/release/tidemark
+  [ -n "${RESTART:-}" ] && bin="${RESTART_WRAP:-} ${RESTART_BIN:-$bin}"
   for i in $(seq 0 $((procs-1))); do
     TIDEMARK_TEST_LOG_SEGMENT_BYTES=${SEGMENT_BYTES:-} \
-    target/release/tidemark worker --process $i --processes $procs --hosts "$dir/hosts" --workers "${WORKERS:-1}" \
+    $bin worker --process $i --processes $procs --hosts "$dir/hosts" --workers "${WORKERS:-1}" \
       --config "$dir/worker.toml" --data-dir "$dir/w$i" --brokers "127.0.0.1:$kport" 2>>"$dir/worker-$i.log" & pids+=($!)
     wpids+=($!)
   done
@@ -93,12 +97,18 @@ if [ -n "${CHECKPOINT:-}" ]; then
   wpids=()
   t0=$(date +%s.%N)
   RESTART=1 start_workers
-  echo "restart: ready in $(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 2))" "$t0" "$(date +%s.%N)") s (checkpoint loaded, WALs replayed from their replay points); series before $n_before, after $(curl -fs "${urls[0]}/api/v1/query?query=count(%7B__name__%3D~%22.%2B%22%7D)" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["result"][0]["value"][1])')"
+  ready_s=$(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 2))" "$t0" "$(date +%s.%N)")
+  # Memory first, 10 s after ready (the windows and rules the restart reopened have caught up),
+  # before the query below, which reads every series (hundreds of MiB at 400,000 series).
+  sleep 10
   for i in $(seq 0 $((procs-1))); do
     grep -h "loaded checkpoint\|replays its WAL\|WAL replayed" "$dir/worker-$i.log" | tail -4
     echo "process $i after the restart: $(mem "${wpids[$i]}")"
     echo "memory by component after the restart: $(components "${urls[$i]}")"
   done
+  echo "restart: ready in $ready_s s (checkpoint loaded, WALs replayed from their replay points); series before $n_before, after $(curl -fs "${urls[0]}/api/v1/query?query=count(%7B__name__%3D~%22.%2B%22%7D)" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["result"][0]["value"][1])')"
+  # A profiled worker writes its data out when it exits.
+  [ -n "${RESTART_WRAP:-}" ] && { sleep 10; pkill -TERM -f -- "--hosts $dir/hosts" || true; sleep 5; }
   exit 0
 fi
 target/release/tidemark jobs --to "${urls[0]}" | head -3
