@@ -1457,4 +1457,35 @@ mod tests {
         d.snap(&mut Enc(&mut buf));
         check(&Appender::unsnap(&mut Dec::new(&buf)).unwrap(), &pts[..3]);
     }
+
+    #[test]
+    fn a_damaged_head_snapshot_is_an_error_that_names_the_field() {
+        let pts: Vec<(i64, f64)> = (0..40).map(|i| (i * 10_000, i as f64 * 0.5)).collect();
+        let a = Appender::from_samples(&pts);
+        let mut buf = Vec::new();
+        a.snap(&mut Enc(&mut buf));
+        let words = a.w.len as usize;
+        assert!(words >= 8 && words % 8 == 0);
+        // The head's bytes one short of whole 64-bit words: length prefix and data.
+        let mut short = buf.clone();
+        short[2..6].copy_from_slice(&(words as u32 - 1).to_le_bytes());
+        short.remove(6);
+        let Err(e) = Appender::unsnap(&mut Dec::new(&short)) else {
+            panic!("a head of 7-byte words read back");
+        };
+        assert_eq!((e.what, e.why), ("head bytes", "not whole 64-bit words"));
+        // A bit count past the accumulator's 64 bits.
+        let mut bits = buf.clone();
+        let at = 2 + 4 + words + 8;
+        bits[at..at + 4].copy_from_slice(&65u32.to_le_bytes());
+        let Err(e) = Appender::unsnap(&mut Dec::new(&bits)) else {
+            panic!("a head of 65 pending bits read back");
+        };
+        assert_eq!((e.what, e.why), ("head bit count", "more than 64"));
+        // The intact one reads back.
+        let Ok(back) = Appender::unsnap(&mut Dec::new(&buf)) else {
+            panic!("the intact head did not read back");
+        };
+        assert_eq!(back.samples(), pts);
+    }
 }

@@ -180,9 +180,8 @@ impl Block {
 #[derive(Default, Debug)]
 pub struct RollupSeries {
     /// Blocks in memory, sorted by start: every block without chunk files; with them, those
-    /// made since the last spill and those a correction rewrote. (A boxed slice, not a
-    /// `Vec`: with the tail's row count left out, 16 bytes less per series, which puts a
-    /// series' entry in jemalloc's 256-byte class instead of 320.)
+    /// made since the last spill and those a correction rewrote. (A [`Thin`] list: one word
+    /// in the series' entry, nothing allocated while empty, which is most of the time.)
     blocks: Thin<Block>,
     /// In one buffer (16 bytes in the series' entry instead of 32 for two): the packed
     /// references to blocks on disk (with chunk files: [`super::HotIndex::spill`];
