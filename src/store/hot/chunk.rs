@@ -1465,7 +1465,7 @@ mod tests {
         let mut buf = Vec::new();
         a.snap(&mut Enc(&mut buf));
         let words = a.w.len as usize;
-        assert!(words >= 8 && words % 8 == 0);
+        assert!(words >= 8 && words.is_multiple_of(8));
         // The head's bytes one short of whole 64-bit words: length prefix and data.
         let mut short = buf.clone();
         short[2..6].copy_from_slice(&(words as u32 - 1).to_le_bytes());
