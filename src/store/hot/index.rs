@@ -112,6 +112,12 @@ impl Posting {
             }
             Posting::Many(set) => {
                 set.remove(&id);
+                // Back to a slice once well under its limit (not at it: a set going up and
+                // down around 16 would convert on every change).
+                if set.len() <= FEW / 2 {
+                    let ids: Box<[SeriesId]> = set.iter().copied().collect();
+                    *self = Posting::Few(ids);
+                }
             }
         }
     }
@@ -532,6 +538,24 @@ mod tests {
         assert_eq!(p.iter().collect::<Vec<_>>(), sorted);
         assert!(ids.iter().all(|id| p.contains(id)));
         assert!(!p.contains(&7));
+        // Shrinking: a tree until half the slice limit, then a sorted slice again.
+        let mut shrinking = Posting::default();
+        for &id in &ids {
+            shrinking.insert(id);
+        }
+        for (k, &id) in ids.iter().enumerate() {
+            shrinking.remove(id);
+            let left = ids.len() - k - 1;
+            assert_eq!(shrinking.len(), left);
+            assert_eq!(
+                matches!(shrinking, Posting::Few(_)),
+                left <= FEW / 2,
+                "{left} left"
+            );
+            let mut want: Vec<u64> = ids[k + 1..].to_vec();
+            want.sort_unstable();
+            assert_eq!(shrinking.iter().collect::<Vec<_>>(), want);
+        }
         let mut few = Posting::default();
         for &id in &ids[..5] {
             few.insert(id);
