@@ -836,13 +836,7 @@ fn start_job(
     let seed_plan = seed_at.map(|at| SeedPlan {
         at,
         lateness,
-        rules: inc.as_ref().map(|(plans, _)| {
-            let span = plans.leaves.iter().map(|l| l.span()).max().unwrap_or(0);
-            let plans = Arc::clone(plans);
-            let matches: tidemark_dataflows::incremental::Matcher =
-                Arc::new(move |pairs| plans.leaves.iter().any(|l| (l.matches)(pairs)));
-            (span, matches)
-        }),
+        rules: inc.as_ref().map(|(plans, _)| seed::rules_of(plans)),
         cold: tiers_on,
     });
     let ctx = SourceCtx {

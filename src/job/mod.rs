@@ -593,13 +593,7 @@ impl Job {
         let seed_plan = at.seed.then(|| seed::SeedPlan {
             at: at.watermark,
             lateness,
-            rules: inc.as_ref().map(|(plans, _, _)| {
-                let span = plans.leaves.iter().map(|l| l.span()).max().unwrap_or(0);
-                let plans = Arc::clone(plans);
-                let matches: tidemark_dataflows::incremental::Matcher =
-                    Arc::new(move |pairs| plans.leaves.iter().any(|l| (l.matches)(pairs)));
-                (span, matches)
-            }),
+            rules: inc.as_ref().map(|(plans, _, _)| seed::rules_of(plans)),
             cold: cold.is_some(),
         });
         // The cold replay re-sends the raw tier's buffered corrections: rows of partitions

@@ -64,6 +64,15 @@ pub struct SeedPlan {
     pub cold: bool,
 }
 
+/// What the seed restores of the incremental rules in `plans`: the longest range a leaf
+/// reads, and which series any leaf reads.
+pub fn rules_of(plans: &Arc<tidemark_dataflows::incremental::Plans>) -> (i64, Matcher) {
+    let span = plans.leaves.iter().map(|l| l.span()).max().unwrap_or(0);
+    let plans = Arc::clone(plans);
+    let matches: Matcher = Arc::new(move |pairs| plans.leaves.iter().any(|l| (l.matches)(pairs)));
+    (span, matches)
+}
+
 fn minute_end(ts: i64) -> i64 {
     ts.saturating_sub(1).div_euclid(MINUTE_MS) * MINUTE_MS + MINUTE_MS
 }
