@@ -682,14 +682,31 @@ pub fn leaf_values<'s>(
                                 *newest = (*newest).max(s.ts);
                                 continue;
                             }
-                            let st = series.entry(s.series).or_insert_with(|| {
-                                unresolved.insert(s.series);
-                                Box::new(SeriesState {
-                                    newest: i64::MIN,
-                                    wake: u64::MAX,
-                                    ..SeriesState::default()
-                                })
-                            });
+                            let st = match series.entry(s.series) {
+                                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                                std::collections::hash_map::Entry::Vacant(e) => {
+                                    // Matched once, when first seen (a series no leaf reads
+                                    // never gets a state: at 1 M series the table held every
+                                    // one of them until the next activation, and kept that
+                                    // capacity).
+                                    let leaves = lookup(s.series).map(|labels| {
+                                        index.matching(&plans, &owned_pairs(&labels))
+                                    });
+                                    if leaves.as_ref().is_some_and(Vec::is_empty) {
+                                        ignored.insert(s.series, s.ts);
+                                        continue;
+                                    }
+                                    if leaves.is_none() {
+                                        unresolved.insert(s.series);
+                                    }
+                                    e.insert(Box::new(SeriesState {
+                                        newest: i64::MIN,
+                                        wake: u64::MAX,
+                                        leaves,
+                                        ..SeriesState::default()
+                                    }))
+                                }
+                            };
                             st.newest = st.newest.max(s.ts);
                             match &st.leaves {
                                 Some(l) if l.is_empty() => {}
@@ -799,6 +816,9 @@ pub fn leaf_values<'s>(
                                 }
                                 live
                             });
+                            for m in [&mut series as &mut dyn Shrink, &mut ignored] {
+                                m.shrink();
+                            }
                             let slot = hash_slot(16);
                             let heap: usize = series
                                 .values()
@@ -860,7 +880,11 @@ fn evaluate_series(
         }
         match (now, before) {
             (Some(v), Some(i)) => st.emitted[i].1 = v,
-            (Some(v), None) => st.emitted.push((l, v)),
+            (Some(v), None) => {
+                // Exactly: a growing vector would take room for 4 (64 bytes a series).
+                st.emitted.reserve_exact(1);
+                st.emitted.push((l, v));
+            }
             (None, Some(i)) => {
                 st.emitted.swap_remove(i);
             }
@@ -875,12 +899,41 @@ fn evaluate_series(
 /// An aggregation's branch and group labels.
 type GroupKey = (BranchId, LabelPairs);
 
-/// One aggregation group's members: `(series, value bits)` with their multiplicity (a value
-/// leaves with -1 and the new one comes with +1 at the same tick), and the aggregate last sent.
-#[derive(Default)]
+/// A table that gives its memory back once it holds less than a quarter of its capacity (a
+/// catch-up or the first seconds of a run can leave it much larger than it stays).
+trait Shrink {
+    fn shrink(&mut self);
+}
+
+impl<V> Shrink for IdMap<V> {
+    fn shrink(&mut self) {
+        if self.capacity() > 4 * self.len().max(64) {
+            self.shrink_to_fit();
+        }
+    }
+}
+
+/// One aggregation group: its members' current values by series, the aggregate last sent, and
+/// how many member updates waiting for their time name it (it is not dropped while any do).
 struct GroupState {
-    members: HashMap<(u64, u64), isize>,
+    key: GroupKey,
+    members: IdMap<u64>,
     out: Option<u64>,
+    waiting: u32,
+    /// The time it was last touched at (listed once per time).
+    touched: u64,
+}
+
+/// A member update waiting for its time: the group's id, the series, its value bits and the
+/// change (+1 the series has this value, -1 it no longer has it). 24 bytes instead of a group
+/// key's copy per update: a tick of `sum by (pool) (rate(...))` over 250,000 counters is
+/// 500,000 of them.
+#[derive(Clone, Copy)]
+struct MemberUpdate {
+    group: u32,
+    diff: i32,
+    series: u64,
+    bits: u64,
 }
 
 /// `sum`/`avg`/`min`/`max`/`count` per `(branch, group)`, as a differential collection: at each
@@ -890,14 +943,17 @@ struct GroupState {
 /// Differential's `reduce` would do the same, but with members that all change at every tick
 /// (a `rate` under `sum by (pool)`: every counter's rate moves as the window slides) it keeps a
 /// history per key and re-reads it for every time; at 50,000 counters in one group that was
-/// 1.7 GB and a quarter of the ingest rate. This keeps one entry per member (about 40 bytes).
+/// 1.7 GB and a quarter of the ingest rate. This keeps one entry per member (a series and its
+/// value: 16 bytes and the table's slack). A series has one value per leaf and time, so a
+/// retraction removes the member only if it still has the retracted value: the retraction and
+/// the insertion of a change at the same time may come in either order.
 fn group_aggregate<'s>(
     input: VecCollection<'s, u64, (GroupKey, (u64, u64))>,
     plans: Arc<Plans>,
 ) -> VecCollection<'s, u64, (GroupKey, u64)> {
     type Key = GroupKey;
     type In = ((Key, (u64, u64)), u64, isize);
-    type Pending = BTreeMap<u64, (Capability<u64>, Vec<(Key, (u64, u64), isize)>)>;
+    type Pending = BTreeMap<u64, (Capability<u64>, Vec<MemberUpdate>)>;
     let route = |((k, _), _, _): &In| {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -911,48 +967,88 @@ fn group_aggregate<'s>(
             "GroupAggregate",
             move |_cap, _info| {
                 let mut pending: Pending = BTreeMap::new();
-                let mut groups: HashMap<Key, GroupState> = HashMap::new();
+                // Groups by id, the ids by key, and ids free for reuse.
+                let mut groups: Vec<Option<GroupState>> = Vec::new();
+                let mut ids: HashMap<Key, u32> = HashMap::new();
+                let mut free: Vec<u32> = Vec::new();
                 let mut values = Vec::new();
+                let mut reported = Reported::new(Component::Rules);
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         let Some(&least) = cap.least() else { return };
-                        for ((k, m), t, d) in data.drain(..) {
+                        for ((k, (series, bits)), t, d) in data.drain(..) {
                             let at = t.max(least);
+                            let group = match ids.get(&k) {
+                                Some(&g) => g,
+                                None => {
+                                    let g = free.pop().unwrap_or(groups.len() as u32);
+                                    let state = GroupState {
+                                        key: k.clone(),
+                                        members: IdMap::default(),
+                                        out: None,
+                                        waiting: 0,
+                                        touched: u64::MAX,
+                                    };
+                                    match groups.get_mut(g as usize) {
+                                        Some(slot) => *slot = Some(state),
+                                        None => groups.push(Some(state)),
+                                    }
+                                    ids.insert(k, g);
+                                    g
+                                }
+                            };
+                            if let Some(g) = groups[group as usize].as_mut() {
+                                g.waiting += 1;
+                            }
+                            let diff = d.clamp(i32::MIN as isize, i32::MAX as isize) as i32;
                             pending
                                 .entry(at)
                                 .or_insert_with(|| (cap.delayed(&at, 0), Vec::new()))
                                 .1
-                                .push((k, m, d));
+                                .push(MemberUpdate {
+                                    group,
+                                    diff,
+                                    series,
+                                    bits,
+                                });
                         }
                     });
+                    let mut applied = false;
                     while let Some(entry) = pending.first_entry() {
                         if frontier.less_equal(entry.key()) {
                             break;
                         }
+                        applied = true;
                         let (t, (cap, updates)) = entry.remove_entry();
-                        let mut touched: Vec<Key> = Vec::new();
-                        for (k, m, d) in updates {
-                            let g = groups.entry(k.clone()).or_default();
-                            let c = g.members.entry(m).or_insert(0);
-                            *c += d;
-                            if *c == 0 {
-                                g.members.remove(&m);
-                            }
-                            touched.push(k);
-                        }
-                        touched.sort();
-                        touched.dedup();
-                        let mut session = output.session(&cap);
-                        for k in touched {
-                            let Some(g) = groups.get_mut(&k) else {
+                        let mut touched: Vec<u32> = Vec::new();
+                        for u in updates {
+                            let Some(g) = groups[u.group as usize].as_mut() else {
                                 continue;
                             };
-                            let agg = plans.branch(k.0).and_then(|b| b.agg.as_ref());
+                            g.waiting -= 1;
+                            if u.diff > 0 {
+                                g.members.insert(u.series, u.bits);
+                            } else if u.diff < 0 && g.members.get(&u.series) == Some(&u.bits) {
+                                g.members.remove(&u.series);
+                            }
+                            if g.touched != t {
+                                g.touched = t;
+                                touched.push(u.group);
+                            }
+                        }
+                        touched.sort_by(|a, b| {
+                            let key = |i: &u32| groups[*i as usize].as_ref().map(|g| &g.key);
+                            key(a).cmp(&key(b))
+                        });
+                        let mut session = output.session(&cap);
+                        for id in touched {
+                            let Some(g) = groups[id as usize].as_mut() else {
+                                continue;
+                            };
+                            let agg = plans.branch(g.key.0).and_then(|b| b.agg.as_ref());
                             let new = agg.and_then(|agg| {
                                 values.clear();
-                                values.extend(
-                                    g.members.iter().filter(|(_, &c)| c > 0).map(|(&m, _)| m),
-                                );
+                                values.extend(g.members.iter().map(|(&s, &b)| (s, b)));
                                 values.sort_unstable();
                                 let vals: Vec<f64> =
                                     values.iter().map(|&(_, b)| f64::from_bits(b)).collect();
@@ -960,17 +1056,37 @@ fn group_aggregate<'s>(
                             });
                             if new != g.out {
                                 if let Some(o) = g.out {
-                                    session.give(((k.clone(), o), t, -1));
+                                    session.give(((g.key.clone(), o), t, -1));
                                 }
                                 if let Some(n) = new {
-                                    session.give(((k.clone(), n), t, 1));
+                                    session.give(((g.key.clone(), n), t, 1));
                                 }
                                 g.out = new;
                             }
-                            if g.members.is_empty() && g.out.is_none() {
-                                groups.remove(&k);
+                            if g.members.is_empty() && g.out.is_none() && g.waiting == 0 {
+                                // Shrunk tables give their memory back as groups empty.
+                                ids.remove(&g.key);
+                                groups[id as usize] = None;
+                                free.push(id);
+                            } else if g.members.capacity() > 4 * g.members.len().max(4) {
+                                g.members.shrink_to_fit();
                             }
                         }
+                    }
+                    if applied {
+                        let slot = hash_slot(16);
+                        let members: i64 = groups
+                            .iter()
+                            .flatten()
+                            .map(|g| g.members.capacity() as i64 * slot)
+                            .sum();
+                        let waiting: usize = pending.values().map(|(_, u)| u.capacity()).sum();
+                        reported.set(
+                            members
+                                + (waiting * std::mem::size_of::<MemberUpdate>()) as i64
+                                + (groups.capacity() * std::mem::size_of::<Option<GroupState>>())
+                                    as i64,
+                        );
                     }
                 }
             },
