@@ -49,67 +49,70 @@ pub const CHUNK_SAMPLES: usize = 120;
 use super::chunkfile::{ChunkFileError, ChunkFiles, DiskRef};
 use super::snap::{Dec, DecError, Enc};
 
-/// A bit stream being written: full 64-bit words go into `buf` (its first `len` bytes; the
-/// rest is room), the bits after them wait in `acc`. A boxed slice and a count rather than a
-/// vector: an open head sits in every series' entry, and this takes 32 bytes of it instead
-/// of 40.
-struct BitWriter {
+/// A bit stream being written: full 64-bit words go into `buf` (its first `len()` bytes; the
+/// rest is room), the bits after them wait in `acc`; `bits` counts both. A boxed slice and a
+/// count rather than a vector: an open head sits in every series' entry, and this takes 32
+/// bytes of it instead of 40. `meta` is its owner's, in the 4 bytes the layout leaves after
+/// the count (an open head's sample count and codec state: [`HeadMeta`]).
+#[derive(Default)]
+struct BitWriter<M = ()> {
     buf: Box<[u8]>,
     acc: u64,
-    len: u32,
-    nbits: u32,
+    bits: u32,
+    meta: M,
 }
 
 impl BitWriter {
     fn new() -> Self {
         BitWriter {
             buf: vec![0; 64].into_boxed_slice(),
-            acc: 0,
-            len: 0,
-            nbits: 0,
+            ..BitWriter::default()
         }
     }
+}
+
+impl<M> BitWriter<M> {
     #[inline]
-    fn write(&mut self, value: u64, bits: u32) {
-        debug_assert!(bits <= 64);
-        if bits == 0 {
+    fn write(&mut self, value: u64, n: u32) {
+        debug_assert!(n <= 64);
+        if n == 0 {
             return;
         }
-        let value = if bits == 64 {
+        let value = if n == 64 {
             value
         } else {
-            value & ((1u64 << bits) - 1)
+            value & ((1u64 << n) - 1)
         };
-        let free = 64 - self.nbits;
-        if bits <= free {
-            self.acc |= if bits == 64 {
-                value
-            } else {
-                value << (free - bits)
-            };
-            self.nbits += bits;
+        let free = 64 - self.bits % 64;
+        if n < free {
+            self.acc |= value << (free - n);
+            self.bits += n;
         } else {
-            let hi = bits - free;
+            // The accumulator fills: its word goes into the buffer, the rest starts the next.
+            let hi = n - free;
             self.acc |= value >> hi;
+            self.bits += free;
             self.push_word();
-            self.acc = value << (64 - hi);
-            self.nbits = hi;
-        }
-        if self.nbits == 64 {
-            self.push_word();
-            self.acc = 0;
-            self.nbits = 0;
+            self.acc = if hi == 0 { 0 } else { value << (64 - hi) };
+            self.bits += hi;
         }
     }
-    /// Moves the full accumulator into the buffer, which grows by 32 bytes at a time, not by
-    /// doubling (an open chunk lives long and is a few hundred bytes).
+    /// Moves the full accumulator into the buffer (its last full word), which grows by 32
+    /// bytes at a time, not by doubling (an open chunk lives long and is a few hundred bytes).
     fn push_word(&mut self) {
-        let at = self.len as usize;
+        let at = self.len() - 8;
         if at + 8 > self.buf.len() {
             self.reserve_total(at + 32);
         }
         self.buf[at..at + 8].copy_from_slice(&self.acc.to_be_bytes());
-        self.len += 8;
+    }
+    /// Bytes of full words written.
+    fn len(&self) -> usize {
+        (self.bits / 64) as usize * 8
+    }
+    /// Bits waiting in the accumulator.
+    fn nbits(&self) -> u32 {
+        self.bits % 64
     }
     /// Makes the buffer `n` bytes long if it is shorter (exactly: no slack beyond it).
     fn reserve_total(&mut self, n: usize) {
@@ -122,7 +125,7 @@ impl BitWriter {
     }
     /// The full words written.
     fn words(&self) -> &[u8] {
-        &self.buf[..self.len as usize]
+        &self.buf[..self.len()]
     }
     /// A self-delimiting unsigned: 6 bits (bit length - 1), then the bits.
     fn write_var(&mut self, v: u64) {
@@ -131,12 +134,13 @@ impl BitWriter {
         self.write(v, len);
     }
     fn bit_len(&self) -> usize {
-        self.len as usize * 8 + self.nbits as usize
+        self.bits as usize
     }
     fn finish(self) -> Vec<u8> {
-        let bytes = self.nbits.div_ceil(8) as usize;
+        let bytes = self.nbits().div_ceil(8) as usize;
+        let len = self.len();
         let mut out = self.buf.into_vec();
-        out.truncate(self.len as usize);
+        out.truncate(len);
         out.extend_from_slice(&self.acc.to_be_bytes()[..bytes]);
         // Padding so the reader can always load 8 bytes past any position.
         out.extend_from_slice(&[0u8; 8]);
@@ -664,15 +668,12 @@ fn write_values(w: &mut BitWriter, codec: ValueCodec, values: &[f64], exp: u32) 
 ///
 /// ```text
 /// ```
+#[derive(Default)]
 pub struct Appender {
-    w: BitWriter,
-    count: u16,
-    lead: u8,
-    trail: u8,
-    /// The decimal exponent of the values, or [`GORILLA`]. In decimal mode `trail` is the
-    /// shift of the mantissa deltas ([`NO_SHIFT`] until the first non-zero one).
-    exp: u8,
-    first_ts: i64,
+    /// The bit stream, and in its spare room the count and codec state. The first sample's
+    /// time is the stream's first word, so it is not kept apart: 64 bytes in every series'
+    /// entry instead of 80 (the entry in jemalloc's 160-byte class instead of 192).
+    w: BitWriter<HeadMeta>,
     last_ts: i64,
     delta: i64,
     /// Gorilla: the last value's bits; decimal: the last mantissa.
@@ -682,7 +683,30 @@ pub struct Appender {
     last_delta: i64,
 }
 
-/// [`Appender::exp`] of a head in Gorilla mode.
+/// An open head's count and codec state, kept in its bit writer's spare bytes.
+#[derive(Clone, Copy)]
+struct HeadMeta {
+    /// Samples held: at most [`CHUNK_SAMPLES`] (the hot index seals a head there).
+    count: u8,
+    lead: u8,
+    trail: u8,
+    /// The decimal exponent of the values, or [`GORILLA`]. In decimal mode `trail` is the
+    /// shift of the mantissa deltas ([`NO_SHIFT`] until the first non-zero one).
+    exp: u8,
+}
+
+impl Default for HeadMeta {
+    fn default() -> Self {
+        HeadMeta {
+            count: 0,
+            lead: u8::MAX,
+            trail: 0,
+            exp: GORILLA,
+        }
+    }
+}
+
+/// [`HeadMeta::exp`] of a head in Gorilla mode.
 const GORILLA: u8 = u8::MAX;
 /// The shift of a decimal head whose deltas were all zero so far.
 const NO_SHIFT: u8 = 63;
@@ -739,42 +763,25 @@ fn mantissa(v: f64, exp: u8) -> Option<i64> {
     (m.abs() < 9.007_199_254_740_992e15 && (m / p).to_bits() == v.to_bits()).then_some(m as i64)
 }
 
-impl Default for Appender {
-    fn default() -> Self {
-        Appender {
-            w: BitWriter {
-                buf: Box::default(),
-                acc: 0,
-                len: 0,
-                nbits: 0,
-            },
-            count: 0,
-            lead: u8::MAX,
-            trail: 0,
-            exp: GORILLA,
-            first_ts: 0,
-            last_ts: 0,
-            delta: 0,
-            last_bits: 0,
-            last_delta: 0,
-        }
-    }
-}
-
 impl Appender {
     /// Samples held.
     pub fn len(&self) -> usize {
-        self.count as usize
+        self.w.meta.count as usize
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.w.meta.count == 0
     }
 
     /// The first and last timestamps (meaningless when empty).
     pub fn first_ts(&self) -> i64 {
-        self.first_ts
+        // The first sample's time is the stream's first word (written whole, 64 bits).
+        self.w
+            .buf
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, |b: [u8; 8]| i64::from_be_bytes(b))
     }
 
     pub fn last_ts(&self) -> i64 {
@@ -795,34 +802,42 @@ impl Appender {
         self.w.write(value, bits);
     }
 
-    /// Appends a sample; `ts` must be after the last one (callers route others elsewhere).
+    /// Appends a sample; `ts` must be after the last one (callers route others elsewhere), and
+    /// the head must hold fewer than 255 (the hot index seals it at [`CHUNK_SAMPLES`]).
     pub fn push(&mut self, ts: i64, v: f64) {
-        debug_assert!(self.count == 0 || ts > self.last_ts);
-        if self.count == 0 {
-            self.exp = decimal_exponent(v).map_or(GORILLA, |e| e as u8);
-            if self.exp != GORILLA {
-                (self.lead, self.trail) = (0, NO_SHIFT);
+        debug_assert!(self.w.meta.count == 0 || ts > self.last_ts);
+        debug_assert!(
+            self.w.meta.count < u8::MAX,
+            "an open head holds at most 255 samples"
+        );
+        if self.w.meta.count == 0 {
+            self.w.meta.exp = decimal_exponent(v).map_or(GORILLA, |e| e as u8);
+            if self.w.meta.exp != GORILLA {
+                (self.w.meta.lead, self.w.meta.trail) = (0, NO_SHIFT);
             }
-        } else if self.exp != GORILLA {
-            match mantissa(v, self.exp) {
+        } else if self.w.meta.exp != GORILLA {
+            match mantissa(v, self.w.meta.exp) {
                 None => return self.rebuild(ts, v),
                 Some(m) => {
                     let s = delta_shift(m.wrapping_sub(self.last_bits as i64));
-                    if self.trail == NO_SHIFT {
+                    if self.w.meta.trail == NO_SHIFT {
                         // Every delta so far was zero, written the same at any shift.
-                        self.trail = s;
-                    } else if s < self.trail {
+                        self.w.meta.trail = s;
+                    } else if s < self.w.meta.trail {
                         return self.rebuild(ts, v);
                     }
                 }
             }
         }
         self.push_in_mode(ts, v);
-        if self.count == 8 && self.exp != GORILLA && self.lead == 0 {
+        if self.w.meta.count == 8 && self.w.meta.exp != GORILLA && self.w.meta.lead == 0 {
             let mut pts = Vec::with_capacity(8);
             self.decode_into(&mut pts);
-            let ms: Vec<i64> = pts.iter().filter_map(|p| mantissa(p.1, self.exp)).collect();
-            if dod_smaller(&ms, u32::from(self.trail.min(NO_SHIFT - 1))) {
+            let ms: Vec<i64> = pts
+                .iter()
+                .filter_map(|p| mantissa(p.1, self.w.meta.exp))
+                .collect();
+            if dod_smaller(&ms, u32::from(self.w.meta.trail.min(NO_SHIFT - 1))) {
                 let last = pts.pop().expect("8 samples");
                 self.reencode(pts, last, true);
             }
@@ -861,12 +876,10 @@ impl Appender {
             let ms: Vec<i64> = pts.iter().filter_map(|p| mantissa(p.1, exp)).collect();
             dod || dod_smaller(&ms, u32::from(shift.min(NO_SHIFT - 1)))
         };
-        let mut a = Appender {
-            exp,
-            ..Appender::default()
-        };
+        let mut a = Appender::default();
+        a.w.meta.exp = exp;
         if exp != GORILLA {
-            (a.lead, a.trail) = (u8::from(dod), shift);
+            (a.w.meta.lead, a.w.meta.trail) = (u8::from(dod), shift);
         }
         a.w.reserve_total(self.w.buf.len());
         for (t, x) in pts {
@@ -877,17 +890,16 @@ impl Appender {
 
     /// Appends in the head's mode (the value fits it).
     fn push_in_mode(&mut self, ts: i64, v: f64) {
-        match self.count {
+        match self.w.meta.count {
             0 => {
                 self.write(ts as u64, 64);
-                self.first_ts = ts;
                 self.last_ts = ts;
-                self.count = 1;
-                if self.exp == GORILLA {
+                self.w.meta.count = 1;
+                if self.w.meta.exp == GORILLA {
                     self.last_bits = v.to_bits();
                     self.write(self.last_bits, 64);
                 } else {
-                    let m = mantissa(v, self.exp).unwrap_or_default();
+                    let m = mantissa(v, self.w.meta.exp).unwrap_or_default();
                     self.w.write_var(zigzag(m));
                     self.last_bits = m as u64;
                 }
@@ -923,11 +935,11 @@ impl Appender {
                 self.delta = d;
             }
         }
-        if self.exp != GORILLA {
-            let m = mantissa(v, self.exp).unwrap_or_default();
-            let shift = u32::from(self.trail.min(NO_SHIFT - 1));
+        if self.w.meta.exp != GORILLA {
+            let m = mantissa(v, self.w.meta.exp).unwrap_or_default();
+            let shift = u32::from(self.w.meta.trail.min(NO_SHIFT - 1));
             let d = m.wrapping_sub(self.last_bits as i64) >> shift;
-            let z = if self.lead == 1 {
+            let z = if self.w.meta.lead == 1 {
                 zigzag(d.wrapping_sub(self.last_delta))
             } else {
                 zigzag(d)
@@ -946,7 +958,7 @@ impl Appender {
             }
             self.last_bits = m as u64;
             self.last_ts = ts;
-            self.count += 1;
+            self.w.meta.count += 1;
             return;
         }
         let bits = v.to_bits();
@@ -956,8 +968,11 @@ impl Appender {
         } else {
             let l = x.leading_zeros().min(31);
             let t = x.trailing_zeros();
-            if self.lead != u8::MAX && l >= u32::from(self.lead) && t >= u32::from(self.trail) {
-                let (lead, trail) = (u32::from(self.lead), u32::from(self.trail));
+            if self.w.meta.lead != u8::MAX
+                && l >= u32::from(self.w.meta.lead)
+                && t >= u32::from(self.w.meta.trail)
+            {
+                let (lead, trail) = (u32::from(self.w.meta.lead), u32::from(self.w.meta.trail));
                 self.write(0b10, 2);
                 self.write(x >> trail, 64 - lead - trail);
             } else {
@@ -966,21 +981,21 @@ impl Appender {
                 self.write(u64::from(l), 5);
                 self.write(u64::from(sig - 1), 6);
                 self.write(x >> t, sig);
-                self.lead = l as u8;
-                self.trail = t as u8;
+                self.w.meta.lead = l as u8;
+                self.w.meta.trail = t as u8;
             }
         }
         self.last_bits = bits;
         self.last_ts = ts;
-        self.count += 1;
+        self.w.meta.count += 1;
     }
 
     /// Appends the samples to `out`, in time order.
     pub fn decode_into(&self, out: &mut Vec<(i64, f64)>) {
-        if self.count == 0 {
+        if self.w.meta.count == 0 {
             return;
         }
-        let mut bytes = Vec::with_capacity(self.w.len as usize + 16);
+        let mut bytes = Vec::with_capacity(self.w.len() + 16);
         bytes.extend_from_slice(self.w.words());
         bytes.extend_from_slice(&self.w.acc.to_be_bytes());
         bytes.extend_from_slice(&[0u8; 8]);
@@ -988,9 +1003,9 @@ impl Appender {
             buf: &bytes,
             pos: 0,
         };
-        out.reserve(self.count as usize);
-        let decimal = self.exp != GORILLA;
-        let p = POW10[(self.exp as usize).min(POW10.len() - 1)];
+        out.reserve(self.w.meta.count as usize);
+        let decimal = self.w.meta.exp != GORILLA;
+        let p = POW10[(self.w.meta.exp as usize).min(POW10.len() - 1)];
         let mut t = r.read(64) as i64;
         let mut bits = if decimal {
             unzigzag(r.read_var()) as u64
@@ -1007,7 +1022,7 @@ impl Appender {
         out.push((t, value(bits)));
         let (mut d, mut lead, mut trail) = (0i64, 0u32, 0u32);
         let mut last_delta = 0i64;
-        for i in 1..self.count {
+        for i in 1..self.w.meta.count {
             if i == 1 {
                 d = unzigzag(r.read_var());
             } else {
@@ -1041,9 +1056,9 @@ impl Appender {
                         }
                     }
                 }
-                let shift = u32::from(self.trail.min(NO_SHIFT - 1));
+                let shift = u32::from(self.w.meta.trail.min(NO_SHIFT - 1));
                 let mut d = unzigzag(r.read(n));
-                if self.lead == 1 {
+                if self.w.meta.lead == 1 {
                     d = d.wrapping_add(last_delta);
                 }
                 last_delta = d;
@@ -1062,7 +1077,7 @@ impl Appender {
 
     /// The samples, decoded.
     pub fn samples(&self) -> Vec<(i64, f64)> {
-        let mut v = Vec::with_capacity(self.count as usize);
+        let mut v = Vec::with_capacity(self.w.meta.count as usize);
         self.decode_into(&mut v);
         v
     }
@@ -1141,17 +1156,17 @@ impl Chunk {
 
 impl Appender {
     pub fn snap(&self, e: &mut Enc<'_>) {
-        e.u16(self.count);
-        if self.count == 0 {
+        e.u16(u16::from(self.w.meta.count));
+        if self.w.meta.count == 0 {
             return;
         }
         e.bytes(self.w.words());
         e.u64(self.w.acc);
-        e.u32(self.w.nbits);
-        e.u8(self.lead);
-        e.u8(self.trail);
-        e.u8(self.exp);
-        e.i64(self.first_ts);
+        e.u32(self.w.nbits());
+        e.u8(self.w.meta.lead);
+        e.u8(self.w.meta.trail);
+        e.u8(self.w.meta.exp);
+        e.i64(self.first_ts());
         e.i64(self.last_ts);
         e.i64(self.delta);
         e.u64(self.last_bits);
@@ -1169,16 +1184,15 @@ impl Appender {
             _ => return Err(d.fail("head bytes", "not whole 64-bit words")),
         };
         let (acc, nbits) = (d.u64("head bits")?, d.u32("head bit count")?);
-        if nbits > 64 {
-            return Err(d.fail("head bit count", "more than 64"));
+        if nbits >= 64 {
+            return Err(d.fail("head bit count", "64 or more (a full word is in the bytes)"));
         }
-        Ok(Appender {
-            w: BitWriter {
-                buf,
-                acc,
-                len,
-                nbits,
-            },
+        let count = u8::try_from(count)
+            .map_err(|_| d.fail("head count", "more than 255 samples in an open head"))?;
+        if buf.len() < 8 {
+            return Err(d.fail("head bytes", "shorter than the first sample's time"));
+        }
+        let meta = HeadMeta {
             count,
             lead: d.u8("head lead")?,
             trail: d.u8("head trail")?,
@@ -1191,7 +1205,26 @@ impl Appender {
             } else {
                 GORILLA
             },
-            first_ts: d.i64("head first_ts")?,
+        };
+        let Some(bits) = len.checked_mul(8).and_then(|b| b.checked_add(nbits)) else {
+            return Err(d.fail("head bytes", "longer than a head can be"));
+        };
+        let a = Appender {
+            w: BitWriter {
+                buf,
+                acc,
+                bits,
+                meta,
+            },
+            last_ts: 0,
+            delta: 0,
+            last_bits: 0,
+            last_delta: 0,
+        };
+        if d.i64("head first_ts")? != a.first_ts() {
+            return Err(d.fail("head first_ts", "not the time the head's bytes start with"));
+        }
+        Ok(Appender {
             last_ts: d.i64("head last_ts")?,
             delta: d.i64("head delta")?,
             last_bits: d.u64("head last value")?,
@@ -1200,6 +1233,7 @@ impl Appender {
             } else {
                 0
             },
+            ..a
         })
     }
 }
@@ -1329,7 +1363,8 @@ mod tests {
             rng
         };
         for case in 0..200 {
-            let n = 1 + (next() % 300) as usize;
+            // An open head holds at most 255 samples (the hot index seals at 120).
+            let n = 1 + (next() % 255) as usize;
             let mut t = (next() % 1_000_000_000_000) as i64 - 500_000_000_000;
             let mut pts = Vec::new();
             for i in 0..n {
@@ -1394,7 +1429,7 @@ mod tests {
                 })
                 .collect();
             let a = Appender::from_samples(&pts);
-            assert_eq!(a.exp, 0);
+            assert_eq!(a.w.meta.exp, 0);
             let got = a.samples();
             assert_eq!(got, pts);
         }
@@ -1418,7 +1453,7 @@ mod tests {
         ] {
             let pts: Vec<(i64, f64)> = (0..120).map(|i| (ts(i), f(i))).collect();
             let a = Appender::from_samples(&pts);
-            assert_ne!(a.exp, GORILLA);
+            assert_ne!(a.w.meta.exp, GORILLA);
             assert!(
                 a.size() <= 120 * 5 / 2,
                 "{} bytes for 120 samples",
@@ -1429,24 +1464,24 @@ mod tests {
         // 2.0 (exponent 0), then 2.5 and 2.125: the head is re-encoded at exponent 3.
         let mut pts = vec![(ts(0), 2.0), (ts(1), 2.5), (ts(2), 2.125)];
         let a = Appender::from_samples(&pts);
-        assert_eq!(a.exp, 3);
+        assert_eq!(a.w.meta.exp, 3);
         check(&a, &pts);
         // A staleness marker: Gorilla from then on, every value kept.
         pts.push((ts(3), f64::from_bits(crate::model::STALE_NAN_BITS)));
         pts.push((ts(4), 7.0));
         let a = Appender::from_samples(&pts);
-        assert_eq!(a.exp, GORILLA);
+        assert_eq!(a.w.meta.exp, GORILLA);
         check(&a, &pts);
         // A version 2 checkpoint's head (no mode byte) is read as Gorilla.
         let g: Vec<(i64, f64)> = (0..10)
             .map(|i| (ts(i), f64::from_bits(0x4000_0000_0000_0001 + i as u64)))
             .collect();
         let a = Appender::from_samples(&g);
-        assert_eq!(a.exp, GORILLA);
+        assert_eq!(a.w.meta.exp, GORILLA);
         // This build's layout without the mode byte and the last mantissa delta.
         let mut buf = Vec::new();
         a.snap(&mut Enc(&mut buf));
-        let mode_at = 2 + 4 + a.w.len as usize + 8 + 4 + 2;
+        let mode_at = 2 + 4 + a.w.len() + 8 + 4 + 2;
         assert_eq!(buf.remove(mode_at), GORILLA);
         buf.truncate(buf.len() - 8);
         let b = Appender::unsnap(&mut Dec::with_version(&buf, 2)).unwrap();
@@ -1464,7 +1499,7 @@ mod tests {
         let a = Appender::from_samples(&pts);
         let mut buf = Vec::new();
         a.snap(&mut Enc(&mut buf));
-        let words = a.w.len as usize;
+        let words = a.w.len();
         assert!(words >= 8 && words.is_multiple_of(8));
         // The head's bytes one short of whole 64-bit words: length prefix and data.
         let mut short = buf.clone();
@@ -1481,7 +1516,22 @@ mod tests {
         let Err(e) = Appender::unsnap(&mut Dec::new(&bits)) else {
             panic!("a head of 65 pending bits read back");
         };
-        assert_eq!((e.what, e.why), ("head bit count", "more than 64"));
+        assert_eq!(e.what, "head bit count");
+        // More samples than an open head holds.
+        let mut many = buf.clone();
+        many[0..2].copy_from_slice(&256u16.to_le_bytes());
+        let Err(e) = Appender::unsnap(&mut Dec::new(&many)) else {
+            panic!("a head of 256 samples read back");
+        };
+        assert_eq!(e.what, "head count");
+        // A first time that is not where the bytes start (it is read from them, not kept).
+        let mut first = buf.clone();
+        let at = 2 + 4 + words + 8 + 4 + 3;
+        first[at..at + 8].copy_from_slice(&1i64.to_le_bytes());
+        let Err(e) = Appender::unsnap(&mut Dec::new(&first)) else {
+            panic!("a head with another first time read back");
+        };
+        assert_eq!(e.what, "head first_ts");
         // The intact one reads back.
         let Ok(back) = Appender::unsnap(&mut Dec::new(&buf)) else {
             panic!("the intact head did not read back");
