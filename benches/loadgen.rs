@@ -35,6 +35,9 @@ struct Args {
     /// With `--stream`: the target is another system (VictoriaMetrics in `benches/scale.sh`):
     /// report the acknowledged rate only, do not read Tidemark's `/metrics`.
     peer: bool,
+    /// Seconds before now at which the event times end (default 60): a run started a few
+    /// minutes after the hour can keep its events inside the hour before it.
+    end_ago: i64,
 }
 
 fn args() -> Args {
@@ -50,6 +53,7 @@ fn args() -> Args {
         latency: 0,
         stream: false,
         peer: false,
+        end_ago: 60,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -60,6 +64,7 @@ fn args() -> Args {
             "--connections" => a.connections = val.parse().expect("--connections N"),
             "--hosts" => a.hosts = val.parse().expect("--hosts N"),
             "--points" => a.points = val.parse().expect("--points N"),
+            "--end-ago" => a.end_ago = val.parse().expect("--end-ago SECONDS"),
             "--queries" => a.queries = val.parse().expect("--queries N"),
             "--hot-urls" => a.hot_urls = val.split(',').map(str::to_string).collect(),
             "--drain" => a.drain = Some(val.parse().expect("--drain SAMPLES")),
@@ -80,7 +85,7 @@ fn args() -> Args {
                 continue;
             }
             other => panic!(
-                "unknown argument {other}; use --url --connections --hosts --points --queries --hot-urls --push-only --drain --latency --stream --peer"
+                "unknown argument {other}; use --url --connections --hosts --points --end-ago --queries --hot-urls --push-only --drain --latency --stream --peer"
             ),
         }
         i += 2;
@@ -331,7 +336,7 @@ fn main() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let start = (now / 10_000 - a.points as i64 - 6) * 10_000;
+    let start = (now / 10_000 - a.points as i64 - a.end_ago / 10) * 10_000;
     if a.stream {
         stream(&a, start);
         return;

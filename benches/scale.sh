@@ -5,6 +5,7 @@
 # (tidemark_memory_bytes), data dir bytes per sample, and the restart: time to ready and peak
 # RSS while it replays.
 # Usage: HOSTS=250000 POINTS=180 benches/scale.sh      (1 M series, 30 minutes of event time)
+# TRACE=FILE appends RSS and memory by component (MiB) every 3 s to FILE.
 # PROFILE=dev runs the debug build (memory figures are the same; rates are not). The restart
 # after SIGTERM loads the checkpoint written at shutdown. Then, when Debian's victoria-metrics
 # is installed (PEER=none skips it), VictoriaMetrics takes the same workload: its peak RSS,
@@ -21,13 +22,26 @@ else
   cargo build --bin tidemark --bin tidemark-loadgen
   bin=target/debug
 fi
+# BIN=DIR runs DIR/tidemark (for example a glibc build under WRAP="heaptrack -o FILE").
+bin=${BIN:-$bin}
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 url="http://127.0.0.1:$port"
+# WRAP (for example "heaptrack -o FILE") wraps the first start only; RESTART_WRAP the restart.
+wrap=${WRAP:-}
 start() {
-  ${WRAP:-} "$bin/tidemark" up --listen "127.0.0.1:$port" --data-dir "$dir/data" \
+  $wrap "$bin/tidemark" up --listen "127.0.0.1:$port" --data-dir "$dir/data" \
     ${TIDEMARK_CONFIG:+--config "$TIDEMARK_CONFIG"} 2>>"$dir/server.log" &
   pid=$!
+  if [ -n "$wrap" ]; then
+    # The wrapper's child is the server: its RSS and CPU are the figures.
+    for _ in $(seq 1 100); do
+      p=$(pgrep -n -f "tidemark up --listen 127.0.0.1:$port" || true)
+      [ -n "$p" ] && [ "$p" != "$pid" ] && { pid=$p; break; }
+      sleep 0.1
+    done
+  fi
+  wrap=${RESTART_WRAP:-}
 }
 trap 'kill $pid ${vmpid:-} 2>/dev/null || true; wait $pid 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$dir"' EXIT
 ready() {
@@ -59,6 +73,10 @@ idle() {
   while kill -0 $pid 2>/dev/null; do
     m=$(curl -fs "$url/metrics" 2>/dev/null || true)
     r=$(awk '/^VmRSS/{printf "%.0f", $2 * 1024}' /proc/$pid/status 2>/dev/null)
+    if [ -n "${TRACE:-}" ] && [ -n "$r" ]; then
+      # One line per sample: seconds, RSS and every component (MiB), to see when the peak comes.
+      echo "$(date +%s) rss=$((r / 1048576)) $(echo "$m" | awk -F'[="} ]+' '/^tidemark_memory_bytes/{printf "%s=%.0f ", $2, $3/1048576} /^tidemark_log_(end|consumer)_offset /{printf "%s=%s ", $1, $2}')" >> "$TRACE"
+    fi
     if [ -n "$r" ] && [ "$r" -gt "$best" ]; then
       best=$r
       { echo "rss $r"; echo "$m" | grep -E '^tidemark_memory_bytes|^tidemark_log_(end|consumer)_offset'; } > "$dir/peak_components"
@@ -67,8 +85,11 @@ idle() {
   done ) &
 sampler=$!
 # The loadgen's event times: POINTS steps of 10 s ending about a minute before it starts.
-ev_end=$(( ($(date +%s) / 10 - 6) * 10 ))
-"$bin/tidemark-loadgen" --url "$url" --hosts "$HOSTS" --points "$POINTS" --stream
+# END_AGO=SECONDS ends them that long before the start instead (default 60): a run started
+# just after the hour can keep its events inside the hour before, so no partition seals.
+end_ago=${END_AGO:-60}
+ev_end=$(( ($(date +%s) / 10 - end_ago / 10) * 10 ))
+"$bin/tidemark-loadgen" --url "$url" --hosts "$HOSTS" --points "$POINTS" --stream --end-ago "$end_ago"
 series=$((HOSTS * 4))
 samples=$((series * POINTS))
 idle $pid
