@@ -52,6 +52,11 @@ ready() {
   echo "not ready after 300 s" >&2
   return 1
 }
+# Stops the server and waits for it (a wrapped one is not this shell's child).
+stop() {
+  kill -TERM $pid
+  wait $pid 2>/dev/null || while kill -0 $pid 2>/dev/null; do sleep 0.2; done
+}
 start
 ready
 # CPU seconds (user + system) of a process.
@@ -118,7 +123,7 @@ for _ in 1 2 3 4 5; do
   qs+=("$(echo "$(date +%s.%N) - $t0" | bc)")
 done
 echo "instant query '$q': ${qs[*]} s"
-kill -TERM $pid; wait $pid || true
+stop
 bytes=$(du -sb "$dir/data" | cut -f1)
 # How much of the run sits in the hour partition still open at the end (the cold writers
 # rebuild it at a restart, and it pins its raw chunks and 1-minute rollups): the restart
@@ -136,7 +141,7 @@ peak2=$(grep VmHWM /proc/$pid/status | awk '{printf "%.0f", $2*1024}')
 grep -E "checkpoint .* written|loaded checkpoint|checkpoint not usable" "$dir/server.log" | tail -3 || true
 echo "restart: ready in $took s, peak RSS during restart $((peak2 / 1048576)) MiB ($(echo "scale=2; $peak2 / $peak" | bc) x the live peak)"
 tail -3 "$dir/server.log"
-kill -TERM $pid; wait $pid || true
+stop
 # The peer: VictoriaMetrics (Debian's victoria-metrics) takes the same workload.
 if [ "${PEER:-vm}" = vm ] && command -v victoria-metrics >/dev/null; then
   vmport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
