@@ -434,8 +434,9 @@ impl LeafIndex {
 /// decoded whole where a tick reads them; the methods that read them take that decoded run.
 #[derive(Default)]
 struct SeriesState {
-    /// `None` until the series' labels are known.
-    leaves: Option<Vec<u32>>,
+    /// `None` until the series' labels are known; shared between the series that match the
+    /// same leaves.
+    leaves: Option<Arc<[u32]>>,
     samples: SampleRun,
     emitted: Vec<(u32, u64)>,
     /// The tick this series is next evaluated at (`u64::MAX`: not scheduled).
@@ -475,7 +476,7 @@ impl SeriesState {
         };
         let end = samples.partition_point(|&(ts, _)| ts <= t);
         let newer = samples.get(end).map(|p| p.0);
-        for &l in self.leaves.iter().flatten() {
+        for &l in self.leaves.iter().flat_map(|l| l.iter()) {
             let leaf = &plans.leaves[l as usize];
             let iv = leaf.interval.max(1);
             if t.rem_euclid(iv as i64) != 0 {
@@ -647,10 +648,14 @@ pub fn leaf_values<'s>(
                 // (a load between 44 % and 87 %) costs that per empty slot (27 MB at 250,000
                 // counters).
                 let mut series: IdMap<Box<SeriesState>> = IdMap::default();
-                // Series no leaf reads, with their newest sample time: remembered (16 bytes
-                // each instead of a `SeriesState`) until idle for longer than any window, so a
-                // series is matched once, not per sample.
-                let mut ignored: IdMap<i64> = IdMap::default();
+                // Series no leaf reads (a series id is its labels' hash, so the answer does
+                // not change): remembered, 8 bytes each, so a series is matched once, not per
+                // sample. Forgotten all at once every `IGNORED_FOR` of event time, so series
+                // that stopped do not stay; the others are matched once more.
+                let mut ignored: IdSet = IdSet::default();
+                let mut ignored_since = i64::MIN;
+                // The leaf sets series match, shared (a fleet's series match a handful).
+                let mut leaf_sets: HashMap<Vec<u32>, Arc<[u32]>> = HashMap::new();
                 let mut unresolved: IdSet = IdSet::default();
                 // Which series to evaluate at which tick: only those whose values can have
                 // changed, so a tick costs the changes, not the series count.
@@ -678,8 +683,7 @@ pub fn leaf_values<'s>(
                             return;
                         }
                         for s in data.drain(..) {
-                            if let Some(newest) = ignored.get_mut(&s.series) {
-                                *newest = (*newest).max(s.ts);
+                            if ignored.contains(&s.series) {
                                 continue;
                             }
                             let st = match series.entry(s.series) {
@@ -693,9 +697,10 @@ pub fn leaf_values<'s>(
                                         index.matching(&plans, &owned_pairs(&labels))
                                     });
                                     if leaves.as_ref().is_some_and(Vec::is_empty) {
-                                        ignored.insert(s.series, s.ts);
+                                        ignored.insert(s.series);
                                         continue;
                                     }
+                                    let leaves = leaves.map(|l| shared(&mut leaf_sets, l));
                                     if leaves.is_none() {
                                         unresolved.insert(s.series);
                                     }
@@ -731,12 +736,12 @@ pub fn leaf_values<'s>(
                         Some(labels) => {
                             let leaves = index.matching(&plans, &owned_pairs(&labels));
                             if leaves.is_empty() {
-                                if let Some(st) = series.remove(id) {
-                                    ignored.insert(*id, st.newest);
+                                if series.remove(id).is_some() {
+                                    ignored.insert(*id);
                                 }
                             } else if let Some(st) = series.get_mut(id) {
                                 schedule(&mut due, *id, st, next_tick);
-                                st.leaves = Some(leaves);
+                                st.leaves = Some(shared(&mut leaf_sets, leaves));
                             }
                             false
                         }
@@ -803,7 +808,10 @@ pub fn leaf_values<'s>(
                         // Now and then, series with nothing left go.
                         if t >= swept.saturating_add(SWEEP_MS) {
                             swept = t;
-                            ignored.retain(|_, newest| *newest > cutoff);
+                            if ti.saturating_sub(ignored_since) >= IGNORED_FOR {
+                                ignored_since = ti;
+                                ignored = IdSet::default();
+                            }
                             series.retain(|id, st| {
                                 run.clear();
                                 st.samples.decode_into(&mut run);
@@ -816,9 +824,7 @@ pub fn leaf_values<'s>(
                                 }
                                 live
                             });
-                            for m in [&mut series as &mut dyn Shrink, &mut ignored] {
-                                m.shrink();
-                            }
+                            shrink(&mut series);
                             let slot = hash_slot(16);
                             let heap: usize = series
                                 .values()
@@ -826,12 +832,11 @@ pub fn leaf_values<'s>(
                                     std::mem::size_of::<SeriesState>()
                                         + st.samples.heap_bytes()
                                         + st.emitted.capacity() * 16
-                                        + st.leaves.as_ref().map_or(0, |l| l.capacity() * 4)
                                 })
                                 .sum();
                             reported.set(
                                 series.capacity() as i64 * slot
-                                    + ignored.capacity() as i64 * hash_slot(16)
+                                    + ignored.capacity() as i64 * hash_slot(8)
                                     + heap as i64,
                             );
                         }
@@ -864,7 +869,7 @@ fn evaluate_series(
 ) {
     let ti = i64::try_from(t).unwrap_or(i64::MAX);
     let Some(leaves) = &st.leaves else { return };
-    for &l in leaves {
+    for &l in leaves.iter() {
         let leaf = &plans.leaves[l as usize];
         if !t.is_multiple_of(leaf.interval.max(1)) {
             continue;
@@ -899,17 +904,25 @@ fn evaluate_series(
 /// An aggregation's branch and group labels.
 type GroupKey = (BranchId, LabelPairs);
 
-/// A table that gives its memory back once it holds less than a quarter of its capacity (a
-/// catch-up or the first seconds of a run can leave it much larger than it stays).
-trait Shrink {
-    fn shrink(&mut self);
+/// The shared copy of a leaf set.
+fn shared(sets: &mut HashMap<Vec<u32>, Arc<[u32]>>, leaves: Vec<u32>) -> Arc<[u32]> {
+    if let Some(s) = sets.get(&leaves) {
+        return Arc::clone(s);
+    }
+    let s: Arc<[u32]> = leaves.as_slice().into();
+    sets.insert(leaves, Arc::clone(&s));
+    s
 }
 
-impl<V> Shrink for IdMap<V> {
-    fn shrink(&mut self) {
-        if self.capacity() > 4 * self.len().max(64) {
-            self.shrink_to_fit();
-        }
+/// How long of event time the series no leaf reads are remembered before they are all
+/// forgotten (and matched again at their next sample).
+const IGNORED_FOR: i64 = 3_600_000;
+
+/// Gives a table's memory back once it holds less than a quarter of its capacity (a
+/// catch-up or the first seconds of a run can leave it much larger than it stays).
+fn shrink<V>(m: &mut IdMap<V>) {
+    if m.capacity() > 4 * m.len().max(64) {
+        m.shrink_to_fit();
     }
 }
 
