@@ -1546,6 +1546,81 @@ mod tests {
     }
 
     #[test]
+    fn series_no_leaf_reads_are_matched_once_an_hour_not_per_sample() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use timely::dataflow::operators::{Capture, Input, Probe};
+        let last: WindowFn = |w, _, _| w.last().map(|p| p.1);
+        let plans = Arc::new(Plans {
+            leaves: vec![Leaf {
+                matches: Arc::new(|pairs| pairs.iter().any(|(k, v)| k == METRIC_NAME && v == "x")),
+                key: None,
+                window: Some((last, 60_000)),
+                keeps_name: true,
+                interval: 10_000,
+                every_tick: false,
+            }],
+            rules: vec![],
+        });
+        // Series 1 is `x` (read by the leaf), series 2 is `y` (read by none).
+        let looked_up = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let seen = Arc::clone(&looked_up);
+        let cfg = TickConfig {
+            resolution: 10_000,
+            max_catch_up: 3_600_000,
+            ticks_per_activation: 1_000,
+        };
+        const END: i64 = 150 * 60_000; // 2.5 hours of a sample a minute
+        let out = timely::execute_directly(move |worker| {
+            let (mut input, probe, out) = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, samples) = scope.new_input::<Vec<Sample>>();
+                let lookup: Lookup = Arc::new(move |id| {
+                    seen[(id - 1) as usize].fetch_add(1, Ordering::Relaxed);
+                    let name: &[u8] = if id == 1 { b"x" } else { b"y" };
+                    Some(SharedLabels::from(
+                        [&b"__name__\xff"[..], name, b"\xfe"].concat(),
+                    ))
+                });
+                let v = leaf_values(samples, plans, lookup, cfg, Some(0));
+                let (probe, v) = v.inner.probe();
+                (input, probe, v.capture())
+            });
+            let mut ts = 0;
+            while ts < END {
+                for series in [1, 2] {
+                    input.send(Sample {
+                        series,
+                        ts: ts + 1_000,
+                        value: ts as f64,
+                    });
+                }
+                ts += 60_000;
+                input.advance_to(ts as u64);
+                // The leaf holds its capability at its last tick plus one.
+                worker.step_while(|| probe.less_than(&((ts - 10_000) as u64)));
+            }
+            out
+        });
+        let values: Vec<(u64, u64)> = out
+            .try_iter()
+            .filter_map(|e| match e {
+                timely::dataflow::operators::capture::Event::Messages(_, d) => Some(d),
+                _ => None,
+            })
+            .flatten()
+            .filter(|((leaf, _, _), _, d)| *leaf != STARTED && *d > 0)
+            .map(|((_, series, _), t, _)| (series, t))
+            .collect();
+        // Only series 1 has values, through the end.
+        assert!(values.iter().all(|&(series, _)| series == 1));
+        assert!(values.iter().any(|&(_, t)| t > (END - 120_000) as u64));
+        // Series 1 has a state and is looked up once; series 2 once when first seen and once
+        // more after each hourly clear, not at each of its 150 samples.
+        assert_eq!(looked_up[0].load(Ordering::Relaxed), 1);
+        let y = looked_up[1].load(Ordering::Relaxed);
+        assert!((3..=5).contains(&y), "series 2 looked up {y} times");
+    }
+
+    #[test]
     fn far_behind_the_frontier_only_the_newest_tick_is_evaluated() {
         use timely::dataflow::operators::{Capture, Input, Probe};
         let last: WindowFn = |w, _, _| w.last().map(|p| p.1);
