@@ -242,6 +242,15 @@ pub fn render_chunk_files(hot: &crate::store::hot::HotIndex, w: &mut TextWriter)
         .map(|p| p.1)
         .sum();
     w.family(
+        "tidemark_hot_chunks_compacted_total",
+        "counter",
+        "Sealed raw chunks merged into larger ones once older than 2 hours (a series keeps one reference in memory per chunk on disk).",
+        &[(
+            "",
+            hot.stats.chunks_compacted.load(Ordering::Relaxed) as f64,
+        )],
+    );
+    w.family(
         "tidemark_hot_chunk_read_errors_total",
         "counter",
         "Sealed chunks and rollup blocks that could not be read back from the chunk directory (missing or damaged segment); they were left out of the read.",

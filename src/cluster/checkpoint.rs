@@ -447,7 +447,7 @@ impl WorkerCheckpoints {
             newest: self.hot.newest().unwrap_or(i64::MIN),
             created_ms,
         };
-        let info = match file::write(&self.dir, &meta, &self.hot, self.faults) {
+        let info = match file::write(&self.dir, &meta, &self.hot, self.cfg.keep, self.faults) {
             Ok(i) => i,
             Err(e) => {
                 let _ = std::fs::remove_file(&side);

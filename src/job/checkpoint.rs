@@ -210,7 +210,7 @@ impl Checkpointer {
             newest: self.hot.newest().unwrap_or(i64::MIN),
             created_ms: crate::alert::notify::now_ms(),
         };
-        let written = file::write(&self.dir, &meta, &self.hot, self.faults);
+        let written = file::write(&self.dir, &meta, &self.hot, self.cfg.keep, self.faults);
         drop(held);
         let info = written.map_err(|e| e.to_string())?;
         let s = &self.stats;

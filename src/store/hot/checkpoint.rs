@@ -195,13 +195,17 @@ fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
 /// index may change while it is written: each shard is copied under its read lock, so the
 /// file holds everything before the cut and possibly some records after it, which the log
 /// replay after the cut applies again (appends and rollup upserts are idempotent).
+/// `kept`: how many checkpoints the caller keeps (chunk segments an older kept checkpoint may
+/// reference stay: [`HotIndex::checkpoint_durable`]).
 pub fn write(
     dir: &Path,
     meta: &CheckpointMeta,
     hot: &HotIndex,
+    kept: usize,
     faults: Faults,
 ) -> Result<CheckpointInfo, CheckpointError> {
     let started = Instant::now();
+    let epoch = hot.checkpoint_begins();
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let path = dir.join(file_name(meta.offset));
     let tmp = dir.join(format!("{}.tmp", file_name(meta.offset)));
@@ -220,6 +224,7 @@ pub fn write(
     };
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
     sync_dir(dir)?;
+    hot.checkpoint_durable(epoch, kept);
     Ok(CheckpointInfo {
         meta: *meta,
         path,
@@ -507,7 +512,7 @@ mod tests {
     fn round_trip_keeps_every_sample_rollup_and_label() {
         let dir = tempfile::tempdir().unwrap();
         let hot = filled();
-        let w = write(dir.path(), &meta(), &hot, Faults::default()).unwrap();
+        let w = write(dir.path(), &meta(), &hot, 2, Faults::default()).unwrap();
         assert_eq!(w.series, 50);
         let back = HotIndex::new(i64::MAX / 4);
         let l = load(&w.path, &back).unwrap();
@@ -533,12 +538,12 @@ mod tests {
     fn a_damaged_checkpoint_is_reported_and_the_previous_one_used() {
         let dir = tempfile::tempdir().unwrap();
         let hot = filled();
-        let old = write(dir.path(), &meta(), &hot, Faults::default()).unwrap();
+        let old = write(dir.path(), &meta(), &hot, 2, Faults::default()).unwrap();
         let newer = CheckpointMeta {
             offset: 2000,
             ..meta()
         };
-        let new = write(dir.path(), &newer, &hot, Faults::default()).unwrap();
+        let new = write(dir.path(), &newer, &hot, 2, Faults::default()).unwrap();
         // One flipped byte in the body.
         let mut b = fs::read(&new.path).unwrap();
         let mid = b.len() / 2;
@@ -565,7 +570,7 @@ mod tests {
     fn a_full_disk_leaves_no_partial_file_and_the_previous_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let hot = filled();
-        let old = write(dir.path(), &meta(), &hot, Faults::default()).unwrap();
+        let old = write(dir.path(), &meta(), &hot, 2, Faults::default()).unwrap();
         let faults = Faults {
             fail_after: Some(old.bytes / 2),
             ..Faults::default()
@@ -577,6 +582,7 @@ mod tests {
                 ..meta()
             },
             &hot,
+            2,
             faults,
         )
         .unwrap_err();
@@ -599,7 +605,7 @@ mod tests {
                 replay_offset: replay,
                 ..meta()
             };
-            write(dir.path(), &m, &hot, Faults::default()).unwrap();
+            write(dir.path(), &m, &hot, 2, Faults::default()).unwrap();
         }
         fs::write(
             dir.path().join("ckpt-00000000000000000040.tdc.tmp"),

@@ -8,9 +8,13 @@
 //! written again after the process that wrote it stops (a start opens a new one). A segment is
 //! deleted when every chunk in it is older than what the index keeps ([`ChunkFiles::remove_before`]),
 //! or at start when the loaded checkpoint references nothing in it (what the previous process
-//! wrote after its last checkpoint: the log replay writes it again). Bytes of chunks rewritten
-//! by an out-of-order merge, or of series dropped, stay in their segment until it goes: at most
-//! the hot retention's worth.
+//! wrote after its last checkpoint: the log replay writes it again), or once nothing references
+//! it any more: the index releases a chunk's reference when it merges the chunk into a larger
+//! one (compaction, two hours after the chunk's samples), rewrites it with late samples, or
+//! drops it by retention ([`ChunkFiles::release`]), and a closed segment whose bytes are all
+//! released is deleted when every checkpoint kept on disk began after that
+//! ([`ChunkFiles::checkpoint_durable`]), so that no checkpoint a restart may load points into
+//! it. Released bytes of a segment that still holds live chunks stay until it goes.
 //!
 //! Durability: a checkpoint that references chunks fsyncs their segments first
 //! ([`ChunkFiles::sync`]), so a checkpoint never points at bytes a crash could lose.
@@ -59,6 +63,21 @@ struct Segment {
     max_ts: i64,
     /// Referenced by this process (written by it, or by a loaded checkpoint).
     used: bool,
+    /// Bytes of it the index still references: added when written or noted by a loaded
+    /// checkpoint, taken back by [`ChunkFiles::release`].
+    live: i64,
+    /// The checkpoint epoch ([`ChunkFiles::checkpoint_begins`]) in which `live` reached zero.
+    dead_at: Option<u64>,
+}
+
+/// Checkpoints begun and made durable, for deleting segments nothing references any more
+/// ([`ChunkFiles::checkpoint_durable`]).
+#[derive(Default)]
+struct Epochs {
+    /// Checkpoints begun.
+    begun: u64,
+    /// The begin epochs of the checkpoints made durable, newest last (the last `kept`).
+    durable: Vec<u64>,
 }
 
 struct Active {
@@ -74,10 +93,17 @@ pub struct ChunkFiles {
     segments: RwLock<BTreeMap<u32, Segment>>,
     active: Mutex<Option<Active>>,
     next: AtomicU64,
+    /// A segment is closed once it would grow past this ([`SEGMENT_BYTES`]).
+    segment_bytes: u64,
     /// Bytes of all segment files.
     pub file_bytes: AtomicU64,
     /// Positioned reads that failed (see [`ChunkFileError`]).
     pub read_errors: AtomicU64,
+    epochs: Mutex<Epochs>,
+    /// Checkpoints kept on disk: a dead segment goes once this many began after it died.
+    kept: AtomicU64,
+    /// Segments deleted because nothing referenced them any more (their chunks compacted).
+    pub dead_removed: AtomicU64,
 }
 
 fn seg_name(seg: u32) -> String {
@@ -110,6 +136,8 @@ impl ChunkFiles {
                     file: Arc::new(file),
                     max_ts: i64::MIN,
                     used: false,
+                    live: 0,
+                    dead_at: None,
                 },
             );
         }
@@ -119,9 +147,19 @@ impl ChunkFiles {
             segments: RwLock::new(segments),
             active: Mutex::new(None),
             next: AtomicU64::new(next),
+            segment_bytes: SEGMENT_BYTES,
             file_bytes: AtomicU64::new(bytes),
             read_errors: AtomicU64::new(0),
+            epochs: Mutex::new(Epochs::default()),
+            kept: AtomicU64::new(2),
+            dead_removed: AtomicU64::new(0),
         })
+    }
+
+    /// Segments of at most `n` bytes (tests: a segment per batch).
+    pub fn with_segment_bytes(mut self, n: u64) -> Self {
+        self.segment_bytes = n;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -139,7 +177,7 @@ impl ChunkFiles {
         let need = batch.len() as u64;
         let roll = match &*active {
             None => true,
-            Some(a) => a.len > 0 && a.len + need > SEGMENT_BYTES,
+            Some(a) => a.len > 0 && a.len + need > self.segment_bytes,
         };
         if roll {
             let seg = u32::try_from(self.next.fetch_add(1, Ordering::Relaxed))
@@ -159,6 +197,8 @@ impl ChunkFiles {
                         file: Arc::new(file),
                         max_ts: i64::MIN,
                         used: true,
+                        live: 0,
+                        dead_at: None,
                     },
                 );
             let dirty = active.take().map(|a| a.dirty).unwrap_or_default();
@@ -174,6 +214,8 @@ impl ChunkFiles {
                 .get_mut(&a.seg)
                 .expect("the active segment is registered");
             s.max_ts = s.max_ts.max(max_ts);
+            s.live += need as i64;
+            s.dead_at = None;
             Arc::clone(&s.file)
         };
         file.write_all_at(batch, a.len)?;
@@ -248,18 +290,85 @@ impl ChunkFiles {
         res
     }
 
-    /// Records that a loaded checkpoint references segment `seg` up to sample time `max_ts`;
-    /// false when the segment is missing.
-    pub fn note(&self, seg: u32, max_ts: i64) -> bool {
+    /// Records that a loaded checkpoint references `r` (a block up to sample time `max_ts`);
+    /// false when its segment is missing.
+    pub fn note(&self, r: DiskRef, max_ts: i64) -> bool {
         let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
-        match segs.get_mut(&seg) {
+        match segs.get_mut(&r.seg) {
             Some(s) => {
                 s.used = true;
                 s.max_ts = s.max_ts.max(max_ts);
+                s.live += i64::from(r.len);
                 true
             }
             None => false,
         }
+    }
+
+    /// The index no longer references `r` (its block was merged into another, or rewritten):
+    /// once nothing in a closed segment is referenced, the segment is deleted after the
+    /// checkpoints that may still reference it are gone ([`ChunkFiles::checkpoint_durable`]).
+    /// Called once per reference dropped; a reference never released only keeps its segment
+    /// until retention deletes it ([`ChunkFiles::remove_before`]).
+    pub fn release(&self, r: DiskRef) {
+        let epoch = self.epochs.lock().unwrap_or_else(|e| e.into_inner()).begun;
+        let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = segs.get_mut(&r.seg) {
+            s.live -= i64::from(r.len);
+            if s.live <= 0 && s.dead_at.is_none() {
+                s.dead_at = Some(epoch);
+            }
+        }
+    }
+
+    /// How many checkpoints the caller keeps on disk (at least 1; 2 until set): a segment
+    /// whose references were all released is deleted once that many checkpoints written
+    /// after the release are durable, so that a fallback to an older checkpoint finds its
+    /// chunks.
+    pub fn set_checkpoints_kept(&self, n: usize) {
+        self.kept.store(n.max(1) as u64, Ordering::Relaxed);
+    }
+
+    /// A checkpoint of the index begins (before its first shard is copied); returns its epoch
+    /// for [`ChunkFiles::checkpoint_durable`].
+    pub fn checkpoint_begins(&self) -> u64 {
+        let mut e = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        e.begun += 1;
+        e.begun
+    }
+
+    /// The checkpoint begun at `epoch` is durable: deletes the closed segments nothing has
+    /// referenced since before the oldest kept checkpoint began; returns how many.
+    pub fn checkpoint_durable(&self, epoch: u64) -> usize {
+        let oldest_kept = {
+            let mut e = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+            e.durable.push(epoch);
+            e.durable.sort_unstable();
+            let kept = self.kept.load(Ordering::Relaxed) as usize;
+            let n = e.durable.len();
+            if n > kept {
+                e.durable.drain(..n - kept);
+            }
+            if e.durable.len() < kept {
+                return 0;
+            }
+            e.durable[0]
+        };
+        // Dead at epoch d: released after checkpoint d began, so every checkpoint begun after
+        // d (epoch > d) was copied without it.
+        let n = self.remove_where(|_, s| s.live <= 0 && s.dead_at.is_some_and(|d| d < oldest_kept));
+        self.dead_removed.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// Bytes referenced in each segment, by this accounting (for tests of the index).
+    pub fn live_bytes(&self) -> BTreeMap<u32, i64> {
+        self.segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(&n, s)| (n, s.live))
+            .collect()
     }
 
     /// Deletes the segments nothing loaded references (after a checkpoint was loaded, or
@@ -356,8 +465,13 @@ mod tests {
         // A restart opens a new segment; the old one stays while a checkpoint references it.
         let f = ChunkFiles::open(dir.path()).unwrap();
         assert_eq!(f.append(b"x", 300).unwrap(), (2, 0));
-        assert!(f.note(1, 200));
-        assert!(!f.note(7, 200));
+        let r1 = DiskRef {
+            seg: 1,
+            off: 0,
+            len: 11,
+        };
+        assert!(f.note(r1, 200));
+        assert!(!f.note(DiskRef { seg: 7, ..r1 }, 200));
         assert_eq!(f.remove_unreferenced(), 0);
         assert_eq!(f.remove_before(200), 0, "a chunk ends at 200");
         assert_eq!(f.remove_before(201), 1);
@@ -372,6 +486,56 @@ mod tests {
             ),
             Err(ChunkFileError::Missing { .. })
         ));
+
+        // Released references: a closed segment nothing references goes once the kept
+        // checkpoints (2 here) all began after its last reference was released.
+        let r2 = DiskRef {
+            seg: 2,
+            off: 0,
+            len: 1,
+        };
+        assert_eq!(f.append(b"yz", 400).unwrap(), (2, 1));
+        let f = f.with_segment_bytes(3);
+        assert_eq!(f.append(b"abc", 500).unwrap(), (3, 0), "segment 2 closed");
+        f.release(r2);
+        assert_eq!(
+            f.live_bytes()[&2],
+            2,
+            "two of its three bytes still referenced"
+        );
+        f.release(DiskRef {
+            off: 1,
+            len: 2,
+            ..r2
+        });
+        let e1 = f.checkpoint_begins();
+        // Segment 3 (active) is released after checkpoint 1 began: it may be in it.
+        f.release(DiskRef {
+            seg: 3,
+            off: 0,
+            len: 3,
+        });
+        assert_eq!(
+            f.checkpoint_durable(e1),
+            0,
+            "one checkpoint: an older one may be used"
+        );
+        let e2 = f.checkpoint_begins();
+        assert_eq!(f.append(b"d", 600).unwrap(), (4, 0), "segment 3 closed");
+        assert_eq!(
+            f.checkpoint_durable(e2),
+            1,
+            "segment 2, not 3 (dead in checkpoint 1)"
+        );
+        assert!(f.read(r2, &mut buf).is_err());
+        let e3 = f.checkpoint_begins();
+        assert_eq!(
+            f.checkpoint_durable(e3),
+            1,
+            "checkpoints 2 and 3 began after segment 3 died"
+        );
+        assert_eq!(f.dead_removed.load(Ordering::Relaxed), 2);
+        assert_eq!(f.live_bytes().keys().copied().collect::<Vec<_>>(), vec![4]);
         drop(f);
 
         // Without a checkpoint referencing them, a start deletes what is there.

@@ -2,7 +2,10 @@
 //! catalog and inverted label index ([`index`]), and the 1-minute and 1-hour rollups beside
 //! the raw samples. With a chunk directory ([`HotIndex::with_chunk_files`], as `tidemark up`
 //! runs), sealed chunks move to local disk ([`chunkfile`], [`HotIndex::spill`]) and memory
-//! holds each series' open head, a reference per sealed chunk, and its rollups.
+//! holds each series' open head, a reference per sealed chunk, and its rollups. Chunks older
+//! than [`COMPACT_AFTER_MS`] are merged into chunks of 720 to 960 samples as they are spilled,
+//! so that the references a series keeps do not grow with the retention in 120-sample steps
+//! (78 for the default 26 hours: about 1.1 KB a series; about 20 merged).
 //!
 //! Durability comes from the log the job reads: on start the job replays the retained log into
 //! an empty index, so the log is this index's write-ahead log. Retention is measured from the
@@ -33,6 +36,11 @@ use sealed::Sealed;
 use thin::Thin;
 
 const SHARDS: usize = 64;
+
+/// Sealed chunks this long before the newest sample are merged into larger ones
+/// ([`SeriesData::compact`]): late samples rarely reach back this far, and recent ranges keep
+/// reading small chunks.
+pub const COMPACT_AFTER_MS: i64 = 2 * 3_600_000;
 
 /// Out-of-order samples gathered before they are merged into sealed chunks.
 const OOO_MERGE: usize = 32;
@@ -108,6 +116,8 @@ struct Delta {
     /// Chunks sealed or rewritten in memory (to be spilled to disk).
     new_chunks: i64,
     chunk_disk_bytes: i64,
+    /// Chunks merged into larger ones ([`SeriesData::compact`]).
+    compacted: i64,
 }
 
 impl std::ops::AddAssign for Delta {
@@ -115,6 +125,7 @@ impl std::ops::AddAssign for Delta {
         self.out_of_order += o.out_of_order;
         self.duplicates += o.duplicates;
         self.new_chunks += o.new_chunks;
+        self.compacted += o.compacted;
         self.chunk_disk_bytes += o.chunk_disk_bytes;
         self.chunk_bytes += o.chunk_bytes;
         self.head_bytes += o.head_bytes;
@@ -145,6 +156,8 @@ pub struct HotStats {
     pub rollup_bytes: AtomicI64,
     /// Chunks a loaded checkpoint referenced in segments no longer there (dropped).
     pub chunks_missing: AtomicU64,
+    /// Sealed chunks merged into larger ones once older than [`COMPACT_AFTER_MS`].
+    pub chunks_compacted: AtomicU64,
 }
 
 /// Bytes the hot index holds, by part (see [`HotIndex::memory`]).
@@ -174,6 +187,8 @@ impl HotStats {
             .fetch_add(d.out_of_order as u64, Ordering::Relaxed);
         self.samples_duplicate
             .fetch_add(d.duplicates as u64, Ordering::Relaxed);
+        self.chunks_compacted
+            .fetch_add(d.compacted as u64, Ordering::Relaxed);
         self.chunk_bytes.fetch_add(d.chunk_bytes, Ordering::Relaxed);
         self.chunk_disk_bytes
             .fetch_add(d.chunk_disk_bytes, Ordering::Relaxed);
@@ -397,7 +412,8 @@ impl SeriesData {
                 if sealed[i].disk_ref().is_some() {
                     d.chunk_disk_bytes -= before;
                 }
-                sealed[i] = Chunk::encode(&merged);
+                let old = std::mem::replace(&mut sealed[i], Chunk::encode(&merged));
+                release(files, [old]);
                 d.chunk_bytes += sealed[i].size() as i64 - before;
                 d.new_chunks += 1;
                 k = end;
@@ -416,6 +432,49 @@ impl SeriesData {
                 }
             }
         }
+        d
+    }
+
+    /// Merges runs of sealed chunks older than `horizon` into larger chunks
+    /// ([`sealed::compaction_runs`]), in memory until the next spill writes them; returns the
+    /// counter changes. A series keeps a reference per chunk on disk (about 15 bytes): 78 of
+    /// them for the 26 hours of hot retention in 120-sample chunks, about 20 compacted. A run
+    /// whose chunks cannot be read back stays as it is.
+    fn compact(&mut self, horizon: i64, files: Option<&ChunkFiles>) -> Delta {
+        let runs =
+            sealed::compaction_runs(self.sealed.iter().map(|c| (c.max_ts, c.count)), horizon);
+        if runs.is_empty() {
+            return Delta::default();
+        }
+        let mut all = self.sealed.take_all();
+        let mut d = Delta::default();
+        let (mut samples, mut scratch) = (Vec::new(), Vec::new());
+        // From the newest run, so that the older runs' positions stay.
+        'runs: for run in runs.into_iter().rev() {
+            samples.clear();
+            for c in &all[run.clone()] {
+                if let Err(e) = c.decode(files, &mut scratch, &mut samples) {
+                    report_read_error(&e);
+                    continue 'runs;
+                }
+            }
+            if !samples.windows(2).all(|w| w[0].0 < w[1].0) {
+                // Chunks never overlap; if they did, merging would drop samples.
+                continue;
+            }
+            let merged = Chunk::encode(&samples);
+            for c in &all[run.clone()] {
+                d.chunk_bytes -= c.size() as i64;
+                if c.disk_ref().is_some() {
+                    d.chunk_disk_bytes -= c.size() as i64;
+                }
+            }
+            d.chunk_bytes += merged.size() as i64;
+            d.new_chunks += 1;
+            d.compacted += run.len() as i64;
+            release(files, all.splice(run, [merged]));
+        }
+        self.sealed.set_all(all);
         d
     }
 
@@ -466,7 +525,16 @@ impl SeriesData {
     }
 }
 
-/// Keeps, of the samples from `from` on, those in `[start, end]`.
+/// Tells the chunk files that the index dropped these chunks' references (called with the
+/// shard's lock held, after the chunks left the series: [`ChunkFiles::release`]).
+fn release(files: Option<&ChunkFiles>, dropped: impl IntoIterator<Item = Chunk>) {
+    if let Some(f) = files {
+        for r in dropped.into_iter().filter_map(|c| c.disk_ref()) {
+            f.release(r);
+        }
+    }
+}
+
 /// Logs a chunk that could not be read back (the first, then every 1,000th: the count is on
 /// `/metrics` as `tidemark_hot_chunk_read_errors_total`).
 #[cold]
@@ -477,6 +545,7 @@ fn report_read_error(e: &ChunkFileError) {
     }
 }
 
+/// Keeps, of the samples from `from` on, those in `[start, end]`.
 fn keep_range(out: &mut Vec<(i64, f64)>, from: usize, start: i64, end: i64) {
     let mut w = from;
     for r in from..out.len() {
@@ -603,7 +672,8 @@ impl HotIndex {
         self.files.as_ref()
     }
 
-    /// Writes the chunks sealed, and the rollup blocks made, since the last call to the chunk
+    /// Merges the old chunks of the series it visits ([`SeriesData::compact`]), then writes
+    /// the chunks sealed or merged, and the rollup blocks made, since the last call to the chunk
     /// files (raw chunks, 1-minute and 1-hour blocks each to their own, so that each kind's
     /// segments go with its own retention) and drops their bytes from memory, a shard at a
     /// time (its lock held while its batches are written: the job's appends to it wait that
@@ -619,6 +689,10 @@ impl HotIndex {
             self.rollup_files[1].as_ref(),
         ];
         let mut moved = 0;
+        let horizon = self
+            .newest
+            .load(Ordering::Relaxed)
+            .saturating_sub(COMPACT_AFTER_MS);
         // Per kind (raw, 1m, 1h): the bytes to append, their references, the newest time.
         let mut batch: [Vec<u8>; 3] = Default::default();
         let mut refs: [Vec<DiskRef>; 3] = Default::default();
@@ -637,8 +711,10 @@ impl HotIndex {
             refs.iter_mut().for_each(Vec::clear);
             placed.clear();
             let mut max_ts = [i64::MIN; 3];
+            let mut compacted = Delta::default();
             for &id in &ids {
-                let Some(s) = sh.get(&id) else { continue };
+                let Some(s) = sh.get_mut(&id) else { continue };
+                compacted += s.compact(horizon, Some(files));
                 placed.push((id, [refs[0].len(), refs[1].len(), refs[2].len()]));
                 let mut put = |k: usize, b: &[u8], end: i64| {
                     if targets[k].is_none() {
@@ -709,12 +785,29 @@ impl HotIndex {
                     .extend(ids);
             }
             self.stats.rollup_bytes.fetch_sub(freed, Ordering::Relaxed);
+            self.stats.add(compacted);
             moved += refs.iter().map(Vec::len).sum::<usize>();
             self.stats
                 .chunk_disk_bytes
                 .fetch_add(disk, Ordering::Relaxed);
         }
         moved
+    }
+
+    /// A checkpoint of the index begins; returns its epoch for
+    /// [`HotIndex::checkpoint_durable`] ([`ChunkFiles::checkpoint_begins`]).
+    pub fn checkpoint_begins(&self) -> u64 {
+        self.files.as_ref().map_or(0, ChunkFiles::checkpoint_begins)
+    }
+
+    /// The checkpoint begun at `epoch` is durable and the caller keeps the newest `kept`:
+    /// chunk segments nothing has referenced since before the oldest of them began are
+    /// deleted (the chunks in them were merged into others); returns how many.
+    pub fn checkpoint_durable(&self, epoch: u64, kept: usize) -> usize {
+        self.files.as_ref().map_or(0, |f| {
+            f.set_checkpoints_kept(kept);
+            f.checkpoint_durable(epoch)
+        })
     }
 
     /// Makes the chunks spilled so far durable (a checkpoint references them).
@@ -949,13 +1042,15 @@ impl HotIndex {
         for sh in self.shards.iter() {
             let mut sh = sh.write().unwrap_or_else(|e| e.into_inner());
             sh.retain(|id, s| {
-                for c in s.sealed.drop_before(cutoff) {
+                let dropped = s.sealed.drop_before(cutoff);
+                for c in &dropped {
                     d.chunk_bytes -= c.size() as i64;
                     if c.disk_ref().is_some() {
                         d.chunk_disk_bytes -= c.size() as i64;
                     }
                     d.sealed_samples -= i64::from(c.count);
                 }
+                release(self.files.as_ref(), dropped);
                 let before = s.head_bytes();
                 let n = s.ooo.partition_point(|p| p.0 < cutoff);
                 if n > 0 {
@@ -1137,7 +1232,7 @@ impl HotIndex {
         chunks.retain(|c| match c.disk_ref() {
             None => true,
             Some(r) => {
-                let there = self.files.as_ref().is_some_and(|f| f.note(r.seg, c.max_ts));
+                let there = self.files.as_ref().is_some_and(|f| f.note(r, c.max_ts));
                 if !there {
                     self.stats.chunks_missing.fetch_add(1, Ordering::Relaxed);
                 }
@@ -1150,7 +1245,7 @@ impl HotIndex {
             (&mut data.r1h, &self.rollup_files[1]),
         ] {
             r.retain_on_disk(|d, end| {
-                let there = files.as_ref().is_some_and(|f| f.note(d.seg, end));
+                let there = files.as_ref().is_some_and(|f| f.note(d, end));
                 if !there {
                     self.stats.chunks_missing.fetch_add(1, Ordering::Relaxed);
                 }
@@ -1370,6 +1465,127 @@ mod tests {
                 .load(Ordering::Relaxed),
             0
         );
+    }
+
+    #[test]
+    fn chunks_older_than_two_hours_merge_into_larger_ones_on_disk_and_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        // A segment per spill, so that segments empty out as their chunks are merged.
+        let files = ChunkFiles::open(dir.path()).unwrap().with_segment_bytes(1);
+        let h = HotIndex::new(i64::MAX / 4).with_chunk_files(files);
+        for id in 1..=3u64 {
+            h.catalog
+                .register_canonical(id, format!("m{id}").as_bytes());
+        }
+        // 6 hours at 10 s, an hour at a time, each hour spilled (as `up` spills every few
+        // seconds: what matters is that compaction sees the chunks as they age).
+        let mut sent = workload(3, 2160);
+        for hour in sent.chunks(3 * 360) {
+            h.append_samples(hour);
+            h.spill();
+        }
+        assert_holds(&h, &sent);
+        let newest = h.newest().unwrap();
+        let horizon = newest - COMPACT_AFTER_MS;
+        let chunks = |h: &HotIndex, id: u64| -> Vec<(i64, i64, u16, bool)> {
+            let sh = h.shards[shard(id)].read().unwrap();
+            let s = sh.get(&id).unwrap();
+            s.sealed
+                .iter()
+                .map(|c| (c.min_ts, c.max_ts, c.count, c.disk_ref().is_some()))
+                .collect()
+        };
+        for id in 1..=3u64 {
+            let cs = chunks(&h, id);
+            // 2,159 samples sealed or in the head: 18 chunks of up to 120 without compaction.
+            let merged: Vec<_> = cs
+                .iter()
+                .filter(|c| usize::from(c.2) > CHUNK_SAMPLES)
+                .collect();
+            assert_eq!(merged.len(), 1, "series {id}: {cs:?}");
+            let m = merged[0];
+            assert!(
+                (sealed::COMPACT_MIN..=sealed::COMPACT_MAX).contains(&usize::from(m.2)) && m.3,
+                "series {id}: the merged chunk is on disk after the spill: {m:?}"
+            );
+            assert_eq!(cs[0], *m, "series {id}: the oldest chunks merged");
+            assert!(m.1 < horizon);
+            // Nothing newer than the horizon was touched.
+            for c in cs.iter().filter(|c| c.1 >= horizon) {
+                assert!(usize::from(c.2) <= CHUNK_SAMPLES, "{c:?}");
+            }
+            assert!(cs.len() < 12, "series {id}: {} chunks", cs.len());
+        }
+        let compacted = h.stats.chunks_compacted.load(Ordering::Relaxed);
+        assert!(compacted >= 3 * 7, "{compacted} chunks compacted");
+        assert_eq!(
+            h.stats.chunk_disk_bytes.load(Ordering::Relaxed),
+            h.stats.chunk_bytes.load(Ordering::Relaxed),
+            "every chunk, merged ones included, is on disk and counted once"
+        );
+        let sealed: i64 = (1..=3u64)
+            .map(|id| chunks(&h, id).iter().map(|c| i64::from(c.2)).sum::<i64>())
+            .sum();
+        assert_eq!(sealed, h.stats.sealed_samples.load(Ordering::Relaxed));
+
+        // A late sample inside a merged chunk is merged into it (read back from disk).
+        let late: Vec<Sample> = (1..=3u64)
+            .map(|id| Sample {
+                series: id,
+                ts: 1_000_000 + 100 * 10_000 + 1,
+                value: 42.0,
+            })
+            .collect();
+        h.append_samples(&late);
+        sent.extend_from_slice(&late);
+        for id in 1..=3u64 {
+            let mut sh = h.shards[shard(id)].write().unwrap();
+            let d = sh.get_mut(&id).unwrap().merge_ooo(h.files.as_ref());
+            h.stats.add(d);
+            h.unspilled[shard(id)].lock().unwrap().push(id);
+        }
+        h.spill();
+        assert_holds(&h, &sent);
+
+        // The chunk files' count of referenced bytes per segment is what the series hold.
+        let f = h.chunk_files().unwrap();
+        let mut referenced = std::collections::BTreeMap::<u32, i64>::new();
+        for id in 1..=3u64 {
+            let sh = h.shards[shard(id)].read().unwrap();
+            for c in sh.get(&id).unwrap().sealed.iter() {
+                let r = c.disk_ref().unwrap();
+                *referenced.entry(r.seg).or_default() += i64::from(r.len);
+            }
+        }
+        let live = f.live_bytes();
+        for (seg, &bytes) in &live {
+            assert_eq!(
+                bytes,
+                referenced.get(seg).copied().unwrap_or(0),
+                "segment {seg}"
+            );
+        }
+        // Segments whose chunks were all merged go after two checkpoints that began after
+        // that (the caller keeps two), and nothing referenced goes with them.
+        let empty = live.values().filter(|&&b| b == 0).count();
+        assert!(empty >= 2, "{live:?}");
+        let segments = f.segment_count();
+        let e1 = h.checkpoint_begins();
+        assert_eq!(h.checkpoint_durable(e1, 2), 0);
+        let e2 = h.checkpoint_begins();
+        assert_eq!(h.checkpoint_durable(e2, 2), empty);
+        assert_eq!(f.segment_count(), segments - empty);
+        assert_holds(&h, &sent);
+        assert_eq!(f.read_errors.load(Ordering::Relaxed), 0);
+
+        // A checkpoint holds the merged chunks' references; a new process reads them back.
+        let back = reopened(&h, dir.path());
+        assert_eq!(back.chunk_files().unwrap().remove_unreferenced(), 0);
+        assert_holds(&back, &sent);
+        assert_eq!(back.stats.chunks_missing.load(Ordering::Relaxed), 0);
+        for id in 1..=3u64 {
+            assert_eq!(chunks(&back, id), chunks(&h, id));
+        }
     }
 
     #[test]

@@ -196,6 +196,45 @@ impl PackedRefs {
     }
 }
 
+/// Sealed chunks are merged into larger ones once they are older than the compaction
+/// horizon ([`super::HotIndex::spill`]): a run of adjacent chunks is merged when together they
+/// hold at least this many samples (2 hours at 10 s) ...
+pub(crate) const COMPACT_MIN: usize = 720;
+/// ... and at most this many.
+pub(crate) const COMPACT_MAX: usize = 960;
+
+/// Which runs of adjacent chunks (given oldest first as `(max_ts, count)`) to merge: runs of
+/// at least two chunks, all ending before `horizon`, of [`COMPACT_MIN`] to [`COMPACT_MAX`]
+/// samples together, taken greedily from the oldest. A run that could still grow (cut by the
+/// horizon below the minimum) waits, so that each sample is rewritten once, not once per
+/// chunk that joins it; a chunk that merges with nothing (one already compacted) stays.
+pub(crate) fn compaction_runs(
+    chunks: impl IntoIterator<Item = (i64, u16)>,
+    horizon: i64,
+) -> Vec<std::ops::Range<usize>> {
+    let old: Vec<usize> = chunks
+        .into_iter()
+        .take_while(|&(max, _)| max < horizon)
+        .map(|(_, n)| usize::from(n))
+        .collect();
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < old.len() {
+        let (mut sum, mut j) = (old[i], i + 1);
+        while j < old.len() && sum + old[j] <= COMPACT_MAX {
+            sum += old[j];
+            j += 1;
+        }
+        if j - i >= 2 && sum >= COMPACT_MIN {
+            runs.push(i..j);
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    runs
+}
+
 /// Sealed chunks, oldest first.
 #[derive(Default, Debug)]
 pub(crate) struct Sealed {
@@ -334,6 +373,36 @@ mod tests {
     fn chunk(t0: i64, n: usize) -> Chunk {
         let s: Vec<(i64, f64)> = (0..n as i64).map(|i| (t0 + i * 10_000, i as f64)).collect();
         Chunk::encode(&s)
+    }
+
+    #[test]
+    fn compaction_merges_runs_of_old_chunks_once_they_are_large_enough() {
+        let h = 1_000;
+        // Six chunks of 120 before the horizon: one run of 720.
+        let six: Vec<(i64, u16)> = (0..8).map(|k| (k * 100 + 50, 120)).collect();
+        assert_eq!(compaction_runs(six.clone(), 600), vec![0..6]);
+        // Five: they wait for the sixth (each sample is rewritten once).
+        assert!(compaction_runs(six.clone(), 500).is_empty());
+        // All of them old: the greedy run takes eight (960), the most a run holds.
+        assert_eq!(compaction_runs(six.clone(), h), vec![0..8]);
+        // A merged chunk merges with nothing; the chunks after it make their own run.
+        let mut after: Vec<(i64, u16)> = vec![(10, 960)];
+        after.extend((1..=7).map(|k| (10 + k * 100, 120)));
+        assert_eq!(compaction_runs(after, h), vec![1..8]);
+        // A first chunk of 70 and a late merge's 130: counts, not chunk numbers, decide.
+        let odd = vec![
+            (1, 70),
+            (2, 130),
+            (3, 120),
+            (4, 120),
+            (5, 120),
+            (6, 120),
+            (7, 120),
+        ];
+        assert_eq!(compaction_runs(odd, h), vec![0..7]);
+        // Two large chunks that do not fit together stay apart.
+        assert!(compaction_runs(vec![(1, 600), (2, 500)], h).is_empty());
+        assert!(compaction_runs(Vec::new(), h).is_empty());
     }
 
     #[test]
