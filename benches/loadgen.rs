@@ -169,9 +169,17 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Waits until the hot indexes hold `n` samples more than `before`.
+/// Samples that reached the hot indexes: taken, or refused as older than the retention (a run
+/// longer than the retention has its oldest samples dropped, so what the indexes hold stops
+/// growing).
+fn arrived(a: &Args) -> f64 {
+    hot(a, "tidemark_hot_samples_appended_total")
+        + hot(a, "tidemark_hot_samples_out_of_retention_total")
+}
+
+/// Waits until `n` samples more than `before` ([`arrived`]) reached the hot indexes.
 fn wait_hot(a: &Args, before: f64, n: f64, t0: Instant) {
-    while hot(a, "tidemark_hot_samples") - before < n {
+    while arrived(a) - before < n {
         std::thread::sleep(Duration::from_millis(10));
         if t0.elapsed() > Duration::from_secs(3600) {
             panic!("samples did not all arrive in the hot index");
@@ -239,11 +247,7 @@ fn latency(a: &Args, n: usize) {
 fn stream(a: &Args, start: i64) {
     use std::sync::{Arc, Barrier};
     let samples = (a.hosts * 4 * a.points) as f64;
-    let before = if a.peer {
-        0.0
-    } else {
-        hot(a, "tidemark_hot_samples")
-    };
+    let before = if a.peer { 0.0 } else { arrived(a) };
     let t0 = Instant::now();
     let barrier = Arc::new(Barrier::new(a.connections));
     let per = a.hosts.div_ceil(a.connections);
@@ -349,11 +353,7 @@ fn main() {
     let samples = (a.hosts * 4 * a.points) as f64;
     let bytes: usize = batches.iter().map(|b| b.len()).sum();
     let rss_before = metric(&a.url, "process_resident_memory_bytes");
-    let hot_before = if a.push_only {
-        0.0
-    } else {
-        hot(&a, "tidemark_hot_samples")
-    };
+    let hot_before = if a.push_only { 0.0 } else { arrived(&a) };
 
     let t0 = Instant::now();
     std::thread::scope(|s| {

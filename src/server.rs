@@ -262,6 +262,15 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         &[("", samples)],
     );
     w.family(
+        "tidemark_hot_samples_appended_total",
+        "counter",
+        "Raw samples the hot index took (retention drops them later; see tidemark_hot_samples for what it holds).",
+        &[(
+            "",
+            hot.stats.samples_appended.load(Ordering::Relaxed) as f64,
+        )],
+    );
+    w.family(
         "tidemark_hot_bytes",
         "gauge",
         "Bytes of samples (compressed chunks and open heads) and rollups in the hot index.",

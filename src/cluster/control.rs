@@ -987,6 +987,18 @@ fn render_metrics(s: &ControlState) -> String {
         &[("", s.hot.sample_count() as f64)],
     );
     w.family(
+        "tidemark_hot_samples_appended_total",
+        "counter",
+        "Raw samples this process's hot index took (retention drops them later).",
+        &[(
+            "",
+            s.hot
+                .stats
+                .samples_appended
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
+        )],
+    );
+    w.family(
         "tidemark_hot_bytes",
         "gauge",
         "Bytes of samples and rollups in this process's hot index.",

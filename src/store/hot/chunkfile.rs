@@ -80,9 +80,15 @@ struct Epochs {
     durable: Vec<u64>,
 }
 
+/// Streams of segments written side by side ([`ChunkFiles::append_to`]): chunks that leave
+/// the index at different ages go to different segments, so that a segment empties when its
+/// chunks go rather than when the longest-lived chunk beside them does.
+pub const STREAMS: usize = 2;
+
+#[derive(Default)]
 struct Active {
-    seg: u32,
-    len: u64,
+    /// Per stream: the open segment and its length.
+    open: [Option<(u32, u64)>; STREAMS],
     /// Segments written since the last [`ChunkFiles::sync`].
     dirty: BTreeSet<u32>,
 }
@@ -91,7 +97,7 @@ struct Active {
 pub struct ChunkFiles {
     dir: PathBuf,
     segments: RwLock<BTreeMap<u32, Segment>>,
-    active: Mutex<Option<Active>>,
+    active: Mutex<Active>,
     next: AtomicU64,
     /// A segment is closed once it would grow past this ([`SEGMENT_BYTES`]).
     segment_bytes: u64,
@@ -145,7 +151,7 @@ impl ChunkFiles {
         Ok(ChunkFiles {
             dir: dir.to_path_buf(),
             segments: RwLock::new(segments),
-            active: Mutex::new(None),
+            active: Mutex::new(Active::default()),
             next: AtomicU64::new(next),
             segment_bytes: SEGMENT_BYTES,
             file_bytes: AtomicU64::new(bytes),
@@ -170,14 +176,20 @@ impl ChunkFiles {
         self.dir.join(seg_name(seg))
     }
 
-    /// Appends `batch` (chunks back to back) whose newest sample is at `max_ts`; returns the
-    /// segment and the offset the batch starts at.
+    /// Appends `batch` (chunks back to back) whose newest sample is at `max_ts` to stream 0;
+    /// returns the segment and the offset the batch starts at.
     pub fn append(&self, batch: &[u8], max_ts: i64) -> io::Result<(u32, u32)> {
+        self.append_to(0, batch, max_ts)
+    }
+
+    /// [`ChunkFiles::append`] to stream `stream` (< [`STREAMS`]): each stream has its own open
+    /// segment.
+    pub fn append_to(&self, stream: usize, batch: &[u8], max_ts: i64) -> io::Result<(u32, u32)> {
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         let need = batch.len() as u64;
-        let roll = match &*active {
+        let roll = match active.open[stream] {
             None => true,
-            Some(a) => a.len > 0 && a.len + need > self.segment_bytes,
+            Some((_, len)) => len > 0 && len + need > self.segment_bytes,
         };
         if roll {
             let seg = u32::try_from(self.next.fetch_add(1, Ordering::Relaxed))
@@ -201,29 +213,27 @@ impl ChunkFiles {
                         dead_at: None,
                     },
                 );
-            let dirty = active.take().map(|a| a.dirty).unwrap_or_default();
-            *active = Some(Active { seg, len: 0, dirty });
+            active.open[stream] = Some((seg, 0));
         }
-        let a = active.as_mut().expect("opened above");
-        if a.len + need > u64::from(u32::MAX) {
+        let (seg, len) = active.open[stream].expect("opened above");
+        if len + need > u64::from(u32::MAX) {
             return Err(io::Error::other("chunk batch larger than a segment"));
         }
         let file = {
             let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
             let s = segs
-                .get_mut(&a.seg)
+                .get_mut(&seg)
                 .expect("the active segment is registered");
             s.max_ts = s.max_ts.max(max_ts);
             s.live += need as i64;
             s.dead_at = None;
             Arc::clone(&s.file)
         };
-        file.write_all_at(batch, a.len)?;
-        let at = (a.seg, a.len as u32);
-        a.len += need;
-        a.dirty.insert(a.seg);
+        file.write_all_at(batch, len)?;
+        active.open[stream] = Some((seg, len + need));
+        active.dirty.insert(seg);
         self.file_bytes.fetch_add(need, Ordering::Relaxed);
-        Ok(at)
+        Ok((seg, len as u32))
     }
 
     /// Reads a chunk's bytes into `out` (replacing its contents).
@@ -258,13 +268,11 @@ impl ChunkFiles {
 
     /// Makes every chunk appended so far durable (before a checkpoint that references them).
     pub fn sync(&self) -> io::Result<()> {
-        let dirty = {
-            let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-            match active.as_mut() {
-                Some(a) => std::mem::take(&mut a.dirty),
-                None => return Ok(()),
-            }
-        };
+        let dirty =
+            std::mem::take(&mut self.active.lock().unwrap_or_else(|e| e.into_inner()).dirty);
+        if dirty.is_empty() {
+            return Ok(());
+        }
         let files: Vec<Arc<File>> = {
             let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
             dirty
@@ -278,14 +286,11 @@ impl ChunkFiles {
             .and_then(|()| File::open(&self.dir)?.sync_all());
         if res.is_err() {
             // Not durable yet: the next sync (the next checkpoint) tries them again.
-            if let Some(a) = self
-                .active
+            self.active
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .as_mut()
-            {
-                a.dirty.extend(dirty);
-            }
+                .dirty
+                .extend(dirty);
         }
         res
     }
@@ -387,13 +392,13 @@ impl ChunkFiles {
             .active
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|a| a.seg);
+            .open
+            .map(|o| o.map(|(seg, _)| seg));
         let gone: Vec<u32> = {
             let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
             let gone: Vec<u32> = segs
                 .iter()
-                .filter(|&(&n, s)| Some(n) != active && pick(n, s))
+                .filter(|&(&n, s)| !active.contains(&Some(n)) && pick(n, s))
                 .map(|(&n, _)| n)
                 .collect();
             for n in &gone {

@@ -525,6 +525,12 @@ impl SeriesData {
     }
 }
 
+/// A chunk made by merging others ([`SeriesData::compact`]), or rewritten from one: written
+/// to its own segments.
+fn is_merged(c: &Chunk) -> bool {
+    usize::from(c.count) > 2 * CHUNK_SAMPLES
+}
+
 /// Tells the chunk files that the index dropped these chunks' references (called with the
 /// shard's lock held, after the chunks left the series: [`ChunkFiles::release`]).
 fn release(files: Option<&ChunkFiles>, dropped: impl IntoIterator<Item = Chunk>) {
@@ -683,21 +689,26 @@ impl HotIndex {
         let Some(files) = &self.files else {
             return 0;
         };
-        let targets: [Option<&ChunkFiles>; 3] = [
+        // Raw chunks, 1-minute and 1-hour blocks, and merged raw chunks: these go to their own
+        // segments (stream 1), as they stay 24 hours where the chunks merged into them went
+        // after 2 to 4; in the same segments they kept those alive.
+        let targets: [Option<&ChunkFiles>; 4] = [
             Some(files),
             self.rollup_files[0].as_ref(),
             self.rollup_files[1].as_ref(),
+            Some(files),
         ];
         let mut moved = 0;
         let horizon = self
             .newest
             .load(Ordering::Relaxed)
             .saturating_sub(COMPACT_AFTER_MS);
-        // Per kind (raw, 1m, 1h): the bytes to append, their references, the newest time.
-        let mut batch: [Vec<u8>; 3] = Default::default();
-        let mut refs: [Vec<DiskRef>; 3] = Default::default();
+        // Per kind (raw, 1m, 1h, merged): the bytes to append, their references, the newest
+        // time.
+        let mut batch: [Vec<u8>; 4] = Default::default();
+        let mut refs: [Vec<DiskRef>; 4] = Default::default();
         // Per series written: its id, and where its blocks of each kind start in `refs`.
-        let mut placed: Vec<(SeriesId, [usize; 3])> = Vec::new();
+        let mut placed: Vec<(SeriesId, [usize; 4])> = Vec::new();
         for (i, sh) in self.shards.iter().enumerate() {
             let mut ids =
                 std::mem::take(&mut *self.unspilled[i].lock().unwrap_or_else(|e| e.into_inner()));
@@ -710,12 +721,15 @@ impl HotIndex {
             batch.iter_mut().for_each(Vec::clear);
             refs.iter_mut().for_each(Vec::clear);
             placed.clear();
-            let mut max_ts = [i64::MIN; 3];
+            let mut max_ts = [i64::MIN; 4];
             let mut compacted = Delta::default();
             for &id in &ids {
                 let Some(s) = sh.get_mut(&id) else { continue };
                 compacted += s.compact(horizon, Some(files));
-                placed.push((id, [refs[0].len(), refs[1].len(), refs[2].len()]));
+                placed.push((
+                    id,
+                    [refs[0].len(), refs[1].len(), refs[2].len(), refs[3].len()],
+                ));
                 let mut put = |k: usize, b: &[u8], end: i64| {
                     if targets[k].is_none() {
                         return;
@@ -729,7 +743,8 @@ impl HotIndex {
                     max_ts[k] = max_ts[k].max(end);
                 };
                 for c in s.sealed.in_memory() {
-                    put(0, c.mem_bytes().expect("a chunk in memory"), c.max_ts);
+                    let k = if is_merged(c) { 3 } else { 0 };
+                    put(k, c.mem_bytes().expect("a chunk in memory"), c.max_ts);
                 }
                 for (b, end) in s.r1m.in_memory() {
                     put(1, b, end);
@@ -738,12 +753,13 @@ impl HotIndex {
                     put(2, b, end);
                 }
             }
-            let mut failed = false;
-            for k in 0..3 {
+            let (mut failed, mut raw_failed) = (false, false);
+            for k in 0..4 {
                 let Some(f) = targets[k].filter(|_| !refs[k].is_empty()) else {
                     continue;
                 };
-                match f.append(&batch[k], max_ts[k]) {
+                let stream = usize::from(k == 3);
+                match f.append_to(stream, &batch[k], max_ts[k]) {
                     Ok((seg, base)) => {
                         for r in refs[k].iter_mut() {
                             r.seg = seg;
@@ -758,6 +774,10 @@ impl HotIndex {
                         );
                         refs[k].clear();
                         failed = true;
+                        if k == 3 || k == 0 {
+                            // A series' chunks in memory become references all at once.
+                            raw_failed = true;
+                        }
                     }
                 }
             }
@@ -766,10 +786,24 @@ impl HotIndex {
                 let Some(s) = sh.get_mut(&id) else { continue };
                 let to = |k: usize| placed.get(j + 1).map_or(refs[k].len(), |p| p.1[k]);
                 let span = |k: usize| refs[k].get(at[k]..to(k)).unwrap_or_default();
-                if !refs[0].is_empty() && !s.sealed.in_memory().is_empty() {
-                    let chunks = span(0);
+                if !raw_failed && !s.sealed.in_memory().is_empty() {
+                    // The two raw kinds' references back in the chunks' order.
+                    let (mut fresh, mut merged) = (span(0).iter(), span(3).iter());
+                    let chunks: Vec<DiskRef> = s
+                        .sealed
+                        .in_memory()
+                        .iter()
+                        .map(|c| {
+                            if is_merged(c) {
+                                merged.next()
+                            } else {
+                                fresh.next()
+                            }
+                        })
+                        .map(|r| *r.expect("a reference per chunk written"))
+                        .collect();
                     disk += chunks.iter().map(|r| i64::from(r.len)).sum::<i64>();
-                    s.sealed.spilled(chunks);
+                    s.sealed.spilled(&chunks);
                 }
                 if !refs[1].is_empty() && s.r1m.in_memory().next().is_some() {
                     freed += s.r1m.spilled(span(1));
@@ -1470,8 +1504,11 @@ mod tests {
     #[test]
     fn chunks_older_than_two_hours_merge_into_larger_ones_on_disk_and_read_back_the_same() {
         let dir = tempfile::tempdir().unwrap();
-        // A segment per spill, so that segments empty out as their chunks are merged.
-        let files = ChunkFiles::open(dir.path()).unwrap().with_segment_bytes(1);
+        // Small segments (a few spills each), so that segments empty out as their chunks are
+        // merged, and merged chunks share no segment with fresh ones.
+        let files = ChunkFiles::open(dir.path())
+            .unwrap()
+            .with_segment_bytes(4_000);
         let h = HotIndex::new(i64::MAX / 4).with_chunk_files(files);
         for id in 1..=3u64 {
             h.catalog
@@ -1557,6 +1594,21 @@ mod tests {
                 *referenced.entry(r.seg).or_default() += i64::from(r.len);
             }
         }
+        // Merged chunks are written to segments of their own.
+        let mut fresh_segs = std::collections::BTreeSet::new();
+        let mut merged_segs = std::collections::BTreeSet::new();
+        for id in 1..=3u64 {
+            let sh = h.shards[shard(id)].read().unwrap();
+            for c in sh.get(&id).unwrap().sealed.iter() {
+                let set = if is_merged(&c) {
+                    &mut merged_segs
+                } else {
+                    &mut fresh_segs
+                };
+                set.insert(c.disk_ref().unwrap().seg);
+            }
+        }
+        assert!(!merged_segs.is_empty() && fresh_segs.is_disjoint(&merged_segs));
         let live = f.live_bytes();
         for (seg, &bytes) in &live {
             assert_eq!(
