@@ -244,11 +244,21 @@ pub fn render_chunk_files(hot: &crate::store::hot::HotIndex, w: &mut TextWriter)
     w.family(
         "tidemark_hot_chunks_compacted_total",
         "counter",
-        "Sealed raw chunks merged into larger ones once older than 2 hours (a series keeps one reference in memory per chunk on disk).",
-        &[(
-            "",
-            hot.stats.chunks_compacted.load(Ordering::Relaxed) as f64,
-        )],
+        "Chunks on disk merged into larger ones, by kind: raw chunks once older than 2 hours, 1m and 1h rollup blocks in runs (a series keeps one reference in memory per chunk on disk).",
+        &[
+            (
+                "kind=\"raw\"",
+                hot.stats.chunks_compacted.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "kind=\"1m\"",
+                hot.stats.rollup_blocks_compacted[0].load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "kind=\"1h\"",
+                hot.stats.rollup_blocks_compacted[1].load(Ordering::Relaxed) as f64,
+            ),
+        ],
     );
     w.family(
         "tidemark_hot_chunk_read_errors_total",

@@ -158,6 +158,9 @@ pub struct HotStats {
     pub chunks_missing: AtomicU64,
     /// Sealed chunks merged into larger ones once older than [`COMPACT_AFTER_MS`].
     pub chunks_compacted: AtomicU64,
+    /// 1-minute and 1-hour rollup blocks on disk merged into larger ones
+    /// ([`rollups::RollupSeries::compact`]).
+    pub rollup_blocks_compacted: [AtomicU64; 2],
 }
 
 /// Bytes the hot index holds, by part (see [`HotIndex::memory`]).
@@ -412,10 +415,19 @@ impl SeriesData {
                 if sealed[i].disk_ref().is_some() {
                     d.chunk_disk_bytes -= before;
                 }
-                let old = std::mem::replace(&mut sealed[i], Chunk::encode(&merged));
-                release(files, [old]);
-                d.chunk_bytes += sealed[i].size() as i64 - before;
-                d.new_chunks += 1;
+                // A dense backfill into one chunk's span would grow it without bound (and a
+                // chunk holds at most 65,535 samples): past twice a merged chunk's size it is
+                // split into even parts of at most [`sealed::COMPACT_MAX`].
+                let parts = if merged.len() > 2 * sealed::COMPACT_MAX {
+                    merged.len().div_ceil(sealed::COMPACT_MAX)
+                } else {
+                    1
+                };
+                let per = merged.len().div_ceil(parts);
+                let new: Vec<Chunk> = merged.chunks(per).map(Chunk::encode).collect();
+                d.chunk_bytes += new.iter().map(|c| c.size() as i64).sum::<i64>() - before;
+                d.new_chunks += new.len() as i64;
+                release(files, sealed.splice(i..=i, new));
                 k = end;
             }
             self.sealed.set_all(sealed);
@@ -726,6 +738,14 @@ impl HotIndex {
             for &id in &ids {
                 let Some(s) = sh.get_mut(&id) else { continue };
                 compacted += s.compact(horizon, Some(files));
+                for (k, r) in [&mut s.r1m, &mut s.r1h].into_iter().enumerate() {
+                    let (added, blocks) = r.compact(targets[k + 1]);
+                    if blocks > 0 {
+                        self.stats.rollup_bytes.fetch_add(added, Ordering::Relaxed);
+                        self.stats.rollup_blocks_compacted[k]
+                            .fetch_add(blocks as u64, Ordering::Relaxed);
+                    }
+                }
                 placed.push((
                     id,
                     [refs[0].len(), refs[1].len(), refs[2].len(), refs[3].len()],
@@ -1890,6 +1910,49 @@ mod tests {
         let mut out = Vec::new();
         h.samples(id, 1000, 1200, &mut out);
         assert_eq!(out.len(), 21);
+    }
+
+    /// A backfill of 70,000 samples at 1 ms inside the span of one sealed chunk (10 s apart)
+    /// once made a chunk of more than 65,535 samples, which `Chunk::encode` refuses with a
+    /// panic. The chunk is split instead, and every sample is kept.
+    #[test]
+    fn a_dense_backfill_into_one_chunk_splits_it_and_keeps_every_sample() {
+        let h = HotIndex::new(i64::MAX / 4);
+        let id = 7;
+        let mut sent: Vec<Sample> = (0..300)
+            .map(|i| Sample {
+                series: id,
+                ts: i * 10_000,
+                value: i as f64,
+            })
+            .collect();
+        h.append_samples(&sent);
+        let late: Vec<Sample> = (0..70_000)
+            .map(|i| Sample {
+                series: id,
+                ts: 1 + i,
+                value: (i % 17) as f64,
+            })
+            .filter(|s| s.ts % 10_000 != 0)
+            .collect();
+        for batch in late.chunks(1_000) {
+            h.append_samples(batch);
+        }
+        sent.extend_from_slice(&late);
+        assert_holds(&h, &sent);
+        let sh = h.shards[shard(id)].read().unwrap();
+        let counts: Vec<usize> = sh
+            .get(&id)
+            .unwrap()
+            .sealed
+            .iter()
+            .map(|c| usize::from(c.count))
+            .collect();
+        assert!(
+            counts.iter().all(|&n| n <= 2 * sealed::COMPACT_MAX),
+            "{counts:?}"
+        );
+        assert!(counts.len() > 70, "{} chunks", counts.len());
     }
 
     #[test]

@@ -207,10 +207,22 @@ pub(crate) const COMPACT_MAX: usize = 960;
 /// at least two chunks, all ending before `horizon`, of [`COMPACT_MIN`] to [`COMPACT_MAX`]
 /// samples together, taken greedily from the oldest. A run that could still grow (cut by the
 /// horizon below the minimum) waits, so that each sample is rewritten once, not once per
-/// chunk that joins it; a chunk that merges with nothing (one already compacted) stays.
+/// chunk that joins it. A chunk that holds the minimum already (one compacted) joins no run:
+/// a run of 720 followed by a fresh 120 would otherwise be rewritten as 840, then 960.
 pub(crate) fn compaction_runs(
     chunks: impl IntoIterator<Item = (i64, u16)>,
     horizon: i64,
+) -> Vec<std::ops::Range<usize>> {
+    runs_between(chunks, horizon, COMPACT_MIN, COMPACT_MAX)
+}
+
+/// [`compaction_runs`] with other bounds: runs of `min` to `max` items (rollup blocks on
+/// disk merge by the same rule, [`super::rollups::RollupSeries::compact`]).
+pub(crate) fn runs_between(
+    chunks: impl IntoIterator<Item = (i64, u16)>,
+    horizon: i64,
+    min: usize,
+    max: usize,
 ) -> Vec<std::ops::Range<usize>> {
     let old: Vec<usize> = chunks
         .into_iter()
@@ -220,12 +232,17 @@ pub(crate) fn compaction_runs(
     let mut runs = Vec::new();
     let mut i = 0;
     while i < old.len() {
+        if old[i] >= min {
+            // Merged already: it joins nothing (else each new chunk after it would rewrite it).
+            i += 1;
+            continue;
+        }
         let (mut sum, mut j) = (old[i], i + 1);
-        while j < old.len() && sum + old[j] <= COMPACT_MAX {
+        while j < old.len() && old[j] < min && sum + old[j] <= max {
             sum += old[j];
             j += 1;
         }
-        if j - i >= 2 && sum >= COMPACT_MIN {
+        if j - i >= 2 && sum >= min {
             runs.push(i..j);
             i = j;
         } else {
@@ -400,6 +417,13 @@ mod tests {
             (7, 120),
         ];
         assert_eq!(compaction_runs(odd, h), vec![0..7]);
+        // A merged chunk of the minimum does not take the fresh chunks after it (it would be
+        // rewritten once per chunk up to the maximum).
+        assert!(compaction_runs(vec![(1, 720), (2, 120), (3, 120)], h).is_empty());
+        assert_eq!(
+            runs_between(vec![(1, 64), (2, 8), (3, 8)], h, 16, 24),
+            vec![1..3]
+        );
         // Two large chunks that do not fit together stay apart.
         assert!(compaction_runs(vec![(1, 600), (2, 500)], h).is_empty());
         assert!(compaction_runs(Vec::new(), h).is_empty());
