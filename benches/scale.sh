@@ -105,7 +105,7 @@ curl -fs "$url/metrics" | grep '^tidemark_memory_bytes' | awk -v n="$series" \
 ooo=$(curl -fs "$url/metrics" | awk '/^tidemark_hot_samples_out_of_order_total /{print $2}')
 echo "out-of-order samples (at or before their series' newest): ${ooo:-0} of $samples"
 # Chunk files by kind, and how many raw chunks were merged into larger ones (after 2 hours).
-curl -fs "$url/metrics" | awk '/^tidemark_hot_chunk_files_bytes/{printf "  %s %.1f MiB\n", $1, $2/1048576} /^tidemark_hot_chunks_compacted_total /{print "  chunks compacted: " $2}'
+curl -fs "$url/metrics" | awk '/^tidemark_hot_chunk_files_bytes/{printf "  %s %.1f MiB\n", $1, $2/1048576} /^tidemark_hot_chunks_compacted_total/{print "  compacted: " $1 " " $2} /^tidemark_hot_chunk_disk_bytes /{printf "  raw chunks referenced: %.1f MiB\n", $2/1048576}'
 kill $sampler 2>/dev/null || true
 if [ -s "$dir/peak_components" ]; then
   echo "memory by component at the highest RSS sampled during the run ($(awk '/^rss/{printf "%.0f MiB", $2/1048576}' "$dir/peak_components")):"
