@@ -5,7 +5,8 @@
 # (tidemark_memory_bytes), data dir bytes per sample, and the restart: time to ready and peak
 # RSS while it replays.
 # Usage: HOSTS=250000 POINTS=180 benches/scale.sh      (1 M series, 30 minutes of event time)
-# TRACE=FILE appends RSS and memory by component (MiB) every 3 s to FILE.
+# TRACE=FILE appends RSS and memory by component (MiB) every 3 s to FILE; RESTART_TRACE=FILE
+# the same every 0.2 s during the restart.
 # PROFILE=dev runs the debug build (memory figures are the same; rates are not). The restart
 # after SIGTERM loads the checkpoint written at shutdown. Then, when Debian's victoria-metrics
 # is installed (PEER=none skips it), VictoriaMetrics takes the same workload: its peak RSS,
@@ -137,6 +138,16 @@ echo "event time $(date -u -d @$ev_start +%H:%M) to $(date -u -d @$ev_end +%H:%M
 echo "data dir $((bytes / 1048576)) MiB = $(echo "scale=2; $bytes / $samples" | bc) bytes/sample ($(du -sb "$dir/data/log" | cut -f1) log, $(du -sb "$dir/data/cold" 2>/dev/null | cut -f1) cold)"
 t0=$(date +%s.%N)
 start
+# RESTART_TRACE=FILE: RSS every 0.2 s and memory by component (MiB, when /metrics answers)
+# while the restart loads and catches up, to see what its peak is made of.
+if [ -n "${RESTART_TRACE:-}" ]; then
+  ( while kill -0 $pid 2>/dev/null; do
+      r=$(awk '/^VmRSS/{printf "%.0f", $2 / 1024}' /proc/$pid/status 2>/dev/null)
+      m=$(curl -fs -m 1 "$url/metrics" 2>/dev/null | awk -F'[="} ]+' '/^tidemark_memory_bytes/{printf "%s=%.0f ", $2, $3/1048576}')
+      echo "$(date +%s.%N | cut -c1-14) rss=$r $m" >> "$RESTART_TRACE"
+      sleep 0.2
+    done ) &
+fi
 ready
 took=$(echo "$(date +%s.%N) - $t0" | bc)
 peak2=$(grep VmHWM /proc/$pid/status | awk '{printf "%.0f", $2*1024}')
