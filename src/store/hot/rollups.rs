@@ -1061,23 +1061,27 @@ mod tests {
         assert_eq!(after, kept);
     }
 
+    /// What a spill does with one series: its blocks in memory written to `files`; returns
+    /// the bytes this frees.
+    fn write_out(s: &mut RollupSeries, files: &ChunkFiles) -> i64 {
+        let mut refs = Vec::new();
+        for (b, end) in s.in_memory() {
+            let (seg, off) = files.append(b, end).unwrap();
+            refs.push(DiskRef {
+                seg,
+                off,
+                len: b.len() as u32,
+            });
+        }
+        s.spilled(&refs)
+    }
+
     #[test]
     fn blocks_on_disk_are_read_back_corrected_and_expired() {
         let dir = tempfile::tempdir().unwrap();
         let files = ChunkFiles::open(dir.path()).unwrap();
         let mut s = RollupSeries::default();
-        let spill = |s: &mut RollupSeries| {
-            let mut refs = Vec::new();
-            for (b, end) in s.in_memory() {
-                let (seg, off) = files.append(b, end).unwrap();
-                refs.push(DiskRef {
-                    seg,
-                    off,
-                    len: b.len() as u32,
-                });
-            }
-            s.spilled(&refs)
-        };
+        let spill = |s: &mut RollupSeries| write_out(s, &files);
         let mut want = Vec::new();
         for i in 0..400 {
             let r = roll(i * 60_000, (i % 17) as f64 * 0.25);
@@ -1129,16 +1133,7 @@ mod tests {
         let merged = std::cell::Cell::new(0);
         let spill = |s: &mut RollupSeries| {
             merged.set(merged.get() + s.compact(Some(&files)).1);
-            let mut refs = Vec::new();
-            for (b, end) in s.in_memory() {
-                let (seg, off) = files.append(b, end).unwrap();
-                refs.push(DiskRef {
-                    seg,
-                    off,
-                    len: b.len() as u32,
-                });
-            }
-            s.spilled(&refs);
+            write_out(s, &files);
         };
         let mut want = Vec::new();
         let mut most = 0;
