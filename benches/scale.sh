@@ -142,8 +142,8 @@ start
 # while the restart loads and catches up, to see what its peak is made of.
 if [ -n "${RESTART_TRACE:-}" ]; then
   ( while kill -0 $pid 2>/dev/null; do
-      r=$(awk '/^VmRSS/{printf "%.0f", $2 / 1024}' /proc/$pid/status 2>/dev/null)
-      m=$(curl -fs -m 1 "$url/metrics" 2>/dev/null | awk -F'[="} ]+' '/^tidemark_memory_bytes/{printf "%s=%.0f ", $2, $3/1048576}')
+      r=$(awk '/^VmRSS/{printf "%.0f", $2 / 1024}' /proc/$pid/status 2>/dev/null || true)
+      m=$(curl -fs -m 1 "$url/metrics" 2>/dev/null | awk -F'[="} ]+' '/^tidemark_memory_bytes/{printf "%s=%.0f ", $2, $3/1048576}' || true)
       echo "$(date +%s.%N | cut -c1-14) rss=$r $m" >> "$RESTART_TRACE"
       sleep 0.2
     done ) &
