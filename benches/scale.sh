@@ -5,8 +5,8 @@
 # (tidemark_memory_bytes), data dir bytes per sample, and the restart: time to ready and peak
 # RSS while it replays.
 # Usage: HOSTS=250000 POINTS=180 benches/scale.sh      (1 M series, 30 minutes of event time)
-# TRACE=FILE appends RSS and memory by component (MiB) every 3 s to FILE; RESTART_TRACE=FILE
-# the same every 0.2 s during the restart.
+# TRACE=FILE appends RSS and memory by component (MiB) every 3 s (TRACE_EVERY) to FILE;
+# RESTART_TRACE=FILE the same every 0.2 s during the restart. SETTLE: see below.
 # PROFILE=dev runs the debug build (memory figures are the same; rates are not). The restart
 # after SIGTERM loads the checkpoint written at shutdown. Then, when Debian's victoria-metrics
 # is installed (PEER=none skips it), VictoriaMetrics takes the same workload: its peak RSS,
@@ -87,7 +87,7 @@ idle() {
       best=$r
       { echo "rss $r"; echo "$m" | grep -E '^tidemark_memory_bytes|^tidemark_log_(end|consumer)_offset'; } > "$dir/peak_components"
     fi
-    sleep 3
+    sleep "${TRACE_EVERY:-3}"
   done ) &
 sampler=$!
 # The loadgen's event times: POINTS steps of 10 s ending about a minute before it starts.
@@ -107,6 +107,16 @@ ooo=$(curl -fs "$url/metrics" | awk '/^tidemark_hot_samples_out_of_order_total /
 echo "out-of-order samples (at or before their series' newest): ${ooo:-0} of $samples"
 # Chunk files by kind, and how many raw chunks were merged into larger ones (after 2 hours).
 curl -fs "$url/metrics" | awk '/^tidemark_hot_chunk_files_bytes/{printf "  %s %.1f MiB\n", $1, $2/1048576} /^tidemark_hot_chunks_compacted_total/{print "  compacted: " $1 " " $2} /^tidemark_hot_chunk_disk_bytes /{printf "  raw chunks referenced: %.1f MiB\n", $2/1048576}'
+# The input stops here, as a fleet's push would at a network split: after `[log] idle_timeout`
+# (30 s) event time follows wall time, so the windows close and the open hour partition seals
+# (when the wall clock is past its end). SETTLE=SECONDS (default 45) keeps sampling through
+# it; the peak below includes it.
+settle=${SETTLE:-45}
+if [ "$settle" -gt 0 ]; then
+  sleep "$settle"
+  idle $pid
+  echo "CPU after the input went idle ($settle s and until idle again): $(echo "$(cpu $pid) - $tm_cpu" | bc) s"
+fi
 kill $sampler 2>/dev/null || true
 if [ -s "$dir/peak_components" ]; then
   echo "memory by component at the highest RSS sampled during the run ($(awk '/^rss/{printf "%.0f MiB", $2/1048576}' "$dir/peak_components")):"
