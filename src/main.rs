@@ -24,6 +24,13 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Only log events at this level or above: debug, info, warn, error (`RUST_LOG`, when
+    /// set, overrides it with a per-module filter).
+    #[arg(long = "log.level", global = true, default_value = "info")]
+    log_level: String,
+    /// Log line format: logfmt or json.
+    #[arg(long = "log.format", global = true, default_value = "logfmt")]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -201,6 +208,8 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let format: tidemark::logging::Format = cli.log_format.parse()?;
+    tidemark::logging::init(&cli.log_level, format)?;
     match cli.cmd {
         Cmd::Up {
             listen,

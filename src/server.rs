@@ -8,6 +8,7 @@
 //! `POST /api/v1/replay?from_offset=N|from_time=T` restarts the job from an earlier log
 //! offset (see [`crate::job`]); `GET /api/v1/replay` reports its progress.
 
+use crate::time::now_ms;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,6 +80,7 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
             Arc::new(state.cfg.auth.clone()),
             authorize,
         ))
+        .layer(axum::middleware::from_fn(request_log))
 }
 
 /// The role a request needs: `admin` to change silences, reload, or replay; `write` to push
@@ -115,6 +117,26 @@ pub async fn authorize(
         }
     }
     next.run(req).await
+}
+
+/// Request logs: one `debug` event of component `http` per request (method, path, status,
+/// duration), so off unless `--log.level=debug` or `RUST_LOG=info,tidemark::http=debug`.
+pub async fn request_log(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if !tracing::enabled!(target: "tidemark::http", tracing::Level::DEBUG) {
+        return next.run(req).await;
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let t0 = Instant::now();
+    let res = next.run(req).await;
+    tracing::debug!(
+        target: "tidemark::http",
+        method = %method,
+        path,
+        status = res.status().as_u16(),
+        duration_ms = t0.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    res
 }
 
 async fn ready(State(s): State<Arc<AppState>>) -> Response {
@@ -193,13 +215,11 @@ async fn replay(
         let windows = if at.rollups_from == i64::MIN {
             "every window".to_string()
         } else {
-            format!(
-                "windows from {}",
-                crate::cluster::client::rfc3339(at.rollups_from)
-            )
+            format!("windows from {}", crate::time::rfc3339(at.rollups_from))
         };
-        eprintln!(
-            "tidemark: replaying the log from offset {} to {target}; rebuilding {windows}",
+        tracing::info!(
+            component = "log",
+            "replaying the log from offset {} to {target}; rebuilding {windows}",
             at.offset
         );
         Ok((at, target))
@@ -398,13 +418,6 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -424,7 +437,7 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    eprintln!("tidemark: shutting down: no new requests; flushing the log and draining the job");
+    tracing::info!("shutting down: no new requests; flushing the log and draining the job");
 }
 
 /// Periodic work: readiness, idle ticks, fsync under `interval`, hot GC, log retention.
@@ -434,8 +447,8 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
         loop {
             if st.progress.caught_up(startup_end) {
                 st.metrics.ready.store(true, Ordering::Release);
-                eprintln!(
-                    "tidemark: ready: replayed {} log records ({} series, {} samples) in {:.2}s",
+                tracing::info!(
+                    "ready: replayed {} log records ({} series, {} samples) in {:.2}s",
                     startup_end,
                     st.hot.catalog.len(),
                     st.hot.sample_count(),
@@ -474,7 +487,7 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
                 tick.tick().await;
                 let log = st.log.clone();
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(move || log.sync()).await {
-                    eprintln!("tidemark: log fsync failed: {e}");
+                    tracing::warn!(component = "log", "log fsync failed: {e}");
                 }
             }
         });
@@ -553,7 +566,7 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
                             .saturating_add(lateness)
                             <= sealed
                 }) {
-                    eprintln!("tidemark: log retention failed: {e}");
+                    tracing::warn!(component = "log", "log retention failed: {e}");
                 }
             })
             .await;
@@ -582,21 +595,29 @@ fn maintain_cold(s: &AppState, cold: &ColdStore) {
         let listing = maintain::list(cold)?;
         let gone = maintain::apply_retention(cold, &listing, wm, &|t| s.cfg.cold.retention(t))?;
         if !gone.is_empty() {
-            eprintln!("tidemark: cold retention deleted {} partitions", gone.len());
+            tracing::info!(
+                component = "tiers",
+                "cold retention deleted {} partitions",
+                gone.len()
+            );
         }
         let listing = maintain::list(cold)?;
         let sealed = wm - s.cfg.job.allowed_lateness.0 - 3_600_000;
         let (_, failed) = maintain::compact_all(cold, &listing, sealed);
         for (p, e) in failed {
-            eprintln!(
-                "tidemark: cannot compact {} (its files stay as they are): {e}",
+            tracing::warn!(
+                component = "tiers",
+                "cannot compact {} (its files stay as they are): {e}",
                 p.dir()
             );
         }
         Ok(())
     };
     if let Err(e) = run() {
-        eprintln!("tidemark: cold tier maintenance failed (will retry): {e}");
+        tracing::warn!(
+            component = "tiers",
+            "cold tier maintenance failed (will retry): {e}"
+        );
     }
 }
 
@@ -626,9 +647,12 @@ fn start_alerting(cfg: &Config, data_dir: &std::path::Path) -> anyhow::Result<Ar
             resolution_ms: cfg.rules.resolution.0.max(1) as u64,
         });
         for e in &errors {
-            eprintln!("tidemark: rule file error (its group is left out): {e}");
+            tracing::warn!(
+                component = "rules",
+                "rule file error (its group is left out): {e}"
+            );
         }
-        eprintln!("tidemark: {} rules loaded", rules.rule_count());
+        tracing::info!(component = "rules", "{} rules loaded", rules.rule_count());
         Some(rules)
     } else {
         None
@@ -732,8 +756,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
-        eprintln!(
-            "tidemark: listening on http://{} (data dir {}, {} workers, log from offset {} to {})",
+        tracing::info!(
+            "listening on http://{} (data dir {}, {} workers, log from offset {} to {})",
             listener.local_addr()?,
             data_dir.display(),
             workers,
@@ -753,8 +777,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(cp) = &state.checkpoints {
         if state.metrics.ready.load(Ordering::Acquire) && !replaying(&state) {
             if let Ok(info) = cp.run_once() {
-                eprintln!(
-                    "tidemark: checkpoint {} written at shutdown ({} series, {} bytes)",
+                tracing::info!(
+                    component = "job",
+                    "checkpoint {} written at shutdown ({} series, {} bytes)",
                     info.path.display(),
                     info.series,
                     info.bytes
@@ -767,7 +792,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(mut job) = state.job.lock().unwrap_or_else(|e| e.into_inner()).take() {
         job.shutdown();
     }
-    eprintln!("tidemark: stopped; log end offset {}", log.end_offset());
+    tracing::info!("stopped; log end offset {}", log.end_offset());
     served
 }
 
@@ -791,9 +816,11 @@ pub fn run_ingest(cfg: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-        eprintln!(
-            "tidemark ingest: listening on http://{}, producing to topic {:?} at {} ({:?}, key {:?})",
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        tracing::info!(
+            "listening on http://{}, producing to topic {:?} at {} ({:?}, key {:?})",
             listener.local_addr()?,
             kafka.topic,
             kafka.brokers,
@@ -812,7 +839,10 @@ pub fn run_ingest(cfg: Config) -> anyhow::Result<()> {
                     match k.ready(Duration::from_secs(2)).await {
                         Ok(n) => (
                             StatusCode::OK,
-                            format!("Tidemark ingest is Ready: topic {:?} has {n} partitions.\n", k.config().topic),
+                            format!(
+                                "Tidemark ingest is Ready: topic {:?} has {n} partitions.\n",
+                                k.config().topic
+                            ),
                         ),
                         Err(e) => (
                             StatusCode::SERVICE_UNAVAILABLE,
@@ -830,20 +860,29 @@ pub fn run_ingest(cfg: Config) -> anyhow::Result<()> {
                     async move {
                         let mut w = TextWriter(String::with_capacity(2048));
                         render_counters(&m, &mut w);
-                        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], w.0)
+                        (
+                            [(
+                                header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            )],
+                            w.0,
+                        )
                     }
                 }),
             )
             .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
             .route("/-/ready", get(ingest_ready))
             .merge(ingest_http::routes(Arc::clone(&state)))
-            .layer(axum::middleware::from_fn_with_state(auth, authorize));
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+            .layer(axum::middleware::from_fn_with_state(auth, authorize))
+            .layer(axum::middleware::from_fn(request_log));
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
         anyhow::Ok(())
     })?;
     if let ingest_http::Sink::Kafka(k) = &state.sink {
         k.flush(Duration::from_secs(5));
     }
-    eprintln!("tidemark ingest: stopped");
+    tracing::info!("stopped");
     Ok(())
 }

@@ -78,7 +78,7 @@ fn metric(t: &Tidemark, name_and_labels: &str) -> f64 {
 }
 
 fn rfc3339(ms: i64) -> String {
-    tidemark::query::functions::chrono_lite::rfc3339(ms)
+    tidemark::time::rfc3339(ms)
 }
 
 #[test]

@@ -268,7 +268,7 @@ fn two_processes_consume_survive_sigkill_and_replay_identically() {
 
     // Replay from the middle of the second hour: rollups rebuilt identically.
     let from = base + HOUR + 30 * 60_000;
-    let t = tidemark::cluster::client::rfc3339(from);
+    let t = tidemark::time::rfc3339(from);
     let (ok, out) = c.cli(&[
         "replay",
         "--job",

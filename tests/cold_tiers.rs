@@ -297,7 +297,7 @@ fn an_s3_outage_holds_the_writers_back_and_loses_nothing() {
 
 /// `(year, month, day)` of a UTC time in ms.
 fn civil(ms: i64) -> (i64, i64, i64) {
-    let rfc = tidemark::cluster::client::rfc3339(ms);
+    let rfc = tidemark::time::rfc3339(ms);
     let p: Vec<i64> = rfc[..10].split('-').map(|x| x.parse().unwrap()).collect();
     (p[0], p[1], p[2])
 }

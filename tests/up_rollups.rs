@@ -374,7 +374,7 @@ fn replaying_the_embedded_log_rebuilds_identical_rollups_without_duplicates() {
     let (ok, out) = cli(&[
         "replay",
         "--from-time",
-        &tidemark::cluster::client::rfc3339(at),
+        &tidemark::time::rfc3339(at),
         "--to",
         &t.url,
     ]);

@@ -18,8 +18,9 @@ use serde_json::{json, Value};
 
 use super::eval::{AlertEvent, Rules};
 use super::notify::config::{parse_notify_config, LabelMatcher, NotifyConfig, DEFAULT_CONFIG};
-use super::notify::{now_ms, silences::PostableSilence, Notifier};
+use super::notify::{silences::PostableSilence, Notifier};
 use crate::ops::TextWriter;
+use crate::time::now_ms;
 
 /// What the alerting routes share.
 pub struct AlertState {

@@ -30,9 +30,9 @@ use super::template::{go_float, TemplateData};
 use crate::ingest::{BatchBuilder, SeriesBuf, WriteBatch};
 use crate::model::{is_stale_nan, stale_nan, Labels, Limits, METRIC_NAME};
 use crate::query::engine::{Engine, Value};
-use crate::query::functions::chrono_lite::rfc3339;
 use crate::query::{Series, Storage};
 use crate::store::hot::index::Matcher;
+use crate::time::rfc3339;
 
 /// An alert as the notifier gets it (Alertmanager's alert: labels, annotations, start and end).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -194,7 +194,7 @@ impl Rules {
             .and_then(|b| match serde_json::from_slice::<StateFile>(&b) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    eprintln!("tidemark: ignoring unreadable rules-state.json: {e}");
+                    tracing::warn!("ignoring unreadable rules-state.json: {e}");
                     None
                 }
             })
@@ -558,12 +558,12 @@ impl Rules {
         }
         let (batch, errs, _) = builder.finish();
         if let Some(e) = errs.first() {
-            eprintln!("tidemark: rules produced an invalid series: {}", e.reason);
+            tracing::warn!("rules produced an invalid series: {}", e.reason);
         }
         if !batch.samples.is_empty() {
             if let Err(e) = writer.write(batch) {
                 self.eval_failures.fetch_add(1, Relaxed);
-                eprintln!("tidemark: cannot write recorded rule samples: {e}");
+                tracing::warn!("cannot write recorded rule samples: {e}");
             }
         }
         let cutoff = newest as i64 - OVERLAY_KEEP_MS;
@@ -582,8 +582,8 @@ impl Rules {
                     Ok(()) => true,
                     Err(e) => {
                         self.eval_failures.fetch_add(1, Relaxed);
-                        eprintln!(
-                        "tidemark: cannot hand {} alert events to the notifier (kept, sent with the next batch): {e}",
+                        tracing::warn!(
+                        "cannot hand {} alert events to the notifier (kept, sent with the next batch): {e}",
                         list.len()
                     );
                         inner.unsent = list;
@@ -597,7 +597,7 @@ impl Rules {
         if sent && (inner.dirty || inner.last_saved.is_none_or(|s| s.elapsed().as_secs() >= 10)) {
             if let Err(e) = self.save(inner) {
                 self.eval_failures.fetch_add(1, Relaxed);
-                eprintln!("tidemark: cannot save the alert state: {e}");
+                tracing::warn!("cannot save the alert state: {e}");
             }
         }
         events

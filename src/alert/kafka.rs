@@ -216,7 +216,7 @@ fn consume(
             Ok(_) => stats.connected.store(true, Ordering::Relaxed),
             Err(e) => {
                 stats.connected.store(false, Ordering::Relaxed);
-                eprintln!("tidemark notify: {e}");
+                tracing::info!("{e}");
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
@@ -229,7 +229,7 @@ fn consume(
             let m = match m {
                 Ok(m) => m,
                 Err(e) => {
-                    eprintln!("tidemark notify: {e}");
+                    tracing::info!("{e}");
                     break;
                 }
             };
@@ -239,7 +239,7 @@ fn consume(
                 Err(reason) => {
                     stats.malformed.fetch_add(1, Ordering::Relaxed);
                     let msg = format!("{}/{}@{}: {reason}", opts.topic, m.part.1, m.offset);
-                    eprintln!("tidemark notify: skipping message {msg}");
+                    tracing::warn!("skipping message {msg}");
                     *stats
                         .last_malformed
                         .lock()
@@ -257,7 +257,7 @@ fn consume(
                 // Kept and handed again on the next round (the notifier's state could not be
                 // written: the disk is full or gone).
                 Err(e) => {
-                    eprintln!("tidemark notify: cannot take alert events (retrying): {e}");
+                    tracing::warn!("cannot take alert events (retrying): {e}");
                     std::thread::sleep(Duration::from_secs(1));
                 }
             }
@@ -275,7 +275,7 @@ fn consume(
                     Ok(()) => committed.extend(next),
                     Err(e) => {
                         stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("tidemark notify: commit failed (retried later): {e}");
+                        tracing::warn!("commit failed (retried later): {e}");
                         // Put them back: the next commit covers them.
                         for (p, o) in next {
                             handed.push_front((0, p, o));
@@ -418,7 +418,8 @@ pub fn run_notify(opts: NotifyOpts) -> anyhow::Result<()> {
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(opts.auth.clone()),
             crate::server::authorize,
-        ));
+        ))
+        .layer(axum::middleware::from_fn(crate::server::request_log));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -427,8 +428,8 @@ pub fn run_notify(opts: NotifyOpts) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .with_context(|| format!("binding {}", opts.listen))?;
-        eprintln!(
-            "tidemark notify: listening on http://{}; consuming {} partitions p % {} == {} of topic {} at {} as group {}; state in {}",
+        tracing::info!(
+            "listening on http://{}; consuming {} partitions p % {} == {} of topic {} at {} as group {}; state in {}",
             listener.local_addr()?,
             if opts.peers == 1 { "all" } else { "the" },
             opts.peers,
@@ -447,8 +448,8 @@ pub fn run_notify(opts: NotifyOpts) -> anyhow::Result<()> {
     stop.store(true, Ordering::Release);
     match consumer.join() {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("tidemark notify: consumer stopped: {e}"),
-        Err(_) => eprintln!("tidemark notify: consumer thread panicked"),
+        Ok(Err(e)) => tracing::error!("consumer stopped: {e}"),
+        Err(_) => tracing::error!("consumer thread panicked"),
     }
     rt.shutdown_timeout(Duration::from_secs(5));
     served

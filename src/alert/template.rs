@@ -1738,7 +1738,7 @@ pub fn humanize_timestamp(v: f64) -> String {
     if !v.is_finite() {
         return go_g(v, 4);
     }
-    let t = crate::query::functions::chrono_lite::rfc3339((v * 1000.0).round() as i64);
+    let t = crate::time::rfc3339((v * 1000.0).round() as i64);
     // `2023-11-14T22:13:20Z` -> `2023-11-14 22:13:20 +0000 UTC` (Go's time.Time String).
     format!(
         "{} +0000 UTC",
@@ -1752,7 +1752,7 @@ const GO_TIME_STRING: &str = "2006-01-02 15:04:05.999999999 -0700 MST";
 /// Formats a UTC time (ms since the epoch) with a Go reference-time layout (`2006-01-02
 /// 15:04:05`, `Jan _2`, `Monday`, `3:04PM`, `MST`, `-07:00`, `Z07:00`, `.000`, `.999`...).
 pub fn go_time(ms: i64, layout: &str) -> String {
-    use crate::query::functions::chrono_lite::civil;
+    use crate::time::civil;
     const MONTHS: [&str; 12] = [
         "January",
         "February",

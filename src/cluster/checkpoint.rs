@@ -164,10 +164,7 @@ impl ReplayPoint {
         let text = std::fs::read_to_string(&path).ok()?;
         let parsed = Self::parse(&text);
         if let Err(e) = &parsed {
-            eprintln!(
-                "tidemark worker: {}: {e}; replaying the whole WAL",
-                path.display()
-            );
+            tracing::info!("{}: {e}; replaying the whole WAL", path.display());
         }
         parsed.ok()
     }
@@ -296,7 +293,7 @@ impl WorkerCheckpoints {
             peers,
             faults: Faults::from_env(),
             stats,
-            run: crate::alert::notify::now_ms().max(0) as u64,
+            run: crate::time::now_ms().max(0) as u64,
             jobs: Mutex::new(BTreeMap::new()),
         }
     }
@@ -338,8 +335,8 @@ impl WorkerCheckpoints {
     ) -> Option<Restored> {
         let dir = crate::job::checkpoint::dir(data_dir);
         for name in file::remove_partial(&dir) {
-            eprintln!(
-                "tidemark worker: deleted {name}: a checkpoint write that did not finish (the process stopped during it)"
+            tracing::warn!(
+                "deleted {name}: a checkpoint write that did not finish (the process stopped during it)"
             );
         }
         let (processes, process, workers) = shape;
@@ -347,13 +344,16 @@ impl WorkerCheckpoints {
             let meta = match read_sidecar(&sidecar(&dir, n)) {
                 Ok(m) => m,
                 Err(e) => {
-                    eprintln!("tidemark worker: checkpoint {} has no usable worker state, trying the previous one: {e}", path.display());
+                    tracing::warn!(
+                        "checkpoint {} has no usable worker state, trying the previous one: {e}",
+                        path.display()
+                    );
                     continue;
                 }
             };
             if (meta.processes, meta.process, meta.workers) != (processes, process, workers) {
-                eprintln!(
-                    "tidemark worker: checkpoint {} was taken as process {} of {} with {} worker threads, not process {process} of {processes} with {workers}: its series are not this process's now, so it is not loaded. The hot index is rebuilt from what the WALs still hold (since the checkpoints); older data stays in the cold tiers. To rebuild the hot index, start the cluster with its previous shape or replay the jobs from Kafka (`tidemark replay --from-time`)",
+                tracing::info!(
+                    "checkpoint {} was taken as process {} of {} with {} worker threads, not process {process} of {processes} with {workers}: its series are not this process's now, so it is not loaded. The hot index is rebuilt from what the WALs still hold (since the checkpoints); older data stays in the cold tiers. To rebuild the hot index, start the cluster with its previous shape or replay the jobs from Kafka (`tidemark replay --from-time`)",
                     path.display(),
                     meta.process,
                     meta.processes,
@@ -368,8 +368,8 @@ impl WorkerCheckpoints {
                     stats
                         .load_us
                         .store(info.took.as_micros() as u64, Ordering::Relaxed);
-                    eprintln!(
-                        "tidemark worker: loaded checkpoint {} ({} series, {} bytes) in {:.2}s (RSS {} MiB, peak {} MiB); jobs {:?}",
+                    tracing::info!(
+                        "loaded checkpoint {} ({} series, {} bytes) in {:.2}s (RSS {} MiB, peak {} MiB); jobs {:?}",
                         path.display(),
                         info.series,
                         info.bytes,
@@ -382,7 +382,7 @@ impl WorkerCheckpoints {
                 }
                 Err(e) => {
                     stats.skipped_damaged.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("tidemark worker: checkpoint not usable, trying the previous one (the WALs still hold what it needs): {e}");
+                    tracing::warn!("checkpoint not usable, trying the previous one (the WALs still hold what it needs): {e}");
                 }
             }
         }
@@ -393,8 +393,8 @@ impl WorkerCheckpoints {
     pub fn run_once(&self) -> Result<CheckpointInfo, String> {
         let res = self.run();
         match &res {
-            Ok(i) => eprintln!(
-                "tidemark worker: checkpoint {} written: {} series, {} bytes in {:.2}s",
+            Ok(i) => tracing::info!(
+                "checkpoint {} written: {} series, {} bytes in {:.2}s",
                 i.path.display(),
                 i.series,
                 i.bytes,
@@ -402,7 +402,7 @@ impl WorkerCheckpoints {
             ),
             Err(e) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                eprintln!("tidemark worker: checkpoint failed (the previous one and the WALs stay in use; retried at the next interval): {e}");
+                tracing::warn!("checkpoint failed (the previous one and the WALs stay in use; retried at the next interval): {e}");
             }
         }
         res
@@ -430,7 +430,7 @@ impl WorkerCheckpoints {
             workers,
             jobs,
         };
-        let created_ms = crate::alert::notify::now_ms();
+        let created_ms = crate::time::now_ms();
         // Numbered by wall time, and after every checkpoint there is.
         let n =
             (created_ms.max(0) as u64).max(file::list(&self.dir).first().map_or(0, |x| x.0 + 1));
@@ -550,7 +550,9 @@ impl WorkerCheckpoints {
                         .ok()
                         .and_then(|b| serde_json::from_slice(&b).ok()),
                     Err(e) => {
-                        eprintln!("tidemark worker: {url}: {e}; WALs are not truncated until every process answers");
+                        tracing::warn!(
+                            "{url}: {e}; WALs are not truncated until every process answers"
+                        );
                         None
                     }
                 }

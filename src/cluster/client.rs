@@ -1,7 +1,7 @@
 //! The cluster's command-line clients: `submit`, `jobs`, `cancel`, `replay` (also against
 //! `tidemark up`'s embedded log).
 
-use std::io::Write as _;
+use crate::time::rfc3339;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -136,17 +136,6 @@ pub fn cancel(name: &str, to: &str) -> Result<String, ClientError> {
     Ok(format!("cancelled job {name:?}"))
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for a time in ms.
-pub fn rfc3339(ms: i64) -> String {
-    let (y, m, d, h) = crate::store::cold::layout::civil(ms);
-    let rem = ms.div_euclid(1000).rem_euclid(3600);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{h:02}:{:02}:{:02}Z",
-        rem / 60,
-        rem % 60
-    )
-}
-
 /// `tidemark replay --job NAME (--from-time T | --from-offsets P:O,...) --to URL`: rewinds
 /// and, unless `detach`, shows a progress bar (offsets done, lag, rate) until caught up.
 pub fn replay(
@@ -231,13 +220,13 @@ fn follow(
     mut step: impl FnMut() -> Result<(i64, i64, bool), ClientError>,
 ) -> Result<(), ClientError> {
     let t0 = Instant::now();
-    let mut last = (Instant::now(), 0i64);
-    let mut stderr = std::io::stderr();
+    let bar = progress_bar(unit);
     loop {
         let (done, total, finished) = step()?;
-        draw_progress(&mut stderr, &mut last, done, total, unit);
+        bar.set_length(total.max(0) as u64);
+        bar.set_position(done.max(0) as u64);
         if finished {
-            let _ = writeln!(stderr);
+            bar.finish_and_clear();
             out.push_str(&format!(
                 "caught up: {done} {unit} in {:.1}s\n",
                 t0.elapsed().as_secs_f64()
@@ -245,7 +234,7 @@ fn follow(
             return Ok(());
         }
         if t0.elapsed() > timeout {
-            let _ = writeln!(stderr);
+            bar.abandon();
             out.push_str(&format!(
                 "still replaying; follow it with {where_to_look}\n"
             ));
@@ -255,31 +244,18 @@ fn follow(
     }
 }
 
-/// One progress-bar line: done/total, lag and the rate since the last line.
-fn draw_progress(
-    stderr: &mut std::io::Stderr,
-    last: &mut (Instant, i64),
-    done: i64,
-    total: i64,
-    unit: &str,
-) {
-    let dt = last.0.elapsed().as_secs_f64().max(1e-3);
-    let rate = (done - last.1) as f64 / dt;
-    *last = (Instant::now(), done);
-    let width = 30usize;
-    let filled = if total > 0 {
-        ((done as f64 / total as f64 * width as f64) as usize).min(width)
-    } else {
-        width
-    };
-    let _ = write!(
-        stderr,
-        "\r[{}{}] {done}/{total} {unit}, lag {}, {rate:.0} {unit}/s   ",
-        "#".repeat(filled),
-        " ".repeat(width - filled),
-        (total - done).max(0)
-    );
-    let _ = stderr.flush();
+/// A progress bar on stderr (done/total, rate, ETA), drawn only when stderr is a terminal:
+/// `indicatif` hides it otherwise, so logs and pipes get no `\r` lines.
+pub fn progress_bar(unit: &str) -> indicatif::ProgressBar {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "[{{bar:30}}] {{human_pos}}/{{human_len}} {unit}, {{per_sec}}, ETA {{eta}}"
+    ))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("#>-");
+    bar.set_style(style);
+    bar
 }
 
 /// `tidemark replay --from-offset N | --from-time T` against `tidemark up`: restarts its job
@@ -338,13 +314,4 @@ pub fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_formats() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(1_795_334_400_000), "2026-11-22T08:00:00Z");
-    }
 }

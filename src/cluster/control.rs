@@ -1076,6 +1076,7 @@ pub fn router(s: Arc<ControlState>) -> Router {
             Arc::clone(&s.auth),
             crate::server::authorize,
         ))
+        .layer(axum::middleware::from_fn(crate::server::request_log))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! order, at most [`DECODE_AHEAD`] messages ahead), so parsing and WAL encoding overlap with
 //! the worker's hot-index appends instead of taking turns with them.
 
+use crate::time::now_ms;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -165,13 +166,6 @@ pub struct KafkaJobSource {
     truncated_for: u64,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// WAL record payload: `u32 topic index, i32 partition, i64 offset`, then a codec batch.
 const WAL_HEADER: usize = 16;
 
@@ -187,8 +181,8 @@ impl KafkaJobSource {
                 };
                 match Log::open(d, FsyncPolicy::Never).and_then(|l| l.reader(from(&l))) {
                     Ok(r) => readers.push((r, own)),
-                    Err(e) => eprintln!(
-                        "tidemark: job {}: cannot replay WAL {}: {e}",
+                    Err(e) => tracing::warn!(
+                        "job {}: cannot replay WAL {}: {e}",
                         ctx.spec.name,
                         d.display()
                     ),
@@ -198,8 +192,8 @@ impl KafkaJobSource {
         let wal = match Log::open(&ctx.wal_dir, FsyncPolicy::Never) {
             Ok(l) => Some(l),
             Err(e) => {
-                eprintln!(
-                    "tidemark: job {}: cannot open WAL {} (data will not survive a restart): {e}",
+                tracing::warn!(
+                    "job {}: cannot open WAL {} (data will not survive a restart): {e}",
                     ctx.spec.name,
                     ctx.wal_dir.display()
                 );
@@ -320,9 +314,10 @@ impl KafkaJobSource {
                         });
                     match res {
                         Ok(()) => return Some(self.emit(k, series, samples)),
-                        Err(e) => eprintln!(
-                            "tidemark: job {}: skipping corrupt WAL record {}: {e}",
-                            self.ctx.spec.name, rec.offset
+                        Err(e) => tracing::warn!(
+                            "job {}: skipping corrupt WAL record {}: {e}",
+                            self.ctx.spec.name,
+                            rec.offset
                         ),
                     }
                 }
@@ -333,8 +328,8 @@ impl KafkaJobSource {
             }
         }
         self.phase = Phase::Kafka;
-        eprintln!(
-            "tidemark: job {} worker {}: WAL replayed (RSS {} MiB, peak {} MiB)",
+        tracing::info!(
+            "job {} worker {}: WAL replayed (RSS {} MiB, peak {} MiB)",
             self.ctx.spec.name,
             self.ctx.index,
             crate::ops::rss_bytes() as u64 >> 20,
@@ -387,8 +382,8 @@ impl KafkaJobSource {
     fn accept(&mut self, d: &Decoded) {
         if let Some(reason) = &d.malformed {
             let topic = self.ctx.spec.source.topics[d.part.0].clone();
-            eprintln!(
-                "tidemark: job {}: malformed message at {topic}/{}@{} (skipped what is bad, kept {} valid samples): {reason}",
+            tracing::warn!(
+                "job {}: malformed message at {topic}/{}@{} (skipped what is bad, kept {} valid samples): {reason}",
                 self.name(),
                 d.part.1,
                 d.offset,
@@ -408,10 +403,7 @@ impl KafkaJobSource {
                 let e = self.wal_next.entry(d.part).or_insert(d.offset + 1);
                 *e = (*e).max(d.offset + 1);
             }
-            Err(e) => eprintln!(
-                "tidemark: job {}: WAL append failed: {e}",
-                self.ctx.spec.name
-            ),
+            Err(e) => tracing::warn!("job {}: WAL append failed: {e}", self.ctx.spec.name),
         }
     }
 
@@ -433,8 +425,8 @@ impl KafkaJobSource {
             .collect();
         self.truncated_for = g;
         if let Err(e) = point.write(&self.ctx.wal_dir) {
-            eprintln!(
-                "tidemark: job {}: cannot record the WAL's replay point in {} (the WAL is kept whole): {e}",
+            tracing::warn!(
+                "job {}: cannot record the WAL's replay point in {} (the WAL is kept whole): {e}",
                 self.ctx.spec.name,
                 self.ctx.wal_dir.display()
             );
@@ -445,8 +437,8 @@ impl KafkaJobSource {
                 f.wal_segments_deleted
                     .fetch_add(n as u64, Ordering::Relaxed);
             }
-            Err(e) => eprintln!(
-                "tidemark: job {}: WAL truncation before offset {} failed (retried at the next checkpoint): {e}",
+            Err(e) => tracing::warn!(
+                "job {}: WAL truncation before offset {} failed (retried at the next checkpoint): {e}",
                 self.ctx.spec.name, point.offset
             ),
         }
@@ -467,8 +459,8 @@ impl KafkaJobSource {
         }
         if let Some(wal) = &self.wal {
             if let Err(e) = wal.sync() {
-                eprintln!(
-                    "tidemark: job {}: WAL fsync failed, not committing: {e}",
+                tracing::warn!(
+                    "job {}: WAL fsync failed, not committing: {e}",
                     self.ctx.spec.name
                 );
                 return;
@@ -477,8 +469,8 @@ impl KafkaJobSource {
         let Some(c) = &self.consumer else { return };
         let offsets: BTreeMap<PartKey, i64> = next.iter().map(|(k, v)| (*k, v.0)).collect();
         if let Err(e) = c.commit(&offsets) {
-            eprintln!(
-                "tidemark: job {}: offset commit failed (will retry): {e}",
+            tracing::warn!(
+                "job {}: offset commit failed (will retry): {e}",
                 self.ctx.spec.name
             );
         }
@@ -508,10 +500,7 @@ impl KafkaJobSource {
             self.last_retention = Instant::now();
             if let Some(wal) = &self.wal {
                 if let Err(e) = wal.delete_older_than(self.ctx.wal_retention) {
-                    eprintln!(
-                        "tidemark: job {}: WAL retention failed: {e}",
-                        self.ctx.spec.name
-                    );
+                    tracing::warn!("job {}: WAL retention failed: {e}", self.ctx.spec.name);
                 }
             }
         }
@@ -565,7 +554,7 @@ impl PartitionedSource for KafkaJobSource {
         }
         if self.consumer.is_none() {
             if let Err(e) = self.connect() {
-                eprintln!("tidemark: job {}: {e}; retrying in 2s", self.name());
+                tracing::warn!("job {}: {e}; retrying in 2s", self.name());
                 self.retry_at = Some(Instant::now() + Duration::from_secs(2));
                 return PartPoll::Pending(Duration::from_secs(2));
             }
@@ -577,8 +566,8 @@ impl PartitionedSource for KafkaJobSource {
                     .iter()
                     .map(|k| format!("{}/{}", c.topic(*k), k.1))
                     .collect();
-                eprintln!(
-                    "tidemark: job {} worker {}: assigned {}",
+                tracing::info!(
+                    "job {} worker {}: assigned {}",
                     self.ctx.spec.name,
                     self.ctx.index,
                     names.join(", ")
@@ -586,7 +575,7 @@ impl PartitionedSource for KafkaJobSource {
             }
             Ok(_) => {}
             Err(e) => {
-                eprintln!("tidemark: job {}: {e}; retrying in 2s", self.ctx.spec.name);
+                tracing::warn!("job {}: {e}; retrying in 2s", self.ctx.spec.name);
                 self.retry_at = Some(Instant::now() + Duration::from_secs(2));
                 return PartPoll::Pending(Duration::from_secs(2));
             }
@@ -597,7 +586,7 @@ impl PartitionedSource for KafkaJobSource {
             match c.poll(Duration::ZERO) {
                 None => break,
                 Some(Err(e)) => {
-                    eprintln!("tidemark: job {}: Kafka: {e}", self.ctx.spec.name);
+                    tracing::warn!("job {}: Kafka: {e}", self.ctx.spec.name);
                     wait = Duration::from_millis(200);
                     break;
                 }

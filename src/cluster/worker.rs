@@ -232,7 +232,7 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default_hook(info);
-        eprintln!("tidemark worker: a thread panicked (a peer process is probably gone); exiting so the cluster can be restarted");
+        tracing::error!("a thread panicked (a peer process is probably gone); exiting so the cluster can be restarted");
         std::process::exit(70);
     }));
     let processes = opts.hosts.len();
@@ -262,8 +262,8 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
         match crate::store::hot::chunkfile::ChunkFiles::open(&chunks) {
             Ok(f) => hot.with_chunk_files(f),
             Err(e) => {
-                eprintln!(
-                    "tidemark worker: cannot open {}: {e}; sealed chunks stay in memory",
+                tracing::warn!(
+                    "cannot open {}: {e}; sealed chunks stay in memory",
                     chunks.display()
                 );
                 hot
@@ -372,15 +372,15 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(listen))
         .with_context(|| format!("binding {listen}"))?;
-    eprintln!(
-        "tidemark worker: process {} of {processes}, {} workers each; HTTP on http://{listen}; data dir {}",
+    tracing::info!(
+        "process {} of {processes}, {} workers each; HTTP on http://{listen}; data dir {}",
         opts.process,
         opts.workers,
         opts.data_dir.display()
     );
     rt.spawn(async move {
         if let Err(e) = axum::serve(listener, router(control)).await {
-            eprintln!("tidemark worker: HTTP server failed: {e}");
+            tracing::warn!("HTTP server failed: {e}");
             std::process::exit(1);
         }
     });
@@ -461,7 +461,7 @@ fn apply(
             let spec = match JobSpec::parse(&text, "submitted spec") {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("tidemark worker: ignoring job: {e}");
+                    tracing::warn!("ignoring job: {e}");
                     return;
                 }
             };
@@ -470,7 +470,7 @@ fn apply(
                 let dir = job_dir(data_dir, &spec.name);
                 let _ = std::fs::create_dir_all(&dir);
                 if let Err(e) = write_atomic(&dir.join("spec.toml"), text.as_bytes()) {
-                    eprintln!("tidemark worker: cannot persist job {}: {e}", spec.name);
+                    tracing::warn!("cannot persist job {}: {e}", spec.name);
                 }
             }
             start_job(worker, shared, local, spec, text, BTreeMap::new(), i64::MIN);
@@ -528,10 +528,7 @@ fn apply(
                 .open(&path)
                 .and_then(|mut f| f.write_all(text.as_bytes()));
             if let Err(e) = appended {
-                eprintln!(
-                    "tidemark worker: cannot record bindings in {}: {e}",
-                    path.display()
-                );
+                tracing::warn!("cannot record bindings in {}: {e}", path.display());
             }
             shared
                 .bindings
@@ -572,7 +569,7 @@ fn rule_evaluator(
         spec.source.brokers.clone()
     };
     let problem = |msg: String| {
-        eprintln!("tidemark worker: job {name}: {msg}");
+        tracing::info!("job {name}: {msg}");
         registry.with(name, |j| j.problems.push(msg));
     };
     let rules = {
@@ -683,8 +680,8 @@ fn start_job(
     let local_workers = shared.opts.workers.max(1);
     let local_index = index % local_workers;
     if index == 0 {
-        eprintln!(
-            "tidemark worker: job {name} starting (topics {:?}, group {}){}",
+        tracing::info!(
+            "job {name} starting (topics {:?}, group {}){}",
             spec.source.topics,
             spec.group(),
             if overrides.is_empty() {
@@ -747,7 +744,7 @@ fn start_job(
             Ok(s) => s,
             Err(e) => {
                 let msg = format!("worker {index}: cold tiers disabled for this run: {e}");
-                eprintln!("tidemark worker: job {name}: {msg}");
+                tracing::info!("job {name}: {msg}");
                 registry.with(&name, |j| j.problems.push(msg));
                 return None;
             }
@@ -804,7 +801,7 @@ fn start_job(
             }
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 let msg = format!("worker {index}: cold tiers disabled for this run: {e}");
-                eprintln!("tidemark worker: job {name}: {msg}");
+                tracing::info!("job {name}: {msg}");
                 registry.with(&name, |j| j.problems.push(msg));
                 None
             }
@@ -859,8 +856,8 @@ fn start_job(
     };
     if local_index == 0 {
         if let Some(at) = seed_at {
-            eprintln!(
-                "tidemark worker: job {name}: resuming from the checkpoint (state seeded at {at} ms); worker {index} replays its WAL from {}",
+            tracing::info!(
+                "job {name}: resuming from the checkpoint (state seeded at {at} ms); worker {index} replays its WAL from {}",
                 replay_from.as_ref().map_or("its start".to_string(), |p| format!("offset {} (sent at {} ms)", p.offset, p.watermark))
             );
         }

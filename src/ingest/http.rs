@@ -9,6 +9,7 @@
 //! naming each line and why, while the valid lines of the same request are stored (the Influx
 //! convention).
 
+use crate::time::now_ms;
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -83,13 +84,6 @@ pub struct IngestState {
     /// The hot index of this process, if it has one (`up`): its retention window and the
     /// per-metric series limit are checked at ingest. Stateless `ingest` processes have none.
     pub hot: Option<Arc<HotIndex>>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, IngestError> {

@@ -72,8 +72,8 @@ pub fn restore(
         match files() {
             Ok(f) => hot.with_chunk_files(f),
             Err(e) => {
-                eprintln!(
-                    "tidemark: cannot open {}: {e}; sealed chunks stay in memory",
+                tracing::warn!(
+                    "cannot open {}: {e}; sealed chunks stay in memory",
                     chunks.display()
                 );
                 hot
@@ -84,16 +84,16 @@ pub fn restore(
     {
         let n = restored.hot.remove_unreferenced_chunks();
         if n > 0 {
-            eprintln!(
-                "tidemark: deleted {n} chunk segments in {} that the loaded checkpoint does not reference (written after it; the log replay writes their chunks again)",
+            tracing::warn!(
+                "deleted {n} chunk segments in {} that the loaded checkpoint does not reference (written after it; the log replay writes their chunks again)",
                 chunks.display()
             );
         }
     }
     let missing = restored.hot.stats.chunks_missing.load(Ordering::Relaxed);
     if missing > 0 {
-        eprintln!(
-            "tidemark: {missing} chunks the checkpoint references were in segments already deleted by retention; they were older than the index keeps and are left out"
+        tracing::warn!(
+            "{missing} chunks the checkpoint references were in segments already deleted by retention; they were older than the index keeps and are left out"
         );
     }
     Ok(restored)
@@ -107,20 +107,20 @@ fn restore_into(
 ) -> Restored {
     let d = dir(data_dir);
     for name in file::remove_partial(&d) {
-        eprintln!(
-            "tidemark: deleted {name}: a checkpoint write that did not finish (the process stopped during it)"
+        tracing::warn!(
+            "deleted {name}: a checkpoint write that did not finish (the process stopped during it)"
         );
     }
     let loaded = file::load_newest(&d, &new_index, |e| {
         stats.skipped_damaged.fetch_add(1, Ordering::Relaxed);
-        eprintln!(
-                "tidemark: checkpoint not usable, trying the previous one (the log still holds what it needs): {e}"
+        tracing::warn!(
+                "checkpoint not usable, trying the previous one (the log still holds what it needs): {e}"
             );
     });
     let Some(l) = loaded else {
         if log.start_offset() > 0 {
-            eprintln!(
-                "tidemark: no usable checkpoint in {} and the log starts at offset {}: what the records before it held is lost (restore a checkpoint file from a backup to get it back)",
+            tracing::error!(
+                "no usable checkpoint in {} and the log starts at offset {}: what the records before it held is lost (restore a checkpoint file from a backup to get it back)",
                 d.display(),
                 log.start_offset()
             );
@@ -138,14 +138,14 @@ fn restore_into(
         .store(l.info.took.as_micros() as u64, Ordering::Relaxed);
     let start = log.start_offset();
     if start > m.replay_offset {
-        eprintln!(
-            "tidemark: the log starts at offset {start}, after checkpoint {}'s replay point {}: the records between are lost",
+        tracing::error!(
+            "the log starts at offset {start}, after checkpoint {}'s replay point {}: the records between are lost",
             l.info.path.display(),
             m.replay_offset
         );
     }
-    eprintln!(
-        "tidemark: loaded checkpoint {} ({} series, {} bytes, cut at log offset {}) in {:.2}s; replaying the log from offset {}",
+    tracing::info!(
+        "loaded checkpoint {} ({} series, {} bytes, cut at log offset {}) in {:.2}s; replaying the log from offset {}",
         l.info.path.display(),
         l.info.series,
         l.info.bytes,
@@ -176,8 +176,8 @@ impl Checkpointer {
     pub fn run_once(&self) -> Result<CheckpointInfo, String> {
         let res = self.run();
         if let Ok(i) = &res {
-            eprintln!(
-                "tidemark: checkpoint {} written: {} series, {} bytes, cut at log offset {} (cut reached in {:.3}s, written in {:.2}s; the job's sources were held for both)",
+            tracing::info!(
+                "checkpoint {} written: {} series, {} bytes, cut at log offset {} (cut reached in {:.3}s, written in {:.2}s; the job's sources were held for both)",
                 i.path.display(),
                 i.series,
                 i.bytes,
@@ -188,7 +188,7 @@ impl Checkpointer {
         }
         if let Err(e) = &res {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
-            eprintln!("tidemark: checkpoint failed (the previous one and the log stay in use; retried at the next interval): {e}");
+            tracing::warn!("checkpoint failed (the previous one and the log stay in use; retried at the next interval): {e}");
         }
         res
     }
@@ -208,7 +208,7 @@ impl Checkpointer {
             replay_offset: cut.replay_offset,
             replay_watermark: cut.replay_watermark,
             newest: self.hot.newest().unwrap_or(i64::MIN),
-            created_ms: crate::alert::notify::now_ms(),
+            created_ms: crate::time::now_ms(),
         };
         let written = file::write(&self.dir, &meta, &self.hot, self.cfg.keep, self.faults);
         drop(held);

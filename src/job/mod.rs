@@ -246,8 +246,8 @@ impl BatchSource for LogSource {
         if !self.main {
             if self.reader.position() >= self.until {
                 if self.counts != (0, 0) {
-                    eprintln!(
-                        "tidemark: worker {}: cold replay done: {} records decoded, {} skipped (all their samples after the sealed raw partitions)",
+                    tracing::info!(
+                        "worker {}: cold replay done: {} records decoded, {} skipped (all their samples after the sealed raw partitions)",
                         self.index, self.counts.0, self.counts.1
                     );
                     self.counts = (0, 0);
@@ -318,7 +318,7 @@ impl BatchSource for LogSource {
                                 .corrupt_records
                                 .fetch_add(1, Ordering::Relaxed);
                         }
-                        eprintln!("tidemark: skipping log record {}: {e}", rec.offset);
+                        tracing::warn!("skipping log record {}: {e}", rec.offset);
                         samples.clear();
                     }
                     self.reader.recycle(rec.payload);
@@ -343,7 +343,7 @@ impl BatchSource for LogSource {
                 Poll::Pending(Duration::from_millis(5))
             }
             Err(e) => {
-                eprintln!("tidemark: log read failed (retrying in 1s): {e}");
+                tracing::warn!("log read failed (retrying in 1s): {e}");
                 Poll::Pending(Duration::from_secs(1))
             }
         }
@@ -783,9 +783,9 @@ impl Job {
                             sink_tier(minutes_for_cold, Some(m_done.clone()), "Cold1m", minute);
                             sink_tier(hours_for_cold, Some(h_done.clone()), "Cold1h", hour);
                         }
-                        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => eprintln!(
-                            "tidemark: worker {index}: cold tiers disabled for this run: {e}"
-                        ),
+                        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                            tracing::warn!("worker {index}: cold tiers disabled for this run: {e}")
+                        }
                     }
                 }
                 if let Some(r) = &rules {
@@ -835,7 +835,7 @@ impl Job {
         if let Some(g) = self.guards.take() {
             for r in g.join() {
                 if let Err(e) = r {
-                    eprintln!("tidemark: worker failed: {e}");
+                    tracing::warn!("worker failed: {e}");
                 }
             }
         }

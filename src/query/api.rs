@@ -2,6 +2,7 @@
 //! `/api/v1/series`, `/api/v1/labels`, `/api/v1/label/<name>/values`, `/api/v1/metadata`,
 //! `/api/v1/status/buildinfo`, with Prometheus's JSON shapes and error format.
 
+use crate::time::now_ms;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -109,16 +110,6 @@ fn get<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
     p.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
 }
 
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// Parses a time parameter: Unix seconds (fractional allowed) or RFC 3339.
 pub fn parse_time(s: &str) -> Result<i64, String> {
     if let Ok(v) = s.parse::<f64>() {
@@ -128,51 +119,7 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
                 .clamp(-crate::ingest::MAX_ABS_TS, crate::ingest::MAX_ABS_TS));
         }
     }
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    let bad = || format!("cannot parse {s:?} to a valid timestamp");
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || (b[10] != b'T' && b[10] != b't' && b[10] != b' ')
-    {
-        return Err(bad());
-    }
-    let (y, mo, d, h, mi, se) = (
-        num(0..4),
-        num(5..7),
-        num(8..10),
-        num(11..13),
-        num(14..16),
-        num(17..19),
-    );
-    let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(se)) = (y, mo, d, h, mi, se) else {
-        return Err(bad());
-    };
-    let mut i = 19;
-    let mut ms = 0i64;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        let frac = &s[start..i];
-        let padded: String = frac.chars().chain(std::iter::repeat('0')).take(3).collect();
-        ms = padded.parse().map_err(|_| bad())?;
-    }
-    let offset_min = match b.get(i) {
-        Some(b'Z') | Some(b'z') => 0,
-        Some(c @ (b'+' | b'-')) => {
-            let oh = num(i + 1..i + 3).ok_or_else(bad)?;
-            let om = num(i + 4..i + 6).ok_or_else(bad)?;
-            let sign = if *c == b'-' { -1 } else { 1 };
-            sign * (oh * 60 + om)
-        }
-        _ => return Err(bad()),
-    };
-    let days = days_from_civil(y, mo, d);
-    Ok(((days * 86_400 + h * 3600 + mi * 60 + se - offset_min * 60) * 1000) + ms)
+    crate::time::parse_rfc3339(s)
 }
 
 /// Parses a step or duration: seconds (fractional) or a PromQL duration.
@@ -182,13 +129,6 @@ pub fn parse_step(s: &str) -> Result<i64, String> {
     }
     super::promqltest::parse_duration_ms(s)
         .ok_or_else(|| format!("cannot parse {s:?} to a valid duration"))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn secs(t: i64) -> Json {

@@ -1,6 +1,5 @@
 //! PromQL functions.
 
-use chrono_lite::civil_from_days;
 use promql_parser::parser::{Call, Expr};
 
 use super::engine::{dedupe, Engine, StepSeries, Value};
@@ -719,34 +718,17 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
         "day_of_month" | "day_of_week" | "day_of_year" | "days_in_month" | "hour" | "minute"
         | "month" | "year" => {
             let f = |secs: f64| -> f64 {
-                let s = secs.floor() as i64;
-                let days = s.div_euclid(86_400);
-                let sod = s.rem_euclid(86_400);
-                let (y, m, d) = civil_from_days(days);
-                let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-                let mdays = [
-                    31,
-                    if leap { 29 } else { 28 },
-                    31,
-                    30,
-                    31,
-                    30,
-                    31,
-                    31,
-                    30,
-                    31,
-                    30,
-                    31,
-                ];
+                let ms = (secs.floor() as i64).saturating_mul(1000);
+                let c = crate::time::civil(ms);
                 match name {
-                    "day_of_month" => d as f64,
-                    "day_of_week" => (days + 4).rem_euclid(7) as f64,
-                    "day_of_year" => (mdays[..(m - 1) as usize].iter().sum::<i64>() + d) as f64,
-                    "days_in_month" => mdays[(m - 1) as usize] as f64,
-                    "hour" => (sod / 3600) as f64,
-                    "minute" => (sod % 3600 / 60) as f64,
-                    "month" => m as f64,
-                    _ => y as f64,
+                    "day_of_month" => c.day as f64,
+                    "day_of_week" => c.weekday as f64,
+                    "day_of_year" => crate::time::day_of_year(ms) as f64,
+                    "days_in_month" => crate::time::days_in_month(ms) as f64,
+                    "hour" => c.hour as f64,
+                    "minute" => c.minute as f64,
+                    "month" => c.month as f64,
+                    _ => c.year as f64,
                 }
             };
             if call.args.args.is_empty() {
@@ -894,65 +876,4 @@ fn absent_labels(e: &Expr) -> Labels {
             == 1
     });
     Labels::from_pairs(pairs)
-}
-
-/// Tiny civil-date helper (Howard Hinnant's algorithm), so no date crate is needed.
-pub mod chrono_lite {
-    /// A time in ms as RFC 3339 in UTC, fraction digits trimmed as Go's `RFC3339Nano` does
-    /// (`2023-11-14T22:13:20.5Z`).
-    pub fn rfc3339(ms: i64) -> String {
-        let c = civil(ms);
-        let (y, mo, d, h, mi, s, f) = (c.year, c.month, c.day, c.hour, c.minute, c.second, c.milli);
-        let frac = if f == 0 {
-            String::new()
-        } else {
-            format!(".{f:03}").trim_end_matches('0').to_string()
-        };
-        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}Z")
-    }
-
-    /// A UTC time broken down.
-    pub struct Civil {
-        pub year: i64,
-        /// 1-12.
-        pub month: i64,
-        /// 1-31.
-        pub day: i64,
-        pub hour: i64,
-        pub minute: i64,
-        pub second: i64,
-        pub milli: i64,
-        /// 0 = Sunday.
-        pub weekday: usize,
-    }
-
-    /// `ms` since the epoch, broken down in UTC.
-    pub fn civil(ms: i64) -> Civil {
-        let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-        let (year, month, day) = civil_from_days(days);
-        Civil {
-            year,
-            month,
-            day,
-            hour: rem / 3_600_000,
-            minute: rem / 60_000 % 60,
-            second: rem / 1000 % 60,
-            milli: rem % 1000,
-            weekday: (days + 4).rem_euclid(7) as usize,
-        }
-    }
-
-    /// (year, month 1-12, day 1-31) of days since 1970-01-01.
-    pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
-        let z = z + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let y = yoe + era * 400;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        (if m <= 2 { y + 1 } else { y }, m, d)
-    }
 }

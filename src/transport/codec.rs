@@ -416,7 +416,7 @@ mod tests {
         assert_eq!(got.len(), want.len());
         assert_eq!(by_series(&got), by_series(&want));
         let per_sample = |b: &[u8]| b.len() as f64 / batch.samples.len() as f64;
-        eprintln!(
+        tracing::info!(
             "fleet batch: v3 {:.2} B/sample, v2 {:.2}",
             per_sample(&v3),
             per_sample(&v2)

@@ -8,12 +8,13 @@
 //! only once the record is written and, under the `always` policy, fsynced (concurrent appends
 //! share one fsync). On open, a torn or corrupt tail is truncated: it was never acknowledged.
 
+use crate::time::now_ms;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -130,13 +131,6 @@ pub struct Log {
     shared: Arc<Shared>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.seg"))
 }
@@ -206,9 +200,11 @@ impl Log {
             let path = segment_path(dir, base);
             if base != next && i > 0 {
                 // A gap means a lost segment; continue from what is there.
-                tracing_warn(&format!(
-                    "log segment gap: expected offset {next}, found segment {base}"
-                ));
+                tracing::warn!(
+                    expected = next,
+                    found = base,
+                    "log segment gap: the records between are lost; reading on from the next segment"
+                );
             }
             next = base;
             let file = File::open(&path).map_err(io_err(&path))?;
@@ -225,10 +221,12 @@ impl Log {
             }
             let size = fs::metadata(&path).map_err(io_err(&path))?.len();
             if size != pos {
-                tracing_warn(&format!(
-                    "log segment {}: truncating torn tail at byte {pos} of {size}",
-                    path.display()
-                ));
+                tracing::warn!(
+                    segment = %path.display(),
+                    at = pos,
+                    size,
+                    "truncating a torn tail (a write the process did not finish; it was never acknowledged)"
+                );
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -479,8 +477,8 @@ impl Log {
             drop(segs);
             if let (1, Some(p)) = (n, truncate_pause()) {
                 if left > 0 {
-                    eprintln!(
-                        "tidemark: log truncation before offset {offset}: 1 segment deleted, {left} to go; pausing {} ms (TIDEMARK_TEST_LOG_TRUNCATE_PAUSE_MS)",
+                    tracing::warn!(
+                        "log truncation before offset {offset}: 1 segment deleted, {left} to go; pausing {} ms (TIDEMARK_TEST_LOG_TRUNCATE_PAUSE_MS)",
                         p.as_millis()
                     );
                     std::thread::sleep(p);
@@ -661,10 +659,6 @@ impl LogReader {
             self.buf = buf;
         }
     }
-}
-
-fn tracing_warn(msg: &str) {
-    eprintln!("tidemark: warning: {msg}");
 }
 
 #[cfg(test)]

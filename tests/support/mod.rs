@@ -58,6 +58,8 @@ pub struct Tidemark {
     /// What a start waits for: `/-/ready`, or `/-/healthy` for a process that is meant to
     /// start unready (ingest before its brokers are up).
     probe: &'static str,
+    /// Extra command-line arguments (e.g. `--log.format json`).
+    pub args: Vec<String>,
 }
 
 pub fn agent() -> ureq::Agent {
@@ -81,6 +83,17 @@ impl Tidemark {
         workers: usize,
         env: Vec<(String, String)>,
     ) -> Tidemark {
+        Self::start_with_args(dir, config, workers, env, &[])
+    }
+
+    /// Like [`Tidemark::start_with_env`], with extra command-line arguments.
+    pub fn start_with_args(
+        dir: &Path,
+        config: &str,
+        workers: usize,
+        env: Vec<(String, String)>,
+        args: &[&str],
+    ) -> Tidemark {
         let cfg_path = dir.join("tidemark.toml");
         std::fs::write(&cfg_path, config).unwrap();
         let mut t = Tidemark {
@@ -93,6 +106,7 @@ impl Tidemark {
             ingest: false,
             env,
             probe: "/-/ready",
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         t.spawn();
         t
@@ -123,6 +137,7 @@ impl Tidemark {
             ingest: true,
             env: Vec::new(),
             probe,
+            args: Vec::new(),
         };
         t.spawn();
         t
@@ -166,6 +181,7 @@ impl Tidemark {
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
+        cmd.args(&self.args);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .stdout(Stdio::null())
@@ -286,10 +302,11 @@ impl Tidemark {
                 .find(|l| l.contains("TIDEMARK_TEST_COLD_WRITE_PAUSE_MS"))
                 .map(str::to_string)
         });
-        line.strip_prefix("tidemark: writing ")
-            .and_then(|r| r.split(": first record batch").next())
-            .unwrap_or_else(|| panic!("{line}"))
-            .to_string()
+        tidemark::logging::parse_logfmt(&line)
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+            .into_iter()
+            .find_map(|(k, v)| (k == "path").then_some(v))
+            .unwrap_or_else(|| panic!("no path in {line}"))
     }
 
     /// Polls `f` until it returns Some, for at most 30 s.

@@ -16,6 +16,7 @@ pub mod receivers;
 pub mod silences;
 pub mod templates;
 
+use crate::time::now_ms;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,14 +30,7 @@ use self::config::NotifyConfig;
 use self::receivers::{integrations, DeliveryError, Integration, Notification, NotifiedAlert};
 use self::silences::Silence;
 use super::eval::{AlertEvent, AlertSink};
-use crate::query::functions::chrono_lite::rfc3339;
-
-/// Wall-clock ms.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use crate::time::rfc3339;
 
 /// Alertmanager's fingerprint of a label set (16 hex digits).
 pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
@@ -171,7 +165,7 @@ impl Notifier {
             match std::fs::read(p) {
                 Ok(b) => match serde_json::from_slice::<State>(&b) {
                     Ok(s) => state = s,
-                    Err(e) => eprintln!("tidemark: ignoring unreadable {}: {e}", p.display()),
+                    Err(e) => tracing::warn!("ignoring unreadable {}: {e}", p.display()),
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
@@ -451,7 +445,7 @@ impl Notifier {
                 .collect();
             st.alerts.retain(|fp, a| !a.resolved() || held.contains(fp));
             if let Err(e) = self.save(&st) {
-                eprintln!("tidemark: notifier: {e}");
+                tracing::info!("{e}");
             }
         }
         st.groups
@@ -512,9 +506,13 @@ impl Notifier {
                     .or_default() += 1;
                 let give_up = cfg.delivery.give_up_after.0 as i64;
                 if !e.retry || now - o.queued >= give_up {
-                    eprintln!(
-                        "tidemark: notifier: giving up on {} {} for {} after {} attempts: {}",
-                        key.0, o.integration, o.notification.group_key, o.attempts, e.message
+                    tracing::error!(
+                        "giving up on {} {} for {} after {} attempts: {}",
+                        key.0,
+                        o.integration,
+                        o.notification.group_key,
+                        o.attempts,
+                        e.message
                     );
                     *lock(&self.metrics.dropped).entry(key).or_default() += 1;
                     st.outbox.remove(pos);
@@ -527,16 +525,19 @@ impl Notifier {
                     o.next_attempt = now + (backoff * (0.5 + 0.5 * jitter)) as i64;
                     o.last_error = e.message.clone();
                     if o.attempts == 1 || o.attempts.is_multiple_of(10) {
-                        eprintln!(
-                            "tidemark: notifier: {} {} failed (attempt {}, retrying): {}",
-                            key.0, o.integration, o.attempts, e.message
+                        tracing::warn!(
+                            "{} {} failed (attempt {}, retrying): {}",
+                            key.0,
+                            o.integration,
+                            o.attempts,
+                            e.message
                         );
                     }
                 }
             }
         }
         if let Err(e) = self.save(&st) {
-            eprintln!("tidemark: notifier: {e}");
+            tracing::info!("{e}");
         }
         drop(st);
         self.wake.notify_one();

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::config::{EmailConfig, Global, PagerdutyConfig, Receiver, SmsConfig, WebhookConfig};
 use super::templates::render_or;
 use crate::alert::template::Defs;
-use crate::query::functions::chrono_lite::rfc3339;
+use crate::time::rfc3339;
 
 /// One alert of a notification.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

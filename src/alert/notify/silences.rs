@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 
 use super::config::{LabelMatcher, MatchType};
-use crate::query::functions::chrono_lite::rfc3339;
+use crate::time::rfc3339;
 
 /// A matcher as the API writes it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -199,8 +199,8 @@ pub fn render_or(
     match render(defs, src, n) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!(
-                "tidemark: notifier: receiver {:?}: {what}: template failed, sending the default text: {e}",
+            tracing::warn!(
+                "notifier: receiver {:?}: {what}: template failed, sending the default text: {e}",
                 n.receiver
             );
             fallback()

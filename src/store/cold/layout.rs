@@ -89,12 +89,13 @@ impl Partition {
 
     /// The directory: `tier=raw/date=YYYY-MM-DD/hour=HH` (no `hour=` for the 1h tier).
     pub fn dir(&self) -> String {
-        let (y, m, d, h) = civil(self.start);
+        let date = crate::time::date(self.start);
         match self.tier {
-            Tier::Hour => format!("tier={}/date={y:04}-{m:02}-{d:02}", self.tier.name()),
+            Tier::Hour => format!("tier={}/date={date}", self.tier.name()),
             _ => format!(
-                "tier={}/date={y:04}-{m:02}-{d:02}/hour={h:02}",
-                self.tier.name()
+                "tier={}/date={date}/hour={:02}",
+                self.tier.name(),
+                crate::time::civil(self.start).hour
             ),
         }
     }
@@ -108,7 +109,7 @@ impl Partition {
             if let Some(t) = part.strip_prefix("tier=") {
                 tier = Tier::parse(t);
             } else if let Some(d) = part.strip_prefix("date=") {
-                date = parse_date(d);
+                date = crate::time::parse_date(d);
             } else if let Some(h) = part.strip_prefix("hour=") {
                 hour = h.parse::<i64>().ok().filter(|h| (0..24).contains(h));
             }
@@ -178,41 +179,6 @@ impl FileKind {
     }
 }
 
-/// `(year, month, day, hour)` of a UTC time in ms (Howard Hinnant's civil_from_days).
-pub fn civil(ms: i64) -> (i64, i64, i64, i64) {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let hour = secs.rem_euclid(86_400) / 3600;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, hour)
-}
-
-/// ms at midnight UTC of `YYYY-MM-DD` (days_from_civil).
-pub fn parse_date(s: &str) -> Option<i64> {
-    let mut it = s.splitn(3, '-');
-    let y: i64 = it.next()?.parse().ok()?;
-    let m: i64 = it.next()?.parse().ok()?;
-    let d: i64 = it.next()?.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some((era * 146_097 + doe - 719_468) * DAY_MS)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,10 +219,12 @@ mod tests {
             ("2000-02-29", 951_782_400_000),
             ("2026-11-22", 1_795_305_600_000),
         ] {
-            assert_eq!(parse_date(date), Some(ms), "{date}");
-            let (y, m, d, h) = civil(ms);
-            assert_eq!(format!("{y:04}-{m:02}-{d:02}"), date);
-            assert_eq!(h, 0);
+            let p = Partition {
+                tier: Tier::Raw,
+                start: ms,
+            };
+            assert_eq!(p.dir(), format!("tier=raw/date={date}/hour=00"));
+            assert_eq!(Partition::parse(&p.dir()), Some(p));
         }
     }
 }

@@ -128,7 +128,7 @@ pub fn compact(
             Ok(_) => true,
             Err(MergeError::Cold(e)) => return Err(e),
             Err(e @ MergeError::Unsorted { .. }) => {
-                eprintln!("tidemark: compacting {}: {e}; merging in memory", p.dir());
+                tracing::warn!("compacting {}: {e}; merging in memory", p.dir());
                 false
             }
         }

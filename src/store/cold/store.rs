@@ -467,8 +467,8 @@ impl ColdStore {
                         !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
                     });
                 if staged && std::fs::remove_file(&path).is_ok() {
-                    eprintln!(
-                        "tidemark: cold store: deleted {} (an upload a stopped process did not finish; the file is written again)",
+                    tracing::warn!(
+                        "cold store: deleted {} (an upload a stopped process did not finish; the file is written again)",
                         path.display()
                     );
                     *n += 1;
@@ -512,7 +512,7 @@ impl ColdStore {
                     self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
                     let msg = e.to_string();
                     if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        eprintln!("tidemark: cold storage: {what} failed (retrying): {msg}");
+                        tracing::warn!("cold storage: {what} failed (retrying): {msg}");
                         last_log = Some(Instant::now());
                     }
                     *self
@@ -600,9 +600,10 @@ impl ColdStore {
             w.write(&first).await.map_err(|e| perr(e.into()))?;
             drop(first);
             if let Some(p) = pause {
-                eprintln!(
-                    "tidemark: writing {path}: first record batch encoded; pausing {} ms (TIDEMARK_TEST_COLD_WRITE_PAUSE_MS)",
-                    p.as_millis()
+                tracing::warn!(
+                    path,
+                    pause_ms = p.as_millis() as u64,
+                    "first record batch of a cold file encoded; pausing (TIDEMARK_TEST_COLD_WRITE_PAUSE_MS)"
                 );
                 tokio::time::sleep(p).await;
             }
@@ -675,7 +676,7 @@ impl ColdStore {
                 Ok(rows) => rows,
                 Err(e) => {
                     if let Err(a) = w.into_inner().abort().await {
-                        eprintln!("tidemark: cold storage: aborting the upload of {path} after a failed merge failed too: {a}");
+                        tracing::warn!("cold storage: aborting the upload of {path} after a failed merge failed too: {a}");
                     }
                     return Err(e);
                 }

@@ -330,8 +330,8 @@ impl<R: ColdRow> TierWriter<R> {
         let (mut rows, known, dropped) = buf.resolved(&self.labels);
         if dropped > 0 {
             self.unlabelled += dropped;
-            eprintln!(
-                "tidemark: cold tier {} (job {}): {dropped} rows of series the catalog never learned were not written to {path} ({} so far)",
+            tracing::warn!(
+                "cold tier {} (job {}): {dropped} rows of series the catalog never learned were not written to {path} ({} so far)",
                 self.tier, self.job, self.unlabelled
             );
         }
@@ -365,8 +365,8 @@ impl<R: ColdRow> TierWriter<R> {
         }
         if unknown > 0 {
             self.unlabelled += unknown;
-            eprintln!(
-                "tidemark: cold tier {} (job {}): {unknown} series the catalog never learned were not written to {path} ({} so far)",
+            tracing::warn!(
+                "cold tier {} (job {}): {unknown} series the catalog never learned were not written to {path} ({} so far)",
                 self.tier, self.job, self.unlabelled
             );
         }
@@ -515,9 +515,11 @@ impl<R: ColdRow> TierSink<R> for TierWriter<R> {
         if let Err(e) = res {
             // Only a stop (shutdown) ends the retries: the buffers stay, the log or Kafka
             // offsets still hold the data, and the next run writes it.
-            eprintln!(
-                "tidemark: cold tier {} (job {}, worker {}): {e}",
-                self.tier, self.job, self.worker
+            tracing::info!(
+                "cold tier {} (job {}, worker {}): {e}",
+                self.tier,
+                self.job,
+                self.worker
             );
         }
     }

@@ -257,8 +257,8 @@ fn write_tmp(
         z.write_all(&buf).map_err(io_err(tmp))?;
         if i == HotIndex::SHARDS / 2 {
             if let Some(p) = faults.pause {
-                eprintln!(
-                    "tidemark: checkpoint {}: pausing {} ms half way (TIDEMARK_TEST_CHECKPOINT_PAUSE_MS)",
+                tracing::warn!(
+                    "checkpoint {}: pausing {} ms half way (TIDEMARK_TEST_CHECKPOINT_PAUSE_MS)",
                     tmp.display(),
                     p.as_millis()
                 );

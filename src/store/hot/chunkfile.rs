@@ -424,7 +424,7 @@ impl ChunkFiles {
                     self.file_bytes.fetch_sub(len, Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => eprintln!("tidemark: deleting chunk segment {}: {e}", path.display()),
+                Err(e) => tracing::warn!("deleting chunk segment {}: {e}", path.display()),
             }
         }
         gone.len()

@@ -553,13 +553,17 @@ fn release(files: Option<&ChunkFiles>, dropped: impl IntoIterator<Item = Chunk>)
     }
 }
 
-/// Logs a chunk that could not be read back (the first, then every 1,000th: the count is on
-/// `/metrics` as `tidemark_hot_chunk_read_errors_total`).
+/// Logs a chunk that could not be read back, at most once every 10 s with how many were held
+/// back (the count is on `/metrics` as `tidemark_hot_chunk_read_errors_total`).
 #[cold]
 fn report_read_error(e: &ChunkFileError) {
-    static SEEN: AtomicU64 = AtomicU64::new(0);
-    if SEEN.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
-        eprintln!("tidemark: hot index: a sealed chunk could not be read, its samples are left out of this read: {e}");
+    static EVERY: crate::logging::Every =
+        crate::logging::Every::new(std::time::Duration::from_secs(10));
+    if let Some(held_back) = EVERY.ready() {
+        tracing::warn!(
+            held_back,
+            "a sealed chunk could not be read, its samples are left out of this read: {e}"
+        );
     }
 }
 
@@ -628,8 +632,8 @@ impl HotIndex {
             self.rollup_files[k] = match ChunkFiles::open(&dir) {
                 Ok(f) => Some(f),
                 Err(e) => {
-                    eprintln!(
-                        "tidemark: hot index: cannot open {}: {e}; rollup blocks stay in memory",
+                    tracing::warn!(
+                        "cannot open {}: {e}; rollup blocks stay in memory",
                         dir.display()
                     );
                     None
@@ -787,8 +791,8 @@ impl HotIndex {
                         }
                     }
                     Err(e) => {
-                        eprintln!(
-                            "tidemark: hot index: writing {} blocks to {} failed, they stay in memory (retried): {e}",
+                        tracing::warn!(
+                            "writing {} blocks to {} failed, they stay in memory (retried): {e}",
                             refs[k].len(),
                             f.dir().display()
                         );
