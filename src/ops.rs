@@ -32,8 +32,33 @@ impl Metrics {
 /// A tiny Prometheus text-format writer.
 pub struct TextWriter(pub String);
 
+/// A sample's labels in the exposition format, `name="value",...`, every value escaped (`\\`,
+/// `"` and newlines, as the text format requires): the only way label text is built for
+/// `/metrics`.
+pub fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out
+}
+
 impl TextWriter {
-    /// Writes `# HELP`, `# TYPE` and samples `(labels, value)`.
+    /// Writes `# HELP`, `# TYPE` and samples `(labels, value)`; build `labels` with
+    /// [`labels`].
     pub fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(&str, f64)]) {
         let _ = writeln!(self.0, "# HELP {name} {help}");
         let _ = writeln!(self.0, "# TYPE {name} {kind}");
@@ -65,7 +90,7 @@ pub fn render_counters(m: &Metrics, w: &mut TextWriter) {
     let reasons = [Reject::Parse, Reject::Limit, Reject::TooOld];
     let labels: Vec<String> = reasons
         .iter()
-        .map(|r| format!("reason=\"{}\"", r.as_str()))
+        .map(|r| labels(&[("reason", r.as_str())]))
         .collect();
     let mut rej: Vec<(&str, f64)> = labels
         .iter()
@@ -156,7 +181,7 @@ pub fn render_memory(hot: &crate::store::hot::HotIndex, w: &mut TextWriter) {
     ));
     let labels: Vec<String> = parts
         .iter()
-        .map(|(c, _)| format!("component=\"{c}\""))
+        .map(|(c, _)| self::labels(&[("component", c)]))
         .collect();
     let samples: Vec<(&str, f64)> = labels
         .iter()
@@ -227,7 +252,7 @@ pub fn render_chunk_files(hot: &crate::store::hot::HotIndex, w: &mut TextWriter)
     let per_kind = |f: fn(&crate::store::hot::chunkfile::ChunkFiles) -> f64| -> Vec<(String, f64)> {
         files
             .iter()
-            .map(|(k, c)| (format!("kind=\"{k}\""), f(c)))
+            .map(|(k, c)| (labels(&[("kind", k)]), f(c)))
             .collect()
     };
     let bytes = per_kind(|c| c.file_bytes.load(Ordering::Relaxed) as f64);
@@ -266,4 +291,32 @@ pub fn render_chunk_files(hot: &crate::store::hot::HotIndex, w: &mut TextWriter)
         "Sealed chunks and rollup blocks that could not be read back from the chunk directory (missing or damaged segment); they were left out of the read.",
         &[("", sum)],
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped_and_the_exposition_parses_back() {
+        let l = labels(&[("job", "a\"b"), ("path", "c:\\d"), ("why", "x\ny")]);
+        assert_eq!(l, r#"job="a\"b",path="c:\\d",why="x\ny""#);
+        let mut w = TextWriter(String::new());
+        w.family("t_total", "counter", "A test.", &[(&l, 1.0), ("", 2.0)]);
+        // Each sample is one line, as the text format requires.
+        let samples: Vec<&str> = w.0.lines().filter(|x| !x.starts_with('#')).collect();
+        assert_eq!(samples, [format!("t_total{{{l}}} 1").as_str(), "t_total 2"]);
+        // And Tidemark's own text-format parser reads the values back unescaped.
+        let limits = crate::model::Limits::default();
+        let mut b = crate::ingest::BatchBuilder::new(&limits);
+        crate::ingest::promtext::parse(w.0.as_bytes(), 0, &mut b);
+        let (batch, errors, _) = b.finish();
+        assert!(errors.is_empty(), "{errors:?}");
+        let first = crate::ingest::decode_canonical(
+            &batch.arena[batch.series[0].1.start as usize..batch.series[0].1.end as usize],
+        );
+        assert_eq!(first.get("job"), Some("a\"b"));
+        assert_eq!(first.get("path"), Some("c:\\d"));
+        assert_eq!(first.get("why"), Some("x\ny"));
+    }
 }

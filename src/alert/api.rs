@@ -320,18 +320,11 @@ async fn receivers(State(s): State<Arc<AlertState>>) -> Response {
     Json(Value::Array(names)).into_response()
 }
 
-/// `receiver="...",integration="..."[,reason="..."]`, values escaped.
+/// `receiver="...",integration="..."[,reason="..."]`.
 fn receiver_labels(receiver: &str, integration: &str, reason: Option<&str>) -> String {
-    let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
-    let mut l = format!(
-        "receiver=\"{}\",integration=\"{}\"",
-        esc(receiver),
-        esc(integration)
-    );
-    if let Some(r) = reason {
-        l.push_str(&format!(",reason=\"{}\"", esc(r)));
-    }
-    l
+    let mut pairs = vec![("receiver", receiver), ("integration", integration)];
+    pairs.extend(reason.map(|r| ("reason", r)));
+    crate::ops::labels(&pairs)
 }
 
 fn as_refs(v: &[(String, f64)]) -> Vec<(&str, f64)> {

@@ -327,7 +327,8 @@ async fn notify_metrics(State(s): State<Arc<NotifyHttp>>) -> Response {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let labels = |p: &i32| format!("topic=\"{}\",partition=\"{p}\"", s.opts.topic);
+    let labels =
+        |p: &i32| crate::ops::labels(&[("topic", &s.opts.topic), ("partition", &p.to_string())]);
     let family = |pick: fn(&(i64, i64, i64)) -> Option<i64>| -> Vec<(String, f64)> {
         parts
             .iter()

@@ -565,8 +565,7 @@ impl WorkerCheckpoints {
     pub fn render(&self, w: &mut crate::ops::TextWriter) {
         crate::job::checkpoint::render(&self.stats, w);
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        // Job names are `[a-z][a-z0-9_-]*` (schemas/job.schema.json): nothing to escape.
-        let label = |name: &str| format!("job=\"{name}\"");
+        let label = |name: &str| crate::ops::labels(&[("job", name)]);
         let safe: Vec<(String, f64)> = jobs
             .iter()
             .map(|(n, f)| (label(n), f.safe.load(Ordering::Acquire) as f64 / 1e3))

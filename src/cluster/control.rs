@@ -25,7 +25,7 @@ use serde_json::{json, Value as Json};
 use super::spec::JobSpec;
 use super::{Binding, Command, JobStatus, Registry};
 use crate::alert::eval::Rules;
-use crate::ops::{render_counters, Metrics, TextWriter};
+use crate::ops::{labels, render_counters, Metrics, TextWriter};
 use crate::query::api::{self, QueryState};
 use crate::query::{Series, Storage};
 use crate::store::hot::index::{MatchOp, Matcher};
@@ -899,25 +899,27 @@ fn render_metrics(s: &ControlState) -> String {
     for j in jobs.values() {
         let newest = j.partitions.values().map(|p| p.max_ts).max().unwrap_or(0);
         let watermark = j.watermark();
-        wm.push((format!("job=\"{}\"", j.name), watermark as f64 / 1000.0));
+        let job = labels(&[("job", &j.name)]);
+        wm.push((job.clone(), watermark as f64 / 1000.0));
         delay.push((
-            format!("job=\"{}\"", j.name),
+            job.clone(),
             ((newest as f64) - watermark as f64).max(0.0) / 1000.0,
         ));
-        samples.push((format!("job=\"{}\"", j.name), j.samples as f64));
+        samples.push((job, j.samples as f64));
         late.push((
-            format!("job=\"{}\",action=\"accepted\"", j.name),
+            labels(&[("job", &j.name), ("action", "accepted")]),
             j.late_accepted as f64,
         ));
         late.push((
-            format!("job=\"{}\",action=\"dropped\"", j.name),
+            labels(&[("job", &j.name), ("action", "dropped")]),
             j.late_dropped as f64,
         ));
         for p in j.partitions.values() {
-            let l = format!(
-                "job=\"{}\",topic=\"{}\",partition=\"{}\"",
-                j.name, p.topic, p.partition
-            );
+            let l = labels(&[
+                ("job", &j.name),
+                ("topic", &p.topic),
+                ("partition", &p.partition.to_string()),
+            ]);
             if p.high >= 0 && p.position >= 0 {
                 lag.push((l.clone(), (p.high - p.position).max(0) as f64));
             }

@@ -274,7 +274,7 @@ impl ColdStats {
         let tiers: Vec<(String, f64)> = Tier::ALL
             .iter()
             .zip(&self.query_rows)
-            .map(|(t, c)| (format!("tier=\"{}\"", t.name()), get(c)))
+            .map(|(t, c)| (crate::ops::labels(&[("tier", t.name())]), get(c)))
             .collect();
         let tiers: Vec<(&str, f64)> = tiers.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         w.family(
