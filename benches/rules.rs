@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tidemark::alert::eval::{MemorySink, RuleConfig, Rules, SeriesWriter};
-use tidemark::ingest::WriteBatch;
 use tidemark::model::Labels;
+use tidemark::model::WriteBatch;
 use tidemark::store::hot::HotIndex;
 use tidemark_dataflows::Sample;
 

@@ -64,11 +64,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::model::Limits;
-use crate::transport::kafka::KafkaConfig;
-use crate::transport::log::FsyncPolicy;
 
 /// Configuration errors name the file, the key and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -82,23 +80,7 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// A duration in milliseconds, written as `"5s"`, `"1h30m"`, `"500ms"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Millis(pub i64);
-
-impl<'de> Deserialize<'de> for Millis {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        crate::query::promqltest::parse_duration_ms(&s)
-            .filter(|_| s.chars().next().is_some_and(|c| c.is_ascii_digit()))
-            .map(Millis)
-            .ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "invalid duration {s:?}: use a number with a unit, e.g. \"5s\", \"26h\""
-                ))
-            })
-    }
-}
+pub use crate::time::Millis;
 
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -275,16 +257,6 @@ impl ColdConfig {
         };
         format!("file://{}", abs.display())
     }
-
-    /// Retention of a tier in ms.
-    pub fn retention(&self, tier: crate::store::cold::Tier) -> i64 {
-        use crate::store::cold::Tier;
-        match tier {
-            Tier::Raw => self.raw_retention.0,
-            Tier::Minute => self.minute_retention.0,
-            Tier::Hour => self.hour_retention.0,
-        }
-    }
 }
 
 /// `[server]`.
@@ -438,6 +410,75 @@ impl Config {
             self.server.workers
         }
     }
+}
+
+/// Message value format.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaFormat {
+    /// Influx line protocol, one line per sample, nanosecond timestamps.
+    #[default]
+    LineProtocol,
+    /// Prometheus remote write (snappy protobuf).
+    RemoteWrite,
+}
+
+/// Message key, which picks the partition.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionKey {
+    /// The metric name: one metric's series share a partition.
+    #[default]
+    Metric,
+    /// The series id: spreads a metric over partitions (`id % partitions`; the message goes to
+    /// that partition, keyed by the partition number).
+    Series,
+}
+
+/// `[kafka]` in `tidemark.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The topic pushes are produced to.
+    pub topic: String,
+    /// `line_protocol` or `remote_write`.
+    pub format: KafkaFormat,
+    /// `metric` or `series`.
+    pub partition_key: PartitionKey,
+    /// librdkafka `compression.type`: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    pub compression: String,
+    /// How long a push waits for the brokers before it gets 503 (librdkafka
+    /// `message.timeout.ms`).
+    pub produce_timeout: Millis,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "metrics".into(),
+            format: KafkaFormat::LineProtocol,
+            partition_key: PartitionKey::Metric,
+            compression: "lz4".into(),
+            produce_timeout: Millis(10_000),
+        }
+    }
+}
+
+/// When appended records are forced to disk.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// fsync before acknowledging each append (group commit): survives power loss.
+    #[default]
+    Always,
+    /// fsync in the background every `fsync_interval_ms`: survives a process crash, may lose the
+    /// last interval on power loss.
+    Interval,
+    /// Leave it to the OS.
+    Never,
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 pub mod alert;
 pub mod cluster;
 pub mod config;
+pub mod http;
 pub mod ingest;
 pub mod job;
+pub mod jsonschema;
 pub mod logging;
 pub mod model;
 pub mod ops;

@@ -3,8 +3,6 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::ingest::Reject;
-
 /// Counters shared by ingest, the job and the server.
 #[derive(Default)]
 pub struct Metrics {
@@ -72,6 +70,28 @@ impl TextWriter {
     }
 }
 
+/// Why a line or sample was rejected, for the `reason` label of the rejection counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reject {
+    /// The line is malformed.
+    Parse,
+    /// A name, label or series limit refused the series.
+    Limit,
+    /// The sample is older than the hot retention window.
+    TooOld,
+}
+
+impl Reject {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::Parse => "parse",
+            Reject::Limit => "limit",
+            Reject::TooOld => "too_old",
+        }
+    }
+}
+
 /// Renders the counters of `m`.
 pub fn render_counters(m: &Metrics, w: &mut TextWriter) {
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
@@ -130,76 +150,10 @@ pub fn render_counters(m: &Metrics, w: &mut TextWriter) {
 /// How long walked memory figures are reused.
 pub const MEMORY_WALK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Bytes of resident memory by component (`tidemark_memory_bytes{component}`): the hot
-/// index's parts (walked), the operators' state (kept by the operators,
-/// [`tidemark_dataflows::memory`]), and `other`: the process's resident set minus all of
-/// those (allocator slack, buffers in flight, code, the runtime).
-///
-/// Walking the index takes a few milliseconds per 100,000 series, so the walked figures are
-/// kept for [`MEMORY_WALK_EVERY`] between scrapes while the series count stays the same (a
-/// load generator polls `/metrics` often).
-pub fn render_memory(hot: &crate::store::hot::HotIndex, w: &mut TextWriter) {
-    use std::sync::{Mutex, OnceLock};
-    use std::time::Instant;
-    use tidemark_dataflows::memory::Component;
-    type Walked = (Instant, usize, (i64, i64), crate::store::hot::HotMemory);
-    static LAST: OnceLock<Mutex<Option<Walked>>> = OnceLock::new();
-    let mut last = LAST
-        .get_or_init(|| Mutex::new(None))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let series = hot.catalog.len();
-    let fresh = last
-        .as_ref()
-        .is_some_and(|(at, n, _, _)| *n == series && at.elapsed() < MEMORY_WALK_EVERY);
-    if !fresh {
-        *last = Some((Instant::now(), series, hot.catalog.memory(), hot.memory()));
-    }
-    let (_, _, (labels, postings), h) = last.expect("walked above");
-    drop(last);
-    let mut parts: Vec<(String, i64)> = vec![
-        ("catalog_labels".into(), labels),
-        ("catalog_postings".into(), postings),
-        ("hot_series_table".into(), h.series_table),
-        ("hot_samples".into(), h.samples),
-        ("hot_out_of_order".into(), h.out_of_order),
-        ("hot_rollups".into(), h.rollups),
-    ];
-    parts.extend(
-        Component::ALL
-            .iter()
-            .map(|c| (c.name().to_string(), c.bytes())),
-    );
-    let accounted: i64 = parts.iter().map(|p| p.1).sum();
-    let slack = allocator_slack();
-    if let Some(slack) = slack {
-        parts.push(("allocator".into(), slack));
-    }
-    parts.push((
-        "other".into(),
-        (rss_bytes() as i64 - accounted - slack.unwrap_or(0)).max(0),
-    ));
-    let labels: Vec<String> = parts
-        .iter()
-        .map(|(c, _)| self::labels(&[("component", c)]))
-        .collect();
-    let samples: Vec<(&str, f64)> = labels
-        .iter()
-        .zip(&parts)
-        .map(|(l, p)| (l.as_str(), p.1 as f64))
-        .collect();
-    w.family(
-        "tidemark_memory_bytes",
-        "gauge",
-        "Resident memory by component (estimates from lengths and capacities; other = resident set minus the rest).",
-        &samples,
-    );
-}
-
 /// Bytes jemalloc holds resident beyond what is allocated (pages freed and not yet returned,
 /// fragmentation, its metadata); `None` without the `jemalloc` feature or when this process's
 /// allocator is not jemalloc (its statistics then show nothing allocated).
-fn allocator_slack() -> Option<i64> {
+pub fn allocator_slack() -> Option<i64> {
     #[cfg(feature = "jemalloc")]
     {
         use tikv_jemalloc_ctl::{epoch, stats};
@@ -233,66 +187,6 @@ fn proc_status_bytes(field: &str) -> f64 {
         .map_or(0.0, |kb| kb * 1024.0)
 }
 
-/// `/metrics` families of the hot index's chunk directory (none without one).
-pub fn render_chunk_files(hot: &crate::store::hot::HotIndex, w: &mut TextWriter) {
-    if hot.chunk_files().is_none() {
-        return;
-    }
-    w.family(
-        "tidemark_hot_chunk_disk_bytes",
-        "gauge",
-        "Encoded bytes of sealed chunks spilled to the chunk directory (referenced by the index).",
-        &[(
-            "",
-            hot.stats.chunk_disk_bytes.load(Ordering::Relaxed) as f64,
-        )],
-    );
-    let files: Vec<(&str, &crate::store::hot::chunkfile::ChunkFiles)> =
-        hot.all_chunk_files().collect();
-    let per_kind = |f: fn(&crate::store::hot::chunkfile::ChunkFiles) -> f64| -> Vec<(String, f64)> {
-        files
-            .iter()
-            .map(|(k, c)| (labels(&[("kind", k)]), f(c)))
-            .collect()
-    };
-    let bytes = per_kind(|c| c.file_bytes.load(Ordering::Relaxed) as f64);
-    w.family(
-        "tidemark_hot_chunk_files_bytes",
-        "gauge",
-        "Bytes of the chunk directory's segment files, by kind (raw chunks, 1m and 1h rollup blocks; with blocks rewritten or dropped since, until their segment expires).",
-        &bytes.iter().map(|(l, v)| (l.as_str(), *v)).collect::<Vec<_>>(),
-    );
-    let sum: f64 = per_kind(|c| c.read_errors.load(Ordering::Relaxed) as f64)
-        .iter()
-        .map(|p| p.1)
-        .sum();
-    w.family(
-        "tidemark_hot_chunks_compacted_total",
-        "counter",
-        "Chunks on disk merged into larger ones, by kind: raw chunks once older than 2 hours, 1m and 1h rollup blocks in runs (a series keeps one reference in memory per chunk on disk).",
-        &[
-            (
-                "kind=\"raw\"",
-                hot.stats.chunks_compacted.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "kind=\"1m\"",
-                hot.stats.rollup_blocks_compacted[0].load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "kind=\"1h\"",
-                hot.stats.rollup_blocks_compacted[1].load(Ordering::Relaxed) as f64,
-            ),
-        ],
-    );
-    w.family(
-        "tidemark_hot_chunk_read_errors_total",
-        "counter",
-        "Sealed chunks and rollup blocks that could not be read back from the chunk directory (missing or damaged segment); they were left out of the read.",
-        &[("", sum)],
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,7 +206,7 @@ mod tests {
         crate::ingest::promtext::parse(w.0.as_bytes(), 0, &mut b);
         let (batch, errors, _) = b.finish();
         assert!(errors.is_empty(), "{errors:?}");
-        let first = crate::ingest::decode_canonical(
+        let first = crate::model::decode_canonical(
             &batch.arena[batch.series[0].1.start as usize..batch.series[0].1.end as usize],
         );
         assert_eq!(first.get("job"), Some("a\"b"));

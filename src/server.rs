@@ -23,7 +23,9 @@ use axum::Router;
 use crate::alert::api::AlertState;
 use crate::alert::eval::{RuleConfig, Rules};
 use crate::alert::notify::Notifier;
-use crate::config::{AuthConfig, Config, Role};
+use crate::config::Config;
+use crate::config::FsyncPolicy;
+use crate::http::{api_error, authorize, request_log, shutdown_signal};
 use crate::ingest::http as ingest_http;
 use crate::job::checkpoint::{CheckpointStats, Checkpointer};
 use crate::job::{replay_point, Job, JobEnv, JobProgress, ReplayRequest, RulesEnv, StartAt};
@@ -32,7 +34,7 @@ use crate::query::api;
 use crate::store::cold::query::ColdReader;
 use crate::store::cold::ColdStore;
 use crate::store::hot::HotIndex;
-use crate::transport::log::{FsyncPolicy, Log, RecordKind};
+use crate::transport::log::{Log, RecordKind};
 use tidemark_dataflows::rules::TickConfig;
 
 /// Everything the HTTP handlers share.
@@ -83,62 +85,6 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
         .layer(axum::middleware::from_fn(request_log))
 }
 
-/// The role a request needs: `admin` to change silences, reload, or replay; `write` to push
-/// samples or alerts; `read` for everything else but the health checks.
-pub fn required_role(method: &axum::http::Method, path: &str) -> Option<Role> {
-    use axum::http::Method;
-    match path {
-        "/-/healthy" | "/-/ready" => None,
-        "/-/reload" => Some(Role::Admin),
-        "/api/v1/replay" | "/api/v2/silences" | "/api/v1/jobs" if method == Method::POST => {
-            Some(Role::Admin)
-        }
-        // Worker cluster: cancel a job, replay it.
-        p if p.starts_with("/api/v1/jobs/") && method != Method::GET => Some(Role::Admin),
-        p if p.starts_with("/api/v2/silence/") && method == Method::DELETE => Some(Role::Admin),
-        "/write" | "/api/v2/write" | "/api/v1/write" | "/api/v1/import/prometheus" => {
-            Some(Role::Write)
-        }
-        "/api/v2/alerts" if method == Method::POST => Some(Role::Write),
-        _ => Some(Role::Read),
-    }
-}
-
-/// Checks the bearer token against `[auth] tokens` (everything is open without tokens).
-pub async fn authorize(
-    State(auth): State<Arc<AuthConfig>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if let Some(need) = required_role(req.method(), req.uri().path()) {
-        if let Err((code, msg)) = auth.check(req.headers(), need) {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN);
-            return api_error(status, "unauthorized", msg);
-        }
-    }
-    next.run(req).await
-}
-
-/// Request logs: one `debug` event of component `http` per request (method, path, status,
-/// duration), so off unless `--log.level=debug` or `RUST_LOG=info,tidemark::http=debug`.
-pub async fn request_log(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    if !tracing::enabled!(target: "tidemark::http", tracing::Level::DEBUG) {
-        return next.run(req).await;
-    }
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let t0 = Instant::now();
-    let res = next.run(req).await;
-    tracing::debug!(
-        target: "tidemark::http",
-        method = %method,
-        path,
-        status = res.status().as_u16(),
-        duration_ms = t0.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
-    res
-}
-
 async fn ready(State(s): State<Arc<AppState>>) -> Response {
     if s.metrics.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "Tidemark is Ready.\n").into_response()
@@ -149,14 +95,6 @@ async fn ready(State(s): State<Arc<AppState>>) -> Response {
         )
             .into_response()
     }
-}
-
-fn api_error(status: StatusCode, kind: &str, msg: String) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({"status": "error", "errorType": kind, "error": msg})),
-    )
-        .into_response()
 }
 
 /// `POST /api/v1/replay?from_offset=N|from_time=T`: stop the job and start it again from the
@@ -265,7 +203,7 @@ async fn index() -> Html<&'static str> {
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let mut w = TextWriter(String::with_capacity(4096));
     render_counters(&s.metrics, &mut w);
-    crate::ops::render_memory(&s.hot, &mut w);
+    crate::store::hot::render_memory(&s.hot, &mut w);
     let hot = &s.hot;
     let samples = hot.sample_count() as f64;
     let bytes = hot.bytes() as f64;
@@ -321,7 +259,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             }
         })],
     );
-    crate::ops::render_chunk_files(hot, &mut w);
+    crate::store::hot::render_chunk_files(hot, &mut w);
     w.family(
         "tidemark_hot_samples_out_of_order_total",
         "counter",
@@ -416,28 +354,6 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         w.0,
     )
         .into_response()
-}
-
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down: no new requests; flushing the log and draining the job");
 }
 
 /// Periodic work: readiness, idle ticks, fsync under `interval`, hot GC, log retention.
@@ -593,7 +509,14 @@ fn maintain_cold(s: &AppState, cold: &ColdStore) {
     }
     let run = || -> Result<(), crate::store::cold::ColdError> {
         let listing = maintain::list(cold)?;
-        let gone = maintain::apply_retention(cold, &listing, wm, &|t| s.cfg.cold.retention(t))?;
+        let gone = maintain::apply_retention(cold, &listing, wm, &|t| {
+            let c = &s.cfg.cold;
+            match t {
+                crate::store::cold::Tier::Raw => c.raw_retention.0,
+                crate::store::cold::Tier::Minute => c.minute_retention.0,
+                crate::store::cold::Tier::Hour => c.hour_retention.0,
+            }
+        })?;
         if !gone.is_empty() {
             tracing::info!(
                 component = "tiers",

@@ -3,6 +3,7 @@
 //! milliseconds since the Unix epoch everywhere in Tidemark.
 
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Timelike, Utc};
+use serde::{Deserialize, Deserializer};
 
 /// Wall-clock time in ms since the epoch (0 if the clock is before 1970).
 pub fn now_ms() -> i64 {
@@ -107,6 +108,60 @@ pub fn parse_date(s: &str) -> Option<i64> {
 /// `YYYY-MM-DD` of `ms` (UTC).
 pub fn date(ms: i64) -> String {
     utc(ms).format("%Y-%m-%d").to_string()
+}
+
+/// Parses a PromQL duration (`5m`, `1h30m`, `500ms`) or plain seconds into ms.
+pub fn parse_duration_ms(s: &str) -> Option<i64> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Some((secs * 1000.0).round() as i64);
+    }
+    let mut total = 0i64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: i64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "y" => 31_536_000_000,
+            _ => return None,
+        };
+        total += n * mult;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+/// A duration in milliseconds, written as `"5s"`, `"1h30m"`, `"500ms"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Millis(pub i64);
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration_ms(&s)
+            .filter(|_| s.chars().next().is_some_and(|c| c.is_ascii_digit()))
+            .map(Millis)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {s:?}: use a number with a unit, e.g. \"5s\", \"26h\""
+                ))
+            })
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! `/api/v2/status`, `/api/v2/receivers`) so `amtool` works; `/api/v1/notifications` (the
 //! outbox and the last deliveries); and the notifier's `/metrics` families.
 //!
-//! Access control is the server's (`crate::server::required_role`): changing silences and
+//! Access control is the server's (`crate::http::required_role`): changing silences and
 //! reloading need `admin`, posting alerts `write`, reading `read`.
 
 use std::path::PathBuf;

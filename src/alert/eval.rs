@@ -27,7 +27,8 @@ use tidemark_dataflows::rules::{Active, AlertMachine, AlertStatus, TickEvaluator
 
 use super::rules::{load_rule_files, Group, Rule, RuleError, RuleKind};
 use super::template::{go_float, TemplateData};
-use crate::ingest::{BatchBuilder, SeriesBuf, WriteBatch};
+use crate::ingest::{BatchBuilder, SeriesBuf};
+use crate::model::WriteBatch;
 use crate::model::{is_stale_nan, stale_nan, Labels, Limits, METRIC_NAME};
 use crate::query::engine::{Engine, Value};
 use crate::query::{Series, Storage};

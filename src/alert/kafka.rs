@@ -1,7 +1,7 @@
 //! Alerting in cluster mode: alert events travel through the Kafka topic `alerts`.
 //!
 //! A cluster job with `[rules]` evaluates them on worker 0 (against the whole cluster's hot
-//! data, see [`crate::cluster::control::ClusterStorage`]) and hands its alert events to a
+//! data, see [`crate::query::fanout::ClusterStorage`]) and hands its alert events to a
 //! [`KafkaAlertSink`]: one JSON message per event (`schemas/alert-event.schema.json`), key =
 //! `alertname`, so the events of one rule stay in order on one partition. `send` returns only
 //! once the brokers acknowledged every message (`acks=all`, idempotent producer); until then
@@ -38,10 +38,11 @@ use super::api::{load_notify_config, render_metrics, AlertState};
 use super::eval::{AlertEvent, AlertSink, SeriesWriter};
 use super::notify::Notifier;
 use crate::config::AuthConfig;
-use crate::ingest::WriteBatch;
+use crate::config::KafkaConfig;
+use crate::model::WriteBatch;
 use crate::ops::TextWriter;
 use crate::transport::consumer::{PartKey, PartitionConsumer, Start};
-use crate::transport::kafka::{KafkaConfig, KafkaSink};
+use crate::transport::kafka::KafkaSink;
 
 /// The JSON schema every event on the topic validates against.
 pub const ALERT_EVENT_SCHEMA: &str = include_str!("../../schemas/alert-event.schema.json");
@@ -172,7 +173,7 @@ pub fn parse_event(payload: &[u8]) -> Result<AlertEvent, String> {
         serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
     let schema: serde_json::Value =
         serde_json::from_str(ALERT_EVENT_SCHEMA).expect("valid alert event schema");
-    let violations = crate::cluster::schema::validate(&schema, &v);
+    let violations = crate::jsonschema::validate(&schema, &v);
     if !violations.is_empty() {
         let list: Vec<String> = violations
             .iter()
@@ -418,9 +419,9 @@ pub fn run_notify(opts: NotifyOpts) -> anyhow::Result<()> {
         .merge(super::api::routes(alerting))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(opts.auth.clone()),
-            crate::server::authorize,
+            crate::http::authorize,
         ))
-        .layer(axum::middleware::from_fn(crate::server::request_log));
+        .layer(axum::middleware::from_fn(crate::http::request_log));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -442,7 +443,7 @@ pub fn run_notify(opts: NotifyOpts) -> anyhow::Result<()> {
         );
         tokio::spawn(Arc::clone(&notifier).run());
         axum::serve(listener, app)
-            .with_graceful_shutdown(crate::server::shutdown_signal())
+            .with_graceful_shutdown(crate::http::shutdown_signal())
             .await?;
         anyhow::Ok(())
     });

@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use super::template::Template;
 use crate::model::{is_valid_label_name, is_valid_metric_name};
-use crate::query::promqltest::parse_duration_ms;
+use crate::time::parse_duration_ms;
 
 /// One problem in a rule file.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -161,11 +161,11 @@ struct Scalar(String);
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        match serde_yaml::Value::deserialize(d)? {
-            serde_yaml::Value::String(s) => Ok(Scalar(s)),
-            serde_yaml::Value::Number(n) => Ok(Scalar(n.to_string())),
-            serde_yaml::Value::Bool(b) => Ok(Scalar(b.to_string())),
-            serde_yaml::Value::Null => Ok(Scalar(String::new())),
+        match yaml_serde::Value::deserialize(d)? {
+            yaml_serde::Value::String(s) => Ok(Scalar(s)),
+            yaml_serde::Value::Number(n) => Ok(Scalar(n.to_string())),
+            yaml_serde::Value::Bool(b) => Ok(Scalar(b.to_string())),
+            yaml_serde::Value::Null => Ok(Scalar(String::new())),
             _ => Err(D::Error::custom("expected a string, number or boolean")),
         }
     }
@@ -235,7 +235,7 @@ pub fn parse_rule_file(path: &Path, text: &str) -> (Vec<Group>, Vec<RuleError>) 
     let file: FileYaml = if text.trim().is_empty() {
         FileYaml { groups: None }
     } else {
-        match serde_yaml::from_str(text) {
+        match yaml_serde::from_str(text) {
             Ok(f) => f,
             Err(e) => {
                 let line = e.location().map_or(0, |l| l.line());

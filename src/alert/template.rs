@@ -1433,7 +1433,7 @@ fn call_func(f: &str, v: &[Val]) -> Result<Val, TemplateError> {
         "parseDuration" => {
             want(f, v, 1)?;
             let s = v[0].to_str();
-            match crate::query::promqltest::parse_duration_ms(&s) {
+            match crate::time::parse_duration_ms(&s) {
                 Some(ms) => Val::Num(ms as f64 / 1000.0),
                 None => return err(format!("parseDuration: invalid duration {s:?}")),
             }

@@ -538,7 +538,7 @@ impl WorkerCheckpoints {
             .iter()
             .map(|p| {
                 let url = format!("{p}/internal/v1/checkpoint");
-                let r = super::control::to_peer(ureq::get(&url))
+                let r = crate::query::fanout::to_peer(ureq::get(&url))
                     .config()
                     .timeout_global(Some(Duration::from_secs(10)))
                     .build()

@@ -19,7 +19,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use serde::{Deserialize, Serialize};
+
 use serde_json::{json, Value as Json};
 
 use super::spec::JobSpec;
@@ -27,26 +27,10 @@ use super::{Binding, Command, JobStatus, Registry};
 use crate::alert::eval::Rules;
 use crate::ops::{labels, render_counters, Metrics, TextWriter};
 use crate::query::api::{self, QueryState};
-use crate::query::{Series, Storage};
-use crate::store::hot::index::{MatchOp, Matcher};
+use crate::query::fanout::{encode_series, from_wire, to_peer, SelectRequest, LOCAL_HEADER};
 use crate::store::hot::HotIndex;
+use crate::store::Storage;
 use crate::transport::consumer::topic_partitions;
-
-/// Header marking a request one process forwards to another: answer from the local shard.
-pub const LOCAL_HEADER: &str = "x-tidemark-local";
-
-/// The bearer token this process sends to its peers (the first `admin` token of its
-/// `[auth] tokens`; set once at start, unset without tokens). Process-wide because one
-/// process is one cluster member.
-pub static PEER_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// `r` with the peer token, when there is one.
-pub fn to_peer<B>(r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-    match PEER_TOKEN.get() {
-        Some(t) => r.header("authorization", format!("Bearer {t}")),
-        None => r,
-    }
-}
 
 /// What the control handlers share.
 pub struct ControlState {
@@ -109,205 +93,6 @@ async fn worker_ready(State(s): State<Arc<ControlState>>) -> Response {
 /// Rules by job name, with the rule files they were opened with.
 pub type JobRules = Mutex<BTreeMap<String, (Vec<String>, Arc<Rules>)>>;
 
-/// Matchers on the wire: `(name, op, value)` with op `=`, `!=`, `=~`, `!~` (regexes anchored).
-#[derive(Serialize, Deserialize)]
-pub struct SelectRequest {
-    pub matchers: Vec<(String, String, String)>,
-    pub start: i64,
-    pub end: i64,
-}
-
-fn to_wire(ms: &[Matcher]) -> Vec<(String, String, String)> {
-    ms.iter()
-        .map(|m| {
-            let (op, v) = match &m.op {
-                MatchOp::Eq(v) => ("=", v.clone()),
-                MatchOp::Ne(v) => ("!=", v.clone()),
-                MatchOp::Re(r) => ("=~", r.as_str().to_string()),
-                MatchOp::Nre(r) => ("!~", r.as_str().to_string()),
-            };
-            (m.name.clone(), op.to_string(), v)
-        })
-        .collect()
-}
-
-fn from_wire(ms: &[(String, String, String)]) -> Result<Vec<Matcher>, String> {
-    ms.iter()
-        .map(|(n, op, v)| {
-            let op = match op.as_str() {
-                "=" => MatchOp::Eq(v.clone()),
-                "!=" => MatchOp::Ne(v.clone()),
-                "=~" => MatchOp::Re(regex::Regex::new(v).map_err(|e| e.to_string())?),
-                "!~" => MatchOp::Nre(regex::Regex::new(v).map_err(|e| e.to_string())?),
-                other => return Err(format!("unknown matcher op {other:?}")),
-            };
-            Ok(Matcher {
-                name: n.clone(),
-                op,
-            })
-        })
-        .collect()
-}
-
-/// `u32 n_series`, then per series `u32 len, canonical labels, u32 n, (i64 ts, u64 bits)*n`.
-pub fn encode_series(series: &[Series]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut canon = Vec::new();
-    out.extend_from_slice(&(series.len() as u32).to_le_bytes());
-    for s in series {
-        crate::model::canonical_encode(s.labels.iter(), &mut canon);
-        out.extend_from_slice(&(canon.len() as u32).to_le_bytes());
-        out.extend_from_slice(&canon);
-        out.extend_from_slice(&(s.samples.len() as u32).to_le_bytes());
-        for (t, v) in &s.samples {
-            out.extend_from_slice(&t.to_le_bytes());
-            out.extend_from_slice(&v.to_bits().to_le_bytes());
-        }
-    }
-    out
-}
-
-/// Inverse of [`encode_series`].
-pub fn decode_series(mut b: &[u8]) -> Result<Vec<Series>, String> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
-        if b.len() < n {
-            return Err("truncated series response".into());
-        }
-        let (x, rest) = b.split_at(n);
-        *b = rest;
-        Ok(x)
-    }
-    let u32_ = |b: &mut &[u8]| -> Result<usize, String> {
-        Ok(u32::from_le_bytes(take(b, 4)?.try_into().expect("4")) as usize)
-    };
-    let n = u32_(&mut b)?;
-    let mut out = Vec::with_capacity(n.min(1 << 16));
-    for _ in 0..n {
-        let len = u32_(&mut b)?;
-        let labels = crate::ingest::decode_canonical(take(&mut b, len)?);
-        let m = u32_(&mut b)?;
-        let body = take(&mut b, m.checked_mul(16).ok_or("overflow")?)?;
-        let samples = body
-            .chunks_exact(16)
-            .map(|c| {
-                (
-                    i64::from_le_bytes(c[0..8].try_into().expect("8")),
-                    f64::from_bits(u64::from_le_bytes(c[8..16].try_into().expect("8"))),
-                )
-            })
-            .collect();
-        out.push(Series { labels, samples });
-    }
-    Ok(out)
-}
-
-/// The local hot index plus every peer's shard. A peer that does not answer fails the query
-/// (a partial answer would be silently wrong).
-pub struct FanoutStorage<'a> {
-    pub local: &'a HotIndex,
-    pub peers: &'a [String],
-    pub errors: Mutex<Vec<String>>,
-}
-
-impl Storage for FanoutStorage<'_> {
-    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
-        let req = serde_json::to_vec(&SelectRequest {
-            matchers: to_wire(matchers),
-            start,
-            end,
-        })
-        .expect("serializable");
-        let mut out = self.local.select(matchers, start, end);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .peers
-                .iter()
-                .map(|p| {
-                    let req = &req;
-                    s.spawn(move || -> Result<Vec<Series>, String> {
-                        let url = format!("{p}/internal/v1/select");
-                        let mut resp = to_peer(ureq::post(&url))
-                            .header("content-type", "application/json")
-                            .send(&req[..])
-                            .map_err(|e| format!("{url}: {e}"))?;
-                        let body = resp
-                            .body_mut()
-                            .with_config()
-                            .limit(1 << 32)
-                            .read_to_vec()
-                            .map_err(|e| format!("{url}: {e}"))?;
-                        decode_series(&body)
-                    })
-                })
-                .collect();
-            for h in handles {
-                match h.join() {
-                    Ok(Ok(v)) => out.extend(v),
-                    Ok(Err(e)) => self
-                        .errors
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(e),
-                    Err(_) => {}
-                }
-            }
-        });
-        // A series lives in one shard, but merge defensively (same labels: union by time).
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        let mut merged: Vec<Series> = Vec::with_capacity(out.len());
-        for s in out {
-            match merged.last_mut() {
-                Some(last) if last.labels == s.labels => {
-                    last.samples.extend(s.samples);
-                    last.samples.sort_by_key(|p| p.0);
-                    last.samples.dedup_by_key(|p| p.0);
-                }
-                _ => merged.push(s),
-            }
-        }
-        merged
-    }
-}
-
-/// [`FanoutStorage`] that owns its parts, for the rule evaluator on worker 0. A peer that does
-/// not answer is reported by [`Storage::take_failure`], so rules skip the tick instead of
-/// resolving alerts on a partial answer.
-pub struct ClusterStorage {
-    pub hot: Arc<HotIndex>,
-    pub peers: Vec<String>,
-    pub errors: Mutex<Vec<String>>,
-}
-
-impl Storage for ClusterStorage {
-    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
-        let st = FanoutStorage {
-            local: &self.hot,
-            peers: &self.peers,
-            errors: Mutex::new(Vec::new()),
-        };
-        let out = st.select(matchers, start, end);
-        let errs = st.errors.into_inner().unwrap_or_else(|e| e.into_inner());
-        if !errs.is_empty() {
-            self.errors
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(errs);
-        }
-        out
-    }
-
-    fn take_failure(&self) -> Option<String> {
-        let mut e = self.errors.lock().unwrap_or_else(|e| e.into_inner());
-        if e.is_empty() {
-            return None;
-        }
-        e.dedup();
-        let msg = format!("a worker process did not answer: {}", e.join("; "));
-        e.clear();
-        Some(msg)
-    }
-}
-
 async fn internal_select(State(s): State<Arc<ControlState>>, body: Bytes) -> Response {
     let req: SelectRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -326,31 +111,6 @@ async fn internal_select(State(s): State<Arc<ControlState>>, body: Bytes) -> Res
         Ok(b) => b.into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
-}
-
-/// Runs a PromQL query over the whole cluster.
-pub fn cluster_query(
-    q: &QueryState,
-    query: &str,
-    start: i64,
-    end: i64,
-    step: i64,
-    range: bool,
-) -> Result<crate::query::QueryValue, crate::query::QueryError> {
-    let st = FanoutStorage {
-        local: &q.hot,
-        peers: &q.peers,
-        errors: Mutex::new(Vec::new()),
-    };
-    let v = crate::query::engine::Engine::new(&st, start, end, step)?.query(query, range)?;
-    let errs = st.errors.into_inner().unwrap_or_else(|e| e.into_inner());
-    if !errs.is_empty() {
-        return Err(crate::query::QueryError::Execution(format!(
-            "a worker process did not answer: {}",
-            errs.join("; ")
-        )));
-    }
-    Ok(v)
 }
 
 /// Forwards a metadata request (`series`, `labels`, `label values`, `rollups`) to every
@@ -884,7 +644,7 @@ async fn replay(
 fn render_metrics(s: &ControlState) -> String {
     let mut w = TextWriter(String::with_capacity(4096));
     render_counters(&s.metrics, &mut w);
-    crate::ops::render_memory(&s.hot, &mut w);
+    crate::store::hot::render_memory(&s.hot, &mut w);
     if let Some(c) = &s.checkpoints {
         c.render(&mut w);
     }
@@ -1006,7 +766,7 @@ fn render_metrics(s: &ControlState) -> String {
         "Bytes of samples and rollups in this process's hot index.",
         &[("", s.hot.bytes() as f64)],
     );
-    crate::ops::render_chunk_files(&s.hot, &mut w);
+    crate::store::hot::render_chunk_files(&s.hot, &mut w);
     w.0
 }
 
@@ -1076,15 +836,14 @@ pub fn router(s: Arc<ControlState>) -> Router {
         .fallback_service(api::routes(q))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&s.auth),
-            crate::server::authorize,
+            crate::http::authorize,
         ))
-        .layer(axum::middleware::from_fn(crate::server::request_log))
+        .layer(axum::middleware::from_fn(crate::http::request_log))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Labels;
 
     fn b(p: i32, offset: i64, max_ts: i64) -> Binding {
         Binding {
@@ -1111,17 +870,5 @@ mod tests {
             time_for_offsets(&bs, &BTreeMap::from([((0, 0), 25)])),
             2_000
         );
-    }
-
-    #[test]
-    fn series_codec_round_trips_stale_markers() {
-        let s = vec![Series {
-            labels: Labels::from_pairs([("__name__", "up"), ("job", "x")]),
-            samples: vec![(1, 1.0), (2, f64::from_bits(crate::model::STALE_NAN_BITS))],
-        }];
-        let d = decode_series(&encode_series(&s)).unwrap();
-        assert_eq!(d[0].labels, s[0].labels);
-        assert_eq!(d[0].samples[1].1.to_bits(), crate::model::STALE_NAN_BITS);
-        assert!(decode_series(&encode_series(&s)[..7]).is_err());
     }
 }

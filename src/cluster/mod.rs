@@ -36,7 +36,6 @@
 pub mod checkpoint;
 pub mod client;
 pub mod control;
-pub mod schema;
 pub mod source;
 pub mod spec;
 pub mod worker;

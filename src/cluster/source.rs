@@ -23,12 +23,14 @@ use tidemark_dataflows::Sample;
 use super::checkpoint::{JobFrontier, Marks, ReplayPoint};
 use super::spec::{JobSpec, StartAt};
 use super::{Binding, Command, PartitionStatus, Registry};
-use crate::ingest::{describe_errors, influx, remote_write, BatchBuilder, WriteBatch};
+use crate::config::FsyncPolicy;
+use crate::config::KafkaFormat;
+use crate::ingest::{describe_errors, influx, remote_write, BatchBuilder};
+use crate::model::WriteBatch;
 use crate::model::{IdSet, Limits};
 use crate::transport::codec;
 use crate::transport::consumer::{part_id, Msg, PartKey, PartitionConsumer, Start};
-use crate::transport::kafka::KafkaFormat;
-use crate::transport::log::{FsyncPolicy, Log, LogReader, RecordKind};
+use crate::transport::log::{Log, LogReader, RecordKind};
 
 /// Everything a source needs from its worker.
 pub struct SourceCtx {

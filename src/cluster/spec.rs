@@ -5,9 +5,9 @@
 
 use serde::Deserialize;
 
-use super::schema;
-use crate::config::Millis;
-use crate::transport::kafka::KafkaFormat;
+use crate::config::KafkaFormat;
+use crate::jsonschema as schema;
+use crate::time::Millis;
 
 /// The JSON schema every spec is checked against (the file in `schemas/`).
 pub const JOB_SCHEMA: &str = include_str!("../../schemas/job.schema.json");

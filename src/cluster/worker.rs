@@ -34,22 +34,23 @@ use tidemark_dataflows::{Rollup, Sample};
 use timely::dataflow::operators::generic::operator::empty;
 
 use super::checkpoint::{ReplayPoint, WorkerCheckpoints};
-use super::control::{router, ClusterStorage, ControlState, JobRules, PEER_TOKEN};
+use super::control::{router, ControlState, JobRules};
 use super::source::{KafkaJobSource, SourceCtx};
 use super::spec::JobSpec;
 use super::{Binding, Command, JobStatus, Registry};
 use crate::alert::eval::{RuleConfig, RuleEvaluator, Rules};
 use crate::alert::kafka::{KafkaAlertSink, KafkaSeriesWriter};
+use crate::config::KafkaConfig;
 use crate::config::Role;
 use crate::job::checkpoint::CheckpointStats;
 use crate::job::seed::{self, SeedPlan, SeedRec};
 use crate::job::HOUR_MS;
 use crate::model::Limits;
 use crate::ops::Metrics;
+use crate::query::fanout::{ClusterStorage, PEER_TOKEN};
 use crate::store::cold::writer::{hot_rollups, hot_samples, LabelLookup, TierWriter};
 use crate::store::cold::{ColdError, ColdStore, Tier};
 use crate::store::hot::{HotIndex, PinKind};
-use crate::transport::kafka::KafkaConfig;
 use tidemark_dataflows::rules::{evaluate_at_ticks, TickConfig};
 
 /// One line of the hosts file: `TIMELY_HOST:PORT HTTP_HOST:PORT` (`#` starts a comment).

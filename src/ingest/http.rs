@@ -27,9 +27,6 @@ use super::{
 use crate::model::{LimitError, Limits, METRIC_NAME};
 use crate::ops::Metrics;
 use crate::store::hot::HotIndex;
-use crate::transport::codec;
-use crate::transport::kafka::KafkaSink;
-use crate::transport::log::{Log, RecordKind};
 
 /// The push formats.
 #[derive(Clone, Copy, Debug)]
@@ -39,42 +36,7 @@ pub enum Format {
     RemoteWrite,
 }
 
-/// Where accepted batches go before the push is acknowledged.
-pub enum Sink {
-    /// The embedded log of `tidemark up`.
-    Log(Log),
-    /// The Kafka `metrics` topic of `tidemark ingest`.
-    Kafka(KafkaSink),
-}
-
-/// Why a sink could not take a batch: the client should retry.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkUnavailable(pub String);
-
-impl Sink {
-    /// Makes the batch durable; returns once it is.
-    pub async fn commit(&self, batch: WriteBatch) -> Result<(), SinkUnavailable> {
-        let Some((lo, hi)) = batch.time_range() else {
-            return Ok(());
-        };
-        match self {
-            Sink::Log(log) => {
-                let log = log.clone();
-                tokio::task::spawn_blocking(move || {
-                    let mut payload = Vec::new();
-                    codec::encode(&batch, &mut payload);
-                    log.append(RecordKind::Batch, lo, hi, &payload)
-                })
-                .await
-                .map_err(|e| SinkUnavailable(format!("log append task failed: {e}")))?
-                .map(|_| ())
-                .map_err(|e| SinkUnavailable(format!("cannot append to the log: {e}")))
-            }
-            Sink::Kafka(k) => k.commit(&batch).await,
-        }
-    }
-}
+pub use crate::transport::sink::{Sink, SinkUnavailable};
 
 /// What the push endpoints share.
 pub struct IngestState {

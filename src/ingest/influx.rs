@@ -291,7 +291,7 @@ mod tests {
     use super::*;
     use crate::model::Limits;
 
-    fn run(body: &str) -> (crate::ingest::WriteBatch, Vec<crate::ingest::LineError>) {
+    fn run(body: &str) -> (crate::model::WriteBatch, Vec<crate::ingest::LineError>) {
         let limits = Limits::default();
         let mut b = BatchBuilder::new(&limits);
         parse(body.as_bytes(), Precision::Ns, 42, &mut b);

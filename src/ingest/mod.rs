@@ -7,32 +7,13 @@ pub mod influx;
 pub mod promtext;
 pub mod remote_write;
 
-use crate::model::Labels;
 use std::borrow::Cow;
 
-use crate::model::{IdMap, LimitError, Limits, SeriesId, METRIC_NAME};
-
-/// Why a line or sample was rejected, for the `reason` label of the rejection counter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reject {
-    /// The line is malformed.
-    Parse,
-    /// A name, label or series limit refused the series.
-    Limit,
-    /// The sample is older than the hot retention window.
-    TooOld,
-}
-
-impl Reject {
-    /// The metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reject::Parse => "parse",
-            Reject::Limit => "limit",
-            Reject::TooOld => "too_old",
-        }
-    }
-}
+use crate::model::{
+    decode_canonical, BatchSample, IdMap, LimitError, Limits, SeriesId, WriteBatch, MAX_ABS_TS,
+    METRIC_NAME,
+};
+use crate::ops::Reject;
 
 /// One rejected input line (or remote-write time series), with its 1-based position.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,66 +31,6 @@ pub enum IngestError {
     TooLarge { got: usize, limit: usize },
     #[error("cannot decode request body: {0}")]
     Decode(String),
-}
-
-/// One sample of a batch, pointing into the batch's series table.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BatchSample {
-    pub series: u32,
-    pub ts: i64,
-    pub value: f64,
-}
-
-/// A validated write: distinct series, and samples referring to them. Each series' labels are
-/// kept as their canonical encoding in one shared arena, so building and logging a batch does
-/// not allocate per series.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct WriteBatch {
-    /// `(series id, range of its canonical encoding in arena)`.
-    pub series: Vec<(SeriesId, std::ops::Range<u32>)>,
-    pub arena: Vec<u8>,
-    pub samples: Vec<BatchSample>,
-}
-
-/// Decodes a canonical label encoding (see [`crate::model::canonical_encode`]) into labels.
-pub fn decode_canonical(bytes: &[u8]) -> Labels {
-    if let Ok(l) = Labels::from_canonical(bytes) {
-        return l;
-    }
-    // Not a valid encoding (never written by ingest): keep what can be read.
-    let mut pairs = Vec::new();
-    for pair in bytes.split(|&b| b == 0xfe) {
-        if pair.is_empty() {
-            continue;
-        }
-        let mut it = pair.splitn(2, |&b| b == 0xff);
-        let k = String::from_utf8_lossy(it.next().unwrap_or_default()).into_owned();
-        let v = String::from_utf8_lossy(it.next().unwrap_or_default()).into_owned();
-        pairs.push((k, v));
-    }
-    Labels::from_pairs(pairs)
-}
-
-impl WriteBatch {
-    /// Canonical label bytes of series `i`.
-    pub fn canonical(&self, i: usize) -> &[u8] {
-        let r = &self.series[i].1;
-        &self.arena[r.start as usize..r.end as usize]
-    }
-
-    /// Labels of series `i` (allocates).
-    pub fn labels(&self, i: usize) -> Labels {
-        decode_canonical(self.canonical(i))
-    }
-
-    /// Smallest and largest sample timestamps, if any.
-    pub fn time_range(&self) -> Option<(i64, i64)> {
-        let mut it = self.samples.iter();
-        let first = it.next()?;
-        Some(it.fold((first.ts, first.ts), |(lo, hi), s| {
-            (lo.min(s.ts), hi.max(s.ts))
-        }))
-    }
 }
 
 /// Reusable scratch label set a parser fills for each line. Label names and values borrow
@@ -250,10 +171,6 @@ pub struct BatchBuilder<'l> {
     /// Rejections by reason: parse, limit, too old.
     pub rejected: [usize; 3],
 }
-
-/// Largest accepted |timestamp| in ms (about year 33,658): keeps window and chunk arithmetic far
-/// from overflow.
-pub const MAX_ABS_TS: i64 = 1_000_000_000_000_000;
 
 /// At most this many errors are kept with their text; the rest are counted.
 pub const MAX_REPORTED_ERRORS: usize = 20;

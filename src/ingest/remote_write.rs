@@ -3,39 +3,7 @@
 
 use super::{BatchBuilder, IngestError, SeriesBuf};
 
-/// `prometheus.WriteRequest`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    pub timeseries: Vec<TimeSeries>,
-}
-
-/// `prometheus.TimeSeries`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    pub labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    pub samples: Vec<Sample>,
-}
-
-/// `prometheus.Label`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Label {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub value: String,
-}
-
-/// `prometheus.Sample`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Sample {
-    #[prost(double, tag = "1")]
-    pub value: f64,
-    #[prost(int64, tag = "2")]
-    pub timestamp: i64,
-}
+pub use crate::transport::remote_proto::{encode, Label, Sample, TimeSeries, WriteRequest};
 
 /// Decompresses and decodes a request body, then adds its samples to `out`.
 pub fn parse(body: &[u8], max_bytes: usize, out: &mut BatchBuilder<'_>) -> Result<(), IngestError> {
@@ -63,14 +31,6 @@ pub fn parse(body: &[u8], max_bytes: usize, out: &mut BatchBuilder<'_>) -> Resul
         }
     }
     Ok(())
-}
-
-/// Encodes a request (used by tests, benches and the agent).
-pub fn encode(req: &WriteRequest) -> Vec<u8> {
-    let raw = prost::Message::encode_to_vec(req);
-    snap::raw::Encoder::new()
-        .compress_vec(&raw)
-        .expect("snappy compression of an in-memory buffer")
 }
 
 #[cfg(test)]

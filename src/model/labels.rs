@@ -303,6 +303,25 @@ impl Serialize for Labels {
     }
 }
 
+/// Decodes a canonical label encoding (see [`crate::model::canonical_encode`]) into labels.
+pub fn decode_canonical(bytes: &[u8]) -> Labels {
+    if let Ok(l) = Labels::from_canonical(bytes) {
+        return l;
+    }
+    // Not a valid encoding (never written by ingest): keep what can be read.
+    let mut pairs = Vec::new();
+    for pair in bytes.split(|&b| b == 0xfe) {
+        if pair.is_empty() {
+            continue;
+        }
+        let mut it = pair.splitn(2, |&b| b == 0xff);
+        let k = String::from_utf8_lossy(it.next().unwrap_or_default()).into_owned();
+        let v = String::from_utf8_lossy(it.next().unwrap_or_default()).into_owned();
+        pairs.push((k, v));
+    }
+    Labels::from_pairs(pairs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,10 +4,12 @@
 //! sorted by name; [`SeriesId`] is xxh3 over the canonical encoding ([`canonical_encode`]) and is
 //! fixed forever because it is written to Parquet.
 
+mod batch;
 mod labels;
 mod limits;
 
-pub use labels::{canonical_encode, Labels, METRIC_NAME};
+pub use batch::{BatchSample, WriteBatch, MAX_ABS_TS};
+pub use labels::{canonical_encode, decode_canonical, Labels, METRIC_NAME};
 pub use limits::{is_valid_label_name, is_valid_metric_name, LimitError, Limits};
 
 /// Stable 64-bit series identity: xxh3 of [`canonical_encode`].

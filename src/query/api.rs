@@ -116,7 +116,7 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
         if v.is_finite() {
             // Keep query arithmetic far from i64 overflow, as for ingested timestamps.
             return Ok(((v * 1000.0).round() as i64)
-                .clamp(-crate::ingest::MAX_ABS_TS, crate::ingest::MAX_ABS_TS));
+                .clamp(-crate::model::MAX_ABS_TS, crate::model::MAX_ABS_TS));
         }
     }
     crate::time::parse_rfc3339(s)
@@ -127,7 +127,7 @@ pub fn parse_step(s: &str) -> Result<i64, String> {
     if let Ok(v) = s.parse::<f64>() {
         return Ok((v * 1000.0).round() as i64);
     }
-    super::promqltest::parse_duration_ms(s)
+    crate::time::parse_duration_ms(s)
         .ok_or_else(|| format!("cannot parse {s:?} to a valid duration"))
 }
 
@@ -189,7 +189,7 @@ async fn run_query(
                 None => Engine::new(hot, start, end, step).and_then(|e| e.query(&query, range)),
             }
         } else {
-            crate::cluster::control::cluster_query(&state, &query, start, end, step, range)
+            super::fanout::cluster_query(&state, &query, start, end, step, range)
         }
     })
     .await;

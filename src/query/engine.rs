@@ -125,7 +125,7 @@ pub struct Engine<'a> {
 
 fn dur_ms(d: &Duration) -> i64 {
     // Durations beyond the timestamp range behave like the range itself (and cannot overflow).
-    (d.as_millis().min(crate::ingest::MAX_ABS_TS as u128)) as i64
+    (d.as_millis().min(crate::model::MAX_ABS_TS as u128)) as i64
 }
 
 fn offset_ms(o: &Option<Offset>) -> i64 {
@@ -137,7 +137,7 @@ fn offset_ms(o: &Option<Offset>) -> i64 {
 }
 
 fn system_time_ms(t: &SystemTime) -> i64 {
-    let cap = crate::ingest::MAX_ABS_TS as u128;
+    let cap = crate::model::MAX_ABS_TS as u128;
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_millis().min(cap) as i64,
         Err(e) => -(e.duration().as_millis().min(cap) as i64),

@@ -69,41 +69,7 @@ pub struct Outcome {
     pub failures: Vec<String>,
 }
 
-/// Parses a PromQL duration (`5m`, `1h30m`, `500ms`) or plain seconds into ms.
-pub fn parse_duration_ms(s: &str) -> Option<i64> {
-    if let Ok(secs) = s.parse::<f64>() {
-        return Some((secs * 1000.0).round() as i64);
-    }
-    let mut total = 0i64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
-        if digits == 0 {
-            return None;
-        }
-        let n: i64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let mult = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "w" => 604_800_000,
-            "y" => 31_536_000_000,
-            _ => return None,
-        };
-        total += n * mult;
-        rest = &rest[unit_len..];
-    }
-    Some(total)
-}
+pub use crate::time::parse_duration_ms;
 
 fn parse_number(s: &str) -> Option<f64> {
     let (neg, body) = match s.strip_prefix('-') {
@@ -747,7 +713,7 @@ mod tests {
             Labels::from_pairs([("__name__", "m")]),
             [(0, 1.0), (1000, 2.0)],
         );
-        let max = crate::ingest::MAX_ABS_TS;
+        let max = crate::model::MAX_ABS_TS;
         for q in [
             "rate(m[100000y] offset -100000y)",
             "m @ 1e300",

@@ -1,5 +1,126 @@
 //! Storage: the hot tier in memory (Gorilla-style chunks, inverted label index, rollups) and
-//! the cold tiers (Parquet on object storage).
+//! the cold tiers (Parquet on object storage), and the seam queries read through
+//! ([`Storage`]: the hot index, the tiered store, the cluster's fan-out, the conformance
+//! runner's in-memory store).
 pub mod cold;
 pub mod hot;
 pub mod tiered;
+
+use crate::model::Labels;
+use hot::index::Matcher;
+use tidemark_dataflows::Rollup;
+
+/// Raw samples of one series, sorted by time; may include staleness markers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub labels: Labels,
+    pub samples: Vec<(i64, f64)>,
+}
+
+/// A series as a tiered store returns it: windows of a rollup tier for the older part, then
+/// raw samples. Every rollup ends at or before the first sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selected {
+    pub labels: Labels,
+    /// Sorted by window start, non-overlapping (1 h windows may precede 1 m ones).
+    pub rollups: Vec<Rollup>,
+    pub samples: Vec<(i64, f64)>,
+}
+
+impl Selected {
+    /// The series as points: each rollup window stands for its last sample.
+    pub fn into_points(self) -> Series {
+        if self.rollups.is_empty() {
+            return Series {
+                labels: self.labels,
+                samples: self.samples,
+            };
+        }
+        let mut samples: Vec<(i64, f64)> =
+            self.rollups.iter().map(|r| (r.last_ts, r.last)).collect();
+        samples.extend(self.samples);
+        Series {
+            labels: self.labels,
+            samples,
+        }
+    }
+}
+
+/// How the engine will use a selection, so a tiered store can answer from the cheapest tier
+/// that gives the same result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SelectHints {
+    /// The function applied to a range selection can be computed from rollups
+    /// ([`crate::query::functions::from_rollups`]); false for instant selectors and other functions.
+    pub summarizable: bool,
+    /// An instant selector (the latest sample within `range`, the lookback).
+    pub instant: bool,
+    /// Evaluation times: the first one and the step between them (after `@` and `offset`;
+    /// step 0 when they do not form a grid).
+    pub first: i64,
+    pub step: i64,
+    /// The range of a range selection, or the lookback.
+    pub range: i64,
+}
+
+impl SelectHints {
+    /// Hints that ask for raw samples only.
+    pub fn raw() -> SelectHints {
+        SelectHints {
+            summarizable: false,
+            instant: false,
+            first: 0,
+            step: 0,
+            range: 0,
+        }
+    }
+
+    /// True when windows of `width` answer this selection exactly: every evaluation time is a
+    /// window end, and a range selection covers whole windows.
+    pub fn aligned_to(&self, width: i64) -> bool {
+        let grid = self.step > 0 && self.step % width == 0 && self.first.rem_euclid(width) == 0;
+        if self.instant {
+            grid
+        } else {
+            grid && self.summarizable && self.range > 0 && self.range % width == 0
+        }
+    }
+}
+
+/// Where the engine reads series from.
+pub trait Storage: Send + Sync {
+    /// Every series matching all `matchers`, with its samples in `[start, end]` (ms, inclusive).
+    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series>;
+
+    /// As [`Storage::select`], but a store with rollup tiers may answer older parts with
+    /// rollups where `hints` say they give the same result.
+    fn select_hinted(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        hints: &SelectHints,
+    ) -> Vec<Selected> {
+        let _ = hints;
+        self.select(matchers, start, end)
+            .into_iter()
+            .map(|s| Selected {
+                labels: s.labels,
+                rollups: Vec::new(),
+                samples: s.samples,
+            })
+            .collect()
+    }
+
+    /// Why some answers since the last call may be incomplete (a remote shard that did not
+    /// answer), and clears it. Rule evaluation skips a tick's results when this says so,
+    /// rather than resolve alerts on a partial answer.
+    fn take_failure(&self) -> Option<String> {
+        None
+    }
+
+    /// About how many series the store holds (0: unknown), to size evaluations by.
+    fn series_hint(&self) -> usize {
+        0
+    }
+}

@@ -22,11 +22,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::model::Labels;
-use crate::query::{SelectHints, Selected, Series, Storage};
 use crate::store::cold::layout::HOUR_MS;
 use crate::store::cold::query::{ColdReader, ColdSeries};
 use crate::store::cold::Tier;
 use crate::store::hot::index::Matcher;
+use crate::store::{SelectHints, Selected, Series, Storage};
 
 /// One part of a selection, read from one tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

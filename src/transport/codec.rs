@@ -31,7 +31,7 @@
 
 use tidemark_dataflows::packed::{get_num, get_var, put_num, put_var, unzigzag, zigzag, Reader};
 
-use crate::ingest::WriteBatch;
+use crate::model::WriteBatch;
 
 /// Why a stored record could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -303,7 +303,7 @@ mod tests {
             |b| {
                 series.extend(
                     b.iter()
-                        .map(|&(id, c)| (id, crate::ingest::decode_canonical(c))),
+                        .map(|&(id, c)| (id, crate::model::decode_canonical(c))),
                 )
             },
             |id, t, v| got.push((id, t, v.to_bits())),

@@ -19,68 +19,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use serde::Deserialize;
 
-use crate::config::Millis;
-use crate::ingest::http::SinkUnavailable;
-use crate::ingest::remote_write::{self, Label, Sample, TimeSeries, WriteRequest};
-use crate::ingest::WriteBatch;
+use super::remote_proto::{self, Label, Sample, TimeSeries, WriteRequest};
+use super::sink::SinkUnavailable;
+use crate::config::{KafkaConfig, KafkaFormat, PartitionKey};
+use crate::model::WriteBatch;
 use crate::model::METRIC_NAME;
-
-/// Message value format.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum KafkaFormat {
-    /// Influx line protocol, one line per sample, nanosecond timestamps.
-    #[default]
-    LineProtocol,
-    /// Prometheus remote write (snappy protobuf).
-    RemoteWrite,
-}
-
-/// Message key, which picks the partition.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum PartitionKey {
-    /// The metric name: one metric's series share a partition.
-    #[default]
-    Metric,
-    /// The series id: spreads a metric over partitions (`id % partitions`; the message goes to
-    /// that partition, keyed by the partition number).
-    Series,
-}
-
-/// `[kafka]` in `tidemark.toml`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, `host:port[,host:port...]`.
-    pub brokers: String,
-    /// The topic pushes are produced to.
-    pub topic: String,
-    /// `line_protocol` or `remote_write`.
-    pub format: KafkaFormat,
-    /// `metric` or `series`.
-    pub partition_key: PartitionKey,
-    /// librdkafka `compression.type`: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
-    pub compression: String,
-    /// How long a push waits for the brokers before it gets 503 (librdkafka
-    /// `message.timeout.ms`).
-    pub produce_timeout: Millis,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        KafkaConfig {
-            brokers: "127.0.0.1:9092".into(),
-            topic: "metrics".into(),
-            format: KafkaFormat::LineProtocol,
-            partition_key: PartitionKey::Metric,
-            compression: "lz4".into(),
-            produce_timeout: Millis(10_000),
-        }
-    }
-}
 
 /// Kafka errors at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -244,7 +188,7 @@ impl KafkaSink {
                                 samples,
                             })
                             .collect();
-                        remote_write::encode(&WriteRequest { timeseries })
+                        remote_proto::encode(&WriteRequest { timeseries })
                     }
                 };
                 Message {

@@ -8,6 +8,7 @@
 //! only once the record is written and, under the `always` policy, fsynced (concurrent appends
 //! share one fsync). On open, a torn or corrupt tail is truncated: it was never acknowledged.
 
+use crate::config::FsyncPolicy;
 use crate::time::now_ms;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
@@ -15,8 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-
-use serde::Deserialize;
 
 /// Bytes of a frame header.
 pub const HEADER_LEN: usize = 25;
@@ -46,20 +45,6 @@ fn truncate_pause() -> Option<std::time::Duration> {
                 .and_then(|v| v.parse().ok())
         })
         .map(std::time::Duration::from_millis)
-}
-
-/// When appended records are forced to disk.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum FsyncPolicy {
-    /// fsync before acknowledging each append (group commit): survives power loss.
-    #[default]
-    Always,
-    /// fsync in the background every `fsync_interval_ms`: survives a process crash, may lose the
-    /// last interval on power loss.
-    Interval,
-    /// Leave it to the OS.
-    Never,
 }
 
 /// What a record holds.

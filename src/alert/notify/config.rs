@@ -42,7 +42,7 @@ use serde::{Deserialize, Deserializer};
 use super::templates;
 use crate::alert::template::Defs;
 
-use crate::query::promqltest::parse_duration_ms;
+use crate::time::parse_duration_ms;
 
 /// A configuration error with its file and line.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -515,7 +515,7 @@ pub fn parse_notify_config(path: &Path, text: &str) -> Result<NotifyConfig, Conf
         line,
         reason,
     };
-    let y: FileYaml = serde_yaml::from_str(text).map_err(|x| {
+    let y: FileYaml = yaml_serde::from_str(text).map_err(|x| {
         let mut msg = x.to_string();
         if let Some(i) = msg.find(" at line ") {
             msg.truncate(i);

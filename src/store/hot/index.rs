@@ -6,7 +6,7 @@ use std::sync::RwLock;
 
 use regex::Regex;
 
-use crate::ingest::decode_canonical;
+use crate::model::decode_canonical;
 use crate::model::{IdMap, Labels, SeriesId, METRIC_NAME};
 
 /// A label matcher: `=`, `!=`, `=~`, `!~`. Regexes are fully anchored, as in Prometheus.
