@@ -1,5 +1,6 @@
 //! Tidemark: metrics monitoring and alerting on timely dataflow.
 pub mod alert;
+pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod http;

@@ -33,8 +33,39 @@ struct Cli {
     log_format: String,
 }
 
+/// What `tidemark check` validates.
+#[derive(Subcommand)]
+enum CheckCmd {
+    /// tidemark.toml files, and the rule, routing and storage settings they name.
+    Config {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Prometheus rule files (as `promtool check rules`), with how each rule runs:
+    /// incremental or engine.
+    Rules {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Alertmanager configuration files (as `amtool check-config`).
+    Routing {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Worker-cluster job specs (as `tidemark submit` would send them).
+    Job {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Check files before deploying them; exit status 1 when any has a problem.
+    Check {
+        #[command(subcommand)]
+        what: CheckCmd,
+    },
     /// Run everything in one process with embedded defaults: ingest, the embedded log, the
     /// timely job, the hot index and the Prometheus HTTP API.
     Up {
@@ -211,6 +242,20 @@ fn main() -> anyhow::Result<()> {
     let format: tidemark::logging::Format = cli.log_format.parse()?;
     tidemark::logging::init(&cli.log_level, format)?;
     match cli.cmd {
+        Cmd::Check { what } => {
+            use tidemark::check;
+            let report = match what {
+                CheckCmd::Config { files } => check::config(&files),
+                CheckCmd::Rules { files } => check::rules(&files),
+                CheckCmd::Routing { files } => check::routing(&files),
+                CheckCmd::Job { files } => check::job(&files),
+            };
+            print!("{}", report.text);
+            if !report.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Up {
             listen,
             data_dir,
