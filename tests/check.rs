@@ -176,3 +176,63 @@ fn config_and_job_files_name_the_line_and_key() {
     assert!(!ok);
     assert!(out.contains("line 1"), "{out}");
 }
+
+#[test]
+fn rule_unit_test_files_run_on_the_engine_as_promtool_runs_them() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "rules.yml",
+        "groups:\n  - name: example\n    rules:\n      - record: job:up:sum\n        expr: sum by (job) (up)\n      - alert: InstanceDown\n        expr: up == 0\n        for: 5m\n        labels:\n          severity: page\n        annotations:\n          summary: \"Instance {{ $labels.instance }} down\"\n          source: \"{{ $externalLabels.region }}\"\n",
+    );
+    let test = |alert_at: &str, sum: &str| {
+        format!(
+            "rule_files:\n  - rules.yml\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    external_labels:\n      region: eu\n    input_series:\n      - series: 'up{{job=\"prometheus\", instance=\"a:9090\"}}'\n        values: '0x14'\n      - series: 'up{{job=\"node\", instance=\"b:9100\"}}'\n        values: '1x6 0x8'\n    alert_rule_test:\n      - eval_time: {alert_at}\n        alertname: InstanceDown\n        exp_alerts:\n          - exp_labels:\n              severity: page\n              instance: a:9090\n              job: prometheus\n            exp_annotations:\n              summary: Instance a:9090 down\n              source: eu\n      - eval_time: 4m\n        alertname: InstanceDown\n        exp_alerts: []\n    promql_expr_test:\n      - expr: job:up:sum\n        eval_time: 4m\n        exp_samples:\n          - labels: 'job:up:sum{{job=\"prometheus\"}}'\n            value: 0\n          - labels: 'job:up:sum{{job=\"node\"}}'\n            value: {sum}\n"
+        )
+    };
+    // (alert eval time, expected node sum, passes): at 12m the second instance has fired too
+    // (down from 7m, `for: 5m`); at 11m it is still pending.
+    for (at, sum, pass) in [
+        ("10m", "1", true),
+        ("11m", "1", true),
+        ("12m", "1", false),
+        ("10m", "2", false),
+    ] {
+        let p = write(d.path(), &format!("t_{at}_{sum}.yml"), &test(at, sum));
+        let path = p.to_str().unwrap();
+        let (ok, out) = tidemark(&["check", "rules", path]);
+        let (want, reference) = reference(
+            "promtool",
+            "Debian package prometheus",
+            &["test", "rules", path],
+        );
+        assert_eq!(want, pass, "promtool on {at}/{sum}:\n{reference}");
+        assert_eq!(ok, pass, "tidemark on {at}/{sum}:\n{out}");
+        assert!(
+            out.starts_with(&format!("Unit Testing:  {path}\n")),
+            "{out}"
+        );
+        if !pass {
+            let what = if sum == "2" {
+                "expr: \"job:up:sum\", time: 4m"
+            } else {
+                "alertname: InstanceDown, time: 12m"
+            };
+            assert!(out.contains(what), "{out}");
+        }
+    }
+}
+
+#[test]
+fn the_shipped_fleet_rule_tests_pass_in_promtool_and_tidemark() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/rules/fleet_test.yml");
+    let (want, reference) = reference(
+        "promtool",
+        "Debian package prometheus",
+        &["test", "rules", path],
+    );
+    assert!(want, "{reference}");
+    let (ok, out) = tidemark(&["check", "rules", path]);
+    assert!(ok, "{out}");
+    assert!(out.contains("  SUCCESS\n"), "{out}");
+}

@@ -90,13 +90,13 @@ fn parse_number(s: &str) -> Option<f64> {
 
 /// One point of a series description: a value, a stale marker, or a gap.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Point {
+pub(crate) enum Point {
     Value(f64),
     Gap,
 }
 
 /// Expands `1 2+3x4 _ _x2 stale 5x3`. `Err(true)` means a native histogram (unsupported).
-fn parse_points(text: &str) -> Result<Vec<Point>, bool> {
+pub(crate) fn parse_points(text: &str) -> Result<Vec<Point>, bool> {
     let mut out = Vec::new();
     for tok in text.split_whitespace() {
         if tok.starts_with("{{") || tok.contains("}}") {
@@ -152,7 +152,7 @@ fn parse_points(text: &str) -> Result<Vec<Point>, bool> {
 }
 
 /// Parses `name{a="b", c="d"}` (either part optional) into labels.
-fn parse_series_desc(desc: &str) -> Result<Labels, String> {
+pub(crate) fn parse_series_desc(desc: &str) -> Result<Labels, String> {
     let desc = desc.trim();
     let name_end = desc.find('{').unwrap_or(desc.len());
     let mut pairs: Vec<(String, String)> = Vec::new();

@@ -11,6 +11,11 @@
 //! - `check routing alertmanager.yml`: an Alertmanager configuration (routes, receivers,
 //!   inhibition, templates).
 //! - `check job jobs/x.toml`: a worker-cluster job spec against `schemas/job.schema.json`.
+//!
+//! `check rules` also takes Prometheus's rule unit test files (`promtool test rules` format,
+//! [`ruletest`]) and runs them on the engine.
+
+pub mod ruletest;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -146,10 +151,19 @@ pub fn rule_modes(groups: &[Group], resolution_ms: u64) -> Vec<(String, String, 
 }
 
 /// `check rules`: each file on its own (an error in one does not hide the others'), with how
-/// each rule runs at the default 1 s resolution.
+/// each rule runs at the default 1 s resolution; a unit test file is run ([`ruletest`]).
 pub fn rules(paths: &[PathBuf]) -> Report {
     let mut r = Report::new();
     for path in paths {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if ruletest::is_test_file(&text) {
+                let _ = writeln!(r.text, "Unit Testing:  {}", path.display());
+                let (out, ok) = ruletest::run_file(path, &text);
+                r.text.push_str(&out);
+                r.ok &= ok;
+                continue;
+            }
+        }
         r.checking(path);
         let (groups, errors): (Vec<Group>, Vec<RuleError>) =
             load_rule_files(std::slice::from_ref(path));
