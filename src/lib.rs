@@ -10,6 +10,7 @@ pub mod jsonschema;
 pub mod logging;
 pub mod model;
 pub mod ops;
+pub mod process;
 pub mod query;
 pub mod server;
 pub mod store;

@@ -102,7 +102,15 @@ pub fn component_of(target: &str) -> &str {
         None => return target.split("::").next().unwrap_or(target),
     };
     let starts = |p: &str| path == p || path.starts_with(&format!("{p}::"));
-    if starts("transport::log") {
+    if starts("process::worker") {
+        "cluster"
+    } else if starts("process::notify") {
+        "notify"
+    } else if starts("process::ingest") {
+        "ingest"
+    } else if starts("process::up") {
+        "http"
+    } else if starts("transport::log") {
         "log"
     } else if starts("transport::kafka") || starts("alert::kafka") || starts("cluster::source") {
         "kafka"
@@ -482,7 +490,10 @@ mod tests {
             ("tidemark::alert::eval", "rules"),
             ("tidemark::alert::kafka", "kafka"),
             ("tidemark::cluster::source", "kafka"),
-            ("tidemark::cluster::worker", "cluster"),
+            ("tidemark::cluster::control", "cluster"),
+            ("tidemark::process::worker", "cluster"),
+            ("tidemark::process::notify", "notify"),
+            ("tidemark::process::up", "http"),
             ("tidemark::server", "http"),
             ("tidemark_dataflows::window", "job"),
             ("http", "http"),

@@ -270,7 +270,7 @@ fn main() -> anyhow::Result<()> {
                 cfg.server.workers = w;
             }
             refuse_open_without_tokens(&cfg, insecure)?;
-            tidemark::server::run(cfg).context("tidemark up")
+            tidemark::process::up::run(cfg).context("tidemark up")
         }
         Cmd::Ingest {
             listen,
@@ -288,7 +288,7 @@ fn main() -> anyhow::Result<()> {
                 cfg.kafka.topic = t;
             }
             refuse_open_without_tokens(&cfg, insecure)?;
-            tidemark::server::run_ingest(cfg).context("tidemark ingest")
+            tidemark::process::ingest::run(cfg).context("tidemark ingest")
         }
         Cmd::Worker {
             process,
@@ -303,7 +303,7 @@ fn main() -> anyhow::Result<()> {
             let mut cfg = load_config(config.as_deref())?;
             let text = std::fs::read_to_string(&hosts)
                 .with_context(|| format!("reading hosts file {}", hosts.display()))?;
-            let hosts = tidemark::cluster::worker::parse_hosts(&text, &hosts.display().to_string())
+            let hosts = tidemark::process::worker::parse_hosts(&text, &hosts.display().to_string())
                 .map_err(anyhow::Error::msg)?;
             anyhow::ensure!(
                 hosts.len() == processes,
@@ -314,7 +314,7 @@ fn main() -> anyhow::Result<()> {
                 cfg.server.listen = h.http;
             }
             refuse_open_without_tokens(&cfg, insecure)?;
-            tidemark::cluster::worker::run(tidemark::cluster::worker::WorkerOpts {
+            tidemark::process::worker::run(tidemark::process::worker::WorkerOpts {
                 process,
                 hosts,
                 workers,
@@ -347,7 +347,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 cfg.rules.external_url.clone()
             };
-            tidemark::alert::kafka::run_notify(tidemark::alert::kafka::NotifyOpts {
+            tidemark::process::notify::run(tidemark::process::notify::NotifyOpts {
                 listen,
                 data_dir,
                 brokers: brokers.unwrap_or(cfg.kafka.brokers),

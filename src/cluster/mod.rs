@@ -38,7 +38,6 @@ pub mod client;
 pub mod control;
 pub mod source;
 pub mod spec;
-pub mod worker;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

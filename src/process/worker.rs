@@ -33,13 +33,13 @@ use tidemark_dataflows::tier::sink_tier;
 use tidemark_dataflows::{Rollup, Sample};
 use timely::dataflow::operators::generic::operator::empty;
 
-use super::checkpoint::{ReplayPoint, WorkerCheckpoints};
-use super::control::{router, ControlState, JobRules};
-use super::source::{KafkaJobSource, SourceCtx};
-use super::spec::JobSpec;
-use super::{Binding, Command, JobStatus, Registry};
 use crate::alert::eval::{RuleConfig, RuleEvaluator, Rules};
 use crate::alert::kafka::{KafkaAlertSink, KafkaSeriesWriter};
+use crate::cluster::checkpoint::{ReplayPoint, WorkerCheckpoints};
+use crate::cluster::control::{router, ControlState, JobRules};
+use crate::cluster::source::{KafkaJobSource, SourceCtx};
+use crate::cluster::spec::JobSpec;
+use crate::cluster::{Binding, Command, JobStatus, Registry};
 use crate::config::KafkaConfig;
 use crate::config::Role;
 use crate::job::checkpoint::CheckpointStats;

@@ -1,0 +1,106 @@
+//! `tidemark ingest`: the push endpoints, producing to Kafka; stateless, so several can run
+//! behind a load balancer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::{header, StatusCode};
+use axum::routing::get;
+use axum::Router;
+
+use crate::config::Config;
+use crate::http::{authorize, request_log, shutdown_signal};
+use crate::ingest::http as ingest_http;
+use crate::ops::{render_counters, Metrics, TextWriter};
+
+/// `tidemark ingest`: the push endpoints, producing to Kafka; stateless, so several can run
+/// behind a load balancer. `/-/ready` is 200 while the brokers answer a metadata request for
+/// the topic (within 2 s), 503 with the brokers and the reason otherwise.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let sink = crate::transport::kafka::KafkaSink::new(&cfg.kafka)?;
+    let metrics = Arc::new(Metrics::default());
+    let listen = cfg.server.listen;
+    let kafka = cfg.kafka.clone();
+    let auth = Arc::new(cfg.auth.clone());
+    let state = Arc::new(ingest_http::IngestState {
+        limits: cfg.ingest.clone(),
+        sink: ingest_http::Sink::Kafka(sink),
+        metrics: Arc::clone(&metrics),
+        hot: None,
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        tracing::info!(
+            "listening on http://{}, producing to topic {:?} at {} ({:?}, key {:?})",
+            listener.local_addr()?,
+            kafka.topic,
+            kafka.brokers,
+            kafka.format,
+            kafka.partition_key
+        );
+        let m = Arc::clone(&metrics);
+        let ingest_ready = {
+            let state = Arc::clone(&state);
+            move || {
+                let state = Arc::clone(&state);
+                async move {
+                    let ingest_http::Sink::Kafka(k) = &state.sink else {
+                        return (StatusCode::OK, "Tidemark ingest is Ready.\n".to_string());
+                    };
+                    match k.ready(Duration::from_secs(2)).await {
+                        Ok(n) => (
+                            StatusCode::OK,
+                            format!(
+                                "Tidemark ingest is Ready: topic {:?} has {n} partitions.\n",
+                                k.config().topic
+                            ),
+                        ),
+                        Err(e) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("Tidemark ingest is not ready: {e}\n"),
+                        ),
+                    }
+                }
+            }
+        };
+        let app = Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let m = Arc::clone(&m);
+                    async move {
+                        let mut w = TextWriter(String::with_capacity(2048));
+                        render_counters(&m, &mut w);
+                        (
+                            [(
+                                header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            )],
+                            w.0,
+                        )
+                    }
+                }),
+            )
+            .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
+            .route("/-/ready", get(ingest_ready))
+            .merge(ingest_http::routes(Arc::clone(&state)))
+            .layer(axum::middleware::from_fn_with_state(auth, authorize))
+            .layer(axum::middleware::from_fn(request_log));
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        anyhow::Ok(())
+    })?;
+    if let ingest_http::Sink::Kafka(k) = &state.sink {
+        k.flush(Duration::from_secs(5));
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
