@@ -16,11 +16,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::eval::{AlertEvent, Rules};
+use std::collections::BTreeMap;
+
+use super::eval::{rule_key, AlertEvent, Rules};
 use super::notify::config::{parse_notify_config, LabelMatcher, NotifyConfig, DEFAULT_CONFIG};
 use super::notify::{silences::PostableSilence, Notifier};
+use super::rules::RuleKind;
+use super::template::go_float;
 use crate::ops::TextWriter;
 use crate::time::now_ms;
+use crate::time::rfc3339;
+use tidemark_dataflows::rules::AlertStatus;
 
 /// What the alerting routes share.
 pub struct AlertState {
@@ -399,4 +405,162 @@ pub fn render_metrics(s: &AlertState, w: &mut TextWriter) {
         "Alert events the notifier received.",
         &[("", m.alerts_received.load(Relaxed) as f64)],
     );
+}
+/// The rule evaluator's state as `/api/v1/rules` and `/api/v1/alerts` show it.
+impl Rules {
+    /// `/api/v1/rules` data: `type` is `alert`, `record` or empty; `names` and `groups` filter
+    /// by rule and group name when non-empty.
+    pub fn api_rules(&self, kind: &str, names: &[String], groups: &[String]) -> Value {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for gs in &inner.groups {
+            if !groups.is_empty() && !groups.contains(&gs.group.name) {
+                continue;
+            }
+            let mut rules = Vec::new();
+            for (ri, r) in gs.group.rules.iter().enumerate() {
+                if (kind == "alert" && !r.is_alert()) || (kind == "record" && r.is_alert()) {
+                    continue;
+                }
+                if !names.is_empty() && !names.contains(&r.name) {
+                    continue;
+                }
+                let h = &gs.health[ri];
+                let health = if !h.evaluated {
+                    "unknown"
+                } else if h.last_error.is_empty() {
+                    "ok"
+                } else {
+                    "err"
+                };
+                let labels: BTreeMap<&str, &str> = r
+                    .labels
+                    .iter()
+                    .map(|(k, v, _)| (k.as_str(), v.as_str()))
+                    .collect();
+                let mut j = json!({
+                    "name": r.name,
+                    "query": r.expr_text,
+                    "labels": labels,
+                    "health": health,
+                    "lastError": h.last_error,
+                    "evaluationTime": h.eval_seconds,
+                    "incremental": gs.inc[ri].is_some(),
+                    "lastEvaluation": if h.evaluated { rfc3339(h.last_eval as i64) } else { "0001-01-01T00:00:00Z".into() },
+                });
+                if let RuleKind::Alert {
+                    for_ms,
+                    keep_firing_for_ms,
+                    annotations,
+                } = &r.kind
+                {
+                    let m = inner.machines.get(&rule_key(&gs.group, r));
+                    let alerts: Vec<Value> = m
+                        .map(|m| m.active().map(alert_json).collect())
+                        .unwrap_or_default();
+                    let state = m.map_or("inactive", |m| {
+                        if m.active().any(|a| a.status == AlertStatus::Firing) {
+                            "firing"
+                        } else if m.active().next().is_some() {
+                            "pending"
+                        } else {
+                            "inactive"
+                        }
+                    });
+                    let ann: BTreeMap<&str, &str> = annotations
+                        .iter()
+                        .map(|(k, v, _)| (k.as_str(), v.as_str()))
+                        .collect();
+                    let o = j.as_object_mut().expect("object");
+                    o.insert("type".into(), "alerting".into());
+                    o.insert("state".into(), state.into());
+                    o.insert("duration".into(), json!(*for_ms as f64 / 1000.0));
+                    o.insert(
+                        "keepFiringFor".into(),
+                        json!(*keep_firing_for_ms as f64 / 1000.0),
+                    );
+                    o.insert("annotations".into(), json!(ann));
+                    o.insert("alerts".into(), json!(alerts));
+                } else {
+                    j.as_object_mut()
+                        .expect("object")
+                        .insert("type".into(), "recording".into());
+                }
+                rules.push(j);
+            }
+            if rules.is_empty() && (!names.is_empty() || !kind.is_empty()) {
+                continue;
+            }
+            out.push(json!({
+                "name": gs.group.name,
+                "file": gs.group.file.display().to_string(),
+                "interval": gs.group.interval_ms.unwrap_or(self.cfg.resolution_ms) as f64 / 1000.0,
+                "limit": gs.group.limit,
+                "rules": rules,
+                "evaluationTime": gs.eval_seconds,
+                "lastEvaluation": rfc3339(gs.last_eval as i64),
+            }));
+        }
+        let errors: Vec<String> = inner.load_errors.iter().map(|e| e.to_string()).collect();
+        let mut data = json!({ "groups": out });
+        if !errors.is_empty() {
+            data.as_object_mut()
+                .expect("object")
+                .insert("loadErrors".into(), json!(errors));
+        }
+        data
+    }
+
+    /// `/api/v1/alerts` data: every pending and firing alert.
+    pub fn api_alerts(&self) -> Value {
+        let inner = self.lock();
+        let mut alerts = Vec::new();
+        for gs in &inner.groups {
+            for r in &gs.group.rules {
+                if let Some(m) = inner.machines.get(&rule_key(&gs.group, r)) {
+                    alerts.extend(m.active().map(alert_json));
+                }
+            }
+        }
+        json!({ "alerts": alerts })
+    }
+}
+
+/// Prometheus's alert JSON (`value` as Go's `%e`-style shortest string).
+fn alert_json(a: &tidemark_dataflows::rules::Alert) -> Value {
+    let labels: BTreeMap<&str, &str> = a
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let ann: BTreeMap<&str, &str> = a
+        .annotations
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut j = json!({
+        "labels": labels,
+        "annotations": ann,
+        "state": if a.status == AlertStatus::Firing { "firing" } else { "pending" },
+        "activeAt": rfc3339(a.active_at as i64),
+        "value": go_e_shortest(a.value),
+    });
+    if a.keep_firing_since > 0 {
+        j.as_object_mut().expect("object").insert(
+            "keepFiringSince".into(),
+            rfc3339(a.keep_firing_since as i64).into(),
+        );
+    }
+    j
+}
+
+/// Go's `strconv.FormatFloat(v, 'e', -1, 64)` (`9.5e+01`).
+fn go_e_shortest(v: f64) -> String {
+    if !v.is_finite() {
+        return go_float(v);
+    }
+    let s = format!("{v:e}");
+    let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
+    let e: i32 = e.parse().unwrap_or(0);
+    format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
 }

@@ -20,20 +20,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value as Json};
 
 use tidemark_dataflows::incremental::{Plans, ResultStore};
 use tidemark_dataflows::rules::{Active, AlertMachine, AlertStatus, TickEvaluator, Transition};
 
 use super::rules::{load_rule_files, Group, Rule, RuleError, RuleKind};
-use super::template::{go_float, TemplateData};
+use super::template::TemplateData;
 use crate::ingest::{BatchBuilder, SeriesBuf};
 use crate::model::WriteBatch;
 use crate::model::{is_stale_nan, stale_nan, Labels, Limits, METRIC_NAME};
 use crate::query::engine::{Engine, Value};
 use crate::query::{Series, Storage};
 use crate::store::hot::index::Matcher;
-use crate::time::rfc3339;
 
 /// An alert as the notifier gets it (Alertmanager's alert: labels, annotations, start and end).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,26 +80,26 @@ pub struct RuleConfig {
 }
 
 #[derive(Clone, Debug, Default)]
-struct RuleHealth {
-    last_error: String,
-    last_eval: u64,
-    eval_seconds: f64,
-    evaluated: bool,
+pub(super) struct RuleHealth {
+    pub(super) last_error: String,
+    pub(super) last_eval: u64,
+    pub(super) eval_seconds: f64,
+    pub(super) evaluated: bool,
 }
 
-struct GroupState {
-    group: Group,
-    health: Vec<RuleHealth>,
+pub(super) struct GroupState {
+    pub(super) group: Group,
+    pub(super) health: Vec<RuleHealth>,
     /// Per rule: the output series written at its last tick (to mark vanished ones stale).
-    written: Vec<HashSet<Labels>>,
+    pub(super) written: Vec<HashSet<Labels>>,
     /// Per rule: its incremental plan's id, when the job maintains it incrementally.
-    inc: Vec<Option<u32>>,
-    last_eval: u64,
-    eval_seconds: f64,
+    pub(super) inc: Vec<Option<u32>>,
+    pub(super) last_eval: u64,
+    pub(super) eval_seconds: f64,
 }
 
 /// A rule's identity across reloads: its state moves to an identical rule.
-fn rule_key(g: &Group, r: &Rule) -> String {
+pub(super) fn rule_key(g: &Group, r: &Rule) -> String {
     let labels: Vec<String> = r
         .labels
         .iter()
@@ -128,18 +126,18 @@ struct SavedRule {
     machine: AlertMachine,
 }
 
-struct Inner {
-    groups: Vec<GroupState>,
-    load_errors: Vec<RuleError>,
+pub(super) struct Inner {
+    pub(super) groups: Vec<GroupState>,
+    pub(super) load_errors: Vec<RuleError>,
     /// Alerting rules' states by [`rule_key`].
-    machines: HashMap<String, AlertMachine>,
-    last_tick: Option<u64>,
+    pub(super) machines: HashMap<String, AlertMachine>,
+    pub(super) last_tick: Option<u64>,
     /// Samples recorded by rules and not yet seen in the store, by series.
     overlay: OverlayData,
-    last_saved: Option<Instant>,
-    dirty: bool,
+    pub(super) last_saved: Option<Instant>,
+    pub(super) dirty: bool,
     /// Events the sink did not take; they go first in the next batch.
-    unsent: Vec<AlertEvent>,
+    pub(super) unsent: Vec<AlertEvent>,
     /// The job's incremental plans, once it built them.
     inc: Option<IncState>,
 }
@@ -173,7 +171,7 @@ fn assign_inc(inner: &mut Inner, resolution: u64) {
 
 /// The loaded rules and their state, shared by the job and the HTTP API.
 pub struct Rules {
-    cfg: RuleConfig,
+    pub(super) cfg: RuleConfig,
     inner: Mutex<Inner>,
     /// Evaluation failures and state-file failures, for `/metrics`.
     pub eval_failures: std::sync::atomic::AtomicU64,
@@ -267,7 +265,7 @@ impl Rules {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -662,162 +660,6 @@ impl Rules {
         inner.last_saved = Some(Instant::now());
         Ok(())
     }
-
-    /// `/api/v1/rules` data: `type` is `alert`, `record` or empty; `names` and `groups` filter
-    /// by rule and group name when non-empty.
-    pub fn api_rules(&self, kind: &str, names: &[String], groups: &[String]) -> Json {
-        let inner = self.lock();
-        let mut out = Vec::new();
-        for gs in &inner.groups {
-            if !groups.is_empty() && !groups.contains(&gs.group.name) {
-                continue;
-            }
-            let mut rules = Vec::new();
-            for (ri, r) in gs.group.rules.iter().enumerate() {
-                if (kind == "alert" && !r.is_alert()) || (kind == "record" && r.is_alert()) {
-                    continue;
-                }
-                if !names.is_empty() && !names.contains(&r.name) {
-                    continue;
-                }
-                let h = &gs.health[ri];
-                let health = if !h.evaluated {
-                    "unknown"
-                } else if h.last_error.is_empty() {
-                    "ok"
-                } else {
-                    "err"
-                };
-                let labels: BTreeMap<&str, &str> = r
-                    .labels
-                    .iter()
-                    .map(|(k, v, _)| (k.as_str(), v.as_str()))
-                    .collect();
-                let mut j = json!({
-                    "name": r.name,
-                    "query": r.expr_text,
-                    "labels": labels,
-                    "health": health,
-                    "lastError": h.last_error,
-                    "evaluationTime": h.eval_seconds,
-                    "incremental": gs.inc[ri].is_some(),
-                    "lastEvaluation": if h.evaluated { rfc3339(h.last_eval as i64) } else { "0001-01-01T00:00:00Z".into() },
-                });
-                if let RuleKind::Alert {
-                    for_ms,
-                    keep_firing_for_ms,
-                    annotations,
-                } = &r.kind
-                {
-                    let m = inner.machines.get(&rule_key(&gs.group, r));
-                    let alerts: Vec<Json> = m
-                        .map(|m| m.active().map(alert_json).collect())
-                        .unwrap_or_default();
-                    let state = m.map_or("inactive", |m| {
-                        if m.active().any(|a| a.status == AlertStatus::Firing) {
-                            "firing"
-                        } else if m.active().next().is_some() {
-                            "pending"
-                        } else {
-                            "inactive"
-                        }
-                    });
-                    let ann: BTreeMap<&str, &str> = annotations
-                        .iter()
-                        .map(|(k, v, _)| (k.as_str(), v.as_str()))
-                        .collect();
-                    let o = j.as_object_mut().expect("object");
-                    o.insert("type".into(), "alerting".into());
-                    o.insert("state".into(), state.into());
-                    o.insert("duration".into(), json!(*for_ms as f64 / 1000.0));
-                    o.insert(
-                        "keepFiringFor".into(),
-                        json!(*keep_firing_for_ms as f64 / 1000.0),
-                    );
-                    o.insert("annotations".into(), json!(ann));
-                    o.insert("alerts".into(), json!(alerts));
-                } else {
-                    j.as_object_mut()
-                        .expect("object")
-                        .insert("type".into(), "recording".into());
-                }
-                rules.push(j);
-            }
-            if rules.is_empty() && (!names.is_empty() || !kind.is_empty()) {
-                continue;
-            }
-            out.push(json!({
-                "name": gs.group.name,
-                "file": gs.group.file.display().to_string(),
-                "interval": gs.group.interval_ms.unwrap_or(self.cfg.resolution_ms) as f64 / 1000.0,
-                "limit": gs.group.limit,
-                "rules": rules,
-                "evaluationTime": gs.eval_seconds,
-                "lastEvaluation": rfc3339(gs.last_eval as i64),
-            }));
-        }
-        let errors: Vec<String> = inner.load_errors.iter().map(|e| e.to_string()).collect();
-        let mut data = json!({ "groups": out });
-        if !errors.is_empty() {
-            data.as_object_mut()
-                .expect("object")
-                .insert("loadErrors".into(), json!(errors));
-        }
-        data
-    }
-
-    /// `/api/v1/alerts` data: every pending and firing alert.
-    pub fn api_alerts(&self) -> Json {
-        let inner = self.lock();
-        let mut alerts = Vec::new();
-        for gs in &inner.groups {
-            for r in &gs.group.rules {
-                if let Some(m) = inner.machines.get(&rule_key(&gs.group, r)) {
-                    alerts.extend(m.active().map(alert_json));
-                }
-            }
-        }
-        json!({ "alerts": alerts })
-    }
-}
-
-/// Prometheus's alert JSON (`value` as Go's `%e`-style shortest string).
-fn alert_json(a: &tidemark_dataflows::rules::Alert) -> Json {
-    let labels: BTreeMap<&str, &str> = a
-        .labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let ann: BTreeMap<&str, &str> = a
-        .annotations
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let mut j = json!({
-        "labels": labels,
-        "annotations": ann,
-        "state": if a.status == AlertStatus::Firing { "firing" } else { "pending" },
-        "activeAt": rfc3339(a.active_at as i64),
-        "value": go_e_shortest(a.value),
-    });
-    if a.keep_firing_since > 0 {
-        j.as_object_mut().expect("object").insert(
-            "keepFiringSince".into(),
-            rfc3339(a.keep_firing_since as i64).into(),
-        );
-    }
-    j
-}
-
-/// Go's `strconv.FormatFloat(v, 'e', -1, 64)` (`9.5e+01`).
-fn go_e_shortest(v: f64) -> String {
-    if !v.is_finite() {
-        return go_float(v);
-    }
-    let s = format!("{v:e}");
-    let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
-    let e: i32 = e.parse().unwrap_or(0);
-    format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
 }
 
 fn install(inner: &mut Inner, groups: Vec<Group>) {
