@@ -596,7 +596,7 @@ impl Rules {
         if sent && (inner.dirty || inner.last_saved.is_none_or(|s| s.elapsed().as_secs() >= 10)) {
             if let Err(e) = self.save(inner) {
                 self.eval_failures.fetch_add(1, Relaxed);
-                tracing::warn!("cannot save the alert state: {e}");
+                tracing::warn!("cannot save the alert state: {e}; after a restart, alerts would start over as pending (check that the data dir is writable)");
             }
         }
         events

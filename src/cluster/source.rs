@@ -462,7 +462,7 @@ impl KafkaJobSource {
         if let Some(wal) = &self.wal {
             if let Err(e) = wal.sync() {
                 tracing::warn!(
-                    "job {}: WAL fsync failed, not committing: {e}",
+                    "job {}: WAL fsync failed, not committing offsets until it works: {e} (check the worker data dir's disk)",
                     self.ctx.spec.name
                 );
                 return;

@@ -73,7 +73,7 @@ pub fn restore(
             Ok(f) => hot.with_chunk_files(f),
             Err(e) => {
                 tracing::warn!(
-                    "cannot open {}: {e}; sealed chunks stay in memory",
+                    "cannot open {}: {e}; sealed chunks stay in memory, which grows with the data (check that the data dir is writable)",
                     chunks.display()
                 );
                 hot

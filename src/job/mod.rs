@@ -343,7 +343,7 @@ impl BatchSource for LogSource {
                 Poll::Pending(Duration::from_millis(5))
             }
             Err(e) => {
-                tracing::warn!("log read failed (retrying in 1s): {e}");
+                tracing::warn!("log read failed (retrying in 1s): {e}; the job is stalled until it works (check the data dir's disk)");
                 Poll::Pending(Duration::from_secs(1))
             }
         }
@@ -835,7 +835,7 @@ impl Job {
         if let Some(g) = self.guards.take() {
             for r in g.join() {
                 if let Err(e) = r {
-                    tracing::warn!("worker failed: {e}");
+                    tracing::error!("worker failed: {e}; the job is stopped (restart tidemark up; the log keeps what was acknowledged)");
                 }
             }
         }

@@ -71,7 +71,7 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
                 tick.tick().await;
                 let log = st.log.clone();
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(move || log.sync()).await {
-                    tracing::warn!(component = "log", "log fsync failed: {e}");
+                    tracing::warn!(component = "log", "log fsync failed: {e}; acknowledged pushes may not survive a power loss until it works again (check the data dir's disk: space, I/O errors)");
                 }
             }
         });
@@ -150,7 +150,7 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
                             .saturating_add(lateness)
                             <= sealed
                 }) {
-                    tracing::warn!(component = "log", "log retention failed: {e}");
+                    tracing::warn!(component = "log", "log retention failed: {e}; the log grows until it works (check permissions and free space in the data dir)");
                 }
             })
             .await;

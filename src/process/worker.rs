@@ -264,7 +264,7 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
             Ok(f) => hot.with_chunk_files(f),
             Err(e) => {
                 tracing::warn!(
-                    "cannot open {}: {e}; sealed chunks stay in memory",
+                    "cannot open {}: {e}; sealed chunks stay in memory, which grows with the data (check that the data dir is writable)",
                     chunks.display()
                 );
                 hot
@@ -381,7 +381,7 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
     );
     rt.spawn(async move {
         if let Err(e) = axum::serve(listener, router(control)).await {
-            tracing::warn!("HTTP server failed: {e}");
+            tracing::error!("HTTP server failed: {e}; this process no longer answers queries or the cluster's calls (restart it)");
             std::process::exit(1);
         }
     });

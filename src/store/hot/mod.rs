@@ -633,7 +633,7 @@ impl HotIndex {
                 Ok(f) => Some(f),
                 Err(e) => {
                     tracing::warn!(
-                        "cannot open {}: {e}; rollup blocks stay in memory",
+                        "cannot open {}: {e}; rollup blocks stay in memory, which grows with the data (check that the data dir is writable)",
                         dir.display()
                     );
                     None
