@@ -386,7 +386,7 @@ fn bad_rule_files_routing_and_receivers_get_clear_errors() {
         ),
         1,
     );
-    let log = std::fs::read_to_string(&t.log_path).unwrap();
+    let log = t.log_text();
     assert!(
         log.contains(&format!(
             "{bad}:6: rule \"Typo\": groups[0].rules[0]: unknown field `fore`"

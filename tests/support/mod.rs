@@ -309,6 +309,25 @@ impl Tidemark {
             .unwrap_or_else(|| panic!("no path in {line}"))
     }
 
+    /// The server's log with each logfmt line decoded: its `msg` unescaped, then its other
+    /// fields as `key=value` (lines that are not logfmt as they are), for matching what a line
+    /// says.
+    pub fn log_text(&self) -> String {
+        let raw = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        raw.lines()
+            .map(|l| match tidemark::logging::parse_logfmt(l) {
+                Ok(pairs) => pairs
+                    .into_iter()
+                    .filter(|(k, _)| k != "ts")
+                    .map(|(k, v)| if k == "msg" { v } else { format!("{k}={v}") })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                Err(_) => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Polls `f` until it returns Some, for at most 30 s.
     pub fn eventually<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + Duration::from_secs(30);
