@@ -62,6 +62,7 @@ fn json_lines_and_debug_request_logs() {
     );
     let log = run(&mut t);
     let mut requests = Vec::new();
+    let (mut ready, mut checkpoint) = (false, false);
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
@@ -72,6 +73,14 @@ fn json_lines_and_debug_request_logs() {
             "{line}"
         );
         assert!(v["msg"].is_string(), "{line}");
+        let msg = v["msg"].as_str().unwrap();
+        // The lifecycle lines carry their figures as typed fields too.
+        if msg.starts_with("ready: replayed") {
+            ready = v["records"].is_u64() && v["series"].is_u64() && v["seconds"].is_f64();
+        }
+        if msg.starts_with("checkpoint ") && msg.contains(" written: ") {
+            checkpoint = v["path"].is_string() && v["bytes"].is_u64() && v["series"].is_u64();
+        }
         if v["msg"] == "request" {
             assert_eq!(v["component"], "http");
             assert_eq!(v["level"], "debug");
@@ -82,6 +91,7 @@ fn json_lines_and_debug_request_logs() {
             ));
         }
     }
+    assert!(ready && checkpoint, "{log}");
     assert!(
         requests.contains(&("POST".into(), "/write".into(), 204)),
         "{requests:?}"

@@ -145,6 +145,11 @@ fn restore_into(
         );
     }
     tracing::info!(
+        path = %l.info.path.display(),
+        series = l.info.series,
+        bytes = l.info.bytes,
+        offset = m.offset,
+        seconds = l.info.took.as_secs_f64(),
         "loaded checkpoint {} ({} series, {} bytes, cut at log offset {}) in {:.2}s; replaying the log from offset {}",
         l.info.path.display(),
         l.info.series,
@@ -177,6 +182,11 @@ impl Checkpointer {
         let res = self.run();
         if let Ok(i) = &res {
             tracing::info!(
+                path = %i.path.display(),
+                series = i.series,
+                bytes = i.bytes,
+                offset = i.meta.offset,
+                seconds = i.took.as_secs_f64(),
                 "checkpoint {} written: {} series, {} bytes, cut at log offset {} (cut reached in {:.3}s, written in {:.2}s; the job's sources were held for both)",
                 i.path.display(),
                 i.series,

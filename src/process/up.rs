@@ -32,6 +32,10 @@ fn spawn_background(state: Arc<AppState>, startup_end: u64, started: Instant) {
             if st.progress.caught_up(startup_end) {
                 st.metrics.ready.store(true, Ordering::Release);
                 tracing::info!(
+                    records = startup_end,
+                    series = st.hot.catalog.len() as u64,
+                    samples = st.hot.sample_count(),
+                    seconds = started.elapsed().as_secs_f64(),
                     "ready: replayed {} log records ({} series, {} samples) in {:.2}s",
                     startup_end,
                     st.hot.catalog.len(),
@@ -348,6 +352,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {listen}"))?;
         tracing::info!(
+            address = %listener.local_addr()?,
+            data_dir = %data_dir.display(),
+            workers,
             "listening on http://{} (data dir {}, {} workers, log from offset {} to {})",
             listener.local_addr()?,
             data_dir.display(),
