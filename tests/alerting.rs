@@ -395,7 +395,7 @@ fn bad_rule_files_routing_and_receivers_get_clear_errors() {
     );
     assert!(
         log.contains(&format!(
-            "{tmpl}:4: group \"t\", rule \"T\": annotations.s: template:"
+            "{tmpl}:6: group \"t\", rule \"T\": annotations.s: template:"
         )),
         "{log}"
     );
@@ -423,7 +423,7 @@ fn bad_rule_files_routing_and_receivers_get_clear_errors() {
     assert_eq!(status, 500, "{text}");
     assert!(
         text.contains(&format!(
-            "{good}:4: group \"hosts\", rule \"X\": expr: could not parse"
+            "{good}:5: group \"hosts\", rule \"X\": expr: could not parse"
         )),
         "{text}"
     );

@@ -50,12 +50,12 @@ fn rule_files_pass_and_fail_as_promtool_says_with_file_and_line() {
         (
             "bad_expr.yml",
             "      - record: ok\n        expr: up\n      - alert: Broken\n        expr: sum(rate(x[5m])\n",
-            Some(6),
+            Some(7),
         ),
         (
             "bad_for.yml",
             "      - alert: Slow\n        expr: up == 0\n        for: soon\n",
-            Some(4),
+            Some(6),
         ),
         ("no_expr.yml", "      - alert: Empty\n", Some(4)),
         (
@@ -66,7 +66,7 @@ fn rule_files_pass_and_fail_as_promtool_says_with_file_and_line() {
         (
             "bad_template.yml",
             "      - alert: T\n        expr: up\n        annotations:\n          summary: \"{{ $labels.instance \"\n",
-            Some(4),
+            Some(7),
         ),
         (
             "bad_record_name.yml",
@@ -159,7 +159,7 @@ fn config_and_job_files_name_the_line_and_key() {
     let cfg = write(d.path(), "rules.toml", "[rules]\nfiles = [\"bad.yml\"]\n");
     let (ok, out) = tidemark(&["check", "config", cfg.to_str().unwrap()]);
     assert!(!ok);
-    assert!(out.contains("bad.yml:4: "), "{out}");
+    assert!(out.contains("bad.yml:5: "), "{out}");
 
     let cfg = write(d.path(), "good.toml", "[checkpoint]\ninterval = \"1m\"\n");
     let (ok, out) = tidemark(&["check", "config", cfg.to_str().unwrap()]);

@@ -221,7 +221,7 @@ fn cluster_rules_reach_the_webhook_through_kafka_and_notify_commits_after_delive
     let (ok, out) = c.cli(&["submit", spec_path.to_str().unwrap()]);
     assert!(!ok, "{out}");
     assert!(
-        out.contains("bad-rules.yml:4: group \"g\", rule \"X\": expr"),
+        out.contains("bad-rules.yml:5: group \"g\", rule \"X\": expr"),
         "{out}"
     );
     std::fs::write(&spec_path, spec(&rules)).unwrap();

@@ -221,6 +221,63 @@ fn parse_labels(
     out
 }
 
+/// The line of the field a rule error names (`expr: ...`, `for ...`, `annotations.summary:
+/// ...`, `labels.severity: ...`) inside the rule whose `alert:`/`record:` key is on
+/// `rule_line`; the rule's line when the error names no field or the field is not found.
+fn field_line(text: &str, rule_line: usize, err: &str) -> usize {
+    if rule_line == 0 {
+        return 0;
+    }
+    let head = err.split([':', ' ']).next().unwrap_or("");
+    let (field, key) = match head.split_once('.') {
+        Some((f, k)) => (f, Some(k)),
+        None => (head, None),
+    };
+    if !matches!(
+        field,
+        "expr" | "for" | "keep_firing_for" | "labels" | "annotations"
+    ) {
+        return rule_line;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let key_of = |l: &str| {
+        let t = l.trim_start().trim_start_matches("- ").trim_start();
+        t.split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches(['"', '\''])
+            .to_string()
+    };
+    // The rule's list item: from its `- ` line back from `rule_line` to the next item.
+    let mut start = rule_line - 1;
+    while start > 0 && !lines[start].trim_start().starts_with("- ") {
+        start -= 1;
+    }
+    let item_indent = indent(lines[start]);
+    let mut end = start + 1;
+    while end < lines.len() && (lines[end].trim().is_empty() || indent(lines[end]) > item_indent) {
+        end += 1;
+    }
+    let field_at = (start..end).find(|&i| key_of(lines[i]) == field);
+    let Some(f) = field_at else {
+        return rule_line;
+    };
+    let Some(k) = key else {
+        return f + 1;
+    };
+    // `annotations: {summary: ...}` on one line, or one key per line below it.
+    if lines[f].contains('{') {
+        return f + 1;
+    }
+    let field_indent = indent(lines[f]);
+    ((f + 1)..end)
+        .take_while(|&i| lines[i].trim().is_empty() || indent(lines[i]) > field_indent)
+        .find(|&i| key_of(lines[i]) == k)
+        .map_or(f + 1, |i| i + 1)
+}
+
 /// Parses one rule file's text; `path` is only used in errors. Returns the valid groups and
 /// every problem (a group with a bad rule is left out whole, so its rules do not run half).
 pub fn parse_rule_file(path: &Path, text: &str) -> (Vec<Group>, Vec<RuleError>) {
@@ -417,7 +474,8 @@ pub fn parse_rule_file(path: &Path, text: &str) -> (Vec<Group>, Vec<RuleError>) 
             if !errs.is_empty() {
                 bad = true;
                 for e in errs {
-                    errors.push(mk(line, gname, (!name.is_empty()).then_some(&name), e));
+                    let at = field_line(text, line, &e);
+                    errors.push(mk(at, gname, (!name.is_empty()).then_some(&name), e));
                 }
                 continue;
             }
@@ -478,6 +536,20 @@ pub fn load_rule_files(paths: &[PathBuf]) -> (Vec<Group>, Vec<RuleError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_point_at_the_field_they_name() {
+        let text = "groups:\n- name: a\n  rules:\n  - alert: A\n    expr: up\n    for: 1m\n    labels:\n      severity: page\n    annotations:\n      summary: x\n      description: y\n  - expr: up\n    alert: B\n";
+        assert_eq!(field_line(text, 4, "expr: could not parse"), 5);
+        assert_eq!(field_line(text, 4, "for: bad duration"), 6);
+        assert_eq!(field_line(text, 4, "labels.severity: bad"), 8);
+        assert_eq!(field_line(text, 4, "annotations.description: template"), 11);
+        assert_eq!(field_line(text, 4, "annotations.missing: template"), 9);
+        assert_eq!(field_line(text, 4, "only one of 'record' and 'alert'"), 4);
+        // A rule whose `alert:` is not its first key: its `expr:` is above it.
+        assert_eq!(field_line(text, 13, "expr: could not parse"), 12);
+        assert_eq!(field_line(text, 0, "expr: x"), 0);
+    }
 
     fn parse(text: &str) -> (Vec<Group>, Vec<String>) {
         let (g, e) = parse_rule_file(Path::new("r.yml"), text);
@@ -542,7 +614,8 @@ mod tests {
             e[0].contains("rule \"X\"") && e[0].contains("unknown field `fore`"),
             "{e:?}"
         );
-        // Semantic errors: every one reported, with its rule's line; the other group loads.
+        // Semantic errors: every one reported, with its field's line (else its rule's); the
+        // other group loads.
         let (g, e) = parse(
             "groups:\n- name: a\n  rules:\n  - alert: Bad\n    expr: up ==\n  - record: bad-name\n    expr: up\n  - alert: T\n    expr: up\n    annotations: {s: '{{ $labels.x '}\n- name: b\n  rules:\n  - record: ok\n    expr: up\n",
         );
@@ -550,7 +623,7 @@ mod tests {
         assert_eq!(g[0].name, "b");
         assert_eq!(e.len(), 3, "{e:?}");
         assert!(
-            e[0].starts_with("r.yml:4: group \"a\", rule \"Bad\": expr: could not parse"),
+            e[0].starts_with("r.yml:5: group \"a\", rule \"Bad\": expr: could not parse"),
             "{e:?}"
         );
         assert!(
@@ -560,7 +633,7 @@ mod tests {
             "{e:?}"
         );
         assert!(
-            e[2].starts_with("r.yml:8: group \"a\", rule \"T\": annotations.s: template:"),
+            e[2].starts_with("r.yml:10: group \"a\", rule \"T\": annotations.s: template:"),
             "{e:?}"
         );
         // Recording rules take no `for`; durations must parse; groups are unique.
