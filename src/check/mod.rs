@@ -284,7 +284,7 @@ mod tests {
         assert!(r.text.contains("g/Hi: engine"), "{}", r.text);
         assert!(
             r.text.contains(&format!(
-                "{}:4: group \"g\", rule \"Broken\"",
+                "{}:5: group \"g\", rule \"Broken\"",
                 bad.display()
             )),
             "{}",
