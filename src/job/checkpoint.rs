@@ -68,17 +68,10 @@ pub fn restore(
     // Opened once up front, so that an error is reported rather than met inside the loader.
     drop(files()?);
     let new_index = || {
-        let hot = HotIndex::new(retention_ms).with_minute_rollup_retention(minute_rollup_ms);
-        match files() {
-            Ok(f) => hot.with_chunk_files(f),
-            Err(e) => {
-                tracing::warn!(
-                    "cannot open {}: {e}; sealed chunks stay in memory, which grows with the data (check that the data dir is writable)",
-                    chunks.display()
-                );
-                hot
-            }
-        }
+        crate::store::hot::with_chunk_files_or_memory(
+            HotIndex::new(retention_ms).with_minute_rollup_retention(minute_rollup_ms),
+            &chunks,
+        )
     };
     let restored = restore_into(data_dir, log, stats, new_index);
     {

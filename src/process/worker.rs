@@ -259,17 +259,7 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
             .with_context(|| format!("opening the chunk directory {}", chunks.display()))?,
     );
     let fresh = || {
-        let hot = HotIndex::new(opts.hot_retention_ms);
-        match crate::store::hot::chunkfile::ChunkFiles::open(&chunks) {
-            Ok(f) => hot.with_chunk_files(f),
-            Err(e) => {
-                tracing::warn!(
-                    "cannot open {}: {e}; sealed chunks stay in memory, which grows with the data (check that the data dir is writable)",
-                    chunks.display()
-                );
-                hot
-            }
-        }
+        crate::store::hot::with_chunk_files_or_memory(HotIndex::new(opts.hot_retention_ms), &chunks)
     };
     let url = |h: &Host| format!("http://{}", h.http);
     let peer_urls: Vec<String> = opts

@@ -1398,6 +1398,21 @@ impl HotSink for HotIndex {
     }
 }
 
+/// `hot` with the chunk files in `dir`; when they cannot be opened, `hot` as it is (sealed
+/// chunks stay in memory), with a warning that says so and what to check.
+pub fn with_chunk_files_or_memory(hot: HotIndex, dir: &std::path::Path) -> HotIndex {
+    match chunkfile::ChunkFiles::open(dir) {
+        Ok(f) => hot.with_chunk_files(f),
+        Err(e) => {
+            tracing::warn!(
+                "cannot open {}: {e}; sealed chunks stay in memory, which grows with the data (check that the data dir is writable)",
+                dir.display()
+            );
+            hot
+        }
+    }
+}
+
 /// Bytes of resident memory by component (`tidemark_memory_bytes{component}`): the hot
 /// index's parts (walked), the operators' state (kept by the operators,
 /// [`tidemark_dataflows::memory`]), and `other`: the process's resident set minus all of
