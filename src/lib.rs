@@ -4,6 +4,7 @@ pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod import;
 pub mod ingest;
 pub mod job;
 pub mod jsonschema;

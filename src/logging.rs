@@ -415,6 +415,20 @@ pub fn parse_logfmt(line: &str) -> Result<Vec<(String, String)>, String> {
     }
 }
 
+/// A progress bar on stderr (done/total, rate, ETA), drawn only when stderr is a terminal:
+/// `indicatif` hides it otherwise, so logs and pipes get no `\r` lines.
+pub fn progress_bar(unit: &str) -> indicatif::ProgressBar {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "[{{bar:30}}] {{human_pos}}/{{human_len}} {unit}, {{per_sec}}, ETA {{eta}}"
+    ))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("#>-");
+    bar.set_style(style);
+    bar
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -226,6 +226,50 @@ enum Cmd {
         #[arg(long, default_value_t = 3600)]
         timeout_secs: u64,
     },
+    /// Bring existing data over into a running `tidemark up`: from a Prometheus server's
+    /// remote-read API, an OpenMetrics or Prometheus text file with timestamps, or an
+    /// `influx_inspect export`. Recent samples are pushed (the job rolls them up as live
+    /// data); older ones, beyond the hot retention, are written straight to the cold tiers
+    /// with their 1-minute and 1-hour rollups. Resumable: a second run skips what is done.
+    Import {
+        /// A Prometheus server's base URL (remote read, `/api/v1/read`).
+        #[arg(long, conflicts_with = "from_file")]
+        from_prometheus: Option<String>,
+        /// Series selector(s) for --from-prometheus (repeatable), e.g. '{job=~".+"}'.
+        #[arg(long = "match")]
+        matches: Vec<String>,
+        /// Start of the range for --from-prometheus (RFC 3339 or Unix seconds).
+        #[arg(long)]
+        start: Option<String>,
+        /// End of the range for --from-prometheus (RFC 3339 or Unix seconds; default now).
+        #[arg(long)]
+        end: Option<String>,
+        /// A file: OpenMetrics (as `promtool tsdb create-blocks-from openmetrics` takes), the
+        /// Prometheus text format with millisecond timestamps, or an `influx_inspect export`.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        /// The file's format: openmetrics | prometheus | influx (default: detected).
+        #[arg(long)]
+        format: Option<String>,
+        /// Timestamp precision of an Influx export: ns | us | ms | s.
+        #[arg(long, default_value = "ns")]
+        precision: String,
+        /// The target `tidemark up`.
+        #[arg(long, default_value = "http://127.0.0.1:9470")]
+        url: String,
+        /// A token with the write role, when the target has [auth] tokens.
+        #[arg(long)]
+        token: Option<String>,
+        /// The cold tiers' URL (default: the one the target reports).
+        #[arg(long)]
+        cold_url: Option<String>,
+        /// The resume state file.
+        #[arg(long, default_value = "tidemark-import.state.json")]
+        state: PathBuf,
+        /// Samples per remote-write request.
+        #[arg(long, default_value_t = 20_000)]
+        batch: usize,
+    },
     /// Run Prometheus `.test` scripts and print `N passed, N failed` per file and overall.
     Promqltest {
         /// Script files.
@@ -418,6 +462,70 @@ fn main() -> anyhow::Result<()> {
                 )?,
             };
             print!("{out}");
+            Ok(())
+        }
+        Cmd::Import {
+            from_prometheus,
+            matches,
+            start,
+            end,
+            from_file,
+            format,
+            precision,
+            url,
+            token,
+            cold_url,
+            state,
+            batch,
+        } => {
+            use tidemark::import::{self, source::FileFormat, From};
+            let precision = tidemark::ingest::influx::Precision::parse(&precision)
+                .with_context(|| format!("--precision {precision:?}: use ns, us, ms or s"))?;
+            let time = |flag: &str, v: &str| {
+                tidemark::query::api::parse_time(v).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{flag} {v:?}: {e}; use RFC 3339 (2026-11-22T10:00:00Z) or Unix seconds"
+                    )
+                })
+            };
+            let from = match (from_prometheus, from_file) {
+                (Some(url), None) => From::Prometheus {
+                    url,
+                    matches,
+                    start: time(
+                        "--start",
+                        start
+                            .as_deref()
+                            .context("--from-prometheus needs --start")?,
+                    )?,
+                    end: match end {
+                        Some(e) => time("--end", &e)?,
+                        None => tidemark::time::now_ms(),
+                    },
+                },
+                (None, Some(path)) => From::File {
+                    format: match format {
+                        Some(f) => Some(FileFormat::parse(&f, precision).with_context(|| {
+                            format!("--format {f:?}: use openmetrics, prometheus or influx")
+                        })?),
+                        None => None,
+                    },
+                    path,
+                    precision,
+                },
+                _ => anyhow::bail!("give one source: --from-prometheus URL or --from-file FILE"),
+            };
+            let opts = import::Options {
+                from,
+                url,
+                token,
+                cold_url,
+                state,
+                batch,
+                progress: true,
+            };
+            let summary = import::run(&opts)?;
+            print!("{}", summary.text());
             Ok(())
         }
         Cmd::Promqltest { files, verbose } => {

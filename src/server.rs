@@ -61,6 +61,7 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
         .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
         .route("/-/ready", get(ready))
         .route("/api/v1/replay", get(replay_status).post(replay))
+        .route("/api/v1/status/tsdb", get(tsdb_status))
         .route("/", get(index))
         .with_state(Arc::clone(&state))
         .merge(crate::alert::api::routes(Arc::clone(&state.alerting)))
@@ -71,6 +72,60 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
             authorize,
         ))
         .layer(axum::middleware::from_fn(request_log))
+}
+
+/// `GET /api/v1/status/tsdb`: Prometheus's shape (`headStats`, the ten metric names with the
+/// most series), plus a `tidemark` object with what `tidemark import` needs to split its data
+/// between the hot index and the cold tiers: the hot retention, the oldest time ingest
+/// accepts now, the cold tiers' URL and their retentions.
+async fn tsdb_status(State(s): State<Arc<AppState>>) -> Response {
+    let hot = &s.hot;
+    let mut by_metric: Vec<(String, usize)> = hot
+        .catalog
+        .label_values(crate::model::METRIC_NAME)
+        .into_iter()
+        .map(|m| {
+            let n = hot.catalog.series_of_metric(&m);
+            (m, n)
+        })
+        .collect();
+    by_metric.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    by_metric.truncate(10);
+    let newest = hot.newest();
+    let c = &s.cfg.cold;
+    let body = serde_json::json!({
+        "status": "success",
+        "data": {
+            "headStats": {
+                "numSeries": hot.catalog.len(),
+                "chunkCount": 0,
+                "minTime": newest.map_or(0, |_| hot.min_valid_ts()),
+                "maxTime": newest.unwrap_or(0),
+            },
+            "seriesCountByMetricName": by_metric
+                .iter()
+                .map(|(m, n)| serde_json::json!({"name": m, "value": n}))
+                .collect::<Vec<_>>(),
+            "labelValueCountByLabelName": [],
+            "memoryInBytesByLabelName": [],
+            "seriesCountByLabelValuePair": [],
+            "tidemark": {
+                "newest": newest,
+                "hotRetentionMs": hot.retention_ms(),
+                "acceptsFrom": newest.map(|_| hot.min_valid_ts()),
+                "allowedLatenessMs": s.cfg.job.allowed_lateness.0,
+                "coldUrl": s.env.cold.as_ref().map(|c| c.url.clone()),
+                "rawRetentionMs": c.raw_retention.0,
+                "minuteRetentionMs": c.minute_retention.0,
+                "hourRetentionMs": c.hour_retention.0,
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn ready(State(s): State<Arc<AppState>>) -> Response {

@@ -220,7 +220,7 @@ fn follow(
     mut step: impl FnMut() -> Result<(i64, i64, bool), ClientError>,
 ) -> Result<(), ClientError> {
     let t0 = Instant::now();
-    let bar = progress_bar(unit);
+    let bar = crate::logging::progress_bar(unit);
     loop {
         let (done, total, finished) = step()?;
         bar.set_length(total.max(0) as u64);
@@ -242,20 +242,6 @@ fn follow(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// A progress bar on stderr (done/total, rate, ETA), drawn only when stderr is a terminal:
-/// `indicatif` hides it otherwise, so logs and pipes get no `\r` lines.
-pub fn progress_bar(unit: &str) -> indicatif::ProgressBar {
-    let bar =
-        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-    let style = indicatif::ProgressStyle::with_template(&format!(
-        "[{{bar:30}}] {{human_pos}}/{{human_len}} {unit}, {{per_sec}}, ETA {{eta}}"
-    ))
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-    .progress_chars("#>-");
-    bar.set_style(style);
-    bar
 }
 
 /// `tidemark replay --from-offset N | --from-time T` against `tidemark up`: restarts its job

@@ -44,6 +44,16 @@ impl Precision {
 
 /// Parses a whole body into `out`; `now_ms` stamps lines without a timestamp.
 pub fn parse(body: &[u8], precision: Precision, now_ms: i64, out: &mut BatchBuilder<'_>) {
+    parse_body(body, precision, Some(now_ms), out)
+}
+
+/// Parses a whole body into `out`, rejecting lines without a timestamp (an import has no
+/// "now" to give them).
+pub fn parse_timestamped(body: &[u8], precision: Precision, out: &mut BatchBuilder<'_>) {
+    parse_body(body, precision, None, out)
+}
+
+fn parse_body(body: &[u8], precision: Precision, now_ms: Option<i64>, out: &mut BatchBuilder<'_>) {
     // Names are sanitized here, so the builder need not validate them again.
     let mut buf = SeriesBuf {
         names_prevalidated: true,
@@ -157,7 +167,7 @@ fn sanitize(s: Cow<'_, str>, metric: bool) -> Cow<'_, str> {
 fn parse_line<'a>(
     line: &'a str,
     precision: Precision,
-    now_ms: i64,
+    now_ms: Option<i64>,
     lineno: usize,
     buf: &mut SeriesBuf<'a>,
     fields: &mut Vec<Field>,
@@ -247,7 +257,9 @@ fn parse_line<'a>(
             })?;
             precision.to_ms(raw)
         }
-        _ => now_ms,
+        _ => now_ms.ok_or(
+            "line without a timestamp: an import needs one on every line (influx_inspect export writes them)",
+        )?,
     };
     // One sample per field.
     let mut first_err = None;

@@ -1,12 +1,37 @@
 //! Prometheus text exposition format: `name{label="value",...} value [timestamp_ms]`.
 //! `# HELP` / `# TYPE` comment lines are skipped; lines without a timestamp get `now_ms`.
+//! [`parse_with`] also reads OpenMetrics text (timestamps in seconds, exemplars after ` # `),
+//! the format `promtool tsdb create-blocks-from openmetrics` takes, for `tidemark import`.
 
 use std::borrow::Cow;
 
 use super::{parse_f64, parse_i64, text_lines, trim, BatchBuilder, SeriesBuf};
 
+/// How a text body's timestamps are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextOptions {
+    /// OpenMetrics: timestamps are seconds (with a fraction), and an exemplar may follow the
+    /// sample after ` # `. Otherwise: the Prometheus text format, integer milliseconds.
+    pub openmetrics: bool,
+    /// A line without a timestamp is an error (an import has no "now" to give it).
+    pub require_timestamp: bool,
+}
+
+impl TextOptions {
+    /// The Prometheus text format as pushed: milliseconds, `now` when missing.
+    pub const PUSH: TextOptions = TextOptions {
+        openmetrics: false,
+        require_timestamp: false,
+    };
+}
+
 /// Parses a whole body into `out`.
 pub fn parse(body: &[u8], now_ms: i64, out: &mut BatchBuilder<'_>) {
+    parse_with(body, now_ms, TextOptions::PUSH, out)
+}
+
+/// Parses a whole body into `out`, with timestamps read as `opts` says.
+pub fn parse_with(body: &[u8], now_ms: i64, opts: TextOptions, out: &mut BatchBuilder<'_>) {
     let mut buf = SeriesBuf::default();
     out.reserve(body.len() / 96);
     for (n, line) in text_lines(body) {
@@ -17,7 +42,7 @@ pub fn parse(body: &[u8], now_ms: i64, out: &mut BatchBuilder<'_>) {
                 continue;
             }
         };
-        match parse_line(line, now_ms, &mut buf) {
+        match parse_line(line, now_ms, opts, &mut buf) {
             Ok((ts, v)) => out.add(&mut buf, ts, v, n),
             Err(reason) => out.error(n, reason),
         }
@@ -27,6 +52,7 @@ pub fn parse(body: &[u8], now_ms: i64, out: &mut BatchBuilder<'_>) {
 fn parse_line<'a>(
     line: &'a str,
     now_ms: i64,
+    opts: TextOptions,
     buf: &mut SeriesBuf<'a>,
 ) -> Result<(i64, f64), String> {
     buf.clear();
@@ -99,7 +125,13 @@ fn parse_line<'a>(
             pos = p + 1;
         }
     }
-    let rest = trim(&b[pos..]);
+    let mut rest = trim(&b[pos..]);
+    if opts.openmetrics {
+        // `value [timestamp] # {exemplar labels} value [timestamp]`: the exemplar is dropped.
+        if let Some(h) = rest.windows(2).position(|w| w == b" #") {
+            rest = trim(&rest[..h]);
+        }
+    }
     let (val, ts) = match rest.iter().position(|&c| c == b' ' || c == b'\t') {
         Some(sp) => (&rest[..sp], Some(trim(&rest[sp..]))),
         None => (rest, None),
@@ -110,12 +142,27 @@ fn parse_line<'a>(
     let v = parse_f64(val)
         .ok_or_else(|| format!("invalid sample value {:?}", String::from_utf8_lossy(val)))?;
     let ts = match ts {
+        Some(t) if !t.is_empty() && opts.openmetrics => parse_f64(t)
+            .filter(|s| s.is_finite())
+            .map(|s| (s * 1000.0).round() as i64)
+            .ok_or_else(|| {
+                format!(
+                    "invalid timestamp {:?}: OpenMetrics timestamps are seconds since the epoch (such as 1764547200.5)",
+                    String::from_utf8_lossy(t)
+                )
+            })?,
         Some(t) if !t.is_empty() => parse_i64(t).ok_or_else(|| {
             format!(
                 "invalid timestamp {:?}: expected integer milliseconds",
                 String::from_utf8_lossy(t)
             )
         })?,
+        _ if opts.require_timestamp => {
+            return Err(
+                "sample without a timestamp: an import needs one on every sample (add it after the value)"
+                    .into(),
+            )
+        }
         _ => now_ms,
     };
     Ok((ts, v))
@@ -140,6 +187,35 @@ mod tests {
         assert!(batch.samples[2].value.is_nan());
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].line, 5);
+    }
+
+    #[test]
+    fn parses_openmetrics_with_seconds_and_exemplars() {
+        let body = "# TYPE a counter\na_total{x=\"1\"} 3 1764547200.25 # {trace_id=\"t\"} 1 1764547200\nb 1\nc 2 12x\n# EOF\n";
+        let limits = Limits::default();
+        let mut b = BatchBuilder::new(&limits);
+        let opts = TextOptions {
+            openmetrics: true,
+            require_timestamp: true,
+        };
+        parse_with(body.as_bytes(), 7, opts, &mut b);
+        let (batch, errs, _) = b.finish();
+        assert_eq!(batch.samples.len(), 1);
+        assert_eq!(batch.samples[0].ts, 1_764_547_200_250);
+        assert_eq!(batch.samples[0].value, 3.0);
+        assert_eq!(errs.len(), 2);
+        assert_eq!(errs[0].line, 3);
+        assert!(
+            errs[0].reason.contains("without a timestamp"),
+            "{}",
+            errs[0].reason
+        );
+        assert_eq!(errs[1].line, 4);
+        assert!(
+            errs[1].reason.contains("seconds since the epoch"),
+            "{}",
+            errs[1].reason
+        );
     }
 
     #[test]
