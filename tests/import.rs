@@ -218,12 +218,18 @@ fn assert_same_answers(prom: &Prometheus, tm: &str, first_sample: i64, end: i64)
         );
         for (k, w) in &want {
             let g = &got[k];
-            assert_eq!(w.len(), g.len(), "{q} {k}: points differ");
+            if w.len() != g.len() {
+                let wt: Vec<f64> = w.iter().map(|p| p.0).collect();
+                let gt: Vec<f64> = g.iter().map(|p| p.0).collect();
+                let only_w: Vec<&f64> = wt.iter().filter(|t| !gt.contains(t)).collect();
+                let only_g: Vec<&f64> = gt.iter().filter(|t| !wt.contains(t)).collect();
+                panic!("{tm}: {q} {k}: points differ: only Prometheus {only_w:?}, only Tidemark {only_g:?}");
+            }
             for (a, b) in w.iter().zip(g) {
                 assert_eq!(a.0, b.0, "{q} {k}: times differ");
                 assert!(
                     (a.1 - b.1).abs() <= 1e-9 * a.1.abs().max(1.0),
-                    "{q} {k} at {}: Prometheus {} Tidemark {}",
+                    "{tm}: {q} {k} at {}: Prometheus {} Tidemark {}",
                     a.0,
                     a.1,
                     b.1
@@ -311,6 +317,41 @@ fn import_from_prometheus_remote_read_and_from_its_file_answers_as_prometheus() 
     );
     wait_applied(&tm2, samples, end + 60_000);
     assert_same_answers(&prom, &tm2.url, first_sample, end);
+
+    // (c) Remote read into a target whose hot retention (10 minutes) ends after the data:
+    // every hour goes straight to the cold tiers, and the empty hot index leaves every query
+    // to them; the answers are still Prometheus's.
+    let cd = d.path().join("to-cold");
+    std::fs::create_dir_all(&cd).unwrap();
+    let tm3 = Tidemark::start(
+        &cd,
+        "[hot]\nretention = \"10m\"\nminute_rollup_retention = \"5m\"\n",
+        1,
+    );
+    let later = format!("{}", now_ms() / 1000 + 3600);
+    let cstate = cd.join("import.state.json");
+    let out = import(&[
+        "--from-prometheus",
+        prom.url.as_str(),
+        "--match",
+        "{job=~\".+\"}",
+        "--start",
+        &start_arg,
+        "--end",
+        &later,
+        "--url",
+        tm3.url.as_str(),
+        "--state",
+        cstate.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains(&format!("imported {samples} samples"))
+            && out.contains(": 0 pushed to the hot index")
+            && out.contains(&format!("{samples} written to the cold tiers")),
+        "{out}"
+    );
+    wait_applied(&tm3, samples, end + 60_000);
+    assert_same_answers(&prom, &tm3.url, first_sample, end);
 }
 
 /// Ten hours of 6 gauges every minute ending two days ago: the value of series `i` at minute

@@ -165,7 +165,7 @@ impl Summary {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         let total = self.pushed + self.cold_samples;
         s.push_str(&format!(
-            "imported {total} samples in {secs:.1}s ({:.0} samples/s): {} pushed to the hot index in {} requests (from {}), {} written to the cold tiers ({} files, {} bytes: {} raw rows, {} 1-minute and {} 1-hour rollups)\n",
+            "imported {total} samples in {secs:.1}s ({:.0} samples/s): {} pushed to the hot index in {} requests (the samples from {} on), {} written to the cold tiers ({} files, {} bytes: {} raw rows, {} 1-minute and {} 1-hour rollups)\n",
             total as f64 / secs,
             self.pushed,
             self.requests,

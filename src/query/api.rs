@@ -178,7 +178,7 @@ async fn run_query(
             let hot: &HotIndex = &state.hot;
             match &state.cold {
                 Some(cold) => {
-                    let tiered = Tiered::new(hot, hot.min_valid_ts(), cold);
+                    let tiered = Tiered::new(hot, hot.complete_from(), cold);
                     let v = Engine::new(&tiered, start, end, step)
                         .and_then(|e| e.query(&query, range))?;
                     match tiered.error() {
@@ -459,8 +459,11 @@ pub async fn rollups(State(s): State<Arc<QueryState>>, RawQuery(q): RawQuery) ->
     };
     let found = tokio::task::spawn_blocking(move || -> Result<Vec<Json>, String> {
         let hot_from = match res {
-            Resolution::OneMinute => s.hot.minute_rollups_from(),
-            Resolution::OneHour => s.hot.min_valid_ts(),
+            Resolution::OneMinute => s
+                .hot
+                .newest()
+                .map_or(i64::MAX, |_| s.hot.minute_rollups_from()),
+            Resolution::OneHour => s.hot.complete_from(),
         };
         // By series: labels and rows by window start.
         let mut by_series: BTreeMap<u64, (Labels, BTreeMap<i64, Rollup>)> = BTreeMap::new();

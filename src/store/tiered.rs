@@ -114,7 +114,11 @@ pub fn plan(
                     lo,
                     hi: cur,
                 });
-                if t != Tier::Raw {
+                // Rollups precede samples once raw data has ended below (retention); a
+                // rollup segment above where the raw tier's data ends (a day partition of the
+                // 1 h tier reaching past the newest hour, with nothing in the hot index) does
+                // not stop the raw tier from answering below it.
+                if t != Tier::Raw && better == i64::MIN {
                     raw_allowed = false;
                 }
                 if lo < start {
@@ -300,6 +304,34 @@ mod tests {
         assert_eq!(
             plan(5 * D, 6 * D, 4 * D, Tier::Raw, &cov),
             vec![seg(None, 5 * D, 6 * D)]
+        );
+    }
+
+    #[test]
+    fn an_empty_hot_index_leaves_everything_to_the_cold_tiers() {
+        // `HotIndex::complete_from` without samples: data imported straight into the tiers.
+        let cov = |_| Some((0, 100 * D));
+        assert_eq!(
+            plan(5 * D, 6 * D, i64::MAX, Tier::Raw, &cov),
+            vec![seg(Some(Tier::Raw), 5 * D, 6 * D)]
+        );
+    }
+
+    #[test]
+    fn raw_answers_below_a_rollup_partition_that_reaches_past_its_data() {
+        // Nothing hot; raw hours up to 10 h, the 1 h tier's day partition to 24 h: a query
+        // to 12 h reads windows past 10 h from the 1 h tier and raw samples below.
+        let cov = |t| match t {
+            Tier::Raw => Some((0, 10 * H)),
+            Tier::Minute => Some((0, 10 * H)),
+            Tier::Hour => Some((0, D)),
+        };
+        assert_eq!(
+            plan(2 * H, 12 * H, i64::MAX, Tier::Raw, &cov),
+            vec![
+                seg(Some(Tier::Hour), 10 * H, 12 * H),
+                seg(Some(Tier::Raw), 2 * H, 10 * H)
+            ]
         );
     }
 

@@ -915,6 +915,15 @@ impl HotIndex {
             .map_or(i64::MIN, |n| n.saturating_sub(self.retention_ms))
     }
 
+    /// The time from which queries read this index rather than the cold tiers: the retention
+    /// window from the newest sample. An index without samples holds nothing, so everything
+    /// comes from the cold tiers (`i64::MAX`): data imported straight into them before any
+    /// push, or a restart without checkpoints, still answers.
+    pub fn complete_from(&self) -> i64 {
+        self.newest()
+            .map_or(i64::MAX, |n| n.saturating_sub(self.retention_ms))
+    }
+
     /// The oldest timestamp the job's appends keep: the retention window, or the cold
     /// writers' pin on raw samples when that is older (a sample ingest accepted may fall
     /// behind the window, moved by later pushes, before the job applies it).
