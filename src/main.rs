@@ -266,8 +266,9 @@ enum Cmd {
         /// The resume state file.
         #[arg(long, default_value = "tidemark-import.state.json")]
         state: PathBuf,
-        /// Samples per remote-write request.
-        #[arg(long, default_value_t = 20_000)]
+        /// Samples per remote-write request (each a log record: larger requests carry each
+        /// series' labels once for more samples).
+        #[arg(long, default_value_t = 250_000)]
         batch: usize,
     },
     /// Run Prometheus `.test` scripts and print `N passed, N failed` per file and overall.
