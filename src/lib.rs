@@ -2,6 +2,7 @@
 pub mod alert;
 pub mod check;
 pub mod cluster;
+pub mod collect;
 pub mod config;
 pub mod http;
 pub mod import;

@@ -1,0 +1,12 @@
+//! Collection (DESIGN.md sections 1, 2 and 9): pull scraping with service discovery, sharded
+//! across a collector pool.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`config`] | the scrape file (Prometheus's `scrape_configs` subset, Tidemark's etcd SD) |
+//! | [`relabel`] | `relabel_configs` and `metric_relabel_configs` as Prometheus applies them |
+//!
+//! Issue 21 builds the rest on these: the scrape loop, service discovery, the hash ring.
+
+pub mod config;
+pub mod relabel;
