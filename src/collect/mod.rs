@@ -5,8 +5,10 @@
 //! |---|---|
 //! | [`config`] | the scrape file (Prometheus's `scrape_configs` subset, Tidemark's etcd SD) |
 //! | [`relabel`] | `relabel_configs` and `metric_relabel_configs` as Prometheus applies them |
+//! | [`scrape`] | targets from discovered groups; one scrape as samples, staleness and report series |
 //!
 //! Issue 21 builds the rest on these: the scrape loop, service discovery, the hash ring.
 
 pub mod config;
 pub mod relabel;
+pub mod scrape;

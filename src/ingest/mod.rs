@@ -85,6 +85,18 @@ impl<'a> SeriesBuf<'a> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The labels, the metric name included, sorted by name and without empty values; an
+    /// error names a label given twice.
+    pub fn sorted_pairs(&mut self) -> Result<Vec<(String, String)>, String> {
+        if let Some(dup) = self.sort() {
+            return Err(format!("duplicate label name {dup:?}"));
+        }
+        Ok(self
+            .pairs()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
+
     /// Sorts the labels by name; returns a duplicated name, if any.
     fn sort(&mut self) -> Option<String> {
         if !self.labels.windows(2).all(|w| short_less(&w[0].0, &w[1].0)) {

@@ -49,7 +49,8 @@ pub fn parse_with(body: &[u8], now_ms: i64, opts: TextOptions, out: &mut BatchBu
     }
 }
 
-fn parse_line<'a>(
+/// Parses one line into `buf`; returns its time (`now_ms` when it has none) and value.
+pub fn parse_line<'a>(
     line: &'a str,
     now_ms: i64,
     opts: TextOptions,
@@ -125,7 +126,37 @@ fn parse_line<'a>(
             pos = p + 1;
         }
     }
-    let mut rest = trim(&b[pos..]);
+    let (ts, v) = parse_value_ts(&b[pos..], opts)?;
+    Ok((ts.unwrap_or(now_ms), v))
+}
+
+/// Where the series part of a text-format line ends (after `}` or the metric name), quotes in
+/// label values taken into account; `None` when the line has no value after it.
+pub fn series_end(line: &[u8]) -> Option<usize> {
+    let name_end = line
+        .iter()
+        .position(|&c| c == b'{' || c == b' ' || c == b'\t')?;
+    if line[name_end] != b'{' {
+        return Some(name_end);
+    }
+    let mut i = name_end + 1;
+    let mut quoted = false;
+    while i < line.len() {
+        match line[i] {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            b'}' if !quoted => return Some(i + 1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The value and optional timestamp after a line's series part (`opts` says the timestamp's
+/// unit; an OpenMetrics exemplar after ` #` is dropped).
+pub fn parse_value_ts(rest: &[u8], opts: TextOptions) -> Result<(Option<i64>, f64), String> {
+    let mut rest = trim(rest);
     if opts.openmetrics {
         // `value [timestamp] # {exemplar labels} value [timestamp]`: the exemplar is dropped.
         if let Some(h) = rest.windows(2).position(|w| w == b" #") {
@@ -142,28 +173,30 @@ fn parse_line<'a>(
     let v = parse_f64(val)
         .ok_or_else(|| format!("invalid sample value {:?}", String::from_utf8_lossy(val)))?;
     let ts = match ts {
-        Some(t) if !t.is_empty() && opts.openmetrics => parse_f64(t)
-            .filter(|s| s.is_finite())
-            .map(|s| (s * 1000.0).round() as i64)
-            .ok_or_else(|| {
-                format!(
-                    "invalid timestamp {:?}: OpenMetrics timestamps are seconds since the epoch (such as 1764547200.5)",
-                    String::from_utf8_lossy(t)
-                )
-            })?,
-        Some(t) if !t.is_empty() => parse_i64(t).ok_or_else(|| {
+        Some(t) if !t.is_empty() && opts.openmetrics => Some(
+            parse_f64(t)
+                .filter(|s| s.is_finite())
+                .map(|s| (s * 1000.0).round() as i64)
+                .ok_or_else(|| {
+                    format!(
+                        "invalid timestamp {:?}: OpenMetrics timestamps are seconds since the epoch (such as 1764547200.5)",
+                        String::from_utf8_lossy(t)
+                    )
+                })?,
+        ),
+        Some(t) if !t.is_empty() => Some(parse_i64(t).ok_or_else(|| {
             format!(
                 "invalid timestamp {:?}: expected integer milliseconds",
                 String::from_utf8_lossy(t)
             )
-        })?,
+        })?),
         _ if opts.require_timestamp => {
             return Err(
                 "sample without a timestamp: an import needs one on every sample (add it after the value)"
                     .into(),
             )
         }
-        _ => now_ms,
+        _ => None,
     };
     Ok((ts, v))
 }
