@@ -56,6 +56,12 @@
 //! config = ""                 # Alertmanager-style routing YAML (route, receivers,
 //!                             # inhibit_rules); "" = keep alerts, send nowhere
 //!
+//! [scrape]
+//! config = ""                 # a Prometheus scrape file (scrape_configs: static, file, HTTP
+//!                             # and etcd discovery, relabeling, limits); "" = none
+//! self_scrape = true          # scrape this process's own /metrics as job "tidemark"
+//! self_interval = "15s"
+//!
 //! [auth]
 //! tokens = []                 # [{ token = "...", role = "read" | "write" | "admin" }];
 //!                             # none: everything open (loopback only)
@@ -99,6 +105,29 @@ pub struct Config {
     pub rules: RulesConfig,
     pub alerting: AlertingConfig,
     pub auth: AuthConfig,
+    pub scrape: ScrapeSection,
+}
+
+/// `[scrape]`: pull collection.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScrapeSection {
+    /// A Prometheus scrape file (`global`, `scrape_configs`); empty: no file.
+    pub config: Option<PathBuf>,
+    /// Scrape this process's own `/metrics` as job `tidemark` (unless the file has a job of
+    /// that name).
+    pub self_scrape: bool,
+    pub self_interval: Millis,
+}
+
+impl Default for ScrapeSection {
+    fn default() -> Self {
+        ScrapeSection {
+            config: None,
+            self_scrape: true,
+            self_interval: Millis(15_000),
+        }
+    }
 }
 
 /// `[alerting]`: where notifications go.

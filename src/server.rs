@@ -42,6 +42,8 @@ pub struct AppState {
     /// Periodic checkpoints (`None`: `[checkpoint] interval = "0s"`), and their counters.
     pub checkpoints: Option<Arc<Checkpointer>>,
     pub checkpoint_stats: Arc<CheckpointStats>,
+    /// The scrape manager (started once the server listens).
+    pub collector: std::sync::OnceLock<Arc<crate::collect::manager::Collector>>,
 }
 
 /// The router of `tidemark up`: the push routes and the query side.
@@ -62,6 +64,7 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
         .route("/-/ready", get(ready))
         .route("/api/v1/replay", get(replay_status).post(replay))
         .route("/api/v1/status/tsdb", get(tsdb_status))
+        .route("/api/v1/targets", get(targets))
         .route("/", get(index))
         .with_state(Arc::clone(&state))
         .merge(crate::alert::api::routes(Arc::clone(&state.alerting)))
@@ -72,6 +75,23 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
             authorize,
         ))
         .layer(axum::middleware::from_fn(request_log))
+}
+
+/// `GET /api/v1/targets?state=active|dropped|any`: the scrape targets in Prometheus's shape.
+async fn targets(
+    State(s): State<Arc<AppState>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let which = q.get("state").map_or("any", String::as_str);
+    let data = match s.collector.get() {
+        Some(c) => c.targets_json(which),
+        None => serde_json::json!({"activeTargets": [], "droppedTargets": []}),
+    };
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({"status": "success", "data": data}).to_string(),
+    )
+        .into_response()
 }
 
 /// `GET /api/v1/status/tsdb`: Prometheus's shape (`headStats`, the ten metric names with the

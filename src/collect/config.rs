@@ -365,6 +365,37 @@ impl ScrapeConfig {
     }
 }
 
+/// The scrape configuration of `tidemark up`: the `[scrape] config` file, plus the job
+/// `tidemark` scraping this process's own `/metrics` at `listen` (with `token` when the
+/// server has tokens) when `self_scrape` is on and the file has no job of that name.
+pub fn for_up(
+    section: &crate::config::ScrapeSection,
+    listen: std::net::SocketAddr,
+    token: Option<&str>,
+) -> Result<ScrapeConfig, Vec<ScrapeConfigError>> {
+    let mut cfg = match &section.config {
+        Some(p) if !p.as_os_str().is_empty() => ScrapeConfig::load(p)?,
+        _ => ScrapeConfig::default(),
+    };
+    if section.self_scrape && !cfg.jobs.iter().any(|j| j.name == "tidemark") {
+        let host = if listen.ip().is_unspecified() {
+            std::net::SocketAddr::new([127, 0, 0, 1].into(), listen.port())
+        } else {
+            listen
+        };
+        let auth = token
+            .map(|t| format!("    authorization:\n      credentials: {t:?}\n"))
+            .unwrap_or_default();
+        let text = format!(
+            "scrape_configs:\n  - job_name: tidemark\n    scrape_interval: {}ms\n    static_configs:\n      - targets: ['{host}']\n{auth}",
+            section.self_interval.0.max(1000)
+        );
+        let own = ScrapeConfig::parse(Path::new("(self-scrape)"), &text)?;
+        cfg.jobs.extend(own.jobs);
+    }
+    Ok(cfg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

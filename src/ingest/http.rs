@@ -84,17 +84,7 @@ pub fn validate(
     } else {
         body
     };
-    let mut b = BatchBuilder::new(limits);
-    if let Some(hot) = &state.hot {
-        let min_ts = hot.min_valid_ts();
-        let reason = format!(
-            "is older than the hot retention window: the newest sample is at {} ms and hot.retention is {} h, so samples before {} ms are rejected; raise [hot] retention in tidemark.toml to accept older data",
-            hot.newest().unwrap_or(0),
-            hot.retention_ms() as f64 / 3_600_000.0,
-            min_ts
-        );
-        b = b.with_min_ts(min_ts, reason);
-    }
+    let mut b = state.builder();
     let now = now_ms();
     match format {
         Format::Influx(p, _) => influx::parse(body, p, now, &mut b),
@@ -103,38 +93,79 @@ pub fn validate(
             remote_write::parse(body, limits.max_body_bytes, &mut b).map_err(ingest_error)?
         }
     }
-    if let Some(hot) = &state.hot {
-        let per_metric = limits.max_series_per_metric;
-        let ids = b.series_ids();
-        let unknown: std::collections::HashSet<crate::model::SeriesId> = hot
-            .catalog
-            .unknown(&ids)
-            .into_iter()
-            .map(|i| ids[i])
-            .collect();
-        b.retain_series(|id, canon| {
-            if !unknown.contains(&id) {
-                return Ok(());
-            }
-            let labels = super::decode_canonical(canon);
-            let metric = labels.get(METRIC_NAME).unwrap_or_default();
-            if hot.catalog.series_of_metric(metric) >= per_metric {
-                return Err(LimitError::TooManySeries {
-                    metric: metric.to_string(),
-                    limit: per_metric,
-                });
-            }
-            hot.catalog.register(id, labels);
-            Ok(())
-        });
+    Ok(state.admit(b))
+}
+
+impl IngestState {
+    /// A batch builder with this process's limits that rejects samples older than the hot
+    /// retention window (naming it and the key that raises it).
+    pub fn builder(&self) -> BatchBuilder<'_> {
+        let mut b = BatchBuilder::new(&self.limits);
+        if let Some(hot) = &self.hot {
+            let min_ts = hot.min_valid_ts();
+            let reason = format!(
+                "is older than the hot retention window: the newest sample is at {} ms and hot.retention is {} h, so samples before {} ms are rejected; raise [hot] retention in tidemark.toml to accept older data",
+                hot.newest().unwrap_or(0),
+                hot.retention_ms() as f64 / 3_600_000.0,
+                min_ts
+            );
+            b = b.with_min_ts(min_ts, reason);
+        }
+        b
     }
-    state.metrics.add_rejected(&b.rejected);
-    let (batch, errors, rejected) = b.finish();
-    Ok(Validated {
-        batch,
-        errors: describe_errors(&errors, rejected),
-        rejected,
-    })
+
+    /// The store's checks on a parsed batch (new series registered in the catalog, the
+    /// per-metric series limit), counted; the batch to commit and what was rejected.
+    pub fn admit(&self, mut b: BatchBuilder<'_>) -> Validated {
+        let limits = &self.limits;
+        if let Some(hot) = &self.hot {
+            let per_metric = limits.max_series_per_metric;
+            let ids = b.series_ids();
+            let unknown: std::collections::HashSet<crate::model::SeriesId> = hot
+                .catalog
+                .unknown(&ids)
+                .into_iter()
+                .map(|i| ids[i])
+                .collect();
+            b.retain_series(|id, canon| {
+                if !unknown.contains(&id) {
+                    return Ok(());
+                }
+                let labels = super::decode_canonical(canon);
+                let metric = labels.get(METRIC_NAME).unwrap_or_default();
+                if hot.catalog.series_of_metric(metric) >= per_metric {
+                    return Err(LimitError::TooManySeries {
+                        metric: metric.to_string(),
+                        limit: per_metric,
+                    });
+                }
+                hot.catalog.register(id, labels);
+                Ok(())
+            });
+        }
+        self.metrics.add_rejected(&b.rejected);
+        let (batch, errors, rejected) = b.finish();
+        Validated {
+            batch,
+            errors: describe_errors(&errors, rejected),
+            rejected,
+        }
+    }
+
+    /// Makes `batch` durable in the sink, then counts it and moves the hot retention window;
+    /// returns the samples stored.
+    pub async fn store(&self, batch: WriteBatch) -> Result<usize, SinkUnavailable> {
+        let accepted = batch.samples.len();
+        let newest = batch.time_range().map(|r| r.1);
+        self.sink.commit(batch).await?;
+        if let (Some(hot), Some(t)) = (&self.hot, newest) {
+            hot.observe_newest(t);
+        }
+        self.metrics
+            .samples_ingested
+            .fetch_add(accepted as u64, Ordering::Relaxed);
+        Ok(accepted)
+    }
 }
 
 fn ingest_error(e: IngestError) -> Response {
@@ -198,24 +229,18 @@ async fn handle(
                 .into_response()
         }
     };
-    let accepted = v.batch.samples.len();
-    let newest = v.batch.time_range().map(|r| r.1);
-    if let Err(e) = state.sink.commit(v.batch).await {
-        state.metrics.sink_failures.fetch_add(1, Ordering::Relaxed);
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            format!("not stored, retry: {e}"),
-        )
-            .into_response();
-    }
-    if let (Some(hot), Some(t)) = (&state.hot, newest) {
-        hot.observe_newest(t);
-    }
-    state
-        .metrics
-        .samples_ingested
-        .fetch_add(accepted as u64, Ordering::Relaxed);
+    let accepted = match state.store(v.batch).await {
+        Ok(n) => n,
+        Err(e) => {
+            state.metrics.sink_failures.fetch_add(1, Ordering::Relaxed);
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                format!("not stored, retry: {e}"),
+            )
+                .into_response();
+        }
+    };
     if v.rejected == 0 {
         return StatusCode::NO_CONTENT.into_response();
     }

@@ -261,6 +261,19 @@ fn start_alerting(cfg: &Config, data_dir: &std::path::Path) -> anyhow::Result<Ar
 
 /// Runs `tidemark up` until SIGTERM or Ctrl-C.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
+    // The scrape file is checked before anything starts (a bad file stops the start).
+    let self_token = cfg.auth.tokens.iter().map(|t| t.token.clone()).next();
+    let scrape_cfg =
+        crate::collect::config::for_up(&cfg.scrape, cfg.server.listen, self_token.as_deref())
+            .map_err(|errs| {
+                anyhow::anyhow!(
+                    "scrape.config: {}",
+                    errs.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            })?;
     let started = Instant::now();
     let data_dir = cfg.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
@@ -342,6 +355,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         alerting,
         checkpoints,
         checkpoint_stats,
+        collector: std::sync::OnceLock::new(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -363,8 +377,14 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             startup_end
         );
         spawn_background(Arc::clone(&state), startup_end, started);
+        let _ = state
+            .collector
+            .set(crate::collect::manager::Collector::start(
+                scrape_cfg,
+                Arc::clone(&ingest),
+            ));
         tokio::spawn(Arc::clone(&state.alerting.notifier).run());
-        axum::serve(listener, router(Arc::clone(&state), ingest))
+        axum::serve(listener, router(Arc::clone(&state), Arc::clone(&ingest)))
             .with_graceful_shutdown(shutdown_signal())
             .await?;
         anyhow::Ok(())

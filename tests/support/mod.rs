@@ -95,6 +95,13 @@ impl Tidemark {
         args: &[&str],
     ) -> Tidemark {
         let cfg_path = dir.join("tidemark.toml");
+        // The tests own what is in the log: the self-scrape (on by default) is off unless a
+        // test configures `[scrape]` itself.
+        let config = if config.contains("[scrape]") {
+            config.to_string()
+        } else {
+            format!("{config}\n[scrape]\nself_scrape = false\n")
+        };
         std::fs::write(&cfg_path, config).unwrap();
         let mut t = Tidemark {
             child: None,

@@ -1,0 +1,553 @@
+//! The scrape manager: discovers each job's target groups (static, file SD, HTTP SD), turns
+//! them into targets, runs one scrape loop per target at a stable offset in its interval, and
+//! sends every scrape through the same path as a push ([`IngestState`]: the hot retention
+//! check, the catalog, the sink). Targets appear and disappear without a restart; a target
+//! that goes away gets staleness markers. Its state is what `/api/v1/targets` shows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::config::{ScrapeConfig, ScrapeJob};
+use super::scrape::{self, Body, Cache, Pairs, Target, TargetGroup};
+use crate::ingest::http::IngestState;
+use crate::time::now_ms;
+
+/// How often file SD files are read again (changes show within this).
+const FILE_SD_POLL: Duration = Duration::from_secs(2);
+/// Prometheus's default HTTP SD refresh.
+const HTTP_SD_DEFAULT_MS: i64 = 60_000;
+/// Largest scrape body accepted.
+const MAX_BODY: u64 = 256 << 20;
+
+/// A target's state for the API.
+#[derive(Clone, Debug)]
+pub struct TargetState {
+    pub target: Target,
+    pub health: &'static str,
+    pub last_error: String,
+    pub last_scrape: i64,
+    pub last_duration_s: f64,
+    pub last_samples: u64,
+}
+
+struct Running {
+    stop: Arc<AtomicBool>,
+    state: Arc<Mutex<TargetState>>,
+}
+
+/// Discovered groups by job and source (a file, an URL, `static`).
+type Groups = BTreeMap<String, BTreeMap<String, Vec<TargetGroup>>>;
+
+/// The collector of one process.
+pub struct Collector {
+    jobs: Vec<ScrapeJob>,
+    ingest: Arc<IngestState>,
+    agent: ureq::Agent,
+    groups: Mutex<Groups>,
+    running: Mutex<HashMap<u64, Running>>,
+    dropped: Mutex<BTreeMap<String, Vec<Pairs>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Collector {
+    /// Starts discovery and scraping on the current tokio runtime.
+    pub fn start(cfg: ScrapeConfig, ingest: Arc<IngestState>) -> Arc<Collector> {
+        let c = Arc::new(Collector {
+            jobs: cfg.jobs,
+            ingest,
+            agent: ureq::Agent::new_with_config(
+                ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .user_agent(format!("Tidemark/{}", env!("CARGO_PKG_VERSION")))
+                    .build(),
+            ),
+            groups: Mutex::new(BTreeMap::new()),
+            running: Mutex::new(HashMap::new()),
+            dropped: Mutex::new(BTreeMap::new()),
+            stop: Arc::new(AtomicBool::new(false)),
+        });
+        for job in &c.jobs {
+            let groups = job.static_configs.iter().map(|s| TargetGroup {
+                targets: s.targets.clone(),
+                labels: s.labels.clone(),
+            });
+            c.set_groups(&job.name, "static", groups.collect());
+            for (i, sd) in job.file_sd_configs.iter().enumerate() {
+                let (c2, name, files) = (Arc::clone(&c), job.name.clone(), sd.files.clone());
+                tokio::spawn(async move { c2.file_sd(name, i, files).await });
+            }
+            for sd in &job.http_sd_configs {
+                let (c2, name, url) = (Arc::clone(&c), job.name.clone(), sd.url.clone());
+                let every = sd.refresh_interval.map_or(HTTP_SD_DEFAULT_MS, |d| d.0);
+                tokio::spawn(async move { c2.http_sd(name, url, every).await });
+            }
+        }
+        let c2 = Arc::clone(&c);
+        tokio::spawn(async move {
+            while !c2.stop.load(Ordering::Acquire) {
+                c2.sync();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        c
+    }
+
+    /// Stops every loop (each writes its targets' staleness markers first).
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        for r in self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            r.stop.store(true, Ordering::Release);
+        }
+    }
+
+    fn set_groups(&self, job: &str, source: &str, groups: Vec<TargetGroup>) {
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(job.to_string())
+            .or_default()
+            .insert(source.to_string(), groups);
+    }
+
+    /// Starts loops for new targets and stops those of targets gone.
+    fn sync(self: &Arc<Self>) {
+        let groups = self
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut want: HashMap<u64, (Target, usize)> = HashMap::new();
+        let mut dropped = BTreeMap::new();
+        for (ji, job) in self.jobs.iter().enumerate() {
+            let all: Vec<TargetGroup> = groups
+                .get(&job.name)
+                .map(|g| g.values().flatten().cloned().collect())
+                .unwrap_or_default();
+            let (mut active, gone) = scrape::targets_of(job, &all);
+            if job.target_limit > 0 && active.len() as u64 > job.target_limit {
+                tracing::warn!(target: "tidemark::collect", job = job.name.as_str(), targets = active.len(), limit = job.target_limit, "target_limit exceeded: no target of this job is scraped until it is within the limit (target_limit in the scrape file)");
+                active.clear();
+            }
+            dropped.insert(job.name.clone(), gone);
+            for t in active {
+                want.insert(t.key, (t, ji));
+            }
+        }
+        *self.dropped.lock().unwrap_or_else(|e| e.into_inner()) = dropped;
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|k, r| {
+            let keep = want.contains_key(k);
+            if !keep {
+                r.stop.store(true, Ordering::Release);
+            }
+            keep
+        });
+        for (k, (t, ji)) in want {
+            if running.contains_key(&k) {
+                continue;
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let state = Arc::new(Mutex::new(TargetState {
+                target: t.clone(),
+                health: "unknown",
+                last_error: String::new(),
+                last_scrape: 0,
+                last_duration_s: 0.0,
+                last_samples: 0,
+            }));
+            let (c, s, st) = (Arc::clone(self), Arc::clone(&stop), Arc::clone(&state));
+            tokio::spawn(async move { c.scrape_loop(ji, t, s, st).await });
+            running.insert(k, Running { stop, state });
+        }
+    }
+
+    async fn scrape_loop(
+        self: Arc<Self>,
+        job: usize,
+        target: Target,
+        stop: Arc<AtomicBool>,
+        state: Arc<Mutex<TargetState>>,
+    ) {
+        let mut cache = Cache::default();
+        let interval = target.interval_ms.max(1);
+        loop {
+            // The next time in the interval at this target's offset.
+            let now = now_ms();
+            let mut next = now - now.rem_euclid(interval) + target.offset_ms();
+            if next < now {
+                next += interval;
+            }
+            while now_ms() < next {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let left = (next - now_ms()).clamp(1, 200) as u64;
+                tokio::time::sleep(Duration::from_millis(left)).await;
+            }
+            let limits = &self.ingest.limits;
+            if stop.load(Ordering::Acquire) {
+                let mut b = crate::ingest::BatchBuilder::new(limits);
+                scrape::target_gone(&target, now_ms(), &mut cache, &mut b);
+                let v = self.ingest.admit(b);
+                let _ = self.ingest.store(v.batch).await;
+                return;
+            }
+            let ts = now_ms();
+            let started = Instant::now();
+            let (agent, url, timeout) = (
+                self.agent.clone(),
+                target.scrape_url.clone(),
+                target.timeout_ms,
+            );
+            let auth = auth_header(&self.jobs[job]);
+            let fetched = tokio::task::spawn_blocking(move || fetch(&agent, &url, timeout, auth))
+                .await
+                .unwrap_or_else(|e| Err(format!("scrape task failed: {e}")));
+            let duration = started.elapsed().as_secs_f64();
+            let mut b = self.ingest.builder();
+            let rep = scrape::scrape_samples(
+                &self.jobs[job],
+                &target,
+                fetched
+                    .as_ref()
+                    .map(|(bytes, om)| Body {
+                        bytes,
+                        openmetrics: *om,
+                    })
+                    .map_err(Clone::clone),
+                ts,
+                duration,
+                &mut cache,
+                &mut b,
+            );
+            let v = self.ingest.admit(b);
+            if let Err(e) = self.ingest.store(v.batch).await {
+                tracing::warn!(target: "tidemark::collect", url = target.scrape_url.as_str(), "scraped samples not stored (the sink refused them; the next scrape tries again): {e}");
+            }
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            s.health = if rep.up { "up" } else { "down" };
+            s.last_error = rep.error.unwrap_or_default();
+            s.last_scrape = ts;
+            s.last_duration_s = duration;
+            s.last_samples = rep.post_relabel;
+        }
+    }
+
+    /// File SD: the files matching `patterns` (a `*` glob in the file name), read every
+    /// [`FILE_SD_POLL`]; a file that cannot be read or parsed keeps its previous groups.
+    async fn file_sd(self: Arc<Self>, job: String, index: usize, patterns: Vec<String>) {
+        let mut last: BTreeMap<PathBuf, (std::time::SystemTime, Vec<TargetGroup>)> =
+            BTreeMap::new();
+        while !self.stop.load(Ordering::Acquire) {
+            let mut now: BTreeMap<PathBuf, (std::time::SystemTime, Vec<TargetGroup>)> =
+                BTreeMap::new();
+            for p in patterns.iter().flat_map(|p| glob(p)) {
+                let Ok(mtime) = std::fs::metadata(&p).and_then(|m| m.modified()) else {
+                    continue;
+                };
+                if let Some((t, g)) = last.get(&p).filter(|(t, _)| *t == mtime) {
+                    now.insert(p, (*t, g.clone()));
+                    continue;
+                }
+                match read_groups(&p) {
+                    Ok(mut g) => {
+                        for grp in &mut g {
+                            grp.labels
+                                .insert("__meta_filepath".into(), p.display().to_string());
+                        }
+                        now.insert(p, (mtime, g));
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "tidemark::collect", job = job.as_str(), file = %p.display(), "file SD: {e}; keeping its previous targets");
+                        if let Some(prev) = last.get(&p) {
+                            now.insert(p, prev.clone());
+                        }
+                    }
+                }
+            }
+            let groups: Vec<TargetGroup> = now.values().flat_map(|(_, g)| g.clone()).collect();
+            self.set_groups(&job, &format!("file/{index}"), groups);
+            last = now;
+            tokio::time::sleep(FILE_SD_POLL).await;
+        }
+    }
+
+    /// HTTP SD: Prometheus's JSON list of groups from `url`, every `every_ms`; a failed
+    /// refresh keeps the previous groups.
+    async fn http_sd(self: Arc<Self>, job: String, url: String, every_ms: i64) {
+        while !self.stop.load(Ordering::Acquire) {
+            let (agent, u) = (self.agent.clone(), url.clone());
+            let got = tokio::task::spawn_blocking(move || -> Result<Vec<TargetGroup>, String> {
+                let mut r = agent
+                    .get(&u)
+                    .config()
+                    .timeout_global(Some(Duration::from_secs(30)))
+                    .build()
+                    .call()
+                    .map_err(|e| e.to_string())?;
+                if r.status() != 200 {
+                    return Err(format!("HTTP {}", r.status().as_u16()));
+                }
+                let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+                serde_json::from_str(&body)
+                    .map_err(|e| format!("not a JSON list of target groups: {e}"))
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match got {
+                Ok(mut g) => {
+                    for grp in &mut g {
+                        grp.labels.insert("__meta_url".into(), url.clone());
+                    }
+                    self.set_groups(&job, &format!("http/{url}"), g);
+                }
+                Err(e) => {
+                    tracing::warn!(target: "tidemark::collect", job = job.as_str(), url = url.as_str(), "HTTP SD: {e}; keeping the previous targets")
+                }
+            }
+            let until = Instant::now() + Duration::from_millis(every_ms.max(1000) as u64);
+            while Instant::now() < until && !self.stop.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// `/api/v1/targets` (`state=active|dropped|any`), in Prometheus's shape.
+    pub fn targets_json(&self, which: &str) -> Value {
+        let mut active: Vec<TargetState> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|r| r.state.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect();
+        active.sort_by(|a, b| {
+            (a.target.job.as_str(), a.target.scrape_url.as_str())
+                .cmp(&(b.target.job.as_str(), b.target.scrape_url.as_str()))
+        });
+        let obj = |l: &Pairs| -> Value {
+            Value::Object(l.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+        };
+        let secs = |ms: i64| {
+            if ms % 1000 == 0 {
+                format!("{}s", ms / 1000)
+            } else {
+                format!("{ms}ms")
+            }
+        };
+        let active_json: Vec<Value> = active
+            .iter()
+            .map(|s| {
+                json!({
+                    "discoveredLabels": obj(&s.target.discovered),
+                    "labels": obj(&s.target.labels),
+                    "scrapePool": s.target.job,
+                    "scrapeUrl": s.target.scrape_url,
+                    "globalUrl": s.target.scrape_url,
+                    "lastError": s.last_error,
+                    "lastScrape": if s.last_scrape > 0 { crate::time::rfc3339_ms(s.last_scrape) } else { "0001-01-01T00:00:00Z".into() },
+                    "lastScrapeDuration": s.last_duration_s,
+                    "lastSamples": s.last_samples,
+                    "health": s.health,
+                    "scrapeInterval": secs(s.target.interval_ms),
+                    "scrapeTimeout": secs(s.target.timeout_ms),
+                })
+            })
+            .collect();
+        let dropped: Vec<Value> = self
+            .dropped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flatten()
+            .map(|l| json!({"discoveredLabels": obj(l)}))
+            .collect();
+        match which {
+            "active" => json!({"activeTargets": active_json, "droppedTargets": []}),
+            "dropped" => json!({"activeTargets": [], "droppedTargets": dropped}),
+            _ => json!({"activeTargets": active_json, "droppedTargets": dropped}),
+        }
+    }
+}
+
+/// The `Authorization` header a job's scrapes send, if any.
+fn auth_header(job: &ScrapeJob) -> Option<String> {
+    use base64_lite::encode;
+    if let Some(b) = &job.basic_auth {
+        let pw = match (&b.password, &b.password_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            _ => String::new(),
+        };
+        return Some(format!(
+            "Basic {}",
+            encode(format!("{}:{pw}", b.username).as_bytes())
+        ));
+    }
+    let a = job.authorization.as_ref()?;
+    let cred = match (&a.credentials, &a.credentials_file) {
+        (Some(c), _) => c.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        _ => String::new(),
+    };
+    Some(format!("{} {cred}", a.kind.as_deref().unwrap_or("Bearer")))
+}
+
+/// Standard base64 (for basic auth), without another dependency.
+mod base64_lite {
+    pub fn encode(b: &[u8]) -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+        for c in b.chunks(3) {
+            let n = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
+            for i in 0..4 {
+                if i <= c.len() {
+                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Prometheus's `Accept` header: OpenMetrics preferred, then the text format.
+const ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+
+/// GETs a target (gzip is negotiated and decoded by the client); the body and whether it is
+/// OpenMetrics. Errors are worded as Prometheus words them.
+fn fetch(
+    agent: &ureq::Agent,
+    url: &str,
+    timeout_ms: i64,
+    auth: Option<String>,
+) -> Result<(Vec<u8>, bool), String> {
+    let mut req = agent
+        .get(url)
+        .header("Accept", ACCEPT)
+        .header(
+            "X-Prometheus-Scrape-Timeout-Seconds",
+            format!("{}", timeout_ms as f64 / 1000.0),
+        )
+        .config()
+        .timeout_global(Some(Duration::from_millis(timeout_ms.max(1) as u64)))
+        .build();
+    if let Some(a) = auth {
+        req = req.header("Authorization", a);
+    }
+    let mut r = req.call().map_err(|e| match e {
+        ureq::Error::Timeout(_) => "context deadline exceeded".to_string(),
+        e => e.to_string(),
+    })?;
+    let status = r.status();
+    if status != 200 {
+        return Err(format!(
+            "server returned HTTP status {} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        ));
+    }
+    let om = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/openmetrics-text"));
+    let body = r
+        .body_mut()
+        .with_config()
+        .limit(MAX_BODY)
+        .read_to_vec()
+        .map_err(|e| match e {
+            ureq::Error::Timeout(_) => "context deadline exceeded".to_string(),
+            e => format!("reading the body: {e}"),
+        })?;
+    Ok((body, om))
+}
+
+/// Paths matching `pattern` (`*` and `?` in the file name only, as Prometheus's file SD).
+fn glob(pattern: &str) -> Vec<PathBuf> {
+    let p = Path::new(pattern);
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if !name.contains(['*', '?']) {
+        return vec![p.to_path_buf()];
+    }
+    let dir = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let re = regex::Regex::new(&format!(
+        "^{}$",
+        regex::escape(name).replace("\\*", ".*").replace("\\?", ".")
+    ));
+    let Ok(re) = re else { return Vec::new() };
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| re.is_match(n))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A file SD file: JSON (`.json`) or YAML, a list of target groups.
+fn read_groups(p: &Path) -> Result<Vec<TargetGroup>, String> {
+    let text = std::fs::read_to_string(p).map_err(|e| e.to_string())?;
+    let json = p.extension().is_some_and(|e| e == "json");
+    if json {
+        serde_json::from_str(&text).map_err(|e| format!("line {}: {e}", e.line()))
+    } else {
+        yaml_serde::from_str(&text).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_as_rfc4648() {
+        assert_eq!(base64_lite::encode(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(base64_lite::encode(b"a"), "YQ==");
+        assert_eq!(base64_lite::encode(b"ab"), "YWI=");
+    }
+
+    #[test]
+    fn globs_in_the_file_name() {
+        let d = tempfile::tempdir().unwrap();
+        for n in ["a.json", "b.json", "c.yml"] {
+            std::fs::write(d.path().join(n), "[]").unwrap();
+        }
+        let got = glob(&format!("{}/*.json", d.path().display()));
+        assert_eq!(got.len(), 2);
+        assert_eq!(read_groups(&got[0]).unwrap(), vec![]);
+        std::fs::write(d.path().join("bad.json"), "[{\"targets\": 3}]").unwrap();
+        assert!(read_groups(&d.path().join("bad.json"))
+            .unwrap_err()
+            .starts_with("line 1"));
+    }
+}

@@ -1,0 +1,281 @@
+//! Scraping with the real binary: Debian's node_exporter as a real target, Tidemark's own
+//! `/metrics`, and targets served by this test (healthy, failing, garbage) found through a
+//! file SD file that the test edits.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{agent, free_port, installed_bin, Tidemark};
+
+/// Debian's node_exporter on a free port (another when the bind races).
+struct NodeExporter {
+    child: Child,
+    addr: String,
+}
+
+impl NodeExporter {
+    fn start() -> NodeExporter {
+        let bin = installed_bin(
+            "prometheus-node-exporter",
+            "Debian's prometheus-node-exporter",
+        );
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(&bin)
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let addr = format!("127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if agent()
+                    .get(format!("http://{addr}/metrics"))
+                    .call()
+                    .is_ok_and(|r| r.status() == 200)
+                {
+                    return NodeExporter { child, addr };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("node_exporter did not start");
+    }
+}
+
+impl Drop for NodeExporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tiny HTTP server answering every request with `status` and `body`.
+struct Served {
+    addr: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl Served {
+    fn start(status: u16, body: &'static str) -> Served {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Acquire) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        c.set_nonblocking(false).unwrap();
+                        let mut r = BufReader::new(c.try_clone().unwrap());
+                        let mut line = String::new();
+                        while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                            line.clear();
+                        }
+                        let _ = write!(
+                            c,
+                            "HTTP/1.1 {status} X\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Served { addr, stop }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+fn instant(tm: &Tidemark, q: &str) -> Vec<Value> {
+    tm.api(&format!("/api/v1/query?query={}", support::enc(q)))["result"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn value(v: &Value) -> f64 {
+    v["value"][1].as_str().unwrap().parse().unwrap()
+}
+
+fn start(dir: &Path, scrape_yml: &str) -> Tidemark {
+    let path = dir.join("scrape.yml");
+    std::fs::write(&path, scrape_yml).unwrap();
+    Tidemark::start(
+        dir,
+        &format!(
+            "[scrape]\nconfig = {:?}\nself_interval = \"1s\"\n[rules]\nenabled = false\n",
+            path.display().to_string()
+        ),
+        1,
+    )
+}
+
+#[test]
+fn scrapes_node_exporter_and_its_own_metrics() {
+    let d = tempfile::tempdir().unwrap();
+    let ne = NodeExporter::start();
+    let tm = start(
+        d.path(),
+        &format!(
+            "scrape_configs:\n  - job_name: node\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{}']\n        labels: {{env: test}}\n",
+            ne.addr
+        ),
+    );
+    let cpu = tm.eventually("node_exporter's CPU seconds are stored", || {
+        let r = instant(&tm, "sum by (instance, job, env) (node_cpu_seconds_total)");
+        (r.len() == 1).then(|| r[0].clone())
+    });
+    assert_eq!(cpu["metric"]["instance"], ne.addr.as_str());
+    assert_eq!(cpu["metric"]["env"], "test");
+    assert!(value(&cpu) > 0.0);
+    let up = instant(&tm, "up{job=\"node\"}");
+    assert_eq!(value(&up[0]), 1.0);
+    let n = instant(&tm, "scrape_samples_scraped{job=\"node\"}");
+    assert!(value(&n[0]) > 100.0, "{n:?}");
+    // Its own /metrics, as job tidemark.
+    tm.eventually("Tidemark scrapes itself", || {
+        let r = instant(&tm, "tidemark_samples_ingested_total{job=\"tidemark\"}");
+        (r.len() == 1 && value(&r[0]) > 0.0).then_some(())
+    });
+    let t = tm.api("/api/v1/targets");
+    let active = t["activeTargets"].as_array().unwrap();
+    assert_eq!(active.len(), 2, "{t}");
+    let node = active.iter().find(|a| a["scrapePool"] == "node").unwrap();
+    assert_eq!(node["health"], "up", "{node}");
+    assert_eq!(node["scrapeUrl"], format!("http://{}/metrics", ne.addr));
+    assert_eq!(node["labels"]["env"], "test");
+    assert_eq!(node["discoveredLabels"]["__address__"], ne.addr.as_str());
+    assert_eq!(node["scrapeInterval"], "1s");
+}
+
+#[test]
+fn file_sd_targets_come_and_go_and_failures_show_in_targets() {
+    let d = tempfile::tempdir().unwrap();
+    let good = Served::start(
+        200,
+        "# TYPE app_requests counter\napp_requests_total{path=\"/\"} 7\n",
+    );
+    let failing = Served::start(500, "boom");
+    let garbage = Served::start(200, "app_requests_total{path=\"/\" 7\n");
+    let sd = d.path().join("targets.json");
+    std::fs::write(&sd, "[]").unwrap();
+    let tm = start(
+        d.path(),
+        &format!(
+            "scrape_configs:\n  - job_name: app\n    scrape_interval: 1s\n    file_sd_configs:\n      - files: ['{}']\n",
+            d.path().join("*.json").display()
+        ),
+    );
+    std::fs::write(
+        &sd,
+        format!(
+            "[{{\"targets\": [\"{}\", \"{}\", \"{}\"], \"labels\": {{\"team\": \"a\"}}}}]",
+            good.addr, failing.addr, garbage.addr
+        ),
+    )
+    .unwrap();
+    tm.eventually("the file's targets are scraped", || {
+        let r = instant(&tm, "app_requests_total{team=\"a\"}");
+        (r.len() == 1 && value(&r[0]) == 7.0).then_some(())
+    });
+    let targets = tm.eventually("the failing targets are down with their errors", || {
+        let t = tm.api("/api/v1/targets?state=active");
+        let a = t["activeTargets"].as_array()?.clone();
+        let app: Vec<Value> = a.into_iter().filter(|x| x["scrapePool"] == "app").collect();
+        (app.len() == 3 && app.iter().all(|x| x["health"] != "unknown")).then_some(app)
+    });
+    let by = |addr: &str| {
+        targets
+            .iter()
+            .find(|t| t["labels"]["instance"] == addr)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by(&good.addr)["health"], "up");
+    assert_eq!(by(&failing.addr)["health"], "down");
+    assert!(
+        by(&failing.addr)["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("server returned HTTP status 500"),
+        "{}",
+        by(&failing.addr)
+    );
+    assert!(
+        by(&garbage.addr)["lastError"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 1: "),
+        "{}",
+        by(&garbage.addr)
+    );
+    let up = instant(&tm, "sum(up{job=\"app\"})");
+    assert_eq!(value(&up[0]), 1.0);
+
+    // The file loses the good target: its series get staleness markers and vanish from
+    // instant queries at once (not after the 5 minute lookback); the target leaves the API.
+    std::fs::write(&sd, format!("[{{\"targets\": [\"{}\"]}}]", failing.addr)).unwrap();
+    tm.eventually("the removed target's series are stale", || {
+        let r = instant(&tm, "app_requests_total");
+        let up = instant(&tm, &format!("up{{instance=\"{}\"}}", good.addr));
+        (r.is_empty() && up.is_empty()).then_some(())
+    });
+    let t = tm.api("/api/v1/targets");
+    let app = t["activeTargets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["scrapePool"] == "app")
+        .count();
+    assert_eq!(app, 1, "{t}");
+}
+
+#[test]
+fn a_bad_scrape_file_stops_the_start_with_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("scrape.yml");
+    std::fs::write(
+        &path,
+        "scrape_configs:\n  - job_name: a\n    relabel_configs:\n      - source_labels: [x]\n        regex: '(['\n        target_label: y\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("tidemark.toml"),
+        format!("[scrape]\nconfig = {:?}\n", path.display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["up", "--listen", "127.0.0.1:0", "--config"])
+        .arg(d.path().join("tidemark.toml"))
+        .arg("--data-dir")
+        .arg(d.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("scrape.yml:2: job \"a\": relabel_configs[0]: invalid regex"),
+        "{err}"
+    );
+}
