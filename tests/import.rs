@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,28 @@ fn tidemark_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tidemark")
 }
 
+/// The arguments of an import from a Prometheus over remote read, all series.
+fn remote_read_args(prom: &str, start: &str, end: &str, to: &str, state: &Path) -> Vec<String> {
+    [
+        "--from-prometheus",
+        prom,
+        "--match",
+        "{job=~\".+\"}",
+        "--start",
+        start,
+        "--end",
+        end,
+        "--url",
+        to,
+        "--state",
+        state.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Runs `tidemark import ARGS` to the end; returns its stdout, asserting success.
-fn import(args: &[&str]) -> String {
+fn import<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
     let out = Command::new(tidemark_bin())
         .arg("import")
         .args(args)
@@ -271,20 +291,7 @@ fn import_from_prometheus_remote_read_and_from_its_file_answers_as_prometheus() 
     let state = rd.join("import.state.json");
     let start_arg = format!("{}", (first_sample - 60_000) / 1000);
     let end_arg = format!("{}", end / 1000 + 60);
-    let args = [
-        "--from-prometheus",
-        prom.url.as_str(),
-        "--match",
-        "{job=~\".+\"}",
-        "--start",
-        &start_arg,
-        "--end",
-        &end_arg,
-        "--url",
-        tm.url.as_str(),
-        "--state",
-        state.to_str().unwrap(),
-    ];
+    let args = remote_read_args(&prom.url, &start_arg, &end_arg, &tm.url, &state);
     let out = import(&args);
     let samples = 12 * 240 + 12 * 360;
     assert!(
@@ -330,20 +337,9 @@ fn import_from_prometheus_remote_read_and_from_its_file_answers_as_prometheus() 
     );
     let later = format!("{}", now_ms() / 1000 + 3600);
     let cstate = cd.join("import.state.json");
-    let out = import(&[
-        "--from-prometheus",
-        prom.url.as_str(),
-        "--match",
-        "{job=~\".+\"}",
-        "--start",
-        &start_arg,
-        "--end",
-        &later,
-        "--url",
-        tm3.url.as_str(),
-        "--state",
-        cstate.to_str().unwrap(),
-    ]);
+    let out = import(&remote_read_args(
+        &prom.url, &start_arg, &later, &tm3.url, &cstate,
+    ));
     assert!(
         out.contains(&format!("imported {samples} samples"))
             && out.contains(": 0 pushed to the hot index")
@@ -522,30 +518,12 @@ fn old_data_goes_to_the_cold_tiers_with_rollups_and_a_killed_import_resumes_with
     assert_eq!(n[0][0].as_i64().unwrap(), cold_hours_rows, "{n:?}");
     assert_eq!(n[0][1].as_i64().unwrap(), 6);
     for tier in ["1m", "1h"] {
-        let files = glob_files(&tm.data_dir.join("cold").join(format!("tier={tier}")));
+        let files = support::files_under(&tm.data_dir.join("cold").join(format!("tier={tier}")));
         assert!(
-            files
-                .iter()
-                .any(|f| f.to_string_lossy().contains("part-import-")),
+            files.iter().any(|f| f.contains("part-import-")),
             "no imported {tier} rollups in {files:?}"
         );
     }
-}
-
-fn glob_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]

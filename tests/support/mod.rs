@@ -360,6 +360,24 @@ impl Drop for Tidemark {
 }
 
 /// URL-encodes a query parameter value.
+/// Every file under `root`, as paths relative to it, sorted.
+pub fn files_under(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 pub fn enc(s: &str) -> String {
     tidemark::cluster::client::urlencode(s)
 }
