@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{agent, free_port, installed_bin, now_ms, Tidemark};
+use support::{agent, free_port, installed_bin, now_ms, Rng, Tidemark};
 
 const HOUR: i64 = 3_600_000;
 
@@ -29,6 +29,20 @@ fn remote_read_args(prom: &str, start: &str, end: &str, to: &str, state: &Path) 
         start,
         "--end",
         end,
+        "--url",
+        to,
+        "--state",
+        state.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The arguments of an import from a file.
+fn file_args(file: &Path, to: &str, state: &Path) -> Vec<String> {
+    [
+        "--from-file",
+        file.to_str().unwrap(),
         "--url",
         to,
         "--state",
@@ -140,17 +154,6 @@ fn by_labels(result: &[Value]) -> std::collections::BTreeMap<String, Vec<(f64, f
             (s["metric"].to_string(), pts)
         })
         .collect()
-}
-
-/// A small xorshift generator, so that the data is the same in every run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 /// An hour of fleet data ending `end_ms` as OpenMetrics (seconds with a fraction, off the
@@ -310,14 +313,7 @@ fn import_from_prometheus_remote_read_and_from_its_file_answers_as_prometheus() 
     std::fs::create_dir_all(&fd).unwrap();
     let tm2 = Tidemark::start(&fd, "", 1);
     let fstate = fd.join("import.state.json");
-    let out = import(&[
-        "--from-file",
-        file.to_str().unwrap(),
-        "--url",
-        tm2.url.as_str(),
-        "--state",
-        fstate.to_str().unwrap(),
-    ]);
+    let out = import(&file_args(&file, &tm2.url, &fstate));
     assert!(
         out.contains(&format!("imported {samples} samples")),
         "{out}"
@@ -440,14 +436,7 @@ fn old_data_goes_to_the_cold_tiers_with_rollups_and_a_killed_import_resumes_with
     );
 
     // The second run resumes: it skips the hours done and stores nothing twice.
-    let out = import(&[
-        "--from-file",
-        file.to_str().unwrap(),
-        "--url",
-        tm.url.as_str(),
-        "--state",
-        state.to_str().unwrap(),
-    ]);
+    let out = import(&file_args(&file, &tm.url, &state));
     assert!(out.contains("resumed:"), "{out}");
     let fin = read_state(&state).unwrap();
     assert_eq!(fin["finished"], true);

@@ -380,32 +380,36 @@ impl Collector {
     }
 }
 
+/// A secret given inline or in a file (read at each scrape, so a rotated file is picked up);
+/// an unreadable file is logged with the job and sent as empty (the target answers 401).
+fn secret(job: &ScrapeJob, value: &Option<String>, file: &Option<PathBuf>, what: &str) -> String {
+    match (value, file) {
+        (Some(v), _) => v.clone(),
+        (None, Some(f)) => match std::fs::read_to_string(f) {
+            Ok(t) => t.trim().to_string(),
+            Err(e) => {
+                tracing::warn!(target: "tidemark::collect", job = job.name.as_str(), file = %f.display(), "cannot read the {what} file: {e}; scraping without it");
+                String::new()
+            }
+        },
+        _ => String::new(),
+    }
+}
+
 /// The `Authorization` header a job's scrapes send, if any.
 fn auth_header(job: &ScrapeJob) -> Option<String> {
-    use base64_lite::encode;
     if let Some(b) = &job.basic_auth {
-        let pw = match (&b.password, &b.password_file) {
-            (Some(p), _) => p.clone(),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-            _ => String::new(),
-        };
-        return Some(format!(
-            "Basic {}",
-            encode(format!("{}:{pw}", b.username).as_bytes())
-        ));
+        let pw = secret(job, &b.password, &b.password_file, "basic_auth password");
+        let user_pw = format!("{}:{pw}", b.username);
+        return Some(format!("Basic {}", base64_lite::encode(user_pw.as_bytes())));
     }
     let a = job.authorization.as_ref()?;
-    let cred = match (&a.credentials, &a.credentials_file) {
-        (Some(c), _) => c.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
-        _ => String::new(),
-    };
+    let cred = secret(
+        job,
+        &a.credentials,
+        &a.credentials_file,
+        "authorization credentials",
+    );
     Some(format!("{} {cred}", a.kind.as_deref().unwrap_or("Bearer")))
 }
 
@@ -534,6 +538,30 @@ mod tests {
         assert_eq!(base64_lite::encode(b"user:pass"), "dXNlcjpwYXNz");
         assert_eq!(base64_lite::encode(b"a"), "YQ==");
         assert_eq!(base64_lite::encode(b"ab"), "YWI=");
+    }
+
+    #[test]
+    fn auth_headers_from_values_and_files() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("token");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let job = |extra: &str| {
+            let text = format!("scrape_configs:\n  - job_name: a\n{extra}");
+            crate::collect::config::ScrapeConfig::parse(Path::new("s.yml"), &text)
+                .unwrap()
+                .jobs
+                .remove(0)
+        };
+        let basic = job("    basic_auth:\n      username: user\n      password: pass\n");
+        assert_eq!(auth_header(&basic).unwrap(), "Basic dXNlcjpwYXNz");
+        let bearer = job(&format!(
+            "    authorization:\n      credentials_file: {:?}\n",
+            f.display().to_string()
+        ));
+        assert_eq!(auth_header(&bearer).unwrap(), "Bearer s3cret");
+        let missing = job("    authorization:\n      credentials_file: /nonexistent/token\n");
+        assert_eq!(auth_header(&missing).unwrap(), "Bearer ");
+        assert_eq!(auth_header(&job("")), None);
     }
 
     #[test]
