@@ -62,6 +62,15 @@
 //! self_scrape = true          # scrape this process's own /metrics as job "tidemark"
 //! self_interval = "15s"
 //!
+//! [scrape.ring]                # a collector pool sharing the targets of one scrape file
+//! member = ""                 # this collector's id; "" = its listen address
+//! members = []                # static membership: every collector's id (this one's too)
+//! etcd_endpoints = []         # or membership in etcd: a lease under etcd_prefix per collector
+//! etcd_prefix = "/tidemark/collectors/"
+//! lease_ttl = "10s"           # a killed collector's targets move after at most this
+//! handover = "2s"             # a joining collector owns its targets from registration + this
+//! vnodes = 128                # virtual nodes per collector
+//!
 //! [auth]
 //! tokens = []                 # [{ token = "...", role = "read" | "write" | "admin" }];
 //!                             # none: everything open (loopback only)
@@ -118,6 +127,7 @@ pub struct ScrapeSection {
     /// that name).
     pub self_scrape: bool,
     pub self_interval: Millis,
+    pub ring: RingSection,
 }
 
 impl Default for ScrapeSection {
@@ -126,6 +136,37 @@ impl Default for ScrapeSection {
             config: None,
             self_scrape: true,
             self_interval: Millis(15_000),
+            ring: RingSection::default(),
+        }
+    }
+}
+
+/// `[scrape.ring]`: collectors sharing one scrape configuration on a consistent hash ring.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RingSection {
+    /// This collector's id on the ring; empty: its listen address.
+    pub member: String,
+    /// Static membership: the ids of every collector of the pool.
+    pub members: Vec<String>,
+    /// Membership from etcd (each collector holds a lease under `etcd_prefix`).
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_prefix: String,
+    pub lease_ttl: Millis,
+    pub handover: Millis,
+    pub vnodes: usize,
+}
+
+impl Default for RingSection {
+    fn default() -> Self {
+        RingSection {
+            member: String::new(),
+            members: Vec::new(),
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: "/tidemark/collectors/".into(),
+            lease_ttl: Millis(10_000),
+            handover: Millis(2_000),
+            vnodes: 128,
         }
     }
 }

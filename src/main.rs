@@ -113,6 +113,13 @@ enum Cmd {
         /// Topic (overrides kafka.topic).
         #[arg(long)]
         topic: Option<String>,
+        /// Scrape the targets of this Prometheus scrape file too (overrides scrape.config);
+        /// collectors with the same file share its targets on the [scrape.ring].
+        #[arg(long)]
+        scrape: Option<PathBuf>,
+        /// This collector's id on the ring (overrides scrape.ring.member).
+        #[arg(long)]
+        member: Option<String>,
         /// Allow a non-loopback listen address without auth tokens.
         #[arg(long)]
         insecure: bool,
@@ -322,10 +329,18 @@ fn main() -> anyhow::Result<()> {
             config,
             brokers,
             topic,
+            scrape,
+            member,
             insecure,
         } => {
             let mut cfg = load_config(config.as_deref())?;
             cfg.server.listen = listen;
+            if let Some(s) = scrape {
+                cfg.scrape.config = Some(s);
+            }
+            if let Some(m) = member {
+                cfg.scrape.ring.member = m;
+            }
             if let Some(b) = brokers {
                 cfg.kafka.brokers = b;
             }

@@ -43,7 +43,7 @@ pub struct AppState {
     pub checkpoints: Option<Arc<Checkpointer>>,
     pub checkpoint_stats: Arc<CheckpointStats>,
     /// The scrape manager (started once the server listens).
-    pub collector: std::sync::OnceLock<Arc<crate::collect::manager::Collector>>,
+    pub collector: Arc<std::sync::OnceLock<Arc<crate::collect::manager::Collector>>>,
 }
 
 /// The router of `tidemark up`: the push routes and the query side.
@@ -64,34 +64,19 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
         .route("/-/ready", get(ready))
         .route("/api/v1/replay", get(replay_status).post(replay))
         .route("/api/v1/status/tsdb", get(tsdb_status))
-        .route("/api/v1/targets", get(targets))
         .route("/", get(index))
         .with_state(Arc::clone(&state))
         .merge(crate::alert::api::routes(Arc::clone(&state.alerting)))
         .merge(api::routes(query))
         .merge(ingest_http::routes(ingest))
+        .merge(crate::collect::manager::routes(Arc::clone(
+            &state.collector,
+        )))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(state.cfg.auth.clone()),
             authorize,
         ))
         .layer(axum::middleware::from_fn(request_log))
-}
-
-/// `GET /api/v1/targets?state=active|dropped|any`: the scrape targets in Prometheus's shape.
-async fn targets(
-    State(s): State<Arc<AppState>>,
-    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> Response {
-    let which = q.get("state").map_or("any", String::as_str);
-    let data = match s.collector.get() {
-        Some(c) => c.targets_json(which),
-        None => serde_json::json!({"activeTargets": [], "droppedTargets": []}),
-    };
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::json!({"status": "success", "data": data}).to_string(),
-    )
-        .into_response()
 }
 
 /// `GET /api/v1/status/tsdb`: Prometheus's shape (`headStats`, the ten metric names with the

@@ -170,3 +170,111 @@ fn broker_down_gives_503_and_nothing_is_lost_once_it_is_back() {
         1
     );
 }
+
+/// `tidemark ingest --scrape`: two collectors on a static ring share 20 targets and produce
+/// the scrapes to Kafka; every scrape the targets answered is in the topic exactly once, from
+/// one collector or the other, never both.
+#[test]
+fn ingest_scrape_collectors_share_targets_and_produce_each_scrape_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_on(free_port(), dir.path());
+    broker.create_topic("metrics", 3);
+    let fleet = support::targets::Fleet::start();
+    let scrape = dir.path().join("scrape.yml");
+    let targets: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                "      - targets: ['{}']\n        labels: {{__metrics_path__: /t/{i}, instance: t{i}}}\n",
+                fleet.addr
+            )
+        })
+        .collect();
+    std::fs::write(
+        &scrape,
+        format!(
+            "scrape_configs:\n  - job_name: fleet\n    scrape_interval: 1s\n    static_configs:\n{}",
+            targets.concat()
+        ),
+    )
+    .unwrap();
+    let mut pool: Vec<Tidemark> = ["a", "b"]
+        .iter()
+        .map(|id| {
+            let d = dir.path().join(id);
+            std::fs::create_dir_all(&d).unwrap();
+            Tidemark::start_ingest(
+                &d,
+                &format!(
+                    "{}[scrape]\nconfig = {:?}\n[scrape.ring]\nmember = {id:?}\nmembers = [\"a\", \"b\"]\n",
+                    config(broker.port, "10s"),
+                    scrape.display().to_string()
+                ),
+            )
+        })
+        .collect();
+    // Each serves the ring and lists the targets it scrapes (and its own /metrics, job
+    // "tidemark", which every collector scrapes itself).
+    let ring = pool[0].api("/api/v1/status/ring");
+    assert_eq!(ring["membership"], "static", "{ring}");
+    let mine: Vec<usize> = pool
+        .iter()
+        .map(|t| {
+            t.eventually("its targets are scraped", || {
+                let a = t.api("/api/v1/targets?state=active");
+                let a: Vec<_> = a["activeTargets"]
+                    .as_array()?
+                    .iter()
+                    .filter(|x| x["scrapePool"] == "fleet")
+                    .cloned()
+                    .collect();
+                (!a.is_empty() && a.iter().all(|x| x["health"] == "up")).then_some(a.len())
+            })
+        })
+        .collect();
+    assert_eq!(mine.iter().sum::<usize>(), 20, "{mine:?}");
+    assert!(mine.iter().all(|n| *n > 0), "{mine:?}");
+    std::thread::sleep(Duration::from_secs(4));
+    for t in &mut pool {
+        assert!(t.terminate().success());
+    }
+    let served = fleet.counts();
+    let total: usize = served.values().sum();
+    // Each scrape gives 6 samples: fleet_value and the five report series.
+    let got = broker.read_all("metrics", 3, usize::MAX, Duration::from_secs(15));
+    let samples = decode(&got);
+    let mut per: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (series, ts, _) in &samples {
+        if series.starts_with("fleet_value{") {
+            per.entry(series.clone()).or_default().push(*ts);
+        }
+    }
+    assert_eq!(
+        per.len(),
+        20,
+        "{:?}",
+        per.keys().take(3).collect::<Vec<_>>()
+    );
+    for (i, n) in &served {
+        let series = format!("fleet_value{{instance=\"t{i}\", job=\"fleet\"}}");
+        let ts = per
+            .get(&series)
+            .unwrap_or_else(|| panic!("{series} missing in {:?}", per.keys().next()));
+        let mut uniq = ts.clone();
+        uniq.dedup();
+        assert_eq!(
+            uniq.len(),
+            ts.len(),
+            "{series} produced twice at a timestamp"
+        );
+        // A scrape in flight at the shutdown may be answered and not produced.
+        assert!(
+            ts.len() == *n || ts.len() + 1 == *n,
+            "{series}: {n} scrapes served, {} produced",
+            ts.len()
+        );
+    }
+    println!(
+        "ingest --scrape: {total} scrapes served to 2 collectors ({mine:?} targets), {} samples produced",
+        samples.len()
+    );
+}

@@ -158,6 +158,9 @@ pub struct ScrapeJob {
     pub sample_limit: u64,
     pub label_limit: u64,
     pub target_limit: u64,
+    /// Scraped by this collector whatever the ring says (the self-scrape job: each collector
+    /// scrapes its own `/metrics`).
+    pub local: bool,
 }
 
 /// A whole scrape file.
@@ -352,6 +355,7 @@ impl ScrapeConfig {
                 sample_limit: j.sample_limit,
                 label_limit: j.label_limit,
                 target_limit: j.target_limit,
+                local: false,
             });
         }
         if !errors.is_empty() {
@@ -365,10 +369,10 @@ impl ScrapeConfig {
     }
 }
 
-/// The scrape configuration of `tidemark up`: the `[scrape] config` file, plus the job
+/// The scrape configuration of `tidemark up` and `tidemark ingest`: the `[scrape] config` file, plus the job
 /// `tidemark` scraping this process's own `/metrics` at `listen` (with `token` when the
 /// server has tokens) when `self_scrape` is on and the file has no job of that name.
-pub fn for_up(
+pub fn for_process(
     section: &crate::config::ScrapeSection,
     listen: std::net::SocketAddr,
     token: Option<&str>,
@@ -391,7 +395,8 @@ pub fn for_up(
             section.self_interval.0.max(1000)
         );
         let own = ScrapeConfig::parse(Path::new("(self-scrape)"), &text)?;
-        cfg.jobs.extend(own.jobs);
+        cfg.jobs
+            .extend(own.jobs.into_iter().map(|j| ScrapeJob { local: true, ..j }));
     }
     Ok(cfg)
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::config::{ScrapeConfig, ScrapeJob};
+use super::ring::Membership;
 use super::scrape::{self, Body, Cache, Pairs, Target, TargetGroup};
 use crate::ingest::http::IngestState;
 use crate::time::now_ms;
@@ -52,11 +53,17 @@ pub struct Collector {
     running: Mutex<HashMap<u64, Running>>,
     dropped: Mutex<BTreeMap<String, Vec<Pairs>>>,
     stop: Arc<AtomicBool>,
+    ring: Arc<Membership>,
 }
 
 impl Collector {
     /// Starts discovery and scraping on the current tokio runtime.
-    pub fn start(cfg: ScrapeConfig, ingest: Arc<IngestState>) -> Arc<Collector> {
+    /// Targets of sharded jobs are scraped only in the slots `ring` says this collector owns.
+    pub fn start(
+        cfg: ScrapeConfig,
+        ingest: Arc<IngestState>,
+        ring: Arc<Membership>,
+    ) -> Arc<Collector> {
         let c = Arc::new(Collector {
             jobs: cfg.jobs,
             ingest,
@@ -70,7 +77,17 @@ impl Collector {
             running: Mutex::new(HashMap::new()),
             dropped: Mutex::new(BTreeMap::new()),
             stop: Arc::new(AtomicBool::new(false)),
+            ring,
         });
+        // The sources every job reports from; the ring is joined once each has reported
+        // (or after 10 s), so that a joining collector's loops run before it owns targets.
+        let sources: usize = c
+            .jobs
+            .iter()
+            .map(|j| {
+                1 + j.file_sd_configs.len() + j.http_sd_configs.len() + j.etcd_sd_configs.len()
+            })
+            .sum();
         for job in &c.jobs {
             let groups = job.static_configs.iter().map(|s| TargetGroup {
                 targets: s.targets.clone(),
@@ -86,20 +103,38 @@ impl Collector {
                 let every = sd.refresh_interval.map_or(HTTP_SD_DEFAULT_MS, |d| d.0);
                 tokio::spawn(async move { c2.http_sd(name, url, every).await });
             }
+            for (i, sd) in job.etcd_sd_configs.iter().enumerate() {
+                let (c2, name, sd) = (Arc::clone(&c), job.name.clone(), sd.clone());
+                std::thread::Builder::new()
+                    .name(format!("etcd-sd-{i}"))
+                    .spawn(move || c2.etcd_sd(name, i, sd))
+                    .ok();
+            }
         }
         let c2 = Arc::clone(&c);
         tokio::spawn(async move {
+            let (started, mut joined) = (Instant::now(), false);
             while !c2.stop.load(Ordering::Acquire) {
+                let reported: usize = {
+                    let g = c2.groups.lock().unwrap_or_else(|e| e.into_inner());
+                    g.values().map(BTreeMap::len).sum()
+                };
                 c2.sync();
+                if !joined && (reported >= sources || started.elapsed() > Duration::from_secs(10)) {
+                    c2.ring.start();
+                    joined = true;
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
         c
     }
 
-    /// Stops every loop (each writes its targets' staleness markers first).
+    /// Stops every loop (without staleness markers: the series go on after a restart or on
+    /// another collector) and leaves the ring. Blocks for at most a few seconds (the etcd lease revoke).
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
+        self.ring.leave();
         for r in self
             .running
             .lock()
@@ -179,12 +214,13 @@ impl Collector {
         state: Arc<Mutex<TargetState>>,
     ) {
         let mut cache = Cache::default();
+        let mut owned = false;
         let interval = target.interval_ms.max(1);
         loop {
             // The next time in the interval at this target's offset.
             let now = now_ms();
             let mut next = now - now.rem_euclid(interval) + target.offset_ms();
-            if next < now {
+            if next <= now {
                 next += interval;
             }
             while now_ms() < next {
@@ -195,13 +231,37 @@ impl Collector {
                 tokio::time::sleep(Duration::from_millis(left)).await;
             }
             let limits = &self.ingest.limits;
+            let local = self.jobs[job].local;
             if stop.load(Ordering::Acquire) {
+                if self.stop.load(Ordering::Acquire)
+                    || (!local && !self.ring.owns(target.key, now_ms()))
+                {
+                    // Shutting down (a restart or another collector carries the series on),
+                    // or another collector owns it and writes the markers.
+                    return;
+                }
                 let mut b = crate::ingest::BatchBuilder::new(limits);
                 scrape::target_gone(&target, now_ms(), &mut cache, &mut b);
                 let v = self.ingest.admit(b);
                 let _ = self.ingest.store(v.batch).await;
                 return;
             }
+            if !local && !self.ring.owns(target.key, next) {
+                // Another collector scrapes this slot. The series go on there: no staleness
+                // markers, and the next scrape here starts afresh.
+                if owned {
+                    cache = Cache::default();
+                    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                    s.health = "unknown";
+                    s.last_error = format!(
+                        "scraped by collector {}",
+                        self.ring.owner(target.key, next).unwrap_or_default()
+                    );
+                }
+                owned = false;
+                continue;
+            }
+            owned = true;
             let ts = now_ms();
             let started = Instant::now();
             let (agent, url, timeout) = (
@@ -324,12 +384,14 @@ impl Collector {
 
     /// `/api/v1/targets` (`state=active|dropped|any`), in Prometheus's shape.
     pub fn targets_json(&self, which: &str) -> Value {
+        let now = now_ms();
         let mut active: Vec<TargetState> = self
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .map(|r| r.state.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .filter(|s| self.scraped_here(&s.target, now))
             .collect();
         active.sort_by(|a, b| {
             (a.target.job.as_str(), a.target.scrape_url.as_str())
@@ -377,6 +439,119 @@ impl Collector {
             "dropped" => json!({"activeTargets": [], "droppedTargets": dropped}),
             _ => json!({"activeTargets": active_json, "droppedTargets": dropped}),
         }
+    }
+}
+
+/// A collector, once started.
+pub type CollectorCell = Arc<std::sync::OnceLock<Arc<Collector>>>;
+
+/// The collection API: `GET /api/v1/targets?state=active|dropped|any` (Prometheus's shape)
+/// and `GET /api/v1/status/ring` (the pool's members and each target's owner). Before the
+/// collector starts (or in a process without one) both answer with nothing to show.
+pub fn routes(cell: CollectorCell) -> axum::Router {
+    use axum::extract::{Query, State};
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    type Q = Query<HashMap<String, String>>;
+    let json = |data: Value| {
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({"status": "success", "data": data}).to_string(),
+        )
+            .into_response()
+    };
+    axum::Router::new()
+        .route(
+            "/api/v1/targets",
+            get(
+                move |State(c): State<CollectorCell>, Query(q): Q| async move {
+                    let which = q.get("state").map_or("any", String::as_str);
+                    json(match c.get() {
+                        Some(c) => c.targets_json(which),
+                        None => json!({"activeTargets": [], "droppedTargets": []}),
+                    })
+                },
+            ),
+        )
+        .route(
+            "/api/v1/status/ring",
+            get(move |State(c): State<CollectorCell>| async move {
+                json(match c.get() {
+                    Some(c) => c.ring_json(),
+                    None => Membership::alone().status_json(&[]),
+                })
+            }),
+        )
+        .with_state(cell)
+}
+
+impl Collector {
+    /// Whether this collector scrapes `t` now (the ring's other targets are other collectors').
+    fn scraped_here(&self, t: &Target, now: i64) -> bool {
+        self.jobs
+            .iter()
+            .find(|j| j.name == t.job)
+            .is_some_and(|j| j.local)
+            || self.ring.owns(t.key, now)
+    }
+
+    /// `/api/v1/status/ring`: the members and the owner of every sharded target.
+    pub fn ring_json(&self) -> Value {
+        let mut targets: Vec<(String, String, u64)> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|r| {
+                let s = r.state.lock().unwrap_or_else(|e| e.into_inner());
+                (
+                    s.target.job.clone(),
+                    s.target.scrape_url.clone(),
+                    s.target.key,
+                )
+            })
+            .filter(|(job, _, _)| !self.jobs.iter().any(|j| j.name == *job && j.local))
+            .collect();
+        targets.sort();
+        self.ring.status_json(&targets)
+    }
+
+    /// etcd SD: follows the keys under the prefix; each value is one target group
+    /// (`{"targets": [...], "labels": {...}}`) or a list of them, labelled `__meta_etcd_key`.
+    /// A key whose lease expires is deleted by etcd, and its targets go.
+    fn etcd_sd(self: Arc<Self>, job: String, index: usize, sd: super::config::EtcdSdConfig) {
+        let etcd = super::etcd::Etcd::new(&sd.endpoints);
+        let mut bad: std::collections::HashSet<String> = Default::default();
+        super::etcd::follow_prefix(
+            &etcd,
+            &sd.prefix,
+            &self.stop,
+            |keys| {
+                let mut groups = Vec::new();
+                for (k, v) in keys {
+                    let parsed = serde_json::from_slice::<TargetGroup>(v)
+                        .map(|g| vec![g])
+                        .or_else(|_| serde_json::from_slice::<Vec<TargetGroup>>(v));
+                    match parsed {
+                        Ok(gs) => {
+                            bad.remove(k);
+                            for mut g in gs {
+                                g.labels.insert("__meta_etcd_key".into(), k.clone());
+                                groups.push(g);
+                            }
+                        }
+                        Err(e) => {
+                            if bad.insert(k.clone()) {
+                                tracing::warn!(target: "tidemark::collect", job = job.as_str(), key = k.as_str(), "etcd SD: value is not a target group ({{\"targets\": [...], \"labels\": {{...}}}}): {e}; skipped");
+                            }
+                        }
+                    }
+                }
+                self.set_groups(&job, &format!("etcd/{index}"), groups);
+            },
+            |e| tracing::warn!(target: "tidemark::collect", job = job.as_str(), "etcd SD: {e}; keeping the previous targets and retrying"),
+        );
     }
 }
 

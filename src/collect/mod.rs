@@ -4,13 +4,15 @@
 //! | module | what |
 //! |---|---|
 //! | [`config`] | the scrape file (Prometheus's `scrape_configs` subset, Tidemark's etcd SD) |
-//! | [`manager`] | discovery (static, file, HTTP), one scrape loop per target, `/api/v1/targets` |
+//! | [`etcd`] | an etcd v3 client over its JSON gateway: prefix range and watch, leases |
+//! | [`manager`] | discovery (static, file, HTTP, etcd), one scrape loop per target, `/api/v1/targets` |
 //! | [`relabel`] | `relabel_configs` and `metric_relabel_configs` as Prometheus applies them |
+//! | [`ring`] | the collector pool's consistent hash ring; static or etcd membership |
 //! | [`scrape`] | targets from discovered groups; one scrape as samples, staleness and report series |
-//!
-//! Issue 21 builds the rest on these: the scrape loop, service discovery, the hash ring.
 
 pub mod config;
+pub mod etcd;
 pub mod manager;
 pub mod relabel;
+pub mod ring;
 pub mod scrape;

@@ -1,5 +1,7 @@
 //! `tidemark ingest`: the push endpoints, producing to Kafka; stateless, so several can run
-//! behind a load balancer.
+//! behind a load balancer. With `--scrape` it is also a collector: it scrapes the targets of a
+//! scrape file (sharing them with the other collectors of its `[scrape.ring]`) and produces
+//! the samples to Kafka like pushes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +20,31 @@ use crate::ops::{render_counters, Metrics, TextWriter};
 /// behind a load balancer. `/-/ready` is 200 while the brokers answer a metadata request for
 /// the topic (within 2 s), 503 with the brokers and the reason otherwise.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
+    // Scraping (`--scrape`, `[scrape] config`): checked before anything starts. Without a
+    // scrape file an ingest process scrapes nothing (not even itself).
+    let self_token = cfg.auth.tokens.iter().map(|t| t.token.clone()).next();
+    let mut section = cfg.scrape.clone();
+    if section
+        .config
+        .as_ref()
+        .is_none_or(|p| p.as_os_str().is_empty())
+    {
+        section.self_scrape = false;
+    }
+    let scrape_cfg =
+        crate::collect::config::for_process(&section, cfg.server.listen, self_token.as_deref())
+            .map_err(|errs| {
+                anyhow::anyhow!(
+                    "scrape.config: {}",
+                    errs.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            })?;
+    let ring = crate::collect::ring::Membership::from_config(&cfg.scrape.ring, cfg.server.listen)
+        .map_err(anyhow::Error::msg)?;
+    let collector: crate::collect::manager::CollectorCell = Default::default();
     let sink = crate::transport::kafka::KafkaSink::new(&cfg.kafka)?;
     let metrics = Arc::new(Metrics::default());
     let listen = cfg.server.listen;
@@ -91,11 +118,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
             .route("/-/ready", get(ingest_ready))
             .merge(ingest_http::routes(Arc::clone(&state)))
+            .merge(crate::collect::manager::routes(Arc::clone(&collector)))
             .layer(axum::middleware::from_fn_with_state(auth, authorize))
             .layer(axum::middleware::from_fn(request_log));
+        if !scrape_cfg.jobs.is_empty() {
+            let c = crate::collect::manager::Collector::start(scrape_cfg, Arc::clone(&state), ring);
+            let _ = collector.set(c);
+        }
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
+        if let Some(c) = collector.get().cloned() {
+            let _ = tokio::task::spawn_blocking(move || c.shutdown()).await;
+        }
         anyhow::Ok(())
     })?;
     if let ingest_http::Sink::Kafka(k) = &state.sink {

@@ -264,7 +264,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // The scrape file is checked before anything starts (a bad file stops the start).
     let self_token = cfg.auth.tokens.iter().map(|t| t.token.clone()).next();
     let scrape_cfg =
-        crate::collect::config::for_up(&cfg.scrape, cfg.server.listen, self_token.as_deref())
+        crate::collect::config::for_process(&cfg.scrape, cfg.server.listen, self_token.as_deref())
             .map_err(|errs| {
                 anyhow::anyhow!(
                     "scrape.config: {}",
@@ -274,6 +274,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                         .join("; ")
                 )
             })?;
+    let ring = crate::collect::ring::Membership::from_config(&cfg.scrape.ring, cfg.server.listen)
+        .map_err(anyhow::Error::msg)?;
     let started = Instant::now();
     let data_dir = cfg.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
@@ -355,7 +357,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         alerting,
         checkpoints,
         checkpoint_stats,
-        collector: std::sync::OnceLock::new(),
+        collector: Arc::new(std::sync::OnceLock::new()),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -382,11 +384,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .set(crate::collect::manager::Collector::start(
                 scrape_cfg,
                 Arc::clone(&ingest),
+                ring,
             ));
         tokio::spawn(Arc::clone(&state.alerting.notifier).run());
         axum::serve(listener, router(Arc::clone(&state), Arc::clone(&ingest)))
             .with_graceful_shutdown(shutdown_signal())
             .await?;
+        if let Some(c) = state.collector.get().cloned() {
+            let _ = tokio::task::spawn_blocking(move || c.shutdown()).await;
+        }
         anyhow::Ok(())
     });
     rt.shutdown_timeout(Duration::from_secs(5));

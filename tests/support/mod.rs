@@ -7,6 +7,7 @@ pub mod duckdb;
 pub mod kafka;
 pub mod receivers;
 pub mod s3;
+pub mod targets;
 
 use std::io::Read;
 use std::net::TcpListener;
