@@ -57,6 +57,7 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
             .cold
             .as_ref()
             .map(|c| Arc::new(ColdReader::new(Arc::clone(c)))),
+        metadata: Arc::clone(&ingest.metadata),
     });
     Router::new()
         .route("/metrics", get(metrics))

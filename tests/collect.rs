@@ -167,6 +167,33 @@ fn scrapes_node_exporter_and_its_own_metrics() {
     assert_eq!(node["labels"]["env"], "test");
     assert_eq!(node["discoveredLabels"]["__address__"], ne.addr.as_str());
     assert_eq!(node["scrapeInterval"], "1s");
+    // TYPE/HELP of the scrapes: per target, and for /api/v1/metadata.
+    let tm_meta = tm.api(&format!(
+        "/api/v1/targets/metadata?match_target={}&metric=node_cpu_seconds_total",
+        support::enc("{job=\"node\"}")
+    ));
+    let entries = tm_meta.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{tm_meta}");
+    assert_eq!(entries[0]["target"]["instance"], ne.addr.as_str());
+    assert_eq!(entries[0]["type"], "counter");
+    assert_eq!(entries[0]["help"], "Seconds the CPUs spent in each mode.");
+    let none = tm.api(&format!(
+        "/api/v1/targets/metadata?match_target={}",
+        support::enc("{job=\"nope\"}")
+    ));
+    assert_eq!(none, serde_json::json!([]));
+    let (status, body) = tm.get("/api/v1/targets/metadata?match_target=%7Bjob%3D");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("match_target"), "{body}");
+    let meta = tm.api("/api/v1/metadata?metric=node_load1");
+    assert_eq!(meta["node_load1"][0]["type"], "gauge", "{meta}");
+    assert_eq!(meta["node_load1"][0]["help"], "1m load average.");
+    // Tidemark's own families too.
+    let meta = tm.api("/api/v1/metadata?metric=tidemark_samples_ingested_total");
+    assert!(
+        meta["tidemark_samples_ingested_total"][0]["type"].is_string(),
+        "{meta}"
+    );
 }
 
 #[test]

@@ -6,7 +6,9 @@ mod support;
 use std::io::Write;
 
 use support::{enc, now_ms, Tidemark};
-use tidemark::ingest::remote_write::{encode, Label, Sample, TimeSeries, WriteRequest};
+use tidemark::ingest::remote_write::{
+    encode, Label, MetricMetadata, Sample, TimeSeries, WriteRequest,
+};
 
 fn range(t: &Tidemark, q: &str, start_ms: i64, end_ms: i64, step_s: u32) -> serde_json::Value {
     t.api(&format!(
@@ -73,6 +75,12 @@ fn push_three_formats_and_query_range() {
                 })
                 .collect(),
         }],
+        metadata: vec![MetricMetadata {
+            r#type: 2,
+            metric_family_name: "rw_metric".into(),
+            help: "A gauge written remotely.".into(),
+            unit: String::new(),
+        }],
     };
     let (status, body) = t.post(
         "/api/v1/write",
@@ -98,6 +106,13 @@ fn push_three_formats_and_query_range() {
         text.as_bytes(),
     );
     assert_eq!(status, 204, "{body}");
+    // Both pushes' metadata is served as Prometheus serves it.
+    let meta = t.api("/api/v1/metadata");
+    assert_eq!(meta["rw_metric"][0]["type"], "gauge", "{meta}");
+    assert_eq!(meta["rw_metric"][0]["help"], "A gauge written remotely.");
+    assert_eq!(meta["http_requests_total"][0]["type"], "counter", "{meta}");
+    let one = t.api("/api/v1/metadata?metric=rw_metric");
+    assert_eq!(one.as_object().unwrap().len(), 1, "{one}");
 
     // Influx v1 with seconds precision.
     let (status, body) = t.post(

@@ -788,6 +788,8 @@ pub fn router(s: Arc<ControlState>) -> Router {
         metrics: Arc::clone(&s.metrics),
         peers: s.peers.clone(),
         cold: None,
+        // Workers read Kafka, which carries samples only.
+        metadata: Default::default(),
     });
     let merged = {
         let s = Arc::clone(&s);

@@ -34,6 +34,8 @@ pub struct TargetState {
     pub last_scrape: i64,
     pub last_duration_s: f64,
     pub last_samples: u64,
+    /// The metric metadata of its last successful scrape.
+    pub metadata: Arc<Vec<(String, crate::model::metadata::Metadata)>>,
 }
 
 struct Running {
@@ -199,6 +201,7 @@ impl Collector {
                 last_scrape: 0,
                 last_duration_s: 0.0,
                 last_samples: 0,
+                metadata: Arc::default(),
             }));
             let (c, s, st) = (Arc::clone(self), Arc::clone(&stop), Arc::clone(&state));
             tokio::spawn(async move { c.scrape_loop(ji, t, s, st).await });
@@ -215,6 +218,7 @@ impl Collector {
     ) {
         let mut cache = Cache::default();
         let mut owned = false;
+        let mut meta_recorded = i64::MIN / 2;
         let interval = target.interval_ms.max(1);
         loop {
             // The next time in the interval at this target's offset.
@@ -294,7 +298,16 @@ impl Collector {
             if let Err(e) = self.ingest.store(v.batch).await {
                 tracing::warn!(target: "tidemark::collect", url = target.scrape_url.as_str(), "scraped samples not stored (the sink refused them; the next scrape tries again): {e}");
             }
+            // Metadata goes to the store when it changed, and each minute (it is kept with
+            // when it was last seen).
+            if rep.up && (cache.metadata_changed || ts - meta_recorded >= 60_000) {
+                self.ingest.metadata.record_all(cache.metadata.iter(), ts);
+                meta_recorded = ts;
+            }
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            if rep.up {
+                s.metadata = Arc::clone(&cache.metadata);
+            }
             s.health = if rep.up { "up" } else { "down" };
             s.last_error = rep.error.unwrap_or_default();
             s.last_scrape = ts;
@@ -445,8 +458,8 @@ impl Collector {
 /// A collector, once started.
 pub type CollectorCell = Arc<std::sync::OnceLock<Arc<Collector>>>;
 
-/// The collection API: `GET /api/v1/targets?state=active|dropped|any` (Prometheus's shape)
-/// and `GET /api/v1/status/ring` (the pool's members and each target's owner). Before the
+/// The collection API: `GET /api/v1/targets?state=active|dropped|any` and
+/// `GET /api/v1/targets/metadata` (Prometheus's shapes), and `GET /api/v1/status/ring` (the pool's members and each target's owner). Before the
 /// collector starts (or in a process without one) both answer with nothing to show.
 pub fn routes(cell: CollectorCell) -> axum::Router {
     use axum::extract::{Query, State};
@@ -475,6 +488,41 @@ pub fn routes(cell: CollectorCell) -> axum::Router {
             ),
         )
         .route(
+            "/api/v1/targets/metadata",
+            get(
+                move |State(c): State<CollectorCell>, Query(q): Q| async move {
+                    let limit = match q.get("limit").map(|l| l.trim()).filter(|l| !l.is_empty()) {
+                        None => Ok(0),
+                        Some(l) => l.parse::<i64>().map(|n| n.max(0) as usize).map_err(|_| {
+                            format!("invalid parameter \"limit\": {l:?} is not an integer")
+                        }),
+                    };
+                    let got = limit.and_then(|limit| match c.get() {
+                        Some(c) => c.targets_metadata_json(
+                            q.get("match_target")
+                                .map(String::as_str)
+                                .filter(|m| !m.is_empty()),
+                            q.get("metric")
+                                .map(String::as_str)
+                                .filter(|m| !m.is_empty()),
+                            limit,
+                        ),
+                        None => Ok(json!([])),
+                    });
+                    match got {
+                        Ok(v) => json(v),
+                        Err(e) => (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            [(header::CONTENT_TYPE, "application/json")],
+                            json!({"status": "error", "errorType": "bad_data", "error": e})
+                                .to_string(),
+                        )
+                            .into_response(),
+                    }
+                },
+            ),
+        )
+        .route(
             "/api/v1/status/ring",
             get(move |State(c): State<CollectorCell>| async move {
                 json(match c.get() {
@@ -494,6 +542,79 @@ impl Collector {
             .find(|j| j.name == t.job)
             .is_some_and(|j| j.local)
             || self.ring.owns(t.key, now)
+    }
+
+    /// `/api/v1/targets/metadata`: the metadata of the targets scraped here, one entry per
+    /// target and metric family, in Prometheus's shape; `match_target` is a label selector on
+    /// the targets' labels (`{job="node"}`), `metric` one family, `limit` the most entries.
+    pub fn targets_metadata_json(
+        &self,
+        match_target: Option<&str>,
+        metric: Option<&str>,
+        limit: usize,
+    ) -> Result<Value, String> {
+        let sets = match match_target {
+            None => vec![Vec::new()],
+            Some(sel) => {
+                let bad = |r: String| {
+                    format!("invalid parameter \"match_target\": {r}; give a label selector such as {{job=\"node\"}}")
+                };
+                match promql_parser::parser::parse(sel).map_err(bad)? {
+                    promql_parser::parser::Expr::VectorSelector(vs) => {
+                        crate::query::engine::selector_matchers(&vs)
+                    }
+                    _ => return Err(bad("not a label selector".into())),
+                }
+            }
+        };
+        let now = now_ms();
+        let mut states: Vec<TargetState> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|r| r.state.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .filter(|s| self.scraped_here(&s.target, now))
+            .collect();
+        states.sort_by(|a, b| a.target.labels.cmp(&b.target.labels));
+        let mut out = Vec::new();
+        for s in &states {
+            let label = |n: &str| {
+                s.target
+                    .labels
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .map_or("", |(_, v)| v.as_str())
+            };
+            if !sets
+                .iter()
+                .any(|ms| ms.iter().all(|m| m.matches(label(&m.name))))
+            {
+                continue;
+            }
+            let target: serde_json::Map<String, Value> = s
+                .target
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            for (name, m) in s.metadata.iter() {
+                if metric.is_some_and(|want| want != name) {
+                    continue;
+                }
+                if limit > 0 && out.len() >= limit {
+                    return Ok(Value::Array(out));
+                }
+                out.push(json!({
+                    "target": target,
+                    "metric": name,
+                    "type": m.kind,
+                    "help": m.help,
+                    "unit": m.unit,
+                }));
+            }
+        }
+        Ok(Value::Array(out))
     }
 
     /// `/api/v1/status/ring`: the members and the owner of every sharded target.

@@ -492,7 +492,10 @@ mod tests {
         assert!(!Membership::from_config(&s, listen).unwrap().sharded());
         s.members = vec!["a".into(), "b".into()];
         let e = Membership::from_config(&s, listen).err().unwrap();
-        assert!(e.contains("scrape.ring.members") && e.contains("127.0.0.1:9090"), "{e}");
+        assert!(
+            e.contains("scrape.ring.members") && e.contains("127.0.0.1:9090"),
+            "{e}"
+        );
         s.member = "a".into();
         let m = Membership::from_config(&s, listen).unwrap();
         assert!(m.sharded() && m.me() == "a");

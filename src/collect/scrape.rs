@@ -13,6 +13,7 @@ use super::config::ScrapeJob;
 use super::relabel;
 use crate::ingest::promtext::{self, TextOptions};
 use crate::ingest::{BatchBuilder, SeriesBuf};
+use crate::model::metadata::Metadata;
 use crate::model::{stale_nan, SeriesId};
 
 /// A group of targets with common labels, as service discovery hands them out.
@@ -191,6 +192,10 @@ pub struct Cache {
     prev: HashMap<SeriesId, Pairs>,
     /// How often the series map was rebuilt (it is cleared when it grows past 4x the scrape).
     pub resets: u64,
+    /// The metric families' `# TYPE`/`# HELP`/`# UNIT` of the last successful scrape, and
+    /// whether that scrape changed them.
+    pub metadata: std::sync::Arc<Vec<(String, Metadata)>>,
+    pub metadata_changed: bool,
 }
 
 /// What one scrape did.
@@ -315,9 +320,14 @@ fn parse_body(
         require_timestamp: false,
     };
     let mut seen: HashMap<SeriesId, usize> = HashMap::new();
+    let mut comments: Vec<&str> = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with('#') {
+            comments.push(line);
             continue;
         }
         let end = promtext::series_end(line.as_bytes())
@@ -354,6 +364,11 @@ fn parse_body(
     if cache.series.len() > 4 * current.len().max(1024) {
         cache.series.clear();
         cache.resets += 1;
+    }
+    let meta = promtext::metadata_lines(comments.into_iter());
+    cache.metadata_changed = *cache.metadata != meta;
+    if cache.metadata_changed {
+        cache.metadata = std::sync::Arc::new(meta);
     }
     Ok(())
 }

@@ -152,6 +152,7 @@ impl Target {
                         samples,
                     })
                     .collect(),
+                metadata: Vec::new(),
             };
             self.send(&remote_proto::encode(&req), part.len() as u64, &mut out)?;
         }

@@ -24,6 +24,7 @@ use super::influx::Precision;
 use super::{
     describe_errors, influx, promtext, remote_write, BatchBuilder, IngestError, WriteBatch,
 };
+use crate::model::metadata::MetadataStore;
 use crate::model::{LimitError, Limits, METRIC_NAME};
 use crate::ops::Metrics;
 use crate::store::hot::HotIndex;
@@ -46,6 +47,8 @@ pub struct IngestState {
     /// The hot index of this process, if it has one (`up`): its retention window and the
     /// per-metric series limit are checked at ingest. Stateless `ingest` processes have none.
     pub hot: Option<Arc<HotIndex>>,
+    /// Metric metadata from pushes and scrapes (`/api/v1/metadata`).
+    pub metadata: Arc<MetadataStore>,
 }
 
 fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, IngestError> {
@@ -88,9 +91,17 @@ pub fn validate(
     let now = now_ms();
     match format {
         Format::Influx(p, _) => influx::parse(body, p, now, &mut b),
-        Format::PromText => promtext::parse(body, now, &mut b),
+        Format::PromText => {
+            promtext::parse(body, now, &mut b);
+            if memchr::memchr(b'#', body).is_some() {
+                let meta = promtext::metadata(&String::from_utf8_lossy(body));
+                state.metadata.record_all(&meta, now);
+            }
+        }
         Format::RemoteWrite => {
-            remote_write::parse(body, limits.max_body_bytes, &mut b).map_err(ingest_error)?
+            let meta =
+                remote_write::parse(body, limits.max_body_bytes, &mut b).map_err(ingest_error)?;
+            state.metadata.record_all(&meta, now);
         }
     }
     Ok(state.admit(b))

@@ -49,6 +49,77 @@ pub fn parse_with(body: &[u8], now_ms: i64, opts: TextOptions, out: &mut BatchBu
     }
 }
 
+/// The metadata of a body's metric families: its `# HELP`, `# TYPE` and `# UNIT` lines
+/// (HELP text unescaped), one entry per family in the order the families first appear. Other
+/// comments are ignored; so are metadata lines without a family name.
+pub fn metadata(body: &str) -> Vec<(String, crate::model::metadata::Metadata)> {
+    metadata_lines(body.lines())
+}
+
+/// [`metadata`] of a body's lines (or of just its comment lines).
+pub fn metadata_lines<'a>(
+    lines: impl Iterator<Item = &'a str>,
+) -> Vec<(String, crate::model::metadata::Metadata)> {
+    let mut out: Vec<(String, crate::model::metadata::Metadata)> = Vec::new();
+    for line in lines {
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let (what, rest) = match rest.split_once([' ', '\t']) {
+            Some((w @ ("HELP" | "TYPE" | "UNIT"), r)) => (w, r.trim_start()),
+            _ => continue,
+        };
+        let (name, text) = match rest.split_once([' ', '\t']) {
+            Some((n, t)) => (n, t),
+            None => (rest, ""),
+        };
+        if name.is_empty() {
+            continue;
+        }
+        let i = match out.iter().rposition(|(n, _)| n == name) {
+            Some(i) => i,
+            None => {
+                out.push((name.to_string(), Default::default()));
+                out.len() - 1
+            }
+        };
+        let m = &mut out[i].1;
+        match what {
+            "HELP" => m.help = unescape_help(text),
+            "TYPE" => m.kind = text.trim().to_ascii_lowercase(),
+            _ => m.unit = text.trim().to_string(),
+        }
+    }
+    for (_, m) in &mut out {
+        if m.kind.is_empty() {
+            m.kind = "unknown".into();
+        }
+    }
+    out
+}
+
+/// HELP text escapes: `\\`, `\n` (and OpenMetrics's `\"`).
+fn unescape_help(s: &str) -> String {
+    if !s.contains('\\') {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match it.next() {
+            Some('n') => out.push('\n'),
+            Some(o) => out.push(o),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
 /// Parses one line into `buf`; returns its time (`now_ms` when it has none) and value.
 pub fn parse_line<'a>(
     line: &'a str,
@@ -208,6 +279,21 @@ mod tests {
 
     #[test]
     fn parses_exposition() {
+        let meta = metadata("# HELP x y \\\\ z\\nw\n# TYPE x counter\n# UNIT x seconds\n# a comment\n# TYPE g gauge\ng 1\n");
+        assert_eq!(meta.len(), 2);
+        assert_eq!(
+            (
+                meta[0].0.as_str(),
+                meta[0].1.kind.as_str(),
+                meta[0].1.help.as_str(),
+                meta[0].1.unit.as_str()
+            ),
+            ("x", "counter", "y \\ z\nw", "seconds")
+        );
+        assert_eq!(
+            (meta[1].0.as_str(), meta[1].1.kind.as_str()),
+            ("g", "gauge")
+        );
         let body = "# HELP x y\n# TYPE x counter\nx_total{a=\"1\",b=\"q\\\"uo\\\\te\\n\"} 12.5 1000\nup 1\nbad{ 1\nnan_metric NaN 5\n";
         let limits = Limits::default();
         let mut b = BatchBuilder::new(&limits);

@@ -2,11 +2,19 @@
 //! (`schemas/remote.proto`). Errors name the 1-based time series index.
 
 use super::{BatchBuilder, IngestError, SeriesBuf};
+use crate::model::metadata::Metadata;
 
-pub use crate::transport::remote_proto::{encode, Label, Sample, TimeSeries, WriteRequest};
+pub use crate::transport::remote_proto::{
+    encode, Label, MetricMetadata, Sample, TimeSeries, WriteRequest,
+};
 
-/// Decompresses and decodes a request body, then adds its samples to `out`.
-pub fn parse(body: &[u8], max_bytes: usize, out: &mut BatchBuilder<'_>) -> Result<(), IngestError> {
+/// Decompresses and decodes a request body, then adds its samples to `out`; returns the
+/// request's metric metadata.
+pub fn parse(
+    body: &[u8],
+    max_bytes: usize,
+    out: &mut BatchBuilder<'_>,
+) -> Result<Vec<(String, Metadata)>, IngestError> {
     let len =
         snap::raw::decompress_len(body).map_err(|e| IngestError::Decode(format!("snappy: {e}")))?;
     if len > max_bytes {
@@ -30,7 +38,21 @@ pub fn parse(body: &[u8], max_bytes: usize, out: &mut BatchBuilder<'_>) -> Resul
             out.add(&mut buf, s.timestamp, s.value, i + 1);
         }
     }
-    Ok(())
+    Ok(req
+        .metadata
+        .iter()
+        .filter(|m| !m.metric_family_name.is_empty())
+        .map(|m| {
+            (
+                m.metric_family_name.clone(),
+                Metadata {
+                    kind: m.kind().to_string(),
+                    help: m.help.clone(),
+                    unit: m.unit.clone(),
+                },
+            )
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -63,11 +85,22 @@ mod tests {
                     },
                 ],
             }],
+            metadata: vec![MetricMetadata {
+                r#type: 2,
+                metric_family_name: "up".into(),
+                help: "Target is up.".into(),
+                unit: String::new(),
+            }],
         };
         let body = encode(&req);
         let limits = Limits::default();
         let mut b = BatchBuilder::new(&limits);
-        parse(&body, 1 << 20, &mut b).unwrap();
+        let meta = parse(&body, 1 << 20, &mut b).unwrap();
+        assert_eq!(meta.len(), 1);
+        assert_eq!(
+            (meta[0].0.as_str(), meta[0].1.kind.as_str()),
+            ("up", "gauge")
+        );
         let (batch, errs, _) = b.finish();
         assert!(errs.is_empty());
         assert_eq!(batch.samples.len(), 2);

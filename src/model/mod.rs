@@ -7,6 +7,7 @@
 mod batch;
 mod labels;
 mod limits;
+pub mod metadata;
 
 pub use batch::{BatchSample, WriteBatch, MAX_ABS_TS};
 pub use labels::{canonical_encode, decode_canonical, Labels, METRIC_NAME};

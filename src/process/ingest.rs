@@ -55,6 +55,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         sink: ingest_http::Sink::Kafka(sink),
         metrics: Arc::clone(&metrics),
         hot: None,
+        metadata: Default::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

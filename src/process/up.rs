@@ -344,6 +344,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         sink: ingest_http::Sink::Log(log.clone()),
         metrics: Arc::clone(&metrics),
         hot: Some(Arc::clone(&hot)),
+        metadata: Default::default(),
     });
     let state = Arc::new(AppState {
         cfg,

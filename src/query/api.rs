@@ -33,6 +33,8 @@ pub struct QueryState {
     pub peers: Vec<String>,
     /// The cold tiers, read for data older than the hot index holds.
     pub cold: Option<Arc<ColdReader>>,
+    /// Metric metadata from pushes and scrapes.
+    pub metadata: Arc<crate::model::metadata::MetadataStore>,
 }
 
 /// The query routes (Prometheus API, plus `/api/v1/rollups`).
@@ -44,7 +46,7 @@ pub fn routes(state: Arc<QueryState>) -> axum::Router {
         .route("/api/v1/series", get(series).post(series))
         .route("/api/v1/labels", get(labels).post(labels))
         .route("/api/v1/label/{name}/values", get(label_values))
-        .route("/api/v1/metadata", get(metadata))
+        .route("/api/v1/metadata", get(metadata).post(metadata))
         .route("/api/v1/rollups", get(rollups))
         .route("/api/v1/status/buildinfo", get(buildinfo))
         .with_state(state)
@@ -517,9 +519,32 @@ pub async fn rollups(State(s): State<Arc<QueryState>>, RawQuery(q): RawQuery) ->
     }
 }
 
-/// `GET /api/v1/metadata`: Tidemark keeps no metric metadata yet.
-pub async fn metadata() -> Response {
-    success(json!({}))
+/// `GET /api/v1/metadata?limit=&limit_per_metric=&metric=`: the `# TYPE`/`# HELP`/`# UNIT`
+/// of scraped and pushed text and remote write's metadata, in Prometheus's shape.
+pub async fn metadata(
+    State(s): State<Arc<QueryState>>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let p = params(&q, &body);
+    let num = |k: &str| -> Result<usize, Response> {
+        match get(&p, k).map(str::trim).filter(|v| !v.is_empty()) {
+            None => Ok(0),
+            Some(v) => v.parse::<i64>().map(|n| n.max(0) as usize).map_err(|_| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_data",
+                    format!("invalid parameter {k:?}: {v:?} is not an integer"),
+                )
+            }),
+        }
+    };
+    let (limit, per) = match (num("limit"), num("limit_per_metric")) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let metric = get(&p, "metric").filter(|m| !m.is_empty());
+    success(s.metadata.json(limit, per, metric))
 }
 
 /// `GET /api/v1/status/buildinfo`.

@@ -188,7 +188,10 @@ impl KafkaSink {
                                 samples,
                             })
                             .collect();
-                        remote_proto::encode(&WriteRequest { timeseries })
+                        remote_proto::encode(&WriteRequest {
+                            timeseries,
+                            metadata: Vec::new(),
+                        })
                     }
                 };
                 Message {

@@ -7,6 +7,39 @@
 pub struct WriteRequest {
     #[prost(message, repeated, tag = "1")]
     pub timeseries: Vec<TimeSeries>,
+    #[prost(message, repeated, tag = "3")]
+    pub metadata: Vec<MetricMetadata>,
+}
+
+/// `prometheus.MetricMetadata`: a family's type, help and unit.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MetricMetadata {
+    /// UNKNOWN = 0, COUNTER = 1, GAUGE = 2, HISTOGRAM = 3, GAUGEHISTOGRAM = 4, SUMMARY = 5,
+    /// INFO = 6, STATESET = 7.
+    #[prost(int32, tag = "1")]
+    pub r#type: i32,
+    #[prost(string, tag = "2")]
+    pub metric_family_name: String,
+    #[prost(string, tag = "4")]
+    pub help: String,
+    #[prost(string, tag = "5")]
+    pub unit: String,
+}
+
+impl MetricMetadata {
+    /// The type as the text formats and `/api/v1/metadata` name it.
+    pub fn kind(&self) -> &'static str {
+        match self.r#type {
+            1 => "counter",
+            2 => "gauge",
+            3 => "histogram",
+            4 => "gaugehistogram",
+            5 => "summary",
+            6 => "info",
+            7 => "stateset",
+            _ => "unknown",
+        }
+    }
 }
 
 /// `prometheus.TimeSeries`.
