@@ -98,6 +98,46 @@ enum Cmd {
         #[arg(long)]
         url: Option<String>,
     },
+    /// The host agent: this machine's CPU, load, memory, filesystems, disks, network and
+    /// processes from /proc with node_exporter's names, pushed by remote write every interval
+    /// (buffered in memory, then on disk, while the target is unreachable) and served on its
+    /// own /metrics.
+    Agent {
+        /// Remote write URL, e.g. http://tidemark:9090/api/v1/write.
+        #[arg(long)]
+        push_to: String,
+        /// Collection interval.
+        #[arg(long, default_value = "10s")]
+        interval: String,
+        /// Address to serve /metrics on.
+        #[arg(long, default_value = "127.0.0.1:9471")]
+        listen: SocketAddr,
+        /// The job label of pushed samples.
+        #[arg(long, default_value = "node")]
+        job: String,
+        /// The instance label of pushed samples (default: this machine's hostname).
+        #[arg(long)]
+        instance: Option<String>,
+        /// Another label for every pushed sample, NAME=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// A write token for the target (also read from TIDEMARK_TOKEN, which keeps it out of
+        /// the process list).
+        #[arg(long)]
+        token: Option<String>,
+        /// Unsent samples kept in memory (encoded bytes).
+        #[arg(long, default_value = "64MiB")]
+        buffer_memory: String,
+        /// Where the backlog spills past the memory bound (kept across restarts); "" = none.
+        #[arg(long, default_value = "tidemark-agent-buffer")]
+        buffer_dir: PathBuf,
+        /// Unsent samples kept on disk; past it the oldest are dropped and counted.
+        #[arg(long, default_value = "1GiB")]
+        buffer_disk: String,
+        /// The proc filesystem to read.
+        #[arg(long, default_value = "/proc")]
+        procfs: PathBuf,
+    },
     /// Stateless push receiver: the ingest endpoints of `up`, producing accepted batches to the
     /// Kafka topic `metrics` (acknowledged only once Kafka acknowledged them; 503 otherwise).
     Ingest {
@@ -323,6 +363,58 @@ fn main() -> anyhow::Result<()> {
             }
             refuse_open_without_tokens(&cfg, insecure)?;
             tidemark::process::up::run(cfg).context("tidemark up")
+        }
+        Cmd::Agent {
+            push_to,
+            interval,
+            listen,
+            job,
+            instance,
+            labels,
+            token,
+            buffer_memory,
+            buffer_dir,
+            buffer_disk,
+            procfs,
+        } => {
+            use tidemark::process::agent::{parse_bytes, AgentOpts};
+            let interval_ms = tidemark::time::parse_duration_ms(&interval)
+                .filter(|ms| *ms >= 100)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--interval {interval:?}: give a duration of at least 100ms, e.g. 10s"
+                    )
+                })?;
+            let instance = instance.unwrap_or_else(|| {
+                std::fs::read_to_string(procfs.join("sys/kernel/hostname"))
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "localhost".into())
+            });
+            let mut all = vec![("instance".to_string(), instance), ("job".to_string(), job)];
+            for l in &labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--label {l:?}: give NAME=VALUE"))?;
+                if !tidemark::model::is_valid_label_name(k) {
+                    anyhow::bail!("--label {l:?}: {k:?} is not a valid label name");
+                }
+                all.retain(|(n, _)| n != k);
+                all.push((k.to_string(), v.to_string()));
+            }
+            let size =
+                |flag: &str, v: &str| parse_bytes(v).map_err(|e| anyhow::anyhow!("{flag}: {e}"));
+            tidemark::process::agent::run(AgentOpts {
+                push_to,
+                interval_ms,
+                listen,
+                labels: all,
+                buffer_memory: size("--buffer-memory", &buffer_memory)?,
+                buffer_dir: (!buffer_dir.as_os_str().is_empty()).then_some(buffer_dir),
+                buffer_disk: size("--buffer-disk", &buffer_disk)?,
+                token: token.or_else(|| std::env::var("TIDEMARK_TOKEN").ok()),
+                procfs,
+            })
+            .context("tidemark agent")
         }
         Cmd::Ingest {
             listen,

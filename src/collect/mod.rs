@@ -3,6 +3,7 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`agent`] | the host agent: this machine's metrics (node_exporter's names), a push buffer |
 //! | [`config`] | the scrape file (Prometheus's `scrape_configs` subset, Tidemark's etcd SD) |
 //! | [`etcd`] | an etcd v3 client over its JSON gateway: prefix range and watch, leases |
 //! | [`manager`] | discovery (static, file, HTTP, etcd), one scrape loop per target, `/api/v1/targets` |
@@ -10,6 +11,7 @@
 //! | [`ring`] | the collector pool's consistent hash ring; static or etcd membership |
 //! | [`scrape`] | targets from discovered groups; one scrape as samples, staleness and report series |
 
+pub mod agent;
 pub mod config;
 pub mod etcd;
 pub mod manager;

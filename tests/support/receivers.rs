@@ -94,8 +94,12 @@ impl HttpReceiver {
                 match listener.accept() {
                     Ok((mut s, _)) => {
                         s.set_nonblocking(false).unwrap();
-                        // Keep-alive: serve requests until the client closes.
-                        while let Some(req) = read_request(&mut s) {
+                        // Keep-alive: serve requests until the client closes or the
+                        // receiver stops.
+                        while let Some(req) = (!st.load(Ordering::Acquire))
+                            .then(|| read_request(&mut s))
+                            .flatten()
+                        {
                             reqs.lock().unwrap().push(req);
                             let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok");
                         }
