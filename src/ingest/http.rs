@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::influx::Precision;
 use super::{
-    describe_errors, influx, promtext, remote_write, BatchBuilder, IngestError, WriteBatch,
+    describe_errors_as, influx, otlp, promtext, remote_write, BatchBuilder, IngestError, WriteBatch,
 };
 use crate::model::metadata::MetadataStore;
 use crate::model::{LimitError, Limits, METRIC_NAME};
@@ -35,6 +35,8 @@ pub enum Format {
     Influx(Precision, bool),
     PromText,
     RemoteWrite,
+    /// OTLP/HTTP metrics; `true`: the JSON encoding.
+    Otlp(bool),
 }
 
 pub use crate::transport::sink::{Sink, SinkUnavailable};
@@ -70,6 +72,8 @@ pub struct Validated {
     pub batch: WriteBatch,
     pub errors: String,
     pub rejected: usize,
+    /// OTLP: the data points refused (a refused metric counts all of its points).
+    pub rejected_points: Option<i64>,
 }
 
 /// Decompresses, parses and validates one request body. Blocking.
@@ -102,6 +106,14 @@ pub fn validate(
             let meta =
                 remote_write::parse(body, limits.max_body_bytes, &mut b).map_err(ingest_error)?;
             state.metadata.record_all(&meta, now);
+        }
+        Format::Otlp(json) => {
+            let req = otlp::decode(body, json).map_err(ingest_error)?;
+            let outcome = otlp::translate(&req, &mut b);
+            state.metadata.record_all(&outcome.metadata, now);
+            let mut v = state.admit(b);
+            v.rejected_points = Some(v.rejected as i64 + outcome.extra_rejected_points);
+            return Ok(v);
         }
     }
     Ok(state.admit(b))
@@ -155,10 +167,12 @@ impl IngestState {
             });
         }
         self.metrics.add_rejected(&b.rejected);
+        let position = b.position;
         let (batch, errors, rejected) = b.finish();
         Validated {
             batch,
-            errors: describe_errors(&errors, rejected),
+            errors: describe_errors_as(&errors, rejected, position),
+            rejected_points: None,
             rejected,
         }
     }
@@ -252,6 +266,27 @@ async fn handle(
                 .into_response();
         }
     };
+    if let Format::Otlp(json) = format {
+        // OTLP/HTTP: 200 with an ExportMetricsServiceResponse; refused points are a partial
+        // success (the exporter logs the message and does not retry).
+        let points = v.rejected_points.unwrap_or(v.rejected as i64);
+        let msg = if v.rejected > 0 {
+            format!("{accepted} samples accepted; rejected: {}", v.errors)
+        } else {
+            String::new()
+        };
+        let ct = if json {
+            "application/json"
+        } else {
+            "application/x-protobuf"
+        };
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, ct)],
+            otlp::response(points, &msg, json),
+        )
+            .into_response();
+    }
     if v.rejected == 0 {
         return StatusCode::NO_CONTENT.into_response();
     }
@@ -315,6 +350,36 @@ pub async fn write_v2(
     }
 }
 
+/// `POST /api/v1/otlp/v1/metrics` (OTLP/HTTP, `application/x-protobuf` or
+/// `application/json`, as Prometheus 3 serves it).
+pub async fn otlp_metrics(
+    State(s): State<Arc<IngestState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = match ct.as_str() {
+        "application/x-protobuf" | "application/protobuf" => false,
+        "application/json" => true,
+        other => {
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported content type {other:?}: OTLP/HTTP bodies are application/x-protobuf or application/json"),
+            )
+                .into_response()
+        }
+    };
+    handle(s, Format::Otlp(json), headers, body).await
+}
+
 /// `POST /api/v1/write` (remote write; the body is snappy-compressed protobuf).
 pub async fn remote_write(
     State(s): State<Arc<IngestState>>,
@@ -342,6 +407,7 @@ pub fn routes(state: Arc<IngestState>) -> axum::Router {
         .route("/api/v2/write", post(write_v2))
         .route("/api/v1/write", post(remote_write))
         .route("/api/v1/import/prometheus", post(import_prometheus))
+        .route("/api/v1/otlp/v1/metrics", post(otlp_metrics))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state)
 }

@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod influx;
+pub mod otlp;
 pub mod promtext;
 pub mod remote_write;
 
@@ -182,6 +183,9 @@ pub struct BatchBuilder<'l> {
     min_ts_reason: String,
     /// Rejections by reason: parse, limit, too old.
     pub rejected: [usize; 3],
+    /// What an error's position counts: `line` (text formats), `time series` (remote
+    /// write), `metric` (OTLP).
+    pub position: &'static str,
 }
 
 /// At most this many errors are kept with their text; the rest are counted.
@@ -200,6 +204,7 @@ impl<'l> BatchBuilder<'l> {
             min_ts: i64::MIN,
             min_ts_reason: String::new(),
             rejected: [0; 3],
+            position: "line",
         }
     }
 
@@ -356,12 +361,17 @@ impl<I: Iterator> ExactSizeIterator for ExactIter<I> {}
 
 /// Renders errors as `line N: reason; ...` with a count of the ones not shown.
 pub fn describe_errors(errors: &[LineError], total: usize) -> String {
+    describe_errors_as(errors, total, "line")
+}
+
+/// [`describe_errors`], positions counted in `position` (`metric 3: ...`).
+pub fn describe_errors_as(errors: &[LineError], total: usize, position: &str) -> String {
     let mut s = String::new();
     for (i, e) in errors.iter().enumerate() {
         if i > 0 {
             s.push_str("; ");
         }
-        s.push_str(&format!("line {}: {}", e.line, e.reason));
+        s.push_str(&format!("{position} {}: {}", e.line, e.reason));
     }
     if total > errors.len() {
         s.push_str(&format!("; and {} more rejected", total - errors.len()));
