@@ -13,6 +13,9 @@
 //! max_label_name_len = 256
 //! max_label_value_len = 4096
 //! max_series_per_metric = 1000000
+//! graphite_listen = ""        # Graphite plaintext over TCP, e.g. "127.0.0.1:2003"; "" = off
+//! graphite_templates = []     # ["[filter] template [tag=value,...]"], e.g.
+//!                             # ["servers.* .host.measurement.field dc=eu"]
 //!
 //! [log]
 //! fsync = "always"            # always | interval | never

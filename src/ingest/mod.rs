@@ -2,11 +2,13 @@
 //! write, all feeding one [`BatchBuilder`] that interns series, validates them against the
 //! [`Limits`] and collects per-line errors without dropping the valid lines around them.
 
+pub mod graphite;
 pub mod http;
 pub mod influx;
 pub mod otlp;
 pub mod promtext;
 pub mod remote_write;
+pub mod tcp;
 
 use std::borrow::Cow;
 

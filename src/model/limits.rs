@@ -15,6 +15,10 @@ pub struct Limits {
     pub max_label_value_len: usize,
     /// Most distinct series one metric name may have in the hot index.
     pub max_series_per_metric: usize,
+    /// Graphite plaintext over TCP on this address (`None`: off).
+    pub graphite_listen: Option<std::net::SocketAddr>,
+    /// Graphite path templates (`[filter] template [tag=value,...]`, InfluxDB's syntax).
+    pub graphite_templates: Vec<String>,
 }
 
 impl Default for Limits {
@@ -25,6 +29,8 @@ impl Default for Limits {
             max_label_name_len: 256,
             max_label_value_len: 4096,
             max_series_per_metric: 1_000_000,
+            graphite_listen: None,
+            graphite_templates: Vec::new(),
         }
     }
 }

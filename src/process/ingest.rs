@@ -122,6 +122,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .merge(crate::collect::manager::routes(Arc::clone(&collector)))
             .layer(axum::middleware::from_fn_with_state(auth, authorize))
             .layer(axum::middleware::from_fn(request_log));
+        crate::ingest::tcp::start_graphite(&state)
+            .await
+            .map_err(anyhow::Error::msg)?;
         if !scrape_cfg.jobs.is_empty() {
             let c = crate::collect::manager::Collector::start(scrape_cfg, Arc::clone(&state), ring);
             let _ = collector.set(c);

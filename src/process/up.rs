@@ -379,6 +379,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             log.start_offset(),
             startup_end
         );
+        crate::ingest::tcp::start_graphite(&ingest)
+            .await
+            .map_err(anyhow::Error::msg)?;
         spawn_background(Arc::clone(&state), startup_end, started);
         let _ = state
             .collector
