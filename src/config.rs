@@ -6,6 +6,8 @@
 //! listen = "127.0.0.1:9470"   # HTTP address (--listen)
 //! data_dir = "./data"         # log and other local data (--data-dir)
 //! workers = 0                 # timely worker threads; 0 = number of cores (--workers)
+//! tls_cert_file = ""          # HTTPS (rustls): PEM certificate chain and private key;
+//! tls_key_file = ""           # both or neither; "" = plain HTTP
 //!
 //! [ingest]
 //! max_body_bytes = 67108864
@@ -197,7 +199,16 @@ pub enum Role {
 pub struct Token {
     pub token: String,
     pub role: Role,
+    /// The labels every sample written with this token must carry (`labels = { tenant =
+    /// "a" }`); empty: any series.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
+
+/// The write scope of the token a request came with (a request extension set by the auth
+/// middleware): the labels each of its samples must carry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteScope(pub std::sync::Arc<Vec<(String, String)>>);
 
 /// `[auth]`: bearer tokens.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -211,8 +222,17 @@ impl AuthConfig {
     /// may read, `read` only reads. Without tokens everything is allowed. The error is an
     /// HTTP status and a message saying what is needed.
     pub fn check(&self, headers: &axum::http::HeaderMap, need: Role) -> Result<(), (u16, String)> {
+        self.check_scoped(headers, need).map(|_| ())
+    }
+
+    /// [`AuthConfig::check`], and the token's write scope when it has one.
+    pub fn check_scoped(
+        &self,
+        headers: &axum::http::HeaderMap,
+        need: Role,
+    ) -> Result<Option<WriteScope>, (u16, String)> {
         if self.tokens.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let given = headers
             .get(axum::http::header::AUTHORIZATION)
@@ -222,14 +242,21 @@ impl AuthConfig {
         let Some(given) = given else {
             return Err((401, format!("this endpoint needs an Authorization: Bearer token with role {need:?} or higher")));
         };
-        let role = self
+        let token = self
             .tokens
             .iter()
-            .find(|t| constant_time_eq(t.token.as_bytes(), given.as_bytes()))
-            .map(|t| t.role);
-        match role {
+            .find(|t| constant_time_eq(t.token.as_bytes(), given.as_bytes()));
+        let scope = token.filter(|t| !t.labels.is_empty()).map(|t| {
+            WriteScope(std::sync::Arc::new(
+                t.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ))
+        });
+        match token.map(|t| t.role) {
             None => Err((401, "unknown bearer token".into())),
-            Some(r) if r >= need => Ok(()),
+            Some(r) if r >= need => Ok(scope),
             Some(r) => Err((
                 403,
                 format!("a {r:?} token cannot do this; it needs role {need:?}"),
@@ -342,6 +369,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Timely worker threads; 0 means the number of cores.
     pub workers: usize,
+    /// HTTPS: a PEM certificate chain and its PEM private key (both, or neither).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -350,6 +380,8 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:9470".parse().expect("valid"),
             data_dir: PathBuf::from("./data"),
             workers: 0,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

@@ -60,6 +60,7 @@ struct JobYaml {
     honor_timestamps: Option<bool>,
     basic_auth: Option<BasicAuth>,
     authorization: Option<Authorization>,
+    tls_config: Option<TlsConfig>,
     #[serde(default)]
     static_configs: Vec<StaticConfig>,
     #[serde(default)]
@@ -97,6 +98,18 @@ pub struct Authorization {
     pub kind: Option<String>,
     pub credentials: Option<String>,
     pub credentials_file: Option<PathBuf>,
+}
+
+/// `tls_config` of an `https` job: the CA that signs the targets' certificates (default:
+/// Mozilla's roots), a client certificate and key, or no verification at all.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// A static target group.
@@ -149,6 +162,7 @@ pub struct ScrapeJob {
     pub honor_timestamps: bool,
     pub basic_auth: Option<BasicAuth>,
     pub authorization: Option<Authorization>,
+    pub tls_config: Option<TlsConfig>,
     pub static_configs: Vec<StaticConfig>,
     pub file_sd_configs: Vec<FileSdConfig>,
     pub http_sd_configs: Vec<HttpSdConfig>,
@@ -346,6 +360,7 @@ impl ScrapeConfig {
                 honor_timestamps: j.honor_timestamps.unwrap_or(true),
                 basic_auth: j.basic_auth,
                 authorization: j.authorization,
+                tls_config: j.tls_config,
                 static_configs: j.static_configs,
                 file_sd_configs: j.file_sd_configs,
                 http_sd_configs: j.http_sd_configs,
@@ -376,6 +391,7 @@ pub fn for_process(
     section: &crate::config::ScrapeSection,
     listen: std::net::SocketAddr,
     token: Option<&str>,
+    https: bool,
 ) -> Result<ScrapeConfig, Vec<ScrapeConfigError>> {
     let mut cfg = match &section.config {
         Some(p) if !p.as_os_str().is_empty() => ScrapeConfig::load(p)?,
@@ -390,8 +406,14 @@ pub fn for_process(
         let auth = token
             .map(|t| format!("    authorization:\n      credentials: {t:?}\n"))
             .unwrap_or_default();
+        // Over HTTPS the process scrapes itself by address: its certificate is not checked.
+        let tls = if https {
+            "    scheme: https\n    tls_config:\n      insecure_skip_verify: true\n"
+        } else {
+            ""
+        };
         let text = format!(
-            "scrape_configs:\n  - job_name: tidemark\n    scrape_interval: {}ms\n    static_configs:\n      - targets: ['{host}']\n{auth}",
+            "scrape_configs:\n  - job_name: tidemark\n    scrape_interval: {}ms\n{tls}    static_configs:\n      - targets: ['{host}']\n{auth}",
             section.self_interval.0.max(1000)
         );
         let own = ScrapeConfig::parse(Path::new("(self-scrape)"), &text)?;

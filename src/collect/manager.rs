@@ -56,6 +56,8 @@ pub struct Collector {
     dropped: Mutex<BTreeMap<String, Vec<Pairs>>>,
     stop: Arc<AtomicBool>,
     ring: Arc<Membership>,
+    /// Each job's TLS settings (`tls_config`), read once at the start.
+    tls: Vec<Option<ureq::tls::TlsConfig>>,
 }
 
 impl Collector {
@@ -66,7 +68,21 @@ impl Collector {
         ingest: Arc<IngestState>,
         ring: Arc<Membership>,
     ) -> Arc<Collector> {
+        let tls = cfg
+            .jobs
+            .iter()
+            .map(|j| {
+                j.tls_config.as_ref().and_then(|t| match tls_of(t) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(target: "tidemark::collect", job = j.name.as_str(), "tls_config: {e}; its targets are scraped with the default roots");
+                        None
+                    }
+                })
+            })
+            .collect();
         let c = Arc::new(Collector {
+            tls,
             jobs: cfg.jobs,
             ingest,
             agent: ureq::Agent::new_with_config(
@@ -274,9 +290,11 @@ impl Collector {
                 target.timeout_ms,
             );
             let auth = auth_header(&self.jobs[job]);
-            let fetched = tokio::task::spawn_blocking(move || fetch(&agent, &url, timeout, auth))
-                .await
-                .unwrap_or_else(|e| Err(format!("scrape task failed: {e}")));
+            let tls = self.tls[job].clone();
+            let fetched =
+                tokio::task::spawn_blocking(move || fetch(&agent, &url, timeout, auth, tls))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("scrape task failed: {e}")));
             let duration = started.elapsed().as_secs_f64();
             let mut b = self.ingest.builder();
             let rep = scrape::scrape_samples(
@@ -730,6 +748,47 @@ mod base64_lite {
     }
 }
 
+/// A job's `tls_config` as the HTTP client's (errors name the file).
+fn tls_of(t: &super::config::TlsConfig) -> Result<ureq::tls::TlsConfig, String> {
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts};
+    let read =
+        |what: &str, p: &Path| std::fs::read(p).map_err(|e| format!("{what} {}: {e}", p.display()));
+    let mut b = ureq::tls::TlsConfig::builder().disable_verification(t.insecure_skip_verify);
+    if let Some(ca) = &t.ca_file {
+        let pem = read("ca_file", ca)?;
+        let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(format!(
+                "ca_file {}: no PEM certificate in it",
+                ca.display()
+            ));
+        }
+        b = b.root_certs(RootCerts::new_with_certs(&certs));
+    }
+    match (&t.cert_file, &t.key_file) {
+        (Some(c), Some(k)) => {
+            let pem = read("cert_file", c)?;
+            let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|i| match i {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            let key = PrivateKey::from_pem(&read("key_file", k)?)
+                .map_err(|e| format!("key_file {}: {e}", k.display()))?;
+            b = b.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+        }
+        (None, None) => {}
+        _ => return Err("cert_file and key_file go together".into()),
+    }
+    Ok(b.build())
+}
+
 /// Prometheus's `Accept` header: OpenMetrics preferred, then the text format.
 const ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
 
@@ -740,8 +799,9 @@ fn fetch(
     url: &str,
     timeout_ms: i64,
     auth: Option<String>,
+    tls: Option<ureq::tls::TlsConfig>,
 ) -> Result<(Vec<u8>, bool), String> {
-    let mut req = agent
+    let mut cfg = agent
         .get(url)
         .header("Accept", ACCEPT)
         .header(
@@ -749,8 +809,11 @@ fn fetch(
             format!("{}", timeout_ms as f64 / 1000.0),
         )
         .config()
-        .timeout_global(Some(Duration::from_millis(timeout_ms.max(1) as u64)))
-        .build();
+        .timeout_global(Some(Duration::from_millis(timeout_ms.max(1) as u64)));
+    if let Some(t) = tls {
+        cfg = cfg.tls_config(t);
+    }
+    let mut req = cfg.build();
     if let Some(a) = auth {
         req = req.header("Authorization", a);
     }

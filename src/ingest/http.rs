@@ -24,6 +24,7 @@ use super::influx::Precision;
 use super::{
     describe_errors_as, influx, otlp, promtext, remote_write, BatchBuilder, IngestError, WriteBatch,
 };
+use crate::config::WriteScope;
 use crate::model::metadata::MetadataStore;
 use crate::model::{LimitError, Limits, METRIC_NAME};
 use crate::ops::Metrics;
@@ -82,6 +83,7 @@ pub fn validate(
     format: Format,
     gzipped: bool,
     body: &[u8],
+    scope: Option<&WriteScope>,
 ) -> Result<Validated, Response> {
     let limits = &state.limits;
     let decoded;
@@ -111,12 +113,38 @@ pub fn validate(
             let req = otlp::decode(body, json).map_err(ingest_error)?;
             let outcome = otlp::translate(&req, &mut b);
             state.metadata.record_all(&outcome.metadata, now);
+            enforce_scope(&mut b, scope);
             let mut v = state.admit(b);
             v.rejected_points = Some(v.rejected as i64 + outcome.extra_rejected_points);
             return Ok(v);
         }
     }
+    enforce_scope(&mut b, scope);
     Ok(state.admit(b))
+}
+
+/// Rejects (naming them) the series that do not carry every label of the token's scope.
+fn enforce_scope(b: &mut BatchBuilder<'_>, scope: Option<&WriteScope>) {
+    let Some(WriteScope(need)) = scope else {
+        return;
+    };
+    b.retain_series(|_, canon| {
+        let labels = super::decode_canonical(canon);
+        if need
+            .iter()
+            .all(|(k, v)| labels.get(k).is_some_and(|x| x == v))
+        {
+            return Ok(());
+        }
+        Err(LimitError::OutOfScope {
+            series: labels.to_string(),
+            need: need
+                .iter()
+                .map(|(k, v)| format!("{k}={v:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    });
 }
 
 impl IngestState {
@@ -221,6 +249,7 @@ fn body_error(state: &IngestState, r: BytesRejection) -> Response {
 async fn handle(
     state: Arc<IngestState>,
     format: Format,
+    scope: Option<WriteScope>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -234,7 +263,9 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
     let st = Arc::clone(&state);
-    let res = tokio::task::spawn_blocking(move || validate(&st, format, gzipped, &body)).await;
+    let res =
+        tokio::task::spawn_blocking(move || validate(&st, format, gzipped, &body, scope.as_ref()))
+            .await;
     let v = match res {
         Ok(Ok(v)) => v,
         Ok(Err(resp)) => {
@@ -327,12 +358,22 @@ fn precision(q: &Option<String>) -> Result<Precision, Response> {
 /// `POST /write` (Influx 1.x).
 pub async fn write_v1(
     State(s): State<Arc<IngestState>>,
+    scope: Option<axum::Extension<WriteScope>>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match precision(&q) {
-        Ok(p) => handle(s, Format::Influx(p, false), headers, body).await,
+        Ok(p) => {
+            handle(
+                s,
+                Format::Influx(p, false),
+                scope.map(|e| e.0),
+                headers,
+                body,
+            )
+            .await
+        }
         Err(r) => r,
     }
 }
@@ -340,12 +381,22 @@ pub async fn write_v1(
 /// `POST /api/v2/write` (Influx 2.x).
 pub async fn write_v2(
     State(s): State<Arc<IngestState>>,
+    scope: Option<axum::Extension<WriteScope>>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match precision(&q) {
-        Ok(p) => handle(s, Format::Influx(p, true), headers, body).await,
+        Ok(p) => {
+            handle(
+                s,
+                Format::Influx(p, true),
+                scope.map(|e| e.0),
+                headers,
+                body,
+            )
+            .await
+        }
         Err(r) => r,
     }
 }
@@ -354,6 +405,7 @@ pub async fn write_v2(
 /// `application/json`, as Prometheus 3 serves it).
 pub async fn otlp_metrics(
     State(s): State<Arc<IngestState>>,
+    scope: Option<axum::Extension<WriteScope>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -377,25 +429,27 @@ pub async fn otlp_metrics(
                 .into_response()
         }
     };
-    handle(s, Format::Otlp(json), headers, body).await
+    handle(s, Format::Otlp(json), scope.map(|e| e.0), headers, body).await
 }
 
 /// `POST /api/v1/write` (remote write; the body is snappy-compressed protobuf).
 pub async fn remote_write(
     State(s): State<Arc<IngestState>>,
+    scope: Option<axum::Extension<WriteScope>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(s, Format::RemoteWrite, headers, body).await
+    handle(s, Format::RemoteWrite, scope.map(|e| e.0), headers, body).await
 }
 
 /// `POST /api/v1/import/prometheus` (text exposition format).
 pub async fn import_prometheus(
     State(s): State<Arc<IngestState>>,
+    scope: Option<axum::Extension<WriteScope>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(s, Format::PromText, headers, body).await
+    handle(s, Format::PromText, scope.map(|e| e.0), headers, body).await
 }
 
 /// The push routes, for `up` and `ingest` alike.

@@ -62,6 +62,8 @@ pub enum LimitError {
     },
     #[error("metric {metric:?} already has {limit} series (ingest.max_series_per_metric); raise it in tidemark.toml [ingest] or reduce label cardinality")]
     TooManySeries { metric: String, limit: usize },
+    #[error("series {series} is outside this token's scope: its samples must carry {need} (the token's labels in tidemark.toml [auth] tokens); write it with a token for that scope")]
+    OutOfScope { series: String, need: String },
 }
 
 /// Prometheus metric-name rule: `[a-zA-Z_:][a-zA-Z0-9_:]*`.

@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::config::Config;
-use crate::http::{authorize, request_log, shutdown_signal};
+use crate::http::{authorize, request_log};
 use crate::ingest::http as ingest_http;
 use crate::ops::{render_counters, Metrics, TextWriter};
 
@@ -22,6 +22,7 @@ use crate::ops::{render_counters, Metrics, TextWriter};
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     // Scraping (`--scrape`, `[scrape] config`): checked before anything starts. Without a
     // scrape file an ingest process scrapes nothing (not even itself).
+    let tls = crate::http::tls_acceptor(&cfg.server).map_err(anyhow::Error::msg)?;
     let self_token = cfg.auth.tokens.iter().map(|t| t.token.clone()).next();
     let mut section = cfg.scrape.clone();
     if section
@@ -31,17 +32,21 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     {
         section.self_scrape = false;
     }
-    let scrape_cfg =
-        crate::collect::config::for_process(&section, cfg.server.listen, self_token.as_deref())
-            .map_err(|errs| {
-                anyhow::anyhow!(
-                    "scrape.config: {}",
-                    errs.iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )
-            })?;
+    let scrape_cfg = crate::collect::config::for_process(
+        &section,
+        cfg.server.listen,
+        self_token.as_deref(),
+        tls.is_some(),
+    )
+    .map_err(|errs| {
+        anyhow::anyhow!(
+            "scrape.config: {}",
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
     let ring = crate::collect::ring::Membership::from_config(&cfg.scrape.ring, cfg.server.listen)
         .map_err(anyhow::Error::msg)?;
     let collector: crate::collect::manager::CollectorCell = Default::default();
@@ -66,7 +71,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {listen}"))?;
         tracing::info!(
-            "listening on http://{}, producing to topic {:?} at {} ({:?}, key {:?})",
+            "listening on {}://{}, producing to topic {:?} at {} ({:?}, key {:?})",
+            if tls.is_some() { "https" } else { "http" },
             listener.local_addr()?,
             kafka.topic,
             kafka.brokers,
@@ -129,9 +135,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             let c = crate::collect::manager::Collector::start(scrape_cfg, Arc::clone(&state), ring);
             let _ = collector.set(c);
         }
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        crate::http::serve(listener, tls, app).await?;
         if let Some(c) = collector.get().cloned() {
             let _ = tokio::task::spawn_blocking(move || c.shutdown()).await;
         }

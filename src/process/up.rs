@@ -13,7 +13,6 @@ use crate::alert::api::AlertState;
 use crate::alert::eval::{RuleConfig, Rules};
 use crate::alert::notify::Notifier;
 use crate::config::{Config, FsyncPolicy};
-use crate::http::shutdown_signal;
 use crate::ingest::http as ingest_http;
 use crate::job::checkpoint::{CheckpointStats, Checkpointer};
 use crate::job::{Job, JobEnv, JobProgress, RulesEnv};
@@ -262,18 +261,23 @@ fn start_alerting(cfg: &Config, data_dir: &std::path::Path) -> anyhow::Result<Ar
 /// Runs `tidemark up` until SIGTERM or Ctrl-C.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     // The scrape file is checked before anything starts (a bad file stops the start).
+    let tls = crate::http::tls_acceptor(&cfg.server).map_err(anyhow::Error::msg)?;
     let self_token = cfg.auth.tokens.iter().map(|t| t.token.clone()).next();
-    let scrape_cfg =
-        crate::collect::config::for_process(&cfg.scrape, cfg.server.listen, self_token.as_deref())
-            .map_err(|errs| {
-                anyhow::anyhow!(
-                    "scrape.config: {}",
-                    errs.iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )
-            })?;
+    let scrape_cfg = crate::collect::config::for_process(
+        &cfg.scrape,
+        cfg.server.listen,
+        self_token.as_deref(),
+        tls.is_some(),
+    )
+    .map_err(|errs| {
+        anyhow::anyhow!(
+            "scrape.config: {}",
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
     let ring = crate::collect::ring::Membership::from_config(&cfg.scrape.ring, cfg.server.listen)
         .map_err(anyhow::Error::msg)?;
     let started = Instant::now();
@@ -372,7 +376,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             address = %listener.local_addr()?,
             data_dir = %data_dir.display(),
             workers,
-            "listening on http://{} (data dir {}, {} workers, log from offset {} to {})",
+            "listening on {}://{} (data dir {}, {} workers, log from offset {} to {})",
+            if tls.is_some() { "https" } else { "http" },
             listener.local_addr()?,
             data_dir.display(),
             workers,
@@ -391,9 +396,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 ring,
             ));
         tokio::spawn(Arc::clone(&state.alerting.notifier).run());
-        axum::serve(listener, router(Arc::clone(&state), Arc::clone(&ingest)))
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        crate::http::serve(
+            listener,
+            tls,
+            router(Arc::clone(&state), Arc::clone(&ingest)),
+        )
+        .await?;
         if let Some(c) = state.collector.get().cloned() {
             let _ = tokio::task::spawn_blocking(move || c.shutdown()).await;
         }
