@@ -14,7 +14,7 @@ use super::relabel;
 use crate::ingest::promtext::{self, TextOptions};
 use crate::ingest::{BatchBuilder, SeriesBuf};
 use crate::model::metadata::Metadata;
-use crate::model::{stale_nan, SeriesId};
+use crate::model::{stale_nan, IdSet, SeriesId};
 
 /// A group of targets with common labels, as service discovery hands them out.
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
@@ -184,18 +184,61 @@ fn enc(s: &str) -> String {
     out
 }
 
-/// What a target's scrapes remember: the final labels of each raw series text (`None`:
-/// dropped by metric relabeling), and the series of the last scrape (for staleness).
-#[derive(Default)]
+/// A scraped series as it is stored: its id and canonical bytes, or why the ingest limits
+/// refuse it.
+struct Stored {
+    id: SeriesId,
+    canon: Box<[u8]>,
+    refused: Option<String>,
+}
+
+/// What a target's scrapes remember: the stored series of each raw series text (`None`:
+/// dropped by metric relabeling), computed once, and the series of the last scrape (for
+/// staleness markers and `scrape_series_added`).
 pub struct Cache {
-    series: HashMap<Box<[u8]>, Option<(SeriesId, Pairs)>>,
-    prev: HashMap<SeriesId, Pairs>,
+    raw: HashMap<Box<[u8]>, Option<u32>, xxhash_rust::xxh3::Xxh3Builder>,
+    series: Vec<Stored>,
+    /// The last scrape's series: indexes into `series`, and their ids.
+    prev: Vec<u32>,
+    prev_ids: IdSet,
     /// How often the series map was rebuilt (it is cleared when it grows past 4x the scrape).
     pub resets: u64,
     /// The metric families' `# TYPE`/`# HELP`/`# UNIT` of the last successful scrape, and
     /// whether that scrape changed them.
     pub metadata: std::sync::Arc<Vec<(String, Metadata)>>,
     pub metadata_changed: bool,
+    metadata_digest: u64,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            raw: HashMap::with_hasher(xxhash_rust::xxh3::Xxh3Builder::new()),
+            series: Vec::new(),
+            prev: Vec::new(),
+            prev_ids: IdSet::default(),
+            resets: 0,
+            metadata: Default::default(),
+            metadata_changed: false,
+            metadata_digest: 0,
+        }
+    }
+}
+
+impl Cache {
+    /// Keeps only the series of the last scrape (the raw map is refilled as lines come).
+    fn compact(&mut self) {
+        let old = std::mem::take(&mut self.series);
+        let mut kept: Vec<Option<Stored>> = old.into_iter().map(Some).collect();
+        for i in self.prev.iter_mut() {
+            if let Some(s) = kept.get_mut(*i as usize).and_then(Option::take) {
+                self.series.push(s);
+            }
+            *i = (self.series.len() - 1) as u32;
+        }
+        self.raw.clear();
+        self.resets += 1;
+    }
 }
 
 /// What one scrape did.
@@ -231,31 +274,44 @@ pub fn scrape_samples(
         duration_s,
         ..Report::default()
     };
-    let mut current: Vec<(SeriesId, Pairs, i64, f64)> = Vec::new();
-    let result = body.and_then(|b| parse_body(job, target, &b, ts, cache, &mut current, &mut rep));
-    if let Err(e) = result {
-        rep.error = Some(e);
-        current.clear();
-        rep.post_relabel = 0;
-    } else {
-        rep.up = true;
-    }
-    // Staleness: series of the last scrape not in this one.
-    let mut now: HashMap<SeriesId, Pairs> = HashMap::with_capacity(current.len());
-    for (id, l, t, v) in current {
-        add(out, &l, t, v);
-        if !cache.prev.contains_key(&id) {
+    let result = body.and_then(|b| parse_body(job, target, &b, ts, cache, out, &mut rep));
+    let current = match result {
+        Ok(c) => {
+            rep.up = true;
+            c
+        }
+        Err(e) => {
+            rep.error = Some(e);
+            rep.post_relabel = 0;
+            Vec::new()
+        }
+    };
+    // The samples, then staleness: series of the last scrape not in this one.
+    out.reserve(current.len() + 8);
+    let mut now_ids = IdSet::with_capacity_and_hasher(current.len(), Default::default());
+    for &(i, t, v) in &current {
+        let st = &cache.series[i as usize];
+        now_ids.insert(st.id);
+        if !cache.prev_ids.contains(&st.id) {
             rep.added += 1;
         }
-        now.insert(id, l);
+        match &st.refused {
+            None => out.add_encoded(st.id, &st.canon, t, v, 0),
+            Some(why) => out.reject(crate::ops::Reject::Limit, 0, why.clone()),
+        }
     }
-    for (id, l) in &cache.prev {
-        if !now.contains_key(id) {
-            add(out, l, ts, stale_nan());
+    for &i in &cache.prev {
+        let st = &cache.series[i as usize];
+        if !now_ids.contains(&st.id) && st.refused.is_none() {
+            out.add_encoded(st.id, &st.canon, ts, stale_nan(), 0);
             rep.stale += 1;
         }
     }
-    cache.prev = now;
+    cache.prev = current.iter().map(|c| c.0).collect();
+    cache.prev_ids = now_ids;
+    if cache.raw.len() > 4 * current.len().max(1024) {
+        cache.compact();
+    }
     for (name, v) in [
         ("up", if rep.up { 1.0 } else { 0.0 }),
         ("scrape_duration_seconds", rep.duration_s),
@@ -277,10 +333,14 @@ pub fn scrape_samples(
 /// Stale markers for every series of the last scrape and the report series: the target went
 /// away (Prometheus marks its series stale when it stops scraping a target).
 pub fn target_gone(target: &Target, ts: i64, cache: &mut Cache, out: &mut BatchBuilder<'_>) {
-    for l in cache.prev.values() {
-        add(out, l, ts, stale_nan());
+    for &i in &cache.prev {
+        let st = &cache.series[i as usize];
+        if st.refused.is_none() {
+            out.add_encoded(st.id, &st.canon, ts, stale_nan(), 0);
+        }
     }
     cache.prev.clear();
+    cache.prev_ids.clear();
     for name in [
         "up",
         "scrape_duration_seconds",
@@ -303,23 +363,24 @@ fn add(out: &mut BatchBuilder<'_>, labels: &Pairs, ts: i64, v: f64) {
     out.add(&mut buf, ts, v, 0);
 }
 
-/// Parses a body into `current`; an error fails the whole scrape (as Prometheus's does).
+/// Parses a body into (series, time, value) entries; an error fails the whole scrape (as Prometheus's does).
 fn parse_body(
     job: &ScrapeJob,
     target: &Target,
     body: &Body<'_>,
     ts: i64,
     cache: &mut Cache,
-    current: &mut Vec<(SeriesId, Pairs, i64, f64)>,
+    out: &BatchBuilder<'_>,
     rep: &mut Report,
-) -> Result<(), String> {
+) -> Result<Vec<(u32, i64, f64)>, String> {
+    let mut current = Vec::new();
     let text = std::str::from_utf8(body.bytes)
         .map_err(|e| format!("the body is not UTF-8 (byte {})", e.valid_up_to() + 1))?;
     let opts = TextOptions {
         openmetrics: body.openmetrics,
         require_timestamp: false,
     };
-    let mut seen: HashMap<SeriesId, usize> = HashMap::new();
+    let mut seen = IdSet::default();
     let mut comments: Vec<&str> = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -336,13 +397,35 @@ fn parse_body(
         let (t, v) = promtext::parse_value_ts(&line.as_bytes()[end..], opts)
             .map_err(|e| format!("line {}: {e}", n + 1))?;
         rep.scraped += 1;
-        if !cache.series.contains_key(key) {
-            let entry = final_labels(job, target, line, n + 1)?;
-            cache.series.insert(key.into(), entry);
-        }
-        let Some((id, labels)) = cache.series.get(key).and_then(|e| e.as_ref()) else {
+        let idx = match cache.raw.get(key) {
+            Some(e) => *e,
+            None => {
+                let e = match final_labels(job, target, line, n + 1)? {
+                    None => None,
+                    Some((_, labels)) => {
+                        let (id, canon, refused) = match out.encode_series(&labels) {
+                            Ok((id, canon)) => (id, canon.into_boxed_slice(), None),
+                            Err(why) => (
+                                crate::model::Labels::from_pairs(
+                                    labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                                )
+                                .series_id(),
+                                Box::default(),
+                                Some(format!("line {}: {why}", n + 1)),
+                            ),
+                        };
+                        cache.series.push(Stored { id, canon, refused });
+                        Some((cache.series.len() - 1) as u32)
+                    }
+                };
+                cache.raw.insert(key.into(), e);
+                e
+            }
+        };
+        let Some(idx) = idx else {
             continue; // dropped by metric relabeling
         };
+        let id = cache.series[idx as usize].id;
         rep.post_relabel += 1;
         if job.sample_limit > 0 && rep.post_relabel > job.sample_limit {
             return Err(format!(
@@ -354,23 +437,28 @@ fn parse_body(
             Some(t) if job.honor_timestamps => t,
             _ => ts,
         };
-        if let Some(first) = seen.insert(*id, n + 1) {
+        if !seen.insert(id) {
             // Prometheus keeps the first and counts the rest as duplicates.
-            tracing::debug!(target: "tidemark::collect", url = target.scrape_url.as_str(), line = n + 1, first, "duplicate series in one scrape");
+            tracing::debug!(target: "tidemark::collect", url = target.scrape_url.as_str(), line = n + 1, "duplicate series in one scrape");
             continue;
         }
-        current.push((*id, labels.clone(), t, v));
+        current.push((idx, t, v));
     }
-    if cache.series.len() > 4 * current.len().max(1024) {
-        cache.series.clear();
-        cache.resets += 1;
+    // The metadata is parsed again only when the comment lines changed.
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for c in &comments {
+        h.update(c.as_bytes());
+        h.update(b"\n");
     }
-    let meta = promtext::metadata_lines(comments.into_iter());
-    cache.metadata_changed = *cache.metadata != meta;
-    if cache.metadata_changed {
+    let digest = h.digest();
+    cache.metadata_changed = false;
+    if digest != cache.metadata_digest {
+        cache.metadata_digest = digest;
+        let meta = promtext::metadata_lines(comments.into_iter());
+        cache.metadata_changed = *cache.metadata != meta;
         cache.metadata = std::sync::Arc::new(meta);
     }
-    Ok(())
+    Ok(current)
 }
 
 /// The labels a scraped series is stored with (target labels attached, metric relabeling

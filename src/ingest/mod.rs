@@ -298,6 +298,67 @@ impl<'l> BatchBuilder<'l> {
         });
     }
 
+    /// A series' canonical bytes and id, exactly as [`BatchBuilder::add`] computes them, and
+    /// whether its labels pass this builder's limits: for callers that add the same series
+    /// many times ([`BatchBuilder::add_encoded`]).
+    pub fn encode_series(
+        &self,
+        pairs: &[(String, String)],
+    ) -> Result<(SeriesId, Vec<u8>), String> {
+        let mut buf = SeriesBuf::default();
+        for (k, v) in pairs {
+            buf.push(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()));
+        }
+        if let Some(dup) = buf.sort() {
+            return Err(format!("duplicate label name {dup:?}"));
+        }
+        let n = buf.pairs().count();
+        self.limits
+            .check(ExactIter(buf.pairs(), n), !buf.names_prevalidated)
+            .map_err(|e| e.to_string())?;
+        let mut canon = Vec::with_capacity(64);
+        buf.encode(&mut canon);
+        Ok((xxhash_rust::xxh3::xxh3_64(&canon), canon))
+    }
+
+    /// Adds one sample of a series encoded and checked by [`BatchBuilder::encode_series`]
+    /// (only the time checks run here).
+    pub fn add_encoded(&mut self, id: SeriesId, canon: &[u8], ts: i64, value: f64, line: usize) {
+        if !(-MAX_ABS_TS..=MAX_ABS_TS).contains(&ts) {
+            self.error(line, format!("timestamp {ts} ms is out of range (more than 30,000 years from 1970); check the precision parameter"));
+            return;
+        }
+        if ts < self.min_ts {
+            let msg = format!("sample at {ts} ms {}", self.min_ts_reason);
+            self.reject(Reject::TooOld, line, msg);
+            return;
+        }
+        let idx = match self.slots.get(&id) {
+            Some(Slot::Accepted(i)) => *i,
+            Some(Slot::Rejected) => {
+                self.error_count += 1;
+                self.rejected[Reject::Limit as usize] += 1;
+                return;
+            }
+            None => {
+                let start = self.batch.arena.len() as u32;
+                self.batch.arena.extend_from_slice(canon);
+                let i = self.batch.series.len() as u32;
+                self.batch
+                    .series
+                    .push((id, start..self.batch.arena.len() as u32));
+                self.first_line.push(line);
+                self.slots.insert(id, Slot::Accepted(i));
+                i
+            }
+        };
+        self.batch.samples.push(BatchSample {
+            series: idx,
+            ts,
+            value,
+        });
+    }
+
     /// Drops series (and their samples) that `admit` refuses, reporting each at its first line.
     /// Used for checks against the store, such as the per-metric series limit; `admit` gets the
     /// series id and its canonical label bytes.
