@@ -112,7 +112,11 @@ fn scraping(c: &mut Criterion) {
     let mut g = c.benchmark_group("ring");
     g.throughput(Throughput::Elements(keys.len() as u64));
     g.bench_function("owner_of_100k_targets", |b| {
-        b.iter(|| keys.iter().filter(|k| ring.owner(**k) == Some("collector-0")).count())
+        b.iter(|| {
+            keys.iter()
+                .filter(|k| ring.owner(**k) == Some("collector-0"))
+                .count()
+        })
     });
     g.finish();
 }

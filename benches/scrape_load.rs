@@ -20,6 +20,11 @@ use tidemark::ingest::http::{IngestState, Sink};
 use tidemark::model::Limits;
 use tidemark::transport::log::Log;
 
+/// The allocator of the `tidemark` binary (jemalloc), so the figure is the binary's.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The page every target serves: 500 samples, node_exporter-like.
 fn page() -> String {
     let mut s = String::new();
@@ -125,7 +130,11 @@ fn main() {
         ),
     )
     .unwrap();
-    let log = Log::open(&dir.path().join("log"), tidemark::config::FsyncPolicy::Never).unwrap();
+    let log = Log::open(
+        &dir.path().join("log"),
+        tidemark::config::FsyncPolicy::Never,
+    )
+    .unwrap();
     let state = Arc::new(IngestState {
         limits: Limits::default(),
         sink: Sink::Log(log.clone()),
@@ -144,13 +153,20 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(25)).await;
         let (c0, s0, t0) = (
             cpu_seconds(),
-            state.metrics.samples_ingested.load(std::sync::atomic::Ordering::Relaxed),
+            state
+                .metrics
+                .samples_ingested
+                .load(std::sync::atomic::Ordering::Relaxed),
             Instant::now(),
         );
         tokio::time::sleep(Duration::from_secs(window)).await;
         (
             cpu_seconds() - c0,
-            state.metrics.samples_ingested.load(std::sync::atomic::Ordering::Relaxed) - s0,
+            state
+                .metrics
+                .samples_ingested
+                .load(std::sync::atomic::Ordering::Relaxed)
+                - s0,
             t0.elapsed().as_secs_f64(),
         )
     });

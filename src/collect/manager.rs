@@ -39,8 +39,26 @@ pub struct TargetState {
 }
 
 struct Running {
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     state: Arc<Mutex<TargetState>>,
+}
+
+/// A scrape loop's stop signal: a flag, and a wake-up for the loop sleeping until its slot.
+#[derive(Default)]
+struct Stop {
+    flag: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Stop {
+    fn set(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn load(&self, o: Ordering) -> bool {
+        self.flag.load(o)
+    }
 }
 
 /// Discovered groups by job and source (a file, an URL, `static`).
@@ -58,6 +76,9 @@ pub struct Collector {
     ring: Arc<Membership>,
     /// Each job's TLS settings (`tls_config`), read once at the start.
     tls: Vec<Option<ureq::tls::TlsConfig>>,
+    /// Bumped when discovery changes a group; `sync` works only when it moved.
+    groups_gen: std::sync::atomic::AtomicU64,
+    synced_gen: std::sync::atomic::AtomicU64,
 }
 
 impl Collector {
@@ -83,6 +104,8 @@ impl Collector {
             .collect();
         let c = Arc::new(Collector {
             tls,
+            groups_gen: std::sync::atomic::AtomicU64::new(1),
+            synced_gen: std::sync::atomic::AtomicU64::new(0),
             jobs: cfg.jobs,
             ingest,
             agent: ureq::Agent::new_with_config(
@@ -159,21 +182,26 @@ impl Collector {
             .unwrap_or_else(|e| e.into_inner())
             .values()
         {
-            r.stop.store(true, Ordering::Release);
+            r.stop.set();
         }
     }
 
     fn set_groups(&self, job: &str, source: &str, groups: Vec<TargetGroup>) {
-        self.groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(job.to_string())
-            .or_default()
-            .insert(source.to_string(), groups);
+        let mut g = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let by_source = g.entry(job.to_string()).or_default();
+        if by_source.get(source) != Some(&groups) {
+            by_source.insert(source.to_string(), groups);
+            self.groups_gen.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
-    /// Starts loops for new targets and stops those of targets gone.
+    /// Starts loops for new targets and stops those of targets gone (only when some source
+    /// reported a change since the last time).
     fn sync(self: &Arc<Self>) {
+        let gen = self.groups_gen.load(Ordering::Acquire);
+        if self.synced_gen.swap(gen, Ordering::AcqRel) == gen {
+            return;
+        }
         let groups = self
             .groups
             .lock()
@@ -201,7 +229,7 @@ impl Collector {
         running.retain(|k, r| {
             let keep = want.contains_key(k);
             if !keep {
-                r.stop.store(true, Ordering::Release);
+                r.stop.set();
             }
             keep
         });
@@ -209,7 +237,7 @@ impl Collector {
             if running.contains_key(&k) {
                 continue;
             }
-            let stop = Arc::new(AtomicBool::new(false));
+            let stop = Arc::new(Stop::default());
             let state = Arc::new(Mutex::new(TargetState {
                 target: t.clone(),
                 health: "unknown",
@@ -229,7 +257,7 @@ impl Collector {
         self: Arc<Self>,
         job: usize,
         target: Target,
-        stop: Arc<AtomicBool>,
+        stop: Arc<Stop>,
         state: Arc<Mutex<TargetState>>,
     ) {
         let mut cache = Cache::default();
@@ -243,12 +271,13 @@ impl Collector {
             if next <= now {
                 next += interval;
             }
-            while now_ms() < next {
-                if stop.load(Ordering::Acquire) {
-                    break;
+            // One timer per slot (not a poll): the stop signal wakes the loop early.
+            while now_ms() < next && !stop.load(Ordering::Acquire) {
+                let left = Duration::from_millis((next - now_ms()).max(1) as u64);
+                tokio::select! {
+                    _ = tokio::time::sleep(left) => {}
+                    _ = stop.wake.notified() => {}
                 }
-                let left = (next - now_ms()).clamp(1, 200) as u64;
-                tokio::time::sleep(Duration::from_millis(left)).await;
             }
             let limits = &self.ingest.limits;
             let local = self.jobs[job].local;

@@ -301,10 +301,7 @@ impl<'l> BatchBuilder<'l> {
     /// A series' canonical bytes and id, exactly as [`BatchBuilder::add`] computes them, and
     /// whether its labels pass this builder's limits: for callers that add the same series
     /// many times ([`BatchBuilder::add_encoded`]).
-    pub fn encode_series(
-        &self,
-        pairs: &[(String, String)],
-    ) -> Result<(SeriesId, Vec<u8>), String> {
+    pub fn encode_series(&self, pairs: &[(String, String)]) -> Result<(SeriesId, Vec<u8>), String> {
         let mut buf = SeriesBuf::default();
         for (k, v) in pairs {
             buf.push(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()));
