@@ -205,6 +205,9 @@ fn file_sd_targets_come_and_go_and_failures_show_in_targets() {
     );
     let failing = Served::start(500, "boom");
     let garbage = Served::start(200, "app_requests_total{path=\"/\" 7\n");
+    // Accepts connections and never answers: the scrape times out.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
     let sd = d.path().join("targets.json");
     std::fs::write(&sd, "[]").unwrap();
     let tm = start(
@@ -217,8 +220,8 @@ fn file_sd_targets_come_and_go_and_failures_show_in_targets() {
     std::fs::write(
         &sd,
         format!(
-            "[{{\"targets\": [\"{}\", \"{}\", \"{}\"], \"labels\": {{\"team\": \"a\"}}}}]",
-            good.addr, failing.addr, garbage.addr
+            "[{{\"targets\": [\"{}\", \"{}\", \"{}\", \"{}\"], \"labels\": {{\"team\": \"a\"}}}}]",
+            good.addr, failing.addr, garbage.addr, silent_addr
         ),
     )
     .unwrap();
@@ -230,7 +233,7 @@ fn file_sd_targets_come_and_go_and_failures_show_in_targets() {
         let t = tm.api("/api/v1/targets?state=active");
         let a = t["activeTargets"].as_array()?.clone();
         let app: Vec<Value> = a.into_iter().filter(|x| x["scrapePool"] == "app").collect();
-        (app.len() == 3 && app.iter().all(|x| x["health"] != "unknown")).then_some(app)
+        (app.len() == 4 && app.iter().all(|x| x["health"] != "unknown")).then_some(app)
     });
     let by = |addr: &str| {
         targets
@@ -256,6 +259,12 @@ fn file_sd_targets_come_and_go_and_failures_show_in_targets() {
             .starts_with("line 1: "),
         "{}",
         by(&garbage.addr)
+    );
+    assert_eq!(by(&silent_addr)["health"], "down");
+    assert_eq!(
+        by(&silent_addr)["lastError"], "context deadline exceeded",
+        "{}",
+        by(&silent_addr)
     );
     let up = instant(&tm, "sum(up{job=\"app\"})");
     assert_eq!(value(&up[0]), 1.0);

@@ -618,6 +618,28 @@ mod tests {
     }
 
     #[test]
+    fn the_series_cache_is_compacted_and_staleness_survives_it() {
+        let j = job("");
+        let (ts, _) = targets_of(&j, &[group("h:1", &[])]);
+        let mut cache = Cache::default();
+        // Series that change every scrape (a counter per request id, say): the cache of raw
+        // series grows past 4 x max(scrape, 1024) and is compacted to the last scrape's.
+        let page = |k: usize| -> String { (0..10).map(|i| format!("r{{id=\"{k}-{i}\"}} 1\n")).collect() };
+        for k in 0..420 {
+            let (rep, out) = scrape(&j, &ts[0], Ok(&page(k)), 1000 * k as i64, &mut cache);
+            assert!(rep.up);
+            if k > 0 {
+                // The previous page's ten series are stale, this page's ten are new.
+                assert_eq!((rep.added, rep.stale), (10, 10), "scrape {k}");
+                let stale = out.iter().filter(|s| is_stale_nan(s.2)).count();
+                assert_eq!(stale, 10, "scrape {k}");
+                assert!(out.iter().any(|s| s.0.contains(&format!("{}-9", k - 1)) && is_stale_nan(s.2)));
+            }
+        }
+        assert_eq!(cache.resets, 1);
+    }
+
+    #[test]
     fn limits_and_bad_bodies_fail_the_scrape_with_the_line() {
         let j = job("    sample_limit: 2\n");
         let (ts, _) = targets_of(&j, &[group("h:1", &[])]);
