@@ -52,6 +52,11 @@ enum CheckCmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Prometheus scrape files (`[scrape] config`), as `tidemark up` reads them.
+    Scrape {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Worker-cluster job specs (as `tidemark submit` would send them).
     Job {
         #[arg(required = true)]
@@ -341,6 +346,7 @@ fn main() -> anyhow::Result<()> {
                 CheckCmd::Rules { files } => check::rules(&files),
                 CheckCmd::Routing { files } => check::routing(&files),
                 CheckCmd::Job { files } => check::job(&files),
+                CheckCmd::Scrape { files } => check::scrape(&files),
             };
             print!("{}", report.text);
             if !report.ok {

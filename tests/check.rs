@@ -178,6 +178,50 @@ fn config_and_job_files_name_the_line_and_key() {
 }
 
 #[test]
+fn scrape_files_and_the_collection_settings_name_the_file_line_and_key() {
+    let d = tempfile::tempdir().unwrap();
+    let good = write(
+        d.path(),
+        "scrape.yml",
+        "scrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['a:9100', 'b:9100']\n    etcd_sd_configs:\n      - endpoints: ['127.0.0.1:2379']\n        prefix: /svc/\n",
+    );
+    let (ok, out) = tidemark(&["check", "scrape", good.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("job \"node\": every 60000 ms, 2 static targets, 1 etcd SD"),
+        "{out}"
+    );
+    let bad = write(
+        d.path(),
+        "bad-scrape.yml",
+        "scrape_configs:\n  - job_name: node\n    metric_relabel_configs:\n      - source_labels: [x]\n        regex: '(['\n        target_label: y\n",
+    );
+    let (ok, out) = tidemark(&["check", "scrape", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        out.contains("bad-scrape.yml:2: job \"node\": metric_relabel_configs[0]: invalid regex"),
+        "{out}"
+    );
+    // `check config` follows [scrape] config and checks the ring, Graphite and TLS keys.
+    let cfg = write(
+        d.path(),
+        "collect.toml",
+        "[scrape]\nconfig = \"bad-scrape.yml\"\n[scrape.ring]\nmembers = [\"a\", \"b\"]\n[ingest]\ngraphite_templates = [\"a.* .host\"]\n[server]\ntls_cert_file = \"cert.pem\"\n",
+    );
+    let (ok, out) = tidemark(&["check", "config", cfg.to_str().unwrap()]);
+    assert!(!ok);
+    for want in [
+        "[scrape] config: ",
+        "invalid regex",
+        "scrape.ring.members",
+        "ingest.graphite_templates[0]",
+        "set both",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+}
+
+#[test]
 fn rule_unit_test_files_run_on_the_engine_as_promtool_runs_them() {
     let d = tempfile::tempdir().unwrap();
     write(

@@ -262,7 +262,8 @@ fn file_sd_targets_come_and_go_and_failures_show_in_targets() {
     );
     assert_eq!(by(&silent_addr)["health"], "down");
     assert_eq!(
-        by(&silent_addr)["lastError"], "context deadline exceeded",
+        by(&silent_addr)["lastError"],
+        "context deadline exceeded",
         "{}",
         by(&silent_addr)
     );

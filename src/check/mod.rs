@@ -63,6 +63,48 @@ impl Report {
     }
 }
 
+/// `check scrape`: Prometheus scrape files as `tidemark up` reads `[scrape] config` (errors
+/// as `file:line: job "x": reason`), with what each job discovers from.
+pub fn scrape(paths: &[PathBuf]) -> Report {
+    let mut r = Report::new();
+    for path in paths {
+        r.checking(path);
+        match crate::collect::config::ScrapeConfig::load(path) {
+            Ok(c) => {
+                r.success(&format!("{} scrape jobs", c.jobs.len()));
+                for j in &c.jobs {
+                    let mut sources = Vec::new();
+                    let targets: usize = j.static_configs.iter().map(|s| s.targets.len()).sum();
+                    if targets > 0 {
+                        sources.push(format!("{targets} static targets"));
+                    }
+                    for (n, what) in [
+                        (j.file_sd_configs.len(), "file SD"),
+                        (j.http_sd_configs.len(), "HTTP SD"),
+                        (j.etcd_sd_configs.len(), "etcd SD"),
+                    ] {
+                        if n > 0 {
+                            sources.push(format!("{n} {what}"));
+                        }
+                    }
+                    r.detail(&format!(
+                        "job {:?}: every {} ms, {}",
+                        j.name,
+                        j.interval_ms,
+                        if sources.is_empty() {
+                            "no targets".to_string()
+                        } else {
+                            sources.join(", ")
+                        }
+                    ));
+                }
+            }
+            Err(errs) => r.failed(errs.iter().map(|e| e.to_string())),
+        }
+    }
+    r
+}
+
 /// `check config`: each file as `tidemark up --config` would read it, then the files it names.
 pub fn config(paths: &[PathBuf]) -> Report {
     let mut r = Report::new();
@@ -100,6 +142,30 @@ pub fn config(paths: &[PathBuf]) -> Report {
             }) {
                 problems.push(format!("[alerting] config: {e}"));
             }
+        }
+        if let Some(sc) = cfg
+            .scrape
+            .config
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            if let Err(errs) = crate::collect::config::ScrapeConfig::load(&resolve(sc)) {
+                problems.extend(errs.iter().map(|e| format!("[scrape] config: {e}")));
+            }
+        }
+        if let Err(e) =
+            crate::collect::ring::Membership::from_config(&cfg.scrape.ring, cfg.server.listen)
+        {
+            problems.push(format!("{}: {e}", path.display()));
+        }
+        if let Err(e) = crate::ingest::graphite::Templates::parse(&cfg.ingest.graphite_templates) {
+            problems.push(format!("{}: {e}", path.display()));
+        }
+        let mut server = cfg.server.clone();
+        server.tls_cert_file = server.tls_cert_file.as_deref().map(resolve);
+        server.tls_key_file = server.tls_key_file.as_deref().map(resolve);
+        if let Err(e) = crate::http::tls_acceptor(&server) {
+            problems.push(format!("{}: {e}", path.display()));
         }
         if !cfg.cold.url.is_empty() {
             if let Err(e) = crate::store::cold::ColdStore::check_url(&cfg.cold.url) {

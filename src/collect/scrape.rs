@@ -624,7 +624,11 @@ mod tests {
         let mut cache = Cache::default();
         // Series that change every scrape (a counter per request id, say): the cache of raw
         // series grows past 4 x max(scrape, 1024) and is compacted to the last scrape's.
-        let page = |k: usize| -> String { (0..10).map(|i| format!("r{{id=\"{k}-{i}\"}} 1\n")).collect() };
+        let page = |k: usize| -> String {
+            (0..10)
+                .map(|i| format!("r{{id=\"{k}-{i}\"}} 1\n"))
+                .collect()
+        };
         for k in 0..420 {
             let (rep, out) = scrape(&j, &ts[0], Ok(&page(k)), 1000 * k as i64, &mut cache);
             assert!(rep.up);
@@ -633,7 +637,9 @@ mod tests {
                 assert_eq!((rep.added, rep.stale), (10, 10), "scrape {k}");
                 let stale = out.iter().filter(|s| is_stale_nan(s.2)).count();
                 assert_eq!(stale, 10, "scrape {k}");
-                assert!(out.iter().any(|s| s.0.contains(&format!("{}-9", k - 1)) && is_stale_nan(s.2)));
+                assert!(out
+                    .iter()
+                    .any(|s| s.0.contains(&format!("{}-9", k - 1)) && is_stale_nan(s.2)));
             }
         }
         assert_eq!(cache.resets, 1);
