@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::receivers::HttpReceiver;
-use support::{agent, free_port, installed_bin, Tidemark};
+use support::targets::NodeExporter;
+use support::{agent, free_port, Tidemark};
 use tidemark::ingest::{promtext, BatchBuilder};
 use tidemark::model::Limits;
 
@@ -99,39 +100,6 @@ fn scrape(url: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-fn start_node_exporter() -> (Child, String) {
-    let bin = installed_bin(
-        "prometheus-node-exporter",
-        "Debian's prometheus-node-exporter",
-    );
-    for _ in 0..5 {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut child = Command::new(&bin)
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            if agent()
-                .get(format!("http://{addr}/metrics"))
-                .call()
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return (child, addr);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    panic!("node_exporter did not start");
-}
-
 fn only(m: &BTreeMap<String, f64>, prefix: &str) -> BTreeMap<String, f64> {
     m.iter()
         .filter(|(k, _)| *k == prefix || k.strip_prefix(prefix).is_some_and(|r| r.starts_with('{')))
@@ -143,7 +111,8 @@ fn only(m: &BTreeMap<String, f64>, prefix: &str) -> BTreeMap<String, f64> {
 fn the_agents_figures_agree_with_node_exporter_and_reach_tidemark() {
     let d = tempfile::tempdir().unwrap();
     let tm = Tidemark::start(d.path(), "[rules]\nenabled = false\n", 1);
-    let (mut ne, ne_addr) = start_node_exporter();
+    let ne = NodeExporter::start();
+    let ne_addr = ne.addr.clone();
     let ag = Agent::start(
         d.path(),
         &format!("{}/api/v1/write", tm.url),
@@ -153,8 +122,7 @@ fn the_agents_figures_agree_with_node_exporter_and_reach_tidemark() {
     std::thread::sleep(Duration::from_millis(1500));
     let a = ag.metrics();
     let n = scrape(&format!("http://{ne_addr}/metrics"));
-    let _ = ne.kill();
-    let _ = ne.wait();
+    drop(ne);
     // Memory: MemTotal is fixed; the others move a little between the two reads.
     let total = "node_memory_MemTotal_bytes";
     assert_eq!(a[total], n[total]);

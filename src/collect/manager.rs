@@ -442,17 +442,21 @@ impl Collector {
         }
     }
 
-    /// `/api/v1/targets` (`state=active|dropped|any`), in Prometheus's shape.
-    pub fn targets_json(&self, which: &str) -> Value {
+    /// The state of every target this collector scrapes now.
+    fn states_here(&self) -> Vec<TargetState> {
         let now = now_ms();
-        let mut active: Vec<TargetState> = self
-            .running
+        self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .map(|r| r.state.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .filter(|s| self.scraped_here(&s.target, now))
-            .collect();
+            .collect()
+    }
+
+    /// `/api/v1/targets` (`state=active|dropped|any`), in Prometheus's shape.
+    pub fn targets_json(&self, which: &str) -> Value {
+        let mut active = self.states_here();
         active.sort_by(|a, b| {
             (a.target.job.as_str(), a.target.scrape_url.as_str())
                 .cmp(&(b.target.job.as_str(), b.target.scrape_url.as_str()))
@@ -614,15 +618,7 @@ impl Collector {
                 }
             }
         };
-        let now = now_ms();
-        let mut states: Vec<TargetState> = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|r| r.state.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .filter(|s| self.scraped_here(&s.target, now))
-            .collect();
+        let mut states = self.states_here();
         states.sort_by(|a, b| a.target.labels.cmp(&b.target.labels));
         let mut out = Vec::new();
         for s in &states {

@@ -18,3 +18,25 @@ pub mod manager;
 pub mod relabel;
 pub mod ring;
 pub mod scrape;
+
+/// What a process collects: its scrape configuration (`[scrape] config` plus the self-scrape)
+/// and its place in the collector pool (`[scrape.ring]`). Errors name the file and line, or
+/// the key.
+pub fn setup(
+    section: &crate::config::ScrapeSection,
+    listen: std::net::SocketAddr,
+    token: Option<&str>,
+    https: bool,
+) -> Result<(config::ScrapeConfig, std::sync::Arc<ring::Membership>), String> {
+    let cfg = config::for_process(section, listen, token, https).map_err(|errs| {
+        format!(
+            "scrape.config: {}",
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    let ring = ring::Membership::from_config(&section.ring, listen)?;
+    Ok((cfg, ring))
+}

@@ -242,15 +242,24 @@ impl<'l> BatchBuilder<'l> {
         }
     }
 
-    /// Adds one sample of the series in `buf` (whose labels are sorted in place).
-    pub fn add(&mut self, buf: &mut SeriesBuf<'_>, ts: i64, value: f64, line: usize) {
+    /// Whether a sample's time is in range and not older than the builder's minimum (else it
+    /// is rejected, naming the reason).
+    fn time_ok(&mut self, ts: i64, line: usize) -> bool {
         if !(-MAX_ABS_TS..=MAX_ABS_TS).contains(&ts) {
             self.error(line, format!("timestamp {ts} ms is out of range (more than 30,000 years from 1970); check the precision parameter"));
-            return;
+            return false;
         }
         if ts < self.min_ts {
             let msg = format!("sample at {ts} ms {}", self.min_ts_reason);
             self.reject(Reject::TooOld, line, msg);
+            return false;
+        }
+        true
+    }
+
+    /// Adds one sample of the series in `buf` (whose labels are sorted in place).
+    pub fn add(&mut self, buf: &mut SeriesBuf<'_>, ts: i64, value: f64, line: usize) {
+        if !self.time_ok(ts, line) {
             return;
         }
         if let Some(dup) = buf.sort() {
@@ -321,13 +330,7 @@ impl<'l> BatchBuilder<'l> {
     /// Adds one sample of a series encoded and checked by [`BatchBuilder::encode_series`]
     /// (only the time checks run here).
     pub fn add_encoded(&mut self, id: SeriesId, canon: &[u8], ts: i64, value: f64, line: usize) {
-        if !(-MAX_ABS_TS..=MAX_ABS_TS).contains(&ts) {
-            self.error(line, format!("timestamp {ts} ms is out of range (more than 30,000 years from 1970); check the precision parameter"));
-            return;
-        }
-        if ts < self.min_ts {
-            let msg = format!("sample at {ts} ms {}", self.min_ts_reason);
-            self.reject(Reject::TooOld, line, msg);
+        if !self.time_ok(ts, line) {
             return;
         }
         let idx = match self.slots.get(&id) {

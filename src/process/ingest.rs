@@ -32,23 +32,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     {
         section.self_scrape = false;
     }
-    let scrape_cfg = crate::collect::config::for_process(
+    let (scrape_cfg, ring) = crate::collect::setup(
         &section,
         cfg.server.listen,
         self_token.as_deref(),
         tls.is_some(),
     )
-    .map_err(|errs| {
-        anyhow::anyhow!(
-            "scrape.config: {}",
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    })?;
-    let ring = crate::collect::ring::Membership::from_config(&cfg.scrape.ring, cfg.server.listen)
-        .map_err(anyhow::Error::msg)?;
+    .map_err(anyhow::Error::msg)?;
     let collector: crate::collect::manager::CollectorCell = Default::default();
     let sink = crate::transport::kafka::KafkaSink::new(&cfg.kafka)?;
     let metrics = Arc::new(Metrics::default());

@@ -263,23 +263,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // The scrape file is checked before anything starts (a bad file stops the start).
     let tls = crate::http::tls_acceptor(&cfg.server).map_err(anyhow::Error::msg)?;
     let self_token = cfg.auth.tokens.iter().map(|t| t.token.clone()).next();
-    let scrape_cfg = crate::collect::config::for_process(
+    let (scrape_cfg, ring) = crate::collect::setup(
         &cfg.scrape,
         cfg.server.listen,
         self_token.as_deref(),
         tls.is_some(),
     )
-    .map_err(|errs| {
-        anyhow::anyhow!(
-            "scrape.config: {}",
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    })?;
-    let ring = crate::collect::ring::Membership::from_config(&cfg.scrape.ring, cfg.server.listen)
-        .map_err(anyhow::Error::msg)?;
+    .map_err(anyhow::Error::msg)?;
     let started = Instant::now();
     let data_dir = cfg.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)

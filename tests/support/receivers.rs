@@ -78,14 +78,31 @@ fn read_request(stream: &mut TcpStream) -> Option<Request> {
 }
 
 impl HttpReceiver {
-    /// Listens on a free port.
+    /// Listens on a free port (bound at once: no other process can take it in between).
     pub fn start() -> HttpReceiver {
-        Self::start_on(super::free_port(), Arc::new(Mutex::new(Vec::new())))
+        let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind the receiver");
+        Self::serve(listener, Arc::new(Mutex::new(Vec::new())))
     }
 
-    /// Listens on `port`, appending to `requests`.
+    /// Listens on `port` again (after [`HttpReceiver::stop`]), appending to `requests`; waits
+    /// up to 30 s while the port is still held (a closing connection, another test).
     pub fn start_on(port: u16, requests: Arc<Mutex<Vec<Request>>>) -> HttpReceiver {
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => break l,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("bind the receiver again on {port}: {e}"),
+            }
+        };
+        Self::serve(listener, requests)
+    }
+
+    fn serve(listener: TcpListener, requests: Arc<Mutex<Vec<Request>>>) -> HttpReceiver {
+        let port = listener.local_addr().expect("bound").port();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (st, reqs) = (Arc::clone(&stop), Arc::clone(&requests));

@@ -3,9 +3,12 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::{agent, free_port, installed_bin};
 
 /// HTTP targets served by this test on one port: `/t/<i>` answers a small exposition and
 /// records when it was scraped (keep-alive connections, as a pooled client makes them).
@@ -103,5 +106,54 @@ impl Fleet {
             *by.entry(*i).or_default() += 1;
         }
         by
+    }
+}
+
+/// Debian's node_exporter on a free port (another when the bind races).
+pub struct NodeExporter {
+    child: Child,
+    pub addr: String,
+}
+
+impl NodeExporter {
+    pub fn start() -> NodeExporter {
+        let bin = installed_bin(
+            "prometheus-node-exporter",
+            "Debian's prometheus-node-exporter",
+        );
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(&bin)
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let addr = format!("127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if agent()
+                    .get(format!("http://{addr}/metrics"))
+                    .call()
+                    .is_ok_and(|r| r.status() == 200)
+                {
+                    return NodeExporter { child, addr };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("node_exporter did not start");
+    }
+}
+
+impl Drop for NodeExporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
