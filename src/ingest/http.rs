@@ -99,8 +99,9 @@ pub fn validate(
         Format::Influx(p, _) => influx::parse(body, p, now, &mut b),
         Format::PromText => {
             promtext::parse(body, now, &mut b);
-            if memchr::memchr(b'#', body).is_some() {
-                let meta = promtext::metadata(&String::from_utf8_lossy(body));
+            // Only the comment lines are read again (found with memchr, not a second parse).
+            let meta = promtext::metadata_lines(promtext::comment_lines(body));
+            if !meta.is_empty() {
                 state.metadata.record_all(&meta, now);
             }
         }

@@ -56,6 +56,22 @@ pub fn metadata(body: &str) -> Vec<(String, crate::model::metadata::Metadata)> {
     metadata_lines(body.lines())
 }
 
+/// The lines of `body` that start with `#` (found by searching for `\n#`, so a body without
+/// comments costs one memchr pass); lines that are not UTF-8 are skipped.
+pub fn comment_lines(body: &[u8]) -> impl Iterator<Item = &str> + '_ {
+    let first = (body.first() == Some(&b'#')).then_some(0);
+    first
+        .into_iter()
+        .chain(memchr::memmem::find_iter(body, b"\n#").map(|i| i + 1))
+        .filter_map(move |start| {
+            let rest = &body[start..];
+            let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+            std::str::from_utf8(&rest[..end])
+                .ok()
+                .map(|l| l.trim_end_matches('\r'))
+        })
+}
+
 /// [`metadata`] of a body's lines (or of just its comment lines).
 pub fn metadata_lines<'a>(
     lines: impl Iterator<Item = &'a str>,
@@ -279,6 +295,9 @@ mod tests {
 
     #[test]
     fn parses_exposition() {
+        let body = b"# TYPE a gauge\na 1\n# HELP a The a.\nb 2\n";
+        let c: Vec<&str> = comment_lines(body).collect();
+        assert_eq!(c, vec!["# TYPE a gauge", "# HELP a The a."]);
         let meta = metadata("# HELP x y \\\\ z\\nw\n# TYPE x counter\n# UNIT x seconds\n# a comment\n# TYPE g gauge\ng 1\n");
         assert_eq!(meta.len(), 2);
         assert_eq!(
