@@ -244,6 +244,7 @@ impl<'l> BatchBuilder<'l> {
 
     /// Whether a sample's time is in range and not older than the builder's minimum (else it
     /// is rejected, naming the reason).
+    #[inline(always)]
     fn time_ok(&mut self, ts: i64, line: usize) -> bool {
         if !(-MAX_ABS_TS..=MAX_ABS_TS).contains(&ts) {
             self.error(line, format!("timestamp {ts} ms is out of range (more than 30,000 years from 1970); check the precision parameter"));

@@ -137,6 +137,7 @@ fn unescape_help(s: &str) -> String {
 }
 
 /// Parses one line into `buf`; returns its time (`now_ms` when it has none) and value.
+#[inline]
 pub fn parse_line<'a>(
     line: &'a str,
     now_ms: i64,
@@ -242,6 +243,7 @@ pub fn series_end(line: &[u8]) -> Option<usize> {
 
 /// The value and optional timestamp after a line's series part (`opts` says the timestamp's
 /// unit; an OpenMetrics exemplar after ` #` is dropped).
+#[inline]
 pub fn parse_value_ts(rest: &[u8], opts: TextOptions) -> Result<(Option<i64>, f64), String> {
     let mut rest = trim(rest);
     if opts.openmetrics {
