@@ -101,6 +101,7 @@ impl<'a> SeriesBuf<'a> {
     }
 
     /// Sorts the labels by name; returns a duplicated name, if any.
+    #[inline]
     fn sort(&mut self) -> Option<String> {
         if !self.labels.windows(2).all(|w| short_less(&w[0].0, &w[1].0)) {
             self.labels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -111,6 +112,7 @@ impl<'a> SeriesBuf<'a> {
         None
     }
     /// Writes the canonical encoding of [`Self::pairs`] (see [`crate::model::canonical_encode`]).
+    #[inline]
     fn encode(&self, out: &mut Vec<u8>) {
         out.clear();
         let mut put = |k: &str, v: &str| {
