@@ -239,6 +239,13 @@ fn ingest_scrape_collectors_share_targets_and_produce_each_scrape_once() {
     }
     let served = fleet.counts();
     let total: usize = served.values().sum();
+    // Each target keeps its connection between scrapes (as Prometheus's client does): at
+    // most one per target and collector, not one per scrape.
+    let conns = fleet.connections.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        total >= 60 && conns <= 40,
+        "{total} scrapes over {conns} connections"
+    );
     // Each scrape gives 6 samples: fleet_value and the five report series.
     let got = broker.read_all("metrics", 3, usize::MAX, Duration::from_secs(15));
     let samples = decode(&got);

@@ -108,12 +108,7 @@ impl Collector {
             synced_gen: std::sync::atomic::AtomicU64::new(0),
             jobs: cfg.jobs,
             ingest,
-            agent: ureq::Agent::new_with_config(
-                ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .user_agent(format!("Tidemark/{}", env!("CARGO_PKG_VERSION")))
-                    .build(),
-            ),
+            agent: http_agent(Duration::from_secs(15)),
             groups: Mutex::new(BTreeMap::new()),
             running: Mutex::new(HashMap::new()),
             dropped: Mutex::new(BTreeMap::new()),
@@ -261,6 +256,12 @@ impl Collector {
         state: Arc<Mutex<TargetState>>,
     ) {
         let mut cache = Cache::default();
+        // The target's own connection, kept between scrapes: a client shared by every target
+        // keeps few idle connections (and ureq's pool walks all of them on each return), so
+        // a fleet's scrapes would each open a new one.
+        let agent = http_agent(Duration::from_millis(
+            (2 * target.interval_ms.max(target.timeout_ms)).max(30_000) as u64,
+        ));
         let mut owned = false;
         let mut meta_recorded = i64::MIN / 2;
         let interval = target.interval_ms.max(1);
@@ -314,7 +315,7 @@ impl Collector {
             let ts = now_ms();
             let started = Instant::now();
             let (agent, url, timeout) = (
-                self.agent.clone(),
+                agent.clone(),
                 target.scrape_url.clone(),
                 target.timeout_ms,
             );
@@ -812,6 +813,18 @@ fn tls_of(t: &super::config::TlsConfig) -> Result<ureq::tls::TlsConfig, String> 
         _ => return Err("cert_file and key_file go together".into()),
     }
     Ok(b.build())
+}
+
+/// The HTTP client of scrapes and HTTP SD: statuses are answers (not errors), idle
+/// connections kept for `idle`.
+fn http_agent(idle: Duration) -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .user_agent(format!("Tidemark/{}", env!("CARGO_PKG_VERSION")))
+            .max_idle_age(idle)
+            .build(),
+    )
 }
 
 /// Prometheus's `Accept` header: OpenMetrics preferred, then the text format.

@@ -208,6 +208,9 @@ pub struct Cache {
     pub metadata: std::sync::Arc<Vec<(String, Metadata)>>,
     pub metadata_changed: bool,
     metadata_digest: u64,
+    /// The target's [`REPORT_SERIES`], encoded at its first scrape (empty until then, or
+    /// while the limits refuse one of them).
+    report: Vec<(SeriesId, Box<[u8]>)>,
 }
 
 impl Default for Cache {
@@ -221,6 +224,7 @@ impl Default for Cache {
             metadata: Default::default(),
             metadata_changed: false,
             metadata_digest: 0,
+            report: Vec::new(),
         }
     }
 }
@@ -275,7 +279,7 @@ pub fn scrape_samples(
         ..Report::default()
     };
     let result = body.and_then(|b| parse_body(job, target, &b, ts, cache, out, &mut rep));
-    let current = match result {
+    let (current, now_ids) = match result {
         Ok(c) => {
             rep.up = true;
             c
@@ -283,15 +287,13 @@ pub fn scrape_samples(
         Err(e) => {
             rep.error = Some(e);
             rep.post_relabel = 0;
-            Vec::new()
+            Default::default()
         }
     };
     // The samples, then staleness: series of the last scrape not in this one.
     out.reserve(current.len() + 8);
-    let mut now_ids = IdSet::with_capacity_and_hasher(current.len(), Default::default());
     for &(i, t, v) in &current {
         let st = &cache.series[i as usize];
-        now_ids.insert(st.id);
         if !cache.prev_ids.contains(&st.id) {
             rep.added += 1;
         }
@@ -312,22 +314,51 @@ pub fn scrape_samples(
     if cache.raw.len() > 4 * current.len().max(1024) {
         cache.compact();
     }
-    for (name, v) in [
-        ("up", if rep.up { 1.0 } else { 0.0 }),
-        ("scrape_duration_seconds", rep.duration_s),
-        ("scrape_samples_scraped", rep.scraped as f64),
-        (
-            "scrape_samples_post_metric_relabeling",
-            rep.post_relabel as f64,
-        ),
-        ("scrape_series_added", rep.added as f64),
-    ] {
-        let mut l = target.labels.clone();
-        l.push(("__name__".into(), name.into()));
-        l.sort();
-        add(out, &l, ts, v);
+    let values = [
+        if rep.up { 1.0 } else { 0.0 },
+        rep.duration_s,
+        rep.scraped as f64,
+        rep.post_relabel as f64,
+        rep.added as f64,
+    ];
+    if cache.report.is_empty() {
+        cache.report = REPORT_SERIES
+            .iter()
+            .map(|name| {
+                let l = report_labels(target, name);
+                out.encode_series(&l).map(|(id, c)| (id, c.into_boxed_slice()))
+            })
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
+    }
+    if cache.report.len() == REPORT_SERIES.len() {
+        for ((id, canon), v) in cache.report.iter().zip(values) {
+            out.add_encoded(*id, canon, ts, v, 0);
+        }
+    } else {
+        // The limits refuse a report series: added one by one, so that the batch says why.
+        for (name, v) in REPORT_SERIES.iter().zip(values) {
+            add(out, &report_labels(target, name), ts, v);
+        }
     }
     rep
+}
+
+/// The series Prometheus writes per target and scrape, in the order of [`Report`]'s fields.
+const REPORT_SERIES: [&str; 5] = [
+    "up",
+    "scrape_duration_seconds",
+    "scrape_samples_scraped",
+    "scrape_samples_post_metric_relabeling",
+    "scrape_series_added",
+];
+
+/// The labels of the report series `name` of `target`.
+fn report_labels(target: &Target, name: &str) -> Pairs {
+    let mut l = target.labels.clone();
+    l.push(("__name__".into(), name.into()));
+    l.sort();
+    l
 }
 
 /// Stale markers for every series of the last scrape and the report series: the target went
@@ -341,17 +372,8 @@ pub fn target_gone(target: &Target, ts: i64, cache: &mut Cache, out: &mut BatchB
     }
     cache.prev.clear();
     cache.prev_ids.clear();
-    for name in [
-        "up",
-        "scrape_duration_seconds",
-        "scrape_samples_scraped",
-        "scrape_samples_post_metric_relabeling",
-        "scrape_series_added",
-    ] {
-        let mut l = target.labels.clone();
-        l.push(("__name__".into(), name.into()));
-        l.sort();
-        add(out, &l, ts, stale_nan());
+    for name in REPORT_SERIES {
+        add(out, &report_labels(target, name), ts, stale_nan());
     }
 }
 
@@ -363,6 +385,10 @@ fn add(out: &mut BatchBuilder<'_>, labels: &Pairs, ts: i64, v: f64) {
     out.add(&mut buf, ts, v, 0);
 }
 
+/// The scrape's samples as `(series index, time, value)` in the order of the body, and the
+/// ids of their series.
+type Scraped = (Vec<(u32, i64, f64)>, IdSet);
+
 /// Parses a body into (series, time, value) entries; an error fails the whole scrape (as Prometheus's does).
 fn parse_body(
     job: &ScrapeJob,
@@ -372,15 +398,16 @@ fn parse_body(
     cache: &mut Cache,
     out: &BatchBuilder<'_>,
     rep: &mut Report,
-) -> Result<Vec<(u32, i64, f64)>, String> {
-    let mut current = Vec::new();
+) -> Result<Scraped, String> {
+    // Sized for a scrape like the last one: no rehash while the sets fill.
+    let mut current = Vec::with_capacity(cache.prev.len());
     let text = std::str::from_utf8(body.bytes)
         .map_err(|e| format!("the body is not UTF-8 (byte {})", e.valid_up_to() + 1))?;
     let opts = TextOptions {
         openmetrics: body.openmetrics,
         require_timestamp: false,
     };
-    let mut seen = IdSet::default();
+    let mut seen = IdSet::with_capacity_and_hasher(cache.prev.len(), Default::default());
     let mut comments: Vec<&str> = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -458,7 +485,7 @@ fn parse_body(
         cache.metadata_changed = *cache.metadata != meta;
         cache.metadata = std::sync::Arc::new(meta);
     }
-    Ok(current)
+    Ok((current, seen))
 }
 
 /// The labels a scraped series is stored with (target labels attached, metric relabeling

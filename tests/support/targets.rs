@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,8 @@ use super::{agent, free_port, installed_bin};
 pub struct Fleet {
     pub addr: String,
     pub scrapes: Arc<Mutex<Vec<(usize, Instant)>>>,
+    /// TCP connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -25,13 +27,19 @@ impl Fleet {
         let addr = l.local_addr().unwrap().to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let scrapes: Arc<Mutex<Vec<(usize, Instant)>>> = Default::default();
-        let (s, rec) = (Arc::clone(&stop), Arc::clone(&scrapes));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (s, rec, conns) = (
+            Arc::clone(&stop),
+            Arc::clone(&scrapes),
+            Arc::clone(&connections),
+        );
         std::thread::spawn(move || {
             while !s.load(Ordering::Acquire) {
                 let Ok((c, _)) = l.accept() else {
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 };
+                conns.fetch_add(1, Ordering::Relaxed);
                 let (s, rec) = (Arc::clone(&s), Arc::clone(&rec));
                 std::thread::spawn(move || {
                     c.set_nonblocking(false).unwrap();
@@ -76,6 +84,7 @@ impl Fleet {
         Fleet {
             addr,
             scrapes,
+            connections,
             stop,
         }
     }
