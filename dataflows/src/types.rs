@@ -179,6 +179,37 @@ pub fn canonical_pairs(bytes: &[u8]) -> CanonicalPairs<'_> {
     CanonicalPairs { rest: bytes }
 }
 
+/// Compares two label sets in their canonical encoding as their pairs compare (name, then
+/// value, pair by pair; a set that is a prefix of another is less), without decoding them: at
+/// the first byte where they differ, the end of a buffer is least, a separator (the end of a
+/// name or value: that text is a prefix of the other's) next, then the bytes as they are. The
+/// common prefix is skipped 16 bytes at a time.
+///
+/// ```
+/// use std::cmp::Ordering;
+/// use tidemark_dataflows::types::canonical_cmp;
+/// // "a" < "ab" as text, although 0xff (the end of "a") is above b'b'.
+/// assert_eq!(canonical_cmp(b"a\xffx\xfe", b"ab\xffx\xfe"), Ordering::Less);
+/// assert_eq!(canonical_cmp(b"a\xffx\xfe", b"a\xffx\xfeb\xffy\xfe"), Ordering::Less);
+/// assert_eq!(canonical_cmp(b"a\xffy\xfe", b"a\xffx\xfe"), Ordering::Greater);
+/// ```
+pub fn canonical_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 16 <= n && a[i..i + 16] == b[i..i + 16] {
+        i += 16;
+    }
+    while i < n && a[i] == b[i] {
+        i += 1;
+    }
+    let rank = |x: Option<&u8>| match x {
+        None => 0u16,
+        Some(0xfe | 0xff) => 1,
+        Some(&c) => 2 + u16::from(c),
+    };
+    rank(a.get(i)).cmp(&rank(b.get(i)))
+}
+
 /// See [`canonical_pairs`].
 #[derive(Clone, Debug)]
 pub struct CanonicalPairs<'a> {

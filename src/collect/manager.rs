@@ -314,11 +314,8 @@ impl Collector {
             owned = true;
             let ts = now_ms();
             let started = Instant::now();
-            let (agent, url, timeout) = (
-                agent.clone(),
-                target.scrape_url.clone(),
-                target.timeout_ms,
-            );
+            let (agent, url, timeout) =
+                (agent.clone(), target.scrape_url.clone(), target.timeout_ms);
             let auth = auth_header(&self.jobs[job]);
             let tls = self.tls[job].clone();
             let fetched =

@@ -326,7 +326,8 @@ pub fn scrape_samples(
             .iter()
             .map(|name| {
                 let l = report_labels(target, name);
-                out.encode_series(&l).map(|(id, c)| (id, c.into_boxed_slice()))
+                out.encode_series(&l)
+                    .map(|(id, c)| (id, c.into_boxed_slice()))
             })
             .collect::<Result<_, _>>()
             .unwrap_or_default();

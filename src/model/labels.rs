@@ -243,8 +243,9 @@ impl AsRef<[u8]> for Labels {
 
 /// By pairs, names first (as a sorted `Vec<(String, String)>` compares), not by bytes.
 impl Ord for Labels {
+    /// As the pairs compare (name, then value, pair by pair), on the encoded bytes.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.iter().cmp(other.iter())
+        tidemark_dataflows::types::canonical_cmp(&self.0, &other.0)
     }
 }
 
@@ -325,6 +326,35 @@ pub fn decode_canonical(bytes: &[u8]) -> Labels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte comparison orders label sets exactly as their pairs compare, on sets built to
+    /// share prefixes (names and values that are prefixes of each other, empty values,
+    /// non-ASCII text, sets that are prefixes of others).
+    #[test]
+    fn order_on_bytes_equals_the_order_of_pairs() {
+        let names = ["a", "ab", "b", "__name__", "job", "jobs", "\u{e9}"];
+        let values = ["", "x", "xy", "y", "xy\u{e9}", "0123456789abcdefghij"];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut sets = Vec::new();
+        for _ in 0..400 {
+            let k = next(4);
+            let pairs: Vec<(&str, &str)> = (0..k)
+                .map(|_| (names[next(names.len())], values[next(values.len())]))
+                .collect();
+            sets.push(Labels::from_pairs(pairs));
+        }
+        for a in &sets {
+            for b in &sets {
+                assert_eq!(a.cmp(b), a.iter().cmp(b.iter()), "{a:?} vs {b:?}");
+            }
+        }
+    }
 
     #[test]
     fn sorted_deduped_and_stable_id() {

@@ -90,7 +90,10 @@ fn decompress(frame: &[u8]) -> Result<Vec<u8>, CodecError> {
             if d.is_none() {
                 *d = Some(zstd::bulk::Decompressor::new().map_err(err)?);
             }
-            d.as_mut().expect("set above").decompress(frame, n).map_err(err)
+            d.as_mut()
+                .expect("set above")
+                .decompress(frame, n)
+                .map_err(err)
         }),
         _ => zstd::stream::decode_all(frame).map_err(err),
     }
