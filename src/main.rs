@@ -338,6 +338,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let format: tidemark::logging::Format = cli.log_format.parse()?;
     tidemark::logging::init(&cli.log_level, format)?;
+    if let (Some(now), Some(was)) = tidemark::process::raise_open_file_limit() {
+        tracing::debug!(target: "tidemark", "open file limit raised from {was} to {now}");
+    }
     match cli.cmd {
         Cmd::Check { what } => {
             use tidemark::check;

@@ -268,3 +268,43 @@ fn a_bad_scrape_file_stops_the_start_with_file_and_line() {
         "{err}"
     );
 }
+
+/// A collector keeps a connection per target, so a process raises its open-file limit from
+/// the soft value most systems start it with (1,024) to the hard one, as Prometheus (Go's
+/// runtime) does: started with a soft limit of 256, `tidemark agent` runs with the hard one.
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 256 && exec {:?} agent --listen 127.0.0.1:0 --push-to http://127.0.0.1:9/api/v1/write --interval 60s --buffer-dir {:?}",
+            env!("CARGO_BIN_EXE_tidemark"),
+            dir.path().join("buf")
+        ))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let limits = |pid: u32| -> Option<(u64, u64)> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+        let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+        let f: Vec<&str> = line.split_whitespace().collect();
+        Some((f[3].parse().ok()?, f[4].parse().ok()?))
+    };
+    // The limit is raised at the start of `main`: wait until the process is running it.
+    let mut got = None;
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_millis(25));
+        let exe = std::fs::read_link(format!("/proc/{}/exe", child.id())).ok();
+        if exe.is_some_and(|e| e.ends_with("tidemark")) {
+            got = limits(child.id()).filter(|(soft, _)| *soft != 256);
+            if got.is_some() {
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let (soft, hard) = got.expect("the soft limit stayed at 256");
+    assert_eq!(soft, hard, "soft {soft}, hard {hard}");
+}
