@@ -58,6 +58,19 @@ stop() {
   kill -TERM $pid
   wait $pid 2>/dev/null || while kill -0 $pid 2>/dev/null; do sleep 0.2; done
 }
+# The host's speed: CPU seconds of a fixed loop. This machine runs at one of two speeds that
+# change within minutes (benches/README.md, thirteenth session), which moves CPU-per-sample
+# figures by 2x; a probe before and after each system's run says which speed it had.
+probe() {
+  python3 -c '
+import time
+t = time.process_time()
+s = 0
+for i in range(3_000_000):
+    s += i * i
+print(round(time.process_time() - t, 3))'
+}
+probe0=$(probe)
 start
 ready
 # CPU seconds (user + system) of a process.
@@ -101,6 +114,7 @@ samples=$((series * POINTS))
 idle $pid
 tm_cpu=$(cpu $pid)
 echo "CPU until idle: $tm_cpu s = $(echo "scale=2; $tm_cpu * 1000000 / $samples" | bc) us per sample (ingest, rollups, rules, tiers)"
+echo "host speed probe (a fixed loop's CPU seconds; lower is faster): $probe0 before the run, $(probe) after it"
 curl -fs "$url/metrics" | grep '^tidemark_memory_bytes' | awk -v n="$series" \
   '{printf "  %-60s %8.1f MiB  %6.0f B/series\n", $1, $2/1048576, $2/n}'
 ooo=$(curl -fs "$url/metrics" | awk '/^tidemark_hot_samples_out_of_order_total /{print $2}')
@@ -172,6 +186,7 @@ if [ "${PEER:-vm}" = vm ] && command -v victoria-metrics >/dev/null; then
     -loggerLevel ERROR 2>>"$dir/vm.log" &
   vmpid=$!
   for _ in $(seq 1 600); do curl -fs "http://127.0.0.1:$vmport/health" >/dev/null 2>&1 && break; sleep 0.05; done
+  vmprobe0=$(probe)
   "$bin/tidemark-loadgen" --url "http://127.0.0.1:$vmport" --hosts "$HOSTS" --points "$POINTS" --stream --peer
   curl -fs "http://127.0.0.1:$vmport/internal/force_flush" >/dev/null || true
   idle $vmpid
@@ -181,5 +196,6 @@ if [ "${PEER:-vm}" = vm ] && command -v victoria-metrics >/dev/null; then
   kill -TERM $vmpid; wait $vmpid || true
   vmbytes=$(du -sb "$dir/vm" | cut -f1)
   echo "VictoriaMetrics $(dpkg-query -W -f '${Version}' victoria-metrics 2>/dev/null): $got series; peak RSS $((vmpeak / 1048576)) MiB = $((vmpeak / series)) B per active series; data dir $((vmbytes / 1048576)) MiB = $(echo "scale=2; $vmbytes / $samples" | bc) bytes/sample; CPU until idle $vm_cpu s = $(echo "scale=2; $vm_cpu * 1000000 / $samples" | bc) us per sample"
+  echo "host speed probe around VictoriaMetrics's run: $vmprobe0 before, $(probe) after"
   echo "ratios (Tidemark / VictoriaMetrics): peak RSS $(echo "scale=2; $peak / $vmpeak" | bc), data dir bytes/sample $(echo "scale=2; $bytes / $vmbytes" | bc), CPU per sample $(echo "scale=2; $tm_cpu / $vm_cpu" | bc)"
 fi
