@@ -48,55 +48,8 @@ pub fn encode(batch: &WriteBatch, out: &mut Vec<u8>) {
     let mut plain = Vec::new();
     encode_columns(batch, &mut plain);
     out.push(3);
-    compress_into(&plain, out);
-}
-
-/// The largest record body [`decode`] decompresses in one buffer sized from the frame's
-/// header; a frame claiming more (or not saying) is decoded as a stream, which grows as data
-/// actually comes.
-const MAX_SIZED_BODY: usize = 256 << 20;
-
-thread_local! {
-    /// A compression context per thread: creating one costs about as much as compressing a
-    /// scrape's 500-sample record.
-    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
-    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// zstd of `plain` at [`ZSTD_LEVEL`] appended to `out`, with this thread's context.
-fn compress_into(plain: &[u8], out: &mut Vec<u8>) {
-    COMPRESSOR.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.is_none() {
-            *c = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context"));
-        }
-        let compressed = c
-            .as_mut()
-            .map(|c| c.compress(plain))
-            .expect("set above")
-            .expect("zstd compresses in memory");
-        out.extend_from_slice(&compressed);
-    })
-}
-
-/// The body of one zstd frame, with this thread's context when the frame records its size.
-fn decompress(frame: &[u8]) -> Result<Vec<u8>, CodecError> {
-    let err = |_| CodecError("zstd frame does not decompress");
-    match zstd::bulk::Decompressor::upper_bound(frame) {
-        Some(n) if n <= MAX_SIZED_BODY => DECOMPRESSOR.with(|d| {
-            let mut d = d.borrow_mut();
-            if d.is_none() {
-                *d = Some(zstd::bulk::Decompressor::new().map_err(err)?);
-            }
-            d.as_mut()
-                .expect("set above")
-                .decompress(frame, n)
-                .map_err(err)
-        }),
-        _ => zstd::stream::decode_all(frame).map_err(err),
-    }
+    let compressed = zstd::bulk::compress(&plain, ZSTD_LEVEL).expect("zstd compresses in memory");
+    out.extend_from_slice(&compressed);
 }
 
 /// Encodes a batch as version 2 (version 1, compressed), appending to `out`. For tests and
@@ -105,7 +58,8 @@ pub fn encode_v2(batch: &WriteBatch, out: &mut Vec<u8>) {
     let mut plain = Vec::new();
     encode_plain(batch, &mut plain);
     out.push(2);
-    compress_into(&plain, out);
+    let compressed = zstd::bulk::compress(&plain, ZSTD_LEVEL).expect("zstd compresses in memory");
+    out.extend_from_slice(&compressed);
 }
 
 /// The body of a version-3 record (uncompressed; see the module documentation).
@@ -277,14 +231,16 @@ pub fn decode(
     let plain;
     let payload = match payload.first() {
         Some(2) => {
-            plain = decompress(&payload[1..])?;
+            plain = zstd::stream::decode_all(&payload[1..])
+                .map_err(|_| CodecError("zstd frame does not decompress"))?;
             if plain.first() != Some(&1) {
                 return Err(CodecError("a version-2 frame holds no version-1 record"));
             }
             &plain[..]
         }
         Some(3) => {
-            let body = decompress(&payload[1..])?;
+            let body = zstd::stream::decode_all(&payload[1..])
+                .map_err(|_| CodecError("zstd frame does not decompress"))?;
             return decode_columns(&body, ids, on_series, on_sample);
         }
         _ => payload,
