@@ -241,7 +241,8 @@ impl AsRef<[u8]> for Labels {
     }
 }
 
-/// By pairs, names first (as a sorted `Vec<(String, String)>` compares), not by bytes.
+/// By pairs, names first (as a sorted `Vec<(String, String)>` compares), computed on the
+/// encoded bytes without decoding them ([`tidemark_dataflows::types::canonical_cmp`]).
 impl Ord for Labels {
     /// As the pairs compare (name, then value, pair by pair), on the encoded bytes.
     fn cmp(&self, other: &Self) -> Ordering {
@@ -328,8 +329,8 @@ mod tests {
     use super::*;
 
     /// The byte comparison orders label sets exactly as their pairs compare, on sets built to
-    /// share prefixes (names and values that are prefixes of each other, empty values,
-    /// non-ASCII text, sets that are prefixes of others).
+    /// share prefixes (names and values that are prefixes of each other, non-ASCII text, sets
+    /// that are prefixes of others; an empty value drops its pair, as `from_pairs` does).
     #[test]
     fn order_on_bytes_equals_the_order_of_pairs() {
         let names = ["a", "ab", "b", "__name__", "job", "jobs", "\u{e9}"];
