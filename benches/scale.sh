@@ -121,6 +121,7 @@ ooo=$(curl -fs "$url/metrics" | awk '/^tidemark_hot_samples_out_of_order_total /
 echo "out-of-order samples (at or before their series' newest): ${ooo:-0} of $samples"
 # Chunk files by kind, and how many raw chunks were merged into larger ones (after 2 hours).
 curl -fs "$url/metrics" | awk '/^tidemark_hot_chunk_files_bytes/{printf "  %s %.1f MiB\n", $1, $2/1048576} /^tidemark_hot_chunks_compacted_total/{print "  compacted: " $1 " " $2} /^tidemark_hot_chunk_disk_bytes /{printf "  raw chunks referenced: %.1f MiB\n", $2/1048576}'
+curl -fs "$url/metrics" | awk '/^tidemark_rule_evaluations_total/{print "rule evaluations: " $1 " " $2}'
 # The input stops here, as a fleet's push would at a network split: after `[log] idle_timeout`
 # (30 s) event time follows wall time, so the windows close and the open hour partition seals
 # (when the wall clock is past its end). SETTLE=SECONDS (default 45) keeps sampling through

@@ -484,16 +484,20 @@ fn worker_apis_need_tokens_by_role() {
     let spec = dir.path().join("job.toml");
     std::fs::write(&spec, "name = \"x\"\n[source]\ntopics = [\"metrics\"]\n").unwrap();
     let (ok, out) = c.cli(&["submit", spec.to_str().unwrap()]);
-    assert!(!ok && out.contains("401"), "{out}");
+    assert!(!ok && out.contains("HTTP 401"), "{out}");
     c.token = Some("rd".into());
     let (ok, out) = c.cli(&["submit", spec.to_str().unwrap()]);
-    assert!(!ok && out.contains("403"), "{out}");
+    assert!(!ok && out.contains("HTTP 403"), "{out}");
     c.token = Some("adm".into());
     let (ok, out) = c.cli(&["jobs"]);
     assert!(ok, "{out}");
     // Past auth: the submit fails on the (absent) broker, not on the token.
+    // (Matched as "HTTP 401": the message names the port, which may contain "401".)
     let (ok, out) = c.cli(&["submit", spec.to_str().unwrap()]);
-    assert!(!ok && !out.contains("401") && !out.contains("403"), "{out}");
+    assert!(
+        !ok && !out.contains("HTTP 401") && !out.contains("HTTP 403"),
+        "{out}"
+    );
     c.kill(0);
     c.kill(1);
 }

@@ -46,6 +46,17 @@ fn a_restart_of_200k_series_with_the_default_rules_stays_under_the_live_peak() {
         ooo <= series * POINTS as f64 / 100.0,
         "{ooo} samples out of order"
     );
+    // The default rules kept up incrementally over the whole push: a first run starts at the
+    // oldest sample (not an hour of empty ticks before it, which the engine evaluated), and
+    // a push read back a minute or two of event time per step is not a catch-up.
+    t.eventually("rule ticks evaluated", || {
+        (t.metric("tidemark_rule_evaluations_total{path=\"incremental\"}") > 0.0).then_some(())
+    });
+    assert_eq!(
+        t.metric("tidemark_rule_evaluations_total{path=\"engine\"}"),
+        0.0,
+        "rule ticks the query engine evaluated"
+    );
     let end = t.metric("tidemark_log_end_offset");
     t.eventually("a checkpoint covering the whole log", || {
         (t.metric("tidemark_checkpoint_last_log_offset") >= end).then_some(())

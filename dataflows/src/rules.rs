@@ -26,6 +26,11 @@ pub trait TickEvaluator: 'static {
     type Output: Clone + 'static;
     /// The last tick evaluated before this run (restored state): ticks up to it are skipped.
     fn resume_after(&self) -> Option<u64>;
+    /// With no tick to resume after: the event time of the oldest data, when known (ticks
+    /// before it have nothing to read). Asked at each activation until a tick is evaluated.
+    fn start_at(&self) -> Option<u64> {
+        None
+    }
     /// Evaluates `ticks` (ascending, each past the frontier) and pushes `(tick, output)`.
     fn evaluate(&mut self, ticks: &[u64], out: &mut Vec<(u64, Self::Output)>);
 }
@@ -139,7 +144,10 @@ pub fn evaluate_at_ticks<'s, E: TickEvaluator>(
                     held = None;
                     return;
                 };
-                let ticks = ticks_between(&cfg, last, f, cfg.ticks_per_activation);
+                // A first run starts at the oldest data rather than `max_catch_up` before the
+                // frontier: the tick at or after it.
+                let from = last.or_else(|| e.start_at().map(|s| s.saturating_sub(1)));
+                let ticks = ticks_between(&cfg, from, f, cfg.ticks_per_activation);
                 if let Some(&newest) = ticks.last() {
                     e.evaluate(&ticks, &mut produced);
                     for (t, x) in produced.drain(..) {
@@ -356,6 +364,63 @@ impl AlertMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+    use timely::dataflow::operators::{Input, Probe};
+
+    /// Records its ticks; starts at `start` when it has no tick to resume after.
+    struct Ticks(Arc<Mutex<Vec<u64>>>, Option<u64>);
+    impl TickEvaluator for Ticks {
+        type Output = u64;
+        fn resume_after(&self) -> Option<u64> {
+            None
+        }
+        fn start_at(&self) -> Option<u64> {
+            self.1
+        }
+        fn evaluate(&mut self, ticks: &[u64], out: &mut Vec<(u64, u64)>) {
+            self.0.lock().unwrap().extend_from_slice(ticks);
+            out.extend(ticks.iter().map(|&t| (t, t)));
+        }
+    }
+
+    fn ticks_seen(start: Option<u64>) -> Vec<u64> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        timely::execute_directly(move |worker| {
+            let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, done) = scope.new_input::<Vec<()>>();
+                let cfg = TickConfig {
+                    resolution: 1_000,
+                    max_catch_up: 60_000,
+                    ticks_per_activation: 600,
+                };
+                let out = evaluate_at_ticks(done, cfg, Some(Ticks(s, start)));
+                (input, out.probe().0)
+            });
+            input.advance_to(100_500);
+            worker.step_while(|| probe.less_than(&100_000));
+        });
+        let v = seen.lock().unwrap().clone();
+        v
+    }
+
+    #[test]
+    fn a_first_run_starts_at_the_oldest_data_not_a_catch_up_before_it() {
+        // Without a start: `max_catch_up` (a minute) before the frontier.
+        assert_eq!(
+            ticks_seen(None),
+            (41..=100).map(|s| s * 1_000).collect::<Vec<_>>()
+        );
+        // Data from 95.5 s on: the first tick at or after it.
+        assert_eq!(
+            ticks_seen(Some(95_500)),
+            vec![96_000, 97_000, 98_000, 99_000, 100_000]
+        );
+        // Exactly on a tick: that tick.
+        assert_eq!(ticks_seen(Some(99_000)), vec![99_000, 100_000]);
+        // Older than the catch-up: the catch-up still bounds it.
+        assert_eq!(ticks_seen(Some(1_000)).len(), 60);
+    }
 
     fn one(v: f64) -> Vec<Active> {
         vec![Active {

@@ -344,8 +344,16 @@ pub fn render_metrics(s: &AlertState, w: &mut TextWriter) {
         w.family(
             "tidemark_rule_evaluations_total",
             "counter",
-            "Rule evaluations (one per rule and tick).",
-            &[("", r.evaluations.load(Relaxed) as f64)],
+            "Rule evaluations (one per rule and tick), by who made them: the incremental plans \
+             maintained by the job, or the query engine (rules without a plan, and ticks a \
+             plan does not cover: before its first tick, after a catch-up skipped ticks).",
+            &[
+                ("path=\"engine\"", r.evaluations.load(Relaxed) as f64),
+                (
+                    "path=\"incremental\"",
+                    r.evaluations_incremental.load(Relaxed) as f64,
+                ),
+            ],
         );
         w.family(
             "tidemark_rule_evaluation_failures_total",

@@ -175,7 +175,11 @@ pub struct Rules {
     inner: Mutex<Inner>,
     /// Evaluation failures and state-file failures, for `/metrics`.
     pub eval_failures: std::sync::atomic::AtomicU64,
+    /// Rule x tick evaluations the query engine made (ticks the incremental plans did not
+    /// cover, and rules without a plan).
     pub evaluations: std::sync::atomic::AtomicU64,
+    /// Rule x tick evaluations read from the incremental plans' results.
+    pub evaluations_incremental: std::sync::atomic::AtomicU64,
 }
 
 /// How long recorded samples stay in the overlay: the log is read back much faster.
@@ -221,6 +225,7 @@ impl Rules {
                 inner: Mutex::new(inner),
                 eval_failures: Default::default(),
                 evaluations: Default::default(),
+                evaluations_incremental: Default::default(),
             }),
             errors,
         )
@@ -390,6 +395,11 @@ impl Rules {
                 let inc = gs.inc[ri]
                     .and_then(|id| snaps.remove(&id))
                     .filter(|at| at.len() == gticks.len());
+                let counter = match inc {
+                    Some(_) => &self.evaluations_incremental,
+                    None => &self.evaluations,
+                };
+                counter.fetch_add(gticks.len() as u64, Relaxed);
                 let result = match inc {
                     Some(at) => at
                         .into_iter()
@@ -419,7 +429,6 @@ impl Rules {
                             .map(|v| steps_of(v, gticks.len()))
                     }
                 };
-                self.evaluations.fetch_add(gticks.len() as u64, Relaxed);
                 let health = &mut gs.health[ri];
                 health.evaluated = true;
                 health.last_eval = last;
@@ -889,6 +898,12 @@ impl TickEvaluator for RuleEvaluator {
 
     fn resume_after(&self) -> Option<u64> {
         self.rules.last_tick()
+    }
+
+    fn start_at(&self) -> Option<u64> {
+        self.storage
+            .oldest_sample()
+            .and_then(|t| u64::try_from(t).ok())
     }
 
     fn evaluate(&mut self, ticks: &[u64], out: &mut Vec<(u64, AlertEvent)>) {

@@ -71,6 +71,10 @@ impl Storage for HotIndex {
     fn series_hint(&self) -> usize {
         self.catalog.len()
     }
+
+    fn oldest_sample(&self) -> Option<i64> {
+        self.oldest_appended()
+    }
 }
 
 /// A Prometheus API error response.

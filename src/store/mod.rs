@@ -123,4 +123,11 @@ pub trait Storage: Send + Sync {
     fn series_hint(&self) -> usize {
         0
     }
+
+    /// The time of the oldest sample this store was given, when it knows (`None`: unknown,
+    /// or nothing yet). A rule evaluator with no saved tick starts there rather than up to
+    /// an hour of empty ticks before the data.
+    fn oldest_sample(&self) -> Option<i64> {
+        None
+    }
 }

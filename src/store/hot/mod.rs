@@ -210,6 +210,9 @@ pub struct HotIndex {
     /// bytes a slot rather than the state's 230 (a heap profile's 505 bytes a series).
     shards: Box<[RwLock<IdMap<Box<SeriesData>>>]>,
     newest: AtomicI64,
+    /// The oldest sample appended since the index was made (`i64::MAX`: none), for a rule
+    /// evaluator with no saved tick to start at ([`HotIndex::oldest_appended`]).
+    oldest: AtomicI64,
     retention_ms: i64,
     /// 1-minute rollups kept this long before the newest sample (or while pinned).
     minute_rollup_ms: i64,
@@ -610,6 +613,7 @@ impl HotIndex {
             catalog: Catalog::default(),
             shards: (0..SHARDS).map(|_| RwLock::new(IdMap::default())).collect(),
             newest: AtomicI64::new(i64::MIN),
+            oldest: AtomicI64::new(i64::MAX),
             retention_ms,
             minute_rollup_ms: retention_ms,
             stats: HotStats::default(),
@@ -903,6 +907,13 @@ impl HotIndex {
         (n != i64::MIN).then_some(n)
     }
 
+    /// The oldest sample time appended to this index since it was made (samples that came
+    /// with a loaded checkpoint not included: `None` until something is appended).
+    pub fn oldest_appended(&self) -> Option<i64> {
+        let n = self.oldest.load(Ordering::Relaxed);
+        (n != i64::MAX).then_some(n)
+    }
+
     /// Records that samples up to `ts` were accepted (ingest calls this on acknowledging, so
     /// the retention window moves with what was acknowledged, not with the job's progress).
     pub fn observe_newest(&self, ts: i64) {
@@ -942,6 +953,9 @@ impl HotIndex {
             self.newest.fetch_max(max, Ordering::Relaxed);
         }
         let min_ok = self.append_cutoff();
+        if let Some(min) = samples.iter().map(|s| s.ts).filter(|&t| t >= min_ok).min() {
+            self.oldest.fetch_min(min, Ordering::Relaxed);
+        }
         let mut too_old = 0;
         let mut d = Delta::default();
         // By shard (a stable counting sort: a series' samples keep their order), so that each
