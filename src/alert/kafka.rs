@@ -9,12 +9,14 @@
 //! Recording rules' samples go back to the job's own topic through a [`KafkaSeriesWriter`],
 //! so they are stored, rolled up and tiered like scraped series.
 //!
-//! `tidemark notify` ([`crate::process::notify`]) consumes the topic and feeds a [`Notifier`]. It commits
-//! a message's offset to its consumer group only after every notification that message caused
-//! has been delivered (or given up under the delivery policy), or turned out unnecessary
-//! (deduplicated, silenced, inhibited): [`Notifier::delivered_below`]. A notify process that
-//! dies, even with its disk, loses nothing: its successor re-reads from the committed offsets,
-//! and the notification log deduplicates what was already sent when the disk survived.
+//! `tidemark notify` ([`crate::process::notify`]) consumes the topic and feeds a
+//! [`Notifier`](crate::alert::notify::Notifier). It commits a message's offset to its consumer
+//! group only after every notification that message caused has been delivered (or given up
+//! under the delivery policy), or turned out unnecessary (deduplicated, silenced, inhibited):
+//! [`Notifier::delivered_below`](crate::alert::notify::Notifier::delivered_below). A notify
+//! process that dies, even with its disk, loses nothing: its successor re-reads from the
+//! committed offsets, and the notification log deduplicates what was already sent when the
+//! disk survived.
 //! Several notify processes split the partitions statically (`--index I --peers N`, like the
 //! timely workers), so an aggregation group sees all its alerts as long as the routes group by
 //! `alertname` (the message key) or finer.
