@@ -365,6 +365,7 @@ impl Rules {
                 .collect()
         };
         // The incremental rules' vectors at their ticks, read once for the batch.
+        let mut covered_from = None;
         let mut snaps = match &inner.inc {
             Some(inc) => {
                 let want: Vec<(u32, Vec<u64>)> = inner
@@ -375,10 +376,9 @@ impl Rules {
                         gs.inc.iter().flatten().map(move |&id| (id, t.clone()))
                     })
                     .collect();
-                inc.store
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .snapshots(&want)
+                let mut store = inc.store.lock().unwrap_or_else(|e| e.into_inner());
+                covered_from = store.covered_from();
+                store.snapshots(&want)
             }
             None => HashMap::new(),
         };
@@ -399,6 +399,15 @@ impl Rules {
                     Some(_) => &self.evaluations_incremental,
                     None => &self.evaluations,
                 };
+                if inc.is_none() && gs.inc[ri].is_some() {
+                    tracing::debug!(
+                        rule = %rule.name,
+                        first,
+                        last,
+                        ?covered_from,
+                        "an incremental rule's ticks go to the engine (its results are not complete for them)"
+                    );
+                }
                 counter.fetch_add(gticks.len() as u64, Relaxed);
                 let result = match inc {
                     Some(at) => at
