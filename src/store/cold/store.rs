@@ -296,7 +296,7 @@ pub struct ColdStore {
     pub stats: Arc<ColdStats>,
     /// Set at shutdown: retry loops give up.
     pub stop: Arc<AtomicBool>,
-    footers: Mutex<HashMap<(String, u64), ArrowReaderMetadata>>,
+    footers: Mutex<HashMap<(String, u64, String), ArrowReaderMetadata>>,
     /// Bytes a file's writer buffers before it starts a multipart upload (and the size of
     /// each part then).
     upload_buffer: usize,
@@ -829,10 +829,15 @@ impl ColdStore {
         })
     }
 
-    /// A file's footer (with its offset index), cached by path: files are immutable and
-    /// their names change with their content.
+    /// A file's footer (with its offset index), cached by path, size and entity tag: a file's
+    /// name changes with its content, except when a replay writes a correction part again
+    /// with other rows of its window (the same name and possibly the same size).
     async fn metadata(&self, meta: &ObjectMeta) -> Result<ArrowReaderMetadata, ColdError> {
-        let key = (meta.location.to_string(), meta.size);
+        let key = (
+            meta.location.to_string(),
+            meta.size,
+            meta.e_tag.clone().unwrap_or_default(),
+        );
         if let Some(md) = self
             .footers
             .lock()

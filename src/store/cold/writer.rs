@@ -12,7 +12,15 @@
 //! allowed lateness`) is a late correction: such rows are buffered as rows, collected by the
 //! [`CORRECTION_WINDOW_MS`] window of `t` they were sent in, and written to their own file when
 //! the frontier passes that window's end (a checkpoint's restart re-reads the log from the
-//! oldest buffered one, so the window bounds how much log the cold tiers hold). Every
+//! oldest buffered one, so the window bounds how much log the cold tiers hold). A window's
+//! buffer is bounded: every [`LATE_PART_BYTES`] of rows are written at once as a part of their
+//! own (`c<window + part>`, so a later part wins a collision as a later row would), and the
+//! rest when the window ends. A backlog replayed after an outage, or data pushed behind a
+//! watermark another source moved on, is all late; unbounded, 100 M such rows held 4 GB in
+//! the buffer and 17 GB while their one file was written. Parts are cut after exactly as
+//! many rows, so a replay of the window (which gets all of its rows again) writes the same
+//! names, every one of them again, with the same rows between them; which part holds which
+//! row follows the arrival order, which upstream workers can interleave differently. Every
 //! decision depends on the row and `t` only, never on when it was processed, so re-running the
 //! job over the same input writes the same files under the same names: a crash between a file
 //! and the checkpoint rewrites that file, it never adds a copy.
@@ -74,6 +82,10 @@ pub const CORRECTION_WINDOW_MS: i64 = 5 * 60_000;
 /// Rows per record batch when a partition is written from the hot index.
 const BATCH_ROWS: usize = 64 * 1024;
 
+/// A correction window's buffer is written as a part of its own each time it holds this many
+/// bytes of rows (see the module documentation).
+pub const LATE_PART_BYTES: usize = 32 << 20;
+
 /// An open partition: which series have rows in it, and the earliest time rows came at.
 struct Open {
     series: IdSet,
@@ -132,6 +144,8 @@ struct Buffer<R> {
     rows: Vec<R>,
     /// The earliest time rows were accepted at: what the sink's capability must hold.
     since: u64,
+    /// Parts of this buffer already written (see [`LATE_PART_BYTES`]).
+    parts: i64,
     /// Labels of the buffered series, taken when their rows arrived (the hot index may have
     /// dropped a series by the time its partition is sealed). A series whose definition has
     /// not reached the catalog yet (it travels on another stream) is looked up again when the
@@ -144,6 +158,7 @@ impl<R: ColdRow> Buffer<R> {
         Buffer {
             rows: Vec::new(),
             since: t,
+            parts: 0,
             names: IdMap::default(),
         }
     }
@@ -160,34 +175,29 @@ impl<R: ColdRow> Buffer<R> {
         }
     }
 
-    /// The rows to write and their labels: series still unknown are looked up once more, and
-    /// rows of series the catalog never learned are left out; returns how many.
-    fn resolved(&self, labels: &LabelLookup) -> (Vec<R>, IdMap<Labels>, u64) {
-        let mut names = self.names.clone();
-        let mut unknown: IdMap<()> = IdMap::default();
-        for r in &self.rows {
+    /// `rows` (taken from this buffer) and their labels: series still unknown are looked up
+    /// once more, and rows of series the catalog never learned are left out; returns how many.
+    fn resolved(&self, mut rows: Vec<R>, labels: &LabelLookup) -> (Vec<R>, IdMap<Labels>, u64) {
+        let mut names: IdMap<Labels> = IdMap::default();
+        let mut unknown = IdSet::default();
+        for r in &rows {
             let id = r.series();
-            if !names.contains_key(&id) && !unknown.contains_key(&id) {
-                match labels(id) {
+            if !names.contains_key(&id) && !unknown.contains(&id) {
+                match self.names.get(&id).cloned().or_else(|| labels(id)) {
                     Some(l) => {
                         names.insert(id, l);
                     }
                     None => {
-                        unknown.insert(id, ());
+                        unknown.insert(id);
                     }
                 }
             }
         }
-        if unknown.is_empty() {
-            return (self.rows.clone(), names, 0);
+        let before = rows.len();
+        if !unknown.is_empty() {
+            rows.retain(|r| !unknown.contains(&r.series()));
         }
-        let rows: Vec<R> = self
-            .rows
-            .iter()
-            .filter(|r| !unknown.contains_key(&r.series()))
-            .cloned()
-            .collect();
-        let dropped = (self.rows.len() - rows.len()) as u64;
+        let dropped = (before - rows.len()) as u64;
         (rows, names, dropped)
     }
 }
@@ -210,6 +220,8 @@ pub struct TierWriter<R: ColdRow> {
     open: BTreeMap<i64, Open>,
     /// Corrections by (window of send time, partition start).
     late: BTreeMap<(i64, i64), Buffer<R>>,
+    /// Rows per correction part ([`LATE_PART_BYTES`]).
+    part_rows: usize,
     sealed_through: i64,
     /// Rows dropped because the checkpoint says they are stored already.
     pub skipped: u64,
@@ -258,6 +270,7 @@ impl<R: ColdRow> TierWriter<R> {
             late_since: None,
             open: BTreeMap::new(),
             late: BTreeMap::new(),
+            part_rows: (LATE_PART_BYTES / std::mem::size_of::<R>().max(1)).max(1),
             sealed_through,
             skipped: 0,
             unlabelled: 0,
@@ -316,6 +329,46 @@ impl<R: ColdRow> TierWriter<R> {
         }
     }
 
+    /// Writes the full parts of the correction buffer `key` (window, partition start): each
+    /// exactly [`TierWriter::part_rows`] rows, in arrival order. A part that cannot be written
+    /// stays in the buffer (written with the rest when the window ends, or retried with the
+    /// next part).
+    fn write_parts(&mut self, key: (i64, i64)) {
+        let p = self.tier.partition(key.1);
+        while let Some(mut buf) = self.late.remove(&key) {
+            if buf.rows.len() < self.part_rows || buf.parts + 1 >= CORRECTION_WINDOW_MS {
+                self.late.insert(key, buf);
+                return;
+            }
+            let rest = buf.rows.split_off(self.part_rows);
+            let part = std::mem::replace(&mut buf.rows, rest);
+            let kind = FileKind::Correction(key.0 + buf.parts);
+            match self.write(p, kind, &buf, part.clone()) {
+                Ok(()) => buf.parts += 1,
+                Err(e) => {
+                    tracing::info!(
+                        "cold tier {} (job {}, worker {}): {e}; the part is kept and written later",
+                        self.tier,
+                        self.job,
+                        self.worker
+                    );
+                    let rest = std::mem::replace(&mut buf.rows, part);
+                    buf.rows.extend(rest);
+                    self.late.insert(key, buf);
+                    return;
+                }
+            }
+            self.late.insert(key, buf);
+        }
+    }
+
+    /// Sets how many rows a correction part holds (tests; the default is
+    /// [`LATE_PART_BYTES`] of rows).
+    pub fn late_part_rows(mut self, rows: usize) -> Self {
+        self.part_rows = rows.max(1);
+        self
+    }
+
     /// Time through which everything is in files (from the checkpoint and this run).
     pub fn sealed_through(&self) -> i64 {
         self.sealed_through
@@ -325,9 +378,16 @@ impl<R: ColdRow> TierWriter<R> {
         p.end().saturating_add(self.lateness)
     }
 
-    fn write(&mut self, p: Partition, kind: FileKind, buf: &Buffer<R>) -> Result<(), ColdError> {
+    /// Writes `rows` of a correction buffer as the file of `kind`.
+    fn write(
+        &mut self,
+        p: Partition,
+        kind: FileKind,
+        buf: &Buffer<R>,
+        rows: Vec<R>,
+    ) -> Result<(), ColdError> {
         let path = p.file(&self.job, self.worker, kind);
-        let (mut rows, known, dropped) = buf.resolved(&self.labels);
+        let (mut rows, known, dropped) = buf.resolved(rows, &self.labels);
         if dropped > 0 {
             self.unlabelled += dropped;
             tracing::warn!(
@@ -427,8 +487,11 @@ impl<R: ColdRow> TierWriter<R> {
             .collect();
         for k in ready {
             let p = self.tier.partition(k.1);
-            let buf = self.late.remove(&k).expect("listed");
-            if let Err(e) = self.write(p, FileKind::Correction(k.0), &buf) {
+            let mut buf = self.late.remove(&k).expect("listed");
+            let rows = std::mem::take(&mut buf.rows);
+            let kind = FileKind::Correction(k.0 + buf.parts);
+            if let Err(e) = self.write(p, kind, &buf, rows.clone()) {
+                buf.rows = rows;
                 self.late.insert(k, buf);
                 return Err(e);
             }
@@ -504,6 +567,13 @@ impl<R: ColdRow> TierSink<R> for TierWriter<R> {
             // Batches can arrive out of time order (from several upstream workers).
             buf.since = buf.since.min(time);
             buf.extend(run, &self.labels);
+            if buf.rows.len() >= self.part_rows {
+                let key = (
+                    t.div_euclid(CORRECTION_WINDOW_MS) * CORRECTION_WINDOW_MS,
+                    p.start,
+                );
+                self.write_parts(key);
+            }
         }
         self.account();
     }
@@ -657,6 +727,64 @@ mod tests {
         assert_eq!(w.skipped, 3);
         w.advance((BASE + 4 * H + 60_000) as u64);
         assert_eq!(store.list("").unwrap().len(), before + 1);
+        assert_eq!(w.pending_since(), None);
+    }
+
+    /// A flood of late rows (a backlog replayed behind the watermark) is written in parts of a
+    /// fixed row count as it comes, not held until its correction window ends; a replay of the
+    /// window after a crash writes the same parts again, with no extra file.
+    #[test]
+    fn a_flood_of_late_rows_is_written_in_parts_and_replays_to_the_same_files() {
+        let store = Arc::new(ColdStore::open("memory://").unwrap());
+        let hot = new_hot();
+        let mk = |store: &Arc<ColdStore>| writer(store, &hot, 0, labels()).late_part_rows(10);
+        let s = |series, ts, value| Sample { series, ts, value };
+        let mut w = mk(&store);
+        send(&mut w, &hot, BASE, &[s(1, BASE + 1, 1.0)]);
+        w.advance((BASE + H) as u64);
+        assert_eq!(read_all(&store, Tier::Raw).len(), 1);
+        // 35 late rows for hour 0, sent in hour 2 in batches of 7.
+        let late: Vec<Sample> = (0..35)
+            .map(|i| s(1 + i % 5, BASE + 100 + i as i64, i as f64))
+            .collect();
+        let t = BASE + 2 * H + 5;
+        for batch in late.chunks(7) {
+            send(&mut w, &hot, t, batch);
+            // Never more than a part's rows held.
+            assert!(w.late.values().all(|b| b.rows.len() < 10));
+        }
+        let files = read_all(&store, Tier::Raw);
+        assert_eq!(files.len(), 4, "three full parts before the window ends");
+        // Killed before the window ends: the checkpoint does not cover it, so a new writer
+        // gets the window's rows again, in another order.
+        drop(w);
+        let mut w = mk(&store);
+        for batch in late.chunks(7).rev() {
+            w.accept(t as u64, batch);
+        }
+        w.advance((BASE + 2 * H + CORRECTION_WINDOW_MS) as u64);
+        let files = read_all(&store, Tier::Raw);
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| f.0.rsplit('/').next().unwrap().to_string())
+            .collect();
+        let w0 = BASE + 2 * H;
+        assert_eq!(
+            names,
+            vec![
+                format!("part-j-w0-c{w0}.parquet"),
+                format!("part-j-w0-c{}.parquet", w0 + 1),
+                format!("part-j-w0-c{}.parquet", w0 + 2),
+                format!("part-j-w0-c{}.parquet", w0 + 3),
+                "part-j-w0-m.parquet".to_string(),
+            ]
+        );
+        let mut got: Vec<Sample> = files[..4].iter().flat_map(|f| f.1.clone()).collect();
+        assert_eq!(files[..3].iter().map(|f| f.1.len()).sum::<usize>(), 30);
+        got.sort_by_key(|a| (a.series, a.ts));
+        let mut want = late.clone();
+        want.sort_by_key(|a| (a.series, a.ts));
+        assert_eq!(got, want);
         assert_eq!(w.pending_since(), None);
     }
 
