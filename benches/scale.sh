@@ -26,6 +26,14 @@ fi
 # BIN=DIR runs DIR/tidemark (for example a glibc build under WRAP="heaptrack -o FILE").
 bin=${BIN:-$bin}
 dir=$(mktemp -d)
+# The loadgen pushes POINTS x 10 s of past event time in a few minutes. The self-scrape (on by
+# default) stamps samples with the wall clock, which would move the watermark to now and make
+# every older pushed sample late (dropped from the rollups once past allowed_lateness): off,
+# unless TIDEMARK_CONFIG names a configuration.
+if [ -z "${TIDEMARK_CONFIG:-}" ]; then
+  printf '[scrape]\nself_scrape = false\n' > "$dir/tidemark.toml"
+  TIDEMARK_CONFIG="$dir/tidemark.toml"
+fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 url="http://127.0.0.1:$port"
 # WRAP (for example "heaptrack -o FILE") wraps the first start only; RESTART_WRAP the restart.
@@ -94,7 +102,7 @@ idle() {
     r=$(awk '/^VmRSS/{printf "%.0f", $2 * 1024}' /proc/$pid/status 2>/dev/null)
     if [ -n "${TRACE:-}" ] && [ -n "$r" ]; then
       # One line per sample: seconds, RSS and every component (MiB), to see when the peak comes.
-      echo "$(date +%s) rss=$((r / 1048576)) $(echo "$m" | awk -F'[="} ]+' '/^tidemark_memory_bytes/{printf "%s=%.0f ", $2, $3/1048576} /^tidemark_log_(end|consumer)_offset /{printf "%s=%s ", $1, $2}')" >> "$TRACE"
+      echo "$(date +%s) rss=$((r / 1048576)) $(echo "$m" | awk -F'[="} ]+' '/^tidemark_memory_bytes/{printf "%s=%.0f ", $2, $3/1048576} /^tidemark_log_(end|consumer)_offset /{printf "%s=%s ", $1, $2} /^tidemark_rule_evaluations_total/{printf "rules_%s=%s ", $2, $3}')" >> "$TRACE"
     fi
     if [ -n "$r" ] && [ "$r" -gt "$best" ]; then
       best=$r
@@ -122,6 +130,9 @@ echo "out-of-order samples (at or before their series' newest): ${ooo:-0} of $sa
 # Chunk files by kind, and how many raw chunks were merged into larger ones (after 2 hours).
 curl -fs "$url/metrics" | awk '/^tidemark_hot_chunk_files_bytes/{printf "  %s %.1f MiB\n", $1, $2/1048576} /^tidemark_hot_chunks_compacted_total/{print "  compacted: " $1 " " $2} /^tidemark_hot_chunk_disk_bytes /{printf "  raw chunks referenced: %.1f MiB\n", $2/1048576}'
 curl -fs "$url/metrics" | awk '/^tidemark_rule_evaluations_total/{print "rule evaluations: " $1 " " $2}'
+# Samples behind the watermark (the loadgen's events are in order: nonzero means something
+# moved event time ahead of them, as a self-scrape at the wall clock would).
+curl -fs "$url/metrics" | awk '/^tidemark_late_samples_total/{print "late samples: " $1 " " $2}'
 # The input stops here, as a fleet's push would at a network split: after `[log] idle_timeout`
 # (30 s) event time follows wall time, so the windows close and the open hour partition seals
 # (when the wall clock is past its end). SETTLE=SECONDS (default 45) keeps sampling through
