@@ -80,7 +80,7 @@ pub trait Accumulator<D>: Default + 'static {
 /// 190 bytes a series with the vector and its table slot.)
 pub enum SampleAcc {
     Open(Vec<(i64, f64)>),
-    /// Sorted, distinct times: see [`pack`].
+    /// Sorted, distinct times: see `pack`.
     Packed(Box<[u8]>),
 }
 

@@ -6,10 +6,10 @@
 //! | module | owns |
 //! |---|---|
 //! | [`spec`] | job specs (`jobs/*.toml`) and their validation against `schemas/job.schema.json` |
-//! | [`schema`] | the JSON Schema subset validator |
+//! | [`crate::jsonschema`] | the JSON Schema subset validator |
 //! | [`source`] | the Kafka source of a job: consumer, local WAL, offset commits, bindings |
 //! | [`checkpoint`] | checkpoints of a process's hot index, the cluster's safe time, WAL truncation |
-//! | [`worker`] | one process of the cluster: timely workers, commands, job dataflows |
+//! | [`crate::process::worker`] | one process of the cluster: timely workers, commands, job dataflows |
 //! | [`control`] | the HTTP side: control API, query fan-out over the processes |
 //! | [`client`] | `tidemark submit / jobs / cancel / replay` |
 //!

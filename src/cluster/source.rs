@@ -2,7 +2,7 @@
 //! owns; decoding, the local WAL, offset commits after the sinks applied the data, bindings.
 //!
 //! Messages are parsed on a decoder thread beside the timely worker (one per source, in
-//! order, at most [`DECODE_AHEAD`] messages ahead), so parsing and WAL encoding overlap with
+//! order, at most `DECODE_AHEAD` messages ahead), so parsing and WAL encoding overlap with
 //! the worker's hot-index appends instead of taking turns with them.
 
 use crate::time::now_ms;

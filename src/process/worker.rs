@@ -102,7 +102,7 @@ pub struct WorkerOpts {
     pub hot_retention_ms: i64,
     pub auth: crate::config::AuthConfig,
     /// `[checkpoint]`: the hot index checkpointed so that the WALs hold minutes, not the hot
-    /// retention (see [`super::checkpoint`]).
+    /// retention (see [`crate::cluster::checkpoint`]).
     pub checkpoint: crate::config::CheckpointConfig,
 }
 

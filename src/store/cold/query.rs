@@ -44,7 +44,7 @@ impl ColdReader {
         }
     }
 
-    /// The tiers' partitions and files (listed at most every [`LISTING_TTL`]).
+    /// The tiers' partitions and files (listed at most every `LISTING_TTL`).
     pub fn listing(&self) -> Result<Arc<Listing>, ColdError> {
         let mut g = self.listing.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, l)) = &*g {

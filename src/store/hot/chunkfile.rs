@@ -1,6 +1,6 @@
 //! Sealed chunks on local disk (`<data_dir>/chunks/`), as Prometheus keeps its head chunks in
 //! `chunks_head/`: the index keeps a reference per sealed chunk instead of its bytes (about
-//! 14 bytes, packed with the chunk's times and count: [`super::sealed`]), and reads it back with one positioned read (the page cache holds what is read often; it is
+//! 14 bytes, packed with the chunk's times and count: `sealed`), and reads it back with one positioned read (the page cache holds what is read often; it is
 //! not the process's memory).
 //!
 //! Chunks are appended to numbered segment files (`00000001.chunks`, ...) of at most

@@ -38,7 +38,7 @@ use thin::Thin;
 const SHARDS: usize = 64;
 
 /// Sealed chunks this long before the newest sample are merged into larger ones
-/// ([`SeriesData::compact`]): late samples rarely reach back this far, and recent ranges keep
+/// (`SeriesData::compact`): late samples rarely reach back this far, and recent ranges keep
 /// reading small chunks.
 pub const COMPACT_AFTER_MS: i64 = 2 * 3_600_000;
 
@@ -698,7 +698,7 @@ impl HotIndex {
         self.files.as_ref()
     }
 
-    /// Merges the old chunks of the series it visits ([`SeriesData::compact`]), then writes
+    /// Merges the old chunks of the series it visits (`SeriesData::compact`), then writes
     /// the chunks sealed or merged, and the rollup blocks made, since the last call to the chunk
     /// files (raw chunks, 1-minute and 1-hour blocks each to their own, so that each kind's
     /// segments go with its own retention) and drops their bytes from memory, a shard at a
@@ -1442,7 +1442,7 @@ pub fn with_chunk_files_or_memory(hot: HotIndex, dir: &std::path::Path) -> HotIn
 /// those (allocator slack, buffers in flight, code, the runtime).
 ///
 /// Walking the index takes a few milliseconds per 100,000 series, so the walked figures are
-/// kept for [`MEMORY_WALK_EVERY`] between scrapes while the series count stays the same (a
+/// kept for [`crate::ops::MEMORY_WALK_EVERY`] between scrapes while the series count stays the same (a
 /// load generator polls `/metrics` often).
 pub fn render_memory(hot: &HotIndex, w: &mut crate::ops::TextWriter) {
     use crate::ops::{allocator_slack, rss_bytes, MEMORY_WALK_EVERY};

@@ -536,7 +536,7 @@ impl RollupSeries {
     }
 
     /// Merges runs of adjacent blocks on disk older than every block in memory into one block
-    /// each ([`merge_policy`], [`sealed::runs_between`]), in memory until the spill that
+    /// each (`merge_policy`, `sealed::runs_between`), in memory until the spill that
     /// called this writes it; the references merged are released in `files`. Returns the
     /// bytes added in memory and how many blocks were merged. A run with a block that cannot
     /// be read back stays as it is (reported).
