@@ -1639,11 +1639,10 @@ mod tests {
         assert!((3..=5).contains(&y), "series 2 looked up {y} times");
     }
 
-    #[test]
-    fn far_behind_the_frontier_only_the_newest_tick_is_evaluated() {
-        use timely::dataflow::operators::{Capture, Input, Probe};
+    /// One leaf: the last value over 10 minutes of every series, at a 1 s interval.
+    fn last_over_ten_minutes() -> Arc<Plans> {
         let last: WindowFn = |w, _, _| w.last().map(|p| p.1);
-        let plans = Arc::new(Plans {
+        Arc::new(Plans {
             leaves: vec![Leaf {
                 matches: Arc::new(|_| true),
                 key: None,
@@ -1653,7 +1652,13 @@ mod tests {
                 every_tick: false,
             }],
             rules: vec![],
-        });
+        })
+    }
+
+    #[test]
+    fn far_behind_the_frontier_only_the_newest_tick_is_evaluated() {
+        use timely::dataflow::operators::{Capture, Input, Probe};
+        let plans = last_over_ten_minutes();
         let out = timely::execute_directly(move |worker| {
             let (mut input, probe, out) = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, samples) = scope.new_input::<Vec<Sample>>();
@@ -1710,18 +1715,7 @@ mod tests {
     #[test]
     fn a_first_run_evaluates_every_tick_from_the_oldest_sample_on() {
         use timely::dataflow::operators::{Capture, Input, Probe};
-        let last: WindowFn = |w, _, _| w.last().map(|p| p.1);
-        let plans = Arc::new(Plans {
-            leaves: vec![Leaf {
-                matches: Arc::new(|_| true),
-                key: None,
-                window: Some((last, 600_000)),
-                keeps_name: true,
-                interval: 1_000,
-                every_tick: false,
-            }],
-            rules: vec![],
-        });
+        let plans = last_over_ten_minutes();
         // No saved tick: the ticks start an hour (`max_catch_up`) before the frontier, 600 an
         // activation, so one batch of ticks holds the 100 s before the first sample and the
         // 99 s after it.
