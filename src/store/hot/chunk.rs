@@ -1246,6 +1246,11 @@ impl Chunk {
 }
 
 impl Appender {
+    /// Reads the fields an append reads first and the buffer's end (see `warm_up`).
+    pub(crate) fn touch(&self) -> i64 {
+        self.last_ts ^ i64::from(self.w.buf.last().copied().unwrap_or(0))
+    }
+
     pub fn snap(&self, e: &mut Enc<'_>) {
         e.u16(u16::from(self.w.meta.count));
         if self.w.meta.count == 0 {
