@@ -221,7 +221,10 @@ mod tests {
         // The build turns thread caches off (`tcache:false` in .cargo/config.toml).
         assert!(!before, "a new thread starts without a cache");
         assert!(after, "thread_cache_on turns it on");
-        assert!(!std::thread::spawn(read).join().unwrap(), "other threads keep none");
+        assert!(
+            !std::thread::spawn(read).join().unwrap(),
+            "other threads keep none"
+        );
     }
 
     #[test]
