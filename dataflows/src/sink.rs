@@ -18,6 +18,10 @@ pub type Done<'s> = Stream<'s, u64, Vec<()>>;
 pub trait HotSink {
     fn append(&self, samples: &[Sample]);
     fn upsert_rollups(&self, rollups: &[Rollup]);
+    /// A hint that the samples of `series` are read next (a closing window reads its series
+    /// back, a slice at a time): a store whose entries are cache misses can load them all
+    /// first, so that the misses overlap. Nothing by default.
+    fn warm(&self, _series: &[u64]) {}
 }
 
 impl<T: HotSink + ?Sized> HotSink for std::sync::Arc<T> {
@@ -26,6 +30,9 @@ impl<T: HotSink + ?Sized> HotSink for std::sync::Arc<T> {
     }
     fn upsert_rollups(&self, rollups: &[Rollup]) {
         (**self).upsert_rollups(rollups)
+    }
+    fn warm(&self, series: &[u64]) {
+        (**self).warm(series)
     }
 }
 

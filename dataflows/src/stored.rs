@@ -41,6 +41,10 @@ pub type RollupStore = Arc<dyn Fn(u64, i64, i64, &mut Vec<Rollup>) + Send + Sync
 /// vector.
 pub type SampleStore = Arc<dyn Fn(u64, i64, i64, &mut Vec<(i64, f64)>) + Send + Sync>;
 
+/// Series a closing window reads back after one [`HotSink::warm`] hint: their entries' lines
+/// stay in the cache until the reads reach them.
+const WARM_SLICE: usize = 32;
+
 /// An open window: which series have records in it.
 struct StoreWindow {
     cap: Capability<u64>,
@@ -127,6 +131,7 @@ impl StoreWindows {
         all: impl Fn(i64) -> bool,
         stored: impl Fn(i64) -> bool,
         mut read: impl FnMut(u64, i64, i64) -> Option<Rollup>,
+        mut warm: impl FnMut(&[u64]),
         mut give: impl FnMut(&Capability<u64>, &mut Vec<Rollup>),
     ) -> (Vec<i64>, bool) {
         let mut retired = Vec::new();
@@ -151,11 +156,10 @@ impl StoreWindows {
                 let mut left = false;
                 if let Some((ids, sent)) = &mut w.emitting {
                     let n = budget.min(ids.len() - *sent);
-                    batch.extend(
-                        ids[*sent..*sent + n]
-                            .iter()
-                            .filter_map(|&series| read(series, start, end)),
-                    );
+                    for slice in ids[*sent..*sent + n].chunks(WARM_SLICE) {
+                        warm(slice);
+                        batch.extend(slice.iter().filter_map(|&series| read(series, start, end)));
+                    }
                     *sent += n;
                     budget -= n;
                     left = *sent < ids.len();
@@ -379,6 +383,7 @@ pub fn rollups_from_store<'s>(
                 |t| passed(data_f, t) && passed(seed_f, t) && passed(stored_f, t),
                 |t| passed(stored_f, t),
                 read,
+                |_| {},
                 |cap, batch| output.session(cap).give_iterator(batch.drain(..).map(Ok)),
             );
             if more {
@@ -580,6 +585,7 @@ pub fn sample_rollups_stored<'s, S: HotSink + 'static>(
                 all,
                 |_| true,
                 read,
+                |ids| sink.warm(ids),
                 |cap, batch| output.session(cap).give_iterator(batch.drain(..).map(Ok)),
             );
             if more {

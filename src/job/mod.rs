@@ -380,6 +380,9 @@ impl HotSink for CountingSink {
     fn upsert_rollups(&self, rollups: &[Rollup]) {
         self.hot.upsert(rollups);
     }
+    fn warm(&self, series: &[u64]) {
+        self.hot.warm(series);
+    }
 }
 
 /// Where a (re)started job reads from.

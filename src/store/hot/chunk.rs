@@ -1246,9 +1246,11 @@ impl Chunk {
 }
 
 impl Appender {
-    /// Reads the fields an append reads first and the buffer's end (see `warm_up`).
+    /// Reads the fields an append reads first and both ends of the buffer, which a read
+    /// decodes (see `warm_up`).
     pub(crate) fn touch(&self) -> i64 {
-        self.last_ts ^ i64::from(self.w.buf.last().copied().unwrap_or(0))
+        let (first, last) = (self.w.buf.first(), self.w.buf.last());
+        self.last_ts ^ i64::from(*first.unwrap_or(&0) ^ *last.unwrap_or(&0))
     }
 
     pub fn snap(&self, e: &mut Enc<'_>) {

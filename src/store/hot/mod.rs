@@ -231,12 +231,13 @@ fn shard(id: SeriesId) -> usize {
     (id >> 32) as usize % SHARDS
 }
 
-/// Reads the table slot, entry and head end of each series in `ids` before a loop changes
-/// them. At 1 M series each is a cache miss, and the lookups here do not depend on each other,
-/// so the processor overlaps the misses, where the append loop's work between two lookups kept
-/// them one after the other: 2.77 - 2.84 against 3.12 - 3.14 us per sample until idle at 1 M
-/// series (benches/README.md, Footprint). A run is a shard's part of a batch (about 150
-/// series), whose lines stay in the cache until the loop reaches them.
+/// Reads the table slot, entry and head ends of each series in `ids` before a loop appends to
+/// them or reads them ([`HotIndex::append_samples`], [`HotIndex::warm`]). At 1 M series each is
+/// a cache miss, and the lookups here do not depend on each other, so the processor overlaps
+/// the misses, where the work between two lookups of those loops kept them one after the
+/// other: for appends 2.77 - 2.84 against 3.12 - 3.14 us per sample until idle at 1 M series
+/// (benches/README.md, Footprint). A run is a shard's part of a batch (about 150 series) or a
+/// window's slice of reads (32), whose lines stay in the cache until the loop reaches them.
 fn warm_up(table: &IdMap<Box<SeriesData>>, ids: impl Iterator<Item = SeriesId>) {
     let mut acc = 0i64;
     for id in ids {
@@ -1055,6 +1056,19 @@ impl HotIndex {
         self.stats.rollup_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Loads the table slots, entries and heads of `ids` ahead of reads of their samples (see
+    /// [`warm_up`]), taking each shard's lock once per run of ids in it.
+    pub fn warm(&self, ids: &[SeriesId]) {
+        let mut at = 0;
+        while at < ids.len() {
+            let sh = shard(ids[at]);
+            let n = ids[at..].iter().take_while(|&&id| shard(id) == sh).count();
+            let table = self.shards[sh].read().unwrap_or_else(|e| e.into_inner());
+            warm_up(&table, ids[at..at + n].iter().copied());
+            at += n;
+        }
+    }
+
     /// Raw samples of a series in `[start, end]`, sorted by time.
     pub fn samples(&self, id: SeriesId, start: i64, end: i64, out: &mut Vec<(i64, f64)>) {
         let shard = self.shards[shard(id)]
@@ -1435,6 +1449,9 @@ impl HotSink for HotIndex {
     }
     fn upsert_rollups(&self, rollups: &[Rollup]) {
         self.upsert(rollups);
+    }
+    fn warm(&self, series: &[u64]) {
+        HotIndex::warm(self, series);
     }
 }
 
