@@ -210,4 +210,6 @@ if [ "${PEER:-vm}" = vm ] && command -v victoria-metrics >/dev/null; then
   echo "VictoriaMetrics $(dpkg-query -W -f '${Version}' victoria-metrics 2>/dev/null): $got series; peak RSS $((vmpeak / 1048576)) MiB = $((vmpeak / series)) B per active series; data dir $((vmbytes / 1048576)) MiB = $(echo "scale=2; $vmbytes / $samples" | bc) bytes/sample; CPU until idle $vm_cpu s = $(echo "scale=2; $vm_cpu * 1000000 / $samples" | bc) us per sample"
   echo "host speed probe around VictoriaMetrics's run: $vmprobe0 before, $(probe) after"
   echo "ratios (Tidemark / VictoriaMetrics): peak RSS $(echo "scale=2; $peak / $vmpeak" | bc), data dir bytes/sample $(echo "scale=2; $bytes / $vmbytes" | bc), CPU per sample $(echo "scale=2; $tm_cpu / $vm_cpu" | bc)"
+elif [ "${PEER:-vm}" = vm ]; then
+  echo "no VictoriaMetrics run: victoria-metrics is not installed (apt-get install victoria-metrics; PEER=none skips the peer)"
 fi

@@ -166,20 +166,6 @@ pub fn allocator_slack() -> Option<i64> {
     None
 }
 
-/// Turns jemalloc's thread cache on for the calling thread (the build turns it off for every
-/// thread: `tcache:false` in `.cargo/config.toml`). For the job's timely workers, which make
-/// most of the process's allocations: without a cache each allocation and free takes its
-/// arena's lock. Does nothing without the `jemalloc` feature.
-pub fn thread_cache_on() {
-    #[cfg(feature = "jemalloc")]
-    {
-        use tikv_jemalloc_ctl::{Access, AsName};
-        if let Err(e) = b"thread.tcache.enabled\0".name().write(true) {
-            tracing::debug!("thread cache not enabled: {e}");
-        }
-    }
-}
-
 /// The process's resident set size in bytes (`VmRSS`), 0 where `/proc` is not available.
 pub fn rss_bytes() -> f64 {
     proc_status_bytes("VmRSS:")
@@ -204,28 +190,6 @@ fn proc_status_bytes(field: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[cfg(feature = "jemalloc")]
-    #[test]
-    fn the_thread_cache_is_on_for_the_calling_thread_only() {
-        use tikv_jemalloc_ctl::{Access, AsName};
-        let name = b"thread.tcache.enabled\0";
-        let read = || -> bool { name.name().read().expect("read thread.tcache.enabled") };
-        let (before, after) = std::thread::spawn(move || {
-            let before = read();
-            thread_cache_on();
-            (before, read())
-        })
-        .join()
-        .unwrap();
-        // The build turns thread caches off (`tcache:false` in .cargo/config.toml).
-        assert!(!before, "a new thread starts without a cache");
-        assert!(after, "thread_cache_on turns it on");
-        assert!(
-            !std::thread::spawn(read).join().unwrap(),
-            "other threads keep none"
-        );
-    }
 
     #[test]
     fn label_values_are_escaped_and_the_exposition_parses_back() {

@@ -610,7 +610,6 @@ impl Job {
         };
         let (s, p) = (Arc::clone(&stop), Arc::clone(&progress));
         let guards = timely::execute(config, move |worker| {
-            crate::ops::thread_cache_on();
             let (stop, progress, hot, metrics, log, cold, rules) = (
                 Arc::clone(&s),
                 Arc::clone(&p),
