@@ -1057,7 +1057,7 @@ impl HotIndex {
     }
 
     /// Loads the table slots, entries and heads of `ids` ahead of reads of their samples (see
-    /// [`warm_up`]), taking each shard's lock once per run of ids in it.
+    /// `warm_up`), taking each shard's lock once per run of ids in it.
     pub fn warm(&self, ids: &[SeriesId]) {
         let mut at = 0;
         while at < ids.len() {
