@@ -318,6 +318,9 @@ pub fn decode(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::ingest::{BatchBuilder, SeriesBuf};
+    use crate::model::Limits;
 
     #[test]
     fn bytes_sort_in_the_order_of_a_comparison_sort() {
@@ -357,10 +360,6 @@ mod tests {
             assert_eq!(as_bytes(&got), as_bytes(&want), "round {round}");
         }
     }
-
-    use super::*;
-    use crate::ingest::{BatchBuilder, SeriesBuf};
-    use crate::model::Limits;
 
     #[test]
     fn round_trip() {
