@@ -22,6 +22,16 @@ pub trait HotSink {
     /// back, a slice at a time): a store whose entries are cache misses can load them all
     /// first, so that the misses overlap. Nothing by default.
     fn warm(&self, _series: &[u64]) {}
+    /// Appends as [`HotSink::append`] does, and sets `before[i]` to the newest sample the
+    /// series of `samples[i]` held before it was appended (`None`: not known). A window that
+    /// reads its records back from the store notes a series once per window instead of once
+    /// per sample with it ([`sample_rollups_stored`](crate::stored::sample_rollups_stored)).
+    /// By default nothing is known, which is always correct.
+    fn append_reporting(&self, samples: &[Sample], before: &mut Vec<Option<(i64, f64)>>) {
+        self.append(samples);
+        before.clear();
+        before.resize(samples.len(), None);
+    }
 }
 
 impl<T: HotSink + ?Sized> HotSink for std::sync::Arc<T> {
@@ -33,6 +43,9 @@ impl<T: HotSink + ?Sized> HotSink for std::sync::Arc<T> {
     }
     fn warm(&self, series: &[u64]) {
         (**self).warm(series)
+    }
+    fn append_reporting(&self, samples: &[Sample], before: &mut Vec<Option<(i64, f64)>>) {
+        (**self).append_reporting(samples, before)
     }
 }
 

@@ -191,6 +191,20 @@ impl HotSink for RawStore {
         }
     }
     fn upsert_rollups(&self, _: &[Rollup]) {}
+    /// The newest sample of each series before the one appended, as the hot index reports it:
+    /// the operator then notes a series once per window, the path Tidemark runs.
+    fn append_reporting(&self, ss: &[Sample], before: &mut Vec<Option<(i64, f64)>>) {
+        let mut m = self.0.lock().unwrap();
+        before.clear();
+        for s in ss {
+            let newest = m
+                .range((s.series, i64::MIN)..=(s.series, i64::MAX))
+                .next_back()
+                .map(|(k, v)| (k.1, *v));
+            before.push(newest);
+            m.insert((s.series, s.ts), s.value);
+        }
+    }
 }
 
 struct Run {

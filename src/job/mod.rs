@@ -377,6 +377,12 @@ impl HotSink for CountingSink {
             .applied
             .fetch_add(samples.len() as u64, Ordering::AcqRel);
     }
+    fn append_reporting(&self, samples: &[Sample], before: &mut Vec<Option<(i64, f64)>>) {
+        self.hot.append_reporting(samples, before);
+        self.progress
+            .applied
+            .fetch_add(samples.len() as u64, Ordering::AcqRel);
+    }
     fn upsert_rollups(&self, rollups: &[Rollup]) {
         self.hot.upsert(rollups);
     }

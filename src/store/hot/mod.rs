@@ -258,6 +258,12 @@ impl SeriesData {
         (self.held_ts != NO_SAMPLE).then_some((self.held_ts, self.held_value))
     }
 
+    /// The newest sample when it is known without decoding: the held one (every series that
+    /// took a sample in order holds one).
+    fn newest_sample(&self) -> Option<(i64, f64)> {
+        self.held()
+    }
+
     /// Inserts a sample; returns the counter changes. The newest sample is held back one step
     /// ([`SeriesData::held_ts`]) before it goes into the head.
     fn insert(&mut self, id: SeriesId, ts: i64, v: f64, files: Option<&ChunkFiles>) -> Delta {
@@ -966,6 +972,27 @@ impl HotIndex {
 
     /// Appends samples of series already in the catalog; returns how many were too old.
     pub fn append_samples(&self, samples: &[Sample]) -> usize {
+        self.append_inner(samples, None)
+    }
+
+    /// Appends as [`HotIndex::append_samples`] does, and sets `before[i]` to the newest sample
+    /// the series of `samples[i]` held before it (`None`: a new series, or a sample older than
+    /// the retention, which is not appended) ([`HotSink::append_reporting`]).
+    pub fn append_reporting(
+        &self,
+        samples: &[Sample],
+        before: &mut Vec<Option<(i64, f64)>>,
+    ) -> usize {
+        before.clear();
+        before.resize(samples.len(), None);
+        self.append_inner(samples, Some(before))
+    }
+
+    fn append_inner(
+        &self,
+        samples: &[Sample],
+        mut before: Option<&mut Vec<Option<(i64, f64)>>>,
+    ) -> usize {
         if let Some(max) = samples.iter().map(|s| s.ts).max() {
             self.newest.fetch_max(max, Ordering::Relaxed);
         }
@@ -1006,10 +1033,11 @@ impl HotIndex {
                     too_old += 1;
                     continue;
                 }
-                let di = shard
-                    .entry(s.series)
-                    .or_default()
-                    .insert(s.series, s.ts, s.value, files);
+                let e = shard.entry(s.series).or_default();
+                if let Some(b) = before.as_deref_mut() {
+                    b[i as usize] = e.newest_sample();
+                }
+                let di = e.insert(s.series, s.ts, s.value, files);
                 if di.new_chunks > 0 && files.is_some() {
                     sealed.push(s.series);
                 }
@@ -1447,6 +1475,9 @@ impl HotSink for HotIndex {
     fn append(&self, samples: &[Sample]) {
         self.append_samples(samples);
     }
+    fn append_reporting(&self, samples: &[Sample], before: &mut Vec<Option<(i64, f64)>>) {
+        HotIndex::append_reporting(self, samples, before);
+    }
     fn upsert_rollups(&self, rollups: &[Rollup]) {
         self.upsert(rollups);
     }
@@ -1617,6 +1648,35 @@ mod tests {
             at += 4 + len;
         }
         back
+    }
+
+    #[test]
+    fn an_append_reports_each_series_newest_sample_before_each_of_its_samples() {
+        let h = HotIndex::new(3_600_000);
+        let s = |series, ts, value| Sample { series, ts, value };
+        let mut before = Vec::new();
+        // A new series, then its second sample in the same batch; another series between.
+        h.append_reporting(
+            &[s(1, 10_000, 1.0), s(2, 10_000, 5.0), s(1, 20_000, 2.0)],
+            &mut before,
+        );
+        assert_eq!(before, vec![None, None, Some((10_000, 1.0))]);
+        // Out of order: the newest stays the newest; older than the retention: not appended.
+        h.append_reporting(
+            &[
+                s(1, 15_000, 9.0),
+                s(1, 30_000, 3.0),
+                s(2, 20_000 - 3_600_000 * 2, 0.0),
+            ],
+            &mut before,
+        );
+        assert_eq!(before, vec![Some((20_000, 2.0)), Some((20_000, 2.0)), None]);
+        let mut got = Vec::new();
+        h.samples(1, 0, i64::MAX, &mut got);
+        assert_eq!(
+            got,
+            vec![(10_000, 1.0), (15_000, 9.0), (20_000, 2.0), (30_000, 3.0)]
+        );
     }
 
     /// Series, with values that exercise every codec, as (series, ts, value) in send order.
