@@ -5,8 +5,9 @@
 //! [`window::windows`](crate::window::windows) keeps the records themselves: at 1 M series a
 //! 1-minute window held a series' samples packed (about 30 bytes) for as long as it was open
 //! for lateness (six windows), with its slot, 300-340 bytes a series, the job's largest state
-//! after the hot index. Here a window holds a set entry per series until it closes, and
-//! nothing after.
+//! after the hot index. Here a window holds a set entry per series until it closes (a list
+//! entry in [`sample_rollups_stored`], whose store reports each series' newest sample before
+//! an append: see [`HotSink::append_reporting`]), and nothing after.
 //!
 //! - [`rollups_from_store`]: 1-hour rollups from the 1-minute ones a sink upserted into the
 //!   store (the sink is a separate operator: a window re-reads once the sink's frontier passed
@@ -472,7 +473,10 @@ type Overrides = BTreeMap<i64, IdMap<Vec<(i64, Option<f64>)>>>;
 /// too late for their window included, as [`sink_samples`](crate::sink::sink_samples) would),
 /// and a window holds only which series have samples in it; when it closes it reads each
 /// series' samples `(start, end]` back through `read`, and again for a series a late sample
-/// changed. The third stream is the sink's [`Done`]: its frontier passes a time once every
+/// changed. Appends go through [`HotSink::append_reporting`]: a sample whose series' newest
+/// sample before it is a live one in the same window is not noted again, unless the window
+/// was opened after its end (after a restart, the store may have series there this run never
+/// noted) or a sample too late for it was stored there. The third stream is the sink's [`Done`]: its frontier passes a time once every
 /// sample sent before it is appended.
 ///
 /// The rollups equal [`tumbling_rollups_seeded`](crate::window::tumbling_rollups_seeded)'s
