@@ -1196,6 +1196,10 @@ pub fn rule_results<'s>(
     let p = Arc::clone(&plans);
     // The aggregated branches: ((branch, group), (series, value)), without copying the series'
     // labels (a group is a few of them).
+    // The groups of the last (leaf, series) seen: a series' value change comes as the
+    // retraction of its old value and its new one, one after the other, and both need its
+    // groups (a label lookup, and the group's labels built: 4 % of the CPU at 1 M series).
+    let mut last: Option<((u32, u64), Vec<GroupKey>)> = None;
     let grouped = leaves.flat_map(move |(leaf, series, bits)| {
         let mut out = Vec::new();
         if leaf == STARTED {
@@ -1204,16 +1208,33 @@ pub fn rule_results<'s>(
         let Some(bids) = grouped_feeds.get(&leaf) else {
             return out;
         };
-        let Some(labels) = lookup(series) else {
+        if last.as_ref().is_none_or(|(k, _)| *k != (leaf, series)) {
+            let Some(labels) = lookup(series) else {
+                return out;
+            };
+            let labels: &[u8] = &labels;
+            let windowed =
+                p.leaves[leaf as usize].window.is_some() && !p.leaves[leaf as usize].keeps_name;
+            let groups = bids
+                .iter()
+                .filter_map(|&bid| {
+                    let b = p.branch(bid)?;
+                    let agg = b.agg.as_ref()?;
+                    let drops_name = windowed || b.pre.iter().any(|op| op.op.drops_name());
+                    let mut group = agg.group(canonical_pairs(labels));
+                    if drops_name {
+                        group.retain(|(k, _)| k != METRIC_NAME);
+                    }
+                    Some((bid, group))
+                })
+                .collect();
+            last = Some(((leaf, series), groups));
+        }
+        let Some((_, groups)) = &last else {
             return out;
         };
-        let labels: &[u8] = &labels;
-        let windowed =
-            p.leaves[leaf as usize].window.is_some() && !p.leaves[leaf as usize].keeps_name;
-        for &bid in bids {
-            let Some(b) = p.branch(bid) else { continue };
-            let Some(agg) = b.agg.as_ref() else { continue };
-            let mut drops_name = windowed;
+        for (bid, group) in groups {
+            let Some(b) = p.branch(*bid) else { continue };
             let mut v = f64::from_bits(bits);
             let mut kept = true;
             for op in &b.pre {
@@ -1224,16 +1245,10 @@ pub fn rule_results<'s>(
                         break;
                     }
                 }
-                drops_name |= op.op.drops_name();
             }
-            if !kept {
-                continue;
+            if kept {
+                out.push(((*bid, group.clone()), (series, v.to_bits())));
             }
-            let mut group = agg.group(canonical_pairs(labels));
-            if drops_name {
-                group.retain(|(k, _)| k != METRIC_NAME);
-            }
-            out.push(((bid, group), (series, v.to_bits())));
         }
         out
     });
