@@ -1061,24 +1061,43 @@ impl HotIndex {
     }
 
     /// Upserts rollups by (series, start).
+    ///
+    /// By shard, as [`HotIndex::append_samples`] does: each shard's lock is taken once per
+    /// batch and its entries are looked up before the loop (a closing window upserts the
+    /// rollups of thousands of series at a time; a lock per rollup and one miss after another
+    /// were 2.3 % of the CPU at 1 M series).
     pub fn upsert(&self, rollups: &[Rollup]) {
         let mut bytes = 0;
-        for r in rollups {
-            let i = shard(r.series);
+        let mut order: Vec<u32> = (0..rollups.len() as u32).collect();
+        // Stable: a series' rollups keep their order.
+        order.sort_by_key(|&i| shard(rollups[i as usize].series));
+        let mut unspilled = Vec::new();
+        for run in order.chunk_by(|&a, &b| {
+            shard(rollups[a as usize].series) == shard(rollups[b as usize].series)
+        }) {
+            let i = shard(rollups[run[0] as usize].series);
             let mut shard = self.shards[i].write().unwrap_or_else(|e| e.into_inner());
-            let s = shard.entry(r.series).or_default();
-            let (v, files) = if r.width >= 3_600_000 {
-                (&mut s.r1h, self.rollup_files(Resolution::OneHour))
-            } else {
-                (&mut s.r1m, self.rollup_files(Resolution::OneMinute))
-            };
-            bytes += v.upsert(*r, files);
-            if files.is_some() && v.in_memory().next().is_some() {
-                drop(shard);
+            warm_up(&shard, run.iter().map(|&j| rollups[j as usize].series));
+            unspilled.clear();
+            for &j in run {
+                let r = &rollups[j as usize];
+                let s = shard.entry(r.series).or_default();
+                let (v, files) = if r.width >= 3_600_000 {
+                    (&mut s.r1h, self.rollup_files(Resolution::OneHour))
+                } else {
+                    (&mut s.r1m, self.rollup_files(Resolution::OneMinute))
+                };
+                bytes += v.upsert(*r, files);
+                if files.is_some() && v.in_memory().next().is_some() {
+                    unspilled.push(r.series);
+                }
+            }
+            drop(shard);
+            if !unspilled.is_empty() {
                 self.unspilled[i]
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push(r.series);
+                    .extend_from_slice(&unspilled);
             }
         }
         self.stats.rollup_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -1648,6 +1667,25 @@ mod tests {
             at += 4 + len;
         }
         back
+    }
+
+    #[test]
+    fn rollups_upserted_by_shard_keep_each_series_order_so_the_last_wins() {
+        let h = HotIndex::new(i64::MAX / 4);
+        let r = |series, start, v: f64| {
+            Rollup::from_sorted(series, start, 60_000, &[(start + 1, v)]).unwrap()
+        };
+        // Ids in different shards (the shard is the high half), one series twice.
+        let (a, b) = (3u64 << 32, 5u64 << 32 | 1);
+        h.upsert(&[r(a, 0, 1.0), r(b, 0, 2.0), r(a, 0, 7.0), r(a, 60_000, 3.0)]);
+        let sums = |id| -> Vec<f64> {
+            h.rollups(id, Resolution::OneMinute, 0, i64::MAX)
+                .iter()
+                .map(|r| r.sum)
+                .collect()
+        };
+        assert_eq!(sums(a), vec![7.0, 3.0]);
+        assert_eq!(sums(b), vec![2.0]);
     }
 
     #[test]
