@@ -1152,15 +1152,28 @@ mod tests {
             (0, 2, s(2, 10_000, f64::from_bits(STALE_NAN_BITS))),
             (0, 3, s(2, 20_000, 4.0)),
         ];
-        let (stored, held, _) = run(events, 0);
-        let want: BTreeMap<_, _> = [
-            oracle_rollup(3, 0, &[(5_000, 1.0)]),
-            oracle_rollup(2, 0, &[(20_000, 4.0)]),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|r| ((r.series, r.start), r))
-        .collect();
+        both_give(
+            events,
+            0,
+            [
+                oracle_rollup(3, 0, &[(5_000, 1.0)]),
+                oracle_rollup(2, 0, &[(20_000, 4.0)]),
+            ],
+        );
+    }
+
+    /// Runs `events` through both operators ([`run`]) and checks each gives `want`.
+    fn both_give<const N: usize>(
+        events: Vec<(usize, u64, Sample)>,
+        lead: u64,
+        want: [Option<Rollup>; N],
+    ) {
+        let (stored, held, _) = run(events, lead);
+        let want: BTreeMap<_, _> = want
+            .into_iter()
+            .flatten()
+            .map(|r| ((r.series, r.start), r))
+            .collect();
         assert_eq!(differ(&held, &want), Vec::<String>::new(), "held samples");
         assert_eq!(
             differ(&stored, &want),
@@ -1195,20 +1208,13 @@ mod tests {
             // window, but was never noted there.
             (0, 20_000, s(40_000, 4.0)),
         ];
-        let (stored, held, _) = run(events, lead);
-        let want: BTreeMap<_, _> = [
-            oracle_rollup(3, 0, &[(5_000, 1.0)]),
-            oracle_rollup(2, 0, &[(40_000, 4.0)]),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|r| ((r.series, r.start), r))
-        .collect();
-        assert_eq!(differ(&held, &want), Vec::<String>::new(), "held samples");
-        assert_eq!(
-            differ(&stored, &want),
-            Vec::<String>::new(),
-            "from the store"
+        both_give(
+            events,
+            lead,
+            [
+                oracle_rollup(3, 0, &[(5_000, 1.0)]),
+                oracle_rollup(2, 0, &[(40_000, 4.0)]),
+            ],
         );
     }
 }
