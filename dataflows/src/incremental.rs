@@ -538,7 +538,7 @@ impl SeriesState {
         let n = samples.partition_point(|&(ts, _)| ts <= cut);
         if n > 0 {
             samples.drain(..n);
-            self.samples = SampleRun::from_sorted(samples);
+            self.samples.drop_front(n);
         }
     }
 

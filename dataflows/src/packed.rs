@@ -275,6 +275,74 @@ impl SampleRun {
         self.len += 1;
     }
 
+    /// Drops the oldest `n` samples in place. Only the first kept sample is written again
+    /// (against the empty state), and the time delta of the one after it; the bytes after
+    /// those stay as they are, since each sample is coded against the one before it. A
+    /// window sliding by a sample or two no longer re-encodes every sample it keeps (the
+    /// incremental rules did that per series and tick: 2.4 % of the job's CPU at 1 M series).
+    ///
+    /// ```
+    /// use tidemark_dataflows::packed::SampleRun;
+    /// let pts: Vec<(i64, f64)> = (0..6).map(|i| (1_000 + i * 10_000, 0.5 * i as f64)).collect();
+    /// let mut r = SampleRun::from_sorted(&pts);
+    /// r.drop_front(2);
+    /// r.push(61_000, 7.25);
+    /// let mut out = Vec::new();
+    /// r.decode_into(&mut out);
+    /// assert_eq!(out[..4], pts[2..]);
+    /// assert_eq!(out[4], (61_000, 7.25));
+    /// ```
+    pub fn drop_front(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if n >= self.len as usize {
+            self.bytes.clear();
+            (self.len, self.last_t, self.last_d, self.last_v) = (0, 0, 0, 0);
+            return;
+        }
+        let mut r = Reader::new(&self.bytes);
+        let (mut t, mut d, mut pv) = (0i64, 0i64, 0u64);
+        for _ in 0..=n {
+            let Some(z) = get_var(&mut r) else {
+                return self.rebuild_without(n);
+            };
+            d = d.wrapping_add(unzigzag(z));
+            t = t.wrapping_add(d);
+            if get_num(&mut r, &mut pv).is_none() {
+                return self.rebuild_without(n);
+            }
+        }
+        // Sample `n` against the empty state: the decoder's delta after it is its time.
+        let mut head = Vec::with_capacity(24);
+        put_var(&mut head, zigzag(t));
+        let mut zero = 0u64;
+        put_num(&mut head, &mut zero, f64::from_bits(pv));
+        let mut cut = r.at;
+        if n + 1 < self.len as usize {
+            // The next sample's delta of delta, now against `t` instead of `d`.
+            let Some(z) = get_var(&mut r) else {
+                return self.rebuild_without(n);
+            };
+            let next_d = d.wrapping_add(unzigzag(z));
+            put_var(&mut head, zigzag(next_d.wrapping_sub(t)));
+            cut = r.at;
+        } else {
+            self.last_d = t;
+        }
+        self.bytes.splice(..cut, head);
+        self.len -= n as u32;
+    }
+
+    /// [`SampleRun::drop_front`] for a run whose bytes do not decode as far as its count
+    /// says (never written so): what decodes, without its first `n`, packed again.
+    #[cold]
+    fn rebuild_without(&mut self, n: usize) {
+        let mut all = Vec::new();
+        decode_samples(&self.bytes, &mut all);
+        *self = SampleRun::from_sorted(all.get(n..).unwrap_or_default());
+    }
+
     pub fn len(&self) -> usize {
         self.len as usize
     }
@@ -349,6 +417,69 @@ mod tests {
         r.decode_into(&mut back);
         assert_eq!(back, pts[..3]);
         assert_eq!(SampleRun::resume(Vec::new()).last_ts(), None);
+    }
+
+    #[test]
+    fn dropping_the_oldest_samples_in_place_decodes_and_appends_as_a_new_run_would() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for case in 0..300 {
+            let len = 1 + (next() % 40) as usize;
+            let mut t = 1_700_000_000_000i64 + (next() % 1_000) as i64;
+            let pts: Vec<(i64, f64)> = (0..len)
+                .map(|_| {
+                    // Steady, jittered and jumping intervals; decimals, XOR-coded values,
+                    // NaN (a staleness marker's kind too) and negative zero.
+                    t += match next() % 5 {
+                        0 => 1 + (next() % 3_000_000) as i64,
+                        1 => 9_990 + (next() % 20) as i64,
+                        _ => 10_000,
+                    };
+                    let v = match next() % 7 {
+                        0 => f64::from_bits(next()),
+                        1 => f64::from_bits(0x7ff0_0000_0000_0002),
+                        2 => -0.0,
+                        3 => (next() % 100_000) as f64 / 1_000.0,
+                        _ => (next() % 1 << 40) as f64,
+                    };
+                    (t, v)
+                })
+                .collect();
+            let more = [(t + 10_000, 1.25), (t + 20_001, f64::from_bits(next()))];
+            for n in 0..=len + 1 {
+                let mut r = SampleRun::from_sorted(&pts);
+                r.drop_front(n);
+                let kept = &pts[n.min(len)..];
+                assert_eq!(r.len(), kept.len(), "case {case}, n {n}");
+                assert_eq!(r.last_ts(), kept.last().map(|p| p.0), "case {case}, n {n}");
+                for &(t, v) in &more {
+                    r.push(t, v);
+                }
+                let mut got = Vec::new();
+                r.decode_into(&mut got);
+                let want: Vec<(i64, u64)> = kept
+                    .iter()
+                    .chain(&more)
+                    .map(|&(t, v)| (t, v.to_bits()))
+                    .collect();
+                let got: Vec<(i64, u64)> = got.iter().map(|&(t, v)| (t, v.to_bits())).collect();
+                assert_eq!(got, want, "case {case}, n {n}");
+                // Dropping again from the result, as a window slides tick after tick.
+                r.drop_front(1);
+                let mut again = Vec::new();
+                r.decode_into(&mut again);
+                assert_eq!(again.len(), want.len() - 1);
+                assert!(again
+                    .iter()
+                    .zip(&want[1..])
+                    .all(|(a, b)| a.0 == b.0 && a.1.to_bits() == b.1));
+            }
+        }
     }
 
     #[test]
