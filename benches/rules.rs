@@ -167,14 +167,8 @@ fn incremental_run(
                 resolution: res,
                 ..TickConfig::default()
             };
-            let leaves = leaf_values(
-                samples,
-                Arc::clone(&plans),
-                Arc::clone(&lookup),
-                cfg,
-                Some(0),
-            );
-            let results = rule_results(leaves, Arc::clone(&plans), lookup);
+            let leaves = leaf_values(samples, Arc::clone(&plans), lookup, cfg, Some(0));
+            let results = rule_results(leaves, Arc::clone(&plans));
             (input, sink_results(results, Some(store)).probe().0)
         });
         let mut last = 0u64;

@@ -692,11 +692,11 @@ impl Job {
                                 .clone()
                                 .concat(seeded(seed::FOR_RULES).exchange(by_series)),
                             Arc::clone(plans),
-                            Arc::clone(&lookup),
+                            lookup,
                             r.ticks,
                             *resume,
                         );
-                        let results = rule_results(leaves, Arc::clone(plans), lookup);
+                        let results = rule_results(leaves, Arc::clone(plans));
                         Some(sink_results(
                             results,
                             (index == 0).then(|| Arc::clone(store)),
