@@ -120,43 +120,13 @@ const DECIMAL: u8 = 0xA0;
 const MAX_EXP: u32 = 9;
 const POW10: [f64; MAX_EXP as usize + 1] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
 
-/// `x.round()` (half away from zero, the sign of a zero result kept), bit for bit for every
-/// number (a NaN stays a NaN, its payload not quieted as libm may quiet it), without
-/// the call into libm that x86-64's baseline makes of it (it has no such rounding
-/// instruction): the decimal codecs round up to ten times per value, and `round` was 2.5 % of
-/// the job's CPU at 1 M series.
-///
-/// ```
-/// use tidemark_dataflows::packed::round;
-/// for x in [2.5, -2.5, 0.49999999999999994, -0.3, 1e300, f64::INFINITY, -7.0] {
-///     assert_eq!(round(x).to_bits(), x.round().to_bits());
-/// }
-/// ```
-#[inline]
-pub fn round(x: f64) -> f64 {
-    // At and above 2^52 every float is an integer (and the infinities stay as they are). Below it, truncation is exact through i64, and so is the fraction `x - t`.
-    if x.abs() < 4_503_599_627_370_496.0 {
-        let t = ((x as i64) as f64).copysign(x);
-        let d = x - t;
-        if d >= 0.5 {
-            t + 1.0
-        } else if d <= -0.5 {
-            t - 1.0
-        } else {
-            t
-        }
-    } else {
-        x
-    }
-}
-
 /// `v` as `m / 10^e` with the smallest `e` for which this gives `v` back exactly, `|m| < 2^53`.
 fn decimal(v: f64) -> Option<(u32, i64)> {
     if !v.is_finite() {
         return None;
     }
     (0..=MAX_EXP).find_map(|e| {
-        let m = round(v * POW10[e as usize]);
+        let m = (v * POW10[e as usize]).round();
         if m.abs() >= 9_007_199_254_740_992.0 {
             return None;
         }
@@ -168,7 +138,7 @@ fn decimal(v: f64) -> Option<(u32, i64)> {
 
 /// The previous value's mantissa at exponent `e` (0 when it has none there).
 fn base(prev: u64, e: u32) -> i64 {
-    let m = round(f64::from_bits(prev) * POW10[e as usize]);
+    let m = (f64::from_bits(prev) * POW10[e as usize]).round();
     if m.is_finite() && m.abs() < 9_007_199_254_740_992.0 {
         m as i64
     } else {
@@ -508,56 +478,6 @@ mod tests {
                     .iter()
                     .zip(&want[1..])
                     .all(|(a, b)| a.0 == b.0 && a.1.to_bits() == b.1));
-            }
-        }
-    }
-
-    #[test]
-    fn round_is_libms_round_bit_for_bit() {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let mut xs = vec![
-            0.5,
-            -0.5,
-            1.5,
-            -1.5,
-            0.49999999999999994,
-            -0.49999999999999994,
-            4_503_599_627_370_495.5,
-            -4_503_599_627_370_495.5,
-            4_503_599_627_370_496.0,
-            9_007_199_254_740_993.0,
-            0.0,
-            -0.0,
-            f64::MIN_POSITIVE,
-            -f64::MIN_POSITIVE,
-            f64::MAX,
-            f64::MIN,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::NAN,
-            -f64::NAN,
-        ];
-        for _ in 0..200_000 {
-            let r = next();
-            xs.push(match r % 4 {
-                0 => f64::from_bits(next()),
-                // Halves and near-halves at every magnitude up to 2^53.
-                1 => (next() % (1 << 53)) as f64 / 2f64.powi((r >> 8) as i32 % 54),
-                2 => (next() % 2_000_000) as f64 / 10f64.powi((r >> 8) as i32 % 10) - 1e5,
-                _ => (next() % 1_000_000) as f64 * 1.000_000_1 - 5e5,
-            });
-        }
-        for x in xs {
-            if x.is_nan() {
-                assert!(round(x).is_nan());
-            } else {
-                assert_eq!(round(x).to_bits(), x.round().to_bits(), "{x:e}");
             }
         }
     }

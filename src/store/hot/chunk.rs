@@ -48,7 +48,6 @@ pub const CHUNK_SAMPLES: usize = 120;
 
 use super::chunkfile::{ChunkFileError, ChunkFiles, DiskRef};
 use super::snap::{Dec, DecError, Enc};
-use tidemark_dataflows::packed::round;
 
 /// A bit stream being written: full 64-bit words go into `buf` (its first `len()` bytes; the
 /// rest is room), the bits after them wait in `acc`; `bits` counts both. A boxed slice and a
@@ -283,7 +282,7 @@ fn decimal_exponent(v: f64) -> Option<u32> {
         return None;
     }
     for (e, &p) in POW10.iter().enumerate() {
-        let m = round(v * p);
+        let m = (v * p).round();
         if m.abs() >= 9.007_199_254_740_992e15 {
             return None;
         }
@@ -354,7 +353,8 @@ impl Decimals {
     fn prepare(&mut self, values: &[f64], exp: u32) {
         let p = POW10[exp as usize];
         self.ints.clear();
-        self.ints.extend(values.iter().map(|v| round(v * p) as i64));
+        self.ints
+            .extend(values.iter().map(|v| (v * p).round() as i64));
         self.deltas.clear();
         self.deltas
             .extend(self.ints.windows(2).map(|x| x[1].wrapping_sub(x[0])));
@@ -850,7 +850,7 @@ fn delta_shift(d: i64) -> u8 {
 /// The mantissa of `v` at exponent `exp`, when `v` is exactly that decimal.
 fn mantissa(v: f64, exp: u8) -> Option<i64> {
     let p = *POW10.get(exp as usize)?;
-    let m = round(v * p);
+    let m = (v * p).round();
     (m.abs() < 9.007_199_254_740_992e15 && (m / p).to_bits() == v.to_bits()).then_some(m as i64)
 }
 
