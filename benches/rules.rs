@@ -167,8 +167,14 @@ fn incremental_run(
                 resolution: res,
                 ..TickConfig::default()
             };
-            let leaves = leaf_values(samples, Arc::clone(&plans), lookup, cfg, Some(0));
-            let results = rule_results(leaves, Arc::clone(&plans));
+            let leaves = leaf_values(
+                samples,
+                Arc::clone(&plans),
+                Arc::clone(&lookup),
+                cfg,
+                Some(0),
+            );
+            let results = rule_results(leaves, Arc::clone(&plans), lookup);
             (input, sink_results(results, Some(store)).probe().0)
         });
         let mut last = 0u64;

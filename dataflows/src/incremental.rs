@@ -442,10 +442,6 @@ struct SeriesState {
     /// `None` until the series' labels are known; shared between the series that match the
     /// same leaves.
     leaves: Option<Arc<[u32]>>,
-    /// The series' labels, shared with the store (set with `leaves`): sent with each change,
-    /// so the rules downstream do not look them up per change (a catalog lookup per counter
-    /// and tick, three cache misses, was 3.7 % of the CPU at 1 M series).
-    labels: Option<SharedLabels>,
     samples: SampleRun,
     emitted: Vec<(u32, u64)>,
     /// The tick this series is next evaluated at (`u64::MAX`: not scheduled).
@@ -576,9 +572,7 @@ impl SeriesState {
     }
 }
 
-/// A leaf's value change: `(leaf, series, value bits, the series' labels)`.
-pub type LeafChange = (u32, u64, u64, SharedLabels);
-type LeafUpdate = (LeafChange, u64, isize);
+type LeafUpdate = ((u32, u64, u64), u64, isize);
 
 /// The values of every leaf for the series of this worker, kept from `samples` (exchanged by
 /// series) and emitted as changes at each tick the frontier passes: per `(leaf, series)`, the
@@ -625,8 +619,8 @@ type LeafUpdate = (LeafChange, u64, isize);
 /// let mut changes: Vec<(u64, f64, isize)> = out.try_iter()
 ///     .filter_map(|e| match e { timely::dataflow::operators::capture::Event::Messages(_, d) => Some(d), _ => None })
 ///     .flatten()
-///     .filter(|((leaf, _, _, _), _, _)| *leaf != STARTED) // the worker's "started at 1 s"
-///     .map(|((_, _, bits, _), t, d)| (t, f64::from_bits(bits), d))
+///     .filter(|((leaf, _, _), _, _)| *leaf != STARTED) // the worker's "started at 1 s"
+///     .map(|((_, _, bits), t, d)| (t, f64::from_bits(bits), d))
 ///     .collect();
 /// changes.sort_by(|a, b| a.partial_cmp(b).unwrap());
 /// // 3 from 1 s; at 11 s the sample of 0.5 s left the window: 1 until 12 s.
@@ -638,7 +632,7 @@ pub fn leaf_values<'s>(
     lookup: Lookup,
     cfg: TickConfig,
     resume_after: Option<u64>,
-) -> VecCollection<'s, u64, LeafChange> {
+) -> VecCollection<'s, u64, (u32, u64, u64)> {
     let scope = samples.scope();
     let me = scope.index() as u64;
     let keep = plans
@@ -678,8 +672,6 @@ pub fn leaf_values<'s>(
                 let mut run = Vec::new();
                 let index = LeafIndex::new(&plans);
                 let mut announced = false;
-                // The labels of the records that carry none ([`STARTED`]).
-                let no_labels: SharedLabels = Arc::from(&[][..]);
                 // The oldest sample this worker's leaves took: ticks before it have no values
                 // (the frontier passed them), so they are never a catch-up to skip.
                 let mut oldest_seen = i64::MAX;
@@ -709,10 +701,9 @@ pub fn leaf_values<'s>(
                                     // never gets a state: at 1 M series the table held every
                                     // one of them until the next activation, and kept that
                                     // capacity).
-                                    let labels = lookup(s.series);
-                                    let leaves = labels
-                                        .as_ref()
-                                        .map(|labels| index.matching(&plans, &owned_pairs(labels)));
+                                    let leaves = lookup(s.series).map(|labels| {
+                                        index.matching(&plans, &owned_pairs(&labels))
+                                    });
                                     if leaves.as_ref().is_some_and(Vec::is_empty) {
                                         ignored.insert(s.series);
                                         continue;
@@ -725,7 +716,6 @@ pub fn leaf_values<'s>(
                                         newest: i64::MIN,
                                         wake: u64::MAX,
                                         leaves,
-                                        labels,
                                         ..SeriesState::default()
                                     }))
                                 }
@@ -761,7 +751,6 @@ pub fn leaf_values<'s>(
                             } else if let Some(st) = series.get_mut(id) {
                                 schedule(&mut due, *id, st, next_tick);
                                 st.leaves = Some(shared(&mut leaf_sets, leaves));
-                                st.labels = Some(labels);
                             }
                             false
                         }
@@ -792,11 +781,7 @@ pub fn leaf_values<'s>(
                         // worker's values are complete.
                         let t = ticks[0];
                         let at = cap.delayed(&t.max(*cap.time()));
-                        output.session(&at).give((
-                            (STARTED, me, from, Arc::clone(&no_labels)),
-                            t,
-                            1,
-                        ));
+                        output.session(&at).give(((STARTED, me, from), t, 1));
                         ticks.retain(|&t| t >= from);
                     }
                     // Ticks fully evaluated in this activation; it stops after a tick once it sent
@@ -902,9 +887,7 @@ fn evaluate_series(
     give: &mut dyn FnMut(LeafUpdate),
 ) {
     let ti = i64::try_from(t).unwrap_or(i64::MAX);
-    let (Some(leaves), Some(labels)) = (&st.leaves, &st.labels) else {
-        return;
-    };
+    let Some(leaves) = &st.leaves else { return };
     for &l in leaves.iter() {
         let leaf = &plans.leaves[l as usize];
         if !t.is_multiple_of(leaf.interval.max(1)) {
@@ -917,7 +900,7 @@ fn evaluate_series(
             continue;
         }
         if let Some(old) = old {
-            give(((l, id, old, Arc::clone(labels)), t, -1));
+            give(((l, id, old), t, -1));
         }
         match (now, before) {
             (Some(v), Some(i)) => st.emitted[i].1 = v,
@@ -932,7 +915,7 @@ fn evaluate_series(
             (None, None) => {}
         }
         if let Some(v) = now {
-            give(((l, id, v, Arc::clone(labels)), t, 1));
+            give(((l, id, v), t, 1));
         }
     }
 }
@@ -1145,8 +1128,9 @@ fn group_aggregate<'s>(
 
 /// The rules' results from the leaves' values: `(rule, labels, value bits)`.
 pub fn rule_results<'s>(
-    leaves: VecCollection<'s, u64, LeafChange>,
+    leaves: VecCollection<'s, u64, (u32, u64, u64)>,
     plans: Arc<Plans>,
+    lookup: Lookup,
 ) -> VecCollection<'s, u64, (u32, LabelPairs, u64)> {
     // Which branches each leaf feeds.
     let mut feeds: HashMap<u32, Vec<BranchId>> = HashMap::new();
@@ -1166,14 +1150,15 @@ pub fn rule_results<'s>(
             _ => None,
         })
         .collect();
-    let started = leaves.clone().flat_map(|(leaf, w, t, _)| {
+    let started = leaves.clone().flat_map(|(leaf, w, t)| {
         (leaf == STARTED).then(|| (STARTED, vec![(String::new(), w.to_string())], t))
     });
     let p = Arc::clone(&plans);
+    let look = Arc::clone(&lookup);
     let absent_leaves = absent.clone();
     // Per series, after the branch's scalar operations, for the branches that are not
     // aggregated (and `absent`): (branch, labels, value).
-    let plain = leaves.clone().flat_map(move |(leaf, _, bits, labels)| {
+    let plain = leaves.clone().flat_map(move |(leaf, series, bits)| {
         let mut out = Vec::new();
         if leaf == STARTED {
             return out;
@@ -1189,6 +1174,9 @@ pub fn rule_results<'s>(
         if plain.is_empty() && absent.is_none() {
             return out;
         }
+        let Some(labels) = look(series) else {
+            return out;
+        };
         let v = f64::from_bits(bits);
         if let Some(&rule) = absent {
             out.push(((rule, 2u8), LabelPairs::new(), bits));
@@ -1210,9 +1198,9 @@ pub fn rule_results<'s>(
     // labels (a group is a few of them).
     // The groups of the last (leaf, series) seen: a series' value change comes as the
     // retraction of its old value and its new one, one after the other, and both need its
-    // groups (built from its labels).
+    // groups (a label lookup, and the group's labels built: 4 % of the CPU at 1 M series).
     let mut last: Option<((u32, u64), Vec<GroupKey>)> = None;
-    let grouped = leaves.flat_map(move |(leaf, series, bits, labels)| {
+    let grouped = leaves.flat_map(move |(leaf, series, bits)| {
         let mut out = Vec::new();
         if leaf == STARTED {
             return out;
@@ -1221,6 +1209,9 @@ pub fn rule_results<'s>(
             return out;
         };
         if last.as_ref().is_none_or(|(k, _)| *k != (leaf, series)) {
+            let Some(labels) = lookup(series) else {
+                return out;
+            };
             let labels: &[u8] = &labels;
             let windowed =
                 p.leaves[leaf as usize].window.is_some() && !p.leaves[leaf as usize].keeps_name;
@@ -1650,8 +1641,8 @@ mod tests {
                 _ => None,
             })
             .flatten()
-            .filter(|((leaf, _, _, _), _, d)| *leaf != STARTED && *d > 0)
-            .map(|((_, series, _, _), t, _)| (series, t))
+            .filter(|((leaf, _, _), _, d)| *leaf != STARTED && *d > 0)
+            .map(|((_, series, _), t, _)| (series, t))
             .collect();
         // Only series 1 has values, through the end.
         assert!(values.iter().all(|&(series, _)| series == 1));
@@ -1714,7 +1705,7 @@ mod tests {
                 _ => None,
             })
             .flatten()
-            .map(|((leaf, _, bits, _), t, d)| {
+            .map(|((leaf, _, bits), t, d)| {
                 let v = if leaf == STARTED {
                     bits
                 } else {
@@ -1770,7 +1761,7 @@ mod tests {
                 _ => None,
             })
             .flatten()
-            .map(|((leaf, _, bits, _), t, d)| (t, leaf, bits, d))
+            .map(|((leaf, _, bits), t, d)| (t, leaf, bits, d))
             .collect();
         let started: Vec<u64> = got.iter().filter(|g| g.1 == STARTED).map(|g| g.2).collect();
         // Complete from the first tick of the run (an hour before the data), never skipped

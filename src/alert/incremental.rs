@@ -497,9 +497,14 @@ mod tests {
                         .get(id as usize)
                         .map(|l| crate::model::Labels::from_pairs(l.iter().cloned()).shared())
                 });
-                let leaves =
-                    leaf_values(stream, Arc::clone(&plans), lookup, cfg, Some(first - 1_000));
-                let results = rule_results(leaves, Arc::clone(&plans));
+                let leaves = leaf_values(
+                    stream,
+                    Arc::clone(&plans),
+                    Arc::clone(&lookup),
+                    cfg,
+                    Some(first - 1_000),
+                );
+                let results = rule_results(leaves, Arc::clone(&plans), lookup);
                 let done = sink_results(results, (index == 0).then(|| Arc::clone(&s)));
                 (input, done.probe().0)
             });

@@ -692,11 +692,11 @@ impl Job {
                                 .clone()
                                 .concat(seeded(seed::FOR_RULES).exchange(by_series)),
                             Arc::clone(plans),
-                            lookup,
+                            Arc::clone(&lookup),
                             r.ticks,
                             *resume,
                         );
-                        let results = rule_results(leaves, Arc::clone(plans));
+                        let results = rule_results(leaves, Arc::clone(plans), lookup);
                         Some(sink_results(
                             results,
                             (index == 0).then(|| Arc::clone(store)),

@@ -895,11 +895,11 @@ fn start_job(
                     .clone()
                     .concat(seeded(seed::FOR_RULES).exchange(by_series)),
                 Arc::clone(&plans),
-                lookup,
+                Arc::clone(&lookup),
                 ticks,
                 resume,
             );
-            let results = rule_results(leaves, plans);
+            let results = rule_results(leaves, plans, lookup);
             sink_results(results, store.map(|(s, _)| s))
         });
         let registered = sink_series(defs, Catalog(Arc::clone(&hot)));
