@@ -391,6 +391,16 @@ pub fn decode_samples(bytes: &[u8], out: &mut Vec<(i64, f64)>) {
 mod tests {
     use super::*;
 
+    /// A deterministic xorshift generator for the randomized tests.
+    fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
     #[test]
     fn a_resumed_run_appends_as_the_run_would_and_drops_a_cut_sample() {
         let pts: Vec<(i64, f64)> = (0..10)
@@ -421,13 +431,7 @@ mod tests {
 
     #[test]
     fn dropping_the_oldest_samples_in_place_decodes_and_appends_as_a_new_run_would() {
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1Du64);
         for case in 0..300 {
             let len = 1 + (next() % 40) as usize;
             let mut t = 1_700_000_000_000i64 + (next() % 1_000) as i64;
@@ -484,13 +488,7 @@ mod tests {
 
     #[test]
     fn numbers_round_trip_bit_for_bit_and_damage_never_panics() {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15u64);
         let mut vs = vec![
             f64::NAN,
             f64::INFINITY,

@@ -714,6 +714,11 @@ mod tests {
     use crate::window::tumbling_rollups;
     use std::cell::RefCell;
     use std::rc::Rc;
+
+    /// Samples of one series: `sample_of(series)(ts, value)`.
+    fn sample_of(series: u64) -> impl Fn(i64, f64) -> Sample {
+        move |ts, value| Sample { series, ts, value }
+    }
     use std::sync::Mutex;
     use timely::dataflow::operators::{Concat, Input, Inspect, Probe};
 
@@ -871,11 +876,7 @@ mod tests {
 
     #[test]
     fn a_sample_too_late_for_its_window_is_stored_but_a_correction_reads_around_it() {
-        let s = |ts, value| Sample {
-            series: 1,
-            ts,
-            value,
-        };
+        let s = sample_of(1);
         let lead = 200_000;
         let events = vec![
             (0, 1, s(10_000, 1.0)),
@@ -1063,11 +1064,7 @@ mod tests {
     fn a_restart_seeds_the_windows_not_yet_emitted_and_emits_only_those() {
         let store = Store::default();
         // Before the restart: two windows' samples in the store, the first already emitted.
-        let s = |ts, value| Sample {
-            series: 7,
-            ts,
-            value,
-        };
+        let s = sample_of(7);
         store.append(&[s(10_000, 1.0), s(50_000, 2.0), s(70_000, 4.0)]);
         let (st, read) = (store.clone(), store.reader());
         let got = timely::execute_directly(move |worker| {
@@ -1184,11 +1181,7 @@ mod tests {
 
     #[test]
     fn a_series_whose_first_sample_in_a_window_was_too_late_is_noted_by_the_next() {
-        let s = |ts, value| Sample {
-            series: 2,
-            ts,
-            value,
-        };
+        let s = sample_of(2);
         let lead = 200_000;
         let events = vec![
             // Another series keeps the window (0, 60 s] open and collecting.
