@@ -72,9 +72,6 @@ const ERROR_LABEL: &str = "\u{0}error";
 /// series (97 % of the rule evaluations of a 200,000-series backfill).
 pub const CATCH_UP_MS: u64 = 300_000;
 
-/// Leaf changes an activation of [`leaf_values`] sends before it yields (after a whole tick).
-const UPDATES_PER_ACTIVATION: usize = 100_000;
-
 /// The leaf id of the record a worker's [`leaf_values`] sends at its first tick:
 /// `(STARTED, worker index, tick)`.
 pub const STARTED: u32 = u32::MAX;
@@ -598,7 +595,7 @@ type LeafUpdate = ((u32, u64, u64), u64, isize);
 ///     leaves: vec![Leaf { matches: Arc::new(|_| true), key: None, window: Some((max, 10_000)), keeps_name: false, interval: 1_000, every_tick: false }],
 ///     rules: vec![],
 /// });
-/// let cfg = TickConfig { resolution: 1_000, max_catch_up: 60_000, ticks_per_activation: 100 };
+/// let cfg = TickConfig { resolution: 1_000, max_catch_up: 60_000, ticks_per_activation: 100, ..TickConfig::default() };
 /// let out = timely::execute_directly(move |worker| {
 ///     let (mut input, probe, out) = worker.dataflow::<u64, _, _>(|scope| {
 ///         let (input, samples) = scope.new_input::<Vec<Sample>>();
@@ -784,16 +781,16 @@ pub fn leaf_values<'s>(
                         output.session(&at).give(((STARTED, me, from), t, 1));
                         ticks.retain(|&t| t >= from);
                     }
-                    // Ticks fully evaluated in this activation; it stops after a tick once it sent
-                    // `UPDATES_PER_ACTIVATION` changes, so a catch-up over many series does not put
-                    // millions of updates in flight at once (the rest follows when re-activated).
+                    // Ticks fully evaluated in this activation. It yields once it sent
+                    // `updates_per_activation` changes, within a tick too (the rest of the tick's
+                    // series stay due, and its capability held), so that neither a catch-up nor
+                    // one tick over many series puts more than that many changes in flight
+                    // (the rest follows when re-activated).
                     let mut done_through = None;
                     let mut sent = 0usize;
+                    let mut partial = false;
+                    let budget = cfg.updates_per_activation.max(1);
                     for &t in &ticks {
-                        if sent >= UPDATES_PER_ACTIVATION {
-                            break;
-                        }
-                        done_through = Some(t);
                         let at = cap.delayed(&t.max(*cap.time()));
                         let mut session = output.session(&at);
                         let ti = i64::try_from(t).unwrap_or(i64::MAX);
@@ -803,7 +800,17 @@ pub fn leaf_values<'s>(
                             if *entry.key() > t {
                                 break;
                             }
-                            for id in entry.remove() {
+                            if sent >= budget {
+                                partial = true;
+                                break;
+                            }
+                            let (key, mut ids) = entry.remove_entry();
+                            let mut taken = 0;
+                            for &id in &ids {
+                                if sent >= budget {
+                                    break;
+                                }
+                                taken += 1;
                                 let Some(st) = series.get_mut(&id) else {
                                     continue;
                                 };
@@ -823,7 +830,20 @@ pub fn leaf_values<'s>(
                                     schedule(&mut due, id, st, at);
                                 }
                             }
+                            if taken < ids.len() {
+                                // Out of budget: the rest stay due at their tick, first.
+                                ids.drain(..taken);
+                                let later = due.entry(key).or_default();
+                                ids.append(later);
+                                *later = ids;
+                                partial = true;
+                                break;
+                            }
                         }
+                        if partial {
+                            break;
+                        }
+                        done_through = Some(t);
                         // Now and then, series with nothing left go.
                         if t >= swept.saturating_add(SWEEP_MS) {
                             swept = t;
@@ -865,6 +885,9 @@ pub fn leaf_values<'s>(
                         if !ticks_between(&cfg, last, f, 1).is_empty() {
                             activator.activate();
                         }
+                    }
+                    if partial {
+                        activator.activate();
                     }
                     let next = last.map_or(0, |l| l + 1).min(f);
                     if *cap.time() < next {
@@ -1602,6 +1625,7 @@ mod tests {
             resolution: 10_000,
             max_catch_up: 3_600_000,
             ticks_per_activation: 1_000,
+            ..TickConfig::default()
         };
         const END: i64 = 150 * 60_000; // 2.5 hours of a sample a minute
         let out = timely::execute_directly(move |worker| {

@@ -45,6 +45,9 @@ pub struct TickConfig {
     pub max_catch_up: u64,
     /// Ticks evaluated per activation, so a catch-up does not starve the other operators.
     pub ticks_per_activation: usize,
+    /// Changes the incremental rules' leaves send per activation before they yield, within a
+    /// tick too ([`crate::incremental::leaf_values`]): a bound on the changes in flight.
+    pub updates_per_activation: usize,
 }
 
 impl Default for TickConfig {
@@ -53,6 +56,7 @@ impl Default for TickConfig {
             resolution: 1_000,
             max_catch_up: 3_600_000,
             ticks_per_activation: 600,
+            updates_per_activation: 50_000,
         }
     }
 }
@@ -63,7 +67,7 @@ impl Default for TickConfig {
 ///
 /// ```
 /// use tidemark_dataflows::rules::{ticks_between, TickConfig};
-/// let cfg = TickConfig { resolution: 10, max_catch_up: 30, ticks_per_activation: 100 };
+/// let cfg = TickConfig { resolution: 10, max_catch_up: 30, ticks_per_activation: 100, ..TickConfig::default() };
 /// assert_eq!(ticks_between(&cfg, Some(20), 55, 100), vec![30, 40, 50]);
 /// assert_eq!(ticks_between(&cfg, Some(20), 50, 100), vec![30, 40], "50 is not past 50");
 /// assert_eq!(ticks_between(&cfg, None, 1_000, 100), vec![970, 980, 990]);
@@ -393,6 +397,7 @@ mod tests {
                     resolution: 1_000,
                     max_catch_up: 60_000,
                     ticks_per_activation: 600,
+                    ..TickConfig::default()
                 };
                 let out = evaluate_at_ticks(done, cfg, Some(Ticks(s, start)));
                 (input, out.probe().0)

@@ -461,13 +461,15 @@ mod tests {
     }
 
     /// Feeds `samples` (sorted by time) through the incremental operators on `workers` timely
-    /// workers and returns every plan's vector at `ticks`.
+    /// workers, the leaves yielding after `budget` changes, and returns every plan's vector at
+    /// `ticks`.
     fn run_incremental(
         plans: Arc<Plans>,
         labels: Arc<Vec<LabelPairs>>,
         samples: Arc<Vec<tidemark_dataflows::Sample>>,
         ticks: Vec<u64>,
         workers: usize,
+        budget: usize,
     ) -> HashMap<u32, Vec<(u64, tidemark_dataflows::incremental::TickResult)>> {
         use tidemark_dataflows::incremental::{
             leaf_values, rule_results, sink_results, ResultStore,
@@ -481,6 +483,7 @@ mod tests {
             resolution: 1_000,
             max_catch_up: u64::MAX / 4,
             ticks_per_activation: 50,
+            updates_per_activation: budget,
         };
         let first = ticks[0];
         let s = Arc::clone(&store);
@@ -661,8 +664,19 @@ mod tests {
             Arc::clone(&all),
             ticks.clone(),
             1,
+            50_000,
         );
-        let two = run_incremental(Arc::clone(&plans), labels, all, ticks.clone(), 2);
+        let two = run_incremental(
+            Arc::clone(&plans),
+            Arc::clone(&labels),
+            Arc::clone(&all),
+            ticks.clone(),
+            2,
+            50_000,
+        );
+        // Yielding after every 3 changes: each tick is cut into many activations, its series
+        // left due go on where the last one stopped (a tick here changes 20 to 60 values).
+        let cut = run_incremental(Arc::clone(&plans), labels, all, ticks.clone(), 1, 3);
         let (first, last) = (ticks[0] as i64, *ticks.last().unwrap() as i64);
         let mut compared = 0;
         for (ri, c) in compiled.rules[0].iter().enumerate() {
@@ -714,7 +728,13 @@ mod tests {
                         })
                         .collect()
                 };
-            assert_eq!(norm(a), norm(b), "`{text}`: 1 worker and 2 workers differ");
+            let c: Vec<_> = cut[id]
+                .iter()
+                .map(|(t, r)| (t, r.clone().unwrap()))
+                .collect();
+            let a = norm(a);
+            assert_eq!(a, norm(b), "`{text}`: 1 worker and 2 workers differ");
+            assert_eq!(a, norm(c), "`{text}`: ticks cut into activations differ");
         }
         assert!(compared > 2_000, "only {compared} values compared");
     }
@@ -769,6 +789,7 @@ mod tests {
             Arc::new(all),
             ticks,
             2,
+            50_000,
         );
         for (i, c) in compiled.rules[0].iter().enumerate() {
             let (id, text) = c.clone().unwrap();
