@@ -51,7 +51,7 @@ pub type Lookup = Arc<dyn Fn(u64) -> Option<SharedLabels> + Send + Sync>;
 
 /// A series' label set as the store keeps it (shared, not copied per lookup), in the canonical
 /// encoding ([`crate::types::canonical_pairs`]).
-pub type SharedLabels = Arc<[u8]>;
+pub type SharedLabels = triomphe::Arc<[u8]>;
 
 /// The owned pairs of a shared label set.
 fn owned_pairs(labels: &SharedLabels) -> LabelPairs {

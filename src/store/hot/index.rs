@@ -394,7 +394,7 @@ impl Catalog {
     }
 
     /// Estimated bytes held: `(labels, postings)`. Labels: each series' table slot and its
-    /// label set (one shared buffer with its two counts); postings: the tables, the label
+    /// label set (one shared buffer with its reference count); postings: the tables, the label
     /// names and values, and about 8 (slice) or 13 (B-tree) bytes per id.
     pub fn memory(&self) -> (i64, i64) {
         let string = |s: &str| {
@@ -410,7 +410,7 @@ impl Catalog {
             let sh = sh.read().unwrap_or_else(|e| e.into_inner());
             labels += sh.capacity() as i64 * slot;
             for l in sh.values() {
-                labels += (16 + l.heap_bytes()).next_multiple_of(16) as i64;
+                labels += l.heap_bytes().next_multiple_of(16) as i64;
             }
         }
         let p = self.postings.read().unwrap_or_else(|e| e.into_inner());
