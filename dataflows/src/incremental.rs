@@ -49,9 +49,8 @@ pub type Matcher = Arc<dyn Fn(&[(String, String)]) -> bool + Send + Sync>;
 /// A series' labels by id (`None`: not known yet, asked again at the next tick).
 pub type Lookup = Arc<dyn Fn(u64) -> Option<SharedLabels> + Send + Sync>;
 
-/// A series' label set as the store keeps it (shared, not copied per lookup), in the canonical
-/// encoding ([`crate::types::canonical_pairs`]).
-pub type SharedLabels = triomphe::Arc<[u8]>;
+/// A series' label set as the store keeps it (shared, not copied per lookup).
+pub use crate::types::SharedLabels;
 
 /// The owned pairs of a shared label set.
 fn owned_pairs(labels: &SharedLabels) -> LabelPairs {

@@ -165,6 +165,58 @@ pub struct LateStats {
     pub dropped: u64,
 }
 
+/// A series' label set as the store keeps it: its canonical encoding ([`canonical_pairs`]) in
+/// one shared buffer behind a thin pointer. Every holder keeps 8 bytes (a table slot of the
+/// catalog or of a cold writer is 16 bytes instead of 24); the length and the one reference
+/// count (no weak count) are the buffer's 16-byte header, as a standard `Arc<[u8]>`'s two
+/// counts are. Compared and hashed as its bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedLabels(triomphe::ThinArc<(), u8>);
+
+impl SharedLabels {
+    /// Bytes of its buffer: the header and the encoding.
+    pub fn heap_bytes(&self) -> usize {
+        16 + self.len()
+    }
+}
+
+impl std::ops::Deref for SharedLabels {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0.slice
+    }
+}
+
+impl From<&[u8]> for SharedLabels {
+    fn from(bytes: &[u8]) -> Self {
+        SharedLabels(triomphe::ThinArc::from_header_and_slice((), bytes))
+    }
+}
+
+impl From<Vec<u8>> for SharedLabels {
+    fn from(bytes: Vec<u8>) -> Self {
+        SharedLabels::from(&bytes[..])
+    }
+}
+
+impl Default for SharedLabels {
+    fn default() -> Self {
+        SharedLabels::from(&[][..])
+    }
+}
+
+impl std::hash::Hash for SharedLabels {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state)
+    }
+}
+
+impl std::fmt::Debug for SharedLabels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(canonical_pairs(self)).finish()
+    }
+}
+
 /// The pairs of a label set in its canonical encoding (per pair, sorted by name: the name,
 /// `0xff`, the value, `0xfe`; neither byte occurs in UTF-8), as the catalog keeps label sets.
 /// A damaged buffer ends the iteration (or yields empty text), never panics.

@@ -1,6 +1,6 @@
 use std::cmp::Ordering;
 use std::fmt;
-use triomphe::Arc;
+use tidemark_dataflows::types::SharedLabels;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
@@ -15,20 +15,14 @@ const PAIR_END: u8 = 0xfe;
 /// A label set, sorted by label name, names unique. Includes `__name__` when the series has one.
 ///
 /// Held as one shared buffer in the canonical encoding ([`canonical_encode`]: per pair the
-/// name, `0xff`, the value, `0xfe`), so a set costs one allocation of its text plus 8 bytes
-/// (`triomphe`'s `Arc`: a reference count and no weak count; the standard one's two counts put
-/// a fleet series' set in jemalloc's 96-byte class instead of the 80-byte one) instead of a vector and two strings per pair (about 100 instead of 500 bytes for a fleet
-/// series: the catalog holds one per series), a clone shares it (the catalog hands out its
-/// sets without copying them and without an `Arc` around them: 32 bytes a series less), and
-/// the series id is a hash of the buffer as it is.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Labels(Arc<[u8]>);
-
-impl Default for Labels {
-    fn default() -> Self {
-        Labels(Arc::from(Vec::new()))
-    }
-}
+/// name, `0xff`, the value, `0xfe`) behind a thin pointer ([`SharedLabels`]), so a set costs
+/// one allocation of its text plus a 16-byte header instead of a vector and two strings per
+/// pair (about 100 instead of 500 bytes for a fleet series: the catalog holds one per series),
+/// a clone shares it (the catalog hands out its sets without copying them), each holder keeps
+/// 8 bytes (the catalog's and the cold writers' table slots are 16 bytes, not 24), and the
+/// series id is a hash of the buffer as it is.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Labels(SharedLabels);
 
 /// Writes the canonical encoding of sorted label pairs into `out`: for each pair, the name, `0xff`,
 /// the value, `0xfe`. Neither byte can occur in UTF-8, so the encoding is unambiguous.
@@ -131,13 +125,13 @@ impl Labels {
     }
 
     /// The canonical encoding, shared (no copy).
-    pub fn shared(&self) -> Arc<[u8]> {
-        Arc::clone(&self.0)
+    pub fn shared(&self) -> SharedLabels {
+        self.0.clone()
     }
 
     /// An empty label set.
     pub fn empty() -> Self {
-        Labels(Arc::from(Vec::new()))
+        Labels::default()
     }
 
     /// The value of label `name`, if present.
@@ -172,9 +166,9 @@ impl Labels {
             .collect()
     }
 
-    /// Heap bytes held: the buffer and its reference count (8 bytes; no weak count).
+    /// Heap bytes held: the buffer with its 16-byte header (length and reference count).
     pub fn heap_bytes(&self) -> usize {
-        8 + self.0.len()
+        self.0.heap_bytes()
     }
 
     /// The stable series id of this label set.
@@ -334,6 +328,29 @@ pub fn decode_canonical(bytes: &[u8]) -> Labels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A label set is one pointer wherever it is held (the catalog's table slot is its id and
+    /// this), and a clone shares the buffer, compares, hashes and reads as the bytes do.
+    #[test]
+    fn a_label_set_is_a_thin_shared_pointer() {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        assert_eq!(std::mem::size_of::<Labels>(), 8);
+        assert_eq!(std::mem::size_of::<Option<Labels>>(), 8);
+        let a = Labels::from_pairs([("host", "h-1"), ("__name__", "up")]);
+        let b = a.clone();
+        assert_eq!(
+            a.canonical().as_ptr(),
+            b.canonical().as_ptr(),
+            "shared, not copied"
+        );
+        let c = Labels::from_canonical(a.canonical()).unwrap();
+        assert_eq!(a, c);
+        let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+        assert_eq!(h.hash_one(&a), h.hash_one(a.canonical()));
+        assert_eq!(a.get("host"), Some("h-1"));
+        assert_eq!(a.heap_bytes(), 16 + a.canonical().len());
+        assert!(Labels::empty().is_empty());
+    }
 
     /// The byte comparison orders label sets exactly as their pairs compare, on sets built to
     /// share prefixes (names and values that are prefixes of each other, non-ASCII text, sets

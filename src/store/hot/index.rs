@@ -404,7 +404,7 @@ impl Catalog {
                 s.len().next_multiple_of(8) + ALLOC
             }
         };
-        let slot = tidemark_dataflows::memory::hash_slot(24);
+        let slot = tidemark_dataflows::memory::hash_slot(16);
         let mut labels = 0i64;
         for sh in self.shards.iter() {
             let sh = sh.read().unwrap_or_else(|e| e.into_inner());
