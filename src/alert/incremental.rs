@@ -658,25 +658,19 @@ mod tests {
         let ticks: Vec<u64> = (1..=130).map(|i| (t0 + i * 5_000) as u64).collect();
         let plans = Arc::new(compiled.plans.clone());
         let (labels, all) = (Arc::new(labels), Arc::new(all));
-        let one = run_incremental(
-            Arc::clone(&plans),
-            Arc::clone(&labels),
-            Arc::clone(&all),
-            ticks.clone(),
-            1,
-            50_000,
-        );
-        let two = run_incremental(
-            Arc::clone(&plans),
-            Arc::clone(&labels),
-            Arc::clone(&all),
-            ticks.clone(),
-            2,
-            50_000,
-        );
-        // Yielding after every 3 changes: each tick is cut into many activations, its series
-        // left due go on where the last one stopped (a tick here changes 20 to 60 values).
-        let cut = run_incremental(Arc::clone(&plans), labels, all, ticks.clone(), 1, 3);
+        // One worker, two, and one yielding after every 3 changes: each tick is cut into many
+        // activations, its series left due go on where the last one stopped (a tick here
+        // changes 20 to 60 values).
+        let [one, two, cut] = [(1, 50_000), (2, 50_000), (1, 3)].map(|(workers, budget)| {
+            run_incremental(
+                Arc::clone(&plans),
+                Arc::clone(&labels),
+                Arc::clone(&all),
+                ticks.clone(),
+                workers,
+                budget,
+            )
+        });
         let (first, last) = (ticks[0] as i64, *ticks.last().unwrap() as i64);
         let mut compared = 0;
         for (ri, c) in compiled.rules[0].iter().enumerate() {
