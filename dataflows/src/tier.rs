@@ -19,6 +19,47 @@ use timely::dataflow::Stream;
 
 use crate::sink::Done;
 
+/// The worker among `peers` that timely's exchange sends a record keyed `key` to (as in
+/// `stream.exchange(|s: &Sample| s.series)`): the key's low bits when `peers` is a power of
+/// two, the key modulo `peers` otherwise; both are `key % peers`. A cold writer lists the
+/// series it owns in the hot index with it instead of remembering every series it was sent.
+///
+/// # Examples
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// use timely::dataflow::operators::{Exchange, Inspect, ToStream};
+/// use tidemark_dataflows::tier::worker_of;
+///
+/// for peers in [3, 4] {
+///     let seen = Arc::new(AtomicUsize::new(0));
+///     let s = Arc::clone(&seen);
+///     timely::execute(timely::Config::process(peers), move |worker| {
+///         let (index, peers) = (worker.index(), worker.peers());
+///         let s = Arc::clone(&s);
+///         worker.dataflow::<u64, _, _>(|scope| {
+///             // Worker 0 sends every key; each arrives where `worker_of` says.
+///             let keys: Vec<u64> = match index {
+///                 0 => (0..1000u64).map(|k| k * 7919).collect(),
+///                 _ => vec![],
+///             };
+///             keys.to_stream(scope)
+///                 .container::<Vec<u64>>()
+///                 .exchange(|k: &u64| *k)
+///                 .inspect(move |k: &u64| {
+///                     assert_eq!(worker_of(*k, peers), index);
+///                     s.fetch_add(1, Ordering::Relaxed);
+///                 });
+///         });
+///     })
+///     .unwrap();
+///     assert_eq!(seen.load(Ordering::Relaxed), 1000);
+/// }
+/// ```
+pub fn worker_of(key: u64, peers: usize) -> usize {
+    (key % peers.max(1) as u64) as usize
+}
+
 /// A writer of one cold tier.
 pub trait TierSink<D>: 'static {
     /// `data` sent at `time` (the event-time frontier it was sent under).

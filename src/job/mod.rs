@@ -625,7 +625,7 @@ impl Job {
                 cold.clone(),
                 rules.clone(),
             );
-            let index = worker.index();
+            let (index, peers) = (worker.index(), worker.peers());
             worker.dataflow::<u64, _, _>(|scope| {
                 let (st, pr, h) = (Arc::clone(&stop), Arc::clone(&progress), Arc::clone(&hot));
                 let source_log = log.clone();
@@ -762,7 +762,8 @@ impl Job {
                     let labels: LabelLookup = Arc::new(move |id| h.catalog.labels(id));
                     let new = |tier| {
                         let (s, l) = (Arc::clone(store), Arc::clone(&labels));
-                        let rows = hot_rollups(&hot, tier);
+                        // The index holds this job only: a writer lists its series there.
+                        let rows = hot_rollups(&hot, tier, Some((index, peers)));
                         let kind = match tier {
                             Tier::Hour => PinKind::Hour,
                             _ => PinKind::Minute,
@@ -777,7 +778,7 @@ impl Job {
                         lateness,
                         Arc::clone(store),
                         Arc::clone(&labels),
-                        hot_samples(&hot),
+                        hot_samples(&hot, Some((index, peers))),
                     )
                     .map(|w| {
                         w.pin(hot.pin(PinKind::Raw))

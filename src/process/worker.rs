@@ -750,7 +750,8 @@ fn start_job(
                 lateness,
                 Arc::clone(&store),
                 Arc::clone(&labels),
-                hot_samples(&hot),
+                // Jobs share the process's index: writers remember their series.
+                hot_samples(&hot, None),
             ),
             TierWriter::<Rollup>::new(
                 Tier::Minute,
@@ -759,7 +760,7 @@ fn start_job(
                 lateness,
                 Arc::clone(&store),
                 Arc::clone(&labels),
-                hot_rollups(&hot, Tier::Minute),
+                hot_rollups(&hot, Tier::Minute, None),
             ),
             TierWriter::<Rollup>::new(
                 Tier::Hour,
@@ -768,7 +769,7 @@ fn start_job(
                 lateness,
                 store,
                 labels,
-                hot_rollups(&hot, Tier::Hour),
+                hot_rollups(&hot, Tier::Hour, None),
             ),
         );
         match writers {

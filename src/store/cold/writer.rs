@@ -2,11 +2,16 @@
 //!
 //! A writer does not buffer the rows of a partition. The hot index applies every row the job
 //! sends (the sink operator seals only what the hot sinks' frontier has passed), so for an
-//! open partition the writer keeps only which series it has and the earliest time their rows
-//! were sent at; when the frontier passes the partition's end plus the allowed lateness, the
-//! file is written from the hot index ([`RowSource`]) series by series, in file order, a
-//! record batch at a time. Memory is a series set per open partition (about 16 bytes per
-//! series) plus one batch, independent of the ingest rate and the partition's length.
+//! open partition the writer keeps only the earliest time its rows were sent at; when the
+//! frontier passes the partition's end plus the allowed lateness, it lists the series it owns
+//! with rows in the partition in the hot index (those timely's exchange by series id sends to
+//! its worker, [`worker_of`]) and writes the file from the index ([`RowSource`]) series by
+//! series, in file order, a record batch at a time. Memory is one batch and, while a file is
+//! written, its series list (16 bytes per series): independent of the ingest rate, the
+//! partition's length and, between seals, of the series count. Where several jobs share the
+//! index (a cluster process) the index cannot say which series are the writer's job's, so
+//! the writer remembers the series it was sent per open partition (about 18 bytes per series
+//! and tier: 55 bytes per series at 1 M series in `tidemark up` before it listed them).
 //!
 //! A row sent (at timely time `t`) after its partition is sealed (`t >= partition end +
 //! allowed lateness`) is a late correction: such rows are buffered as rows, collected by the
@@ -34,44 +39,79 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tidemark_dataflows::memory::{hash_slot, Component, Reported};
-use tidemark_dataflows::tier::TierSink;
+use tidemark_dataflows::tier::{worker_of, TierSink};
 use tidemark_dataflows::{Rollup, Sample};
 
 use super::layout::{FileKind, Partition, Tier};
 use super::parquet_io::{self, sort_dedup, ColdRow, SeriesOrder};
 use super::store::{ColdError, ColdStore};
 use crate::model::{IdMap, IdSet, Labels};
-use crate::store::hot::{HotIndex, Resolution};
+use crate::store::hot::{HotIndex, PinKind, Resolution};
 
 /// Label lookup for series ids (the hot index's catalog).
 pub type LabelLookup = Arc<dyn Fn(u64) -> Option<Labels> + Send + Sync>;
 
-/// Rows of one series with time in `[start, end)`, sorted by time, one per time (the hot
-/// index's samples or rollups of the tier's resolution), appended to the vector.
-pub type RowSource<R> = Arc<dyn Fn(u64, i64, i64, &mut Vec<R>) + Send + Sync>;
-
-/// The hot index's raw samples as a writer's row source.
-pub fn hot_samples(hot: &Arc<HotIndex>) -> RowSource<Sample> {
-    let hot = Arc::clone(hot);
-    Arc::new(move |id, start, end, out| {
-        let mut pts = Vec::new();
-        hot.samples(id, start, end - 1, &mut pts);
-        out.extend(pts.into_iter().map(|(ts, value)| Sample {
-            series: id,
-            ts,
-            value,
-        }));
-    })
+/// Where a writer reads a partition from when it seals it: each series' rows in `[start,
+/// end)`, sorted by time, one per time (the hot index's samples or rollups of the tier's
+/// resolution), appended to the vector; and, when the index holds only the writer's job, the
+/// series the writer owns with rows there (otherwise the writer remembers the series it was
+/// sent, as a set per open partition: see the module documentation).
+pub struct RowSource<R> {
+    series: Option<SeriesList>,
+    rows: RowsOf<R>,
 }
 
-/// The hot index's rollups of a rollup tier's resolution as a writer's row source.
-pub fn hot_rollups(hot: &Arc<HotIndex>, tier: Tier) -> RowSource<Rollup> {
+/// A series' rows in `[start, end)`, appended to the vector.
+type RowsOf<R> = Arc<dyn Fn(u64, i64, i64, &mut Vec<R>) + Send + Sync>;
+
+/// The series a writer owns with rows in `[start, end)`, any order.
+type SeriesList = Arc<dyn Fn(i64, i64) -> Vec<u64> + Send + Sync>;
+
+/// The series of the hot index that worker `index` of `peers` owns (timely's exchange by
+/// series id sends their rows there, [`worker_of`]) with rows of `kind` in a range.
+fn owned(hot: &Arc<HotIndex>, kind: PinKind, owner: Option<(usize, usize)>) -> Option<SeriesList> {
+    let (index, peers) = owner?;
     let hot = Arc::clone(hot);
-    let res = match tier {
-        Tier::Hour => Resolution::OneHour,
-        Tier::Minute | Tier::Raw => Resolution::OneMinute,
+    Some(Arc::new(move |start, end| {
+        hot.series_in(kind, start, end, &|id| worker_of(id, peers) == index)
+    }))
+}
+
+/// The hot index's raw samples as a writer's row source. `owner`: the writer's worker index
+/// and the number of workers, when the index holds only the writer's job (`tidemark up`);
+/// `None` where several jobs share it (a cluster process).
+pub fn hot_samples(hot: &Arc<HotIndex>, owner: Option<(usize, usize)>) -> RowSource<Sample> {
+    let h = Arc::clone(hot);
+    RowSource {
+        series: owned(hot, PinKind::Raw, owner),
+        rows: Arc::new(move |id, start, end, out| {
+            let mut pts = Vec::new();
+            h.samples(id, start, end - 1, &mut pts);
+            out.extend(pts.into_iter().map(|(ts, value)| Sample {
+                series: id,
+                ts,
+                value,
+            }));
+        }),
+    }
+}
+
+/// The hot index's rollups of a rollup tier's resolution as a writer's row source (`owner`:
+/// as for [`hot_samples`]).
+pub fn hot_rollups(
+    hot: &Arc<HotIndex>,
+    tier: Tier,
+    owner: Option<(usize, usize)>,
+) -> RowSource<Rollup> {
+    let h = Arc::clone(hot);
+    let (res, kind) = match tier {
+        Tier::Hour => (Resolution::OneHour, PinKind::Hour),
+        Tier::Minute | Tier::Raw => (Resolution::OneMinute, PinKind::Minute),
     };
-    Arc::new(move |id, start, end, out| out.extend(hot.rollups(id, res, start, end - 1)))
+    RowSource {
+        series: owned(hot, kind, owner),
+        rows: Arc::new(move |id, start, end, out| out.extend(h.rollups(id, res, start, end - 1))),
+    }
 }
 
 /// Late corrections are collected by this window of their send time and written when it ends:
@@ -86,10 +126,11 @@ const BATCH_ROWS: usize = 64 * 1024;
 /// bytes of rows (see the module documentation).
 pub const LATE_PART_BYTES: usize = 32 << 20;
 
-/// An open partition: which series have rows in it, and the earliest time rows came at.
+/// An open partition: the earliest time rows came at, and the series they were of when the
+/// row source cannot list them (empty otherwise).
 struct Open {
-    series: IdSet,
     since: u64,
+    series: IdSet,
 }
 
 /// Path of a writer's checkpoint.
@@ -307,12 +348,11 @@ impl<R: ColdRow> TierWriter<R> {
 
     /// Reports the bytes the open series sets and late buffers hold.
     fn account(&mut self) {
-        let set = hash_slot(8);
         let row = std::mem::size_of::<R>() as i64;
         let now: i64 = self
             .open
             .values()
-            .map(|o| o.series.capacity() as i64 * set)
+            .map(|o| o.series.capacity() as i64 * hash_slot(8))
             .chain(self.late.values().map(|b| {
                 b.rows.capacity() as i64 * row + b.names.capacity() as i64 * hash_slot(16)
             }))
@@ -415,9 +455,13 @@ impl<R: ColdRow> TierWriter<R> {
     /// id), a record batch of about [`BATCH_ROWS`] rows at a time.
     fn write_open(&mut self, p: Partition, open: &Open) -> Result<(), ColdError> {
         let path = p.file(&self.job, self.worker, FileKind::Main);
-        let mut order: SeriesOrder = Vec::with_capacity(open.series.len());
+        let series = match &self.source.series {
+            Some(list) => list(p.start, p.end()),
+            None => open.series.iter().copied().collect(),
+        };
+        let mut order: SeriesOrder = Vec::with_capacity(series.len());
         let mut unknown = 0u64;
-        for &id in &open.series {
+        for id in series {
             match (self.labels)(id) {
                 Some(l) => order.push((id, l)),
                 None => unknown += 1,
@@ -437,7 +481,7 @@ impl<R: ColdRow> TierWriter<R> {
             );
             ma.cmp(mb).then(a.0.cmp(&b.0))
         });
-        let (tier, source) = (self.tier, Arc::clone(&self.source));
+        let (tier, source) = (self.tier, Arc::clone(&self.source.rows));
         let (start, end) = (p.start, p.end());
         self.store.retrying(&format!("writing {path}"), || {
             let mut next_series = 0usize;
@@ -547,12 +591,14 @@ impl<R: ColdRow> TierSink<R> for TierWriter<R> {
                     continue;
                 }
                 let open = self.open.entry(p.start).or_insert_with(|| Open {
-                    series: IdSet::default(),
                     since: time,
+                    series: IdSet::default(),
                 });
                 // Batches can arrive out of time order (from several upstream workers).
                 open.since = open.since.min(time);
-                open.series.extend(run.iter().map(|r| r.series()));
+                if self.source.series.is_none() {
+                    open.series.extend(run.iter().map(|r| r.series()));
+                }
                 continue;
             } else {
                 let window = t.div_euclid(CORRECTION_WINDOW_MS) * CORRECTION_WINDOW_MS;
@@ -636,21 +682,34 @@ mod tests {
     }
 
     /// A writer whose rows come from `hot`, and a way to send rows to both, as the job does
-    /// (the hot sink applies what the writer is told about).
+    /// (the hot sink applies what the writer is told about). The writer lists its series in
+    /// `hot` as worker 0 of 1 (as in `tidemark up`).
     fn writer(
         store: &Arc<ColdStore>,
         hot: &Arc<HotIndex>,
         lateness: i64,
         labels: LabelLookup,
     ) -> TierWriter<Sample> {
+        writer_of(store, hot, lateness, labels, Some((0, 1)))
+    }
+
+    /// As [`writer`], for worker `owner` (`None`: one that remembers the series it is sent).
+    fn writer_of(
+        store: &Arc<ColdStore>,
+        hot: &Arc<HotIndex>,
+        lateness: i64,
+        labels: LabelLookup,
+        owner: Option<(usize, usize)>,
+    ) -> TierWriter<Sample> {
+        let worker = owner.map_or(0, |o| o.0);
         TierWriter::<Sample>::new(
             Tier::Raw,
             "j",
-            0,
+            worker,
             lateness,
             Arc::clone(store),
             labels,
-            hot_samples(hot),
+            hot_samples(hot, owner),
         )
         .unwrap()
     }
@@ -669,9 +728,16 @@ mod tests {
 
     #[test]
     fn seals_on_the_frontier_corrects_late_rows_and_resumes_without_copies() {
+        // A writer listing its series in the index, and one remembering those it was sent.
+        for owner in [Some((0, 1)), None] {
+            seals_on_the_frontier(owner);
+        }
+    }
+
+    fn seals_on_the_frontier(owner: Option<(usize, usize)>) {
         let store = Arc::new(ColdStore::open("memory://").unwrap());
         let hot = new_hot();
-        let mk = |store: &Arc<ColdStore>| writer(store, &hot, 60_000, labels());
+        let mk = |store: &Arc<ColdStore>| writer_of(store, &hot, 60_000, labels(), owner);
         let s = |series, ts, value| Sample { series, ts, value };
         let mut w = mk(&store);
         send(
@@ -728,6 +794,52 @@ mod tests {
         w.advance((BASE + 4 * H + 60_000) as u64);
         assert_eq!(store.list("").unwrap().len(), before + 1);
         assert_eq!(w.pending_since(), None);
+    }
+
+    /// Workers sharing one index (`tidemark up`'s job) each write the series timely's exchange
+    /// sends them, listed in the index: every series once, in its owner's file, and the series
+    /// the index has only from another worker never in this one's.
+    #[test]
+    fn workers_listing_their_series_in_a_shared_index_write_each_series_once() {
+        let store = Arc::new(ColdStore::open("memory://").unwrap());
+        let hot = new_hot();
+        let peers = 3;
+        let mut ws: Vec<_> = (0..peers)
+            .map(|i| writer_of(&store, &hot, 0, labels(), Some((i, peers))))
+            .collect();
+        let rows: Vec<Sample> = (1..=20u64)
+            .map(|id| Sample {
+                series: id * 1_000_003,
+                ts: BASE + id as i64,
+                value: id as f64,
+            })
+            .collect();
+        hot.append_samples(&rows);
+        // Each worker is sent its own rows only, as the exchange does.
+        for (i, w) in ws.iter_mut().enumerate() {
+            let mine: Vec<Sample> = rows
+                .iter()
+                .copied()
+                .filter(|r| worker_of(r.series, peers) == i)
+                .collect();
+            w.accept(BASE as u64, &mine);
+        }
+        for w in &mut ws {
+            w.advance((BASE + H) as u64);
+        }
+        let files = read_all(&store, Tier::Raw);
+        assert_eq!(files.len(), peers);
+        let mut all = Vec::new();
+        for (path, samples) in &files {
+            let i: usize = path.rsplit("-w").next().unwrap()[..1].parse().unwrap();
+            assert!(
+                samples.iter().all(|r| worker_of(r.series, peers) == i),
+                "{path}"
+            );
+            all.extend(samples.iter().copied());
+        }
+        all.sort_by_key(|r| r.series);
+        assert_eq!(all, rows);
     }
 
     /// A flood of late rows (a backlog replayed behind the watermark) is written in parts of a

@@ -518,6 +518,27 @@ impl SeriesData {
 
     /// Heap bytes of the raw samples: chunk table, chunk bytes and head (the out-of-order
     /// buffer is counted apart).
+    /// A time in `[start, end)` the series may have a raw sample at (a chunk spanning the
+    /// range counts: nothing is decoded).
+    fn any_sample_in(&self, start: i64, end: i64) -> Option<i64> {
+        let span = |lo: i64, hi: i64| (hi >= start && lo < end).then(|| lo.max(start));
+        self.sealed
+            .iter()
+            .find_map(|c| span(c.min_ts, c.max_ts))
+            .or_else(|| {
+                (!self.head.is_empty())
+                    .then(|| span(self.head.first_ts(), self.head.last_ts()))
+                    .flatten()
+            })
+            .or_else(|| {
+                self.ooo
+                    .iter()
+                    .map(|p| p.0)
+                    .find(|&t| t >= start && t < end)
+            })
+            .or_else(|| self.held().map(|p| p.0).filter(|&t| t >= start && t < end))
+    }
+
     fn raw_heap_bytes(&self) -> usize {
         self.sealed.heap_bytes() + self.head.heap_bytes()
     }
@@ -1449,20 +1470,36 @@ impl HotIndex {
         let shard = self.shards[shard(id)]
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        let s = shard.get(&id)?;
-        let span = |lo: i64, hi: i64| (hi >= start && lo < end).then(|| lo.max(start));
-        let found = s
-            .sealed
-            .iter()
-            .find_map(|c| span(c.min_ts, c.max_ts))
-            .or_else(|| {
-                (!s.head.is_empty())
-                    .then(|| span(s.head.first_ts(), s.head.last_ts()))
-                    .flatten()
-            })
-            .or_else(|| s.ooo.iter().map(|p| p.0).find(|&t| t >= start && t < end))
-            .or_else(|| s.held().map(|p| p.0).filter(|&t| t >= start && t < end));
-        found
+        shard.get(&id)?.any_sample_in(start, end)
+    }
+
+    /// The series `owns` names that may have rows of `kind` in `[start, end)` (decided as
+    /// [`HotIndex::any_sample_in`] and [`HotIndex::any_rollup_in`] decide), unordered: what a
+    /// cold writer writes when it seals that partition. One read lock per shard.
+    pub fn series_in(
+        &self,
+        kind: PinKind,
+        start: i64,
+        end: i64,
+        owns: &dyn Fn(SeriesId) -> bool,
+    ) -> Vec<SeriesId> {
+        let mut out = Vec::new();
+        for sh in &self.shards {
+            let sh = sh.read().unwrap_or_else(|e| e.into_inner());
+            out.extend(
+                sh.iter()
+                    .filter(|(&id, _)| owns(id))
+                    .filter_map(|(&id, s)| {
+                        let found = match kind {
+                            PinKind::Raw => s.any_sample_in(start, end),
+                            PinKind::Minute => s.r1m.any_in(start, end),
+                            PinKind::Hour => s.r1h.any_in(start, end),
+                        };
+                        found.map(|_| id)
+                    }),
+            );
+        }
+        out
     }
 
     /// As [`HotIndex::any_sample_in`], for rollups of a resolution (by window start).
