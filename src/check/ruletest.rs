@@ -245,7 +245,7 @@ fn run_test(
             .enumerate()
             .filter_map(|(i, p)| match p {
                 Point::Value(v) => Some((i as i64 * interval, *v)),
-                Point::Gap => None,
+                Point::Gap | Point::Histogram => None,
             })
             .collect();
         input.add(labels, samples);

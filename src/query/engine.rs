@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
 
-use super::{QueryError, QueryValue, SelectHints, Selected, Series, Storage};
+use super::{Annotations, QueryError, QueryValue, SelectHints, Selected, Series, Storage};
 use crate::model::{is_stale_nan, Labels, METRIC_NAME};
 use crate::store::hot::index::{MatchOp, Matcher};
 use tidemark_dataflows::Rollup;
@@ -121,6 +121,8 @@ pub struct Engine<'a> {
     pub n: usize,
     /// A range query (`step()` and `range()` are 0 in instant queries).
     pub range_query: bool,
+    /// Where annotations go (none are kept without it).
+    pub notes: Option<&'a Annotations>,
 }
 
 fn dur_ms(d: &Duration) -> i64 {
@@ -262,7 +264,30 @@ impl<'a> Engine<'a> {
             lookback: DEFAULT_LOOKBACK_MS,
             n,
             range_query: true,
+            notes: None,
         })
+    }
+
+    /// Keeps the query's annotations in `notes`.
+    pub fn annotated(self, notes: &'a Annotations) -> Self {
+        Engine {
+            notes: Some(notes),
+            ..self
+        }
+    }
+
+    /// Notes a warning: `PromQL warning: {msg}`.
+    pub fn warn(&self, msg: impl std::fmt::Display) {
+        if let Some(n) = self.notes {
+            n.warn(format!("PromQL warning: {msg}"));
+        }
+    }
+
+    /// Notes an info: `PromQL info: {msg}`.
+    pub fn info(&self, msg: impl std::fmt::Display) {
+        if let Some(n) = self.notes {
+            n.info(format!("PromQL info: {msg}"));
+        }
     }
 
     /// Time of step `i`.
@@ -547,6 +572,7 @@ impl<'a> Engine<'a> {
                     lookback: self.lookback,
                     n: ((hi - first) / step + 1) as usize,
                     range_query: true,
+                    notes: self.notes,
                 };
                 let series = match inner.eval(&sq.expr)? {
                     Value::Vector(vs) => vs

@@ -37,6 +37,40 @@ impl QueryError {
     }
 }
 
+/// What a query noticed besides its result: Prometheus's annotations, `warnings` (the result
+/// may be wrong or incomplete) and `infos` (it may not be what was meant), each message once,
+/// in the order they were first noted. The API returns them beside the data; `expect warn` and
+/// `expect info` lines of the conformance scripts check them.
+#[derive(Debug, Default)]
+pub struct Annotations {
+    notes: std::sync::Mutex<(Vec<String>, Vec<String>)>,
+}
+
+impl Annotations {
+    fn add(&self, info: bool, msg: String) {
+        let mut n = self.notes.lock().unwrap_or_else(|e| e.into_inner());
+        let list = if info { &mut n.1 } else { &mut n.0 };
+        if !list.contains(&msg) {
+            list.push(msg);
+        }
+    }
+
+    /// Notes a warning (`PromQL warning: ...`).
+    pub fn warn(&self, msg: impl Into<String>) {
+        self.add(false, msg.into());
+    }
+
+    /// Notes an info (`PromQL info: ...`).
+    pub fn info(&self, msg: impl Into<String>) {
+        self.add(true, msg.into());
+    }
+
+    /// The warnings and infos noted so far.
+    pub fn take(&self) -> (Vec<String>, Vec<String>) {
+        std::mem::take(&mut *self.notes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// The result of a query, as Prometheus's API returns it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum QueryValue {

@@ -6,7 +6,7 @@
 //! does not store). Annotations (`warn`/`info`) are not produced by Tidemark; such cases are
 //! judged on their values alone.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::engine::Engine;
@@ -88,19 +88,66 @@ fn parse_number(s: &str) -> Option<f64> {
     Some(if neg { -v } else { v })
 }
 
-/// One point of a series description: a value, a stale marker, or a gap.
+/// One point of a series description: a value, a stale marker, a gap, or a native histogram
+/// (which Tidemark does not store: only where it is matters).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Point {
     Value(f64),
     Gap,
+    Histogram,
+}
+
+/// The tokens of a points text: a native histogram `{{...}}` (with its `xN` or `+{{...}}xN`)
+/// is one token though it holds spaces.
+fn point_tokens(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut depth = 0i64;
+    for tok in text.split_whitespace() {
+        if depth > 0 || tok.starts_with("{{") {
+            if !cur.is_empty() {
+                cur.push(' ');
+            }
+            cur.push_str(tok);
+            depth += tok.matches("{{").count() as i64 - tok.matches("}}").count() as i64;
+            if depth <= 0 {
+                out.push(std::mem::take(&mut cur));
+                depth = 0;
+            }
+        } else {
+            out.push(tok.to_string());
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 /// Expands `1 2+3x4 _ _x2 stale 5x3`. `Err(true)` means a native histogram (unsupported).
 pub(crate) fn parse_points(text: &str) -> Result<Vec<Point>, bool> {
+    let points = parse_points_mixed(text).map_err(|_| false)?;
+    if points.contains(&Point::Histogram) {
+        return Err(true);
+    }
+    Ok(points)
+}
+
+/// As [`parse_points`], keeping where native histograms are ([`Point::Histogram`]) instead of
+/// refusing the line.
+pub(crate) fn parse_points_mixed(text: &str) -> Result<Vec<Point>, ()> {
     let mut out = Vec::new();
-    for tok in text.split_whitespace() {
-        if tok.starts_with("{{") || tok.contains("}}") {
-            return Err(true);
+    for tok in point_tokens(text) {
+        let tok = tok.as_str();
+        if tok.starts_with("{{") {
+            // `{{...}}`, `{{...}}xN`, `{{...}}+{{...}}xN`: one histogram or N + 1.
+            let tail = &tok[tok.rfind("}}").map_or(tok.len(), |p| p + 2)..];
+            let n = tail
+                .strip_prefix('x')
+                .and_then(|n| n.parse::<usize>().ok())
+                .map_or(1, |n| n + 1);
+            out.extend(std::iter::repeat_n(Point::Histogram, n));
+            continue;
         }
         if tok == "_" {
             out.push(Point::Gap);
@@ -116,10 +163,10 @@ pub(crate) fn parse_points(text: &str) -> Result<Vec<Point>, bool> {
             .rfind('x')
             .filter(|&p| p + 1 < tok.len() && tok[p + 1..].bytes().all(|c| c.is_ascii_digit()));
         let Some(xpos) = rep else {
-            out.push(Point::Value(parse_number(tok).ok_or(false)?));
+            out.push(Point::Value(parse_number(tok).ok_or(())?));
             continue;
         };
-        let times: usize = tok[xpos + 1..].parse().map_err(|_| false)?;
+        let times: usize = tok[xpos + 1..].parse().map_err(|_| ())?;
         let head = &tok[..xpos];
         if head == "_" {
             out.extend(std::iter::repeat_n(Point::Gap, times));
@@ -136,14 +183,14 @@ pub(crate) fn parse_points(text: &str) -> Result<Vec<Point>, bool> {
         });
         match split {
             Some(i) => {
-                let start = parse_number(&head[..i]).ok_or(false)?;
-                let inc = parse_number(&head[i..]).ok_or(false)?;
+                let start = parse_number(&head[..i]).ok_or(())?;
+                let inc = parse_number(&head[i..]).ok_or(())?;
                 for k in 0..=times {
                     out.push(Point::Value(start + inc * k as f64));
                 }
             }
             None => {
-                let v = parse_number(head).ok_or(false)?;
+                let v = parse_number(head).ok_or(())?;
                 out.extend(std::iter::repeat_n(Point::Value(v), times + 1));
             }
         }
@@ -252,26 +299,110 @@ pub fn almost_equal(a: f64, b: f64) -> bool {
     diff / abs_sum.min(f64::MAX) < EPS
 }
 
+/// How an `expect` line's message must match: exactly (`msg:`) or a regular expression found
+/// in it (`regex:`, as Go's `MatchString`); `None` in [`Eval`]: any message.
+enum Match {
+    Msg(String),
+    Regex(regex::Regex),
+}
+
+impl Match {
+    fn matches(&self, text: &str) -> bool {
+        match self {
+            Match::Msg(m) => m == text,
+            Match::Regex(r) => r.is_match(text),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Match::Msg(m) => format!("{m:?}"),
+            Match::Regex(r) => format!("/{r}/"),
+        }
+    }
+
+    /// `msg: text` or `regex: text` (quotes around the whole text are dropped); `Ok(None)`
+    /// for nothing.
+    fn parse(rest: &str) -> Result<Option<Match>, String> {
+        let rest = rest.trim();
+        if rest.is_empty() {
+            return Ok(None);
+        }
+        let unquote = |t: &str| {
+            let t = t.trim();
+            match t.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+                Some(inner) => inner.to_string(),
+                None => t.to_string(),
+            }
+        };
+        if let Some(m) = rest.strip_prefix("msg:") {
+            return Ok(Some(Match::Msg(unquote(m))));
+        }
+        if let Some(r) = rest.strip_prefix("regex:") {
+            return regex::Regex::new(&unquote(r))
+                .map(|r| Some(Match::Regex(r)))
+                .map_err(|e| format!("bad regex in expect line: {e}"));
+        }
+        Err(format!("unknown expect matcher {rest:?} (msg: or regex:)"))
+    }
+}
+
 struct Eval {
     line: usize,
     query: String,
     range: Option<(i64, i64, i64)>,
     at: i64,
-    fail: bool,
-    fail_msg: Option<String>,
+    /// `expect fail` (`eval_fail`), with the message it must have.
+    fail: Option<Option<Match>>,
     ordered: bool,
     expect_string: Option<String>,
+    /// `expect range vector from <start> to <end> step <step>`: the times an instant query's
+    /// range-vector result has its points at.
+    range_vector: Option<(i64, i64, i64)>,
+    /// `expect warn` / `expect info` lines (`None`: any message); `expect no_warn`/`no_info`.
+    warn: Vec<Option<Match>>,
+    info: Vec<Option<Match>>,
+    no_warn: bool,
+    no_info: bool,
     expected: Vec<(usize, String)>,
 }
 
-const HISTOGRAM_FUNCS: &[&str] = &[
-    "histogram_count",
-    "histogram_sum",
-    "histogram_avg",
-    "histogram_fraction",
-    "histogram_stddev",
-    "histogram_stdvar",
-];
+impl Eval {
+    /// Reads one `expect` line (without `expect `).
+    fn expect(&mut self, x: &str) -> Result<(), String> {
+        let (kind, rest) = x.split_once(char::is_whitespace).unwrap_or((x, ""));
+        match kind {
+            "ordered" => self.ordered = true,
+            "fail" => self.fail = Some(Match::parse(rest)?),
+            "warn" => self.warn.push(Match::parse(rest)?),
+            "info" => self.info.push(Match::parse(rest)?),
+            "no_warn" => self.no_warn = true,
+            "no_info" => self.no_info = true,
+            "string" => {
+                self.expect_string =
+                    Some(rest.trim().trim_matches('"').trim_matches('`').to_string())
+            }
+            "range" => {
+                let r = rest
+                    .trim()
+                    .strip_prefix("vector from ")
+                    .and_then(|r| {
+                        let (start, r) = r.split_once(" to ")?;
+                        let (end, step) = r.trim().split_once(" step ")?;
+                        Some((
+                            parse_duration_ms(start.trim())?,
+                            parse_duration_ms(end.trim())?,
+                            parse_duration_ms(step.trim())?,
+                        ))
+                    })
+                    .ok_or_else(|| format!("bad expect range vector line: {x}"))?;
+                self.range_vector = Some(r);
+            }
+            _ => return Err(format!("unknown expect line: expect {x}")),
+        }
+        Ok(())
+    }
+}
 
 /// Every vector selector of an expression.
 fn selectors(
@@ -300,35 +431,101 @@ fn selectors(
     }
 }
 
-/// True when the query may select a series that holds native histogram samples: a selector
-/// whose name constraints admit one of `tainted`, or a native-histogram function.
-fn touches_histograms(query: &str, tainted: &HashSet<String>) -> bool {
-    if HISTOGRAM_FUNCS.iter().any(|f| query.contains(f)) {
-        return true;
-    }
-    let Ok(expr) = promql_parser::parser::parse(query) else {
-        return false;
+/// How far before and after its evaluation times an expression may read samples (lookback,
+/// ranges, subquery ranges, offsets), or `None` when an `@` pins it to another time.
+fn reach(e: &promql_parser::parser::Expr) -> Option<(i64, i64)> {
+    use promql_parser::parser::{Expr, Offset};
+    let off = |o: &Option<Offset>| match o {
+        Some(Offset::Pos(d)) => d.as_millis() as i64,
+        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+        None => 0,
     };
-    let mut sels = Vec::new();
-    selectors(&expr, &mut sels);
-    sels.iter().any(|vs| {
-        tainted.iter().any(|name| {
-            vs.name.as_ref().is_none_or(|n| n == name)
-                && vs
-                    .matchers
-                    .matchers
-                    .iter()
-                    .filter(|m| m.name == "__name__")
-                    .all(|m| m.is_match(name))
+    let shift = |(b, f): (i64, i64), o: i64| (b + o.max(0), f + (-o).max(0));
+    let max = |a: Option<(i64, i64)>, b: Option<(i64, i64)>| Some((a?.0.max(b?.0), a?.1.max(b?.1)));
+    match e {
+        Expr::VectorSelector(v) => {
+            if v.at.is_some() {
+                return None;
+            }
+            Some(shift(
+                (super::engine::DEFAULT_LOOKBACK_MS, 0),
+                off(&v.offset),
+            ))
+        }
+        Expr::MatrixSelector(m) => {
+            if m.vs.at.is_some() {
+                return None;
+            }
+            Some(shift((m.range.as_millis() as i64, 0), off(&m.vs.offset)))
+        }
+        Expr::Subquery(q) => {
+            if q.at.is_some() {
+                return None;
+            }
+            let (b, f) = reach(&q.expr)?;
+            Some(shift((b + q.range.as_millis() as i64, f), off(&q.offset)))
+        }
+        Expr::Aggregate(a) => match &a.param {
+            Some(p) => max(reach(&a.expr), reach(p)),
+            None => reach(&a.expr),
+        },
+        Expr::Unary(u) => reach(&u.expr),
+        Expr::Binary(b) => max(reach(&b.lhs), reach(&b.rhs)),
+        Expr::Paren(p) => reach(&p.expr),
+        Expr::Call(c) => c
+            .args
+            .args
+            .iter()
+            .map(|a| reach(a))
+            .try_fold((0, 0), |acc, r| max(Some(acc), r)),
+        _ => Some((0, 0)),
+    }
+}
+
+/// Series with native-histogram samples (which Tidemark does not store), and their times.
+#[derive(Default)]
+struct Histograms(Vec<(Labels, Vec<i64>)>);
+
+impl Histograms {
+    fn add(&mut self, labels: Labels, times: impl IntoIterator<Item = i64>) {
+        match self.0.iter_mut().find(|(l, _)| *l == labels) {
+            Some((_, t)) => t.extend(times),
+            None => self.0.push((labels, times.into_iter().collect())),
+        }
+    }
+
+    /// True when the query, evaluated over `[start, end]`, selects a series while it holds
+    /// native-histogram samples: the case needs them (matchers and time decide, not the metric
+    /// name alone).
+    fn needed_by(&self, query: &str, start: i64, end: i64) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        let Ok(expr) = promql_parser::parser::parse(query) else {
+            return false;
+        };
+        let (lo, hi) = match reach(&expr) {
+            Some((back, fwd)) => (start - back, end + fwd),
+            None => (i64::MIN, i64::MAX),
+        };
+        let mut sels = Vec::new();
+        selectors(&expr, &mut sels);
+        sels.iter().any(|vs| {
+            super::engine::selector_matchers(vs).iter().any(|ms| {
+                self.0.iter().any(|(l, times)| {
+                    ms.iter().all(|m| m.matches(l.get(&m.name).unwrap_or("")))
+                        && times.iter().any(|&t| t > lo && t <= hi)
+                })
+            })
         })
-    })
+    }
 }
 
 /// Runs one script; `name` is used in messages.
 pub fn run_script(text: &str) -> Outcome {
     let mut out = Outcome::default();
     let mut store = MemStorage::default();
-    let mut histogram_metrics: HashSet<String> = HashSet::new();
+    let mut histograms = Histograms::default();
     let lines: Vec<&str> = text.lines().collect();
     let mut i = 0;
     while i < lines.len() {
@@ -338,11 +535,13 @@ pub fn run_script(text: &str) -> Outcome {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        // Gather the indented block that follows.
+        // Gather the indented block that follows (`expect` lines may also start at column 0).
         let mut block: Vec<(usize, String)> = Vec::new();
         while i < lines.len() {
             let l = lines[i];
-            if l.trim().is_empty() || !(l.starts_with(' ') || l.starts_with('\t')) {
+            let indented = l.starts_with(' ') || l.starts_with('\t');
+            let expect = line.starts_with("eval") && l.starts_with("expect ");
+            if l.trim().is_empty() || !(indented || expect) {
                 if l.trim().is_empty()
                     && i + 1 < lines.len()
                     && (lines[i + 1].starts_with(' ') || lines[i + 1].starts_with('\t'))
@@ -362,37 +561,59 @@ pub fn run_script(text: &str) -> Outcome {
         match cmd {
             "clear" => {
                 store.clear();
-                histogram_metrics.clear();
+                histograms = Histograms::default();
             }
             "load" | "load_with_nhcb" => {
                 let step = parse_duration_ms(rest.trim()).unwrap_or(60_000);
-                for (_, l) in &block {
+                for (ln, l) in &block {
                     let (desc, pts) = split_series(l);
-                    let Ok(labels) = parse_series_desc(desc) else {
-                        continue;
+                    let labels = match parse_series_desc(desc) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            out.failures
+                                .push(format!("line {ln}: bad series {desc:?}: {e} (not loaded)"));
+                            continue;
+                        }
                     };
-                    // load_with_nhcb also makes a native histogram of every classic one.
+                    let points = match parse_points_mixed(pts) {
+                        Ok(p) => p,
+                        Err(()) => {
+                            out.failures
+                                .push(format!("line {ln}: bad points {pts:?} (not loaded)"));
+                            continue;
+                        }
+                    };
+                    let at = |k: usize| k as i64 * step;
+                    let hist: Vec<i64> = (0..points.len())
+                        .filter(|&k| points[k] == Point::Histogram)
+                        .map(at)
+                        .collect();
+                    // load_with_nhcb also makes a native histogram (custom buckets) of every
+                    // classic one: `x` beside `x_bucket{le=...}`.
                     if cmd == "load_with_nhcb" {
                         if let Some(base) =
                             labels.metric_name().and_then(|n| n.strip_suffix("_bucket"))
                         {
-                            histogram_metrics.insert(base.to_string());
+                            let mut b = labels.clone();
+                            b.remove("le");
+                            b.set(crate::model::METRIC_NAME, base);
+                            let times: Vec<i64> = (0..points.len())
+                                .filter(|&k| matches!(points[k], Point::Value(_)))
+                                .map(at)
+                                .collect();
+                            histograms.add(b, times);
                         }
                     }
-                    match parse_points(pts) {
-                        Ok(points) => store.add(
-                            labels,
-                            points.iter().enumerate().filter_map(|(k, p)| match p {
-                                Point::Value(v) => Some((k as i64 * step, *v)),
-                                Point::Gap => None,
-                            }),
-                        ),
-                        Err(_) => {
-                            if let Some(n) = labels.metric_name() {
-                                histogram_metrics.insert(n.to_string());
-                            }
-                        }
+                    if !hist.is_empty() {
+                        histograms.add(labels.clone(), hist);
                     }
+                    store.add(
+                        labels,
+                        points.iter().enumerate().filter_map(|(k, p)| match p {
+                            Point::Value(v) => Some((at(k), *v)),
+                            Point::Gap | Point::Histogram => None,
+                        }),
+                    );
                 }
             }
             c if c.starts_with("eval") => {
@@ -401,10 +622,14 @@ pub fn run_script(text: &str) -> Outcome {
                     query: String::new(),
                     range: None,
                     at: 0,
-                    fail: c == "eval_fail",
-                    fail_msg: None,
+                    fail: (c == "eval_fail").then_some(None),
                     ordered: c == "eval_ordered",
                     expect_string: None,
+                    range_vector: None,
+                    warn: if c == "eval_warn" { vec![None] } else { vec![] },
+                    info: if c == "eval_info" { vec![None] } else { vec![] },
+                    no_warn: false,
+                    no_info: false,
                     expected: Vec::new(),
                 };
                 let rest = rest.trim();
@@ -430,35 +655,27 @@ pub fn run_script(text: &str) -> Outcome {
                 } else {
                     None
                 };
+                let mut bad_expect = None;
                 for (ln, l) in &block {
                     if let Some(x) = l.strip_prefix("expect ") {
-                        let x = x.trim();
-                        if x == "ordered" {
-                            ev.ordered = true;
-                        } else if let Some(m) = x.strip_prefix("fail") {
-                            ev.fail = true;
-                            if let Some(msg) = m.trim().strip_prefix("msg:") {
-                                ev.fail_msg = Some(msg.trim().to_string());
-                            }
-                        } else if let Some(s) = x.strip_prefix("string ") {
-                            ev.expect_string =
-                                Some(s.trim().trim_matches('"').trim_matches('`').to_string());
+                        if let Err(e) = ev.expect(x.trim()) {
+                            bad_expect = Some(format!("line {ln}: {e}"));
                         }
                         continue;
                     }
                     ev.expected.push((*ln, l.clone()));
                 }
-                if parsed.is_none() {
+                if parsed.is_none() || bad_expect.is_some() {
                     out.failed += 1;
-                    out.failures.push(format!(
-                        "line {}: cannot parse eval command: {line}",
-                        ev.line
-                    ));
+                    out.failures.push(bad_expect.unwrap_or_else(|| {
+                        format!("line {}: cannot parse eval command: {line}", ev.line)
+                    }));
                     continue;
                 }
-                let uses_histogram = touches_histograms(&ev.query, &histogram_metrics)
-                    || ev.expected.iter().any(|(_, l)| l.contains("{{"));
-                if uses_histogram {
+                let (start, end) = ev.range.map_or((ev.at, ev.at), |r| (r.0, r.1));
+                if histograms.needed_by(&ev.query, start, end)
+                    || ev.expected.iter().any(|(_, l)| l.contains("{{"))
+                {
                     out.unsupported += 1;
                     continue;
                 }
@@ -487,24 +704,67 @@ fn fmt_points(p: &[(i64, f64)]) -> String {
         .join(" ")
 }
 
+/// Checks the annotations of one kind (`what`: "warn" or "info") against the case's `expect`
+/// lines: each line matches a noted message, and when there is any line every message
+/// matches one; `no_...` wants none.
+fn check_notes(
+    what: &str,
+    expects: &[Option<Match>],
+    none: bool,
+    got: &[String],
+) -> Result<(), String> {
+    if none && !got.is_empty() {
+        return Err(format!("expected no {what} annotations, got {got:?}"));
+    }
+    for e in expects {
+        let hit = match e {
+            None => !got.is_empty(),
+            Some(m) => got.iter().any(|g| m.matches(g)),
+        };
+        if !hit {
+            return Err(match e {
+                None => format!("expected a {what} annotation, got none"),
+                Some(m) => format!("expected a {what} annotation {}, got {got:?}", m.describe()),
+            });
+        }
+    }
+    if !expects.is_empty() {
+        if let Some(g) = got.iter().find(|g| {
+            !expects
+                .iter()
+                .any(|e| e.as_ref().is_none_or(|m| m.matches(g)))
+        }) {
+            return Err(format!("unexpected {what} annotation {g:?}"));
+        }
+    }
+    Ok(())
+}
+
 fn check(store: &MemStorage, ev: &Eval) -> Result<(), String> {
     let (start, end, step, range) = match ev.range {
         Some((s, e, st)) => (s, e, st, true),
         None => (ev.at, ev.at, 1, false),
     };
-    let result = Engine::new(store, start, end, step).and_then(|e| e.query(&ev.query, range));
-    if ev.fail {
+    let notes = super::Annotations::default();
+    let result = Engine::new(store, start, end, step)
+        .and_then(|e| e.annotated(&notes).query(&ev.query, range));
+    if let Some(want) = &ev.fail {
         return match result {
-            Err(e) => match &ev.fail_msg {
-                Some(m) if m != &e.to_string() => {
-                    Err(format!("expected error {m:?}, got {:?}", e.to_string()))
-                }
+            Err(e) => match want {
+                Some(m) if !m.matches(&e.to_string()) => Err(format!(
+                    "expected error {}, got {:?}",
+                    m.describe(),
+                    e.to_string()
+                )),
                 _ => Ok(()),
             },
             Ok(_) => Err("expected an error, got a result".into()),
         };
     }
     let result = result.map_err(|e| format!("unexpected error: {e}"))?;
+    let (warnings, infos) = notes.take();
+    check_notes("warn", &ev.warn, ev.no_warn, &warnings)?;
+    check_notes("info", &ev.info, ev.no_info, &infos)?;
     if let Some(s) = &ev.expect_string {
         return match result {
             QueryValue::String(_, got) if &got == s => Ok(()),
@@ -533,6 +793,9 @@ fn check(store: &MemStorage, ev: &Eval) -> Result<(), String> {
         },
         QueryValue::String(_, s) => Err(format!("got string {s:?}, expected {:?}", ev.expected)),
         QueryValue::Vector(got) => {
+            if ev.range_vector.is_some() {
+                return Err("expected a range vector, got an instant vector".into());
+            }
             if got.len() != expected.len() {
                 return Err(format!(
                     "expected {} samples, got {}: {}",
@@ -588,38 +851,26 @@ fn check(store: &MemStorage, ev: &Eval) -> Result<(), String> {
                         fmt_points(&s.samples)
                     ));
                 };
-                // Range queries: expected points are per step; instant matrix results: the
-                // points are the samples in order.
-                let want: Vec<(i64, f64)> = if range {
-                    pts.iter()
-                        .enumerate()
-                        .filter_map(|(k, p)| match p {
-                            Point::Value(v) => Some((start + k as i64 * step, *v)),
-                            Point::Gap => None,
-                        })
-                        .collect()
-                } else {
-                    let vals: Vec<f64> = pts
-                        .iter()
-                        .filter_map(|p| match p {
-                            Point::Value(v) => Some(*v),
-                            Point::Gap => None,
-                        })
-                        .collect();
-                    if vals.len() != s.samples.len()
-                        || !vals
-                            .iter()
-                            .zip(&s.samples)
-                            .all(|(a, b)| almost_equal(*a, b.1))
-                    {
-                        return Err(format!(
-                            "{}: expected values {vals:?}, got [{}]",
-                            s.labels,
-                            fmt_points(&s.samples)
-                        ));
+                // Range queries: expected points are per step; an instant query's range
+                // vector: per step of its `expect range vector` line.
+                let grid = match (range, ev.range_vector) {
+                    (true, _) => (start, step),
+                    (false, Some((from, _, by))) => (from, by),
+                    (false, None) => {
+                        return Err(
+                            "an instant query's range vector needs an `expect range vector from <start> to <end> step <step>` line"
+                                .into(),
+                        )
                     }
-                    continue;
                 };
+                let want: Vec<(i64, f64)> = pts
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, p)| match p {
+                        Point::Value(v) => Some((grid.0 + k as i64 * grid.1, *v)),
+                        Point::Gap | Point::Histogram => None,
+                    })
+                    .collect();
                 let ok = want.len() == s.samples.len()
                     && want
                         .iter()
@@ -732,6 +983,66 @@ mod tests {
                 let _ = Engine::new(&store, s, e, step).and_then(|en| en.query(q, s != e));
             }
         }
+    }
+
+    /// The runner is strict: each check below must fail a case that breaks it.
+    #[test]
+    fn strict_checks_fail_cases_that_break_them() {
+        let load = "load 1m\n  m{a=\"1\"} 1 2 3\n  m{a=\"h\"} {{schema:0 sum:1 count:1}}x2\n  n{a=\"1\"} 1 {{schema:0 sum:1 count:1}} 3\n\n";
+        let run = |case: &str| {
+            let o = run_script(&format!("{load}{case}\n"));
+            (o.passed, o.failed, o.unsupported)
+        };
+        // Only a case that selects histogram samples is unsupported, not every case of the name.
+        assert_eq!(
+            run("eval instant at 2m m{a=\"1\"}\n  m{a=\"1\"} 3"),
+            (1, 0, 0)
+        );
+        assert_eq!(run("eval instant at 2m m\n  m{a=\"1\"} 3"), (0, 0, 1));
+        // ... and only while it reads them: n's histogram is at 1m, out of the lookback
+        // window (1m, 6m] of 6m.
+        assert_eq!(run("eval instant at 6m n\n  n{a=\"1\"} 3"), (1, 0, 0));
+        assert_eq!(run("eval instant at 2m n\n  n{a=\"1\"} 3"), (0, 0, 1));
+        // Annotations: an expected warning that is not there fails; no_warn holds.
+        assert_eq!(
+            run("eval instant at 2m m{a=\"1\"}\n  expect warn\n  m{a=\"1\"} 3"),
+            (0, 1, 0)
+        );
+        assert_eq!(
+            run(
+                "eval instant at 2m m{a=\"1\"}\n  expect no_warn\n  expect no_info\n  m{a=\"1\"} 3"
+            ),
+            (1, 0, 0)
+        );
+        // An instant range vector's times are compared (the second has the wrong step).
+        assert_eq!(run("eval instant at 2m m{a=\"1\"}[2m]\n  expect range vector from 1m to 2m step 1m\n  m{a=\"1\"} 2 3"), (1, 0, 0));
+        assert_eq!(run("eval instant at 2m m{a=\"1\"}[2m]\n  expect range vector from 1m to 2m step 30s\n  m{a=\"1\"} 2 3"), (0, 1, 0));
+        assert_eq!(
+            run("eval instant at 2m m{a=\"1\"}[2m]\n  m{a=\"1\"} 2 3"),
+            (0, 1, 0)
+        );
+        // Error messages: exact, or a regex found in it.
+        let fail = "eval instant at 2m ceil(m{a=\"1\"})";
+        assert_eq!(
+            run(&format!("{fail}\n  expect fail")),
+            (0, 1, 0),
+            "no error at all"
+        );
+        let dup = "eval instant at 0m ceil({__name__=~\"m|n\", a=\"1\"})";
+        assert_eq!(
+            run(&format!(
+                "{dup}\n  expect fail msg: vector cannot contain metrics with the same labelset"
+            )),
+            (1, 0, 0)
+        );
+        assert_eq!(
+            run(&format!("{dup}\n  expect fail msg: something else")),
+            (0, 1, 0)
+        );
+        assert_eq!(
+            run(&format!("{dup}\n  expect fail regex: same label(set|s)")),
+            (1, 0, 0)
+        );
     }
 
     #[test]
