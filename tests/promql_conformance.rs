@@ -9,14 +9,14 @@ use std::process::Command;
 
 /// Per file: float cases passed and cases unsupported at the last recorded run.
 const FLOOR: &[(&str, usize, usize)] = &[
-    ("aggregators.test", 123, 35),
+    ("aggregators.test", 124, 35),
     ("collision.test", 2, 0),
-    ("functions.test", 309, 100),
-    ("histograms.test", 48, 92),
+    ("functions.test", 332, 98),
+    ("histograms.test", 93, 92),
     ("limit.test", 0, 36),
     ("literals.test", 25, 0),
     ("name_label_dropping.test", 21, 0),
-    ("range_queries.test", 12, 1),
+    ("range_queries.test", 17, 1),
     ("selectors.test", 31, 0),
     ("staleness.test", 17, 0),
     ("trig_functions.test", 19, 0),

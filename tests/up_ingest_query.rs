@@ -169,6 +169,40 @@ fn push_three_formats_and_query_range() {
     ));
     assert_eq!(d["result"][0]["value"][1], "1234");
 
+    // Annotations beside the data, as Prometheus's API returns them: `rate` of a gauge's name
+    // notes an info at the selector's position; a counter's name notes none.
+    let annotated = |q: &str| {
+        let (status, body) = t.get(&format!(
+            "/api/v1/query?query={}&time={}",
+            enc(q),
+            (base + 90_000) as f64 / 1000.0
+        ));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let r = annotated("rate(cpu_idle[5m])");
+    assert_eq!(
+        r["infos"],
+        serde_json::json!([
+            "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \"cpu_idle\" (1:6)"
+        ]),
+        "{r}"
+    );
+    assert!(r.get("warnings").is_none(), "{r}");
+    let r = annotated("rate(http_requests_total[5m])");
+    assert!(
+        r.get("infos").is_none() && r.get("warnings").is_none(),
+        "{r}"
+    );
+    let r = annotated("quantile(2, cpu_idle)");
+    assert_eq!(
+        r["warnings"],
+        serde_json::json!([
+            "PromQL warning: quantile value should be between 0 and 1, got 2 (1:10)"
+        ]),
+        "{r}"
+    );
+
     // Metadata endpoints.
     let names = t.api("/api/v1/labels");
     for n in ["__name__", "code", "host", "job", "path", "region"] {

@@ -43,6 +43,24 @@ pub fn go_float(v: f64) -> String {
     }
 }
 
+/// Formats a float as Go's `%g` (annotations print numbers so): shortest digits, an exponent
+/// below 1e-4 and from 1e21.
+pub fn go_g(v: f64) -> String {
+    if !v.is_finite() || v == 0.0 || (1e-4..1e21).contains(&v.abs()) {
+        return go_float(v);
+    }
+    let e = format!("{v:e}");
+    let (m, x) = e.split_once('e').unwrap_or((&e, "0"));
+    let x: i32 = x.parse().unwrap_or(0);
+    format!("{m}e{}{:02}", if x < 0 { '-' } else { '+' }, x.abs())
+}
+
+/// The warning for a quantile outside `[0, 1]`.
+pub fn bad_quantile(q: f64) -> Option<String> {
+    (q.is_nan() || !(0.0..=1.0).contains(&q))
+        .then(|| format!("quantile value should be between 0 and 1, got {}", go_g(q)))
+}
+
 fn min_nan(a: f64, b: f64) -> f64 {
     if a > b || a.is_nan() {
         b
@@ -189,6 +207,9 @@ pub fn aggregate(e: &Engine<'_>, agg: &AggregateExpr) -> Result<Value, QueryErro
             if vs.is_empty() {
                 continue;
             }
+            if let Some(msg) = q.as_ref().and_then(|q| bad_quantile(q[i])) {
+                e.warn_at(msg, "quantile", Some(0));
+            }
             *slot = Some(match op {
                 token::T_SUM => kahan_sum(vs.iter().copied()),
                 token::T_AVG => mean(vs.iter().copied()),
@@ -218,14 +239,25 @@ pub fn aggregate(e: &Engine<'_>, agg: &AggregateExpr) -> Result<Value, QueryErro
 }
 
 /// Classic-histogram buckets grouped by their labels without `le` and `__name__`.
-fn bucket_groups(v: &[StepSeries]) -> Result<HashMap<Labels, Vec<(f64, usize)>>, QueryError> {
+/// A series whose `le` is missing or not a number is left out, with Prometheus's warning at
+/// argument `arg` of `func`.
+fn bucket_groups(
+    e: &Engine<'_>,
+    v: &[StepSeries],
+    func: &str,
+    arg: usize,
+) -> Result<HashMap<Labels, Vec<(f64, usize)>>, QueryError> {
     let mut groups: HashMap<Labels, Vec<(f64, usize)>> = HashMap::new();
     for (i, s) in v.iter().enumerate() {
-        let Some(le) = s
-            .labels
-            .get("le")
-            .and_then(|x| crate::ingest::parse_f64(x.as_bytes()))
-        else {
+        let raw = s.labels.get("le").unwrap_or("");
+        let Some(le) = crate::ingest::parse_f64(raw.as_bytes()) else {
+            let name = s.labels.metric_name().unwrap_or("");
+            let mut msg =
+                format!("bucket label \"le\" is missing or has a malformed value of {raw:?}");
+            if !name.is_empty() {
+                msg.push_str(&format!(" for metric name {name:?}"));
+            }
+            e.warn_at(msg, func, Some(arg));
             continue;
         };
         let mut l = s.labels.without_name();
@@ -266,11 +298,14 @@ pub fn histogram_quantiles(e: &Engine<'_>, call: &Call) -> Result<Value, QueryEr
             "histogram_quantiles: label {label:?} already exists on the input"
         )));
     }
-    let groups = bucket_groups(&v)?;
+    let groups = bucket_groups(e, &v, "histogram_quantiles", 0)?;
     let n = e.n;
     let mut out = Vec::new();
-    for qe in &args[2..] {
+    for (k, qe) in args[2..].iter().enumerate() {
         let q = e.eval_scalar(qe)?;
+        if let Some(msg) = q.iter().find_map(|&q| bad_quantile(q)) {
+            e.warn_at(msg, "histogram_quantiles", Some(k + 2));
+        }
         let qs = {
             let s = go_float(q[0]);
             if s.contains('.') || s.contains("Inf") || s.contains("NaN") {
@@ -280,7 +315,12 @@ pub fn histogram_quantiles(e: &Engine<'_>, call: &Call) -> Result<Value, QueryEr
             }
         };
         for (labels, members) in &groups {
-            if let Some(mut series) = quantile_series(&q, labels.clone(), members, &v, n) {
+            let fixed = |forced| {
+                if forced {
+                    e.info_at(MONOTONICITY, "histogram_quantiles", Some(0));
+                }
+            };
+            if let Some(mut series) = quantile_series(&q, labels.clone(), members, &v, n, fixed) {
                 series.labels.set(&label, &qs);
                 out.push(series);
             }
@@ -299,23 +339,143 @@ pub fn histogram_quantile(e: &Engine<'_>, call: &Call) -> Result<Value, QueryErr
             .ok_or_else(|| QueryError::BadData("histogram_quantile needs 2 arguments".into()))
     };
     let q = e.eval_scalar(arg(0)?)?;
+    if let Some(msg) = q.iter().find_map(|&q| bad_quantile(q)) {
+        e.warn_at(msg, "histogram_quantile", Some(0));
+    }
     let v = e.eval_vector(arg(1)?)?;
-    let groups = bucket_groups(&v)?;
+    let groups = bucket_groups(e, &v, "histogram_quantile", 1)?;
+    let fixed = |forced| {
+        if forced {
+            e.info_at(MONOTONICITY, "histogram_quantile", Some(1));
+        }
+    };
     let mut out: Vec<StepSeries> = groups
         .iter()
-        .filter_map(|(labels, members)| quantile_series(&q, labels.clone(), members, &v, e.n))
+        .filter_map(|(labels, members)| {
+            quantile_series(&q, labels.clone(), members, &v, e.n, fixed)
+        })
         .collect();
     out.sort_by(|a, b| a.labels.cmp(&b.labels));
     Ok(Value::Vector(out))
 }
 
-/// One group's quantile at every step (`None` when the group has no buckets at all).
+/// Prometheus's info when bucket counts had to be made monotonic.
+const MONOTONICITY: &str = "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile)";
+
+/// `histogram_fraction(lower, upper, v)` over classic `le` buckets: the estimated fraction of
+/// observations between `lower` and `upper`, as Prometheus's `BucketFraction` (linear
+/// interpolation inside a bucket; the first bucket starts at 0 when its bound is positive).
+pub fn histogram_fraction(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
+    let arg = |k: usize| {
+        call.args
+            .args
+            .get(k)
+            .ok_or_else(|| QueryError::BadData("histogram_fraction needs 3 arguments".into()))
+    };
+    let lower = e.eval_scalar(arg(0)?)?;
+    let upper = e.eval_scalar(arg(1)?)?;
+    let v = e.eval_vector(arg(2)?)?;
+    let groups = bucket_groups(e, &v, "histogram_fraction", 2)?;
+    let mut out: Vec<StepSeries> = Vec::new();
+    for (labels, members) in groups {
+        let mut values = vec![None; e.n];
+        for (i, slot) in values.iter_mut().enumerate() {
+            let mut buckets: Vec<(f64, f64)> = members
+                .iter()
+                .filter_map(|&(le, m)| v[m].values[i].map(|c| (le, c)))
+                .collect();
+            if !buckets.is_empty() {
+                *slot = Some(bucket_fraction(lower[i], upper[i], &mut buckets));
+            }
+        }
+        if values.iter().any(|x| x.is_some()) {
+            out.push(StepSeries { labels, values });
+        }
+    }
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok(Value::Vector(out))
+}
+
+/// Prometheus's `BucketFraction`: `buckets` are `(upper bound, cumulative count)`.
+fn bucket_fraction(lower: f64, upper: f64, buckets: &mut [(f64, f64)]) -> f64 {
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
+        return f64::NAN;
+    }
+    let mut c: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
+    for &(le, n) in buckets.iter() {
+        match c.last_mut() {
+            Some(last) if last.0 == le => last.1 += n,
+            _ => c.push((le, n)),
+        }
+    }
+    let count = c[c.len() - 1].1;
+    if count == 0.0 || lower.is_nan() || upper.is_nan() {
+        return f64::NAN;
+    }
+    if lower >= upper {
+        return 0.0;
+    }
+    let (mut rank, mut lower_rank, mut upper_rank) = (0.0, 0.0, 0.0);
+    let (mut lower_set, mut upper_set) = (false, false);
+    let mut lower_bound = if c[0].0 <= 0.0 {
+        f64::NEG_INFINITY
+    } else {
+        0.0
+    };
+    for (i, &(upper_bound, n)) in c.iter().enumerate() {
+        if i > 0 {
+            lower_bound = c[i - 1].0;
+        }
+        let interpolate = |x: f64| {
+            if lower_bound == f64::NEG_INFINITY {
+                n
+            } else {
+                rank + (n - rank) * (x - lower_bound) / (upper_bound - lower_bound)
+            }
+        };
+        if !lower_set && lower_bound >= lower {
+            lower_rank = rank;
+            lower_set = true;
+        }
+        if !upper_set && lower_bound >= upper {
+            upper_rank = rank;
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        if !lower_set && lower_bound < lower && upper_bound > lower {
+            lower_rank = interpolate(lower);
+            lower_set = true;
+        }
+        if !upper_set && lower_bound < upper && upper_bound > upper {
+            upper_rank = interpolate(upper);
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        rank = n;
+    }
+    if !lower_set || lower_rank > count {
+        lower_rank = count;
+    }
+    if !upper_set || upper_rank > count {
+        upper_rank = count;
+    }
+    (upper_rank - lower_rank) / count
+}
+
+/// One group's quantile at every step (`None` when the group has no buckets at all);
+/// `fixed(true)` when a step's counts had to be made monotonic.
 fn quantile_series(
     q: &[f64],
     labels: Labels,
     members: &[(f64, usize)],
     v: &[StepSeries],
     n: usize,
+    fixed: impl Fn(bool),
 ) -> Option<StepSeries> {
     let mut values = vec![None; n];
     for (i, slot) in values.iter_mut().enumerate() {
@@ -324,7 +484,9 @@ fn quantile_series(
             .filter_map(|&(le, m)| v[m].values[i].map(|c| (le, c)))
             .collect();
         if !buckets.is_empty() {
-            *slot = Some(bucket_quantile(q[i], &mut buckets));
+            let (x, forced) = bucket_quantile(q[i], &mut buckets);
+            fixed(forced);
+            *slot = Some(x);
         }
     }
     values
@@ -333,7 +495,15 @@ fn quantile_series(
         .then_some(StepSeries { labels, values })
 }
 
-fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
+/// Prometheus's `BucketQuantile` over classic buckets, and whether counts had to be forced
+/// monotonic (a count lower than the one before it).
+fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> (f64, bool) {
+    let mut forced = false;
+    let x = bucket_quantile_inner(q, buckets, &mut forced);
+    (x, forced)
+}
+
+fn bucket_quantile_inner(q: f64, buckets: &mut [(f64, f64)], forced: &mut bool) -> f64 {
     if q.is_nan() {
         return f64::NAN;
     }
@@ -362,8 +532,13 @@ fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
         if cur == prev {
             continue;
         }
-        if ((cur - prev) / prev.abs().max(cur.abs())).abs() <= 1e-12 || cur < prev {
+        if ((cur - prev) / prev.abs().max(cur.abs())).abs() <= 1e-12 {
             b.1 = prev;
+            continue;
+        }
+        if cur < prev {
+            b.1 = prev;
+            *forced = true;
             continue;
         }
         prev = cur;

@@ -180,27 +180,30 @@ async fn run_query(
 ) -> Response {
     state.metrics.queries.fetch_add(1, Ordering::Relaxed);
     let res = tokio::task::spawn_blocking(move || {
-        if state.peers.is_empty() {
+        let notes = super::Annotations::default();
+        let v = if state.peers.is_empty() {
             let hot: &HotIndex = &state.hot;
             match &state.cold {
                 Some(cold) => {
                     let tiered = Tiered::new(hot, hot.complete_from(), cold);
                     let v = Engine::new(&tiered, start, end, step)
-                        .and_then(|e| e.query(&query, range))?;
+                        .and_then(|e| e.annotated(&notes).query(&query, range))?;
                     match tiered.error() {
                         Some(e) => Err(QueryError::Execution(e)),
                         None => Ok(v),
                     }
                 }
-                None => Engine::new(hot, start, end, step).and_then(|e| e.query(&query, range)),
+                None => Engine::new(hot, start, end, step)
+                    .and_then(|e| e.annotated(&notes).query(&query, range)),
             }
         } else {
-            super::fanout::cluster_query(&state, &query, start, end, step, range)
-        }
+            super::fanout::cluster_query(&state, &query, start, end, step, range, &notes)
+        }?;
+        Ok::<_, QueryError>((v, notes.take()))
     })
     .await;
     match res {
-        Ok(Ok(v)) => {
+        Ok(Ok((v, (warnings, infos)))) => {
             let mut r = result_json(&v);
             if let (QueryValue::Matrix(m), true) = (&v, range) {
                 // Prometheus sorts range-query series by labels.
@@ -209,7 +212,15 @@ async fn run_query(
                     arr.sort_by_key(|a| a["metric"].to_string());
                 }
             }
-            success(r)
+            // Prometheus's annotations beside the data, each list only when not empty.
+            let mut body = json!({"status": "success", "data": r});
+            if !warnings.is_empty() {
+                body["warnings"] = json!(warnings);
+            }
+            if !infos.is_empty() {
+                body["infos"] = json!(infos);
+            }
+            axum::Json(body).into_response()
         }
         Ok(Err(e)) => query_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),

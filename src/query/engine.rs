@@ -182,6 +182,147 @@ pub fn selector_matchers(vs: &VectorSelector) -> Vec<Vec<Matcher>> {
     }
 }
 
+/// `start()` and `end()` (Prometheus 3.7's query boundaries, in seconds) replaced by their
+/// values as number literals: the parser reads `start` and `end` as the `@` modifier's
+/// keywords only, and both are constants of the query, the same at every step and inside
+/// subqueries. `@ start()` and `@ end()` stay, as do strings. A query without them is returned
+/// as it is. (An annotation's position after such a call counts the literal's characters.)
+pub fn with_query_bounds(query: &str, start: i64, end: i64) -> std::borrow::Cow<'_, str> {
+    if !query.contains("start") && !query.contains("end") {
+        return std::borrow::Cow::Borrowed(query);
+    }
+    let b = query.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b':';
+    let mut out = String::with_capacity(query.len() + 16);
+    let mut i = 0;
+    let mut copied = 0;
+    let mut changed = false;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'"' | b'\'' | b'`') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' && q != b'`' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            c if ident(c) => {
+                let from = i;
+                while i < b.len() && ident(b[i]) {
+                    i += 1;
+                }
+                let word = &query[from..i];
+                if word != "start" && word != "end" {
+                    continue;
+                }
+                let after_at = query[..from].trim_end().ends_with('@');
+                let rest = &query[i..];
+                let open = rest.len() - rest.trim_start().len();
+                let Some(inner) = rest.trim_start().strip_prefix('(') else {
+                    continue;
+                };
+                let close = inner.len() - inner.trim_start().len();
+                if after_at || !inner.trim_start().starts_with(')') {
+                    continue;
+                }
+                let ms = if word == "start" { start } else { end };
+                out.push_str(&query[copied..from]);
+                out.push_str(&format!(
+                    "({})",
+                    super::aggregate::go_float(ms as f64 / 1000.0)
+                ));
+                i += open + 1 + close + 1;
+                copied = i;
+                changed = true;
+            }
+            _ => i += 1,
+        }
+    }
+    if !changed {
+        return std::borrow::Cow::Borrowed(query);
+    }
+    out.push_str(&query[copied.min(query.len())..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Where the first call of `func` in `query` starts (`arg` `None`), or its `arg`-th argument,
+/// as Prometheus prints an annotation's position: `line:column`, both from 1. The parser keeps
+/// no positions, so the text is scanned: the name as a whole word followed by `(` (after an
+/// aggregation's `by (...)` or `without (...)`), then arguments split at top-level commas
+/// outside strings. When the query calls `func` more than once, the first call is named;
+/// `1:1` when none is found.
+pub fn call_position(query: &str, func: &str, arg: Option<usize>) -> String {
+    let b = query.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b':';
+    let skip_ws = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    // The end of the bracketed group or string starting at `i` (exclusive), or of the argument
+    // (at a top-level `,` or the closing `)`) when `until_comma`.
+    let scan = |mut i: usize, until_comma: bool| {
+        let mut depth = 0i32;
+        while i < b.len() {
+            match b[i] {
+                q @ (b'"' | b'\'' | b'`') => {
+                    i += 1;
+                    while i < b.len() && b[i] != q {
+                        i += if b[i] == b'\\' && q != b'`' { 2 } else { 1 };
+                    }
+                }
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => {
+                    if depth == 0 {
+                        return i;
+                    }
+                    depth -= 1;
+                    if depth == 0 && !until_comma {
+                        return i + 1;
+                    }
+                }
+                b',' if depth == 0 && until_comma => return i,
+                _ => {}
+            }
+            i += 1;
+        }
+        i
+    };
+    let found = query.match_indices(func).find_map(|(at, _)| {
+        let end = at + func.len();
+        if (at > 0 && ident(b[at - 1])) || b.get(end).is_some_and(|&c| ident(c)) {
+            return None;
+        }
+        let Some(k) = arg else { return Some(at) };
+        let mut i = skip_ws(end);
+        for kw in ["by", "without"] {
+            if query[i..].starts_with(kw) && !b.get(i + kw.len()).is_some_and(|&c| ident(c)) {
+                i = skip_ws(i + kw.len());
+                if b.get(i) == Some(&b'(') {
+                    i = skip_ws(scan(i, false));
+                }
+            }
+        }
+        if b.get(i) != Some(&b'(') {
+            return None;
+        }
+        i += 1;
+        for _ in 0..k {
+            i = scan(i, true);
+            if b.get(i) != Some(&b',') {
+                return None;
+            }
+            i += 1;
+        }
+        Some(skip_ws(i))
+    });
+    let at = found.unwrap_or(0);
+    let line = query[..at].matches('\n').count() + 1;
+    let col = query[..at].rfind('\n').map_or(at, |nl| at - nl - 1) + 1;
+    format!("{line}:{col}")
+}
+
 /// Merges series with equal labels (from `or`-matchers selecting the same series twice).
 fn select_all(
     storage: &dyn Storage,
@@ -290,6 +431,23 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Notes a warning about the `arg`-th argument of `func`'s call (`None`: the call), with
+    /// its position in the query: `PromQL warning: {msg} (line:column)`.
+    pub fn warn_at(&self, msg: impl std::fmt::Display, func: &str, arg: Option<usize>) {
+        if let Some(n) = self.notes {
+            let at = call_position(n.query().unwrap_or(""), func, arg);
+            n.warn(format!("PromQL warning: {msg} ({at})"));
+        }
+    }
+
+    /// As [`Engine::warn_at`], an info.
+    pub fn info_at(&self, msg: impl std::fmt::Display, func: &str, arg: Option<usize>) {
+        if let Some(n) = self.notes {
+            let at = call_position(n.query().unwrap_or(""), func, arg);
+            n.info(format!("PromQL info: {msg} ({at})"));
+        }
+    }
+
     /// Time of step `i`.
     pub fn ts(&self, i: usize) -> i64 {
         self.start + i as i64 * self.step
@@ -327,7 +485,11 @@ impl<'a> Engine<'a> {
 
     /// Parses and evaluates `query`, returning the API's result shape.
     pub fn query(&self, query: &str, range: bool) -> Result<QueryValue, QueryError> {
-        let expr = parser::parse(query).map_err(QueryError::BadData)?;
+        let text = with_query_bounds(query, self.start, self.end);
+        let expr = parser::parse(&text).map_err(QueryError::BadData)?;
+        if let Some(n) = self.notes {
+            n.set_query(query);
+        }
         let engine = Engine {
             range_query: range,
             ..*self
@@ -625,5 +787,73 @@ pub fn kind(e: &Expr) -> &'static str {
         Expr::MatrixSelector(_) | Expr::Subquery(_) => "range vector",
         Expr::Paren(p) => kind(&p.expr),
         _ => "instant vector",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_name_the_call_or_its_argument_as_prometheus_prints_them() {
+        assert_eq!(call_position("sort(series)", "sort", None), "1:1");
+        assert_eq!(call_position("sum(sort(series))", "sort", None), "1:5");
+        assert_eq!(
+            call_position(
+                "histogram_quantile(0.8, series)",
+                "histogram_quantile",
+                Some(1)
+            ),
+            "1:25"
+        );
+        assert_eq!(
+            call_position(
+                r#"histogram_quantiles(series, "q", 0.1)"#,
+                "histogram_quantiles",
+                Some(0)
+            ),
+            "1:21"
+        );
+        // An aggregation's grouping before its arguments; commas inside strings, braces and
+        // brackets do not split arguments; lines count.
+        assert_eq!(
+            call_position("quantile without(point)(NaN, data)", "quantile", Some(0)),
+            "1:25"
+        );
+        assert_eq!(
+            call_position("quantile without(point)(NaN, data)", "quantile", Some(1)),
+            "1:30"
+        );
+        assert_eq!(
+            call_position("x +\n  rate(m{a=\"1,2\"}[5m], \"a,b\")", "rate", Some(0)),
+            "2:8"
+        );
+        // A longer name containing the function's is not the function.
+        assert_eq!(
+            call_position("sort_desc(x) + sort(y)", "sort", None),
+            "1:16"
+        );
+        assert_eq!(call_position("nothing", "sort", None), "1:1");
+    }
+
+    #[test]
+    fn start_and_end_calls_become_the_query_bounds_elsewhere_nothing_changes() {
+        let q = |s| with_query_bounds(s, 100_000, 130_500).into_owned();
+        assert_eq!(q("start()"), "(100)");
+        assert_eq!(q("end ( ) - start()"), "(130.5) - (100)");
+        // The @ modifier's keywords, strings, other names and a query without them stay.
+        assert_eq!(q("m @ start() + m @end()"), "m @ start() + m @end()");
+        assert_eq!(
+            q(r#"label_replace(m, "a", "start()", "b", "end()")"#),
+            r#"label_replace(m, "a", "start()", "b", "end()")"#
+        );
+        assert_eq!(
+            q("start_time + vector(end())"),
+            "start_time + vector((130.5))"
+        );
+        assert!(matches!(
+            with_query_bounds("rate(m[5m])", 0, 0),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -234,13 +234,16 @@ pub fn cluster_query(
     end: i64,
     step: i64,
     range: bool,
+    notes: &super::Annotations,
 ) -> Result<super::QueryValue, super::QueryError> {
     let st = FanoutStorage {
         local: &q.hot,
         peers: &q.peers,
         errors: Mutex::new(Vec::new()),
     };
-    let v = super::engine::Engine::new(&st, start, end, step)?.query(query, range)?;
+    let v = super::engine::Engine::new(&st, start, end, step)?
+        .annotated(notes)
+        .query(query, range)?;
     let errs = st.errors.into_inner().unwrap_or_else(|e| e.into_inner());
     if !errs.is_empty() {
         return Err(super::QueryError::Execution(format!(

@@ -333,6 +333,22 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 }
             }),
         }
+        if name == "rate" || name == "increase" {
+            // Prometheus's info for a float series whose name is not a counter's.
+            for (s, o) in input.series.iter().zip(&out) {
+                let metric = s.labels.metric_name().unwrap_or("");
+                let counter = ["_total", "_sum", "_count", "_bucket"]
+                    .iter()
+                    .any(|x| metric.ends_with(x));
+                if !metric.is_empty() && !counter && o.values.iter().any(|v| v.is_some()) {
+                    e.info_at(
+                        format!("metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {metric:?}"),
+                        name,
+                        Some(0),
+                    );
+                }
+            }
+        }
         out.retain(|s| s.values.iter().any(|v| v.is_some()));
         Ok(Value::Vector(dedupe(out)?))
     };
@@ -401,6 +417,9 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 .collect();
             input.for_each_window(|si, i, w| {
                 if !w.is_empty() {
+                    if let Some(msg) = super::aggregate::bad_quantile(q[i]) {
+                        e.warn_at(msg, name, Some(0));
+                    }
                     let mut v: Vec<f64> = w.iter().map(|p| p.1).collect();
                     out[si].values[i] = Some(quantile(q[i], &mut v));
                 }
@@ -549,6 +568,13 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
         }
         "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc" => {
             // Ordering matters only for instant queries; the API layer keeps the order given.
+            if e.range_query && e.start != e.end {
+                e.warn_at(
+                    "sort is ineffective for range queries since results are always ordered by labels",
+                    name,
+                    None,
+                );
+            }
             let mut v = e.eval_vector(arg(call, 0)?)?;
             match name {
                 "sort" | "sort_desc" => {
@@ -715,6 +741,7 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
             map_vector(v, false, |i, x| Some(round_to(x, to[i])))
         }
         "histogram_quantile" => super::aggregate::histogram_quantile(e, call),
+        "histogram_fraction" => super::aggregate::histogram_fraction(e, call),
         "day_of_month" | "day_of_week" | "day_of_year" | "days_in_month" | "hour" | "minute"
         | "month" | "year" => {
             let f = |secs: f64| -> f64 {

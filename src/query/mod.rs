@@ -44,9 +44,21 @@ impl QueryError {
 #[derive(Debug, Default)]
 pub struct Annotations {
     notes: std::sync::Mutex<(Vec<String>, Vec<String>)>,
+    /// The query's text, for the positions (`line:column`) messages end with.
+    query: std::sync::OnceLock<String>,
 }
 
 impl Annotations {
+    /// Records the query's text (the first one given stays).
+    pub fn set_query(&self, query: &str) {
+        let _ = self.query.set(query.to_string());
+    }
+
+    /// The query's text, when recorded.
+    pub fn query(&self) -> Option<&str> {
+        self.query.get().map(String::as_str)
+    }
+
     fn add(&self, info: bool, msg: String) {
         let mut n = self.notes.lock().unwrap_or_else(|e| e.into_inner());
         let list = if info { &mut n.1 } else { &mut n.0 };
