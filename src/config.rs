@@ -41,6 +41,11 @@
 //! retention = "26h"           # measured from the newest sample
 //! minute_rollup_retention = "2h"  # 1m rollups in memory (then only in the cold 1m tier)
 //!
+//! [query]
+//! delayed_name_removal = false  # Prometheus 3's promql-delayed-name-removal: __name__ is
+//!                             # dropped when a query ends, so label_replace and by (__name__)
+//!                             # still see it
+//!
 //! [cold]
 //! url = ""                    # file:///path | s3://bucket/prefix | memory://; "" = file://<data_dir>/cold
 //! raw_retention = "7d"        # partitions ending this long before the newest sample are deleted
@@ -113,6 +118,7 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     pub job: JobConfig,
     pub hot: HotConfig,
+    pub query: QueryConfig,
     /// Kafka, for `tidemark ingest` (see [`KafkaConfig`]).
     pub kafka: KafkaConfig,
     pub cold: ColdConfig,
@@ -459,6 +465,16 @@ impl Default for JobConfig {
             allowed_lateness: Millis(300_000),
         }
     }
+}
+
+/// `[query]`: PromQL evaluation.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// Prometheus 3's delayed `__name__` removal (its `promql-delayed-name-removal` feature,
+    /// off there by default too): functions and operators mark the metric name to be dropped
+    /// and it is dropped when the query ends.
+    pub delayed_name_removal: bool,
 }
 
 /// `[hot]`: the in-memory tier.

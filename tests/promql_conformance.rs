@@ -9,13 +9,13 @@ use std::process::Command;
 
 /// Per file: float cases passed and cases unsupported at the last recorded run.
 const FLOOR: &[(&str, usize, usize)] = &[
-    ("aggregators.test", 124, 35),
+    ("aggregators.test", 125, 35),
     ("collision.test", 2, 0),
-    ("functions.test", 332, 98),
+    ("functions.test", 333, 98),
     ("histograms.test", 93, 92),
-    ("limit.test", 0, 36),
+    ("limit.test", 1, 36),
     ("literals.test", 25, 0),
-    ("name_label_dropping.test", 21, 0),
+    ("name_label_dropping.test", 30, 0),
     ("range_queries.test", 17, 1),
     ("selectors.test", 31, 0),
     ("staleness.test", 17, 0),

@@ -790,6 +790,8 @@ pub fn router(s: Arc<ControlState>) -> Router {
         cold: None,
         // Workers read Kafka, which carries samples only.
         metadata: Default::default(),
+        // Prometheus's default; a worker process has no [query] section.
+        delayed_names: false,
     });
     let merged = {
         let s = Arc::clone(&s);

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use promql_parser::parser::token;
 use promql_parser::parser::{AggregateExpr, Call, Expr, LabelModifier};
 
-use super::engine::{Engine, StepSeries, Value};
+use super::engine::{unhide_name, Engine, StepSeries, Value, DROPPED_NAME};
 use super::functions::{cmp_nan_last, kahan_sum, mean, quantile, variance};
 use super::QueryError;
 use crate::model::{Labels, METRIC_NAME};
@@ -21,7 +21,9 @@ pub fn group_labels(labels: &Labels, modifier: &Option<LabelModifier>) -> Labels
         }
         Some(LabelModifier::Exclude(ls)) => {
             let mut l = labels.clone();
-            l.retain(|k| k != METRIC_NAME && !ls.labels.iter().any(|x| x == k));
+            l.retain(|k| {
+                k != METRIC_NAME && k != DROPPED_NAME && !ls.labels.iter().any(|x| x == k)
+            });
             l
         }
     }
@@ -92,17 +94,71 @@ pub fn aggregate(e: &Engine<'_>, agg: &AggregateExpr) -> Result<Value, QueryErro
     // Groups are independent of the step.
     let mut groups: Vec<(Labels, Vec<usize>)> = Vec::new();
     let mut index: HashMap<Labels, usize> = HashMap::new();
+    // Under delayed name removal `by (__name__)` groups by a name marked to be dropped too,
+    // and a group's name is dropped at the end when any member's was marked.
+    let mut hide: Vec<bool> = Vec::new();
     for (i, s) in input.iter().enumerate() {
-        let g = group_labels(&s.labels, &agg.modifier);
+        let (l, dropped) = unhide_name(&s.labels);
+        let g = group_labels(&l, &agg.modifier);
         let gi = *index.entry(g.clone()).or_insert_with(|| {
             groups.push((g, Vec::new()));
+            hide.push(false);
             groups.len() - 1
         });
         groups[gi].1.push(i);
+        hide[gi] |= dropped;
+    }
+    for (g, h) in groups.iter_mut().zip(&hide) {
+        if let (true, Some(n)) = (*h, g.0.metric_name().map(str::to_string)) {
+            g.0.remove(METRIC_NAME);
+            g.0.set(DROPPED_NAME, &n);
+        }
     }
     let values_at = |members: &[usize], i: usize| -> Vec<f64> {
         members.iter().filter_map(|&m| input[m].values[i]).collect()
     };
+
+    if op == token::T_LIMIT_RATIO {
+        // Prometheus's hash sampler: a series is kept when its label hash, as a fraction of
+        // the hash space, is below the ratio (or, for a negative ratio, at or above 1 + it),
+        // so limit_ratio(r) and limit_ratio(r - 1) split the series between them and the same
+        // series are kept at every step.
+        let r = param_scalar("limit_ratio")?;
+        let mut out: Vec<StepSeries> = input
+            .iter()
+            .map(|s| StepSeries {
+                labels: s.labels.clone(),
+                values: vec![None; n],
+            })
+            .collect();
+        for (i, &ratio) in r.iter().enumerate() {
+            if ratio.is_nan() {
+                return Err(QueryError::Execution("Ratio value is NaN".into()));
+            }
+            let capped = ratio.clamp(-1.0, 1.0);
+            if capped != ratio {
+                e.warn_at(
+                    format!(
+                        "ratio value should be between -1 and 1, got {}, capping to {}",
+                        go_g(ratio),
+                        go_g(capped)
+                    ),
+                    "limit_ratio",
+                    Some(0),
+                );
+            }
+            for (s, o) in input.iter().zip(out.iter_mut()) {
+                let offset = s.labels.series_id() as f64 / u64::MAX as f64;
+                let keep =
+                    (capped >= 0.0 && offset < capped) || (capped < 0.0 && offset >= 1.0 + capped);
+                if keep {
+                    o.values[i] = s.values[i];
+                }
+            }
+        }
+        out.retain(|s| s.values.iter().any(|v| v.is_some()));
+        return Ok(Value::Vector(out));
+    }
 
     if op == token::T_TOPK || op == token::T_BOTTOMK || op == token::T_LIMITK {
         let k = param_scalar("topk/bottomk")?;
@@ -262,6 +318,7 @@ fn bucket_groups(
         };
         let mut l = s.labels.without_name();
         l.remove("le");
+        l.remove(DROPPED_NAME);
         let g = groups.entry(l).or_default();
         // Two series that differ only in their name collide once the name is dropped.
         if g.iter()

@@ -35,6 +35,8 @@ pub struct QueryState {
     pub cold: Option<Arc<ColdReader>>,
     /// Metric metadata from pushes and scrapes.
     pub metadata: Arc<crate::model::metadata::MetadataStore>,
+    /// `[query] delayed_name_removal`.
+    pub delayed_names: bool,
 }
 
 /// The query routes (Prometheus API, plus `/api/v1/rollups`).
@@ -186,15 +188,21 @@ async fn run_query(
             match &state.cold {
                 Some(cold) => {
                     let tiered = Tiered::new(hot, hot.complete_from(), cold);
-                    let v = Engine::new(&tiered, start, end, step)
-                        .and_then(|e| e.annotated(&notes).query(&query, range))?;
+                    let v = Engine::new(&tiered, start, end, step).and_then(|e| {
+                        e.annotated(&notes)
+                            .with_delayed_name_removal(state.delayed_names)
+                            .query(&query, range)
+                    })?;
                     match tiered.error() {
                         Some(e) => Err(QueryError::Execution(e)),
                         None => Ok(v),
                     }
                 }
-                None => Engine::new(hot, start, end, step)
-                    .and_then(|e| e.annotated(&notes).query(&query, range)),
+                None => Engine::new(hot, start, end, step).and_then(|e| {
+                    e.annotated(&notes)
+                        .with_delayed_name_removal(state.delayed_names)
+                        .query(&query, range)
+                }),
             }
         } else {
             super::fanout::cluster_query(&state, &query, start, end, step, range, &notes)

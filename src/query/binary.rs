@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use promql_parser::parser::token;
 use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
 
-use super::engine::{dedupe, Engine, StepSeries, Value};
+use super::engine::{dedupe, Engine, StepSeries, Value, DROPPED_NAME};
 use super::QueryError;
 use crate::model::{Labels, METRIC_NAME};
 
@@ -46,10 +46,10 @@ fn signature(labels: &Labels, matching: &Option<LabelModifier>) -> Labels {
     let mut l = labels.clone();
     match matching {
         Some(LabelModifier::Include(on)) => l.retain(|k| on.labels.iter().any(|x| x == k)),
-        Some(LabelModifier::Exclude(ign)) => {
-            l.retain(|k| k != METRIC_NAME && !ign.labels.iter().any(|x| x == k))
-        }
-        None => l.retain(|k| k != METRIC_NAME),
+        Some(LabelModifier::Exclude(ign)) => l.retain(|k| {
+            k != METRIC_NAME && k != DROPPED_NAME && !ign.labels.iter().any(|x| x == k)
+        }),
+        None => l.retain(|k| k != METRIC_NAME && k != DROPPED_NAME),
     }
     l
 }
@@ -109,7 +109,7 @@ pub fn binary(e: &Engine<'_>, b: &BinaryExpr) -> Result<Value, QueryError> {
                     });
                 }
                 let labels = if drop_name {
-                    series.labels.without_name()
+                    e.drop_name(&series.labels)
                 } else {
                     series.labels
                 };
@@ -130,7 +130,7 @@ pub fn binary(e: &Engine<'_>, b: &BinaryExpr) -> Result<Value, QueryError> {
                     Ok(Value::Vector(set_op(e.n, op, l, r, &matching)))
                 }
                 _ => Ok(Value::Vector(vector_op(
-                    e.n,
+                    e,
                     op,
                     l,
                     r,
@@ -213,7 +213,7 @@ fn set_op(
 
 #[allow(clippy::too_many_arguments)]
 fn vector_op(
-    n: usize,
+    e: &Engine<'_>,
     op: u16,
     l: Vec<StepSeries>,
     r: Vec<StepSeries>,
@@ -222,6 +222,7 @@ fn vector_op(
     return_bool: bool,
     drop_name: bool,
 ) -> Result<Vec<StepSeries>, QueryError> {
+    let n = e.n;
     // The "one" side is the right one unless group_right swaps them.
     let swap = matches!(card, VectorMatchCardinality::OneToMany(_));
     let (many, one) = if swap { (&r, &l) } else { (&l, &r) };
@@ -278,10 +279,11 @@ fn vector_op(
             let labels = result_labels
                 .entry((j, k))
                 .or_insert_with(|| {
-                    let mut m = s.labels.clone();
-                    if drop_name {
-                        m.remove(METRIC_NAME);
-                    }
+                    let mut m = if drop_name {
+                        e.drop_name(&s.labels)
+                    } else {
+                        s.labels.clone()
+                    };
                     if one_to_one {
                         match matching {
                             Some(LabelModifier::Include(on)) => {

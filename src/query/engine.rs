@@ -123,6 +123,39 @@ pub struct Engine<'a> {
     pub range_query: bool,
     /// Where annotations go (none are kept without it).
     pub notes: Option<&'a Annotations>,
+    /// Prometheus 3's delayed `__name__` removal ([`Engine::drop_name`]).
+    pub delayed_names: bool,
+}
+
+/// Where a series keeps its metric name while delayed name removal has marked it to be
+/// dropped: a label no user series can have (`__`-prefixed names are reserved), so series that
+/// differ only by their to-be-dropped names stay apart until the end of the evaluation, where
+/// it is removed ([`Engine::query`]).
+pub const DROPPED_NAME: &str = "__tidemark_dropped_name__";
+
+/// A label's value, where `__name__` is also a name marked to be dropped ([`DROPPED_NAME`]):
+/// `label_replace` and `label_join` read the name until it is actually dropped.
+pub fn label_value<'l>(labels: &'l Labels, name: &str) -> Option<&'l str> {
+    labels.get(name).or_else(|| {
+        (name == METRIC_NAME)
+            .then(|| labels.get(DROPPED_NAME))
+            .flatten()
+    })
+}
+
+/// The labels with a name marked to be dropped shown as the name again, and whether there was
+/// one.
+pub fn unhide_name(labels: &Labels) -> (Labels, bool) {
+    match labels.get(DROPPED_NAME) {
+        Some(n) => {
+            let mut l = labels.clone();
+            let n = n.to_string();
+            l.remove(DROPPED_NAME);
+            l.set(METRIC_NAME, &n);
+            (l, true)
+        }
+        None => (labels.clone(), false),
+    }
 }
 
 fn dur_ms(d: &Duration) -> i64 {
@@ -180,6 +213,53 @@ pub fn selector_matchers(vs: &VectorSelector) -> Vec<Vec<Matcher>> {
             .map(|ms| convert(ms))
             .collect()
     }
+}
+
+/// The end of an evaluation: names marked to be dropped are dropped, and series that then share
+/// a label set are merged (an error where two have a value at the same step), as Prometheus
+/// merges a range query's result by label set (`-a or -b` is one `{}` series).
+fn finish(v: Value) -> Result<Value, QueryError> {
+    let strip = |l: &mut Labels| {
+        if l.get(DROPPED_NAME).is_some() {
+            l.remove(DROPPED_NAME);
+        }
+    };
+    Ok(match v {
+        Value::Vector(mut vs) => {
+            vs.iter_mut().for_each(|s| strip(&mut s.labels));
+            // In the order given (`sort`, `topk`), the first of equal label sets taking the
+            // others' steps.
+            let mut at: HashMap<Labels, usize> = HashMap::with_capacity(vs.len());
+            let mut out: Vec<StepSeries> = Vec::with_capacity(vs.len());
+            for s in vs {
+                match at.get(&s.labels) {
+                    Some(&i) => {
+                        for (a, b) in out[i].values.iter_mut().zip(s.values) {
+                            if b.is_some() {
+                                if a.is_some() {
+                                    return Err(QueryError::Execution(
+                                        "vector cannot contain metrics with the same labelset"
+                                            .to_string(),
+                                    ));
+                                }
+                                *a = b;
+                            }
+                        }
+                    }
+                    None => {
+                        at.insert(s.labels.clone(), out.len());
+                        out.push(s);
+                    }
+                }
+            }
+            Value::Vector(out)
+        }
+        Value::Matrix(mut m) => {
+            m.iter_mut().for_each(|s| strip(&mut s.labels));
+            Value::Matrix(m)
+        }
+        other => other,
+    })
 }
 
 /// `start()` and `end()` (Prometheus 3.7's query boundaries, in seconds) replaced by their
@@ -406,7 +486,31 @@ impl<'a> Engine<'a> {
             n,
             range_query: true,
             notes: None,
+            delayed_names: false,
         })
+    }
+
+    /// Prometheus 3's delayed `__name__` removal (its `promql-delayed-name-removal` feature):
+    /// operators and functions mark the metric name to be dropped and it is dropped when the
+    /// evaluation ends, so `label_replace`, `label_join` and `by (__name__)` still see it and
+    /// series are not merged early.
+    pub fn with_delayed_name_removal(self, on: bool) -> Self {
+        Engine {
+            delayed_names: on,
+            ..self
+        }
+    }
+
+    /// The labels of a result whose metric name an operator or function drops: without it, or
+    /// with it marked to be dropped ([`DROPPED_NAME`]) under delayed name removal.
+    pub fn drop_name(&self, labels: &Labels) -> Labels {
+        let mut l = labels.without_name();
+        if self.delayed_names {
+            if let Some(n) = labels.metric_name() {
+                l.set(DROPPED_NAME, n);
+            }
+        }
+        l
     }
 
     /// Keeps the query's annotations in `notes`.
@@ -494,7 +598,7 @@ impl<'a> Engine<'a> {
             range_query: range,
             ..*self
         };
-        let v = engine.eval(&expr)?;
+        let v = finish(engine.eval(&expr)?)?;
         Ok(match (v, range) {
             (Value::Scalar(s), false) => QueryValue::Scalar(self.start, s[0]),
             (Value::String(s), false) => QueryValue::String(self.start, s),
@@ -539,7 +643,7 @@ impl<'a> Engine<'a> {
                 Value::Vector(vs) => Ok(Value::Vector(dedupe(
                     vs.into_iter()
                         .map(|s| StepSeries {
-                            labels: s.labels.without_name(),
+                            labels: self.drop_name(&s.labels),
                             values: s.values.into_iter().map(|v| v.map(|v| -v)).collect(),
                         })
                         .collect(),
@@ -735,6 +839,7 @@ impl<'a> Engine<'a> {
                     n: ((hi - first) / step + 1) as usize,
                     range_query: true,
                     notes: self.notes,
+                    delayed_names: self.delayed_names,
                 };
                 let series = match inner.eval(&sq.expr)? {
                     Value::Vector(vs) => vs
@@ -834,6 +939,45 @@ mod tests {
             "1:16"
         );
         assert_eq!(call_position("nothing", "sort", None), "1:1");
+    }
+
+    #[test]
+    fn delayed_name_removal_keeps_the_name_for_label_functions_and_drops_it_at_the_end() {
+        let mut st = crate::query::promqltest::MemStorage::default();
+        for (name, k) in [("a_total", 1.0), ("b_total", 2.0)] {
+            st.add(
+                Labels::from_pairs([("__name__", name), ("env", "1")]),
+                (0..10).map(|i| (i * 60_000, i as f64 * k)),
+            );
+        }
+        let run = |q: &str, delayed: bool| {
+            Engine::new(&st, 540_000, 540_000, 1)
+                .unwrap()
+                .with_delayed_name_removal(delayed)
+                .query(q, false)
+                .map(|v| match v {
+                    QueryValue::Vector(v) => {
+                        v.into_iter().map(|s| s.0.to_string()).collect::<Vec<_>>()
+                    }
+                    other => panic!("{other:?}"),
+                })
+        };
+        let keep =
+            r#"label_replace(rate({env="1"}[5m]), "__name__", "rate_$1", "__name__", "(.+)")"#;
+        assert_eq!(
+            run(keep, true).unwrap(),
+            vec![r#"rate_a_total{env="1"}"#, r#"rate_b_total{env="1"}"#]
+        );
+        // Off (the default), rate drops both names at once: the two series collide.
+        assert!(run(keep, false).is_err());
+        // Dropped at the end: two series left with one label set is the same error.
+        assert!(run(r#"sum by (__name__) (rate({env="1"}[5m]))"#, true).is_err());
+        assert_eq!(
+            run(r#"sum by (env) (rate({env="1"}[5m]))"#, true).unwrap(),
+            vec![r#"{env="1"}"#]
+        );
+        // No internal label ever leaves the engine.
+        assert_eq!(run(r#"-a_total"#, true).unwrap(), vec![r#"{env="1"}"#]);
     }
 
     #[test]

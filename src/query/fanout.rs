@@ -243,6 +243,7 @@ pub fn cluster_query(
     };
     let v = super::engine::Engine::new(&st, start, end, step)?
         .annotated(notes)
+        .with_delayed_name_removal(q.delayed_names)
         .query(query, range)?;
     let errs = st.errors.into_inner().unwrap_or_else(|e| e.into_inner());
     if !errs.is_empty() {

@@ -2,7 +2,7 @@
 
 use promql_parser::parser::{Call, Expr};
 
-use super::engine::{dedupe, Engine, StepSeries, Value};
+use super::engine::{dedupe, label_value, Engine, StepSeries, Value, DROPPED_NAME};
 use super::QueryError;
 use crate::model::{Labels, METRIC_NAME};
 use tidemark_dataflows::Rollup;
@@ -274,6 +274,7 @@ fn arg(call: &Call, i: usize) -> Result<&Expr, QueryError> {
 
 /// Applies a per-element function to an instant vector, dropping the metric name.
 fn map_vector(
+    e: &Engine<'_>,
     v: Vec<StepSeries>,
     keep_name: bool,
     f: impl Fn(usize, f64) -> Option<f64>,
@@ -284,7 +285,7 @@ fn map_vector(
             labels: if keep_name {
                 s.labels
             } else {
-                s.labels.without_name()
+                e.drop_name(&s.labels)
             },
             values: s
                 .values
@@ -303,6 +304,15 @@ fn round_to(v: f64, to: f64) -> f64 {
     (v * inv + 0.5).floor() / inv
 }
 
+/// Sets a label (an empty value removes it); setting `__name__` keeps the name, so a name
+/// marked to be dropped ([`DROPPED_NAME`]) goes.
+fn set_label(labels: &mut Labels, name: &str, value: &str) {
+    labels.set(name, value);
+    if name == METRIC_NAME && labels.get(DROPPED_NAME).is_some() {
+        labels.remove(DROPPED_NAME);
+    }
+}
+
 /// Evaluates a function call.
 pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
     let name = call.func.name;
@@ -318,7 +328,7 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 labels: if keep_name {
                     s.labels.clone()
                 } else {
-                    s.labels.without_name()
+                    e.drop_name(&s.labels)
                 },
                 values: vec![None; n],
             })
@@ -358,6 +368,10 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
     match name {
         "mad_over_time" => over_time(
             &|w, _, _, _| {
+                // A NaN sample makes the deviation NaN (Prometheus 3), not a value sorted in.
+                if w.iter().any(|p| p.1.is_nan()) {
+                    return Some(f64::NAN);
+                }
                 let mut v: Vec<f64> = w.iter().map(|p| p.1).collect();
                 let med = quantile(0.5, &mut v);
                 let mut d: Vec<f64> = w.iter().map(|p| (p.1 - med).abs()).collect();
@@ -411,7 +425,7 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 .series
                 .iter()
                 .map(|s| StepSeries {
-                    labels: s.labels.without_name(),
+                    labels: e.drop_name(&s.labels),
                     values: vec![None; n],
                 })
                 .collect();
@@ -561,10 +575,10 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
             let inner = strip_parens(a);
             if let Expr::VectorSelector(vs) = inner {
                 let v = e.eval_selector(vs, true)?;
-                return map_vector(v, false, |_, x| Some(x));
+                return map_vector(e, v, false, |_, x| Some(x));
             }
             let v = e.eval_vector(a)?;
-            map_vector(v, false, |i, _| Some(e.ts(i) as f64 / 1000.0))
+            map_vector(e, v, false, |i, _| Some(e.ts(i) as f64 / 1000.0))
         }
         "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc" => {
             // Ordering matters only for instant queries; the API layer keeps the order given.
@@ -649,11 +663,11 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
             let out = v
                 .into_iter()
                 .map(|mut s| {
-                    let val = s.labels.get(&src).unwrap_or("").to_string();
+                    let val = label_value(&s.labels, &src).unwrap_or("").to_string();
                     if let Some(caps) = re.captures(&val) {
                         let mut res = String::new();
                         caps.expand(&go_template(&repl), &mut res);
-                        s.labels.set(&dst, &res);
+                        set_label(&mut s.labels, &dst, &res);
                     }
                     s
                 })
@@ -690,9 +704,9 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 .map(|mut s| {
                     let joined: Vec<String> = strs[2..]
                         .iter()
-                        .map(|l| s.labels.get(l).unwrap_or("").to_string())
+                        .map(|l| label_value(&s.labels, l).unwrap_or("").to_string())
                         .collect();
-                    s.labels.set(&dst, &joined.join(&sep));
+                    set_label(&mut s.labels, &dst, &joined.join(&sep));
                     s
                 })
                 .collect();
@@ -708,7 +722,7 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
             };
             if name == "clamp" {
                 // An empty result where min > max.
-                return map_vector(v, false, |i, x| {
+                return map_vector(e, v, false, |i, x| {
                     (a[i] <= b[i] || a[i].is_nan() || b[i].is_nan())
                         .then(|| x.max(a[i]).min(b[i]))
                         .map(|r| {
@@ -721,7 +735,7 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 });
             }
             let min = name == "clamp_min";
-            map_vector(v, false, |i, x| {
+            map_vector(e, v, false, |i, x| {
                 Some(if a[i].is_nan() {
                     f64::NAN
                 } else if min {
@@ -738,7 +752,7 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
             } else {
                 vec![1.0; n]
             };
-            map_vector(v, false, |i, x| Some(round_to(x, to[i])))
+            map_vector(e, v, false, |i, x| Some(round_to(x, to[i])))
         }
         "histogram_quantile" => super::aggregate::histogram_quantile(e, call),
         "histogram_fraction" => super::aggregate::histogram_fraction(e, call),
@@ -765,7 +779,7 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 }]));
             }
             let v = e.eval_vector(arg(call, 0)?)?;
-            map_vector(v, false, |_, x| {
+            map_vector(e, v, false, |_, x| {
                 if x.is_finite() {
                     Some(f(x))
                 } else {
@@ -813,7 +827,7 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 }
             };
             let v = e.eval_vector(arg(call, 0)?)?;
-            map_vector(v, false, |_, x| Some(f(x)))
+            map_vector(e, v, false, |_, x| Some(f(x)))
         }
     }
 }

@@ -746,8 +746,13 @@ fn check(store: &MemStorage, ev: &Eval) -> Result<(), String> {
         None => (ev.at, ev.at, 1, false),
     };
     let notes = super::Annotations::default();
-    let result = Engine::new(store, start, end, step)
-        .and_then(|e| e.annotated(&notes).query(&ev.query, range));
+    // Prometheus runs its scripts with delayed name removal on (`name_label_dropping.test`
+    // depends on it; the other scripts agree either way).
+    let result = Engine::new(store, start, end, step).and_then(|e| {
+        e.annotated(&notes)
+            .with_delayed_name_removal(true)
+            .query(&ev.query, range)
+    });
     if let Some(want) = &ev.fail {
         return match result {
             Err(e) => match want {
