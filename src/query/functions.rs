@@ -471,6 +471,26 @@ pub fn call(e: &Engine<'_>, call: &Call) -> Result<Value, QueryError> {
                 vec![]
             }))
         }
+        "ema_over_time" => {
+            // Tidemark's extension: the exponential moving average of the window's samples in
+            // time order, s = v0, then s = alpha * v + (1 - alpha) * s for each later sample
+            // (per sample, not per unit of time: at a steady scrape interval the same thing).
+            let alpha = e.eval_scalar(arg(call, 1)?)?;
+            if let Some(a) = alpha.iter().find(|a| !(**a > 0.0 && **a <= 1.0)) {
+                return Err(QueryError::Execution(format!(
+                    "invalid smoothing factor for ema_over_time. Expected: 0 < alpha <= 1, got: {}",
+                    super::aggregate::go_g(*a)
+                )));
+            }
+            over_time(
+                &|w, _, _, i| {
+                    let a = alpha[i];
+                    let (first, rest) = w.split_first()?;
+                    Some(rest.iter().fold(first.1, |s, p| a * p.1 + (1.0 - a) * s))
+                },
+                false,
+            )
+        }
         "double_exponential_smoothing" | "holt_winters" => {
             let sf = e.eval_scalar(arg(call, 1)?)?;
             let tf = e.eval_scalar(arg(call, 2)?)?;
