@@ -203,6 +203,35 @@ fn push_three_formats_and_query_range() {
         "{r}"
     );
 
+    // Editors' endpoints: the query formatted, its syntax tree, exemplars (none stored).
+    assert_eq!(
+        t.api(&format!(
+            "/api/v1/format_query?query={}",
+            enc("sum(rate(x[5m]))by(job)")
+        )),
+        "sum by (job) (rate(x[5m]))"
+    );
+    let tree = t.api(&format!("/api/v1/parse_query?query={}", enc("rate(x[5m])")));
+    assert_eq!(
+        (
+            &tree["type"],
+            &tree["args"][0]["type"],
+            &tree["args"][0]["range"]
+        ),
+        (
+            &serde_json::json!("call"),
+            &serde_json::json!("matrixSelector"),
+            &serde_json::json!(300000)
+        ),
+        "{tree}"
+    );
+    assert_eq!(
+        t.api(&format!("/api/v1/query_exemplars?query={}", enc("x"))),
+        serde_json::json!([])
+    );
+    let (status, body) = t.get(&format!("/api/v1/parse_query?query={}", enc("rate(x[5m]")));
+    assert_eq!(status, 400, "{body}");
+
     // Metadata endpoints.
     let names = t.api("/api/v1/labels");
     for n in ["__name__", "code", "host", "job", "path", "region"] {

@@ -51,6 +51,12 @@ pub fn routes(state: Arc<QueryState>) -> axum::Router {
         .route("/api/v1/metadata", get(metadata).post(metadata))
         .route("/api/v1/rollups", get(rollups))
         .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/api/v1/format_query", get(format_query).post(format_query))
+        .route("/api/v1/parse_query", get(parse_query).post(parse_query))
+        .route(
+            "/api/v1/query_exemplars",
+            get(query_exemplars).post(query_exemplars),
+        )
         .with_state(state)
 }
 
@@ -568,6 +574,54 @@ pub async fn metadata(
     };
     let metric = get(&p, "metric").filter(|m| !m.is_empty());
     success(s.metadata.json(limit, per, metric))
+}
+
+/// The `query` parameter parsed (`start()` and `end()` read as 0: a parse has no range), or
+/// Prometheus's `bad_data` error.
+fn parsed_param(q: &Option<String>, body: &Bytes) -> Result<promql_parser::parser::Expr, Response> {
+    let p = params(q, body);
+    let Some(query) = get(&p, "query") else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "invalid parameter \"query\": missing query",
+        ));
+    };
+    let text = super::engine::with_query_bounds(query, 0, 0);
+    promql_parser::parser::parse(&text).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            format!("invalid parameter \"query\": {e}"),
+        )
+    })
+}
+
+/// `GET|POST /api/v1/format_query`: the query pretty-printed (Prometheus's `Prettify`).
+pub async fn format_query(RawQuery(q): RawQuery, body: Bytes) -> Response {
+    match parsed_param(&q, &body) {
+        Ok(expr) => success(json!(expr.prettify())),
+        Err(r) => r,
+    }
+}
+
+/// `GET|POST /api/v1/parse_query`: the query's syntax tree as Prometheus 3 returns it
+/// ([`super::ast_json`]).
+pub async fn parse_query(RawQuery(q): RawQuery, body: Bytes) -> Response {
+    match parsed_param(&q, &body) {
+        Ok(expr) => success(super::ast_json::translate(&expr)),
+        Err(r) => r,
+    }
+}
+
+/// `GET|POST /api/v1/query_exemplars`: Tidemark stores no exemplars, so a valid query answers
+/// an empty list (what Prometheus answers where none were scraped), which Grafana's exemplar
+/// toggle expects.
+pub async fn query_exemplars(RawQuery(q): RawQuery, body: Bytes) -> Response {
+    match parsed_param(&q, &body) {
+        Ok(_) => success(json!([])),
+        Err(r) => r,
+    }
 }
 
 /// `GET /api/v1/status/buildinfo`.

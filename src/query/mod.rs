@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod api;
+pub mod ast_json;
 pub mod binary;
 pub mod engine;
 pub mod fanout;
