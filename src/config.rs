@@ -42,6 +42,11 @@
 //! minute_rollup_retention = "2h"  # 1m rollups in memory (then only in the cold 1m tier)
 //!
 //! [query]
+//! timeout = "2m"              # a query's evaluation time (a request's timeout parameter
+//!                             # can only shorten it)
+//! max_samples = 50000000      # samples a query's selectors may load; 0 = no limit
+//! max_series = 1000000        # series a query may return; 0 = no limit
+//! max_concurrency = 20        # queries evaluated at once; others wait up to their timeout
 //! delayed_name_removal = false  # Prometheus 3's promql-delayed-name-removal: __name__ is
 //!                             # dropped when a query ends, so label_replace and by (__name__)
 //!                             # still see it
@@ -467,14 +472,37 @@ impl Default for JobConfig {
     }
 }
 
-/// `[query]`: PromQL evaluation.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// `[query]`: PromQL evaluation and its limits (Prometheus's `--query.*` flags). A breach
+/// answers Prometheus's error JSON naming the key.
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueryConfig {
+    /// How long a query may evaluate (`--query.timeout`); a request's `timeout` parameter can
+    /// only shorten it.
+    pub timeout: Millis,
+    /// Samples a query's selectors may load (`--query.max-samples`); 0: no limit.
+    pub max_samples: usize,
+    /// Series a query may return; 0: no limit.
+    pub max_series: usize,
+    /// Queries evaluated at once (`--query.max-concurrency`); the others wait, up to their
+    /// timeout.
+    pub max_concurrency: usize,
     /// Prometheus 3's delayed `__name__` removal (its `promql-delayed-name-removal` feature,
     /// off there by default too): functions and operators mark the metric name to be dropped
     /// and it is dropped when the query ends.
     pub delayed_name_removal: bool,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            timeout: Millis(120_000),
+            max_samples: 50_000_000,
+            max_series: 1_000_000,
+            max_concurrency: 20,
+            delayed_name_removal: false,
+        }
+    }
 }
 
 /// `[hot]`: the in-memory tier.

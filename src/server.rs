@@ -58,7 +58,8 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
             .as_ref()
             .map(|c| Arc::new(ColdReader::new(Arc::clone(c)))),
         metadata: Arc::clone(&ingest.metadata),
-        delayed_names: state.cfg.query.delayed_name_removal,
+        limits: state.cfg.query.clone(),
+        slots: api::QueryState::slots_for(&state.cfg.query),
     });
     Router::new()
         .route("/metrics", get(metrics))

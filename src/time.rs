@@ -146,6 +146,31 @@ pub fn parse_duration_ms(s: &str) -> Option<i64> {
     Some(total)
 }
 
+/// A duration as PromQL writes one: `"2m"`, `"1h30m"`, `"1d"`, `"500ms"`, `"0s"`.
+pub fn format_duration_ms(ms: i64) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    let mut rest = ms.unsigned_abs();
+    if ms < 0 {
+        out.push('-');
+    }
+    for (unit, len) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
+        if rest >= len {
+            out.push_str(&format!("{}{unit}", rest / len));
+            rest %= len;
+        }
+    }
+    out
+}
+
 /// A duration in milliseconds, written as `"5s"`, `"1h30m"`, `"500ms"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Millis(pub i64);
@@ -167,6 +192,18 @@ impl<'de> Deserialize<'de> for Millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_format_as_promql_writes_them() {
+        assert_eq!(format_duration_ms(120_000), "2m");
+        assert_eq!(format_duration_ms(5_400_500), "1h30m500ms");
+        assert_eq!(format_duration_ms(86_400_000), "1d");
+        assert_eq!(format_duration_ms(0), "0s");
+        assert_eq!(
+            parse_duration_ms(&format_duration_ms(5_400_500)),
+            Some(5_400_500)
+        );
+    }
 
     #[test]
     fn formats_as_go_and_as_logs() {

@@ -279,6 +279,83 @@ fn push_three_formats_and_query_range() {
     );
 }
 
+/// Each `[query]` limit answers Prometheus's error JSON naming its `tidemark.toml` key, and a
+/// query within them still answers.
+#[test]
+fn query_limits_answer_prometheus_errors_naming_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tidemark::start(
+        dir.path(),
+        "[rules]\nenabled = false\n[query]\nmax_samples = 30\nmax_series = 2\n",
+        1,
+    );
+    let base = (now_ms() / 60_000 - 30) * 60_000;
+    let mut lines = String::new();
+    for host in ["a", "b", "c"] {
+        for i in 0..10 {
+            lines.push_str(&format!("cpu,host={host} load={i} {}\n", base + i * 10_000));
+        }
+    }
+    let (status, body) = t.post(
+        "/api/v2/write?precision=ms",
+        "text/plain",
+        &[],
+        lines.as_bytes(),
+    );
+    assert_eq!(status, 204, "{body}");
+    t.eventually("30 samples in the hot index", || {
+        (t.metric("tidemark_hot_samples") >= 30.0).then_some(())
+    });
+    let at = (base + 90_000) as f64 / 1000.0;
+    let ask = |q: &str, extra: &str| {
+        let (status, body) = t.get(&format!("/api/v1/query?query={}&time={at}{extra}", enc(q)));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (status, v)
+    };
+    // Within the limits: 2 series, 20 samples loaded.
+    let (status, v) = ask(r#"cpu_load{host=~"a|b"}"#, "");
+    assert_eq!(
+        (status, v["data"]["result"].as_array().map(Vec::len)),
+        (200, Some(2)),
+        "{v}"
+    );
+    // 3 series returned.
+    let (status, v) = ask("cpu_load", "");
+    assert_eq!(
+        (status, v["errorType"].as_str()),
+        (422, Some("execution")),
+        "{v}"
+    );
+    assert!(
+        v["error"].as_str().unwrap().contains("[query] max_series"),
+        "{v}"
+    );
+    // 60 samples loaded (3 series x 10 samples, twice).
+    let (status, v) = ask("count(cpu_load) + count(cpu_load offset 1s)", "");
+    assert_eq!(
+        (status, v["errorType"].as_str()),
+        (422, Some("execution")),
+        "{v}"
+    );
+    assert!(
+        v["error"].as_str().unwrap().contains("[query] max_samples"),
+        "{v}"
+    );
+    // A deadline already passed: the request's timeout parameter is named.
+    let (status, v) = ask(r#"cpu_load{host="a"}"#, "&timeout=0.000001");
+    assert_eq!(
+        (status, v["errorType"].as_str()),
+        (503, Some("timeout")),
+        "{v}"
+    );
+    assert!(
+        v["error"].as_str().unwrap().contains("timeout parameter"),
+        "{v}"
+    );
+    let (status, v) = ask(r#"cpu_load{host="a"}"#, "&timeout=1h");
+    assert_eq!(status, 200, "{v}");
+}
+
 #[test]
 fn bad_input_is_reported_by_line_and_valid_lines_are_kept() {
     let dir = tempfile::tempdir().unwrap();

@@ -790,8 +790,9 @@ pub fn router(s: Arc<ControlState>) -> Router {
         cold: None,
         // Workers read Kafka, which carries samples only.
         metadata: Default::default(),
-        // Prometheus's default; a worker process has no [query] section.
-        delayed_names: false,
+        // A worker process has no [query] section: the defaults.
+        limits: Default::default(),
+        slots: QueryState::slots_for(&Default::default()),
     });
     let merged = {
         let s = Arc::clone(&s);

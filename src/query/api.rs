@@ -35,8 +35,17 @@ pub struct QueryState {
     pub cold: Option<Arc<ColdReader>>,
     /// Metric metadata from pushes and scrapes.
     pub metadata: Arc<crate::model::metadata::MetadataStore>,
-    /// `[query] delayed_name_removal`.
-    pub delayed_names: bool,
+    /// `[query]`: limits and delayed name removal.
+    pub limits: crate::config::QueryConfig,
+    /// Slots for queries evaluated at once (`[query] max_concurrency`).
+    pub slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl QueryState {
+    /// The query slots for `limits`.
+    pub fn slots_for(limits: &crate::config::QueryConfig) -> Arc<tokio::sync::Semaphore> {
+        Arc::new(tokio::sync::Semaphore::new(limits.max_concurrency.max(1)))
+    }
 }
 
 /// The query routes (Prometheus API, plus `/api/v1/rollups`).
@@ -98,6 +107,7 @@ fn query_error(e: QueryError) -> Response {
     let status = match e {
         QueryError::BadData(_) => StatusCode::BAD_REQUEST,
         QueryError::Execution(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        QueryError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.error_type(), e.to_string())
 }
@@ -178,6 +188,22 @@ pub fn result_json(v: &QueryValue) -> Json {
     }
 }
 
+/// The request's `timeout` parameter (seconds or a duration), when given.
+fn timeout_param(p: &[(String, String)]) -> Result<Option<i64>, Response> {
+    get(p, "timeout")
+        .map(|t| {
+            parse_step(t).map_err(|e| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_data",
+                    format!("invalid parameter \"timeout\": {e}"),
+                )
+            })
+        })
+        .transpose()
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_query(
     state: Arc<QueryState>,
     query: String,
@@ -185,9 +211,29 @@ async fn run_query(
     end: i64,
     step: i64,
     range: bool,
+    timeout: Option<i64>,
 ) -> Response {
     state.metrics.queries.fetch_add(1, Ordering::Relaxed);
+    // The deadline runs from the request, its wait for a slot included (as Prometheus's).
+    let limit = state.limits.timeout.0;
+    let (timeout_ms, by_parameter) = match timeout {
+        Some(t) if t < limit => (t, true),
+        _ => (limit, false),
+    };
+    let budget = super::Budget::new(timeout_ms, by_parameter, state.limits.max_samples);
+    let wait = std::time::Duration::from_millis(timeout_ms.max(0) as u64);
+    let slot = match tokio::time::timeout(wait, Arc::clone(&state.slots).acquire_owned()).await {
+        Ok(Ok(slot)) => slot,
+        _ => {
+            return query_error(QueryError::Timeout(format!(
+                "query timed out waiting for an evaluation slot: {} queries were running ([query] max_concurrency in tidemark.toml)",
+                state.limits.max_concurrency
+            )))
+        }
+    };
     let res = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let budget = &budget;
         let notes = super::Annotations::default();
         let v = if state.peers.is_empty() {
             let hot: &HotIndex = &state.hot;
@@ -196,7 +242,8 @@ async fn run_query(
                     let tiered = Tiered::new(hot, hot.complete_from(), cold);
                     let v = Engine::new(&tiered, start, end, step).and_then(|e| {
                         e.annotated(&notes)
-                            .with_delayed_name_removal(state.delayed_names)
+                            .with_budget(budget)
+                            .with_delayed_name_removal(state.limits.delayed_name_removal)
                             .query(&query, range)
                     })?;
                     match tiered.error() {
@@ -206,13 +253,25 @@ async fn run_query(
                 }
                 None => Engine::new(hot, start, end, step).and_then(|e| {
                     e.annotated(&notes)
-                        .with_delayed_name_removal(state.delayed_names)
+                        .with_budget(budget)
+                        .with_delayed_name_removal(state.limits.delayed_name_removal)
                         .query(&query, range)
                 }),
             }
         } else {
-            super::fanout::cluster_query(&state, &query, start, end, step, range, &notes)
+            super::fanout::cluster_query(&state, &query, start, end, step, range, &notes, budget)
         }?;
+        let series = match &v {
+            QueryValue::Vector(v) => v.len(),
+            QueryValue::Matrix(m) => m.len(),
+            _ => 0,
+        };
+        let max = state.limits.max_series;
+        if max > 0 && series > max {
+            return Err(QueryError::Execution(format!(
+                "query returned {series} series, more than {max} ([query] max_series in tidemark.toml)"
+            )));
+        }
         Ok::<_, QueryError>((v, notes.take()))
     })
     .await;
@@ -265,7 +324,11 @@ pub async fn query(
             )
         }
     };
-    run_query(s, query, t, t, 1, false).await
+    let timeout = match timeout_param(&p) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    run_query(s, query, t, t, 1, false, timeout).await
 }
 
 /// `GET|POST /api/v1/query_range`.
@@ -316,7 +379,11 @@ pub async fn query_range(
     if step <= 0 {
         return error(StatusCode::BAD_REQUEST, "bad_data", "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer");
     }
-    run_query(s, query, start, end, step, true).await
+    let timeout = match timeout_param(&p) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    run_query(s, query, start, end, step, true, timeout).await
 }
 
 fn match_params(p: &[(String, String)]) -> Result<Vec<Vec<Matcher>>, Response> {

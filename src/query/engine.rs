@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
 
-use super::{Annotations, QueryError, QueryValue, SelectHints, Selected, Series, Storage};
+use super::{Annotations, Budget, QueryError, QueryValue, SelectHints, Selected, Series, Storage};
 use crate::model::{is_stale_nan, Labels, METRIC_NAME};
 use crate::store::hot::index::{MatchOp, Matcher};
 use tidemark_dataflows::Rollup;
@@ -125,6 +125,8 @@ pub struct Engine<'a> {
     pub notes: Option<&'a Annotations>,
     /// Prometheus 3's delayed `__name__` removal ([`Engine::drop_name`]).
     pub delayed_names: bool,
+    /// The query's time and sample limits (none without it).
+    pub budget: Option<&'a Budget>,
 }
 
 /// Where a series keeps its metric name while delayed name removal has marked it to be
@@ -487,6 +489,7 @@ impl<'a> Engine<'a> {
             range_query: true,
             notes: None,
             delayed_names: false,
+            budget: None,
         })
     }
 
@@ -511,6 +514,27 @@ impl<'a> Engine<'a> {
             }
         }
         l
+    }
+
+    /// Holds the query to `budget`'s time and samples.
+    pub fn with_budget(self, budget: &'a Budget) -> Self {
+        Engine {
+            budget: Some(budget),
+            ..self
+        }
+    }
+
+    /// Charges the samples a selection loaded to the budget.
+    fn charge(&self, selected: &[Selected]) -> Result<(), QueryError> {
+        match self.budget {
+            Some(b) => b.charge(
+                selected
+                    .iter()
+                    .map(|s| s.samples.len() + s.rollups.len())
+                    .sum(),
+            ),
+            None => Ok(()),
+        }
     }
 
     /// Keeps the query's annotations in `notes`.
@@ -634,6 +658,9 @@ impl<'a> Engine<'a> {
 
     /// Evaluates an expression at every step.
     pub fn eval(&self, expr: &Expr) -> Result<Value, QueryError> {
+        if let Some(b) = self.budget {
+            b.check_time()?;
+        }
         match expr {
             Expr::NumberLiteral(n) => Ok(Value::Scalar(vec![n.val; self.n])),
             Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
@@ -724,6 +751,7 @@ impl<'a> Engine<'a> {
             ..self.hints(&vs.at, &times, self.lookback)
         };
         let series = select_all(self.storage, vs, lo + 1, hi, &hints);
+        self.charge(&series)?;
         let mut out = Vec::with_capacity(series.len());
         for s in series.into_iter().map(Selected::into_points) {
             let mut values = Vec::with_capacity(self.n);
@@ -766,6 +794,7 @@ impl<'a> Engine<'a> {
                     ..self.hints(&ms.vs.at, &times, range)
                 };
                 let selected = select_all(self.storage, &ms.vs, lo + 1, hi, &hints);
+                self.charge(&selected)?;
                 let mut series = Vec::with_capacity(selected.len());
                 let mut rollups = Vec::new();
                 for mut s in selected {
@@ -840,6 +869,7 @@ impl<'a> Engine<'a> {
                     range_query: true,
                     notes: self.notes,
                     delayed_names: self.delayed_names,
+                    budget: self.budget,
                 };
                 let series = match inner.eval(&sq.expr)? {
                     Value::Vector(vs) => vs

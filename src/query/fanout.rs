@@ -227,6 +227,7 @@ impl Storage for ClusterStorage {
 }
 
 /// Runs a PromQL query over the whole cluster.
+#[allow(clippy::too_many_arguments)]
 pub fn cluster_query(
     q: &super::api::QueryState,
     query: &str,
@@ -235,6 +236,7 @@ pub fn cluster_query(
     step: i64,
     range: bool,
     notes: &super::Annotations,
+    budget: &super::Budget,
 ) -> Result<super::QueryValue, super::QueryError> {
     let st = FanoutStorage {
         local: &q.hot,
@@ -243,7 +245,8 @@ pub fn cluster_query(
     };
     let v = super::engine::Engine::new(&st, start, end, step)?
         .annotated(notes)
-        .with_delayed_name_removal(q.delayed_names)
+        .with_delayed_name_removal(q.limits.delayed_name_removal)
+        .with_budget(budget)
         .query(query, range)?;
     let errs = st.errors.into_inner().unwrap_or_else(|e| e.into_inner());
     if !errs.is_empty() {

@@ -26,6 +26,9 @@ pub enum QueryError {
     /// Evaluation failed (`execution`, HTTP 422).
     #[error("{0}")]
     Execution(String),
+    /// The query ran out of time (`timeout`, HTTP 503).
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl QueryError {
@@ -34,7 +37,75 @@ impl QueryError {
         match self {
             QueryError::BadData(_) => "bad_data",
             QueryError::Execution(_) => "execution",
+            QueryError::Timeout(_) => "timeout",
         }
+    }
+}
+
+/// What one query may use (`[query]` in `tidemark.toml`): time, and samples loaded by its
+/// selectors. The engine charges each selection ([`Budget::charge`]) and checks the time at
+/// every node; a breach is an error naming the limit and its key.
+#[derive(Debug)]
+pub struct Budget {
+    deadline: std::time::Instant,
+    timeout_ms: i64,
+    /// The `timeout` request parameter set the deadline (shorter than `[query] timeout`).
+    by_parameter: bool,
+    max_samples: usize,
+    loaded: std::sync::atomic::AtomicUsize,
+}
+
+impl Budget {
+    /// A budget from now: `timeout_ms` (`by_parameter`: the request's `timeout` chose it) and
+    /// at most `max_samples` samples loaded (0: no limit).
+    pub fn new(timeout_ms: i64, by_parameter: bool, max_samples: usize) -> Self {
+        Budget {
+            deadline: std::time::Instant::now()
+                + std::time::Duration::from_millis(timeout_ms.max(0) as u64),
+            timeout_ms,
+            by_parameter,
+            max_samples,
+            loaded: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// An error when the deadline has passed.
+    pub fn check_time(&self) -> Result<(), QueryError> {
+        if std::time::Instant::now() < self.deadline {
+            return Ok(());
+        }
+        let by = if self.by_parameter {
+            "the request's timeout parameter".to_string()
+        } else {
+            format!(
+                "[query] timeout = \"{}\" in tidemark.toml",
+                crate::time::format_duration_ms(self.timeout_ms)
+            )
+        };
+        Err(QueryError::Timeout(format!(
+            "query timed out in expression evaluation (after {} ms: {by})",
+            self.timeout_ms
+        )))
+    }
+
+    /// Counts `n` samples loaded; an error past `max_samples` or the deadline.
+    pub fn charge(&self, n: usize) -> Result<(), QueryError> {
+        let total = self
+            .loaded
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+            + n;
+        if self.max_samples > 0 && total > self.max_samples {
+            return Err(QueryError::Execution(format!(
+                "query processing would load too many samples into memory in query execution (more than {}: [query] max_samples in tidemark.toml)",
+                self.max_samples
+            )));
+        }
+        self.check_time()
+    }
+
+    /// Samples loaded so far.
+    pub fn loaded(&self) -> usize {
+        self.loaded.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
