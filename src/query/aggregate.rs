@@ -453,11 +453,12 @@ pub fn histogram_fraction(e: &Engine<'_>, call: &Call) -> Result<Value, QueryErr
     Ok(Value::Vector(out))
 }
 
-/// Prometheus's `BucketFraction`: `buckets` are `(upper bound, cumulative count)`.
-fn bucket_fraction(lower: f64, upper: f64, buckets: &mut [(f64, f64)]) -> f64 {
+/// Buckets `(upper bound, cumulative count)` sorted by bound, equal bounds summed; `None`
+/// without a `+Inf` bucket (Prometheus's answer is then NaN).
+fn coalesced(buckets: &mut [(f64, f64)]) -> Option<Vec<(f64, f64)>> {
     buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
     if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
-        return f64::NAN;
+        return None;
     }
     let mut c: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
     for &(le, n) in buckets.iter() {
@@ -466,6 +467,14 @@ fn bucket_fraction(lower: f64, upper: f64, buckets: &mut [(f64, f64)]) -> f64 {
             _ => c.push((le, n)),
         }
     }
+    Some(c)
+}
+
+/// Prometheus's `BucketFraction`: `buckets` are `(upper bound, cumulative count)`.
+fn bucket_fraction(lower: f64, upper: f64, buckets: &mut [(f64, f64)]) -> f64 {
+    let Some(c) = coalesced(buckets) else {
+        return f64::NAN;
+    };
     let count = c[c.len() - 1].1;
     if count == 0.0 || lower.is_nan() || upper.is_nan() {
         return f64::NAN;
@@ -570,18 +579,9 @@ fn bucket_quantile_inner(q: f64, buckets: &mut [(f64, f64)], forced: &mut bool) 
     if q > 1.0 {
         return f64::INFINITY;
     }
-    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
-    if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
+    let Some(mut c) = coalesced(buckets) else {
         return f64::NAN;
-    }
-    // Coalesce equal bounds.
-    let mut c: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
-    for &(le, n) in buckets.iter() {
-        match c.last_mut() {
-            Some(last) if last.0 == le => last.1 += n,
-            _ => c.push((le, n)),
-        }
-    }
+    };
     // Ensure monotonic counts, ignoring tiny deltas.
     let mut prev = c[0].1;
     for b in c.iter_mut().skip(1) {

@@ -264,6 +264,17 @@ fn finish(v: Value) -> Result<Value, QueryError> {
     })
 }
 
+/// Where the PromQL string literal opening at `b[at]` (a quote or backtick) closes: the
+/// index of its closing quote (or the end of the text); backslashes escape inside quotes.
+fn string_end(b: &[u8], at: usize) -> usize {
+    let q = b[at];
+    let mut i = at + 1;
+    while i < b.len() && b[i] != q {
+        i += if b[i] == b'\\' && q != b'`' { 2 } else { 1 };
+    }
+    i
+}
+
 /// `start()` and `end()` (Prometheus 3.7's query boundaries, in seconds) replaced by their
 /// values as number literals: the parser reads `start` and `end` as the `@` modifier's
 /// keywords only, and both are constants of the query, the same at every step and inside
@@ -281,13 +292,7 @@ pub fn with_query_bounds(query: &str, start: i64, end: i64) -> std::borrow::Cow<
     let mut changed = false;
     while i < b.len() {
         match b[i] {
-            q @ (b'"' | b'\'' | b'`') => {
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    i += if b[i] == b'\\' && q != b'`' { 2 } else { 1 };
-                }
-                i += 1;
-            }
+            b'"' | b'\'' | b'`' => i = string_end(b, i) + 1,
             c if ident(c) => {
                 let from = i;
                 while i < b.len() && ident(b[i]) {
@@ -348,12 +353,7 @@ pub fn call_position(query: &str, func: &str, arg: Option<usize>) -> String {
         let mut depth = 0i32;
         while i < b.len() {
             match b[i] {
-                q @ (b'"' | b'\'' | b'`') => {
-                    i += 1;
-                    while i < b.len() && b[i] != q {
-                        i += if b[i] == b'\\' && q != b'`' { 2 } else { 1 };
-                    }
-                }
+                b'"' | b'\'' | b'`' => i = string_end(b, i),
                 b'(' | b'[' | b'{' => depth += 1,
                 b')' | b']' | b'}' => {
                     if depth == 0 {
