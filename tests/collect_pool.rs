@@ -163,8 +163,12 @@ fn an_etcd_registered_target_appears_and_goes_with_its_lease() {
         t["discoveredLabels"]["__meta_etcd_key"], "/services/pay-1",
         "{t}"
     );
-    let r = instant(&tm, "fleet_value{job=\"svc\",team=\"payments\"}");
-    assert_eq!(r.len(), 1, "{r:?}");
+    // The target is "up" once its scrape is appended to the log; its samples are queryable
+    // once the job applied them, a moment later.
+    tm.eventually("the etcd-registered target's samples are queryable", || {
+        let r = instant(&tm, "fleet_value{job=\"svc\",team=\"payments\"}");
+        (r.len() == 1).then_some(())
+    });
     // It stays while the heartbeat runs (longer than the lease's TTL).
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
