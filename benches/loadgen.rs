@@ -38,6 +38,9 @@ struct Args {
     /// Seconds before now at which the event times end (default 60): a run started a few
     /// minutes after the hour can keep its events inside the hour before it.
     end_ago: i64,
+    /// The first event time in ms (default: from `--end-ago` and now), so that two systems
+    /// can be given identical data (`benches/query.sh`).
+    start: Option<i64>,
 }
 
 fn args() -> Args {
@@ -54,6 +57,7 @@ fn args() -> Args {
         stream: false,
         peer: false,
         end_ago: 60,
+        start: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -65,6 +69,7 @@ fn args() -> Args {
             "--hosts" => a.hosts = val.parse().expect("--hosts N"),
             "--points" => a.points = val.parse().expect("--points N"),
             "--end-ago" => a.end_ago = val.parse().expect("--end-ago SECONDS"),
+            "--start" => a.start = Some(val.parse().expect("--start MILLISECONDS")),
             "--queries" => a.queries = val.parse().expect("--queries N"),
             "--hot-urls" => a.hot_urls = val.split(',').map(str::to_string).collect(),
             "--drain" => a.drain = Some(val.parse().expect("--drain SAMPLES")),
@@ -85,7 +90,7 @@ fn args() -> Args {
                 continue;
             }
             other => panic!(
-                "unknown argument {other}; use --url --connections --hosts --points --end-ago --queries --hot-urls --push-only --drain --latency --stream --peer"
+                "unknown argument {other}; use --url --connections --hosts --points --end-ago --start --queries --hot-urls --push-only --drain --latency --stream --peer"
             ),
         }
         i += 2;
@@ -340,7 +345,9 @@ fn main() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let start = (now / 10_000 - a.points as i64 - a.end_ago / 10) * 10_000;
+    let start = a
+        .start
+        .unwrap_or((now / 10_000 - a.points as i64 - a.end_ago / 10) * 10_000);
     if a.stream {
         stream(&a, start);
         return;
@@ -427,7 +434,9 @@ fn main() {
         chunk_bps,
         rollup_bytes / 1048576.0
     );
-    println!("query_range sum by (region) (rate(http_requests_total[5m])) 1h @ 60s: p50 {:.2} ms, p99 {:.2} ms over {} runs", pct(&lat, 0.5), pct(&lat, 0.99), lat.len());
+    if !lat.is_empty() {
+        println!("query_range sum by (region) (rate(http_requests_total[5m])) 1h @ 60s: p50 {:.2} ms, p99 {:.2} ms over {} runs", pct(&lat, 0.5), pct(&lat, 0.99), lat.len());
+    }
     if a.latency > 0 {
         latency(&a, a.latency);
     }

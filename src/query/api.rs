@@ -167,27 +167,6 @@ fn metric_json(l: &Labels) -> Json {
     Json::Object(m)
 }
 
-/// Renders a query result as Prometheus's `data` object.
-pub fn result_json(v: &QueryValue) -> Json {
-    match v {
-        QueryValue::Vector(s) => json!({
-            "resultType": "vector",
-            "result": s.iter().map(|(l, t, v)| json!({"metric": metric_json(l), "value": [secs(*t), go_float(*v)]})).collect::<Vec<_>>()
-        }),
-        QueryValue::Matrix(m) => json!({
-            "resultType": "matrix",
-            "result": m.iter().map(|s| json!({
-                "metric": metric_json(&s.labels),
-                "values": s.samples.iter().map(|(t, v)| json!([secs(*t), go_float(*v)])).collect::<Vec<_>>()
-            })).collect::<Vec<_>>()
-        }),
-        QueryValue::Scalar(t, v) => {
-            json!({"resultType": "scalar", "result": [secs(*t), go_float(*v)]})
-        }
-        QueryValue::String(t, s) => json!({"resultType": "string", "result": [secs(*t), s]}),
-    }
-}
-
 /// The request's `timeout` parameter (seconds or a duration), when given.
 fn timeout_param(p: &[(String, String)]) -> Result<Option<i64>, Response> {
     get(p, "timeout")
@@ -272,29 +251,22 @@ async fn run_query(
                 "query returned {series} series, more than {max} ([query] max_series in tidemark.toml)"
             )));
         }
-        Ok::<_, QueryError>((v, notes.take()))
+        // Prometheus sorts a range query's series by labels.
+        let mut v = v;
+        if let (QueryValue::Matrix(m), true) = (&mut v, range) {
+            m.sort_by(|a, b| a.labels.cmp(&b.labels));
+        }
+        // Encoded here, on the blocking pool, not on the runtime's threads.
+        let (warnings, infos) = notes.take();
+        Ok::<_, QueryError>(super::json::success(&v, &warnings, &infos))
     })
     .await;
     match res {
-        Ok(Ok((v, (warnings, infos)))) => {
-            let mut r = result_json(&v);
-            if let (QueryValue::Matrix(m), true) = (&v, range) {
-                // Prometheus sorts range-query series by labels.
-                let _ = m;
-                if let Some(arr) = r.get_mut("result").and_then(|x| x.as_array_mut()) {
-                    arr.sort_by_key(|a| a["metric"].to_string());
-                }
-            }
-            // Prometheus's annotations beside the data, each list only when not empty.
-            let mut body = json!({"status": "success", "data": r});
-            if !warnings.is_empty() {
-                body["warnings"] = json!(warnings);
-            }
-            if !infos.is_empty() {
-                body["infos"] = json!(infos);
-            }
-            axum::Json(body).into_response()
-        }
+        Ok(Ok(body)) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
         Ok(Err(e)) => query_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }

@@ -11,6 +11,7 @@ pub mod binary;
 pub mod engine;
 pub mod fanout;
 pub mod functions;
+pub mod json;
 pub mod promqltest;
 
 use crate::model::Labels;
