@@ -70,19 +70,40 @@ pub fn routes(state: Arc<QueryState>) -> axum::Router {
 }
 
 impl Storage for HotIndex {
+    /// Decodes the selected series on every core when there are many (a fleet query decodes
+    /// 2,500 series x 360 samples: half its time), in the catalog's order either way.
     fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
-        let mut out = Vec::new();
-        for id in self.catalog.select(matchers) {
-            let Some(labels) = self.catalog.labels(id) else {
-                continue;
-            };
-            let mut samples = Vec::new();
-            self.samples(id, start, end, &mut samples);
-            if !samples.is_empty() {
-                out.push(Series { labels, samples });
+        let ids: Vec<_> = self.catalog.select(matchers).into_iter().collect();
+        let part = |ids: &[crate::model::SeriesId]| {
+            let mut out = Vec::with_capacity(ids.len());
+            for &id in ids {
+                let Some(labels) = self.catalog.labels(id) else {
+                    continue;
+                };
+                let mut samples = Vec::new();
+                self.samples(id, start, end, &mut samples);
+                if !samples.is_empty() {
+                    out.push(Series { labels, samples });
+                }
             }
+            out
+        };
+        let threads = parallelism().min(ids.len() / PARALLEL_SERIES).max(1);
+        if threads == 1 {
+            return part(&ids);
         }
-        out
+        let per = ids.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let rest: Vec<_> = ids[per..]
+                .chunks(per)
+                .map(|c| s.spawn(move || part(c)))
+                .collect();
+            let mut out = part(&ids[..per]);
+            for h in rest {
+                out.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            }
+            out
+        })
     }
 
     fn series_hint(&self) -> usize {
@@ -92,6 +113,15 @@ impl Storage for HotIndex {
     fn oldest_sample(&self) -> Option<i64> {
         self.oldest_appended()
     }
+}
+
+/// Series per thread below which a selection decodes on the calling thread alone.
+const PARALLEL_SERIES: usize = 256;
+
+/// The cores a query may decode on.
+fn parallelism() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// A Prometheus API error response.

@@ -756,8 +756,15 @@ impl<'a> Engine<'a> {
         for s in series.into_iter().map(Selected::into_points) {
             let mut values = Vec::with_capacity(self.n);
             let mut any = false;
+            // Steps ascend (or are all one `@` time): walk the samples once.
+            let mut hi = 0;
             for &t in &times {
-                let hi = s.samples.partition_point(|p| p.0 <= t);
+                if hi > 0 && s.samples[hi - 1].0 > t {
+                    hi = s.samples.partition_point(|p| p.0 <= t);
+                }
+                while hi < s.samples.len() && s.samples[hi].0 <= t {
+                    hi += 1;
+                }
                 let v = match hi.checked_sub(1).map(|i| s.samples[i]) {
                     Some((ts, v)) if ts > t - self.lookback && !is_stale_nan(v) => {
                         any = true;

@@ -551,6 +551,18 @@ impl SeriesData {
         out: &mut Vec<(i64, f64)>,
     ) {
         let from_all = out.len();
+        // Room for every sample the overlapping chunks and the head hold, so that decoding
+        // does not grow the vector step by step.
+        let mut want = self.head.len() + self.ooo.len() + 1;
+        for c in self.sealed.iter() {
+            if c.min_ts > end {
+                break;
+            }
+            if c.max_ts >= start {
+                want += usize::from(c.count);
+            }
+        }
+        out.reserve(want);
         let mut scratch = Vec::new();
         for c in self.sealed.iter() {
             if c.min_ts > end {
