@@ -491,6 +491,9 @@ pub struct QueryConfig {
     /// off there by default too): functions and operators mark the metric name to be dropped
     /// and it is dropped when the query ends.
     pub delayed_name_removal: bool,
+    /// Bytes the `query_range` result cache may hold (least recently used queries go first);
+    /// 0 turns it off.
+    pub cache_bytes: usize,
 }
 
 impl Default for QueryConfig {
@@ -501,6 +504,7 @@ impl Default for QueryConfig {
             max_series: 1_000_000,
             max_concurrency: 20,
             delayed_name_removal: false,
+            cache_bytes: 256 << 20,
         }
     }
 }

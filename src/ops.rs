@@ -15,6 +15,12 @@ pub struct Metrics {
     pub late_accepted: AtomicU64,
     pub late_dropped: AtomicU64,
     pub queries: AtomicU64,
+    /// The `query_range` result cache: requests that reused kept steps, requests that found
+    /// none, keys evicted for room, and bytes held.
+    pub query_cache_hits: AtomicU64,
+    pub query_cache_misses: AtomicU64,
+    pub query_cache_evictions: AtomicU64,
+    pub query_cache_bytes: AtomicU64,
     pub ready: AtomicBool,
 }
 
@@ -144,6 +150,27 @@ pub fn render_counters(m: &Metrics, w: &mut TextWriter) {
         "counter",
         "PromQL queries evaluated.",
         &[("", g(&m.queries))],
+    );
+    w.family(
+        "tidemark_query_cache_requests_total",
+        "counter",
+        "query_range requests by what the result cache held: hit (at least one step reused), miss (none). Requests with nocache=1 and queries that cannot be cached are not counted.",
+        &[
+            ("result=\"hit\"", g(&m.query_cache_hits)),
+            ("result=\"miss\"", g(&m.query_cache_misses)),
+        ],
+    );
+    w.family(
+        "tidemark_query_cache_evictions_total",
+        "counter",
+        "Queries whose kept steps the result cache dropped for room ([query] cache_bytes), least recently used first.",
+        &[("", g(&m.query_cache_evictions))],
+    );
+    w.family(
+        "tidemark_query_cache_bytes",
+        "gauge",
+        "Bytes the query_range result cache holds (points, labels, annotations).",
+        &[("", g(&m.query_cache_bytes))],
     );
 }
 

@@ -60,6 +60,12 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
         metadata: Arc::clone(&ingest.metadata),
         limits: state.cfg.query.clone(),
         slots: api::QueryState::slots_for(&state.cfg.query),
+        cache: (state.cfg.query.cache_bytes > 0).then(|| {
+            crate::query::cache::ResultCache::new(
+                state.cfg.query.cache_bytes,
+                state.cfg.job.out_of_orderness.0,
+            )
+        }),
     });
     Router::new()
         .route("/metrics", get(metrics))

@@ -793,6 +793,8 @@ pub fn router(s: Arc<ControlState>) -> Router {
         // A worker process has no [query] section: the defaults.
         limits: Default::default(),
         slots: QueryState::slots_for(&Default::default()),
+        // A worker's queries fan out to its peers, whose samples it does not see arrive.
+        cache: None,
     });
     let merged = {
         let s = Arc::clone(&s);

@@ -16,7 +16,7 @@ use tidemark_dataflows::Rollup;
 
 use super::aggregate::go_float;
 use super::engine::{selector_matchers, Engine};
-use super::{QueryError, QueryValue, Series, Storage};
+use super::{QueryError, QueryValue, SelectHints, Selected, Series, Storage};
 use crate::model::Labels;
 use crate::ops::Metrics;
 use crate::store::cold::query::ColdReader;
@@ -39,6 +39,9 @@ pub struct QueryState {
     pub limits: crate::config::QueryConfig,
     /// Slots for queries evaluated at once (`[query] max_concurrency`).
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// The `query_range` result cache (`None`: `[query] cache_bytes = 0`, or a worker
+    /// process, whose queries fan out).
+    pub cache: Option<super::cache::ResultCache>,
 }
 
 impl QueryState {
@@ -104,6 +107,42 @@ impl Storage for HotIndex {
             }
             out
         })
+    }
+
+    /// With `newest_only`, each series' newest sample alone ([`HotIndex::newest_in`]): an
+    /// instant query at the newest time reads the held samples and decodes nothing.
+    fn select_hinted(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        hints: &SelectHints,
+    ) -> Vec<Selected> {
+        if !hints.newest_only {
+            return self
+                .select(matchers, start, end)
+                .into_iter()
+                .map(|s| Selected {
+                    labels: s.labels,
+                    rollups: Vec::new(),
+                    samples: s.samples,
+                })
+                .collect();
+        }
+        let mut out = Vec::new();
+        for id in self.catalog.select(matchers) {
+            let Some(p) = self.newest_in(id, start, end) else {
+                continue;
+            };
+            if let Some(labels) = self.catalog.labels(id) {
+                out.push(Selected {
+                    labels,
+                    rollups: Vec::new(),
+                    samples: vec![p],
+                });
+            }
+        }
+        out
     }
 
     fn series_hint(&self) -> usize {
@@ -221,6 +260,7 @@ async fn run_query(
     step: i64,
     range: bool,
     timeout: Option<i64>,
+    nocache: bool,
 ) -> Response {
     state.metrics.queries.fetch_add(1, Ordering::Relaxed);
     // The deadline runs from the request, its wait for a slot included (as Prometheus's).
@@ -243,33 +283,52 @@ async fn run_query(
     let res = tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let budget = &budget;
-        let notes = super::Annotations::default();
-        let v = if state.peers.is_empty() {
-            let hot: &HotIndex = &state.hot;
-            match &state.cold {
-                Some(cold) => {
-                    let tiered = Tiered::new(hot, hot.complete_from(), cold);
-                    let v = Engine::new(&tiered, start, end, step).and_then(|e| {
-                        e.annotated(&notes)
-                            .with_budget(budget)
-                            .with_delayed_name_removal(state.limits.delayed_name_removal)
-                            .query(&query, range)
-                    })?;
-                    match tiered.error() {
-                        Some(e) => Err(QueryError::Execution(e)),
-                        None => Ok(v),
-                    }
-                }
-                None => Engine::new(hot, start, end, step).and_then(|e| {
-                    e.annotated(&notes)
-                        .with_budget(budget)
-                        .with_delayed_name_removal(state.limits.delayed_name_removal)
-                        .query(&query, range)
-                }),
+        let eval = |start: i64, end: i64, notes: &super::Annotations| {
+            evaluate(&state, &query, start, end, step, range, notes, budget)
+        };
+        let cache = state
+            .cache
+            .as_ref()
+            .filter(|_| range && !nocache && state.peers.is_empty());
+        let lookup = cache.and_then(|c| {
+            c.lookup(&state.hot, &state.metrics, &query, start, end, step)
+        });
+        let (v, warnings, infos) = match lookup {
+            None => {
+                let notes = super::Annotations::default();
+                let v = eval(start, end, &notes)?;
+                let (w, i) = notes.take();
+                (v, w, i)
             }
-        } else {
-            super::fanout::cluster_query(&state, &query, start, end, step, range, &notes, budget)
-        }?;
+            Some(l) => {
+                let (mut parts, mut ws, mut is) = (Vec::new(), Vec::new(), Vec::new());
+                if let Some((series, w, i)) = l.cached {
+                    parts.push(series);
+                    ws.push(w);
+                    is.push(i);
+                }
+                for (a, b) in l.missing {
+                    let notes = super::Annotations::default();
+                    match eval(a, b, &notes)? {
+                        QueryValue::Matrix(m) => parts.push(m),
+                        // Not a series result: nothing to join or keep.
+                        other => {
+                            let (w, i) = notes.take();
+                            return Ok(super::json::success(&other, &w, &i));
+                        }
+                    }
+                    let (w, i) = notes.take();
+                    ws.push(w);
+                    is.push(i);
+                }
+                let v = QueryValue::Matrix(super::cache::merge(parts));
+                let (w, i) = (super::cache::merge_notes(ws), super::cache::merge_notes(is));
+                if let Some(c) = cache {
+                    c.store(&state.hot, &state.metrics, l.key, start, end, &v, &w, &i);
+                }
+                (v, w, i)
+            }
+        };
         let series = match &v {
             QueryValue::Vector(v) => v.len(),
             QueryValue::Matrix(m) => m.len(),
@@ -287,7 +346,6 @@ async fn run_query(
             m.sort_by(|a, b| a.labels.cmp(&b.labels));
         }
         // Encoded here, on the blocking pool, not on the runtime's threads.
-        let (warnings, infos) = notes.take();
         Ok::<_, QueryError>(super::json::success(&v, &warnings, &infos))
     })
     .await;
@@ -299,6 +357,44 @@ async fn run_query(
             .into_response(),
         Ok(Err(e)) => query_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+/// Evaluates a query over `[start, end]` on this process's stores (the hot index, with the
+/// cold tiers behind it when configured), or across the cluster's processes.
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    state: &QueryState,
+    query: &str,
+    start: i64,
+    end: i64,
+    step: i64,
+    range: bool,
+    notes: &super::Annotations,
+    budget: &super::Budget,
+) -> Result<QueryValue, QueryError> {
+    if !state.peers.is_empty() {
+        return super::fanout::cluster_query(state, query, start, end, step, range, notes, budget);
+    }
+    let hot: &HotIndex = &state.hot;
+    let run = |storage: &dyn Storage| {
+        Engine::new(storage, start, end, step).and_then(|e| {
+            e.annotated(notes)
+                .with_budget(budget)
+                .with_delayed_name_removal(state.limits.delayed_name_removal)
+                .query(query, range)
+        })
+    };
+    match &state.cold {
+        Some(cold) => {
+            let tiered = Tiered::new(hot, hot.complete_from(), cold);
+            let v = run(&tiered)?;
+            match tiered.error() {
+                Some(e) => Err(QueryError::Execution(e)),
+                None => Ok(v),
+            }
+        }
+        None => run(hot),
     }
 }
 
@@ -330,7 +426,7 @@ pub async fn query(
         Ok(t) => t,
         Err(r) => return r,
     };
-    run_query(s, query, t, t, 1, false, timeout).await
+    run_query(s, query, t, t, 1, false, timeout, false).await
 }
 
 /// `GET|POST /api/v1/query_range`.
@@ -385,7 +481,9 @@ pub async fn query_range(
         Ok(t) => t,
         Err(r) => return r,
     };
-    run_query(s, query, start, end, step, true, timeout).await
+    // `nocache=1` (or `true`) bypasses the result cache, for reading and for keeping.
+    let nocache = get(&p, "nocache").is_some_and(|v| v == "1" || v == "true");
+    run_query(s, query, start, end, step, true, timeout, nocache).await
 }
 
 fn match_params(p: &[(String, String)]) -> Result<Vec<Vec<Matcher>>, Response> {

@@ -594,6 +594,7 @@ impl<'a> Engine<'a> {
                 self.step
             },
             range,
+            newest_only: false,
         }
     }
 
@@ -748,6 +749,8 @@ impl<'a> Engine<'a> {
         let hi = times.iter().max().copied().unwrap_or(self.end);
         let hints = SelectHints {
             instant: true,
+            // One evaluation time: its value is the newest sample in the lookback.
+            newest_only: lo + self.lookback == hi,
             ..self.hints(&vs.at, &times, self.lookback)
         };
         let series = select_all(self.storage, vs, lo + 1, hi, &hints);

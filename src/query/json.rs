@@ -256,9 +256,29 @@ mod tests {
     #[test]
     fn floats_print_as_go_f_minus_one() {
         let mut cases = vec![
-            0.0, -0.0, 1.0, -1.0, 0.1, 2.0266111999999996, 1e21, 1e22, 1.5e300, -2.5e-300,
-            1e-7, 123456789012345680.0, 9007199254740993.0, 5e-324, f64::MAX, f64::MIN_POSITIVE,
-            f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.30000000000000004, 1e15, 1e16, 1e17,
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.1,
+            2.0266111999999996,
+            1e21,
+            1e22,
+            1.5e300,
+            -2.5e-300,
+            1e-7,
+            123456789012345680.0,
+            9007199254740993.0,
+            5e-324,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            0.30000000000000004,
+            1e15,
+            1e16,
+            1e17,
             12345.678e-20,
         ];
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -310,10 +330,20 @@ mod tests {
 
     #[test]
     fn strings_escape_as_serde_json() {
-        for s in ["plain", "q\"uote\\", "tab\tnl\ncr\r", "\u{1}\u{8}\u{c}\u{1f}", "ünï €", ""] {
+        for s in [
+            "plain",
+            "q\"uote\\",
+            "tab\tnl\ncr\r",
+            "\u{1}\u{8}\u{c}\u{1f}",
+            "ünï €",
+            "",
+        ] {
             let mut out = Vec::new();
             write_str(&mut out, s);
-            assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(s).unwrap());
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(s).unwrap()
+            );
         }
     }
 
@@ -344,17 +374,17 @@ mod tests {
             j["data"],
             serde_json::json!({"resultType": "vector", "result": [{"metric": {"__name__": "up", "job": "a\"b"}, "value": [2, "-0.25"]}]})
         );
-        let j: serde_json::Value =
-            serde_json::from_slice(&success(&QueryValue::Scalar(3_000, 7.0), &[], &["i".into()]))
-                .unwrap();
-        assert_eq!(j["data"]["result"], serde_json::json!([3, "7"]));
-        assert_eq!(j["infos"], serde_json::json!(["i"]));
         let j: serde_json::Value = serde_json::from_slice(&success(
-            &QueryValue::String(3_000, "x".into()),
+            &QueryValue::Scalar(3_000, 7.0),
             &[],
-            &[],
+            &["i".into()],
         ))
         .unwrap();
+        assert_eq!(j["data"]["result"], serde_json::json!([3, "7"]));
+        assert_eq!(j["infos"], serde_json::json!(["i"]));
+        let j: serde_json::Value =
+            serde_json::from_slice(&success(&QueryValue::String(3_000, "x".into()), &[], &[]))
+                .unwrap();
         assert_eq!(j["data"]["result"], serde_json::json!([3, "x"]));
     }
 }

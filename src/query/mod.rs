@@ -8,6 +8,7 @@ pub mod aggregate;
 pub mod api;
 pub mod ast_json;
 pub mod binary;
+pub mod cache;
 pub mod engine;
 pub mod fanout;
 pub mod functions;

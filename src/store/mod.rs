@@ -61,6 +61,9 @@ pub struct SelectHints {
     pub step: i64,
     /// The range of a range selection, or the lookback.
     pub range: i64,
+    /// Only each series' newest sample in the selected range is read (an instant selector
+    /// evaluated at one time): a store may return just that one and skip decoding the rest.
+    pub newest_only: bool,
 }
 
 impl SelectHints {
@@ -72,6 +75,7 @@ impl SelectHints {
             first: 0,
             step: 0,
             range: 0,
+            newest_only: false,
         }
     }
 

@@ -214,6 +214,9 @@ impl Storage for Tiered<'_> {
         end: i64,
         hints: &SelectHints,
     ) -> Vec<Selected> {
+        if hints.newest_only && start >= self.hot_from {
+            return self.hot.select_hinted(matchers, start, end, hints);
+        }
         let coverage = |t: Tier| match self.cold.coverage(t) {
             Ok(c) => c,
             Err(e) => {

@@ -210,6 +210,9 @@ pub struct HotIndex {
     /// bytes a slot rather than the state's 230 (a heap profile's 505 bytes a series).
     shards: Box<[RwLock<IdMap<Box<SeriesData>>>]>,
     newest: AtomicI64,
+    /// The oldest sample time appended since [`HotIndex::take_touched_from`] last read it
+    /// (`i64::MAX`: none): the query result cache drops the steps at and after it.
+    touched: AtomicI64,
     /// The oldest sample appended since the index was made (`i64::MAX`: none), for a rule
     /// evaluator with no saved tick to start at ([`HotIndex::oldest_appended`]).
     oldest: AtomicI64,
@@ -596,6 +599,52 @@ impl SeriesData {
     }
 }
 
+impl SeriesData {
+    /// The newest sample in `[start, end]`, decoding at most the head or one chunk: the held
+    /// sample when it is in range (it is newer than every other), else the newest of the
+    /// out-of-order buffer's (which wins a tie, as in [`merge_sorted`]) and of the in-order
+    /// samples at or before `end`.
+    fn newest_in(&self, start: i64, end: i64, files: Option<&ChunkFiles>) -> Option<(i64, f64)> {
+        if let Some((t, v)) = self.held() {
+            if t <= end {
+                return (t >= start).then_some((t, v));
+            }
+        }
+        let i = self.ooo.partition_point(|p| p.0 <= end);
+        let ooo = i.checked_sub(1).map(|i| self.ooo[i]);
+        let mut buf = Vec::new();
+        if !self.head.is_empty() && self.head.first_ts() <= end {
+            self.head.decode_into(&mut buf);
+        } else {
+            let mut newest = None;
+            for c in self.sealed.iter() {
+                if c.min_ts > end {
+                    break;
+                }
+                newest = Some(c);
+            }
+            if let Some(c) = newest.filter(|c| c.max_ts >= start) {
+                if let Err(e) = c.decode(files, &mut Vec::new(), &mut buf) {
+                    report_read_error(&e);
+                }
+            }
+        }
+        let k = buf.partition_point(|p| p.0 <= end);
+        let ordered = k.checked_sub(1).map(|k| buf[k]);
+        let best = match (ooo, ordered) {
+            (Some(a), Some(b)) => {
+                if a.0 >= b.0 {
+                    a
+                } else {
+                    b
+                }
+            }
+            (a, b) => a.or(b)?,
+        };
+        (best.0 >= start).then_some(best)
+    }
+}
+
 /// A chunk made by merging others ([`SeriesData::compact`]), or rewritten from one: written
 /// to its own segments.
 fn is_merged(c: &Chunk) -> bool {
@@ -669,6 +718,7 @@ impl HotIndex {
             catalog: Catalog::default(),
             shards: (0..SHARDS).map(|_| RwLock::new(IdMap::default())).collect(),
             newest: AtomicI64::new(i64::MIN),
+            touched: AtomicI64::new(i64::MAX),
             oldest: AtomicI64::new(i64::MAX),
             retention_ms,
             minute_rollup_ms: retention_ms,
@@ -986,6 +1036,15 @@ impl HotIndex {
     /// window from the newest sample. An index without samples holds nothing, so everything
     /// comes from the cold tiers (`i64::MAX`): data imported straight into them before any
     /// push, or a restart without checkpoints, still answers.
+    /// The oldest sample time appended since the last call (`None`: nothing), for the query
+    /// result cache: a query's step at `t` reads samples at or before `t` only, so what was
+    /// computed for steps before this time still holds. Set after the samples are visible to
+    /// queries, so a query evaluated after a call that returned `None` saw everything older.
+    pub fn take_touched_from(&self) -> Option<i64> {
+        let t = self.touched.swap(i64::MAX, Ordering::AcqRel);
+        (t != i64::MAX).then_some(t)
+    }
+
     pub fn complete_from(&self) -> i64 {
         self.newest()
             .map_or(i64::MAX, |n| n.saturating_sub(self.retention_ms))
@@ -1084,6 +1143,9 @@ impl HotIndex {
                     .extend(sealed);
             }
         }
+        if let Some(min) = samples.iter().map(|s| s.ts).min() {
+            self.touched.fetch_min(min, Ordering::AcqRel);
+        }
         let st = &self.stats;
         st.samples_appended
             .fetch_add((samples.len() - too_old) as u64, Ordering::Relaxed);
@@ -1157,6 +1219,16 @@ impl HotIndex {
         if let Some(s) = shard.get(&id) {
             s.samples_in(start, end, self.files.as_ref(), out);
         }
+    }
+
+    /// The newest sample of a series in `[start, end]`, decoding at most one chunk.
+    pub fn newest_in(&self, id: SeriesId, start: i64, end: i64) -> Option<(i64, f64)> {
+        let shard = self.shards[shard(id)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        shard
+            .get(&id)
+            .and_then(|s| s.newest_in(start, end, self.files.as_ref()))
     }
 
     /// Rollups of a series whose window starts in `[start, end]`.
@@ -2193,6 +2265,60 @@ mod tests {
         got.clear();
         h.samples(id, 200, 200, &mut got);
         assert_eq!(got, vec![(200, -1.0)]);
+    }
+
+    #[test]
+    fn the_newest_sample_in_a_range_is_the_last_of_the_samples_read_whole() {
+        // The oracle: `samples` (every chunk, the head, the buffer, the held sample merged)
+        // read whole, its last point. Chunks in memory and spilled, late samples waiting and
+        // merged, duplicates.
+        let dir = tempfile::tempdir().unwrap();
+        let h = HotIndex::new(i64::MAX / 4).with_chunk_files(ChunkFiles::open(dir.path()).unwrap());
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for round in 0..6 {
+            let mut batch = Vec::new();
+            for id in 1..=20u64 {
+                for k in 0..(40 + next(200)) as i64 {
+                    // Mostly in order, a tenth late by up to 2,000 ms.
+                    // On the 10 ms grid: a late sample often rewrites one already held.
+                    let ts = round * 4_000 + k * 10
+                        - if next(10) == 0 {
+                            10 * next(200) as i64
+                        } else {
+                            0
+                        };
+                    batch.push(Sample {
+                        series: id,
+                        ts: ts.max(0),
+                        value: next(1_000) as f64,
+                    });
+                }
+            }
+            h.append_samples(&batch);
+            if round % 2 == 1 {
+                h.spill();
+            }
+            for id in 1..=20u64 {
+                for _ in 0..30 {
+                    let start = next(26_000) as i64;
+                    let end = start + next(3_000) as i64;
+                    let mut all = Vec::new();
+                    h.samples(id, start, end, &mut all);
+                    assert_eq!(
+                        h.newest_in(id, start, end),
+                        all.last().copied(),
+                        "series {id} in [{start}, {end}] after round {round}"
+                    );
+                }
+            }
+        }
+        assert_eq!(h.newest_in(99, 0, i64::MAX), None);
     }
 
     #[test]
