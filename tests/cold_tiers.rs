@@ -501,7 +501,13 @@ fn queries_across_hot_and_every_cold_tier_match_answers_from_raw_data() {
         }
     };
     let start = end - 3 * DAY;
-    let (series, pushes) = fleet(start, end);
+    let (series, mut pushes) = fleet(start, end);
+    // A metric only in the first two hours (in the first push): days older than the hot
+    // index's hour, and than the raw and 1m tiers' retention; only the 1h tier keeps it.
+    let old_only: String = (0..240)
+        .map(|i| format!("old_only,host=h9 value={i} {}\n", start + i * 30_000))
+        .collect();
+    pushes[0].push_str(&old_only);
     for body in &pushes {
         push(&t, body);
     }
@@ -617,6 +623,53 @@ fn queries_across_hot_and_every_cold_tier_match_answers_from_raw_data() {
         assert!(check(q, end - 20 * HOUR, end, 30_000) >= 3 * 2000, "{q}");
     }
     assert!(rows("raw") > raw_before, "raw tier read");
+
+    // The metadata APIs answer for the same data: a range before the hot index's retention
+    // reads the tiers that hold it.
+    let (from, to) = ((start + HOUR) / 1000, (start + 2 * HOUR) / 1000);
+    let hour_rows = rows("1h");
+    let series = t.api(&format!(
+        "/api/v1/series?match[]={}&start={from}&end={to}",
+        enc("old_only")
+    ));
+    assert_eq!(
+        series,
+        serde_json::json!([{"__name__": "old_only", "host": "h9"}]),
+        "series of the 1h tier"
+    );
+    assert!(rows("1h") > hour_rows, "the 1h tier was read");
+    let names = t.api(&format!(
+        "/api/v1/label/__name__/values?start={from}&end={to}"
+    ));
+    let names: Vec<&str> = names
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["cpu", "old_only", "reqs_total"],
+        "metric names in that range"
+    );
+    let hosts = t.api(&format!(
+        "/api/v1/label/host/values?match[]={}&start={from}&end={to}",
+        enc("old_only")
+    ));
+    assert_eq!(hosts, serde_json::json!(["h9"]));
+    let labels = t.api(&format!(
+        "/api/v1/labels?match[]={}&start={from}&end={to}",
+        enc("old_only")
+    ));
+    assert_eq!(labels, serde_json::json!(["__name__", "host"]));
+    // The last hour: the hot index alone, which no longer has the old metric's samples.
+    let recent = t.api(&format!(
+        "/api/v1/series?match[]={}&start={}&end={}",
+        enc("old_only"),
+        (end - HOUR) / 1000,
+        end / 1000
+    ));
+    assert_eq!(recent, serde_json::json!([]));
 }
 
 #[test]

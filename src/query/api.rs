@@ -527,16 +527,39 @@ fn time_range(p: &[(String, String)]) -> Result<(i64, i64), Response> {
     Ok((start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX)))
 }
 
-fn selected(state: &QueryState, sets: &[Vec<Matcher>], start: i64, end: i64) -> Vec<Labels> {
+/// The label sets of the series matching any of `sets` with a sample in `[start, end]`
+/// (unbounded: every series). A range reaching before the hot index's retention reads the
+/// cold tiers too ([`Tiered`]: raw, or the rollups that outlive it), so the metadata APIs
+/// answer for the same data the queries do.
+fn selected(
+    state: &QueryState,
+    sets: &[Vec<Matcher>],
+    start: i64,
+    end: i64,
+) -> Result<Vec<Labels>, Response> {
     let mut out: Vec<Labels> = Vec::new();
+    let hot_from = state.hot.complete_from();
+    let cold = state.cold.as_ref().filter(|_| reaches_cold(state, start));
     for ms in sets {
+        if let Some(cold) = cold {
+            let tiered = Tiered::new(state.hot.as_ref(), hot_from, cold);
+            // An unbounded end: as far as any tier can hold (a year past now).
+            let (lo, hi) = (start, end.min(now_ms() + 366 * 86_400_000));
+            out.extend(tiered.select(ms, lo, hi).into_iter().map(|s| s.labels));
+            if let Some(e) = tiered.error() {
+                return Err(error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "execution",
+                    format!("reading the cold tiers: {e}"),
+                ));
+            }
+            continue;
+        }
         for id in state.hot.catalog.select(ms) {
-            if start != i64::MIN || end != i64::MAX {
-                let mut v = Vec::new();
-                state.hot.samples(id, start, end, &mut v);
-                if v.is_empty() {
-                    continue;
-                }
+            if (start != i64::MIN || end != i64::MAX)
+                && state.hot.any_sample_in(id, start, end).is_none()
+            {
+                continue;
             }
             if let Some(l) = state.hot.catalog.labels(id) {
                 out.push(l);
@@ -545,7 +568,43 @@ fn selected(state: &QueryState, sets: &[Vec<Matcher>], start: i64, end: i64) -> 
     }
     out.sort();
     out.dedup();
-    out
+    Ok(out)
+}
+
+/// [`selected`] on the blocking pool: the cold tiers' reader blocks on its own I/O.
+async fn selected_off_runtime(
+    state: &Arc<QueryState>,
+    sets: Vec<Vec<Matcher>>,
+    start: i64,
+    end: i64,
+) -> Result<Vec<Labels>, Response> {
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || selected(&state, &sets, start, end))
+        .await
+        .unwrap_or_else(|e| {
+            Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+            ))
+        })
+}
+
+/// A metadata request's range starts before the hot index's retention and the cold tiers are
+/// there. A request without `start` reads the hot index alone (every series seen within its
+/// retention): listing a year of cold partitions for each metric-name completion would be a
+/// scan of the whole store.
+fn reaches_cold(state: &QueryState, start: i64) -> bool {
+    state.cold.is_some() && start != i64::MIN && start < state.hot.complete_from()
+}
+
+/// Every series: the selection of a metadata request without `match[]` whose range reaches
+/// the cold tiers.
+fn all_series() -> Vec<Vec<Matcher>> {
+    match promql_parser::parser::parse(r#"{__name__=~".+"}"#) {
+        Ok(promql_parser::parser::Expr::VectorSelector(vs)) => selector_matchers(&vs),
+        _ => Vec::new(),
+    }
 }
 
 /// The series selection of a metadata request: its `match[]` selectors (required or not) and
@@ -575,13 +634,12 @@ pub async fn series(
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
-    match selection(&params(&q, &body), true) {
-        Ok(sel) => success(Json::Array(
-            selected(&s, &sel.sets, sel.start, sel.end)
-                .iter()
-                .map(metric_json)
-                .collect(),
-        )),
+    let sel = match selection(&params(&q, &body), true) {
+        Ok(sel) => sel,
+        Err(r) => return r,
+    };
+    match selected_off_runtime(&s, sel.sets, sel.start, sel.end).await {
+        Ok(series) => success(Json::Array(series.iter().map(metric_json).collect())),
         Err(r) => r,
     }
 }
@@ -596,10 +654,20 @@ pub async fn labels(
         Ok(sel) => sel,
         Err(r) => return r,
     };
-    if sel.sets.is_empty() {
+    let reaches_cold = reaches_cold(&s, sel.start);
+    if sel.sets.is_empty() && !reaches_cold {
         return success(json!(s.hot.catalog.label_names()));
     }
-    let mut names: Vec<String> = selected(&s, &sel.sets, sel.start, sel.end)
+    let sets = if sel.sets.is_empty() {
+        all_series()
+    } else {
+        sel.sets
+    };
+    let series = match selected_off_runtime(&s, sets, sel.start, sel.end).await {
+        Ok(series) => series,
+        Err(r) => return r,
+    };
+    let mut names: Vec<String> = series
         .iter()
         .flat_map(|l| l.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>())
         .collect();
@@ -618,10 +686,20 @@ pub async fn label_values(
         Ok(sel) => sel,
         Err(r) => return r,
     };
-    if sel.sets.is_empty() {
+    let reaches_cold = reaches_cold(&s, sel.start);
+    if sel.sets.is_empty() && !reaches_cold {
         return success(json!(s.hot.catalog.label_values(&name)));
     }
-    let mut vals: Vec<String> = selected(&s, &sel.sets, sel.start, sel.end)
+    let sets = if sel.sets.is_empty() {
+        all_series()
+    } else {
+        sel.sets
+    };
+    let series = match selected_off_runtime(&s, sets, sel.start, sel.end).await {
+        Ok(series) => series,
+        Err(r) => return r,
+    };
+    let mut vals: Vec<String> = series
         .iter()
         .filter_map(|l| l.get(&name).map(str::to_string))
         .collect();
