@@ -485,6 +485,7 @@ fn main() -> anyhow::Result<()> {
                 hot_retention_ms: cfg.hot.retention.0,
                 auth: cfg.auth.clone(),
                 checkpoint: cfg.checkpoint.clone(),
+                query: cfg.query.clone(),
             })
             .context("tidemark worker")
         }

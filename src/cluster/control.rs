@@ -56,6 +56,8 @@ pub struct ControlState {
     pub local_workers: usize,
     /// This process's checkpoints (`None`: off).
     pub checkpoints: Option<Arc<super::checkpoint::WorkerCheckpoints>>,
+    /// `[query]` of the process's `tidemark.toml`.
+    pub query: crate::config::QueryConfig,
 }
 
 /// `/-/ready`: 200 once every job this process kept on disk runs again and, for every job,
@@ -790,9 +792,8 @@ pub fn router(s: Arc<ControlState>) -> Router {
         cold: None,
         // Workers read Kafka, which carries samples only.
         metadata: Default::default(),
-        // A worker process has no [query] section: the defaults.
-        limits: Default::default(),
-        slots: QueryState::slots_for(&Default::default()),
+        limits: s.query.clone(),
+        slots: QueryState::slots_for(&s.query),
         // A worker's queries fan out to its peers, whose samples it does not see arrive.
         cache: None,
     });

@@ -104,6 +104,9 @@ pub struct WorkerOpts {
     /// `[checkpoint]`: the hot index checkpointed so that the WALs hold minutes, not the hot
     /// retention (see [`crate::cluster::checkpoint`]).
     pub checkpoint: crate::config::CheckpointConfig,
+    /// `[query]`: the limits of this process's query API (its result cache stays off: a
+    /// worker's queries fan out to peers whose appends it does not see).
+    pub query: crate::config::QueryConfig,
 }
 
 /// Process-wide state shared by the worker threads and the HTTP side.
@@ -354,6 +357,7 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
             .filter_map(|text| Some(JobSpec::parse(text, "kept spec").ok()?.name))
             .collect(),
         local_workers: opts.workers.max(1),
+        query: opts.query.clone(),
     });
     let listen = opts.hosts[opts.process].http;
     let rt = tokio::runtime::Builder::new_multi_thread()
