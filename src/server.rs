@@ -52,11 +52,13 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
         hot: Arc::clone(&state.hot),
         metrics: Arc::clone(&state.metrics),
         peers: Vec::new(),
-        cold: state
-            .env
-            .cold
-            .as_ref()
-            .map(|c| Arc::new(ColdReader::new(Arc::clone(c)))),
+        cold: {
+            let slot = api::ColdSlot::default();
+            if let Some(c) = &state.env.cold {
+                let _ = slot.set(Arc::new(ColdReader::new(Arc::clone(c))));
+            }
+            slot
+        },
         metadata: Arc::clone(&ingest.metadata),
         limits: state.cfg.query.clone(),
         slots: api::QueryState::slots_for(&state.cfg.query),

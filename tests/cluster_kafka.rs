@@ -730,3 +730,70 @@ fn checkpoints_bound_the_wals_and_a_restart_resumes_from_them() {
     });
     assert_eq!(raw, total);
 }
+
+#[test]
+fn cluster_queries_read_the_cold_tiers_for_data_older_than_the_hot_indexes() {
+    // The hot indexes keep an hour; two hours of data, then a tick three hours later: once
+    // the job has sealed those hours into the cold tiers, the hot indexes drop them, and
+    // queries on either process answer from the tiers.
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_on(free_port(), dir.path());
+    broker.create_topic("metrics", 2);
+    let ingest = Tidemark::start_ingest(dir.path(), &ingest_config(broker.port));
+    let c = Cluster::start_with_config(
+        &dir.path().join("cluster"),
+        2,
+        1,
+        &broker.addr(),
+        Some("[hot]\nretention = \"1h\"\n"),
+    );
+    let spec = dir.path().join("job.toml");
+    let cold = dir.path().join("cold");
+    std::fs::write(
+        &spec,
+        format!(
+            "{}[tiers]\nurl = \"file://{}\"\n",
+            job_spec("aged", &broker.addr(), "tm-aged", "1h"),
+            cold.display()
+        ),
+    )
+    .unwrap();
+    let (ok, out) = c.cli(&["submit", spec.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let base = (now_ms() - 6 * HOUR).div_euclid(HOUR) * HOUR;
+    let want = 120 * HOSTS as i64 * METRICS.len() as i64;
+    push_minutes(&ingest, base, 0, 120);
+    c.eventually(90, "two hours queryable from the hot indexes", || {
+        (count(&c, 0, base) == Some(want)).then_some(())
+    });
+    // A minute three hours later, for every series: each process's index moves its retention
+    // window past the two hours (it is relative to the newest sample it holds).
+    push_minutes(&ingest, base, 300, 301);
+    let hot = |i: usize| metric_value(&c.text(i, "/metrics"), "tidemark_hot_samples ");
+    let last_minute = (HOSTS * METRICS.len()) as f64;
+    c.eventually(
+        120,
+        "the two hours sealed and gone from the hot indexes",
+        || {
+            let raw = std::fs::read_dir(cold.join("tier=raw")).ok()?.count();
+            (raw > 0 && hot(0) + hot(1) <= last_minute).then_some(())
+        },
+    );
+    for i in 0..2 {
+        assert_eq!(count(&c, i, base), Some(want), "process {i} from the tiers");
+    }
+    let v = c.get(
+        1,
+        &format!(
+            "/api/v1/query_range?query={}&start={}&end={}&step=600",
+            enc("sum(cpu_usage)"),
+            (base + 10 * 60_000) / 1000,
+            (base + 110 * 60_000) / 1000
+        ),
+    );
+    let values = v["data"]["result"][0]["values"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(values.len(), 11, "{v}");
+}

@@ -58,6 +58,8 @@ pub struct ControlState {
     pub checkpoints: Option<Arc<super::checkpoint::WorkerCheckpoints>>,
     /// `[query]` of the process's `tidemark.toml`.
     pub query: crate::config::QueryConfig,
+    /// The cold tiers queries read: the first `[tiers] url` a job of this process opened.
+    pub cold: crate::query::api::ColdSlot,
 }
 
 /// `/-/ready`: 200 once every job this process kept on disk runs again and, for every job,
@@ -789,7 +791,7 @@ pub fn router(s: Arc<ControlState>) -> Router {
         hot: Arc::clone(&s.hot),
         metrics: Arc::clone(&s.metrics),
         peers: s.peers.clone(),
-        cold: None,
+        cold: Arc::clone(&s.cold),
         // Workers read Kafka, which carries samples only.
         metadata: Default::default(),
         limits: s.query.clone(),

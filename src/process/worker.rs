@@ -118,6 +118,8 @@ struct Shared {
     commands: Mutex<Option<mpsc::Receiver<Command>>>,
     /// Cold stores opened by jobs' `[tiers] url`, one per URL in the process.
     cold: Mutex<BTreeMap<String, Arc<ColdStore>>>,
+    /// What the query API reads for data older than the hot index: the first store opened.
+    query_cold: crate::query::api::ColdSlot,
     /// Jobs' rules (worker 0 evaluates them; kept across a job's restarts and replays).
     rules: Arc<JobRules>,
     /// Checkpoints (`None`: `[checkpoint] interval = "0s"`).
@@ -138,6 +140,11 @@ impl Shared {
         }
         let s = Arc::new(ColdStore::open(url)?);
         m.insert(url.to_string(), Arc::clone(&s));
+        let _ = self
+            .query_cold
+            .set(Arc::new(crate::store::cold::query::ColdReader::new(
+                Arc::clone(&s),
+            )));
         Ok(s)
     }
 }
@@ -331,6 +338,7 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
         bindings: Arc::clone(&bindings),
         commands: Mutex::new(Some(rx)),
         cold: Mutex::new(BTreeMap::new()),
+        query_cold: Default::default(),
         rules: Arc::clone(&rules),
         checkpoints: checkpoints.clone(),
         restored: restored_jobs,
@@ -358,6 +366,7 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
             .collect(),
         local_workers: opts.workers.max(1),
         query: opts.query.clone(),
+        cold: Arc::clone(&shared.query_cold),
     });
     let listen = opts.hosts[opts.process].http;
     let rt = tokio::runtime::Builder::new_multi_thread()

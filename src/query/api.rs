@@ -31,8 +31,9 @@ pub struct QueryState {
     pub metrics: Arc<Metrics>,
     /// Other worker processes' HTTP base URLs (empty in `tidemark up`).
     pub peers: Vec<String>,
-    /// The cold tiers, read for data older than the hot index holds.
-    pub cold: Option<Arc<ColdReader>>,
+    /// The cold tiers, read for data older than the hot index holds: set at start in `up`; in
+    /// a worker process when its first job opens its `[tiers] url`.
+    pub cold: ColdSlot,
     /// Metric metadata from pushes and scrapes.
     pub metadata: Arc<crate::model::metadata::MetadataStore>,
     /// `[query]`: limits and delayed name removal.
@@ -44,7 +45,15 @@ pub struct QueryState {
     pub cache: Option<super::cache::ResultCache>,
 }
 
+/// The cold tiers a query service reads, set once they are known.
+pub type ColdSlot = Arc<std::sync::OnceLock<Arc<ColdReader>>>;
+
 impl QueryState {
+    /// The cold tiers' reader, when there are cold tiers.
+    pub fn cold(&self) -> Option<&Arc<ColdReader>> {
+        self.cold.get()
+    }
+
     /// The query slots for `limits`.
     pub fn slots_for(limits: &crate::config::QueryConfig) -> Arc<tokio::sync::Semaphore> {
         Arc::new(tokio::sync::Semaphore::new(limits.max_concurrency.max(1)))
@@ -385,7 +394,7 @@ fn evaluate(
                 .query(query, range)
         })
     };
-    match &state.cold {
+    match state.cold() {
         Some(cold) => {
             let tiered = Tiered::new(hot, hot.complete_from(), cold);
             let v = run(&tiered)?;
@@ -539,7 +548,7 @@ fn selected(
 ) -> Result<Vec<Labels>, Response> {
     let mut out: Vec<Labels> = Vec::new();
     let hot_from = state.hot.complete_from();
-    let cold = state.cold.as_ref().filter(|_| reaches_cold(state, start));
+    let cold = state.cold().filter(|_| reaches_cold(state, start));
     for ms in sets {
         if let Some(cold) = cold {
             let tiered = Tiered::new(state.hot.as_ref(), hot_from, cold);
@@ -595,7 +604,7 @@ async fn selected_off_runtime(
 /// retention): listing a year of cold partitions for each metric-name completion would be a
 /// scan of the whole store.
 fn reaches_cold(state: &QueryState, start: i64) -> bool {
-    state.cold.is_some() && start != i64::MIN && start < state.hot.complete_from()
+    state.cold().is_some() && start != i64::MIN && start < state.hot.complete_from()
 }
 
 /// Every series: the selection of a metadata request without `match[]` whose range reaches
@@ -744,7 +753,7 @@ pub async fn rollups(State(s): State<Arc<QueryState>>, RawQuery(q): RawQuery) ->
         // By series: labels and rows by window start.
         let mut by_series: BTreeMap<u64, (Labels, BTreeMap<i64, Rollup>)> = BTreeMap::new();
         for ms in &sel.sets {
-            if let (Some(cold), true) = (&s.cold, sel.start < hot_from) {
+            if let (Some(cold), true) = (s.cold(), sel.start < hot_from) {
                 let rows = cold
                     .read(tier, ms, sel.start, sel.end)
                     .map_err(|e| format!("reading the cold {tier} tier: {e}"))?;

@@ -1,7 +1,8 @@
 //! The cluster's fan-out storage: a query on one worker process reads its own hot index and
 //! every peer's shard (`POST /internal/v1/select`), with the wire codec of matchers and series.
 //! A peer that does not answer fails the query, or, for rules, skips the tick
-//! ([`ClusterStorage`]).
+//! ([`ClusterStorage`]). Older than the hot indexes keep, a query reads the cold tiers of the
+//! first job that opened its `[tiers] url` in this process ([`cluster_query`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -243,11 +244,26 @@ pub fn cluster_query(
         peers: &q.peers,
         errors: Mutex::new(Vec::new()),
     };
-    let v = super::engine::Engine::new(&st, start, end, step)?
-        .annotated(notes)
-        .with_delayed_name_removal(q.limits.delayed_name_removal)
-        .with_budget(budget)
-        .query(query, range)?;
+    let run = |storage: &dyn Storage| {
+        super::engine::Engine::new(storage, start, end, step)?
+            .annotated(notes)
+            .with_delayed_name_removal(q.limits.delayed_name_removal)
+            .with_budget(budget)
+            .query(query, range)
+    };
+    // Older than the hot indexes keep: the cold tiers the jobs write (one copy for the whole
+    // cluster, read from here), as `tidemark up` reads them.
+    let v = match q.cold() {
+        Some(cold) => {
+            let tiered = crate::store::tiered::Tiered::new(&st, q.hot.complete_from(), cold);
+            let v = run(&tiered)?;
+            if let Some(e) = tiered.error() {
+                return Err(super::QueryError::Execution(e));
+            }
+            v
+        }
+        None => run(&st)?,
+    };
     let errs = st.errors.into_inner().unwrap_or_else(|e| e.into_inner());
     if !errs.is_empty() {
         return Err(super::QueryError::Execution(format!(
