@@ -66,7 +66,7 @@ def get(url, q, extra):
     ms = (time.perf_counter() - t) * 1000
     data = json.loads(body)
     assert data["status"] == "success", data
-    return ms, len(data["data"]["result"]), sum(len(s["values"]) for s in data["data"]["result"])
+    return ms, len(data["data"]["result"]), sum(len(s["values"]) for s in data["data"]["result"]), body
 print(f"query_range over [{end - 3600}, {end}] at {step} s, median (min) of {runs} runs, ms")
 head = "| query | " + " | ".join(f"{n} ms | series | points" for n, _ in systems) + " | Tidemark cached ms |"
 print(head)
@@ -79,7 +79,7 @@ for q in queries:
         get(u, q, {"nocache": 1} if n == "tidemark" else {})  # warm-up (page cache, pools)
     for _ in range(runs):
         for n, u in systems:
-            ms, series, points = get(u, q, {"nocache": 1} if n == "tidemark" else {})
+            ms, series, points, _ = get(u, q, {"nocache": 1} if n == "tidemark" else {})
             times[n].append(ms)
             shape[n] = (series, points)
     for n, _ in systems:
@@ -87,6 +87,8 @@ for q in queries:
     tm = dict(systems)["tidemark"]
     get(tm, q, {})
     cached = statistics.median(get(tm, q, {})[0] for _ in range(runs))
+    # The cached answer is the uncached one, byte for byte.
+    assert get(tm, q, {})[3] == get(tm, q, {"nocache": 1})[3], f"cached answer differs: {q}"
     print(f"| `{q}` | " + " | ".join(row) + f" | {cached:.1f} |")
 EOF
 echo "tidemark peak RSS: $(grep VmHWM /proc/$pid/status | awk '{print $2/1024 " MiB"}')"

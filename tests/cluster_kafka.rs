@@ -31,6 +31,31 @@ fn job_spec(name: &str, brokers: &str, group: &str, idle: &str) -> String {
     )
 }
 
+/// Submits job `name` (consumer group `group`, idle timeout 1 h) writing its cold tiers under
+/// `dir/cold`; returns that directory.
+fn submit_with_tiers(
+    c: &Cluster,
+    dir: &std::path::Path,
+    name: &str,
+    brokers: &str,
+    group: &str,
+) -> std::path::PathBuf {
+    let spec = dir.join("job.toml");
+    let cold = dir.join("cold");
+    std::fs::write(
+        &spec,
+        format!(
+            "{}[tiers]\nurl = \"file://{}\"\n",
+            job_spec(name, brokers, group, "1h"),
+            cold.display()
+        ),
+    )
+    .unwrap();
+    let (ok, out) = c.cli(&["submit", spec.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    cold
+}
+
 /// Line protocol for minutes `[from, to)` after `base` (one sample per host, metric, minute,
 /// half-way through it, so each lies inside a rollup window `(start, start + width]`):
 /// `cpu_usage`, `mem_usage`, `disk_usage` with host and pool tags.
@@ -593,19 +618,7 @@ fn checkpoints_bound_the_wals_and_a_restart_resumes_from_them() {
             ("TIDEMARK_TEST_CHECKPOINT_PAUSE_MS", "1500"),
         ],
     );
-    let spec = dir.path().join("job.toml");
-    let cold = dir.path().join("cold");
-    std::fs::write(
-        &spec,
-        format!(
-            "{}[tiers]\nurl = \"file://{}\"\n",
-            job_spec("fleet", &broker.addr(), "tm-ckpt", "1h"),
-            cold.display()
-        ),
-    )
-    .unwrap();
-    let (ok, out) = c.cli(&["submit", spec.to_str().unwrap()]);
-    assert!(ok, "{out}");
+    let cold = submit_with_tiers(&c, dir.path(), "fleet", &broker.addr(), "tm-ckpt");
     let base = (now_ms() - 6 * HOUR).div_euclid(HOUR) * HOUR;
     let per_hour = 60 * HOSTS as i64 * METRICS.len() as i64;
     push_minutes(&ingest, base, 0, 120);
@@ -747,19 +760,7 @@ fn cluster_queries_read_the_cold_tiers_for_data_older_than_the_hot_indexes() {
         &broker.addr(),
         Some("[hot]\nretention = \"1h\"\n"),
     );
-    let spec = dir.path().join("job.toml");
-    let cold = dir.path().join("cold");
-    std::fs::write(
-        &spec,
-        format!(
-            "{}[tiers]\nurl = \"file://{}\"\n",
-            job_spec("aged", &broker.addr(), "tm-aged", "1h"),
-            cold.display()
-        ),
-    )
-    .unwrap();
-    let (ok, out) = c.cli(&["submit", spec.to_str().unwrap()]);
-    assert!(ok, "{out}");
+    let cold = submit_with_tiers(&c, dir.path(), "aged", &broker.addr(), "tm-aged");
     let base = (now_ms() - 6 * HOUR).div_euclid(HOUR) * HOUR;
     let want = 120 * HOSTS as i64 * METRICS.len() as i64;
     push_minutes(&ingest, base, 0, 120);

@@ -131,11 +131,7 @@ impl Storage for HotIndex {
             return self
                 .select(matchers, start, end)
                 .into_iter()
-                .map(|s| Selected {
-                    labels: s.labels,
-                    rollups: Vec::new(),
-                    samples: s.samples,
-                })
+                .map(Selected::from)
                 .collect();
         }
         let mut out = Vec::new();
@@ -293,7 +289,16 @@ async fn run_query(
         let _slot = slot;
         let budget = &budget;
         let eval = |start: i64, end: i64, notes: &super::Annotations| {
-            evaluate(&state, &query, start, end, step, range, notes, budget)
+            let e = Eval {
+                query: &query,
+                start,
+                end,
+                step,
+                range,
+                notes,
+                budget,
+            };
+            evaluate(&state, &e)
         };
         let cache = state
             .cache
@@ -369,41 +374,54 @@ async fn run_query(
     }
 }
 
-/// Evaluates a query over `[start, end]` on this process's stores (the hot index, with the
-/// cold tiers behind it when configured), or across the cluster's processes.
-#[allow(clippy::too_many_arguments)]
-fn evaluate(
-    state: &QueryState,
-    query: &str,
-    start: i64,
-    end: i64,
-    step: i64,
-    range: bool,
-    notes: &super::Annotations,
-    budget: &super::Budget,
-) -> Result<QueryValue, QueryError> {
-    if !state.peers.is_empty() {
-        return super::fanout::cluster_query(state, query, start, end, step, range, notes, budget);
+/// One evaluation: a query over `[start, end]` at `step` (`range`: a range query), its
+/// annotations and budget.
+pub struct Eval<'a> {
+    pub query: &'a str,
+    pub start: i64,
+    pub end: i64,
+    pub step: i64,
+    pub range: bool,
+    pub notes: &'a super::Annotations,
+    pub budget: &'a super::Budget,
+}
+
+/// Evaluates on this process's stores (the hot index, with the cold tiers behind it when
+/// configured), or across the cluster's processes.
+fn evaluate(state: &QueryState, e: &Eval<'_>) -> Result<QueryValue, QueryError> {
+    if state.peers.is_empty() {
+        evaluate_on(state, &*state.hot, e)
+    } else {
+        super::fanout::cluster_query(state, e)
     }
-    let hot: &HotIndex = &state.hot;
+}
+
+/// Evaluates on `storage` (this process's hot index, or the cluster's fan-out), with the cold
+/// tiers behind it for what is older than the hot index keeps, when there are tiers.
+pub fn evaluate_on(
+    state: &QueryState,
+    storage: &dyn Storage,
+    e: &Eval<'_>,
+) -> Result<QueryValue, QueryError> {
     let run = |storage: &dyn Storage| {
-        Engine::new(storage, start, end, step).and_then(|e| {
-            e.annotated(notes)
-                .with_budget(budget)
+        Engine::new(storage, e.start, e.end, e.step).and_then(|engine| {
+            engine
+                .annotated(e.notes)
+                .with_budget(e.budget)
                 .with_delayed_name_removal(state.limits.delayed_name_removal)
-                .query(query, range)
+                .query(e.query, e.range)
         })
     };
     match state.cold() {
         Some(cold) => {
-            let tiered = Tiered::new(hot, hot.complete_from(), cold);
+            let tiered = Tiered::new(storage, state.hot.complete_from(), cold);
             let v = run(&tiered)?;
             match tiered.error() {
-                Some(e) => Err(QueryError::Execution(e)),
+                Some(err) => Err(QueryError::Execution(err)),
                 None => Ok(v),
             }
         }
-        None => run(hot),
+        None => run(storage),
     }
 }
 
@@ -653,6 +671,22 @@ pub async fn series(
     }
 }
 
+/// The series a label request names: `None` when the hot catalog answers it whole (no
+/// `match[]` and a range the hot index holds).
+async fn label_sets(s: &Arc<QueryState>, sel: Selection) -> Result<Option<Vec<Labels>>, Response> {
+    if sel.sets.is_empty() && !reaches_cold(s, sel.start) {
+        return Ok(None);
+    }
+    let sets = if sel.sets.is_empty() {
+        all_series()
+    } else {
+        sel.sets
+    };
+    selected_off_runtime(s, sets, sel.start, sel.end)
+        .await
+        .map(Some)
+}
+
 /// `GET|POST /api/v1/labels`.
 pub async fn labels(
     State(s): State<Arc<QueryState>>,
@@ -663,17 +697,9 @@ pub async fn labels(
         Ok(sel) => sel,
         Err(r) => return r,
     };
-    let reaches_cold = reaches_cold(&s, sel.start);
-    if sel.sets.is_empty() && !reaches_cold {
-        return success(json!(s.hot.catalog.label_names()));
-    }
-    let sets = if sel.sets.is_empty() {
-        all_series()
-    } else {
-        sel.sets
-    };
-    let series = match selected_off_runtime(&s, sets, sel.start, sel.end).await {
-        Ok(series) => series,
+    let series = match label_sets(&s, sel).await {
+        Ok(Some(series)) => series,
+        Ok(None) => return success(json!(s.hot.catalog.label_names())),
         Err(r) => return r,
     };
     let mut names: Vec<String> = series
@@ -695,17 +721,9 @@ pub async fn label_values(
         Ok(sel) => sel,
         Err(r) => return r,
     };
-    let reaches_cold = reaches_cold(&s, sel.start);
-    if sel.sets.is_empty() && !reaches_cold {
-        return success(json!(s.hot.catalog.label_values(&name)));
-    }
-    let sets = if sel.sets.is_empty() {
-        all_series()
-    } else {
-        sel.sets
-    };
-    let series = match selected_off_runtime(&s, sets, sel.start, sel.end).await {
-        Ok(series) => series,
+    let series = match label_sets(&s, sel).await {
+        Ok(Some(series)) => series,
+        Ok(None) => return success(json!(s.hot.catalog.label_values(&name))),
         Err(r) => return r,
     };
     let mut vals: Vec<String> = series

@@ -228,42 +228,18 @@ impl Storage for ClusterStorage {
 }
 
 /// Runs a PromQL query over the whole cluster.
-#[allow(clippy::too_many_arguments)]
 pub fn cluster_query(
     q: &super::api::QueryState,
-    query: &str,
-    start: i64,
-    end: i64,
-    step: i64,
-    range: bool,
-    notes: &super::Annotations,
-    budget: &super::Budget,
+    e: &super::api::Eval<'_>,
 ) -> Result<super::QueryValue, super::QueryError> {
     let st = FanoutStorage {
         local: &q.hot,
         peers: &q.peers,
         errors: Mutex::new(Vec::new()),
     };
-    let run = |storage: &dyn Storage| {
-        super::engine::Engine::new(storage, start, end, step)?
-            .annotated(notes)
-            .with_delayed_name_removal(q.limits.delayed_name_removal)
-            .with_budget(budget)
-            .query(query, range)
-    };
     // Older than the hot indexes keep: the cold tiers the jobs write (one copy for the whole
     // cluster, read from here), as `tidemark up` reads them.
-    let v = match q.cold() {
-        Some(cold) => {
-            let tiered = crate::store::tiered::Tiered::new(&st, q.hot.complete_from(), cold);
-            let v = run(&tiered)?;
-            if let Some(e) = tiered.error() {
-                return Err(super::QueryError::Execution(e));
-            }
-            v
-        }
-        None => run(&st)?,
-    };
+    let v = super::api::evaluate_on(q, &st, e)?;
     let errs = st.errors.into_inner().unwrap_or_else(|e| e.into_inner());
     if !errs.is_empty() {
         return Err(super::QueryError::Execution(format!(

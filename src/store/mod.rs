@@ -27,6 +27,17 @@ pub struct Selected {
     pub samples: Vec<(i64, f64)>,
 }
 
+/// Raw samples only.
+impl From<Series> for Selected {
+    fn from(s: Series) -> Selected {
+        Selected {
+            labels: s.labels,
+            rollups: Vec::new(),
+            samples: s.samples,
+        }
+    }
+}
+
 impl Selected {
     /// The series as points: each rollup window stands for its last sample.
     pub fn into_points(self) -> Series {
@@ -108,11 +119,7 @@ pub trait Storage: Send + Sync {
         let _ = hints;
         self.select(matchers, start, end)
             .into_iter()
-            .map(|s| Selected {
-                labels: s.labels,
-                rollups: Vec::new(),
-                samples: s.samples,
-            })
+            .map(Selected::from)
             .collect()
     }
 
