@@ -15,6 +15,8 @@ pub struct Metrics {
     pub late_accepted: AtomicU64,
     pub late_dropped: AtomicU64,
     pub queries: AtomicU64,
+    /// Queries holding an evaluation slot now (`[query] max_concurrency` of them at most).
+    pub queries_running: AtomicU64,
     /// The `query_range` result cache: requests that reused kept steps, requests that found
     /// none, keys evicted for room, and bytes held.
     pub query_cache_hits: AtomicU64,
@@ -150,6 +152,12 @@ pub fn render_counters(m: &Metrics, w: &mut TextWriter) {
         "counter",
         "PromQL queries evaluated.",
         &[("", g(&m.queries))],
+    );
+    w.family(
+        "tidemark_queries_running",
+        "gauge",
+        "Queries being evaluated now; at most [query] max_concurrency, the others wait for a slot.",
+        &[("", g(&m.queries_running))],
     );
     w.family(
         "tidemark_query_cache_requests_total",

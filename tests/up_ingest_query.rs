@@ -547,3 +547,38 @@ fn garbage_requests_never_take_the_server_down() {
     assert_eq!(t.get("/-/healthy").0, 200);
     assert_eq!(t.get("/-/ready").0, 200);
 }
+
+#[test]
+fn a_query_waiting_for_a_slot_past_its_timeout_names_max_concurrency() {
+    // One slot; every query holds its slot 8 s (the test hook), so the first keeps it while
+    // the second waits, and the second's 0.5 s timeout runs out in the wait.
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tidemark::start_with_env(
+        dir.path(),
+        "[rules]\nenabled = false\n[query]\nmax_concurrency = 1\n",
+        1,
+        vec![("TIDEMARK_TEST_QUERY_PAUSE_MS".into(), "8000".into())],
+    );
+    let url = t.url.clone();
+    let first = std::thread::spawn(move || {
+        support::agent()
+            .get(&format!("{url}/api/v1/query?query=vector(1)"))
+            .call()
+            .map(|r| r.status().as_u16())
+    });
+    t.eventually("the first query holding the only slot", || {
+        (t.metric("tidemark_queries_running") == 1.0).then_some(())
+    });
+    let (status, body) = t.get("/api/v1/query?query=vector(2)&timeout=500ms");
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["errorType"], "timeout", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("[query] max_concurrency"),
+        "{v}"
+    );
+    assert_eq!(first.join().unwrap().ok(), Some(200));
+}

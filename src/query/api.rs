@@ -287,6 +287,10 @@ async fn run_query(
     };
     let res = tokio::task::spawn_blocking(move || {
         let _slot = slot;
+        let _running = Running::new(&state.metrics);
+        if let Some(ms) = test_pause_ms() {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         let budget = &budget;
         let eval = |start: i64, end: i64, notes: &super::Annotations| {
             let e = Eval {
@@ -372,6 +376,33 @@ async fn run_query(
         Ok(Err(e)) => query_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
+}
+
+/// Counts a query in `tidemark_queries_running` while it holds its slot.
+struct Running<'a>(&'a Metrics);
+
+impl<'a> Running<'a> {
+    fn new(m: &'a Metrics) -> Self {
+        m.queries_running.fetch_add(1, Ordering::Relaxed);
+        Running(m)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.queries_running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `TIDEMARK_TEST_QUERY_PAUSE_MS`: every query sleeps this long holding its slot, so that a
+/// test can hold all of them and see the next query wait (`[query] max_concurrency`).
+fn test_pause_ms() -> Option<u64> {
+    static P: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *P.get_or_init(|| {
+        std::env::var("TIDEMARK_TEST_QUERY_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    })
 }
 
 /// One evaluation: a query over `[start, end]` at `step` (`range`: a range query), its
