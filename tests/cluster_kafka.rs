@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use support::cluster::Cluster;
 use support::kafka::Broker;
-use support::{enc, free_port, now_ms, Tidemark};
+use support::{enc, free_port, now_ms, Rng, Tidemark};
 
 const HOUR: i64 = 3_600_000;
 const HOSTS: usize = 6;
@@ -797,4 +797,71 @@ fn cluster_queries_read_the_cold_tiers_for_data_older_than_the_hot_indexes() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(values.len(), 11, "{v}");
+}
+
+#[test]
+fn a_two_process_cluster_answers_random_queries_as_tidemark_up_does() {
+    // The same fleet pushed to `tidemark up` and, through `tidemark ingest` and Kafka, to a
+    // two-process cluster: random queries from the grammar answer alike from `up` and from
+    // either process (the fan-out merges both processes' shards).
+    use support::fleet;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_on(free_port(), dir.path());
+    broker.create_topic("metrics", 2);
+    let ingest = Tidemark::start_ingest(dir.path(), &ingest_config(broker.port));
+    let c = Cluster::start(&dir.path().join("cluster"), 2, 1, &broker.addr());
+    let spec = dir.path().join("job.toml");
+    std::fs::write(&spec, job_spec("diff", &broker.addr(), "tm-diff", "1h")).unwrap();
+    let (ok, out) = c.cli(&["submit", spec.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let up_dir = dir.path().join("up");
+    std::fs::create_dir_all(&up_dir).unwrap();
+    let up = Tidemark::start(&up_dir, "[rules]\nenabled = false\n", 2);
+    let base = (now_ms() / 60_000 - 50) * 60_000;
+    let end = base + 40 * 60_000;
+    let mut sent = 0;
+    let mut from = base;
+    while from <= end {
+        let body = fleet::lines(from, from + 5 * 60_000);
+        sent += body.lines().count();
+        push(&ingest, &body);
+        let (st, b) = up.post("/write?precision=ms", "text/plain", &[], body.as_bytes());
+        assert_eq!(st, 204, "{b}");
+        from += 5 * 60_000;
+    }
+    let hot = |i: usize| metric_value(&c.text(i, "/metrics"), "tidemark_hot_samples ");
+    c.eventually(90, "every sample in the cluster and in up", || {
+        (hot(0) + hot(1) >= sent as f64 && up.metric("tidemark_hot_samples") >= sent as f64)
+            .then_some(())
+    });
+    assert!(hot(0) > 0.0 && hot(1) > 0.0, "both processes hold a shard");
+    let mut r = Rng(0xd1ff_c1a5);
+    let (mut points, mut empty) = (0, 0);
+    for k in 0..30 {
+        let q = fleet::query(&mut r, k % 3);
+        let path = format!(
+            "/api/v1/query_range?query={}&start={}&end={}&step=60&nocache=1",
+            enc(&q),
+            (base + 10 * 60_000) / 1000,
+            end / 1000
+        );
+        let want = up.api(&path);
+        let n: usize = want["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["values"].as_array().unwrap().len())
+            .sum();
+        points += n;
+        empty += usize::from(n == 0);
+        for i in 0..2 {
+            let got = c.get(i, &path);
+            assert_eq!(got["status"], "success", "{q} on process {i}: {got}");
+            assert_eq!(got["data"], want, "{q} on process {i}");
+        }
+    }
+    assert!(
+        points > 5_000 && empty <= 3,
+        "{points} points, {empty} empty answers"
+    );
 }

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod duckdb;
+pub mod fleet;
 pub mod kafka;
 pub mod receivers;
 pub mod s3;
