@@ -88,13 +88,11 @@ impl Storage for HotIndex {
         let ids: Vec<_> = self.catalog.select(matchers).into_iter().collect();
         let part = |ids: &[crate::model::SeriesId]| {
             let mut out = Vec::with_capacity(ids.len());
-            for &id in ids {
-                let Some(labels) = self.catalog.labels(id) else {
+            for (&id, samples) in ids.iter().zip(self.samples_many(ids, start, end)) {
+                if samples.is_empty() {
                     continue;
-                };
-                let mut samples = Vec::new();
-                self.samples(id, start, end, &mut samples);
-                if !samples.is_empty() {
+                }
+                if let Some(labels) = self.catalog.labels(id) {
                     out.push(Series { labels, samples });
                 }
             }

@@ -46,7 +46,7 @@ pub enum ValueCodec {
 /// Most samples a chunk holds (Prometheus's head chunks hold 120).
 pub const CHUNK_SAMPLES: usize = 120;
 
-use super::chunkfile::{ChunkFileError, ChunkFiles, DiskRef};
+use super::chunkfile::{ChunkFileError, ChunkFiles, DiskRef, Prefetched};
 use super::snap::{Dec, DecError, Enc};
 
 /// A bit stream being written: full 64-bit words go into `buf` (its first `len()` bytes; the
@@ -494,14 +494,33 @@ impl Chunk {
         scratch: &mut Vec<u8>,
         out: &mut Vec<(i64, f64)>,
     ) -> Result<(), ChunkFileError> {
+        self.decode_from(files, None, scratch, out)
+    }
+
+    /// [`Chunk::decode`], taking the bytes from `pre` when they were read ahead
+    /// ([`ChunkFiles::read_many`]).
+    pub fn decode_from(
+        &self,
+        files: Option<&ChunkFiles>,
+        pre: Option<&Prefetched>,
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<(i64, f64)>,
+    ) -> Result<(), ChunkFileError> {
         match &self.body {
             Body::Mem(b) => decode_bytes(b, out),
             Body::Disk(r) => {
                 let files = files.ok_or(ChunkFileError::NoFiles)?;
-                files.read(*r, scratch)?;
-                scratch.extend_from_slice(&[0; 8]);
+                // Read ahead, the bytes are not padded: the reader pads a load past the end.
+                let bytes = match pre.and_then(|p| p.get(*r)) {
+                    Some(b) => b,
+                    None => {
+                        files.read(*r, scratch)?;
+                        scratch.extend_from_slice(&[0; 8]);
+                        &scratch[..]
+                    }
+                };
                 let base = out.len();
-                decode_bytes(scratch, out);
+                decode_bytes(bytes, out);
                 if out.len() - base != usize::from(self.count) {
                     out.truncate(base);
                     files

@@ -38,11 +38,43 @@ pub const SEGMENT_SPAN_MS: i64 = 3_600_000;
 
 /// Where a chunk's bytes are: segment number, offset and length (without the decoder's
 /// padding).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DiskRef {
     pub seg: u32,
     pub off: u32,
     pub len: u32,
+}
+
+/// [`ChunkFiles::read_many`] reads chunks this close together (bytes between them) in one run
+/// ...
+pub const PREFETCH_GAP: u64 = 4 << 10;
+/// ... of at most this many bytes.
+pub const PREFETCH_RUN: u64 = 4 << 20;
+
+/// Chunk bytes read ahead by [`ChunkFiles::read_many`].
+#[derive(Default)]
+pub struct Prefetched {
+    /// Each chunk read and where its bytes start in `buf`, sorted by reference.
+    at: Vec<(DiskRef, usize)>,
+    buf: Vec<u8>,
+}
+
+impl Prefetched {
+    /// The bytes of the chunk at `r`, if they were read.
+    pub fn get(&self, r: DiskRef) -> Option<&[u8]> {
+        let i = self.at.binary_search_by(|(x, _)| x.cmp(&r)).ok()?;
+        let at = self.at[i].1;
+        self.buf.get(at..at + r.len as usize)
+    }
+
+    /// Chunks read.
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
 }
 
 /// Why a chunk could not be read back.
@@ -260,6 +292,8 @@ impl ChunkFiles {
             }),
             Some(f) => {
                 out.clear();
+                // Room for the decoder's padding too, which the caller appends.
+                out.reserve(r.len as usize + 8);
                 out.resize(r.len as usize, 0);
                 f.read_exact_at(out, u64::from(r.off))
                     .map_err(|source| ChunkFileError::Read {
@@ -274,6 +308,57 @@ impl ChunkFiles {
             self.read_errors.fetch_add(1, Ordering::Relaxed);
         }
         res
+    }
+
+    /// Reads the chunks at `refs` (sorted and deduplicated here) with one positioned read per
+    /// run of chunks at most [`PREFETCH_GAP`] bytes apart in a segment, rather than one per
+    /// chunk: a query over 2,500 series and an hour reads 7,500 chunks, and a read is a system
+    /// call of about 1.5 us (12 % of that query's CPU). A run that cannot be read is left out:
+    /// [`Prefetched::get`] misses, and the caller's [`ChunkFiles::read`] reports why.
+    /// `pre` is cleared first and keeps its buffer (reused, it costs no page faults).
+    pub fn read_many(&self, refs: &mut Vec<DiskRef>, pre: &mut Prefetched) {
+        refs.sort_unstable();
+        refs.dedup();
+        pre.at.clear();
+        pre.buf.clear();
+        let mut i = 0;
+        while i < refs.len() {
+            let first = refs[i];
+            let mut end = u64::from(first.off) + u64::from(first.len);
+            let mut j = i + 1;
+            while j < refs.len()
+                && refs[j].seg == first.seg
+                && u64::from(refs[j].off) <= end + PREFETCH_GAP
+                && u64::from(refs[j].off) + u64::from(refs[j].len) - u64::from(first.off)
+                    <= PREFETCH_RUN
+            {
+                end = end.max(u64::from(refs[j].off) + u64::from(refs[j].len));
+                j += 1;
+            }
+            let file = self
+                .segments
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&first.seg)
+                .map(|s| Arc::clone(&s.file));
+            if let Some(f) = file {
+                let base = pre.buf.len();
+                pre.buf
+                    .resize(base + (end - u64::from(first.off)) as usize, 0);
+                if f.read_exact_at(&mut pre.buf[base..], u64::from(first.off))
+                    .is_ok()
+                {
+                    pre.at.extend(
+                        refs[i..j]
+                            .iter()
+                            .map(|r| (*r, base + (r.off - first.off) as usize)),
+                    );
+                } else {
+                    pre.buf.truncate(base);
+                }
+            }
+            i = j;
+        }
     }
 
     /// Makes every chunk appended so far durable (before a checkpoint that references them).
@@ -442,6 +527,56 @@ impl ChunkFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_read_ahead_equal_chunks_read_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = ChunkFiles::open(dir.path()).unwrap();
+        // Segment 1: 64 chunks of 100 bytes back to back, then one 10 KB past a gap (its own
+        // run); segment 2 (stream 1): 4 chunks.
+        let mut refs = Vec::new();
+        for i in 0..64u8 {
+            let (seg, off) = f.append(&[i; 100], 1).unwrap();
+            refs.push(DiskRef { seg, off, len: 100 });
+        }
+        f.append(&vec![0xEE; 10_000], 1).unwrap();
+        let (seg, off) = f.append(b"far away", 1).unwrap();
+        refs.push(DiskRef { seg, off, len: 8 });
+        for i in 0..4u8 {
+            let (seg, off) = f.append_to(1, &[100 + i; 7], 1).unwrap();
+            refs.push(DiskRef { seg, off, len: 7 });
+        }
+        let missing = DiskRef {
+            seg: 99,
+            off: 0,
+            len: 3,
+        };
+        // Every other chunk, in reverse, with duplicates and a segment that does not exist.
+        let mut ask: Vec<DiskRef> = refs.iter().rev().step_by(2).copied().collect();
+        ask.extend(refs.iter().rev().step_by(4).copied());
+        ask.push(missing);
+        let mut pre = Prefetched::default();
+        pre.buf.extend_from_slice(b"left from a previous group");
+        f.read_many(&mut ask, &mut pre);
+        let mut one = Vec::new();
+        for (i, r) in refs.iter().enumerate() {
+            let asked = (refs.len() - 1 - i) % 2 == 0;
+            assert_eq!(pre.get(*r).is_some(), asked, "chunk {i}");
+            if asked {
+                f.read(*r, &mut one).unwrap();
+                assert_eq!(pre.get(*r).unwrap(), &one[..], "chunk {i}");
+            }
+        }
+        assert!(pre.get(missing).is_none());
+        assert_eq!(pre.len(), refs.len().div_ceil(2));
+        // Three runs: segment 1's back-to-back chunks, the far one, segment 2's: the gap of
+        // 10 KB is not read.
+        assert!(
+            pre.buf.len() < 64 * 100 + 8 + 4 * 7,
+            "{} bytes read",
+            pre.buf.len()
+        );
+    }
 
     #[test]
     fn appends_read_back_and_segments_go_by_age_and_reference() {
