@@ -475,6 +475,75 @@ fn fleet(
     (series, pushes)
 }
 
+/// A random query over [`fleet`]'s metrics, any function (the raw tier answers anything).
+fn raw_query(r: &mut support::Rng, depth: u32) -> String {
+    let pick = |r: &mut support::Rng, xs: &[&'static str]| xs[r.below(xs.len() as u64) as usize];
+    let m = pick(
+        r,
+        &[
+            "",
+            r#"{host="h1"}"#,
+            r#"{host=~"h0|h2"}"#,
+            r#"{host!="h0"}"#,
+        ],
+    );
+    let range = pick(r, &["1m", "2m", "5m", "10m", "1h"]);
+    let leaf = match r.below(12) {
+        0 => format!("cpu{m}"),
+        1 => format!("reqs_total{m}"),
+        2 => format!("rate(reqs_total{m}[{range}])"),
+        3 => format!("irate(reqs_total{m}[{range}])"),
+        4 => format!("increase(reqs_total{m}[{range}])"),
+        5 => format!("resets(reqs_total{m}[{range}])"),
+        6 => format!("deriv(cpu{m}[{range}])"),
+        7 => format!("max_over_time(cpu{m}[{range}])"),
+        8 => format!("quantile_over_time(0.5, cpu{m}[{range}])"),
+        9 => format!("stddev_over_time(cpu{m}[{range}])"),
+        10 => format!("changes(cpu{m}[{range}])"),
+        _ => format!("cpu{m} offset 10m"),
+    };
+    if depth == 0 {
+        return leaf;
+    }
+    let inner = raw_query(r, depth - 1);
+    match r.below(6) {
+        0 => format!("sum by (host) ({inner})"),
+        1 => format!("avg ({inner})"),
+        2 => format!("topk(2, {inner})"),
+        3 => format!("{inner} * 2 + 1"),
+        4 => format!("count ({inner} > 40)"),
+        _ => format!("max_over_time(({leaf})[5m:1m])"),
+    }
+}
+
+/// A random query the 1m and 1h rollups answer exactly at 1 h steps: `*_over_time` of whole
+/// windows, `increase` and `rate`, under aggregations and arithmetic.
+fn rollup_query(r: &mut support::Rng, depth: u32) -> String {
+    let pick = |r: &mut support::Rng, xs: &[&'static str]| xs[r.below(xs.len() as u64) as usize];
+    let m = pick(r, &["", r#"{host="h1"}"#, r#"{host!="h2"}"#]);
+    let range = pick(r, &["1h", "2h", "3h"]);
+    let leaf = match r.below(7) {
+        0 => format!("increase(reqs_total{m}[{range}])"),
+        1 => format!("rate(reqs_total{m}[{range}])"),
+        2 => format!("avg_over_time(cpu{m}[{range}])"),
+        3 => format!("min_over_time(cpu{m}[{range}])"),
+        4 => format!("max_over_time(cpu{m}[{range}])"),
+        5 => format!("sum_over_time(cpu{m}[{range}])"),
+        _ => format!("count_over_time(cpu{m}[{range}])"),
+    };
+    if depth == 0 {
+        return leaf;
+    }
+    let inner = rollup_query(r, depth - 1);
+    match r.below(5) {
+        0 => format!("sum by (host) ({inner})"),
+        1 => format!("max ({inner})"),
+        2 => format!("topk(1, {inner})"),
+        3 => format!("{inner} / 2 - 1"),
+        _ => format!("avg ({inner})"),
+    }
+}
+
 #[test]
 fn queries_across_hot_and_every_cold_tier_match_answers_from_raw_data() {
     use tidemark::model::Labels;
@@ -623,6 +692,37 @@ fn queries_across_hot_and_every_cold_tier_match_answers_from_raw_data() {
         assert!(check(q, end - 20 * HOUR, end, 30_000) >= 3 * 2000, "{q}");
     }
     assert!(rows("raw") > raw_before, "raw tier read");
+
+    // Random queries from two grammars against the same oracle, each over a range that
+    // starts in the tiers and ends in the hot index (its hour is [end - 1h, end]):
+    // - anything PromQL over the raw tier, at 30 s steps;
+    // - the functions the rollups answer exactly, at the windows' 1 h steps, over the 1h and
+    //   1m tiers, under random aggregations and arithmetic.
+    let mut rng = support::Rng(0x5eed_c01d);
+    let (mut points, mut answered) = (0, 0);
+    let raw_before = rows("raw");
+    for i in 0..24 {
+        let q = raw_query(&mut rng, 1 + i % 2);
+        let n = check(&q, end - 3 * HOUR, end, 30_000);
+        points += n;
+        answered += usize::from(n > 0);
+    }
+    let hour_before = rows("1h");
+    for i in 0..16 {
+        let q = rollup_query(&mut rng, 1 + i % 2);
+        let n = check(&q, start + 3 * HOUR, end, HOUR);
+        points += n;
+        answered += usize::from(n > 0);
+    }
+    eprintln!("random queries: {answered} of 40 answered, {points} points compared");
+    assert!(
+        answered >= 32 && points > 5_000,
+        "{answered} of 40 random queries answered, {points} points compared"
+    );
+    assert!(
+        rows("raw") > raw_before && rows("1h") > hour_before,
+        "the random queries read the raw and 1h tiers"
+    );
 
     // The metadata APIs answer for the same data: a range before the hot index's retention
     // reads the tiers that hold it.
