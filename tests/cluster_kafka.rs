@@ -797,6 +797,36 @@ fn cluster_queries_read_the_cold_tiers_for_data_older_than_the_hot_indexes() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(values.len(), 11, "{v}");
+    // The metadata APIs over those hours: each process reads the same tiers and the answers
+    // merge, every series and name once, from either process.
+    let (from, to) = (base / 1000, (base + 2 * HOUR) / 1000);
+    for i in 0..2 {
+        let series = c.get(
+            i,
+            &format!(
+                "/api/v1/series?match[]={}&start={from}&end={to}",
+                enc(r#"{__name__=~"cpu_usage|mem_usage|disk_usage"}"#)
+            ),
+        );
+        let list = series["data"].as_array().cloned().unwrap_or_default();
+        let mut distinct: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(
+            (list.len(), distinct.len()),
+            (HOSTS * METRICS.len(), HOSTS * METRICS.len()),
+            "process {i}: {series}"
+        );
+        let names = c.get(
+            i,
+            &format!("/api/v1/label/__name__/values?start={from}&end={to}"),
+        );
+        assert_eq!(
+            names["data"],
+            serde_json::json!(["cpu_usage", "disk_usage", "mem_usage"]),
+            "process {i}"
+        );
+    }
 }
 
 #[test]

@@ -811,7 +811,12 @@ pub fn router(s: Arc<ControlState>) -> Router {
                 let body = axum::body::to_bytes(body, 64 << 20)
                     .await
                     .unwrap_or_default();
-                let fwd = Request::from_parts(parts.clone(), axum::body::Body::from(body.clone()));
+                // Without the extensions: they hold this route's path parameters, and the
+                // inner router's `{name}` would be a second one (`label/<name>/values`
+                // failed with "Expected 1 but got 2").
+                let mut inner = parts.clone();
+                inner.extensions = Default::default();
+                let fwd = Request::from_parts(inner, axum::body::Body::from(body.clone()));
                 let resp = match local.oneshot(fwd).await {
                     Ok(r) => r,
                     Err(e) => match e {},
