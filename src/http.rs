@@ -17,6 +17,8 @@ pub fn required_role(method: &axum::http::Method, path: &str) -> Option<Role> {
     use axum::http::Method;
     match path {
         "/-/healthy" | "/-/ready" => None,
+        // The UI's page and files: no data (its API requests carry the user's token).
+        p if crate::web::is_public(p) => None,
         "/-/reload" => Some(Role::Admin),
         "/api/v1/replay" | "/api/v2/silences" | "/api/v1/jobs" if method == Method::POST => {
             Some(Role::Admin)

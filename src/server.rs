@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
@@ -75,8 +75,8 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
         .route("/-/ready", get(ready))
         .route("/api/v1/replay", get(replay_status).post(replay))
         .route("/api/v1/status/tsdb", get(tsdb_status))
-        .route("/", get(index))
         .with_state(Arc::clone(&state))
+        .merge(crate::web::routes())
         .merge(crate::alert::api::routes(Arc::clone(&state.alerting)))
         .merge(api::routes(query))
         .merge(ingest_http::routes(ingest))
@@ -253,10 +253,6 @@ async fn replay_status(State(s): State<Arc<AppState>>) -> Response {
         }
     }))
     .into_response()
-}
-
-async fn index() -> Html<&'static str> {
-    Html(include_str!("web/index.html"))
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {

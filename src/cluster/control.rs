@@ -848,6 +848,7 @@ pub fn router(s: Arc<ControlState>) -> Router {
         .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
         .route("/-/ready", get(worker_ready))
         .with_state(Arc::clone(&s))
+        .merge(crate::web::routes())
         .fallback_service(api::routes(q))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&s.auth),

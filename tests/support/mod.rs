@@ -2,6 +2,7 @@
 //! dir, and talks HTTP to it.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod duckdb;
 pub mod fleet;
