@@ -9,6 +9,7 @@ mod support;
 
 use serde_json::json;
 use support::browser::Browser;
+use support::receivers::HttpReceiver;
 use support::{enc, fleet, now_ms, Tidemark};
 
 fn screenshots() -> std::path::PathBuf {
@@ -172,4 +173,194 @@ fn the_explorer_charts_tables_completes_and_requeries_in_a_real_browser() {
     );
     assert!(shown.as_str().unwrap().contains("parenthesis"), "{shown}");
     assert_eq!(b.js("return window.tidemarkErrors", json!([])), json!([]));
+}
+
+/// Pushes `cpu{host}` and `disk{host}` at `value` for `secs` seconds from `b`, then a clock
+/// sample 10 s later that moves the watermark past them (rules run on event time).
+fn push_hosts(t: &Tidemark, b: i64, secs: i64, cpu: f64, disk: f64) {
+    let mut body = String::new();
+    for s in 0..secs {
+        for host in ["a", "b"] {
+            let ts = b + s * 1000;
+            body.push_str(&format!(
+                "cpu{{host=\"{host}\"}} {cpu} {ts}\ndisk{{host=\"{host}\"}} {disk} {ts}\n"
+            ));
+        }
+    }
+    body.push_str(&format!("clock 1 {}\n", b + (secs + 10) * 1000));
+    let (status, text) = t.post(
+        "/api/v1/import/prometheus",
+        "text/plain",
+        &[("Authorization", "Bearer wtok")],
+        body.as_bytes(),
+    );
+    assert!(status < 300, "{status} {text}");
+}
+
+#[test]
+fn the_alerts_view_shows_groups_and_a_silence_made_in_it_mutes_the_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = HttpReceiver::start();
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(
+        &rules,
+        "groups:\n- name: hosts\n  rules:\n  - alert: HighCpu\n    expr: cpu > 90\n    labels: {severity: warning}\n    annotations:\n      summary: '{{ $labels.host }} at {{ $value }}%'\n      description: 'CPU above 90 % on {{ $labels.host }}'\n  - alert: DiskFilling\n    expr: disk > 50\n    for: 1h\n  - alert: DiskFull\n    expr: disk > 95\n",
+    )
+    .unwrap();
+    let routing = dir.path().join("alertmanager.yml");
+    std::fs::write(
+        &routing,
+        format!(
+            "route:\n  receiver: hook\n  group_by: [alertname]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1s\nreceivers:\n- name: hook\n  webhook_configs: [{{url: '{}'}}]\n",
+            hook.url("/hook")
+        ),
+    )
+    .unwrap();
+    let t = Tidemark::start(
+        dir.path(),
+        &format!(
+            "[rules]\nfiles = [{:?}]\n\n[alerting]\nconfig = {:?}\n\n[auth]\ntokens = [{{ token = \"rtok\", role = \"read\" }}, {{ token = \"atok\", role = \"admin\" }}, {{ token = \"wtok\", role = \"write\" }}]\n",
+            rules.display().to_string(),
+            routing.display().to_string()
+        ),
+        2,
+    );
+    let b = (now_ms() - 3_600_000) / 60_000 * 60_000;
+    push_hosts(&t, b, 5, 95.0, 60.0);
+    let firing_notes = || {
+        hook.at("/hook")
+            .iter()
+            .filter(|r| r.json().to_string().contains("HighCpu"))
+            .count()
+    };
+    t.eventually("HighCpu notified twice (repeats every second)", || {
+        (firing_notes() >= 2).then_some(())
+    });
+
+    let br = Browser::start();
+    br.goto(&format!("{}/alerts", t.url));
+    // The page itself needs no token; its API requests do: without one it says so.
+    br.wait_for(
+        "the error without a token",
+        "return document.body.dataset.state === 'error'",
+    );
+    br.js(
+        "document.getElementById('token').click(); return true;",
+        json!([]),
+    );
+    br.answer_prompt("rtok");
+    br.wait_for(
+        "the alerts with a read token",
+        "return document.body.dataset.state === 'ready' && document.body.dataset.firing === '2'",
+    );
+    // One group per alertname (the route's group_by), with the receiver; both hosts firing.
+    let groups = br.js(
+        "return [...document.querySelectorAll('#groups .group')].map(g => g.querySelector('header').textContent)",
+        json!([]),
+    );
+    assert_eq!(groups, json!([r#"hookalertname="HighCpu""#]), "{groups}");
+    let summary = br.js(
+        "return [...document.querySelectorAll('#groups .alert .summary')].map(e => e.textContent).sort()",
+        json!([]),
+    );
+    assert_eq!(summary, json!(["a at 95%", "b at 95%"]));
+    let rule_link = br.js(
+        "const a = document.querySelector('#groups .alert a'); \
+         return a.pathname + ' ' + new URLSearchParams(a.search).get('expr')",
+        json!([]),
+    );
+    assert_eq!(
+        rule_link,
+        json!("/ cpu > 90"),
+        "the rule's expression in the explorer"
+    );
+    let pending = br.js(
+        "return [...document.querySelectorAll('#pending .alert')].map(e => e.dataset.alertname)",
+        json!([]),
+    );
+    assert_eq!(
+        pending,
+        json!(["DiskFilling", "DiskFilling"]),
+        "for: 1h keeps it pending"
+    );
+    let rules_shown = br.js(
+        "return document.querySelectorAll('#rules tbody tr').length",
+        json!([]),
+    );
+    assert_eq!(rules_shown, json!(3));
+    br.screenshot(&screenshots().join("alerts.png"));
+
+    // A silence from the first alert's labels: the read token may not create it.
+    br.js(
+        "document.querySelector('#groups .alert button.silence').click(); \
+         document.getElementById('sil-matchers').value = 'alertname=\"HighCpu\"'; \
+         document.getElementById('sil-comment').value = 'maintenance'; \
+         document.getElementById('silence-form').requestSubmit(); return true;",
+        json!([]),
+    );
+    br.wait_for(
+        "the admin-token error",
+        "return document.getElementById('alerts-error').textContent.includes('admin token')",
+    );
+    br.js(
+        "document.getElementById('token').click(); return true;",
+        json!([]),
+    );
+    br.answer_prompt("atok");
+    br.wait_for(
+        "reloaded with the admin token",
+        "return document.body.dataset.state === 'ready'",
+    );
+    br.js(
+        "document.getElementById('silence-form').requestSubmit(); return true;",
+        json!([]),
+    );
+    br.wait_for(
+        "the silence listed and the alerts muted",
+        "return document.body.dataset.state === 'ready' && document.body.dataset.firing === '0' \
+         && document.querySelectorAll('#silences tr[data-state=active]').length === 1",
+    );
+    // Nothing more about HighCpu reaches the webhook once the silence is in (the repeats
+    // stop); another alert created after it still does, so the webhook was listening.
+    t.eventually("no HighCpu notification queued", || {
+        let (_, body) = t.get_with("/api/v1/notifications", &[("Authorization", "Bearer rtok")]);
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (!v["data"]["queued"].to_string().contains("HighCpu")).then_some(())
+    });
+    let before = firing_notes();
+    push_hosts(&t, b + 60_000, 5, 95.0, 99.0);
+    t.eventually("DiskFull notified after the silence", || {
+        hook.at("/hook")
+            .iter()
+            .any(|r| r.json().to_string().contains("DiskFull"))
+            .then_some(())
+    });
+    assert_eq!(
+        firing_notes(),
+        before,
+        "HighCpu silenced: no notification after the silence"
+    );
+    br.js(
+        "document.getElementById('alerts-refresh').click(); return true;",
+        json!([]),
+    );
+    br.wait_for(
+        "DiskFull firing beside the silenced HighCpu",
+        "return document.body.dataset.state === 'ready' && document.body.dataset.firing === '2'",
+    );
+    let states = br.js(
+        "return [...document.querySelectorAll('#groups .alert')].map(e => e.dataset.alertname + ':' + e.dataset.state).sort()",
+        json!([]),
+    );
+    assert_eq!(
+        states,
+        json!([
+            "DiskFull:firing",
+            "DiskFull:firing",
+            "HighCpu:suppressed",
+            "HighCpu:suppressed"
+        ])
+    );
+    br.screenshot(&screenshots().join("alerts-silenced.png"));
+    assert_eq!(br.js("return window.tidemarkErrors", json!([])), json!([]));
 }

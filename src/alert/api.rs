@@ -69,6 +69,7 @@ pub fn routes(state: Arc<AlertState>) -> Router {
         .route("/api/v1/notifications", get(notifications))
         .route("/-/reload", post(reload).put(reload))
         .route("/api/v2/alerts", get(alerts_v2).post(post_alerts))
+        .route("/api/v2/alerts/groups", get(alert_groups))
         .route("/api/v2/silences", get(list_silences).post(post_silence))
         .route(
             "/api/v2/silence/{id}",
@@ -192,6 +193,22 @@ async fn alerts_v2(State(s): State<Arc<AlertState>>, RawQuery(q): RawQuery) -> R
         Err(e) => return v2_error(StatusCode::BAD_REQUEST, e),
     };
     Json(Value::Array(s.notifier.alerts_json(
+        flag(&q, "active"),
+        flag(&q, "silenced"),
+        flag(&q, "inhibited"),
+        &f,
+    )))
+    .into_response()
+}
+
+/// `GET /api/v2/alerts/groups` (Alertmanager's; Grafana's Alertmanager data source and the
+/// UI's alerts view): the alerts grouped as the routing groups them.
+async fn alert_groups(State(s): State<Arc<AlertState>>, RawQuery(q): RawQuery) -> Response {
+    let f = match filters(&q) {
+        Ok(f) => f,
+        Err(e) => return v2_error(StatusCode::BAD_REQUEST, e),
+    };
+    Json(Value::Array(s.notifier.groups_json(
         flag(&q, "active"),
         flag(&q, "silenced"),
         flag(&q, "inhibited"),

@@ -3,7 +3,9 @@
 //! network at run time, and a `cargo build` needs no Node. The page talks to the same process's
 //! Prometheus API (`/api/v1/...`) like any other client.
 //!
-//! - `GET /`: the explorer (`assets/index.html`).
+//! - `GET /`: the explorer; `GET /alerts`: alerts as the routing groups them, pending alerts,
+//!   silences (created and expired here, with an `admin` token), rules and notifications by
+//!   receiver. One page, `assets/index.html`, which shows the view its path names.
 //! - `GET /ui/<file>`: its script, style sheet and the vendored chart library (uPlot, MIT,
 //!   copied from the npm registry's tarball: `assets/vendor/uplot/SOURCE`).
 //!
@@ -35,6 +37,7 @@ macro_rules! asset {
 
 const ASSETS: &[Asset] = &[
     asset!("app.js", "text/javascript; charset=utf-8"),
+    asset!("alerts.js", "text/javascript; charset=utf-8"),
     asset!("app.css", "text/css; charset=utf-8"),
     asset!("favicon.svg", "image/svg+xml"),
     asset!(
@@ -51,12 +54,16 @@ const INDEX: &[u8] = include_bytes!("assets/index.html");
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(index))
+        .route("/alerts", get(index))
         .route("/ui/{*path}", get(asset))
 }
 
+/// The UI's pages: one HTML file, which shows the page its path names.
+const PAGES: &[&str] = &["/", "/alerts"];
+
 /// Paths the UI serves without a token ([`crate::http::required_role`]).
 pub fn is_public(path: &str) -> bool {
-    path == "/" || path.starts_with("/ui/")
+    PAGES.contains(&path) || path.starts_with("/ui/")
 }
 
 async fn index() -> Response {
@@ -106,8 +113,8 @@ mod tests {
             refs += 1;
         }
         assert_eq!(
-            refs, 5,
-            "the icon, the script, the style sheet and uPlot's two files"
+            refs, 6,
+            "the icon, the two scripts, the style sheet and uPlot's two files"
         );
         assert!(ASSETS.iter().all(|a| !a.bytes.is_empty()));
     }

@@ -114,6 +114,16 @@ impl Browser {
         }
     }
 
+    /// Answers the page's open `prompt()` with `text` (WebDriver's user prompt commands).
+    pub fn answer_prompt(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while post(&self.url("/alert/text"), &json!({ "text": text })).is_err() {
+            assert!(Instant::now() < deadline, "no prompt opened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        post(&self.url("/alert/accept"), &json!({})).unwrap();
+    }
+
     /// The browser console's entries at level SEVERE since the last call (chromedriver's log
     /// endpoint).
     pub fn severe_console(&self) -> Vec<String> {

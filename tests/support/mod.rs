@@ -272,10 +272,16 @@ impl Tidemark {
 
     /// GETs a path; returns (status, body text).
     pub fn get(&self, path_and_query: &str) -> (u16, String) {
-        let mut r = agent()
-            .get(format!("{}{}", self.url, path_and_query))
-            .call()
-            .expect("request");
+        self.get_with(path_and_query, &[])
+    }
+
+    /// [`Tidemark::get`] with request headers (a bearer token).
+    pub fn get_with(&self, path_and_query: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        let mut req = agent().get(format!("{}{}", self.url, path_and_query));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut r = req.call().expect("request");
         let status = r.status().as_u16();
         let mut s = String::new();
         r.body_mut().as_reader().read_to_string(&mut s).unwrap();

@@ -701,6 +701,48 @@ impl Notifier {
         out
     }
 
+    /// Alertmanager's `GET /api/v2/alerts/groups`: the alerts of [`Notifier::alerts_json`]
+    /// grouped as the routing tree groups them: per route an alert goes to, by that route's
+    /// `group_by` labels (all of them for `'...'`); an alert routed twice (`continue`) is in
+    /// two groups. Sorted by route, then group labels.
+    pub fn groups_json(
+        &self,
+        active: bool,
+        silenced: bool,
+        inhibited: bool,
+        filter: &[config::LabelMatcher],
+    ) -> Vec<Json> {
+        let cfg = self.config();
+        type Group = (String, Vec<Json>);
+        let mut groups: BTreeMap<(String, BTreeMap<String, String>), Group> = BTreeMap::new();
+        for a in self.alerts_json(active, silenced, inhibited, filter) {
+            let labels: BTreeMap<String, String> =
+                serde_json::from_value(a["labels"].clone()).unwrap_or_default();
+            let mut routes = Vec::new();
+            cfg.route.matching(&labels, &mut routes);
+            for r in routes {
+                let by: BTreeMap<String, String> = match &r.group_by {
+                    None => labels.clone(),
+                    Some(names) => names
+                        .iter()
+                        .filter_map(|n| labels.get(n).map(|v| (n.clone(), v.clone())))
+                        .collect(),
+                };
+                groups
+                    .entry((r.key.clone(), by))
+                    .or_insert_with(|| (r.receiver.clone(), Vec::new()))
+                    .1
+                    .push(a.clone());
+            }
+        }
+        groups
+            .into_iter()
+            .map(|((_, labels), (receiver, alerts))| {
+                json!({"labels": labels, "receiver": {"name": receiver}, "alerts": alerts})
+            })
+            .collect()
+    }
+
     /// Queued notifications and the last deliveries (for the UI and tests).
     pub fn outbox_json(&self) -> Json {
         let st = lock(&self.state);

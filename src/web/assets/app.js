@@ -498,11 +498,7 @@ function wire() {
       run();
     });
   }
-  $('token').addEventListener('click', () => {
-    const t = prompt('Bearer token for this browser session (empty: none)', sessionStorage.getItem('tidemark.token') || '');
-    if (t === null) return;
-    if (t) sessionStorage.setItem('tidemark.token', t);
-    else sessionStorage.removeItem('tidemark.token');
+  document.addEventListener('tidemark-token', () => {
     cache.labels.clear();
     cache.values.clear();
     run();
@@ -512,7 +508,21 @@ function wire() {
   });
 }
 
-readUrl();
-wire();
-syncControls();
-run();
+// The page this URL shows: the server sends this same file for each of them.
+const PAGE = location.pathname.replace(/\/+$/, '') === '/alerts' ? 'alerts' : 'explorer';
+for (const a of document.querySelectorAll('header nav a[data-page]')) a.classList.toggle('active', a.dataset.page === PAGE);
+document.getElementById(PAGE + '-page').hidden = false;
+// The token (kept for this browser session only); each view reloads with it.
+$('token').addEventListener('click', () => {
+  const t = prompt('Bearer token for this browser session (empty: none)', sessionStorage.getItem('tidemark.token') || '');
+  if (t === null) return;
+  if (t) sessionStorage.setItem('tidemark.token', t);
+  else sessionStorage.removeItem('tidemark.token');
+  document.dispatchEvent(new Event('tidemark-token'));
+});
+if (PAGE === 'explorer') {
+  readUrl();
+  wire();
+  syncControls();
+  run();
+}
