@@ -2,7 +2,8 @@
 //! WebDriver) against a running `tidemark up` with pushed data: the explorer draws a chart with
 //! one line per series, a new time range queries again with a new step, drag-to-zoom narrows
 //! the range, the table shows the instant result, completion offers metric names from the API,
-//! a bad query shows its error, and no page logs a console error. Screenshots go to
+//! a bad query shows its error, the targets and status pages show the process's own figures,
+//! and no page logs a console error. Screenshots go to
 //! `<target>/tmp/ui-screenshots/`.
 
 mod support;
@@ -23,7 +24,12 @@ const PICK: &str = "const s = document.getElementById(arguments[0]); s.value = a
 #[test]
 fn the_explorer_charts_tables_completes_and_requeries_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let t = Tidemark::start(dir.path(), "[rules]\nenabled = false\n", 2);
+    // The self-scrape on: the targets page lists it.
+    let t = Tidemark::start(
+        dir.path(),
+        "[rules]\nenabled = false\n[scrape]\nself_scrape = true\n",
+        2,
+    );
     let end = now_ms() / 10_000 * 10_000;
     let body = fleet::lines(end - 40 * 60_000, end);
     let (status, resp) = t.post("/write?precision=ms", "text/plain", &[], body.as_bytes());
@@ -173,6 +179,59 @@ fn the_explorer_charts_tables_completes_and_requeries_in_a_real_browser() {
     );
     assert!(shown.as_str().unwrap().contains("parenthesis"), "{shown}");
     assert_eq!(b.js("return window.tidemarkErrors", json!([])), json!([]));
+    // The 400 of the bad query is in the console: read it away.
+    assert!(
+        !b.severe_console().is_empty(),
+        "the bad query's 400 was logged"
+    );
+
+    // Targets: the self-scrape (on by default) listed and up once scraped.
+    b.goto(&format!("{}/targets", t.url));
+    b.wait_for(
+        "the self-scrape target up",
+        "return document.querySelectorAll('#targets section[data-pool=tidemark] tr[data-health=up]').length === 1",
+    );
+    b.screenshot(&screenshots().join("targets.png"));
+
+    // Status: the process's figures, and an ingest rate once a second reading came (5 s).
+    b.goto(&format!("{}/status", t.url));
+    b.wait_for(
+        "an ingest rate",
+        "const d = document.querySelector('[data-card=Ingest] dd[data-key=\"samples/s\"]'); \
+         return !!d && d.textContent !== 'next refresh'",
+    );
+    let series = b.js(
+        "return document.querySelector('[data-card=\"Hot index\"] dd[data-key=series]').textContent",
+        json!([]),
+    );
+    let series: f64 = series.as_str().unwrap().replace(',', "").parse().unwrap();
+    assert!(
+        series >= (3 * fleet::HOSTS) as f64,
+        "{series} hot series shown"
+    );
+    let components = b.js(
+        "return document.querySelectorAll('[data-card=\"Memory by component\"] dt').length",
+        json!([]),
+    );
+    assert!(
+        components.as_u64().unwrap() >= 3,
+        "{components} memory components"
+    );
+    let top = b.js(
+        "return [...document.querySelectorAll('#top-metrics tbody tr')].map(r => r.cells[0].textContent)",
+        json!([]),
+    );
+    assert!(
+        top.as_array().unwrap().iter().any(|n| n == "cpu_load"),
+        "{top}"
+    );
+    b.screenshot(&screenshots().join("status.png"));
+    assert_eq!(b.js("return window.tidemarkErrors", json!([])), json!([]));
+    assert_eq!(
+        b.severe_console(),
+        Vec::<String>::new(),
+        "no console errors"
+    );
 }
 
 /// Pushes `cpu{host}` and `disk{host}` at `value` for `secs` seconds from `b`, then a clock

@@ -5,7 +5,9 @@
 //!
 //! - `GET /`: the explorer; `GET /alerts`: alerts as the routing groups them, pending alerts,
 //!   silences (created and expired here, with an `admin` token), rules and notifications by
-//!   receiver. One page, `assets/index.html`, which shows the view its path names.
+//!   receiver; `GET /targets`: scrape targets by pool; `GET /status`: build, ingest,
+//!   watermark, log, checkpoints, hot index, memory, tiers, queries. One page,
+//!   `assets/index.html`, which shows the view its path names.
 //! - `GET /ui/<file>`: its script, style sheet and the vendored chart library (uPlot, MIT,
 //!   copied from the npm registry's tarball: `assets/vendor/uplot/SOURCE`).
 //!
@@ -38,6 +40,7 @@ macro_rules! asset {
 const ASSETS: &[Asset] = &[
     asset!("app.js", "text/javascript; charset=utf-8"),
     asset!("alerts.js", "text/javascript; charset=utf-8"),
+    asset!("status.js", "text/javascript; charset=utf-8"),
     asset!("app.css", "text/css; charset=utf-8"),
     asset!("favicon.svg", "image/svg+xml"),
     asset!(
@@ -55,11 +58,13 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(index))
         .route("/alerts", get(index))
+        .route("/targets", get(index))
+        .route("/status", get(index))
         .route("/ui/{*path}", get(asset))
 }
 
 /// The UI's pages: one HTML file, which shows the page its path names.
-const PAGES: &[&str] = &["/", "/alerts"];
+const PAGES: &[&str] = &["/", "/alerts", "/targets", "/status"];
 
 /// Paths the UI serves without a token ([`crate::http::required_role`]).
 pub fn is_public(path: &str) -> bool {
@@ -113,8 +118,8 @@ mod tests {
             refs += 1;
         }
         assert_eq!(
-            refs, 6,
-            "the icon, the two scripts, the style sheet and uPlot's two files"
+            refs, 7,
+            "the icon, the three scripts, the style sheet and uPlot's two files"
         );
         assert!(ASSETS.iter().all(|a| !a.bytes.is_empty()));
     }

@@ -509,7 +509,7 @@ function wire() {
 }
 
 // The page this URL shows: the server sends this same file for each of them.
-const PAGE = location.pathname.replace(/\/+$/, '') === '/alerts' ? 'alerts' : 'explorer';
+const PAGE = ({ '/alerts': 'alerts', '/targets': 'targets', '/status': 'status' })[location.pathname.replace(/\/+$/, '')] || 'explorer';
 for (const a of document.querySelectorAll('header nav a[data-page]')) a.classList.toggle('active', a.dataset.page === PAGE);
 document.getElementById(PAGE + '-page').hidden = false;
 // The token (kept for this browser session only); each view reloads with it.
