@@ -362,6 +362,24 @@ fn cluster_rules_reach_the_webhook_through_kafka_and_notify_commits_after_delive
         notified(&requests),
         vec![("firing".to_string(), "HotPool/p0/firing".to_string())]
     );
+    // Its UI: `/` leads to the alerts view, whose API lists the alert in its routing group.
+    let page = agent()
+        .get(format!("{}/", second.url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        page.contains("alerts-page"),
+        "the alerts view at / of notify"
+    );
+    let groups: serde_json::Value =
+        serde_json::from_str(&second.text("/api/v2/alerts/groups")).unwrap();
+    assert_eq!(
+        groups[0]["alerts"][0]["labels"]["alertname"], "HotPool",
+        "{groups}"
+    );
     // Committed past the event once delivered.
     second.wait_for(30, "offset committed after delivery", || {
         second

@@ -34,6 +34,14 @@ fn the_explorer_charts_tables_completes_and_requeries_in_a_real_browser() {
     let body = fleet::lines(end - 40 * 60_000, end);
     let (status, resp) = t.post("/write?precision=ms", "text/plain", &[], body.as_bytes());
     assert_eq!(status, 204, "{resp}");
+    // A metric with TYPE and HELP, in the Prometheus text format.
+    let (status, resp) = t.post(
+        "/api/v1/import/prometheus",
+        "text/plain",
+        &[],
+        b"# HELP ui_help_total Requests the UI test pushed.\n# TYPE ui_help_total counter\nui_help_total 1\n",
+    );
+    assert!(status < 300, "{resp}");
     let hosts = fleet::HOSTS as i64;
     t.eventually("the fleet queryable", || {
         let v = t.api(&format!("/api/v1/query?query={}", enc("count(cpu_load)")));
@@ -141,6 +149,18 @@ fn the_explorer_charts_tables_completes_and_requeries_in_a_real_browser() {
         "metric-name completion",
         "return [...document.querySelectorAll('#complete li')].some(li => li.firstChild.textContent === 'http_requests_total')",
     );
+    // With TYPE and HELP from /api/v1/metadata where the pushes carried them.
+    b.js(
+        "const ta = document.getElementById('expr'); ta.value = 'ui_help'; \
+         ta.setSelectionRange(7, 7); ta.dispatchEvent(new Event('input')); return true;",
+        json!([]),
+    );
+    let note = b.wait_for(
+        "the metric's help in the completion",
+        "const li = [...document.querySelectorAll('#complete li')].find(li => li.firstChild.textContent === 'ui_help_total'); \
+         return li ? li.querySelector('small').textContent : null",
+    );
+    assert_eq!(note, json!("counter: Requests the UI test pushed."));
     b.js(
         "const ta = document.getElementById('expr'); ta.value = 'cpu_load{region=\"'; \
          ta.setSelectionRange(ta.value.length, ta.value.length); ta.dispatchEvent(new Event('input')); return true;",

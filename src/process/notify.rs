@@ -285,6 +285,7 @@ pub fn run(opts: NotifyOpts) -> anyhow::Result<()> {
         .route("/-/ready", get(notify_ready))
         .with_state(http)
         .merge(crate::alert::api::routes(alerting))
+        .merge(crate::web::notify_routes())
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(opts.auth.clone()),
             crate::http::authorize,

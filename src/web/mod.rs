@@ -11,6 +11,8 @@
 //! - `GET /ui/<file>`: its script, style sheet and the vendored chart library (uPlot, MIT,
 //!   copied from the npm registry's tarball: `assets/vendor/uplot/SOURCE`).
 //!
+//! `tidemark notify` serves the alerts view only ([`notify_routes`]).
+//!
 //! Both are served without a token: they hold no data, and the page sends the token the user
 //! gives it (kept for the browser session) with each API request, which the API checks.
 
@@ -60,6 +62,18 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/alerts", get(index))
         .route("/targets", get(index))
         .route("/status", get(index))
+        .route("/ui/{*path}", get(asset))
+}
+
+/// The UI of `tidemark notify`, which has alerts and silences but no queries: `/` leads to
+/// the alerts view.
+pub fn notify_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::to("/alerts") }),
+        )
+        .route("/alerts", get(index))
         .route("/ui/{*path}", get(asset))
 }
 

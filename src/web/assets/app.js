@@ -289,6 +289,16 @@ async function metricNames() {
   return labelValues('__name__', null);
 }
 
+// TYPE and HELP by metric name (/api/v1/metadata), for the completion's notes.
+let metadata = null;
+async function metricHelp() {
+  if (!metadata) {
+    metadata = fetch('/api/v1/metadata', { headers: authHeaders() })
+      .then((r) => r.json()).then((j) => j.data || {}).catch(() => ({}));
+  }
+  return metadata;
+}
+
 async function labelNames(metric) {
   const key = metric || '';
   if (!cache.labels.has(key)) {
@@ -341,8 +351,11 @@ async function suggest() {
   } else if (ctx.kind === 'label') {
     items = (await labelNames(ctx.metric)).map((n) => ({ text: n, note: 'label' }));
   } else if (ctx.prefix.length > 0) {
-    items = (await metricNames()).map((n) => ({ text: n, note: 'metric' }))
-      .concat(FUNCTIONS.map((f) => ({ text: f, note: 'function' })));
+    const help = await metricHelp();
+    items = (await metricNames()).map((n) => {
+      const m = (help[n] || [])[0];
+      return { text: n, note: m ? `${m.type}: ${m.help}` : 'metric' };
+    }).concat(FUNCTIONS.map((f) => ({ text: f, note: 'function' })));
   }
   const p = ctx.prefix.toLowerCase();
   choices = items.filter((i) => i.text.toLowerCase().startsWith(p) && i.text !== ctx.prefix).slice(0, 50);
@@ -499,6 +512,7 @@ function wire() {
     });
   }
   document.addEventListener('tidemark-token', () => {
+    metadata = null;
     cache.labels.clear();
     cache.values.clear();
     run();
