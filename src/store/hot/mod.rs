@@ -1242,7 +1242,7 @@ impl HotIndex {
     }
 
     /// [`HotIndex::samples`] of each of `ids` (one vector per id, empty where it has none),
-    /// in groups of [`READ_GROUP`] series whose chunks on disk are read ahead together
+    /// in groups of 512 series whose chunks on disk are read ahead together
     /// ([`ChunkFiles::read_many`]): one positioned read per run of nearby chunks instead of
     /// one per chunk. A chunk that moved between the two passes (spilled or merged) is read
     /// on its own.
