@@ -86,6 +86,10 @@
 //! handover = "2s"             # a joining collector owns its targets from registration + this
 //! vnodes = 128                # virtual nodes per collector
 //!
+//! [ui]
+//! dashboards = ""             # a directory of Grafana dashboard JSON files, besides the
+//!                             # built-in "Tidemark" and "Hosts"; "" = none
+//!
 //! [auth]
 //! tokens = []                 # [{ token = "...", role = "read" | "write" | "admin" }];
 //!                             # none: everything open (loopback only)
@@ -131,6 +135,17 @@ pub struct Config {
     pub alerting: AlertingConfig,
     pub auth: AuthConfig,
     pub scrape: ScrapeSection,
+    pub ui: UiConfig,
+}
+
+/// `[ui]`: the built-in web UI.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// A directory of dashboards in Grafana's dashboard JSON (`*.json`), read again on each
+    /// request (edits show on the next load); besides the built-in ones. Relative paths are
+    /// relative to the working directory.
+    pub dashboards: Option<PathBuf>,
 }
 
 /// `[scrape]`: pull collection.

@@ -77,6 +77,11 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
         .route("/api/v1/status/tsdb", get(tsdb_status))
         .with_state(Arc::clone(&state))
         .merge(crate::web::routes())
+        .merge(crate::web::dashboards::routes(Arc::new(
+            crate::web::dashboards::Dashboards {
+                dir: state.cfg.ui.dashboards.clone(),
+            },
+        )))
         .merge(crate::alert::api::routes(Arc::clone(&state.alerting)))
         .merge(api::routes(query))
         .merge(ingest_http::routes(ingest))

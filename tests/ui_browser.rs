@@ -443,3 +443,148 @@ fn the_alerts_view_shows_groups_and_a_silence_made_in_it_mutes_the_webhook() {
     br.screenshot(&screenshots().join("alerts-silenced.png"));
     assert_eq!(br.js("return window.tidemarkErrors", json!([])), json!([]));
 }
+
+#[test]
+fn dashboards_from_grafana_json_render_every_panel_and_follow_their_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let boards = dir.path().join("dashboards");
+    std::fs::create_dir_all(&boards).unwrap();
+    // A dashboard exported from Grafana 11 as it is, and a file with a syntax error.
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/grafana-fleet-export.json"
+        ),
+        boards.join("fleet.json"),
+    )
+    .unwrap();
+    std::fs::write(boards.join("broken.json"), "{\"panels\": [}").unwrap();
+    let t = Tidemark::start(
+        dir.path(),
+        &format!(
+            "[scrape]\nself_scrape = true\nself_interval = \"1s\"\n[ui]\ndashboards = {:?}\n",
+            boards.display().to_string()
+        ),
+        2,
+    );
+    let end = now_ms() / 10_000 * 10_000;
+    let body = fleet::lines(end - 40 * 60_000, end);
+    let (status, resp) = t.post("/write?precision=ms", "text/plain", &[], body.as_bytes());
+    assert_eq!(status, 204, "{resp}");
+    t.eventually("the fleet queryable", || {
+        let v = t.api(&format!("/api/v1/query?query={}", enc("count(cpu_load)")));
+        (v["result"][0]["value"][1] == json!(fleet::HOSTS.to_string())).then_some(())
+    });
+
+    let b = Browser::start();
+    b.goto(&format!("{}/dashboards", t.url));
+    b.wait_for("the list", "return document.body.dataset.state === 'ready'");
+    let list = b.js(
+        "return [...document.querySelectorAll('#dash-list tbody tr')].map(r => [r.dataset.uid, r.cells[3].textContent])",
+        json!([]),
+    );
+    let list = list.as_array().unwrap();
+    let uids: Vec<&str> = list.iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(uids, ["tidemark", "hosts", "broken", "fleet-export"]);
+    assert!(
+        list[2][1]
+            .as_str()
+            .unwrap()
+            .starts_with("line 1, column 13:"),
+        "the broken file's error says where: {:?}",
+        list[2]
+    );
+
+    // The export renders without edits: every supported panel with data, the pie chart as a
+    // placeholder naming its type.
+    let panels = "return [...document.querySelectorAll('#dash-grid .panel')].map(p => [p.dataset.panel, p.dataset.type, p.dataset.state, Number(p.dataset.series || 0)])";
+    b.goto(&format!("{}/d/fleet-export", t.url));
+    b.wait_for(
+        "the exported dashboard",
+        "return document.body.dataset.state === 'ready'",
+    );
+    let got = b.js(panels, json!([]));
+    assert_eq!(
+        got,
+        json!([
+            ["1", "timeseries", "ready", 4],
+            ["2", "stat", "ready", 1],
+            ["3", "gauge", "ready", 1],
+            ["4", "bargauge", "ready", 4],
+            ["5", "table", "ready", 2],
+            ["6", "piechart", "unsupported", 0]
+        ]),
+        "region ap (the first value): 4 hosts"
+    );
+    let placeholder = b.js(
+        "return document.querySelector('[data-panel=\"6\"] .placeholder').textContent",
+        json!([]),
+    );
+    assert!(
+        placeholder.as_str().unwrap().contains("\"piechart\""),
+        "{placeholder}"
+    );
+    let row = b.js(
+        "return document.querySelector('.dash-row').textContent",
+        json!([]),
+    );
+    assert_eq!(row, json!("▾ Fleet in ap"), "a row title with its variable");
+    b.screenshot(&screenshots().join("dashboard-export.png"));
+
+    // A variable change queries again with the new value, and the URL keeps it.
+    b.js(PICK, json!(["var-region", "us"]));
+    b.wait_for(
+        "the panels for region us",
+        "return document.body.dataset.state === 'ready' && \
+         document.querySelector('[data-panel=\"1\"]').dataset.query.includes('region=\"us\"')",
+    );
+    let url = b.js("return location.search", json!([]));
+    assert!(url.as_str().unwrap().contains("var-region=us"), "{url}");
+    let query = b.js(
+        "return document.querySelector('[data-panel=\"4\"]').dataset.query",
+        json!([]),
+    );
+    assert_eq!(
+        query,
+        json!(r#"max_over_time(mem_used_bytes{region="us"}[5m])"#),
+        "$window from the interval variable"
+    );
+
+    // The built-in Tidemark dashboard over the self-scrape: every panel with data once two
+    // scrapes are in (its rates need them).
+    let mut last = json!(null);
+    for _ in 0..30 {
+        b.goto(&format!("{}/d/tidemark", t.url));
+        b.wait_for(
+            "the Tidemark dashboard",
+            "return document.body.dataset.state === 'ready'",
+        );
+        last = b.js(panels, json!([]));
+        let all = last
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p[2] == "ready" && p[3].as_u64().unwrap() > 0);
+        if all {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let n = last.as_array().unwrap().len();
+    assert!(
+        n >= 10
+            && last
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p[2] == "ready" && p[3].as_u64().unwrap() > 0),
+        "every panel of the Tidemark dashboard with data: {last}"
+    );
+    b.screenshot(&screenshots().join("dashboard-tidemark.png"));
+    assert_eq!(b.js("return window.tidemarkErrors", json!([])), json!([]));
+    assert_eq!(
+        b.severe_console(),
+        Vec::<String>::new(),
+        "no console errors"
+    );
+}

@@ -849,6 +849,10 @@ pub fn router(s: Arc<ControlState>) -> Router {
         .route("/-/ready", get(worker_ready))
         .with_state(Arc::clone(&s))
         .merge(crate::web::routes())
+        // The built-in dashboards (a worker has no `[ui]` section yet).
+        .merge(crate::web::dashboards::routes(Arc::new(
+            crate::web::dashboards::Dashboards::default(),
+        )))
         .fallback_service(api::routes(q))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&s.auth),

@@ -7,7 +7,8 @@
 //!   silences (created and expired here, with an `admin` token), rules and notifications by
 //!   receiver; `GET /targets`: scrape targets by pool; `GET /status`: build, ingest,
 //!   watermark, log, checkpoints, hot index, memory, tiers, queries. One page,
-//!   `assets/index.html`, which shows the view its path names.
+//!   `assets/index.html`, which shows the view its path names; `GET /dashboards` and
+//!   `GET /d/<uid>`: dashboards in Grafana's JSON model ([`dashboards`]).
 //! - `GET /ui/<file>`: its script, style sheet and the vendored chart library (uPlot, MIT,
 //!   copied from the npm registry's tarball: `assets/vendor/uplot/SOURCE`).
 //!
@@ -15,6 +16,8 @@
 //!
 //! Both are served without a token: they hold no data, and the page sends the token the user
 //! gives it (kept for the browser session) with each API request, which the API checks.
+
+pub mod dashboards;
 
 use axum::extract::Path;
 use axum::http::{header, StatusCode};
@@ -43,6 +46,7 @@ const ASSETS: &[Asset] = &[
     asset!("app.js", "text/javascript; charset=utf-8"),
     asset!("alerts.js", "text/javascript; charset=utf-8"),
     asset!("status.js", "text/javascript; charset=utf-8"),
+    asset!("dashboards.js", "text/javascript; charset=utf-8"),
     asset!("app.css", "text/css; charset=utf-8"),
     asset!("favicon.svg", "image/svg+xml"),
     asset!(
@@ -62,6 +66,8 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/alerts", get(index))
         .route("/targets", get(index))
         .route("/status", get(index))
+        .route("/dashboards", get(index))
+        .route("/d/{uid}", get(index))
         .route("/ui/{*path}", get(asset))
 }
 
@@ -78,11 +84,11 @@ pub fn notify_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 }
 
 /// The UI's pages: one HTML file, which shows the page its path names.
-const PAGES: &[&str] = &["/", "/alerts", "/targets", "/status"];
+const PAGES: &[&str] = &["/", "/alerts", "/targets", "/status", "/dashboards"];
 
 /// Paths the UI serves without a token ([`crate::http::required_role`]).
 pub fn is_public(path: &str) -> bool {
-    PAGES.contains(&path) || path.starts_with("/ui/")
+    PAGES.contains(&path) || path.starts_with("/ui/") || path.starts_with("/d/")
 }
 
 async fn index() -> Response {
@@ -132,8 +138,8 @@ mod tests {
             refs += 1;
         }
         assert_eq!(
-            refs, 7,
-            "the icon, the three scripts, the style sheet and uPlot's two files"
+            refs, 8,
+            "the icon, the four scripts, the style sheet and uPlot's two files"
         );
         assert!(ASSETS.iter().all(|a| !a.bytes.is_empty()));
     }

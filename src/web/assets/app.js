@@ -523,8 +523,9 @@ function wire() {
 }
 
 // The page this URL shows: the server sends this same file for each of them.
-const PAGE = ({ '/alerts': 'alerts', '/targets': 'targets', '/status': 'status' })[location.pathname.replace(/\/+$/, '')] || 'explorer';
-for (const a of document.querySelectorAll('header nav a[data-page]')) a.classList.toggle('active', a.dataset.page === PAGE);
+const PAGE = location.pathname.startsWith('/d/') ? 'dashboard'
+  : ({ '/alerts': 'alerts', '/targets': 'targets', '/status': 'status', '/dashboards': 'dashboards' })[location.pathname.replace(/\/+$/, '')] || 'explorer';
+for (const a of document.querySelectorAll('header nav a[data-page]')) a.classList.toggle('active', a.dataset.page === PAGE.replace(/^dashboard$/, 'dashboards'));
 document.getElementById(PAGE + '-page').hidden = false;
 // The token (kept for this browser session only); each view reloads with it.
 $('token').addEventListener('click', () => {

@@ -1,0 +1,410 @@
+// Tidemark's dashboards (`/dashboards`, `/d/<uid>`): Grafana's dashboard JSON model, the
+// subset schemas/dashboard.schema.json documents. Panels `timeseries` (and the older
+// `graph`), `stat`, `gauge`, `bargauge`, `table` and `text` with PromQL `targets`,
+// `legendFormat`, units, thresholds, `gridPos` layout and rows; template variables `query`
+// (`label_values(...)`), `custom` and `interval`, with `$var`, `${var}`, `[[var]]`,
+// `$__rate_interval`, `$__interval` and `$__range`. Any other panel type shows a placeholder
+// naming it. Uses app.js's and alerts.js's helpers.
+'use strict';
+
+// ---- units and thresholds ------------------------------------------------------------------
+
+function fixed(v, d) {
+  return Number.isInteger(v) && Math.abs(v) < 1e15 ? String(v) : v.toFixed(d);
+}
+
+function scaled(v, base, units, d) {
+  let i = 0;
+  while (Math.abs(v) >= base && i < units.length - 1) {
+    v /= base;
+    i++;
+  }
+  return fixed(Math.round(v * 100) / 100, d) + (units[i] ? ' ' + units[i] : '');
+}
+
+function formatUnit(v, unit, decimals) {
+  if (v === null || v === undefined || Number.isNaN(v)) return '-';
+  const d = decimals ?? 2;
+  switch (unit) {
+    case 'percent': return fixed(Math.round(v * 100) / 100, d) + '%';
+    case 'percentunit': return fixed(Math.round(v * 10000) / 100, d) + '%';
+    case 'bytes': return scaled(v, 1024, ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'], d);
+    case 'decbytes': return scaled(v, 1000, ['B', 'kB', 'MB', 'GB', 'TB', 'PB'], d);
+    case 'Bps': case 'binBps': return scaled(v, 1024, ['B/s', 'KiB/s', 'MiB/s', 'GiB/s', 'TiB/s'], d);
+    case 's': return v >= 86400 ? fixed(v / 86400, 1) + ' day' : v >= 3600 ? fixed(v / 3600, 1) + ' h'
+      : v >= 60 ? fixed(v / 60, 1) + ' min' : v >= 1 || v === 0 ? fixed(Math.round(v * 100) / 100, d) + ' s' : fixed(v * 1000, 1) + ' ms';
+    case 'ms': return v >= 1000 ? formatUnit(v / 1000, 's', decimals) : fixed(Math.round(v * 100) / 100, d) + ' ms';
+    case 'reqps': return scaled(v, 1000, ['req/s', 'K req/s', 'M req/s', 'B req/s'], d);
+    case 'ops': return scaled(v, 1000, ['ops/s', 'K ops/s', 'M ops/s', 'B ops/s'], d);
+    case 'none': return fixed(v, d);
+    default: return scaled(v, 1000, ['', 'K', 'Mil', 'Bil', 'Tri'], d).trim();
+  }
+}
+
+const COLORS = { green: '#16a34a', red: '#dc2626', orange: '#ea580c', yellow: '#ca8a04', blue: '#2563eb',
+  purple: '#7c3aed', 'dark-red': '#991b1b', 'dark-green': '#166534', 'semi-dark-red': '#b91c1c', text: '#1d2330' };
+
+function color(c) {
+  return COLORS[c] || c || '#2563eb';
+}
+
+// The color of `v` under Grafana's absolute thresholds (the last step at or below it).
+function thresholdColor(v, defaults) {
+  const steps = (((defaults || {}).thresholds || {}).steps || []).slice();
+  let out = steps.length ? steps[0].color : 'green';
+  for (const s of steps) if (s.value === null || s.value === undefined || v >= s.value) out = s.color;
+  return color(out);
+}
+
+// ---- variables -----------------------------------------------------------------------------
+
+const dash = { json: null, vars: new Map(), range: 3600, end: '', refresh: 0, timer: null };
+
+// A value as a regex inside a PromQL string: the regex's backslash doubled for the string
+// ("127\\.0\\.0\\.1"), as Grafana's Prometheus data source writes it.
+function escapeRegex(s) {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\\\$&');
+}
+
+// The text a variable stands for in a query: one value as it is; several, or All, as a
+// regex alternation (Grafana's Prometheus formatting).
+function varText(v) {
+  const values = v.current === '$__all' ? v.options.filter((o) => o !== '$__all') : [].concat(v.current);
+  if (v.current === '$__all' && v.allValue) return v.allValue;
+  // A variable that can hold several values is used in `=~`: its values are regex-escaped.
+  const several = v.multi || v.options.includes('$__all');
+  if (values.length === 1) return several ? escapeRegex(values[0]) : values[0];
+  return '(' + values.map(escapeRegex).join('|') + ')';
+}
+
+function substitute(text, step) {
+  const builtin = {
+    __interval: formatDuration(step),
+    __rate_interval: formatDuration(Math.max(step + 15, 4 * 15)),
+    __range: formatDuration(dash.range),
+    __range_s: String(dash.range),
+  };
+  const value = (name) => {
+    if (name in builtin) return builtin[name];
+    const v = dash.vars.get(name);
+    return v ? varText(v) : null;
+  };
+  return text.replace(/\$\{([a-zA-Z0-9_]+)(?::[a-z]+)?\}|\[\[([a-zA-Z0-9_]+)\]\]|\$([a-zA-Z0-9_]+)/g,
+    (m, a, b, c) => value(a || b || c) ?? m);
+}
+
+async function variableOptions(def) {
+  const q = typeof def.query === 'string' ? def.query : (def.query && def.query.query) || '';
+  if (def.type === 'custom' || def.type === 'interval') {
+    return q.split(',').map((s) => s.trim()).filter(Boolean).map((s) => (s.includes(' : ') ? s.split(' : ')[1] : s));
+  }
+  const m = /^\s*label_values\(\s*(?:(.+?)\s*,\s*)?([a-zA-Z_][a-zA-Z0-9_]*)\s*\)\s*$/.exec(substitute(q, 60));
+  if (!m) throw new Error(`variable ${def.name}: query ${JSON.stringify(q)} is not label_values(...) (supported: label_values(label), label_values(selector, label))`);
+  const match = m[1] ? '?match[]=' + encodeURIComponent(m[1]) : '';
+  const j = await getJson('/api/v1/label/' + encodeURIComponent(m[2]) + '/values' + match);
+  return j.data;
+}
+
+async function loadVariables() {
+  const bar = $('dash-vars');
+  bar.textContent = '';
+  const url = new URLSearchParams(location.search);
+  for (const def of ((dash.json.templating || {}).list || [])) {
+    if (!['query', 'custom', 'interval'].includes(def.type)) {
+      bar.append(el('span', { class: 'note' }, `variable ${def.name}: type "${def.type}" is not supported`));
+      continue;
+    }
+    const options = await variableOptions(def);
+    if (def.includeAll && def.type !== 'interval') options.unshift('$__all');
+    const fromUrl = url.getAll('var-' + def.name);
+    const cur = (def.current || {}).value;
+    let current = fromUrl.length ? (def.multi ? fromUrl : fromUrl[0]) : cur !== undefined ? cur : options[0];
+    if (Array.isArray(current) && current.includes('$__all')) current = '$__all';
+    if (!def.multi && Array.isArray(current)) current = current[0];
+    if (!def.multi && current !== '$__all' && !options.includes(current)) current = options[0];
+    const v = { type: def.type, options, current, allValue: def.allValue, multi: !!def.multi };
+    dash.vars.set(def.name, v);
+    const sel = el('select', { id: 'var-' + def.name, 'data-var': def.name });
+    if (v.multi) sel.multiple = true;
+    for (const o of options) {
+      const opt = el('option', { value: o }, o === '$__all' ? 'All' : o);
+      opt.selected = Array.isArray(current) ? current.includes(o) : current === o;
+      sel.append(opt);
+    }
+    sel.addEventListener('change', () => {
+      const chosen = [...sel.selectedOptions].map((o) => o.value);
+      v.current = v.multi ? (chosen.includes('$__all') ? '$__all' : chosen) : chosen[0];
+      writeDashUrl();
+      renderPanels();
+    });
+    bar.append(el('label', {}, (def.label || def.name) + ' ', sel));
+  }
+}
+
+function writeDashUrl() {
+  const p = new URLSearchParams();
+  p.set('range', formatDuration(dash.range));
+  if (dash.end) p.set('end', dash.end);
+  if (dash.refresh) p.set('refresh', String(dash.refresh));
+  for (const [name, v] of dash.vars) for (const c of [].concat(v.current)) p.append('var-' + name, c);
+  history.replaceState(null, '', location.pathname + '?' + p.toString());
+}
+
+// ---- panels --------------------------------------------------------------------------------
+
+function legendName(format, metric) {
+  if (!format) return seriesName(metric);
+  return format.replace(/\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}/g, (m, k) => metric[k] ?? '');
+}
+
+function reduce(values, calc) {
+  const xs = values.map((v) => Number(v[1])).filter((x) => !Number.isNaN(x));
+  if (!xs.length) return null;
+  switch (calc) {
+    case 'mean': return xs.reduce((a, b) => a + b, 0) / xs.length;
+    case 'max': return Math.max(...xs);
+    case 'min': return Math.min(...xs);
+    case 'sum': return xs.reduce((a, b) => a + b, 0);
+    case 'first': case 'firstNotNull': return xs[0];
+    default: return xs[xs.length - 1];
+  }
+}
+
+const SUPPORTED = ['timeseries', 'graph', 'stat', 'gauge', 'bargauge', 'table', 'text'];
+
+async function queryPanel(p, body) {
+  const end = dash.end ? Number(dash.end) : Date.now() / 1000;
+  const start = end - dash.range;
+  const width = Math.max(200, body.clientWidth || 400);
+  const step = Math.max(autoStep(dash.range), Math.ceil(dash.range / width));
+  const instant = p.type === 'table';
+  const results = [];
+  const exprs = [];
+  for (const t of (p.targets || []).filter((t) => t.expr && !t.hide)) {
+    const expr = substitute(t.expr, step);
+    exprs.push(expr);
+    const j = instant
+      ? await api('/api/v1/query', { query: expr, time: end })
+      : await api('/api/v1/query_range', { query: expr, start, end, step });
+    for (const s of j.data.result) results.push({ name: legendName(substitute(t.legendFormat || '', step), s.metric), metric: s.metric, values: s.values || [s.value] });
+  }
+  return { results, start, end, step, exprs };
+}
+
+function drawTimeseries(p, body, r) {
+  const defaults = (p.fieldConfig || {}).defaults || {};
+  const unit = defaults.unit;
+  const stack = ((defaults.custom || {}).stacking || {}).mode === 'normal' || p.stack === true;
+  const xs = [];
+  for (let t = r.start; t <= r.end + 1e-9; t += r.step) xs.push(Math.round(t * 1000) / 1000);
+  const index = new Map(xs.map((t, i) => [t, i]));
+  let ys = r.results.map((s) => {
+    const y = new Array(xs.length).fill(null);
+    for (const [t, v] of s.values) {
+      const i = index.get(Math.round(Number(t) * 1000) / 1000);
+      if (i !== undefined) y[i] = Number(v);
+    }
+    return y;
+  });
+  if (stack) {
+    const acc = new Array(xs.length).fill(0);
+    ys = ys.map((y) => y.map((v, i) => (v === null ? null : (acc[i] += v))));
+  }
+  // The legend (one wrapped line or two, for at most 8 series) sits under the plot.
+  const legend = r.results.length <= 8;
+  const h = Math.max(60, body.clientHeight - (legend ? (r.results.length > 4 ? 44 : 24) : 4));
+  const u = new uPlot({
+    width: Math.max(150, body.clientWidth - 4),
+    height: h,
+    legend: { show: legend },
+    cursor: { drag: { x: false, y: false } },
+    scales: { x: { time: true } },
+    axes: [{}, { values: (_, ticks) => ticks.map((v) => formatUnit(v, unit, 1)), size: 92 }],
+    bands: stack ? r.results.slice(1).map((_, i) => ({ series: [i + 2, i + 1] })) : undefined,
+    series: [{}].concat(r.results.map((s, i) => ({
+      label: s.name,
+      stroke: PALETTE[i % PALETTE.length],
+      fill: stack ? PALETTE[i % PALETTE.length] + '33' : undefined,
+      value: (_, v) => formatUnit(v, unit),
+      width: 1.25,
+    }))),
+  }, [xs].concat(ys), body);
+  return u;
+}
+
+function drawStat(p, body, r) {
+  const defaults = (p.fieldConfig || {}).defaults || {};
+  const calc = ((((p.options || {}).reduceOptions || {}).calcs) || ['lastNotNull'])[0];
+  const box = el('div', { class: 'stat-values' });
+  for (const s of r.results) {
+    const v = reduce(s.values, calc);
+    const col = thresholdColor(v, defaults);
+    let shape = null;
+    if (p.type === 'gauge' || p.type === 'bargauge') {
+      const min = defaults.min ?? 0;
+      const max = defaults.max ?? (defaults.unit === 'percentunit' ? 1 : 100);
+      const frac = v === null ? 0 : Math.min(1, Math.max(0, (v - min) / (max - min || 1)));
+      shape = p.type === 'gauge'
+        ? el('div', { class: 'gauge', style: `background: conic-gradient(from 270deg, ${col} ${frac * 180}deg, #e5e7eb 0 180deg, transparent 0)` })
+        : el('div', { class: 'bar' }, el('div', { style: `width: ${(frac * 100).toFixed(1)}%; background: ${col}` }));
+    }
+    box.append(el('div', { class: 'stat ' + p.type },
+      p.type === 'bargauge' ? el('div', { class: 'stat-name' }, s.name) : null,
+      shape,
+      el('div', { class: 'stat-value', style: `color: ${col}` }, formatUnit(v, defaults.unit, defaults.decimals)),
+      p.type !== 'bargauge' && r.results.length > 1 ? el('div', { class: 'stat-name' }, s.name) : null));
+  }
+  body.append(box);
+}
+
+function drawTable(p, body, r) {
+  const unit = (((p.fieldConfig || {}).defaults) || {}).unit;
+  const keys = [...new Set(r.results.flatMap((s) => Object.keys(s.metric)))].sort();
+  const table = el('table', { class: 'panel-table' },
+    el('thead', {}, el('tr', {}, ...keys.map((k) => el('th', {}, k)), el('th', {}, 'Value'))),
+    el('tbody', {}, ...r.results.map((s) => el('tr', {},
+      ...keys.map((k) => el('td', {}, s.metric[k] ?? '')),
+      el('td', { class: 'value' }, formatUnit(Number(s.values[s.values.length - 1][1]), unit))))));
+  body.append(table);
+}
+
+async function renderPanel(p, box) {
+  const body = box.querySelector('.panel-body');
+  body.textContent = '';
+  box.dataset.state = 'loading';
+  if (!SUPPORTED.includes(p.type)) {
+    body.append(el('div', { class: 'placeholder' }, `Panel type "${p.type}" is not supported by Tidemark's UI (supported: ${SUPPORTED.join(', ')}).`));
+    box.dataset.state = 'unsupported';
+    return;
+  }
+  if (p.type === 'text') {
+    body.append(el('div', { class: 'text-panel' }, ((p.options || {}).content) || p.content || ''));
+    box.dataset.state = 'ready';
+    return;
+  }
+  try {
+    const r = await queryPanel(p, body);
+    box.dataset.query = r.exprs.join('\n');
+    box.dataset.series = String(r.results.length);
+    if (!r.results.length) body.append(el('div', { class: 'placeholder' }, 'No data'));
+    else if (p.type === 'timeseries' || p.type === 'graph') drawTimeseries(p, body, r);
+    else if (p.type === 'table') {
+      body.classList.add('scroll');
+      drawTable(p, body, r);
+    }
+    else drawStat(p, body, r);
+    box.dataset.state = 'ready';
+  } catch (e) {
+    body.append(el('div', { class: 'error' }, e.message));
+    box.dataset.state = 'error';
+  }
+}
+
+// Rows and panels in layout order; a collapsed row's own panels follow it, hidden.
+function flatten(panels) {
+  const out = [];
+  for (const p of panels || []) {
+    out.push(p);
+    if (p.type === 'row') for (const q of p.panels || []) out.push(Object.assign({ inRow: p.id, hidden: !!p.collapsed }, q));
+  }
+  return out;
+}
+
+async function renderPanels() {
+  document.body.dataset.state = 'loading';
+  const grid = $('dash-grid');
+  grid.textContent = '';
+  const jobs = [];
+  for (const p of flatten(dash.json.panels)) {
+    const g = p.gridPos || { x: 0, y: 0, w: 12, h: 8 };
+    const style = `grid-column: ${g.x + 1} / span ${g.w}; grid-row: ${g.y + 1} / span ${g.h}`;
+    if (p.type === 'row') {
+      const head = el('div', { class: 'dash-row', style, 'data-row': String(p.id) }, (p.collapsed ? '▸ ' : '▾ ') + substitute(p.title || '', 60));
+      head.addEventListener('click', () => {
+        p.collapsed = !p.collapsed;
+        renderPanels();
+      });
+      grid.append(head);
+      continue;
+    }
+    if (p.hidden) continue;
+    const box = el('div', { class: 'panel', style, 'data-panel': String(p.id), 'data-type': p.type },
+      el('div', { class: 'panel-title' }, substitute(p.title || '', 60)),
+      el('div', { class: 'panel-body' }));
+    grid.append(box);
+    jobs.push(renderPanel(p, box));
+  }
+  await Promise.all(jobs);
+  document.body.dataset.state = 'ready';
+}
+
+// "now-6h" -> 21600.
+function relative(from) {
+  const m = /^now-(.+)$/.exec(from || '');
+  return (m && parseDuration(m[1])) || 3600;
+}
+
+async function loadDashboard(uid) {
+  document.body.dataset.state = 'loading';
+  try {
+    const j = await getJson('/api/v1/dashboards/' + encodeURIComponent(uid));
+    dash.json = j.data;
+    const url = new URLSearchParams(location.search);
+    dash.range = parseDuration(url.get('range') || '') || relative((dash.json.time || {}).from);
+    dash.end = url.get('end') || '';
+    dash.refresh = Number(url.get('refresh') || 0) || 0;
+    $('dash-title').textContent = dash.json.title || uid;
+    const rsel = $('dash-range');
+    if (![...rsel.options].some((o) => o.value === formatDuration(dash.range))) rsel.append(el('option', {}, formatDuration(dash.range)));
+    rsel.value = formatDuration(dash.range);
+    $('dash-refresh').value = String(dash.refresh);
+    await loadVariables();
+    writeDashUrl();
+    await renderPanels();
+    clearInterval(dash.timer);
+    if (dash.refresh > 0) dash.timer = setInterval(renderPanels, dash.refresh * 1000);
+  } catch (e) {
+    $('dash-view-error').hidden = false;
+    $('dash-view-error').textContent = e.message;
+    document.body.dataset.state = 'error';
+  }
+}
+
+async function loadList() {
+  document.body.dataset.state = 'loading';
+  try {
+    const j = await getJson('/api/v1/dashboards');
+    const tbody = $('dash-list').querySelector('tbody');
+    tbody.textContent = '';
+    for (const d of j.data) {
+      tbody.append(el('tr', { 'data-uid': d.uid },
+        el('td', {}, d.error ? d.title : el('a', { href: '/d/' + encodeURIComponent(d.uid) }, d.title)),
+        el('td', {}, (d.tags || []).join(', ')),
+        el('td', {}, d.source),
+        el('td', { class: 'error-text' }, d.error || (d.warnings || []).map((w) => 'outside the subset: ' + w).join('\n'))));
+    }
+    document.body.dataset.state = 'ready';
+  } catch (e) {
+    $('dash-error').hidden = false;
+    $('dash-error').textContent = e.message;
+    document.body.dataset.state = 'error';
+  }
+}
+
+if (PAGE === 'dashboards') loadList();
+if (PAGE === 'dashboard') {
+  const uid = decodeURIComponent(location.pathname.slice(3));
+  $('dash-range').addEventListener('change', () => {
+    dash.range = parseDuration($('dash-range').value) || 3600;
+    writeDashUrl();
+    renderPanels();
+  });
+  $('dash-refresh').addEventListener('change', () => {
+    dash.refresh = Number($('dash-refresh').value) || 0;
+    writeDashUrl();
+    clearInterval(dash.timer);
+    if (dash.refresh > 0) dash.timer = setInterval(renderPanels, dash.refresh * 1000);
+  });
+  document.addEventListener('tidemark-token', () => loadDashboard(uid));
+  loadDashboard(uid);
+}
