@@ -143,4 +143,40 @@ mod tests {
         );
         assert!(ASSETS.iter().all(|a| !a.bytes.is_empty()));
     }
+
+    /// The scripts share the page's global scope: a top-level function or binding defined in
+    /// two of them would silently replace the first (the dashboards' `drawTable` once broke
+    /// the explorer's table).
+    #[test]
+    fn the_scripts_define_each_global_once() {
+        let mut seen: std::collections::BTreeMap<String, &str> = Default::default();
+        for a in ASSETS
+            .iter()
+            .filter(|a| a.path.ends_with(".js") && !a.path.starts_with("vendor/"))
+        {
+            let text = std::str::from_utf8(a.bytes).unwrap();
+            for line in text.lines() {
+                let rest = line
+                    .strip_prefix("async function ")
+                    .or_else(|| line.strip_prefix("function "))
+                    .or_else(|| line.strip_prefix("const "))
+                    .or_else(|| line.strip_prefix("let "));
+                let Some(rest) = rest else { continue };
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '$')
+                    .collect();
+                if name.is_empty() {
+                    continue;
+                }
+                if let Some(first) = seen.insert(name.clone(), a.path) {
+                    panic!(
+                        "{name} is defined at the top level of both {first} and {}",
+                        a.path
+                    );
+                }
+            }
+        }
+        assert!(seen.len() > 50, "{} globals found", seen.len());
+    }
 }

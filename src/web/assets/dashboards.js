@@ -257,7 +257,7 @@ function drawStat(p, body, r) {
   body.append(box);
 }
 
-function drawTable(p, body, r) {
+function drawPanelTable(p, body, r) {
   const unit = (((p.fieldConfig || {}).defaults) || {}).unit;
   const keys = [...new Set(r.results.flatMap((s) => Object.keys(s.metric)))].sort();
   const table = el('table', { class: 'panel-table' },
@@ -290,7 +290,7 @@ async function renderPanel(p, box) {
     else if (p.type === 'timeseries' || p.type === 'graph') drawTimeseries(p, body, r);
     else if (p.type === 'table') {
       body.classList.add('scroll');
-      drawTable(p, body, r);
+      drawPanelTable(p, body, r);
     }
     else drawStat(p, body, r);
     box.dataset.state = 'ready';
