@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use super::eval::{rule_key, AlertEvent, Rules};
 use super::notify::config::{parse_notify_config, LabelMatcher, NotifyConfig, DEFAULT_CONFIG};
-use super::notify::{silences::PostableSilence, Notifier};
+use super::notify::{silences::PostableSilence, AlertQuery, Notifier};
 use super::rules::RuleKind;
 use super::template::go_float;
 use crate::ops::TextWriter;
@@ -187,34 +187,30 @@ fn flag(raw: &Option<String>, key: &str) -> bool {
     multi(raw, key).first().is_none_or(|v| v != "false")
 }
 
+/// The alert selection of a `GET /api/v2/alerts[/groups]` query string.
+fn alert_query(q: &Option<String>) -> Result<AlertQuery, Response> {
+    Ok(AlertQuery {
+        active: flag(q, "active"),
+        silenced: flag(q, "silenced"),
+        inhibited: flag(q, "inhibited"),
+        filter: filters(q).map_err(|e| v2_error(StatusCode::BAD_REQUEST, e))?,
+    })
+}
+
 async fn alerts_v2(State(s): State<Arc<AlertState>>, RawQuery(q): RawQuery) -> Response {
-    let f = match filters(&q) {
-        Ok(f) => f,
-        Err(e) => return v2_error(StatusCode::BAD_REQUEST, e),
-    };
-    Json(Value::Array(s.notifier.alerts_json(
-        flag(&q, "active"),
-        flag(&q, "silenced"),
-        flag(&q, "inhibited"),
-        &f,
-    )))
-    .into_response()
+    match alert_query(&q) {
+        Ok(q) => Json(Value::Array(s.notifier.alerts_json(&q))).into_response(),
+        Err(r) => r,
+    }
 }
 
 /// `GET /api/v2/alerts/groups` (Alertmanager's; Grafana's Alertmanager data source and the
 /// UI's alerts view): the alerts grouped as the routing groups them.
 async fn alert_groups(State(s): State<Arc<AlertState>>, RawQuery(q): RawQuery) -> Response {
-    let f = match filters(&q) {
-        Ok(f) => f,
-        Err(e) => return v2_error(StatusCode::BAD_REQUEST, e),
-    };
-    Json(Value::Array(s.notifier.groups_json(
-        flag(&q, "active"),
-        flag(&q, "silenced"),
-        flag(&q, "inhibited"),
-        &f,
-    )))
-    .into_response()
+    match alert_query(&q) {
+        Ok(q) => Json(Value::Array(s.notifier.groups_json(&q))).into_response(),
+        Err(r) => r,
+    }
 }
 
 /// `POST /api/v2/alerts`: alerts from another Prometheus (or `amtool alert add`). An alert

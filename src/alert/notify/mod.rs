@@ -656,13 +656,13 @@ impl Notifier {
     }
 
     /// `GET /api/v2/alerts`: the alerts with their receivers and silence/inhibition state.
-    pub fn alerts_json(
-        &self,
-        active: bool,
-        silenced: bool,
-        inhibited: bool,
-        filter: &[config::LabelMatcher],
-    ) -> Vec<Json> {
+    pub fn alerts_json(&self, q: &AlertQuery) -> Vec<Json> {
+        let AlertQuery {
+            active,
+            silenced,
+            inhibited,
+            ref filter,
+        } = *q;
         let now = now_ms();
         let cfg = self.config();
         let st = lock(&self.state);
@@ -705,17 +705,11 @@ impl Notifier {
     /// grouped as the routing tree groups them: per route an alert goes to, by that route's
     /// `group_by` labels (all of them for `'...'`); an alert routed twice (`continue`) is in
     /// two groups. Sorted by route, then group labels.
-    pub fn groups_json(
-        &self,
-        active: bool,
-        silenced: bool,
-        inhibited: bool,
-        filter: &[config::LabelMatcher],
-    ) -> Vec<Json> {
+    pub fn groups_json(&self, q: &AlertQuery) -> Vec<Json> {
         let cfg = self.config();
         type Group = (String, Vec<Json>);
         let mut groups: BTreeMap<(String, BTreeMap<String, String>), Group> = BTreeMap::new();
-        for a in self.alerts_json(active, silenced, inhibited, filter) {
+        for a in self.alerts_json(q) {
             let labels: BTreeMap<String, String> =
                 serde_json::from_value(a["labels"].clone()).unwrap_or_default();
             let mut routes = Vec::new();
@@ -772,6 +766,27 @@ impl Notifier {
     /// Seconds since start (for `/api/v2/status`).
     pub fn uptime(&self) -> String {
         rfc3339(self.started)
+    }
+}
+
+/// Which alerts `GET /api/v2/alerts` and `/api/v2/alerts/groups` list: Alertmanager's
+/// `active`, `silenced`, `inhibited` flags (all true by default) and `filter` matchers.
+#[derive(Clone, Debug)]
+pub struct AlertQuery {
+    pub active: bool,
+    pub silenced: bool,
+    pub inhibited: bool,
+    pub filter: Vec<config::LabelMatcher>,
+}
+
+impl Default for AlertQuery {
+    fn default() -> Self {
+        AlertQuery {
+            active: true,
+            silenced: true,
+            inhibited: true,
+            filter: Vec::new(),
+        }
     }
 }
 
@@ -930,7 +945,7 @@ mod tests {
             vec!["Down"],
             "Cpu is inhibited by Down on the same instance, Cpu2 silenced"
         );
-        let listed = n.alerts_json(true, true, true, &[]);
+        let listed = n.alerts_json(&AlertQuery::default());
         let cpu = listed
             .iter()
             .find(|a| a["labels"]["alertname"] == "Cpu")
