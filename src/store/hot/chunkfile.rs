@@ -278,15 +278,18 @@ impl ChunkFiles {
         Ok((seg, len as u32))
     }
 
-    /// Reads a chunk's bytes into `out` (replacing its contents).
-    pub fn read(&self, r: DiskRef, out: &mut Vec<u8>) -> Result<(), ChunkFileError> {
-        let file = self
-            .segments
+    /// Segment `seg`'s file, if it is there.
+    fn file(&self, seg: u32) -> Option<Arc<File>> {
+        self.segments
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&r.seg)
-            .map(|s| Arc::clone(&s.file));
-        let res = match file {
+            .get(&seg)
+            .map(|s| Arc::clone(&s.file))
+    }
+
+    /// Reads a chunk's bytes into `out` (replacing its contents).
+    pub fn read(&self, r: DiskRef, out: &mut Vec<u8>) -> Result<(), ChunkFileError> {
+        let res = match self.file(r.seg) {
             None => Err(ChunkFileError::Missing {
                 path: self.path(r.seg),
             }),
@@ -335,13 +338,7 @@ impl ChunkFiles {
                 end = end.max(u64::from(refs[j].off) + u64::from(refs[j].len));
                 j += 1;
             }
-            let file = self
-                .segments
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&first.seg)
-                .map(|s| Arc::clone(&s.file));
-            if let Some(f) = file {
+            if let Some(f) = self.file(first.seg) {
                 let base = pre.buf.len();
                 pre.buf
                     .resize(base + (end - u64::from(first.off)) as usize, 0);
