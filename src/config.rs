@@ -98,7 +98,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::Limits;
 
@@ -117,7 +117,7 @@ pub enum ConfigError {
 pub use crate::time::Millis;
 
 /// The whole file.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -139,7 +139,7 @@ pub struct Config {
 }
 
 /// `[ui]`: the built-in web UI.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UiConfig {
     /// A directory of dashboards in Grafana's dashboard JSON (`*.json`), read again on each
@@ -149,7 +149,7 @@ pub struct UiConfig {
 }
 
 /// `[scrape]`: pull collection.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScrapeSection {
     /// A Prometheus scrape file (`global`, `scrape_configs`); empty: no file.
@@ -173,7 +173,7 @@ impl Default for ScrapeSection {
 }
 
 /// `[scrape.ring]`: collectors sharing one scrape configuration on a consistent hash ring.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RingSection {
     /// This collector's id on the ring; empty: its listen address.
@@ -203,7 +203,7 @@ impl Default for RingSection {
 }
 
 /// `[alerting]`: where notifications go.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertingConfig {
     /// The routing file; empty: alerts are kept and shown, not sent.
@@ -211,7 +211,7 @@ pub struct AlertingConfig {
 }
 
 /// A role a bearer token grants; each includes the ones before it for reading.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Read,
@@ -220,9 +220,11 @@ pub enum Role {
 }
 
 /// One token.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Token {
+    /// Shown as `<secret>` by [`Config::effective_toml`] (`/api/v1/status/config`).
+    #[serde(serialize_with = "redacted")]
     pub token: String,
     pub role: Role,
     /// The labels every sample written with this token must carry (`labels = { tenant =
@@ -231,13 +233,18 @@ pub struct Token {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
+/// Writes a secret as `<secret>`, as Prometheus shows its secrets in `/api/v1/status/config`.
+fn redacted<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("<secret>")
+}
+
 /// The write scope of the token a request came with (a request extension set by the auth
 /// middleware): the labels each of its samples must carry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WriteScope(pub std::sync::Arc<Vec<(String, String)>>);
 
 /// `[auth]`: bearer tokens.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub tokens: Vec<Token>,
@@ -296,7 +303,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `[rules]`: alerting and recording rules.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RulesConfig {
     pub enabled: bool,
@@ -345,7 +352,7 @@ impl RulesConfig {
 }
 
 /// `[cold]`: the Parquet tiers on object storage.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ColdConfig {
     /// `file:///path`, `s3://bucket/prefix` (credentials, region and endpoint from `AWS_*`) or
@@ -386,7 +393,7 @@ impl ColdConfig {
 }
 
 /// `[server]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// HTTP listen address.
@@ -413,7 +420,7 @@ impl Default for ServerConfig {
 }
 
 /// `[log]`: the embedded log.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `always` (fsync before acknowledging; concurrent writes share an fsync), `interval`, `never`.
@@ -437,7 +444,7 @@ impl Default for LogConfig {
 }
 
 /// `[checkpoint]`: periodic checkpoints of the hot index (DESIGN.md section 11).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
     /// Period; 0 disables checkpoints (the log is then the only durable state).
@@ -465,7 +472,7 @@ impl CheckpointConfig {
 }
 
 /// `[job]`: watermarks and lateness (DESIGN.md section 5).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobConfig {
     /// The watermark trails the largest event time seen by this much.
@@ -489,7 +496,7 @@ impl Default for JobConfig {
 
 /// `[query]`: PromQL evaluation and its limits (Prometheus's `--query.*` flags). A breach
 /// answers Prometheus's error JSON naming the key.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueryConfig {
     /// How long a query may evaluate (`--query.timeout`); a request's `timeout` parameter can
@@ -525,7 +532,7 @@ impl Default for QueryConfig {
 }
 
 /// `[hot]`: the in-memory tier.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HotConfig {
     /// Samples older than this before the newest sample are rejected and dropped.
@@ -568,6 +575,14 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The configuration in effect as TOML, every key with its value (defaults included),
+    /// tokens shown as `<secret>`: what `/api/v1/status/config` and the status page show.
+    /// Parsing it again gives the same configuration, apart from the tokens.
+    pub fn effective_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# the configuration cannot be shown as TOML: {e}\n"))
+    }
+
     /// Worker threads to start.
     pub fn workers(&self) -> usize {
         if self.server.workers == 0 {
@@ -581,7 +596,7 @@ impl Config {
 }
 
 /// Message value format.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum KafkaFormat {
     /// Influx line protocol, one line per sample, nanosecond timestamps.
@@ -592,7 +607,7 @@ pub enum KafkaFormat {
 }
 
 /// Message key, which picks the partition.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum PartitionKey {
     /// The metric name: one metric's series share a partition.
@@ -604,7 +619,7 @@ pub enum PartitionKey {
 }
 
 /// `[kafka]` in `tidemark.toml`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port...]`.
@@ -636,7 +651,7 @@ impl Default for KafkaConfig {
 }
 
 /// When appended records are forced to disk.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FsyncPolicy {
     /// fsync before acknowledging each append (group commit): survives power loss.
@@ -668,6 +683,49 @@ mod tests {
             c.ingest.max_series_per_metric,
             d.ingest.max_series_per_metric
         );
+        // Every key, not only the ones above.
+        assert_eq!(c.effective_toml(), d.effective_toml());
+    }
+
+    #[test]
+    fn the_effective_config_parses_back_and_hides_tokens() {
+        let text = r#"
+[server]
+listen = "127.0.0.1:19999"
+[job]
+allowed_lateness = "1h30m"
+[ingest]
+graphite_listen = "127.0.0.1:2003"
+[rules]
+external_labels = { dc = "eu-1" }
+[ui]
+dashboards = "dash/"
+[[auth.tokens]]
+token = "s3cr3t-admin"
+role = "admin"
+[[auth.tokens]]
+token = "s3cr3t-write"
+role = "write"
+labels = { tenant = "a" }
+"#;
+        let c = Config::parse(text).unwrap();
+        let shown = c.effective_toml();
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert_eq!(shown.matches("<secret>").count(), 2, "{shown}");
+        for want in [
+            "listen = \"127.0.0.1:19999\"",
+            "allowed_lateness = \"1h30m\"",
+            "graphite_listen = \"127.0.0.1:2003\"",
+            "dc = \"eu-1\"",
+            "dashboards = \"dash/\"",
+            "retention = \"1d2h\"",
+        ] {
+            assert!(shown.contains(want), "{want} missing from\n{shown}");
+        }
+        let again = Config::parse(&shown).unwrap();
+        assert_eq!(again.effective_toml(), shown);
+        assert_eq!(again.job.allowed_lateness, Millis(5_400_000));
+        assert_eq!(again.auth.tokens[1].labels["tenant"], "a");
     }
 
     #[test]

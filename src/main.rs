@@ -334,8 +334,41 @@ enum Cmd {
     },
 }
 
+/// The command line's flags as `/api/v1/status/flags` lists them: each flag's long name and
+/// its value (given or defaulted), the global ones and the subcommand's.
+fn command_flags(matches: &clap::ArgMatches) -> Vec<(String, String)> {
+    let root = <Cli as clap::CommandFactory>::command();
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut add = |cmd: &clap::Command, m: &clap::ArgMatches| {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            let Some(name) = arg.get_long() else { continue };
+            let Ok(Some(values)) = m.try_get_raw(id) else {
+                continue;
+            };
+            let value = values
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(",");
+            if !out.iter().any(|(k, _)| k == name) {
+                out.push((name.to_string(), value));
+            }
+        }
+    };
+    if let Some((name, sub)) = matches.subcommand() {
+        if let Some(cmd) = root.find_subcommand(name) {
+            add(cmd, sub);
+        }
+    }
+    add(&root, matches);
+    out
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    tidemark::web::status::set_flags(command_flags(&matches));
     let format: tidemark::logging::Format = cli.log_format.parse()?;
     tidemark::logging::init(&cli.log_level, format)?;
     if let (Some(now), Some(was)) = tidemark::process::raise_open_file_limit() {
@@ -474,6 +507,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(h) = hosts.get(process) {
                 cfg.server.listen = h.http;
             }
+            // What the status page shows as in effect: the flags override the file.
+            cfg.server.data_dir = data_dir.clone();
+            cfg.server.workers = workers.max(1);
             refuse_open_without_tokens(&cfg, insecure)?;
             tidemark::process::worker::run(tidemark::process::worker::WorkerOpts {
                 process,
@@ -486,6 +522,10 @@ fn main() -> anyhow::Result<()> {
                 auth: cfg.auth.clone(),
                 checkpoint: cfg.checkpoint.clone(),
                 query: cfg.query.clone(),
+                ui: cfg.ui.clone(),
+                status: std::sync::Arc::new(tidemark::web::status::ProcessStatus::new(
+                    "worker", &cfg,
+                )),
             })
             .context("tidemark worker")
         }
@@ -503,12 +543,21 @@ fn main() -> anyhow::Result<()> {
         } => {
             let mut cfg = load_config(config.as_deref())?;
             cfg.server.listen = listen;
+            cfg.server.data_dir = data_dir.clone();
+            if let Some(b) = &brokers {
+                cfg.kafka.brokers = b.clone();
+            }
+            if let Some(r) = &routing {
+                cfg.alerting.config = Some(r.clone());
+            }
             refuse_open_without_tokens(&cfg, insecure)?;
             let external_url = if cfg.rules.external_url.is_empty() {
                 format!("http://{listen}")
             } else {
                 cfg.rules.external_url.clone()
             };
+            let status =
+                std::sync::Arc::new(tidemark::web::status::ProcessStatus::new("notify", &cfg));
             tidemark::process::notify::run(tidemark::process::notify::NotifyOpts {
                 listen,
                 data_dir,
@@ -519,6 +568,7 @@ fn main() -> anyhow::Result<()> {
                 peers,
                 routing: routing.or(cfg.alerting.config),
                 external_url,
+                status,
                 auth: cfg.auth,
                 commit_interval: std::time::Duration::from_secs(1),
             })

@@ -201,6 +201,16 @@ pub fn allocator_slack() -> Option<i64> {
     None
 }
 
+/// `process_resident_memory_bytes`, as every process of Tidemark reports it.
+pub fn render_process(w: &mut TextWriter) {
+    w.family(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        &[("", rss_bytes())],
+    );
+}
+
 /// The process's resident set size in bytes (`VmRSS`), 0 where `/proc` is not available.
 pub fn rss_bytes() -> f64 {
     proc_status_bytes("VmRSS:")

@@ -77,6 +77,9 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
         .route("/api/v1/status/tsdb", get(tsdb_status))
         .with_state(Arc::clone(&state))
         .merge(crate::web::routes())
+        .merge(crate::web::status::routes(Arc::new(
+            crate::web::status::ProcessStatus::new("up", &state.cfg),
+        )))
         .merge(crate::web::dashboards::routes(Arc::new(
             crate::web::dashboards::Dashboards {
                 dir: state.cfg.ui.dashboards.clone(),
@@ -101,47 +104,20 @@ pub fn router(state: Arc<AppState>, ingest: Arc<ingest_http::IngestState>) -> Ro
 /// accepts now, the cold tiers' URL and their retentions.
 async fn tsdb_status(State(s): State<Arc<AppState>>) -> Response {
     let hot = &s.hot;
-    let mut by_metric: Vec<(String, usize)> = hot
-        .catalog
-        .label_values(crate::model::METRIC_NAME)
-        .into_iter()
-        .map(|m| {
-            let n = hot.catalog.series_of_metric(&m);
-            (m, n)
-        })
-        .collect();
-    by_metric.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    by_metric.truncate(10);
     let newest = hot.newest();
     let c = &s.cfg.cold;
-    let body = serde_json::json!({
-        "status": "success",
-        "data": {
-            "headStats": {
-                "numSeries": hot.catalog.len(),
-                "chunkCount": 0,
-                "minTime": newest.map_or(0, |_| hot.min_valid_ts()),
-                "maxTime": newest.unwrap_or(0),
-            },
-            "seriesCountByMetricName": by_metric
-                .iter()
-                .map(|(m, n)| serde_json::json!({"name": m, "value": n}))
-                .collect::<Vec<_>>(),
-            "labelValueCountByLabelName": [],
-            "memoryInBytesByLabelName": [],
-            "seriesCountByLabelValuePair": [],
-            "tidemark": {
-                "newest": newest,
-                "hotRetentionMs": hot.retention_ms(),
-                "acceptsFrom": newest.map(|_| hot.min_valid_ts()),
-                "allowedLatenessMs": s.cfg.job.allowed_lateness.0,
-                "coldUrl": s.env.cold.as_ref().map(|c| c.url.clone()),
-                "rawRetentionMs": c.raw_retention.0,
-                "minuteRetentionMs": c.minute_retention.0,
-                "hourRetentionMs": c.hour_retention.0,
-            }
-        }
+    let mut data = crate::web::status::tsdb_json(hot);
+    data["tidemark"] = serde_json::json!({
+        "newest": newest,
+        "hotRetentionMs": hot.retention_ms(),
+        "acceptsFrom": newest.map(|_| hot.min_valid_ts()),
+        "allowedLatenessMs": s.cfg.job.allowed_lateness.0,
+        "coldUrl": s.env.cold.as_ref().map(|c| c.url.clone()),
+        "rawRetentionMs": c.raw_retention.0,
+        "minuteRetentionMs": c.minute_retention.0,
+        "hourRetentionMs": c.hour_retention.0,
     });
+    let body = serde_json::json!({"status": "success", "data": data});
     (
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
@@ -400,12 +376,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         )],
     );
     crate::alert::api::render_metrics(&s.alerting, &mut w);
-    w.family(
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident memory size in bytes.",
-        &[("", crate::ops::rss_bytes())],
-    );
+    crate::ops::render_process(&mut w);
     (
         [(
             header::CONTENT_TYPE,

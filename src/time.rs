@@ -189,6 +189,12 @@ impl<'de> Deserialize<'de> for Millis {
     }
 }
 
+impl serde::Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration_ms(self.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

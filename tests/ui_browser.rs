@@ -10,6 +10,7 @@ mod support;
 
 use serde_json::json;
 use support::browser::Browser;
+use support::cluster::Cluster;
 use support::receivers::HttpReceiver;
 use support::{enc, fleet, now_ms, Tidemark};
 
@@ -244,6 +245,31 @@ fn the_explorer_charts_tables_completes_and_requeries_in_a_real_browser() {
     assert!(
         top.as_array().unwrap().iter().any(|n| n == "cpu_load"),
         "{top}"
+    );
+    // The flags as the process was started, and the configuration in effect: the test's
+    // file with every default filled in.
+    let flags = b.js(
+        "return Object.fromEntries([...document.querySelectorAll('#flags tbody tr[data-flag]')].map(r => [r.dataset.flag, r.cells[1].textContent]))",
+        json!([]),
+    );
+    assert_eq!(
+        flags["listen"],
+        json!(t.url.trim_start_matches("http://")),
+        "{flags}"
+    );
+    assert!(
+        flags["config"].as_str().unwrap().ends_with(".toml"),
+        "{flags}"
+    );
+    assert_eq!(flags["insecure"], json!("false"), "{flags}");
+    let config = b.js(
+        "return document.getElementById('config').textContent",
+        json!([]),
+    );
+    let config = config.as_str().unwrap();
+    assert!(
+        config.contains("[rules]\nenabled = false") && config.contains("[hot]\nretention = "),
+        "{config}"
     );
     b.screenshot(&screenshots().join("status.png"));
     assert_eq!(b.js("return window.tidemarkErrors", json!([])), json!([]));
@@ -587,4 +613,125 @@ fn dashboards_from_grafana_json_render_every_panel_and_follow_their_variables() 
         Vec::<String>::new(),
         "no console errors"
     );
+}
+
+/// A worker process's status page: every process of the cluster with its readiness (a peer
+/// killed shows as not ready, with the reason), its jobs, flags and configuration; and the
+/// dashboards of its own `[ui] dashboards` directory.
+#[test]
+fn a_worker_process_shows_its_cluster_flags_config_and_own_dashboards() {
+    let dir = tempfile::tempdir().unwrap();
+    let boards = dir.path().join("boards");
+    std::fs::create_dir_all(&boards).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/grafana-fleet-export.json"
+        ),
+        boards.join("fleet.json"),
+    )
+    .unwrap();
+    // No broker: the processes serve their APIs and the UI without a job.
+    let mut c = Cluster::start_with_config(
+        &dir.path().join("cluster"),
+        2,
+        1,
+        "127.0.0.1:9",
+        Some(&format!(
+            "[ui]\ndashboards = {:?}\n[query]\nmax_series = 12345\n",
+            boards.display().to_string()
+        )),
+    );
+    let b = Browser::start();
+    b.goto(&format!("{}/status", c.urls[0]));
+    b.wait_for(
+        "both processes ready",
+        "return document.querySelectorAll('#cluster-processes tr[data-ready=true]').length === 2",
+    );
+    assert_eq!(
+        b.js(
+            "return document.getElementById('cluster').hidden",
+            json!([])
+        ),
+        json!(false)
+    );
+    assert_eq!(
+        b.js(
+            "return document.querySelector('#cluster-jobs tbody').textContent",
+            json!([])
+        ),
+        json!("No jobs: submit one with tidemark submit.")
+    );
+    let flags = b.js(
+        "return Object.fromEntries([...document.querySelectorAll('#flags tbody tr[data-flag]')].map(r => [r.dataset.flag, r.cells[1].textContent]))",
+        json!([]),
+    );
+    assert_eq!(flags["process"], json!("0"), "{flags}");
+    assert_eq!(flags["processes"], json!("2"), "{flags}");
+    let config = b.js(
+        "return document.getElementById('config').textContent",
+        json!([]),
+    );
+    assert!(
+        config.as_str().unwrap().contains("max_series = 12345"),
+        "{config}"
+    );
+    assert_eq!(
+        b.js("return document.querySelector('[data-card=Build] dd[data-key=process]').textContent.split(' ')[0]", json!([])),
+        json!("worker")
+    );
+    assert_eq!(
+        b.js("return document.querySelector('[data-card=Build] dd[data-key=\"worker threads\"]').textContent", json!([])),
+        json!("1"),
+        "--workers 1"
+    );
+    let rss = b.js("return document.querySelector('[data-card=\"Hot index\"] dd[data-key=\"resident memory\"]').textContent", json!([]));
+    assert!(rss.as_str().unwrap().ends_with("MiB"), "{rss}");
+    b.screenshot(&screenshots().join("worker-status.png"));
+
+    // Process 1 gone: process 0 says so, with the reason.
+    c.kill(1);
+    b.goto(&format!("{}/status", c.urls[0]));
+    let why = b.wait_for(
+        "process 1 not ready",
+        "const r = document.querySelector('#cluster-processes tr[data-process=\"1\"][data-ready=false]'); \
+         return r ? r.cells[3].textContent : null",
+    );
+    assert!(why.as_str().unwrap().contains("/-/ready"), "{why}");
+    // The jobs list needs every process: its 503 is shown, and logged by the browser.
+    let jobs = b.wait_for(
+        "the jobs list's error",
+        "const t = document.querySelector('#cluster-jobs tbody td.error-text'); return t ? t.textContent : null",
+    );
+    assert!(jobs.as_str().unwrap().contains("did not answer"), "{jobs}");
+    let logged = b.severe_console();
+    assert!(
+        !logged.is_empty()
+            && logged
+                .iter()
+                .all(|l| l.contains("/api/v1/jobs") && l.contains("503")),
+        "{logged:?}"
+    );
+
+    // The worker's own dashboards directory, beside the built-in ones.
+    b.goto(&format!("{}/dashboards", c.urls[0]));
+    let titles = b.wait_for(
+        "the dashboard list",
+        "const l = [...document.querySelectorAll('#dash-list tbody tr td:first-child')].map(a => a.textContent); \
+         return l.length >= 3 ? l : null",
+    );
+    let titles = titles.to_string();
+    assert!(
+        titles.contains("Fleet (exported from Grafana)")
+            && titles.contains("Tidemark")
+            && titles.contains("Hosts"),
+        "{titles}"
+    );
+    assert_eq!(b.js("return window.tidemarkErrors", json!([])), json!([]));
+    assert_eq!(
+        b.severe_console(),
+        Vec::<String>::new(),
+        "no console errors"
+    );
+    c.kill(0);
 }

@@ -60,12 +60,28 @@ pub struct ControlState {
     pub query: crate::config::QueryConfig,
     /// The cold tiers queries read: the first `[tiers] url` a job of this process opened.
     pub cold: crate::query::api::ColdSlot,
+    /// `[ui] dashboards`: a directory of Grafana dashboard JSON files.
+    pub dashboards: Option<std::path::PathBuf>,
+    /// The configuration and flags in effect.
+    pub status: Arc<crate::web::status::ProcessStatus>,
 }
 
 /// `/-/ready`: 200 once every job this process kept on disk runs again and, for every job,
 /// each local worker's source has replayed its WAL and holds its Kafka partitions; 503 with
 /// what is missing otherwise.
 async fn worker_ready(State(s): State<Arc<ControlState>>) -> Response {
+    match readiness(&s) {
+        Ok(()) => (StatusCode::OK, "Tidemark worker is Ready.\n").into_response(),
+        Err(missing) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Tidemark worker is not ready: {missing}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// What this process still waits for before it is ready, joined with `; `.
+fn readiness(s: &ControlState) -> Result<(), String> {
     let jobs = s.registry.jobs.lock().unwrap_or_else(|e| e.into_inner());
     let mut missing = Vec::new();
     for name in &s.expected_jobs {
@@ -84,14 +100,85 @@ async fn worker_ready(State(s): State<Arc<ControlState>>) -> Response {
         }
     }
     if missing.is_empty() {
-        (StatusCode::OK, "Tidemark worker is Ready.\n").into_response()
+        Ok(())
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("Tidemark worker is not ready: {}\n", missing.join("; ")),
-        )
-            .into_response()
+        Err(missing.join("; "))
     }
+}
+
+/// `GET /api/v1/status/cluster`: every process of the cluster in order, with its URL and
+/// whether it is ready (a peer's own `/-/ready`, asked now with a 2 s timeout), and why not;
+/// this process's worker threads and index.
+async fn cluster_status(State(s): State<Arc<ControlState>>) -> Response {
+    let own = readiness(&s);
+    let peers = s.peers.clone();
+    let answers = tokio::task::spawn_blocking(move || {
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(std::time::Duration::from_secs(2)))
+                .build(),
+        );
+        peers
+            .iter()
+            .map(|p| {
+                let url = format!("{p}/-/ready");
+                match to_peer(agent.get(&url)).call() {
+                    Ok(mut r) => {
+                        let ok = r.status().is_success();
+                        let text = r.body_mut().read_to_string().unwrap_or_default();
+                        (
+                            p.clone(),
+                            ok,
+                            if ok {
+                                None
+                            } else {
+                                Some(text.trim().to_string())
+                            },
+                        )
+                    }
+                    Err(e) => (p.clone(), false, Some(format!("{url}: {e}"))),
+                }
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let mut processes = Vec::new();
+    let mut peers = answers.into_iter();
+    for i in 0..=s.peers.len() {
+        if i == s.process {
+            processes.push(json!({
+                "process": i,
+                "url": null,
+                "self": true,
+                "ready": own.is_ok(),
+                "error": own.as_ref().err(),
+            }));
+        } else if let Some((url, ready, error)) = peers.next() {
+            processes.push(json!({
+                "process": i, "url": url, "self": false, "ready": ready, "error": error,
+            }));
+        }
+    }
+    axum::Json(json!({
+        "status": "success",
+        "data": {
+            "process": s.process,
+            "localWorkers": s.local_workers,
+            "leader": s.leader,
+            "processes": processes,
+        },
+    }))
+    .into_response()
+}
+
+/// `GET /api/v1/status/tsdb`: this process's hot index (a worker's queries merge every
+/// process's; these figures are its own).
+async fn worker_tsdb(State(s): State<Arc<ControlState>>) -> Response {
+    let mut data = crate::web::status::tsdb_json(&s.hot);
+    data["tidemark"] = json!({"process": s.process, "hotRetentionMs": s.hot.retention_ms()});
+    axum::Json(json!({"status": "success", "data": data})).into_response()
 }
 
 /// Rules by job name, with the rule files they were opened with.
@@ -771,6 +858,7 @@ fn render_metrics(s: &ControlState) -> String {
         &[("", s.hot.bytes() as f64)],
     );
     crate::store::hot::render_chunk_files(&s.hot, &mut w);
+    crate::ops::render_process(&mut w);
     w.0
 }
 
@@ -847,11 +935,15 @@ pub fn router(s: Arc<ControlState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(|| async { "Tidemark is Healthy.\n" }))
         .route("/-/ready", get(worker_ready))
+        .route("/api/v1/status/cluster", get(cluster_status))
+        .route("/api/v1/status/tsdb", get(worker_tsdb))
         .with_state(Arc::clone(&s))
         .merge(crate::web::routes())
-        // The built-in dashboards (a worker has no `[ui]` section yet).
+        .merge(crate::web::status::routes(Arc::clone(&s.status)))
         .merge(crate::web::dashboards::routes(Arc::new(
-            crate::web::dashboards::Dashboards::default(),
+            crate::web::dashboards::Dashboards {
+                dir: s.dashboards.clone(),
+            },
         )))
         .fallback_service(api::routes(q))
         .layer(axum::middleware::from_fn_with_state(

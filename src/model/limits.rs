@@ -1,8 +1,8 @@
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Ingest limits, the `[ingest]` table of `tidemark.toml`. Every rejection names the limit and
 /// the key that raises it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest accepted request body in bytes, after decompression (HTTP 413 beyond).

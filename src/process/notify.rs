@@ -38,6 +38,8 @@ pub struct NotifyOpts {
     pub routing: Option<PathBuf>,
     pub external_url: String,
     pub auth: AuthConfig,
+    /// The configuration and flags in effect (`/api/v1/status/config`, `flags`).
+    pub status: Arc<crate::web::status::ProcessStatus>,
     /// How often delivered offsets are committed.
     pub commit_interval: Duration,
 }
@@ -224,6 +226,7 @@ async fn notify_metrics(State(s): State<Arc<NotifyHttp>>) -> Response {
         let refs: Vec<(&str, f64)> = values.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         w.family(name, "gauge", help, &refs);
     }
+    crate::ops::render_process(&mut w);
     ([("content-type", "text/plain; version=0.0.4")], w.0).into_response()
 }
 
@@ -286,6 +289,7 @@ pub fn run(opts: NotifyOpts) -> anyhow::Result<()> {
         .with_state(http)
         .merge(crate::alert::api::routes(alerting))
         .merge(crate::web::notify_routes())
+        .merge(crate::web::status::routes(Arc::clone(&opts.status)))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(opts.auth.clone()),
             crate::http::authorize,

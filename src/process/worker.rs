@@ -107,6 +107,10 @@ pub struct WorkerOpts {
     /// `[query]`: the limits of this process's query API (its result cache stays off: a
     /// worker's queries fan out to peers whose appends it does not see).
     pub query: crate::config::QueryConfig,
+    /// `[ui]`: the dashboards directory the UI lists besides the built-in ones.
+    pub ui: crate::config::UiConfig,
+    /// The configuration and flags in effect (`/api/v1/status/config`, `flags`).
+    pub status: Arc<crate::web::status::ProcessStatus>,
 }
 
 /// Process-wide state shared by the worker threads and the HTTP side.
@@ -367,6 +371,8 @@ pub fn run(opts: WorkerOpts) -> anyhow::Result<()> {
         local_workers: opts.workers.max(1),
         query: opts.query.clone(),
         cold: Arc::clone(&shared.query_cold),
+        dashboards: opts.ui.dashboards.clone(),
+        status: Arc::clone(&opts.status),
     });
     let listen = opts.hosts[opts.process].http;
     let rt = tokio::runtime::Builder::new_multi_thread()

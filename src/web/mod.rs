@@ -18,6 +18,7 @@
 //! gives it (kept for the browser session) with each API request, which the API checks.
 
 pub mod dashboards;
+pub mod status;
 
 use axum::extract::Path;
 use axum::http::{header, StatusCode};

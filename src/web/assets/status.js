@@ -1,7 +1,9 @@
 // Tidemark's targets view (`/targets`: /api/v1/targets by scrape pool) and status view
 // (`/status`: build info, and the process's own figures read from /metrics: ingest rate,
 // watermark and its delay, log, checkpoints, hot index, memory by component, tiers, queries;
-// /api/v1/status/tsdb's metrics with the most series).
+// /api/v1/status/tsdb's metrics with the most series; a worker's processes and jobs from
+// /api/v1/status/cluster and /api/v1/jobs; the flags and the configuration in effect from
+// /api/v1/status/flags and /api/v1/status/config).
 // Uses app.js's and alerts.js's helpers ($, el, getJson, since, chips, authHeaders).
 'use strict';
 
@@ -97,14 +99,23 @@ let previous = null;
 async function loadStatus() {
   document.body.dataset.state = 'loading';
   try {
-    const [build, tsdb, text] = await Promise.all([
+    const [build, tsdb, text, runtime, flags, config] = await Promise.all([
       getJson('/api/v1/status/buildinfo'),
       getJson('/api/v1/status/tsdb').catch(() => null),
       fetch('/metrics', { headers: authHeaders() }).then((r) => {
         if (!r.ok) throw new Error(`/metrics: HTTP ${r.status}`);
         return r.text();
       }),
+      getJson('/api/v1/status/runtimeinfo').catch(() => null),
+      getJson('/api/v1/status/flags').catch(() => null),
+      getJson('/api/v1/status/config').catch(() => null),
     ]);
+    // A worker process: the cluster's processes and jobs.
+    const worker = runtime && runtime.data.role === 'worker';
+    const [cluster, jobs] = worker ? await Promise.all([
+      getJson('/api/v1/status/cluster').catch(() => null),
+      getJson('/api/v1/jobs').catch((e) => ({ error: e.message })),
+    ]) : [null, null];
     const m = parseMetrics(text);
     const now = Date.now() / 1000;
     const ingested = total(m, 'tidemark_samples_ingested_total');
@@ -114,7 +125,14 @@ async function loadStatus() {
     const ckptAt = total(m, 'tidemark_checkpoint_last_timestamp_seconds');
     const memory = (m.get('tidemark_memory_bytes') || []).slice().sort((a, b) => b.value - a.value);
     const cards = [
-      card('Build', [['version', build.data.version], ['page loaded', new Date().toLocaleString()]]),
+      card('Build', [
+        ['version', build.data.version],
+        ['revision', build.data.revision || '-'],
+        ['process', runtime ? runtime.data.role + ' (pid ' + runtime.data.pid + ')' : '-'],
+        ['started', runtime ? new Date(runtime.data.startTime).toLocaleString() : '-'],
+        ['worker threads', runtime ? runtime.data.workers : '-'],
+        ['hot retention', runtime ? runtime.data.storageRetention : '-'],
+      ]),
       card('Ingest', [
         ['samples/s', rate === null ? 'next refresh' : num(rate)],
         ['samples ingested', num(ingested)],
@@ -169,6 +187,15 @@ async function loadStatus() {
         el('td', {}, num(r.value))));
     }
 
+    showCluster(cluster, jobs);
+    const ftbody = $('flags').querySelector('tbody');
+    ftbody.textContent = '';
+    const fl = flags ? Object.entries(flags.data) : [];
+    for (const [k, v] of fl.sort()) ftbody.append(el('tr', { 'data-flag': k }, el('td', {}, '--' + k), el('td', {}, v)));
+    if (!fl.length) ftbody.append(el('tr', {}, el('td', { colspan: 2, class: 'note' }, 'none recorded')));
+    $('config').textContent = config ? config.data.toml : 'not available';
+    $('config-file').textContent = config && config.data.file ? `(${config.data.file}, with every default)` : '(the embedded defaults)';
+
     $('status-updated').textContent = 'updated ' + new Date().toLocaleTimeString();
     setError('status-error', '');
     document.body.dataset.state = 'ready';
@@ -176,6 +203,41 @@ async function loadStatus() {
     setError('status-error', e.message);
     document.body.dataset.state = 'error';
   }
+}
+
+// A worker process's cluster: each process's readiness, and the jobs across all of them.
+function showCluster(cluster, jobs) {
+  $('cluster').hidden = !cluster;
+  if (!cluster) return;
+  const ptbody = $('cluster-processes').querySelector('tbody');
+  ptbody.textContent = '';
+  for (const p of cluster.data.processes) {
+    const state = p.ready ? 'ready' : 'not ready';
+    ptbody.append(el('tr', { 'data-process': p.process, 'data-ready': String(p.ready) },
+      el('td', {}, String(p.process) + (p.self ? ' (this one)' : '')),
+      el('td', {}, p.url ? el('a', { href: p.url + '/status' }, p.url) : location.host),
+      el('td', {}, el('span', { class: 'badge ' + (p.ready ? 'up' : 'down') }, state)),
+      el('td', { class: 'error-text' }, p.error || '')));
+  }
+  const jtbody = $('cluster-jobs').querySelector('tbody');
+  jtbody.textContent = '';
+  if (jobs && jobs.error) {
+    jtbody.append(el('tr', {}, el('td', { colspan: 8, class: 'error-text' }, jobs.error)));
+    return;
+  }
+  const list = jobs ? jobs.data : [];
+  for (const j of list) {
+    jtbody.append(el('tr', { 'data-job': j.name, 'data-state': j.state },
+      el('td', {}, j.name),
+      el('td', {}, j.state),
+      el('td', {}, String(j.epoch)),
+      el('td', {}, j.watermark ? new Date(j.watermark).toLocaleString() : 'none yet'),
+      el('td', {}, j.lag === null || j.lag === undefined ? '-' : num(j.lag)),
+      el('td', {}, num(j.samples)),
+      el('td', {}, `${num(j.late_accepted)} / ${num(j.late_dropped)}`),
+      el('td', { class: 'error-text' }, (j.problems || []).join('; '))));
+  }
+  if (!list.length) jtbody.append(el('tr', {}, el('td', { colspan: 8, class: 'note' }, 'No jobs: submit one with tidemark submit.')));
 }
 
 if (PAGE === 'targets') {
