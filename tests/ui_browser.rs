@@ -3,7 +3,9 @@
 //! one line per series, a new time range queries again with a new step, drag-to-zoom narrows
 //! the range, the table shows the instant result, completion offers metric names from the API,
 //! a bad query shows its error, the targets and status pages show the process's own figures,
-//! and no page logs a console error. Screenshots go to
+//! its flags and configuration; dashboards (a Grafana export, the built-in ones, the Hosts
+//! dashboard over a real node_exporter); the alerts view with a silence made in it; a worker
+//! process's status with its cluster; and no page logs a console error. Screenshots go to
 //! `<target>/tmp/ui-screenshots/`.
 
 mod support;
@@ -12,6 +14,7 @@ use serde_json::json;
 use support::browser::Browser;
 use support::cluster::Cluster;
 use support::receivers::HttpReceiver;
+use support::targets::NodeExporter;
 use support::{enc, fleet, now_ms, Tidemark};
 
 fn screenshots() -> std::path::PathBuf {
@@ -734,4 +737,130 @@ fn a_worker_process_shows_its_cluster_flags_config_and_own_dashboards() {
         "no console errors"
     );
     c.kill(0);
+}
+
+/// The built-in Hosts dashboard over a real node_exporter (Debian's), scraped every second:
+/// every panel renders with data under node_exporter's own metric names, and the host
+/// variable lists the exporter's instance.
+#[test]
+fn the_hosts_dashboard_shows_a_real_node_exporter() {
+    let dir = tempfile::tempdir().unwrap();
+    let ne = NodeExporter::start();
+    let scrape = dir.path().join("scrape.yml");
+    std::fs::write(
+        &scrape,
+        format!(
+            "scrape_configs:\n  - job_name: node\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{}']\n",
+            ne.addr
+        ),
+    )
+    .unwrap();
+    let t = Tidemark::start(
+        dir.path(),
+        &format!(
+            "[scrape]\nconfig = {:?}\nself_scrape = false\n[rules]\nenabled = false\n",
+            scrape.display().to_string()
+        ),
+        2,
+    );
+    // Ten scrapes: the rates' lines have points to draw in the screenshot.
+    t.eventually("node_exporter scraped ten times", || {
+        let v = t.api(&format!(
+            "/api/v1/query?query={}",
+            enc("count_over_time(node_uname_info[1m])")
+        ));
+        let n: f64 = v["result"][0]["value"][1].as_str()?.parse().ok()?;
+        (n >= 10.0).then_some(())
+    });
+    let b = Browser::start();
+    let panels = "return [...document.querySelectorAll('#dash-grid .panel')].map(p => [p.dataset.panel, p.dataset.type, p.dataset.state, Number(p.dataset.series || 0)])";
+    let mut last = json!(null);
+    for _ in 0..30 {
+        b.goto(&format!("{}/d/hosts?range=5m", t.url));
+        b.wait_for(
+            "the Hosts dashboard",
+            "return document.body.dataset.state === 'ready'",
+        );
+        last = b.js(panels, json!([]));
+        let all = last
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p[2] == "ready" && p[3].as_u64().unwrap() > 0);
+        if all {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let rows = last.as_array().unwrap();
+    assert!(
+        rows.len() >= 8
+            && rows
+                .iter()
+                .all(|p| p[2] == "ready" && p[3].as_u64().unwrap() > 0),
+        "every panel of the Hosts dashboard with data: {last}"
+    );
+    // Units as Grafana writes them, small values and axis ticks included.
+    assert_eq!(
+        b.js(
+            "return [formatUnit(0.004, 'short'), formatUnit(2.9999999, 'none'), formatUnit(1536, 'bytes'), \
+             formatUnit(0.5, 'percentunit'), formatUnit(0.02, 'short', tickDecimals([0, 0.02, 0.04])), \
+             tickDecimals([0, 0.25, 0.5]), tickDecimals([0, 1e9, 2e9])]",
+            json!([])
+        ),
+        json!(["0.004", "3.00", "1.50 KiB", "50%", "0.02", 2, 1])
+    );
+    let hosts = b.js(
+        "return [...document.querySelectorAll('#var-instance option')].map(o => o.value)",
+        json!([]),
+    );
+    assert!(
+        hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h == ne.addr.as_str()),
+        "the host variable lists the exporter: {hosts}"
+    );
+    // The host variable (multi-value) through its checkbox dropdown: All off, the exporter on.
+    b.js(
+        "const d = document.querySelector('details.multi[data-var=instance]'); d.open = true; \
+         [...d.querySelectorAll('input')].find(b => b.value === arguments[0]).click(); return true",
+        json!([ne.addr]),
+    );
+    let escaped = ne.addr.replace('.', "\\\\.");
+    let q = b.wait_for(
+        "the panels for the chosen host",
+        "const p = document.querySelector('[data-panel=\"1\"]'); \
+         return document.body.dataset.state === 'ready' && p.dataset.state === 'ready' && !p.dataset.query.includes('.*') ? p.dataset.query : null",
+    );
+    assert!(
+        q.as_str()
+            .unwrap()
+            .contains(&format!("instance=~\"{escaped}\"")),
+        "{q} {escaped}"
+    );
+    assert_eq!(
+        b.js(
+            "return document.querySelector('details.multi[data-var=instance] summary').textContent",
+            json!([])
+        ),
+        json!(ne.addr)
+    );
+    let url = b.js("return location.search", json!([]));
+    assert!(
+        url.as_str().unwrap().contains("var-instance=127.0.0.1"),
+        "{url}"
+    );
+    b.js(
+        "document.querySelector('details.multi').open = false; return true",
+        json!([]),
+    );
+    b.screenshot(&screenshots().join("dashboard-hosts.png"));
+    assert_eq!(b.js("return window.tidemarkErrors", json!([])), json!([]));
+    assert_eq!(
+        b.severe_console(),
+        Vec::<String>::new(),
+        "no console errors"
+    );
 }

@@ -9,8 +9,26 @@
 
 // ---- units and thresholds ------------------------------------------------------------------
 
+// `v` with `d` decimals; an integer as it is, and a value too small for `d` decimals with two
+// significant digits (0.004 stays 0.004, not 0.00).
 function fixed(v, d) {
-  return Number.isInteger(v) && Math.abs(v) < 1e15 ? String(v) : v.toFixed(d);
+  if (Number.isInteger(v) && Math.abs(v) < 1e15) return String(v);
+  if (v !== 0 && Math.abs(v) < 0.5 * Math.pow(10, -d)) return String(Number(v.toPrecision(2)));
+  return v.toFixed(d);
+}
+
+// Rounded to hundredths where that keeps it (so 2.9999999 shows as 3), not below them.
+function r2(v) {
+  return Math.abs(v) >= 0.01 ? Math.round(v * 100) / 100 : v;
+}
+
+// Decimals that tell an axis's ticks apart (0.25 apart: 2), at least 1, at most 6.
+function tickDecimals(ticks) {
+  for (let d = 1; d < 6; d++) {
+    const k = Math.pow(10, d);
+    if (ticks.every((t) => Math.abs(Math.round(t * k) - t * k) < 1e-6 * k)) return d;
+  }
+  return 6;
 }
 
 function scaled(v, base, units, d) {
@@ -19,21 +37,21 @@ function scaled(v, base, units, d) {
     v /= base;
     i++;
   }
-  return fixed(Math.round(v * 100) / 100, d) + (units[i] ? ' ' + units[i] : '');
+  return fixed(r2(v), d) + (units[i] ? ' ' + units[i] : '');
 }
 
 function formatUnit(v, unit, decimals) {
   if (v === null || v === undefined || Number.isNaN(v)) return '-';
   const d = decimals ?? 2;
   switch (unit) {
-    case 'percent': return fixed(Math.round(v * 100) / 100, d) + '%';
-    case 'percentunit': return fixed(Math.round(v * 10000) / 100, d) + '%';
+    case 'percent': return fixed(r2(v), d) + '%';
+    case 'percentunit': return fixed(r2(v * 100), d) + '%';
     case 'bytes': return scaled(v, 1024, ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'], d);
     case 'decbytes': return scaled(v, 1000, ['B', 'kB', 'MB', 'GB', 'TB', 'PB'], d);
     case 'Bps': case 'binBps': return scaled(v, 1024, ['B/s', 'KiB/s', 'MiB/s', 'GiB/s', 'TiB/s'], d);
     case 's': return v >= 86400 ? fixed(v / 86400, 1) + ' day' : v >= 3600 ? fixed(v / 3600, 1) + ' h'
-      : v >= 60 ? fixed(v / 60, 1) + ' min' : v >= 1 || v === 0 ? fixed(Math.round(v * 100) / 100, d) + ' s' : fixed(v * 1000, 1) + ' ms';
-    case 'ms': return v >= 1000 ? formatUnit(v / 1000, 's', decimals) : fixed(Math.round(v * 100) / 100, d) + ' ms';
+      : v >= 60 ? fixed(v / 60, 1) + ' min' : v >= 1 || v === 0 ? fixed(r2(v), d) + ' s' : fixed(v * 1000, 1) + ' ms';
+    case 'ms': return v >= 1000 ? formatUnit(v / 1000, 's', decimals) : fixed(r2(v), d) + ' ms';
     case 'reqps': return scaled(v, 1000, ['req/s', 'K req/s', 'M req/s', 'B req/s'], d);
     case 'ops': return scaled(v, 1000, ['ops/s', 'K ops/s', 'M ops/s', 'B ops/s'], d);
     case 'none': return fixed(v, d);
@@ -131,14 +149,47 @@ async function loadVariables() {
       opt.selected = Array.isArray(current) ? current.includes(o) : current === o;
       sel.append(opt);
     }
+    const picker = v.multi ? multiPicker(sel) : null;
     sel.addEventListener('change', () => {
       const chosen = [...sel.selectedOptions].map((o) => o.value);
       v.current = v.multi ? (chosen.includes('$__all') ? '$__all' : chosen) : chosen[0];
+      if (picker) picker.sync();
       writeDashUrl();
       renderPanels();
     });
-    bar.append(el('label', {}, (def.label || def.name) + ' ', sel));
+    bar.append(el('label', {}, (def.label || def.name) + ' ', picker ? picker.node : sel));
   }
+}
+
+// A multi-value variable as Grafana shows one: a one-line dropdown of checkboxes, whose
+// summary names the chosen values. The `<select multiple>` it drives (hidden inside it) holds
+// the state, so a script can still set the variable through the select.
+function multiPicker(sel) {
+  sel.hidden = true;
+  const summary = el('summary', {});
+  const list = el('div', { class: 'multi-list' });
+  const node = el('details', { class: 'multi', 'data-var': sel.dataset.var }, summary, list, sel);
+  const boxes = [...sel.options].map((o) => {
+    const box = el('input', { type: 'checkbox', value: o.value });
+    box.addEventListener('change', () => {
+      if (o.value === '$__all' && box.checked) {
+        for (const other of sel.options) other.selected = other.value === '$__all';
+      } else {
+        o.selected = box.checked;
+        if (box.checked) for (const other of sel.options) if (other.value === '$__all') other.selected = false;
+      }
+      if (!sel.selectedOptions.length && sel.options.length) sel.options[0].selected = true;
+      sel.dispatchEvent(new Event('change'));
+    });
+    list.append(el('label', {}, box, ' ' + o.textContent));
+    return [o, box];
+  });
+  const sync = () => {
+    for (const [o, box] of boxes) box.checked = o.selected;
+    summary.textContent = [...sel.selectedOptions].map((o) => o.textContent).join(' + ') || 'none';
+  };
+  sync();
+  return { node, sync };
 }
 
 function writeDashUrl() {
@@ -219,7 +270,7 @@ function drawTimeseries(p, body, r) {
     legend: { show: legend },
     cursor: { drag: { x: false, y: false } },
     scales: { x: { time: true } },
-    axes: [{}, { values: (_, ticks) => ticks.map((v) => formatUnit(v, unit, 1)), size: 92 }],
+    axes: [{}, { values: (_, ticks) => ticks.map((v) => formatUnit(v, unit, tickDecimals(ticks))), size: 92 }],
     bands: stack ? r.results.slice(1).map((_, i) => ({ series: [i + 2, i + 1] })) : undefined,
     series: [{}].concat(r.results.map((s, i) => ({
       label: s.name,
@@ -246,7 +297,7 @@ function drawStat(p, body, r) {
       const frac = v === null ? 0 : Math.min(1, Math.max(0, (v - min) / (max - min || 1)));
       shape = p.type === 'gauge'
         ? el('div', { class: 'gauge', style: `background: conic-gradient(from 270deg, ${col} ${frac * 180}deg, #e5e7eb 0 180deg, transparent 0)` })
-        : el('div', { class: 'bar' }, el('div', { style: `width: ${(frac * 100).toFixed(1)}%; background: ${col}` }));
+        : el('div', { class: 'bar-track' }, el('div', { style: `width: ${(frac * 100).toFixed(1)}%; background: ${col}` }));
     }
     box.append(el('div', { class: 'stat ' + p.type },
       p.type === 'bargauge' ? el('div', { class: 'stat-name' }, s.name) : null,
