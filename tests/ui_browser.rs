@@ -579,6 +579,27 @@ fn dashboards_from_grafana_json_render_every_panel_and_follow_their_variables() 
         "$window from the interval variable"
     );
 
+    // Drag-to-zoom on a panel (uPlot's selection, as a mouse drag sets it): the selection
+    // becomes the dashboard's range and end, in the picker and the URL.
+    b.js(
+        "document.querySelector('[data-panel=\"1\"]').plot.setSelect({left: 100, width: 120, top: 0, height: 50}); return true",
+        json!([]),
+    );
+    let zoomed = b.wait_for(
+        "the zoomed range",
+        "const p = new URLSearchParams(location.search); \
+         return document.body.dataset.state === 'ready' && p.get('end') ? [p.get('range'), p.get('end'), document.getElementById('dash-range').value] : null",
+    );
+    assert_ne!(zoomed[0], json!("1h"), "{zoomed}");
+    assert_eq!(
+        zoomed[0], zoomed[2],
+        "the picker shows the zoomed range: {zoomed}"
+    );
+    // Back to a range from the picker: it ends now again.
+    b.js(PICK, json!(["dash-range", "1h"]));
+    let url = b.js("return location.search", json!([]));
+    assert!(!url.as_str().unwrap().contains("end="), "{url}");
+
     // The built-in Tidemark dashboard over the self-scrape: every panel with data once two
     // scrapes are in (its rates need them).
     let mut last = json!(null);

@@ -192,6 +192,19 @@ function multiPicker(sel) {
   return { node, sync };
 }
 
+// A new range (seconds) and end (unix seconds, '' for now): the picker shows it, the URL keeps
+// it, and the panels query again.
+function setDashRange(range, end) {
+  dash.range = range;
+  dash.end = end;
+  const rsel = $('dash-range');
+  const text = formatDuration(range);
+  if (![...rsel.options].some((o) => o.value === text)) rsel.append(el('option', {}, text));
+  rsel.value = text;
+  writeDashUrl();
+  renderPanels();
+}
+
 function writeDashUrl() {
   const p = new URLSearchParams();
   p.set('range', formatDuration(dash.range));
@@ -268,9 +281,20 @@ function drawTimeseries(p, body, r) {
     width: Math.max(150, body.clientWidth - 4),
     height: h,
     legend: { show: legend },
-    cursor: { drag: { x: false, y: false } },
+    cursor: { drag: { x: true, y: false } },
     scales: { x: { time: true } },
     axes: [{}, { values: (_, ticks) => ticks.map((v) => formatUnit(v, unit, tickDecimals(ticks))), size: 92 }],
+    hooks: {
+      // Drag-to-zoom, as in Grafana: the selection becomes the dashboard's range and end, and
+      // every panel queries again.
+      setSelect: [(u) => {
+        if (u.select.width < 5) return;
+        const lo = u.posToVal(u.select.left, 'x');
+        const hi = u.posToVal(u.select.left + u.select.width, 'x');
+        u.setSelect({ left: 0, width: 0, top: 0, height: 0 }, false);
+        setDashRange(Math.max(1, Math.round(hi - lo)), String(Math.round(hi)));
+      }],
+    },
     bands: stack ? r.results.slice(1).map((_, i) => ({ series: [i + 2, i + 1] })) : undefined,
     series: [{}].concat(r.results.map((s, i) => ({
       label: s.name,
@@ -321,6 +345,9 @@ function drawPanelTable(p, body, r) {
 
 async function renderPanel(p, box) {
   const body = box.querySelector('.panel-body');
+  // The previous chart's listeners go with it (uPlot keeps some on the window).
+  if (box.plot) box.plot.destroy();
+  box.plot = null;
   body.textContent = '';
   box.dataset.state = 'loading';
   if (!SUPPORTED.includes(p.type)) {
@@ -338,7 +365,7 @@ async function renderPanel(p, box) {
     box.dataset.query = r.exprs.join('\n');
     box.dataset.series = String(r.results.length);
     if (!r.results.length) body.append(el('div', { class: 'placeholder' }, 'No data'));
-    else if (p.type === 'timeseries' || p.type === 'graph') drawTimeseries(p, body, r);
+    else if (p.type === 'timeseries' || p.type === 'graph') box.plot = drawTimeseries(p, body, r);
     else if (p.type === 'table') {
       body.classList.add('scroll');
       drawPanelTable(p, body, r);
@@ -445,11 +472,8 @@ async function loadList() {
 if (PAGE === 'dashboards') loadList();
 if (PAGE === 'dashboard') {
   const uid = decodeURIComponent(location.pathname.slice(3));
-  $('dash-range').addEventListener('change', () => {
-    dash.range = parseDuration($('dash-range').value) || 3600;
-    writeDashUrl();
-    renderPanels();
-  });
+  // A range picked from the list ends now, as Grafana's relative ranges do.
+  $('dash-range').addEventListener('change', () => setDashRange(parseDuration($('dash-range').value) || 3600, ''));
   $('dash-refresh').addEventListener('change', () => {
     dash.refresh = Number($('dash-refresh').value) || 0;
     writeDashUrl();
