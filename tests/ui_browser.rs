@@ -201,7 +201,18 @@ fn the_explorer_charts_tables_completes_and_requeries_in_a_real_browser() {
         "return document.getElementById('error').textContent",
         json!([]),
     );
-    assert!(shown.as_str().unwrap().contains("parenthesis"), "{shown}");
+    // Where it is: Prometheus's "line:col", the line with a caret, the cursor there.
+    assert_eq!(
+        shown,
+        json!("1:23: parse error: unclosed left parenthesis\n\nsum(rate(cpu_load[5m])\n                      ^"),
+    );
+    assert_eq!(
+        b.js(
+            "return document.getElementById('expr').selectionStart",
+            json!([])
+        ),
+        json!(22)
+    );
     assert_eq!(b.js("return window.tidemarkErrors", json!([])), json!([]));
     // The 400 of the bad query is in the console: read it away.
     assert!(

@@ -405,7 +405,7 @@ pub fn parse_rule_file(path: &Path, text: &str) -> (Vec<Group>, Vec<RuleError>) 
                 errs.push("field 'expr' must be set in rule".into());
                 None
             } else {
-                match parser::parse(&expr_text) {
+                match parser::parse_with_position(&expr_text) {
                     Ok(e) => match e.value_type() {
                         ValueType::Vector | ValueType::Scalar => Some(e),
                         t => {

@@ -888,8 +888,7 @@ fn parsed_param(q: &Option<String>, body: &Bytes) -> Result<promql_parser::parse
             "invalid parameter \"query\": missing query",
         ));
     };
-    let text = super::engine::with_query_bounds(query, 0, 0);
-    promql_parser::parser::parse(&text).map_err(|e| {
+    super::engine::parse_query_text(query, 0, 0).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
             "bad_data",

@@ -275,6 +275,16 @@ fn string_end(b: &[u8], at: usize) -> usize {
     i
 }
 
+/// Parses a query as the API takes it (`start()` and `end()` bound to `start` and `end`): a
+/// syntax error says where it is (`1:16: parse error: unclosed left parenthesis`) unless
+/// binding rewrote the text, whose positions would then not be the user's.
+pub fn parse_query_text(query: &str, start: i64, end: i64) -> Result<parser::Expr, String> {
+    match with_query_bounds(query, start, end) {
+        std::borrow::Cow::Borrowed(text) => parser::parse_with_position(text),
+        std::borrow::Cow::Owned(text) => parser::parse(&text),
+    }
+}
+
 /// `start()` and `end()` (Prometheus 3.7's query boundaries, in seconds) replaced by their
 /// values as number literals: the parser reads `start` and `end` as the `@` modifier's
 /// keywords only, and both are constants of the query, the same at every step and inside
@@ -614,8 +624,7 @@ impl<'a> Engine<'a> {
 
     /// Parses and evaluates `query`, returning the API's result shape.
     pub fn query(&self, query: &str, range: bool) -> Result<QueryValue, QueryError> {
-        let text = with_query_bounds(query, self.start, self.end);
-        let expr = parser::parse(&text).map_err(QueryError::BadData)?;
+        let expr = parse_query_text(query, self.start, self.end).map_err(QueryError::BadData)?;
         if let Some(n) = self.notes {
             n.set_query(query);
         }
@@ -937,6 +946,36 @@ pub fn kind(e: &Expr) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn syntax_errors_say_where_they_are() {
+        for (q, want) in [
+            (
+                "sum(rate(cpu_load[5m])",
+                "1:23: parse error: unclosed left parenthesis",
+            ),
+            ("rate(x[5m]) +* 2", "1:14: parse error: unexpected \"*\""),
+            ("sum(\n  x by)", "2:5: parse error: unexpected \"by\""),
+            ("sum(x) by", "1:10: parse error: unexpected end of input"),
+            (
+                "x{a=\"b}",
+                "1:8: parse error: unterminated quoted string \"",
+            ),
+            ("up $ 1", "1:4: parse error: unexpected character: '$'"),
+            (
+                "rate(x[5m)",
+                "1:10: parse error: unexpected character inside brackets: ')'",
+            ),
+            (
+                "x{é=\"1\"}",
+                "1:3: parse error: unexpected character inside braces: 'é'",
+            ),
+        ] {
+            assert_eq!(parse_query_text(q, 0, 0).unwrap_err(), want, "{q}");
+        }
+        // A query that `start()` rewrote keeps the parser's message without a position.
+        assert!(parse_query_text("x @ start() +", 0, 0).is_err());
+    }
     use super::*;
 
     #[test]

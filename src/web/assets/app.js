@@ -128,12 +128,20 @@ function showError(msg) {
   }
   el.hidden = false;
   el.textContent = msg;
-  // "line:col" or "position N" in the message: put the cursor there.
-  const m = /(\d+):(\d+)/.exec(msg) || /position (\d+)/.exec(msg);
+  // A syntax error's "line:col: parse error" (Prometheus's form): the query's line with a
+  // caret under the column, and the editor's cursor there.
+  const m = /(\d+):(\d+): parse error/.exec(msg);
   if (m) {
-    const pos = m.length === 3 ? lineColToOffset(state.expr, Number(m[1]), Number(m[2])) : Number(m[1]);
+    const line = Number(m[1]);
+    const col = Number(m[2]);
+    const pos = lineColToOffset(state.expr, line, col);
+    const text = state.expr.split('\n')[line - 1];
+    if (text !== undefined) el.textContent = msg + '\n\n' + text + '\n' + ' '.repeat(Math.max(0, col - 1)) + '^';
     const ta = $('expr');
-    if (pos >= 0 && pos <= ta.value.length) ta.setSelectionRange(pos, pos);
+    if (pos >= 0 && pos <= ta.value.length) {
+      ta.focus();
+      ta.setSelectionRange(pos, pos);
+    }
   }
 }
 

@@ -36,6 +36,35 @@ pub fn lexer(s: &str) -> Result<LRNonStreamingLexer<'_, '_, DefaultLexerTypes<To
     }
 }
 
+/// As [`lexer`], and a lexical error comes with the byte offset where the lexer stopped
+/// (`None`: the input has no expression). Tidemark's addition.
+#[allow(clippy::type_complexity)]
+pub(crate) fn lexer_at(
+    s: &str,
+) -> Result<LRNonStreamingLexer<'_, '_, DefaultLexerTypes<TokenId>>, (String, Option<usize>)> {
+    let mut lx = Lexer::new(s);
+    let mut lexemes = Vec::new();
+    while let Some(l) = lx.next() {
+        match l {
+            Ok(l) => lexemes.push(Ok(l)),
+            Err(info) => {
+                // An error about the character just read points at it, not after it.
+                let mut pos = lx.ctx.pos.min(s.len());
+                if let Some(c) = s[..pos].chars().next_back() {
+                    if info.ends_with(&format!("'{c}'")) {
+                        pos -= c.len_utf8();
+                    }
+                }
+                return Err((info, Some(pos)));
+            }
+        }
+    }
+    if lexemes.is_empty() {
+        return Err((format!("no expression found in input: '{s}'"), None));
+    }
+    Ok(LRNonStreamingLexer::new(s, lexemes, NewlineCache::new()))
+}
+
 #[derive(Debug)]
 enum State {
     Start,

@@ -35,7 +35,7 @@ pub use ast::{
 };
 pub use function::{Function, FunctionArgs};
 pub use lex::lexer;
-pub use parse::parse;
+pub use parse::{parse, parse_with_position};
 
 // FIXME: show more helpful error message to some invalid promql queries.
 const INVALID_QUERY_INFO: &str = "invalid promql query";

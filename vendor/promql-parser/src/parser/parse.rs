@@ -26,6 +26,53 @@ pub fn parse(input: &str) -> Result<Expr, String> {
     }
 }
 
+/// As [`parse`], and a syntax error says where it is as Prometheus's do:
+/// `line:column: parse error: reason` (both 1-based, the column in characters), for errors of
+/// the lexer (`unclosed left parenthesis`) and of the grammar (`unexpected "by"`, `unexpected
+/// end of input`). Errors found after parsing (a selector without a non-empty matcher, a
+/// function's argument types) have no position. Tidemark's addition: upstream's `parse`
+/// returns "invalid promql query" for every grammar error.
+pub fn parse_with_position(input: &str) -> Result<Expr, String> {
+    use lrpar::{LexParseError, Lexeme, NonStreamingLexer};
+    let lexer = match lex::lexer_at(input) {
+        Ok(l) => l,
+        Err((info, Some(pos))) => return Err(at(input, pos, &info)),
+        Err((info, None)) => return Err(info),
+    };
+    let (res, errs) = crate::promql_y::parse(&lexer);
+    match res {
+        Some(r) => r,
+        None => Err(match errs.first() {
+            Some(LexParseError::ParseError(e)) => {
+                let span = e.lexeme().span();
+                let text = lexer.span_str(span);
+                let reason = if e.lexeme().faulty() || text.is_empty() {
+                    "unexpected end of input".to_string()
+                } else {
+                    format!("unexpected {text:?}")
+                };
+                at(input, span.start(), &reason)
+            }
+            Some(LexParseError::LexError(e)) => {
+                at(input, lrpar::LexError::span(e).start(), INVALID_QUERY_INFO)
+            }
+            None => String::from(INVALID_QUERY_INFO),
+        }),
+    }
+}
+
+/// `line:column: parse error: reason` for byte offset `pos` of `input`.
+fn at(input: &str, pos: usize, reason: &str) -> String {
+    let pos = (0..=pos.min(input.len()))
+        .rev()
+        .find(|p| input.is_char_boundary(*p))
+        .unwrap_or(0);
+    let before = &input[..pos];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    format!("{line}:{col}: parse error: {reason}")
+}
+
 /// cases in original prometheus is a huge slices which are constructed more than 3000 lines,
 /// and it is hard to split them based on the original order. So here is the Note:
 ///
