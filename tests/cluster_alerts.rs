@@ -362,24 +362,39 @@ fn cluster_rules_reach_the_webhook_through_kafka_and_notify_commits_after_delive
         notified(&requests),
         vec![("firing".to_string(), "HotPool/p0/firing".to_string())]
     );
-    // Its UI: `/` leads to the alerts view, whose API lists the alert in its routing group.
-    let page = agent()
-        .get(format!("{}/", second.url))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    assert!(
-        page.contains("alerts-page"),
-        "the alerts view at / of notify"
-    );
+    // Its UI in a real browser: `/` leads to the alerts view, which shows the alert in its
+    // routing group (notify has no rules: that part says so, without a console error).
     let groups: serde_json::Value =
         serde_json::from_str(&second.text("/api/v2/alerts/groups")).unwrap();
     assert_eq!(
         groups[0]["alerts"][0]["labels"]["alertname"], "HotPool",
         "{groups}"
     );
+    let br = support::browser::Browser::start();
+    br.goto(&format!("{}/", second.url));
+    br.wait_for(
+        "notify's alerts view with the firing alert",
+        "return location.pathname === '/alerts' && document.body.dataset.state === 'ready' \
+         && document.body.dataset.firing === '1'",
+    );
+    let shown = br.js(
+        "return [...document.querySelectorAll('#groups .group')].map(g => g.textContent)",
+        serde_json::json!([]),
+    );
+    assert!(
+        shown.to_string().contains("HotPool") && shown.to_string().contains("p0"),
+        "{shown}"
+    );
+    assert_eq!(
+        br.js("return window.tidemarkErrors", serde_json::json!([])),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        br.severe_console(),
+        Vec::<String>::new(),
+        "no console errors"
+    );
+    drop(br);
     // Committed past the event once delivered.
     second.wait_for(30, "offset committed after delivery", || {
         second
