@@ -344,6 +344,19 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             },
         )],
     );
+    let (segments, bytes) = s.log.disk_usage();
+    w.family(
+        "tidemark_log_bytes",
+        "gauge",
+        "Bytes of the embedded log's segments on disk (truncated behind checkpoints).",
+        &[("", bytes as f64)],
+    );
+    w.family(
+        "tidemark_log_segments",
+        "gauge",
+        "Segments of the embedded log on disk.",
+        &[("", segments as f64)],
+    );
     w.family(
         "tidemark_log_end_offset",
         "gauge",

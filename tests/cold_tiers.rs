@@ -352,6 +352,20 @@ fn retention_deletes_expired_partitions_and_compaction_merges_late_corrections()
     assert_eq!(r[0][0], r[0][1]);
     assert_eq!(num(&r[0][2]), -3.0);
     assert!(t.metric("tidemark_cold_compactions_total") >= 3.0);
+    // What the tiers hold, as the maintenance listed them (after retention, before or after
+    // a compaction): raw 22:00 and 23:00, 1m 21:00 to 23:00, the day's 1h partition.
+    t.eventually("the listed partitions on /metrics", || {
+        let n = |tier: &str| t.metric(&format!("tidemark_cold_partitions{{tier=\"{tier}\"}}"));
+        (n("raw") == 2.0 && n("1m") == 3.0 && n("1h") == 1.0).then_some(())
+    });
+    let raw_bytes: u64 = files(&cold)
+        .iter()
+        .filter(|f| f.starts_with("tier=raw/"))
+        .map(|f| std::fs::metadata(cold.join(f)).unwrap().len())
+        .sum();
+    t.eventually("the raw tier's bytes as on disk", || {
+        (t.metric("tidemark_cold_stored_bytes{tier=\"raw\"}") == raw_bytes as f64).then_some(())
+    });
 
     // `tidemark tiers` lists what is there.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))

@@ -244,6 +244,15 @@ fn the_explorer_charts_tables_completes_and_requeries_in_a_real_browser() {
         series >= (3 * fleet::HOSTS) as f64,
         "{series} hot series shown"
     );
+    let log = b.js(
+        "return document.querySelector('[data-card=\"Log and checkpoints\"] dd[data-key=\"log on disk\"]').textContent",
+        json!([]),
+    );
+    let log = log.as_str().unwrap();
+    assert!(
+        (log.contains("KiB in") || log.contains("MiB in")) && log.ends_with(" segments"),
+        "the pushed data is in the log: {log}"
+    );
     let components = b.js(
         "return document.querySelectorAll('[data-card=\"Memory by component\"] dt').length",
         json!([]),

@@ -196,6 +196,7 @@ fn maintain_cold(s: &AppState, cold: &ColdStore) {
             );
         }
         let listing = maintain::list(cold)?;
+        maintain::record(cold, &listing);
         let sealed = wm - s.cfg.job.allowed_lateness.0 - 3_600_000;
         let (_, failed) = maintain::compact_all(cold, &listing, sealed);
         for (p, e) in failed {

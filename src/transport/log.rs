@@ -394,6 +394,21 @@ impl Log {
         self.shared.last_append_ms.load(Ordering::Relaxed)
     }
 
+    /// The segments on disk and their bytes (a `stat` per segment; one missing is counted as
+    /// empty).
+    pub fn disk_usage(&self) -> (usize, u64) {
+        let segs = self
+            .shared
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let bytes = segs
+            .iter()
+            .map(|s| fs::metadata(&s.path).map_or(0, |m| m.len()))
+            .sum();
+        (segs.len(), bytes)
+    }
+
     /// Bytes appended since open.
     pub fn appended_bytes(&self) -> u64 {
         self.shared.appended_bytes.load(Ordering::Relaxed)

@@ -24,6 +24,33 @@ pub fn list(store: &ColdStore) -> Result<Listing, ColdError> {
     Ok(out)
 }
 
+/// Records what `listing` holds per tier (partitions, files, bytes) in the store's stats, for
+/// `/metrics` and the status page.
+pub fn record(store: &ColdStore, listing: &Listing) {
+    use std::sync::atomic::Ordering;
+    let mut sums = [[0u64; 3]; 3];
+    for (p, files) in listing {
+        let Some(t) = Tier::ALL.iter().position(|t| *t == p.tier) else {
+            continue;
+        };
+        sums[0][t] += 1;
+        sums[1][t] += files.len() as u64;
+        sums[2][t] += files.iter().map(|(_, m)| m.size).sum::<u64>();
+    }
+    for (row, sum) in store.stats.stored.iter().zip(sums) {
+        for (c, v) in row.iter().zip(sum) {
+            c.store(v, Ordering::Relaxed);
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64);
+    store
+        .stats
+        .listed_at_ms
+        .store(now.max(1), Ordering::Relaxed);
+}
+
 /// The files of one partition, in precedence order (empty when it is gone).
 pub fn list_partition(
     store: &ColdStore,

@@ -77,6 +77,10 @@ pub struct ColdStats {
     pub compactions: AtomicU64,
     /// Rows read by queries, per tier (raw, 1m, 1h).
     pub query_rows: [AtomicU64; 3],
+    /// What the store held at the last maintenance listing, per tier: partitions, files,
+    /// bytes; and when that was (unix ms, 0: not listed yet).
+    pub stored: [[AtomicU64; 3]; 3],
+    pub listed_at_ms: AtomicU64,
     pub last_error: Mutex<String>,
 }
 
@@ -282,6 +286,41 @@ impl ColdStats {
             "counter",
             "Rows (samples or rollups) queries read from each cold tier.",
             &tiers,
+        );
+        let listed = self.listed_at_ms.load(Ordering::Relaxed);
+        if listed == 0 {
+            return;
+        }
+        for (i, (name, help)) in [
+            (
+                "tidemark_cold_partitions",
+                "Partitions of each cold tier at the last maintenance listing.",
+            ),
+            (
+                "tidemark_cold_files",
+                "Files of each cold tier at the last maintenance listing.",
+            ),
+            (
+                "tidemark_cold_stored_bytes",
+                "Bytes of each cold tier at the last maintenance listing.",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let v: Vec<(String, f64)> = Tier::ALL
+                .iter()
+                .zip(&self.stored[i])
+                .map(|(t, c)| (crate::ops::labels(&[("tier", t.name())]), get(c)))
+                .collect();
+            let v: Vec<(&str, f64)> = v.iter().map(|(l, x)| (l.as_str(), *x)).collect();
+            w.family(name, "gauge", help, &v);
+        }
+        w.family(
+            "tidemark_cold_listed_timestamp_seconds",
+            "gauge",
+            "When the cold tiers were last listed (retention and compaction, every [cold] compaction_interval).",
+            &[("", listed as f64 / 1000.0)],
         );
     }
 }

@@ -146,6 +146,7 @@ async function loadStatus() {
       card('Log and checkpoints', [
         ['log end offset', num(total(m, 'tidemark_log_end_offset'))],
         ['job offset', num(total(m, 'tidemark_log_consumer_offset'))],
+        ['log on disk', `${bytes(total(m, 'tidemark_log_bytes'))} in ${num(total(m, 'tidemark_log_segments'))} segments`],
         ['log bytes appended', bytes(total(m, 'tidemark_log_appended_bytes_total'))],
         ['last checkpoint', ckptAt ? new Date(ckptAt * 1000).toLocaleString() : 'none yet'],
         ['checkpoint size', bytes(total(m, 'tidemark_checkpoint_last_bytes'))],
@@ -159,6 +160,9 @@ async function loadStatus() {
       ]),
       card('Memory by component', memory.map((s) => [s.labels.component || '?', bytes(s.value)])),
       card('Cold tiers', [
+        ...['raw', '1m', '1h'].map((tier) => [tier + ' tier', m.has('tidemark_cold_partitions')
+          ? `${num(total(m, 'tidemark_cold_partitions', { tier }))} partitions, ${num(total(m, 'tidemark_cold_files', { tier }))} files, ${bytes(total(m, 'tidemark_cold_stored_bytes', { tier }))}`
+          : 'not listed yet']),
         ['files written', num(total(m, 'tidemark_cold_files_written_total'))],
         ['bytes written', bytes(total(m, 'tidemark_cold_bytes_written_total'))],
         ['rows written', num(total(m, 'tidemark_cold_rows_written_total'))],
