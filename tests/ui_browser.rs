@@ -82,6 +82,22 @@ fn the_explorer_charts_tables_completes_and_requeries_in_a_real_browser() {
         json!("15"),
         "1 h at about 250 points"
     );
+    // The query's stats: series, points, the samples it loaded (`stats=all`), time.
+    let stats = b.js(
+        "return document.getElementById('stats').textContent",
+        json!([]),
+    );
+    assert!(
+        stats
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{hosts} series, "))
+            && stats
+                .as_str()
+                .unwrap()
+                .contains(" samples loaded, step 15s, "),
+        "{stats}"
+    );
     b.screenshot(&screenshots().join("explorer-graph.png"));
 
     // A longer range: a new query with a coarser step, and the URL holds it.

@@ -320,6 +320,29 @@ fn query_limits_answer_prometheus_errors_naming_their_keys() {
         (200, Some(2)),
         "{v}"
     );
+    // `stats=all`: the samples loaded (2, as above) and the timings, inside `data`.
+    let (status, v) = ask(r#"cpu_load{host=~"a|b"}"#, "&stats=all");
+    assert_eq!(status, 200, "{v}");
+    let stats = &v["data"]["stats"];
+    assert_eq!(stats["samples"]["totalQueryableSamples"], 2, "{v}");
+    assert!(
+        stats["timings"]["execTotalTime"].as_f64().unwrap() >= 0.0,
+        "{v}"
+    );
+    assert_eq!(v["data"]["result"].as_array().map(Vec::len), Some(2));
+    // 20 samples loaded: 2 series x 10 in the range.
+    let (status, v) = ask(
+        r#"count_over_time(cpu_load{host=~"a|b"}[5m])"#,
+        "&stats=all",
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["data"]["stats"]["samples"]["totalQueryableSamples"], 20,
+        "{v}"
+    );
+    // Without the parameter, no stats.
+    let (_, v) = ask(r#"cpu_load{host=~"a|b"}"#, "");
+    assert!(v["data"].get("stats").is_none(), "{v}");
     // 3 series returned.
     let (status, v) = ask("cpu_load", "");
     assert_eq!(

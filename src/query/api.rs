@@ -264,8 +264,10 @@ async fn run_query(
     range: bool,
     timeout: Option<i64>,
     nocache: bool,
+    stats: bool,
 ) -> Response {
     state.metrics.queries.fetch_add(1, Ordering::Relaxed);
+    let received = std::time::Instant::now();
     // The deadline runs from the request, its wait for a slot included (as Prometheus's).
     let limit = state.limits.timeout.0;
     let (timeout_ms, by_parameter) = match timeout {
@@ -286,6 +288,7 @@ async fn run_query(
     let res = tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let _running = Running::new(&state.metrics);
+        let queued = received.elapsed();
         if let Some(ms) = test_pause_ms() {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
@@ -357,12 +360,38 @@ async fn run_query(
             )));
         }
         // Prometheus sorts a range query's series by labels.
+        let evaluated = received.elapsed();
         let mut v = v;
         if let (QueryValue::Matrix(m), true) = (&mut v, range) {
             m.sort_by(|a, b| a.labels.cmp(&b.labels));
         }
+        let stats = stats.then(|| {
+            let total = received.elapsed();
+            let secs = |d: std::time::Duration| d.as_secs_f64();
+            json!({
+                "timings": {
+                    "evalTotalTime": secs(total - queued),
+                    "resultSortTime": secs(total - evaluated),
+                    "queryPreparationTime": 0.0,
+                    "innerEvalTime": secs(evaluated - queued),
+                    "execQueueTime": secs(queued),
+                    "execTotalTime": secs(total),
+                },
+                // Samples (and rollups) the selections loaded: all of a selection's are
+                // loaded together, so the peak is the same figure.
+                "samples": {
+                    "totalQueryableSamples": budget.loaded(),
+                    "peakSamples": budget.loaded(),
+                },
+            })
+        });
         // Encoded here, on the blocking pool, not on the runtime's threads.
-        Ok::<_, QueryError>(super::json::success(&v, &warnings, &infos))
+        Ok::<_, QueryError>(super::json::success_with_stats(
+            &v,
+            &warnings,
+            &infos,
+            stats.as_ref(),
+        ))
     })
     .await;
     match res {
@@ -482,7 +511,8 @@ pub async fn query(
         Ok(t) => t,
         Err(r) => return r,
     };
-    run_query(s, query, t, t, 1, false, timeout, false).await
+    let stats = get(&p, "stats").is_some_and(|v| !v.is_empty());
+    run_query(s, query, t, t, 1, false, timeout, false, stats).await
 }
 
 /// `GET|POST /api/v1/query_range`.
@@ -539,7 +569,9 @@ pub async fn query_range(
     };
     // `nocache=1` (or `true`) bypasses the result cache, for reading and for keeping.
     let nocache = get(&p, "nocache").is_some_and(|v| v == "1" || v == "true");
-    run_query(s, query, start, end, step, true, timeout, nocache).await
+    // `stats=all` (any value): `data.stats` with timings and the samples loaded.
+    let stats = get(&p, "stats").is_some_and(|v| !v.is_empty());
+    run_query(s, query, start, end, step, true, timeout, nocache, stats).await
 }
 
 fn match_params(p: &[(String, String)]) -> Result<Vec<Vec<Matcher>>, Response> {

@@ -215,6 +215,17 @@ pub fn write_data(out: &mut Vec<u8>, v: &QueryValue) {
 
 /// The whole success response: `status`, `data`, and `warnings` / `infos` when not empty.
 pub fn success(v: &QueryValue, warnings: &[String], infos: &[String]) -> Vec<u8> {
+    success_with_stats(v, warnings, infos, None)
+}
+
+/// As [`success`], with `stats` (a JSON object) as `data.stats`, Prometheus's place for the
+/// `stats` request parameter's answer.
+pub fn success_with_stats(
+    v: &QueryValue,
+    warnings: &[String],
+    infos: &[String],
+    stats: Option<&serde_json::Value>,
+) -> Vec<u8> {
     let points = match v {
         QueryValue::Matrix(m) => m.iter().map(|s| s.samples.len() + 4).sum(),
         QueryValue::Vector(s) => s.len() * 4,
@@ -223,6 +234,15 @@ pub fn success(v: &QueryValue, warnings: &[String], infos: &[String]) -> Vec<u8>
     let mut out = Vec::with_capacity(64 + points * 32);
     out.extend_from_slice(br#"{"status":"success","data":"#);
     write_data(&mut out, v);
+    if let Some(s) = stats {
+        // Inside `data`: its closing brace comes after.
+        if out.last() == Some(&b'}') {
+            out.pop();
+            out.extend_from_slice(br#","stats":"#);
+            out.extend_from_slice(s.to_string().as_bytes());
+            out.push(b'}');
+        }
+    }
     if !warnings.is_empty() {
         out.extend_from_slice(br#","warnings":"#);
         write_strs(&mut out, warnings);

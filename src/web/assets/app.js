@@ -244,6 +244,12 @@ function notes(j) {
   return all.length ? ' | ' + all.join(' | ') : '';
 }
 
+// The samples a query loaded (`stats=all`'s `data.stats`), as a phrase.
+function loadedSamples(j) {
+  const s = j.data.stats && j.data.stats.samples;
+  return s ? `, ${s.totalQueryableSamples.toLocaleString('en-US')} samples loaded` : '';
+}
+
 // ---- running a query -----------------------------------------------------------------------
 
 let running = 0;
@@ -265,19 +271,19 @@ async function run() {
   const t0 = performance.now();
   try {
     if (state.tab === 'graph') {
-      const j = await api('/api/v1/query_range', { query: expr, start, end, step });
+      const j = await api('/api/v1/query_range', { query: expr, start, end, step, stats: 'all' });
       if (my !== running) return;
       const ms = performance.now() - t0;
       const points = j.data.result.reduce((n, s) => n + s.values.length, 0);
       drawChart(j.data.result, start, end, step);
-      $('stats').textContent = `${j.data.result.length} series, ${points} points, step ${formatDuration(step)}, ${ms.toFixed(0)} ms` + notes(j);
+      $('stats').textContent = `${j.data.result.length} series, ${points} points${loadedSamples(j)}, step ${formatDuration(step)}, ${ms.toFixed(0)} ms` + notes(j);
       document.body.dataset.series = String(j.data.result.length);
     } else {
-      const j = await api('/api/v1/query', { query: expr, time: end });
+      const j = await api('/api/v1/query', { query: expr, time: end, stats: 'all' });
       if (my !== running) return;
       const ms = performance.now() - t0;
       const rows = drawTable(j.data);
-      $('stats').textContent = `${rows} rows, ${ms.toFixed(0)} ms` + notes(j);
+      $('stats').textContent = `${rows} rows${loadedSamples(j)}, ${ms.toFixed(0)} ms` + notes(j);
       document.body.dataset.series = String(rows);
     }
     document.body.dataset.step = String(step);
