@@ -581,6 +581,29 @@ fn dashboards_from_grafana_json_render_every_panel_and_follow_their_variables() 
         ]),
         "region ap (the first value): 4 hosts"
     );
+    // The table's value mappings (a value, and a range open at the top), as Grafana writes them.
+    let cells = b.js(
+        "return [...document.querySelectorAll('[data-panel=\"5\"] td.value')].map(c => c.textContent)",
+        json!([]),
+    );
+    assert_eq!(
+        cells,
+        json!(["two hosts", "two hosts"]),
+        "2 hosts per env in ap"
+    );
+    // The other kinds, through the page's own function: special values, an open range, no
+    // match.
+    let mapped = b.js(
+        "const m = [{type: 'special', options: {match: 'null', result: {text: 'no data'}}}, \
+                    {type: 'special', options: {match: 'nan', result: {text: 'not a number', color: 'red'}}}, \
+                    {type: 'range', options: {from: null, to: 0, result: {text: 'down'}}}]; \
+         return [mapValue(null, m), mapValue(NaN, m), mapValue(-3, m), mapValue(1, m), shown(NaN, {mappings: m}).col]",
+        json!([]),
+    );
+    assert_eq!(
+        mapped,
+        json!([{"text": "no data"}, {"text": "not a number", "color": "red"}, {"text": "down"}, null, "#dc2626"])
+    );
     let placeholder = b.js(
         "return document.querySelector('[data-panel=\"6\"] .placeholder').textContent",
         json!([]),

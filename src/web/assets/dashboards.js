@@ -74,6 +74,39 @@ function thresholdColor(v, defaults) {
   return color(out);
 }
 
+// Grafana's value mappings (`fieldConfig.defaults.mappings`): `value` (exact values),
+// `range` (from..to, inclusive) and `special` (`null`, `nan`, `null+nan`, `true`, `false`,
+// `empty`), the first that matches; its `text` (and `color`, when set) replace the value's.
+// Returns null when none matches.
+function mapValue(v, mappings) {
+  for (const m of mappings || []) {
+    const o = m.options || {};
+    if (m.type === 'value') {
+      const key = v === null || v === undefined ? null : String(v);
+      if (key !== null && Object.prototype.hasOwnProperty.call(o, key)) return o[key];
+    } else if (m.type === 'range') {
+      const from = o.from ?? -Infinity;
+      const to = o.to ?? Infinity;
+      if (v !== null && !Number.isNaN(v) && v >= from && v <= to) return o.result || {};
+    } else if (m.type === 'special') {
+      const isNull = v === null || v === undefined;
+      const isNaN = !isNull && Number.isNaN(v);
+      const hit = { null: isNull, nan: isNaN, 'null+nan': isNull || isNaN, true: v === 1, false: v === 0 }[o.match];
+      if (hit) return o.result || {};
+    }
+  }
+  return null;
+}
+
+// A value as a panel shows it: mapped text where a mapping matches, else with its unit; and its
+// color (a mapping's, else the thresholds').
+function shown(v, defaults) {
+  const m = mapValue(v, defaults.mappings);
+  const text = m && m.text !== undefined && m.text !== '' ? m.text : formatUnit(v, defaults.unit, defaults.decimals);
+  const col = m && m.color ? color(m.color) : thresholdColor(v, defaults);
+  return { text, col };
+}
+
 // ---- variables -----------------------------------------------------------------------------
 
 const dash = { json: null, vars: new Map(), range: 3600, end: '', refresh: 0, timer: null };
@@ -313,7 +346,7 @@ function drawStat(p, body, r) {
   const box = el('div', { class: 'stat-values' });
   for (const s of r.results) {
     const v = reduce(s.values, calc);
-    const col = thresholdColor(v, defaults);
+    const { text, col } = shown(v, defaults);
     let shape = null;
     if (p.type === 'gauge' || p.type === 'bargauge') {
       const min = defaults.min ?? 0;
@@ -326,20 +359,20 @@ function drawStat(p, body, r) {
     box.append(el('div', { class: 'stat ' + p.type },
       p.type === 'bargauge' ? el('div', { class: 'stat-name' }, s.name) : null,
       shape,
-      el('div', { class: 'stat-value', style: `color: ${col}` }, formatUnit(v, defaults.unit, defaults.decimals)),
+      el('div', { class: 'stat-value', style: `color: ${col}` }, text),
       p.type !== 'bargauge' && r.results.length > 1 ? el('div', { class: 'stat-name' }, s.name) : null));
   }
   body.append(box);
 }
 
 function drawPanelTable(p, body, r) {
-  const unit = (((p.fieldConfig || {}).defaults) || {}).unit;
+  const defaults = (((p.fieldConfig || {}).defaults) || {});
   const keys = [...new Set(r.results.flatMap((s) => Object.keys(s.metric)))].sort();
   const table = el('table', { class: 'panel-table' },
     el('thead', {}, el('tr', {}, ...keys.map((k) => el('th', {}, k)), el('th', {}, 'Value'))),
     el('tbody', {}, ...r.results.map((s) => el('tr', {},
       ...keys.map((k) => el('td', {}, s.metric[k] ?? '')),
-      el('td', { class: 'value' }, formatUnit(Number(s.values[s.values.length - 1][1]), unit))))));
+      el('td', { class: 'value' }, shown(Number(s.values[s.values.length - 1][1]), defaults).text)))));
   body.append(table);
 }
 
