@@ -581,6 +581,19 @@ fn dashboards_from_grafana_json_render_every_panel_and_follow_their_variables() 
         ]),
         "region ap (the first value): 4 hosts"
     );
+    // The time series' overrides: h11 renamed and purple, h8 (by a regex) hidden from the chart.
+    let legend = b.js(
+        "return [...document.querySelectorAll('[data-panel=\"1\"] .u-legend tr.u-series')].slice(1).map(r => [r.querySelector('.u-label').textContent, r.querySelector('.u-marker').style.borderColor])",
+        json!([]),
+    );
+    let legend = legend.as_array().unwrap();
+    let names: Vec<&str> = legend.iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(names, ["host eleven", "h2", "h5"], "{legend:?}");
+    assert_eq!(
+        legend[0][1],
+        json!("rgb(124, 58, 237)"),
+        "purple: {legend:?}"
+    );
     // The table's value mappings (a value, and a range open at the top), as Grafana writes them.
     let cells = b.js(
         "return [...document.querySelectorAll('[data-panel=\"5\"] td.value')].map(c => c.textContent)",

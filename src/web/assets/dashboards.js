@@ -107,6 +107,40 @@ function shown(v, defaults) {
   return { text, col };
 }
 
+// A series' field config: the panel's defaults with Grafana's overrides applied whose matcher
+// takes it (`byName`: its display name, `byRegexp`, `byFrameRefID`: its target's refId).
+// Properties: `displayName`, `unit`, `decimals`, `min`, `max`, `thresholds`, `mappings`,
+// `color` (a fixed color) and `custom.hideFrom` (`viz`: not drawn); others are left out.
+function fieldConfigFor(p, s) {
+  const fc = p.fieldConfig || {};
+  const cfg = Object.assign({}, fc.defaults || {});
+  for (const o of fc.overrides || []) {
+    const m = o.matcher || {};
+    let hit = false;
+    try {
+      hit = (m.id === 'byName' && m.options === s.name)
+        || (m.id === 'byRegexp' && new RegExp('^(?:' + m.options + ')$').test(s.name))
+        || (m.id === 'byFrameRefID' && m.options === s.refId);
+    } catch (e) {
+      hit = false;
+    }
+    if (!hit) continue;
+    for (const prop of o.properties || []) {
+      if (['displayName', 'unit', 'decimals', 'min', 'max', 'thresholds', 'mappings', 'color'].includes(prop.id)) cfg[prop.id] = prop.value;
+      else if (prop.id === 'custom.hideFrom') cfg.hidden = !!(prop.value || {}).viz;
+    }
+  }
+  return cfg;
+}
+
+// The results with their field config, display names applied.
+function withFieldConfig(p, results) {
+  return results.map((s) => {
+    const cfg = fieldConfigFor(p, s);
+    return Object.assign({}, s, { cfg, name: cfg.displayName || s.name });
+  });
+}
+
 // ---- variables -----------------------------------------------------------------------------
 
 const dash = { json: null, vars: new Map(), range: 3600, end: '', refresh: 0, timer: null };
@@ -283,14 +317,15 @@ async function queryPanel(p, body) {
     const j = instant
       ? await api('/api/v1/query', { query: expr, time: end })
       : await api('/api/v1/query_range', { query: expr, start, end, step });
-    for (const s of j.data.result) results.push({ name: legendName(substitute(t.legendFormat || '', step), s.metric), metric: s.metric, values: s.values || [s.value] });
+    for (const s of j.data.result) results.push({ name: legendName(substitute(t.legendFormat || '', step), s.metric), refId: t.refId, metric: s.metric, values: s.values || [s.value] });
   }
-  return { results, start, end, step, exprs };
+  return { results: withFieldConfig(p, results), start, end, step, exprs };
 }
 
-function drawTimeseries(p, body, r) {
+function drawTimeseries(p, body, all) {
   const defaults = (p.fieldConfig || {}).defaults || {};
   const unit = defaults.unit;
+  const r = Object.assign({}, all, { results: all.results.filter((s) => !s.cfg.hidden) });
   const stack = ((defaults.custom || {}).stacking || {}).mode === 'normal' || p.stack === true;
   const xs = [];
   for (let t = r.start; t <= r.end + 1e-9; t += r.step) xs.push(Math.round(t * 1000) / 1000);
@@ -329,28 +364,31 @@ function drawTimeseries(p, body, r) {
       }],
     },
     bands: stack ? r.results.slice(1).map((_, i) => ({ series: [i + 2, i + 1] })) : undefined,
-    series: [{}].concat(r.results.map((s, i) => ({
-      label: s.name,
-      stroke: PALETTE[i % PALETTE.length],
-      fill: stack ? PALETTE[i % PALETTE.length] + '33' : undefined,
-      value: (_, v) => formatUnit(v, unit),
-      width: 1.25,
-    }))),
+    series: [{}].concat(r.results.map((s, i) => {
+      const fixed = s.cfg.color && s.cfg.color.mode === 'fixed' && s.cfg.color.fixedColor;
+      const stroke = fixed ? color(fixed) : PALETTE[i % PALETTE.length];
+      return {
+        label: s.name,
+        stroke,
+        fill: stack ? stroke + '33' : undefined,
+        value: (_, v) => formatUnit(v, s.cfg.unit || unit, s.cfg.decimals),
+        width: 1.25,
+      };
+    })),
   }, [xs].concat(ys), body);
   return u;
 }
 
 function drawStat(p, body, r) {
-  const defaults = (p.fieldConfig || {}).defaults || {};
   const calc = ((((p.options || {}).reduceOptions || {}).calcs) || ['lastNotNull'])[0];
   const box = el('div', { class: 'stat-values' });
   for (const s of r.results) {
     const v = reduce(s.values, calc);
-    const { text, col } = shown(v, defaults);
+    const { text, col } = shown(v, s.cfg);
     let shape = null;
     if (p.type === 'gauge' || p.type === 'bargauge') {
-      const min = defaults.min ?? 0;
-      const max = defaults.max ?? (defaults.unit === 'percentunit' ? 1 : 100);
+      const min = s.cfg.min ?? 0;
+      const max = s.cfg.max ?? (s.cfg.unit === 'percentunit' ? 1 : 100);
       const frac = v === null ? 0 : Math.min(1, Math.max(0, (v - min) / (max - min || 1)));
       shape = p.type === 'gauge'
         ? el('div', { class: 'gauge', style: `background: conic-gradient(from 270deg, ${col} ${frac * 180}deg, #e5e7eb 0 180deg, transparent 0)` })
@@ -366,13 +404,12 @@ function drawStat(p, body, r) {
 }
 
 function drawPanelTable(p, body, r) {
-  const defaults = (((p.fieldConfig || {}).defaults) || {});
   const keys = [...new Set(r.results.flatMap((s) => Object.keys(s.metric)))].sort();
   const table = el('table', { class: 'panel-table' },
     el('thead', {}, el('tr', {}, ...keys.map((k) => el('th', {}, k)), el('th', {}, 'Value'))),
     el('tbody', {}, ...r.results.map((s) => el('tr', {},
       ...keys.map((k) => el('td', {}, s.metric[k] ?? '')),
-      el('td', { class: 'value' }, shown(Number(s.values[s.values.length - 1][1]), defaults).text)))));
+      el('td', { class: 'value' }, shown(Number(s.values[s.values.length - 1][1]), s.cfg).text)))));
   body.append(table);
 }
 
