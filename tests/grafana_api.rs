@@ -56,13 +56,7 @@ fn grafanas_prometheus_and_alertmanager_calls_answer_in_their_shapes() {
         body.push_str(&format!("cpu{{host=\"b\"}} 10 {}\n", b + s * 1000));
     }
     body.push_str(&format!("clock 1 {}\n", b + 180_000));
-    let (status, text) = t.post(
-        "/api/v1/import/prometheus",
-        "text/plain",
-        &[],
-        body.as_bytes(),
-    );
-    assert!(status < 300, "{status} {text}");
+    t.push_text(&body);
     t.eventually("HighCpu firing", || {
         let (_, text) = t.get("/api/v2/alerts");
         text.contains("HighCpu").then_some(())

@@ -340,6 +340,13 @@ fn query_limits_answer_prometheus_errors_naming_their_keys() {
         v["data"]["stats"]["samples"]["totalQueryableSamples"], 20,
         "{v}"
     );
+    // A syntax error: Prometheus's 400 with where it is.
+    let (status, v) = ask("sum(cpu_load", "");
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(
+        v["error"],
+        "invalid parameter \"query\": 1:13: parse error: unclosed left parenthesis"
+    );
     // Without the parameter, no stats.
     let (_, v) = ask(r#"cpu_load{host=~"a|b"}"#, "");
     assert!(v["data"].get("stats").is_none(), "{v}");

@@ -268,6 +268,15 @@ async fn run_query(
 ) -> Response {
     state.metrics.queries.fetch_add(1, Ordering::Relaxed);
     let received = std::time::Instant::now();
+    // A syntax error is the request's (Prometheus's `invalid parameter "query": 1:23: parse
+    // error: ...`), answered before a slot is taken.
+    if let Err(e) = super::engine::parse_query_text(&query, start, end) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            format!("invalid parameter \"query\": {e}"),
+        );
+    }
     // The deadline runs from the request, its wait for a slot included (as Prometheus's).
     let limit = state.limits.timeout.0;
     let (timeout_ms, by_parameter) = match timeout {

@@ -270,6 +270,18 @@ impl Tidemark {
         (status, s)
     }
 
+    /// Pushes `body` in the Prometheus text format (`/api/v1/import/prometheus`) and asserts
+    /// that it was taken.
+    pub fn push_text(&self, body: &str) {
+        let (status, text) = self.post(
+            "/api/v1/import/prometheus",
+            "text/plain",
+            &[],
+            body.as_bytes(),
+        );
+        assert!(status < 300, "{status} {text}");
+    }
+
     /// GETs a path; returns (status, body text).
     pub fn get(&self, path_and_query: &str) -> (u16, String) {
         self.get_with(path_and_query, &[])

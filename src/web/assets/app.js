@@ -185,20 +185,14 @@ function drawChart(result, start, end, step) {
       fill: state.stacked ? PALETTE[i % PALETTE.length] + '33' : undefined,
       spanGaps: false,
     }))),
-    hooks: {
-      setSelect: [(u) => {
-        if (u.select.width < 5) return;
-        const lo = u.posToVal(u.select.left, 'x');
-        const hi = u.posToVal(u.select.left + u.select.width, 'x');
-        u.setSelect({ left: 0, width: 0, top: 0, height: 0 }, false);
-        // Zoom: the selection becomes the range and end, and the query runs again.
-        state.range = formatDuration(Math.max(1, Math.round(hi - lo)));
-        state.end = String(Math.round(hi));
-        state.step = '';
-        syncControls();
-        run();
-      }],
-    },
+    // Zoom: the selection becomes the range and end, and the query runs again.
+    hooks: zoomHooks((range, end) => {
+      state.range = formatDuration(range);
+      state.end = String(end);
+      state.step = '';
+      syncControls();
+      run();
+    }),
   };
   if (plot) plot.destroy();
   $('chart').textContent = '';
@@ -248,6 +242,20 @@ function notes(j) {
 function loadedSamples(j) {
   const s = j.data.stats && j.data.stats.samples;
   return s ? `, ${s.totalQueryableSamples.toLocaleString('en-US')} samples loaded` : '';
+}
+
+// uPlot's hooks for drag-to-zoom (the explorer's chart and the dashboards' panels): a selection
+// of 5 px or more is cleared and handed on as `zoom(range seconds, end unix seconds)`.
+function zoomHooks(zoom) {
+  return {
+    setSelect: [(u) => {
+      if (u.select.width < 5) return;
+      const lo = u.posToVal(u.select.left, 'x');
+      const hi = u.posToVal(u.select.left + u.select.width, 'x');
+      u.setSelect({ left: 0, width: 0, top: 0, height: 0 }, false);
+      zoom(Math.max(1, Math.round(hi - lo)), Math.round(hi));
+    }],
+  };
 }
 
 // ---- running a query -----------------------------------------------------------------------

@@ -349,20 +349,12 @@ function drawTimeseries(p, body, all) {
     width: Math.max(150, body.clientWidth - 4),
     height: h,
     legend: { show: legend },
-    cursor: { drag: { x: true, y: false } },
+    cursor: { drag: { x: true, y: false, setScale: false } },
     scales: { x: { time: true } },
     axes: [{}, { values: (_, ticks) => ticks.map((v) => formatUnit(v, unit, tickDecimals(ticks))), size: 92 }],
-    hooks: {
-      // Drag-to-zoom, as in Grafana: the selection becomes the dashboard's range and end, and
-      // every panel queries again.
-      setSelect: [(u) => {
-        if (u.select.width < 5) return;
-        const lo = u.posToVal(u.select.left, 'x');
-        const hi = u.posToVal(u.select.left + u.select.width, 'x');
-        u.setSelect({ left: 0, width: 0, top: 0, height: 0 }, false);
-        setDashRange(Math.max(1, Math.round(hi - lo)), String(Math.round(hi)));
-      }],
-    },
+    // Drag-to-zoom, as in Grafana: the selection becomes the dashboard's range and end, and
+    // every panel queries again.
+    hooks: zoomHooks((range, end) => setDashRange(range, String(end))),
     bands: stack ? r.results.slice(1).map((_, i) => ({ series: [i + 2, i + 1] })) : undefined,
     series: [{}].concat(r.results.map((s, i) => {
       const fixed = s.cfg.color && s.cfg.color.mode === 'fixed' && s.cfg.color.fixedColor;
