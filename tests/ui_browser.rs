@@ -52,6 +52,31 @@ fn until_every_panel_has_data(b: &Browser, url: &str) -> serde_json::Value {
     last
 }
 
+/// A `dashboards/` directory under `dir` holding the Grafana export fixture as `fleet.json`.
+fn boards_with_the_export(dir: &std::path::Path) -> std::path::PathBuf {
+    let boards = dir.join("dashboards");
+    std::fs::create_dir_all(&boards).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/grafana-fleet-export.json"
+        ),
+        boards.join("fleet.json"),
+    )
+    .unwrap();
+    boards
+}
+
+/// Neither the page's own error list nor the browser's console has an error.
+fn assert_no_errors(b: &Browser) {
+    assert_eq!(b.js("return window.tidemarkErrors", json!([])), json!([]));
+    assert_eq!(
+        b.severe_console(),
+        Vec::<String>::new(),
+        "no console errors"
+    );
+}
+
 #[test]
 fn the_explorer_charts_tables_completes_and_requeries_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
@@ -338,12 +363,7 @@ fn the_explorer_charts_tables_completes_and_requeries_in_a_real_browser() {
         "{config}"
     );
     b.screenshot(&screenshots().join("status.png"));
-    assert_eq!(b.js("return window.tidemarkErrors", json!([])), json!([]));
-    assert_eq!(
-        b.severe_console(),
-        Vec::<String>::new(),
-        "no console errors"
-    );
+    assert_no_errors(&b);
 }
 
 /// Pushes `cpu{host}` and `disk{host}` at `value` for `secs` seconds from `b`, then a clock
@@ -539,17 +559,8 @@ fn the_alerts_view_shows_groups_and_a_silence_made_in_it_mutes_the_webhook() {
 #[test]
 fn dashboards_from_grafana_json_render_every_panel_and_follow_their_variables() {
     let dir = tempfile::tempdir().unwrap();
-    let boards = dir.path().join("dashboards");
-    std::fs::create_dir_all(&boards).unwrap();
-    // A dashboard exported from Grafana 11 as it is, and a file with a syntax error.
-    std::fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/grafana-fleet-export.json"
-        ),
-        boards.join("fleet.json"),
-    )
-    .unwrap();
+    // A dashboard exported from Grafana 11, and a file with a syntax error.
+    let boards = boards_with_the_export(dir.path());
     std::fs::write(boards.join("broken.json"), "{\"panels\": [}").unwrap();
     let t = Tidemark::start(
         dir.path(),
@@ -712,12 +723,7 @@ fn dashboards_from_grafana_json_render_every_panel_and_follow_their_variables() 
         "every panel of the Tidemark dashboard with data: {last}"
     );
     b.screenshot(&screenshots().join("dashboard-tidemark.png"));
-    assert_eq!(b.js("return window.tidemarkErrors", json!([])), json!([]));
-    assert_eq!(
-        b.severe_console(),
-        Vec::<String>::new(),
-        "no console errors"
-    );
+    assert_no_errors(&b);
 }
 
 /// A worker process's status page: every process of the cluster with its readiness (a peer
@@ -726,16 +732,7 @@ fn dashboards_from_grafana_json_render_every_panel_and_follow_their_variables() 
 #[test]
 fn a_worker_process_shows_its_cluster_flags_config_and_own_dashboards() {
     let dir = tempfile::tempdir().unwrap();
-    let boards = dir.path().join("boards");
-    std::fs::create_dir_all(&boards).unwrap();
-    std::fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/grafana-fleet-export.json"
-        ),
-        boards.join("fleet.json"),
-    )
-    .unwrap();
+    let boards = boards_with_the_export(dir.path());
     // No broker: the processes serve their APIs and the UI without a job.
     let mut c = Cluster::start_with_config(
         &dir.path().join("cluster"),
@@ -794,30 +791,6 @@ fn a_worker_process_shows_its_cluster_flags_config_and_own_dashboards() {
     assert!(rss.as_str().unwrap().ends_with("MiB"), "{rss}");
     b.screenshot(&screenshots().join("worker-status.png"));
 
-    // Process 1 gone: process 0 says so, with the reason.
-    c.kill(1);
-    b.goto(&format!("{}/status", c.urls[0]));
-    let why = b.wait_for(
-        "process 1 not ready",
-        "const r = document.querySelector('#cluster-processes tr[data-process=\"1\"][data-ready=false]'); \
-         return r ? r.cells[3].textContent : null",
-    );
-    assert!(why.as_str().unwrap().contains("/-/ready"), "{why}");
-    // The jobs list needs every process: its 503 is shown, and logged by the browser.
-    let jobs = b.wait_for(
-        "the jobs list's error",
-        "const t = document.querySelector('#cluster-jobs tbody td.error-text'); return t ? t.textContent : null",
-    );
-    assert!(jobs.as_str().unwrap().contains("did not answer"), "{jobs}");
-    let logged = b.severe_console();
-    assert!(
-        !logged.is_empty()
-            && logged
-                .iter()
-                .all(|l| l.contains("/api/v1/jobs") && l.contains("503")),
-        "{logged:?}"
-    );
-
     // The worker's own dashboards directory, beside the built-in ones.
     b.goto(&format!("{}/dashboards", c.urls[0]));
     let titles = b.wait_for(
@@ -832,12 +805,49 @@ fn a_worker_process_shows_its_cluster_flags_config_and_own_dashboards() {
             && titles.contains("Hosts"),
         "{titles}"
     );
-    assert_eq!(b.js("return window.tidemarkErrors", json!([])), json!([]));
-    assert_eq!(
-        b.severe_console(),
-        Vec::<String>::new(),
-        "no console errors"
+    assert_no_errors(&b);
+
+    // Process 1 hangs (SIGSTOP: a killed peer makes process 0 exit within seconds, by
+    // design): process 0's page says it is not ready and why, and the jobs list, which needs
+    // every process, says it cannot be made instead of hanging.
+    let pid = c.procs[1].as_ref().unwrap().id().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    b.goto(&format!("{}/status", c.urls[0]));
+    let why = b.wait_for(
+        "process 1 not ready",
+        "const r = document.querySelector('#cluster-processes tr[data-process=\"1\"][data-ready=false]'); \
+         return r ? r.cells[3].textContent : null",
     );
+    assert!(why.as_str().unwrap().contains("/-/ready"), "{why}");
+    let jobs = b.wait_for(
+        "the jobs list's error",
+        "const t = document.querySelector('#cluster-jobs tbody td.error-text'); return t ? t.textContent : null",
+    );
+    assert!(jobs.as_str().unwrap().contains("did not answer"), "{jobs}");
+    // Its 503 is logged by the browser: read away.
+    let logged = b.severe_console();
+    assert!(
+        !logged.is_empty()
+            && logged
+                .iter()
+                .all(|l| l.contains("/api/v1/jobs") && l.contains("503")),
+        "{logged:?}"
+    );
+    signal("-CONT");
+    b.goto(&format!("{}/status", c.urls[0]));
+    b.wait_for(
+        "both processes ready again",
+        "return document.querySelectorAll('#cluster-processes tr[data-ready=true]').length === 2",
+    );
+    c.kill(1);
     c.kill(0);
 }
 
@@ -941,10 +951,5 @@ fn the_hosts_dashboard_shows_a_real_node_exporter() {
         json!([]),
     );
     b.screenshot(&screenshots().join("dashboard-hosts.png"));
-    assert_eq!(b.js("return window.tidemarkErrors", json!([])), json!([]));
-    assert_eq!(
-        b.severe_console(),
-        Vec::<String>::new(),
-        "no console errors"
-    );
+    assert_no_errors(&b);
 }

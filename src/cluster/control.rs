@@ -526,7 +526,11 @@ pub async fn all_jobs(s: &ControlState) -> Result<BTreeMap<String, JobStatus>, S
             .iter()
             .map(|p| {
                 let url = format!("{p}/internal/v1/jobs");
+                // A peer that hangs (stopped, swapping) must not hang the jobs list.
                 to_peer(ureq::get(&url))
+                    .config()
+                    .timeout_global(Some(std::time::Duration::from_secs(5)))
+                    .build()
                     .call()
                     .map_err(|e| format!("{url}: {e}"))
                     .and_then(|mut r| {

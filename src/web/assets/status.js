@@ -110,12 +110,14 @@ async function loadStatus() {
       getJson('/api/v1/status/flags').catch(() => null),
       getJson('/api/v1/status/config').catch(() => null),
     ]);
-    // A worker process: the cluster's processes and jobs.
+    // A worker process: the cluster's processes, then its jobs (which need every process, and
+    // wait for one that hangs), each shown as it comes.
     const worker = runtime && runtime.data.role === 'worker';
-    const [cluster, jobs] = worker ? await Promise.all([
-      getJson('/api/v1/status/cluster').catch(() => null),
-      getJson('/api/v1/jobs').catch((e) => ({ error: e.message })),
-    ]) : [null, null];
+    const cluster = worker ? await getJson('/api/v1/status/cluster').catch(() => null) : null;
+    showProcesses(cluster);
+    if (cluster) {
+      getJson('/api/v1/jobs').catch((e) => ({ error: e.message })).then(showJobs);
+    }
     const m = parseMetrics(text);
     const now = Date.now() / 1000;
     const ingested = total(m, 'tidemark_samples_ingested_total');
@@ -191,7 +193,6 @@ async function loadStatus() {
         el('td', {}, num(r.value))));
     }
 
-    showCluster(cluster, jobs);
     const ftbody = $('flags').querySelector('tbody');
     ftbody.textContent = '';
     const fl = flags ? Object.entries(flags.data) : [];
@@ -209,8 +210,8 @@ async function loadStatus() {
   }
 }
 
-// A worker process's cluster: each process's readiness, and the jobs across all of them.
-function showCluster(cluster, jobs) {
+// A worker process's cluster: each process's readiness.
+function showProcesses(cluster) {
   $('cluster').hidden = !cluster;
   if (!cluster) return;
   const ptbody = $('cluster-processes').querySelector('tbody');
@@ -223,6 +224,10 @@ function showCluster(cluster, jobs) {
       el('td', {}, el('span', { class: 'badge ' + (p.ready ? 'up' : 'down') }, state)),
       el('td', { class: 'error-text' }, p.error || '')));
   }
+}
+
+// The jobs across the cluster's processes (or why they cannot be listed).
+function showJobs(jobs) {
   const jtbody = $('cluster-jobs').querySelector('tbody');
   jtbody.textContent = '';
   if (jobs && jobs.error) {
