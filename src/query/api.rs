@@ -98,26 +98,12 @@ impl Storage for HotIndex {
             }
             out
         };
-        let threads = parallelism().min(ids.len() / PARALLEL_SERIES).max(1);
-        if threads == 1 {
-            return part(&ids);
-        }
-        let per = ids.len().div_ceil(threads);
-        std::thread::scope(|s| {
-            let rest: Vec<_> = ids[per..]
-                .chunks(per)
-                .map(|c| s.spawn(move || part(c)))
-                .collect();
-            let mut out = part(&ids[..per]);
-            for h in rest {
-                out.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-            }
-            out
-        })
+        in_parallel(&ids, part)
     }
 
     /// With `newest_only`, each series' newest sample alone ([`HotIndex::newest_in`]): an
-    /// instant query at the newest time reads the held samples and decodes nothing.
+    /// instant query at the newest time reads the held samples and decodes nothing. An
+    /// instant selector over a grid of times gets only the samples it can pick.
     fn select_hinted(
         &self,
         matchers: &[Matcher],
@@ -125,6 +111,9 @@ impl Storage for HotIndex {
         end: i64,
         hints: &SelectHints,
     ) -> Vec<Selected> {
+        if hints.instant && hints.step > 0 && !hints.newest_only {
+            return self.select_step_picks(matchers, start, end, hints);
+        }
         if !hints.newest_only {
             return self
                 .select(matchers, start, end)
@@ -155,6 +144,72 @@ impl Storage for HotIndex {
     fn oldest_sample(&self) -> Option<i64> {
         self.oldest_appended()
     }
+}
+
+impl HotIndex {
+    /// An instant selector over a grid of evaluation times: each series decoded into one
+    /// reused buffer and only the samples the selector can pick kept
+    /// ([`crate::store::step_picks`]), on every core when there are many series.
+    fn select_step_picks(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        hints: &SelectHints,
+    ) -> Vec<Selected> {
+        let ids: Vec<_> = self.catalog.select(matchers).into_iter().collect();
+        let part = |ids: &[crate::model::SeriesId]| {
+            let mut out = Vec::with_capacity(ids.len());
+            self.for_each_samples(ids, start, end, |i, all| {
+                let mut samples = Vec::new();
+                crate::store::step_picks(
+                    all,
+                    hints.first,
+                    hints.step,
+                    end,
+                    hints.range,
+                    &mut samples,
+                );
+                if samples.is_empty() {
+                    return;
+                }
+                if let Some(labels) = self.catalog.labels(ids[i]) {
+                    out.push(Selected {
+                        labels,
+                        rollups: Vec::new(),
+                        samples,
+                    });
+                }
+            });
+            out
+        };
+        in_parallel(&ids, part)
+    }
+}
+
+/// `part` over `ids` split across the cores when there are many (a fleet query decodes 2,500
+/// series x 360 samples: half its time), the parts' results in `ids`' order.
+fn in_parallel<T: Send>(
+    ids: &[crate::model::SeriesId],
+    part: impl Fn(&[crate::model::SeriesId]) -> Vec<T> + Sync,
+) -> Vec<T> {
+    let threads = parallelism().min(ids.len() / PARALLEL_SERIES).max(1);
+    if threads == 1 {
+        return part(ids);
+    }
+    let per = ids.len().div_ceil(threads);
+    let part = &part;
+    std::thread::scope(|s| {
+        let rest: Vec<_> = ids[per..]
+            .chunks(per)
+            .map(|c| s.spawn(move || part(c)))
+            .collect();
+        let mut out = part(&ids[..per]);
+        for h in rest {
+            out.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        out
+    })
 }
 
 /// Series per thread below which a selection decodes on the calling thread alone.

@@ -77,6 +77,52 @@ pub struct SelectHints {
     pub newest_only: bool,
 }
 
+/// The samples an instant selector evaluated at `first`, `first + step`, ... up to `end` can
+/// pick, appended to `out` in time order: for each evaluation time the newest sample at or
+/// before it, when it is newer than `lookback` before that time (older, the selector has no
+/// value there, and neither has it with any older sample). A walk over these finds, at every
+/// evaluation time, the sample a walk over all of `samples` finds, so a store may return these
+/// alone (a fleet's hour at 60 s steps: 61 of 366 samples a series). `samples` ascend by time.
+///
+/// ```
+/// use tidemark::store::step_picks;
+/// let s = [(0, 1.0), (10, 2.0), (20, 3.0), (30, 4.0), (95, 5.0)];
+/// let mut out = Vec::new();
+/// // Times 20, 40, 60, 80, 100 with a lookback of 25: 20 -> 20, 40 -> 30, 60 and 80 -> none
+/// // (30 is too old), 100 -> 95.
+/// step_picks(&s, 20, 20, 100, 25, &mut out);
+/// assert_eq!(out, vec![(20, 3.0), (30, 4.0), (95, 5.0)]);
+/// ```
+pub fn step_picks(
+    samples: &[(i64, f64)],
+    first: i64,
+    step: i64,
+    end: i64,
+    lookback: i64,
+    out: &mut Vec<(i64, f64)>,
+) {
+    if step <= 0 {
+        out.extend_from_slice(samples);
+        return;
+    }
+    let mut i = 0;
+    let mut t = first;
+    while t <= end {
+        while i < samples.len() && samples[i].0 <= t {
+            i += 1;
+        }
+        if let Some(&p) = i.checked_sub(1).map(|k| &samples[k]) {
+            if p.0 > t - lookback && out.last().is_none_or(|l| l.0 != p.0) {
+                out.push(p);
+            }
+        }
+        if i == samples.len() && samples.last().is_none_or(|l| l.0 <= t - lookback) {
+            break;
+        }
+        t += step;
+    }
+}
+
 impl SelectHints {
     /// Hints that ask for raw samples only.
     pub fn raw() -> SelectHints {
@@ -140,5 +186,56 @@ pub trait Storage: Send + Sync {
     /// an hour of empty ticks before the data.
     fn oldest_sample(&self) -> Option<i64> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::step_picks;
+
+    /// The value an instant selector has at `t`: the newest sample at or before it within the
+    /// lookback (the engine's rule), found by scanning every sample.
+    fn at(samples: &[(i64, f64)], t: i64, lookback: i64) -> Option<(i64, f64)> {
+        samples
+            .iter()
+            .rev()
+            .find(|p| p.0 <= t)
+            .filter(|p| p.0 > t - lookback)
+            .copied()
+    }
+
+    #[test]
+    fn the_picks_give_every_evaluation_time_the_value_all_samples_give() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..2_000 {
+            let mut t = next(50) as i64;
+            let samples: Vec<(i64, f64)> = (0..next(40))
+                .map(|i| {
+                    t += 1 + next(30) as i64;
+                    (t, i as f64)
+                })
+                .collect();
+            let (first, step) = (next(60) as i64, 1 + next(40) as i64);
+            let end = first + step * next(30) as i64;
+            let lookback = 1 + next(80) as i64;
+            let mut picks = Vec::new();
+            step_picks(&samples, first, step, end, lookback, &mut picks);
+            assert!(picks.len() <= samples.len());
+            let mut e = first;
+            while e <= end {
+                assert_eq!(
+                    at(&picks, e, lookback),
+                    at(&samples, e, lookback),
+                    "t={e} lookback={lookback} samples={samples:?} picks={picks:?}"
+                );
+                e += step;
+            }
+        }
     }
 }

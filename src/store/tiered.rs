@@ -214,7 +214,9 @@ impl Storage for Tiered<'_> {
         end: i64,
         hints: &SelectHints,
     ) -> Vec<Selected> {
-        if hints.newest_only && start >= self.hot_from {
+        // Within the hot index: its own answer (the newest samples alone, or an instant
+        // selector's picks).
+        if (hints.newest_only || hints.instant) && start >= self.hot_from {
             return self.hot.select_hinted(matchers, start, end, hints);
         }
         let coverage = |t: Tier| match self.cold.coverage(t) {

@@ -1248,9 +1248,26 @@ impl HotIndex {
     /// on its own.
     pub fn samples_many(&self, ids: &[SeriesId], start: i64, end: i64) -> Vec<Vec<(i64, f64)>> {
         let mut out = Vec::with_capacity(ids.len());
+        self.for_each_samples(ids, start, end, |_, v| out.push(std::mem::take(v)));
+        out
+    }
+
+    /// Decodes the samples in `[start, end]` of each of `ids` in turn (read ahead as
+    /// [`HotIndex::samples_many`] does) into one buffer and hands it to `f` with the series'
+    /// index in `ids`: a caller that keeps only some of them (an instant selector's picks)
+    /// allocates nothing per series; one that takes the buffer gets a fresh one next.
+    pub fn for_each_samples(
+        &self,
+        ids: &[SeriesId],
+        start: i64,
+        end: i64,
+        mut f: impl FnMut(usize, &mut Vec<(i64, f64)>),
+    ) {
+        let mut v = Vec::new();
         let mut refs = Vec::new();
         let mut scratch = Vec::new();
         let mut read = Prefetched::default();
+        let mut index = 0;
         for group in ids.chunks(READ_GROUP) {
             let pre = match &self.files {
                 Some(files) => {
@@ -1269,17 +1286,19 @@ impl HotIndex {
                 None => None,
             };
             for &id in group {
-                let mut v = Vec::new();
-                let shard = self.shards[shard(id)]
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner());
-                if let Some(s) = shard.get(&id) {
-                    s.samples_in(start, end, self.files.as_ref(), pre, &mut scratch, &mut v);
+                v.clear();
+                {
+                    let shard = self.shards[shard(id)]
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner());
+                    if let Some(s) = shard.get(&id) {
+                        s.samples_in(start, end, self.files.as_ref(), pre, &mut scratch, &mut v);
+                    }
                 }
-                out.push(v);
+                f(index, &mut v);
+                index += 1;
             }
         }
-        out
     }
 
     /// The newest sample of a series in `[start, end]`, decoding at most one chunk.
